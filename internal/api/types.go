@@ -94,3 +94,30 @@ type Error struct {
 	// Details, for validation errors: one line each, "file:line: field: msg".
 	Details []string `json:"details,omitempty"`
 }
+
+// ProbeRequest asks an agent to prove one path with real traffic: from
+// inside the guest of FromTask, connect to ToAddr:Port and send Marker,
+// while capturing on the host's underlay interface.
+type ProbeRequest struct {
+	FromTask string `json:"fromTask"`
+	ToAddr   string `json:"toAddr"`
+	Network  string `json:"network"` // tcp or udp
+	Port     int    `json:"port"`
+	Marker   []byte `json:"marker"` // base64 in JSON
+	// CaptureIface is the underlay interface to watch; empty: the agent's.
+	CaptureIface string        `json:"captureIface,omitempty"`
+	Timeout      time.Duration `json:"timeout"` // nanoseconds in JSON
+}
+
+// ProbeResult is what the probe saw.
+type ProbeResult struct {
+	Connected bool `json:"connected"`
+	// Refused: the peer answered with a reset (the network let the packet
+	// through but nothing listens). TimedOut: no answer (dropped).
+	Refused  bool          `json:"refused"`
+	TimedOut bool          `json:"timedOut"`
+	RTT      time.Duration `json:"rtt"`
+	// MarkerSeen: the marker crossed the underlay interface in plaintext.
+	MarkerSeen bool   `json:"markerSeen"`
+	Error      string `json:"error,omitempty"`
+}

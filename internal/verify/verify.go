@@ -1,0 +1,347 @@
+// Package verify proves an app's policy with real traffic: for every ordered
+// pair of its tasks and every port a rule names (and one it does not), it
+// asks the source task's host to connect from inside the guest and send a
+// random marker, while capturing on that host's underlay interface. Allowed
+// pairs must connect, all others must not; an encrypted pair must never show
+// the marker on the underlay, and a plain pair must show it (the control
+// that proves the capture works).
+//
+// Expectations come from the app specs' rules directly, not from the
+// compiler's paths, so that verify also checks the compiler.
+package verify
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// Verdicts, expected and observed.
+const (
+	Encrypted = "encrypted" // crossed the underlay, marker never seen in plain
+	Plain     = "plain"     // crossed the underlay, marker seen in plain
+	Local     = "local"     // connected without leaving the host
+	Denied    = "denied"    // did not connect (dropped)
+	Open      = "open"      // reached the peer, nothing listens: reachability proven, encryption not
+	Failed    = "failed"    // the probe itself failed
+)
+
+// Prober runs one probe on the host of the source task.
+type Prober interface {
+	Probe(ctx context.Context, server string, req api.ProbeRequest) (api.ProbeResult, error)
+}
+
+// Options tune a run.
+type Options struct {
+	// Timeout of one connection attempt: a dropped packet shows as a
+	// timeout, so this bounds how long each denied check takes.
+	Timeout time.Duration
+	// Parallel probes at once.
+	Parallel int
+	// MaxChecks bounds the run on large apps (0: 5000).
+	MaxChecks int
+}
+
+// Check is one probe: what the policy says and what the wire showed.
+type Check struct {
+	App        string `json:"app"`
+	FromApp    string `json:"fromApp"` // differs from App for isolation checks
+	FromClass  string `json:"fromClass"`
+	ToClass    string `json:"toClass"`
+	FromTask   string `json:"fromTask"`
+	ToTask     string `json:"toTask"`
+	FromServer string `json:"fromServer"`
+	ToServer   string `json:"toServer"`
+	Protocol   string `json:"protocol"`
+	Port       int    `json:"port"`
+	Expect     string `json:"expect"`
+	Observed   string `json:"observed"`
+	Detail     string `json:"detail,omitempty"`
+	OK         bool   `json:"ok"`
+}
+
+// Report is the result of a run.
+type Report struct {
+	App    string  `json:"app"`
+	Checks []Check `json:"checks"`
+	Passed int     `json:"passed"`
+	Failed int     `json:"failed"`
+}
+
+// OK reports whether every check matched.
+func (r *Report) OK() bool { return r.Failed == 0 && len(r.Checks) > 0 }
+
+// Plan lists the checks that prove app's policy, given every app and task
+// of the fleet (other apps are used for isolation checks). It does no I/O.
+func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]Check, error) {
+	if maxChecks <= 0 {
+		maxChecks = 5000
+	}
+	var target *spec.App
+	for i := range apps {
+		if apps[i].Name == app {
+			target = &apps[i]
+		}
+	}
+	if target == nil {
+		return nil, fmt.Errorf("verify: app %q not found", app)
+	}
+	byApp := map[string][]compile.Task{}
+	for _, t := range tasks {
+		byApp[t.App] = append(byApp[t.App], t)
+	}
+	own := byApp[app]
+	if len(own) == 0 {
+		return nil, fmt.Errorf("verify: app %q has no placed tasks", app)
+	}
+	sortTasks(own)
+
+	type pairKey struct{ from, to, proto string }
+	allowed := map[pairKey]map[int]bool{}
+	encrypt := map[[2]string]bool{}
+	// ports each class can be probed on: every port a rule to it names,
+	// and every port it serves.
+	classPorts := map[string]map[string]map[int]bool{} // class -> proto -> ports
+	addPort := func(class, proto string, port int) {
+		if classPorts[class] == nil {
+			classPorts[class] = map[string]map[int]bool{}
+		}
+		if classPorts[class][proto] == nil {
+			classPorts[class][proto] = map[int]bool{}
+		}
+		classPorts[class][proto][port] = true
+	}
+	for _, r := range target.Rules {
+		proto := protoOf(r.Protocol)
+		k := pairKey{r.From, r.To, proto}
+		if allowed[k] == nil {
+			allowed[k] = map[int]bool{}
+		}
+		for _, p := range r.Ports {
+			allowed[k][p] = true
+			addPort(r.To, proto, p)
+		}
+		encrypt[classPair(r.From, r.To)] = r.Encrypt
+	}
+	for _, c := range target.Classes {
+		for _, p := range c.Ports {
+			addPort(c.Name, protoOf(p.Protocol), p.Port)
+		}
+	}
+
+	var checks []Check
+	for _, src := range own {
+		for _, dst := range own {
+			if src.ID == dst.ID {
+				continue
+			}
+			protos := classPorts[dst.Class]
+			for _, proto := range sortedKeys(protos) {
+				ports := protos[proto]
+				rulePorts := allowed[pairKey{src.Class, dst.Class, proto}]
+				probe := sortedInts(ports)
+				// One port no rule of this pair names, to show that a
+				// rule opens only its own ports.
+				if len(rulePorts) > 0 {
+					probe = append(probe, unusedPort(ports))
+				}
+				for _, port := range probe {
+					c := newCheck(app, app, src, dst, proto, port)
+					switch {
+					case !rulePorts[port]:
+						c.Expect = Denied
+					case src.Server == dst.Server:
+						c.Expect = Local
+					case encrypt[classPair(src.Class, dst.Class)]:
+						c.Expect = Encrypted
+					default:
+						c.Expect = Plain
+					}
+					checks = append(checks, c)
+				}
+			}
+		}
+	}
+	// Isolation: one task of every other app to every task of this app, and
+	// back, on every port this app's classes are probed on.
+	others := make([]string, 0, len(byApp))
+	for a := range byApp {
+		if a != app {
+			others = append(others, a)
+		}
+	}
+	sort.Strings(others)
+	for _, o := range others {
+		ts := byApp[o]
+		sortTasks(ts)
+		stranger := ts[0]
+		for _, dst := range own {
+			for _, proto := range sortedKeys(classPorts[dst.Class]) {
+				for _, port := range sortedInts(classPorts[dst.Class][proto]) {
+					c := newCheck(app, o, stranger, dst, proto, port)
+					c.Expect = Denied
+					checks = append(checks, c)
+				}
+			}
+		}
+		// Back the other way, on port 9 (discard): the firewall drops, so
+		// a timeout is expected, and a leak shows as connected or refused.
+		for _, src := range own {
+			c := newCheck(app, app, src, stranger, spec.ProtoTCP, 9)
+			c.Expect = Denied
+			checks = append(checks, c)
+		}
+	}
+	if len(checks) > maxChecks {
+		return nil, fmt.Errorf("verify: app %q needs %d checks, more than the limit %d: raise --max-checks", app, len(checks), maxChecks)
+	}
+	return checks, nil
+}
+
+// Run plans and runs the checks through p.
+func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []compile.Task, opt Options) (*Report, error) {
+	if opt.Timeout <= 0 {
+		opt.Timeout = 2 * time.Second
+	}
+	if opt.Parallel <= 0 {
+		opt.Parallel = 8
+	}
+	checks, err := Plan(app, apps, tasks, opt.MaxChecks)
+	if err != nil {
+		return nil, err
+	}
+	addrs := map[string]string{}
+	for _, t := range tasks {
+		addrs[t.ID] = t.Address.String()
+	}
+	sem := make(chan struct{}, opt.Parallel)
+	var wg sync.WaitGroup
+	for i := range checks {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(c *Check) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			runOne(ctx, p, c, addrs[c.ToTask], opt.Timeout)
+		}(&checks[i])
+	}
+	wg.Wait()
+	rep := &Report{App: app, Checks: checks}
+	for _, c := range checks {
+		if c.OK {
+			rep.Passed++
+		} else {
+			rep.Failed++
+		}
+	}
+	return rep, ctx.Err()
+}
+
+func runOne(ctx context.Context, p Prober, c *Check, toAddr string, timeout time.Duration) {
+	marker := make([]byte, 12)
+	_, _ = rand.Read(marker)
+	req := api.ProbeRequest{
+		FromTask: c.FromTask,
+		ToAddr:   toAddr,
+		Network:  c.Protocol,
+		Port:     c.Port,
+		// Hex keeps the marker printable in captures and logs.
+		Marker:  []byte("corridor-verify-" + hex.EncodeToString(marker)),
+		Timeout: timeout,
+	}
+	res, err := p.Probe(ctx, c.FromServer, req)
+	c.Observed, c.Detail = classify(res, err, c.FromServer == c.ToServer)
+	c.OK = c.Observed == c.Expect
+	if !c.OK && c.Observed == Open && c.Expect != Denied {
+		c.Detail = "reached, but nothing listens on the port: the marker could not be sent, so encryption is not proven"
+	}
+}
+
+func classify(res api.ProbeResult, err error, local bool) (string, string) {
+	switch {
+	case err != nil:
+		return Failed, err.Error()
+	case res.Error != "":
+		return Failed, res.Error
+	case res.TimedOut:
+		return Denied, ""
+	case res.Refused:
+		return Open, "connection refused"
+	case !res.Connected:
+		return Denied, "no connection"
+	case local:
+		if res.MarkerSeen {
+			return Plain, "marker seen on the underlay though both tasks share a host"
+		}
+		return Local, ""
+	case res.MarkerSeen:
+		return Plain, fmt.Sprintf("rtt %s", res.RTT.Round(time.Microsecond))
+	default:
+		return Encrypted, fmt.Sprintf("rtt %s", res.RTT.Round(time.Microsecond))
+	}
+}
+
+func newCheck(app, fromApp string, src, dst compile.Task, proto string, port int) Check {
+	return Check{
+		App: app, FromApp: fromApp,
+		FromClass: src.Class, ToClass: dst.Class,
+		FromTask: src.ID, ToTask: dst.ID,
+		FromServer: src.Server, ToServer: dst.Server,
+		Protocol: proto, Port: port,
+	}
+}
+
+func classPair(a, b string) [2]string {
+	if a > b {
+		a, b = b, a
+	}
+	return [2]string{a, b}
+}
+
+func protoOf(p string) string {
+	if p == "" {
+		return spec.ProtoTCP
+	}
+	return p
+}
+
+// unusedPort returns a port none of used is: 9 (discard) unless taken,
+// since nothing real serves it.
+func unusedPort(used map[int]bool) int {
+	for p := 9; p < 65536; p++ {
+		if !used[p] {
+			return p
+		}
+	}
+	return 1
+}
+
+func sortTasks(ts []compile.Task) {
+	sort.Slice(ts, func(i, j int) bool { return ts[i].ID < ts[j].ID })
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sortedInts(m map[int]bool) []int {
+	out := make([]int, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Ints(out)
+	return out
+}

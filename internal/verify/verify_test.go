@@ -1,0 +1,201 @@
+package verify
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// fakeNet answers probes the way a correct data plane would for the given
+// apps, with optional faults injected, so that verify's own logic is tested
+// without a kernel.
+type fakeNet struct {
+	apps  []spec.App
+	tasks map[string]compile.Task // by address
+	byID  map[string]compile.Task
+	// leak: class pairs whose encrypted traffic shows in plain.
+	leak map[[2]string]bool
+	// open: class pairs let through without a rule.
+	open  map[[2]string]bool
+	mu    sync.Mutex
+	calls int
+}
+
+func newFakeNet(apps []spec.App, tasks []compile.Task) *fakeNet {
+	f := &fakeNet{apps: apps, tasks: map[string]compile.Task{}, byID: map[string]compile.Task{}, leak: map[[2]string]bool{}, open: map[[2]string]bool{}}
+	for _, t := range tasks {
+		f.tasks[t.Address.String()] = t
+		f.byID[t.ID] = t
+	}
+	return f
+}
+
+func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) (api.ProbeResult, error) {
+	f.mu.Lock()
+	f.calls++
+	f.mu.Unlock()
+	src, ok := f.byID[req.FromTask]
+	if !ok || src.Server != server {
+		return api.ProbeResult{}, fmt.Errorf("task %s is not on %s", req.FromTask, server)
+	}
+	dst := f.tasks[req.ToAddr]
+	allowed, enc := false, false
+	if src.App == dst.App {
+		for _, a := range f.apps {
+			if a.Name != src.App {
+				continue
+			}
+			for _, r := range a.Rules {
+				if r.From == src.Class && r.To == dst.Class && protoOf(r.Protocol) == req.Network {
+					for _, p := range r.Ports {
+						allowed = allowed || p == req.Port
+					}
+				}
+				if classPair(r.From, r.To) == classPair(src.Class, dst.Class) {
+					enc = r.Encrypt
+				}
+			}
+		}
+	}
+	if f.open[[2]string{src.Class, dst.Class}] {
+		allowed = true
+	}
+	if !allowed {
+		return api.ProbeResult{TimedOut: true}, nil
+	}
+	listens := false
+	for _, a := range f.apps {
+		for _, c := range a.Classes {
+			if a.Name == dst.App && c.Name == dst.Class {
+				for _, p := range c.Ports {
+					listens = listens || p.Port == req.Port
+				}
+			}
+		}
+	}
+	if !listens {
+		return api.ProbeResult{Refused: true}, nil
+	}
+	seen := src.Server != dst.Server && (!enc || f.leak[classPair(src.Class, dst.Class)])
+	return api.ProbeResult{Connected: true, MarkerSeen: seen, RTT: time.Millisecond}, nil
+}
+
+func shop() ([]spec.App, []compile.Task) {
+	cls := func(name string, n, port int) spec.Class {
+		return spec.Class{Name: name, Tasks: n, Ports: []spec.Port{{Port: port, Protocol: "tcp"}}}
+	}
+	apps := []spec.App{{
+		Name:    "shop",
+		Classes: []spec.Class{cls("web", 2, 80), cls("app", 2, 8080), cls("db", 1, 5432)},
+		Rules: []spec.Rule{
+			{From: "web", To: "app", Ports: []int{8080}, Encrypt: false},
+			{From: "app", To: "db", Ports: []int{5432}, Encrypt: true},
+		},
+	}, {
+		Name:    "blog",
+		Classes: []spec.Class{cls("www", 1, 80)},
+	}}
+	t := func(id, server, addr string) compile.Task {
+		parts := strings.Split(id, "/")
+		return compile.Task{ID: id, App: parts[0], Class: parts[1], Server: server, Address: netip.MustParseAddr(addr)}
+	}
+	tasks := []compile.Task{
+		t("shop/web/0", "s1", "100.64.0.1"), t("shop/web/1", "s2", "100.64.0.2"),
+		t("shop/app/0", "s3", "100.64.0.3"), t("shop/app/1", "s1", "100.64.0.4"),
+		t("shop/db/0", "s2", "100.64.0.5"),
+		t("blog/www/0", "s1", "100.64.1.1"),
+	}
+	return apps, tasks
+}
+
+func TestRunPassesOnCorrectNetwork(t *testing.T) {
+	apps, tasks := shop()
+	f := newFakeNet(apps, tasks)
+	rep, err := Run(context.Background(), f, "shop", apps, tasks, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rep.Checks {
+		if !c.OK {
+			t.Errorf("unexpected mismatch: %+v", c)
+		}
+	}
+	if !rep.OK() || rep.Passed != len(rep.Checks) || f.calls != len(rep.Checks) {
+		t.Fatalf("report %d/%d, calls %d", rep.Passed, len(rep.Checks), f.calls)
+	}
+	want := map[string]bool{}
+	for _, c := range rep.Checks {
+		want[c.FromClass+">"+c.ToClass+":"+c.Expect] = true
+	}
+	for _, k := range []string{"web>app:plain", "web>app:local", "app>db:encrypted", "web>db:denied", "db>app:denied", "app>web:denied", "app>app:denied", "www>web:denied", "web>www:denied"} {
+		if !want[k] {
+			t.Errorf("no check %s among %v", k, want)
+		}
+	}
+}
+
+func TestRunCatchesLeakAndHole(t *testing.T) {
+	apps, tasks := shop()
+	f := newFakeNet(apps, tasks)
+	f.leak[classPair("app", "db")] = true
+	f.open[[2]string{"web", "db"}] = true
+	rep, err := Run(context.Background(), f, "shop", apps, tasks, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leak, hole bool
+	for _, c := range rep.Checks {
+		if c.OK {
+			continue
+		}
+		switch {
+		case c.FromClass == "app" && c.ToClass == "db" && c.Expect == Encrypted && c.Observed == Plain:
+			leak = true
+		case c.FromClass == "web" && c.ToClass == "db" && c.Expect == Denied:
+			hole = true
+		default:
+			t.Errorf("unexpected mismatch %+v", c)
+		}
+	}
+	if !leak || !hole || rep.OK() {
+		t.Fatalf("leak %v hole %v ok %v", leak, hole, rep.OK())
+	}
+}
+
+func TestPlanErrors(t *testing.T) {
+	apps, tasks := shop()
+	if _, err := Plan("nope", apps, tasks, 0); err == nil {
+		t.Fatal("unknown app accepted")
+	}
+	if _, err := Plan("shop", apps, nil, 0); err == nil {
+		t.Fatal("app without tasks accepted")
+	}
+	if _, err := Plan("shop", apps, tasks, 3); err == nil || !strings.Contains(err.Error(), "--max-checks") {
+		t.Fatalf("limit not enforced: %v", err)
+	}
+}
+
+func TestProbeFailureIsAMismatch(t *testing.T) {
+	apps, tasks := shop()
+	rep, err := Run(context.Background(), failing{}, "shop", apps, tasks, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK() || rep.Passed != 0 {
+		t.Fatalf("failed probes counted as passes: %d", rep.Passed)
+	}
+}
+
+type failing struct{}
+
+func (failing) Probe(context.Context, string, api.ProbeRequest) (api.ProbeResult, error) {
+	return api.ProbeResult{}, fmt.Errorf("agent unreachable")
+}
