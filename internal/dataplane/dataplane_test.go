@@ -1,0 +1,497 @@
+package dataplane
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/corridor-dev/corridor/internal/compile"
+)
+
+// Ports of the scenario's rules.
+const (
+	portDB    = 5432
+	portCache = 6379
+	portSSH   = 22
+)
+
+// scenario is app "shop" on two hosts:
+//
+//	host A: a1 (web), a2 (batch)      host B: b1 (db), b2 (cache)
+//	web   -> db    5432  encrypted
+//	batch -> db    5432  plain        (same destination, other path)
+//	web   -> cache 6379  plain
+//	batch -> cache: no rule
+type scenario struct {
+	*env
+	a1, a2, b1, b2 *guest
+}
+
+func newScenario(t *testing.T) *scenario {
+	e := newEnv(t)
+	s := &scenario{env: e}
+	s.a1 = e.addGuest(e.a, "a1", "shop", "web", "100.64.0.1")
+	s.a2 = e.addGuest(e.a, "a2", "shop", "batch", "100.64.0.2")
+	s.b1 = e.addGuest(e.b, "b1", "shop", "db", "100.64.1.1")
+	s.b2 = e.addGuest(e.b, "b2", "shop", "cache", "100.64.1.2")
+	e.a.open(t)
+	e.b.open(t)
+	for _, g := range []*guest{s.a1, s.b1, s.b2} {
+		serve(t, g, portDB)
+		serve(t, g, portCache)
+		serve(t, g, portSSH)
+	}
+	return s
+}
+
+func p32(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 32) }
+
+func hostGuests(h *host) []compile.Guest {
+	var gs []compile.Guest
+	for _, g := range h.guests {
+		gs = append(gs, compile.Guest{Task: g.app + "/" + g.class + "/0", App: g.app, Class: g.class, Address: g.addr, HostIf: g.hostIf})
+	}
+	return gs
+}
+
+func fw(dir, from, to string, srcs, dsts []netip.Addr, port int, enc bool, remote []netip.Addr) compile.FirewallRule {
+	return compile.FirewallRule{App: "shop", FromClass: from, ToClass: to, Direction: dir, Sources: srcs, Dests: dsts,
+		Protocol: "tcp", Ports: []int{port}, Encrypt: enc, RemoteSources: remote}
+}
+
+// states builds both hosts' HostState by hand, as the compiler would.
+func (s *scenario) states() (a, b compile.HostState) {
+	A, B := s.a, s.b
+	a1, a2, b1, b2 := s.a1.addr, s.a2.addr, s.b1.addr, s.b2.addr
+	ip := func(xs ...netip.Addr) []netip.Addr { return xs }
+	a = compile.HostState{
+		Host: "a", Address: A.underlay, VTEPMAC: A.vtepMAC, WireGuardPort: 51820,
+		Guests: hostGuests(A),
+		Peers: []compile.Peer{{Server: "b", PublicKey: B.dp.PublicKey().String(),
+			Endpoint: netip.AddrPortFrom(B.underlay, 51820), AllowedIPs: []netip.Prefix{p32(b1)}}},
+		VXLAN: []compile.VXLANEntry{{Server: "b", Underlay: B.underlay, MAC: B.vtepMAC, Guests: ip(b1, b2)}},
+		Routes: []compile.Route{
+			{Sources: ip(a1), Dest: b1, Server: "b", Encrypt: true},
+			{Sources: ip(a2), Dest: b1, Server: "b", Encrypt: false},
+			{Sources: ip(a1), Dest: b2, Server: "b", Encrypt: false},
+		},
+		Firewall: []compile.FirewallRule{
+			fw(compile.Egress, "web", "db", ip(a1), ip(b1), portDB, true, nil),
+			fw(compile.Egress, "batch", "db", ip(a2), ip(b1), portDB, false, nil),
+			fw(compile.Egress, "web", "cache", ip(a1), ip(b2), portCache, false, nil),
+		},
+	}
+	b = compile.HostState{
+		Host: "b", Address: B.underlay, VTEPMAC: B.vtepMAC, WireGuardPort: 51820,
+		Guests: hostGuests(B),
+		Peers: []compile.Peer{{Server: "a", PublicKey: A.dp.PublicKey().String(),
+			Endpoint: netip.AddrPortFrom(A.underlay, 51820), AllowedIPs: []netip.Prefix{p32(a1)}}},
+		VXLAN: []compile.VXLANEntry{{Server: "a", Underlay: A.underlay, MAC: A.vtepMAC, Guests: ip(a1, a2)}},
+		Firewall: []compile.FirewallRule{
+			fw(compile.Ingress, "web", "db", ip(a1), ip(b1), portDB, true, ip(a1)),
+			fw(compile.Ingress, "batch", "db", ip(a2), ip(b1), portDB, false, ip(a2)),
+			fw(compile.Ingress, "web", "cache", ip(a1), ip(b2), portCache, false, ip(a1)),
+		},
+	}
+	return a, b
+}
+
+func (s *scenario) apply(t *testing.T) (a, b compile.HostState) {
+	t.Helper()
+	a, b = s.states()
+	ctx := context.Background()
+	if err := s.a.dp.Apply(ctx, a); err != nil {
+		t.Fatalf("Apply on A: %v", err)
+	}
+	if err := s.b.dp.Apply(ctx, b); err != nil {
+		t.Fatalf("Apply on B: %v", err)
+	}
+	return a, b
+}
+
+type counters struct{ vxTx, wgTx, vxRxB, wgRxB uint64 }
+
+func (s *scenario) counters(t *testing.T) counters {
+	var c counters
+	c.vxTx, _ = s.a.stats(t, VXLANName)
+	c.wgTx, _ = s.a.stats(t, s.a.wgName)
+	_, c.vxRxB = s.b.stats(t, VXLANName)
+	_, c.wgRxB = s.b.stats(t, s.b.wgName)
+	return c
+}
+
+// quiet waits until no packet has crossed the tunnel devices for 200ms (the
+// close of an earlier connection, a handshake) and returns the counters.
+func (s *scenario) quiet(t *testing.T) counters {
+	c := s.counters(t)
+	for range 20 {
+		time.Sleep(200 * time.Millisecond)
+		n := s.counters(t)
+		if n == c {
+			return c
+		}
+		c = n
+	}
+	t.Fatalf("tunnel devices never went quiet: %+v", c)
+	return c
+}
+
+// mustConnect checks that from reaches to:port, and by which device: the
+// counters of the other device on both sides must not move.
+func (s *scenario) mustConnect(t *testing.T, from, to *guest, port int, encrypted bool) {
+	t.Helper()
+	before := s.quiet(t)
+	if err := connects(t, from, to, port); err != nil {
+		t.Fatalf("%s -> %s:%d: %v", from.addr, to.addr, port, err)
+	}
+	after := s.counters(t)
+	wg := after.wgTx > before.wgTx && after.wgRxB > before.wgRxB
+	vx := after.vxTx > before.vxTx && after.vxRxB > before.vxRxB
+	vxMoved := after.vxTx != before.vxTx || after.vxRxB != before.vxRxB
+	wgMoved := after.wgTx != before.wgTx || after.wgRxB != before.wgRxB
+	switch {
+	case encrypted && (!wg || vxMoved):
+		t.Fatalf("%s -> %s:%d should go by %s only: before %+v after %+v", from.addr, to.addr, port, s.a.wgName, before, after)
+	case !encrypted && (!vx || wgMoved):
+		t.Fatalf("%s -> %s:%d should go by %s only: before %+v after %+v", from.addr, to.addr, port, VXLANName, before, after)
+	}
+}
+
+func (s *scenario) mustNotConnect(t *testing.T, from, to *guest, port int) {
+	t.Helper()
+	c, err := dial(t, from, to, port, 700*time.Millisecond)
+	if err == nil {
+		c.Close()
+		t.Fatalf("%s -> %s:%d connected; the policy denies it", from.addr, to.addr, port)
+	}
+}
+
+// dump is the kernel state we own in h, for before/after comparisons: nft
+// handles change when the table is replaced, so the dump shows it.
+func (h *host) dump(t *testing.T) string {
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"ip", "-d", "link", "show", VXLANName},
+		{"ip", "-d", "link", "show", h.wgName},
+		{"ip", "rule", "show"},
+		{"ip", "route", "show", "table", "5181"},
+		{"ip", "route", "show", "table", "5182"},
+		{"ip", "neigh", "show", "dev", VXLANName},
+		{"bridge", "fdb", "show", "dev", VXLANName},
+		{"nft", "-a", "list", "table", "inet", NFTTable},
+	} {
+		out, _ := exec.Command("ip", append([]string{"netns", "exec", h.name}, args...)...).CombinedOutput()
+		b.WriteString(strings.Join(args, " ") + "\n" + string(out))
+	}
+	return b.String()
+}
+
+func TestDataplane(t *testing.T) {
+	s := newScenario(t)
+	stA, stB := s.apply(t)
+
+	t.Run("plain", func(t *testing.T) {
+		s.mustConnect(t, s.a1, s.b2, portCache, false)
+	})
+	t.Run("encrypted", func(t *testing.T) {
+		s.mustConnect(t, s.a1, s.b1, portDB, true)
+		st, err := s.a.dp.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode != "userspace" || len(st.Peers) != 1 || st.Peers[0].Server != "b" || st.Peers[0].LastHandshake.IsZero() || st.Peers[0].TxBytes == 0 {
+			t.Fatalf("status after an encrypted exchange: %+v", st)
+		}
+	})
+	t.Run("per-pair", func(t *testing.T) {
+		// b1 is reached encrypted from a1 and in plain from a2.
+		s.mustConnect(t, s.a2, s.b1, portDB, false)
+		s.mustConnect(t, s.a1, s.b1, portDB, true)
+	})
+	t.Run("denied", func(t *testing.T) {
+		s.mustNotConnect(t, s.a1, s.b1, portSSH)   // port not in the rule
+		s.mustNotConnect(t, s.a2, s.b2, portCache) // no rule for the pair
+		s.mustNotConnect(t, s.a1, s.b2, portDB)    // port of another pair
+		s.mustNotConnect(t, s.a2, s.a1, portSSH)   // no rule, same host
+		stB, err := s.b.dp.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		stA, err := s.a.dp.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		drops := map[string]uint64{}
+		for _, d := range append(stA.Drops, stB.Drops...) {
+			drops[counterName(d.Kind, d.App, d.FromClass, d.ToClass)] += d.Packets
+		}
+		// a1 -> b1:22 is the web->db pair on a port its rule does not
+		// allow; a2 -> a1 has no rule: dropped as batch's egress. a2 ->
+		// b2 has no rule and so no mark: with no default route on A it
+		// dies at routing, before any counter.
+		if drops["pair:shop:web:db"] == 0 || drops["out:shop:batch:"] == 0 || drops["pair:shop:web:cache"] == 0 {
+			t.Fatalf("drop counters: %v", drops)
+		}
+	})
+	t.Run("encrypted-pair-refused-in-plain", func(t *testing.T) {
+		// Host A misroutes web->db in plain (as a stale or forged host
+		// would): B accepts web->db only from corw.
+		bad := stA
+		bad.Routes = slices.Clone(stA.Routes)
+		bad.Routes[0].Encrypt = false
+		bad.Firewall = slices.Clone(stA.Firewall)
+		bad.Firewall[0].Encrypt = false
+		if err := s.a.dp.Apply(context.Background(), bad); err != nil {
+			t.Fatal(err)
+		}
+		s.mustNotConnect(t, s.a1, s.b1, portDB)
+		if err := s.a.dp.Apply(context.Background(), stA); err != nil {
+			t.Fatal(err)
+		}
+		s.mustConnect(t, s.a1, s.b1, portDB, true)
+	})
+	t.Run("fail-closed", func(t *testing.T) {
+		testFailClosed(t, s, stA)
+	})
+	t.Run("idempotent", func(t *testing.T) {
+		testIdempotent(t, s, stA, stB)
+	})
+	t.Run("shrink", func(t *testing.T) {
+		testShrink(t, s, stA)
+	})
+	t.Run("remove", func(t *testing.T) {
+		testRemove(t, s)
+	})
+}
+
+// leakCounter adds, in h's namespace, a test-owned nft table counting what
+// leaves on the underlay in plain: VXLAN frames and raw overlay packets.
+func leakCounter(t *testing.T, h *host) func() string {
+	rules := `table inet cortst_leak {
+	chain out {
+		type filter hook postrouting priority 0; policy accept;
+		oifname "coru0" udp dport 4789 counter
+		oifname "coru0" ip daddr 100.64.0.0/10 counter
+	}
+}
+`
+	cmd := exec.Command("ip", "netns", "exec", h.name, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v %s", err, out)
+	}
+	read := func() string {
+		out, _ := exec.Command("ip", "netns", "exec", h.name, "nft", "list", "table", "inet", "cortst_leak").CombinedOutput()
+		var lines []string
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, "counter") {
+				lines = append(lines, strings.TrimSpace(l))
+			}
+		}
+		return strings.Join(lines, "; ")
+	}
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "exec", h.name, "nft", "delete", "table", "inet", "cortst_leak").Run()
+	})
+	return read
+}
+
+func testFailClosed(t *testing.T, s *scenario, stA compile.HostState) {
+	ctx := context.Background()
+	leaks := leakCounter(t, s.a)
+	before := leaks()
+	vxBefore, _ := s.a.stats(t, VXLANName)
+
+	// The peer disappears from corw behind our back.
+	wg, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wg.Close()
+	peer := stA.Peers[0]
+	key, _ := wgtypes.ParseKey(peer.PublicKey)
+	if err := wg.ConfigureDevice(s.a.wgName, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: key, Remove: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	s.mustNotConnect(t, s.a1, s.b1, portDB)
+
+	// The encrypted route disappears.
+	if err := s.a.dp.Apply(ctx, stA); err != nil {
+		t.Fatal(err)
+	}
+	if changes := s.a.dp.LastChanges(); len(changes) != 1 || !strings.Contains(changes[0], "WireGuard") {
+		t.Fatalf("repair after peer removal changed %q; want only the WireGuard peer back", changes)
+	}
+	s.mustConnect(t, s.a1, s.b1, portDB, true)
+	run(t, "ip", "-n", s.a.name, "route", "del", s.b1.addr.String()+"/32", "table", "5181")
+	s.mustNotConnect(t, s.a1, s.b1, portDB)
+
+	if after := leaks(); after != before {
+		t.Fatalf("plain packets left on the underlay while the encrypted path was broken: before %q after %q", before, after)
+	}
+	if vxAfter, _ := s.a.stats(t, VXLANName); vxAfter != vxBefore {
+		t.Fatalf("%s sent %d packets while the encrypted path was broken", VXLANName, vxAfter-vxBefore)
+	}
+	if err := s.a.dp.Apply(ctx, stA); err != nil {
+		t.Fatal(err)
+	}
+	s.mustConnect(t, s.a1, s.b1, portDB, true)
+}
+
+func testIdempotent(t *testing.T, s *scenario, stA, stB compile.HostState) {
+	ctx := context.Background()
+	// A connection opened before and used after a no-op Apply and an
+	// agent restart must not notice either.
+	conn, err := dial(t, s.a1, s.b1, portDB, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := exchange(conn, "before"); err != nil {
+		t.Fatal(err)
+	}
+	statusBefore, err := s.a.dp.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := s.a.dp.datapathPID()
+	dumpA, dumpB := s.a.dump(t), s.b.dump(t)
+
+	start := time.Now()
+	if err := s.a.dp.Apply(ctx, stA); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if c := s.a.dp.LastChanges(); len(c) != 0 {
+		t.Fatalf("second Apply changed %q", c)
+	}
+	t.Logf("no-op Apply took %s", took)
+
+	// Agent restart: close the handles and open new ones.
+	s.a.dp.Close()
+	s.a.open(t) // the cleanup registered by newScenario removes it
+	if err := s.a.dp.Apply(ctx, stA); err != nil {
+		t.Fatal(err)
+	}
+	if c := s.a.dp.LastChanges(); len(c) != 0 {
+		t.Fatalf("Apply after restart changed %q", c)
+	}
+	if err := s.b.dp.Apply(ctx, stB); err != nil {
+		t.Fatal(err)
+	}
+	if c := s.b.dp.LastChanges(); len(c) != 0 {
+		t.Fatalf("second Apply on B changed %q", c)
+	}
+	if got := s.a.dump(t); got != dumpA {
+		t.Fatalf("kernel state of A changed:\nbefore:\n%s\nafter:\n%s", dumpA, got)
+	}
+	if got := s.b.dump(t); got != dumpB {
+		t.Fatalf("kernel state of B changed:\nbefore:\n%s\nafter:\n%s", dumpB, got)
+	}
+	if got := s.a.dp.datapathPID(); got != pid || pid == 0 {
+		t.Fatalf("datapath process %d, was %d", got, pid)
+	}
+	statusAfter, err := s.a.dp.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !statusAfter.Peers[0].LastHandshake.Equal(statusBefore.Peers[0].LastHandshake) {
+		t.Fatalf("handshake redone: %v then %v", statusBefore.Peers[0].LastHandshake, statusAfter.Peers[0].LastHandshake)
+	}
+	if err := exchange(conn, "after"); err != nil {
+		t.Fatalf("connection opened before the restart: %v", err)
+	}
+}
+
+func testShrink(t *testing.T, s *scenario, stA compile.HostState) {
+	ctx := context.Background()
+	small := stA
+	small.Peers = nil
+	small.VXLAN = nil
+	small.Routes = nil
+	small.Firewall = nil
+	if err := s.a.dp.Apply(ctx, small); err != nil {
+		t.Fatal(err)
+	}
+	dump := s.a.dump(t)
+	for _, gone := range []string{s.b1.addr.String(), s.b2.addr.String(), s.b.vtepMAC, s.b.underlay.String()} {
+		if strings.Contains(dump, gone) {
+			t.Fatalf("%s still in the kernel state after the state shrank:\n%s", gone, dump)
+		}
+	}
+	dev, err := s.a.dp.wg.Device(s.a.wgName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dev.Peers) != 0 {
+		t.Fatalf("peers left: %v", dev.Peers)
+	}
+	s.mustNotConnect(t, s.a1, s.b2, portCache)
+	s.mustNotConnect(t, s.a1, s.b1, portDB)
+	if err := s.a.dp.Apply(ctx, stA); err != nil {
+		t.Fatal(err)
+	}
+	s.mustConnect(t, s.a1, s.b1, portDB, true)
+	s.mustConnect(t, s.a1, s.b2, portCache, false)
+}
+
+func testRemove(t *testing.T, s *scenario) {
+	ctx := context.Background()
+	pid := s.a.dp.datapathPID()
+	if err := s.a.dp.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nl := s.a.dp.nl
+	for _, name := range []string{VXLANName, s.a.wgName} {
+		if _, err := nl.LinkByName(name); err == nil {
+			t.Errorf("%s left after Remove", name)
+		}
+	}
+	for _, table := range []int{TableEncrypt, TablePlain} {
+		rs, err := nl.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+		if err != nil || len(rs) != 0 {
+			t.Errorf("table %d after Remove: %v %v", table, rs, err)
+		}
+	}
+	rules, err := nl.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		if ourRulePrio(r.Priority) || r.Table == TableEncrypt || r.Table == TablePlain {
+			t.Errorf("ip rule left after Remove: %v", r)
+		}
+	}
+	tables, err := s.a.dp.nft.ListTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if tb.Name == NFTTable {
+			t.Errorf("nftables table %s left after Remove", tb.Name)
+		}
+	}
+	if pid == 0 {
+		t.Fatal("no datapath process before Remove")
+	}
+	if !processGone(pid) {
+		t.Errorf("datapath process %d still runs after Remove", pid)
+	}
+	if _, err := os.Stat(filepath.Join(uapiDir, s.a.wgName+".sock")); err == nil {
+		t.Errorf("UAPI socket of %s left after Remove", s.a.wgName)
+	}
+	// Remove twice is fine.
+	if err := s.a.dp.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,143 @@
+// Package dataplane reconciles one host's kernel networking state to a
+// compile.HostState: the WireGuard device for encrypted paths, the VXLAN
+// device for plain paths, the routing tables and rules that pick one of them
+// per (source, destination) pair, and the nftables firewall that enforces the
+// policy. Apply reads the kernel state, computes the difference and changes
+// only that, so that calling it again with the same state changes nothing and
+// an agent restart does not interrupt traffic.
+//
+// # Kernel objects
+//
+// Everything we create carries the "cor" prefix:
+//
+//	corw0 (Config.WireGuardName)  WireGuard device (kernel, or a TUN served by
+//	                              wireguard-go in a datapath process)
+//	corv0                         VXLAN device, VNI compile.VXLANVNI,
+//	                              UDP port compile.VXLANPort, no learning
+//	table inet corridor           nftables: prerouting (marks), postrouting
+//	                              (clears our mark bits on the tunnels), forward,
+//	                              guest_out, guest_in and input (firewall)
+//	                              chains, named drop counters
+//	169.254.1.1/32 on corv0       the guests' default gateway (GatewayAddr), so
+//	                              the host answers their ARP for it
+//	routing tables 5181, 5182     encrypted and plain paths (TableEncrypt,
+//	                              TablePlain)
+//	ip rules 1080-1083            see below
+//
+// # Firewall marks and routing
+//
+// The path of a packet from a local guest to a remote guest is chosen per
+// (source, destination) pair by a mark set in the prerouting chain from a
+// concatenated map "ip saddr . ip daddr -> mark" built from HostState.Routes:
+//
+//	MarkEncrypt 0x01000000 / MarkMask 0x03000000 -> ip rule 1082 -> table 5181
+//	MarkPlain   0x02000000 / MarkMask 0x03000000 -> ip rule 1083 -> table 5182
+//
+// Table 5181 holds one "/32 dev corw0" route per remote guest reached
+// encrypted and an unreachable default; table 5182 holds one "/32 dev corv0"
+// route per remote guest reached in plain and an unreachable default. A
+// marked packet whose destination has no route in its table is therefore
+// dropped: it never falls through to the main table and never leaves by the
+// other path (fail closed).
+//
+// Packets arriving on corw0 or corv0 are marked too (MarkEncrypt or
+// MarkPlain), and the two devices have src_valid_mark=1, so that strict
+// reverse-path filtering looks the source up in the table of the path the
+// packet came by, where the remote guest has its route. Rules 1080 (iif
+// corw0) and 1081 (iif corv0) send such packets to the main table first
+// (with suppress_prefixlength 0, so that a default route never carries them
+// away) where the local guests' /32 routes are. The mark of a new connection
+// arriving on a tunnel is saved in its conntrack entry (ct mark), and replies
+// from the local guest take it back, so that a reply always leaves by the
+// path its request came in on.
+//
+// The tunnel devices route their outer (encapsulated) packets with the
+// inner packet's mark, which would send them to our tables where the remote
+// underlay address is unreachable: the postrouting chain clears our mark
+// bits on packets leaving by corw0 or corv0, after the inner routing
+// decision and the forward checks are done.
+//
+// The marks use bits 24 and 25 only, away from those used by kube-proxy
+// (0x4000, 0x8000), Calico (0xffff0000 is configurable there) and Tailscale
+// (0x00ff0000).
+//
+// # Firewall
+//
+// The whole content of table inet corridor is replaced in one nftables batch
+// (one netlink transaction): the batch adds the table if missing, flushes the
+// rules of all its chains, and adds the new rules; the kernel applies the batch
+// atomically, so no packet ever sees a half-built ruleset. This flush inside a
+// single transaction is the only flush we do. Address and port lists are
+// anonymous sets bound to their rules, so they go away with the flushed rules.
+// Named counters survive the replacement, so drop counts are not reset. A
+// fingerprint of the desired ruleset is stored as the comment of the first
+// forward rule: when it matches (and every chain has the expected number of
+// rules) Apply leaves the table alone.
+//
+// Drop counters (named counter objects, reported by Status):
+//
+//	pair:<app>:<from>:<to>   traffic of a class pair that has a rule but that
+//	                         the rule does not allow: wrong port or protocol,
+//	                         or an encrypted pair arriving in plain
+//	out:<app>:<class>        new connections from a guest of the class that
+//	                         no egress rule allows
+//	in:<app>:<class>         new connections to a guest of the class that no
+//	                         ingress rule allows
+//	spoof                    packets from a guest with another source address
+//	path                     guest packets that would leave by the wrong
+//	                         device (encrypted mark not on corw0, plain mark
+//	                         not on corv0, no mark at all towards a remote)
+//	host                     new connections from guests to the host itself
+//	invalid                  conntrack-invalid packets to or from guests
+//
+// # WireGuard without a kernel module
+//
+// Where the kernel has no WireGuard, corw0 is a TUN device served by
+// wireguard-go in a process of its own ("corridor datapath wireguard"), so
+// that it survives agent restarts. The process is started inside the host's
+// network namespace (all its threads live there), in its own session; its PID
+// is kept in <StateDir>/<name>.pid and its output in <StateDir>/<name>.log.
+// Apply finds it again through its UAPI socket and starts a new one only when
+// it is gone. The UAPI socket directory /var/run/wireguard is shared by the
+// whole machine, so several simulated hosts on one machine must use device
+// names unique on the machine (Config.WireGuardName, e.g. "corw-<host>");
+// we chose unique names over private mount namespaces because wgctrl then
+// finds every device without entering any namespace.
+package dataplane
+
+// Marks set on guest packets in the prerouting chain; see the package
+// documentation.
+const (
+	MarkEncrypt uint32 = 0x01000000
+	MarkPlain   uint32 = 0x02000000
+	MarkMask    uint32 = 0x03000000
+)
+
+// Routing tables of the two paths.
+const (
+	TableEncrypt = 5181
+	TablePlain   = 5182
+)
+
+// Priorities of our ip rules.
+const (
+	RulePrioFromWireGuard = 1080 // iif corw0 lookup main suppress_prefixlength 0
+	RulePrioFromVXLAN     = 1081 // iif corv0 lookup main suppress_prefixlength 0
+	RulePrioEncrypt       = 1082 // fwmark MarkEncrypt/MarkMask lookup TableEncrypt
+	RulePrioPlain         = 1083 // fwmark MarkPlain/MarkMask lookup TablePlain
+)
+
+// Names of our devices and of the nftables table.
+const (
+	DefaultWireGuardName = "corw0"
+	VXLANName            = "corv0"
+	NFTTable             = "corridor"
+	// GuestIfPrefix is the prefix of every guest's host-side interface.
+	GuestIfPrefix = "corg"
+)
+
+// Overheads subtracted from the underlay MTU.
+const (
+	vxlanOverhead     = 50 // outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+	wireguardOverhead = 80 // outer IPv6 40 + UDP 8 + WireGuard 32 (IPv4 needs 60)
+)

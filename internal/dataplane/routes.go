@@ -1,0 +1,183 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// routeKey identifies a route of our tables for diffing.
+type routeKey struct {
+	dst   netip.Prefix
+	typ   int
+	index int
+}
+
+// syncRoutes makes routing table `table` hold one "prefix dev link" route
+// per prefix and an unreachable default, and nothing else. With link nil it
+// empties the table.
+func (dp *Dataplane) syncRoutes(table int, link netlink.Link, prefixes []netip.Prefix) error {
+	cur, err := retryDump(func() ([]netlink.Route, error) {
+		return dp.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return fmt.Errorf("list routes of table %d: %w", table, err)
+	}
+	want := map[routeKey]netlink.Route{}
+	if link != nil {
+		def := netlink.Route{
+			Family: netlink.FAMILY_V4, Table: table, Type: unix.RTN_UNREACHABLE,
+			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+		}
+		want[routeKey{dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), typ: unix.RTN_UNREACHABLE}] = def
+		for _, p := range prefixes {
+			r := netlink.Route{
+				Family: netlink.FAMILY_V4, Table: table, Type: unix.RTN_UNICAST,
+				Scope: netlink.SCOPE_LINK, LinkIndex: link.Attrs().Index,
+				Dst: &net.IPNet{IP: ipOf(p.Addr()), Mask: net.CIDRMask(p.Bits(), 32)},
+			}
+			want[routeKey{dst: p, typ: unix.RTN_UNICAST, index: link.Attrs().Index}] = r
+		}
+	}
+	for _, r := range cur {
+		k := keyOf(r)
+		if _, ok := want[k]; ok {
+			delete(want, k)
+			continue
+		}
+		del := r
+		if err := dp.nl.RouteDel(&del); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("delete route %s from table %d: %w", k.dst, table, err)
+		}
+		dp.changed("deleted route", "table", table, "dst", k.dst, "type", k.typ)
+	}
+	for k, r := range want {
+		if err := dp.nl.RouteReplace(&r); err != nil {
+			return fmt.Errorf("add route %s to table %d: %w", k.dst, table, err)
+		}
+		dp.changed("added route", "table", table, "dst", k.dst, "type", k.typ)
+	}
+	return nil
+}
+
+func keyOf(r netlink.Route) routeKey {
+	k := routeKey{typ: r.Type, index: r.LinkIndex}
+	if r.Dst == nil {
+		k.dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	} else {
+		a, _ := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		k.dst = netip.PrefixFrom(a.Unmap(), ones)
+	}
+	if r.Type != unix.RTN_UNICAST {
+		k.index = 0
+	}
+	return k
+}
+
+// wantRules are our ip rules; see the package documentation.
+func (dp *Dataplane) wantRules() []*netlink.Rule {
+	mask := MarkMask
+	mk := func(prio int) *netlink.Rule {
+		r := netlink.NewRule()
+		r.Family = netlink.FAMILY_V4
+		r.Priority = prio
+		return r
+	}
+	fromWG := mk(RulePrioFromWireGuard)
+	fromWG.IifName = dp.cfg.WireGuardName
+	fromWG.Table = unix.RT_TABLE_MAIN
+	fromWG.SuppressPrefixlen = 0
+	fromVX := mk(RulePrioFromVXLAN)
+	fromVX.IifName = VXLANName
+	fromVX.Table = unix.RT_TABLE_MAIN
+	fromVX.SuppressPrefixlen = 0
+	enc := mk(RulePrioEncrypt)
+	enc.Mark, enc.Mask, enc.Table = MarkEncrypt, &mask, TableEncrypt
+	pl := mk(RulePrioPlain)
+	pl.Mark, pl.Mask, pl.Table = MarkPlain, &mask, TablePlain
+	return []*netlink.Rule{fromWG, fromVX, enc, pl}
+}
+
+func ourRulePrio(p int) bool { return p >= RulePrioFromWireGuard && p <= RulePrioPlain }
+
+func sameRule(a *netlink.Rule, b netlink.Rule) bool {
+	am, bm := uint32(0), uint32(0)
+	if a.Mask != nil {
+		am = *a.Mask
+	}
+	if b.Mask != nil {
+		bm = *b.Mask
+	}
+	asp, bsp := a.SuppressPrefixlen, b.SuppressPrefixlen
+	if asp < 0 {
+		asp = -1
+	}
+	if bsp < 0 {
+		bsp = -1
+	}
+	return a.Priority == b.Priority && a.Table == b.Table && a.Mark == b.Mark && am == bm &&
+		a.IifName == b.IifName && asp == bsp && !b.Invert && b.Src == nil && b.Dst == nil && b.OifName == ""
+}
+
+// syncRules makes our priorities hold exactly our ip rules.
+func (dp *Dataplane) syncRules() error {
+	cur, err := retryDump(func() ([]netlink.Rule, error) { return dp.nl.RuleList(netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("list ip rules: %w", err)
+	}
+	want := dp.wantRules()
+	found := make([]bool, len(want))
+	for _, r := range cur {
+		if !ourRulePrio(r.Priority) {
+			continue
+		}
+		matched := false
+		for i, w := range want {
+			if !found[i] && sameRule(w, r) {
+				found[i], matched = true, true
+				break
+			}
+		}
+		if matched {
+			continue
+		}
+		del := r
+		if err := dp.nl.RuleDel(&del); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("delete ip rule %d: %w", r.Priority, err)
+		}
+		dp.changed("deleted ip rule", "priority", r.Priority, "table", r.Table)
+	}
+	for i, w := range want {
+		if found[i] {
+			continue
+		}
+		if err := dp.nl.RuleAdd(w); err != nil {
+			return fmt.Errorf("add ip rule %d: %w", w.Priority, err)
+		}
+		dp.changed("added ip rule", "priority", w.Priority, "table", w.Table)
+	}
+	return nil
+}
+
+// removeRules deletes every rule at our priorities.
+func (dp *Dataplane) removeRules() error {
+	cur, err := retryDump(func() ([]netlink.Rule, error) { return dp.nl.RuleList(netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("list ip rules: %w", err)
+	}
+	for _, r := range cur {
+		if !ourRulePrio(r.Priority) {
+			continue
+		}
+		del := r
+		if err := dp.nl.RuleDel(&del); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("delete ip rule %d: %w", r.Priority, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,137 @@
+package dataplane
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/corridor-dev/corridor/internal/compile"
+)
+
+func a(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func validState(t *testing.T) compile.HostState {
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return compile.HostState{
+		Host: "a", Address: a("198.18.0.1"), VTEPMAC: "02:00:00:00:00:01", WireGuardPort: 51820,
+		Guests: []compile.Guest{{App: "shop", Class: "web", Address: a("100.64.0.1"), HostIf: "corg1"}},
+		Peers: []compile.Peer{{Server: "b", PublicKey: k.PublicKey().String(), Endpoint: netip.MustParseAddrPort("198.18.0.2:51820"),
+			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("100.64.1.1/32")}}},
+		VXLAN:  []compile.VXLANEntry{{Server: "b", Underlay: a("198.18.0.2"), MAC: "02:00:00:00:00:02", Guests: []netip.Addr{a("100.64.1.2")}}},
+		Routes: []compile.Route{{Sources: []netip.Addr{a("100.64.0.1")}, Dest: a("100.64.1.1"), Encrypt: true}},
+		Firewall: []compile.FirewallRule{{App: "shop", FromClass: "web", ToClass: "db", Direction: compile.Egress,
+			Sources: []netip.Addr{a("100.64.0.1")}, Dests: []netip.Addr{a("100.64.1.1")}, Protocol: "tcp", Ports: []int{5432}, Encrypt: true}},
+	}
+}
+
+func TestBuildDesiredRejectsBadState(t *testing.T) {
+	cases := []struct {
+		field string
+		edit  func(*compile.HostState)
+	}{
+		{"vtepMAC", func(s *compile.HostState) { s.VTEPMAC = "zz" }},
+		{"vtepMAC", func(s *compile.HostState) { s.VTEPMAC = "01:00:00:00:00:01" }},
+		{"address", func(s *compile.HostState) { s.Address = netip.Addr{} }},
+		{"wireguardPort", func(s *compile.HostState) { s.WireGuardPort = 70000 }},
+		{"guests[0].hostIf", func(s *compile.HostState) { s.Guests[0].HostIf = "eth0" }},
+		{"guests[0].address", func(s *compile.HostState) { s.Guests[0].Address = a("fd00::1") }},
+		{"peers[0].publicKey", func(s *compile.HostState) { s.Peers[0].PublicKey = "nope" }},
+		{"peers[0].endpoint", func(s *compile.HostState) { s.Peers[0].Endpoint = netip.AddrPort{} }},
+		{"vxlan[0].mac", func(s *compile.HostState) { s.VXLAN[0].MAC = "" }},
+		{"vxlan[0].underlay", func(s *compile.HostState) { s.VXLAN[0].Underlay = a("fd00::2") }},
+		{"routes[0].dest", func(s *compile.HostState) { s.Routes[0].Dest = netip.Addr{} }},
+		{"routes[1].sources[0]", func(s *compile.HostState) {
+			s.Routes = append(s.Routes, compile.Route{Sources: []netip.Addr{a("100.64.0.1")}, Dest: a("100.64.1.1"), Encrypt: false})
+		}},
+		{"firewall[0].direction", func(s *compile.HostState) { s.Firewall[0].Direction = "sideways" }},
+		{"firewall[0].protocol", func(s *compile.HostState) { s.Firewall[0].Protocol = "icmp" }},
+		{"firewall[0].ports[0]", func(s *compile.HostState) { s.Firewall[0].Ports = []int{0} }},
+		{"firewall[0].app", func(s *compile.HostState) { s.Firewall[0].App = "a:b" }},
+	}
+	for _, c := range cases {
+		st := validState(t)
+		c.edit(&st)
+		_, err := buildDesired(st)
+		if !errors.Is(err, ErrInvalidState) || !strings.Contains(err.Error(), c.field+":") {
+			t.Errorf("%s: got %v, want an ErrInvalidState naming %s", c.field, err, c.field)
+		}
+	}
+	if _, err := buildDesired(validState(t)); err != nil {
+		t.Fatalf("valid state refused: %v", err)
+	}
+}
+
+func TestRulesetDeterministicAndComplete(t *testing.T) {
+	st := validState(t)
+	d1, err := buildDesired(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same state in another order gives the same ruleset.
+	st.Guests = append(st.Guests, compile.Guest{App: "shop", Class: "db", Address: a("100.64.0.9"), HostIf: "corg0"})
+	d2, _ := buildDesired(st)
+	st.Guests[0], st.Guests[1] = st.Guests[1], st.Guests[0]
+	d3, _ := buildDesired(st)
+	r1, r2, r3 := buildRuleset(d1, "corw0"), buildRuleset(d2, "corw0"), buildRuleset(d3, "corw0")
+	if r2.hash != r3.hash || r2.text() != r3.text() {
+		t.Fatalf("order of guests changes the ruleset:\n%s\n%s", r2.text(), r3.text())
+	}
+	if r1.hash == r2.hash {
+		t.Fatal("a new guest does not change the fingerprint")
+	}
+	if buildRuleset(d1, "corw-x").hash == r1.hash {
+		t.Fatal("the WireGuard device name does not change the fingerprint")
+	}
+	text := r1.text()
+	for _, want := range []string{
+		`iifname "corg1" ip saddr != 100.64.0.1`,
+		`ip saddr {100.64.0.1} ip daddr {100.64.1.1} meta l4proto tcp th dport {5432} return`,
+		`100.64.0.1 . 100.64.1.1 : 0x1000000`,
+		`counter name "pair:shop:web:db" drop`,
+		`counter name "out:shop:web" drop`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, text)
+		}
+	}
+	counts := r1.ruleCount()
+	if counts[chainGuestIn] == 0 || counts[chainForward] == 0 || counts[chainPrerouting] == 0 {
+		t.Fatalf("rule counts %v", counts)
+	}
+}
+
+func TestLoadOrCreateKey(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	k1, err := LoadOrCreateKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v, want 0600", fi.Mode().Perm())
+	}
+	k2, err := LoadOrCreateKey(dir)
+	if err != nil || k2 != k1 {
+		t.Fatalf("second load: %v, same key %v", err, k2 == k1)
+	}
+	if err := os.Chmod(filepath.Join(dir, KeyFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateKey(dir); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("world-readable key accepted: %v", err)
+	}
+	if _, err := LoadOrCreateKey(""); err == nil {
+		t.Fatal("empty dir accepted")
+	}
+}

@@ -1,0 +1,119 @@
+// Package wguser runs a userspace WireGuard device (wireguard-go) in the
+// current process: a TUN device, the standard UDP bind and the UAPI socket
+// in /var/run/wireguard through which wgctrl configures it. It is the body
+// of the hidden "corridor datapath wireguard" command, one process per host
+// namespace, started by the data plane where the kernel has no WireGuard.
+package wguser
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"syscall"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// EnterNetNS makes the whole process live in the network namespace at
+// path. wireguard-go opens sockets and looks up its TUN from goroutines
+// that may run on any thread, so switching one thread is not enough: when
+// the process is elsewhere, EnterNetNS moves a locked thread into the
+// namespace and re-executes the binary from it, which gives the new
+// program image that namespace on every thread. It returns nil when the
+// process is already there (it does not return otherwise, unless on error).
+func EnterNetNS(path string) error {
+	if path == "" {
+		return nil
+	}
+	var want, have unix.Stat_t
+	if err := unix.Stat(path, &want); err != nil {
+		return fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &have); err != nil {
+		return fmt.Errorf("current network namespace: %w", err)
+	}
+	if want.Dev == have.Dev && want.Ino == have.Ino {
+		return nil
+	}
+	if os.Getenv("CORRIDOR_DATAPATH_REEXEC") != "" {
+		return errors.New("re-executed but still not in the wanted network namespace")
+	}
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", path, err)
+	}
+	runtime.LockOSThread() // never unlocked: the thread is replaced by exec
+	if err := netns.Set(ns); err != nil {
+		return fmt.Errorf("enter network namespace %s: %w", path, err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	env := append(os.Environ(), "CORRIDOR_DATAPATH_REEXEC=1")
+	return fmt.Errorf("re-execute in network namespace: %w", syscall.Exec(exe, os.Args, env))
+}
+
+// Serve creates the TUN device name with the MTU, serves it with
+// wireguard-go and its UAPI socket until ctx ends or the device closes, then
+// tears both down (which removes the TUN device and the socket).
+func Serve(ctx context.Context, name string, mtu int, log *slog.Logger) error {
+	tdev, err := tun.CreateTUN(name, mtu)
+	if err != nil {
+		return fmt.Errorf("create TUN %s: %w", name, err)
+	}
+	if real, err := tdev.Name(); err == nil {
+		name = real
+	}
+	dev := device.NewDevice(tdev, conn.NewDefaultBind(), &device.Logger{
+		Verbosef: func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) },
+		Errorf:   func(format string, args ...any) { log.Error(fmt.Sprintf(format, args...)) },
+	})
+	defer dev.Close()
+
+	f, err := ipc.UAPIOpen(name)
+	if err != nil {
+		return fmt.Errorf("open UAPI socket for %s: %w", name, err)
+	}
+	uapi, err := ipc.UAPIListen(name, f)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("listen on UAPI socket for %s: %w", name, err)
+	}
+	defer uapi.Close()
+
+	acceptErr := make(chan error, 1)
+	go func() {
+		for {
+			c, err := uapi.Accept()
+			if err != nil {
+				acceptErr <- err
+				return
+			}
+			go dev.IpcHandle(c)
+		}
+	}()
+	log.Info("serving WireGuard device", "name", name, "mtu", mtu, "pid", os.Getpid())
+
+	select {
+	case <-ctx.Done():
+		log.Info("stopping WireGuard device", "name", name)
+		return nil
+	case <-dev.Wait():
+		return errors.New("WireGuard device closed")
+	case err := <-acceptErr:
+		if errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		return fmt.Errorf("UAPI socket: %w", err)
+	}
+}
