@@ -69,6 +69,11 @@ type DropCount struct {
 	FromClass string `json:"fromClass"`
 	ToClass   string `json:"toClass"`
 	Packets   int64  `json:"packets"`
+	// Kind is the data plane's counter kind (pair, out, in, spoof, path,
+	// host, invalid; see internal/dataplane). Empty means pair. Only pair
+	// counters carry both classes; out has FromClass, in has ToClass, the
+	// others name no app.
+	Kind string `json:"kind,omitempty"`
 }
 
 // Status is an agent's heartbeat and status report.
@@ -120,4 +125,120 @@ type ProbeResult struct {
 	// MarkerSeen: the marker crossed the underlay interface in plaintext.
 	MarkerSeen bool   `json:"markerSeen"`
 	Error      string `json:"error,omitempty"`
+}
+
+// Event is one recorded change: who did what, when. The server keeps the
+// newest 1,000.
+type Event struct {
+	Time time.Time `json:"time"`
+	// Who: "admin", "agent:<server>" or "controller".
+	Who string `json:"who"`
+	// Action, such as "app.apply", "app.delete", "app.scale",
+	// "server.join", "server.remove", "placement.update", "compile.error".
+	Action string `json:"action"`
+	// Object is what the action was about ("app/web", "server/s1").
+	Object  string `json:"object,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Revision is the etcd revision at which the event was recorded.
+	Revision int64 `json:"revision,omitempty"`
+}
+
+// App is a stored app as the API shows it.
+type App struct {
+	Name string   `json:"name"`
+	Spec spec.App `json:"spec"`
+	// Revision is the app's version; send it back as If-Match to apply
+	// only if nobody changed the app in between.
+	Revision int64 `json:"revision"`
+	// Source is the YAML the app was applied with; Notes lists changes
+	// made since through the API (scale).
+	Source    string    `json:"source,omitempty"`
+	Notes     []string  `json:"notes,omitempty"`
+	UpdatedBy string    `json:"updatedBy"`
+	UpdatedAt time.Time `json:"updatedAt"`
+	// Placed is how many of its tasks have a server.
+	Placed  int    `json:"placed"`
+	Network string `json:"network,omitempty"`
+}
+
+// ApplyResult is the answer to an apply: one entry per app of the body.
+type ApplyResult struct {
+	Apps []AppChange `json:"apps"`
+}
+
+// AppChange is what an apply did to one app.
+type AppChange struct {
+	Name string `json:"name"`
+	// Action: "created", "updated" or "unchanged".
+	Action   string `json:"action"`
+	Revision int64  `json:"revision"`
+	// PreviousRevision is the revision this apply replaced (0: none). An
+	// apply without If-Match that raced another lands after it, and says
+	// so here and in the event log.
+	PreviousRevision int64 `json:"previousRevision,omitempty"`
+}
+
+// ScaleRequest sets the task count of one class of an app.
+type ScaleRequest struct {
+	Class string `json:"class"`
+	Tasks int    `json:"tasks"`
+}
+
+// Server states the API shows besides spec's ready, draining and down.
+const (
+	ServerRevoked = "removed" // removed by an operator; refused from then on
+	ServerJoining = "joined"  // joined, no status report yet
+)
+
+// Server is a server as the API shows it.
+type Server struct {
+	Spec     spec.Server `json:"spec"`
+	JoinedAt time.Time   `json:"joinedAt"`
+	// State is the effective state: ready, draining, down (no heartbeat
+	// within the timeout), removed.
+	State    string    `json:"state"`
+	LastSeen time.Time `json:"lastSeen,omitzero"`
+	// DesiredRevision is the revision of the host's desired state;
+	// AppliedRevision the one its agent last reported applied.
+	DesiredRevision int64    `json:"desiredRevision"`
+	AppliedRevision int64    `json:"appliedRevision"`
+	Tasks           int      `json:"tasks"`
+	Errors          []string `json:"errors,omitempty"`
+}
+
+// TaskInfo is a placed task with its live status, when its agent
+// reported one.
+type TaskInfo struct {
+	compile.Task
+	Status *TaskStatus `json:"status,omitempty"`
+}
+
+// PathInfo is a compiled path with the live state of the WireGuard peer
+// that carries it (encrypted paths between two servers), as the source
+// server's agent reported it.
+type PathInfo struct {
+	compile.Path
+	// Peer is the source host's view of the destination server, when
+	// encrypted and reported.
+	Peer *PeerStatus `json:"peer,omitempty"`
+	// HandshakeAge is the time since the last WireGuard handshake, in
+	// seconds (-1: never, or not reported).
+	HandshakeAge float64 `json:"handshakeAge"`
+}
+
+// PlanResult is a dry run: what an apply would change.
+type PlanResult struct {
+	Apps    []AppChange    `json:"apps"`
+	Changes []PlanChange   `json:"changes"`
+	Tasks   []compile.Task `json:"tasks"`
+}
+
+// PlanChange is one change a dry run found.
+type PlanChange struct {
+	// Kind: "task" or "host".
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+	// Action: "add", "move", "remove" (tasks), "update" (hosts).
+	Action string `json:"action"`
+	Detail string `json:"detail,omitempty"`
 }

@@ -1,0 +1,391 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultTimeout bounds every request but the long-poll, whose bound is
+// its wait plus DefaultTimeout.
+const DefaultTimeout = 30 * time.Second
+
+// maxAnswer bounds what the client reads from one answer.
+const maxAnswer = 64 << 20
+
+// StatusError is a non-2xx answer: the HTTP status and the server's
+// api.Error.
+type StatusError struct {
+	Code    int
+	Message string
+	Details []string
+}
+
+func (e *StatusError) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = http.StatusText(e.Code)
+	}
+	s := fmt.Sprintf("%s (HTTP %d)", msg, e.Code)
+	for _, d := range e.Details {
+		s += "\n  " + d
+	}
+	return s
+}
+
+// HTTPStatus returns the HTTP status of an error from the client, or 0.
+func HTTPStatus(err error) int {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return 0
+}
+
+// Client talks to a Corridor server. Users give it the admin token;
+// agents give it no token and a TLS config with their client certificate
+// (AgentTLS).
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// NewClient returns a client for baseURL (https://host:port). tlsConf
+// may be nil (system roots, no client certificate).
+func NewClient(baseURL, token string, tlsConf *tls.Config) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return nil, fmt.Errorf("api: server URL %q: want https://host:port", baseURL)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsConf
+	tr.MaxIdleConnsPerHost = 4
+	return &Client{base: u.String(), token: token, http: &http.Client{Transport: tr}}, nil
+}
+
+// CloseIdleConnections releases the client's idle connections.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
+// BaseURL is the server URL the client talks to.
+func (c *Client) BaseURL() string { return c.base }
+
+// AgentTLS is an agent's TLS config after joining: its own key and the
+// certificate the server signed, and the server's CA as the only root.
+func AgentTLS(certPEM, keyPEM, caPEM []byte) (*tls.Config, error) {
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("api: agent certificate and key: %w", err)
+	}
+	roots, err := CAPool(caPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, RootCAs: roots}, nil
+}
+
+// CAPool parses PEM certificates into a pool.
+func CAPool(caPEM []byte) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("api: no PEM certificate in the CA data")
+	}
+	return pool, nil
+}
+
+// request is one call: body is JSON-encoded unless raw is set.
+type request struct {
+	method, path string
+	query        url.Values
+	body         any
+	raw          []byte
+	contentType  string
+	header       http.Header
+	timeout      time.Duration
+}
+
+// do sends req and decodes a 2xx answer into out (if not nil). It returns
+// the answer's headers.
+func (c *Client) do(ctx context.Context, req request, out any) (http.Header, error) {
+	if req.timeout == 0 {
+		req.timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, req.timeout)
+	defer cancel()
+	var body io.Reader
+	ct := req.contentType
+	switch {
+	case req.raw != nil:
+		body = bytes.NewReader(req.raw)
+	case req.body != nil:
+		b, err := json.Marshal(req.body)
+		if err != nil {
+			return nil, fmt.Errorf("api: encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+		ct = "application/json"
+	}
+	u := c.base + req.path
+	if len(req.query) > 0 {
+		u += "?" + req.query.Encode()
+	}
+	hr, err := http.NewRequestWithContext(ctx, req.method, u, body)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	for k, v := range req.header {
+		hr.Header[k] = v
+	}
+	if ct != "" {
+		hr.Header.Set("Content-Type", ct)
+	}
+	hr.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		hr.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(hr)
+	if err != nil {
+		return nil, fmt.Errorf("api: %s %s: %w", req.method, req.path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	if err != nil {
+		return resp.Header, fmt.Errorf("api: %s %s: read answer: %w", req.method, req.path, err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		se := &StatusError{Code: resp.StatusCode}
+		var e Error
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			se.Message, se.Details = e.Error, e.Details
+		} else {
+			se.Message = strings.TrimSpace(string(data))
+		}
+		return resp.Header, se
+	}
+	if out != nil && resp.StatusCode != http.StatusNoContent {
+		if err := json.Unmarshal(data, out); err != nil {
+			return resp.Header, fmt.Errorf("api: %s %s: decode answer: %w", req.method, req.path, err)
+		}
+	}
+	return resp.Header, nil
+}
+
+func path(parts ...string) string {
+	var b strings.Builder
+	for _, p := range parts {
+		b.WriteString("/")
+		b.WriteString(url.PathEscape(p))
+	}
+	return b.String()
+}
+
+// ApplyOptions refine ApplyApp.
+type ApplyOptions struct {
+	// File names the source in error messages ("app.yaml:12: ...").
+	File string
+	// IfMatch, when not nil, applies only if the app is still at that
+	// revision (0: only if it does not exist): 409 otherwise.
+	IfMatch *int64
+}
+
+// ApplyApp stores the app(s) of a YAML stream.
+func (c *Client) ApplyApp(ctx context.Context, yamlDoc []byte, opts ...ApplyOptions) (ApplyResult, error) {
+	var res ApplyResult
+	_, err := c.do(ctx, c.appRequest("/v1/apps", yamlDoc, opts), &res)
+	return res, err
+}
+
+// Plan is a dry run of ApplyApp.
+func (c *Client) Plan(ctx context.Context, yamlDoc []byte, opts ...ApplyOptions) (PlanResult, error) {
+	var res PlanResult
+	_, err := c.do(ctx, c.appRequest("/v1/plan", yamlDoc, opts), &res)
+	return res, err
+}
+
+func (c *Client) appRequest(p string, doc []byte, opts []ApplyOptions) request {
+	req := request{method: http.MethodPost, path: p, raw: doc, contentType: "application/yaml", header: http.Header{}}
+	if doc == nil {
+		req.raw = []byte{}
+	}
+	for _, o := range opts {
+		if o.File != "" {
+			req.header.Set("X-Corridor-File", o.File)
+		}
+		if o.IfMatch != nil {
+			req.header.Set("If-Match", strconv.FormatInt(*o.IfMatch, 10))
+		}
+	}
+	return req
+}
+
+// ListApps lists the stored apps.
+func (c *Client) ListApps(ctx context.Context) ([]App, error) {
+	var out []App
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/apps"}, &out)
+	return out, err
+}
+
+// GetApp reads one app.
+func (c *Client) GetApp(ctx context.Context, name string) (App, error) {
+	var out App
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/apps" + path(name)}, &out)
+	return out, err
+}
+
+// DeleteApp deletes an app; its tasks are stopped.
+func (c *Client) DeleteApp(ctx context.Context, name string) error {
+	_, err := c.do(ctx, request{method: http.MethodDelete, path: "/v1/apps" + path(name)}, nil)
+	return err
+}
+
+// Scale sets the task count of one class.
+func (c *Client) Scale(ctx context.Context, app, class string, tasks int) (ApplyResult, error) {
+	var out ApplyResult
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "/v1/apps" + path(app, "scale"), body: ScaleRequest{Class: class, Tasks: tasks}}, &out)
+	return out, err
+}
+
+// ListServers lists the servers.
+func (c *Client) ListServers(ctx context.Context) ([]Server, error) {
+	var out []Server
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/servers"}, &out)
+	return out, err
+}
+
+// GetServer reads one server.
+func (c *Client) GetServer(ctx context.Context, name string) (Server, error) {
+	var out Server
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/servers" + path(name)}, &out)
+	return out, err
+}
+
+// RemoveServer removes (revokes) a server.
+func (c *Client) RemoveServer(ctx context.Context, name string) error {
+	_, err := c.do(ctx, request{method: http.MethodDelete, path: "/v1/servers" + path(name)}, nil)
+	return err
+}
+
+// Filter narrows ListTasks and ListPaths; empty fields match everything.
+type Filter struct {
+	App, Server, Task string
+}
+
+func (f Filter) query() url.Values {
+	q := url.Values{}
+	if f.App != "" {
+		q.Set("app", f.App)
+	}
+	if f.Server != "" {
+		q.Set("server", f.Server)
+	}
+	if f.Task != "" {
+		q.Set("task", f.Task)
+	}
+	return q
+}
+
+// ListTasks lists placed tasks with reasons and live status.
+func (c *Client) ListTasks(ctx context.Context, f Filter) ([]TaskInfo, error) {
+	var out []TaskInfo
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/tasks", query: f.query()}, &out)
+	return out, err
+}
+
+// ListPaths lists compiled paths with live peer status.
+func (c *Client) ListPaths(ctx context.Context, f Filter) ([]PathInfo, error) {
+	var out []PathInfo
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/paths", query: f.query()}, &out)
+	return out, err
+}
+
+// ListEvents returns up to limit of the newest events, oldest first
+// (limit 0: the server's default of 100).
+func (c *Client) ListEvents(ctx context.Context, limit int) ([]Event, error) {
+	q := url.Values{}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var out []Event
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/events", query: q}, &out)
+	return out, err
+}
+
+// HostDesired is the admin's view of a host's desired state.
+func (c *Client) HostDesired(ctx context.Context, name string) (DesiredState, error) {
+	var out DesiredState
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/hosts" + path(name, "desired")}, &out)
+	return out, err
+}
+
+// Join registers a server with the join token in req and returns its
+// signed certificate.
+func (c *Client) Join(ctx context.Context, req JoinRequest) (JoinResponse, error) {
+	var out JoinResponse
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "/v1/join", body: req}, &out)
+	return out, err
+}
+
+// Desired long-polls a host's desired state: it returns as soon as the
+// revision differs from index, or after wait with the same revision (the
+// caller compares Revision with index). wait 0 answers at once.
+func (c *Client) Desired(ctx context.Context, name string, index int64, wait time.Duration) (DesiredState, error) {
+	q := url.Values{}
+	q.Set("index", strconv.FormatInt(index, 10))
+	q.Set("wait", wait.String())
+	var out DesiredState
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/agents" + path(name, "desired"), query: q, timeout: wait + DefaultTimeout}, &out)
+	return out, err
+}
+
+// ReportStatus sends a heartbeat with the host's status.
+func (c *Client) ReportStatus(ctx context.Context, name string, st Status) error {
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "/v1/agents" + path(name, "status"), body: st}, nil)
+	return err
+}
+
+// Healthy asks /readyz.
+func (c *Client) Healthy(ctx context.Context) error {
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/readyz"}, nil)
+	return err
+}
+
+// Backup streams an etcd snapshot of the server's whole state to w and
+// returns its size.
+func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/backup", nil)
+	if err != nil {
+		return 0, fmt.Errorf("api: %w", err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("api: GET /v1/backup: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		se := &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(data))}
+		var e Error
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			se.Message, se.Details = e.Error, e.Details
+		}
+		return 0, se
+	}
+	n, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return n, fmt.Errorf("api: read backup: %w", err)
+	}
+	return n, nil
+}

@@ -1,0 +1,82 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/corridor-dev/corridor/internal/api"
+)
+
+func init() { register(newApplyCmd) }
+
+func newApplyCmd() *cobra.Command {
+	var file string
+	var ifMatch int64
+	var cf *clientFlags
+	var out *string
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: "Create or update the app(s) of a YAML file on the server",
+		Long: `apply sends the app spec(s) of FILE (- for stdin) to the server, which
+validates them as ` + "`corridor plan`" + ` does, checks that they can be placed on the current
+servers, and stores them; the controller then places their tasks.
+
+--if-match REVISION applies only if the app is still at that revision (0: only
+if it does not exist yet); without it, concurrent applies land one after the
+other and each is recorded as an event.`,
+		Example: `  corridor apply -f examples/shop.yaml
+  corridor apply -f shop.yaml --if-match 42`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return fmt.Errorf("-f FILE is required (- reads stdin)")
+			}
+			var data []byte
+			var err error
+			name := filepath.Base(file)
+			if file == "-" {
+				data, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), 4<<20))
+				name = "stdin"
+			} else {
+				data, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return fmt.Errorf("read %s: %w", file, err)
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			opts := api.ApplyOptions{File: name}
+			if cmd.Flags().Changed("if-match") {
+				opts.IfMatch = &ifMatch
+			}
+			res, err := c.ApplyApp(cmd.Context(), data, opts)
+			if err != nil {
+				return explain(err)
+			}
+			return printData(cmd.OutOrStdout(), *out, res, func(t *Table) {
+				t.Header("app", "action", "revision", "replaced")
+				for _, a := range res.Apps {
+					t.Row(a.Name, a.Action, fmt.Sprint(a.Revision), revOrDash(a.PreviousRevision))
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "app spec file (YAML; - for stdin)")
+	cmd.Flags().Int64Var(&ifMatch, "if-match", 0, "apply only if the app is at this revision (0: must not exist)")
+	cf = addClientFlags(cmd)
+	out = addOutputFlag(cmd)
+	return cmd
+}
+
+func revOrDash(r int64) string {
+	if r == 0 {
+		return "-"
+	}
+	return fmt.Sprint(r)
+}

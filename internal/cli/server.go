@@ -1,0 +1,158 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/corridor-dev/corridor/internal/server"
+	"github.com/corridor-dev/corridor/internal/store"
+)
+
+func init() { register(newServerCmd) }
+
+func newServerCmd() *cobra.Command {
+	var (
+		cfg                               server.Config
+		endpoints, advertise              string
+		etcdCA, etcdCert, etcdKey, prefix string
+		logLevel                          string
+	)
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control plane: API, CA, controller (or manage servers: remove, backup)",
+		Long: `server runs Corridor's control plane until SIGINT or SIGTERM: the HTTPS API,
+the CA that signs agents' certificates, and the controller that places tasks
+and writes each host's desired state. State lives in an embedded etcd in the
+data directory, or in an external etcd cluster (--etcd-endpoints); several
+servers may share one etcd: all serve the API, one runs the controller.
+
+On first start it makes the CA (DATA_DIR/ca.crt), the admin token
+(DATA_DIR/admin.token) and the join token (DATA_DIR/join.token), both mode 0600.`,
+		Example: `  corridor server --data-dir /var/lib/corridor
+  corridor server --data-dir /var/lib/corridor --listen 0.0.0.0:7443 --advertise cp1.example.net
+  corridor server --data-dir /var/lib/corridor --etcd-endpoints https://e1:2379,https://e2:2379 \
+    --etcd-ca ca.pem --etcd-cert client.pem --etcd-key client-key.pem`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+			cfg.Advertise = splitList(advertise)
+			cfg.Etcd = store.Config{Endpoints: splitList(endpoints), CAFile: etcdCA, CertFile: etcdCert, KeyFile: etcdKey, Prefix: prefix}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			s, err := server.New(cfg)
+			if err != nil {
+				return err
+			}
+			w := cmd.ErrOrStderr()
+			fmt.Fprintf(w, "corridor server at %s\n", s.URL())
+			fmt.Fprintf(w, "  admin token: %s\n", filepath.Join(cfg.DataDir, server.AdminTokenFile))
+			fmt.Fprintf(w, "  join token:  %s\n", filepath.Join(cfg.DataDir, server.JoinTokenFile))
+			fmt.Fprintf(w, "  CA:          %s\n", filepath.Join(cfg.DataDir, server.CACertFile))
+			fmt.Fprintf(w, "log in with: corridor login --server %s --token \"$(cat %s)\" --ca %s\n",
+				s.URL(), filepath.Join(cfg.DataDir, server.AdminTokenFile), filepath.Join(cfg.DataDir, server.CACertFile))
+			return s.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", "", "data directory: embedded etcd, tokens, CA (required)")
+	f.StringVar(&cfg.Listen, "listen", server.DefaultListen, "HTTPS listen address")
+	f.StringVar(&advertise, "advertise", "", "comma-separated host names or IPs to put in the server certificate")
+	f.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated external etcd endpoints (default: embedded etcd)")
+	f.StringVar(&etcdCA, "etcd-ca", "", "CA file of the external etcd")
+	f.StringVar(&etcdCert, "etcd-cert", "", "client certificate file for the external etcd")
+	f.StringVar(&etcdKey, "etcd-key", "", "client key file for the external etcd")
+	f.StringVar(&prefix, "etcd-prefix", store.DefaultPrefix, "key prefix in etcd")
+	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", server.DefaultHeartbeatTimeout, "a server silent for longer is down and its tasks move")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	_ = cmd.MarkFlagRequired("data-dir")
+	cmd.AddCommand(newServerRemoveCmd(), newServerBackupCmd())
+	return cmd
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func newServerRemoveCmd() *cobra.Command {
+	var cf *clientFlags
+	cmd := &cobra.Command{
+		Use:     "remove NAME",
+		Short:   "Remove a server: refuse its certificate from now on and place its tasks elsewhere",
+		Example: `  corridor server remove s3`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			if err := c.RemoveServer(cmd.Context(), args[0]); err != nil {
+				return explain(err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "server %s removed; its tasks are being placed elsewhere\n", args[0])
+			return nil
+		},
+	}
+	cf = addClientFlags(cmd)
+	return cmd
+}
+
+func newServerBackupCmd() *cobra.Command {
+	var cf *clientFlags
+	var out string
+	cmd := &cobra.Command{
+		Use:     "backup --out FILE",
+		Short:   "Save an etcd snapshot of all of Corridor's state (keep it secret: it holds the CA key and tokens)",
+		Example: `  corridor server backup --out corridor-$(date +%F).snapshot`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return fmt.Errorf("--out FILE is required")
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			f, err := os.OpenFile(out+".part", os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Minute)
+			defer cancel()
+			n, err := c.Backup(ctx, f)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				os.Remove(out + ".part")
+				return explain(err)
+			}
+			if err := os.Rename(out+".part", out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %d bytes to %s\n", n, out)
+			return nil
+		},
+	}
+	cf = addClientFlags(cmd)
+	cmd.Flags().StringVar(&out, "out", "", "file to write the snapshot to")
+	return cmd
+}

@@ -1,0 +1,157 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/server"
+)
+
+func run(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	root := NewRoot(&out, &errb)
+	root.SetArgs(args)
+	root.SetContext(context.Background())
+	err := root.Execute()
+	return out.String(), errb.String(), err
+}
+
+// The user commands against a real server: login, apply, get, describe,
+// scale, delete, server remove and backup.
+func TestUserCommandsAgainstServer(t *testing.T) {
+	t.Setenv("CORRIDOR_CONFIG", filepath.Join(t.TempDir(), "config.json"))
+	t.Setenv("CORRIDOR_SERVER", "")
+	t.Setenv("CORRIDOR_TOKEN", "")
+	t.Setenv("CORRIDOR_CA", "")
+
+	_, _, err := run(t, "get", "apps")
+	if err == nil || !strings.Contains(err.Error(), "corridor login --server") {
+		t.Fatalf("get apps without a server: %v; want a hint to log in", err)
+	}
+
+	dir := t.TempDir()
+	s, err := server.New(server.Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	tok := filepath.Join(dir, server.AdminTokenFile)
+	tb, _ := os.ReadFile(tok)
+	ca := filepath.Join(dir, server.CACertFile)
+	if _, _, err := run(t, "login", "--server", s.URL(), "--token", "wrong"+strings.TrimSpace(string(tb))[5:], "--ca", ca); err == nil || !strings.Contains(err.Error(), "admin.token") {
+		t.Fatalf("login with a wrong token: %v", err)
+	}
+	if _, _, err := run(t, "login", "--server", s.URL(), "--token", strings.TrimSpace(string(tb))); err == nil || !strings.Contains(err.Error(), "ca.crt") {
+		t.Fatalf("login without the CA: %v; want a hint about ca.crt", err)
+	}
+	if _, stderr, err := run(t, "login", "--server", s.URL(), "--token", strings.TrimSpace(string(tb)), "--ca", ca); err != nil {
+		t.Fatalf("login: %v %s", err, stderr)
+	}
+	info, err := os.Stat(os.Getenv("CORRIDOR_CONFIG"))
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("config file: %v %v", err, info)
+	}
+
+	// One server, joined as an agent would.
+	joinServer(t, s, "s1")
+
+	app := filepath.Join(t.TempDir(), "app.yaml")
+	os.WriteFile(app, []byte(`apiVersion: corridor/v1
+kind: App
+name: demo
+classes:
+  - name: web
+    tasks: 2
+    guest: {runtime: netns, command: [sleep, infinity]}
+    resources: {cpu: 10m, memory: 4Mi}
+  - name: db
+    tasks: 1
+    guest: {runtime: netns, command: [sleep, infinity]}
+    resources: {cpu: 10m, memory: 4Mi}
+rules:
+  - {from: web, to: db, ports: [5432], encrypt: true}
+`), 0o644)
+	out, _, err := run(t, "apply", "-f", app)
+	if err != nil || !strings.Contains(out, "demo") || !strings.Contains(out, "created") {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: corridor/v1\nkind: App\nname: x\nclasses: []\nbogus: 1\n"), 0o644)
+	if _, _, err := run(t, "apply", "-f", bad); err == nil || !strings.Contains(err.Error(), "bad.yaml:5") {
+		t.Fatalf("apply of a bad file: %v; want bad.yaml:5", err)
+	}
+
+	out, _, err = run(t, "get", "apps", "-o", "json")
+	var apps []api.App
+	if err != nil || json.Unmarshal([]byte(out), &apps) != nil || len(apps) != 1 {
+		t.Fatalf("get apps -o json: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _, err = run(t, "get", "tasks", "--app", "demo")
+		if err == nil && strings.Count(out, "demo/") == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("get tasks: %v\n%s", err, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, args := range [][]string{
+		{"get", "servers"}, {"get", "paths"}, {"get", "events", "-o", "yaml"},
+		{"describe", "app", "demo"}, {"describe", "task", "demo/db/0"}, {"describe", "server", "s1"},
+	} {
+		out, _, err := run(t, args...)
+		if err != nil || strings.TrimSpace(out) == "" {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	out, _, _ = run(t, "describe", "app", "demo")
+	if !strings.Contains(out, "demo/web/1") || !strings.Contains(out, "encrypted") || !strings.Contains(out, "Source:") {
+		t.Fatalf("describe app lacks tasks, paths or source:\n%s", out)
+	}
+	if _, _, err := run(t, "describe", "task", "demo/nope/0"); err == nil || !strings.Contains(err.Error(), "get tasks") {
+		t.Fatalf("describe of a missing task: %v", err)
+	}
+	if _, _, err := run(t, "scale", "demo", "web", "3"); err != nil {
+		t.Fatalf("scale: %v", err)
+	}
+	out, _, _ = run(t, "get", "apps")
+	if !strings.Contains(out, "demo") {
+		t.Fatalf("get apps table:\n%s", out)
+	}
+	snap := filepath.Join(t.TempDir(), "backup.snapshot")
+	if _, _, err := run(t, "server", "backup", "--out", snap); err != nil {
+		t.Fatalf("backup: %v", err)
+	}
+	if fi, err := os.Stat(snap); err != nil || fi.Size() < 1024 {
+		t.Fatalf("backup file: %v %v", err, fi)
+	}
+	if _, _, err := run(t, "delete", "app", "demo"); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, _, err := run(t, "delete", "app", "demo"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("second delete: %v; want 404", err)
+	}
+	if _, _, err := run(t, "server", "remove", "s1"); err != nil {
+		t.Fatalf("server remove: %v", err)
+	}
+	out, _, _ = run(t, "get", "servers")
+	if !strings.Contains(out, api.ServerRevoked) {
+		t.Fatalf("removed server not shown as removed:\n%s", out)
+	}
+}

@@ -1,0 +1,219 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/spec"
+	"github.com/corridor-dev/corridor/internal/store"
+)
+
+// join registers a server and signs its CSR. A join token holder may join
+// under any name that was not removed; joining again under the same name
+// (a reinstalled host) issues a new certificate, and the old one is
+// refused from then on.
+func (s *Server) join(w http.ResponseWriter, r *http.Request) {
+	var req api.JoinRequest
+	if err := decodeJSON(w, r, s.cfg.MaxBody, &req); err != nil {
+		return
+	}
+	if !tokenEqual(req.Token, s.joinToken) {
+		writeError(w, http.StatusUnauthorized, "wrong join token: use the one in the server's data directory (join.token)")
+		return
+	}
+	if !spec.ValidName(req.Name) {
+		writeError(w, http.StatusUnprocessableEntity, "invalid join request", fmt.Sprintf("name: %q is not a valid server name (lower-case letters, digits and '-', starting with a letter)", req.Name))
+		return
+	}
+	srv := spec.Server{
+		Name: req.Name, Address: req.Address, Capacity: req.Capacity, Labels: req.Labels,
+		PublicKey: req.PublicKey, WireGuardPort: req.WireGuardPort,
+	}
+	spec.SetServerDefaults(&srv)
+	if errs := spec.ValidateServers([]spec.Server{srv}); len(errs) > 0 {
+		writeError(w, http.StatusUnprocessableEntity, "invalid join request", errorLines(errs)...)
+		return
+	}
+	certPEM, serial, err := s.ca.signClient(req.CSR, req.Name)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	ev := api.Event{Who: "agent:" + req.Name, Action: "server.join", Object: "server/" + req.Name,
+		Message: fmt.Sprintf("joined from %s with address %s", r.RemoteAddr, req.Address)}
+	for attempt := 0; ; attempt++ {
+		old, err := s.st.GetServer(r.Context(), req.Name)
+		var expect int64
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		case old.Revoked:
+			writeError(w, http.StatusForbidden, "server "+req.Name+" was removed by an operator and may not join again under that name")
+			return
+		default:
+			expect = old.Revision
+			if old.Server.State == spec.ServerDraining {
+				srv.State = spec.ServerDraining
+			}
+		}
+		rec := store.ServerRecord{Server: srv, JoinedAt: time.Now().UTC(), CertSerial: serial}
+		err = s.st.PutServer(r.Context(), rec, expect, &ev)
+		if errors.Is(err, store.ErrConflict) && attempt < 10 {
+			continue
+		}
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		break
+	}
+	s.log.Info("server joined", "server", req.Name, "address", req.Address)
+	writeJSON(w, http.StatusOK, api.JoinResponse{Certificate: string(certPEM), CA: string(s.ca.certPEM)})
+}
+
+// agentDesired is the long-poll: it answers at once when the host's
+// revision differs from index, else when it changes or wait elapses (200
+// with the same state either way; X-Corridor-Index carries the revision).
+func (s *Server) agentDesired(w http.ResponseWriter, r *http.Request) {
+	s.serveDesired(w, r, r.PathValue("name"), true)
+}
+
+// hostDesired is the admin's view: never waits.
+func (s *Server) hostDesired(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	ds, err := s.st.GetDesired(r.Context(), name)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	if ds.Revision == 0 {
+		writeError(w, http.StatusNotFound, "no desired state for host "+name+" (not joined, removed, or not compiled yet)")
+		return
+	}
+	w.Header().Set("X-Corridor-Index", strconv.FormatInt(ds.Revision, 10))
+	writeJSON(w, http.StatusOK, ds)
+}
+
+func (s *Server) serveDesired(w http.ResponseWriter, r *http.Request, name string, mayWait bool) {
+	q := r.URL.Query()
+	var index int64
+	if v := q.Get("index"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("index: %q is not a revision (a non-negative integer)", v))
+			return
+		}
+		index = n
+	}
+	wait := DefaultWait
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("wait: %q is not a duration such as 60s", v))
+			return
+		}
+		wait = d
+	}
+	wait = min(wait, s.cfg.MaxWait)
+	if !mayWait {
+		wait = 0
+	}
+	if wait > 0 {
+		// The server's read and write timeouts are for ordinary requests;
+		// this one may legitimately stay quiet for wait. The read deadline
+		// matters too: when it passes, net/http's background read fails and
+		// cancels the request's context.
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Now().Add(wait + 30*time.Second))
+		_ = rc.SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
+	}
+	select {
+	case <-s.hub.ready:
+	case <-r.Context().Done():
+		return
+	}
+	s.m.waiters.Inc()
+	data, rev := s.hub.wait(r.Context(), name, index, wait)
+	s.m.waiters.Dec()
+	if r.Context().Err() != nil {
+		return
+	}
+	if data == nil {
+		empty, _ := json.Marshal(compile.HostState{Host: name})
+		data = empty
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Corridor-Index", strconv.FormatInt(rev, 10))
+	// The stored bytes are the state: no decode and encode per waiter.
+	fmt.Fprintf(w, `{"revision":%d,"state":%s}`+"\n", rev, data)
+}
+
+// agentStatus stores a heartbeat. When the agent reports a new address,
+// WireGuard key or port, capacity or labels, the server record follows
+// (key rotation), which recompiles.
+func (s *Server) agentStatus(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var st api.Status
+	if err := decodeJSON(w, r, s.cfg.MaxBody, &st); err != nil {
+		return
+	}
+	if st.Name == "" {
+		st.Name = name
+	}
+	if st.Name != name {
+		writeError(w, http.StatusForbidden, fmt.Sprintf("status names server %q; an agent may report only its own (%s)", st.Name, name))
+		return
+	}
+	if err := s.st.PutStatus(r.Context(), store.StatusRecord{Status: st, Received: time.Now().UTC()}); err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	if err := s.followStatus(r.Context(), st); err != nil {
+		s.log.Warn("update server from status", "server", name, "err", err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) followStatus(ctx context.Context, st api.Status) error {
+	ev := api.Event{Who: "agent:" + st.Name, Action: "server.update", Object: "server/" + st.Name}
+	_, err := s.st.UpdateServer(ctx, st.Name, func(rec *store.ServerRecord) (bool, error) {
+		next := rec.Server
+		if st.Address != "" {
+			next.Address = st.Address
+		}
+		if st.PublicKey != "" {
+			next.PublicKey = st.PublicKey
+		}
+		if st.WireGuardPort != 0 {
+			next.WireGuardPort = st.WireGuardPort
+		}
+		if st.Capacity.CPU != 0 || st.Capacity.Memory != 0 {
+			next.Capacity = st.Capacity
+		}
+		if st.Labels != nil {
+			next.Labels = st.Labels
+		}
+		if next.Address == rec.Server.Address && next.PublicKey == rec.Server.PublicKey &&
+			next.WireGuardPort == rec.Server.WireGuardPort && next.Capacity == rec.Server.Capacity &&
+			maps.Equal(next.Labels, rec.Server.Labels) {
+			return false, nil
+		}
+		if errs := spec.ValidateServers([]spec.Server{next}); len(errs) > 0 {
+			return false, fmt.Errorf("reported server fields are invalid: %w", errs)
+		}
+		ev.Message = fmt.Sprintf("server fields changed (address %s, wireguard port %d)", next.Address, next.WireGuardPort)
+		rec.Server = next
+		return true, nil
+	}, &ev)
+	return err
+}

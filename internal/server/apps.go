@@ -1,0 +1,572 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/spec"
+	"github.com/corridor-dev/corridor/internal/store"
+)
+
+// maxAttempts bounds the read-validate-compile-commit loop of a change
+// that keeps losing races; the client gets 409 after that.
+const maxAttempts = 20
+
+// httpError is an error with the answer it deserves.
+type httpError struct {
+	code    int
+	msg     string
+	details []string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func fail(code int, msg string, details ...string) *httpError {
+	return &httpError{code: code, msg: msg, details: details}
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	var he *httpError
+	if errors.As(err, &he) {
+		writeError(w, he.code, he.msg, he.details...)
+		return
+	}
+	writeError(w, http.StatusServiceUnavailable, err.Error())
+}
+
+// errorLines turns a spec.ErrorList (or any error) into one line per
+// problem, "file:line:col: field: message".
+func errorLines(err error) []string {
+	if l, ok := spec.AsErrorList(err); ok {
+		out := make([]string, len(l))
+		for i, e := range l {
+			out[i] = e.Error()
+		}
+		return out
+	}
+	var lines []string
+	for _, ln := range strings.Split(err.Error(), "\n") {
+		if ln = strings.TrimSpace(ln); ln != "" {
+			lines = append(lines, ln)
+		}
+	}
+	return lines
+}
+
+var fileNameRE = regexp.MustCompile(`^[^\x00-\x1f]{1,200}$`)
+
+// incoming is an app from a request body with the source to keep.
+type incoming struct {
+	app    spec.App
+	source string
+}
+
+// parseApps reads the body of an apply or plan: YAML (any content type but
+// JSON) through the same decoder as `corridor plan`, or JSON spec.App (one
+// object or an array).
+func (s *Server) parseApps(w http.ResponseWriter, r *http.Request) ([]incoming, error) {
+	body, err := readBody(w, r, s.cfg.MaxBody)
+	if err != nil {
+		return nil, err
+	}
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if ct == "application/json" {
+		var apps []spec.App
+		trimmed := bytes.TrimSpace(body)
+		if len(trimmed) > 0 && trimmed[0] == '[' {
+			err = strictUnmarshal(body, &apps)
+		} else {
+			var a spec.App
+			err = strictUnmarshal(body, &a)
+			apps = []spec.App{a}
+		}
+		if err != nil {
+			return nil, fail(http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		}
+		var errs spec.ErrorList
+		for i := range apps {
+			spec.SetAppDefaults(&apps[i])
+			for _, e := range spec.ValidateApp(&apps[i]) {
+				if len(apps) > 1 {
+					e.Field = fmt.Sprintf("[%d].%s", i, e.Field)
+				}
+				errs = append(errs, e)
+			}
+		}
+		errs = append(errs, spec.ValidateApps(apps)...)
+		if len(errs) > 0 {
+			return nil, fail(http.StatusUnprocessableEntity, "invalid app", errorLines(errs)...)
+		}
+		out := make([]incoming, len(apps))
+		for i, a := range apps {
+			out[i] = incoming{app: a}
+		}
+		return out, nil
+	}
+	file := r.Header.Get("X-Corridor-File")
+	if !fileNameRE.MatchString(file) {
+		file = "request"
+	}
+	apps, err := spec.DecodeApps(file, body)
+	if err != nil {
+		return nil, fail(http.StatusUnprocessableEntity, "invalid app", errorLines(err)...)
+	}
+	sources := splitDocuments(body, len(apps))
+	out := make([]incoming, len(apps))
+	for i, a := range apps {
+		out[i] = incoming{app: a, source: sources[i]}
+	}
+	return out, nil
+}
+
+// splitDocuments gives each app the YAML document it came from, for
+// display. If the documents cannot be matched one to one, every app keeps
+// the whole body.
+func splitDocuments(body []byte, n int) []string {
+	out := make([]string, n)
+	dec := yaml.NewDecoder(bytes.NewReader(body))
+	var docs []string
+	for {
+		var node yaml.Node
+		err := dec.Decode(&node)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			docs = nil
+			break
+		}
+		if node.Kind == 0 || (len(node.Content) == 1 && node.Content[0].ShortTag() == "!!null") {
+			continue
+		}
+		b, err := yaml.Marshal(&node)
+		if err != nil {
+			docs = nil
+			break
+		}
+		docs = append(docs, string(b))
+	}
+	for i := range out {
+		if len(docs) == n {
+			out[i] = docs[i]
+		} else {
+			out[i] = string(body)
+		}
+	}
+	return out
+}
+
+// ifMatch reads the If-Match header: the revision the client last saw
+// ("0": the app must not exist yet). Quotes (an ETag) are accepted.
+func ifMatch(r *http.Request) (int64, bool, error) {
+	v := strings.Trim(strings.TrimSpace(r.Header.Get("If-Match")), `"`)
+	if v == "" {
+		return 0, false, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, false, fail(http.StatusBadRequest, fmt.Sprintf("If-Match: %q is not an app revision (a non-negative integer)", v))
+	}
+	return n, true, nil
+}
+
+func checkIfMatch(sn *store.Snapshot, name string, want int64) error {
+	cur, ok := sn.App(name)
+	var have int64
+	if ok {
+		have = cur.Revision
+	}
+	if have == want {
+		return nil
+	}
+	if want == 0 {
+		return fail(http.StatusConflict, fmt.Sprintf("app %s already exists at revision %d (If-Match: 0 asks to create it)", name, have))
+	}
+	if !ok {
+		return fail(http.StatusConflict, fmt.Sprintf("app %s does not exist any more (If-Match: %d)", name, want))
+	}
+	return fail(http.StatusConflict, fmt.Sprintf("app %s is at revision %d, not %d: someone changed it; get it again, merge and re-apply", name, have, want))
+}
+
+// dryRun compiles apps as they would be with the snapshot's servers and
+// placement; a placement error means the change must not be stored.
+func (s *Server) dryRun(sn *store.Snapshot, apps []spec.App) (*compile.Plan, error) {
+	servers, _ := fleet(sn, s.hub.lastSeen(), time.Now(), s.started, s.cfg.HeartbeatTimeout)
+	plan, err := compile.Compile(compileInput(sn, apps, servers))
+	if err != nil {
+		return nil, fail(http.StatusUnprocessableEntity, "the apps do not compile with the current servers; nothing was stored", errorLines(err)...)
+	}
+	return plan, nil
+}
+
+// merged is the snapshot's apps with in replacing or adding.
+func merged(sn *store.Snapshot, in []incoming) []spec.App {
+	byName := map[string]spec.App{}
+	for _, a := range sn.Apps {
+		byName[a.App.Name] = a.App
+	}
+	for _, a := range in {
+		byName[a.app.Name] = a.app
+	}
+	out := make([]spec.App, 0, len(byName))
+	for _, a := range byName {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func sameSpec(a, b spec.App) bool {
+	ab, _ := json.Marshal(a)
+	bb, _ := json.Marshal(b)
+	return bytes.Equal(ab, bb)
+}
+
+// applyApps stores apps. Design (docs/api.md, "Conflicts"): each attempt
+// reads a snapshot, validates and dry-run compiles against it, and commits
+// only if no app or server changed since the snapshot; otherwise it tries
+// again on the new state. With If-Match, a changed app is a 409 instead.
+// So two racing applies both land, one after the other, each checked
+// against what it lands on, each recorded as an event naming the revision
+// it replaced, and the answer says it too.
+func (s *Server) applyApps(w http.ResponseWriter, r *http.Request) {
+	in, err := s.parseApps(w, r)
+	if err != nil {
+		if !errors.Is(err, errBodyWritten) {
+			writeErr(w, err)
+		}
+		return
+	}
+	want, hasIfMatch, err := ifMatch(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if hasIfMatch && len(in) != 1 {
+		writeError(w, http.StatusBadRequest, "If-Match applies to a body of exactly one app")
+		return
+	}
+	res, err := s.commitApply(r.Context(), who(r), in, want, hasIfMatch)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	code := http.StatusOK
+	for _, a := range res.Apps {
+		if a.Action == "created" {
+			code = http.StatusCreated
+		}
+	}
+	writeJSON(w, code, res)
+}
+
+func (s *Server) commitApply(ctx context.Context, by string, in []incoming, want int64, hasIfMatch bool) (*api.ApplyResult, error) {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		sn, err := s.st.Snapshot(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if hasIfMatch {
+			if err := checkIfMatch(sn, in[0].app.Name, want); err != nil {
+				return nil, err
+			}
+		}
+		all := merged(sn, in)
+		if errs := spec.ValidateApps(all); len(errs) > 0 {
+			return nil, fail(http.StatusUnprocessableEntity, "the apps conflict with stored apps", errorLines(errs)...)
+		}
+		if _, err := s.dryRun(sn, all); err != nil {
+			return nil, err
+		}
+		res := &api.ApplyResult{}
+		var puts []store.AppRecord
+		var msgs []string
+		now := time.Now().UTC()
+		for _, a := range in {
+			ch := api.AppChange{Name: a.app.Name, Action: "created"}
+			if old, ok := sn.App(a.app.Name); ok {
+				ch.PreviousRevision = old.Revision
+				ch.Action = "updated"
+				if sameSpec(old.App, a.app) && (a.source == "" || a.source == old.Source) {
+					ch.Action = "unchanged"
+					ch.Revision = old.Revision
+				}
+			}
+			res.Apps = append(res.Apps, ch)
+			if ch.Action == "unchanged" {
+				continue
+			}
+			puts = append(puts, store.AppRecord{App: a.app, Source: a.source, UpdatedBy: by, UpdatedAt: now})
+			m := fmt.Sprintf("%s %s", ch.Action, a.app.Name)
+			if ch.PreviousRevision != 0 {
+				m += fmt.Sprintf(" (replacing revision %d)", ch.PreviousRevision)
+			}
+			msgs = append(msgs, m)
+		}
+		if len(puts) == 0 {
+			return res, nil
+		}
+		obj := ""
+		if len(in) == 1 {
+			obj = "app/" + in[0].app.Name
+		}
+		rev, err := s.st.CommitApps(ctx, sn, puts, nil, api.Event{Who: by, Action: "app.apply", Object: obj, Message: strings.Join(msgs, "; ")})
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for i := range res.Apps {
+			if res.Apps[i].Action != "unchanged" {
+				res.Apps[i].Revision = rev
+			}
+		}
+		return res, nil
+	}
+	return nil, fail(http.StatusConflict, "the state kept changing while applying; try again")
+}
+
+// plan is a dry run of an apply: what would change, and nothing stored.
+func (s *Server) plan(w http.ResponseWriter, r *http.Request) {
+	in, err := s.parseApps(w, r)
+	if err != nil {
+		if !errors.Is(err, errBodyWritten) {
+			writeErr(w, err)
+		}
+		return
+	}
+	sn, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	all := merged(sn, in)
+	if errs := spec.ValidateApps(all); len(errs) > 0 {
+		writeError(w, http.StatusUnprocessableEntity, "the apps conflict with stored apps", errorLines(errs)...)
+		return
+	}
+	p, err := s.dryRun(sn, all)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	res := api.PlanResult{Tasks: p.Tasks}
+	for _, a := range in {
+		ch := api.AppChange{Name: a.app.Name, Action: "created"}
+		if old, ok := sn.App(a.app.Name); ok {
+			ch.PreviousRevision, ch.Revision = old.Revision, old.Revision
+			ch.Action = "updated"
+			if sameSpec(old.App, a.app) {
+				ch.Action = "unchanged"
+			}
+		}
+		res.Apps = append(res.Apps, ch)
+	}
+	was := map[string]string{}
+	for _, pl := range sn.Placement {
+		for _, t := range pl.Tasks {
+			was[t.ID] = t.Server
+		}
+	}
+	for _, t := range p.Tasks {
+		old, ok := was[t.ID]
+		switch {
+		case !ok:
+			res.Changes = append(res.Changes, api.PlanChange{Kind: "task", Name: t.ID, Action: "add", Detail: "on " + t.Server + ": " + t.Reason.Chosen})
+		case old != t.Server:
+			res.Changes = append(res.Changes, api.PlanChange{Kind: "task", Name: t.ID, Action: "move", Detail: old + " -> " + t.Server + ": " + t.Reason.Chosen})
+		}
+		delete(was, t.ID)
+	}
+	gone := make([]string, 0, len(was))
+	for id := range was {
+		gone = append(gone, id)
+	}
+	sort.Strings(gone)
+	for _, id := range gone {
+		res.Changes = append(res.Changes, api.PlanChange{Kind: "task", Name: id, Action: "remove", Detail: "from " + was[id]})
+	}
+	hosts, err := s.st.Hosts(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	for _, hs := range p.Hosts {
+		b, _ := json.Marshal(hs)
+		if h := hosts[hs.Host]; h == nil || !bytes.Equal(h.Desired, b) {
+			res.Changes = append(res.Changes, api.PlanChange{Kind: "host", Name: hs.Host, Action: "update",
+				Detail: fmt.Sprintf("%d guests, %d peers, %d vxlan entries", len(hs.Guests), len(hs.Peers), len(hs.VXLAN))})
+		}
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	want, hasIfMatch, err := ifMatch(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		sn, err := s.st.Snapshot(r.Context())
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		old, ok := sn.App(name)
+		if !ok {
+			writeError(w, http.StatusNotFound, "no app named "+name+" (see `corridor get apps`)")
+			return
+		}
+		if hasIfMatch {
+			if err := checkIfMatch(sn, name, want); err != nil {
+				writeErr(w, err)
+				return
+			}
+		}
+		_, err = s.st.CommitApps(r.Context(), sn, nil, []string{name}, api.Event{Who: who(r), Action: "app.delete",
+			Object: "app/" + name, Message: fmt.Sprintf("deleted %s (revision %d)", name, old.Revision)})
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeError(w, http.StatusConflict, "the state kept changing while deleting; try again")
+}
+
+func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var req api.ScaleRequest
+	if err := decodeJSON(w, r, s.cfg.MaxBody, &req); err != nil {
+		return
+	}
+	want, hasIfMatch, err := ifMatch(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		sn, err := s.st.Snapshot(r.Context())
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		old, ok := sn.App(name)
+		if !ok {
+			writeError(w, http.StatusNotFound, "no app named "+name+" (see `corridor get apps`)")
+			return
+		}
+		if hasIfMatch {
+			if err := checkIfMatch(sn, name, want); err != nil {
+				writeErr(w, err)
+				return
+			}
+		}
+		app := old.App
+		app.Classes = append([]spec.Class(nil), app.Classes...)
+		idx := -1
+		var names []string
+		for i, c := range app.Classes {
+			names = append(names, c.Name)
+			if c.Name == req.Class {
+				idx = i
+			}
+		}
+		if idx < 0 {
+			writeError(w, http.StatusUnprocessableEntity, "invalid scale request",
+				fmt.Sprintf("class: app %s has no class %q (it has: %s)", name, req.Class, strings.Join(names, ", ")))
+			return
+		}
+		from := app.Classes[idx].Tasks
+		app.Classes[idx].Tasks = req.Tasks
+		if errs := spec.ValidateApp(&app); len(errs) > 0 {
+			writeError(w, http.StatusUnprocessableEntity, "invalid scale request", errorLines(errs)...)
+			return
+		}
+		if _, err := s.dryRun(sn, merged(sn, []incoming{{app: app}})); err != nil {
+			writeErr(w, err)
+			return
+		}
+		now := time.Now().UTC()
+		note := fmt.Sprintf("%s: class %s scaled from %d to %d tasks by %s", now.Format(time.RFC3339), req.Class, from, req.Tasks, who(r))
+		rec := store.AppRecord{App: app, Source: old.Source, Notes: append(append([]string(nil), old.Notes...), note), UpdatedBy: who(r), UpdatedAt: now}
+		rev, err := s.st.CommitApps(r.Context(), sn, []store.AppRecord{rec}, nil, api.Event{Who: who(r), Action: "app.scale",
+			Object: "app/" + name, Message: fmt.Sprintf("class %s from %d to %d tasks (replacing revision %d)", req.Class, from, req.Tasks, old.Revision)})
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, api.ApplyResult{Apps: []api.AppChange{{Name: name, Action: "updated", Revision: rev, PreviousRevision: old.Revision}}})
+		return
+	}
+	writeError(w, http.StatusConflict, "the state kept changing while scaling; try again")
+}
+
+func appView(a store.AppRecord, placement []store.AppPlacement) api.App {
+	v := api.App{Name: a.App.Name, Spec: a.App, Revision: a.Revision, Source: a.Source, Notes: a.Notes, UpdatedBy: a.UpdatedBy, UpdatedAt: a.UpdatedAt}
+	for _, p := range placement {
+		if p.App == a.App.Name {
+			v.Placed = len(p.Tasks)
+			if p.Network.IsValid() {
+				v.Network = p.Network.String()
+			}
+		}
+	}
+	if v.Network == "" {
+		v.Network = a.App.Network
+	}
+	return v
+}
+
+func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
+	sn, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	out := make([]api.App, 0, len(sn.Apps))
+	for _, a := range sn.Apps {
+		out = append(out, appView(a, sn.Placement))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
+	sn, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	a, ok := sn.App(r.PathValue("name"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "no app named "+r.PathValue("name")+" (see `corridor get apps`)")
+		return
+	}
+	w.Header().Set("ETag", strconv.Quote(strconv.FormatInt(a.Revision, 10)))
+	writeJSON(w, http.StatusOK, appView(a, sn.Placement))
+}

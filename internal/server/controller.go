@@ -1,0 +1,373 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/spec"
+	"github.com/corridor-dev/corridor/internal/store"
+)
+
+// controller turns stored apps and servers into placement and per-host
+// desired state. Only the elected leader among the servers sharing an
+// etcd runs it; every write it makes is guarded by its leadership key, so
+// a deposed leader that has not noticed yet cannot write.
+type controller struct {
+	st      *store.Store
+	hub     *hub
+	m       *metrics
+	log     *slog.Logger
+	id      string
+	ttl     int
+	timeout time.Duration // heartbeat
+
+	leader    atomic.Bool
+	kick      chan struct{}
+	mu        sync.Mutex
+	lastDown  string // down set at the last compile, joined
+	lastError string // last compile error, to log it once
+	// reconciles counts completed reconciles, for tests.
+	reconciles atomic.Int64
+}
+
+func newController(st *store.Store, h *hub, m *metrics, log *slog.Logger, id string, ttl int, timeout time.Duration) *controller {
+	return &controller{st: st, hub: h, m: m, log: log, id: id, ttl: ttl, timeout: timeout, kick: make(chan struct{}, 1)}
+}
+
+// trigger asks for a reconcile soon; many triggers make one reconcile.
+func (c *controller) trigger() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run campaigns for leadership and leads while elected, until ctx ends.
+func (c *controller) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		if err := c.campaignAndLead(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("controller election", "err", err)
+			sleepCtx(ctx, time.Second)
+		}
+	}
+}
+
+func (c *controller) campaignAndLead(ctx context.Context) error {
+	sess, err := concurrency.NewSession(c.st.Client(), concurrency.WithTTL(c.ttl), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("session: %w", err)
+	}
+	defer sess.Close()
+	el := concurrency.NewElection(sess, c.st.LeaderPrefix())
+	if err := el.Campaign(ctx, c.id); err != nil {
+		return fmt.Errorf("campaign: %w", err)
+	}
+	c.log.Info("controller elected", "id", c.id)
+	c.leader.Store(true)
+	defer func() {
+		c.leader.Store(false)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = el.Resign(rctx) // the lease ends with the session anyway
+		c.log.Info("controller stepped down", "id", c.id)
+	}()
+	guard := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sess.Done(): // lease lost: someone else may lead now
+			cancel()
+		case <-lctx.Done():
+		}
+	}()
+	return c.lead(lctx, guard, time.Now())
+}
+
+func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.Time) error {
+	wch := c.st.Client().Watch(clientv3.WithRequireLeader(ctx), c.st.AppsPrefix(), clientv3.WithPrefix())
+	sch := c.st.Client().Watch(clientv3.WithRequireLeader(ctx), c.st.ServersPrefix(), clientv3.WithPrefix())
+	tick := time.NewTicker(c.checkEvery())
+	defer tick.Stop()
+	c.trigger()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r, ok := <-wch:
+			if !ok || r.Err() != nil {
+				return fmt.Errorf("apps watch ended: %v", r.Err())
+			}
+			c.trigger()
+		case r, ok := <-sch:
+			if !ok || r.Err() != nil {
+				return fmt.Errorf("servers watch ended: %v", r.Err())
+			}
+			c.trigger()
+		case <-tick.C:
+			// Heartbeats are not watched here: the hub mirrors them. A
+			// change of the down set is what needs a compile.
+			if c.downChanged(ctx, since) {
+				c.trigger()
+			}
+		case <-retry.C:
+			c.trigger()
+		case <-c.kick:
+			if err := c.reconcile(ctx, guard, since); err != nil && ctx.Err() == nil {
+				c.log.Warn("reconcile failed; retrying", "err", err)
+				retry.Reset(time.Second)
+			}
+		}
+	}
+}
+
+func (c *controller) checkEvery() time.Duration {
+	return min(max(c.timeout/10, 50*time.Millisecond), time.Second)
+}
+
+func (c *controller) downChanged(ctx context.Context, since time.Time) bool {
+	sn, err := c.st.Snapshot(ctx)
+	if err != nil {
+		return false
+	}
+	_, states := fleet(sn, c.hub.lastSeen(), time.Now(), since, c.timeout)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return downKey(states) != c.lastDown
+}
+
+// anyDown reports whether the last compile saw a server down.
+func (c *controller) anyDown() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastDown != "" && c.lastDown != "[]"
+}
+
+func downKey(states map[string]string) string {
+	down := []string{}
+	for name, s := range states {
+		if s == spec.ServerDown {
+			down = append(down, name)
+		}
+	}
+	sort.Strings(down)
+	b, _ := json.Marshal(down)
+	return string(b)
+}
+
+// fleet is the compiler's view of the servers: removed ones left out, and
+// those silent for longer than timeout marked down. A server's silence
+// counts from its last status, or its join if it never reported, but never
+// from before since (the controller's start): after an outage of the
+// control plane every agent gets a full timeout to report again.
+func fleet(sn *store.Snapshot, seen map[string]time.Time, now, since time.Time, timeout time.Duration) ([]spec.Server, map[string]string) {
+	var servers []spec.Server
+	states := make(map[string]string, len(sn.Servers))
+	for _, r := range sn.Servers {
+		name := r.Server.Name
+		if r.Revoked {
+			states[name] = api.ServerRevoked
+			continue
+		}
+		s := r.Server
+		spec.SetServerDefaults(&s)
+		last := seen[name]
+		if last.IsZero() {
+			last = r.JoinedAt
+		}
+		if last.Before(since) {
+			last = since
+		}
+		if now.Sub(last) > timeout {
+			s.State = spec.ServerDown
+		}
+		states[name] = s.State
+		servers = append(servers, s)
+	}
+	return servers, states
+}
+
+func compileInput(sn *store.Snapshot, apps []spec.App, servers []spec.Server) compile.Input {
+	return compile.Input{Apps: apps, Servers: servers, Current: sn.Assignments(), Networks: sn.Networks()}
+}
+
+func specs(recs []store.AppRecord) []spec.App {
+	out := make([]spec.App, len(recs))
+	for i, r := range recs {
+		out[i] = r.App
+	}
+	return out
+}
+
+// reconcile compiles the stored state and writes what changed: a host's
+// desired state gets a new revision only when its bytes differ.
+func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since time.Time) error {
+	sn, err := c.st.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	hosts, err := c.st.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	servers, states := fleet(sn, c.hub.lastSeen(), time.Now(), since, c.timeout)
+	c.m.setHostStates(states)
+	start := time.Now()
+	plan, err := compile.Compile(compileInput(sn, specs(sn.Apps), servers))
+	c.m.compileSeconds.Observe(time.Since(start).Seconds())
+	c.mu.Lock()
+	c.lastDown = downKey(states)
+	c.mu.Unlock()
+	if err != nil {
+		// Keep the last good state: agents go on with what they have.
+		c.noteCompileError(ctx, err)
+		c.reconciles.Add(1)
+		return nil
+	}
+	c.mu.Lock()
+	c.lastError = ""
+	c.mu.Unlock()
+
+	var writes []store.DesiredWrite
+	inPlan := map[string]bool{}
+	for _, hs := range plan.Hosts {
+		inPlan[hs.Host] = true
+		b, err := json.Marshal(hs)
+		if err != nil {
+			return fmt.Errorf("encode desired state of %s: %w", hs.Host, err)
+		}
+		old := hosts[hs.Host]
+		if old != nil && bytes.Equal(old.Desired, b) {
+			continue
+		}
+		var prev int64
+		if old != nil {
+			prev = old.DesiredRevision
+		}
+		writes = append(writes, store.DesiredWrite{Host: hs.Host, Data: b, Prev: prev})
+	}
+	names := make([]string, 0, len(hosts))
+	for name := range hosts {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if h := hosts[name]; !inPlan[name] && h.Desired != nil {
+			writes = append(writes, store.DesiredWrite{Host: name, Prev: h.DesiredRevision})
+		}
+	}
+	n, err := c.st.WriteDesired(ctx, guard, writes)
+	c.m.revisions.Add(float64(n))
+	if err != nil {
+		return err
+	}
+	moved, err := c.writePlacement(ctx, guard, sn, plan)
+	if err != nil {
+		return err
+	}
+	if len(writes) > 0 || moved > 0 {
+		msg := fmt.Sprintf("%d tasks placed (%d new or moved), %d host desired states updated", len(plan.Tasks), moved, len(writes))
+		c.log.Info("placement updated", "tasks", len(plan.Tasks), "moved", moved, "hosts", len(writes))
+		if err := c.st.AppendEvent(ctx, api.Event{Who: "controller", Action: "placement.update", Message: msg}); err != nil {
+			c.log.Warn("record event", "err", err)
+		}
+	}
+	c.reconciles.Add(1)
+	return nil
+}
+
+func (c *controller) noteCompileError(ctx context.Context, err error) {
+	msg := err.Error()
+	c.mu.Lock()
+	same := msg == c.lastError
+	c.lastError = msg
+	c.mu.Unlock()
+	if same {
+		return
+	}
+	c.log.Error("compile failed; keeping the last desired states", "err", err)
+	if e := c.st.AppendEvent(ctx, api.Event{Who: "controller", Action: "compile.error", Message: msg}); e != nil {
+		c.log.Warn("record event", "err", e)
+	}
+}
+
+// writePlacement stores each app's tasks and paths where they changed, and
+// returns how many tasks are new or on another server than before.
+func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, sn *store.Snapshot, plan *compile.Plan) (int, error) {
+	byApp := map[string]*store.AppPlacement{}
+	get := func(app string) *store.AppPlacement {
+		p := byApp[app]
+		if p == nil {
+			p = &store.AppPlacement{App: app, Tasks: []compile.Task{}, Paths: []compile.Path{}}
+			byApp[app] = p
+		}
+		return p
+	}
+	for _, n := range plan.Networks {
+		get(n.App).Network = n.Network
+	}
+	for _, t := range plan.Tasks {
+		p := get(t.App)
+		p.Tasks = append(p.Tasks, t)
+	}
+	for _, pa := range plan.Paths {
+		p := get(pa.App)
+		p.Paths = append(p.Paths, pa)
+	}
+	old := map[string]store.AppPlacement{}
+	where := map[string]string{}
+	for _, p := range sn.Placement {
+		old[p.App] = p
+		for _, t := range p.Tasks {
+			where[t.ID] = t.Server
+		}
+	}
+	moved := 0
+	for _, t := range plan.Tasks {
+		if where[t.ID] != t.Server {
+			moved++
+		}
+	}
+	var puts []store.AppPlacement
+	for app, p := range byApp {
+		o, ok := old[app]
+		if ok {
+			ob, _ := json.Marshal(o)
+			nb, _ := json.Marshal(p)
+			if bytes.Equal(ob, nb) {
+				continue
+			}
+		}
+		puts = append(puts, *p)
+	}
+	sort.Slice(puts, func(i, j int) bool { return puts[i].App < puts[j].App })
+	var deletes []string
+	for app := range old {
+		if byApp[app] == nil {
+			deletes = append(deletes, app)
+		}
+	}
+	sort.Strings(deletes)
+	if err := c.st.WritePlacement(ctx, guard, puts, deletes); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return moved, fmt.Errorf("placement write refused (leadership lost?): %w", err)
+		}
+		return moved, err
+	}
+	return moved, nil
+}

@@ -1,0 +1,210 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/store"
+)
+
+func (s *Server) serverViews(sn *store.Snapshot, statuses map[string]store.StatusRecord) []api.Server {
+	_, states := fleet(sn, s.hub.lastSeen(), time.Now(), s.started, s.cfg.HeartbeatTimeout)
+	tasks := map[string]int{}
+	for _, p := range sn.Placement {
+		for _, t := range p.Tasks {
+			tasks[t.Server]++
+		}
+	}
+	out := make([]api.Server, 0, len(sn.Servers))
+	for _, rec := range sn.Servers {
+		name := rec.Server.Name
+		v := s.hub.view(name)
+		sv := api.Server{
+			Spec: rec.Server, JoinedAt: rec.JoinedAt, State: states[name],
+			LastSeen: v.LastSeen, DesiredRevision: v.DesiredRevision, AppliedRevision: v.AppliedRevision,
+			Tasks: tasks[name],
+		}
+		if st, ok := statuses[name]; ok {
+			sv.Errors = st.Status.Errors
+			sv.AppliedRevision = st.Status.AppliedRevision
+			sv.LastSeen = st.Received
+		}
+		out = append(out, sv)
+	}
+	return out
+}
+
+func (s *Server) listServers(w http.ResponseWriter, r *http.Request) {
+	sn, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	statuses, err := s.st.Statuses(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.serverViews(sn, statuses))
+}
+
+func (s *Server) getServer(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	sn, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	statuses, err := s.st.Statuses(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	for _, v := range s.serverViews(sn, statuses) {
+		if v.Spec.Name == name {
+			writeJSON(w, http.StatusOK, v)
+			return
+		}
+	}
+	writeError(w, http.StatusNotFound, "no server named "+name+" (see `corridor get servers`)")
+}
+
+// removeServer revokes a server: its certificate is refused from now on,
+// it may not join again under that name, and the controller places its
+// tasks elsewhere.
+func (s *Server) removeServer(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	ev := api.Event{Who: who(r), Action: "server.remove", Object: "server/" + name, Message: "removed; its certificate is refused from now on and its tasks are placed elsewhere"}
+	_, err := s.st.UpdateServer(r.Context(), name, func(rec *store.ServerRecord) (bool, error) {
+		if rec.Revoked {
+			return false, nil
+		}
+		rec.Revoked, rec.RevokedAt, rec.RevokedBy = true, time.Now().UTC(), who(r)
+		return true, nil
+	}, &ev)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no server named "+name+" (see `corridor get servers`)")
+		return
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
+	sn, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	statuses, err := s.st.Statuses(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	live := map[string]api.TaskStatus{}
+	for _, st := range statuses {
+		for _, ts := range st.Status.Tasks {
+			live[st.Status.Name+"\x00"+ts.Task] = ts
+		}
+	}
+	app, server, task := r.URL.Query().Get("app"), r.URL.Query().Get("server"), r.URL.Query().Get("task")
+	out := []api.TaskInfo{}
+	for _, p := range sn.Placement {
+		if app != "" && p.App != app {
+			continue
+		}
+		for _, t := range p.Tasks {
+			if (server != "" && t.Server != server) || (task != "" && t.ID != task) {
+				continue
+			}
+			ti := api.TaskInfo{Task: t}
+			if ts, ok := live[t.Server+"\x00"+t.ID]; ok {
+				ti.Status = &ts
+			}
+			out = append(out, ti)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) listPaths(w http.ResponseWriter, r *http.Request) {
+	sn, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	statuses, err := s.st.Statuses(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	app, server := r.URL.Query().Get("app"), r.URL.Query().Get("server")
+	now := time.Now()
+	out := []api.PathInfo{}
+	for _, p := range sn.Placement {
+		if app != "" && p.App != app {
+			continue
+		}
+		for _, pa := range p.Paths {
+			if server != "" && pa.FromServer != server && pa.ToServer != server {
+				continue
+			}
+			pi := api.PathInfo{Path: pa, HandshakeAge: -1}
+			if pa.Encrypt && !pa.Local {
+				for _, peer := range statuses[pa.FromServer].Status.Peers {
+					if peer.Server == pa.ToServer {
+						peer := peer
+						pi.Peer = &peer
+						if !peer.LastHandshake.IsZero() {
+							pi.HandshakeAge = now.Sub(peer.LastHandshake).Round(time.Millisecond).Seconds()
+						}
+					}
+				}
+			}
+			out = append(out, pi)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit: %q is not a positive integer", v))
+			return
+		}
+		limit = n
+	}
+	evs, err := s.st.Events(r.Context(), limit)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, evs)
+}
+
+// backup streams an etcd snapshot of the whole keyspace (all of Corridor's
+// state, CA and tokens included: keep it as secret as admin.token).
+func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(10 * time.Minute))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", `attachment; filename="corridor-etcd.snapshot"`)
+	n, err := s.st.Backup(r.Context(), w)
+	if err != nil {
+		s.log.Error("backup failed", "bytes", n, "err", err)
+		if n == 0 {
+			writeErr(w, err)
+		}
+		return
+	}
+	s.log.Info("backup sent", "bytes", n, "who", who(r))
+}
