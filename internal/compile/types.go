@@ -37,6 +37,10 @@ type Input struct {
 	Networks map[string]netip.Prefix
 	// Pool is where new app networks come from; zero means DefaultPool.
 	Pool netip.Prefix
+	// MaxRejected caps how many other servers each placement Reason lists
+	// (the closest runners-up): zero means DefaultMaxRejected, negative
+	// means every other server.
+	MaxRejected int
 }
 
 // Assignment is one task's server and overlay address.
@@ -47,7 +51,8 @@ type Assignment struct {
 }
 
 // Plan is the compiler's output. Every slice is sorted, so that the same
-// Input always gives the same bytes when marshalled.
+// Input always gives the same bytes when marshalled. A Plan is read-only:
+// its slices may share backing arrays.
 type Plan struct {
 	Networks []AppNetwork `json:"networks"`
 	Tasks    []Task       `json:"tasks"`
@@ -78,8 +83,11 @@ type Reason struct {
 	Kept bool `json:"kept,omitempty"`
 	// Why this server, in one short sentence.
 	Chosen string `json:"chosen"`
-	// Why not each other server, in short (sorted by server name).
+	// Why not each other server, in short (sorted by server name). On a
+	// fleet larger than Input.MaxRejected+1 only the closest runners-up
+	// are listed, and Omitted counts the others.
 	Rejected []Rejection `json:"rejected,omitempty"`
+	Omitted  int         `json:"omitted,omitempty"`
 }
 
 // Rejection is why one server was not chosen.

@@ -88,8 +88,9 @@ type Port struct {
 type Placement struct {
 	// Labels a server must carry (all of them) to host a task of the class.
 	Labels map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`
-	// SpreadBy names a server label (such as zone): tasks of the class are
-	// spread across its values before anything else is considered.
+	// SpreadBy names a server label (such as zone): after the method's
+	// spread rule (a server with no task of the app yet comes first), tasks
+	// of the class go to the label value with fewest tasks of the class.
 	SpreadBy string `yaml:"spreadBy,omitempty" json:"spreadBy,omitempty"`
 }
 

@@ -1,0 +1,112 @@
+package compile
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// benchFleet is 1,000 servers in three zones (a third with SSDs) and 50
+// apps of 200 tasks each (10,000 tasks): half are web/api/cache/db, half
+// front/worker/store, with a mix of encrypted and plain rules, self-rules
+// included.
+func benchFleet() Input {
+	var in Input
+	for i := range 1000 {
+		s := spec.Server{
+			Name:      fmt.Sprintf("srv%04d", i),
+			Address:   fmt.Sprintf("198.18.%d.%d", i/250, 1+i%250),
+			Capacity:  spec.Resources{CPU: 16000, Memory: 64 << 30},
+			Labels:    map[string]string{"zone": string(rune('a' + i%3))},
+			PublicKey: fmt.Sprintf("key%04d", i),
+		}
+		if i%3 == 0 {
+			s.Labels["disk"] = "ssd"
+		}
+		in.Servers = append(in.Servers, s)
+	}
+	guest := spec.Guest{Runtime: spec.RuntimeNetns, Command: []string{"sleep", "infinity"}}
+	class := func(name string, tasks int, cpu spec.MilliCPU, mem spec.Bytes) spec.Class {
+		return spec.Class{Name: name, Tasks: tasks, Guest: guest, Resources: spec.Resources{CPU: cpu, Memory: mem}}
+	}
+	for i := range 50 {
+		a := spec.App{Name: fmt.Sprintf("app%02d", i)}
+		if i%2 == 0 {
+			db := class("db", 20, 1000, 4<<30)
+			db.Placement = spec.Placement{Labels: map[string]string{"disk": "ssd"}, SpreadBy: "zone"}
+			a.Classes = []spec.Class{class("web", 80, 250, 256<<20), class("api", 60, 500, 512<<20), class("cache", 40, 250, 1<<30), db}
+			a.Rules = []spec.Rule{
+				{From: "web", To: "api", Ports: []int{8080}},
+				{From: "api", To: "cache", Ports: []int{6379}},
+				{From: "api", To: "db", Ports: []int{5432}, Encrypt: true},
+				{From: "db", To: "db", Ports: []int{5433}, Encrypt: true},
+			}
+		} else {
+			store := class("store", 20, 1000, 2<<30)
+			store.Placement.SpreadBy = "zone"
+			a.Classes = []spec.Class{class("front", 100, 250, 256<<20), class("worker", 80, 500, 512<<20), store}
+			a.Rules = []spec.Rule{
+				{From: "front", To: "worker", Ports: []int{9000}, Encrypt: true},
+				{From: "worker", To: "store", Ports: []int{5432}, Encrypt: true},
+				{From: "worker", To: "worker", Ports: []int{7946}, Protocol: spec.ProtoUDP},
+			}
+		}
+		in.Apps = append(in.Apps, a)
+	}
+	return in
+}
+
+func reportPlan(b *testing.B, p *Plan) {
+	routes, peers := 0, 0
+	for _, h := range p.Hosts {
+		routes += len(h.Routes)
+		peers += len(h.Peers)
+	}
+	b.ReportMetric(float64(len(p.Tasks)), "tasks")
+	b.ReportMetric(float64(len(p.Paths)), "paths")
+	b.ReportMetric(float64(routes), "routes")
+	b.ReportMetric(float64(peers), "peers")
+}
+
+// reportCPU adds the process's CPU time per operation (all threads, so the
+// garbage collector's work is included).
+func reportCPU(b *testing.B, since int64) {
+	if d := cpuTime() - since; since > 0 && b.N > 0 {
+		b.ReportMetric(float64(d)/float64(b.N), "cpu-ns/op")
+	}
+}
+
+func BenchmarkCompile(b *testing.B) {
+	in := benchFleet()
+	var p *Plan
+	cpu0 := cpuTime()
+	for b.Loop() {
+		var err error
+		if p, err = Compile(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportCPU(b, cpu0)
+	reportPlan(b, p)
+}
+
+// BenchmarkRecompileOneChange is the controller's usual case: the previous
+// plan's placement as Current, one class scaled by one task.
+func BenchmarkRecompileOneChange(b *testing.B) {
+	in := benchFleet()
+	p, err := Compile(in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in.Current, in.Networks = assignments(p)
+	in.Apps[7].Classes[1].Tasks++
+	cpu0 := cpuTime()
+	for b.Loop() {
+		if p, err = Compile(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportCPU(b, cpu0)
+	reportPlan(b, p)
+}

@@ -1,0 +1,422 @@
+package compile
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// checkPlan verifies a plan against its input without reusing the
+// compiler's code: the paths are recomputed from the rules, and what every
+// host needs is recomputed from the paths alone.
+func checkPlan(in Input, p *Plan) error {
+	servers := map[string]*spec.Server{}
+	for i := range in.Servers {
+		servers[in.Servers[i].Name] = &in.Servers[i]
+	}
+	state := func(s *spec.Server) string {
+		if s.State == "" {
+			return spec.ServerReady
+		}
+		return s.State
+	}
+
+	// Networks: one per app, sorted, none overlapping, the spec's if given.
+	if len(p.Networks) != len(in.Apps) {
+		return fmt.Errorf("%d networks for %d apps", len(p.Networks), len(in.Apps))
+	}
+	nets := map[string]netip.Prefix{}
+	for i, n := range p.Networks {
+		if i > 0 && p.Networks[i-1].App >= n.App {
+			return fmt.Errorf("networks not sorted at %s", n.App)
+		}
+		for _, m := range p.Networks[:i] {
+			if m.Network.Overlaps(n.Network) {
+				return fmt.Errorf("networks of %s and %s overlap", m.App, n.App)
+			}
+		}
+		nets[n.App] = n.Network
+	}
+	type classInfo struct {
+		app *spec.App
+		cl  *spec.Class
+	}
+	want := map[string]classInfo{}
+	classOf := map[[2]string]*spec.Class{}
+	for i := range in.Apps {
+		a := &in.Apps[i]
+		if a.Network != "" && nets[a.Name].String() != a.Network {
+			return fmt.Errorf("app %s got network %s, spec says %s", a.Name, nets[a.Name], a.Network)
+		}
+		for j := range a.Classes {
+			cl := &a.Classes[j]
+			classOf[[2]string{a.Name, cl.Name}] = cl
+			for k := 0; k < cl.Tasks; k++ {
+				want[spec.TaskID(a.Name, cl.Name, k)] = classInfo{a, cl}
+			}
+		}
+	}
+
+	// Tasks: exactly the wanted ones, sorted, each on a server that may
+	// hold it, with a unique address in its app's network.
+	if len(p.Tasks) != len(want) {
+		return fmt.Errorf("%d tasks, want %d", len(p.Tasks), len(want))
+	}
+	tasks := map[string]*Task{}
+	addrs := map[netip.Addr]string{}
+	usedCPU := map[string]int64{}
+	usedMem := map[string]int64{}
+	classAddrs := map[[2]string][]netip.Addr{}
+	classAddrsOn := map[[3]string][]netip.Addr{}
+	for i := range p.Tasks {
+		t := &p.Tasks[i]
+		if i > 0 {
+			q := &p.Tasks[i-1]
+			if cmp.Or(strings.Compare(q.App, t.App), strings.Compare(q.Class, t.Class), cmp.Compare(q.Index, t.Index)) >= 0 {
+				return fmt.Errorf("tasks not sorted at %s", t.ID)
+			}
+		}
+		ci, ok := want[t.ID]
+		if !ok || t.App != ci.app.Name || t.Class != ci.cl.Name || t.ID != spec.TaskID(t.App, t.Class, t.Index) {
+			return fmt.Errorf("unexpected task %+v", t)
+		}
+		tasks[t.ID] = t
+		s := servers[t.Server]
+		switch {
+		case s == nil:
+			return fmt.Errorf("task %s on unknown server %s", t.ID, t.Server)
+		case state(s) == spec.ServerDown:
+			return fmt.Errorf("task %s on down server %s", t.ID, t.Server)
+		case state(s) == spec.ServerDraining && !t.Reason.Kept:
+			return fmt.Errorf("new task %s on draining server %s", t.ID, t.Server)
+		}
+		for k, v := range ci.cl.Placement.Labels {
+			if s.Labels[k] != v {
+				return fmt.Errorf("task %s on %s which lacks %s=%s", t.ID, t.Server, k, v)
+			}
+		}
+		n := nets[t.App]
+		if !n.Contains(t.Address) || t.Address == n.Addr() || t.Address == lastAddr(n) {
+			return fmt.Errorf("task %s address %s not usable in %s", t.ID, t.Address, n)
+		}
+		if other, dup := addrs[t.Address]; dup {
+			return fmt.Errorf("tasks %s and %s share address %s", other, t.ID, t.Address)
+		}
+		addrs[t.Address] = t.ID
+		usedCPU[t.Server] += int64(ci.cl.Resources.CPU)
+		usedMem[t.Server] += int64(ci.cl.Resources.Memory)
+		ck := [2]string{t.App, t.Class}
+		classAddrs[ck] = append(classAddrs[ck], t.Address)
+		sk := [3]string{t.App, t.Class, t.Server}
+		classAddrsOn[sk] = append(classAddrsOn[sk], t.Address)
+		if t.Reason.Chosen == "" {
+			return fmt.Errorf("task %s has no reason", t.ID)
+		}
+	}
+	for name, s := range servers {
+		if usedCPU[name] > int64(s.Capacity.CPU) || usedMem[name] > int64(s.Capacity.Memory) {
+			return fmt.Errorf("server %s over capacity", name)
+		}
+	}
+
+	// Paths: exactly one per (rule's protocol, pair of distinct tasks).
+	type pathKey struct{ from, to, proto string }
+	type pathWant struct {
+		encrypt bool
+		ports   map[int]bool
+	}
+	wantPaths := map[pathKey]*pathWant{}
+	for i := range in.Apps {
+		a := &in.Apps[i]
+		for _, r := range a.Rules {
+			proto := cmp.Or(r.Protocol, spec.ProtoTCP)
+			from, to := classOf[[2]string{a.Name, r.From}], classOf[[2]string{a.Name, r.To}]
+			for x := 0; x < from.Tasks; x++ {
+				for y := 0; y < to.Tasks; y++ {
+					fid, tid := spec.TaskID(a.Name, r.From, x), spec.TaskID(a.Name, r.To, y)
+					if fid == tid {
+						continue
+					}
+					k := pathKey{fid, tid, proto}
+					w := wantPaths[k]
+					if w == nil {
+						w = &pathWant{encrypt: r.Encrypt, ports: map[int]bool{}}
+						wantPaths[k] = w
+					}
+					for _, port := range r.Ports {
+						w.ports[port] = true
+					}
+				}
+			}
+		}
+	}
+	if len(p.Paths) != len(wantPaths) {
+		return fmt.Errorf("%d paths, want %d", len(p.Paths), len(wantPaths))
+	}
+	seen := map[pathKey]bool{}
+	for i := range p.Paths {
+		pa := &p.Paths[i]
+		k := pathKey{pa.From, pa.To, pa.Protocol}
+		w := wantPaths[k]
+		if w == nil || seen[k] {
+			return fmt.Errorf("unexpected or repeated path %s -> %s %s", pa.From, pa.To, pa.Protocol)
+		}
+		seen[k] = true
+		f, t := tasks[pa.From], tasks[pa.To]
+		if pa.Encrypt != w.encrypt || pa.FromServer != f.Server || pa.ToServer != t.Server ||
+			pa.FromAddr != f.Address || pa.ToAddr != t.Address || pa.Local != (f.Server == t.Server) ||
+			pa.App != f.App || pa.FromClass != f.Class || pa.ToClass != t.Class {
+			return fmt.Errorf("path %s -> %s is wrong: %+v", pa.From, pa.To, pa)
+		}
+		if len(pa.Ports) != len(w.ports) || !slices.IsSorted(pa.Ports) {
+			return fmt.Errorf("path %s -> %s ports %v", pa.From, pa.To, pa.Ports)
+		}
+		for _, port := range pa.Ports {
+			if !w.ports[port] {
+				return fmt.Errorf("path %s -> %s ports %v", pa.From, pa.To, pa.Ports)
+			}
+		}
+		if i > 0 {
+			q := &p.Paths[i-1]
+			qf, qt := tasks[q.From], tasks[q.To]
+			c := cmp.Or(strings.Compare(q.App, pa.App), cmpTask(qf, f), cmpTask(qt, t), strings.Compare(q.Protocol, pa.Protocol))
+			if c >= 0 {
+				return fmt.Errorf("paths not sorted at %s -> %s", pa.From, pa.To)
+			}
+		}
+	}
+
+	// What each host needs, from the paths alone.
+	type route struct {
+		src, dst netip.Addr
+		enc      bool
+	}
+	type fwKey struct{ app, from, to, proto, dir string }
+	peers := map[string]map[string]map[netip.Addr]bool{}
+	vx := map[string]map[string]map[netip.Addr]bool{}
+	routes := map[string]map[route]bool{}
+	fw := map[string]map[fwKey]*Path{}
+	add := func(m map[string]map[string]map[netip.Addr]bool, host, remote string, a netip.Addr) {
+		if m[host] == nil {
+			m[host] = map[string]map[netip.Addr]bool{}
+		}
+		if m[host][remote] == nil {
+			m[host][remote] = map[netip.Addr]bool{}
+		}
+		m[host][remote][a] = true
+	}
+	for i := range p.Paths {
+		pa := &p.Paths[i]
+		for _, e := range []struct {
+			host string
+			dir  string
+		}{{pa.FromServer, Egress}, {pa.ToServer, Ingress}} {
+			if fw[e.host] == nil {
+				fw[e.host] = map[fwKey]*Path{}
+			}
+			fw[e.host][fwKey{pa.App, pa.FromClass, pa.ToClass, pa.Protocol, e.dir}] = pa
+		}
+		if pa.Local {
+			continue
+		}
+		m := vx
+		if pa.Encrypt {
+			m = peers
+		}
+		add(m, pa.FromServer, pa.ToServer, pa.ToAddr)
+		add(m, pa.ToServer, pa.FromServer, pa.FromAddr)
+		for _, r := range []struct {
+			host     string
+			src, dst netip.Addr
+		}{{pa.FromServer, pa.FromAddr, pa.ToAddr}, {pa.ToServer, pa.ToAddr, pa.FromAddr}} {
+			if routes[r.host] == nil {
+				routes[r.host] = map[route]bool{}
+			}
+			routes[r.host][route{r.src, r.dst, pa.Encrypt}] = true
+		}
+	}
+
+	if len(p.Hosts) != len(in.Servers) {
+		return fmt.Errorf("%d hosts for %d servers", len(p.Hosts), len(in.Servers))
+	}
+	for i := range p.Hosts {
+		h := &p.Hosts[i]
+		s := servers[h.Host]
+		if s == nil || (i > 0 && p.Hosts[i-1].Host >= h.Host) {
+			return fmt.Errorf("host %s unknown or out of order", h.Host)
+		}
+		if h.Guests == nil || h.Peers == nil || h.VXLAN == nil || h.Routes == nil || h.Firewall == nil {
+			return fmt.Errorf("host %s has a nil slice", h.Host)
+		}
+		ua := netip.MustParseAddr(s.Address).Unmap()
+		port := cmp.Or(s.WireGuardPort, DefaultWireGuardPort)
+		if h.Address != ua || h.VTEPMAC != VTEPMAC(ua) || h.WireGuardPort != port {
+			return fmt.Errorf("host %s header wrong: %s %s %d", h.Host, h.Address, h.VTEPMAC, h.WireGuardPort)
+		}
+		// Guests: exactly the tasks placed here.
+		nGuests := 0
+		for _, t := range p.Tasks {
+			if t.Server == h.Host {
+				nGuests++
+			}
+		}
+		if len(h.Guests) != nGuests {
+			return fmt.Errorf("host %s has %d guests, want %d", h.Host, len(h.Guests), nGuests)
+		}
+		for _, g := range h.Guests {
+			t := tasks[g.Task]
+			if t == nil || t.Server != h.Host || g.Address != t.Address || g.HostIf != HostIf(g.Task) ||
+				g.Env[spec.EnvTask] != g.Task || g.Env[spec.EnvAddr] != t.Address.String() ||
+				g.Env[spec.EnvIndex] != strconv.Itoa(t.Index) || len(g.HostIf) > 15 {
+				return fmt.Errorf("host %s guest %s wrong", h.Host, g.Task)
+			}
+		}
+		// Peers and VXLAN: exactly the remote guests of encrypted, resp.
+		// plain, non-local paths with a local end.
+		got := map[string]map[netip.Addr]bool{}
+		for j, pe := range h.Peers {
+			if j > 0 && h.Peers[j-1].Server >= pe.Server {
+				return fmt.Errorf("host %s peers not sorted", h.Host)
+			}
+			rs := servers[pe.Server]
+			if rs == nil || pe.Endpoint != netip.AddrPortFrom(netip.MustParseAddr(rs.Address).Unmap(), uint16(cmp.Or(rs.WireGuardPort, DefaultWireGuardPort))) || pe.PublicKey != rs.PublicKey {
+				return fmt.Errorf("host %s peer %s wrong", h.Host, pe.Server)
+			}
+			got[pe.Server] = map[netip.Addr]bool{}
+			for _, ip := range pe.AllowedIPs {
+				if !ip.IsSingleIP() {
+					return fmt.Errorf("host %s peer %s allows %s", h.Host, pe.Server, ip)
+				}
+				got[pe.Server][ip.Addr()] = true
+			}
+			if len(got[pe.Server]) != len(pe.AllowedIPs) {
+				return fmt.Errorf("host %s peer %s repeats an allowed IP", h.Host, pe.Server)
+			}
+		}
+		if err := sameSets("peers", h.Host, got, peers[h.Host]); err != nil {
+			return err
+		}
+		got = map[string]map[netip.Addr]bool{}
+		for j, v := range h.VXLAN {
+			if j > 0 && h.VXLAN[j-1].Server >= v.Server {
+				return fmt.Errorf("host %s vxlan not sorted", h.Host)
+			}
+			rs := servers[v.Server]
+			if rs == nil || v.Underlay != netip.MustParseAddr(rs.Address).Unmap() || v.MAC != VTEPMAC(v.Underlay) {
+				return fmt.Errorf("host %s vxlan %s wrong", h.Host, v.Server)
+			}
+			got[v.Server] = map[netip.Addr]bool{}
+			for _, a := range v.Guests {
+				got[v.Server][a] = true
+			}
+			if len(got[v.Server]) != len(v.Guests) || !slices.IsSortedFunc(v.Guests, netip.Addr.Compare) {
+				return fmt.Errorf("host %s vxlan %s guests repeated or unsorted", h.Host, v.Server)
+			}
+		}
+		if err := sameSets("vxlan", h.Host, got, vx[h.Host]); err != nil {
+			return err
+		}
+		// Routes: the same (source, dest, encrypt) triples, never two ways
+		// for one (source, dest).
+		gotRoutes := map[route]bool{}
+		way := map[[2]netip.Addr]bool{}
+		for j, r := range h.Routes {
+			if j > 0 && cmp.Or(h.Routes[j-1].Dest.Compare(r.Dest), cmpBool(h.Routes[j-1].Encrypt, r.Encrypt)) >= 0 {
+				return fmt.Errorf("host %s routes not sorted or repeated at %s", h.Host, r.Dest)
+			}
+			if d := tasks[addrs[r.Dest]]; d == nil || d.Server != r.Server || r.Server == h.Host {
+				return fmt.Errorf("host %s route to %s names server %s", h.Host, r.Dest, r.Server)
+			}
+			for _, src := range r.Sources {
+				k := route{src, r.Dest, r.Encrypt}
+				if gotRoutes[k] {
+					return fmt.Errorf("host %s repeats route %v", h.Host, k)
+				}
+				gotRoutes[k] = true
+				if e, ok := way[[2]netip.Addr{src, r.Dest}]; ok && e != r.Encrypt {
+					return fmt.Errorf("host %s routes %s -> %s both encrypted and plain", h.Host, src, r.Dest)
+				}
+				way[[2]netip.Addr{src, r.Dest}] = r.Encrypt
+			}
+		}
+		if len(gotRoutes) != len(routes[h.Host]) {
+			return fmt.Errorf("host %s has %d route entries, needs %d", h.Host, len(gotRoutes), len(routes[h.Host]))
+		}
+		for k := range routes[h.Host] {
+			if !gotRoutes[k] {
+				return fmt.Errorf("host %s lacks route %v", h.Host, k)
+			}
+		}
+		// Firewall: one rule per (rule, direction) with a local end.
+		if len(h.Firewall) != len(fw[h.Host]) {
+			return fmt.Errorf("host %s has %d firewall rules, needs %d", h.Host, len(h.Firewall), len(fw[h.Host]))
+		}
+		for _, f := range h.Firewall {
+			pa := fw[h.Host][fwKey{f.App, f.FromClass, f.ToClass, f.Protocol, f.Direction}]
+			if pa == nil || f.Encrypt != pa.Encrypt || !slices.Equal(f.Ports, pa.Ports) {
+				return fmt.Errorf("host %s has unneeded or wrong firewall rule %+v", h.Host, f)
+			}
+			from, to := [2]string{f.App, f.FromClass}, [2]string{f.App, f.ToClass}
+			var src, dst, remote []netip.Addr
+			if f.Direction == Egress {
+				src, dst = classAddrsOn[[3]string{f.App, f.FromClass, h.Host}], classAddrs[to]
+			} else {
+				src, dst = classAddrs[from], classAddrsOn[[3]string{f.App, f.ToClass, h.Host}]
+				for _, a := range src {
+					if tasks[addrs[a]].Server != h.Host {
+						remote = append(remote, a)
+					}
+				}
+			}
+			if !sameAddrs(f.Sources, src) || !sameAddrs(f.Dests, dst) || !sameAddrs(f.RemoteSources, remote) {
+				return fmt.Errorf("host %s firewall rule %s %s->%s has wrong addresses", h.Host, f.Direction, f.FromClass, f.ToClass)
+			}
+		}
+	}
+	return nil
+}
+
+func cmpTask(x, y *Task) int {
+	return cmp.Or(strings.Compare(x.App, y.App), strings.Compare(x.Class, y.Class), cmp.Compare(x.Index, y.Index))
+}
+
+// sameAddrs says whether got is want sorted, without duplicates.
+func sameAddrs(got, want []netip.Addr) bool {
+	w := slices.Clone(want)
+	slices.SortFunc(w, netip.Addr.Compare)
+	w = slices.Compact(w)
+	return slices.Equal(got, w) || (len(got) == 0 && len(w) == 0)
+}
+
+func sameSets(what, host string, got, want map[string]map[netip.Addr]bool) error {
+	if len(got) != len(want) {
+		return fmt.Errorf("host %s has %s for %d servers, needs %d", host, what, len(got), len(want))
+	}
+	for s, w := range want {
+		g := got[s]
+		if len(g) != len(w) {
+			return fmt.Errorf("host %s %s for %s: %d addresses, want %d", host, what, s, len(g), len(w))
+		}
+		for a := range w {
+			if !g[a] {
+				return fmt.Errorf("host %s %s for %s lacks %s", host, what, s, a)
+			}
+		}
+	}
+	return nil
+}
+
+func cmpBool(x, y bool) int {
+	switch {
+	case x == y:
+		return 0
+	case !x:
+		return -1
+	}
+	return 1
+}

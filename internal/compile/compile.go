@@ -1,0 +1,413 @@
+package compile
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// Limits that keep a mistaken or hostile input from exhausting memory: the
+// compiler's output grows with the number of tasks and of paths.
+const (
+	MaxTasks = 1 << 20
+	MaxPaths = 1 << 22
+)
+
+// DefaultMaxRejected is how many other servers a Reason lists when Input
+// sets no MaxRejected. Listing every server for every task would make a
+// plan of 10,000 tasks on 1,000 servers hold ten million rejections.
+const DefaultMaxRejected = 16
+
+// server is the compiler's working view of one spec.Server.
+type server struct {
+	idx      int32 // position in name order
+	spec     *spec.Server
+	addr     netip.Addr
+	state    string
+	wgPort   int
+	capCPU   int64
+	capMem   int64
+	usedCPU  int64
+	usedMem  int64
+	guestIdx []int32 // tasks placed here, in task order
+}
+
+// app is the compiler's working view of one spec.App.
+type app struct {
+	name     string
+	spec     *spec.App
+	network  netip.Prefix
+	classes  []*class // spec order
+	byName   []*class // name order
+	rules    []rule   // merged per (from, to, protocol), sorted by class names
+	tasks    []int32  // in plan order: class name, then index
+	byAddr   []int32  // tasks by address, for building hosts
+	numTasks int
+}
+
+// class is one task class of an app.
+type class struct {
+	pos      int // position in spec order
+	name     string
+	spec     *spec.Class
+	envName  string // spec.PeersEnvName
+	cpu, mem int64
+	labels   []string     // sorted keys of Placement.Labels
+	tasks    []int32      // by index
+	out      []int        // rules from this class, in rule order
+	peersEnv []envVar     // CORRIDOR_PEERS_* this class's tasks get
+	addrs    []netip.Addr // addresses of all tasks, sorted
+}
+
+type envVar struct{ key, value string }
+
+// rule is a spec.Rule resolved to classes, with its ports sorted.
+type rule struct {
+	from, to *class
+	protocol string
+	ports    []int
+	encrypt  bool
+}
+
+// task is one task being compiled.
+type task struct {
+	id     string
+	app    *app
+	class  *class
+	index  int
+	server int32 // -1 until placed
+	addr   netip.Addr
+	cur    *Assignment
+	moved  string // why the task left the server of cur, if it did
+	reason Reason
+}
+
+type compiler struct {
+	servers     []*server
+	byName      map[string]*server
+	apps        []*app
+	tasks       []task // placement order: app name, class spec order, index
+	maxRejected int
+}
+
+// Compile places every task of in.Apps on in.Servers, allocates networks and
+// addresses, and derives the paths and every host's desired state. It is
+// pure and deterministic: the same Input, in any order, gives a Plan that
+// marshals to the same bytes. The Plan is read-only: its slices may share
+// backing arrays.
+//
+// Errors are *InputError for input the compiler cannot use and
+// *PlacementError when a task fits on no server.
+func Compile(in Input) (*Plan, error) {
+	c := &compiler{maxRejected: in.MaxRejected}
+	if c.maxRejected == 0 {
+		c.maxRejected = DefaultMaxRejected
+	}
+	if err := c.loadServers(in.Servers); err != nil {
+		return nil, err
+	}
+	if err := c.loadApps(in.Apps); err != nil {
+		return nil, err
+	}
+	if err := c.loadCurrent(in.Current); err != nil {
+		return nil, err
+	}
+	if err := c.allocateNetworks(in.Networks, in.Pool); err != nil {
+		return nil, err
+	}
+	if err := c.place(); err != nil {
+		return nil, err
+	}
+	if err := c.assignAddresses(); err != nil {
+		return nil, err
+	}
+	c.group()
+	plan := &Plan{
+		Networks: c.networks(),
+		Tasks:    c.planTasks(),
+		Paths:    c.paths(),
+		Hosts:    c.hosts(),
+	}
+	return plan, nil
+}
+
+func (c *compiler) loadServers(in []spec.Server) error {
+	c.servers = make([]*server, 0, len(in))
+	c.byName = make(map[string]*server, len(in))
+	addrs := make(map[netip.Addr]string, len(in))
+	// Checked in name order, so that the error reported does not depend on
+	// the order of the input either.
+	for _, i := range byName(len(in), func(i int) string { return in[i].Name }) {
+		s := &in[i]
+		field := "servers[" + s.Name + "]"
+		if s.Name == "" {
+			return inputErr("servers["+itoa(i)+"].name", "is empty")
+		}
+		if _, dup := c.byName[s.Name]; dup {
+			return inputErr(field, "server %s is listed twice", s.Name)
+		}
+		addr, err := netip.ParseAddr(s.Address)
+		if err != nil || addr.Zone() != "" {
+			return inputErr(field+".address", "%q is not an IP address", s.Address)
+		}
+		addr = addr.Unmap()
+		if other, dup := addrs[addr]; dup {
+			return inputErr(field+".address", "%s is also the address of server %s", addr, other)
+		}
+		addrs[addr] = s.Name
+		if s.Capacity.CPU < 0 || s.Capacity.Memory < 0 {
+			return inputErr(field+".capacity", "is negative")
+		}
+		state := s.State
+		switch state {
+		case "":
+			state = spec.ServerReady
+		case spec.ServerReady, spec.ServerDraining, spec.ServerDown:
+		default:
+			return inputErr(field+".state", "%q is not one of ready, draining, down", s.State)
+		}
+		port := s.WireGuardPort
+		if port == 0 {
+			port = DefaultWireGuardPort
+		}
+		if port < 1 || port > 65535 {
+			return inputErr(field+".wireguardPort", "%d is not a UDP port", s.WireGuardPort)
+		}
+		sv := &server{spec: s, addr: addr, state: state, wgPort: port,
+			capCPU: int64(s.Capacity.CPU), capMem: int64(s.Capacity.Memory)}
+		c.servers = append(c.servers, sv)
+		c.byName[s.Name] = sv
+	}
+	slices.SortFunc(c.servers, func(a, b *server) int { return strings.Compare(a.spec.Name, b.spec.Name) })
+	for i, s := range c.servers {
+		s.idx = int32(i)
+	}
+	return nil
+}
+
+func (c *compiler) loadApps(in []spec.App) error {
+	c.apps = make([]*app, 0, len(in))
+	seen := make(map[string]bool, len(in))
+	total := 0
+	for _, i := range byName(len(in), func(i int) string { return in[i].Name }) {
+		a := &in[i]
+		field := "apps[" + a.Name + "]"
+		if err := checkName(a.Name); err != nil {
+			return inputErr("apps["+itoa(i)+"].name", "%v", err)
+		}
+		if seen[a.Name] {
+			return inputErr(field, "app %s is given twice", a.Name)
+		}
+		seen[a.Name] = true
+		ap := &app{name: a.Name, spec: a}
+		envNames := map[string]string{}
+		for j := range a.Classes {
+			cs := &a.Classes[j]
+			cf := field + ".classes[" + cs.Name + "]"
+			if err := checkName(cs.Name); err != nil {
+				return inputErr(field+".classes["+itoa(j)+"].name", "%v", err)
+			}
+			if ap.class(cs.Name) != nil {
+				return inputErr(cf, "class %s is given twice", cs.Name)
+			}
+			if cs.Tasks < 0 || cs.Tasks > MaxTasks {
+				return inputErr(cf+".tasks", "%d is not between 0 and %d", cs.Tasks, MaxTasks)
+			}
+			if cs.Resources.CPU < 0 || cs.Resources.Memory < 0 {
+				return inputErr(cf+".resources", "is negative")
+			}
+			env := spec.PeersEnvName(cs.Name)
+			if other, dup := envNames[env]; dup {
+				return inputErr(cf+".name", "gives the same variable %s as class %s", env, other)
+			}
+			envNames[env] = cs.Name
+			cl := &class{pos: j, name: cs.Name, spec: cs, envName: env,
+				cpu: int64(cs.Resources.CPU), mem: int64(cs.Resources.Memory)}
+			for k := range cs.Placement.Labels {
+				cl.labels = append(cl.labels, k)
+			}
+			slices.Sort(cl.labels)
+			ap.classes = append(ap.classes, cl)
+			ap.numTasks += cs.Tasks
+			total += cs.Tasks
+			if total > MaxTasks {
+				return inputErr(cf+".tasks", "brings the total number of tasks over %d", MaxTasks)
+			}
+		}
+		ap.byName = slices.Clone(ap.classes)
+		slices.SortFunc(ap.byName, func(x, y *class) int { return strings.Compare(x.name, y.name) })
+		if err := ap.loadRules(field); err != nil {
+			return err
+		}
+		c.apps = append(c.apps, ap)
+	}
+	slices.SortFunc(c.apps, func(x, y *app) int { return strings.Compare(x.name, y.name) })
+
+	// Tasks in placement order; plan order is computed per app.
+	c.tasks = make([]task, 0, total)
+	for _, ap := range c.apps {
+		for _, cl := range ap.classes {
+			for k := 0; k < cl.spec.Tasks; k++ {
+				cl.tasks = append(cl.tasks, int32(len(c.tasks)))
+				c.tasks = append(c.tasks, task{
+					id: spec.TaskID(ap.name, cl.name, k), app: ap, class: cl, index: k, server: -1,
+				})
+			}
+		}
+		for _, cl := range ap.byName {
+			ap.tasks = append(ap.tasks, cl.tasks...)
+		}
+	}
+	var paths int64
+	for _, ap := range c.apps {
+		for _, r := range ap.rules {
+			n := int64(len(r.from.tasks)) * int64(len(r.to.tasks))
+			if r.from == r.to {
+				n -= int64(len(r.from.tasks))
+			}
+			paths += n
+			if paths > MaxPaths {
+				return inputErr("apps["+ap.name+"].rules", "the rules give more than %d paths", MaxPaths)
+			}
+		}
+	}
+	return nil
+}
+
+// byName is 0..n-1 ordered by name(i), ties in input order.
+func byName(n int, name func(int) string) []int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(x, y int) int { return strings.Compare(name(x), name(y)) })
+	return idx
+}
+
+func (a *app) class(name string) *class {
+	for _, c := range a.classes {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// loadRules resolves the app's rules and merges those of one (from, to,
+// protocol) so that every pair of tasks gets one path per protocol.
+func (a *app) loadRules(field string) error {
+	type pairKey struct{ x, y int }
+	encrypt := map[pairKey]int{} // unordered class pair -> index of the first rule
+	merged := map[[2]int]map[string]int{}
+	for i, r := range a.spec.Rules {
+		rf := field + ".rules[" + itoa(i) + "]"
+		from, to := a.class(r.From), a.class(r.To)
+		if from == nil {
+			return inputErr(rf+".from", "no class %q in app %s", r.From, a.name)
+		}
+		if to == nil {
+			return inputErr(rf+".to", "no class %q in app %s", r.To, a.name)
+		}
+		proto := r.Protocol
+		if proto == "" {
+			proto = spec.ProtoTCP
+		}
+		if proto != spec.ProtoTCP && proto != spec.ProtoUDP {
+			return inputErr(rf+".protocol", "%q is not tcp or udp", r.Protocol)
+		}
+		if len(r.Ports) == 0 {
+			return inputErr(rf+".ports", "is empty: a rule allows at least one port")
+		}
+		for _, p := range r.Ports {
+			if p < 1 || p > 65535 {
+				return inputErr(rf+".ports", "%d is not a port", p)
+			}
+		}
+		pk := pairKey{min(from.pos, to.pos), max(from.pos, to.pos)}
+		if j, ok := encrypt[pk]; ok && a.spec.Rules[j].Encrypt != r.Encrypt {
+			return inputErr(rf+".encrypt", "rules[%d] (%s->%s) and rules[%d] (%s->%s) disagree: the class pair %s/%s is encrypted or not as a whole",
+				j, a.spec.Rules[j].From, a.spec.Rules[j].To, i, r.From, r.To, from.name, to.name)
+		} else if !ok {
+			encrypt[pk] = i
+		}
+		mk := [2]int{from.pos, to.pos}
+		if merged[mk] == nil {
+			merged[mk] = map[string]int{}
+		}
+		if j, ok := merged[mk][proto]; ok {
+			a.rules[j].ports = append(a.rules[j].ports, r.Ports...)
+			continue
+		}
+		merged[mk][proto] = len(a.rules)
+		a.rules = append(a.rules, rule{from: from, to: to, protocol: proto,
+			ports: slices.Clone(r.Ports), encrypt: r.Encrypt})
+	}
+	for i := range a.rules {
+		slices.Sort(a.rules[i].ports)
+		a.rules[i].ports = slices.Compact(a.rules[i].ports)
+	}
+	slices.SortFunc(a.rules, func(x, y rule) int {
+		return cmp.Or(strings.Compare(x.from.name, y.from.name),
+			strings.Compare(x.to.name, y.to.name),
+			strings.Compare(x.protocol, y.protocol))
+	})
+	for i, r := range a.rules {
+		r.from.out = append(r.from.out, i)
+	}
+	return nil
+}
+
+// loadCurrent attaches each earlier assignment to its task. Assignments of
+// tasks that no longer exist are dropped.
+func (c *compiler) loadCurrent(cur []Assignment) error {
+	if len(cur) == 0 {
+		return nil
+	}
+	byID := make(map[string]int32, len(c.tasks))
+	for i := range c.tasks {
+		byID[c.tasks[i].id] = int32(i)
+	}
+	for i := range cur {
+		a := &cur[i]
+		ti, ok := byID[a.Task]
+		if !ok {
+			continue
+		}
+		t := &c.tasks[ti]
+		if t.cur != nil {
+			// Report the same pair whatever the order of Current.
+			x, y := t.cur, a
+			if cmpAssignment(x, y) > 0 {
+				x, y = y, x
+			}
+			return inputErr("current", "task %s is assigned twice (to %s and to %s)", a.Task, x.Server, y.Server)
+		}
+		t.cur = a
+	}
+	return nil
+}
+
+func cmpAssignment(x, y *Assignment) int {
+	return cmp.Or(strings.Compare(x.Server, y.Server), x.Address.Compare(y.Address))
+}
+
+// checkName rejects names that would make task IDs ambiguous.
+func checkName(n string) error {
+	switch {
+	case n == "":
+		return errorString("is empty")
+	case strings.ContainsAny(n, "/ \t\n,="):
+		return errorString("must not contain '/', ',', '=' or spaces")
+	}
+	return nil
+}
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+func itoa(i int) string { return strconv.Itoa(i) }

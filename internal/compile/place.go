@@ -1,0 +1,437 @@
+package compile
+
+import (
+	"fmt"
+	"math/bits"
+	"slices"
+	"strings"
+
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// Why a server cannot take a task of a class at all, whatever its load.
+const (
+	eligible uint8 = iota
+	notDown
+	notDraining
+	notLabels
+)
+
+// place keeps the tasks that may stay where they run, then places the
+// others one by one: apps by name, classes in spec order, indexes up.
+func (c *compiler) place() error {
+	for _, a := range c.apps {
+		for _, cl := range a.classes {
+			for _, ti := range cl.tasks {
+				c.keep(ti)
+			}
+		}
+	}
+	n := len(c.servers)
+	p := placer{
+		c:        c,
+		appCount: make([]int32, n),
+		elig:     make([]uint8, n),
+		ok:       make([]bool, n),
+		load:     make([]frac, n),
+		group:    make([]int32, n),
+	}
+	for _, a := range c.apps {
+		for _, ti := range a.tasks {
+			if s := c.tasks[ti].server; s >= 0 {
+				p.appCount[s]++
+			}
+		}
+		for _, cl := range a.classes {
+			if err := p.placeClass(a, cl); err != nil {
+				return err
+			}
+		}
+		for _, ti := range a.tasks {
+			if s := c.tasks[ti].server; s >= 0 {
+				p.appCount[s] = 0
+			}
+		}
+	}
+	return nil
+}
+
+// keep leaves t on its earlier server if that server is up, still carries
+// the class's labels and still has room; kept tasks are counted before any
+// new task is placed.
+func (c *compiler) keep(ti int32) {
+	t := &c.tasks[ti]
+	if t.cur == nil {
+		return
+	}
+	s, ok := c.byName[t.cur.Server]
+	switch {
+	case !ok:
+		t.moved = "moved from " + t.cur.Server + " (no longer a server)"
+	case s.state == spec.ServerDown:
+		t.moved = "moved from " + s.spec.Name + " (down)"
+	case labelMismatch(t.class, s) != "":
+		t.moved = "moved from " + s.spec.Name + " (" + labelMismatch(t.class, s) + ")"
+	case !fits(s, t.class):
+		t.moved = "moved from " + s.spec.Name + " (no longer has room)"
+	default:
+		c.put(ti, s)
+		t.reason = Reason{Kept: true, Chosen: "kept on " + s.spec.Name + " (already running there)"}
+	}
+}
+
+func (c *compiler) put(ti int32, s *server) {
+	t := &c.tasks[ti]
+	t.server = s.idx
+	s.usedCPU += t.class.cpu
+	s.usedMem += t.class.mem
+	s.guestIdx = append(s.guestIdx, ti)
+}
+
+func fits(s *server, cl *class) bool {
+	return s.usedCPU+cl.cpu <= s.capCPU && s.usedMem+cl.mem <= s.capMem
+}
+
+// labelMismatch says which of the class's labels s lacks, or "".
+func labelMismatch(cl *class, s *server) string {
+	for _, k := range cl.labels {
+		want := cl.spec.Placement.Labels[k]
+		got, ok := s.spec.Labels[k]
+		if !ok {
+			return "missing label " + k + "=" + want
+		}
+		if got != want {
+			return "has " + k + "=" + got + ", needs " + k + "=" + want
+		}
+	}
+	return ""
+}
+
+// placer holds the per-app and per-class indexes of one placement run.
+type placer struct {
+	c        *compiler
+	appCount []int32 // tasks of the current app per server
+	elig     []uint8 // per server, for the current class
+	ok       []bool  // per server: eligible and fits one more task of the class
+	load     []frac  // per server: load after one more task of the class
+	group    []int32 // spread group per server, for the current class
+	groups   []int32 // tasks of the current class per spread group
+	gnames   []string
+	top      []cand // best candidates so far, best first
+	unfit    []int32
+}
+
+// frac is an exact non-negative fraction; loads are compared with integer
+// arithmetic so that no float rounding can change a placement.
+type frac struct{ num, den uint64 }
+
+func (a frac) cmp(b frac) int {
+	h1, l1 := bits.Mul64(a.num, b.den)
+	h2, l2 := bits.Mul64(b.num, a.den)
+	switch {
+	case h1 != h2:
+		return cmpU(h1, h2)
+	default:
+		return cmpU(l1, l2)
+	}
+}
+
+func cmpU(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// pct is the fraction in whole percent, rounded down.
+func (a frac) pct() int {
+	if a.num == 0 {
+		return 0
+	}
+	hi, lo := bits.Mul64(a.num, 100)
+	if hi >= a.den {
+		return 100 * int(min(a.num/a.den, 1<<20))
+	}
+	q, _ := bits.Div64(hi, lo, a.den)
+	return int(q)
+}
+
+func ratio(used, capacity int64) frac {
+	if capacity <= 0 {
+		return frac{0, 1}
+	}
+	return frac{uint64(used), uint64(capacity)}
+}
+
+// cand is a server that fits the task, with its ranking keys.
+type cand struct {
+	idx   int32
+	runs  bool  // already runs a task of the app
+	group int32 // tasks of the class in the server's spread group
+	load  frac  // max of cpu and memory fractions after placement
+}
+
+// update recomputes whether server i can take one more task of cl and its
+// load if it does. Only the server that just took a task changes, so the
+// scan for each task reads these instead of recomputing them.
+func (p *placer) update(i int32, cl *class) {
+	s := p.c.servers[i]
+	p.ok[i] = p.elig[i] == eligible && fits(s, cl)
+	p.load[i] = loadAfter(s, cl)
+}
+
+// loadAfter is the larger of the cpu and memory fractions of s once a task
+// of cl is added.
+func loadAfter(s *server, cl *class) frac {
+	l := ratio(s.usedCPU+cl.cpu, s.capCPU)
+	if m := ratio(s.usedMem+cl.mem, s.capMem); m.cmp(l) > 0 {
+		return m
+	}
+	return l
+}
+
+// usage is "cpu N%, mem M%" of s once a task of cl is added (after=true)
+// or as it is.
+func usage(s *server, cl *class, after bool) string {
+	var dc, dm int64
+	if after {
+		dc, dm = cl.cpu, cl.mem
+	}
+	return fmt.Sprintf("cpu %d%%, mem %d%%", ratio(s.usedCPU+dc, s.capCPU).pct(), ratio(s.usedMem+dm, s.capMem).pct())
+}
+
+func (a *cand) less(b *cand) bool {
+	if a.runs != b.runs {
+		return !a.runs
+	}
+	if a.group != b.group {
+		return a.group < b.group
+	}
+	if c := a.load.cmp(b.load); c != 0 {
+		return c < 0
+	}
+	return a.idx < b.idx
+}
+
+func (p *placer) placeClass(a *app, cl *class) error {
+	c := p.c
+	spread := cl.spec.Placement.SpreadBy
+	p.groups = p.groups[:0]
+	p.gnames = p.gnames[:0]
+	var gidx map[string]int32
+	if spread != "" {
+		gidx = map[string]int32{}
+	}
+	for i, s := range c.servers {
+		switch {
+		case s.state == spec.ServerDown:
+			p.elig[i] = notDown
+		case s.state == spec.ServerDraining:
+			p.elig[i] = notDraining
+		case labelMismatch(cl, s) != "":
+			p.elig[i] = notLabels
+		default:
+			p.elig[i] = eligible
+		}
+		if spread != "" {
+			// A server without the label forms the group of the empty
+			// value: it is spread against like any other.
+			v := s.spec.Labels[spread]
+			g, ok := gidx[v]
+			if !ok {
+				g = int32(len(p.groups))
+				gidx[v] = g
+				p.groups = append(p.groups, 0)
+				p.gnames = append(p.gnames, v)
+			}
+			p.group[i] = g
+		}
+	}
+	for i := range c.servers {
+		p.update(int32(i), cl)
+	}
+	if spread != "" {
+		for _, ti := range cl.tasks {
+			if s := c.tasks[ti].server; s >= 0 {
+				p.groups[p.group[s]]++
+			}
+		}
+	}
+	for _, ti := range cl.tasks {
+		if c.tasks[ti].server >= 0 {
+			continue
+		}
+		if err := p.placeTask(a, cl, ti, spread != ""); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *placer) placeTask(a *app, cl *class, ti int32, spread bool) error {
+	c := p.c
+	t := &c.tasks[ti]
+	keepTop := len(c.servers)
+	if m := c.maxRejected; m >= 0 && m < len(c.servers) {
+		keepTop = m + 1
+	}
+	keepTop = max(keepTop, 1)
+	p.top = p.top[:0]
+	p.unfit = p.unfit[:0]
+	for i := range c.servers {
+		if !p.ok[i] {
+			if len(p.unfit) < keepTop {
+				p.unfit = append(p.unfit, int32(i))
+			}
+			continue
+		}
+		k := cand{idx: int32(i), runs: p.appCount[i] > 0, load: p.load[i]}
+		if spread {
+			k.group = p.groups[p.group[i]]
+		}
+		if len(p.top) == keepTop && !k.less(&p.top[len(p.top)-1]) {
+			continue
+		}
+		// Insert in order; the list is short (MaxRejected+1).
+		j := len(p.top)
+		for j > 0 && k.less(&p.top[j-1]) {
+			j--
+		}
+		if len(p.top) < keepTop {
+			p.top = append(p.top, cand{})
+		}
+		if j < len(p.top) {
+			copy(p.top[j+1:], p.top[j:len(p.top)-1])
+			p.top[j] = k
+		}
+	}
+	if len(p.top) == 0 {
+		return p.noFit(a, cl, t)
+	}
+	best := p.top[0]
+	s := c.servers[best.idx]
+	c.put(ti, s)
+	p.update(best.idx, cl)
+	p.appCount[best.idx]++
+	if spread {
+		p.groups[p.group[best.idx]]++
+	}
+
+	var why []string
+	if t.moved != "" {
+		why = append(why, t.moved)
+	}
+	if !best.runs {
+		why = append(why, "runs no task of "+a.name+" yet")
+	} else {
+		why = append(why, "every server that fits already runs a task of "+a.name)
+	}
+	if spread {
+		why = append(why, fmt.Sprintf("%s=%s has the fewest tasks of %s (%d)",
+			cl.spec.Placement.SpreadBy, p.gnames[p.group[best.idx]], cl.name, best.group))
+	}
+	// s already holds the task: its usage now is its usage after placement.
+	why = append(why, "least loaded that fits ("+usage(s, cl, false)+")")
+	t.reason.Chosen = strings.Join(why, "; ")
+
+	// The runners-up first, then servers that cannot take the task.
+	var rej []Rejection
+	for i := 1; i < len(p.top); i++ {
+		rej = append(rej, Rejection{c.servers[p.top[i].idx].spec.Name, p.loserWhy(a, cl, &p.top[i], &best)})
+	}
+	for _, i := range p.unfit {
+		if len(rej) == keepTop-1 {
+			break
+		}
+		rej = append(rej, Rejection{c.servers[i].spec.Name, p.unfitWhy(cl, c.servers[i])})
+	}
+	slices.SortFunc(rej, func(x, y Rejection) int { return strings.Compare(x.Server, y.Server) })
+	t.reason.Rejected = rej
+	t.reason.Omitted = len(c.servers) - 1 - len(rej)
+	return nil
+}
+
+func (p *placer) loserWhy(a *app, cl *class, l, w *cand) string {
+	switch {
+	case l.runs && !w.runs:
+		return "already runs a task of " + a.name
+	case l.group > w.group:
+		return fmt.Sprintf("%s=%s already has %d tasks of %s", cl.spec.Placement.SpreadBy, p.gnames[p.group[l.idx]], l.group, cl.name)
+	case l.load.cmp(w.load) > 0:
+		return "more loaded (" + usage(p.c.servers[l.idx], cl, true) + ")"
+	default:
+		return "as loaded; " + p.c.servers[w.idx].spec.Name + " comes first by name"
+	}
+}
+
+func (p *placer) unfitWhy(cl *class, s *server) string {
+	switch p.elig[s.idx] {
+	case notDown:
+		return "down"
+	case notDraining:
+		return "draining"
+	case notLabels:
+		return labelMismatch(cl, s)
+	}
+	var parts []string
+	if free := s.capCPU - s.usedCPU; cl.cpu > free {
+		parts = append(parts, "needs "+fmtCPU(cl.cpu)+" cpu, "+fmtCPU(free)+" free")
+	}
+	if free := s.capMem - s.usedMem; cl.mem > free {
+		parts = append(parts, "needs "+fmtBytes(cl.mem)+" memory, "+fmtBytes(free)+" free")
+	}
+	return "does not fit: " + strings.Join(parts, "; ")
+}
+
+// noFit builds the error for a task no server can take, naming the
+// eligible server that came closest: the one whose shortfall is the
+// smallest part of the request.
+func (p *placer) noFit(a *app, cl *class, t *task) error {
+	e := &PlacementError{App: a.name, Class: cl.name, Task: t.id,
+		Need: spec.Resources{CPU: spec.MilliCPU(cl.cpu), Memory: spec.Bytes(cl.mem)}}
+	var best *server
+	var bestShort frac
+	states := map[uint8]int{}
+	for i, s := range p.c.servers {
+		if p.elig[i] != eligible {
+			states[p.elig[i]]++
+			continue
+		}
+		short := shortfall(s.capCPU-s.usedCPU, cl.cpu)
+		if m := shortfall(s.capMem-s.usedMem, cl.mem); m.cmp(short) > 0 {
+			short = m
+		}
+		if best == nil || short.cmp(bestShort) < 0 {
+			best, bestShort = s, short
+		}
+	}
+	if best != nil {
+		e.Closest = best.spec.Name
+		e.Free = spec.Resources{CPU: spec.MilliCPU(best.capCPU - best.usedCPU), Memory: spec.Bytes(best.capMem - best.usedMem)}
+		return e
+	}
+	switch {
+	case len(p.c.servers) == 0:
+		e.NoCandidate = "there are no servers"
+	case states[notLabels] > 0:
+		var want []string
+		for _, k := range cl.labels {
+			want = append(want, k+"="+cl.spec.Placement.Labels[k])
+		}
+		e.NoCandidate = "no ready server has labels " + strings.Join(want, ",")
+	default:
+		e.NoCandidate = fmt.Sprintf("no server is ready (%d down, %d draining)", states[notDown], states[notDraining])
+	}
+	return e
+}
+
+// shortfall is the part of need that free lacks, as a fraction of need.
+func shortfall(free, need int64) frac {
+	if need <= 0 || free >= need {
+		return frac{0, 1}
+	}
+	return frac{uint64(need - max(free, 0)), uint64(need)}
+}
