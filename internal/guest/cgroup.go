@@ -1,0 +1,330 @@
+package guest
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// cgroupVersion says which hierarchy holds the cpu and memory controllers.
+type cgroupVersion int
+
+const (
+	cgroupV1 cgroupVersion = 1
+	cgroupV2 cgroupVersion = 2
+)
+
+// cpuPeriodUS is the CFS period every task cgroup gets: 100 ms, the
+// kernel's default, so a quota reads as "millicpu * 100" microseconds.
+const cpuPeriodUS = 100000
+
+// minCPUQuotaUS is the smallest quota the kernel accepts (1 ms).
+const minCPUQuotaUS = 1000
+
+// cgroupLayout is where the cpu and memory controllers are mounted.
+// On a pure v2 host one directory serves both; on a v1 or hybrid host
+// (such as our lab machines, whose v2 mount holds only hugetlb) each
+// controller has its own hierarchy.
+type cgroupLayout struct {
+	Version cgroupVersion
+	V2Root  string // v2: the cgroup2 mount with cpu and memory
+	CPURoot string // v1: the hierarchy with the cpu controller
+	MemRoot string // v1: the hierarchy with the memory controller
+}
+
+// detectCgroups reads /proc/self/mountinfo. containerd/cgroups' Mode()
+// only says "hybrid" on hosts like ours, which does not tell where cpu
+// and memory live, so each controller is looked up here.
+func detectCgroups() (cgroupLayout, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return cgroupLayout{}, fmt.Errorf("guest: read mounts: %w", err)
+	}
+	defer f.Close()
+	return parseCgroupMounts(f, func(dir string) (string, error) {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
+		return string(b), err
+	})
+}
+
+// parseCgroupMounts picks the cgroup layout from mountinfo text.
+// controllers returns the content of cgroup.controllers of a cgroup2 mount.
+// A v2 mount offering both cpu and memory wins; otherwise both controllers
+// must be on v1 hierarchies.
+func parseCgroupMounts(mountinfo io.Reader, controllers func(dir string) (string, error)) (cgroupLayout, error) {
+	var l cgroupLayout
+	var v2 []string
+	sc := bufio.NewScanner(mountinfo)
+	for sc.Scan() {
+		// "36 25 0:31 / /sys/fs/cgroup/cpu rw,relatime shared:13 - cgroup cgroup rw,cpu,cpuacct"
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		pf, qf := strings.Fields(pre), strings.Fields(post)
+		if len(pf) < 5 || len(qf) < 3 {
+			continue
+		}
+		mnt := unescapeMount(pf[4])
+		switch qf[0] {
+		case "cgroup2":
+			v2 = append(v2, mnt)
+		case "cgroup":
+			opts := strings.Split(qf[2], ",")
+			if slices.Contains(opts, "cpu") && l.CPURoot == "" {
+				l.CPURoot = mnt
+			}
+			if slices.Contains(opts, "memory") && l.MemRoot == "" {
+				l.MemRoot = mnt
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return cgroupLayout{}, fmt.Errorf("guest: read mounts: %w", err)
+	}
+	for _, mnt := range v2 {
+		c, err := controllers(mnt)
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(c)
+		if slices.Contains(f, "cpu") && slices.Contains(f, "memory") {
+			return cgroupLayout{Version: cgroupV2, V2Root: mnt}, nil
+		}
+	}
+	if l.CPURoot != "" && l.MemRoot != "" {
+		l.Version = cgroupV1
+		return l, nil
+	}
+	return cgroupLayout{}, errors.New("guest: no cgroup hierarchy offers the cpu and memory controllers (need cgroup v2 with both, or v1 cpu and memory mounts)")
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// cgroupFile is one control file value to write, relative to the task's
+// cgroup directory in the hierarchy of controller ctrl ("" on v2).
+type cgroupFile struct {
+	Ctrl  string
+	File  string
+	Value string
+}
+
+// cpuQuotaUS turns millicpu into a CFS quota for cpuPeriodUS; 0 means no
+// limit (-1).
+func cpuQuotaUS(m spec.MilliCPU) int64 {
+	if m <= 0 {
+		return -1
+	}
+	q := int64(m) * cpuPeriodUS / 1000
+	return max(q, minCPUQuotaUS)
+}
+
+// v1Limits are the control files of a v1 task cgroup, in writing order
+// (the period before the quota measured against it).
+func v1Limits(r spec.Resources) []cgroupFile {
+	mem := "-1"
+	if r.Memory > 0 {
+		mem = strconv.FormatInt(int64(r.Memory), 10)
+	}
+	return []cgroupFile{
+		{"cpu", "cpu.cfs_period_us", strconv.Itoa(cpuPeriodUS)},
+		{"cpu", "cpu.cfs_quota_us", strconv.FormatInt(cpuQuotaUS(r.CPU), 10)},
+		{"memory", "memory.limit_in_bytes", mem},
+	}
+}
+
+// v2Limits are the control files of a v2 task cgroup.
+func v2Limits(r spec.Resources) []cgroupFile {
+	cpu := "max " + strconv.Itoa(cpuPeriodUS)
+	if q := cpuQuotaUS(r.CPU); q > 0 {
+		cpu = fmt.Sprintf("%d %d", q, cpuPeriodUS)
+	}
+	mem := "max"
+	if r.Memory > 0 {
+		mem = strconv.FormatInt(int64(r.Memory), 10)
+	}
+	return []cgroupFile{
+		{"", "cpu.max", cpu},
+		{"", "memory.max", mem},
+	}
+}
+
+// taskCgroup is one task's cgroup: rel is "<parent>/<name>" below each
+// hierarchy root.
+type taskCgroup struct {
+	layout cgroupLayout
+	rel    string
+}
+
+// dir is the task's directory in the hierarchy of ctrl.
+func (c taskCgroup) dir(ctrl string) string {
+	switch {
+	case c.layout.Version == cgroupV2:
+		return filepath.Join(c.layout.V2Root, c.rel)
+	case ctrl == "memory":
+		return filepath.Join(c.layout.MemRoot, c.rel)
+	default:
+		return filepath.Join(c.layout.CPURoot, c.rel)
+	}
+}
+
+func (c taskCgroup) dirs() []string {
+	if c.layout.Version == cgroupV2 {
+		return []string{c.dir("")}
+	}
+	return []string{c.dir("cpu"), c.dir("memory")}
+}
+
+// Ensure creates the cgroup if needed and writes its limits.
+func (c taskCgroup) Ensure(r spec.Resources) error {
+	if c.layout.Version == cgroupV2 {
+		if err := c.enableV2Controllers(); err != nil {
+			return err
+		}
+	}
+	for _, d := range c.dirs() {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("guest: create cgroup: %w", err)
+		}
+	}
+	limits := v1Limits(r)
+	if c.layout.Version == cgroupV2 {
+		limits = v2Limits(r)
+	}
+	for _, l := range limits {
+		p := filepath.Join(c.dir(l.Ctrl), l.File)
+		if err := os.WriteFile(p, []byte(l.Value), 0o644); err != nil {
+			return fmt.Errorf("guest: set %s to %s: %w", p, l.Value, err)
+		}
+	}
+	return nil
+}
+
+// enableV2Controllers turns cpu and memory on in every ancestor of the
+// task cgroup, as v2 requires before a child can be limited.
+func (c taskCgroup) enableV2Controllers() error {
+	dir := c.layout.V2Root
+	for _, part := range strings.Split(filepath.Dir(c.rel), "/") {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+cpu +memory"), 0o644); err != nil {
+			return fmt.Errorf("guest: enable cpu and memory controllers in %s: %w", dir, err)
+		}
+		if part == "" || part == "." {
+			break
+		}
+		dir = filepath.Join(dir, part)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("guest: create cgroup: %w", err)
+		}
+	}
+	if dir == c.layout.V2Root {
+		return nil
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+cpu +memory"), 0o644); err != nil {
+		return fmt.Errorf("guest: enable cpu and memory controllers in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// OpenDir opens the v2 cgroup directory for SysProcAttr.CgroupFD.
+func (c taskCgroup) OpenDir() (*os.File, error) {
+	f, err := os.OpenFile(c.dir(""), os.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("guest: open cgroup: %w", err)
+	}
+	return f, nil
+}
+
+// AddProc moves pid into the cgroup (v1: in every hierarchy).
+func (c taskCgroup) AddProc(pid int) error {
+	for _, d := range c.dirs() {
+		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			return fmt.Errorf("guest: move pid %d into cgroup %s: %w", pid, d, err)
+		}
+	}
+	return nil
+}
+
+// Procs lists the processes in the cgroup (union over hierarchies).
+func (c taskCgroup) Procs() []int {
+	var pids []int
+	for _, d := range c.dirs() {
+		b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		for _, f := range bytes.Fields(b) {
+			if pid, err := strconv.Atoi(string(f)); err == nil && !slices.Contains(pids, pid) {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// Kill sends sig to every process in the cgroup and, with wait > 0, waits
+// that long for it to empty. It reports whether the cgroup is empty.
+func (c taskCgroup) Kill(sig syscall.Signal, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for {
+		pids := c.Procs()
+		if len(pids) == 0 {
+			return true
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, sig)
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Remove deletes the cgroup directories. The processes must be gone; a
+// just-killed process may take a moment to leave, hence the retries.
+func (c taskCgroup) Remove() error {
+	var errs []error
+	for _, d := range c.dirs() {
+		var err error
+		for range 50 {
+			err = os.Remove(d)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				err = nil
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("guest: remove cgroup %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}
