@@ -1,0 +1,619 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/corridor-dev/corridor/internal/guest"
+)
+
+// DownOptions say which lab Down removes and how.
+type DownOptions struct {
+	Dir string
+	// Prefix names the lab's objects when lab.json is missing or damaged.
+	// Empty: a directory without lab.json has nothing to remove, and a
+	// damaged lab.json is an error. With a readable lab.json the recorded
+	// prefix wins.
+	Prefix string
+	// KeepLogs keeps DIR/logs; everything else in DIR is removed.
+	KeepLogs bool
+	// Binary runs `agent --cleanup` when lab.json names no binary (or
+	// names one that is gone); empty: the agents' cleanup is skipped and
+	// only the namespaces' removal cleans their devices.
+	Binary string
+	// CleanupTimeout bounds each `corridor agent --cleanup`; Grace is how
+	// long a process has between SIGTERM and SIGKILL.
+	CleanupTimeout time.Duration
+	Grace          time.Duration
+	Logger         *slog.Logger
+}
+
+// Down removes everything the lab in opts.Dir made: it stops the agents,
+// has each remove its guests, devices and rules, ends every process of the
+// lab (recorded, or found in a lab namespace or a guest namespace of a lab
+// agent), deletes the namespaces, the root link and WireGuard sockets, and
+// removes the directory. It works on a lab that crashed half-way through
+// Up, and running it again is harmless.
+func Down(ctx context.Context, opts DownOptions) error {
+	if os.Geteuid() != 0 {
+		return errors.New("lab: down needs root (it deletes network namespaces and links): run it with sudo")
+	}
+	if opts.Dir == "" {
+		opts.Dir = DefaultDir()
+	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return fmt.Errorf("lab: dir %q: %w", opts.Dir, err)
+	}
+	if opts.CleanupTimeout == 0 {
+		opts.CleanupTimeout = 30 * time.Second
+	}
+	if opts.Grace == 0 {
+		opts.Grace = 5 * time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+
+	l, err := Load(dir)
+	switch {
+	case err == nil:
+	case opts.Prefix == "" && errors.Is(err, ErrNoLab):
+		// Nothing recorded here: nothing of this directory's to remove.
+		// Objects named after a prefix are removed only when asked by
+		// name, since they may belong to a lab recorded elsewhere.
+		// Up saves lab.json right after making the directory, so at most
+		// the empty directory of a crashed Up can be here.
+		log.Info("no lab in this directory; nothing to remove", "dir", dir)
+		return removeDir(dir, opts.KeepLogs)
+	case opts.Prefix == "":
+		return fmt.Errorf("%w; to remove what is named after a prefix, give it (--prefix %s for the default lab)", err, DefaultPrefix)
+	default:
+		if err := checkPrefix(opts.Prefix); err != nil {
+			return err
+		}
+		log.Warn("no usable lab record; removing what is named after the prefix", "dir", dir, "prefix", opts.Prefix, "err", err)
+		l = recoverLab(dir, opts.Prefix, listNamespaces())
+	}
+	l.Dir = dir
+
+	// Guests are found while their veth still ties them to a server
+	// namespace, and recorded before anything is removed, so that a
+	// second Down finds them even once that tie is gone.
+	if err := l.recordGuests(log); err != nil {
+		return err
+	}
+
+	plan := planCleanup(l, observe(l))
+	for _, t := range plan.StopAgents {
+		log.Info("stopping", "pid", t.PID, "what", t.Why)
+	}
+	killAll(plan.StopAgents, opts.Grace, log)
+	for _, s := range plan.Cleanups {
+		l.runCleanup(ctx, s, opts.Binary, opts.CleanupTimeout, log)
+	}
+
+	if err := l.recordGuests(log); err != nil {
+		return err
+	}
+	var errs []error
+	// A few rounds, for processes forked while their parents were being
+	// stopped.
+	for round := 0; round < 3; round++ {
+		plan = planCleanup(l, observe(l))
+		if len(plan.Kill) == 0 {
+			break
+		}
+		for _, t := range plan.Kill {
+			log.Info("stopping", "pid", t.PID, "what", t.Why)
+		}
+		killAll(plan.Kill, opts.Grace, log)
+	}
+	plan = planCleanup(l, observe(l))
+	for _, t := range plan.Kill {
+		errs = append(errs, fmt.Errorf("lab: process %d (%s) would not stop", t.PID, t.Why))
+	}
+
+	for _, ns := range plan.Namespaces {
+		log.Info("deleting namespace", "namespace", ns)
+		if err := deleteNamespace(ns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, link := range plan.RootLinks {
+		log.Info("deleting link", "link", link)
+		if err := deleteRootLink(link); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, sock := range plan.Sockets {
+		if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("lab: remove %s: %w", sock, err))
+		}
+	}
+	// Normally the agents' cleanup removed their guests' cgroups; when it
+	// could not run, the guests' processes are gone by now and their
+	// empty cgroups can go too.
+	if err := removeGuestCgroups(l.GuestNamespaces, cgroupMounts()); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeDir(dir, opts.KeepLogs); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if left := l.leftovers(); len(left) > 0 {
+		return fmt.Errorf("lab: still present after down (run it again, or remove by hand): %s", strings.Join(left, "; "))
+	}
+	log.Info("lab is down", "dir", dir)
+	return nil
+}
+
+// observe reads what exists of the lab.
+func observe(l *Lab) observation {
+	obs := observation{
+		Self:       os.Getpid(),
+		Ancestors:  ancestors(os.Getpid()),
+		Namespaces: map[string]uint64{},
+		RootLinks:  map[string]bool{},
+		Sockets:    map[string]bool{},
+	}
+	obs.Procs, _ = listProcs("/proc")
+	for _, ns := range l.allNamespaces() {
+		if ino, err := namespaceInode(ns); err == nil {
+			obs.Namespaces[ns] = ino
+		}
+	}
+	// Unnamed guest namespaces (held only by their processes) count as
+	// lab namespaces too: their processes are the lab's.
+	for ino, what := range unnamedGuests(l, obs.Procs) {
+		obs.Namespaces[what] = ino
+	}
+	for _, link := range append(append([]string(nil), l.RootLinks...), wireGuardNames(l)...) {
+		if rootLinkExists(link) {
+			obs.RootLinks[link] = true
+		}
+	}
+	for _, sock := range wireGuardSockets(l) {
+		if _, err := os.Stat(sock); err == nil {
+			obs.Sockets[sock] = true
+		}
+	}
+	return obs
+}
+
+func ancestors(pid int) map[int]bool {
+	m := map[int]bool{}
+	for i := 0; i < 64 && pid > 1; i++ {
+		info, err := readProc("/proc", pid)
+		if err != nil {
+			break
+		}
+		pid = info.PPID
+		m[pid] = true
+	}
+	return m
+}
+
+// listNamespaces lists the named network namespaces of the machine.
+func listNamespaces() []string {
+	ents, err := os.ReadDir(netnsDir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// serverNamespaceFds opens the lab's server namespaces that exist.
+func (l *Lab) serverNamespaceFds() []netns.NsHandle {
+	var out []netns.NsHandle
+	for _, s := range l.Servers {
+		if h, err := netns.GetFromName(s.Namespace); err == nil {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// linkedToServer reports whether the namespace at path has a link whose
+// peer lives in one of the given server namespaces: how the guests an
+// agent made are told apart from anything else on the machine.
+func linkedToServer(path string, servers []netns.NsHandle) bool {
+	cand, err := netns.GetFromPath(path)
+	if err != nil {
+		return false
+	}
+	defer cand.Close()
+	h, err := netlink.NewHandleAt(cand)
+	if err != nil {
+		return false
+	}
+	defer h.Close()
+	// Links first: the kernel gives a peer namespace its ID lazily, when
+	// a link dump needs it, so asking for the ID before could say "none".
+	links, err := h.LinkList()
+	if err != nil {
+		return false
+	}
+	var ids []int
+	for _, s := range servers {
+		if id, err := h.GetNetNsIdByFd(int(s)); err == nil && id >= 0 {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return false
+	}
+	for _, link := range links {
+		for _, id := range ids {
+			if link.Attrs().NetNsID == id {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// recordGuests finds the named guest namespaces of the lab's agents and
+// adds them to lab.json.
+func (l *Lab) recordGuests(log *slog.Logger) error {
+	servers := l.serverNamespaceFds()
+	defer func() {
+		for _, s := range servers {
+			s.Close()
+		}
+	}()
+	changed := false
+	recorded := recordedGuestNamespaces(l)
+	for _, name := range listNamespaces() {
+		if contains(l.Namespaces, name) || contains(l.GuestNamespaces, name) {
+			continue
+		}
+		if recorded[name] || linkedToServer(filepath.Join(netnsDir, name), servers) {
+			log.Info("found a guest namespace of the lab", "namespace", name)
+			l.GuestNamespaces = append(l.GuestNamespaces, name)
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	if _, err := os.Stat(l.Dir); err != nil {
+		return nil // no directory to record into: a recovered lab
+	}
+	return l.save()
+}
+
+// recordedGuestNamespaces reads the guest namespaces the lab's agents
+// recorded in their state directories (guest.json files of the netns
+// runtime, field "netns"). Only names with our prefix are taken: a state
+// file never makes Down delete a namespace Corridor could not have made.
+func recordedGuestNamespaces(l *Lab) map[string]bool {
+	out := map[string]bool{}
+	for _, s := range l.Servers {
+		if s.StateDir == "" {
+			continue
+		}
+		root := filepath.Clean(s.StateDir)
+		_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil
+			}
+			if d.IsDir() && strings.Count(strings.TrimPrefix(path, root), "/") > 3 {
+				return filepath.SkipDir
+			}
+			if d.IsDir() || d.Name() != guestRecordFile {
+				return nil
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil
+			}
+			var rec struct {
+				Netns string `json:"netns"`
+			}
+			if json.Unmarshal(b, &rec) == nil && strings.HasPrefix(rec.Netns, "cor") && !strings.Contains(rec.Netns, "/") {
+				out[rec.Netns] = true
+			}
+			return nil
+		})
+	}
+	return out
+}
+
+// guestRecordFile is the netns guest runtime's record of one guest, in a
+// directory of its own under the agent's state directory.
+const guestRecordFile = "guest.json"
+
+// unnamedGuests finds network namespaces that are held only by processes
+// and linked to a lab server namespace. Keys are inodes, values a label.
+func unnamedGuests(l *Lab, procs []procInfo) map[uint64]string {
+	servers := l.serverNamespaceFds()
+	defer func() {
+		for _, s := range servers {
+			s.Close()
+		}
+	}()
+	out := map[uint64]string{}
+	if len(servers) == 0 {
+		return out
+	}
+	known := map[uint64]bool{}
+	for _, ns := range listNamespaces() {
+		if ino, err := namespaceInode(ns); err == nil {
+			known[ino] = true
+		}
+	}
+	if ino, err := ownNamespaceInode(); err == nil {
+		known[ino] = true
+	}
+	for _, p := range procs {
+		if p.NetNS == 0 || known[p.NetNS] {
+			continue
+		}
+		known[p.NetNS] = true
+		if linkedToServer("/proc/"+strconv.Itoa(p.PID)+"/ns/net", servers) {
+			out[p.NetNS] = "unnamed guest namespace of pid " + strconv.Itoa(p.PID)
+		}
+	}
+	return out
+}
+
+// runCleanup asks the agent of s to remove its guests, devices and rules,
+// inside the server's namespace. A failure is logged, not fatal: the
+// namespaces go away next, which removes the devices and rules anyway.
+func (l *Lab) runCleanup(ctx context.Context, s Server, fallback string, timeout time.Duration, log *slog.Logger) {
+	bin := l.Binary
+	if _, err := os.Stat(bin); bin == "" || err != nil {
+		bin = fallback
+	}
+	if bin == "" {
+		log.Warn("no corridor binary to run the agent's cleanup; removing its namespace only", "server", s.Name)
+		return
+	}
+	args := []string{bin, "agent", "--cleanup",
+		"--name", s.Name,
+		"--state-dir", s.StateDir,
+		"--underlay-iface", serverIface,
+	}
+	if s.WireGuardName != "" {
+		args = append(args, "--wg-name", s.WireGuardName)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	log.Info("cleaning up the agent's guests and devices", "server", s.Name)
+	out, err := runIn(ctx, s.Namespace, args)
+	if s.Log != "" {
+		if f, ferr := os.OpenFile(s.Log, os.O_WRONLY|os.O_APPEND, 0); ferr == nil {
+			fmt.Fprintf(f, "--- corridor agent --cleanup (lab down) ---\n%s", out)
+			f.Close()
+		}
+	}
+	if err != nil {
+		log.Warn("agent cleanup failed; removing its namespace anyway", "server", s.Name, "err", err, "output", strings.TrimSpace(string(out)))
+	}
+}
+
+// killAll sends SIGTERM to every target still alive, waits up to grace for
+// all of them, then sends SIGKILL to those left. Every signal is preceded
+// by a start-time check, so a reused PID is never hit.
+func killAll(targets []target, grace time.Duration, log *slog.Logger) {
+	var live []target
+	for _, t := range targets {
+		if gone(t.PID, t.StartTime) {
+			continue
+		}
+		if err := unix.Kill(t.PID, unix.SIGTERM); err == nil {
+			live = append(live, t)
+		}
+	}
+	deadline := time.Now().Add(grace)
+	for len(live) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		live = stillAlive(live)
+	}
+	for _, t := range live {
+		if info, err := readProc("/proc", t.PID); err == nil && info.StartTime == t.StartTime {
+			log.Warn("did not stop on SIGTERM; killing", "pid", t.PID, "what", t.Why)
+			_ = unix.Kill(t.PID, unix.SIGKILL)
+		}
+	}
+	for i := 0; i < 100 && len(live) > 0; i++ {
+		time.Sleep(20 * time.Millisecond)
+		live = stillAlive(live)
+	}
+}
+
+func stillAlive(ts []target) []target {
+	var out []target
+	for _, t := range ts {
+		if !gone(t.PID, t.StartTime) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// removeDir removes what the lab keeps in dir, and dir itself when that
+// leaves it empty. Only the lab's own entries are removed, so that a
+// mistaken --dir never wipes anything else. Mounts under dir (a guest
+// namespace bind-mounted into a state directory) are detached first, or
+// the removal would fail on them.
+func removeDir(dir string, keepLogs bool) error {
+	for _, m := range mountsUnder(dir) {
+		_ = unix.Unmount(m, unix.MNT_DETACH)
+	}
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	for _, e := range ents {
+		if !labEntry(e.Name()) || keepLogs && e.Name() == "logs" {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("lab: remove %s: %w", filepath.Join(dir, e.Name()), err)
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("lab: remove %s: %w", dir, err)
+	}
+	return nil
+}
+
+// labEntry reports whether a name in the lab directory is one the lab
+// makes: its record, the logs, the server's data and the servers' state.
+func labEntry(name string) bool {
+	switch name {
+	case StateFile, StateFile + ".tmp", "logs", "server":
+		return true
+	}
+	n, ok := strings.CutPrefix(name, "s")
+	if !ok || n == "" {
+		return false
+	}
+	_, err := strconv.Atoi(n)
+	return err == nil
+}
+
+// removeGuestCgroups removes the empty cgroup directories the netns guest
+// runtime made for the guests (<mount>/<guest.DefaultCgroupParent>/<name>,
+// name being the guest's namespace name without guest.NetnsPrefix).
+// rmdir removes only empty cgroups, never files.
+func removeGuestCgroups(guestNamespaces, mounts []string) error {
+	var errs []error
+	for _, ns := range guestNamespaces {
+		name, ok := strings.CutPrefix(ns, guest.NetnsPrefix)
+		if !ok || name == "" || strings.Contains(name, "/") {
+			continue
+		}
+		for _, m := range mounts {
+			dir := filepath.Join(m, guest.DefaultCgroupParent, name)
+			if err := unix.Rmdir(dir); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("lab: remove cgroup %s: %w", dir, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cgroupMounts lists the mount points of cgroup hierarchies (v1 and v2).
+func cgroupMounts() []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	return parseCgroupMounts(f)
+}
+
+func parseCgroupMounts(r io.Reader) []string {
+	var out []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		// The filesystem type follows the " - " separator.
+		_, after, ok := strings.Cut(line, " - ")
+		f := strings.Fields(line)
+		if !ok || len(f) < 5 {
+			continue
+		}
+		if fs := strings.Fields(after); len(fs) > 0 && (fs[0] == "cgroup" || fs[0] == "cgroup2") {
+			out = append(out, unescapeMount(f[4]))
+		}
+	}
+	return out
+}
+
+// mountsUnder lists mount points at or below dir, deepest first.
+func mountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	return parseMountsUnder(f, dir)
+}
+
+func parseMountsUnder(r io.Reader, dir string) []string {
+	var out []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescapeMount(f[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// leftovers lists what of the lab still exists.
+func (l *Lab) leftovers() []string {
+	var out []string
+	for _, ns := range l.allNamespaces() {
+		if namespaceExists(ns) {
+			out = append(out, "namespace "+ns)
+		}
+	}
+	for _, link := range l.RootLinks {
+		if rootLinkExists(link) {
+			out = append(out, "link "+link)
+		}
+	}
+	for _, p := range l.processes() {
+		if alive(&p) {
+			out = append(out, fmt.Sprintf("process %d (%s)", p.PID, p.Name))
+		}
+	}
+	return out
+}

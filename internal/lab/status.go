@@ -1,0 +1,116 @@
+package lab
+
+import (
+	"context"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+)
+
+// Status is what of a lab is up, as `corridor lab status` shows it.
+type Status struct {
+	Dir       string `json:"dir"`
+	Phase     string `json:"phase"`
+	ServerURL string `json:"serverURL"`
+	CAFile    string `json:"caFile"`
+	// Control is the control plane process: alive, and answering /readyz.
+	ControlAlive bool   `json:"controlAlive"`
+	ControlReady bool   `json:"controlReady"`
+	ControlError string `json:"controlError,omitempty"`
+	// Underlay is the underlay namespace's presence.
+	Underlay    NamespaceStatus   `json:"underlay"`
+	RootLink    bool              `json:"rootLink"`
+	Servers     []ServerStatus    `json:"servers"`
+	Guests      []NamespaceStatus `json:"guests,omitempty"`
+	CheckedAt   time.Time         `json:"checkedAt"`
+	JoinedError string            `json:"joinedError,omitempty"`
+}
+
+// NamespaceStatus is one namespace's presence.
+type NamespaceStatus struct {
+	Name    string `json:"name"`
+	Present bool   `json:"present"`
+}
+
+// ServerStatus is one simulated server's state.
+type ServerStatus struct {
+	Name       string `json:"name"`
+	Namespace  string `json:"namespace"`
+	Address    string `json:"address"`
+	Present    bool   `json:"namespacePresent"`
+	AgentPID   int    `json:"agentPID,omitempty"`
+	AgentAlive bool   `json:"agentAlive"`
+	// Joined: the control plane lists the server as ready and has heard
+	// from its agent; State is its state there (ready, draining, down).
+	Joined bool   `json:"joined"`
+	State  string `json:"state,omitempty"`
+	Log    string `json:"log"`
+}
+
+// Up reports whether every part of the lab is up.
+func (s Status) Up() bool {
+	if !s.ControlAlive || !s.ControlReady || !s.Underlay.Present || !s.RootLink {
+		return false
+	}
+	for _, sv := range s.Servers {
+		if !sv.Present || !sv.AgentAlive || !sv.Joined {
+			return false
+		}
+	}
+	return true
+}
+
+// Status checks what of the lab is up: namespaces, processes, the control
+// plane's readiness and which servers it lists. It changes nothing.
+func (l *Lab) Status(ctx context.Context) Status {
+	st := Status{
+		Dir:          l.Dir,
+		Phase:        l.Phase,
+		ServerURL:    l.ServerURL,
+		CAFile:       l.CAFile,
+		ControlAlive: alive(l.Control),
+		Underlay:     NamespaceStatus{Name: l.UnderlayNamespace, Present: namespaceExists(l.UnderlayNamespace)},
+		RootLink:     rootLinkExists(l.RootLink),
+		CheckedAt:    time.Now().UTC(),
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var listed map[string]api.Server
+	if st.ControlAlive {
+		if err := l.ready(ctx); err != nil {
+			st.ControlError = err.Error()
+		} else {
+			st.ControlReady = true
+			list, err := l.listServers(ctx)
+			if err != nil {
+				st.JoinedError = err.Error()
+			}
+			listed = map[string]api.Server{}
+			for _, s := range list {
+				listed[s.Spec.Name] = s
+			}
+		}
+	}
+	for _, s := range l.Servers {
+		ss := ServerStatus{
+			Name:      s.Name,
+			Namespace: s.Namespace,
+			Address:   s.Address.String(),
+			Present:   namespaceExists(s.Namespace),
+			Log:       s.Log,
+		}
+		if s.Agent != nil {
+			ss.AgentPID = s.Agent.PID
+			ss.AgentAlive = alive(s.Agent)
+		}
+		if v, ok := listed[s.Name]; ok {
+			ss.Joined = isJoined(v)
+			ss.State = v.State
+		}
+		st.Servers = append(st.Servers, ss)
+	}
+	for _, g := range l.GuestNamespaces {
+		st.Guests = append(st.Guests, NamespaceStatus{Name: g, Present: namespaceExists(g)})
+	}
+	return st
+}
