@@ -375,17 +375,56 @@ func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		se := &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(data))}
-		var e Error
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			se.Message, se.Details = e.Error, e.Details
-		}
-		return 0, se
+		return 0, readStatusError(resp)
 	}
 	n, err := io.Copy(w, resp.Body)
 	if err != nil {
 		return n, fmt.Errorf("api: read backup: %w", err)
 	}
 	return n, nil
+}
+
+// Probe asks the server to run a probe on the named server's agent (see
+// ProbeRequest): the server relays it to the agent's local API.
+func (c *Client) Probe(ctx context.Context, server string, req ProbeRequest) (ProbeResult, error) {
+	var out ProbeResult
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "/v1/servers" + path(server, "probe"), body: req, timeout: req.Timeout + DefaultTimeout}, &out)
+	return out, err
+}
+
+// TaskLogs streams a task's log (its program's stdout and stderr, or a
+// VM's console) through the server from the agent of its host. The caller
+// closes the stream; with follow it ends only when ctx does.
+func (c *Client) TaskLogs(ctx context.Context, task string, lines int, follow bool) (io.ReadCloser, error) {
+	q := url.Values{"lines": {strconv.Itoa(lines)}}
+	if follow {
+		q.Set("follow", "1")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/tasks/"+task+"/logs?"+q.Encode(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("api: GET task logs: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, readStatusError(resp)
+	}
+	return resp.Body, nil
+}
+
+// readStatusError turns a non-2xx answer into a *StatusError.
+func readStatusError(resp *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	se := &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(data))}
+	var e Error
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		se.Message, se.Details = e.Error, e.Details
+	}
+	return se
 }

@@ -1,0 +1,10 @@
+// Package examples ships the example specs inside the corridor binary, so
+// that `corridor demo` works from any directory.
+package examples
+
+import _ "embed"
+
+// Shop is examples/shop.yaml: web -> app plain, app -> db encrypted.
+//
+//go:embed shop.yaml
+var Shop []byte

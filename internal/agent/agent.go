@@ -1,0 +1,604 @@
+// Package agent is the reconcile loop that runs on every server: it joins
+// the cluster once (join token, CSR, then mTLS), long-polls its host's
+// desired state by revision, keeps the last one on disk and drives the guest
+// runtime and the data plane to it, repairs drift periodically, reports
+// status, and serves a small local API (logs, probes, status, metrics) to
+// the server.
+//
+// The agent fails static: once a desired state has been received it is
+// applied again at every start, before the server is asked anything, and a
+// server outage changes nothing on the host. Stopping the agent leaves
+// guests and data plane in place; only Cleanup removes them.
+//
+// The control channel to the server must run on the underlay, never
+// through corw0 or corv0, which the agent itself configures: a tunnel that
+// needs the agent to be repaired must not carry the agent's own traffic.
+// The CLI refuses to start when the route to the server goes through a
+// tunnel device, and the agent refuses any desired state that would route a
+// server address into a tunnel.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// DefaultStateDir is where `corridor agent` keeps its state unless told.
+const DefaultStateDir = "/var/lib/corridor/agent"
+
+// GuestsDir is the guest runtime's directory in the agent's state
+// directory: one directory per task, with its record and its log.
+func GuestsDir(stateDir string) string { return filepath.Join(stateDir, "guests") }
+
+// Defaults of Config's intervals.
+const (
+	DefaultPollWait       = 60 * time.Second
+	DefaultRepairInterval = 30 * time.Second
+	DefaultStatusInterval = 5 * time.Second
+	DefaultBackoffMin     = 500 * time.Millisecond
+	DefaultBackoffMax     = 30 * time.Second
+
+	// reconcileTimeout bounds one reconcile pass. A pass is not cut short
+	// by shutdown: a half-applied data plane is worse than a late exit.
+	reconcileTimeout = 2 * time.Minute
+	statusTimeout    = 10 * time.Second
+)
+
+// Config is what an agent is and what it drives.
+type Config struct {
+	Name     string
+	StateDir string
+	// Address is the host's underlay address, on UnderlayIface.
+	Address       netip.Addr
+	UnderlayIface string
+	PublicKey     string // WireGuard, base64
+	WireGuardPort int
+	Capacity      spec.Resources
+	Labels        map[string]string
+
+	// JoinToken and Bootstrap are used only when the state directory
+	// holds no usable identity: Bootstrap is a client that trusts the
+	// server (by the cluster CA) and JoinToken goes in the join request.
+	JoinToken string
+	Bootstrap ControlPlane
+	// Connect makes the mTLS client from the agent's identity.
+	Connect func(*Identity) (ControlPlane, error)
+
+	Guests    Guests
+	Dataplane Dataplane
+
+	// ServerAddrs are the server's underlay addresses. A desired state
+	// that would send any of them into a tunnel is refused.
+	ServerAddrs []netip.Addr
+
+	// Listener, when set, serves the local API (mTLS, see APITLSConfig).
+	Listener net.Listener
+	// Logs and Probe back the local API; nil answers 501.
+	Logs  LogsFunc
+	Probe ProbeFunc
+
+	PollWait       time.Duration
+	RepairInterval time.Duration
+	StatusInterval time.Duration
+	BackoffMin     time.Duration
+	BackoffMax     time.Duration
+
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+func (c *Config) defaults() error {
+	if c.Name == "" {
+		return errors.New("agent: name is empty")
+	}
+	if c.StateDir == "" {
+		return errors.New("agent: state directory is empty")
+	}
+	if c.Guests == nil || c.Dataplane == nil || c.Connect == nil {
+		return errors.New("agent: Guests, Dataplane and Connect are required")
+	}
+	set := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	set(&c.PollWait, DefaultPollWait)
+	set(&c.RepairInterval, DefaultRepairInterval)
+	set(&c.StatusInterval, DefaultStatusInterval)
+	set(&c.BackoffMin, DefaultBackoffMin)
+	set(&c.BackoffMax, DefaultBackoffMax)
+	if c.WireGuardPort == 0 {
+		c.WireGuardPort = compile.DefaultWireGuardPort
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Agent is one host's agent. Make it with New and start it with Run.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+
+	// wake tells the reconcile loop that target changed; kick tells the
+	// status loop to report now. Both hold at most one pending signal.
+	wake chan struct{}
+	kick chan struct{}
+
+	// reconcileMu serialises reconcile passes (updates, repairs, the
+	// fail-static pass at start).
+	reconcileMu sync.Mutex
+
+	mu         sync.Mutex
+	target     *api.DesiredState // the newest state received or loaded
+	applied    int64             // revision last applied without error
+	lastErrors []string          // errors of the last reconcile pass
+}
+
+// New checks cfg and makes an agent.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg:  cfg,
+		log:  cfg.Logger.With("agent", cfg.Name),
+		m:    newMetrics(),
+		wake: make(chan struct{}, 1),
+		kick: make(chan struct{}, 1),
+	}, nil
+}
+
+// Run runs the agent until ctx is done. It returns nil on shutdown, and an
+// error only when the agent cannot work at all (no identity and no way to
+// join). Shutdown stops the loops and leaves guests and data plane alone.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("agent: state directory: %w", err)
+	}
+
+	// Fail static: serve the last state received before asking the server
+	// anything, so that an agent restarted during a server outage puts the
+	// host back exactly as it was.
+	ds, ok, err := LoadDesired(a.cfg.StateDir)
+	switch {
+	case err != nil:
+		// A torn file cannot happen (atomic writes); a bad one is
+		// replaced by the server's next answer.
+		a.log.Error("ignoring stored desired state", "err", err)
+	case ok && ds.State.Host != "" && ds.State.Host != a.cfg.Name:
+		a.log.Error("ignoring stored desired state of another host", "host", ds.State.Host)
+	case ok:
+		a.log.Info("applying stored desired state", "revision", ds.Revision)
+		a.setTarget(ds)
+		a.reconcileTarget(ctx, "start")
+	}
+
+	// wg.Wait is deferred before cancel so that it runs after it.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() { a.reconcileLoop(ctx) })
+
+	id, err := a.ensureIdentity(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	cp, err := a.cfg.Connect(id)
+	if err != nil {
+		return fmt.Errorf("agent: control plane client: %w", err)
+	}
+	wg.Go(func() { a.pollLoop(ctx, cp) })
+	wg.Go(func() { a.statusLoop(ctx, cp) })
+	if a.cfg.Listener != nil {
+		wg.Go(func() { a.serveAPI(ctx, id) })
+	}
+	<-ctx.Done()
+	a.log.Info("agent stopping; guests and data plane are left running")
+	return nil
+}
+
+// ensureIdentity returns the stored identity or joins the cluster to get
+// one, retrying with backoff while the server cannot be reached.
+func (a *Agent) ensureIdentity(ctx context.Context) (*Identity, error) {
+	id, err := LoadIdentity(a.cfg.StateDir, a.cfg.Name, a.cfg.Now())
+	if err == nil {
+		a.log.Info("using stored identity", "notAfter", id.Certificate().NotAfter)
+		return id, nil
+	}
+	if a.cfg.Bootstrap == nil || a.cfg.JoinToken == "" {
+		return nil, fmt.Errorf("agent: %w; give a join token to join the cluster", err)
+	}
+	if !errors.Is(err, ErrNoIdentity) {
+		a.log.Warn("stored identity unusable, joining again", "err", err)
+	}
+	bo := backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
+	for {
+		id, err := a.join(ctx)
+		if err == nil {
+			a.log.Info("joined the cluster", "notAfter", id.Certificate().NotAfter)
+			return id, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if permanent(err) {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		wait := bo.next()
+		a.log.Warn("join failed, retrying", "err", err, "in", wait.Round(time.Millisecond))
+		if !sleepCtx(ctx, wait) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (a *Agent) join(ctx context.Context) (*Identity, error) {
+	keyPEM, csrPEM, err := NewKeyAndCSR(a.cfg.Name, a.cfg.Address)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := a.cfg.Bootstrap.Join(ctx, api.JoinRequest{
+		Name:          a.cfg.Name,
+		Token:         a.cfg.JoinToken,
+		CSR:           string(csrPEM),
+		Address:       addrString(a.cfg.Address),
+		Capacity:      a.cfg.Capacity,
+		Labels:        a.cfg.Labels,
+		PublicKey:     a.cfg.PublicKey,
+		WireGuardPort: a.cfg.WireGuardPort,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	id, err := ParseIdentity(keyPEM, []byte(resp.Certificate), []byte(resp.CA), a.cfg.Name, a.cfg.Now())
+	if err != nil {
+		return nil, fmt.Errorf("join answer: %w", err)
+	}
+	if err := id.Save(a.cfg.StateDir); err != nil {
+		return nil, err
+	}
+	return id, nil
+}
+
+// permanent reports whether a join error cannot go away by retrying: the
+// server refused the request itself (bad token, invalid name or address).
+// Timeouts, rate limits and server errors are retried.
+func permanent(err error) bool {
+	code := api.HTTPStatus(err)
+	return code >= 400 && code < 500 && code != http.StatusRequestTimeout && code != http.StatusTooManyRequests
+}
+
+// pollLoop long-polls the desired state. Every new revision is written to
+// disk before the reconcile loop is told about it, so that what the host
+// runs is always what a restart would restore.
+func (a *Agent) pollLoop(ctx context.Context, cp ControlPlane) {
+	bo := backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
+	for ctx.Err() == nil {
+		index := a.targetRevision()
+		start := time.Now()
+		ds, err := cp.Desired(ctx, a.cfg.Name, index, a.cfg.PollWait)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			wait := bo.next()
+			a.log.Warn("desired state poll failed", "err", err, "retryIn", wait.Round(time.Millisecond))
+			sleepCtx(ctx, wait)
+			continue
+		}
+		if ds.Revision == index {
+			// The long poll ran out with nothing new. One that comes back
+			// early with nothing new (a proxy cutting it short, a server
+			// that does not block) must not turn into a busy loop.
+			if time.Since(start) < a.cfg.PollWait/2 {
+				sleepCtx(ctx, bo.next())
+			} else {
+				bo.reset()
+			}
+			continue
+		}
+		bo.reset()
+		if ds.Revision < index {
+			// Revisions only grow; a smaller one means the server's
+			// store was replaced. Its answer is still the truth.
+			a.log.Warn("desired revision went backwards", "had", index, "got", ds.Revision)
+		}
+		if ds.State.Host != "" && ds.State.Host != a.cfg.Name {
+			a.log.Error("server sent the desired state of another host; ignored", "host", ds.State.Host, "revision", ds.Revision)
+			sleepCtx(ctx, bo.next())
+			continue
+		}
+		a.log.Info("new desired state", "revision", ds.Revision, "guests", len(ds.State.Guests), "peers", len(ds.State.Peers))
+		if err := SaveDesired(a.cfg.StateDir, ds); err != nil {
+			// Apply anyway: the server's newest state may revoke a path,
+			// and keeping it open because a disk is full is worse than
+			// restoring an older state after a restart.
+			a.log.Error("could not persist desired state; applying it anyway", "err", err, "revision", ds.Revision)
+		}
+		a.setTarget(ds)
+		signal(a.wake)
+	}
+}
+
+// reconcileLoop applies each new target, and the current one again every
+// RepairInterval to undo changes made behind the agent's back.
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.RepairInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.wake:
+			a.reconcileTarget(ctx, "update")
+		case <-t.C:
+			a.reconcileTarget(ctx, "repair")
+		}
+	}
+}
+
+// reconcileTarget runs one reconcile pass towards the current target.
+func (a *Agent) reconcileTarget(ctx context.Context, why string) {
+	a.reconcileMu.Lock()
+	defer a.reconcileMu.Unlock()
+	a.mu.Lock()
+	target := a.target
+	a.mu.Unlock()
+	if target == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reconcileTimeout)
+	defer cancel()
+
+	start := time.Now()
+	errs := a.reconcile(ctx, target.State)
+	elapsed := time.Since(start)
+	a.m.reconcileDuration.Observe(elapsed.Seconds())
+
+	msgs := make([]string, len(errs))
+	for i, err := range errs {
+		msgs[i] = err.Error()
+	}
+	a.mu.Lock()
+	a.lastErrors = msgs
+	if len(errs) == 0 {
+		a.applied = target.Revision
+	}
+	a.mu.Unlock()
+	if len(errs) > 0 {
+		a.m.reconcileErrors.Inc()
+		a.log.Error("reconcile incomplete", "why", why, "revision", target.Revision, "errors", len(errs), "err", errors.Join(errs...), "took", elapsed)
+	} else {
+		a.m.appliedRevision.Set(float64(target.Revision))
+		level := slog.LevelInfo
+		if why == "repair" {
+			level = slog.LevelDebug
+		}
+		a.log.Log(ctx, level, "reconciled", "why", why, "revision", target.Revision, "took", elapsed)
+	}
+	signal(a.kick)
+}
+
+// reconcile drives guests and data plane to st and returns every error met;
+// one failing guest does not stop the others.
+//
+// Order, chosen to fail closed:
+//  1. Remove guests no longer desired. Their allow rules are still in the
+//     firewall at this point, so they are stopped first, and their
+//     addresses are free before a new guest may take them.
+//  2. Apply the data plane for the whole new state: firewall (default deny
+//     plus the new guests' rules), routes, peers, VXLAN. Rules refer to
+//     guest addresses and interface names, which need not exist yet.
+//  3. Ensure the desired guests. A new guest's program starts only when
+//     the firewall and routes for its address are in place, so its first
+//     packet meets the policy, never an open host.
+//
+// When the data plane cannot be applied, new guests are not started (on a
+// host applying its first state there may be no firewall at all); guests
+// that already run are kept, their old rules still hold.
+func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
+	if err := a.checkState(st); err != nil {
+		return []error{err}
+	}
+	var errs []error
+	existing := map[string]bool{}
+	tasks, err := a.cfg.Guests.List(ctx)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list guests: %w", err))
+	}
+	for _, t := range tasks {
+		existing[t] = true
+	}
+	desired := make(map[string]bool, len(st.Guests))
+	for _, g := range st.Guests {
+		desired[g.Task] = true
+	}
+
+	for _, t := range tasks {
+		if desired[t] {
+			continue
+		}
+		a.log.Info("removing guest no longer desired", "task", t)
+		if err := a.cfg.Guests.Remove(ctx, t); err != nil {
+			errs = append(errs, fmt.Errorf("remove guest %s: %w", t, err))
+		}
+	}
+
+	dpErr := a.cfg.Dataplane.Apply(ctx, st)
+	if dpErr != nil {
+		errs = append(errs, fmt.Errorf("data plane: %w", dpErr))
+	}
+
+	for _, g := range st.Guests {
+		if dpErr != nil && !existing[g.Task] {
+			errs = append(errs, fmt.Errorf("guest %s not started: the data plane is not in place", g.Task))
+			continue
+		}
+		if err := a.cfg.Guests.Ensure(ctx, g); err != nil {
+			errs = append(errs, fmt.Errorf("guest %s: %w", g.Task, err))
+		}
+	}
+	return errs
+}
+
+// checkState refuses a state that is not this host's, or that would send
+// the server's own address into a tunnel: the control channel must stay on
+// the underlay, or a broken tunnel could never be repaired.
+func (a *Agent) checkState(st compile.HostState) error {
+	if st.Host != "" && st.Host != a.cfg.Name {
+		return fmt.Errorf("desired state is for host %q, not %q", st.Host, a.cfg.Name)
+	}
+	for _, s := range a.cfg.ServerAddrs {
+		bad := func(where string) error {
+			return fmt.Errorf("desired state routes the server address %s into a tunnel (%s): refused, the control channel must stay on the underlay", s, where)
+		}
+		for _, p := range st.Peers {
+			for _, pfx := range p.AllowedIPs {
+				if pfx.Contains(s) {
+					return bad("WireGuard peer " + p.Server + " allowed IP " + pfx.String())
+				}
+			}
+		}
+		for _, v := range st.VXLAN {
+			if slices.Contains(v.Guests, s) {
+				return bad("VXLAN entry for " + v.Server)
+			}
+		}
+		for _, r := range st.Routes {
+			if r.Dest == s {
+				return bad("route to " + r.Server)
+			}
+		}
+		for _, g := range st.Guests {
+			if g.Address == s {
+				return bad("guest " + g.Task)
+			}
+		}
+	}
+	return nil
+}
+
+// statusLoop reports status every StatusInterval and right after each
+// reconcile pass.
+func (a *Agent) statusLoop(ctx context.Context, cp ControlPlane) {
+	t := time.NewTicker(a.cfg.StatusInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		st := a.Status(ctx)
+		rctx, cancel := context.WithTimeout(ctx, statusTimeout)
+		err := cp.ReportStatus(rctx, a.cfg.Name, st)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			// Logged once per outage: the poll loop already says more.
+			a.log.Warn("status report failed", "err", err)
+			failing = true
+		case err == nil && failing:
+			a.log.Info("status reports go through again")
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.kick:
+		}
+	}
+}
+
+// Status is the agent's current status report.
+func (a *Agent) Status(ctx context.Context) api.Status {
+	a.mu.Lock()
+	target := a.target
+	applied := a.applied
+	errs := slices.Clone(a.lastErrors)
+	a.mu.Unlock()
+
+	st := api.Status{
+		Name:            a.cfg.Name,
+		Address:         addrString(a.cfg.Address),
+		PublicKey:       a.cfg.PublicKey,
+		WireGuardPort:   a.cfg.WireGuardPort,
+		Capacity:        a.cfg.Capacity,
+		Labels:          a.cfg.Labels,
+		AppliedRevision: applied,
+		Errors:          errs,
+		Time:            a.cfg.Now().UTC(),
+	}
+	if target != nil {
+		for _, g := range target.State.Guests {
+			ts := a.cfg.Guests.Status(g.Task)
+			ts.Task = g.Task // the runtime may not know a guest it has not started
+			st.Tasks = append(st.Tasks, ts)
+		}
+	}
+	a.m.setGuests(st.Tasks)
+	dp, err := a.cfg.Dataplane.Status(ctx)
+	if err != nil {
+		st.Errors = append(st.Errors, fmt.Sprintf("data plane status: %v", err))
+	}
+	st.Peers, st.Drops = dp.Peers, dp.Drops
+	return st
+}
+
+// AppliedRevision is the revision last applied without error (0: none).
+func (a *Agent) AppliedRevision() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.applied
+}
+
+func (a *Agent) setTarget(ds api.DesiredState) {
+	a.mu.Lock()
+	a.target = &ds
+	a.mu.Unlock()
+}
+
+func (a *Agent) targetRevision() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.target == nil {
+		return 0
+	}
+	return a.target.Revision
+}
+
+// signal leaves one pending signal on c without blocking.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}

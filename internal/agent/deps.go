@@ -1,0 +1,48 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/compile"
+)
+
+// ControlPlane is what the agent needs from the Corridor server. The real
+// one is *api.Client; a join-token client is used for Join only, an mTLS
+// client for the rest.
+type ControlPlane interface {
+	Join(ctx context.Context, req api.JoinRequest) (api.JoinResponse, error)
+	// Desired long-polls the host's desired state: it answers when the
+	// revision differs from index, or after wait with the same revision.
+	Desired(ctx context.Context, name string, index int64, wait time.Duration) (api.DesiredState, error)
+	ReportStatus(ctx context.Context, name string, st api.Status) error
+}
+
+// Guests is the guest runtime as the agent drives it. Ensure and Remove
+// must be idempotent: the agent calls them again on every repair pass.
+type Guests interface {
+	// Ensure makes the guest exist and its program run, as g says.
+	Ensure(ctx context.Context, g compile.Guest) error
+	// Remove stops the guest and removes everything made for it.
+	Remove(ctx context.Context, task string) error
+	// List gives the task IDs of the guests that exist on this host,
+	// whether or not they are desired.
+	List(ctx context.Context) ([]string, error)
+	// Status is the live state of one guest.
+	Status(task string) api.TaskStatus
+}
+
+// Dataplane is the host's data plane: WireGuard, VXLAN, routes, nftables.
+// Apply takes the whole desired state, reconciles by diff and may be called
+// again with the same state; that is how drift is repaired.
+type Dataplane interface {
+	Apply(ctx context.Context, st compile.HostState) error
+	Status(ctx context.Context) (DataplaneStatus, error)
+}
+
+// DataplaneStatus is the live part of the data plane the agent reports.
+type DataplaneStatus struct {
+	Peers []api.PeerStatus
+	Drops []api.DropCount
+}

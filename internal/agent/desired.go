@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/corridor-dev/corridor/internal/api"
+)
+
+// DesiredFile is where the last desired state received from the server is
+// kept, so that the agent serves it again after a restart while the server
+// is away (fail static).
+const DesiredFile = "desired.json"
+
+// SaveDesired writes ds to dir/desired.json atomically and durably: a crash
+// at any point leaves either the old file or the new one, never a torn one.
+func SaveDesired(dir string, ds api.DesiredState) error {
+	b, err := json.MarshalIndent(ds, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode desired state: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, DesiredFile), append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save desired state: %w", err)
+	}
+	return nil
+}
+
+// LoadDesired reads dir/desired.json. ok is false when there is none.
+func LoadDesired(dir string) (ds api.DesiredState, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, DesiredFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return ds, false, nil
+	}
+	if err != nil {
+		return ds, false, fmt.Errorf("read desired state: %w", err)
+	}
+	if err := json.Unmarshal(b, &ds); err != nil {
+		return ds, false, fmt.Errorf("decode %s: %w", filepath.Join(dir, DesiredFile), err)
+	}
+	return ds, true, nil
+}
+
+// writeFileAtomic writes data to a temporary file beside path, syncs it,
+// renames it over path and syncs the directory, so that the rename itself
+// survives a power loss.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // after a successful rename this finds nothing
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

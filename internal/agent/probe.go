@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/capture"
+	"github.com/corridor-dev/corridor/internal/probe"
+)
+
+// Prober runs probes for the local API: from inside a guest's network
+// namespace it dials the destination with the marker while a capture on the
+// host's underlay interface looks for that marker in clear.
+type Prober struct {
+	// GuestNetns gives the path of a task's guest network namespace.
+	GuestNetns func(task string) string
+	// HostNetns is the path of the host's namespace, where the underlay
+	// interface is; empty: the agent's own.
+	HostNetns string
+	// LocalAddr reports whether an overlay address is a guest of this
+	// host: a probe to it never crosses the underlay, so seeing no packet
+	// there proves nothing is wrong with the capture.
+	LocalAddr func(netip.Addr) bool
+
+	// startCapture and dial are capture.Start and probe.Dial, replaced in
+	// tests.
+	startCapture func(ctx context.Context, netns, ifname string, marker []byte) (stopCapture, error)
+	dial         func(ctx context.Context, netns, network, addr string, marker []byte, timeout time.Duration) (probe.Result, error)
+}
+
+// stopCapture ends a capture: whether the marker was seen, how many frames
+// were scanned and how many the kernel dropped before they could be.
+type stopCapture func() (seen bool, packets, dropped uint64, err error)
+
+func realCapture(ctx context.Context, netns, ifname string, marker []byte) (stopCapture, error) {
+	c, err := capture.Start(ctx, netns, ifname, marker)
+	if err != nil {
+		return nil, err
+	}
+	return func() (bool, uint64, uint64, error) {
+		res, err := c.Stop()
+		if err != nil {
+			return false, res.Packets, res.Dropped, err
+		}
+		seen, err := res.Contains(marker)
+		return seen, res.Packets, res.Dropped, err
+	}, nil
+}
+
+// Probe runs one probe. req has been checked by the API (see checkProbe).
+func (p *Prober) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResult, error) {
+	start, dial := p.startCapture, p.dial
+	if start == nil {
+		start = realCapture
+	}
+	if dial == nil {
+		dial = probe.Dial
+	}
+	to, err := netip.ParseAddr(req.ToAddr)
+	if err != nil {
+		return api.ProbeResult{}, fmt.Errorf("toAddr: %w", err)
+	}
+	// The capture runs from before the first packet to after the last:
+	// capture.Start returns once its socket is bound.
+	stop, err := start(ctx, p.HostNetns, req.CaptureIface, req.Marker)
+	if err != nil {
+		return api.ProbeResult{}, fmt.Errorf("capture on %s: %w", req.CaptureIface, err)
+	}
+	res, dialErr := dial(ctx, p.GuestNetns(req.FromTask), req.Network,
+		net.JoinHostPort(to.String(), strconv.Itoa(req.Port)), req.Marker, req.Timeout)
+	seen, packets, dropped, capErr := stop()
+	if dialErr != nil {
+		return api.ProbeResult{}, fmt.Errorf("probe from %s: %w", req.FromTask, dialErr)
+	}
+	if capErr != nil {
+		return api.ProbeResult{}, fmt.Errorf("capture on %s: %w", req.CaptureIface, capErr)
+	}
+
+	out := api.ProbeResult{
+		Connected:  res.Outcome == probe.Connected,
+		Refused:    res.Outcome == probe.Refused,
+		TimedOut:   res.Outcome == probe.Timeout,
+		RTT:        res.RTT,
+		MarkerSeen: seen,
+	}
+	local := p.LocalAddr != nil && p.LocalAddr(to)
+	switch {
+	case res.Outcome == probe.Failed:
+		out.Error = "probe failed: " + res.Err
+	// Unreachable and Prohibited stay as "not connected": the path is
+	// closed, which is what a denied pair looks like (our routing tables
+	// end in unreachable routes, fail closed).
+
+	// "Marker not seen" is a claim of encryption: make sure the capture
+	// could have seen it.
+	case out.Connected && !seen && dropped > 0:
+		out.Error = fmt.Sprintf("the capture on %s lost %d frames: the marker's absence is not proven", req.CaptureIface, dropped)
+	case out.Connected && !seen && packets == 0 && !local:
+		out.Error = fmt.Sprintf("the capture on %s saw no packet at all: wrong interface? the marker's absence is not proven", req.CaptureIface)
+	}
+	return out, nil
+}

@@ -1,0 +1,112 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/spec"
+	"github.com/corridor-dev/corridor/internal/verify"
+)
+
+func init() { register(newVerifyCmd) }
+
+func newVerifyCmd() *cobra.Command {
+	var opt verify.Options
+	cmd := &cobra.Command{
+		Use:   "verify APP",
+		Short: "Prove an app's policy with real traffic: allowed pairs connect, others do not, encrypted pairs show no plaintext",
+		Long: `verify connects, from inside the guest of every task of APP, to every other
+task on every port a rule names and one it does not, and sends a random marker.
+The agent of the source host captures its underlay interface meanwhile:
+
+  - allowed pairs must connect; every other pair and port must not;
+  - an encrypted pair must never show the marker on the underlay;
+  - a plain pair must show it (the control that proves the capture works);
+  - tasks of every other app must not reach APP's tasks, nor be reached.
+
+The probes run through the agents, so verify needs only the admin token.
+It exits 1 on any mismatch.`,
+		Example: "  corridor verify shop\n  corridor verify shop -o json",
+		Args:    cobra.ExactArgs(1),
+	}
+	cf := addClientFlags(cmd)
+	out := addOutputFlag(cmd)
+	cmd.Flags().DurationVar(&opt.Timeout, "timeout", 2*time.Second, "how long one connection attempt may take (a dropped packet shows as a timeout)")
+	cmd.Flags().IntVar(&opt.Parallel, "parallel", 8, "probes at once")
+	cmd.Flags().IntVar(&opt.MaxChecks, "max-checks", 5000, "refuse to run more checks than this")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		c, err := cf.client()
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		rep, err := runVerify(ctx, c, args[0], opt)
+		if err != nil {
+			return explain(err)
+		}
+		if err := printVerify(cmd.OutOrStdout(), *out, rep); err != nil {
+			return err
+		}
+		return verdict(cmd.ErrOrStderr(), rep)
+	}
+	return cmd
+}
+
+// runVerify fetches the fleet's apps and tasks and runs the checks.
+func runVerify(ctx context.Context, c *api.Client, app string, opt verify.Options) (*verify.Report, error) {
+	apps, err := c.ListApps(ctx)
+	if err != nil {
+		return nil, err
+	}
+	infos, err := c.ListTasks(ctx, api.Filter{})
+	if err != nil {
+		return nil, err
+	}
+	specs := make([]spec.App, len(apps))
+	for i, a := range apps {
+		specs[i] = a.Spec
+	}
+	tasks := make([]compile.Task, len(infos))
+	for i, t := range infos {
+		tasks[i] = t.Task
+	}
+	return verify.Run(ctx, clientProber{c}, app, specs, tasks, opt)
+}
+
+// clientProber relays probes through the server to the agents.
+type clientProber struct{ c *api.Client }
+
+func (p clientProber) Probe(ctx context.Context, server string, req api.ProbeRequest) (api.ProbeResult, error) {
+	return p.c.Probe(ctx, server, req)
+}
+
+func printVerify(w io.Writer, format string, rep *verify.Report) error {
+	return printData(w, format, rep, func(t *Table) {
+		t.Header("from", "to", "port", "expect", "observed", "", "detail")
+		for _, c := range rep.Checks {
+			mark := "ok"
+			if !c.OK {
+				mark = "MISMATCH"
+			}
+			t.Row(c.FromTask+"@"+c.FromServer, c.ToTask+"@"+c.ToServer, fmt.Sprintf("%s/%d", c.Protocol, c.Port), c.Expect, c.Observed, mark, c.Detail)
+		}
+	})
+}
+
+// verdict prints the summary on stderr and turns a failed run into exit 1.
+func verdict(w io.Writer, rep *verify.Report) error {
+	if rep.OK() {
+		fmt.Fprintf(w, "verify %s: all %d checks match the policy\n", rep.App, rep.Passed)
+		return nil
+	}
+	return &exitError{code: 1, err: fmt.Errorf("verify %s: %d of %d checks do not match the policy", rep.App, rep.Failed, len(rep.Checks))}
+}
