@@ -547,6 +547,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		Capacity:        a.cfg.Capacity,
 		Labels:          a.cfg.Labels,
 		AppliedRevision: applied,
+		APIAddr:         a.apiAddr(),
 		Errors:          errs,
 		Time:            a.cfg.Now().UTC(),
 	}
@@ -601,4 +602,20 @@ func addrString(a netip.Addr) string {
 		return ""
 	}
 	return a.String()
+}
+
+// apiAddr is where the server reaches the local API: the listener's port on
+// the underlay address when the listener is bound to every address.
+func (a *Agent) apiAddr() string {
+	if a.cfg.Listener == nil {
+		return ""
+	}
+	ap, err := netip.ParseAddrPort(a.cfg.Listener.Addr().String())
+	if err != nil {
+		return a.cfg.Listener.Addr().String()
+	}
+	if ap.Addr().IsUnspecified() && a.cfg.Address.IsValid() {
+		ap = netip.AddrPortFrom(a.cfg.Address, ap.Port())
+	}
+	return ap.String()
 }

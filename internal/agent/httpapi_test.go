@@ -37,7 +37,7 @@ func serverTLS(t *testing.T, ca *agenttest.CA, roots *x509.CertPool, cn, agentNa
 			t.Fatal(err)
 		}
 	}
-	c := agent.APIClientTLS(roots, pair, agentName)
+	c := api.AgentAPIClientTLS(roots, pair, agentName)
 	if cn == "" {
 		c.Certificates = nil
 	}
@@ -60,7 +60,7 @@ func TestAPIAcceptsOnlyTheServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 
-	server := agent.NewAPIClient(addr, serverTLS(t, h.cp.CA, roots, agent.ServerCommonName, host))
+	server := api.NewAgentClient(addr, serverTLS(t, h.cp.CA, roots, agent.ServerCommonName, host))
 	var st api.Status
 	eventually(t, "the API to answer the server", func() bool {
 		st, err = server.Status(ctx)
@@ -94,14 +94,14 @@ func TestAPIAcceptsOnlyTheServer(t *testing.T) {
 		"no certificate":       serverTLS(t, h.cp.CA, roots, "", host),
 		"server of another CA": serverTLS(t, stranger, roots, agent.ServerCommonName, host),
 	} {
-		if _, err := agent.NewAPIClient(addr, c).Status(ctx); err == nil {
+		if _, err := api.NewAgentClient(addr, c).Status(ctx); err == nil {
 			t.Errorf("%s: answered, want the TLS handshake refused", name)
 		}
 	}
 
 	// The server, for its part, refuses an agent that is not the one it
 	// meant to call.
-	_, err = agent.NewAPIClient(addr, serverTLS(t, h.cp.CA, roots, agent.ServerCommonName, "s2")).Status(ctx)
+	_, err = api.NewAgentClient(addr, serverTLS(t, h.cp.CA, roots, agent.ServerCommonName, "s2")).Status(ctx)
 	if err == nil || !strings.Contains(err.Error(), `expected agent "s2"`) {
 		t.Errorf("calling s2 at s1's address: %v", err)
 	}

@@ -85,9 +85,12 @@ type Status struct {
 	Capacity        spec.Resources    `json:"capacity"`
 	Labels          map[string]string `json:"labels,omitempty"`
 	AppliedRevision int64             `json:"appliedRevision"`
-	Tasks           []TaskStatus      `json:"tasks,omitempty"`
-	Peers           []PeerStatus      `json:"peers,omitempty"`
-	Drops           []DropCount       `json:"drops,omitempty"`
+	// APIAddr is host:port of the agent's local API (mTLS), through which
+	// the server relays logs and verify probes; empty when it has none.
+	APIAddr string       `json:"apiAddr,omitempty"`
+	Tasks   []TaskStatus `json:"tasks,omitempty"`
+	Peers   []PeerStatus `json:"peers,omitempty"`
+	Drops   []DropCount  `json:"drops,omitempty"`
 	// Errors from the last reconcile, if any.
 	Errors []string  `json:"errors,omitempty"`
 	Time   time.Time `json:"time"`

@@ -109,6 +109,19 @@ func randomSerial() *big.Int {
 // serverCert makes a fresh key and certificate for this server's names.
 // It is made on every start: nothing outside the process needs it.
 func (a *authority) serverCert(hosts []string) (tls.Certificate, error) {
+	return a.ephemeralCert("corridor server", x509.ExtKeyUsageServerAuth, hosts)
+}
+
+// relayCert is the client certificate with which this server calls the
+// agents' local APIs (logs, probes); agents accept only this CN.
+func (a *authority) relayCert() (tls.Certificate, error) {
+	return a.ephemeralCert(relayCommonName, x509.ExtKeyUsageClientAuth, nil)
+}
+
+// relayCommonName must match agent.ServerCommonName.
+const relayCommonName = "corridor-server"
+
+func (a *authority) ephemeralCert(cn string, usage x509.ExtKeyUsage, hosts []string) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
@@ -116,11 +129,11 @@ func (a *authority) serverCert(hosts []string) (tls.Certificate, error) {
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: "corridor server"},
+		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(serverValidity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 	}
 	seen := map[string]bool{}
 	for _, h := range hosts {
@@ -136,7 +149,7 @@ func (a *authority) serverCert(hosts []string) (tls.Certificate, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, key.Public(), a.key)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("server: sign server certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("server: sign %s certificate: %w", cn, err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der, a.cert.Raw}, PrivateKey: key}, nil
 }

@@ -81,6 +81,10 @@ type Server struct {
 	http       *http.Server
 	started    time.Time
 	closeOnce  sync.Once
+
+	relayOnce sync.Once
+	relay     tls.Certificate // made on first use: see relay.go
+	relayErr  error
 }
 
 // New opens the store, makes or loads the CA and tokens, and binds the
@@ -297,6 +301,8 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/events", authAdmin, s.listEvents)
 	h("GET /v1/hosts/{name}/desired", authAdmin, s.hostDesired)
 	h("GET /v1/backup", authAdmin, s.backup)
+	h("POST /v1/servers/{name}/probe", authAdmin, s.probe)
+	h("GET /v1/tasks/{task...}", authAdmin, s.taskSub)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (see docs/api.md)", r.Method, r.URL.Path))
 	})

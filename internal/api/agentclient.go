@@ -1,4 +1,4 @@
-package agent
+package api
 
 import (
 	"bytes"
@@ -12,12 +12,9 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
-
-	"github.com/corridor-dev/corridor/internal/api"
 )
 
-// APIClientTLS is the TLS configuration with which the Corridor server
+// AgentAPIClientTLS is the TLS configuration with which the Corridor server
 // calls the local API of the agent named agent: it presents cert (CN
 // "corridor-server", signed by the cluster CA) and accepts only the
 // certificate the cluster CA issued to that agent.
@@ -25,7 +22,7 @@ import (
 // Agent certificates are issued for client auth and name the agent only by
 // CN, so the usual host name and server-auth checks do not apply; the
 // chain, the CN and the validity are checked here instead.
-func APIClientTLS(ca *x509.CertPool, cert tls.Certificate, agent string) *tls.Config {
+func AgentAPIClientTLS(ca *x509.CertPool, cert tls.Certificate, agent string) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
@@ -55,37 +52,37 @@ func APIClientTLS(ca *x509.CertPool, cert tls.Certificate, agent string) *tls.Co
 	}
 }
 
-// APIClient calls one agent's local API.
-type APIClient struct {
+// AgentClient calls one agent's local API.
+type AgentClient struct {
 	base string
 	http *http.Client
 }
 
-// NewAPIClient returns a client of the agent API at addr ("host:port"),
-// with a TLS configuration from APIClientTLS.
-func NewAPIClient(addr string, tlsConf *tls.Config) *APIClient {
+// NewAgentClient returns a client of the agent API at addr ("host:port"),
+// with a TLS configuration from AgentAPIClientTLS.
+func NewAgentClient(addr string, tlsConf *tls.Config) *AgentClient {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsConf
-	return &APIClient{base: "https://" + addr, http: &http.Client{Transport: tr}}
+	return &AgentClient{base: "https://" + addr, http: &http.Client{Transport: tr}}
 }
 
 // Status is GET /v1/status.
-func (c *APIClient) Status(ctx context.Context) (api.Status, error) {
-	var st api.Status
+func (c *AgentClient) Status(ctx context.Context) (Status, error) {
+	var st Status
 	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
 }
 
 // Probe is POST /v1/probe.
-func (c *APIClient) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResult, error) {
-	var res api.ProbeResult
+func (c *AgentClient) Probe(ctx context.Context, req ProbeRequest) (ProbeResult, error) {
+	var res ProbeResult
 	err := c.do(ctx, http.MethodPost, "/v1/probe", req, &res)
 	return res, err
 }
 
 // Logs is GET /v1/logs/{task}: the caller reads (and closes) the stream,
 // which with follow ends only when ctx does.
-func (c *APIClient) Logs(ctx context.Context, task string, lines int, follow bool) (io.ReadCloser, error) {
+func (c *AgentClient) Logs(ctx context.Context, task string, lines int, follow bool) (io.ReadCloser, error) {
 	q := url.Values{"lines": {strconv.Itoa(lines)}}
 	if follow {
 		q.Set("follow", "1")
@@ -100,12 +97,12 @@ func (c *APIClient) Logs(ctx context.Context, task string, lines int, follow boo
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
-		return nil, statusError(resp)
+		return nil, readStatusError(resp)
 	}
 	return resp.Body, nil
 }
 
-func (c *APIClient) do(ctx context.Context, method, path string, in, out any) error {
+func (c *AgentClient) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -127,20 +124,10 @@ func (c *APIClient) do(ctx context.Context, method, path string, in, out any) er
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return statusError(resp)
+		return readStatusError(resp)
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("agent API %s: %w", path, err)
 	}
 	return nil
-}
-
-// statusError turns a non-200 answer into an *api.StatusError.
-func statusError(resp *http.Response) error {
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var e api.Error
-	if json.Unmarshal(b, &e) != nil || e.Error == "" {
-		e.Error = strings.TrimSpace(string(b))
-	}
-	return &api.StatusError{Code: resp.StatusCode, Message: e.Error, Details: e.Details}
 }
