@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/spec"
 	"log/slog"
 	"net"
+	"os"
 	"os/signal"
 	"syscall"
 
@@ -66,7 +68,10 @@ VALUE v, NOTFOUND, ENTRY k v ... END n, or ERR reason.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if data == "" {
-				return fmt.Errorf("--data: required (the directory that holds the db log)")
+				data = os.Getenv(spec.EnvDataDir)
+			}
+			if data == "" {
+				return fmt.Errorf("--data: required outside Corridor (the directory that holds the db log); under Corridor it defaults to $%s", spec.EnvDataDir)
 			}
 			return sampleRun(cmd, "db", listen, debug, func(ctx context.Context, ln net.Listener, id sample.Identity, log *slog.Logger) error {
 				defer ln.Close()
@@ -81,7 +86,7 @@ VALUE v, NOTFOUND, ENTRY k v ... END n, or ERR reason.`,
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", ":5432", "TCP address to listen on")
-	cmd.Flags().StringVar(&data, "data", "", "directory for the db log (required)")
+	cmd.Flags().StringVar(&data, "data", "", "directory for the db log (default $"+spec.EnvDataDir+", the task's private directory under Corridor)")
 	cmd.Flags().BoolVar(&debug, "debug", false, "log every command")
 	return cmd
 }

@@ -434,9 +434,10 @@ func (r *Netns) command(g compile.Guest) []string {
 }
 
 // programEnv is the program's environment: g.Env (the compiler's
-// contract merged over spec env) plus PATH and HOME unless set, sorted.
-func programEnv(g compile.Guest) []string {
-	env := map[string]string{"PATH": DefaultPath, "HOME": "/"}
+// contract merged over spec env) plus PATH and HOME unless set, and the
+// task's private data directory, sorted.
+func programEnv(g compile.Guest, dataDir string) []string {
+	env := map[string]string{"PATH": DefaultPath, "HOME": "/", spec.EnvDataDir: dataDir}
 	for k, v := range g.Env {
 		env[k] = v
 	}
@@ -453,7 +454,7 @@ func (r *Netns) programHash(g compile.Guest) string {
 	b, _ := json.Marshal(struct {
 		Argv []string `json:"argv"`
 		Env  []string `json:"env"`
-	}{r.command(g), programEnv(g)})
+	}{r.command(g), programEnv(g, dataDir(r.cfg.StateDir, g.Task))})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }
@@ -498,7 +499,11 @@ func (r *Netns) startProgram(t *netnsTask) (*proc, error) {
 	cg.Kill(syscall.SIGKILL, 2*time.Second)
 
 	argv := r.command(g)
-	env := programEnv(g)
+	data := dataDir(r.cfg.StateDir, g.Task)
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, fmt.Errorf("guest: data directory: %w", err)
+	}
+	env := programEnv(g, data)
 	pathVar := DefaultPath
 	if v, ok := g.Env["PATH"]; ok {
 		pathVar = v
@@ -837,4 +842,10 @@ func deleteNamedNetns(name string) error {
 		return fmt.Errorf("remove netns %s: %w", name, err)
 	}
 	return nil
+}
+
+// dataDir is the task's private data directory (CORRIDOR_DATA_DIR): inside
+// its state directory, so that removing the task removes its data.
+func dataDir(stateDir, task string) string {
+	return filepath.Join(TaskDir(stateDir, task), "data")
 }

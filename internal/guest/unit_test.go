@@ -193,8 +193,8 @@ func TestProgramEnvAndHash(t *testing.T) {
 	if g.Spec.Command[0] != "corridor" {
 		t.Error("command() modified the guest's spec")
 	}
-	env := strings.Join(programEnv(g), " ")
-	if env != "CORRIDOR_TASK=shop/web/0 HOME=/srv PATH="+DefaultPath {
+	env := strings.Join(programEnv(g, "/state/data"), " ")
+	if env != "CORRIDOR_DATA_DIR=/state/data CORRIDOR_TASK=shop/web/0 HOME=/srv PATH="+DefaultPath {
 		t.Errorf("env = %s", env)
 	}
 	h1 := r.programHash(g)

@@ -491,7 +491,7 @@ func removeDir(dir string, keepLogs bool) error {
 // makes: its record, the logs, the server's data and the servers' state.
 func labEntry(name string) bool {
 	switch name {
-	case StateFile, StateFile + ".tmp", "logs", "server":
+	case StateFile, StateFile + ".tmp", "logs", "server", "bin":
 		return true
 	}
 	n, ok := strings.CutPrefix(name, "s")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -42,11 +43,19 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 
 	l := newLab(o)
-	for _, d := range []string{l.Dir, filepath.Join(l.Dir, "logs"), l.ServerDataDir} {
+	for _, d := range []string{l.Dir, filepath.Join(l.Dir, "logs"), filepath.Join(l.Dir, "bin"), l.ServerDataDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("lab: %w", err)
 		}
 	}
+	// The lab runs its own copy of the binary: `go run` deletes its build
+	// when it exits, and a rebuilt bin/corridor must not change a running
+	// lab under its feet (task restarts, cleanup).
+	bin := filepath.Join(l.Dir, "bin", "corridor")
+	if err := copyExecutable(o.Binary, bin); err != nil {
+		return nil, err
+	}
+	l.Binary = bin
 	if err := l.save(); err != nil {
 		return nil, err
 	}
@@ -417,4 +426,30 @@ func (l *Lab) ServerAddrs() map[string]netip.Addr {
 		m[s.Name] = s.Address
 	}
 	return m
+}
+
+// copyExecutable copies the executable src to dst (mode 0755), through a
+// temporary file so that a running copy is never overwritten in place.
+func copyExecutable(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("lab: binary: %w", err)
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return fmt.Errorf("lab: binary: %w", err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("lab: copy binary: %w", err)
+	}
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("lab: copy binary: %w", err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return fmt.Errorf("lab: binary: %w", err)
+	}
+	return nil
 }

@@ -218,3 +218,21 @@ func checkArgs(network, addr string) error {
 	}
 	return nil
 }
+
+// DialContext opens a connection from inside the network namespace at
+// netnsPath, for callers that speak a protocol over it (an HTTP client whose
+// transport dials into a guest, say). addr must be an IP literal and port,
+// so that the dial makes one socket, on the entered thread.
+func DialContext(ctx context.Context, netnsPath, network, addr string) (net.Conn, error) {
+	if err := checkArgs(network, addr); err != nil {
+		return nil, err
+	}
+	var c net.Conn
+	err := inNetns(netnsPath, func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}

@@ -15,6 +15,10 @@ const (
 	EnvTask   = "CORRIDOR_TASK"  // task ID, "<app>/<class>/<index>"
 	EnvIndex  = "CORRIDOR_INDEX" // task index within its class, from 0
 	EnvAddr   = "CORRIDOR_ADDR"  // the task's overlay address
+	// EnvDataDir is a directory private to the task on its host, kept
+	// across restarts of the program and removed with the task. The guest
+	// runtime sets it, not the compiler: it is a host path.
+	EnvDataDir = "CORRIDOR_DATA_DIR"
 	// EnvPeersPrefix + PeersEnvSuffix(class): the "addr:port" list of the
 	// tasks of a class this task may connect to.
 	EnvPeersPrefix = "CORRIDOR_PEERS_"
