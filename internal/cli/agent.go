@@ -38,6 +38,7 @@ type agentFlags struct {
 	underlayIface, address                   string
 	cpu, memory                              string
 	labels, label                            map[string]string
+	repair                                   time.Duration
 	wgPort                                   int
 	wgName                                   string
 	userspace                                bool
@@ -114,6 +115,7 @@ certificate) serves the server's proxied requests: task logs, path probes for
 	fl.StringVar(&f.listen, "listen", ":7444", `local API address (mTLS); "" disables it`)
 	fl.BoolVar(&f.cleanup, "cleanup", false, "remove every guest, device and rule the agent made on this host, then exit")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.DurationVar(&f.repair, "repair-interval", agent.DefaultRepairInterval, "how often the host's state is checked against the desired state and drift repaired")
 	return cmd
 }
 
@@ -252,8 +254,9 @@ func runAgent(ctx context.Context, f *agentFlags, log *slog.Logger) error {
 		Logs: func(ctx context.Context, task string, lines int, follow bool, w io.Writer) error {
 			return guest.TailLogContext(ctx, guestsDir, task, lines, follow, w)
 		},
-		Probe:  prober.Probe,
-		Logger: log,
+		Probe:          prober.Probe,
+		RepairInterval: f.repair,
+		Logger:         log,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,487 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/corridor-dev/corridor/examples"
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/dataplane"
+	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/lab"
+	"github.com/corridor-dev/corridor/internal/spec"
+	"github.com/corridor-dev/corridor/internal/verify"
+)
+
+var corridorBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	corridorBin = os.Getenv("CORRIDOR_BIN")
+	if corridorBin == "" && os.Geteuid() == 0 && !testing.Short() {
+		dir, err := os.MkdirTemp("", "corridor-e2e-bin")
+		if err != nil {
+			panic(err)
+		}
+		defer os.RemoveAll(dir)
+		corridorBin = filepath.Join(dir, "corridor")
+		if out, err := exec.Command("go", "build", "-o", corridorBin, "github.com/corridor-dev/corridor/cmd/corridor").CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build corridor: %v\n%s", err, out)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// blog is a second app on the same fleet, to prove isolation.
+const blog = `apiVersion: corridor/v1
+kind: App
+name: blog
+classes:
+  - name: www
+    tasks: 2
+    guest:
+      runtime: netns
+      command: [corridor, sample, db, --listen, ":80"]
+    resources: {cpu: 100m, memory: 64Mi}
+    ports: [{port: 80}]
+`
+
+type fleet struct {
+	lab *lab.Lab
+	c   *api.Client
+}
+
+func upFleet(t *testing.T) *fleet {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds a lab of network namespaces")
+	}
+	if testing.Short() {
+		t.Skip("end-to-end: skipped with -short")
+	}
+	pid := os.Getpid()
+	opts := lab.Options{
+		Dir:      filepath.Join(t.TempDir(), "lab"),
+		Servers:  3,
+		Prefix:   fmt.Sprintf("corte%d-", pid%1000),
+		Underlay: netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/24", 100+pid%150)),
+		Binary:   corridorBin,
+		// Drift repair fast enough for the test to watch it.
+		AgentArgs: []string{"--repair-interval", "20s"},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, opts)
+	t.Cleanup(func() {
+		if l == nil {
+			return
+		}
+		if t.Failed() {
+			dumpLogs(t, l)
+		}
+		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer dcancel()
+		if err := lab.Down(dctx, lab.DownOptions{Dir: l.Dir, Binary: corridorBin}); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		assertNothingLeft(t, l)
+	})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	c, err := l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fleet{lab: l, c: c}
+}
+
+func dumpLogs(t *testing.T, l *lab.Lab) {
+	files, _ := filepath.Glob(filepath.Join(l.Dir, "logs", "*.log"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		if len(b) > 6000 {
+			b = b[len(b)-6000:]
+		}
+		t.Logf("---- %s (tail)\n%s", f, b)
+	}
+}
+
+// assertNothingLeft checks that lab down removed every namespace, link,
+// process and file of the lab.
+func assertNothingLeft(t *testing.T, l *lab.Lab) {
+	t.Helper()
+	names, _ := os.ReadDir("/run/netns")
+	for _, n := range names {
+		if strings.HasPrefix(n.Name(), l.Prefix) || strings.HasPrefix(n.Name(), guest.NetnsPrefix+"shop-") || strings.HasPrefix(n.Name(), guest.NetnsPrefix+"blog-") {
+			t.Errorf("namespace %s left behind", n.Name())
+		}
+	}
+	if _, err := netlink.LinkByName(l.RootLink); err == nil {
+		t.Errorf("root link %s left behind", l.RootLink)
+	}
+	if _, err := os.Stat(l.Dir); err == nil {
+		t.Errorf("lab directory %s left behind", l.Dir)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		if bytes.Contains(b, []byte(l.Dir)) {
+			t.Errorf("process %s left behind: %s", p, bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		}
+	}
+	for _, s := range l.Servers {
+		if _, err := os.Stat("/var/run/wireguard/" + s.WireGuardName + ".sock"); err == nil {
+			t.Errorf("WireGuard socket of %s left behind", s.Name)
+		}
+	}
+}
+
+func (f *fleet) apply(t *testing.T, doc []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := f.c.ApplyApp(ctx, doc, api.ApplyOptions{File: "e2e.yaml"}); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+}
+
+// settle waits until the placement holds exactly want tasks, every host
+// applied its latest desired state and every task runs.
+func (f *fleet) settle(t *testing.T, want int) []api.TaskInfo {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		tasks, err1 := f.c.ListTasks(ctx, api.Filter{})
+		servers, err2 := f.c.ListServers(ctx)
+		cancel()
+		if err1 == nil && err2 == nil {
+			ok := len(tasks) == want
+			last = fmt.Sprintf("%d tasks placed, want %d", len(tasks), want)
+			for _, s := range servers {
+				if s.DesiredRevision == 0 || s.AppliedRevision < s.DesiredRevision || len(s.Errors) > 0 {
+					ok = false
+					last = fmt.Sprintf("server %s desired %d applied %d errors %v", s.Spec.Name, s.DesiredRevision, s.AppliedRevision, s.Errors)
+				}
+			}
+			for _, ti := range tasks {
+				if ti.Status == nil || ti.Status.State != api.TaskRunning {
+					ok = false
+					last = fmt.Sprintf("task %s status %+v", ti.ID, ti.Status)
+				}
+			}
+			if ok {
+				return tasks
+			}
+		} else {
+			last = fmt.Sprint(err1, err2)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("fleet did not settle: %s", last)
+	return nil
+}
+
+type prober struct{ c *api.Client }
+
+func (p prober) Probe(ctx context.Context, server string, req api.ProbeRequest) (api.ProbeResult, error) {
+	return p.c.Probe(ctx, server, req)
+}
+
+func (f *fleet) verify(t *testing.T, app string) *verify.Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	apps, err := f.c.ListApps(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := f.c.ListTasks(ctx, api.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs := make([]spec.App, len(apps))
+	for i, a := range apps {
+		specs[i] = a.Spec
+	}
+	tasks := make([]compile.Task, len(infos))
+	for i, ti := range infos {
+		tasks[i] = ti.Task
+	}
+	rep, err := verify.Run(ctx, prober{f.c}, app, specs, tasks, verify.Options{Timeout: 1500 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("verify %s: %v", app, err)
+	}
+	return rep
+}
+
+func (f *fleet) mustVerify(t *testing.T, app string) *verify.Report {
+	t.Helper()
+	rep := f.verify(t, app)
+	if !rep.OK() {
+		for _, c := range rep.Checks {
+			if !c.OK {
+				t.Errorf("verify %s: %s -> %s %s/%d: expected %s, observed %s (%s)", app, c.FromTask, c.ToTask, c.Protocol, c.Port, c.Expect, c.Observed, c.Detail)
+			}
+		}
+		t.FailNow()
+	}
+	return rep
+}
+
+func placement(tasks []api.TaskInfo) map[string]string {
+	m := map[string]string{}
+	for _, t := range tasks {
+		m[t.ID] = t.Server + " " + t.Address.String()
+	}
+	return m
+}
+
+// TestShopLifecycle is the whole method on a lab: apply, verify with real
+// traffic, a second app for isolation, scale up and down, break a path by
+// hand and watch verify catch it and the agent repair it, delete, lab down.
+func TestShopLifecycle(t *testing.T) {
+	f := upFleet(t)
+
+	f.apply(t, examples.Shop)
+	f.apply(t, []byte(blog))
+	tasks := f.settle(t, 7)
+	rep := f.mustVerify(t, "shop")
+	kinds := map[string]int{}
+	for _, c := range rep.Checks {
+		kinds[c.Expect]++
+	}
+	if kinds[verify.Encrypted] == 0 || kinds[verify.Plain] == 0 || kinds[verify.Denied] == 0 {
+		t.Fatalf("verify did not cover every kind of path: %v", kinds)
+	}
+	f.mustVerify(t, "blog")
+
+	t.Run("scale", func(t *testing.T) {
+		before := placement(tasks)
+		ctx := context.Background()
+		if _, err := f.c.Scale(ctx, "shop", "app", 3); err != nil {
+			t.Fatal(err)
+		}
+		after := placement(f.settle(t, len(before)+1))
+		for id, where := range before {
+			if after[id] != where {
+				t.Errorf("scale up moved %s: %s -> %s", id, where, after[id])
+			}
+		}
+		if _, ok := after["shop/app/2"]; !ok || len(after) != len(before)+1 {
+			t.Fatalf("scale up: placement %v", after)
+		}
+		f.mustVerify(t, "shop")
+
+		if _, err := f.c.Scale(ctx, "shop", "app", 1); err != nil {
+			t.Fatal(err)
+		}
+		down := placement(f.settle(t, len(before)-1))
+		for id, where := range down {
+			if before[id] != where {
+				t.Errorf("scale down moved %s: %s -> %s", id, before[id], where)
+			}
+		}
+		if _, ok := down["shop/app/1"]; ok || len(down) != len(before)-1 {
+			t.Fatalf("scale down: placement %v", down)
+		}
+		f.mustVerify(t, "shop")
+		tasks = f.settle(t, len(before)-1)
+	})
+
+	t.Run("drift", func(t *testing.T) { testDrift(t, f, tasks) })
+
+	t.Run("delete", func(t *testing.T) {
+		gone := map[string]compile.Task{}
+		for _, ti := range tasks {
+			if ti.App == "shop" {
+				gone[ti.ID] = ti.Task
+			}
+		}
+		if err := f.c.DeleteApp(context.Background(), "shop"); err != nil {
+			t.Fatal(err)
+		}
+		f.settle(t, len(tasks)-len(gone))
+		for _, s := range f.lab.Servers {
+			assertHostClean(t, s, gone)
+		}
+		// blog still works, alone.
+		f.mustVerify(t, "blog")
+	})
+}
+
+// testDrift removes, by hand, the WireGuard peer that carries app -> db on
+// the db's host, sees verify fail without any plaintext, then sees the
+// agent repair the drift and verify pass.
+func testDrift(t *testing.T, f *fleet, tasks []api.TaskInfo) {
+	var db, app *api.TaskInfo
+	for i := range tasks {
+		switch {
+		case tasks[i].ID == "shop/db/0":
+			db = &tasks[i]
+		case tasks[i].App == "shop" && tasks[i].Class == "app" && db != nil && tasks[i].Server != db.Server:
+			app = &tasks[i]
+		}
+	}
+	for i := range tasks { // app may sort before db
+		if app == nil && tasks[i].App == "shop" && tasks[i].Class == "app" && tasks[i].Server != db.Server {
+			app = &tasks[i]
+		}
+	}
+	if db == nil || app == nil {
+		t.Skipf("no app task on another server than the db: placement %v", placement(tasks))
+	}
+	srv := f.lab.Server(db.Server)
+	appSrv := f.lab.Server(app.Server)
+	wg, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wg.Close()
+	appDev, err := wg.Device(appSrv.WireGuardName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var broken bool
+	for attempt := 0; attempt < 3 && !broken; attempt++ {
+		err = wg.ConfigureDevice(srv.WireGuardName, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: appDev.PublicKey, Remove: true}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep := f.verify(t, "shop")
+		for _, c := range rep.Checks {
+			if c.Expect == verify.Encrypted && c.Observed == verify.Plain {
+				t.Fatalf("fail-closed broken: %s -> %s sent in plain while its peer was missing", c.FromTask, c.ToTask)
+			}
+			if !c.OK && c.FromTask == app.ID && c.ToTask == db.ID && c.Port == 5432 {
+				broken = true
+			}
+		}
+		// If verify passed, the agent repaired the peer before verify
+		// reached that pair: break it again.
+	}
+	if !broken {
+		t.Fatal("verify did not notice the missing WireGuard peer")
+	}
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		dev, err := wg.Device(srv.WireGuardName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		repaired := false
+		for _, p := range dev.Peers {
+			repaired = repaired || p.PublicKey == appDev.PublicKey
+		}
+		if repaired {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent did not repair the removed peer")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// The peer that kept its old session re-handshakes only after
+	// WireGuard's rekey timeout: give the path that long to come back.
+	deadline = time.Now().Add(40 * time.Second)
+	for !f.verify(t, "shop").OK() {
+		if time.Now().After(deadline) {
+			f.mustVerify(t, "shop")
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// assertHostClean checks that nothing of the deleted tasks is left on a
+// host: guest namespace, interface, route, WireGuard allowed IP, nft
+// address.
+func assertHostClean(t *testing.T, s lab.Server, gone map[string]compile.Task) {
+	t.Helper()
+	for id := range gone {
+		if _, err := os.Stat("/run/netns/" + guest.NetnsName(id)); err == nil {
+			t.Errorf("%s: guest namespace of %s left", s.Name, id)
+		}
+	}
+	ns, err := netns.GetFromName(s.Namespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	links, _ := h.LinkList()
+	for _, l := range links {
+		for id := range gone {
+			if l.Attrs().Name == compile.HostIf(id) {
+				t.Errorf("%s: interface %s of %s left", s.Name, l.Attrs().Name, id)
+			}
+		}
+	}
+	var routes []netlink.Route
+	for _, table := range []int{unix.RT_TABLE_MAIN, dataplane.TableEncrypt, dataplane.TablePlain} {
+		rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			t.Fatalf("%s: routes of table %d: %v", s.Name, table, err)
+		}
+		routes = append(routes, rs...)
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		for id, task := range gone {
+			if r.Dst.IP.String() == task.Address.String() {
+				t.Errorf("%s: route to %s (%s) left: %v", s.Name, task.Address, id, r)
+			}
+		}
+	}
+	wg, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wg.Close()
+	dev, err := wg.Device(s.WireGuardName)
+	if err == nil {
+		for _, p := range dev.Peers {
+			for _, ip := range p.AllowedIPs {
+				for id, task := range gone {
+					if ip.IP.String() == task.Address.String() {
+						t.Errorf("%s: WireGuard allowed IP %s of %s left", s.Name, ip.IP, id)
+					}
+				}
+			}
+		}
+	}
+	out, err := exec.Command("ip", "netns", "exec", s.Namespace, "nft", "list", "table", "inet", "corridor").CombinedOutput()
+	if err == nil {
+		for id, task := range gone {
+			if bytes.Contains(out, []byte(task.Address.String()+",")) || bytes.Contains(out, []byte(task.Address.String()+" ")) || bytes.Contains(out, []byte(task.Address.String()+"\n")) {
+				t.Errorf("%s: nft table still names %s (%s)", s.Name, task.Address, id)
+			}
+		}
+	}
+}
