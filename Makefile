@@ -1,10 +1,11 @@
-# Corridor's build. `make test` is what CI runs (as root: privileged and
-# end-to-end tests need network namespaces; without root they skip).
+# Corridor's build. `make test` is what CI runs, as root: the privileged and
+# end-to-end tests make their own network namespaces (without root they
+# skip, saying why).
 GO      ?= go
 BIN     ?= bin/corridor
 PKGS    := ./...
 
-.PHONY: build test unit privileged e2e lint bench-smoke fmt clean
+.PHONY: build test unit all-tests lint bench-smoke fuzz-smoke fmt clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/corridor
@@ -12,21 +13,30 @@ build:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
-	@if command -v staticcheck >/dev/null; then staticcheck $(PKGS); else echo "staticcheck not installed: skipped (make tools)"; fi
+	@if command -v staticcheck >/dev/null; then staticcheck $(PKGS); else echo "staticcheck not installed: skipped (go install honnef.co/go/tools/cmd/staticcheck@v0.8.2)"; fi
 
-# Pure unit and golden tests, with the race detector.
+# Quick: the tests that need no root and no lab (privileged and end-to-end
+# tests skip under -short).
 unit:
-	$(GO) test -race -count=1 -short $(PKGS)
+	$(GO) test -race -short -count=1 $(PKGS)
 
-# Privileged and end-to-end tests: each makes its own namespaces.
-privileged: build
-	CORRIDOR_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -p 1 -timeout 30m $(PKGS)
+# Everything: unit, golden, property, privileged and end-to-end tests, with
+# the race detector. One package at a time: the privileged tests share the
+# machine's kernel, and the timing tests want the CPUs.
+all-tests: build
+	CORRIDOR_BIN=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -p 1 -timeout 45m $(PKGS)
 
 # Every Go benchmark once, so that none rots.
-bench-smoke:
-	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 20m $(PKGS)
+bench-smoke: build
+	CORRIDOR_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime=1x -count=1 -p 1 -timeout 20m $(PKGS)
 
-test: lint unit privileged bench-smoke
+# Each fuzzer briefly, on top of its committed seed corpus.
+fuzz-smoke:
+	$(GO) test -run '^$$' -fuzz FuzzDecodeApps -fuzztime 10s ./internal/spec
+	$(GO) test -run '^$$' -fuzz FuzzDecodeServers -fuzztime 10s ./internal/spec
+	$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 10s ./internal/compile
+
+test: lint all-tests bench-smoke
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
