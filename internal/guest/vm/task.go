@@ -1,0 +1,278 @@
+package vm
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/image"
+)
+
+// stableRun is how long a VM must have run for its next crash to count
+// as a first one again (backoff back to the minimum).
+const stableRun = 30 * time.Second
+
+// launch is one way of starting a task's QEMU.
+type launch struct {
+	args  []string
+	accel string
+	hash  string
+}
+
+// vmTask supervises one guest's QEMU: starts it, watches the console for
+// the ready line, restarts it with backoff when it exits, restarts it
+// when what it should run changes, and stops it on request.
+type vmTask struct {
+	r    *Runtime
+	task string
+	dir  string
+
+	wake     chan struct{}
+	stopc    chan struct{}
+	detachc  chan struct{}
+	done     chan struct{}
+	firstTry chan struct{}
+	firstErr error
+	once     sync.Once
+
+	mu   sync.Mutex
+	want launch
+	st   api.TaskStatus
+}
+
+func newTask(r *Runtime, task, dir string, want launch) *vmTask {
+	return &vmTask{
+		r: r, task: task, dir: dir, want: want,
+		wake: make(chan struct{}, 1), stopc: make(chan struct{}), detachc: make(chan struct{}),
+		done: make(chan struct{}), firstTry: make(chan struct{}),
+		st: api.TaskStatus{Task: task, Runtime: "vm-" + want.accel, State: api.TaskStarting, Since: time.Now()},
+	}
+}
+
+func (t *vmTask) setWant(w launch) {
+	t.mu.Lock()
+	changed := t.want.hash != w.hash
+	t.want = w
+	t.mu.Unlock()
+	if changed {
+		select {
+		case t.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (t *vmTask) wanted() launch {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.want
+}
+
+func (t *vmTask) set(state, msg, accel string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.st.State != state {
+		t.st.Since = time.Now()
+	}
+	t.st.State, t.st.Message = state, msg
+	if accel != "" {
+		t.st.Runtime = "vm-" + accel
+	}
+}
+
+func (t *vmTask) status() api.TaskStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.st
+}
+
+func (t *vmTask) stop() {
+	t.once.Do(func() { close(t.stopc) })
+	<-t.done
+}
+
+func (t *vmTask) detach() {
+	t.once.Do(func() { close(t.detachc) })
+	<-t.done
+}
+
+func (t *vmTask) markFirst(err error) {
+	select {
+	case <-t.firstTry:
+	default:
+		t.firstErr = err
+		close(t.firstTry)
+	}
+}
+
+func (t *vmTask) logPath() string { return filepath.Join(t.dir, "task.log") }
+
+// start launches QEMU in the host namespace.
+func (t *vmTask) start(w launch) (*qemuProc, error) {
+	log := t.logPath()
+	qmp := filepath.Join(t.dir, qmpFile)
+	os.Remove(qmp)
+	lf, err := os.OpenFile(log, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("open console log: %w", err)
+	}
+	defer lf.Close()
+	fmt.Fprintf(lf, "%s corridor: starting VM (%s)\n", time.Now().UTC().Format(time.RFC3339), w.accel)
+	off := fileSize(log)
+	cmd := exec.Command(t.r.cfg.QEMU, w.args...)
+	// QEMU's own messages (a tap it cannot open, a bad kernel) land in
+	// the same log as the console.
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.Dir = t.dir
+	// Own session: QEMU outlives the agent.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := startIn(t.r.host.NS(), cmd); err != nil {
+		return nil, fmt.Errorf("start %s: %w", t.r.cfg.QEMU, err)
+	}
+	st, _ := procStartTime(cmd.Process.Pid)
+	rec := qemuRecord{PID: cmd.Process.Pid, StartTime: st, Hash: w.hash, Accel: w.accel, LogOffset: off, Started: time.Now()}
+	if b, err := json.Marshal(rec); err == nil {
+		if err := writeFileAtomic(filepath.Join(t.dir, pidFile), b); err != nil {
+			t.r.log.Warn("pidfile not written: an agent restart will not find the VM", "task", t.task, "err", err)
+		}
+	}
+	return watchChild(cmd, rec, qmp), nil
+}
+
+// run is the supervision loop; p is an adopted QEMU or nil.
+func (t *vmTask) run(p *qemuProc) {
+	defer close(t.done)
+	defer t.markFirst(nil)
+	log := t.r.log
+	delay := t.r.cfg.BackoffMin
+	for {
+		w := t.wanted()
+		if p != nil && p.Hash != w.hash {
+			log.Info("VM changed, restarting", "task", t.task, "pid", p.PID)
+			t.set(api.TaskStarting, "command, environment or boot files changed; restarting", "")
+			p.stop(t.r.cfg.Grace)
+			p, delay = nil, t.r.cfg.BackoffMin
+		}
+		if p == nil {
+			np, err := t.start(w)
+			t.markFirst(err)
+			if err != nil {
+				log.Warn("VM did not start", "task", t.task, "err", err, "retry_in", delay)
+				t.set(api.TaskFailed, fmt.Sprintf("start failed: %v; retrying in %s", err, delay), w.accel)
+				if !t.sleep(delay) {
+					return
+				}
+				delay = nextBackoff(delay, t.r.cfg.BackoffMin, t.r.cfg.BackoffMax)
+				continue
+			}
+			p = np
+			log.Info("VM started", "task", t.task, "pid", p.PID, "accel", w.accel)
+		}
+		ready := consoleHas(t.logPath(), p.LogOffset, image.ReadyLine)
+		if ready {
+			t.set(api.TaskRunning, "", p.Accel)
+		} else {
+			t.set(api.TaskStarting, "booting", p.Accel)
+		}
+		if !t.watch(p, ready) {
+			return
+		}
+		if p.gone() {
+			ran := time.Since(p.Started)
+			if ran >= stableRun {
+				delay = t.r.cfg.BackoffMin
+			}
+			t.mu.Lock()
+			t.st.Restarts++
+			t.mu.Unlock()
+			tail := consoleTail(t.logPath(), p.LogOffset, consoleLines)
+			msg := fmt.Sprintf("%s after %s; restarting in %s; console: %s", p.status, ran.Round(time.Millisecond), delay, tail)
+			log.Warn("VM ended", "task", t.task, "pid", p.PID, "status", p.status, "restart_in", delay)
+			t.set(api.TaskFailed, msg, "")
+			p = nil
+			if !t.sleep(delay) {
+				return
+			}
+			delay = nextBackoff(delay, t.r.cfg.BackoffMin, t.r.cfg.BackoffMax)
+		}
+	}
+}
+
+// watch waits on a running QEMU: for the ready line while booting, for
+// its exit, for a change of what it should run, or for stop or detach.
+// It returns false when run must return.
+func (t *vmTask) watch(p *qemuProc, ready bool) bool {
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+	deadline := time.Now().Add(t.r.cfg.BootTimeout)
+	for {
+		select {
+		case <-p.exited:
+			return true
+		case <-t.wake:
+			return true
+		case <-t.stopc:
+			t.set(api.TaskStopped, "stopping", "")
+			p.stop(t.r.cfg.Grace)
+			p.release()
+			os.Remove(filepath.Join(t.dir, pidFile))
+			t.set(api.TaskStopped, "", "")
+			return false
+		case <-t.detachc:
+			p.release()
+			return false
+		case <-poll.C:
+			if ready {
+				continue
+			}
+			if consoleHas(t.logPath(), p.LogOffset, image.ReadyLine) {
+				ready = true
+				t.set(api.TaskRunning, "", p.Accel)
+				t.r.log.Info("VM ready", "task", t.task, "pid", p.PID, "boot", time.Since(p.Started).Round(time.Millisecond))
+				continue
+			}
+			if time.Now().After(deadline) {
+				tail := consoleTail(t.logPath(), p.LogOffset, consoleLines)
+				t.r.log.Warn("VM not ready in time, killing it", "task", t.task, "timeout", t.r.cfg.BootTimeout)
+				t.set(api.TaskFailed, fmt.Sprintf("not ready within %s; console: %s", t.r.cfg.BootTimeout, tail), "")
+				_ = syscall.Kill(p.PID, syscall.SIGKILL)
+				<-p.exited
+				p.status = fmt.Sprintf("not ready within %s (killed)", t.r.cfg.BootTimeout)
+				return true
+			}
+		}
+	}
+}
+
+// sleep waits d; false means run must return.
+func (t *vmTask) sleep(d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return true
+	case <-t.wake:
+		return true
+	case <-t.stopc:
+		t.set(api.TaskStopped, "", "")
+		return false
+	case <-t.detachc:
+		return false
+	}
+}
+
+func nextBackoff(cur, lo, hi time.Duration) time.Duration {
+	if cur < lo {
+		return lo
+	}
+	if cur > hi/2 {
+		return hi
+	}
+	return cur * 2
+}
