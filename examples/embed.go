@@ -8,3 +8,8 @@ import _ "embed"
 //
 //go:embed shop.yaml
 var Shop []byte
+
+// ShopVM is examples/shop-vm.yaml: the shop with its db tier in a VM.
+//
+//go:embed shop-vm.yaml
+var ShopVM []byte

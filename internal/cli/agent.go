@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -26,6 +27,8 @@ import (
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/dataplane"
 	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/guest/vm"
+	"github.com/corridor-dev/corridor/internal/image"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
@@ -39,6 +42,7 @@ type agentFlags struct {
 	cpu, memory                              string
 	labels, label                            map[string]string
 	repair                                   time.Duration
+	vmImage, kvm                             string
 	wgPort                                   int
 	wgName                                   string
 	userspace                                bool
@@ -115,6 +119,8 @@ certificate) serves the server's proxied requests: task logs, path probes for
 	fl.StringVar(&f.listen, "listen", ":7444", `local API address (mTLS); "" disables it`)
 	fl.BoolVar(&f.cleanup, "cleanup", false, "remove every guest, device and rule the agent made on this host, then exit")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.vmImage, "vm-image", image.DefaultOut, "guest image for vm tasks that name no kernel or image (make it with `corridor image build --with-sample`)")
+	fl.StringVar(&f.kvm, "kvm", vm.KVMAuto, "KVM for vm guests: auto (a probe boot decides), on or off (TCG)")
 	fl.DurationVar(&f.repair, "repair-interval", agent.DefaultRepairInterval, "how often the host's state is checked against the desired state and drift repaired")
 	return cmd
 }
@@ -131,15 +137,44 @@ func hostRuntimes(f *agentFlags, log *slog.Logger, underlay string) (*guest.Mana
 	}
 	mgr := guest.NewManager()
 	mgr.Register(spec.RuntimeNetns, rt)
+	closers := []func() error{rt.Close}
+	// VM guests need QEMU; a host without it still runs netns guests, and
+	// a vm task placed on it reports why it cannot start.
+	vmrt, err := vm.New(vm.Config{StateDir: vmStateDir(f.stateDir), Image: f.vmImage, KVM: f.kvm, Logger: log})
+	if err != nil {
+		log.Warn("vm guests unavailable on this host", "err", err)
+	} else {
+		mgr.Register(spec.RuntimeVM, vmrt)
+		closers = append(closers, vmrt.Close)
+	}
+	closeAll := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
 	dp, err := dataplane.New(dataplane.Config{
 		StateDir: f.stateDir, Underlay: underlay, WireGuardName: f.wgName,
 		Userspace: f.userspace, Logger: log,
 	})
 	if err != nil {
-		rt.Close()
+		closeAll()
 		return nil, nil, nil, err
 	}
-	return mgr, dp, func() { dp.Close(); rt.Close() }, nil
+	return mgr, dp, func() { dp.Close(); closeAll() }, nil
+}
+
+// vmStateDir keeps VM guests apart from netns guests: each runtime's
+// Remove owns its own task directories.
+func vmStateDir(stateDir string) string { return filepath.Join(stateDir, "vms") }
+
+// tailTaskLog reads a task's log from whichever runtime holds it.
+func tailTaskLog(ctx context.Context, stateDir, task string, lines int, follow bool, w io.Writer) error {
+	for _, dir := range []string{agent.GuestsDir(stateDir), vmStateDir(stateDir)} {
+		if _, err := os.Stat(guest.LogPath(dir, task)); err == nil {
+			return guest.TailLogContext(ctx, dir, task, lines, follow, w)
+		}
+	}
+	return guest.TailLogContext(ctx, agent.GuestsDir(stateDir), task, lines, follow, w)
 }
 
 func runAgentCleanup(ctx context.Context, f *agentFlags, log *slog.Logger) error {
@@ -241,7 +276,6 @@ func runAgent(ctx context.Context, f *agentFlags, log *slog.Logger) error {
 		}
 	}
 	prober := &agent.Prober{GuestNetns: func(task string) string { return "/run/netns/" + guest.NetnsName(task) }}
-	guestsDir := agent.GuestsDir(f.stateDir)
 	a, err := agent.New(agent.Config{
 		Name: f.name, StateDir: f.stateDir,
 		Address: addr, UnderlayIface: iface,
@@ -252,7 +286,7 @@ func runAgent(ctx context.Context, f *agentFlags, log *slog.Logger) error {
 		ServerAddrs: serverAddrs,
 		Listener:    ln,
 		Logs: func(ctx context.Context, task string, lines int, follow bool, w io.Writer) error {
-			return guest.TailLogContext(ctx, guestsDir, task, lines, follow, w)
+			return tailTaskLog(ctx, f.stateDir, task, lines, follow, w)
 		},
 		Probe:          prober.Probe,
 		RepairInterval: f.repair,

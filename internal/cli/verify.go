@@ -105,7 +105,11 @@ func printVerify(w io.Writer, format string, rep *verify.Report) error {
 // verdict prints the summary on stderr and turns a failed run into exit 1.
 func verdict(w io.Writer, rep *verify.Report) error {
 	if rep.OK() {
-		fmt.Fprintf(w, "verify %s: all %d checks match the policy\n", rep.App, rep.Passed)
+		fmt.Fprintf(w, "verify %s: all %d checks match the policy", rep.App, rep.Passed)
+		if rep.Skipped > 0 {
+			fmt.Fprintf(w, " (%d skipped: their source is a VM, whose paths are proved from the other side)", rep.Skipped)
+		}
+		fmt.Fprintln(w)
 		return nil
 	}
 	return &exitError{code: 1, err: fmt.Errorf("verify %s: %d of %d checks do not match the policy", rep.App, rep.Failed, len(rep.Checks))}

@@ -72,6 +72,12 @@ type fleet struct {
 
 func upFleet(t *testing.T) *fleet {
 	t.Helper()
+	return upFleetWith(t)
+}
+
+// upFleetWith brings up a 3-server lab whose agents get extra arguments.
+func upFleetWith(t *testing.T, agentArgs ...string) *fleet {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: builds a lab of network namespaces")
 	}
@@ -86,7 +92,7 @@ func upFleet(t *testing.T) *fleet {
 		Underlay: netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/24", 100+pid%150)),
 		Binary:   corridorBin,
 		// Drift repair fast enough for the test to watch it.
-		AgentArgs: []string{"--repair-interval", "20s"},
+		AgentArgs: append([]string{"--repair-interval", "20s"}, agentArgs...),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

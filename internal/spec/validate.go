@@ -296,9 +296,11 @@ func validateGuest(w *where, g *Guest, p string) {
 			w.errorf(p+".vcpus", "vcpus applies only to runtime vm")
 		}
 	case RuntimeVM:
+		// Neither kernel nor image: the host's default guest image (see
+		// docs/guests.md), whose init runs the command.
 		switch {
-		case g.Kernel == "" && g.Image == "":
-			w.errorf(p+".kernel", "runtime vm needs a kernel (with an optional initrd) or a disk image")
+		case g.Kernel == "" && g.Image == "" && len(g.Command) == 0:
+			w.errorf(p+".command", "runtime vm with the default guest image needs a command: the program its init runs")
 		case g.Kernel != "" && g.Image != "":
 			w.errorf(p+".image", "give either kernel (and initrd) or image, not both")
 		}

@@ -199,3 +199,24 @@ type failing struct{}
 func (failing) Probe(context.Context, string, api.ProbeRequest) (api.ProbeResult, error) {
 	return api.ProbeResult{}, fmt.Errorf("agent unreachable")
 }
+
+func TestVMSourcesAreSkippedNotPassed(t *testing.T) {
+	apps, tasks := shop()
+	apps[0].Classes[2].Guest.Runtime = spec.RuntimeVM // db
+	f := newFakeNet(apps, tasks)
+	rep, err := Run(context.Background(), f, "shop", apps, tasks, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() || rep.Skipped == 0 || rep.Passed+rep.Skipped != len(rep.Checks) {
+		t.Fatalf("passed %d skipped %d of %d", rep.Passed, rep.Skipped, len(rep.Checks))
+	}
+	for _, c := range rep.Checks {
+		if (c.FromClass == "db") != (c.Observed == Skipped) {
+			t.Errorf("check %s -> %s observed %s", c.FromTask, c.ToTask, c.Observed)
+		}
+	}
+	if f.calls != rep.Passed {
+		t.Fatalf("%d probes sent for %d checks run", f.calls, rep.Passed)
+	}
+}

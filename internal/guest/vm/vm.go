@@ -263,7 +263,7 @@ func guestMAC(task string) net.HardwareAddr { return macFor(task, "guest", []byt
 func (r *Runtime) qemuArgs(g compile.Guest, bf bootFiles, accel, dir string) ([]string, error) {
 	cl, err := bootParams{
 		Addr: g.Address, Gateway: guest.GatewayAddr, GwMAC: hostMAC(g.Task), MTU: r.cfg.MTU,
-		Argv: g.Spec.Command, Env: g.Env, Root: map[bool]string{true: "/dev/vda"}[bf.Disk != "" && bf.Initrd == ""],
+		Argv: g.Spec.Command, Env: guestEnv(g.Env), Root: map[bool]string{true: "/dev/vda"}[bf.Disk != "" && bf.Initrd == ""],
 	}.cmdline()
 	if err != nil {
 		return nil, err
@@ -528,4 +528,19 @@ func (r *Runtime) Status(task string) api.TaskStatus {
 	}
 	st.State, st.Message = api.TaskStopped, "not running"
 	return st
+}
+
+// GuestDataDir is CORRIDOR_DATA_DIR inside a VM: on the guest's own root
+// file system (the initramfs), so it lasts as long as the VM runs.
+const GuestDataDir = "/var/lib/corridor/task"
+
+// guestEnv is the task's environment inside the VM: the compiler's
+// contract plus the data directory, a path of the guest, not of the host.
+func guestEnv(env map[string]string) map[string]string {
+	out := make(map[string]string, len(env)+1)
+	for k, v := range env {
+		out[k] = v
+	}
+	out[spec.EnvDataDir] = GuestDataDir
+	return out
 }
