@@ -84,6 +84,12 @@ type Config struct {
 	// ServerAddrs are the server's underlay addresses. A desired state
 	// that would send any of them into a tunnel is refused.
 	ServerAddrs []netip.Addr
+	// Runtimes are the guest runtimes this host runs (nil: netns and vm);
+	// a state with a guest of another runtime is refused whole.
+	Runtimes []string
+	// ValidateDataplane checks a state the way the data plane would,
+	// without touching the kernel (dataplane.Validate); nil skips it.
+	ValidateDataplane func(compile.HostState) error
 
 	// Listener, when set, serves the local API (mTLS, see APITLSConfig).
 	Listener net.Listener
@@ -152,6 +158,8 @@ type Agent struct {
 	target     *api.DesiredState // the newest state received or loaded
 	applied    int64             // revision last applied without error
 	lastErrors []string          // errors of the last reconcile pass
+	refused    int64             // newest revision refused as invalid
+	refusedErr string            // why, until a newer state is accepted
 }
 
 // New checks cfg and makes an agent.
@@ -327,8 +335,11 @@ func (a *Agent) pollLoop(ctx context.Context, cp ControlPlane) {
 			// store was replaced. Its answer is still the truth.
 			a.log.Warn("desired revision went backwards", "had", index, "got", ds.Revision)
 		}
-		if ds.State.Host != "" && ds.State.Host != a.cfg.Name {
-			a.log.Error("server sent the desired state of another host; ignored", "host", ds.State.Host, "revision", ds.Revision)
+		if err := a.validateState(ds.State); err != nil {
+			// Neither kept nor applied: the host stays on its last good
+			// state, says why in its status, and waits for a newer one.
+			a.log.Error("desired state refused; keeping the last good state", "revision", ds.Revision, "err", err)
+			a.refuse(ds.Revision, err)
 			sleepCtx(ctx, bo.next())
 			continue
 		}
@@ -421,7 +432,7 @@ func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 // host applying its first state there may be no firewall at all); guests
 // that already run are kept, their old rules still hold.
 func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
-	if err := a.checkState(st); err != nil {
+	if err := a.validateState(st); err != nil {
 		return []error{err}
 	}
 	var errs []error
@@ -537,6 +548,9 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	target := a.target
 	applied := a.applied
 	errs := slices.Clone(a.lastErrors)
+	if a.refusedErr != "" && (a.target == nil || a.target.Revision < a.refused) {
+		errs = append(errs, a.refusedErr)
+	}
 	a.mu.Unlock()
 
 	st := api.Status{
@@ -583,10 +597,22 @@ func (a *Agent) setTarget(ds api.DesiredState) {
 func (a *Agent) targetRevision() int64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.target == nil {
-		return 0
+	rev := a.refused
+	if a.target != nil && a.target.Revision > rev {
+		rev = a.target.Revision
 	}
-	return a.target.Revision
+	return rev
+}
+
+// refuse records a refused revision, so that the long poll waits for a
+// newer one, and its reason, which the status reports until a state is
+// accepted.
+func (a *Agent) refuse(rev int64, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.refused = rev
+	a.refusedErr = fmt.Sprintf("desired state revision %d refused: %v", rev, err)
+	signal(a.kick) // tell the server now, not at the next heartbeat
 }
 
 // signal leaves one pending signal on c without blocking.

@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -480,5 +481,68 @@ func TestEarlyEmptyPollsDoNotSpin(t *testing.T) {
 	defer ep.mu.Unlock()
 	if ep.polls < 3 || ep.polls > 20 {
 		t.Fatalf("%d polls in 500ms from a server answering at once, want 3 to 20", ep.polls)
+	}
+}
+
+// A desired state from a buggy or hostile server is refused whole: the host
+// keeps its last good state (in the kernel and on disk) and says why.
+func TestInvalidStateKeepsTheLastGoodState(t *testing.T) {
+	cases := map[string]func(*compile.HostState){
+		"unknown runtime": func(st *compile.HostState) { st.Guests[0].Spec.Runtime = "docker" },
+		"not IPv4":        func(st *compile.HostState) { st.Guests[0].Address = netip.MustParseAddr("fd00::1") },
+		"link-local":      func(st *compile.HostState) { st.Guests[0].Address = netip.MustParseAddr("169.254.1.1") },
+		"duplicate address": func(st *compile.HostState) {
+			st.Guests = append(st.Guests, st.Guests[0])
+			st.Guests[1].Task = "shop/web/9"
+		},
+		"absurd count": func(st *compile.HostState) {
+			for i := 0; i < 1001; i++ {
+				g := st.Guests[0]
+				g.Task = fmt.Sprintf("shop/web/%d", i+10)
+				st.Guests = append(st.Guests, g)
+			}
+		},
+		"dataplane says no": func(st *compile.HostState) { st.VTEPMAC = "not-a-mac" },
+	}
+	for name, breakIt := range cases {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t)
+			h.cfg.ValidateDataplane = func(st compile.HostState) error {
+				if st.VTEPMAC == "not-a-mac" {
+					return fmt.Errorf("vtepMAC: %q is not a MAC address", st.VTEPMAC)
+				}
+				return nil
+			}
+			h.start()
+			good := h.cp.SetDesired(state("shop/web/0"))
+			eventually(t, "the good state applied", func() bool { return h.agent.AppliedRevision() == good })
+			applies := h.dp.Applies()
+
+			bad := state("shop/web/0", "shop/web/1")
+			breakIt(&bad)
+			badRev := h.cp.SetDesired(bad)
+			eventually(t, "a status naming the refusal", func() bool {
+				sts := h.cp.Statuses(host)
+				if len(sts) == 0 {
+					return false
+				}
+				for _, e := range sts[len(sts)-1].Errors {
+					if strings.Contains(e, fmt.Sprintf("revision %d refused", badRev)) {
+						return true
+					}
+				}
+				return false
+			})
+			if h.dp.Applies() != applies || h.guests.Running("shop/web/1") || h.agent.AppliedRevision() != good {
+				t.Fatal("the refused state reached the host")
+			}
+			ds, _, err := agent.LoadDesired(h.dir)
+			if err != nil || ds.Revision != good {
+				t.Fatalf("desired.json holds revision %d (%v), want the good %d", ds.Revision, err, good)
+			}
+			// A later good state is taken, and the refusal is forgotten.
+			next := h.cp.SetDesired(state("shop/web/0", "shop/web/1"))
+			eventually(t, "the next good state applied", func() bool { return h.agent.AppliedRevision() == next })
+		})
 	}
 }

@@ -288,9 +288,11 @@ func runAgent(ctx context.Context, f *agentFlags, log *slog.Logger) error {
 		Logs: func(ctx context.Context, task string, lines int, follow bool, w io.Writer) error {
 			return tailTaskLog(ctx, f.stateDir, task, lines, follow, w)
 		},
-		Probe:          prober.Probe,
-		RepairInterval: f.repair,
-		Logger:         log,
+		Probe:             prober.Probe,
+		RepairInterval:    f.repair,
+		Runtimes:          mgr.Names(),
+		ValidateDataplane: dataplane.Validate,
+		Logger:            log,
 	})
 	if err != nil {
 		return err

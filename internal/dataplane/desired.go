@@ -310,3 +310,10 @@ func comparePrefix(a, b netip.Prefix) int {
 	}
 	return a.Bits() - b.Bits()
 }
+
+// Validate reports whether Apply would accept st, without touching the
+// kernel: the agent checks a new desired state before it keeps it.
+func Validate(st compile.HostState) error {
+	_, err := buildDesired(st)
+	return err
+}

@@ -102,7 +102,7 @@ func (m *Manager) Ensure(ctx context.Context, g compile.Guest) error {
 	prev, had := m.owner[g.Task]
 	m.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%w: guest %s: spec.runtime %q (have %s)", ErrUnknownRuntime, g.Task, name, strings.Join(m.names(), ", "))
+		return fmt.Errorf("%w: guest %s: spec.runtime %q (have %s)", ErrUnknownRuntime, g.Task, name, strings.Join(m.Names(), ", "))
 	}
 	// A task whose runtime changed is moved: the old guest goes first, as
 	// both would claim the same host interface and address.
@@ -126,7 +126,7 @@ func (m *Manager) Ensure(ctx context.Context, g compile.Guest) error {
 // by an earlier agent is removed whichever runtime made it.
 func (m *Manager) Remove(ctx context.Context, task string) error {
 	var errs []error
-	for _, name := range m.names() {
+	for _, name := range m.Names() {
 		r, _ := m.runtime(name)
 		if err := r.Remove(ctx, task); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
@@ -142,7 +142,7 @@ func (m *Manager) Remove(ctx context.Context, task string) error {
 func (m *Manager) List(ctx context.Context) ([]Info, error) {
 	var all []Info
 	var errs []error
-	for _, name := range m.names() {
+	for _, name := range m.Names() {
 		r, _ := m.runtime(name)
 		infos, err := r.List(ctx)
 		if err != nil {
@@ -182,7 +182,8 @@ func (m *Manager) runtime(name string) (Runtime, bool) {
 	return r, ok
 }
 
-func (m *Manager) names() []string {
+// Names lists the registered runtimes, sorted.
+func (m *Manager) Names() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	names := make([]string, 0, len(m.runtimes))
