@@ -578,6 +578,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		st.Errors = append(st.Errors, fmt.Sprintf("data plane status: %v", err))
 	}
 	st.Peers, st.Drops = dp.Peers, dp.Drops
+	a.m.paths.set(st.Peers, st.Drops)
 	return st
 }
 

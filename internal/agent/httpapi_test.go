@@ -268,7 +268,8 @@ func TestAPIProbe(t *testing.T) {
 
 func TestAPIMetrics(t *testing.T) {
 	h, srv, _, _ := apiHarness(t)
-	get(t, srv.URL+"/v1/status") // refreshes the guest gauges
+	h.dp.Drops = []api.DropCount{{App: "shop", FromClass: "web", ToClass: "db", Packets: 7}}
+	get(t, srv.URL+"/v1/status") // refreshes the guest gauges and path counters
 	code, body := get(t, srv.URL+"/metrics")
 	if code != 200 {
 		t.Fatalf("metrics = %d", code)
@@ -279,6 +280,8 @@ func TestAPIMetrics(t *testing.T) {
 		"corridor_agent_reconcile_errors_total 0",
 		`corridor_agent_guests{state="running"} 1`,
 		`corridor_agent_guests{state="failed"} 0`,
+		fmt.Sprintf(`corridor_agent_peer_sent_bytes_total{peer="s2"} %d`, 2000*h.dp.Applies()),
+		`corridor_agent_firewall_dropped_packets_total{app="shop",from_class="web",kind="pair",to_class="db"} 7`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -15,6 +17,7 @@ type metrics struct {
 	reconcileErrors   prometheus.Counter
 	appliedRevision   prometheus.Gauge
 	guests            *prometheus.GaugeVec
+	paths             *pathCollector
 }
 
 var taskStates = []string{api.TaskPending, api.TaskStarting, api.TaskRunning, api.TaskFailed, api.TaskStopped}
@@ -40,7 +43,8 @@ func newMetrics() *metrics {
 			Help: "Guests of this host by state.",
 		}, []string{"state"}),
 	}
-	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.guests,
+	m.paths = &pathCollector{}
+	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.guests, m.paths,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -56,5 +60,67 @@ func (m *metrics) setGuests(tasks []api.TaskStatus) {
 	}
 	for s, n := range counts {
 		m.guests.WithLabelValues(s).Set(float64(n))
+	}
+}
+
+// pathCollector exports the data plane's own counters as the last status
+// read them: WireGuard peers (bytes, handshake) and the firewall's drop
+// counters per app and class pair. They are counters kept by the kernel or
+// wireguard-go, so they are exported as const metrics, not re-counted.
+type pathCollector struct {
+	mu    sync.Mutex
+	peers []api.PeerStatus
+	drops []api.DropCount
+}
+
+var (
+	peerRxDesc = prometheus.NewDesc("corridor_agent_peer_received_bytes_total",
+		"Bytes received from a WireGuard peer (a server sharing an encrypted path).", []string{"peer"}, nil)
+	peerTxDesc = prometheus.NewDesc("corridor_agent_peer_sent_bytes_total",
+		"Bytes sent to a WireGuard peer.", []string{"peer"}, nil)
+	peerHandshakeDesc = prometheus.NewDesc("corridor_agent_peer_last_handshake_seconds",
+		"Unix time of the last WireGuard handshake with a peer (0: never).", []string{"peer"}, nil)
+	dropDesc = prometheus.NewDesc("corridor_agent_firewall_dropped_packets_total",
+		"Packets the firewall dropped, by app, class pair and kind (pair: wrong port or path for an allowed pair; out/in: no rule; spoof, path, host, invalid).",
+		[]string{"app", "from_class", "to_class", "kind"}, nil)
+)
+
+func (c *pathCollector) set(peers []api.PeerStatus, drops []api.DropCount) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.peers, c.drops = peers, drops
+}
+
+func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- peerRxDesc
+	ch <- peerTxDesc
+	ch <- peerHandshakeDesc
+	ch <- dropDesc
+}
+
+func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range c.peers {
+		ch <- prometheus.MustNewConstMetric(peerRxDesc, prometheus.CounterValue, float64(p.RxBytes), p.Server)
+		ch <- prometheus.MustNewConstMetric(peerTxDesc, prometheus.CounterValue, float64(p.TxBytes), p.Server)
+		hs := 0.0
+		if !p.LastHandshake.IsZero() {
+			hs = float64(p.LastHandshake.UnixNano()) / 1e9
+		}
+		ch <- prometheus.MustNewConstMetric(peerHandshakeDesc, prometheus.GaugeValue, hs, p.Server)
+	}
+	seen := map[[4]string]bool{}
+	for _, d := range c.drops {
+		kind := d.Kind
+		if kind == "" {
+			kind = "pair"
+		}
+		k := [4]string{d.App, d.FromClass, d.ToClass, kind}
+		if seen[k] { // one series per label set, or the registry refuses the scrape
+			continue
+		}
+		seen[k] = true
+		ch <- prometheus.MustNewConstMetric(dropDesc, prometheus.CounterValue, float64(d.Packets), k[:]...)
 	}
 }
