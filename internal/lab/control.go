@@ -3,8 +3,10 @@ package lab
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -63,4 +65,56 @@ func (l *Lab) listServers(ctx context.Context) ([]api.Server, error) {
 	}
 	defer c.CloseIdleConnections()
 	return c.ListServers(ctx)
+}
+
+// StopAgent ends the agent of server name (SIGTERM, then SIGKILL after
+// grace). Its guests and data plane stay, as on a real host.
+func (l *Lab) StopAgent(name string, grace time.Duration) error {
+	s := l.Server(name)
+	if s == nil || s.Agent == nil {
+		return fmt.Errorf("lab: no agent %q", name)
+	}
+	_, err := terminate(s.Agent.PID, s.Agent.StartTime, grace)
+	return err
+}
+
+// StartAgent starts the agent of server name again, with the command line
+// it was first started with, and records the new process.
+func (l *Lab) StartAgent(name string) error {
+	s := l.Server(name)
+	if s == nil || s.Agent == nil {
+		return fmt.Errorf("lab: no agent %q", name)
+	}
+	if alive(s.Agent) {
+		return fmt.Errorf("lab: the agent of %s still runs (pid %d)", name, s.Agent.PID)
+	}
+	p, err := spawn(RoleAgent, s.Name, s.Namespace, s.Log, s.Agent.Args)
+	if p != nil {
+		s.Agent = p
+		if serr := l.save(); serr != nil {
+			return serr
+		}
+	}
+	return err
+}
+
+// StopServer ends the control plane; agents go on serving their last state.
+func (l *Lab) StopServer(grace time.Duration) error {
+	if l.Control == nil {
+		return errors.New("lab: no server recorded")
+	}
+	_, err := terminate(l.Control.PID, l.Control.StartTime, grace)
+	return err
+}
+
+// StartServer starts the control plane again on its data directory and
+// waits until it is ready.
+func (l *Lab) StartServer(ctx context.Context, timeout time.Duration) error {
+	if l.Control != nil && alive(l.Control) {
+		return fmt.Errorf("lab: the server still runs (pid %d)", l.Control.PID)
+	}
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	return l.startControl(ctx, Options{ReadyTimeout: timeout})
 }

@@ -1,0 +1,209 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netns"
+
+	"github.com/corridor-dev/corridor/examples"
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/dataplane"
+	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/probe"
+)
+
+// pinger keeps one TCP connection from an app guest to the db (an
+// encrypted path) and sends PING every 20 ms, recording every failure and
+// the longest gap between two answers.
+type pinger struct {
+	mu      sync.Mutex
+	ok      int
+	fails   []string
+	maxGap  time.Duration
+	last    time.Time
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+func startPinger(t *testing.T, fromTask, dbAddr string) *pinger {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := probe.DialContext(ctx, "/run/netns/"+guest.NetnsName(fromTask), "tcp", dbAddr)
+	if err != nil {
+		t.Fatalf("connect %s -> %s: %v", fromTask, dbAddr, err)
+	}
+	p := &pinger{stop: make(chan struct{}), stopped: make(chan struct{}), last: time.Now()}
+	go func() {
+		defer close(p.stopped)
+		defer c.Close()
+		r := bufio.NewReader(c)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-tick.C:
+			}
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			_, err := fmt.Fprint(c, "PING\n")
+			var line string
+			if err == nil {
+				line, err = r.ReadString('\n')
+			}
+			now := time.Now()
+			p.mu.Lock()
+			if err != nil || !strings.HasPrefix(line, "OK") {
+				p.fails = append(p.fails, fmt.Sprintf("%s: %q %v", now.Format("15:04:05.000"), line, err))
+			} else {
+				p.ok++
+				if gap := now.Sub(p.last); gap > p.maxGap {
+					p.maxGap = gap
+				}
+				p.last = now
+			}
+			p.mu.Unlock()
+			if err != nil {
+				return // the connection is gone: every later tick would fail too
+			}
+		}
+	}()
+	return p
+}
+
+func (p *pinger) finish() (ok int, fails []string, maxGap time.Duration) {
+	close(p.stop)
+	<-p.stopped
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ok, p.fails, p.maxGap
+}
+
+// TestRestartsDoNotInterruptTraffic restarts the agents at both ends of an
+// encrypted path while a TCP stream runs through it, with the server down:
+// no answer may be lost. Then, with the server still down, it wipes the
+// firewall of the db's host while its agent is stopped, and sees the agent
+// restore the host from its stored state alone.
+func TestRestartsDoNotInterruptTraffic(t *testing.T) {
+	f := upFleet(t)
+	f.apply(t, examples.Shop)
+	tasks := f.settle(t, 5)
+	var db, app api.TaskInfo
+	for _, ti := range tasks {
+		if ti.ID == "shop/db/0" {
+			db = ti
+		}
+	}
+	for _, ti := range tasks {
+		if ti.Class == "app" && ti.Server != db.Server {
+			app = ti
+		}
+	}
+	if app.ID == "" {
+		t.Fatalf("no app task on another server than the db: %v", placement(tasks))
+	}
+	dbAddr := net.JoinHostPort(db.Address.String(), "5432")
+	p := startPinger(t, app.ID, dbAddr)
+
+	time.Sleep(300 * time.Millisecond)
+	if err := f.lab.StopServer(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{app.Server, db.Server} {
+		if err := f.lab.StopAgent(s, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(time.Second)
+	for _, s := range []string{app.Server, db.Server} {
+		if err := f.lab.StartAgent(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(3 * time.Second) // the agents re-apply their stored states meanwhile
+	ok, fails, gap := p.finish()
+	t.Logf("during the restarts: %d answers, %d failures, longest gap %s", ok, len(fails), gap)
+	if len(fails) > 0 || ok < 100 {
+		t.Fatalf("traffic was interrupted by agent restarts: %d answers, failures %v", ok, fails)
+	}
+	if gap > 500*time.Millisecond {
+		t.Errorf("longest gap between answers %s, want under 500ms", gap)
+	}
+
+	// Fail static: the server is still down. Wipe the firewall and marks of
+	// the db's host behind a stopped agent; the new agent must restore them
+	// from desired.json alone.
+	if err := f.lab.StopAgent(db.Server, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	srv := f.lab.Server(db.Server)
+	ns, err := netns.GetFromName(srv.Namespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: dataplane.NFTTable})
+	if err := conn.Flush(); err != nil {
+		t.Fatalf("delete nft table: %v", err)
+	}
+	ns.Close()
+	if err := f.lab.StartAgent(db.Server); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		res, err := probe.Dial(ctx, "/run/netns/"+guest.NetnsName(app.ID), "tcp", dbAddr, []byte("PING\n"), time.Second)
+		cancel()
+		if err == nil && res.Outcome == probe.Connected {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the db's host did not come back from its stored state with the server down: %+v %v", res, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !hasTable(t, srv.Namespace) {
+		t.Fatal("the firewall table was not restored")
+	}
+
+	if err := f.lab.StartServer(context.Background(), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	f.settle(t, 5)
+	f.mustVerify(t, "shop")
+}
+
+func hasTable(t *testing.T, namespace string) bool {
+	ns, err := netns.GetFromName(namespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	conn, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if tb.Name == dataplane.NFTTable {
+			return true
+		}
+	}
+	return false
+}
