@@ -268,7 +268,7 @@ func TestAPIProbe(t *testing.T) {
 
 func TestAPIMetrics(t *testing.T) {
 	h, srv, _, _ := apiHarness(t)
-	h.dp.Drops = []api.DropCount{{App: "shop", FromClass: "web", ToClass: "db", Packets: 7}}
+	h.dp.SetDrops([]api.DropCount{{App: "shop", FromClass: "web", ToClass: "db", Packets: 7}})
 	get(t, srv.URL+"/v1/status") // refreshes the guest gauges and path counters
 	code, body := get(t, srv.URL+"/metrics")
 	if code != 200 {

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/corridor-dev/corridor/internal/agent"
+	"github.com/corridor-dev/corridor/internal/nsrun"
 )
 
 // testNetns makes a network namespace of this test process and a netlink
@@ -22,20 +22,11 @@ func testNetns(t *testing.T, suffix string) (*netlink.Handle, string) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
 	name := fmt.Sprintf("cortst-ag-%d-%s", os.Getpid(), suffix)
-	ns, err := netns.NewNamed(name)
-	if err != nil {
+	var ns netns.NsHandle
+	// NewNamed enters the namespace it makes; nsrun brings the thread back.
+	if err := nsrun.Run(func() (err error) { ns, err = netns.NewNamed(name); return err }); err != nil {
 		t.Fatalf("create netns %s: %v", name, err)
-	}
-	if err := netns.Set(orig); err != nil {
-		t.Fatal(err)
 	}
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {

@@ -163,14 +163,7 @@ func (c *Client) do(ctx context.Context, req request, out any) (http.Header, err
 		return resp.Header, fmt.Errorf("api: %s %s: read answer: %w", req.method, req.path, err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		se := &StatusError{Code: resp.StatusCode}
-		var e Error
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			se.Message, se.Details = e.Error, e.Details
-		} else {
-			se.Message = strings.TrimSpace(string(data))
-		}
-		return resp.Header, se
+		return resp.Header, statusError(resp.StatusCode, data)
 	}
 	if out != nil && resp.StatusCode != http.StatusNoContent {
 		if err := json.Unmarshal(data, out); err != nil {
@@ -421,7 +414,14 @@ func (c *Client) TaskLogs(ctx context.Context, task string, lines int, follow bo
 // readStatusError turns a non-2xx answer into a *StatusError.
 func readStatusError(resp *http.Response) error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	se := &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(data))}
+	return statusError(resp.StatusCode, data)
+}
+
+// statusError is the *StatusError of a non-2xx answer with body data: the
+// server's (or agent's) api.Error, or else the body as text (a proxy's
+// page, a plain http.Error).
+func statusError(code int, data []byte) *StatusError {
+	se := &StatusError{Code: code, Message: strings.TrimSpace(string(data))}
 	var e Error
 	if json.Unmarshal(data, &e) == nil && e.Error != "" {
 		se.Message, se.Details = e.Error, e.Details

@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/corridor-dev/corridor/internal/nsrun"
 	"golang.org/x/sys/unix"
 )
 
@@ -116,7 +117,7 @@ func Start(ctx context.Context, netnsPath, ifname string, markers ...[]byte) (*C
 		return nil, errors.New("capture: interface name is empty")
 	}
 	var fd int
-	err := inNetns(netnsPath, func() error {
+	err := nsrun.Do(netnsPath, func() error {
 		var err error
 		fd, err = openBound(ifname)
 		return err

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/corridor-dev/corridor/internal/nsrun"
 )
 
 var nsSeq atomic.Int32
@@ -73,7 +75,7 @@ func exchange(t *testing.T, n testNet, udpMsg, tcpReq, tcpReply []byte) {
 		pc net.PacketConn
 		ln net.Listener
 	)
-	err := inNetns(n.b, func() error {
+	err := nsrun.Do(n.b, func() error {
 		var err error
 		if pc, err = net.ListenPacket("udp4", "198.19.201.2:9000"); err != nil {
 			return err
@@ -103,7 +105,7 @@ func exchange(t *testing.T, n testNet, udpMsg, tcpReq, tcpReply []byte) {
 		served <- err
 	}()
 
-	err = inNetns(n.a, func() error {
+	err = nsrun.Do(n.a, func() error {
 		u, err := net.Dial("udp4", "198.19.201.2:9000")
 		if err != nil {
 			return err
@@ -304,7 +306,7 @@ func TestCaptureCountsBulk(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ln net.Listener
-	if err := inNetns(n.b, func() (err error) { ln, err = net.Listen("tcp4", "198.19.201.2:9002"); return }); err != nil {
+	if err := nsrun.Do(n.b, func() (err error) { ln, err = net.Listen("tcp4", "198.19.201.2:9002"); return }); err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
@@ -319,7 +321,7 @@ func TestCaptureCountsBulk(t *testing.T) {
 		k, _ := io.Copy(io.Discard, s)
 		got <- k
 	}()
-	err = inNetns(n.a, func() error {
+	err = nsrun.Do(n.a, func() error {
 		conn, err := net.DialTimeout("tcp4", "198.19.201.2:9002", 5*time.Second)
 		if err != nil {
 			return err

@@ -20,6 +20,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/nsrun"
 )
 
 // Config says where and how the data plane acts.
@@ -110,7 +111,7 @@ func New(cfg Config) (*Dataplane, error) {
 	}
 	// wgctrl's kernel client is a generic netlink socket, bound to the
 	// namespace of the thread that opens it.
-	err = inNetNS(ns, func() error {
+	err = nsrun.DoHandle(ns, func() error {
 		var err error
 		dp.wg, err = wgctrl.New()
 		return err

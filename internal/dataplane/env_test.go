@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/corridor-dev/corridor/internal/dataplane/wguser"
+	"github.com/corridor-dev/corridor/internal/nsrun"
 )
 
 // corridorBin is the binary the data plane starts for wireguard-go: $CORRIDOR_BIN,
@@ -205,7 +206,7 @@ func (h *host) open(t testing.TB) {
 	})
 }
 
-// inNS runs f with the calling goroutine's thread in namespace name.
+// inNS runs f on a thread moved into namespace name.
 func inNS(t testing.TB, name string, f func() error) error {
 	t.Helper()
 	ns, err := netns.GetFromName(name)
@@ -213,7 +214,7 @@ func inNS(t testing.TB, name string, f func() error) error {
 		t.Fatalf("open netns %s: %v", name, err)
 	}
 	defer ns.Close()
-	return inNetNS(ns, f)
+	return nsrun.DoHandle(ns, f)
 }
 
 // serve listens on TCP port in g and echoes what it reads.

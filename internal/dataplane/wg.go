@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -133,7 +134,7 @@ func (dp *Dataplane) startDatapath(ctx context.Context, mtu int) error {
 	// it: all of its threads then live in the host's namespace, which is
 	// what wireguard-go needs (its sockets and TUN lookups act in the
 	// namespace of whatever thread runs them).
-	if err := inNetNS(dp.ns, cmd.Start); err != nil {
+	if err := nsrun.DoHandle(dp.ns, cmd.Start); err != nil {
 		return fmt.Errorf("start datapath process %s: %w", bin, err)
 	}
 	pid := cmd.Process.Pid

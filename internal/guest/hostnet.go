@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -167,7 +168,7 @@ func (n *HostNet) DeleteLink(ifname string) error {
 // belongs to the namespace of the thread that opens it, so the write
 // happens on a locked thread moved into the namespace.
 func (n *HostNet) Sysctl(key, value string) error {
-	return inNetns(n.ns, func() error {
+	return nsrun.DoHandle(n.ns, func() error {
 		p := filepath.Join("/proc/sys", key)
 		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
 			return fmt.Errorf("guest: sysctl %s=%s: %w", key, value, err)
@@ -194,35 +195,4 @@ func familyOf(a netip.Addr) int {
 
 func prefixIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-// inNetns runs fn on a fresh locked OS thread inside ns. If the thread
-// cannot be moved back, it is left locked so that Go discards it when the
-// goroutine ends, instead of reusing a thread in the wrong namespace.
-func inNetns(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("guest: current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("guest: enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Thread stays locked: it dies with this goroutine.
-			errc <- errors.Join(ferr, fmt.Errorf("guest: leave netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }

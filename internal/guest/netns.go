@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
@@ -238,7 +238,7 @@ func (r *Netns) Ensure(ctx context.Context, g compile.Guest) error {
 	if err != nil {
 		return fmt.Errorf("guest %s: %w", g.Task, err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, guestFile), rec); err != nil {
+	if err := WriteFileAtomic(filepath.Join(dir, guestFile), rec); err != nil {
 		return err
 	}
 	if err := r.ensureNetwork(g); err != nil {
@@ -275,7 +275,7 @@ func (r *Netns) Ensure(ctx context.Context, g compile.Guest) error {
 	// An agent restart finds the program of the agent before still
 	// running: watch it instead of starting a second copy.
 	var adopted *proc
-	if prev, err := readPidFile(dir); err == nil && prev.alive() {
+	if prev, err := readPidFile(dir); err == nil && prev.Alive() {
 		if p, err := adopt(prev); err == nil {
 			adopted = p
 			r.log.Info("adopted running program", "task", g.Task, "pid", p.PID)
@@ -313,10 +313,10 @@ func (r *Netns) Remove(ctx context.Context, task string) error {
 	dir := TaskDir(r.cfg.StateDir, task)
 	// A program never adopted (left by an earlier agent, not ensured
 	// since) is stopped the same way.
-	if rec, err := readPidFile(dir); err == nil && rec.alive() {
+	if rec, err := readPidFile(dir); err == nil && rec.Alive() {
 		if p, err := adopt(rec); err == nil {
 			p.stop(r.cfg.Grace)
-			p.release()
+			p.Release()
 		}
 	}
 	var errs []error
@@ -377,7 +377,7 @@ func (r *Netns) List(ctx context.Context) ([]Info, error) {
 			continue
 		}
 		in := Info{Task: rec.Task, Runtime: rec.Runtime, Address: rec.Guest.Address, HostIf: rec.Guest.HostIf, Netns: rec.Netns}
-		if pr, err := readPidFile(dir); err == nil && pr.alive() {
+		if pr, err := readPidFile(dir); err == nil && pr.Alive() {
 			in.PID = pr.PID
 		}
 		if !isNetnsMount(filepath.Join(netnsDir, rec.Netns)) {
@@ -411,7 +411,7 @@ func (r *Netns) Status(task string) api.TaskStatus {
 	if _, err := os.Stat(filepath.Join(dir, guestFile)); err != nil {
 		return st
 	}
-	if rec, err := readPidFile(dir); err == nil && rec.alive() {
+	if rec, err := readPidFile(dir); err == nil && rec.Alive() {
 		st.State, st.Message, st.Since = api.TaskRunning, "not yet supervised by this agent", rec.Started
 		return st
 	}
@@ -545,7 +545,7 @@ func (r *Netns) startProgram(t *netnsTask) (*proc, error) {
 		return nil, fmt.Errorf("open guest netns: %w", err)
 	}
 	defer ns.Close()
-	if err := inNetns(ns, cmd.Start); err != nil {
+	if err := nsrun.DoHandle(ns, cmd.Start); err != nil {
 		return nil, fmt.Errorf("start %q: %w", argv[0], err)
 	}
 	pid := cmd.Process.Pid
@@ -564,8 +564,7 @@ func (r *Netns) startProgram(t *netnsTask) (*proc, error) {
 	}
 	// A program that has already exited has no start time; recording 0
 	// keeps the next agent from adopting it.
-	st, _ := procStartTime(pid)
-	rec := procRecord{PID: pid, StartTime: st, Hash: hash, Started: time.Now()}
+	rec := procRecord{ProcID: ProcIDOf(pid), Hash: hash, Started: time.Now()}
 	if err := writePidFile(dir, rec); err != nil {
 		r.log.Warn("pidfile not written: an agent restart will not find the program", "task", g.Task, "err", err)
 	}
@@ -764,7 +763,7 @@ func ensureNamedNetns(name string) (netns.NsHandle, error) {
 		return netns.None(), fmt.Errorf("create netns file %s: %w", path, err)
 	}
 	f.Close()
-	err = onNewNetns(func() error {
+	err = nsrun.DoNew(func() error {
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
 		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("bind netns to %s: %w", path, err)
@@ -800,35 +799,6 @@ func shareNetnsDir() error {
 		return fmt.Errorf("share %s: %w", netnsDir, err)
 	}
 	return nil
-}
-
-// onNewNetns runs fn on a locked thread moved into a new network
-// namespace, then moves the thread back (or retires it).
-func onNewNetns(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave new netns: %w", err))
-			return // thread stays locked and is discarded
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 // deleteNamedNetns unmounts and removes /run/netns/<name>; the namespace

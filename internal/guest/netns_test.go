@@ -22,6 +22,7 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
@@ -242,7 +243,7 @@ func TestEnsureCreatesGuest(t *testing.T) {
 		t.Errorf("host end: mtu %d flags %v", hl.Attrs().MTU, hl.Attrs().Flags)
 	}
 	var proxyARP string
-	if err := inNetns(e.r.host.NS(), func() error {
+	if err := nsrun.DoHandle(e.r.host.NS(), func() error {
 		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + g.HostIf + "/proxy_arp")
 		proxyARP = strings.TrimSpace(string(b))
 		return err
@@ -439,7 +440,7 @@ func TestGuestToGuest(t *testing.T) {
 	// From A's netns, through the host, to B: TCP from Go...
 	_, nsA := e.guestHandle(a.Task)
 	var body string
-	err = inNetns(nsA, func() error {
+	err = nsrun.DoHandle(nsA, func() error {
 		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(b.Address, 8080).String(), 3*time.Second)
 		if err != nil {
 			return err
@@ -464,7 +465,7 @@ func TestGuestToGuest(t *testing.T) {
 		}
 	}
 	// The guest's source address is its overlay address (B sees A).
-	err = inNetns(nsA, func() error {
+	err = nsrun.DoHandle(nsA, func() error {
 		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(b.Address, 8080).String(), 3*time.Second)
 		if err != nil {
 			return err

@@ -18,14 +18,35 @@ import (
 // pidFile is the name of the record of a task's running program.
 const pidFile = "pid.json"
 
-// procRecord identifies a running program across agent restarts. A PID
-// alone may have been reused by then; the PID plus the kernel's start
-// time (field 22 of /proc/<pid>/stat) names one process for good.
+// ProcID names one process for good, across agent restarts. A PID alone
+// may have been reused by then; the PID plus the kernel's start time
+// (field 22 of /proc/<pid>/stat) may not.
+type ProcID struct {
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"startTime"` // clock ticks after boot
+}
+
+// ProcIDOf names the running process pid. Its StartTime is 0 if the
+// process is already gone, and then it is never Alive.
+func ProcIDOf(pid int) ProcID {
+	st, _ := procStartTime(pid)
+	return ProcID{PID: pid, StartTime: st}
+}
+
+// Alive tells whether the process still runs (a zombie does not).
+func (id ProcID) Alive() bool {
+	if id.PID <= 0 {
+		return false
+	}
+	st, err := procStartTime(id.PID)
+	return err == nil && st == id.StartTime
+}
+
+// procRecord is the pidfile of a task's running program.
 type procRecord struct {
-	PID       int       `json:"pid"`
-	StartTime uint64    `json:"startTime"` // clock ticks after boot
-	Hash      string    `json:"hash"`      // of the command and environment it runs
-	Started   time.Time `json:"started"`
+	ProcID
+	Hash    string    `json:"hash"` // of the command and environment it runs
+	Started time.Time `json:"started"`
 }
 
 // procStartTime reads the start time of pid from /proc; it fails for a
@@ -56,7 +77,7 @@ func writePidFile(dir string, rec procRecord) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, pidFile), b)
+	return WriteFileAtomic(filepath.Join(dir, pidFile), b)
 }
 
 func readPidFile(dir string) (procRecord, error) {
@@ -71,44 +92,48 @@ func readPidFile(dir string) (procRecord, error) {
 	return rec, nil
 }
 
-// alive tells whether the recorded process still runs.
-func (rec procRecord) alive() bool {
-	if rec.PID <= 0 {
-		return false
+// Exit follows a watched process to its end: its own child, or one
+// adopted from an earlier agent. Runtimes share it; what the program is
+// and how to ask it to stop is theirs.
+type Exit struct {
+	who    string        // names the program in Status ("" for none)
+	done   chan struct{} // closed once the process is gone
+	status string        // why it ended; set before done is closed
+	quit   chan struct{} // closed to stop watching an adopted process
+}
+
+func newExit(who string) *Exit {
+	return &Exit{who: who, done: make(chan struct{}), quit: make(chan struct{})}
+}
+
+// named puts the program's name, if any, in front of what happened.
+func (e *Exit) named(what string) string {
+	if e.who == "" {
+		return what
 	}
-	st, err := procStartTime(rec.PID)
-	return err == nil && st == rec.StartTime
+	return e.who + " " + what
 }
 
-// proc is a running program the runtime watches, either its own child or
-// one adopted from an earlier agent.
-type proc struct {
-	procRecord
-	exited chan struct{} // closed once the program is gone
-	status string        // why it ended; set before exited is closed
-	quit   chan struct{} // closed to stop watching an adopted program
-}
-
-// watchChild watches a program this process started: Wait reaps it and
-// gives its exit status.
-func watchChild(cmd *exec.Cmd, rec procRecord) *proc {
-	p := &proc{procRecord: rec, exited: make(chan struct{}), quit: make(chan struct{})}
+// WaitChild follows a program this process started: Wait reaps it and
+// gives its exit status. who names it in Status, e.g. "QEMU".
+func WaitChild(cmd *exec.Cmd, who string) *Exit {
+	e := newExit(who)
 	go func() {
 		err := cmd.Wait()
+		var ee *exec.ExitError
 		switch {
 		case err == nil:
-			p.status = "exited with status 0"
+			e.status = e.named("exited with status 0")
+		case errors.As(err, &ee):
+			e.status = e.named(describeWait(ee.Sys().(syscall.WaitStatus)))
+		case who == "":
+			e.status = err.Error()
 		default:
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				p.status = describeWait(ee.Sys().(syscall.WaitStatus))
-			} else {
-				p.status = err.Error()
-			}
+			e.status = who + ": " + err.Error()
 		}
-		close(p.exited)
+		close(e.done)
 	}()
-	return p
+	return e
 }
 
 func describeWait(ws syscall.WaitStatus) string {
@@ -118,80 +143,128 @@ func describeWait(ws syscall.WaitStatus) string {
 	return "exited with status " + strconv.Itoa(ws.ExitStatus())
 }
 
-// adopt watches a program started by an earlier agent. It is not our
-// child, so its exit status cannot be had; a pidfd tells when it ends.
-func adopt(rec procRecord) (*proc, error) {
-	fd, err := unix.PidfdOpen(rec.PID, 0)
+// WatchAdopted follows a process started by an earlier agent. It is not
+// our child, so its exit status cannot be had; a pidfd tells when it ends.
+// It fails when the process is no longer the one id names.
+func WatchAdopted(id ProcID, who string) (*Exit, error) {
+	fd, err := unix.PidfdOpen(id.PID, 0)
 	if err != nil {
-		return nil, fmt.Errorf("guest: pidfd_open %d: %w", rec.PID, err)
+		return nil, fmt.Errorf("guest: pidfd_open %d: %w", id.PID, err)
 	}
 	// Checked after opening the pidfd, which pins the identity: if the
 	// start time still matches, the pidfd refers to our process.
-	if !rec.alive() {
+	if !id.Alive() {
 		unix.Close(fd)
-		return nil, fmt.Errorf("guest: process %d is gone", rec.PID)
+		return nil, fmt.Errorf("guest: process %d is gone", id.PID)
 	}
-	p := &proc{procRecord: rec, exited: make(chan struct{}), quit: make(chan struct{})}
+	lost := "lost track: "
+	if who != "" {
+		lost = "lost track of " + who + ": "
+	}
+	e := newExit(who)
 	go func() {
 		defer unix.Close(fd)
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 		for {
 			select {
-			case <-p.quit:
+			case <-e.quit:
 				return
 			default:
 			}
+			// A timeout, so that Release is noticed.
 			n, err := unix.Poll(fds, 500)
 			if err != nil && !errors.Is(err, unix.EINTR) {
-				p.status = "lost track: " + err.Error()
+				e.status = lost + err.Error()
 				break
 			}
 			if n > 0 {
-				p.status = "exited (status unknown: started by an earlier agent)"
+				e.status = e.named("exited (status unknown: started by an earlier agent)")
 				break
 			}
 		}
-		close(p.exited)
+		close(e.done)
 	}()
-	return p, nil
+	return e, nil
 }
 
-// release stops watching without touching the program (agent shutdown).
-func (p *proc) release() {
+// Done is closed once the process is gone.
+func (e *Exit) Done() <-chan struct{} { return e.done }
+
+// Gone tells whether the process has ended.
+func (e *Exit) Gone() bool {
 	select {
-	case <-p.quit:
+	case <-e.done:
+		return true
 	default:
-		close(p.quit)
+		return false
 	}
+}
+
+// Status says why the process ended; valid once Done is closed.
+func (e *Exit) Status() string { return e.status }
+
+// Release stops watching without touching the process (agent shutdown).
+// An adopted process's Done then never closes.
+func (e *Exit) Release() {
+	select {
+	case <-e.quit:
+	default:
+		close(e.quit)
+	}
+}
+
+// Stop ends the process: term asks it to stop, kill ends it once grace
+// has passed; Stop then waits (at most 5 more seconds) for it to be gone.
+func (e *Exit) Stop(grace time.Duration, term, kill func()) {
+	if e.Gone() {
+		return
+	}
+	term()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-e.done:
+		return
+	case <-t.C:
+	}
+	kill()
+	select {
+	case <-e.done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// proc is a running program the netns runtime watches.
+type proc struct {
+	procRecord
+	*Exit
+}
+
+func watchChild(cmd *exec.Cmd, rec procRecord) *proc {
+	return &proc{procRecord: rec, Exit: WaitChild(cmd, "")}
+}
+
+// adopt watches the program of an earlier agent.
+func adopt(rec procRecord) (*proc, error) {
+	e, err := WatchAdopted(rec.ProcID, "")
+	if err != nil {
+		return nil, err
+	}
+	return &proc{procRecord: rec, Exit: e}, nil
 }
 
 // stop ends the program's process group: SIGTERM, then SIGKILL once grace
 // has passed. The program runs in its own session, so its PID is also its
 // process group ID.
 func (p *proc) stop(grace time.Duration) {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = syscall.Kill(-p.PID, syscall.SIGTERM)
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	select {
-	case <-p.exited:
-		return
-	case <-t.C:
-	}
-	_ = syscall.Kill(-p.PID, syscall.SIGKILL)
-	select {
-	case <-p.exited:
-	case <-time.After(5 * time.Second):
-	}
+	p.Stop(grace,
+		func() { _ = syscall.Kill(-p.PID, syscall.SIGTERM) },
+		func() { _ = syscall.Kill(-p.PID, syscall.SIGKILL) })
 }
 
-// writeFileAtomic replaces path with b so that a reader (or a crash)
+// WriteFileAtomic replaces path with b so that a reader (or a crash)
 // never sees half a file.
-func writeFileAtomic(path string, b []byte) error {
+func WriteFileAtomic(path string, b []byte) error {
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
 		return fmt.Errorf("guest: write %s: %w", path, err)

@@ -19,8 +19,8 @@ const (
 	stableRun = 10 * time.Second
 )
 
-// nextBackoff doubles the delay before the next restart, within [lo, hi].
-func nextBackoff(cur, lo, hi time.Duration) time.Duration {
+// NextBackoff doubles the delay before the next restart, within [lo, hi].
+func NextBackoff(cur, lo, hi time.Duration) time.Duration {
 	if cur < lo {
 		return lo
 	}
@@ -149,7 +149,7 @@ func (s *supervisor) run(p *proc) {
 				if !s.sleep(delay) {
 					return
 				}
-				delay = nextBackoff(delay, s.min, s.max)
+				delay = NextBackoff(delay, s.min, s.max)
 				continue
 			}
 			p = np
@@ -158,13 +158,13 @@ func (s *supervisor) run(p *proc) {
 		s.set(api.TaskRunning, "", p.PID)
 		s.markFirst(nil)
 		select {
-		case <-p.exited:
+		case <-p.Done():
 			ran := time.Since(p.Started)
 			if ran >= stableRun {
 				delay = s.min
 			}
-			msg := fmt.Sprintf("%s after %s; restarting in %s", p.status, ran.Round(time.Millisecond), delay)
-			s.log.Warn("program ended", "task", s.task, "pid", p.PID, "status", p.status, "restart_in", delay)
+			msg := fmt.Sprintf("%s after %s; restarting in %s", p.Status(), ran.Round(time.Millisecond), delay)
+			s.log.Warn("program ended", "task", s.task, "pid", p.PID, "status", p.Status(), "restart_in", delay)
 			s.set(api.TaskFailed, msg, 0)
 			s.mu.Lock()
 			s.status.Restarts++
@@ -174,16 +174,16 @@ func (s *supervisor) run(p *proc) {
 			if !s.sleep(delay) {
 				return
 			}
-			delay = nextBackoff(delay, s.min, s.max)
+			delay = NextBackoff(delay, s.min, s.max)
 		case <-s.wake:
 		case <-s.stopc:
 			s.set(api.TaskStopped, "stopping", p.PID)
 			p.stop(s.grace)
-			p.release()
+			p.Release()
 			s.set(api.TaskStopped, "", 0)
 			return
 		case <-s.detachc:
-			p.release()
+			p.Release()
 			return
 		}
 	}

@@ -69,15 +69,15 @@ func TestNextBackoff(t *testing.T) {
 	var seq []time.Duration
 	for range 10 {
 		seq = append(seq, d)
-		d = nextBackoff(d, lo, hi)
+		d = NextBackoff(d, lo, hi)
 	}
 	want := []time.Duration{200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond,
 		3200 * time.Millisecond, 6400 * time.Millisecond, 12800 * time.Millisecond, 25600 * time.Millisecond, hi, hi}
 	if fmt.Sprint(seq) != fmt.Sprint(want) {
 		t.Errorf("backoff sequence %v, want %v", seq, want)
 	}
-	if got := nextBackoff(0, lo, hi); got != lo {
-		t.Errorf("nextBackoff(0) = %s, want %s", got, lo)
+	if got := NextBackoff(0, lo, hi); got != lo {
+		t.Errorf("NextBackoff(0) = %s, want %s", got, lo)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -33,73 +34,26 @@ func namespaceInode(name string) (uint64, error) {
 	return st.Ino, nil
 }
 
-// inNamespace runs fn on a locked OS thread moved into the named
-// namespace, then moves the thread back. The thread is unlocked (returned
-// to the runtime) only when the move back worked; otherwise it stays
-// locked and the runtime ends it with the goroutine. Moving back matters
-// for the main thread, which the runtime cannot end: left locked in a lab
-// namespace it would keep that namespace alive and make /proc/<pid>/ns/net
-// of this process name it.
+// inNamespace runs fn on a thread moved into the named namespace, then
+// moves the thread back (see nsrun for why moving back matters).
 func inNamespace(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("lab: current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(name)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("lab: namespace %s: %w", name, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("lab: enter namespace %s: %w", name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
+	return nsrun.Do(filepath.Join(netnsDir, name), fn)
 }
 
-// createNamespace makes a named network namespace: unshare on a locked
-// thread, bind-mount the thread's namespace, move the thread back.
+// createNamespace makes a named network namespace. netns.NewNamed enters
+// the namespace it makes; nsrun.Run moves the thread back afterwards.
 func createNamespace(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("lab: current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	err := nsrun.Run(func() error {
 		ns, err := netns.NewNamed(name)
 		if err == nil {
 			ns.Close()
 		}
-		// NewNamed may fail after it switched: move back in any case.
-		if serr := netns.Set(orig); serr == nil {
-			runtime.UnlockOSThread()
-		}
-		if err != nil {
-			errc <- fmt.Errorf("lab: create namespace %s: %w", name, err)
-			return
-		}
-		errc <- nil
-	}()
-	return <-errc
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("lab: create namespace %s: %w", name, err)
+	}
+	return nil
 }
 
 // deleteNamespace removes a named namespace; a missing one is not an

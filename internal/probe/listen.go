@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/corridor-dev/corridor/internal/nsrun"
 )
 
 // Bounds of a Listener: how much of each connection or datagram it keeps
@@ -52,7 +54,7 @@ func Listen(ctx context.Context, netnsPath, network, addr string) (*Listener, er
 		return nil, err
 	}
 	l := &Listener{network: network, conn: make(map[net.Conn]struct{})}
-	err := inNetns(netnsPath, func() error {
+	err := nsrun.Do(netnsPath, func() error {
 		var err error
 		if isTCP(network) {
 			l.ln, err = net.Listen(network, addr)

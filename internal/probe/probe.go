@@ -42,6 +42,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/corridor-dev/corridor/internal/nsrun"
 )
 
 // Outcome is what became of a probe.
@@ -113,7 +115,7 @@ func Dial(ctx context.Context, netnsPath, network, addr string, marker []byte, t
 		start time.Time
 		derr  error
 	)
-	err := inNetns(netnsPath, func() error {
+	err := nsrun.Do(netnsPath, func() error {
 		d := net.Dialer{}
 		start = time.Now()
 		conn, derr = d.DialContext(pctx, network, addr)
@@ -228,7 +230,7 @@ func DialContext(ctx context.Context, netnsPath, network, addr string) (net.Conn
 		return nil, err
 	}
 	var c net.Conn
-	err := inNetns(netnsPath, func() error {
+	err := nsrun.Do(netnsPath, func() error {
 		var d net.Dialer
 		var err error
 		c, err = d.DialContext(ctx, network, addr)

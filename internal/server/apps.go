@@ -417,43 +417,69 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+// loadApp loads the stored state and the app name in it; with checkRev,
+// the app must be at revision want (If-Match). When it fails it has
+// answered the request (404 for a missing app), and ok is false.
+func (s *Server) loadApp(w http.ResponseWriter, r *http.Request, name string, want int64, checkRev bool) (*store.Snapshot, store.AppRecord, bool) {
+	sn, err := s.st.Snapshot(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return nil, store.AppRecord{}, false
+	}
+	a, ok := sn.App(name)
+	if !ok {
+		writeError(w, http.StatusNotFound, "no app named "+name+" (see `corridor get apps`)")
+		return nil, store.AppRecord{}, false
+	}
+	if checkRev {
+		if err := checkIfMatch(sn, name, want); err != nil {
+			writeErr(w, err)
+			return nil, store.AppRecord{}, false
+		}
+	}
+	return sn, a, true
+}
+
+// updateApp runs try on the stored state and the app name in it (at the
+// If-Match revision, when the request gives one) until try commits
+// without a store conflict. try answers the request and returns nil,
+// returns store.ErrConflict to run again on a fresher state, or returns
+// an error for updateApp to answer with. doing names the change in the
+// answer given when the state keeps changing.
+func (s *Server) updateApp(w http.ResponseWriter, r *http.Request, name, doing string, try func(sn *store.Snapshot, old store.AppRecord) error) {
 	want, hasIfMatch, err := ifMatch(r)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
-		sn, err := s.st.Snapshot(r.Context())
-		if err != nil {
-			writeErr(w, err)
-			return
-		}
-		old, ok := sn.App(name)
+		sn, old, ok := s.loadApp(w, r, name, want, hasIfMatch)
 		if !ok {
-			writeError(w, http.StatusNotFound, "no app named "+name+" (see `corridor get apps`)")
 			return
 		}
-		if hasIfMatch {
-			if err := checkIfMatch(sn, name, want); err != nil {
-				writeErr(w, err)
-				return
-			}
-		}
-		_, err = s.st.CommitApps(r.Context(), sn, nil, []string{name}, api.Event{Who: who(r), Action: "app.delete",
-			Object: "app/" + name, Message: fmt.Sprintf("deleted %s (revision %d)", name, old.Revision)})
+		err := try(sn, old)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}
 		if err != nil {
 			writeErr(w, err)
-			return
 		}
-		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	writeError(w, http.StatusConflict, "the state kept changing while deleting; try again")
+	writeError(w, http.StatusConflict, "the state kept changing while "+doing+"; try again")
+}
+
+func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	s.updateApp(w, r, name, "deleting", func(sn *store.Snapshot, old store.AppRecord) error {
+		_, err := s.st.CommitApps(r.Context(), sn, nil, []string{name}, api.Event{Who: who(r), Action: "app.delete",
+			Object: "app/" + name, Message: fmt.Sprintf("deleted %s (revision %d)", name, old.Revision)})
+		if err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
 }
 
 func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
@@ -462,28 +488,7 @@ func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
 	if err := decodeJSON(w, r, s.cfg.MaxBody, &req); err != nil {
 		return
 	}
-	want, hasIfMatch, err := ifMatch(r)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		sn, err := s.st.Snapshot(r.Context())
-		if err != nil {
-			writeErr(w, err)
-			return
-		}
-		old, ok := sn.App(name)
-		if !ok {
-			writeError(w, http.StatusNotFound, "no app named "+name+" (see `corridor get apps`)")
-			return
-		}
-		if hasIfMatch {
-			if err := checkIfMatch(sn, name, want); err != nil {
-				writeErr(w, err)
-				return
-			}
-		}
+	s.updateApp(w, r, name, "scaling", func(sn *store.Snapshot, old store.AppRecord) error {
 		app := old.App
 		app.Classes = append([]spec.Class(nil), app.Classes...)
 		idx := -1
@@ -497,34 +502,28 @@ func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
 		if idx < 0 {
 			writeError(w, http.StatusUnprocessableEntity, "invalid scale request",
 				fmt.Sprintf("class: app %s has no class %q (it has: %s)", name, req.Class, strings.Join(names, ", ")))
-			return
+			return nil
 		}
 		from := app.Classes[idx].Tasks
 		app.Classes[idx].Tasks = req.Tasks
 		if errs := spec.ValidateApp(&app); len(errs) > 0 {
 			writeError(w, http.StatusUnprocessableEntity, "invalid scale request", errorLines(errs)...)
-			return
+			return nil
 		}
 		if _, err := s.dryRun(sn, merged(sn, []incoming{{app: app}})); err != nil {
-			writeErr(w, err)
-			return
+			return err
 		}
 		now := time.Now().UTC()
 		note := fmt.Sprintf("%s: class %s scaled from %d to %d tasks by %s", now.Format(time.RFC3339), req.Class, from, req.Tasks, who(r))
 		rec := store.AppRecord{App: app, Source: old.Source, Notes: append(append([]string(nil), old.Notes...), note), UpdatedBy: who(r), UpdatedAt: now}
 		rev, err := s.st.CommitApps(r.Context(), sn, []store.AppRecord{rec}, nil, api.Event{Who: who(r), Action: "app.scale",
 			Object: "app/" + name, Message: fmt.Sprintf("class %s from %d to %d tasks (replacing revision %d)", req.Class, from, req.Tasks, old.Revision)})
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
 		if err != nil {
-			writeErr(w, err)
-			return
+			return err
 		}
 		writeJSON(w, http.StatusOK, api.ApplyResult{Apps: []api.AppChange{{Name: name, Action: "updated", Revision: rev, PreviousRevision: old.Revision}}})
-		return
-	}
-	writeError(w, http.StatusConflict, "the state kept changing while scaling; try again")
+		return nil
+	})
 }
 
 func appView(a store.AppRecord, placement []store.AppPlacement) api.App {
@@ -557,14 +556,8 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
-	sn, err := s.st.Snapshot(r.Context())
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	a, ok := sn.App(r.PathValue("name"))
+	sn, a, ok := s.loadApp(w, r, r.PathValue("name"), 0, false)
 	if !ok {
-		writeError(w, http.StatusNotFound, "no app named "+r.PathValue("name")+" (see `corridor get apps`)")
 		return
 	}
 	w.Header().Set("ETag", strconv.Quote(strconv.FormatInt(a.Revision, 10)))

@@ -38,15 +38,30 @@ func (s *Server) serverViews(sn *store.Snapshot, statuses map[string]store.Statu
 	return out
 }
 
-func (s *Server) listServers(w http.ResponseWriter, r *http.Request) {
+// loadViewState loads what the read views are made of: the stored state
+// and the last status of every server. When it fails it has answered the
+// request, and ok is false.
+func (s *Server) loadViewState(w http.ResponseWriter, r *http.Request) (sn *store.Snapshot, statuses map[string]store.StatusRecord, ok bool) {
 	sn, err := s.st.Snapshot(r.Context())
 	if err != nil {
 		writeErr(w, err)
-		return
+		return nil, nil, false
 	}
-	statuses, err := s.st.Statuses(r.Context())
+	statuses, err = s.st.Statuses(r.Context())
 	if err != nil {
 		writeErr(w, err)
+		return nil, nil, false
+	}
+	return sn, statuses, true
+}
+
+func writeNoServer(w http.ResponseWriter, name string) {
+	writeError(w, http.StatusNotFound, "no server named "+name+" (see `corridor get servers`)")
+}
+
+func (s *Server) listServers(w http.ResponseWriter, r *http.Request) {
+	sn, statuses, ok := s.loadViewState(w, r)
+	if !ok {
 		return
 	}
 	writeJSON(w, http.StatusOK, s.serverViews(sn, statuses))
@@ -54,14 +69,8 @@ func (s *Server) listServers(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getServer(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	sn, err := s.st.Snapshot(r.Context())
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	statuses, err := s.st.Statuses(r.Context())
-	if err != nil {
-		writeErr(w, err)
+	sn, statuses, ok := s.loadViewState(w, r)
+	if !ok {
 		return
 	}
 	for _, v := range s.serverViews(sn, statuses) {
@@ -70,7 +79,7 @@ func (s *Server) getServer(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	writeError(w, http.StatusNotFound, "no server named "+name+" (see `corridor get servers`)")
+	writeNoServer(w, name)
 }
 
 // removeServer revokes a server: its certificate is refused from now on,
@@ -87,7 +96,7 @@ func (s *Server) removeServer(w http.ResponseWriter, r *http.Request) {
 		return true, nil
 	}, &ev)
 	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no server named "+name+" (see `corridor get servers`)")
+		writeNoServer(w, name)
 		return
 	}
 	if err != nil {
@@ -98,14 +107,8 @@ func (s *Server) removeServer(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
-	sn, err := s.st.Snapshot(r.Context())
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	statuses, err := s.st.Statuses(r.Context())
-	if err != nil {
-		writeErr(w, err)
+	sn, statuses, ok := s.loadViewState(w, r)
+	if !ok {
 		return
 	}
 	live := map[string]api.TaskStatus{}
@@ -135,14 +138,8 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listPaths(w http.ResponseWriter, r *http.Request) {
-	sn, err := s.st.Snapshot(r.Context())
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	statuses, err := s.st.Statuses(r.Context())
-	if err != nil {
-		writeErr(w, err)
+	sn, statuses, ok := s.loadViewState(w, r)
+	if !ok {
 		return
 	}
 	app, server := r.URL.Query().Get("app"), r.URL.Query().Get("server")

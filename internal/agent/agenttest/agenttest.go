@@ -470,7 +470,8 @@ func (g *Guests) Violations() []string {
 // which tests can change behind the agent's back (Tamper) to model drift.
 type Dataplane struct {
 	Events *Events
-	// Drops is what Status reports as drop counters.
+	// Drops is what Status reports as drop counters; set it with SetDrops
+	// once the agent runs.
 	Drops []api.DropCount
 
 	mu      sync.Mutex
@@ -521,6 +522,13 @@ func (d *Dataplane) Remove(context.Context) error {
 	d.removed = true
 	d.Events.Add("dataplane-remove")
 	return nil
+}
+
+// SetDrops sets the drop counters Status reports.
+func (d *Dataplane) SetDrops(drops []api.DropCount) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.Drops = drops
 }
 
 // Fail makes Apply fail with err (nil: succeed again).

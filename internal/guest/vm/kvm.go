@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/corridor-dev/corridor/internal/guest"
 )
 
 // Accelerators QEMU may use.
@@ -102,7 +104,7 @@ func (r *Runtime) accel(ctx context.Context, kernel, initrd string) string {
 		r.setAccel(v.Accel, v.Reason)
 		r.log.Info("accelerator chosen", "accel", v.Accel, "reason", v.Reason)
 		if b, err := json.Marshal(v); err == nil {
-			_ = writeFileAtomic(path, b)
+			_ = guest.WriteFileAtomic(path, b)
 		}
 	})
 	a, _ := r.Accel()

@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/image"
+	"github.com/corridor-dev/corridor/internal/nsrun"
 )
 
 // stableRun is how long a VM must have run for its next crash to count
@@ -132,13 +134,14 @@ func (t *vmTask) start(w launch) (*qemuProc, error) {
 	cmd.Dir = t.dir
 	// Own session: QEMU outlives the agent.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := startIn(t.r.host.NS(), cmd); err != nil {
+	// QEMU opens the tap by name, so it must be forked in the host
+	// namespace.
+	if err := nsrun.DoHandle(t.r.host.NS(), cmd.Start); err != nil {
 		return nil, fmt.Errorf("start %s: %w", t.r.cfg.QEMU, err)
 	}
-	st, _ := procStartTime(cmd.Process.Pid)
-	rec := qemuRecord{PID: cmd.Process.Pid, StartTime: st, Hash: w.hash, Accel: w.accel, LogOffset: off, Started: time.Now()}
+	rec := qemuRecord{ProcID: guest.ProcIDOf(cmd.Process.Pid), Hash: w.hash, Accel: w.accel, LogOffset: off, Started: time.Now()}
 	if b, err := json.Marshal(rec); err == nil {
-		if err := writeFileAtomic(filepath.Join(t.dir, pidFile), b); err != nil {
+		if err := guest.WriteFileAtomic(filepath.Join(t.dir, pidFile), b); err != nil {
 			t.r.log.Warn("pidfile not written: an agent restart will not find the VM", "task", t.task, "err", err)
 		}
 	}
@@ -168,7 +171,7 @@ func (t *vmTask) run(p *qemuProc) {
 				if !t.sleep(delay) {
 					return
 				}
-				delay = nextBackoff(delay, t.r.cfg.BackoffMin, t.r.cfg.BackoffMax)
+				delay = guest.NextBackoff(delay, t.r.cfg.BackoffMin, t.r.cfg.BackoffMax)
 				continue
 			}
 			p = np
@@ -183,7 +186,7 @@ func (t *vmTask) run(p *qemuProc) {
 		if !t.watch(p, ready) {
 			return
 		}
-		if p.gone() {
+		if p.Gone() {
 			ran := time.Since(p.Started)
 			if ran >= stableRun {
 				delay = t.r.cfg.BackoffMin
@@ -192,14 +195,14 @@ func (t *vmTask) run(p *qemuProc) {
 			t.st.Restarts++
 			t.mu.Unlock()
 			tail := consoleTail(t.logPath(), p.LogOffset, consoleLines)
-			msg := fmt.Sprintf("%s after %s; restarting in %s; console: %s", p.status, ran.Round(time.Millisecond), delay, tail)
-			log.Warn("VM ended", "task", t.task, "pid", p.PID, "status", p.status, "restart_in", delay)
+			msg := fmt.Sprintf("%s after %s; restarting in %s; console: %s", p.status(), ran.Round(time.Millisecond), delay, tail)
+			log.Warn("VM ended", "task", t.task, "pid", p.PID, "status", p.status(), "restart_in", delay)
 			t.set(api.TaskFailed, msg, "")
 			p = nil
 			if !t.sleep(delay) {
 				return
 			}
-			delay = nextBackoff(delay, t.r.cfg.BackoffMin, t.r.cfg.BackoffMax)
+			delay = guest.NextBackoff(delay, t.r.cfg.BackoffMin, t.r.cfg.BackoffMax)
 		}
 	}
 }
@@ -213,19 +216,19 @@ func (t *vmTask) watch(p *qemuProc, ready bool) bool {
 	deadline := time.Now().Add(t.r.cfg.BootTimeout)
 	for {
 		select {
-		case <-p.exited:
+		case <-p.Done():
 			return true
 		case <-t.wake:
 			return true
 		case <-t.stopc:
 			t.set(api.TaskStopped, "stopping", "")
 			p.stop(t.r.cfg.Grace)
-			p.release()
+			p.Release()
 			os.Remove(filepath.Join(t.dir, pidFile))
 			t.set(api.TaskStopped, "", "")
 			return false
 		case <-t.detachc:
-			p.release()
+			p.Release()
 			return false
 		case <-poll.C:
 			if ready {
@@ -242,8 +245,8 @@ func (t *vmTask) watch(p *qemuProc, ready bool) bool {
 				t.r.log.Warn("VM not ready in time, killing it", "task", t.task, "timeout", t.r.cfg.BootTimeout)
 				t.set(api.TaskFailed, fmt.Sprintf("not ready within %s; console: %s", t.r.cfg.BootTimeout, tail), "")
 				_ = syscall.Kill(p.PID, syscall.SIGKILL)
-				<-p.exited
-				p.status = fmt.Sprintf("not ready within %s (killed)", t.r.cfg.BootTimeout)
+				<-p.Done()
+				p.killed = fmt.Sprintf("not ready within %s (killed)", t.r.cfg.BootTimeout)
 				return true
 			}
 		}
@@ -265,14 +268,4 @@ func (t *vmTask) sleep(d time.Duration) bool {
 	case <-t.detachc:
 		return false
 	}
-}
-
-func nextBackoff(cur, lo, hi time.Duration) time.Duration {
-	if cur < lo {
-		return lo
-	}
-	if cur > hi/2 {
-		return hi
-	}
-	return cur * 2
 }

@@ -325,7 +325,7 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	if err != nil {
 		return fmt.Errorf("guest %s: %w", g.Task, err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, recordFile), rec); err != nil {
+	if err := guest.WriteFileAtomic(filepath.Join(dir, recordFile), rec); err != nil {
 		return err
 	}
 	bf, err := r.bootFiles(g)
@@ -352,7 +352,7 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	}
 	t = newTask(r, g.Task, dir, want)
 	var adopted *qemuProc
-	if prev, err := readRecord(dir); err == nil && prev.alive() {
+	if prev, err := readRecord(dir); err == nil && prev.Alive() {
 		qmp := filepath.Join(dir, qmpFile)
 		// The QMP answer proves the PID is our QEMU, not only alive.
 		if _, qerr := qmpQuery(qmp, "query-status", 2*time.Second); qerr == nil {
@@ -448,10 +448,10 @@ func (r *Runtime) Remove(ctx context.Context, task string) error {
 	}
 	// A QEMU never adopted (left by an earlier agent) is stopped the same
 	// way.
-	if rec, err := readRecord(dir); err == nil && rec.alive() {
+	if rec, err := readRecord(dir); err == nil && rec.Alive() {
 		if p, err := adopt(rec, filepath.Join(dir, qmpFile)); err == nil {
 			p.stop(r.cfg.Grace)
-			p.release()
+			p.Release()
 		}
 	}
 	var errs []error
@@ -494,7 +494,7 @@ func (r *Runtime) List(ctx context.Context) ([]guest.Info, error) {
 			continue
 		}
 		in := guest.Info{Task: rec.Task, Runtime: spec.RuntimeVM, Address: rec.Guest.Address, HostIf: rec.Guest.HostIf}
-		if pr, err := readRecord(dir); err == nil && pr.alive() {
+		if pr, err := readRecord(dir); err == nil && pr.Alive() {
 			in.PID = pr.PID
 		}
 		if l, err := r.host.Handle().LinkByName(rec.Guest.HostIf); err != nil {
@@ -521,7 +521,7 @@ func (r *Runtime) Status(task string) api.TaskStatus {
 	if _, err := os.Stat(filepath.Join(dir, recordFile)); err != nil {
 		return st
 	}
-	if rec, err := readRecord(dir); err == nil && rec.alive() {
+	if rec, err := readRecord(dir); err == nil && rec.Alive() {
 		st.Runtime = "vm-" + rec.Accel
 		st.State, st.Message, st.Since = api.TaskRunning, "not yet supervised by this agent", rec.Started
 		return st

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,6 +21,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/image"
+	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
@@ -153,27 +153,11 @@ func waitState(t testing.TB, r *Runtime, task string, d time.Duration, cond func
 
 // ping sends the db tier's PING from inside the host namespace.
 func ping(nsPath string, addr netip.Addr) (string, error) {
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return "", err
-	}
-	defer ns.Close()
 	var c net.Conn
-	err = func() error {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			return err
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			return err
-		}
-		defer netns.Set(orig)
+	err := nsrun.Do(nsPath, func() (err error) {
 		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, 5432).String(), 3*time.Second)
 		return err
-	}()
+	})
 	if err != nil {
 		return "", err
 	}
