@@ -35,6 +35,7 @@ fuzz-smoke:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeApps -fuzztime 10s ./internal/spec
 	$(GO) test -run '^$$' -fuzz FuzzDecodeServers -fuzztime 10s ./internal/spec
 	$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 10s ./internal/compile
+	$(GO) test -run '^$$' -fuzz FuzzApplyBody -fuzztime 10s ./internal/server
 
 test: lint all-tests bench-smoke
 
