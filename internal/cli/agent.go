@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/corridor-dev/corridor/internal/agent"
@@ -131,7 +132,8 @@ func hostRuntimes(f *agentFlags, log *slog.Logger, underlay string) (*guest.Mana
 	if err := os.MkdirAll(f.stateDir, 0o700); err != nil {
 		return nil, nil, nil, fmt.Errorf("--state-dir: %w", err)
 	}
-	rt, err := guest.NewNetns(guest.NetnsConfig{StateDir: agent.GuestsDir(f.stateDir), Logger: log})
+	mtu := guestMTU(underlay, log)
+	rt, err := guest.NewNetns(guest.NetnsConfig{StateDir: agent.GuestsDir(f.stateDir), MTU: mtu, Logger: log})
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -140,7 +142,7 @@ func hostRuntimes(f *agentFlags, log *slog.Logger, underlay string) (*guest.Mana
 	closers := []func() error{rt.Close}
 	// VM guests need QEMU; a host without it still runs netns guests, and
 	// a vm task placed on it reports why it cannot start.
-	vmrt, err := vm.New(vm.Config{StateDir: vmStateDir(f.stateDir), Image: f.vmImage, KVM: f.kvm, Logger: log})
+	vmrt, err := vm.New(vm.Config{StateDir: vmStateDir(f.stateDir), Image: f.vmImage, KVM: f.kvm, MTU: mtu, Logger: log})
 	if err != nil {
 		log.Warn("vm guests unavailable on this host", "err", err)
 	} else {
@@ -161,6 +163,23 @@ func hostRuntimes(f *agentFlags, log *slog.Logger, underlay string) (*guest.Mana
 		return nil, nil, nil, err
 	}
 	return mgr, dp, func() { dp.Close(); closeAll() }, nil
+}
+
+// guestMTU is the MTU of guests' links: the underlay's less the larger of
+// the two tunnels' overheads (WireGuard over IPv6, 80 bytes), so that a
+// guest's packet fits either path without fragmenting. A jumbo-frame
+// underlay gives guests jumbo frames too.
+func guestMTU(underlay string, log *slog.Logger) int {
+	const overhead, floor = 80, 1280
+	if underlay == "" {
+		return guest.DefaultMTU
+	}
+	l, err := netlink.LinkByName(underlay)
+	if err != nil {
+		log.Warn("underlay MTU unknown; guests get the default", "iface", underlay, "mtu", guest.DefaultMTU, "err", err)
+		return guest.DefaultMTU
+	}
+	return max(l.Attrs().MTU-overhead, floor)
 }
 
 // vmStateDir keeps VM guests apart from netns guests: each runtime's

@@ -29,6 +29,13 @@ const uapiDir = "/var/run/wireguard"
 // How long a new datapath process may take to serve its device.
 const datapathStartTimeout = 10 * time.Second
 
+// PeerKeepalive is every peer's persistent keepalive. Besides keeping NAT
+// mappings and the handshake fresh (status shows its age), it makes a host
+// that adds a peer send to it at once: both ends of a new path initiate, so
+// the first byte does not wait for WireGuard's 5 s handshake retry when one
+// host learned of the path a moment before the other.
+const PeerKeepalive = 25 * time.Second
+
 func (dp *Dataplane) pidFile() string {
 	return filepath.Join(dp.cfg.StateDir, dp.cfg.WireGuardName+".pid")
 }
@@ -294,7 +301,8 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 		have, ok := cur[w.key]
 		delete(cur, w.key)
 		if !ok {
-			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: w.key, Endpoint: ep, ReplaceAllowedIPs: true, AllowedIPs: allowed})
+			ka := PeerKeepalive
+			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: w.key, Endpoint: ep, ReplaceAllowedIPs: true, AllowedIPs: allowed, PersistentKeepaliveInterval: &ka})
 			what = append(what, "add peer "+w.server)
 			continue
 		}
@@ -305,6 +313,10 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 		}
 		if !slices.Equal(prefixesOf(have.AllowedIPs), w.allowedIPs) {
 			pc.ReplaceAllowedIPs, pc.AllowedIPs, changed = true, allowed, true
+		}
+		if have.PersistentKeepaliveInterval != PeerKeepalive {
+			ka := PeerKeepalive
+			pc.PersistentKeepaliveInterval, changed = &ka, true
 		}
 		if changed {
 			cfg.Peers = append(cfg.Peers, pc)
