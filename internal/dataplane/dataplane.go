@@ -52,14 +52,13 @@ type Config struct {
 
 // Dataplane owns the kernel networking state of one host.
 type Dataplane struct {
-	cfg  Config
-	log  *slog.Logger
-	ns   netns.NsHandle
-	nl   *netlink.Handle
-	nft  *nftables.Conn
-	wg   *wgctrl.Client
-	key  wgtypes.Key
-	wgMu sync.Mutex
+	cfg Config
+	log *slog.Logger
+	ns  netns.NsHandle
+	nl  *netlink.Handle
+	nft *nftables.Conn
+	wg  *wgctrl.Client
+	key wgtypes.Key
 
 	mu sync.Mutex
 	// changes made by the last Apply, for logs and tests.
