@@ -67,7 +67,7 @@ func describeApp(c *cobra.Command, cl *api.Client, name, out string) error {
 		t.Row("Network:", dash(a.Network))
 		t.Row("Updated:", ago(a.UpdatedAt)+" by "+a.UpdatedBy)
 		for _, cl := range a.Spec.Classes {
-			t.Row("Class:", fmt.Sprintf("%s: %d tasks, %s, cpu %dm, memory %d", cl.Name, cl.Tasks, cl.Guest.Runtime, cl.Resources.CPU, cl.Resources.Memory))
+			t.Row("Class:", fmt.Sprintf("%s: %s, %s, cpu %s, memory %s", cl.Name, count(cl.Tasks, "task"), cl.Guest.Runtime, cl.Resources.CPU, cl.Resources.Memory))
 		}
 		for _, r := range a.Spec.Rules {
 			t.Row("Rule:", fmt.Sprintf("%s -> %s %s/%s %s", r.From, r.To, dash(r.Protocol), joinInts(r.Ports), pathKind(r.Encrypt, false)))
@@ -161,7 +161,7 @@ func describeServer(c *cobra.Command, cl *api.Client, name, out string) error {
 		t.Row("State:", s.State)
 		t.Row("Address:", s.Spec.Address)
 		t.Row("WireGuard:", fmt.Sprintf("%s port %d", dash(s.Spec.PublicKey), s.Spec.WireGuardPort))
-		t.Row("Capacity:", fmt.Sprintf("cpu %dm, memory %d", s.Spec.Capacity.CPU, s.Spec.Capacity.Memory))
+		t.Row("Capacity:", fmt.Sprintf("cpu %s, memory %s", s.Spec.Capacity.CPU, s.Spec.Capacity.Memory))
 		for k, v := range s.Spec.Labels {
 			t.Row("Label:", k+"="+v)
 		}
