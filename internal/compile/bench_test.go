@@ -2,6 +2,8 @@ package compile
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"testing"
 
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -109,4 +111,39 @@ func BenchmarkRecompileOneChange(b *testing.B) {
 	}
 	reportCPU(b, cpu0)
 	reportPlan(b, p)
+}
+
+// BenchmarkRecompileOneChangeCached is BenchmarkRecompileOneChange through
+// a Cache that last compiled the previous input (the same fleet with the
+// same Current, before the class was scaled). Each iteration starts from a
+// copy of that warm cache, so every compile sees the same one change.
+func BenchmarkRecompileOneChangeCached(b *testing.B) {
+	in := benchFleet()
+	p, err := Compile(in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in.Current, in.Networks = assignments(p)
+	var warm Cache
+	if _, err := warm.Compile(in); err != nil {
+		b.Fatal(err)
+	}
+	in.Apps = slices.Clone(in.Apps)
+	in.Apps[7].Classes = slices.Clone(in.Apps[7].Classes)
+	in.Apps[7].Classes[1].Tasks++
+	cpu0 := cpuTime()
+	for b.Loop() {
+		k := warm.clone()
+		if p, err = k.Compile(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportCPU(b, cpu0)
+	reportPlan(b, p)
+}
+
+// clone is a copy of k that can go on separately. Entries are shared: a
+// compile changes a reused entry only to point it at equal contents.
+func (k *Cache) clone() *Cache {
+	return &Cache{servers: slices.Clone(k.servers), apps: maps.Clone(k.apps), hosts: maps.Clone(k.hosts), gen: k.gen}
 }

@@ -34,6 +34,7 @@ type server struct {
 	usedCPU  int64
 	usedMem  int64
 	guestIdx []int32 // tasks placed here, in task order
+	keptWhy  string  // Reason.Chosen of a task kept here, made once
 }
 
 // app is the compiler's working view of one spec.App.
@@ -47,6 +48,9 @@ type app struct {
 	tasks    []int32  // in plan order: class name, then index
 	byAddr   []int32  // tasks by address, for building hosts
 	numTasks int
+	entry    *appEntry // what the cache has or gets for this app
+	netRank  int       // position in network order
+	mark     int32     // 1 + index of the last server found to run a task of the app
 }
 
 // class is one task class of an app.
@@ -101,8 +105,14 @@ type compiler struct {
 // backing arrays.
 //
 // Errors are *InputError for input the compiler cannot use and
-// *PlacementError when a task fits on no server.
+// *PlacementError when a task fits on no server. A caller that compiles
+// again and again after small changes should use a Cache.
 func Compile(in Input) (*Plan, error) {
+	return new(Cache).compile(in, false)
+}
+
+// compile is Compile; with memo it reuses and updates k's entries.
+func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	c := &compiler{maxRejected: in.MaxRejected}
 	if c.maxRejected == 0 {
 		c.maxRejected = DefaultMaxRejected
@@ -126,11 +136,18 @@ func Compile(in Input) (*Plan, error) {
 		return nil, err
 	}
 	c.group()
+	// Nothing fails from here on: the cache is only changed by a compile
+	// that returns a plan.
+	k.prepare(c, memo)
+	hosts, entries := c.hosts(k, memo)
 	plan := &Plan{
 		Networks: c.networks(),
 		Tasks:    c.planTasks(),
 		Paths:    c.paths(),
-		Hosts:    c.hosts(),
+		Hosts:    hosts,
+	}
+	if memo {
+		k.commit(c, entries)
 	}
 	return plan, nil
 }

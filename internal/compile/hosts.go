@@ -41,160 +41,357 @@ func HostIf(taskID string) string {
 // hosts derives every host's desired state. Each host is built from the
 // apps it runs a task of, and touches only those apps' tasks: the cost of a
 // host is the size of its apps, never the size of the fleet.
-func (c *compiler) hosts() []HostState {
+//
+// A host's state is assembled from one part per app it runs (guests,
+// firewall rules, routes, remote guests by server). With memo, a host whose
+// address, port and apps (by fingerprint) are those of the cache's entry is
+// taken as it was; a host that changed reuses the parts of its unchanged
+// apps and computes only the others. hosts returns the host entries for the
+// cache (nil without memo).
+func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntry) {
 	// Apps in the order of their networks, which do not overlap: scanning
 	// each app's tasks by address then yields routes sorted by address.
 	byNet := slices.Clone(c.apps)
 	slices.SortFunc(byNet, func(x, y *app) int { return x.network.Addr().Compare(y.network.Addr()) })
-	for _, a := range byNet {
-		a.byAddr = slices.Clone(a.tasks)
-		slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
+	for i, a := range byNet {
+		a.netRank = i
 	}
 	n := len(c.servers)
 	hb := hostBuilder{c: c, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n)}
-	for i, s := range c.servers {
-		hb.mac[i] = VTEPMAC(s.addr)
+	var entries map[string]*hostEntry
+	if memo {
+		entries = make(map[string]*hostEntry, n)
 	}
-	out := make([]HostState, len(c.servers))
+	out := make([]HostState, n)
+	var gens []uint64
 	for i, s := range c.servers {
-		out[i] = hb.build(s, byNet)
+		// The apps of s, in network order.
+		hb.apps = hb.apps[:0]
+		for _, ti := range s.guestIdx {
+			if a := c.tasks[ti].app; a.mark != s.idx+1 {
+				a.mark = s.idx + 1
+				hb.apps = append(hb.apps, hostApp{a: a})
+			}
+		}
+		slices.SortFunc(hb.apps, func(x, y hostApp) int { return x.a.netRank - y.a.netRank })
+		gens = gens[:0]
+		for _, ha := range hb.apps {
+			gens = append(gens, ha.a.entry.gen)
+		}
+		if e := k.hosts[s.spec.Name]; memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && slices.Equal(e.gens, gens) {
+			out[i] = e.state
+			entries[s.spec.Name] = e
+			continue
+		}
+		if hb.mac[i] == "" {
+			hb.mac[i] = VTEPMAC(s.addr)
+		}
+		out[i] = hb.build(s, memo)
+		if memo {
+			entries[s.spec.Name] = &hostEntry{addr: s.addr, wgPort: s.wgPort, gens: slices.Clone(gens), state: out[i]}
+		}
 	}
-	return out
+	return out, entries
 }
 
 // hostBuilder holds the scratch space reused from host to host.
 type hostBuilder struct {
 	c       *compiler
-	mac     []string // VTEPMAC per server
+	mac     []string // VTEPMAC per server, made when first needed
 	slot    []int32  // per server: 1 + its index in remotes, 0 if none
 	nEnc    []int32  // per server: remote tasks reached encrypted
 	nPlain  []int32  // per server: remote tasks reached in plain
 	touched []int32  // servers with a count, for resetting
-	remotes []remoteAcc
-	apps    []hostApp
+	remotes []remoteMerge
+	apps    []hostApp // the apps of the host being built, in network order
+	byName  []*hostPart
+	// Parts computed for the host being built keep their guests, firewall
+	// rules and routes here until they are copied into the host's state.
+	guests   []Guest
+	firewall []FirewallRule
+	routes   []Route
 }
 
-// remoteAcc holds what one host reaches on one remote server.
-type remoteAcc struct {
-	server int32
-	enc    []netip.Prefix
-	plain  []netip.Addr
+// remoteCount is how many remote guests of one server a part lists.
+type remoteCount struct{ server, nEnc, nPlain int32 }
+
+// remoteMerge is what the host being built reaches on one remote server,
+// over all its apps.
+type remoteMerge struct {
+	server               int32
+	encParts, plainParts int // parts with a non-empty list
+	nEnc, nPlain         int
+	enc                  []netip.Prefix
+	plain                []netip.Addr
 }
 
-// hostApp is one app of the host being built: for each class, the sources
-// of routes to that class's tasks, by encryption. A route's sources depend
-// only on the destination's class: they are the local tasks of every class
-// it shares a rule with (either way), so one slice serves every
-// destination of the class.
+// hostApp is one app of the host being built and its part.
 type hostApp struct {
 	a    *app
-	srcs [][2][]netip.Addr
+	part *hostPart
 }
 
-func (hb *hostBuilder) build(s *server, byNet []*app) HostState {
+// hostPart is what one app contributes to one host's state. Its slices are
+// read-only: once the host is assembled they point into the host's own
+// slices (guests, firewall, routes) or are shared with its peers and VXLAN
+// entries (remotes).
+type hostPart struct {
+	guests   []Guest        // in plan order
+	firewall []FirewallRule // in the host's firewall order
+	routes   []Route        // by destination address, plain first
+	// Remote guests reached encrypted and in plain, by server index and
+	// then address; remotes says how many of each belong to which server.
+	enc     []netip.Prefix
+	plain   []netip.Addr
+	remotes []remoteCount
+}
+
+// each calls f with every remote server of p and its guests reached
+// encrypted and in plain (full slices: appending to them copies).
+func (p *hostPart) each(f func(server int32, enc []netip.Prefix, plain []netip.Addr)) {
+	var oe, op int32
+	for _, r := range p.remotes {
+		f(r.server, p.enc[oe:oe+r.nEnc:oe+r.nEnc], p.plain[op:op+r.nPlain:op+r.nPlain])
+		oe += r.nEnc
+		op += r.nPlain
+	}
+}
+
+func (hb *hostBuilder) build(s *server, memo bool) HostState {
 	c := hb.c
 	hs := HostState{
 		Host: s.spec.Name, Address: s.addr, VTEPMAC: hb.mac[s.idx], WireGuardPort: s.wgPort,
-		Guests: c.guests(s), Peers: []Peer{}, VXLAN: []VXLANEntry{}, Routes: []Route{}, Firewall: []FirewallRule{},
+		Guests: []Guest{}, Peers: []Peer{}, VXLAN: []VXLANEntry{}, Routes: []Route{}, Firewall: []FirewallRule{},
 	}
 	if len(s.guestIdx) == 0 {
 		return hs
 	}
-	onHost := make(map[*app]bool, 4)
-	for _, ti := range s.guestIdx {
-		onHost[c.tasks[ti].app] = true
+	hb.guests, hb.firewall, hb.routes = hb.guests[:0], hb.firewall[:0], hb.routes[:0]
+	hb.byName = hb.byName[:0]
+	nGuests, nFirewall, nRoutes := 0, 0, 0
+	for i := range hb.apps {
+		ha := &hb.apps[i]
+		e := ha.a.entry
+		ha.part = e.parts[s.idx]
+		if ha.part == nil {
+			ha.part = hb.part(s, ha.a)
+			if memo {
+				e.parts[s.idx] = ha.part
+			}
+		}
+		p := ha.part
+		nGuests += len(p.guests)
+		nFirewall += len(p.firewall)
+		nRoutes += len(p.routes)
+		hb.byName = append(hb.byName, p)
 	}
-	hb.apps = hb.apps[:0]
-	for _, a := range byNet {
-		if onHost[a] {
-			hb.apps = append(hb.apps, hostApp{a: a, srcs: hb.appRules(&hs, s, a)})
-		}
-	}
-	// Two passes over the remote tasks: count, then fill slices of the
-	// exact size. Tasks come by address, so each list comes out sorted.
-	hb.touched = hb.touched[:0]
-	nRoutes := 0
-	hb.scan(s, func(t *task, enc bool, _ []netip.Addr) {
-		if hb.nEnc[t.server] == 0 && hb.nPlain[t.server] == 0 {
-			hb.touched = append(hb.touched, t.server)
-		}
-		if enc {
-			hb.nEnc[t.server]++
-		} else {
-			hb.nPlain[t.server]++
-		}
-		nRoutes++
-	})
-	slices.Sort(hb.touched)
-	hb.remotes = hb.remotes[:0]
-	nPeers, nVX := 0, 0
-	for i, rs := range hb.touched {
-		r := remoteAcc{server: rs}
-		if n := hb.nEnc[rs]; n > 0 {
-			r.enc = make([]netip.Prefix, 0, n)
-			nPeers++
-		}
-		if n := hb.nPlain[rs]; n > 0 {
-			r.plain = make([]netip.Addr, 0, n)
-			nVX++
-		}
-		hb.nEnc[rs], hb.nPlain[rs] = 0, 0
-		hb.remotes = append(hb.remotes, r)
-		hb.slot[rs] = int32(i + 1)
+	// Guests and firewall rules sort by app name first, routes by address:
+	// the parts go in name order for the former, network order for the
+	// latter. Each part then points at its copy, so that the scratch space
+	// can be reused and the cache keeps only the latest host states alive.
+	slices.SortFunc(hb.byName, func(x, y *hostPart) int { return strings.Compare(x.guests[0].App, y.guests[0].App) })
+	hs.Guests = make([]Guest, 0, nGuests)
+	hs.Firewall = make([]FirewallRule, 0, nFirewall)
+	for _, p := range hb.byName {
+		p.guests = appendPart(&hs.Guests, p.guests)
+		p.firewall = appendPart(&hs.Firewall, p.firewall)
 	}
 	hs.Routes = make([]Route, 0, nRoutes)
-	hb.scan(s, func(t *task, enc bool, src []netip.Addr) {
-		r := &hb.remotes[hb.slot[t.server]-1]
-		if enc {
-			r.enc = append(r.enc, netip.PrefixFrom(t.addr, t.addr.BitLen()))
-		} else {
-			r.plain = append(r.plain, t.addr)
+	for _, ha := range hb.apps {
+		ha.part.routes = appendPart(&hs.Routes, ha.part.routes)
+	}
+
+	// Peers and VXLAN entries: per remote server, the remote guests of
+	// every app, in network order (so by address). A list made by one
+	// part only is that part's slice; the others are filled from one
+	// buffer per host, sized in a first pass.
+	hb.touched = hb.touched[:0]
+	hb.remotes = hb.remotes[:0]
+	for _, ha := range hb.apps {
+		ha.part.each(func(rs int32, enc []netip.Prefix, plain []netip.Addr) {
+			sl := hb.slot[rs]
+			if sl == 0 {
+				hb.remotes = append(hb.remotes, remoteMerge{server: rs})
+				sl = int32(len(hb.remotes))
+				hb.slot[rs] = sl
+				hb.touched = append(hb.touched, rs)
+			}
+			m := &hb.remotes[sl-1]
+			if len(enc) > 0 {
+				m.encParts++
+				m.nEnc += len(enc)
+				m.enc = enc
+			}
+			if len(plain) > 0 {
+				m.plainParts++
+				m.nPlain += len(plain)
+				m.plain = plain
+			}
+		})
+	}
+	var nEnc, nPlain int
+	for i := range hb.remotes {
+		if m := &hb.remotes[i]; m.encParts > 1 {
+			nEnc += m.nEnc
 		}
-		hs.Routes = append(hs.Routes, Route{Sources: src, Dest: t.addr, Server: c.servers[t.server].spec.Name, Encrypt: enc})
-	})
+		if m := &hb.remotes[i]; m.plainParts > 1 {
+			nPlain += m.nPlain
+		}
+	}
+	if nEnc+nPlain > 0 {
+		encBuf := make([]netip.Prefix, nEnc)
+		plainBuf := make([]netip.Addr, nPlain)
+		for i := range hb.remotes {
+			m := &hb.remotes[i]
+			if m.encParts > 1 {
+				m.enc, encBuf = encBuf[:0:m.nEnc], encBuf[m.nEnc:]
+			}
+			if m.plainParts > 1 {
+				m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
+			}
+		}
+		for _, ha := range hb.apps {
+			ha.part.each(func(rs int32, enc []netip.Prefix, plain []netip.Addr) {
+				m := &hb.remotes[hb.slot[rs]-1]
+				if m.encParts > 1 {
+					m.enc = append(m.enc, enc...)
+				}
+				if m.plainParts > 1 {
+					m.plain = append(m.plain, plain...)
+				}
+			})
+		}
+	}
+	slices.Sort(hb.touched)
+	nPeers, nVX := 0, 0
+	for _, rs := range hb.touched {
+		r := &hb.remotes[hb.slot[rs]-1]
+		if len(r.enc) > 0 {
+			nPeers++
+		}
+		if len(r.plain) > 0 {
+			nVX++
+		}
+	}
 	hs.Peers = make([]Peer, 0, nPeers)
 	hs.VXLAN = make([]VXLANEntry, 0, nVX)
-	for _, r := range hb.remotes {
-		hb.slot[r.server] = 0
-		rs := c.servers[r.server]
+	for _, si := range hb.touched {
+		r := &hb.remotes[hb.slot[si]-1]
+		hb.slot[si] = 0
+		rs := c.servers[si]
 		if len(r.enc) > 0 {
 			hs.Peers = append(hs.Peers, Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey,
 				Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort)), AllowedIPs: r.enc})
 		}
 		if len(r.plain) > 0 {
+			if hb.mac[si] == "" {
+				hb.mac[si] = VTEPMAC(rs.addr)
+			}
 			hs.VXLAN = append(hs.VXLAN, VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr,
-				MAC: hb.mac[r.server], Guests: r.plain})
+				MAC: hb.mac[si], Guests: r.plain})
 		}
 	}
-	slices.SortStableFunc(hs.Firewall, func(x, y FirewallRule) int {
-		return cmp.Or(strings.Compare(x.App, y.App), strings.Compare(x.FromClass, y.FromClass),
-			strings.Compare(x.ToClass, y.ToClass), strings.Compare(x.Protocol, y.Protocol),
-			strings.Compare(x.Direction, y.Direction))
-	})
 	return hs
 }
 
-// scan calls f for every remote task a local task of s has a path with,
-// once per encryption, in address order (plain before encrypted).
-func (hb *hostBuilder) scan(s *server, f func(t *task, enc bool, srcs []netip.Addr)) {
-	for _, ha := range hb.apps {
-		for _, ti := range ha.a.byAddr {
-			t := &hb.c.tasks[ti]
-			if t.server == s.idx {
-				continue
-			}
-			for e, src := range ha.srcs[t.class.pos] {
-				if len(src) > 0 {
-					f(t, e == 1, src)
-				}
+// appendPart appends part to *dst, which has room for it, and returns the
+// copy, full.
+func appendPart[T any](dst *[]T, part []T) []T {
+	start := len(*dst)
+	*dst = append(*dst, part...)
+	return (*dst)[start:len(*dst):len(*dst)]
+}
+
+// part computes app a's contribution to host s, which runs at least one
+// task of a. Guests, firewall rules and routes are left in the builder's
+// scratch space until build copies them.
+func (hb *hostBuilder) part(s *server, a *app) *hostPart {
+	c := hb.c
+	p := &hostPart{}
+	g0 := len(hb.guests)
+	hb.guests = c.guests(hb.guests, s, a)
+	p.guests = hb.guests[g0:]
+
+	f0 := len(hb.firewall)
+	var srcs [][2][]netip.Addr
+	hb.firewall, srcs = hb.appRules(hb.firewall, s, a)
+	p.firewall = hb.firewall[f0:]
+	slices.SortStableFunc(p.firewall, func(x, y FirewallRule) int {
+		return cmp.Or(strings.Compare(x.FromClass, y.FromClass), strings.Compare(x.ToClass, y.ToClass),
+			strings.Compare(x.Protocol, y.Protocol), strings.Compare(x.Direction, y.Direction))
+	})
+
+	if a.byAddr == nil {
+		a.byAddr = slices.Clone(a.tasks)
+		slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
+	}
+	// Two passes over the remote tasks: count, then fill slices of the
+	// exact size. Tasks come by address, so each list comes out sorted.
+	hb.touched = hb.touched[:0]
+	nEnc, nPlain := 0, 0
+	hb.scan(s, a, srcs, func(t *task, enc bool, _ []netip.Addr) {
+		if hb.nEnc[t.server] == 0 && hb.nPlain[t.server] == 0 {
+			hb.touched = append(hb.touched, t.server)
+		}
+		if enc {
+			hb.nEnc[t.server]++
+			nEnc++
+		} else {
+			hb.nPlain[t.server]++
+			nPlain++
+		}
+	})
+	slices.Sort(hb.touched)
+	p.enc = make([]netip.Prefix, nEnc)
+	p.plain = make([]netip.Addr, nPlain)
+	p.remotes = make([]remoteCount, len(hb.touched))
+	// From here nEnc and nPlain are each server's next free position.
+	var oe, op int32
+	for i, rs := range hb.touched {
+		ne, np := hb.nEnc[rs], hb.nPlain[rs]
+		p.remotes[i] = remoteCount{server: rs, nEnc: ne, nPlain: np}
+		hb.nEnc[rs], hb.nPlain[rs] = oe, op
+		oe += ne
+		op += np
+	}
+	r0 := len(hb.routes)
+	hb.scan(s, a, srcs, func(t *task, enc bool, src []netip.Addr) {
+		if enc {
+			p.enc[hb.nEnc[t.server]] = netip.PrefixFrom(t.addr, t.addr.BitLen())
+			hb.nEnc[t.server]++
+		} else {
+			p.plain[hb.nPlain[t.server]] = t.addr
+			hb.nPlain[t.server]++
+		}
+		hb.routes = append(hb.routes, Route{Sources: src, Dest: t.addr, Server: c.servers[t.server].spec.Name, Encrypt: enc})
+	})
+	p.routes = hb.routes[r0:]
+	for _, rs := range hb.touched {
+		hb.nEnc[rs], hb.nPlain[rs] = 0, 0
+	}
+	return p
+}
+
+// scan calls f for every task of a on another server than s that a local
+// task has a path with, once per encryption, in address order (plain
+// before encrypted). srcs are the sources by class and encryption.
+func (hb *hostBuilder) scan(s *server, a *app, srcs [][2][]netip.Addr, f func(t *task, enc bool, srcs []netip.Addr)) {
+	for _, ti := range a.byAddr {
+		t := &hb.c.tasks[ti]
+		if t.server == s.idx {
+			continue
+		}
+		for e, src := range srcs[t.class.pos] {
+			if len(src) > 0 {
+				f(t, e == 1, src)
 			}
 		}
 	}
 }
 
-// appRules adds host s's firewall rules for app a and returns, per class
-// and encryption, the local sources of routes to that class.
-func (hb *hostBuilder) appRules(hs *HostState, s *server, a *app) [][2][]netip.Addr {
+// appRules appends host s's firewall rules for app a to fw and returns,
+// per class and encryption, the local sources of routes to that class.
+func (hb *hostBuilder) appRules(fw []FirewallRule, s *server, a *app) ([]FirewallRule, [][2][]netip.Addr) {
 	c := hb.c
 	n := len(a.classes)
 	local := make([][]netip.Addr, n)
@@ -217,7 +414,7 @@ func (hb *hostBuilder) appRules(hs *HostState, s *server, a *app) [][2][]netip.A
 		la, lb := local[A.pos], local[B.pos]
 		if len(la) > 0 {
 			srcs[B.pos][e] = append(srcs[B.pos][e], la...)
-			hs.Firewall = append(hs.Firewall, FirewallRule{
+			fw = append(fw, FirewallRule{
 				App: a.name, FromClass: A.name, ToClass: B.name, Direction: Egress,
 				Sources: slices.Clip(la), Dests: slices.Clip(B.addrs),
 				Protocol: r.protocol, Ports: r.ports, Encrypt: r.encrypt,
@@ -225,7 +422,7 @@ func (hb *hostBuilder) appRules(hs *HostState, s *server, a *app) [][2][]netip.A
 		}
 		if len(lb) > 0 {
 			srcs[A.pos][e] = append(srcs[A.pos][e], lb...)
-			hs.Firewall = append(hs.Firewall, FirewallRule{
+			fw = append(fw, FirewallRule{
 				App: a.name, FromClass: A.name, ToClass: B.name, Direction: Ingress,
 				Sources: slices.Clip(A.addrs), Dests: slices.Clip(lb),
 				Protocol: r.protocol, Ports: r.ports, Encrypt: r.encrypt,
@@ -238,7 +435,7 @@ func (hb *hostBuilder) appRules(hs *HostState, s *server, a *app) [][2][]netip.A
 			srcs[i][e] = sortAddrs(srcs[i][e])
 		}
 	}
-	return srcs
+	return fw, srcs
 }
 
 func b2i(b bool) int {
@@ -274,16 +471,20 @@ func sortAddrs(a []netip.Addr) []netip.Addr {
 	return slices.Clip(slices.Compact(a))
 }
 
-// guests lists the tasks s runs, in plan order, with their environment.
-func (c *compiler) guests(s *server) []Guest {
-	idx := slices.Clone(s.guestIdx)
+// guests appends the tasks of app a that s runs, in plan order, with their
+// environment.
+func (c *compiler) guests(out []Guest, s *server, a *app) []Guest {
+	var idx []int32
+	for _, ti := range s.guestIdx {
+		if c.tasks[ti].app == a {
+			idx = append(idx, ti)
+		}
+	}
 	slices.SortFunc(idx, func(x, y int32) int {
 		tx, ty := &c.tasks[x], &c.tasks[y]
-		return cmp.Or(strings.Compare(tx.app.name, ty.app.name), strings.Compare(tx.class.name, ty.class.name),
-			cmp.Compare(tx.index, ty.index))
+		return cmp.Or(strings.Compare(tx.class.name, ty.class.name), cmp.Compare(tx.index, ty.index))
 	})
-	out := make([]Guest, len(idx))
-	for i, ti := range idx {
+	for _, ti := range idx {
 		t := &c.tasks[ti]
 		cl := t.class
 		sp := cl.spec.Guest
@@ -299,8 +500,8 @@ func (c *compiler) guests(s *server) []Guest {
 		for _, v := range c.peersEnv(t.app, cl) {
 			env[v.key] = v.value
 		}
-		out[i] = Guest{Task: t.id, App: t.app.name, Class: cl.name, Index: t.index, Address: t.addr,
-			HostIf: HostIf(t.id), Spec: sp, Resources: cl.spec.Resources, Env: env}
+		out = append(out, Guest{Task: t.id, App: t.app.name, Class: cl.name, Index: t.index, Address: t.addr,
+			HostIf: HostIf(t.id), Spec: sp, Resources: cl.spec.Resources, Env: env})
 	}
 	return out
 }

@@ -43,7 +43,9 @@ func (c *compiler) planTasks() []Task {
 // paths lists one Path per rule and pair of distinct tasks, in the order
 // of the tasks (app, class name, index) and then of the protocol. They come
 // out sorted by construction: sorting half a million paths would cost more
-// than making them.
+// than making them. An app whose cache entry already holds its paths has
+// them copied; either way the entry then points at its part of the new
+// slice, so that the cache keeps only the latest plan's paths alive.
 func (c *compiler) paths() []Path {
 	n := 0
 	for _, a := range c.apps {
@@ -56,32 +58,45 @@ func (c *compiler) paths() []Path {
 	}
 	out := make([]Path, 0, n)
 	for _, a := range c.apps {
-		for _, fi := range a.tasks {
-			f := &c.tasks[fi]
-			rules := f.class.out // sorted by (to class name, protocol)
-			for i := 0; i < len(rules); {
-				to := a.rules[rules[i]].to
-				j := i
-				for j < len(rules) && a.rules[rules[j]].to == to {
-					j++
-				}
-				for _, ti := range to.tasks {
-					if ti == fi {
-						continue
-					}
-					t := &c.tasks[ti]
-					for _, ri := range rules[i:j] {
-						r := &a.rules[ri]
-						out = append(out, Path{
-							App: a.name, From: f.id, To: t.id, FromClass: f.class.name, ToClass: to.name,
-							FromServer: c.servers[f.server].spec.Name, ToServer: c.servers[t.server].spec.Name,
-							FromAddr: f.addr, ToAddr: t.addr, Protocol: r.protocol, Ports: r.ports,
-							Encrypt: r.encrypt, Local: f.server == t.server,
-						})
-					}
-				}
-				i = j
+		start := len(out)
+		if e := a.entry; e.done {
+			out = append(out, e.paths...)
+		} else {
+			out = c.appPaths(out, a)
+		}
+		a.entry.paths = out[start:len(out):len(out)]
+		a.entry.done = true
+	}
+	return out
+}
+
+// appPaths appends app a's paths to out.
+func (c *compiler) appPaths(out []Path, a *app) []Path {
+	for _, fi := range a.tasks {
+		f := &c.tasks[fi]
+		rules := f.class.out // sorted by (to class name, protocol)
+		for i := 0; i < len(rules); {
+			to := a.rules[rules[i]].to
+			j := i
+			for j < len(rules) && a.rules[rules[j]].to == to {
+				j++
 			}
+			for _, ti := range to.tasks {
+				if ti == fi {
+					continue
+				}
+				t := &c.tasks[ti]
+				for _, ri := range rules[i:j] {
+					r := &a.rules[ri]
+					out = append(out, Path{
+						App: a.name, From: f.id, To: t.id, FromClass: f.class.name, ToClass: to.name,
+						FromServer: c.servers[f.server].spec.Name, ToServer: c.servers[t.server].spec.Name,
+						FromAddr: f.addr, ToAddr: t.addr, Protocol: r.protocol, Ports: r.ports,
+						Encrypt: r.encrypt, Local: f.server == t.server,
+					})
+				}
+			}
+			i = j
 		}
 	}
 	return out

@@ -76,7 +76,10 @@ func (c *compiler) keep(ti int32) {
 		t.moved = "moved from " + s.spec.Name + " (no longer has room)"
 	default:
 		c.put(ti, s)
-		t.reason = Reason{Kept: true, Chosen: "kept on " + s.spec.Name + " (already running there)"}
+		if s.keptWhy == "" {
+			s.keptWhy = "kept on " + s.spec.Name + " (already running there)"
+		}
+		t.reason = Reason{Kept: true, Chosen: s.keptWhy}
 	}
 }
 
@@ -218,6 +221,11 @@ func (a *cand) less(b *cand) bool {
 
 func (p *placer) placeClass(a *app, cl *class) error {
 	c := p.c
+	// A class whose tasks all stayed needs no look at the fleet: the
+	// indexes below are per class and start afresh for the next one.
+	if !slices.ContainsFunc(cl.tasks, func(ti int32) bool { return c.tasks[ti].server < 0 }) {
+		return nil
+	}
 	spread := cl.spec.Placement.SpreadBy
 	p.groups = p.groups[:0]
 	p.gnames = p.gnames[:0]

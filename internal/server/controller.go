@@ -39,6 +39,9 @@ type controller struct {
 	mu        sync.Mutex
 	lastDown  string // down set at the last compile, joined
 	lastError string // last compile error, to log it once
+	// cache makes a recompile after a small change cheap; only reconcile
+	// uses it. It keeps the last plan's paths and host states alive.
+	cache compile.Cache
 	// reconciles counts completed reconciles, for tests.
 	reconciles atomic.Int64
 }
@@ -228,7 +231,7 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	servers, states := fleet(sn, c.hub.lastSeen(), time.Now(), since, c.timeout)
 	c.m.setHostStates(states)
 	start := time.Now()
-	plan, err := compile.Compile(compileInput(sn, specs(sn.Apps), servers))
+	plan, err := c.cache.Compile(compileInput(sn, specs(sn.Apps), servers))
 	c.m.compileSeconds.Observe(time.Since(start).Seconds())
 	c.mu.Lock()
 	c.lastDown = downKey(states)

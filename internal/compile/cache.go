@@ -1,0 +1,145 @@
+package compile
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"net/netip"
+	"slices"
+	"sync"
+)
+
+// Cache makes a recompile after a small change cheap. It remembers, per
+// app, the paths and per-host parts of the last compile, keyed by a
+// fingerprint of everything they are derived from, and per host the
+// assembled HostState, keyed by the apps (fingerprints) it is made of. A
+// compile through a Cache gives exactly the Plan that Compile gives for the
+// same Input, byte for byte: placement, networks, addresses and tasks are
+// computed in full every time (they depend on the whole fleet), and only
+// what is provably the same is reused.
+//
+// Plans returned by one Cache share backing arrays with each other, so
+// they must be treated as read-only, as every Plan must. The zero Cache is
+// ready to use. A Cache may be used from several goroutines, but compiles
+// through one Cache run one at a time; keep one Cache per sequence of
+// related compiles (a controller's loop), not one per request.
+type Cache struct {
+	mu sync.Mutex
+	// servers are the server names, in name order, of the last compile:
+	// entries refer to servers by index, so a change of the list drops
+	// everything.
+	servers []string
+	apps    map[string]*appEntry
+	hosts   map[string]*hostEntry
+	gen     uint64 // last appEntry.gen given out
+}
+
+// appEntry is what one app contributed to the last plan it was part of.
+type appEntry struct {
+	// gen identifies the fingerprint: a new entry gets a new gen, so a
+	// host's key can name its apps by gen instead of repeating their
+	// fingerprints.
+	gen   uint64
+	fp    []byte // nil when not memoised
+	done  bool   // paths and parts hold this fingerprint's results
+	paths []Path
+	parts map[int32]*hostPart // by server index
+}
+
+// hostEntry is one host's state at the last compile and what it was built
+// from.
+type hostEntry struct {
+	addr   netip.Addr
+	wgPort int
+	gens   []uint64 // the apps it runs a task of, in network order
+	state  HostState
+}
+
+// Compile is Compile(in), reusing what the previous compiles through c
+// derived from the same parts of the input. On error c keeps what it had.
+func (c *Cache) Compile(in Input) (*Plan, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.compile(in, true)
+}
+
+// prepare gives every app its entry: the cached one when the app's
+// fingerprint is unchanged, else a new, empty one. Without memo every
+// entry is new and no fingerprint is computed.
+func (k *Cache) prepare(c *compiler, memo bool) {
+	if memo && !slices.EqualFunc(k.servers, c.servers, func(n string, s *server) bool { return n == s.spec.Name }) {
+		k.apps, k.hosts = nil, nil
+	}
+	var buf []byte
+	for _, a := range c.apps {
+		var fp []byte
+		if memo {
+			var ok bool
+			buf, ok = c.fingerprint(buf[:0], a)
+			if e := k.apps[a.name]; ok && e != nil && e.done && bytes.Equal(e.fp, buf) {
+				a.entry = e
+				continue
+			}
+			if ok {
+				fp = bytes.Clone(buf)
+			}
+		}
+		k.gen++
+		a.entry = &appEntry{gen: k.gen, fp: fp}
+		if memo {
+			a.entry.parts = make(map[int32]*hostPart)
+		}
+	}
+}
+
+// commit makes the entries of this compile the cache's, dropping those of
+// apps and servers that are gone.
+func (k *Cache) commit(c *compiler, hosts map[string]*hostEntry) {
+	k.servers = k.servers[:0]
+	for _, s := range c.servers {
+		k.servers = append(k.servers, s.spec.Name)
+	}
+	k.apps = make(map[string]*appEntry, len(c.apps))
+	for _, a := range c.apps {
+		if a.entry.fp != nil {
+			k.apps[a.name] = a.entry
+		}
+	}
+	k.hosts = hosts
+}
+
+// fingerprint appends to b everything app a's paths and host parts are
+// derived from: its spec, its network, every task's server and address,
+// and the fields of those servers that a host's state shows (name,
+// address, WireGuard port, public key). Anything added to what paths() or
+// hostBuilder.part read must be added here. ok is false when the spec
+// cannot be encoded; such an app is never reused.
+func (c *compiler) fingerprint(b []byte, a *app) ([]byte, bool) {
+	js, err := json.Marshal(a.spec)
+	if err != nil {
+		return b, false
+	}
+	b = appendBytes(b, js)
+	b, _ = a.network.AppendBinary(b)
+	var srv []int32
+	for _, ti := range a.tasks {
+		t := &c.tasks[ti]
+		b = binary.AppendUvarint(b, uint64(t.server))
+		b, _ = t.addr.AppendBinary(b)
+		srv = append(srv, t.server)
+	}
+	slices.Sort(srv)
+	for _, si := range slices.Compact(srv) {
+		s := c.servers[si]
+		b = appendBytes(b, s.spec.Name)
+		b, _ = s.addr.AppendBinary(b)
+		b = binary.AppendUvarint(b, uint64(s.wgPort))
+		b = appendBytes(b, s.spec.PublicKey)
+	}
+	return b, true
+}
+
+func appendBytes[S []byte | string](b []byte, s S) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}

@@ -1,0 +1,219 @@
+package compile
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand"
+	"slices"
+	"testing"
+
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// mutate makes one random change of the kind a controller sees between
+// two compiles, copying what it changes so that earlier inputs stay as
+// they were.
+func mutate(r *rand.Rand, in Input) (Input, string) {
+	in.Apps = slices.Clone(in.Apps)
+	in.Servers = slices.Clone(in.Servers)
+	switch op := r.Intn(8); {
+	case op == 0 && len(in.Apps) > 0: // scale a class
+		ai := r.Intn(len(in.Apps))
+		a := &in.Apps[ai]
+		a.Classes = slices.Clone(a.Classes)
+		ci := r.Intn(len(a.Classes))
+		a.Classes[ci].Tasks = max(0, a.Classes[ci].Tasks+r.Intn(5)-2)
+		return in, "scale " + a.Name + "/" + a.Classes[ci].Name
+	case op == 1 && len(in.Apps) > 1: // remove an app
+		ai := r.Intn(len(in.Apps))
+		name := in.Apps[ai].Name
+		in.Apps = slices.Delete(in.Apps, ai, ai+1)
+		return in, "remove " + name
+	case op == 2: // add an app
+		extra := randInput(r).Apps[0]
+		extra.Name = fmt.Sprintf("new%d", r.Intn(1000))
+		extra.Network = ""
+		for _, a := range in.Apps {
+			if a.Name == extra.Name {
+				return in, "nothing"
+			}
+		}
+		in.Apps = append(in.Apps, extra)
+		return in, "add " + extra.Name
+	case op == 3: // server down or up
+		si := r.Intn(len(in.Servers))
+		s := &in.Servers[si]
+		if s.State == spec.ServerDown {
+			s.State = spec.ServerReady
+		} else {
+			s.State = spec.ServerDown
+		}
+		return in, "server " + s.Name + " " + s.State
+	case op == 4: // server key or port change
+		si := r.Intn(len(in.Servers))
+		s := &in.Servers[si]
+		if r.Intn(2) == 0 {
+			s.PublicKey = fmt.Sprintf("key-%d", r.Intn(1000))
+		} else {
+			s.WireGuardPort = 51820 + r.Intn(3)
+		}
+		return in, "server " + s.Name + " key/port"
+	case op == 5 && len(in.Apps) > 0: // rule change
+		ai := r.Intn(len(in.Apps))
+		a := &in.Apps[ai]
+		a.Rules = slices.Clone(a.Rules)
+		if len(a.Rules) > 0 && r.Intn(2) == 0 {
+			ri := r.Intn(len(a.Rules))
+			a.Rules[ri].Ports = []int{80 + r.Intn(3)}
+		} else {
+			c := a.Classes[r.Intn(len(a.Classes))].Name
+			a.Rules = append(a.Rules, spec.Rule{From: c, To: c, Ports: []int{9000}, Protocol: spec.ProtoUDP})
+		}
+		return in, "rules of " + a.Name
+	case op == 6 && len(in.Apps) > 0: // guest spec change
+		ai := r.Intn(len(in.Apps))
+		a := &in.Apps[ai]
+		a.Classes = slices.Clone(a.Classes)
+		ci := r.Intn(len(a.Classes))
+		a.Classes[ci].Guest.Env = map[string]string{"V": fmt.Sprint(r.Intn(3))}
+		return in, "env of " + a.Name
+	case op == 7: // a server joins or leaves
+		if len(in.Servers) > 1 && r.Intn(2) == 0 {
+			si := r.Intn(len(in.Servers))
+			name := in.Servers[si].Name
+			in.Servers = slices.Delete(in.Servers, si, si+1)
+			return in, "server " + name + " leaves"
+		}
+		n := fmt.Sprintf("x%d", r.Intn(1000))
+		for _, s := range in.Servers {
+			if s.Name == n {
+				return in, "nothing"
+			}
+		}
+		in.Servers = append(in.Servers, spec.Server{Name: n, Address: fmt.Sprintf("198.19.%d.%d", r.Intn(4), 1+r.Intn(250)),
+			Capacity: spec.Resources{CPU: 4000, Memory: 8 << 30}, PublicKey: "key-" + n})
+		return in, "server " + n + " joins"
+	}
+	return in, "nothing"
+}
+
+// TestCacheSameAsCompile runs random sequences of changes through one
+// Cache, feeding each plan back as the next Current, and checks that every
+// plan is byte for byte the one a fresh Compile gives.
+func TestCacheSameAsCompile(t *testing.T) {
+	sequences, steps := 150, 12
+	if testing.Short() {
+		sequences = 40
+	}
+	r := rand.New(rand.NewSource(3))
+	var compared, failed int
+	for sq := range sequences {
+		var k Cache
+		in := randInput(r)
+		in.Servers = append(in.Servers, fleet(2+r.Intn(4))...) // room for scaling
+		var history []string
+		for st := range steps {
+			want, werr := Compile(in)
+			got, gerr := k.Compile(shuffled(r, in))
+			if (werr == nil) != (gerr == nil) || (werr != nil && werr.Error() != gerr.Error()) {
+				t.Fatalf("sequence %d step %d (%v): errors differ: %v / %v", sq, st, history, werr, gerr)
+			}
+			if werr == nil {
+				if w, g := mustJSON(t, want), mustJSON(t, got); !bytes.Equal(w, g) {
+					t.Fatalf("sequence %d step %d (%v): cached plan differs from Compile: %s", sq, st, history, firstDiff(g, w))
+				}
+				compared++
+				in.Current, in.Networks = assignments(got)
+			} else {
+				var pe *PlacementError
+				if !errors.As(werr, &pe) {
+					var ie *InputError
+					if !errors.As(werr, &ie) {
+						t.Fatalf("untyped error %v", werr)
+					}
+				}
+				failed++
+			}
+			var what string
+			in, what = mutate(r, in)
+			history = append(history, what)
+		}
+	}
+	t.Logf("%d plans compared, %d compiles failed alike", compared, failed)
+	if compared < sequences*steps/2 {
+		t.Errorf("only %d of %d compiles succeeded: the changes make inputs too often invalid", compared, sequences*steps)
+	}
+}
+
+// TestCacheFleet checks the cache on part of the benchmark fleet (600
+// servers, 8 apps): one class scaled up, then a server going down, give
+// Compile's bytes, and after the first change the hosts it did not touch
+// are reused (after the second, every app has a task that moved).
+func TestCacheFleet(t *testing.T) {
+	in := benchFleet()
+	in.Servers, in.Apps = in.Servers[:600], in.Apps[:8]
+	var k Cache
+	p, err := k.Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Current, in.Networks = assignments(p)
+	in.Apps[7].Classes = slices.Clone(in.Apps[7].Classes)
+	in.Apps[7].Classes[1].Tasks++
+	for step := range 2 {
+		got, err := k.Compile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := Compile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gb, _ := json.Marshal(got)
+		wb, _ := json.Marshal(want)
+		if !bytes.Equal(gb, wb) {
+			t.Fatalf("step %d: cached plan differs: %s", step, firstDiff(gb, wb))
+		}
+		reused := 0
+		for i := range got.Hosts {
+			if g, q := got.Hosts[i].Routes, p.Hosts[i].Routes; len(g) > 0 && len(q) > 0 && &g[0] == &q[0] {
+				reused++
+			}
+		}
+		if step == 0 && reused < len(got.Hosts)/4 {
+			t.Errorf("step %d: only %d of %d hosts reused", step, reused, len(got.Hosts))
+		}
+		p = got
+		in.Current, in.Networks = assignments(got)
+		in.Servers = slices.Clone(in.Servers)
+		in.Servers[17].State = spec.ServerDown
+	}
+}
+
+// TestCacheKeepsPlans checks that a compile through the cache leaves the
+// plans it returned before as they were.
+func TestCacheKeepsPlans(t *testing.T) {
+	r := rand.New(rand.NewSource(5))
+	for range 60 {
+		in := randInput(r)
+		in.Servers = append(in.Servers, fleet(4)...)
+		var k Cache
+		p, err := k.Compile(in)
+		if err != nil {
+			continue
+		}
+		before := mustJSON(t, p)
+		in.Current, in.Networks = assignments(p)
+		for range 4 {
+			in, _ = mutate(r, in)
+			if q, err := k.Compile(in); err == nil {
+				in.Current, in.Networks = assignments(q)
+			}
+		}
+		if !bytes.Equal(mustJSON(t, p), before) {
+			t.Fatal("a later compile through the cache changed an earlier plan")
+		}
+	}
+}
