@@ -520,6 +520,11 @@ func removeGuestCgroups(guestNamespaces, mounts []string) error {
 			}
 		}
 	}
+	// The parent too, once empty: it is ours, and a cgroup with children
+	// or tasks refuses rmdir, so guests of anyone else are never touched.
+	for _, m := range mounts {
+		_ = unix.Rmdir(filepath.Join(m, guest.DefaultCgroupParent))
+	}
 	return errors.Join(errs...)
 }
 
