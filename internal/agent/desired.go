@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/atomicfile"
 )
 
 // DesiredFile is where the last desired state received from the server is
@@ -23,7 +24,7 @@ func SaveDesired(dir string, ds api.DesiredState) error {
 	if err != nil {
 		return fmt.Errorf("encode desired state: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, DesiredFile), append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, DesiredFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save desired state: %w", err)
 	}
 	return nil
@@ -42,41 +43,4 @@ func LoadDesired(dir string) (ds api.DesiredState, ok bool, err error) {
 		return ds, false, fmt.Errorf("decode %s: %w", filepath.Join(dir, DesiredFile), err)
 	}
 	return ds, true, nil
-}
-
-// writeFileAtomic writes data to a temporary file beside path, syncs it,
-// renames it over path and syncs the directory, so that the rename itself
-// survives a power loss.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename this finds nothing
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

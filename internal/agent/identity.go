@@ -15,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/corridor-dev/corridor/internal/atomicfile"
 )
 
 // Files of the agent's TLS identity in its state directory. The WireGuard
@@ -130,7 +132,7 @@ func (id *Identity) Save(dir string) error {
 		{KeyFile, id.KeyPEM, 0o600},
 		{CertFile, id.CertPEM, 0o644},
 	} {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return fmt.Errorf("save identity: %w", err)
 		}
 	}

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/atomicfile"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -238,7 +239,7 @@ func (r *Netns) Ensure(ctx context.Context, g compile.Guest) error {
 	if err != nil {
 		return fmt.Errorf("guest %s: %w", g.Task, err)
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, guestFile), rec); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, guestFile), rec, 0o644); err != nil {
 		return err
 	}
 	if err := r.ensureNetwork(g); err != nil {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/corridor-dev/corridor/internal/atomicfile"
 )
 
 // pidFile is the name of the record of a task's running program.
@@ -77,7 +79,7 @@ func writePidFile(dir string, rec procRecord) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(dir, pidFile), b)
+	return atomicfile.Write(filepath.Join(dir, pidFile), b, 0o644)
 }
 
 func readPidFile(dir string) (procRecord, error) {
@@ -260,17 +262,4 @@ func (p *proc) stop(grace time.Duration) {
 	p.Stop(grace,
 		func() { _ = syscall.Kill(-p.PID, syscall.SIGTERM) },
 		func() { _ = syscall.Kill(-p.PID, syscall.SIGKILL) })
-}
-
-// WriteFileAtomic replaces path with b so that a reader (or a crash)
-// never sees half a file.
-func WriteFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("guest: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("guest: write %s: %w", path, err)
-	}
-	return nil
 }

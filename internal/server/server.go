@@ -22,6 +22,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/corridor-dev/corridor/internal/atomicfile"
 	"github.com/corridor-dev/corridor/internal/store"
 )
 
@@ -144,7 +145,7 @@ func (s *Server) setup(ctx context.Context) error {
 	if s.ca, err = loadOrCreateCA(ctx, s.st); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, CACertFile), s.ca.certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.cfg.DataDir, CACertFile), s.ca.certPEM, 0o644); err != nil {
 		return fmt.Errorf("server: write ca.crt: %w", err)
 	}
 	if s.adminToken, err = ensureToken(ctx, s.st, s.cfg.DataDir, "admin", AdminTokenFile); err != nil {

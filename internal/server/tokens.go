@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/corridor-dev/corridor/internal/atomicfile"
 	"github.com/corridor-dev/corridor/internal/store"
 )
 
@@ -47,7 +48,7 @@ func ensureToken(ctx context.Context, st *store.Store, dataDir, name, file strin
 		return "", fmt.Errorf("server: %s token: %w", name, err)
 	}
 	tok := string(raw)
-	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(tok+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("server: write %s token file: %w", name, err)
 	}
 	return tok, nil
@@ -65,28 +66,4 @@ func validToken(s string) bool {
 // nothing about how much of a guess was right.
 func tokenEqual(got, want string) bool {
 	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
-}
-
-// writeFileAtomic writes through a temporary file and a rename, so that a
-// reader never sees half a file, with mode set before any byte lands.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

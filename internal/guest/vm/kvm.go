@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/atomicfile"
 )
 
 // Accelerators QEMU may use.
@@ -104,7 +104,7 @@ func (r *Runtime) accel(ctx context.Context, kernel, initrd string) string {
 		r.setAccel(v.Accel, v.Reason)
 		r.log.Info("accelerator chosen", "accel", v.Accel, "reason", v.Reason)
 		if b, err := json.Marshal(v); err == nil {
-			_ = guest.WriteFileAtomic(path, b)
+			_ = atomicfile.Write(path, b, 0o644)
 		}
 	})
 	a, _ := r.Accel()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/atomicfile"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/image"
 	"github.com/corridor-dev/corridor/internal/nsrun"
@@ -141,7 +142,7 @@ func (t *vmTask) start(w launch) (*qemuProc, error) {
 	}
 	rec := qemuRecord{ProcID: guest.ProcIDOf(cmd.Process.Pid), Hash: w.hash, Accel: w.accel, LogOffset: off, Started: time.Now()}
 	if b, err := json.Marshal(rec); err == nil {
-		if err := guest.WriteFileAtomic(filepath.Join(t.dir, pidFile), b); err != nil {
+		if err := atomicfile.Write(filepath.Join(t.dir, pidFile), b, 0o644); err != nil {
 			t.r.log.Warn("pidfile not written: an agent restart will not find the VM", "task", t.task, "err", err)
 		}
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/atomicfile"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/image"
@@ -325,7 +326,7 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	if err != nil {
 		return fmt.Errorf("guest %s: %w", g.Task, err)
 	}
-	if err := guest.WriteFileAtomic(filepath.Join(dir, recordFile), rec); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, recordFile), rec, 0o644); err != nil {
 		return err
 	}
 	bf, err := r.bootFiles(g)
