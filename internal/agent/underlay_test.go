@@ -19,6 +19,9 @@ import (
 // handle in it; both go away when the test ends.
 func testNetns(t *testing.T, suffix string) (*netlink.Handle, string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("privileged: skipped with -short")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
 	}

@@ -83,6 +83,9 @@ func testDatapath(args []string) int {
 
 func needRoot(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("privileged: skipped with -short")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
 	}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -35,6 +36,7 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	flag.Parse() // testing.Short needs the flags parsed
 	corridorBin = os.Getenv("CORRIDOR_BIN")
 	if corridorBin == "" && os.Geteuid() == 0 && !testing.Short() {
 		dir, err := os.MkdirTemp("", "corridor-e2e-bin")

@@ -57,6 +57,9 @@ type env struct {
 
 func needRoot(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("privileged: skipped with -short")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces, veths and cgroups")
 	}

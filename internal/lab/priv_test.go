@@ -67,6 +67,9 @@ func corridorBinary(t *testing.T) string {
 
 func needRoot(t *testing.T) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("privileged: skipped with -short")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: makes network namespaces and links")
 	}

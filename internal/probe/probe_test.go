@@ -75,6 +75,9 @@ type testNet struct{ a, b string }
 
 func newTestNet(t *testing.T) testNet {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("privileged: skipped with -short")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
 	}

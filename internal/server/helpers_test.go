@@ -92,19 +92,25 @@ func (ts *testServer) stop() {
 // client certificate.
 func (ts *testServer) client(t testing.TB, token string, cert *tls.Certificate) *api.Client {
 	t.Helper()
-	pool, err := api.CAPool(ts.CACert())
+	c, err := ts.newClient(token, cert)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return c
+}
+
+// newClient is client for goroutines other than the test's own, which
+// may not call t.Fatal.
+func (ts *testServer) newClient(token string, cert *tls.Certificate) (*api.Client, error) {
+	pool, err := api.CAPool(ts.CACert())
+	if err != nil {
+		return nil, err
 	}
 	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if cert != nil {
 		tc.Certificates = []tls.Certificate{*cert}
 	}
-	c, err := api.NewClient(ts.URL(), token, tc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return api.NewClient(ts.URL(), token, tc)
 }
 
 // testAgent is a joined server as an agent would hold it.
@@ -162,28 +168,45 @@ func joinRequest(name string, i int, labels map[string]string) (api.JoinRequest,
 	}, keyPEM, nil
 }
 
-// join makes a server join and returns its mTLS client.
+// join makes a server join and returns its mTLS client. Call it from the
+// test's goroutine only (it fails the test); other goroutines use tryJoin.
 func (ts *testServer) join(t testing.TB, name string, i int, labels map[string]string) *testAgent {
 	t.Helper()
-	req, keyPEM, err := joinRequest(name, i, labels)
+	a, err := ts.tryJoin(context.Background(), name, i, labels)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Token = ts.JoinToken()
-	anon := ts.client(t, "", nil)
-	resp, err := anon.Join(context.Background(), req)
+	return a
+}
+
+// tryJoin makes a server join once and returns its mTLS client.
+func (ts *testServer) tryJoin(ctx context.Context, name string, i int, labels map[string]string) (*testAgent, error) {
+	req, keyPEM, err := joinRequest(name, i, labels)
 	if err != nil {
-		t.Fatalf("join %s: %v", name, err)
+		return nil, err
+	}
+	req.Token = ts.JoinToken()
+	anon, err := ts.newClient("", nil)
+	if err != nil {
+		return nil, err
+	}
+	// The join's connection is used once: without this it stays open
+	// until the server's idle timeout, a second descriptor per host at
+	// each end for the fleet benchmark.
+	_ = anon.CloseIdleConnections
+	resp, err := anon.Join(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("join %s: %w", name, err)
 	}
 	tc, err := api.AgentTLS([]byte(resp.Certificate), keyPEM, []byte(resp.CA))
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("join %s: %w", name, err)
 	}
 	c, err := api.NewClient(ts.URL(), "", tc)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return &testAgent{name: name, c: c, req: req, tls: tc}
+	return &testAgent{name: name, c: c, req: req, tls: tc}, nil
 }
 
 // eventually retries cond every 20 ms until it holds or timeout passes.
