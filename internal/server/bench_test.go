@@ -1,11 +1,15 @@
 package server
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -16,24 +20,27 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/spec"
 )
 
 // BenchmarkLongPollFanout: one real server (embedded etcd), N simulated
-// hosts long-polling their desired state over HTTPS with mTLS, in this
-// process. Each iteration applies a change that touches every host (an app
-// with one task per host whose command changes) and measures the time
-// until every host has received its new revision, and until every host has
-// acknowledged it (a status report saying it applied that revision, as a
-// real agent sends after applying). Reported: fanout-ms (apply sent to last
-// host served), ack-ms (to last acknowledgement accepted), apply-ms (the
-// apply call alone), join-s (all N hosts joining, 16 at a time, before the
-// timer starts), heap-MB (live heap of the whole process, clients
-// included, with all hosts parked) and goroutines.
+// hosts long-polling their desired state over HTTPS with mTLS. Each
+// iteration applies a change that touches every host (an app with one task
+// per host whose command changes) and measures the time until every host
+// has received its new revision, and until every host has acknowledged it
+// (a status report saying it applied that revision, as a real agent sends
+// after applying). Reported: fanout-ms (apply sent to last host served),
+// ack-ms (to last acknowledgement accepted), apply-ms (the apply call
+// alone), join-s (all N hosts joining, 16 at a time, before the timer
+// starts), heap-MB and goroutines of this process with all hosts parked.
 //
 // The sizes are 10, 100 and 1,000 hosts; CORRIDOR_BENCH_HOSTS replaces
-// them with a comma-separated list, e.g. CORRIDOR_BENCH_HOSTS=10000 (two
-// file descriptors per host in this one process; the benchmark raises its
-// limit when it may and fails naming the need when it may not).
+// them with a comma-separated list, e.g. CORRIDOR_BENCH_HOSTS=10000. The
+// simulated hosts live in this process when it may open two descriptors per
+// host (both ends of each connection); otherwise they move to a child
+// process (this test binary again, see TestFanoutFleetHelper), heap-MB and
+// goroutines then count the server alone and agents-heap-MB and
+// agents-goroutines the child.
 func BenchmarkLongPollFanout(b *testing.B) {
 	sizes, err := benchHosts(os.Getenv("CORRIDOR_BENCH_HOSTS"))
 	if err != nil {
@@ -52,40 +59,133 @@ func benchHosts(v string) ([]int, error) {
 	var out []int
 	for _, f := range strings.Split(v, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > 62500 {
-			// 62,500: the simulated underlay addresses (198.18.x.y) run out.
-			return nil, fmt.Errorf("CORRIDOR_BENCH_HOSTS: %q is not a host count from 1 to 62500", f)
+		if err != nil || n < 1 || n > spec.MaxAppTasks {
+			// One task per host, in one app.
+			return nil, fmt.Errorf("CORRIDOR_BENCH_HOSTS: %q is not a host count from 1 to %d", f, spec.MaxAppTasks)
 		}
 		out = append(out, n)
 	}
 	return out, nil
 }
 
-// ensureFiles makes sure the process may hold need open files: each
-// simulated host holds its mTLS connection at both ends, in this process.
-func ensureFiles(need uint64) error {
+// fileLimit raises the open-file limit towards need as far as the hard
+// limit allows (an unprivileged process may not raise the hard limit;
+// Go already lifts the soft one at start) and returns the limit now.
+func fileLimit(need uint64) uint64 {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("read open-file limit: %w", err)
+		return 0
 	}
 	if lim.Cur >= need {
-		return nil
+		return lim.Cur
 	}
-	want := lim
-	want.Cur = need
-	want.Max = max(lim.Max, need)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
-		return fmt.Errorf("need %d open files (two per simulated host), the limit is %d/%d and raising it failed: %w (run with a higher ulimit -n)", need, lim.Cur, lim.Max, err)
+	want := syscall.Rlimit{Cur: need, Max: max(lim.Max, need)}
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want) == nil {
+		return need
 	}
-	return nil
+	return lim.Cur
+}
+
+// fdSlack is the descriptors beside the hosts' connections: etcd's files
+// and sockets, joins in flight and their closing connections.
+const fdSlack = 4096
+
+func benchFanout(b *testing.B, n int) {
+	var fl fanoutFleet
+	split := fileLimit(uint64(2*n+fdSlack)) < uint64(2*n+fdSlack)
+	if split && fileLimit(uint64(n+fdSlack)) < uint64(n+fdSlack) {
+		b.Fatalf("%d hosts need %d open files in the server process; the limit is %d (raise ulimit -n)", n, n+fdSlack, fileLimit(0))
+	}
+	ts := startServer(b, Config{HeartbeatTimeout: time.Hour})
+	joinStart := time.Now()
+	if split {
+		b.Logf("open-file limit %d is short of %d: the %d simulated hosts run in a child process", fileLimit(0), 2*n+fdSlack, n)
+		rf, err := startRemoteFleet(ts, n, b.Logf)
+		if err != nil {
+			b.Fatal(err)
+		}
+		fl = rf
+	} else {
+		agents, err := joinFleet(context.Background(), ts.URL(), ts.CACert(), ts.JoinToken(), n, b.Logf)
+		if err != nil {
+			b.Fatal(err)
+		}
+		fl = startFleet(agents)
+	}
+	joinTime := time.Since(joinStart)
+	defer func() {
+		ts.hub.close() // answers the parked polls at once
+		fl.stop()
+	}()
+
+	// Generous bounds for a loaded machine: they catch a stuck run, they
+	// do not measure.
+	bound := 60*time.Second + time.Duration(n)*10*time.Millisecond
+	parkAll := func() {
+		deadline := time.Now().Add(bound)
+		for ts.hub.parked.Load() < int64(n) {
+			if time.Now().After(deadline) {
+				b.Fatalf("only %d of %d hosts parked", ts.hub.parked.Load(), n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// A first app so that later iterations are updates, like a rollout.
+	if _, err := ts.admin.ApplyApp(bg, []byte(fanoutApp(n, 0))); err != nil {
+		b.Fatal(err)
+	}
+	var fanout, ack, apply time.Duration
+	b.ResetTimer()
+	for i := 1; i <= b.N; i++ {
+		b.StopTimer()
+		// Wait for the previous generation to settle everywhere.
+		time.Sleep(200 * time.Millisecond)
+		parkAll()
+		if err := fl.arm(int64(i)); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		start := time.Now()
+		if _, err := ts.admin.ApplyApp(bg, []byte(fanoutApp(n, i))); err != nil {
+			b.Fatal(err)
+		}
+		apply += time.Since(start)
+		if err := fl.wait(fleetGot, bound); err != nil {
+			b.Fatal(err)
+		}
+		fanout += time.Since(start)
+		if err := fl.wait(fleetAcked, bound); err != nil {
+			b.Fatal(err)
+		}
+		ack += time.Since(start)
+	}
+	b.StopTimer()
+	parkAll()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(fanout.Milliseconds())/float64(b.N), "fanout-ms")
+	b.ReportMetric(float64(ack.Milliseconds())/float64(b.N), "ack-ms")
+	b.ReportMetric(float64(apply.Milliseconds())/float64(b.N), "apply-ms")
+	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "heap-MB")
+	b.ReportMetric(float64(runtime.NumGoroutine()), "goroutines")
+	b.ReportMetric(joinTime.Seconds(), "join-s")
+	if rf, ok := fl.(*remoteFleet); ok {
+		heap, gr, err := rf.stats(bound)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(heap, "agents-heap-MB")
+		b.ReportMetric(float64(gr), "agents-goroutines")
+	}
 }
 
 // joinFleet joins n hosts, 16 at a time, retrying what a real agent
 // retries (connection errors, timeouts, 408, 429 and 5xx) with backoff.
-// Only the calling goroutine may fail b: it reports the first error that
-// was not retried, or outlived the retries, and how many hosts failed.
-func joinFleet(b *testing.B, ts *testServer, n int) []*testAgent {
-	b.Helper()
+// It runs on any goroutine: failures come back as an error naming the
+// first one that was not retried (or outlived the retries) and how many
+// hosts failed.
+func joinFleet(ctx context.Context, url string, caPEM []byte, token string, n int, logf func(string, ...any)) ([]*testAgent, error) {
 	agents := make([]*testAgent, n)
 	var (
 		wg       sync.WaitGroup
@@ -95,7 +195,7 @@ func joinFleet(b *testing.B, ts *testServer, n int) []*testAgent {
 		failed   int
 		retried  = map[string]int{} // transient failures by message, for the log
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	for w := 0; w < 16; w++ {
 		wg.Add(1)
@@ -109,7 +209,7 @@ func joinFleet(b *testing.B, ts *testServer, n int) []*testAgent {
 				name := fmt.Sprintf("h%04d", i)
 				delay := 50 * time.Millisecond
 				for {
-					a, err := ts.tryJoin(ctx, name, i, nil)
+					a, err := joinAt(ctx, url, caPEM, token, name, i, nil)
 					if err == nil {
 						agents[i] = a
 						break
@@ -136,12 +236,12 @@ func joinFleet(b *testing.B, ts *testServer, n int) []*testAgent {
 	}
 	wg.Wait()
 	for msg, k := range retried {
-		b.Logf("join retried %d times after: %s", k, msg)
+		logf("join retried %d times after: %s", k, msg)
 	}
 	if firstErr != nil {
-		b.Fatalf("%d of %d hosts failed to join; first error: %v", failed, n, firstErr)
+		return nil, fmt.Errorf("%d of %d hosts failed to join; first error: %w", failed, n, firstErr)
 	}
-	return agents
+	return agents, nil
 }
 
 // joinRetryable is the agent's rule (agent.permanent): the server's own
@@ -160,122 +260,306 @@ func trimErr(err error) string {
 	return msg
 }
 
-func benchFanout(b *testing.B, n int) {
-	if err := error(nil); err != nil && ensureFiles(0) != nil {
-		b.Fatal(err)
-	}
-	ts := startServer(b, Config{HeartbeatTimeout: time.Hour})
-	joinStart := time.Now()
-	agents := joinFleet(b, ts, n)
-	joinTime := time.Since(joinStart)
-
-	// Every host long-polls in a loop and records the newest revision it
-	// got; got counts hosts that reached target.
-	ctx, cancel := context.WithCancel(context.Background())
-	var target, got, acked atomic.Int64
-	allGot := make(chan struct{}, 1)
-	allAcked := make(chan struct{}, 1)
-	var loops sync.WaitGroup
-	for i, a := range agents {
-		loops.Add(1)
-		go func(name string, c *api.Client, req api.JoinRequest) {
-			defer loops.Done()
-			var rev int64
-			for ctx.Err() == nil {
-				ds, err := c.Desired(ctx, name, rev, time.Minute)
-				if err != nil {
-					sleepCtx(ctx, 50*time.Millisecond)
-					continue
-				}
-				if ds.Revision != rev {
-					rev = ds.Revision
-					if t := target.Load(); t != 0 && strings.Contains(string(mustJSON(ds.State.Guests)), fmt.Sprintf("gen-%d\"", t)) {
-						if got.Add(1) == int64(len(agents)) {
-							allGot <- struct{}{}
-						}
-						// Acknowledge, as an agent does once applied: the
-						// same identity as at join, the new revision.
-						st := api.Status{Name: name, Address: req.Address, PublicKey: req.PublicKey, WireGuardPort: req.WireGuardPort,
-							Capacity: req.Capacity, Labels: req.Labels, AppliedRevision: rev, Time: time.Now()}
-						if err := c.ReportStatus(ctx, name, st); err == nil && acked.Add(1) == int64(len(agents)) {
-							allAcked <- struct{}{}
-						}
-					}
-				}
-			}
-		}(fmt.Sprintf("h%04d", i), a.c, a.req)
-	}
-	defer func() {
-		cancel()
-		ts.hub.close()
-		loops.Wait()
-	}()
-	// Generous bounds for a loaded machine: they catch a stuck run, they
-	// do not measure.
-	bound := 60*time.Second + time.Duration(n)*10*time.Millisecond
-	parkAll := func() {
-		deadline := time.Now().Add(bound)
-		for ts.hub.parked.Load() < int64(n) {
-			if time.Now().After(deadline) {
-				b.Fatalf("only %d of %d hosts parked", ts.hub.parked.Load(), n)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	// A first app so that later iterations are updates, like a rollout.
-	if _, err := ts.admin.ApplyApp(bg, []byte(fanoutApp(n, 0))); err != nil {
-		b.Fatal(err)
-	}
-	var fanout, ack, apply time.Duration
-	b.ResetTimer()
-	for i := 1; i <= b.N; i++ {
-		b.StopTimer()
-		// Wait for the previous generation to settle everywhere.
-		time.Sleep(200 * time.Millisecond)
-		parkAll()
-		got.Store(0)
-		acked.Store(0)
-		target.Store(int64(i))
-		b.StartTimer()
-		start := time.Now()
-		if _, err := ts.admin.ApplyApp(bg, []byte(fanoutApp(n, i))); err != nil {
-			b.Fatal(err)
-		}
-		apply += time.Since(start)
-		select {
-		case <-allGot:
-		case <-time.After(bound):
-			b.Fatalf("only %d of %d hosts got the change", got.Load(), n)
-		}
-		fanout += time.Since(start)
-		select {
-		case <-allAcked:
-		case <-time.After(bound):
-			b.Fatalf("only %d of %d hosts acknowledged the change", acked.Load(), n)
-		}
-		ack += time.Since(start)
-	}
-	b.StopTimer()
-	parkAll()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	b.ReportMetric(float64(fanout.Milliseconds())/float64(b.N), "fanout-ms")
-	b.ReportMetric(float64(ack.Milliseconds())/float64(b.N), "ack-ms")
-	b.ReportMetric(float64(apply.Milliseconds())/float64(b.N), "apply-ms")
-	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "heap-MB")
-	b.ReportMetric(float64(runtime.NumGoroutine()), "goroutines")
-	b.ReportMetric(joinTime.Seconds(), "join-s")
+// fanoutFleet is the simulated hosts, in this process or in a child.
+type fanoutFleet interface {
+	// arm makes gen the generation the hosts wait for, and clears counts.
+	arm(gen int64) error
+	// wait returns once every host reached stage for the armed generation.
+	wait(stage string, bound time.Duration) error
+	stop()
 }
 
-// fanoutApp has one task per host (the compiler spreads first), whose
-// command names the generation: every host's desired state changes.
+// Stages a host passes for a generation.
+const (
+	fleetGot   = "got"
+	fleetAcked = "acked"
+)
+
+// localFleet is the simulated hosts in this process: each long-polls in a loop
+// and acknowledges the armed generation once it gets it.
+type localFleet struct {
+	n               int
+	target          atomic.Int64
+	got, acked      atomic.Int64
+	allGot, allAckd chan struct{}
+	cancel          context.CancelFunc
+	loops           sync.WaitGroup
+}
+
+func startFleet(agents []*testAgent) *localFleet {
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &localFleet{n: len(agents), cancel: cancel, allGot: make(chan struct{}, 1), allAckd: make(chan struct{}, 1)}
+	for _, a := range agents {
+		f.loops.Add(1)
+		go f.poll(ctx, a)
+	}
+	return f
+}
+
+func (f *localFleet) poll(ctx context.Context, a *testAgent) {
+	defer f.loops.Done()
+	var rev int64
+	for ctx.Err() == nil {
+		ds, err := a.c.Desired(ctx, a.name, rev, time.Minute)
+		if err != nil {
+			sleepCtx(ctx, 50*time.Millisecond)
+			continue
+		}
+		if ds.Revision == rev {
+			continue
+		}
+		rev = ds.Revision
+		t := f.target.Load()
+		if t == 0 || !strings.Contains(string(mustJSON(ds.State.Guests)), fmt.Sprintf("gen-%d\"", t)) {
+			continue
+		}
+		if f.got.Add(1) == int64(f.n) {
+			f.allGot <- struct{}{}
+		}
+		// Acknowledge, as an agent does once applied: the same identity as
+		// at join, the new revision.
+		req := a.req
+		st := api.Status{Name: a.name, Address: req.Address, PublicKey: req.PublicKey, WireGuardPort: req.WireGuardPort,
+			Capacity: req.Capacity, Labels: req.Labels, AppliedRevision: rev, Time: time.Now()}
+		if err := a.c.ReportStatus(ctx, a.name, st); err == nil && f.acked.Add(1) == int64(f.n) {
+			f.allAckd <- struct{}{}
+		}
+	}
+}
+
+func (f *localFleet) arm(gen int64) error {
+	f.got.Store(0)
+	f.acked.Store(0)
+	f.target.Store(gen)
+	return nil
+}
+
+func (f *localFleet) wait(stage string, bound time.Duration) error {
+	ch, count := f.allGot, &f.got
+	if stage == fleetAcked {
+		ch, count = f.allAckd, &f.acked
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-time.After(bound):
+		return fmt.Errorf("only %d of %d hosts %s the change within %v", count.Load(), f.n, stage, bound)
+	}
+}
+
+// stop ends the polls; the server must answer the parked ones (hub.close)
+// for it to return soon.
+func (f *localFleet) stop() {
+	f.cancel()
+	f.loops.Wait()
+}
+
+// The child process's side: fleetEnv carries its configuration, and it
+// speaks in lines. From the parent: "arm <gen>", "stats"; end of input
+// ends it. To the parent, each line starting with fleetPrefix (the test
+// framework's own output is ignored): "joined", "got <gen>",
+// "acked <gen>", "stats <heap-MB> <goroutines>", "log <text>" and
+// "error <text>".
+const (
+	fleetEnv    = "CORRIDOR_BENCH_FLEET"
+	fleetPrefix = "corridor-fleet: "
+)
+
+type fleetConfig struct {
+	URL   string `json:"url"`
+	CA    string `json:"ca"`
+	Token string `json:"token"`
+	Hosts int    `json:"hosts"`
+}
+
+// TestFanoutFleetHelper is not a test: it is the child process that
+// BenchmarkLongPollFanout starts when the simulated hosts do not fit in
+// its own process (open-file limit). It skips unless started so.
+func TestFanoutFleetHelper(t *testing.T) {
+	raw := os.Getenv(fleetEnv)
+	if raw == "" {
+		t.Skip("the benchmark's child process; runs only when " + fleetEnv + " is set")
+	}
+	var cfg fleetConfig
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		t.Fatalf("%s: %v", fleetEnv, err)
+	}
+	var outMu sync.Mutex
+	say := func(format string, args ...any) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		fmt.Fprintf(os.Stdout, fleetPrefix+format+"\n", args...)
+	}
+	fileLimit(uint64(cfg.Hosts + fdSlack))
+	agents, err := joinFleet(context.Background(), cfg.URL, []byte(cfg.CA), cfg.Token, cfg.Hosts, func(f string, a ...any) { say("log "+f, a...) })
+	if err != nil {
+		say("error %s", strings.ReplaceAll(err.Error(), "\n", " "))
+		return
+	}
+	f := startFleet(agents)
+	defer f.stop()
+	say("joined")
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		cmd, arg, _ := strings.Cut(sc.Text(), " ")
+		switch cmd {
+		case "arm":
+			gen, err := strconv.ParseInt(arg, 10, 64)
+			if err != nil {
+				say("error arm: %v", err)
+				continue
+			}
+			f.arm(gen)
+			go func() {
+				for _, stage := range []string{fleetGot, fleetAcked} {
+					// The parent has its own bound; this one only ends the
+					// goroutine of a run the parent gave up on.
+					if err := f.wait(stage, time.Hour); err != nil {
+						say("error %v", err)
+						return
+					}
+					say("%s %d", stage, gen)
+				}
+			}()
+		case "stats":
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			say("stats %.1f %d", float64(ms.HeapAlloc)/(1<<20), runtime.NumGoroutine())
+		}
+	}
+	// End of input: the parent is done. Its server answers the parked
+	// polls as it stops; do not wait for that.
+	f.cancel()
+}
+
+// remoteFleet is the parent's handle on the child process.
+type remoteFleet struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	lines chan string // the child's protocol lines, prefix removed
+	logf  func(string, ...any)
+	gen   int64
+}
+
+func startRemoteFleet(ts *testServer, n int, logf func(string, ...any)) (*remoteFleet, error) {
+	cfg, err := json.Marshal(fleetConfig{URL: ts.URL(), CA: string(ts.CACert()), Token: ts.JoinToken(), Hosts: n})
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestFanoutFleetHelper$", "-test.bench=^$", "-test.count=1", "-test.timeout=0")
+	cmd.Env = append(os.Environ(), fleetEnv+"="+string(cfg))
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start the simulated hosts' process: %w", err)
+	}
+	rf := &remoteFleet{cmd: cmd, in: in, lines: make(chan string, 16), logf: logf}
+	go func() {
+		defer close(rf.lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if line, ok := strings.CutPrefix(sc.Text(), fleetPrefix); ok {
+				rf.lines <- line
+			}
+		}
+	}()
+	if err := rf.expect("joined", 15*time.Minute); err != nil {
+		rf.stop()
+		return nil, err
+	}
+	return rf, nil
+}
+
+// expect reads the child's lines until want, logging what it logs.
+func (rf *remoteFleet) expect(want string, bound time.Duration) error {
+	_, err := rf.expectPrefix(want, bound)
+	return err
+}
+
+func (rf *remoteFleet) expectPrefix(want string, bound time.Duration) (string, error) {
+	timeout := time.After(bound)
+	for {
+		select {
+		case line, ok := <-rf.lines:
+			if !ok {
+				return "", fmt.Errorf("the simulated hosts' process ended before %q", want)
+			}
+			switch {
+			case strings.HasPrefix(line, want):
+				return line, nil
+			case strings.HasPrefix(line, "log "):
+				rf.logf("hosts process: %s", strings.TrimPrefix(line, "log "))
+			case strings.HasPrefix(line, "error "):
+				return "", fmt.Errorf("hosts process: %s", strings.TrimPrefix(line, "error "))
+			}
+		case <-timeout:
+			return "", fmt.Errorf("no %q from the simulated hosts' process within %v", want, bound)
+		}
+	}
+}
+
+func (rf *remoteFleet) arm(gen int64) error {
+	rf.gen = gen
+	_, err := fmt.Fprintf(rf.in, "arm %d\n", gen)
+	return err
+}
+
+func (rf *remoteFleet) wait(stage string, bound time.Duration) error {
+	return rf.expect(fmt.Sprintf("%s %d", stage, rf.gen), bound)
+}
+
+func (rf *remoteFleet) stats(bound time.Duration) (heapMB float64, goroutines int, err error) {
+	if _, err := fmt.Fprintln(rf.in, "stats"); err != nil {
+		return 0, 0, err
+	}
+	line, err := rf.expectPrefix("stats ", bound)
+	if err != nil {
+		return 0, 0, err
+	}
+	if _, err := fmt.Sscanf(line, "stats %f %d", &heapMB, &goroutines); err != nil {
+		return 0, 0, fmt.Errorf("hosts process: %q: %w", line, err)
+	}
+	return heapMB, goroutines, nil
+}
+
+// stop closes the child's input, which ends it, and kills it (by its own
+// PID) if it has not ended within 30 s.
+func (rf *remoteFleet) stop() {
+	rf.in.Close()
+	done := make(chan struct{})
+	go func() {
+		for range rf.lines { // keep the pipe drained so that it can exit
+		}
+		rf.cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		rf.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// fanoutApp has one task per host (the compiler places a task of an app
+// on a server that runs none of it first), whose command names the
+// generation: every host's desired state changes. Classes hold at most
+// spec.MaxTasks tasks, so larger fleets get several.
 func fanoutApp(n, gen int) string {
-	return fmt.Sprintf(`apiVersion: corridor/v1
-kind: App
-name: fanout
-classes:
-  - name: c
+	var b strings.Builder
+	b.WriteString("apiVersion: corridor/v1\nkind: App\nname: fanout\nclasses:\n")
+	for c := 0; n > 0; c++ {
+		k := min(n, spec.MaxTasks)
+		n -= k
+		fmt.Fprintf(&b, `  - name: c%d
     tasks: %d
     guest:
       runtime: netns
@@ -283,5 +567,7 @@ classes:
     resources:
       cpu: 10m
       memory: 4Mi
-`, n, gen)
+`, c, k, gen)
+	}
+	return b.String()
 }

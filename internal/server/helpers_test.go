@@ -181,19 +181,29 @@ func (ts *testServer) join(t testing.TB, name string, i int, labels map[string]s
 
 // tryJoin makes a server join once and returns its mTLS client.
 func (ts *testServer) tryJoin(ctx context.Context, name string, i int, labels map[string]string) (*testAgent, error) {
+	return joinAt(ctx, ts.URL(), ts.CACert(), ts.JoinToken(), name, i, labels)
+}
+
+// joinAt joins the server at url (whose CA is caPEM) once, as the agent
+// does: a new key, a CSR, the join token.
+func joinAt(ctx context.Context, url string, caPEM []byte, token, name string, i int, labels map[string]string) (*testAgent, error) {
 	req, keyPEM, err := joinRequest(name, i, labels)
 	if err != nil {
 		return nil, err
 	}
-	req.Token = ts.JoinToken()
-	anon, err := ts.newClient("", nil)
+	req.Token = token
+	pool, err := api.CAPool(caPEM)
+	if err != nil {
+		return nil, err
+	}
+	anon, err := api.NewClient(url, "", &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
 	if err != nil {
 		return nil, err
 	}
 	// The join's connection is used once: without this it stays open
 	// until the server's idle timeout, a second descriptor per host at
 	// each end for the fleet benchmark.
-	_ = anon.CloseIdleConnections
+	defer anon.CloseIdleConnections()
 	resp, err := anon.Join(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("join %s: %w", name, err)
@@ -202,7 +212,7 @@ func (ts *testServer) tryJoin(ctx context.Context, name string, i int, labels ma
 	if err != nil {
 		return nil, fmt.Errorf("join %s: %w", name, err)
 	}
-	c, err := api.NewClient(ts.URL(), "", tc)
+	c, err := api.NewClient(url, "", tc)
 	if err != nil {
 		return nil, err
 	}
