@@ -26,6 +26,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // DefaultPrefix is the key prefix of all of Corridor's keys.
@@ -206,10 +207,16 @@ func startEmbedded(dir string) (*embed.Etcd, error) {
 	return nil, fmt.Errorf("store: start embedded etcd in %s: %w", dir, lastErr)
 }
 
-// QuietLogger silences etcd's own logger, which reports a normal shutdown
-// at error level; Corridor logs what matters itself.
+// QuietLogger quiets etcd's own logger, which reports a normal shutdown
+// at error level; Corridor logs what matters itself. Fatal errors still
+// get through.
 func QuietLogger(cfg *embed.Config) {
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	// Not zap.NewNop: etcd's Fatal still exits the process, and a no-op
+	// logger would make that exit silent (a full disk, or no file
+	// descriptors left, would kill the server without a word). Only
+	// DPanic, Panic and Fatal get through, to stderr.
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(os.Stderr), zapcore.DPanicLevel)
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(core))
 	cfg.Logger = "zap"
 }
 
