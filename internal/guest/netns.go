@@ -202,6 +202,16 @@ func (r *Netns) Close() error {
 
 // validate checks what the netns runtime needs from a guest.
 func validate(g compile.Guest) error {
+	if err := errors.Join(CommonChecks(g)...); err != nil {
+		return fmt.Errorf("guest %s: %w", g.Task, err)
+	}
+	return nil
+}
+
+// CommonChecks are the checks every runtime makes of a guest before
+// touching the host: a task, an IPv4 address, a valid host interface name
+// and a command. A runtime adds its own and wraps them with the task.
+func CommonChecks(g compile.Guest) []error {
 	var errs []error
 	if g.Task == "" {
 		errs = append(errs, errors.New("task is empty"))
@@ -215,10 +225,7 @@ func validate(g compile.Guest) error {
 	if len(g.Spec.Command) == 0 || g.Spec.Command[0] == "" {
 		errs = append(errs, errors.New("spec.command is empty"))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("guest %s: %w", g.Task, err)
-	}
-	return nil
+	return errs
 }
 
 // Ensure implements Runtime.

@@ -188,19 +188,7 @@ func (r *Runtime) Accel() (accel, reason string) {
 }
 
 func validate(g compile.Guest) error {
-	var errs []error
-	if g.Task == "" {
-		errs = append(errs, errors.New("task is empty"))
-	}
-	if !g.Address.IsValid() || !g.Address.Is4() {
-		errs = append(errs, fmt.Errorf("address %q is not an IPv4 address", g.Address))
-	}
-	if g.HostIf == "" || len(g.HostIf) > 15 || strings.ContainsAny(g.HostIf, "/ \t\n:") {
-		errs = append(errs, fmt.Errorf("hostIf %q is not a valid interface name (1 to 15 characters, no '/', ':' or space)", g.HostIf))
-	}
-	if len(g.Spec.Command) == 0 || g.Spec.Command[0] == "" {
-		errs = append(errs, errors.New("spec.command is empty"))
-	}
+	errs := guest.CommonChecks(g)
 	if g.Resources.Memory != 0 && g.Resources.Memory < MinMemory {
 		errs = append(errs, fmt.Errorf("resources.memory %d is below the %d MiB a VM guest needs", g.Resources.Memory, MinMemory>>20))
 	}
