@@ -1,7 +1,6 @@
 package guest
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/corridor-dev/corridor/internal/mountinfo"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
@@ -62,36 +62,25 @@ func detectCgroups() (cgroupLayout, error) {
 // controllers returns the content of cgroup.controllers of a cgroup2 mount.
 // A v2 mount offering both cpu and memory wins; otherwise both controllers
 // must be on v1 hierarchies.
-func parseCgroupMounts(mountinfo io.Reader, controllers func(dir string) (string, error)) (cgroupLayout, error) {
+func parseCgroupMounts(r io.Reader, controllers func(dir string) (string, error)) (cgroupLayout, error) {
+	mounts, err := mountinfo.Parse(r)
+	if err != nil {
+		return cgroupLayout{}, fmt.Errorf("guest: read mounts: %w", err)
+	}
 	var l cgroupLayout
 	var v2 []string
-	sc := bufio.NewScanner(mountinfo)
-	for sc.Scan() {
-		// "36 25 0:31 / /sys/fs/cgroup/cpu rw,relatime shared:13 - cgroup cgroup rw,cpu,cpuacct"
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		pf, qf := strings.Fields(pre), strings.Fields(post)
-		if len(pf) < 5 || len(qf) < 3 {
-			continue
-		}
-		mnt := unescapeMount(pf[4])
-		switch qf[0] {
+	for _, m := range mounts {
+		switch m.FSType {
 		case "cgroup2":
-			v2 = append(v2, mnt)
+			v2 = append(v2, m.Point)
 		case "cgroup":
-			opts := strings.Split(qf[2], ",")
-			if slices.Contains(opts, "cpu") && l.CPURoot == "" {
-				l.CPURoot = mnt
+			if slices.Contains(m.Super, "cpu") && l.CPURoot == "" {
+				l.CPURoot = m.Point
 			}
-			if slices.Contains(opts, "memory") && l.MemRoot == "" {
-				l.MemRoot = mnt
+			if slices.Contains(m.Super, "memory") && l.MemRoot == "" {
+				l.MemRoot = m.Point
 			}
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return cgroupLayout{}, fmt.Errorf("guest: read mounts: %w", err)
 	}
 	for _, mnt := range v2 {
 		c, err := controllers(mnt)
@@ -108,25 +97,6 @@ func parseCgroupMounts(mountinfo io.Reader, controllers func(dir string) (string
 		return l, nil
 	}
 	return cgroupLayout{}, errors.New("guest: no cgroup hierarchy offers the cpu and memory controllers (need cgroup v2 with both, or v1 cpu and memory mounts)")
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // cgroupFile is one control file value to write, relative to the task's

@@ -156,9 +156,6 @@ func TestParseCgroupMounts(t *testing.T) {
 	if _, err := parseCgroupMounts(strings.NewReader("41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"), read); err == nil {
 		t.Error("no cpu/memory anywhere: want an error")
 	}
-	if got := unescapeMount(`/mnt/a\040b`); got != "/mnt/a b" {
-		t.Errorf("unescapeMount = %q", got)
-	}
 }
 
 // TestCgroupV2Files writes a v2 task cgroup into a fake hierarchy: the

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/mountinfo"
 )
 
 // DownOptions say which lab Down removes and how.
@@ -530,27 +530,18 @@ func removeGuestCgroups(guestNamespaces, mounts []string) error {
 
 // cgroupMounts lists the mount points of cgroup hierarchies (v1 and v2).
 func cgroupMounts() []string {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.Read()
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
-	return parseCgroupMounts(f)
+	return cgroupPoints(ms)
 }
 
-func parseCgroupMounts(r io.Reader) []string {
+func cgroupPoints(ms []mountinfo.Mount) []string {
 	var out []string
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		line := sc.Text()
-		// The filesystem type follows the " - " separator.
-		_, after, ok := strings.Cut(line, " - ")
-		f := strings.Fields(line)
-		if !ok || len(f) < 5 {
-			continue
-		}
-		if fs := strings.Fields(after); len(fs) > 0 && (fs[0] == "cgroup" || fs[0] == "cgroup2") {
-			out = append(out, unescapeMount(f[4]))
+	for _, m := range ms {
+		if m.FSType == "cgroup" || m.FSType == "cgroup2" {
+			out = append(out, m.Point)
 		}
 	}
 	return out
@@ -558,48 +549,22 @@ func parseCgroupMounts(r io.Reader) []string {
 
 // mountsUnder lists mount points at or below dir, deepest first.
 func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.Read()
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
-	return parseMountsUnder(f, dir)
+	return pointsUnder(ms, dir)
 }
 
-func parseMountsUnder(r io.Reader, dir string) []string {
+func pointsUnder(ms []mountinfo.Mount, dir string) []string {
 	var out []string
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 5 {
-			continue
-		}
-		mp := unescapeMount(f[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
+	for _, m := range ms {
+		if m.Point == dir || strings.HasPrefix(m.Point, dir+"/") {
+			out = append(out, m.Point)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
 	return out
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // leftovers lists what of the lab still exists.

@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/corridor-dev/corridor/internal/mountinfo"
 )
 
 // planLab is a two-server lab as Up records it, with the processes it
@@ -162,7 +164,11 @@ func TestParseMountsUnder(t *testing.T) {
 603 22 0:4 net:[4026534] /var/lib/lab2/s1/x rw - nsfs nsfs rw
 604 22 0:22 / /var/lib/lab rw - tmpfs tmpfs rw
 `
-	got := parseMountsUnder(strings.NewReader(info), "/var/lib/lab")
+	ms, err := mountinfo.Parse(strings.NewReader(info))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := pointsUnder(ms, "/var/lib/lab")
 	want := []string{"/var/lib/lab/s1/guests/a", "/var/lib/lab/s1/my guest", "/var/lib/lab"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("mounts %q, want %q (deepest first)", got, want)
@@ -197,7 +203,11 @@ func TestParseCgroupMounts(t *testing.T) {
 32 30 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
 33 30 0:29 / /sys/fs/cgroup/memory rw shared:9 - cgroup cgroup rw,memory
 `
-	got := parseCgroupMounts(strings.NewReader(info))
+	ms, err := mountinfo.Parse(strings.NewReader(info))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := cgroupPoints(ms)
 	want := []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/memory"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("cgroup mounts %q, want %q", got, want)
