@@ -298,3 +298,26 @@ func (c taskCgroup) Remove() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Cgroup is one task's cgroup for a runtime other than netns (the VM
+// runtime puts QEMU in one): the same hierarchy detection, layout and
+// limits as netns guests, under the same parent.
+type Cgroup struct{ c taskCgroup }
+
+// OpenCgroup returns the cgroup of task under parent; Ensure creates it.
+func OpenCgroup(parent, task string) (*Cgroup, error) {
+	layout, err := detectCgroups()
+	if err != nil {
+		return nil, err
+	}
+	return &Cgroup{c: taskCgroup{layout: layout, rel: filepath.Join(parent, Name(task))}}, nil
+}
+
+// Ensure creates the cgroup if needed and sets its CPU and memory limits.
+func (g *Cgroup) Ensure(r spec.Resources) error { return g.c.Ensure(r) }
+
+// AddProc moves a process into the cgroup.
+func (g *Cgroup) AddProc(pid int) error { return g.c.AddProc(pid) }
+
+// Remove deletes the cgroup; its processes must be gone.
+func (g *Cgroup) Remove() error { return g.c.Remove() }

@@ -15,6 +15,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/image"
 	"github.com/corridor-dev/corridor/internal/nsrun"
+	"github.com/corridor-dev/corridor/internal/spec"
 )
 
 // stableRun is how long a VM must have run for its next crash to count
@@ -23,9 +24,10 @@ const stableRun = 30 * time.Second
 
 // launch is one way of starting a task's QEMU.
 type launch struct {
-	args  []string
-	accel string
-	hash  string
+	args      []string
+	accel     string
+	hash      string
+	resources spec.Resources // the class's: QEMU's cgroup gets these plus QEMUOverhead
 }
 
 // vmTask supervises one guest's QEMU: starts it, watches the console for
@@ -140,6 +142,7 @@ func (t *vmTask) start(w launch) (*qemuProc, error) {
 	if err := nsrun.DoHandle(t.r.host.NS(), cmd.Start); err != nil {
 		return nil, fmt.Errorf("start %s: %w", t.r.cfg.QEMU, err)
 	}
+	t.confine(cmd.Process.Pid, w.resources)
 	rec := qemuRecord{ProcID: guest.ProcIDOf(cmd.Process.Pid), Hash: w.hash, Accel: w.accel, LogOffset: off, Started: time.Now()}
 	if b, err := json.Marshal(rec); err == nil {
 		if err := atomicfile.Write(filepath.Join(t.dir, pidFile), b, 0o644); err != nil {
@@ -269,4 +272,38 @@ func (t *vmTask) sleep(d time.Duration) bool {
 	case <-t.detachc:
 		return false
 	}
+}
+
+// QEMUOverhead is what QEMU itself needs beyond the guest's RAM (its own
+// code, device models, TCG's translation cache): the memory limit of its
+// cgroup is the class's memory plus this, so that the guest gets all of
+// what it asked for and a runaway QEMU is still bounded.
+const QEMUOverhead spec.Bytes = 256 << 20
+
+// confine puts QEMU into the task's cgroup with the class's CPU limit and
+// a memory limit of the guest's RAM plus QEMUOverhead. A host without
+// usable cgroups runs the VM unconfined, and says so.
+func (t *vmTask) confine(pid int, r spec.Resources) {
+	cg, err := guest.OpenCgroup(guest.DefaultCgroupParent, t.task)
+	if err == nil {
+		if r.Memory > 0 {
+			r.Memory += QEMUOverhead
+		}
+		err = cg.Ensure(r)
+	}
+	if err == nil {
+		err = cg.AddProc(pid)
+	}
+	if err != nil {
+		t.r.log.Warn("QEMU runs without a cgroup: its CPU is not limited", "task", t.task, "err", err)
+	}
+}
+
+// unconfine removes the task's cgroup once QEMU is gone.
+func unconfine(task string) error {
+	cg, err := guest.OpenCgroup(guest.DefaultCgroupParent, task)
+	if err != nil {
+		return nil // no cgroups here, so none was made
+	}
+	return cg.Remove()
 }

@@ -330,7 +330,7 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	if err != nil {
 		return fmt.Errorf("guest %s: %w", g.Task, err)
 	}
-	want := launch{args: args, accel: accel, hash: launchHash(args, bf.ImageHash, tapIndex)}
+	want := launch{args: args, accel: accel, hash: launchHash(args, bf.ImageHash, tapIndex), resources: g.Resources}
 
 	r.mu.Lock()
 	t := r.tasks[g.Task]
@@ -449,6 +449,9 @@ func (r *Runtime) Remove(ctx context.Context, task string) error {
 		if err := r.host.DeleteLink(rec.Guest.HostIf); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := unconfine(task); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
 		if err := os.RemoveAll(dir); err != nil {

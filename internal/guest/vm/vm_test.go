@@ -20,6 +20,7 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/image"
 	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -130,7 +131,7 @@ func dbGuest(task, hostIf string, addr netip.Addr) compile.Guest {
 	return compile.Guest{
 		Task: task, App: "t", Class: "db", Address: addr, HostIf: hostIf,
 		Spec:      spec.Guest{Runtime: spec.RuntimeVM, Command: []string{"corridor", "sample", "db", "--listen", ":5432", "--data", "/tmp/db"}},
-		Resources: spec.Resources{Memory: 256 << 20},
+		Resources: spec.Resources{CPU: 1000, Memory: 256 << 20},
 		Env:       map[string]string{"CORRIDOR_TASK": task, "CORRIDOR_ADDR": addr.String()},
 	}
 }
@@ -227,6 +228,15 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("List = %+v, %v", infos, err)
 	}
 	pid := infos[0].PID
+
+	// QEMU runs in the task's cgroup, with the class's CPU limit.
+	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "/" + guest.DefaultCgroupParent + "/" + guest.Name(g.Task); !strings.Contains(string(cg), want) {
+		t.Errorf("QEMU is not in its cgroup %s:\n%s", want, cg)
+	}
 
 	// Ensure again with the same guest changes nothing.
 	if err := r.Ensure(ctx, g); err != nil {
