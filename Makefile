@@ -7,8 +7,10 @@ PKGS    := ./...
 
 .PHONY: build test unit all-tests lint bench-smoke fuzz-smoke fmt clean
 
+# Static (no cgo): the same binary runs on the host and inside VM guests
+# (`corridor image build --with-sample` carries it).
 build:
-	$(GO) build -o $(BIN) ./cmd/corridor
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/corridor
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
