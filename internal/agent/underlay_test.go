@@ -13,18 +13,14 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/agent"
 	"github.com/corridor-dev/corridor/internal/nsrun"
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 // testNetns makes a network namespace of this test process and a netlink
 // handle in it; both go away when the test ends.
 func testNetns(t *testing.T, suffix string) (*netlink.Handle, string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("privileged: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
+	testnet.NeedRoot(t, "create network namespaces")
 	name := fmt.Sprintf("cortst-ag-%d-%s", os.Getpid(), suffix)
 	var ns netns.NsHandle
 	// NewNamed enters the namespace it makes; nsrun brings the thread back.

@@ -7,17 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/exec"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/nsrun"
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
-
-var nsSeq atomic.Int32
 
 // testNet is two network namespaces joined by two veth pairs:
 //
@@ -27,22 +23,8 @@ type testNet struct{ a, b string }
 
 func newTestNet(t *testing.T) testNet {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("privileged: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and packet sockets")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2's ip to build the test namespaces")
-	}
-	n := nsSeq.Add(1)
-	a := fmt.Sprintf("cortst-cap-%d-%d-a", os.Getpid(), n)
-	b := fmt.Sprintf("cortst-cap-%d-%d-b", os.Getpid(), n)
-	for _, ns := range []string{a, b} {
-		run(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	}
+	ns := testnet.Namespaces(t, "cap", "a", "b")
+	a, b := ns[0], ns[1]
 	for _, cmd := range [][]string{
 		{"-n", a, "link", "add", "corcapa", "type", "veth", "peer", "name", "corcapb", "netns", b},
 		{"-n", a, "link", "add", "corcapx", "type", "veth", "peer", "name", "corcapy", "netns", b},
@@ -54,19 +36,10 @@ func newTestNet(t *testing.T) testNet {
 		{"-n", b, "link", "set", "corcapb", "up"},
 		{"-n", a, "link", "set", "corcapx", "up"},
 		{"-n", b, "link", "set", "corcapy", "up"},
-		{"-n", a, "link", "set", "lo", "up"},
-		{"-n", b, "link", "set", "lo", "up"},
 	} {
-		run(t, "ip", cmd...)
+		testnet.IP(t, cmd...)
 	}
-	return testNet{a: "/var/run/netns/" + a, b: "/var/run/netns/" + b}
-}
-
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	}
+	return testNet{a: testnet.Path(a), b: testnet.Path(b)}
 }
 
 // exchange sends udpMsg by UDP and tcpReq by TCP from a to b, and b answers

@@ -21,6 +21,7 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/dataplane/wguser"
 	"github.com/corridor-dev/corridor/internal/nsrun"
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 // corridorBin is the binary the data plane starts for wireguard-go: $CORRIDOR_BIN,
@@ -83,12 +84,7 @@ func testDatapath(args []string) int {
 
 func needRoot(t testing.TB) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("privileged: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
+	testnet.NeedRoot(t, "creates network namespaces")
 }
 
 var envSeq atomic.Int32

@@ -24,6 +24,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/spec"
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 // helperEnv makes the test binary act as a guest program (see TestMain).
@@ -57,12 +58,7 @@ type env struct {
 
 func needRoot(t testing.TB) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("privileged: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, veths and cgroups")
-	}
+	testnet.NeedRoot(t, "creates network namespaces, veths and cgroups")
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs iproute2 (ip) to make the test's host namespace")
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 var (
@@ -67,12 +68,7 @@ func corridorBinary(t *testing.T) string {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("privileged: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: makes network namespaces and links")
-	}
+	testnet.NeedRoot(t, "makes network namespaces and links")
 	if _, err := os.Stat("/proc/self/ns/net"); err != nil {
 		t.Skip("no network namespaces on this kernel")
 	}

@@ -14,16 +14,13 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("privileged: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
+	testnet.NeedRoot(t, "create network namespaces")
 }
 
 // threadInode is the inode of the calling thread's network namespace.

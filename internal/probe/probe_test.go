@@ -2,13 +2,11 @@ package probe
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 func TestDialRejectsBadArguments(t *testing.T) {
@@ -61,8 +59,6 @@ func TestLoopback(t *testing.T) {
 	}
 }
 
-var nsSeq atomic.Int32
-
 // testNet is two namespaces joined by a veth:
 //
 //	a: corprba 198.19.203.1/30  <->  b: corprbb 198.19.203.2/30
@@ -75,30 +71,14 @@ type testNet struct{ a, b string }
 
 func newTestNet(t *testing.T) testNet {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("privileged: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2's ip to build the test namespaces")
-	}
-	n := nsSeq.Add(1)
-	a := fmt.Sprintf("cortst-probe-%d-%d-a", os.Getpid(), n)
-	b := fmt.Sprintf("cortst-probe-%d-%d-b", os.Getpid(), n)
-	for _, ns := range []string{a, b} {
-		run(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	}
+	ns := testnet.Namespaces(t, "probe", "a", "b")
+	a, b := ns[0], ns[1]
 	for _, cmd := range [][]string{
 		{"-n", a, "link", "add", "corprba", "type", "veth", "peer", "name", "corprbb", "netns", b},
 		{"-n", a, "addr", "add", "198.19.203.1/30", "dev", "corprba"},
 		{"-n", b, "addr", "add", "198.19.203.2/30", "dev", "corprbb"},
 		{"-n", a, "link", "set", "corprba", "up"},
 		{"-n", b, "link", "set", "corprbb", "up"},
-		{"-n", a, "link", "set", "lo", "up"},
-		{"-n", b, "link", "set", "lo", "up"},
 		{"-n", b, "addr", "add", "198.19.207.2/32", "dev", "lo"},
 		{"-n", a, "route", "add", "198.19.207.2/32", "via", "198.19.203.2"},
 		{"-n", b, "route", "add", "blackhole", "default", "table", "207"},
@@ -106,16 +86,9 @@ func newTestNet(t *testing.T) testNet {
 		{"-n", a, "route", "add", "unreachable", "198.19.208.0/24"},
 		{"-n", a, "route", "add", "prohibit", "198.19.209.0/24"},
 	} {
-		run(t, "ip", cmd...)
+		testnet.IP(t, cmd...)
 	}
-	return testNet{a: "/var/run/netns/" + a, b: "/var/run/netns/" + b}
-}
-
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	}
+	return testNet{a: testnet.Path(a), b: testnet.Path(b)}
 }
 
 func TestOutcomesBetweenNamespaces(t *testing.T) {
