@@ -246,7 +246,19 @@ func (f *fleet) verify(t *testing.T, app string) *verify.Report {
 
 func (f *fleet) mustVerify(t *testing.T, app string) *verify.Report {
 	t.Helper()
+	return f.verifyWithin(t, app, 0)
+}
+
+// verifyWithin runs verify until it passes or d has elapsed, and fails
+// the test with the last run's mismatches. d = 0 runs it once.
+func (f *fleet) verifyWithin(t *testing.T, app string, d time.Duration) *verify.Report {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	rep := f.verify(t, app)
+	for !rep.OK() && time.Now().Before(deadline) {
+		time.Sleep(time.Second)
+		rep = f.verify(t, app)
+	}
 	if !rep.OK() {
 		for _, c := range rep.Checks {
 			if !c.OK {
@@ -410,15 +422,9 @@ func testDrift(t *testing.T, f *fleet, tasks []api.TaskInfo) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	// The peer that kept its old session re-handshakes only after
-	// WireGuard's rekey timeout: give the path that long to come back.
-	deadline = time.Now().Add(40 * time.Second)
-	for !f.verify(t, "shop").OK() {
-		if time.Now().After(deadline) {
-			f.mustVerify(t, "shop")
-		}
-		time.Sleep(time.Second)
-	}
+	// The peer that kept its old session sends on it until a keepalive or
+	// a rekey makes it handshake again: give the path that long to return.
+	f.verifyWithin(t, "shop", 40*time.Second)
 }
 
 // assertHostClean checks that nothing of the deleted tasks is left on a

@@ -103,13 +103,7 @@ func TestShopWithVMDatabase(t *testing.T) {
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
-		deadline = time.Now().Add(40 * time.Second)
-		for !f.verify(t, "shopvm").OK() {
-			if time.Now().After(deadline) {
-				f.mustVerify(t, "shopvm")
-			}
-			time.Sleep(time.Second)
-		}
+		f.verifyWithin(t, "shopvm", 40*time.Second)
 	})
 
 	t.Run("delete", func(t *testing.T) {
