@@ -29,6 +29,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -207,6 +208,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wg.Go(func() { a.reconcileLoop(ctx) })
+	wg.Go(func() { a.handshakeLoop(ctx) })
 
 	id, err := a.ensureIdentity(ctx)
 	if err != nil {
@@ -372,6 +374,38 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	}
 }
 
+// handshakeInterval is how often the agent looks for stalled WireGuard
+// handshakes; with dataplane.HandshakeStallAfter it bounds how long a
+// crossed handshake delays a new encrypted path.
+const handshakeInterval = 250 * time.Millisecond
+
+// handshakeLoop retries crossed WireGuard handshakes, so that a new
+// encrypted path carries its first byte within about a second rather than
+// after WireGuard's own 5 s retry.
+func (a *Agent) handshakeLoop(ctx context.Context) {
+	t := time.NewTicker(handshakeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			hc, err := a.cfg.Dataplane.RetryStalledHandshakes(now)
+			if err != nil {
+				a.log.Debug("handshake check", "err", err)
+				continue
+			}
+			a.m.handshakeRetries.Add(float64(len(hc.Retried)))
+			if len(hc.Completed) > 0 {
+				// New paths are up: tell the server now, not at the
+				// next status tick, so that "get paths" shows them.
+				a.log.Info("WireGuard peers up", "servers", strings.Join(hc.Completed, ", "))
+				signal(a.kick)
+			}
+		}
+	}
+}
+
 // reconcileTarget runs one reconcile pass towards the current target.
 func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 	a.reconcileMu.Lock()
@@ -513,8 +547,8 @@ func (a *Agent) checkState(st compile.HostState) error {
 	return nil
 }
 
-// statusLoop reports status every StatusInterval and right after each
-// reconcile pass.
+// statusLoop reports status every StatusInterval, right after each
+// reconcile pass, and when new WireGuard peers come up.
 func (a *Agent) statusLoop(ctx context.Context, cp ControlPlane) {
 	t := time.NewTicker(a.cfg.StatusInterval)
 	defer t.Stop()

@@ -6,6 +6,7 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/dataplane"
 )
 
 // ControlPlane is what the agent needs from the Corridor server. The real
@@ -39,6 +40,11 @@ type Guests interface {
 type Dataplane interface {
 	Apply(ctx context.Context, st compile.HostState) error
 	Status(ctx context.Context) (DataplaneStatus, error)
+	// RetryStalledHandshakes restarts WireGuard handshakes that crossed
+	// and tells which new peers came up (see
+	// dataplane.RetryStalledHandshakes). It is called often, and is cheap
+	// when no peer waits.
+	RetryStalledHandshakes(now time.Time) (dataplane.HandshakeCheck, error)
 }
 
 // DataplaneStatus is the live part of the data plane the agent reports.

@@ -16,6 +16,7 @@ type metrics struct {
 	reconcileDuration prometheus.Histogram
 	reconcileErrors   prometheus.Counter
 	appliedRevision   prometheus.Gauge
+	handshakeRetries  prometheus.Counter
 	guests            *prometheus.GaugeVec
 	paths             *pathCollector
 }
@@ -38,13 +39,17 @@ func newMetrics() *metrics {
 			Namespace: "corridor", Subsystem: "agent", Name: "applied_revision",
 			Help: "Revision of the desired state last applied without error.",
 		}),
+		handshakeRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "corridor", Subsystem: "agent", Name: "handshake_retries_total",
+			Help: "WireGuard peers whose first handshake was restarted after it stalled (crossed initiations).",
+		}),
 		guests: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "corridor", Subsystem: "agent", Name: "guests",
 			Help: "Guests of this host by state.",
 		}, []string{"state"}),
 	}
 	m.paths = &pathCollector{}
-	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.guests, m.paths,
+	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.guests, m.paths,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

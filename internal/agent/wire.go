@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"math"
+	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
@@ -32,6 +33,10 @@ type hostDataplane struct{ dp *dataplane.Dataplane }
 
 func (h hostDataplane) Apply(ctx context.Context, st compile.HostState) error {
 	return h.dp.Apply(ctx, st)
+}
+
+func (h hostDataplane) RetryStalledHandshakes(now time.Time) (dataplane.HandshakeCheck, error) {
+	return h.dp.RetryStalledHandshakes(now)
 }
 
 func (h hostDataplane) Status(ctx context.Context) (DataplaneStatus, error) {

@@ -33,7 +33,9 @@ const datapathStartTimeout = 10 * time.Second
 // mappings and the handshake fresh (status shows its age), it makes a host
 // that adds a peer send to it at once: both ends of a new path initiate, so
 // the first byte does not wait for WireGuard's 5 s handshake retry when one
-// host learned of the path a moment before the other.
+// host learned of the path a moment before the other. When both learn of
+// it in the same instant the two initiations cross; RetryStalledHandshakes
+// resolves that.
 const PeerKeepalive = 25 * time.Second
 
 func (dp *Dataplane) pidFile() string {
@@ -304,6 +306,7 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 			ka := PeerKeepalive
 			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: w.key, Endpoint: ep, ReplaceAllowedIPs: true, AllowedIPs: allowed, PersistentKeepaliveInterval: &ka})
 			what = append(what, "add peer "+w.server)
+			dp.watchStall(w.key)
 			continue
 		}
 		pc := wgtypes.PeerConfig{PublicKey: w.key, UpdateOnly: true}

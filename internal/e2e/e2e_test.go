@@ -125,12 +125,19 @@ func upFleetWith(t *testing.T, agentArgs ...string) *fleet {
 
 func dumpLogs(t *testing.T, l *lab.Lab) {
 	files, _ := filepath.Glob(filepath.Join(l.Dir, "logs", "*.log"))
+	more, _ := filepath.Glob(filepath.Join(l.Dir, "*", "cor*.log"))
+	files = append(files, more...)
 	for _, f := range files {
 		b, _ := os.ReadFile(f)
 		if len(b) > 6000 {
 			b = b[len(b)-6000:]
 		}
 		t.Logf("---- %s (tail)\n%s", f, b)
+	}
+	// The WireGuard view of each server: peers, endpoints, handshakes.
+	for _, s := range l.Servers {
+		out, err := exec.Command("ip", "netns", "exec", s.Namespace, "wg", "show", s.WireGuardName, "dump").CombinedOutput()
+		t.Logf("---- wg show %s dump on %s (at %d, err %v)\n%s", s.WireGuardName, s.Name, time.Now().Unix(), err, out)
 	}
 }
 
@@ -199,6 +206,9 @@ func (f *fleet) settle(t *testing.T, want int) []api.TaskInfo {
 					last = fmt.Sprintf("task %s status %+v", ti.ID, ti.Status)
 				}
 			}
+			if ok && !f.pathsUp(&last) {
+				ok = false
+			}
 			if ok {
 				return tasks
 			}
@@ -209,6 +219,27 @@ func (f *fleet) settle(t *testing.T, want int) []api.TaskInfo {
 	}
 	t.Fatalf("fleet did not settle: %s", last)
 	return nil
+}
+
+// pathsUp tells whether every encrypted path between two servers has had
+// a WireGuard handshake, as the agents report (a path is up once its
+// handshake is done; the demo waits for the same). If not, it says why in
+// last.
+func (f *fleet) pathsUp(last *string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	paths, err := f.c.ListPaths(ctx, api.Filter{})
+	if err != nil {
+		*last = "list paths: " + err.Error()
+		return false
+	}
+	for _, p := range paths {
+		if p.Path.Encrypt && !p.Local && p.HandshakeAge < 0 {
+			*last = fmt.Sprintf("no WireGuard handshake yet for path %s -> %s (%s -> %s)", p.From, p.To, p.FromServer, p.ToServer)
+			return false
+		}
+	}
+	return true
 }
 
 type prober struct{ c *api.Client }

@@ -26,6 +26,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/agent"
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/dataplane"
 )
 
 // ErrDown is what the fakes answer while they are set down.
@@ -496,6 +497,12 @@ func (d *Dataplane) Apply(_ context.Context, st compile.HostState) error {
 	d.removed = false
 	d.Events.Add("apply:%d", len(st.Guests))
 	return nil
+}
+
+// RetryStalledHandshakes has nothing to retry: fake peers handshake at
+// once.
+func (d *Dataplane) RetryStalledHandshakes(time.Time) (dataplane.HandshakeCheck, error) {
+	return dataplane.HandshakeCheck{}, nil
 }
 
 // Status reports one peer per kernel peer, with a handshake a few seconds
