@@ -13,3 +13,9 @@ var Shop []byte
 //
 //go:embed shop-vm.yaml
 var ShopVM []byte
+
+// ShopPG is examples/shop-pg.yaml: the shop with a real PostgreSQL as its
+// db tier.
+//
+//go:embed shop-pg.yaml
+var ShopPG []byte

@@ -96,7 +96,7 @@ type Health struct {
 
 // App is the app tier: an HTTP/JSON order API backed by db.
 type App struct {
-	DB  *DBClient
+	DB  Backend
 	ID  Identity
 	Log *slog.Logger
 	// Now is the clock; nil means time.Now.

@@ -134,3 +134,26 @@ func TestEnvNames(t *testing.T) {
 		t.Errorf("TaskID = %q", got)
 	}
 }
+
+// TestEveryExampleDecodes: every app example is valid, so that the README's
+// `corridor apply -f examples/...` lines work.
+func TestEveryExampleDecodes(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "..", "examples", "*.yaml"))
+	if err != nil || len(files) < 3 {
+		t.Fatalf("examples: %v %v", files, err)
+	}
+	for _, f := range files {
+		name := filepath.Base(f)
+		if name == "servers.yaml" {
+			continue
+		}
+		apps, err := DecodeApps("examples/"+name, readExample(t, name))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if len(apps) == 0 {
+			t.Errorf("%s holds no app", name)
+		}
+	}
+}
