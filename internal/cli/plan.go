@@ -259,7 +259,7 @@ func mapValue(m *yaml.Node, key string) *yaml.Node {
 // summarize says on stderr what was compiled.
 func summarize(w io.Writer, in compile.Input, p *compile.Plan) {
 	var enc, plain, local, kept int
-	for _, pa := range p.Paths {
+	for pa := range p.Paths.All() {
 		switch {
 		case pa.Local:
 			local++
@@ -276,7 +276,7 @@ func summarize(w io.Writer, in compile.Input, p *compile.Plan) {
 	}
 	fmt.Fprintf(w, "planned %s of %s on %s (%d kept where they run); %s: %d encrypted, %d plain, %d within a host\n",
 		count(len(p.Tasks), "task"), count(len(in.Apps), "app"), count(len(in.Servers), "server"), kept,
-		count(len(p.Paths), "path"), enc, plain, local)
+		count(p.Paths.Len(), "path"), enc, plain, local)
 }
 
 // printPlanTables prints the placement, then one path matrix per app.

@@ -99,8 +99,8 @@ func TestPlanJSONAndCurrent(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &p); err != nil {
 		t.Fatal(err)
 	}
-	if len(p.Tasks) != 3 || len(p.Hosts) != 2 || len(p.Paths) != 4 {
-		t.Fatalf("plan: %d tasks, %d hosts, %d paths", len(p.Tasks), len(p.Hosts), len(p.Paths))
+	if len(p.Tasks) != 3 || len(p.Hosts) != 2 || p.Paths.Len() != 4 {
+		t.Fatalf("plan: %d tasks, %d hosts, %d paths", len(p.Tasks), len(p.Hosts), p.Paths.Len())
 	}
 	// Feeding the plan back as --current keeps every task.
 	cur := filepath.Join(dir, "plan.json")

@@ -66,7 +66,7 @@ func reportPlan(b *testing.B, p *Plan) {
 		peers += len(h.Peers)
 	}
 	b.ReportMetric(float64(len(p.Tasks)), "tasks")
-	b.ReportMetric(float64(len(p.Paths)), "paths")
+	b.ReportMetric(float64(p.Paths.Len()), "paths")
 	b.ReportMetric(float64(routes), "routes")
 	b.ReportMetric(float64(peers), "peers")
 }

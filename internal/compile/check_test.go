@@ -155,12 +155,28 @@ func checkPlan(in Input, p *Plan) error {
 			}
 		}
 	}
-	if len(p.Paths) != len(wantPaths) {
-		return fmt.Errorf("%d paths, want %d", len(p.Paths), len(wantPaths))
+	paths := p.Paths.Flat()
+	n := 0
+	for i, g := range p.Paths.Apps() {
+		if len(g.Paths) == 0 || (i > 0 && p.Paths.Apps()[i-1].App >= g.App) {
+			return fmt.Errorf("path group %d (app %q, %d paths) is empty or out of order", i, g.App, len(g.Paths))
+		}
+		for _, pa := range g.Paths {
+			if pa.App != g.App {
+				return fmt.Errorf("path %s -> %s of app %s in the group of app %s", pa.From, pa.To, pa.App, g.App)
+			}
+		}
+		n += len(g.Paths)
+	}
+	if n != p.Paths.Len() {
+		return fmt.Errorf("Paths.Len() = %d, but the groups hold %d", p.Paths.Len(), n)
+	}
+	if len(paths) != len(wantPaths) {
+		return fmt.Errorf("%d paths, want %d", len(paths), len(wantPaths))
 	}
 	seen := map[pathKey]bool{}
-	for i := range p.Paths {
-		pa := &p.Paths[i]
+	for i := range paths {
+		pa := &paths[i]
 		k := pathKey{pa.From, pa.To, pa.Protocol}
 		w := wantPaths[k]
 		if w == nil || seen[k] {
@@ -182,7 +198,7 @@ func checkPlan(in Input, p *Plan) error {
 			}
 		}
 		if i > 0 {
-			q := &p.Paths[i-1]
+			q := &paths[i-1]
 			qf, qt := tasks[q.From], tasks[q.To]
 			c := cmp.Or(strings.Compare(q.App, pa.App), cmpTask(qf, f), cmpTask(qt, t), strings.Compare(q.Protocol, pa.Protocol))
 			if c >= 0 {
@@ -210,8 +226,8 @@ func checkPlan(in Input, p *Plan) error {
 		}
 		m[host][remote][a] = true
 	}
-	for i := range p.Paths {
-		pa := &p.Paths[i]
+	for i := range paths {
+		pa := &paths[i]
 		for _, e := range []struct {
 			host string
 			dir  string

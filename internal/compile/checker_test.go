@@ -32,8 +32,12 @@ func TestCheckerCatches(t *testing.T) {
 		},
 		"route flips":           func(p *Plan) { p.Hosts[0].Routes[1].Encrypt = false },
 		"extra firewall rule":   func(p *Plan) { p.Hosts[1].Firewall = append(p.Hosts[1].Firewall, p.Hosts[0].Firewall[0]) },
-		"path dropped":          func(p *Plan) { p.Paths = p.Paths[1:] },
-		"path plain":            func(p *Plan) { p.Paths[0].Encrypt = !p.Paths[0].Encrypt },
+		"path dropped":          func(p *Plan) { p.Paths = NewPaths(p.Paths.Flat()[1:]) },
+		"path plain": func(p *Plan) {
+			flat := p.Paths.Flat()
+			flat[0].Encrypt = !flat[0].Encrypt
+			p.Paths = NewPaths(flat)
+		},
 		"address reused":        func(p *Plan) { p.Tasks[1].Address = p.Tasks[0].Address },
 		"task on unknown":       func(p *Plan) { p.Tasks[0].Server = "s9" },
 		"remote sources wrong":  func(p *Plan) { p.Hosts[1].Firewall[0].RemoteSources = nil },

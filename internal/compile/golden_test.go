@@ -197,7 +197,7 @@ func TestTwoAppsIsolated(t *testing.T) {
 	for _, tk := range p.Tasks {
 		appOf[tk.Address] = tk.App
 	}
-	for _, pa := range p.Paths {
+	for pa := range p.Paths.All() {
 		if appOf[pa.FromAddr] != appOf[pa.ToAddr] {
 			t.Errorf("path crosses apps: %s -> %s", pa.From, pa.To)
 		}

@@ -43,31 +43,26 @@ func (c *compiler) planTasks() []Task {
 // paths lists one Path per rule and pair of distinct tasks, in the order
 // of the tasks (app, class name, index) and then of the protocol. They come
 // out sorted by construction: sorting half a million paths would cost more
-// than making them. An app whose cache entry already holds its paths has
-// them copied; either way the entry then points at its part of the new
-// slice, so that the cache keeps only the latest plan's paths alive.
-func (c *compiler) paths() []Path {
-	n := 0
+// than making them. An app whose cache entry already holds its paths
+// hands them over as they are, shared, not copied.
+func (c *compiler) paths() Paths {
+	ps := Paths{apps: make([]AppPaths, 0, len(c.apps))}
 	for _, a := range c.apps {
-		for _, r := range a.rules {
-			n += len(r.from.tasks) * len(r.to.tasks)
-			if r.from == r.to {
-				n -= len(r.from.tasks)
+		e := a.entry
+		if !e.done {
+			n := 0
+			for _, r := range a.rules {
+				n += len(r.from.tasks) * len(r.to.tasks)
+				if r.from == r.to {
+					n -= len(r.from.tasks)
+				}
 			}
+			out := c.appPaths(make([]Path, 0, n), a)
+			e.paths, e.done = out[:len(out):len(out)], true
 		}
+		ps.add(a.name, e.paths)
 	}
-	out := make([]Path, 0, n)
-	for _, a := range c.apps {
-		start := len(out)
-		if e := a.entry; e.done {
-			out = append(out, e.paths...)
-		} else {
-			out = c.appPaths(out, a)
-		}
-		a.entry.paths = out[start:len(out):len(out)]
-		a.entry.done = true
-	}
-	return out
+	return ps
 }
 
 // appPaths appends app a's paths to out.

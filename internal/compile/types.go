@@ -56,7 +56,7 @@ type Assignment struct {
 type Plan struct {
 	Networks []AppNetwork `json:"networks"`
 	Tasks    []Task       `json:"tasks"`
-	Paths    []Path       `json:"paths"`
+	Paths    Paths        `json:"paths"`
 	Hosts    []HostState  `json:"hosts"` // one per server in Input, sorted by name
 }
 

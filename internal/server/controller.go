@@ -328,9 +328,9 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 		p := get(t.App)
 		p.Tasks = append(p.Tasks, t)
 	}
-	for _, pa := range plan.Paths {
-		p := get(pa.App)
-		p.Paths = append(p.Paths, pa)
+	for _, ap := range plan.Paths.Apps() {
+		// Shared with the plan, which nothing changes.
+		get(ap.App).Paths = ap.Paths
 	}
 	old := map[string]store.AppPlacement{}
 	where := map[string]string{}
