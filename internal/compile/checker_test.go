@@ -30,9 +30,9 @@ func TestCheckerCatches(t *testing.T) {
 		"encrypted over vxlan": func(p *Plan) {
 			p.Hosts[1].VXLAN[0].Guests = append(p.Hosts[1].VXLAN[0].Guests, p.Hosts[1].Peers[0].AllowedIPs[0].Addr())
 		},
-		"route flips":           func(p *Plan) { p.Hosts[0].Routes[1].Encrypt = false },
-		"extra firewall rule":   func(p *Plan) { p.Hosts[1].Firewall = append(p.Hosts[1].Firewall, p.Hosts[0].Firewall[0]) },
-		"path dropped":          func(p *Plan) { p.Paths = NewPaths(p.Paths.Flat()[1:]) },
+		"route flips":         func(p *Plan) { p.Hosts[0].Routes[1].Encrypt = false },
+		"extra firewall rule": func(p *Plan) { p.Hosts[1].Firewall = append(p.Hosts[1].Firewall, p.Hosts[0].Firewall[0]) },
+		"path dropped":        func(p *Plan) { p.Paths = NewPaths(p.Paths.Flat()[1:]) },
 		"path plain": func(p *Plan) {
 			flat := p.Paths.Flat()
 			flat[0].Encrypt = !flat[0].Encrypt
