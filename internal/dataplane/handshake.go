@@ -9,38 +9,53 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// Crossed handshakes. Both hosts of a new encrypted path add each other in
-// the same millisecond (they get their desired states from one fan-out),
-// and both initiate at once (PeerKeepalive). Each then answers the other's
-// initiation, which overwrites its own pending one, so both responses are
-// rejected as invalid and both hosts end up responders waiting for a
-// confirmation that never comes. WireGuard retries only after REKEY_TIMEOUT
-// (5 s), and a first connection through the path waits that long.
+// The first handshake of a new peer.
 //
-// The host whose public key sorts lower resolves it: a peer that has had
-// no handshake for HandshakeStallAfter is removed and added again in one
-// configuration call, which gives it fresh handshake state and makes it
-// initiate at once; the other host, whose own initiation is younger than
-// REKEY_TIMEOUT, does not initiate back, so the two cannot cross again.
-// While the peer is re-added its traffic is dropped (no peer owns the
-// allowed IPs): fail closed, never plaintext.
-const (
-	// HandshakeStallAfter is how long a peer may wait for its first
-	// handshake before it is retried.
-	HandshakeStallAfter = time.Second
-	// handshakeRetries bounds the retries of one peer: a peer whose host
-	// does not know us yet will initiate itself when it learns of us, and
-	// WireGuard's own retries go on meanwhile.
-	handshakeRetries = 3
-	// handshakeWatch is how long a peer that never handshakes is watched
-	// (by both hosts) before it is left to WireGuard's own timers.
-	handshakeWatch = 30 * time.Second
+// Both hosts of a new encrypted path add each other within milliseconds
+// (they get their desired states from one fan-out). If both initiated at
+// once, the two initiations would cross, and on our machines that goes
+// wrong in two ways: each host answers the other's initiation, which
+// overwrites its own pending one, so both responses are refused and nothing
+// happens until WireGuard retries after REKEY_TIMEOUT (5 s); or, worse,
+// wireguard-go's parallel handshake workers race on the peer's handshake
+// state and one host keeps a session whose receiving index was dropped, so
+// the path carries one direction only until WireGuard notices after 15 s
+// (both seen in the lab: bench/RESULTS.md, "Path setup").
+//
+// So only one host initiates: the one whose public key sorts lower. It
+// adds the peer with its persistent keepalive, which makes wireguard-go
+// initiate at once, and if the other host did not know it yet (the
+// initiation is dropped), it tries again on lowerRetries by re-adding the
+// peer, which gives it fresh handshake state and an immediate initiation.
+// The higher host adds the peer without a keepalive and waits; it gets its
+// keepalive once the first handshake is done, and initiates itself only if
+// none came after higherInitiateAfter (the lower host may believe in an
+// older session, as after a peer was removed by hand on this host). While
+// a peer is re-added its traffic is dropped (no peer owns the allowed
+// IPs): fail closed, never plaintext.
+var (
+	// lowerRetries are the times, after the peer was added, at which the
+	// lower host re-initiates while there is no handshake.
+	lowerRetries = []time.Duration{500 * time.Millisecond, 1500 * time.Millisecond, 3500 * time.Millisecond, 7500 * time.Millisecond}
+	// higherInitiateAfter is when the higher host initiates itself.
+	higherInitiateAfter = 2500 * time.Millisecond
 )
+
+// handshakeWatch is how long a peer without a handshake is watched before
+// it is left to WireGuard's own timers (and to data, which makes
+// WireGuard initiate).
+const handshakeWatch = 30 * time.Second
+
+// initiates tells whether this host starts the first handshake with peer.
+func (dp *Dataplane) initiates(peer wgtypes.Key) bool {
+	mine := dp.key.PublicKey()
+	return bytes.Compare(mine[:], peer[:]) < 0
+}
 
 // stall is a peer waiting for its first handshake.
 type stall struct {
-	first, last time.Time // first seen without a handshake; last retry
-	retries     int
+	added   time.Time
+	retries int
 }
 
 // watchStall starts watching a peer just added for its first handshake.
@@ -48,8 +63,7 @@ func (dp *Dataplane) watchStall(k wgtypes.Key) {
 	if dp.stalls == nil {
 		dp.stalls = map[wgtypes.Key]*stall{}
 	}
-	now := time.Now()
-	dp.stalls[k] = &stall{first: now, last: now}
+	dp.stalls[k] = &stall{added: time.Now()}
 	dp.watchHandshakes = true
 }
 
@@ -59,15 +73,15 @@ type HandshakeCheck struct {
 	// Completed are peers watched since they were added that now have
 	// their first handshake: their paths just came up.
 	Completed []string
-	// Retried are peers whose handshake was restarted.
+	// Retried are peers whose handshake this host (re)started.
 	Retried []string
 }
 
-// RetryStalledHandshakes restarts the handshake of peers that have waited
-// for their first one longer than HandshakeStallAfter, when this host is
-// the one that breaks the tie (see above). It does nothing, not even read
-// the device, unless peers were added since every peer last completed a
-// handshake, so calling it often is cheap.
+// RetryStalledHandshakes drives the first handshakes of new peers (see
+// above): it re-initiates when this host's turn comes, and gives the
+// higher host its keepalive once the handshake is done. It does nothing,
+// not even read the device, unless peers were added and not all of them
+// have a handshake yet, so calling it often is cheap.
 func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, error) {
 	var hc HandshakeCheck
 	dp.mu.Lock()
@@ -80,37 +94,33 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 	if err != nil {
 		return hc, fmt.Errorf("read WireGuard device %s: %w", name, err)
 	}
-	if dp.stalls == nil {
-		dp.stalls = map[wgtypes.Key]*stall{}
-	}
-	mine := dp.key.PublicKey()
 	var cfg wgtypes.Config
 	watching := false
 	present := map[wgtypes.Key]bool{}
 	for _, p := range dev.Peers {
 		present[p.PublicKey] = true
+		s := dp.stalls[p.PublicKey]
 		if !p.LastHandshakeTime.IsZero() {
-			if _, ok := dp.stalls[p.PublicKey]; ok {
+			if s != nil {
 				hc.Completed = append(hc.Completed, dp.serverName(p.PublicKey))
 				delete(dp.stalls, p.PublicKey)
+				if p.PersistentKeepaliveInterval != PeerKeepalive {
+					ka := PeerKeepalive
+					cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: &ka})
+				}
 			}
 			continue
 		}
-		s := dp.stalls[p.PublicKey]
-		if s == nil {
-			dp.stalls[p.PublicKey] = &stall{first: now, last: now}
-			watching = true
+		if s == nil || now.Sub(s.added) > handshakeWatch {
 			continue
 		}
-		if s.retries >= handshakeRetries || now.Sub(s.first) > handshakeWatch {
-			continue
-		}
-		watching = true
-		if now.Sub(s.last) < HandshakeStallAfter || bytes.Compare(mine[:], p.PublicKey[:]) > 0 {
+		due, more := dp.retryDue(p.PublicKey, s, now.Sub(s.added))
+		watching = watching || more
+		if !due {
 			continue
 		}
 		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true}, readdPeer(p))
-		s.last, s.retries = now, s.retries+1
+		s.retries++
 		hc.Retried = append(hc.Retried, dp.serverName(p.PublicKey))
 	}
 	for k := range dp.stalls {
@@ -123,15 +133,33 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 		return hc, nil
 	}
 	if err := dp.wg.ConfigureDevice(name, cfg); err != nil {
-		return hc, fmt.Errorf("retry WireGuard handshakes on %s: %w", name, err)
+		return hc, fmt.Errorf("configure WireGuard device %s: %w", name, err)
 	}
-	dp.log.Info("retried stalled WireGuard handshakes", "name", name, "peers", strings.Join(hc.Retried, ", "), "after", HandshakeStallAfter)
+	if len(hc.Retried) > 0 {
+		dp.log.Info("initiated WireGuard handshakes again", "name", name, "peers", strings.Join(hc.Retried, ", "))
+	}
 	return hc, nil
 }
 
-// readdPeer is the configuration that adds p again exactly as it is.
+// retryDue tells whether the peer's handshake is to be initiated again now
+// (age after it was added), and whether more retries may follow.
+func (dp *Dataplane) retryDue(k wgtypes.Key, s *stall, age time.Duration) (due, more bool) {
+	if dp.initiates(k) {
+		if s.retries >= len(lowerRetries) {
+			return false, false
+		}
+		return age >= lowerRetries[s.retries], true
+	}
+	if s.retries > 0 {
+		return false, false
+	}
+	return age >= higherInitiateAfter, true
+}
+
+// readdPeer is the configuration that adds p again as it is, with the
+// keepalive that makes wireguard-go initiate at once.
 func readdPeer(p wgtypes.Peer) wgtypes.PeerConfig {
-	ka := p.PersistentKeepaliveInterval
+	ka := PeerKeepalive
 	pc := wgtypes.PeerConfig{
 		PublicKey:                   p.PublicKey,
 		Endpoint:                    p.Endpoint,

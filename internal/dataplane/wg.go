@@ -29,13 +29,11 @@ const uapiDir = "/var/run/wireguard"
 // How long a new datapath process may take to serve its device.
 const datapathStartTimeout = 10 * time.Second
 
-// PeerKeepalive is every peer's persistent keepalive. Besides keeping NAT
-// mappings and the handshake fresh (status shows its age), it makes a host
-// that adds a peer send to it at once: both ends of a new path initiate, so
-// the first byte does not wait for WireGuard's 5 s handshake retry when one
-// host learned of the path a moment before the other. When both learn of
-// it in the same instant the two initiations cross; RetryStalledHandshakes
-// resolves that.
+// PeerKeepalive is every peer's persistent keepalive, once the peer has had
+// its first handshake. Besides keeping NAT mappings and the handshake fresh
+// (status shows its age), setting it makes wireguard-go initiate at once,
+// which is how the host that starts a new peer's first handshake starts it;
+// the other host gets it only after that handshake (see handshake.go).
 const PeerKeepalive = 25 * time.Second
 
 func (dp *Dataplane) pidFile() string {
@@ -303,7 +301,12 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 		have, ok := cur[w.key]
 		delete(cur, w.key)
 		if !ok {
-			ka := PeerKeepalive
+			// Only the host that starts the first handshake keeps alive
+			// from the start (see handshake.go).
+			var ka time.Duration
+			if dp.initiates(w.key) {
+				ka = PeerKeepalive
+			}
 			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: w.key, Endpoint: ep, ReplaceAllowedIPs: true, AllowedIPs: allowed, PersistentKeepaliveInterval: &ka})
 			what = append(what, "add peer "+w.server)
 			dp.watchStall(w.key)
@@ -317,7 +320,8 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 		if !slices.Equal(prefixesOf(have.AllowedIPs), w.allowedIPs) {
 			pc.ReplaceAllowedIPs, pc.AllowedIPs, changed = true, allowed, true
 		}
-		if have.PersistentKeepaliveInterval != PeerKeepalive {
+		// The other host gets its keepalive with its first handshake.
+		if have.PersistentKeepaliveInterval != PeerKeepalive && (dp.initiates(w.key) || !have.LastHandshakeTime.IsZero()) {
 			ka := PeerKeepalive
 			pc.PersistentKeepaliveInterval, changed = &ka, true
 		}
