@@ -25,8 +25,9 @@ import (
 // So only one host initiates: the one whose public key sorts lower. It
 // adds the peer with its persistent keepalive, which makes wireguard-go
 // initiate at once, and if the other host did not know it yet (the
-// initiation is dropped), it tries again on lowerRetries by re-adding the
-// peer, which gives it fresh handshake state and an immediate initiation.
+// initiation is dropped), it tries again after each of lowerRetries by
+// re-adding the peer, which gives it fresh handshake state and an immediate
+// initiation.
 // The higher host adds the peer without a keepalive and waits; it gets its
 // keepalive once the first handshake is done, and initiates itself only if
 // none came after higherInitiateAfter (the lower host may believe in an
@@ -34,11 +35,13 @@ import (
 // a peer is re-added its traffic is dropped (no peer owns the allowed
 // IPs): fail closed, never plaintext.
 var (
-	// lowerRetries are the times, after the peer was added, at which the
-	// lower host re-initiates while there is no handshake.
-	lowerRetries = []time.Duration{500 * time.Millisecond, 1500 * time.Millisecond, 3500 * time.Millisecond, 7500 * time.Millisecond}
-	// higherInitiateAfter is when the higher host initiates itself.
-	higherInitiateAfter = 2500 * time.Millisecond
+	// lowerRetries are the waits, after the peer was added and then after
+	// each retry, before the lower host initiates again while there is no
+	// handshake: at 0.15, 0.4, 1, 2, 4.5 and 9 s.
+	lowerRetries = []time.Duration{150 * time.Millisecond, 250 * time.Millisecond, 600 * time.Millisecond, time.Second, 2500 * time.Millisecond, 4500 * time.Millisecond}
+	// higherInitiateAfter is when the higher host initiates itself: apart
+	// from the lower host's times, so that the two do not cross.
+	higherInitiateAfter = 3200 * time.Millisecond
 )
 
 // handshakeWatch is how long a peer without a handshake is watched before
@@ -54,8 +57,8 @@ func (dp *Dataplane) initiates(peer wgtypes.Key) bool {
 
 // stall is a peer waiting for its first handshake.
 type stall struct {
-	added   time.Time
-	retries int
+	added, last time.Time // last: the last (re)initiation
+	retries     int
 }
 
 // watchStall starts watching a peer just added for its first handshake.
@@ -63,7 +66,8 @@ func (dp *Dataplane) watchStall(k wgtypes.Key) {
 	if dp.stalls == nil {
 		dp.stalls = map[wgtypes.Key]*stall{}
 	}
-	dp.stalls[k] = &stall{added: time.Now()}
+	now := time.Now()
+	dp.stalls[k] = &stall{added: now, last: now}
 	dp.watchHandshakes = true
 }
 
@@ -114,13 +118,13 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 		if s == nil || now.Sub(s.added) > handshakeWatch {
 			continue
 		}
-		due, more := dp.retryDue(p.PublicKey, s, now.Sub(s.added))
+		due, more := dp.retryDue(p.PublicKey, s, now)
 		watching = watching || more
 		if !due {
 			continue
 		}
 		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true}, readdPeer(p))
-		s.retries++
+		s.retries, s.last = s.retries+1, now
 		hc.Retried = append(hc.Retried, dp.serverName(p.PublicKey))
 	}
 	for k := range dp.stalls {
@@ -141,19 +145,19 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 	return hc, nil
 }
 
-// retryDue tells whether the peer's handshake is to be initiated again now
-// (age after it was added), and whether more retries may follow.
-func (dp *Dataplane) retryDue(k wgtypes.Key, s *stall, age time.Duration) (due, more bool) {
+// retryDue tells whether the peer's handshake is to be initiated again
+// now, and whether more retries may follow.
+func (dp *Dataplane) retryDue(k wgtypes.Key, s *stall, now time.Time) (due, more bool) {
 	if dp.initiates(k) {
 		if s.retries >= len(lowerRetries) {
 			return false, false
 		}
-		return age >= lowerRetries[s.retries], true
+		return now.Sub(s.last) >= lowerRetries[s.retries], true
 	}
 	if s.retries > 0 {
 		return false, false
 	}
-	return age >= higherInitiateAfter, true
+	return now.Sub(s.added) >= higherInitiateAfter, true
 }
 
 // readdPeer is the configuration that adds p again as it is, with the
