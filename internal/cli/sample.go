@@ -57,6 +57,18 @@ func sampleRun(cmd *cobra.Command, tier, listen string, debug bool, run func(ctx
 	return run(ctx, ln, id, log)
 }
 
+// sampleDataDir is --data, else the task's private directory under
+// Corridor; what says what the directory holds, for the error.
+func sampleDataDir(flag, what string) (string, error) {
+	if flag == "" {
+		flag = os.Getenv(spec.EnvDataDir)
+	}
+	if flag == "" {
+		return "", fmt.Errorf("--data: required outside Corridor (the directory that holds %s); under Corridor it defaults to $%s", what, spec.EnvDataDir)
+	}
+	return flag, nil
+}
+
 func newSampleDBCmd() *cobra.Command {
 	var listen, data string
 	var debug bool
@@ -71,11 +83,9 @@ VALUE v, NOTFOUND, ENTRY k v ... END n, or ERR reason.`,
   printf 'SET greeting hello\nGET greeting\n' | nc -q1 127.0.0.1 5432`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if data == "" {
-				data = os.Getenv(spec.EnvDataDir)
-			}
-			if data == "" {
-				return fmt.Errorf("--data: required outside Corridor (the directory that holds the db log); under Corridor it defaults to $%s", spec.EnvDataDir)
+			data, err := sampleDataDir(data, "the db log")
+			if err != nil {
+				return err
 			}
 			return sampleRun(cmd, "db", listen, debug, func(ctx context.Context, ln net.Listener, id sample.Identity, log *slog.Logger) error {
 				defer ln.Close()
@@ -114,11 +124,9 @@ namespace. SIGTERM or SIGINT makes a fast shutdown. Use it with
   PGPASSWORD=s3cret corridor sample postgres --listen 127.0.0.1:5433 --data /tmp/pg`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if data == "" {
-				data = os.Getenv(spec.EnvDataDir)
-			}
-			if data == "" {
-				return fmt.Errorf("--data: required outside Corridor (the directory that holds the cluster); under Corridor it defaults to $%s", spec.EnvDataDir)
+			data, err := sampleDataDir(data, "the cluster")
+			if err != nil {
+				return err
 			}
 			host, portStr, err := net.SplitHostPort(listen)
 			port, perr := strconv.Atoi(portStr)
