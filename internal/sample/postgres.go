@@ -200,6 +200,10 @@ func RunPostgres(ctx context.Context, o PGOptions) error {
 	return nil
 }
 
+// pgMountPrefix names the directories under /tmp on which data directories
+// are mounted for PostgreSQL.
+const pgMountPrefix = "corridor-pg-"
+
 // privateDataMount moves the calling (locked) thread into a mount
 // namespace of its own and bind-mounts dir on a new directory under /tmp,
 // which it returns.
@@ -210,7 +214,9 @@ func privateDataMount(dir string) (string, error) {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return "", fmt.Errorf("private mount namespace for PostgreSQL: %w", err)
 	}
-	mnt, err := os.MkdirTemp("", "corridor-pg-")
+	// /tmp, not $TMPDIR: every parent of the mount point must be
+	// reachable by the user PostgreSQL runs as.
+	mnt, err := os.MkdirTemp("/tmp", pgMountPrefix)
 	if err != nil {
 		return "", err
 	}

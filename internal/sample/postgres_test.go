@@ -107,7 +107,7 @@ func TestPostgresTier(t *testing.T) {
 	needPostgres(t)
 	dir := t.TempDir() // 0700 and root's when run as root: the mount is needed
 	port := freePort(t)
-	mountsBefore, _ := filepath.Glob(filepath.Join(os.TempDir(), "corridor-pg-*"))
+	mountsBefore, _ := filepath.Glob(filepath.Join("/tmp", pgMountPrefix+"*"))
 	opts := PGOptions{Data: dir, ListenAddr: "127.0.0.1", Port: port, Task: "shop/db/0", Password: "pw-test"}
 	pg := startPostgres(t, opts)
 
@@ -176,9 +176,9 @@ func TestPostgresTier(t *testing.T) {
 	// Once stopped, no mount directory of ours is left in /tmp.
 	c2.Close()
 	pg2.stop(t)
-	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "corridor-pg-*"))
+	after, _ := filepath.Glob(filepath.Join("/tmp", pgMountPrefix+"*"))
 	if len(after) > len(mountsBefore) {
-		t.Errorf("mount directories left in %s: %v (before: %v)", os.TempDir(), after, mountsBefore)
+		t.Errorf("mount directories left in /tmp: %v (before: %v)", after, mountsBefore)
 	}
 }
 
