@@ -199,6 +199,9 @@ func (h *host) dump(t *testing.T) string {
 func TestDataplane(t *testing.T) {
 	s := newScenario(t)
 	stA, stB := s.apply(t)
+	// As the agent does: only one host initiates the first handshake, and
+	// it is driven (retried) by RetryStalledHandshakes.
+	driveHandshakes(t, s, 3*time.Second)
 
 	t.Run("plain", func(t *testing.T) {
 		s.mustConnect(t, s.a1, s.b2, portCache, false)
