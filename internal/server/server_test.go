@@ -482,7 +482,14 @@ func TestRestartKeepsState(t *testing.T) {
 	eventually(t, 10*time.Second, "tasks placed", func() (bool, string) {
 		return len(tasksOf(t, ts.admin, api.Filter{})) == 2, ""
 	})
-	before, _ := a.c.Desired(bg, "s1", 0, 0)
+	// The placement and the hosts' desired states are written one after
+	// the other: wait for the latter, which is what is compared.
+	var before api.DesiredState
+	eventually(t, 10*time.Second, "desired state of s1 written", func() (bool, string) {
+		var err error
+		before, err = a.c.Desired(bg, "s1", 0, 0)
+		return err == nil && before.Revision > 0 && len(before.State.Guests) == 2, fmt.Sprint(before.Revision, err)
+	})
 	admin, join, ca := ts.AdminToken(), ts.JoinToken(), string(ts.CACert())
 	ts.stop()
 
