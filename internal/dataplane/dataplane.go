@@ -65,10 +65,9 @@ type Dataplane struct {
 	changes []string
 	// servers maps peer public keys to server names, from the last state.
 	servers map[wgtypes.Key]string
-	// watchHandshakes is set when peers are added and cleared once none
-	// waits for its first handshake (see RetryStalledHandshakes).
-	watchHandshakes bool
-	stalls          map[wgtypes.Key]*stall
+	// stalls are the new peers still waiting for their first handshake
+	// (see RetryStalledHandshakes); empty, nothing is read.
+	stalls map[wgtypes.Key]*stall
 }
 
 // New opens the host's namespace and its netlink, nftables and wgctrl

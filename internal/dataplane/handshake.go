@@ -68,7 +68,6 @@ func (dp *Dataplane) watchStall(k wgtypes.Key) {
 	}
 	now := time.Now()
 	dp.stalls[k] = &stall{added: now, last: now}
-	dp.watchHandshakes = true
 }
 
 // HandshakeCheck is what one RetryStalledHandshakes call saw and did, by
@@ -90,7 +89,7 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 	var hc HandshakeCheck
 	dp.mu.Lock()
 	defer dp.mu.Unlock()
-	if !dp.watchHandshakes {
+	if len(dp.stalls) == 0 {
 		return hc, nil
 	}
 	name := dp.cfg.WireGuardName
@@ -99,7 +98,6 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 		return hc, fmt.Errorf("read WireGuard device %s: %w", name, err)
 	}
 	var cfg wgtypes.Config
-	watching := false
 	present := map[wgtypes.Key]bool{}
 	for _, p := range dev.Peers {
 		present[p.PublicKey] = true
@@ -115,11 +113,16 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 			}
 			continue
 		}
-		if s == nil || now.Sub(s.added) > handshakeWatch {
+		if s == nil {
 			continue
 		}
 		due, more := dp.retryDue(p.PublicKey, s, now)
-		watching = watching || more
+		if !more || now.Sub(s.added) > handshakeWatch {
+			// Left to WireGuard: the peer keeps alive by now (the
+			// initiator from the start, the other host since its retry).
+			delete(dp.stalls, p.PublicKey)
+			continue
+		}
 		if !due {
 			continue
 		}
@@ -132,7 +135,6 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 			delete(dp.stalls, k)
 		}
 	}
-	dp.watchHandshakes = watching
 	if len(cfg.Peers) == 0 {
 		return hc, nil
 	}

@@ -82,7 +82,7 @@ func TestStalledHandshakeRetried(t *testing.T) {
 		if strings.Join(completed[h], ",") != other {
 			t.Errorf("%s: completed handshakes %v, want [%s]", h.name, completed[h], other)
 		}
-		if h.dp.watchHandshakes {
+		if len(h.dp.stalls) != 0 {
 			t.Errorf("%s still watches handshakes after every peer has one", h.name)
 		}
 	}
