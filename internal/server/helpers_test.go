@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/corridor-dev/corridor/examples"
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
@@ -244,44 +245,9 @@ func tasksOf(t testing.TB, c *api.Client, f api.Filter) []api.TaskInfo {
 	return ts
 }
 
-const shopYAML = `apiVersion: corridor/v1
-kind: App
-name: shop
-classes:
-  - name: web
-    tasks: 2
-    guest:
-      runtime: netns
-      command: [corridor, sample, web]
-    resources:
-      cpu: 100m
-      memory: 64Mi
-  - name: app
-    tasks: 2
-    guest:
-      runtime: netns
-      command: [corridor, sample, app]
-    resources:
-      cpu: 250m
-      memory: 128Mi
-  - name: db
-    tasks: 1
-    guest:
-      runtime: netns
-      command: [corridor, sample, db]
-    resources:
-      cpu: 250m
-      memory: 128Mi
-rules:
-  - from: web
-    to: app
-    ports: [8080]
-    encrypt: false
-  - from: app
-    to: db
-    ports: [5432]
-    encrypt: true
-`
+// shopYAML is the README's example app: web -> app plain, app -> db
+// encrypted.
+var shopYAML = string(examples.Shop)
 
 // oneClassApp is an app of one class with n tasks, optionally pinned to
 // servers carrying zone=zone.
