@@ -41,10 +41,8 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/corridor-dev/corridor/internal/api"
-	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/lab"
-	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/verify"
 )
 
@@ -332,31 +330,9 @@ func tryEcho(to netip.AddrPort) error {
 	return err
 }
 
-type prober struct{ c *api.Client }
-
-func (p prober) Probe(ctx context.Context, server string, req api.ProbeRequest) (api.ProbeResult, error) {
-	return p.c.Probe(ctx, server, req)
-}
-
 // verifyOnce runs the checks of `corridor verify APP` once.
 func verifyOnce(ctx context.Context, c *api.Client, app string) (bool, error) {
-	apps, err := c.ListApps(ctx)
-	if err != nil {
-		return false, err
-	}
-	infos, err := c.ListTasks(ctx, api.Filter{})
-	if err != nil {
-		return false, err
-	}
-	specs := make([]spec.App, len(apps))
-	for i, a := range apps {
-		specs[i] = a.Spec
-	}
-	tasks := make([]compile.Task, len(infos))
-	for i, ti := range infos {
-		tasks[i] = ti.Task
-	}
-	rep, err := verify.Run(ctx, prober{c}, app, specs, tasks, verify.Options{})
+	rep, err := verify.RunFleet(ctx, c, app, verify.Options{})
 	if err != nil {
 		// A task not yet reported is an error of the run, not a failed
 		// check: try again.

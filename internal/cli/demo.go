@@ -122,7 +122,7 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 	var failed []string
 	for _, a := range apps {
 		step(talk, "verifying %s with real traffic (corridor verify %s)", a.Name, a.Name)
-		rep, err := runVerify(ctx, c, a.Name, verify.Options{Timeout: 2 * time.Second})
+		rep, err := verify.RunFleet(ctx, c, a.Name, verify.Options{Timeout: 2 * time.Second})
 		if err != nil {
 			return explain(err)
 		}

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os/signal"
@@ -10,9 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/corridor-dev/corridor/internal/api"
-	"github.com/corridor-dev/corridor/internal/compile"
-	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/verify"
 )
 
@@ -49,7 +45,7 @@ It exits 1 on any mismatch.`,
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
-		rep, err := runVerify(ctx, c, args[0], opt)
+		rep, err := verify.RunFleet(ctx, c, args[0], opt)
 		if err != nil {
 			return explain(err)
 		}
@@ -59,34 +55,6 @@ It exits 1 on any mismatch.`,
 		return verdict(cmd.ErrOrStderr(), rep)
 	}
 	return cmd
-}
-
-// runVerify fetches the fleet's apps and tasks and runs the checks.
-func runVerify(ctx context.Context, c *api.Client, app string, opt verify.Options) (*verify.Report, error) {
-	apps, err := c.ListApps(ctx)
-	if err != nil {
-		return nil, err
-	}
-	infos, err := c.ListTasks(ctx, api.Filter{})
-	if err != nil {
-		return nil, err
-	}
-	specs := make([]spec.App, len(apps))
-	for i, a := range apps {
-		specs[i] = a.Spec
-	}
-	tasks := make([]compile.Task, len(infos))
-	for i, t := range infos {
-		tasks[i] = t.Task
-	}
-	return verify.Run(ctx, clientProber{c}, app, specs, tasks, opt)
-}
-
-// clientProber relays probes through the server to the agents.
-type clientProber struct{ c *api.Client }
-
-func (p clientProber) Probe(ctx context.Context, server string, req api.ProbeRequest) (api.ProbeResult, error) {
-	return p.c.Probe(ctx, server, req)
 }
 
 func printVerify(w io.Writer, format string, rep *verify.Report) error {

@@ -25,7 +25,6 @@ import (
 	"github.com/corridor-dev/corridor/internal/dataplane"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/lab"
-	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/verify"
 )
 
@@ -242,33 +241,11 @@ func (f *fleet) pathsUp(last *string) bool {
 	return true
 }
 
-type prober struct{ c *api.Client }
-
-func (p prober) Probe(ctx context.Context, server string, req api.ProbeRequest) (api.ProbeResult, error) {
-	return p.c.Probe(ctx, server, req)
-}
-
 func (f *fleet) verify(t *testing.T, app string) *verify.Report {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	apps, err := f.c.ListApps(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	infos, err := f.c.ListTasks(ctx, api.Filter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	specs := make([]spec.App, len(apps))
-	for i, a := range apps {
-		specs[i] = a.Spec
-	}
-	tasks := make([]compile.Task, len(infos))
-	for i, ti := range infos {
-		tasks[i] = ti.Task
-	}
-	rep, err := verify.Run(ctx, prober{f.c}, app, specs, tasks, verify.Options{Timeout: 1500 * time.Millisecond})
+	rep, err := verify.RunFleet(ctx, f.c, app, verify.Options{Timeout: 1500 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("verify %s: %v", app, err)
 	}

@@ -218,6 +218,36 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 	return checks, nil
 }
 
+// Fleet is a running fleet as verify reads it: its apps, its tasks, and
+// probes relayed through the server to the agents. *api.Client is one.
+type Fleet interface {
+	Prober
+	ListApps(ctx context.Context) ([]api.App, error)
+	ListTasks(ctx context.Context, f api.Filter) ([]api.TaskInfo, error)
+}
+
+// RunFleet reads the fleet's apps and tasks and runs app's checks through
+// it: what `corridor verify APP` does.
+func RunFleet(ctx context.Context, f Fleet, app string, opt Options) (*Report, error) {
+	apps, err := f.ListApps(ctx)
+	if err != nil {
+		return nil, err
+	}
+	infos, err := f.ListTasks(ctx, api.Filter{})
+	if err != nil {
+		return nil, err
+	}
+	specs := make([]spec.App, len(apps))
+	for i, a := range apps {
+		specs[i] = a.Spec
+	}
+	tasks := make([]compile.Task, len(infos))
+	for i, t := range infos {
+		tasks[i] = t.Task
+	}
+	return Run(ctx, f, app, specs, tasks, opt)
+}
+
 // Run plans and runs the checks through p.
 func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []compile.Task, opt Options) (*Report, error) {
 	if opt.Timeout <= 0 {

@@ -2,6 +2,7 @@ package verify
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -218,5 +219,51 @@ func TestVMSourcesAreSkippedNotPassed(t *testing.T) {
 	}
 	if f.calls != rep.Passed {
 		t.Fatalf("%d probes sent for %d checks run", f.calls, rep.Passed)
+	}
+}
+
+// fakeFleet is a fleet as the API shows it, over a fakeNet.
+type fakeFleet struct {
+	*fakeNet
+	apps  []spec.App
+	tasks []compile.Task
+	err   error
+}
+
+func (f fakeFleet) ListApps(context.Context) ([]api.App, error) {
+	out := make([]api.App, len(f.apps))
+	for i, a := range f.apps {
+		out[i] = api.App{Name: a.Name, Spec: a}
+	}
+	return out, f.err
+}
+
+func (f fakeFleet) ListTasks(context.Context, api.Filter) ([]api.TaskInfo, error) {
+	out := make([]api.TaskInfo, len(f.tasks))
+	for i, t := range f.tasks {
+		out[i] = api.TaskInfo{Task: t}
+	}
+	return out, nil
+}
+
+// TestRunFleetReadsTheFleet: RunFleet gives what Run gives on the apps and
+// tasks the fleet lists, and stops on a failing read.
+func TestRunFleetReadsTheFleet(t *testing.T) {
+	apps, tasks := shop()
+	ctx := context.Background()
+	want, err := Run(ctx, newFakeNet(apps, tasks), "shop", apps, tasks, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := RunFleet(ctx, fakeFleet{fakeNet: newFakeNet(apps, tasks), apps: apps, tasks: tasks}, "shop", Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.OK() || len(got.Checks) != len(want.Checks) || got.Passed != want.Passed {
+		t.Fatalf("RunFleet: %d/%d checks passed, Run: %d/%d", got.Passed, len(got.Checks), want.Passed, len(want.Checks))
+	}
+	boom := errors.New("server down")
+	if _, err := RunFleet(ctx, fakeFleet{fakeNet: newFakeNet(apps, tasks), apps: apps, tasks: tasks, err: boom}, "shop", Options{}); !errors.Is(err, boom) {
+		t.Fatalf("RunFleet with a failing ListApps: %v", err)
 	}
 }
