@@ -126,14 +126,24 @@ func (a *App) logger() *slog.Logger {
 	return a.Log
 }
 
-func (a *App) createOrder(w http.ResponseWriter, r *http.Request) {
+// decodeOrder reads and checks a JSON OrderRequest; on error it has
+// answered 400 already.
+func decodeOrder(w http.ResponseWriter, r *http.Request) (OrderRequest, bool) {
 	var req OrderRequest
-	if err := decodeJSON(w, r, &req); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
+	err := decodeJSON(w, r, &req)
+	if err == nil {
+		err = req.Validate()
 	}
-	if err := req.Validate(); err != nil {
+	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
+		return req, false
+	}
+	return req, true
+}
+
+func (a *App) createOrder(w http.ResponseWriter, r *http.Request) {
+	req, ok := decodeOrder(w, r)
+	if !ok {
 		return
 	}
 	now := time.Now

@@ -83,14 +83,9 @@ func (wb *Web) summary(w http.ResponseWriter, r *http.Request) {
 }
 
 func (wb *Web) apiOrder(w http.ResponseWriter, r *http.Request) {
-	var req OrderRequest
-	if err := decodeJSON(w, r, &req); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
 	// Checked here too so that bad input never travels the path to app.
-	if err := req.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	req, ok := decodeOrder(w, r)
+	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
