@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/corridor-dev/corridor/internal/dataplane/wguser"
@@ -286,17 +285,7 @@ func connects(t testing.TB, g, dst *guest, port int) error {
 // txPackets returns a link's transmitted and received packet counts in h.
 func (h *host) stats(t testing.TB, link string) (tx, rx uint64) {
 	t.Helper()
-	ns, err := netns.GetFromName(h.name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	nl, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
-	l, err := nl.LinkByName(link)
+	l, err := testnet.Netlink(t, h.name).LinkByName(link)
 	if err != nil {
 		t.Fatalf("%s in %s: %v", link, h.name, err)
 	}

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -25,6 +24,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/dataplane"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/lab"
+	"github.com/corridor-dev/corridor/internal/testnet"
 	"github.com/corridor-dev/corridor/internal/verify"
 )
 
@@ -445,16 +445,7 @@ func assertHostClean(t *testing.T, s lab.Server, gone map[string]compile.Task) {
 			t.Errorf("%s: guest namespace of %s left", s.Name, id)
 		}
 	}
-	ns, err := netns.GetFromName(s.Namespace)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := testnet.Netlink(t, s.Namespace)
 	links, _ := h.LinkList()
 	for _, l := range links {
 		for id := range gone {

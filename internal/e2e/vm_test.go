@@ -11,14 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/corridor-dev/corridor/examples"
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/guest/vm"
 	"github.com/corridor-dev/corridor/internal/image"
+	"github.com/corridor-dev/corridor/internal/testnet"
 	"github.com/corridor-dev/corridor/internal/verify"
 )
 
@@ -119,16 +117,7 @@ func TestShopWithVMDatabase(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 		srv := f.lab.Server(db.Server)
-		ns, err := netns.GetFromName(srv.Namespace)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ns.Close()
-		h, err := netlink.NewHandleAt(ns)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer h.Close()
+		h := testnet.Netlink(t, srv.Namespace)
 		if _, err := h.LinkByName(compile.HostIf(db.ID)); err == nil {
 			t.Errorf("tap %s of the deleted VM is still on %s", compile.HostIf(db.ID), srv.Name)
 		}

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 var seq atomic.Int32
@@ -56,4 +59,24 @@ func IP(t testing.TB, args ...string) {
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}
+}
+
+// Netlink is a netlink handle in the named network namespace, closed (with
+// the namespace handle) when the test ends.
+func Netlink(t testing.TB, name string) *netlink.Handle {
+	t.Helper()
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatalf("open network namespace %s: %v", name, err)
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		t.Fatalf("netlink handle in %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		h.Close()
+		ns.Close()
+	})
+	return h
 }
