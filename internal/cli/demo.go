@@ -293,20 +293,10 @@ func printDemoState(ctx context.Context, w io.Writer, c *api.Client, apps []spec
 	}
 	for _, a := range apps {
 		fmt.Fprintf(w, "\npath matrix of %s (row: from class, column: to class)\n", a.Name)
-		t := NewTable(w)
-		head := []string{"FROM \\ TO"}
-		for _, cl := range a.Classes {
-			head = append(head, cl.Name)
+		err := writeClassMatrix(w, a.Classes, func(from, to string) string { return demoCell(a.Name, from, to, paths) })
+		if err != nil {
+			return err
 		}
-		t.Row(head...)
-		for _, from := range a.Classes {
-			row := []string{from.Name}
-			for _, to := range a.Classes {
-				row = append(row, demoCell(a.Name, from.Name, to.Name, paths))
-			}
-			t.Row(row...)
-		}
-		t.Flush()
 	}
 	return nil
 }

@@ -301,25 +301,32 @@ func printPlanTables(w io.Writer, apps []spec.App, p *compile.Plan) error {
 	for _, n := range p.Networks {
 		a := byName[n.App]
 		fmt.Fprintf(w, "\napp %s (network %s): paths from row class to column class\n", a.Name, nets[a.Name])
-		t := NewTable(w)
-		// Class names as written: they are names, not column titles.
-		head := []string{"FROM \\ TO"}
-		for _, c := range a.Classes {
-			head = append(head, c.Name)
-		}
-		t.Row(head...)
-		for _, from := range a.Classes {
-			row := []string{from.Name}
-			for _, to := range a.Classes {
-				row = append(row, matrixCell(a, from.Name, to.Name))
-			}
-			t.Row(row...)
-		}
-		if err := t.Flush(); err != nil {
+		err := writeClassMatrix(w, a.Classes, func(from, to string) string { return matrixCell(a, from, to) })
+		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// writeClassMatrix writes a class x class table, a row per source class
+// and a column per destination class, each cell from cell.
+func writeClassMatrix(w io.Writer, classes []spec.Class, cell func(from, to string) string) error {
+	t := NewTable(w)
+	// Class names as written: they are names, not column titles.
+	head := []string{"FROM \\ TO"}
+	for _, c := range classes {
+		head = append(head, c.Name)
+	}
+	t.Row(head...)
+	for _, from := range classes {
+		row := []string{from.Name}
+		for _, to := range classes {
+			row = append(row, cell(from.Name, to.Name))
+		}
+		t.Row(row...)
+	}
+	return t.Flush()
 }
 
 // matrixCell is "denied", or "plain"/"encrypted" with every protocol and
