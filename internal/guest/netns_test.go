@@ -36,8 +36,15 @@ func TestMain(m *testing.M) {
 		http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 			fmt.Fprint(w, os.Getenv("CORRIDOR_TASK"))
 		})
+		// Listen before saying so: the test dials as soon as it reads
+		// the line.
+		l, err := net.Listen("tcp", ":8080")
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
 		fmt.Println("helper listening")
-		if err := http.ListenAndServe(":8080", nil); err != nil {
+		if err := http.Serve(l, nil); err != nil {
 			fmt.Println(err)
 			os.Exit(1)
 		}
