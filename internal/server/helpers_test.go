@@ -278,3 +278,18 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
+
+// settle waits until the controller has nothing left to do: no reconcile
+// asked for and none completed for 400 ms. Tests that assert that a host
+// gets no new revision use it, so that a reconcile left over from a join
+// on a slow machine is not taken for one the test caused.
+func (ts *testServer) settle(t testing.TB) {
+	t.Helper()
+	last, since := ts.Reconciles(), time.Now()
+	eventually(t, 20*time.Second, "controller settled", func() (bool, string) {
+		if n := ts.Reconciles(); n != last || len(ts.ctrl.kick) > 0 {
+			last, since = n, time.Now()
+		}
+		return time.Since(since) >= 400*time.Millisecond, fmt.Sprint(last, " reconciles")
+	})
+}

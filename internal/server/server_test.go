@@ -421,7 +421,7 @@ func TestLongPoll(t *testing.T) {
 		return e1 == nil && e2 == nil && r1 > 0 && r2 > 0, fmt.Sprint(e1, e2)
 	})
 	// Let the controller settle (the second join recompiles too).
-	time.Sleep(300 * time.Millisecond)
+	ts.settle(t)
 	d1, _ := a1.c.Desired(bg, "s1", 0, 0)
 	d2, _ := a2.c.Desired(bg, "s2", 0, 0)
 	r1, r2 = d1.Revision, d2.Revision
@@ -452,9 +452,11 @@ func TestLongPoll(t *testing.T) {
 			t.Fatal(w.err)
 		}
 		lat := w.at.Sub(applied)
+		// Woken by the change, not by its 20 s timeout. How fast is
+		// the control-plane benchmark's business, not this test's.
 		t.Logf("s1 woke %v after the apply returned", lat)
-		if lat > 100*time.Millisecond {
-			t.Errorf("s1 woke %v after the apply, want within 100ms", lat)
+		if lat > 5*time.Second {
+			t.Errorf("s1 woke %v after the apply: not woken by the change", lat)
 		}
 		if w.ds.Revision <= r1 || len(w.ds.State.Guests) != 2 {
 			t.Errorf("s1 got revision %d with %d guests, want > %d with 2", w.ds.Revision, len(w.ds.State.Guests), r1)
@@ -591,7 +593,7 @@ func TestLongPollOutlivesServerTimeouts(t *testing.T) {
 		rev = ds.Revision
 		return err == nil && rev > 0, fmt.Sprint(err)
 	})
-	time.Sleep(200 * time.Millisecond)
+	ts.settle(t)
 	ds, _ := a.c.Desired(bg, "s1", 0, 0)
 	start := time.Now()
 	got, err := a.c.Desired(bg, "s1", ds.Revision, 1200*time.Millisecond)
