@@ -25,13 +25,18 @@ type fakeNet struct {
 	// leak: class pairs whose encrypted traffic shows in plain.
 	leak map[[2]string]bool
 	// open: class pairs let through without a rule.
-	open  map[[2]string]bool
-	mu    sync.Mutex
-	calls int
+	open map[[2]string]bool
+	// dropOnce: class pairs whose first probe per task pair and port times out
+	// (a lost packet on a busy host).
+	dropOnce map[[2]string]bool
+	dropped  map[string]bool
+	mu       sync.Mutex
+	calls    int
 }
 
 func newFakeNet(apps []spec.App, tasks []compile.Task) *fakeNet {
-	f := &fakeNet{apps: apps, tasks: map[string]compile.Task{}, byID: map[string]compile.Task{}, leak: map[[2]string]bool{}, open: map[[2]string]bool{}}
+	f := &fakeNet{apps: apps, tasks: map[string]compile.Task{}, byID: map[string]compile.Task{}, leak: map[[2]string]bool{}, open: map[[2]string]bool{},
+		dropOnce: map[[2]string]bool{}, dropped: map[string]bool{}}
 	for _, t := range tasks {
 		f.tasks[t.Address.String()] = t
 		f.byID[t.ID] = t
@@ -48,6 +53,16 @@ func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) 
 		return api.ProbeResult{}, fmt.Errorf("task %s is not on %s", req.FromTask, server)
 	}
 	dst := f.tasks[req.ToAddr]
+	if f.dropOnce[[2]string{src.Class, dst.Class}] {
+		f.mu.Lock()
+		k := fmt.Sprintf("%s>%s:%d", src.ID, dst.ID, req.Port)
+		first := !f.dropped[k]
+		f.dropped[k] = true
+		f.mu.Unlock()
+		if first {
+			return api.ProbeResult{TimedOut: true}, nil
+		}
+	}
 	allowed, enc := false, false
 	if src.App == dst.App {
 		for _, a := range f.apps {
@@ -168,6 +183,49 @@ func TestRunCatchesLeakAndHole(t *testing.T) {
 	}
 	if !leak || !hole || rep.OK() {
 		t.Fatalf("leak %v hole %v ok %v", leak, hole, rep.OK())
+	}
+}
+
+// A lost first probe on an allowed pair is retried once and passes; leaks
+// are never retried, so a flaky leak cannot pass on a second try.
+func TestRetryOnlyShortfalls(t *testing.T) {
+	apps, tasks := shop()
+	f := newFakeNet(apps, tasks)
+	f.dropOnce[[2]string{"app", "db"}] = true
+	rep, err := Run(context.Background(), f, "shop", apps, tasks, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Fatalf("a lost first packet failed the run: %+v", rep)
+	}
+	retried := 0
+	for _, c := range rep.Checks {
+		if c.Retried {
+			retried++
+			if c.FromClass != "app" || c.ToClass != "db" || !strings.Contains(c.Detail, "at first") {
+				t.Errorf("unexpected retry %+v", c)
+			}
+		}
+	}
+	if retried == 0 || f.calls != len(rep.Checks)+retried {
+		t.Fatalf("%d retried, %d calls for %d checks", retried, f.calls, len(rep.Checks))
+	}
+
+	f = newFakeNet(apps, tasks)
+	f.leak[classPair("app", "db")] = true
+	f.open[[2]string{"web", "db"}] = true
+	rep, err = Run(context.Background(), f, "shop", apps, tasks, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rep.Checks {
+		if c.Retried {
+			t.Errorf("a leak was retried: %+v", c)
+		}
+	}
+	if f.calls != len(rep.Checks) {
+		t.Fatalf("%d calls for %d checks: leaks retried", f.calls, len(rep.Checks))
 	}
 }
 
