@@ -28,7 +28,10 @@ The agent of the source host captures its underlay interface meanwhile:
   - a plain pair must show it (the control that proves the capture works);
   - tasks of every other app must not reach APP's tasks, nor be reached.
 
-The probes run through the agents, so verify needs only the admin token.
+A check that fell short of the policy (an allowed pair that timed out) is run
+once more before it counts; a leak (a denied pair that connected, plaintext of
+an encrypted pair) is never retried. --no-retry reports first probes as they
+are. The probes run through the agents, so verify needs only the admin token.
 It exits 1 on any mismatch.`,
 		Example: "  corridor verify shop\n  corridor verify shop -o json",
 		Args:    cobra.ExactArgs(1),
@@ -38,6 +41,7 @@ It exits 1 on any mismatch.`,
 	cmd.Flags().DurationVar(&opt.Timeout, "timeout", 2*time.Second, "how long one connection attempt may take (a dropped packet shows as a timeout)")
 	cmd.Flags().IntVar(&opt.Parallel, "parallel", 8, "probes at once")
 	cmd.Flags().IntVar(&opt.MaxChecks, "max-checks", 5000, "refuse to run more checks than this")
+	cmd.Flags().BoolVar(&opt.NoRetry, "no-retry", false, "report each check's first probe, without running a shortfall (an allowed pair that timed out) once more")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		c, err := cf.client()
 		if err != nil {

@@ -53,6 +53,10 @@ type Options struct {
 	Parallel int
 	// MaxChecks bounds the run on large apps (0: 5000).
 	MaxChecks int
+	// NoRetry reports the first probe of every check as it is, without
+	// running shortfalls once more (see Run): for tests that must see a
+	// path broken before the agent repairs it.
+	NoRetry bool
 }
 
 // Check is one probe: what the policy says and what the wire showed.
@@ -292,7 +296,7 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 	// pair whose marker was on the wire) is a leak and stands as it is.
 	for i := range checks {
 		c := &checks[i]
-		if c.OK || c.skip || !mayRetry(c.Expect, c.Observed) || ctx.Err() != nil {
+		if opt.NoRetry || c.OK || c.skip || !mayRetry(c.Expect, c.Observed) || ctx.Err() != nil {
 			continue
 		}
 		first := c.Observed
