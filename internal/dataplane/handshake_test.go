@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +26,15 @@ func TestStalledHandshakeRetried(t *testing.T) {
 	}
 	s.apply(t)
 	sent := time.Now()
-	time.Sleep(200 * time.Millisecond) // the initiations are sent and dropped
+	// The initiation is sent and dropped (the counters say so, however
+	// slow the machine).
+	deadline := time.Now().Add(5 * time.Second)
+	for droppedWireGuard(t, s.a)+droppedWireGuard(t, s.b) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no initiation reached either host within 5 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for _, h := range []*host{s.a, s.b} {
 		dropWireGuard(t, h, false)
 	}
@@ -62,8 +71,10 @@ func TestStalledHandshakeRetried(t *testing.T) {
 		t.Fatalf("no handshake %s after the initiations (WireGuard alone retries after 5 s): %v; retried by the lower key %v, by the higher %v",
 			took.Round(time.Millisecond), hs, retriedLower, retriedHigher)
 	}
-	if len(retriedLower) != 1 || len(retriedHigher) != 0 {
-		t.Errorf("retries: lower key %v, higher key %v; want one retry, by the lower key only", retriedLower, retriedHigher)
+	// Usually one retry; a second is due 1 s later if a loaded machine
+	// delays the first handshake, so only the initiator is asserted.
+	if len(retriedLower) == 0 || len(retriedHigher) != 0 {
+		t.Errorf("retries: lower key %v, higher key %v; want retries by the lower key only", retriedLower, retriedHigher)
 	}
 	t.Logf("handshake %s after the lost initiations; retried %v", took.Round(time.Millisecond), retriedLower)
 
@@ -98,13 +109,35 @@ func dropWireGuard(t *testing.T, h *host, drop bool) {
 	t.Helper()
 	script := "delete table inet cortest\n"
 	if drop {
-		script = "table inet cortest {\n chain in { type filter hook input priority -300; udp dport 51820 drop; }\n}\n"
+		script = "table inet cortest {\n chain in { type filter hook input priority -300; udp dport 51820 counter drop; }\n}\n"
 	}
 	cmd := exec.Command("ip", "netns", "exec", h.name, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft in %s: %v\n%s", h.name, err, out)
 	}
+}
+
+// droppedWireGuard returns how many WireGuard packets dropWireGuard has
+// dropped at h.
+func droppedWireGuard(t *testing.T, h *host) int {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", h.name, "nft", "list", "table", "inet", "cortest").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list in %s: %v\n%s", h.name, err, out)
+	}
+	f := strings.Fields(string(out))
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "packets" {
+			n, err := strconv.Atoi(f[i+1])
+			if err != nil {
+				t.Fatalf("nft counter in %q: %v", out, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no counter in %q", out)
+	return 0
 }
 
 // lastHandshakes tells whether each host's only peer has had a handshake.
