@@ -66,7 +66,6 @@ type Config struct {
 	// Address is the host's underlay address, on UnderlayIface.
 	Address       netip.Addr
 	UnderlayIface string
-	PublicKey     string // WireGuard, base64
 	WireGuardPort int
 	Capacity      spec.Resources
 	Labels        map[string]string
@@ -271,6 +270,7 @@ func (a *Agent) join(ctx context.Context) (*Identity, error) {
 	if err != nil {
 		return nil, err
 	}
+	pub, _ := a.cfg.Dataplane.Key()
 	resp, err := a.cfg.Bootstrap.Join(ctx, api.JoinRequest{
 		Name:          a.cfg.Name,
 		Token:         a.cfg.JoinToken,
@@ -278,7 +278,7 @@ func (a *Agent) join(ctx context.Context) (*Identity, error) {
 		Address:       addrString(a.cfg.Address),
 		Capacity:      a.cfg.Capacity,
 		Labels:        a.cfg.Labels,
-		PublicKey:     a.cfg.PublicKey,
+		PublicKey:     pub,
 		WireGuardPort: a.cfg.WireGuardPort,
 	})
 	if err != nil {
@@ -471,6 +471,17 @@ func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
 		return []error{err}
 	}
 	var errs []error
+	// A new key first, so that the peers this state adds start their
+	// handshakes under it.
+	if _, gen := a.cfg.Dataplane.Key(); st.KeyGeneration > gen {
+		if err := a.cfg.Dataplane.RotateKey(st.KeyGeneration); err != nil {
+			errs = append(errs, fmt.Errorf("rotate WireGuard key to generation %d: %w", st.KeyGeneration, err))
+		} else {
+			pub, _ := a.cfg.Dataplane.Key()
+			a.log.Info("rotated WireGuard key", "generation", st.KeyGeneration, "publicKey", pub)
+			a.m.keyRotations.Inc()
+		}
+	}
 	existing := map[string]bool{}
 	tasks, err := a.cfg.Guests.List(ctx)
 	if err != nil {
@@ -588,10 +599,12 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	}
 	a.mu.Unlock()
 
+	pub, keyGen := a.cfg.Dataplane.Key()
 	st := api.Status{
 		Name:            a.cfg.Name,
 		Address:         addrString(a.cfg.Address),
-		PublicKey:       a.cfg.PublicKey,
+		PublicKey:       pub,
+		KeyGeneration:   keyGen,
 		WireGuardPort:   a.cfg.WireGuardPort,
 		Capacity:        a.cfg.Capacity,
 		Labels:          a.cfg.Labels,

@@ -351,7 +351,7 @@ func TestStatusReport(t *testing.T) {
 		st = sts[len(sts)-1]
 		return len(st.Tasks) == 2
 	})
-	if st.Name != host || st.Address != "198.18.0.1" || st.PublicKey != h.cfg.PublicKey ||
+	if pub, _ := h.dp.Key(); st.Name != host || st.Address != "198.18.0.1" || st.PublicKey != pub ||
 		st.WireGuardPort != 51820 || st.Capacity != h.cfg.Capacity || st.Labels["zone"] != "a" {
 		t.Errorf("identity fields wrong: %+v", st)
 	}
@@ -544,5 +544,47 @@ func TestInvalidStateKeepsTheLastGoodState(t *testing.T) {
 			next := h.cp.SetDesired(state("shop/web/0", "shop/web/1"))
 			eventually(t, "the next good state applied", func() bool { return h.agent.AppliedRevision() == next })
 		})
+	}
+}
+
+// A desired state with a higher key generation makes the agent rotate its
+// WireGuard key once, before it applies the state, and report the new
+// public key; repairs and the same state again do not rotate further.
+func TestKeyRotation(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.RepairInterval = 20 * time.Millisecond
+	h.start()
+	first, gen := h.dp.Key()
+	if gen != 0 {
+		t.Fatalf("fresh key of generation %d", gen)
+	}
+	st := state("shop/web/0")
+	h.cp.SetDesired(st)
+	eventually(t, "state applied", func() bool { return h.dp.InSync(st) })
+
+	st.KeyGeneration = 1
+	r := h.cp.SetDesired(st)
+	eventually(t, "rotated state applied", func() bool { return h.agent.AppliedRevision() == r })
+	second, gen := h.dp.Key()
+	if gen != 1 || second == first {
+		t.Fatalf("after a generation-1 state: key %s generation %d (was %s)", second, gen, first)
+	}
+	eventually(t, "new key reported", func() bool {
+		sts := h.cp.Statuses(host)
+		return len(sts) > 0 && sts[len(sts)-1].PublicKey == second && sts[len(sts)-1].KeyGeneration == 1
+	})
+	// The rotation comes before the apply of the same state.
+	evs := h.ev.List()
+	ri := slices.Index(evs, "rotate-key:1")
+	if ri < 0 || !slices.Contains(evs[ri+1:], "apply:1") {
+		t.Errorf("events %v: want rotate-key:1 then an apply", evs)
+	}
+
+	time.Sleep(100 * time.Millisecond) // several repair passes
+	if k, g := h.dp.Key(); k != second || g != 1 {
+		t.Fatalf("key changed again without a new generation: %s generation %d", k, g)
+	}
+	if n := strings.Count(strings.Join(h.ev.List(), " "), "rotate-key"); n != 1 {
+		t.Fatalf("%d rotations for one generation", n)
 	}
 }

@@ -45,6 +45,13 @@ type Dataplane interface {
 	// dataplane.RetryStalledHandshakes). It is called often, and is cheap
 	// when no peer waits.
 	RetryStalledHandshakes(now time.Time) (dataplane.HandshakeCheck, error)
+	// Key is the host's WireGuard public key (base64) and the generation
+	// it was made for; only the public key ever leaves the host.
+	Key() (publicKey string, generation int64)
+	// RotateKey makes a new key pair for generation and puts it on the
+	// device (see dataplane.RotateKey); a generation not above the key's
+	// does nothing.
+	RotateKey(generation int64) error
 }
 
 // DataplaneStatus is the live part of the data plane the agent reports.

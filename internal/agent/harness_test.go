@@ -49,7 +49,6 @@ func newHarness(t *testing.T) *harness {
 		StateDir:      h.dir,
 		Address:       netip.MustParseAddr("198.18.0.1"),
 		UnderlayIface: "eth0",
-		PublicKey:     "cHVibGljLWtleS1vZi1zMS0wMDAwMDAwMDAwMDAwMDA=",
 		Capacity:      spec.Resources{CPU: 4000, Memory: 8 << 30},
 		Labels:        map[string]string{"zone": "a"},
 		JoinToken:     token,

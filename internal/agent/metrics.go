@@ -17,6 +17,7 @@ type metrics struct {
 	reconcileErrors   prometheus.Counter
 	appliedRevision   prometheus.Gauge
 	handshakeRetries  prometheus.Counter
+	keyRotations      prometheus.Counter
 	guests            *prometheus.GaugeVec
 	paths             *pathCollector
 }
@@ -43,13 +44,17 @@ func newMetrics() *metrics {
 			Namespace: "corridor", Subsystem: "agent", Name: "handshake_retries_total",
 			Help: "WireGuard peers whose first handshake was restarted after it stalled (crossed initiations).",
 		}),
+		keyRotations: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "corridor", Subsystem: "agent", Name: "key_rotations_total",
+			Help: "WireGuard key pairs made by this agent on the server's request (corridor server rotate-key).",
+		}),
 		guests: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "corridor", Subsystem: "agent", Name: "guests",
 			Help: "Guests of this host by state.",
 		}, []string{"state"}),
 	}
 	m.paths = &pathCollector{}
-	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.guests, m.paths,
+	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.keyRotations, m.guests, m.paths,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -39,6 +39,12 @@ func (h hostDataplane) RetryStalledHandshakes(now time.Time) (dataplane.Handshak
 	return h.dp.RetryStalledHandshakes(now)
 }
 
+func (h hostDataplane) Key() (string, int64) {
+	return h.dp.PublicKey().String(), h.dp.KeyGeneration()
+}
+
+func (h hostDataplane) RotateKey(generation int64) error { return h.dp.RotateKey(generation) }
+
 func (h hostDataplane) Status(ctx context.Context) (DataplaneStatus, error) {
 	st, err := h.dp.Status(ctx)
 	return convertDataplaneStatus(st), err

@@ -268,6 +268,14 @@ func (c *Client) RemoveServer(ctx context.Context, name string) error {
 	return err
 }
 
+// RotateKey asks the agent of server name for a new WireGuard key pair
+// (see docs/operations.md) and returns the server as it now stands.
+func (c *Client) RotateKey(ctx context.Context, name string) (Server, error) {
+	var out Server
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "/v1/servers" + path(name) + "/rotate-key"}, &out)
+	return out, err
+}
+
 // Filter narrows ListTasks and ListPaths; empty fields match everything.
 type Filter struct {
 	App, Server, Task string

@@ -78,9 +78,12 @@ type DropCount struct {
 
 // Status is an agent's heartbeat and status report.
 type Status struct {
-	Name            string            `json:"name"`
-	Address         string            `json:"address"`
-	PublicKey       string            `json:"publicKey"`
+	Name      string `json:"name"`
+	Address   string `json:"address"`
+	PublicKey string `json:"publicKey"`
+	// KeyGeneration is the generation of the host's WireGuard key: equal
+	// to the server's spec keyGeneration once a rotation is done.
+	KeyGeneration   int64             `json:"keyGeneration,omitempty"`
 	WireGuardPort   int               `json:"wireguardPort,omitempty"`
 	Capacity        spec.Resources    `json:"capacity"`
 	Labels          map[string]string `json:"labels,omitempty"`
@@ -203,10 +206,14 @@ type Server struct {
 	LastSeen time.Time `json:"lastSeen,omitzero"`
 	// DesiredRevision is the revision of the host's desired state;
 	// AppliedRevision the one its agent last reported applied.
-	DesiredRevision int64    `json:"desiredRevision"`
-	AppliedRevision int64    `json:"appliedRevision"`
-	Tasks           int      `json:"tasks"`
-	Errors          []string `json:"errors,omitempty"`
+	DesiredRevision int64 `json:"desiredRevision"`
+	AppliedRevision int64 `json:"appliedRevision"`
+	// KeyGeneration is the generation of the WireGuard key the agent
+	// last reported; below Spec.KeyGeneration while a rotation is under
+	// way.
+	KeyGeneration int64    `json:"keyGeneration"`
+	Tasks         int      `json:"tasks"`
+	Errors        []string `json:"errors,omitempty"`
 }
 
 // TaskInfo is a placed task with its live status, when its agent

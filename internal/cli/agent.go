@@ -298,8 +298,8 @@ func runAgent(ctx context.Context, f *agentFlags, log *slog.Logger) error {
 	a, err := agent.New(agent.Config{
 		Name: f.name, StateDir: f.stateDir,
 		Address: addr, UnderlayIface: iface,
-		PublicKey: dp.PublicKey().String(), WireGuardPort: f.wgPort,
-		Capacity: capacity, Labels: labels,
+		WireGuardPort: f.wgPort,
+		Capacity:      capacity, Labels: labels,
 		JoinToken: token, Bootstrap: bootstrap, Connect: connect,
 		Guests: agent.GuestsOf(mgr), Dataplane: agent.DataplaneOf(dp),
 		ServerAddrs: serverAddrs,

@@ -161,6 +161,11 @@ func describeServer(c *cobra.Command, cl *api.Client, name, out string) error {
 		t.Row("State:", s.State)
 		t.Row("Address:", s.Spec.Address)
 		t.Row("WireGuard:", fmt.Sprintf("%s port %d", dash(s.Spec.PublicKey), s.Spec.WireGuardPort))
+		key := fmt.Sprintf("generation %d", s.KeyGeneration)
+		if s.Spec.KeyGeneration > s.KeyGeneration {
+			key += fmt.Sprintf(", rotation to %d under way", s.Spec.KeyGeneration)
+		}
+		t.Row("Key:", key)
 		t.Row("Capacity:", fmt.Sprintf("cpu %s, memory %s", s.Spec.Capacity.CPU, s.Spec.Capacity.Memory))
 		for k, v := range s.Spec.Labels {
 			t.Row("Label:", k+"="+v)

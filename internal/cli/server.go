@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/server"
 	"github.com/corridor-dev/corridor/internal/store"
 )
@@ -78,7 +79,7 @@ On first start it makes the CA (DATA_DIR/ca.crt), the admin token
 	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", server.DefaultHeartbeatTimeout, "a server silent for longer is down and its tasks move")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	_ = cmd.MarkFlagRequired("data-dir")
-	cmd.AddCommand(newServerRemoveCmd(), newServerBackupCmd())
+	cmd.AddCommand(newServerRemoveCmd(), newServerRotateKeyCmd(), newServerBackupCmd())
 	return cmd
 }
 
@@ -112,6 +113,56 @@ func newServerRemoveCmd() *cobra.Command {
 		},
 	}
 	cf = addClientFlags(cmd)
+	return cmd
+}
+
+func newServerRotateKeyCmd() *cobra.Command {
+	var cf *clientFlags
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "rotate-key NAME... | --all",
+		Short: "Give servers new WireGuard key pairs, made on each host (the private key never leaves it)",
+		Long: `rotate-key asks the agent of each named server for a new WireGuard key pair.
+The agent makes it on its host, puts it on corw0 and reports the new public key;
+the server hands it to every host that shares an encrypted path with it.
+
+Meanwhile the host's encrypted paths are down, never plain: packets of pairs
+that must be encrypted are dropped until both ends hold each other's current
+key, about one control-plane fan-out (see docs/operations.md). Rotate servers
+one at a time to keep that short; --all rotates every server at once.
+"corridor describe server NAME" shows the key and its generation.`,
+		Example: "  corridor server rotate-key s3\n  corridor server rotate-key --all",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return fmt.Errorf("name the servers to rotate, or give --all (not both)")
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			if all {
+				servers, err := c.ListServers(cmd.Context())
+				if err != nil {
+					return explain(err)
+				}
+				for _, s := range servers {
+					if s.State != api.ServerRevoked {
+						args = append(args, s.Spec.Name)
+					}
+				}
+			}
+			for _, name := range args {
+				s, err := c.RotateKey(cmd.Context(), name)
+				if err != nil {
+					return explain(err)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "server %s: key rotation to generation %d asked; its agent makes the new key\n", name, s.Spec.KeyGeneration)
+			}
+			return nil
+		},
+	}
+	cf = addClientFlags(cmd)
+	cmd.Flags().BoolVar(&all, "all", false, "rotate the keys of every server that is not removed")
 	return cmd
 }
 

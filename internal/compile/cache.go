@@ -51,6 +51,7 @@ type appEntry struct {
 type hostEntry struct {
 	addr   netip.Addr
 	wgPort int
+	keyGen int64
 	gens   []uint64 // the apps it runs a task of, in network order
 	state  HostState
 }

@@ -54,12 +54,15 @@ func mutate(r *rand.Rand, in Input) (Input, string) {
 	case op == 4: // server key or port change
 		si := r.Intn(len(in.Servers))
 		s := &in.Servers[si]
-		if r.Intn(2) == 0 {
+		switch r.Intn(3) {
+		case 0:
 			s.PublicKey = fmt.Sprintf("key-%d", r.Intn(1000))
-		} else {
+		case 1:
 			s.WireGuardPort = 51820 + r.Intn(3)
+		default:
+			s.KeyGeneration++ // a rotation asked
 		}
-		return in, "server " + s.Name + " key/port"
+		return in, "server " + s.Name + " key/port/generation"
 	case op == 5 && len(in.Apps) > 0: // rule change
 		ai := r.Intn(len(in.Apps))
 		a := &in.Apps[ai]
@@ -214,6 +217,39 @@ func TestCacheKeepsPlans(t *testing.T) {
 		}
 		if !bytes.Equal(mustJSON(t, p), before) {
 			t.Fatal("a later compile through the cache changed an earlier plan")
+		}
+	}
+}
+
+// TestKeyGenerationReachesItsHostOnly: a rotation asked of one server
+// changes that host's state (so that its agent gets a new revision) and
+// no other host's, also through a warm cache.
+func TestKeyGenerationReachesItsHostOnly(t *testing.T) {
+	in := Input{Servers: fleet(3), Apps: oneTask(nil)}
+	var k Cache
+	before, err := k.Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Servers = slices.Clone(in.Servers)
+	in.Servers[1].KeyGeneration = 2
+	in.Current, in.Networks = assignments(before)
+	after, err := k.Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range after.Hosts {
+		want := int64(0)
+		if h.Host == in.Servers[1].Name {
+			want = 2
+		}
+		if h.KeyGeneration != want {
+			t.Errorf("host %s: key generation %d, want %d", h.Host, h.KeyGeneration, want)
+		}
+		hj, _ := json.Marshal(h)
+		bj, _ := json.Marshal(before.Hosts[i])
+		if changed := !bytes.Equal(hj, bj); changed != (want != 0) {
+			t.Errorf("host %s: state changed %v, want %v", h.Host, changed, want != 0)
 		}
 	}
 }

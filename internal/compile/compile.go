@@ -194,6 +194,9 @@ func (c *compiler) loadServers(in []spec.Server) error {
 		if port < 1 || port > 65535 {
 			return inputErr(field+".wireguardPort", "%d is not a UDP port", s.WireGuardPort)
 		}
+		if s.KeyGeneration < 0 {
+			return inputErr(field+".keyGeneration", "%d is negative", s.KeyGeneration)
+		}
 		sv := &server{spec: s, addr: addr, state: state, wgPort: port,
 			capCPU: int64(s.Capacity.CPU), capMem: int64(s.Capacity.Memory)}
 		c.servers = append(c.servers, sv)

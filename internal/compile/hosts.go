@@ -78,7 +78,7 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 		for _, ha := range hb.apps {
 			gens = append(gens, ha.a.entry.gen)
 		}
-		if e := k.hosts[s.spec.Name]; memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && slices.Equal(e.gens, gens) {
+		if e := k.hosts[s.spec.Name]; memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && e.keyGen == s.spec.KeyGeneration && slices.Equal(e.gens, gens) {
 			out[i] = e.state
 			entries[s.spec.Name] = e
 			continue
@@ -88,7 +88,7 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 		}
 		out[i] = hb.build(s, memo)
 		if memo {
-			entries[s.spec.Name] = &hostEntry{addr: s.addr, wgPort: s.wgPort, gens: slices.Clone(gens), state: out[i]}
+			entries[s.spec.Name] = &hostEntry{addr: s.addr, wgPort: s.wgPort, keyGen: s.spec.KeyGeneration, gens: slices.Clone(gens), state: out[i]}
 		}
 	}
 	return out, entries
@@ -161,7 +161,8 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 	c := hb.c
 	hs := HostState{
 		Host: s.spec.Name, Address: s.addr, VTEPMAC: hb.mac[s.idx], WireGuardPort: s.wgPort,
-		Guests: []Guest{}, Peers: []Peer{}, VXLAN: []VXLANEntry{}, Routes: []Route{}, Firewall: []FirewallRule{},
+		KeyGeneration: s.spec.KeyGeneration,
+		Guests:        []Guest{}, Peers: []Peer{}, VXLAN: []VXLANEntry{}, Routes: []Route{}, Firewall: []FirewallRule{},
 	}
 	if len(s.guestIdx) == 0 {
 		return hs

@@ -276,6 +276,7 @@ func TestInputErrors(t *testing.T) {
 		{"bad address", func(in *Input) { in.Servers[0].Address = "nope" }, "servers[s1].address"},
 		{"dup server", func(in *Input) { in.Servers = append(in.Servers, in.Servers[0]) }, "servers[s1]"},
 		{"bad state", func(in *Input) { in.Servers[0].State = "asleep" }, "servers[s1].state"},
+		{"negative key generation", func(in *Input) { in.Servers[0].KeyGeneration = -1 }, "servers[s1].keyGeneration"},
 		{"negative tasks", func(in *Input) { in.Apps[0].Classes[0].Tasks = -1 }, "apps[a].classes[x].tasks"},
 		{"unknown class", func(in *Input) { in.Apps[0].Rules[0].To = "z" }, "apps[a].rules[0].to"},
 		{"bad port", func(in *Input) { in.Apps[0].Rules[0].Ports = []int{0} }, "apps[a].rules[0].ports"},

@@ -122,6 +122,9 @@ type HostState struct {
 	// VTEPMAC is the MAC of this host's corv0 (see VTEPMAC()).
 	VTEPMAC       string `json:"vtepMAC"`
 	WireGuardPort int    `json:"wireguardPort"`
+	// KeyGeneration is the server's spec.Server.KeyGeneration: the agent
+	// rotates its WireGuard key when this exceeds its key's generation.
+	KeyGeneration int64 `json:"keyGeneration,omitempty"`
 
 	Guests []Guest `json:"guests"`
 	// Peers are the WireGuard peers of corw0: only servers with which this

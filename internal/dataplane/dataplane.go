@@ -58,7 +58,13 @@ type Dataplane struct {
 	nl  *netlink.Handle
 	nft *nftables.Conn
 	wg  *wgctrl.Client
-	key wgtypes.Key
+
+	// key and keyGen change only in RotateKey, under mu and keyMu; code
+	// holding mu reads them directly, PublicKey and KeyGeneration take
+	// keyMu.
+	keyMu  sync.RWMutex
+	key    wgtypes.Key
+	keyGen int64
 
 	mu sync.Mutex
 	// changes made by the last Apply, for logs and tests.
@@ -93,6 +99,10 @@ func New(cfg Config) (*Dataplane, error) {
 	if err != nil {
 		return nil, err
 	}
+	keyGen, err := LoadKeyGeneration(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	var ns netns.NsHandle
 	if cfg.NetNS == "" {
 		ns, err = netns.Get()
@@ -102,7 +112,7 @@ func New(cfg Config) (*Dataplane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: open network namespace %q: %w", cfg.NetNS, err)
 	}
-	dp := &Dataplane{cfg: cfg, log: cfg.Logger.With("component", "dataplane"), ns: ns, key: key}
+	dp := &Dataplane{cfg: cfg, log: cfg.Logger.With("component", "dataplane"), ns: ns, key: key, keyGen: keyGen}
 	if dp.nl, err = netlink.NewHandleAt(ns); err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("dataplane: netlink handle: %w", err)
@@ -127,7 +137,19 @@ func New(cfg Config) (*Dataplane, error) {
 
 // PublicKey is the host's WireGuard public key, the only part of the key
 // that leaves the host.
-func (dp *Dataplane) PublicKey() wgtypes.Key { return dp.key.PublicKey() }
+func (dp *Dataplane) PublicKey() wgtypes.Key {
+	dp.keyMu.RLock()
+	defer dp.keyMu.RUnlock()
+	return dp.key.PublicKey()
+}
+
+// KeyGeneration is the generation the host's key was made for: 0 for the
+// first key, then the generation of the last RotateKey.
+func (dp *Dataplane) KeyGeneration() int64 {
+	dp.keyMu.RLock()
+	defer dp.keyMu.RUnlock()
+	return dp.keyGen
+}
 
 // WireGuardName is the name of the WireGuard device.
 func (dp *Dataplane) WireGuardName() string { return dp.cfg.WireGuardName }

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -81,4 +82,24 @@ func LoadOrCreateKey(dir string) (wgtypes.Key, error) {
 		return wgtypes.Key{}, fmt.Errorf("write key file: %w", err)
 	}
 	return k, nil
+}
+
+// KeyGenerationFile holds, beside KeyFile, the generation the key was
+// made for (see RotateKey). No file: generation 0, the first key.
+const KeyGenerationFile = "wireguard.generation"
+
+// LoadKeyGeneration reads <dir>/wireguard.generation (0 when absent).
+func LoadKeyGeneration(dir string) (int64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, KeyGenerationFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read key generation: %w", err)
+	}
+	g, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || g < 0 {
+		return 0, fmt.Errorf("key generation file %s holds %q, not a generation: remove it (the next rotation writes it again)", filepath.Join(dir, KeyGenerationFile), strings.TrimSpace(string(b)))
+	}
+	return g, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -24,6 +25,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/dataplane"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/lab"
+	"github.com/corridor-dev/corridor/internal/probe"
 	"github.com/corridor-dev/corridor/internal/testnet"
 	"github.com/corridor-dev/corridor/internal/verify"
 )
@@ -345,6 +347,8 @@ func TestShopLifecycle(t *testing.T) {
 
 	t.Run("drift", func(t *testing.T) { testDrift(t, f, tasks) })
 
+	t.Run("rotate-key", func(t *testing.T) { testRotateKey(t, f, tasks) })
+
 	t.Run("delete", func(t *testing.T) {
 		gone := map[string]compile.Task{}
 		for _, ti := range tasks {
@@ -503,4 +507,83 @@ func assertHostClean(t *testing.T, s lab.Server, gone map[string]compile.Task) {
 			}
 		}
 	}
+}
+
+// testRotateKey rotates the WireGuard key of the db's server through the
+// API: the agent makes the new key on its host, the device carries it,
+// the server learns the public key, and verify passes again (the db is
+// reached encrypted from the app tier).
+func testRotateKey(t *testing.T, f *fleet, tasks []api.TaskInfo) {
+	var db, app api.TaskInfo
+	for _, ti := range tasks {
+		if ti.ID == "shop/db/0" {
+			db = ti
+		}
+	}
+	for _, ti := range tasks {
+		if ti.App == "shop" && ti.Class == "app" && ti.Server != db.Server {
+			app = ti
+		}
+	}
+	if app.ID == "" {
+		t.Skipf("no app task on another server than the db: placement %v", placement(tasks))
+	}
+	dbServer := db.Server
+	ctx := context.Background()
+	before, err := f.c.GetServer(ctx, dbServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	asked, err := f.c.RotateKey(ctx, dbServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asked.Spec.KeyGeneration != before.Spec.KeyGeneration+1 {
+		t.Fatalf("generation %d after rotate-key, was %d", asked.Spec.KeyGeneration, before.Spec.KeyGeneration)
+	}
+	var now api.Server
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		now, err = f.c.GetServer(ctx, dbServer)
+		if err == nil && now.KeyGeneration == asked.Spec.KeyGeneration && now.Spec.PublicKey != before.Spec.PublicKey {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not report a new key within 30 s: %+v, %v", dbServer, now, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	reported := time.Since(start)
+	wg, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wg.Close()
+	dev, err := wg.Device(f.lab.Server(dbServer).WireGuardName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.PublicKey.String() != now.Spec.PublicKey {
+		t.Fatalf("%s's device holds key %s, the server says %s", dbServer, dev.PublicKey, now.Spec.PublicKey)
+	}
+	// The app -> db path (encrypted) carries a byte again.
+	dbAddr := net.JoinHostPort(db.Address.String(), "5432")
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		res, err := probe.Dial(pctx, "/run/netns/"+guest.NetnsName(app.ID), "tcp", dbAddr, []byte("PING\n"), 500*time.Millisecond)
+		cancel()
+		if err == nil && res.Outcome == probe.Connected {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s -> %s not back 30 s after the rotation: %+v %v", app.ID, db.ID, res, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	back := time.Since(start)
+	f.verifyWithin(t, "shop", 30*time.Second)
+	t.Logf("key rotation of %s: new key reported after %s, %s -> %s connected again after %s, verify passed after %s",
+		dbServer, reported.Round(time.Millisecond), app.ID, db.ID, back.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }

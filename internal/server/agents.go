@@ -65,6 +65,9 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 			if old.Server.State == spec.ServerDraining {
 				srv.State = spec.ServerDraining
 			}
+			// A rotation asked of the server stands: the agent makes a
+			// new key if its own is of an older generation.
+			srv.KeyGeneration = old.Server.KeyGeneration
 		}
 		rec := store.ServerRecord{Server: srv, JoinedAt: time.Now().UTC(), CertSerial: serial}
 		err = s.st.PutServer(r.Context(), rec, expect, &ev)

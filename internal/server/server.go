@@ -297,6 +297,7 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/servers", authAdmin, s.listServers)
 	h("GET /v1/servers/{name}", authAdmin, s.getServer)
 	h("DELETE /v1/servers/{name}", authAdmin, s.removeServer)
+	h("POST /v1/servers/{name}/rotate-key", authAdmin, s.rotateKey)
 	h("GET /v1/tasks", authAdmin, s.listTasks)
 	h("GET /v1/paths", authAdmin, s.listPaths)
 	h("GET /v1/events", authAdmin, s.listEvents)

@@ -604,3 +604,101 @@ func TestLongPollOutlivesServerTimeouts(t *testing.T) {
 		t.Fatalf("long-poll answered after %v with revision %d (was %d)", el, got.Revision, ds.Revision)
 	}
 }
+
+// A key rotation raises the server's generation, reaches that host's
+// desired state and no other's, survives a re-join, and the public key the
+// agent then reports replaces the old one in the peers' states.
+func TestRotateKey(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	a1 := ts.join(t, "s1", 0, nil)
+	a2 := ts.join(t, "s2", 1, nil)
+	// One encrypted path between the two servers: s2 holds s1 as a peer.
+	app := `apiVersion: corridor/v1
+kind: App
+name: rot
+classes:
+  - {name: a, tasks: 1, guest: {runtime: netns, command: [sleep, "1000"]}, resources: {cpu: 100m, memory: 16Mi}, ports: [{port: 80}]}
+  - {name: b, tasks: 1, guest: {runtime: netns, command: [sleep, "1000"]}, resources: {cpu: 100m, memory: 16Mi}, ports: [{port: 80}]}
+rules:
+  - {from: a, to: b, ports: [80], encrypt: true}
+`
+	if _, err := ts.admin.ApplyApp(bg, []byte(app)); err != nil {
+		t.Fatal(err)
+	}
+	peerKey := func(ds api.DesiredState) string {
+		for _, p := range ds.State.Peers {
+			if p.Server == "s1" {
+				return p.PublicKey
+			}
+		}
+		return ""
+	}
+	var d2 api.DesiredState
+	eventually(t, 10*time.Second, "s2 holds s1 as a peer", func() (bool, string) {
+		var err error
+		d2, err = a2.c.Desired(bg, "s2", 0, 0)
+		return err == nil && peerKey(d2) == a1.req.PublicKey, fmt.Sprint(d2.State.Peers, err)
+	})
+	ts.settle(t)
+	d1, _ := a1.c.Desired(bg, "s1", 0, 0)
+	d2, _ = a2.c.Desired(bg, "s2", 0, 0)
+
+	srv, err := ts.admin.RotateKey(bg, "s1")
+	if err != nil || srv.Spec.KeyGeneration != 1 {
+		t.Fatalf("rotate-key s1 = generation %d, %v; want 1", srv.Spec.KeyGeneration, err)
+	}
+	eventually(t, 10*time.Second, "s1's state carries generation 1", func() (bool, string) {
+		got, err := a1.c.Desired(bg, "s1", 0, 0)
+		return err == nil && got.State.KeyGeneration == 1 && got.Revision > d1.Revision, fmt.Sprint(got.Revision, err)
+	})
+	ts.settle(t)
+	if got, _ := a2.c.Desired(bg, "s2", 0, 0); got.Revision != d2.Revision {
+		t.Errorf("s2 got revision %d (was %d) though nothing of it changed yet", got.Revision, d2.Revision)
+	}
+
+	// The agent reports its new key: the peers' states follow.
+	newKey := wgKey()
+	if err := a1.c.ReportStatus(bg, "s1", api.Status{Name: "s1", PublicKey: newKey, KeyGeneration: 1}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "s2 holds s1's new key", func() (bool, string) {
+		got, err := a2.c.Desired(bg, "s2", 0, 0)
+		return err == nil && peerKey(got) == newKey, fmt.Sprint(got.State.Peers, err)
+	})
+	srv, err = ts.admin.GetServer(bg, "s1")
+	if err != nil || srv.Spec.PublicKey != newKey || srv.KeyGeneration != 1 {
+		t.Errorf("s1 = key %s generation %d (spec %d), %v", srv.Spec.PublicKey, srv.KeyGeneration, srv.Spec.KeyGeneration, err)
+	}
+
+	// A re-join keeps the asked generation.
+	ts.join(t, "s1", 0, nil)
+	if srv, err := ts.admin.GetServer(bg, "s1"); err != nil || srv.Spec.KeyGeneration != 1 {
+		t.Errorf("after a re-join: generation %d, %v", srv.Spec.KeyGeneration, err)
+	}
+
+	evs, err := ts.admin.ListEvents(bg, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range evs {
+		found = found || (e.Action == "server.rotate-key" && e.Object == "server/s1" && strings.Contains(e.Message, "generation 1"))
+	}
+	if !found {
+		t.Errorf("no server.rotate-key event in %+v", evs)
+	}
+
+	if _, err := ts.admin.RotateKey(bg, "nope"); api.HTTPStatus(err) != http.StatusNotFound {
+		t.Errorf("rotate-key of an unknown server: %v", err)
+	}
+	if _, err := a1.c.RotateKey(bg, "s1"); api.HTTPStatus(err) != http.StatusUnauthorized {
+		t.Errorf("rotate-key with an agent certificate: %v", err)
+	}
+	if err := ts.admin.RemoveServer(bg, "s2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.admin.RotateKey(bg, "s2"); api.HTTPStatus(err) != http.StatusConflict {
+		t.Errorf("rotate-key of a removed server: %v", err)
+	}
+}

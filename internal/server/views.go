@@ -31,6 +31,7 @@ func (s *Server) serverViews(sn *store.Snapshot, statuses map[string]store.Statu
 		if st, ok := statuses[name]; ok {
 			sv.Errors = st.Status.Errors
 			sv.AppliedRevision = st.Status.AppliedRevision
+			sv.KeyGeneration = st.Status.KeyGeneration
 			sv.LastSeen = st.Received
 		}
 		out = append(out, sv)
@@ -105,6 +106,38 @@ func (s *Server) removeServer(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
+
+// rotateKey raises the server's key generation; the controller hands it
+// to the host in its desired state, the agent makes a new key pair there
+// and reports the new public key, and the host's peers get it with their
+// next states. The private key never leaves the host.
+func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	ev := api.Event{Who: who(r), Action: "server.rotate-key", Object: "server/" + name}
+	_, err := s.st.UpdateServer(r.Context(), name, func(rec *store.ServerRecord) (bool, error) {
+		if rec.Revoked {
+			return false, errRevoked
+		}
+		rec.Server.KeyGeneration++
+		ev.Message = fmt.Sprintf("WireGuard key rotation asked: generation %d", rec.Server.KeyGeneration)
+		return true, nil
+	}, &ev)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeNoServer(w, name)
+		return
+	case errors.Is(err, errRevoked):
+		writeError(w, http.StatusConflict, "server "+name+" was removed: it has no key to rotate")
+		return
+	case err != nil:
+		writeErr(w, err)
+		return
+	}
+	s.log.Info("WireGuard key rotation asked", "server", name, "by", who(r))
+	s.getServer(w, r)
+}
+
+var errRevoked = errors.New("server removed")
 
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	sn, statuses, ok := s.loadViewState(w, r)

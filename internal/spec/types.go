@@ -130,4 +130,9 @@ type Server struct {
 	// WireGuardPort is the UDP port of the server's corw0 (default 51820).
 	WireGuardPort int    `yaml:"wireguardPort,omitempty" json:"wireguardPort,omitempty"`
 	State         string `yaml:"state,omitempty" json:"state,omitempty"` // default ready
+	// KeyGeneration counts the WireGuard key rotations asked of the
+	// server (`corridor server rotate-key`). The agent makes a new key
+	// pair when its host's desired state carries a generation above the
+	// one its key was made for.
+	KeyGeneration int64 `yaml:"keyGeneration,omitempty" json:"keyGeneration,omitempty"`
 }

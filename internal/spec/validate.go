@@ -540,6 +540,9 @@ func validateServers(servers []Server, wheres []*where, paths []string) {
 		if s.WireGuardPort < 0 || s.WireGuardPort > 65535 {
 			w.errorf(p+".wireguardPort", "wireguardPort must be between 1 and 65535, got %d", s.WireGuardPort)
 		}
+		if s.KeyGeneration < 0 {
+			w.errorf(p+".keyGeneration", "keyGeneration must not be negative, got %d", s.KeyGeneration)
+		}
 		if s.PublicKey != "" {
 			if k, err := base64.StdEncoding.DecodeString(s.PublicKey); err != nil || len(k) != 32 {
 				w.errorf(p+".publicKey", "publicKey is not a WireGuard public key: it must be 32 bytes in base64 (44 characters), as `wg pubkey` prints")

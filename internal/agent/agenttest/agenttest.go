@@ -23,6 +23,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/corridor-dev/corridor/internal/agent"
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
@@ -480,10 +482,41 @@ type Dataplane struct {
 	applies int
 	fail    error
 	removed bool
+	key     wgtypes.Key // private, as a real host's
+	keyGen  int64
 }
 
-// NewDataplane makes an empty data plane.
-func NewDataplane(ev *Events) *Dataplane { return &Dataplane{Events: ev} }
+// NewDataplane makes an empty data plane with a fresh WireGuard key.
+func NewDataplane(ev *Events) *Dataplane {
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		panic(err)
+	}
+	return &Dataplane{Events: ev, key: k}
+}
+
+// Key is the public key and its generation.
+func (d *Dataplane) Key() (string, int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.key.PublicKey().String(), d.keyGen
+}
+
+// RotateKey makes a new key for a later generation, as the real one.
+func (d *Dataplane) RotateKey(generation int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if generation <= d.keyGen {
+		return nil
+	}
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	d.key, d.keyGen = k, generation
+	d.Events.Add("rotate-key:%d", generation)
+	return nil
+}
 
 // Apply replaces the kernel state with st.
 func (d *Dataplane) Apply(_ context.Context, st compile.HostState) error {
