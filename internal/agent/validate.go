@@ -33,6 +33,9 @@ func (a *Agent) validateState(st compile.HostState) error {
 	if err := a.checkState(st); err != nil {
 		return err
 	}
+	if st.KeyGeneration < 0 {
+		return fmt.Errorf("keyGeneration: %d is negative", st.KeyGeneration)
+	}
 	if len(st.Guests) > maxGuests || len(st.Peers) > maxPeers || len(st.Routes) > maxRoutes {
 		return fmt.Errorf("desired state too large: %d guests (max %d), %d peers (max %d), %d routes (max %d)",
 			len(st.Guests), maxGuests, len(st.Peers), maxPeers, len(st.Routes), maxRoutes)
