@@ -43,9 +43,15 @@ func newGetCmd() *cobra.Command {
 				return err
 			}
 			return printData(c.OutOrStdout(), out, ss, func(t *Table) {
-				t.Header("name", "state", "address", "tasks", "desired", "applied", "last seen", "errors")
+				t.Header("name", "state", "address", "tasks", "desired", "applied", "key", "last seen", "errors")
 				for _, s := range ss {
-					t.Row(s.Spec.Name, s.State, s.Spec.Address, fmt.Sprint(s.Tasks), fmt.Sprint(s.DesiredRevision), fmt.Sprint(s.AppliedRevision), ago(s.LastSeen), fmt.Sprint(len(s.Errors)))
+					// The key's generation, and the one asked while a
+					// rotation is under way.
+					key := fmt.Sprint(s.KeyGeneration)
+					if s.Spec.KeyGeneration > s.KeyGeneration {
+						key += "->" + fmt.Sprint(s.Spec.KeyGeneration)
+					}
+					t.Row(s.Spec.Name, s.State, s.Spec.Address, fmt.Sprint(s.Tasks), fmt.Sprint(s.DesiredRevision), fmt.Sprint(s.AppliedRevision), key, ago(s.LastSeen), fmt.Sprint(len(s.Errors)))
 				}
 			})
 		}),
