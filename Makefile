@@ -38,6 +38,8 @@ fuzz-smoke:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeServers -fuzztime 10s ./internal/spec
 	$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 10s ./internal/compile
 	$(GO) test -run '^$$' -fuzz FuzzApplyBody -fuzztime 10s ./internal/server
+	$(GO) test -run '^$$' -fuzz FuzzDesiredState -fuzztime 10s ./internal/agent
+	$(GO) test -run '^$$' -fuzz FuzzParseCommand -fuzztime 10s ./internal/sample
 
 test: lint all-tests bench-smoke
 
