@@ -197,6 +197,9 @@ func (s *Server) followStatus(ctx context.Context, st api.Status) error {
 		if st.PublicKey != "" {
 			next.PublicKey = st.PublicKey
 		}
+		if next.PublicKey != rec.Server.PublicKey {
+			rec.KeyChangedAt = time.Now().UTC()
+		}
 		if st.WireGuardPort != 0 {
 			next.WireGuardPort = st.WireGuardPort
 		}

@@ -33,6 +33,9 @@ type controller struct {
 	id      string
 	ttl     int
 	timeout time.Duration // heartbeat
+	// keyRotation > 0: rotate keys older than this (rotateKeys).
+	keyRotation     time.Duration
+	lastRotateCheck time.Time
 
 	leader    atomic.Bool
 	kick      chan struct{}
@@ -122,11 +125,15 @@ func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.
 				return fmt.Errorf("servers watch ended: %v", r.Err())
 			}
 			c.trigger()
-		case <-tick.C:
+		case now := <-tick.C:
 			// Heartbeats are not watched here: the hub mirrors them. A
 			// change of the down set is what needs a compile.
 			if c.downChanged(ctx, since) {
 				c.trigger()
+			}
+			if c.keyRotation > 0 && now.Sub(c.lastRotateCheck) >= c.rotateCheckEvery() {
+				c.lastRotateCheck = now
+				c.rotateKeys(ctx, since, now)
 			}
 		case <-retry.C:
 			c.trigger()
@@ -137,6 +144,53 @@ func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.
 			}
 		}
 	}
+}
+
+// rotateCheckEvery is how often scheduled key rotations are looked for.
+func (c *controller) rotateCheckEvery() time.Duration {
+	return min(max(c.keyRotation/20, 100*time.Millisecond), 10*time.Second)
+}
+
+// rotateKeys asks for a new WireGuard key on the server whose key is the
+// oldest, if it is older than keyRotation and no other rotation is under
+// way: one server at a time, so that each rotation's short gap (its
+// encrypted paths are down until its peers hold the new key) touches only
+// that server's paths. Servers that are down are left alone (their agent
+// could not answer) and do not hold the others back.
+func (c *controller) rotateKeys(ctx context.Context, since, now time.Time) {
+	sn, err := c.st.Snapshot(ctx)
+	if err != nil {
+		return
+	}
+	_, states := fleet(sn, c.hub.lastSeen(), now, since, c.timeout)
+	var oldest *store.ServerRecord
+	for i := range sn.Servers {
+		r := &sn.Servers[i]
+		name := r.Server.Name
+		if r.Revoked || states[name] == spec.ServerDown {
+			continue
+		}
+		v := c.hub.view(name)
+		if v.LastSeen.IsZero() {
+			continue // no status yet: nothing to rotate from
+		}
+		if r.Server.KeyGeneration > v.KeyGeneration {
+			return // a rotation is under way
+		}
+		if now.Sub(r.KeySince()) >= c.keyRotation && (oldest == nil || r.KeySince().Before(oldest.KeySince())) {
+			oldest = r
+		}
+	}
+	if oldest == nil {
+		return
+	}
+	age := now.Sub(oldest.KeySince()).Round(time.Second)
+	why := fmt.Sprintf(" (scheduled: the key is %s old, the rotation interval is %s)", age, c.keyRotation)
+	if err := askKeyRotation(ctx, c.st, oldest.Server.Name, "controller", why); err != nil {
+		c.log.Warn("scheduled key rotation", "server", oldest.Server.Name, "err", err)
+		return
+	}
+	c.log.Info("scheduled key rotation", "server", oldest.Server.Name, "keyAge", age)
 }
 
 func (c *controller) checkEvery() time.Duration {

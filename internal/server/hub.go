@@ -38,6 +38,7 @@ type hostEntry struct {
 	// lastSeen is when the server last got a status from the host.
 	lastSeen time.Time
 	applied  int64
+	keyGen   int64 // generation of the host's WireGuard key, as reported
 }
 
 func newHub(st *store.Store, log *slog.Logger) *hub {
@@ -154,6 +155,7 @@ func (h *hub) setStatus(host string, raw []byte) {
 	var r struct {
 		Status struct {
 			AppliedRevision int64 `json:"appliedRevision"`
+			KeyGeneration   int64 `json:"keyGeneration"`
 		} `json:"status"`
 		Received time.Time `json:"received"`
 	}
@@ -161,7 +163,7 @@ func (h *hub) setStatus(host string, raw []byte) {
 		return
 	}
 	e := h.entry(host)
-	e.lastSeen, e.applied = r.Received, r.Status.AppliedRevision
+	e.lastSeen, e.applied, e.keyGen = r.Received, r.Status.AppliedRevision, r.Status.KeyGeneration
 }
 
 // wait returns the host's desired state as soon as its revision differs
@@ -210,6 +212,7 @@ type hostView struct {
 	DesiredRevision int64
 	AppliedRevision int64
 	LastSeen        time.Time
+	KeyGeneration   int64
 }
 
 func (h *hub) view(host string) hostView {
@@ -219,7 +222,7 @@ func (h *hub) view(host string) hostView {
 	if e == nil {
 		return hostView{}
 	}
-	return hostView{DesiredRevision: e.rev, AppliedRevision: e.applied, LastSeen: e.lastSeen}
+	return hostView{DesiredRevision: e.rev, AppliedRevision: e.applied, LastSeen: e.lastSeen, KeyGeneration: e.keyGen}
 }
 
 // lastSeen is every host's last status time.

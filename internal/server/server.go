@@ -61,6 +61,10 @@ type Config struct {
 	// LeaderTTL is the controller's election lease in seconds (default
 	// 5): how long a crashed leader holds on before another takes over.
 	LeaderTTL int
+	// KeyRotation, when positive, makes the controller rotate every
+	// server's WireGuard key once it is older than this, one server at a
+	// time (see docs/operations.md). Zero: only on request.
+	KeyRotation time.Duration
 	// ID names this server in the election (default host:pid).
 	ID     string
 	Logger *slog.Logger
@@ -99,6 +103,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.HeartbeatTimeout <= 0 {
 		cfg.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if cfg.KeyRotation < 0 {
+		return nil, fmt.Errorf("server: key rotation interval %s is negative (0 turns scheduled rotation off)", cfg.KeyRotation)
 	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = DefaultMaxWait
@@ -170,6 +177,7 @@ func (s *Server) setup(ctx context.Context) error {
 	}
 	s.hub = newHub(s.st, s.log)
 	s.ctrl = newController(s.st, s.hub, s.m, s.log, s.cfg.ID, s.cfg.LeaderTTL, s.cfg.HeartbeatTimeout)
+	s.ctrl.keyRotation = s.cfg.KeyRotation
 	s.hub.onStatus = s.statusSeen
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS12,

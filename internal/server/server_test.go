@@ -702,3 +702,75 @@ rules:
 		t.Errorf("rotate-key of a removed server: %v", err)
 	}
 }
+
+// With a rotation interval, the controller rotates every server's key once
+// it is older than the interval, one server at a time: never two servers
+// with a rotation under way at once. The simulated agents rotate as real
+// ones do: a new key when their desired state asks for a newer generation.
+func TestScheduledKeyRotation(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{KeyRotation: time.Second})
+	names := []string{"s1", "s2", "s3"}
+	ctx, cancel := context.WithCancel(bg)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	for i, name := range names {
+		a := ts.join(t, name, i, nil)
+		wg.Go(func() {
+			key, gen := a.req.PublicKey, int64(0)
+			for ctx.Err() == nil {
+				if ds, err := a.c.Desired(ctx, name, 0, 0); err == nil && ds.State.KeyGeneration > gen {
+					key, gen = wgKey(), ds.State.KeyGeneration
+				}
+				_ = a.c.ReportStatus(ctx, name, api.Status{Name: name, PublicKey: key, KeyGeneration: gen})
+				sleepCtx(ctx, 50*time.Millisecond)
+			}
+		})
+	}
+
+	deadline := time.Now().Add(20 * time.Second)
+	maxUnderWay := 0
+	for {
+		servers, err := ts.admin.ListServers(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		underWay, done := 0, 0
+		for _, s := range servers {
+			if s.Spec.KeyGeneration > s.KeyGeneration {
+				underWay++
+			}
+			if s.KeyGeneration >= 1 {
+				done++
+			}
+		}
+		maxUnderWay = max(maxUnderWay, underWay)
+		if done == len(names) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20 s, %d of %d servers have rotated their keys: %+v", done, len(names), servers)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if maxUnderWay > 1 {
+		t.Errorf("%d rotations were under way at once; want one at a time", maxUnderWay)
+	}
+	evs, err := ts.admin.ListEvents(bg, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheduled := 0
+	for _, e := range evs {
+		if e.Action == "server.rotate-key" && e.Who == "controller" && strings.Contains(e.Message, "scheduled") {
+			scheduled++
+		}
+	}
+	if scheduled < len(names) {
+		t.Errorf("%d scheduled rotation events, want at least %d: %+v", scheduled, len(names), evs)
+	}
+
+	if _, err := New(Config{DataDir: t.TempDir(), KeyRotation: -time.Second}); err == nil || !strings.Contains(err.Error(), "negative") {
+		t.Errorf("a negative interval: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -113,15 +114,7 @@ func (s *Server) removeServer(w http.ResponseWriter, r *http.Request) {
 // next states. The private key never leaves the host.
 func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	ev := api.Event{Who: who(r), Action: "server.rotate-key", Object: "server/" + name}
-	_, err := s.st.UpdateServer(r.Context(), name, func(rec *store.ServerRecord) (bool, error) {
-		if rec.Revoked {
-			return false, errRevoked
-		}
-		rec.Server.KeyGeneration++
-		ev.Message = fmt.Sprintf("WireGuard key rotation asked: generation %d", rec.Server.KeyGeneration)
-		return true, nil
-	}, &ev)
+	err := askKeyRotation(r.Context(), s.st, name, who(r), "")
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		writeNoServer(w, name)
@@ -138,6 +131,21 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
 }
 
 var errRevoked = errors.New("server removed")
+
+// askKeyRotation raises the key generation of server name, for the API
+// and for the controller's scheduled rotations.
+func askKeyRotation(ctx context.Context, st *store.Store, name, by, why string) error {
+	ev := api.Event{Who: by, Action: "server.rotate-key", Object: "server/" + name}
+	_, err := st.UpdateServer(ctx, name, func(rec *store.ServerRecord) (bool, error) {
+		if rec.Revoked {
+			return false, errRevoked
+		}
+		rec.Server.KeyGeneration++
+		ev.Message = fmt.Sprintf("WireGuard key rotation asked: generation %d%s", rec.Server.KeyGeneration, why)
+		return true, nil
+	}, &ev)
+	return err
+}
 
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	sn, statuses, ok := s.loadViewState(w, r)

@@ -67,7 +67,19 @@ type ServerRecord struct {
 	Revoked    bool        `json:"revoked,omitempty"`
 	RevokedAt  time.Time   `json:"revokedAt,omitzero"`
 	RevokedBy  string      `json:"revokedBy,omitempty"`
-	Revision   int64       `json:"-"`
+	// KeyChangedAt is when the server's WireGuard public key last changed
+	// after its join (a rotation); zero: it has the key it joined with.
+	KeyChangedAt time.Time `json:"keyChangedAt,omitzero"`
+	Revision     int64     `json:"-"`
+}
+
+// KeySince is when the server's current WireGuard key came into use, as
+// far as the control plane knows: its last key change, else its join.
+func (r ServerRecord) KeySince() time.Time {
+	if r.KeyChangedAt.After(r.JoinedAt) {
+		return r.KeyChangedAt
+	}
+	return r.JoinedAt
 }
 
 // AppPlacement is the compiler's decision for one app.
