@@ -13,7 +13,9 @@
 //
 // Then it scales dst to 2 tasks (spread placement puts the new one on the
 // third server, so the path needs a new WireGuard peer) and times the call
-// to the first byte through the new path. Then it deletes the app.
+// to the first byte through the new path. Then it rotates the WireGuard key
+// of dst/0's server and times the call to the new key reported and to the
+// first byte src -> dst/0 under it. Then it deletes the app.
 //
 //	pathsetup --binary bin/corridor --runs 5
 //
@@ -90,6 +92,7 @@ func echo(args []string) error {
 
 type result struct {
 	applyFirstByte, applyVerify, verifyRun, scaleFirstByte time.Duration
+	rotateReported, rotateFirstByte                        time.Duration
 }
 
 func bench(args []string, log *slog.Logger) error {
@@ -154,7 +157,8 @@ func bench(args []string, log *slog.Logger) error {
 			return fmt.Errorf("run %d: %w", i, err)
 		}
 		log.Info("run done", "run", i, "apply-first-byte", r.applyFirstByte, "apply-verify", r.applyVerify,
-			"verify-run", r.verifyRun, "scale-first-byte", r.scaleFirstByte)
+			"verify-run", r.verifyRun, "scale-first-byte", r.scaleFirstByte,
+			"rotate-reported", r.rotateReported, "rotate-first-byte", r.rotateFirstByte)
 		res = append(res, r)
 	}
 	report(os.Stdout, res)
@@ -243,6 +247,35 @@ func oneRun(ctx context.Context, c *api.Client, app, self string, log *slog.Logg
 	if s := servers[app+"/dst/1"]; s == servers[srcID] || s == servers[dstID] {
 		log.Warn("scale-up reused a server: no new peer was needed", "src", servers[srcID], "dst0", servers[dstID], "dst1", s)
 	}
+
+	// Key rotation of dst/0's server: its agent makes a new key (its old
+	// sessions end there and then), reports it, and src's host gets it.
+	// The first byte is sent once the new key is reported, so it can only
+	// go through a session under the new key.
+	start = time.Now()
+	asked, err := c.RotateKey(ctx, servers[dstID])
+	if err != nil {
+		return r, fmt.Errorf("rotate-key: %w", err)
+	}
+	for {
+		s, err := c.GetServer(ctx, servers[dstID])
+		if err != nil {
+			return r, err
+		}
+		if s.KeyGeneration >= asked.Spec.KeyGeneration {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return r, fmt.Errorf("new key of %s never reported: %w", servers[dstID], ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	r.rotateReported = time.Since(start)
+	if err := firstByte(ctx, guest.NetnsName(srcID), netip.AddrPortFrom(dst, echoPort)); err != nil {
+		return r, err
+	}
+	r.rotateFirstByte = time.Since(start)
 	return r, nil
 }
 
@@ -379,4 +412,6 @@ func report(w io.Writer, res []result) {
 	row("apply -> first passing verify (ends)", func(r result) time.Duration { return r.applyVerify })
 	row("that verify run alone", func(r result) time.Duration { return r.verifyRun })
 	row("scale dst 1->2 -> first byte to the new task (new peer)", func(r result) time.Duration { return r.scaleFirstByte })
+	row("rotate-key of dst/0's server -> new key reported", func(r result) time.Duration { return r.rotateReported })
+	row("rotate-key -> first byte src -> dst/0 under the new key", func(r result) time.Duration { return r.rotateFirstByte })
 }
