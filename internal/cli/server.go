@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -119,7 +120,8 @@ func newServerRemoveCmd() *cobra.Command {
 
 func newServerRotateKeyCmd() *cobra.Command {
 	var cf *clientFlags
-	var all bool
+	var all, wait bool
+	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "rotate-key NAME... | --all",
 		Short: "Give servers new WireGuard key pairs, made on each host (the private key never leaves it)",
@@ -132,7 +134,7 @@ that must be encrypted are dropped until both ends hold each other's current
 key, about one control-plane fan-out (see docs/operations.md). Rotate servers
 one at a time to keep that short; --all rotates every server at once.
 "corridor describe server NAME" shows the key and its generation.`,
-		Example: "  corridor server rotate-key s3\n  corridor server rotate-key --all",
+		Example: "  corridor server rotate-key s3 --wait\n  corridor server rotate-key --all",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if all == (len(args) > 0) {
 				return fmt.Errorf("name the servers to rotate, or give --all (not both)")
@@ -152,19 +154,61 @@ one at a time to keep that short; --all rotates every server at once.
 					}
 				}
 			}
+			asked := map[string]int64{}
+			start := time.Now()
 			for _, name := range args {
 				s, err := c.RotateKey(cmd.Context(), name)
 				if err != nil {
 					return explain(err)
 				}
+				asked[name] = s.Spec.KeyGeneration
 				fmt.Fprintf(cmd.ErrOrStderr(), "server %s: key rotation to generation %d asked; its agent makes the new key\n", name, s.Spec.KeyGeneration)
 			}
-			return nil
+			if !wait {
+				return nil
+			}
+			return waitKeys(cmd, c, args, asked, start, timeout)
 		},
 	}
 	cf = addClientFlags(cmd)
 	cmd.Flags().BoolVar(&all, "all", false, "rotate the keys of every server that is not removed")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until each agent reports its new key")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
 	return cmd
+}
+
+// waitKeys polls the servers until each reports a key of the generation
+// asked of it, and says when each did.
+func waitKeys(cmd *cobra.Command, c *api.Client, names []string, asked map[string]int64, start time.Time, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+	defer cancel()
+	pending := slices.Clone(names)
+	for len(pending) > 0 {
+		var still []string
+		for _, name := range pending {
+			s, err := c.GetServer(ctx, name)
+			if err != nil && ctx.Err() == nil {
+				return explain(err)
+			}
+			if err == nil && s.KeyGeneration >= asked[name] {
+				fmt.Fprintf(cmd.ErrOrStderr(), "server %s: new key in use (generation %d, %s), reported %s after the request\n",
+					name, s.KeyGeneration, s.Spec.PublicKey, time.Since(start).Round(time.Millisecond))
+				continue
+			}
+			still = append(still, name)
+		}
+		pending = still
+		if len(pending) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no new key reported after %s by %s: is the agent running? (corridor get servers; the rotation still stands and happens when the agent is back)",
+				timeout, strings.Join(pending, ", "))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 func newServerBackupCmd() *cobra.Command {

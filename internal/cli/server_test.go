@@ -147,6 +147,23 @@ rules:
 	if _, _, err := run(t, "delete", "app", "demo"); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("second delete: %v; want 404", err)
 	}
+	// Key rotation: asked, shown as under way; --wait gives up with a hint
+	// when no agent answers.
+	if _, errOut, err := run(t, "server", "rotate-key", "s1"); err != nil || !strings.Contains(errOut, "generation 1") {
+		t.Fatalf("server rotate-key: %v %q", err, errOut)
+	}
+	if out, _, _ := run(t, "get", "servers"); !strings.Contains(out, "0->1") {
+		t.Fatalf("rotation under way not shown:\n%s", out)
+	}
+	if _, _, err := run(t, "server", "rotate-key", "s1", "--wait", "--timeout", "300ms"); err == nil || !strings.Contains(err.Error(), "is the agent running") {
+		t.Fatalf("rotate-key --wait with no agent: %v", err)
+	}
+	if _, _, err := run(t, "server", "rotate-key"); err == nil || !strings.Contains(err.Error(), "--all") {
+		t.Fatalf("rotate-key with no server: %v", err)
+	}
+	if _, _, err := run(t, "server", "rotate-key", "nope"); err == nil || !strings.Contains(err.Error(), "no server named nope") {
+		t.Fatalf("rotate-key of an unknown server: %v", err)
+	}
 	if _, _, err := run(t, "server", "remove", "s1"); err != nil {
 		t.Fatalf("server remove: %v", err)
 	}
