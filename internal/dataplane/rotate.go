@@ -50,15 +50,20 @@ func (dp *Dataplane) RotateKey(generation int64) error {
 	// Key first, then its generation: a crash in between leaves the new
 	// key with the old generation, and the next state rotates once more,
 	// which is harmless; the other order could keep an old key forever.
+	// dp.key follows the file at once, so that what this host uses and
+	// reports is always what a restart would load.
 	if err := atomicfile.Write(filepath.Join(dp.cfg.StateDir, KeyFile), []byte(k.String()+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write key file: %w", err)
 	}
+	dp.keyMu.Lock()
+	old := dp.key.PublicKey()
+	dp.key = k
+	dp.keyMu.Unlock()
 	if err := atomicfile.Write(filepath.Join(dp.cfg.StateDir, KeyGenerationFile), []byte(strconv.FormatInt(generation, 10)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write key generation: %w", err)
 	}
 	dp.keyMu.Lock()
-	old := dp.key.PublicKey()
-	dp.key, dp.keyGen = k, generation
+	dp.keyGen = generation
 	dp.keyMu.Unlock()
 	dp.log.Info("made a new WireGuard key", "generation", generation, "publicKey", k.PublicKey().String(), "previous", old.String())
 
