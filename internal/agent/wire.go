@@ -40,7 +40,8 @@ func (h hostDataplane) RetryStalledHandshakes(now time.Time) (dataplane.Handshak
 }
 
 func (h hostDataplane) Key() (string, int64) {
-	return h.dp.PublicKey().String(), h.dp.KeyGeneration()
+	k, gen := h.dp.Key()
+	return k.String(), gen
 }
 
 func (h hostDataplane) RotateKey(generation int64) error { return h.dp.RotateKey(generation) }

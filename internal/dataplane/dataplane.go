@@ -146,9 +146,15 @@ func (dp *Dataplane) PublicKey() wgtypes.Key {
 // KeyGeneration is the generation the host's key was made for: 0 for the
 // first key, then the generation of the last RotateKey.
 func (dp *Dataplane) KeyGeneration() int64 {
+	_, gen := dp.Key()
+	return gen
+}
+
+// Key is the public key and its generation, read together.
+func (dp *Dataplane) Key() (wgtypes.Key, int64) {
 	dp.keyMu.RLock()
 	defer dp.keyMu.RUnlock()
-	return dp.keyGen
+	return dp.key.PublicKey(), dp.keyGen
 }
 
 // WireGuardName is the name of the WireGuard device.
