@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,6 +20,10 @@ import (
 type Prober struct {
 	// GuestNetns gives the path of a task's guest network namespace.
 	GuestNetns func(task string) string
+	// Channel gives the host end of a VM task's probe port (a unix
+	// socket), or "" for a task the host can enter (netns): a VM's probes
+	// are run by a responder inside it (see probe.Serve).
+	Channel func(task string) string
 	// HostNetns is the path of the host's namespace, where the underlay
 	// interface is; empty: the agent's own.
 	HostNetns string
@@ -31,6 +36,18 @@ type Prober struct {
 	// tests.
 	startCapture func(ctx context.Context, netns, ifname string, marker []byte) (stopCapture, error)
 	dial         func(ctx context.Context, netns, network, addr string, marker []byte, timeout time.Duration) (probe.Result, error)
+	remote       func(ctx context.Context, sock, network, addr string, marker []byte, timeout, grace time.Duration) (probe.Result, error)
+}
+
+// channelGrace is how long past its timeout a probe through a VM's port
+// may take to answer (the guest is slower to schedule under TCG).
+const channelGrace = 3 * time.Second
+
+func (p *Prober) channel(task string) string {
+	if p.Channel == nil {
+		return ""
+	}
+	return p.Channel(task)
 }
 
 // stopCapture ends a capture: whether the marker was seen, how many frames
@@ -54,12 +71,15 @@ func realCapture(ctx context.Context, netns, ifname string, marker []byte) (stop
 
 // Probe runs one probe. req has been checked by the API (see checkProbe).
 func (p *Prober) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResult, error) {
-	start, dial := p.startCapture, p.dial
+	start, dial, remote := p.startCapture, p.dial, p.remote
 	if start == nil {
 		start = realCapture
 	}
 	if dial == nil {
 		dial = probe.Dial
+	}
+	if remote == nil {
+		remote = probe.Remote
 	}
 	to, err := netip.ParseAddr(req.ToAddr)
 	if err != nil {
@@ -71,9 +91,18 @@ func (p *Prober) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResu
 	if err != nil {
 		return api.ProbeResult{}, fmt.Errorf("capture on %s: %w", req.CaptureIface, err)
 	}
-	res, dialErr := dial(ctx, p.GuestNetns(req.FromTask), req.Network,
-		net.JoinHostPort(to.String(), strconv.Itoa(req.Port)), req.Marker, req.Timeout)
+	addr := net.JoinHostPort(to.String(), strconv.Itoa(req.Port))
+	var res probe.Result
+	var dialErr error
+	if ch := p.channel(req.FromTask); ch != "" {
+		res, dialErr = remote(ctx, ch, req.Network, addr, req.Marker, req.Timeout, channelGrace)
+	} else {
+		res, dialErr = dial(ctx, p.GuestNetns(req.FromTask), req.Network, addr, req.Marker, req.Timeout)
+	}
 	seen, packets, dropped, capErr := stop()
+	if errors.Is(dialErr, probe.ErrNoResponder) {
+		return api.ProbeResult{Skipped: "the VM runs no probe responder (an image without corridor: build it with corridor image build --with-sample); its paths are proved from the other side"}, nil
+	}
 	if dialErr != nil {
 		return api.ProbeResult{}, fmt.Errorf("probe from %s: %w", req.FromTask, dialErr)
 	}

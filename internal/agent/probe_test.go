@@ -105,3 +105,43 @@ func TestProbeOrchestration(t *testing.T) {
 		t.Fatalf("blind capture: %+v, %v", got, err)
 	}
 }
+
+// A VM source's probe goes through its probe port, inside the capture; a
+// VM that answers nothing there is reported skipped, with the reason.
+func TestProbeThroughVMChannel(t *testing.T) {
+	req := api.ProbeRequest{FromTask: "shop/db/0", ToAddr: "100.64.0.20", Network: "tcp", Port: 5432,
+		Marker: []byte("marker-123456"), CaptureIface: "eth0", Timeout: time.Second}
+	w := fakeWire{outcome: probe.Connected}
+	p := w.prober()
+	p.Channel = func(task string) string {
+		if task == "shop/db/0" {
+			return "/state/vm/shop-db-0/probe.sock"
+		}
+		return ""
+	}
+	answer := true
+	p.remote = func(_ context.Context, sock, network, addr string, marker []byte, timeout, grace time.Duration) (probe.Result, error) {
+		w.order = append(w.order, "remote "+sock+" "+network+" "+addr)
+		if !answer {
+			return probe.Result{}, probe.ErrNoResponder
+		}
+		if w.capturing {
+			w.seen, w.packets = true, 4
+		}
+		return probe.Result{Outcome: probe.Connected, RTT: 3 * time.Millisecond}, nil
+	}
+	got, err := p.Probe(context.Background(), req)
+	if err != nil || got != (api.ProbeResult{Connected: true, RTT: 3 * time.Millisecond, MarkerSeen: true}) {
+		t.Fatalf("probe through the VM's port: %+v, %v", got, err)
+	}
+	want := "capture eth0|remote /state/vm/shop-db-0/probe.sock tcp 100.64.0.20:5432|stop"
+	if strings.Join(w.order, "|") != want {
+		t.Errorf("order %q, want %q", w.order, want)
+	}
+
+	answer = false
+	got, err = p.Probe(context.Background(), req)
+	if err != nil || got.Skipped == "" || got.Connected || got.TimedOut {
+		t.Fatalf("a VM without a responder: %+v, %v; want skipped", got, err)
+	}
+}

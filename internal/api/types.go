@@ -131,6 +131,9 @@ type ProbeResult struct {
 	// MarkerSeen: the marker crossed the underlay interface in plaintext.
 	MarkerSeen bool   `json:"markerSeen"`
 	Error      string `json:"error,omitempty"`
+	// Skipped says why the probe could not be run from this source (a
+	// VM whose image has no probe responder); the other fields are empty.
+	Skipped string `json:"skipped,omitempty"`
 }
 
 // Event is one recorded change: who did what, when. The server keeps the

@@ -294,7 +294,10 @@ func runAgent(ctx context.Context, f *agentFlags, log *slog.Logger) error {
 			return fmt.Errorf("--listen: %w", err)
 		}
 	}
-	prober := &agent.Prober{GuestNetns: func(task string) string { return "/run/netns/" + guest.NetnsName(task) }}
+	prober := &agent.Prober{
+		GuestNetns: func(task string) string { return "/run/netns/" + guest.NetnsName(task) },
+		Channel:    func(task string) string { return vm.ProbeSocket(vmStateDir(f.stateDir), task) },
+	}
 	a, err := agent.New(agent.Config{
 		Name: f.name, StateDir: f.stateDir,
 		Address: addr, UnderlayIface: iface,

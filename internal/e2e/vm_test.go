@@ -84,6 +84,28 @@ func TestShopWithVMDatabase(t *testing.T) {
 	if encrypted == 0 {
 		t.Fatalf("no encrypted path to the VM was proved: %+v", rep.Checks)
 	}
+	// The VM's own probes run inside it (probe-responder on its probe
+	// port): none skipped, and the db reaches nothing, as the policy says.
+	fromVM := 0
+	for _, c := range rep.Checks {
+		if c.FromClass != "db" {
+			continue
+		}
+		fromVM++
+		if c.Observed == verify.Skipped || c.Expect != verify.Denied || !c.OK {
+			t.Errorf("check from the VM %s -> %s %s/%d: expected %s, observed %s (%s)", c.FromTask, c.ToTask, c.Protocol, c.Port, c.Expect, c.Observed, c.Detail)
+		}
+	}
+	if fromVM == 0 || rep.Skipped != 0 {
+		t.Fatalf("%d checks from the VM, %d skipped", fromVM, rep.Skipped)
+	}
+	// And a probe that must connect from inside the VM: to its own
+	// db port, which only a process inside the guest can reach this way.
+	res, err := f.c.Probe(context.Background(), db.Server, api.ProbeRequest{FromTask: db.ID, ToAddr: db.Address.String(),
+		Network: "tcp", Port: 5432, Marker: []byte("corridor-e2e-from-the-vm"), Timeout: 5 * time.Second})
+	if err != nil || !res.Connected || res.Skipped != "" {
+		t.Fatalf("probe from inside the VM to its own db port: %+v, %v", res, err)
+	}
 
 	t.Run("crash", func(t *testing.T) {
 		pid := qemuPID(t, db.ID)

@@ -51,9 +51,10 @@ const (
 )
 
 // DefaultModules are the kernel modules the guest loads (with their
-// dependencies): the virtio network card on a PCI machine, and the ACPI
-// power button plus evdev so that a QMP system_powerdown reaches init.
-var DefaultModules = []string{"virtio_pci", "virtio_net", "button", "evdev"}
+// dependencies): the virtio network card on a PCI machine, the virtio
+// console for the probe port (verify's probes from the guest), and the
+// ACPI power button plus evdev so that a QMP system_powerdown reaches init.
+var DefaultModules = []string{"virtio_pci", "virtio_net", "virtio_console", "button", "evdev"}
 
 //go:embed init.sh
 var initScript []byte

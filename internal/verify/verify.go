@@ -33,9 +33,9 @@ const (
 	Denied    = "denied"    // did not connect (dropped)
 	Open      = "open"      // reached the peer, nothing listens: reachability proven, encryption not
 	Failed    = "failed"    // the probe itself failed
-	// Skipped: the source task is a VM. Probes start inside the source
-	// guest's network namespace, and a VM has none the host can enter; its
-	// paths are proved from the other side (as destination).
+	// Skipped: the source's host could not run the probe: a VM whose
+	// image has no probe responder (VM probes run inside the guest, see
+	// probe.Serve). Its paths are proved from the other side.
 	Skipped = "skipped"
 )
 
@@ -78,7 +78,6 @@ type Check struct {
 	// Retried: the first probe fell short of an allowed expectation and
 	// was run once more (see Run).
 	Retried bool `json:"retried,omitempty"`
-	skip    bool
 }
 
 // Report is the result of a run.
@@ -121,10 +120,6 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 	type pairKey struct{ from, to, proto string }
 	allowed := map[pairKey]map[int]bool{}
 	encrypt := map[[2]string]bool{}
-	vmClass := map[string]bool{}
-	for _, c := range target.Classes {
-		vmClass[c.Name] = c.Guest.Runtime == spec.RuntimeVM
-	}
 	// ports each class can be probed on: every port a rule to it names,
 	// and every port it serves.
 	classPorts := map[string]map[string]map[int]bool{} // class -> proto -> ports
@@ -173,7 +168,6 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 				}
 				for _, port := range probe {
 					c := newCheck(app, app, src, dst, proto, port)
-					c.skip = vmClass[src.Class]
 					switch {
 					case !rulePorts[port]:
 						c.Expect = Denied
@@ -216,7 +210,6 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 		for _, src := range own {
 			c := newCheck(app, app, src, stranger, spec.ProtoTCP, 9)
 			c.Expect = Denied
-			c.skip = vmClass[src.Class]
 			checks = append(checks, c)
 		}
 	}
@@ -280,11 +273,6 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 		go func(c *Check) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if c.skip {
-				c.Observed, c.OK = Skipped, true
-				c.Detail = "the source is a VM: proved from the other side"
-				return
-			}
 			runOne(ctx, p, c, addrs[c.ToTask], opt.Timeout)
 		}(&checks[i])
 	}
@@ -296,7 +284,7 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 	// pair whose marker was on the wire) is a leak and stands as it is.
 	for i := range checks {
 		c := &checks[i]
-		if opt.NoRetry || c.OK || c.skip || !mayRetry(c.Expect, c.Observed) || ctx.Err() != nil {
+		if opt.NoRetry || c.OK || !mayRetry(c.Expect, c.Observed) || ctx.Err() != nil {
 			continue
 		}
 		first := c.Observed
@@ -351,7 +339,7 @@ func runOne(ctx context.Context, p Prober, c *Check, toAddr string, timeout time
 	}
 	res, err := p.Probe(ctx, c.FromServer, req)
 	c.Observed, c.Detail = classify(res, err, c.FromServer == c.ToServer)
-	c.OK = c.Observed == c.Expect
+	c.OK = c.Observed == c.Expect || c.Observed == Skipped
 	if !c.OK && c.Observed == Open && c.Expect != Denied {
 		c.Detail = "reached, but nothing listens on the port: the marker could not be sent, so encryption is not proven"
 	}
@@ -361,6 +349,8 @@ func classify(res api.ProbeResult, err error, local bool) (string, string) {
 	switch {
 	case err != nil:
 		return Failed, err.Error()
+	case res.Skipped != "":
+		return Skipped, res.Skipped
 	case res.Error != "":
 		return Failed, res.Error
 	case res.TimedOut:

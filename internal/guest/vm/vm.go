@@ -56,6 +56,7 @@ const (
 	recordFile = "vm.json"
 	pidFile    = "qemu.json"
 	qmpFile    = "qmp.sock"
+	probeSock  = "probe.sock"
 	// consoleLines is how many console lines a failure message carries.
 	consoleLines = 6
 )
@@ -283,6 +284,11 @@ func (r *Runtime) qemuArgs(g compile.Guest, bf bootFiles, accel, dir string) ([]
 		"-chardev", "file,id=con,path="+filepath.Join(dir, "task.log")+",append=on",
 		"-serial", "chardev:con",
 		"-qmp", "unix:"+filepath.Join(dir, qmpFile)+",server=on,wait=off",
+		// The probe port: verify's probes from this guest go through it
+		// to a responder inside (see ProbeSocket).
+		"-device", "virtio-serial-pci,id=vser0",
+		"-chardev", "socket,id=probe,path="+filepath.Join(dir, probeSock)+",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=probe,name="+ProbePortName,
 	)
 	if bf.Initrd != "" {
 		args = append(args, "-initrd", bf.Initrd)
@@ -297,6 +303,20 @@ func (r *Runtime) qemuArgs(g compile.Guest, bf bootFiles, accel, dir string) ([]
 		args = append(args, "-drive", "file="+bf.Disk+",if=virtio,format="+format+",snapshot=on")
 	}
 	return args, nil
+}
+
+// ProbePortName names the guest's virtio-serial port for probes; the
+// image's init starts `corridor probe-responder` on it.
+const ProbePortName = "corridor.probe"
+
+// ProbeSocket is the host end of a VM task's probe port (a unix socket
+// QEMU serves), or "" when the task is not a VM of this state directory.
+func ProbeSocket(stateDir, task string) string {
+	p := filepath.Join(guest.TaskDir(stateDir, task), probeSock)
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Type() != os.ModeSocket {
+		return ""
+	}
+	return p
 }
 
 // Ensure implements guest.Runtime.
