@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
@@ -37,11 +38,40 @@ type Prober struct {
 	startCapture func(ctx context.Context, netns, ifname string, marker []byte) (stopCapture, error)
 	dial         func(ctx context.Context, netns, network, addr string, marker []byte, timeout time.Duration) (probe.Result, error)
 	remote       func(ctx context.Context, sock, network, addr string, marker []byte, timeout, grace time.Duration) (probe.Result, error)
+
+	// mute remembers VMs whose probe port did not answer, so that a
+	// verify run waits for each such VM once, not once per check.
+	muteMu sync.Mutex
+	mute   map[string]time.Time
 }
+
+// muteFor is how long a VM whose probe port did not answer is answered
+// "skipped" without asking again.
+const muteFor = 15 * time.Second
 
 // channelGrace is how long past its timeout a probe through a VM's port
 // may take to answer (the guest is slower to schedule under TCG).
 const channelGrace = 3 * time.Second
+
+func (p *Prober) muted(task string) bool {
+	p.muteMu.Lock()
+	defer p.muteMu.Unlock()
+	return time.Since(p.mute[task]) < muteFor
+}
+
+func (p *Prober) setMuted(task string) {
+	p.muteMu.Lock()
+	defer p.muteMu.Unlock()
+	if p.mute == nil {
+		p.mute = map[string]time.Time{}
+	}
+	for t, at := range p.mute {
+		if time.Since(at) >= muteFor {
+			delete(p.mute, t)
+		}
+	}
+	p.mute[task] = time.Now()
+}
 
 func (p *Prober) channel(task string) string {
 	if p.Channel == nil {
@@ -95,7 +125,14 @@ func (p *Prober) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResu
 	var res probe.Result
 	var dialErr error
 	if ch := p.channel(req.FromTask); ch != "" {
-		res, dialErr = remote(ctx, ch, req.Network, addr, req.Marker, req.Timeout, channelGrace)
+		if p.muted(req.FromTask) {
+			dialErr = probe.ErrNoResponder
+		} else {
+			res, dialErr = remote(ctx, ch, req.Network, addr, req.Marker, req.Timeout, channelGrace)
+			if errors.Is(dialErr, probe.ErrNoResponder) {
+				p.setMuted(req.FromTask)
+			}
+		}
 	} else {
 		res, dialErr = dial(ctx, p.GuestNetns(req.FromTask), req.Network, addr, req.Marker, req.Timeout)
 	}

@@ -144,4 +144,13 @@ func TestProbeThroughVMChannel(t *testing.T) {
 	if err != nil || got.Skipped == "" || got.Connected || got.TimedOut {
 		t.Fatalf("a VM without a responder: %+v, %v; want skipped", got, err)
 	}
+	// Asked once: the next probes from that VM are skipped without
+	// waiting on its port again.
+	w.order = nil
+	if got, err = p.Probe(context.Background(), req); err != nil || got.Skipped == "" {
+		t.Fatalf("second probe from a mute VM: %+v, %v", got, err)
+	}
+	if strings.Contains(strings.Join(w.order, "|"), "remote") {
+		t.Errorf("the mute VM's port was asked again: %q", w.order)
+	}
 }
