@@ -278,8 +278,9 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 	}
 	wg.Wait()
 	// A check that failed short of its expectation (an allowed pair that
-	// timed out, a plain marker the capture missed) is run once more: one
-	// lost SYN on a busy host is not a policy failure. A check that
+	// timed out or found its service not listening yet, a plain marker the
+	// capture missed) is run once more: one lost SYN on a busy host, or a
+	// service still starting, is not a policy failure. A check that
 	// failed the other way (a denied pair that connected, an encrypted
 	// pair whose marker was on the wire) is a leak and stands as it is.
 	for i := range checks {
@@ -319,6 +320,8 @@ func mayRetry(expect, observed string) bool {
 		return false
 	case observed == Denied:
 		return true // allowed, but nothing came back in time
+	case observed == Open:
+		return true // allowed and reached, but its service was not up yet
 	case expect == Plain && observed == Encrypted:
 		return true // the capture missed the marker
 	}

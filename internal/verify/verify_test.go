@@ -30,6 +30,8 @@ type fakeNet struct {
 	// (a lost packet on a busy host).
 	dropOnce map[[2]string]bool
 	dropped  map[string]bool
+	// refuseOnce: like dropOnce, but refused (a service not up yet).
+	refuseOnce map[[2]string]bool
 	// mute: classes whose guests cannot probe (VMs without a responder).
 	mute  map[string]bool
 	mu    sync.Mutex
@@ -38,7 +40,7 @@ type fakeNet struct {
 
 func newFakeNet(apps []spec.App, tasks []compile.Task) *fakeNet {
 	f := &fakeNet{apps: apps, tasks: map[string]compile.Task{}, byID: map[string]compile.Task{}, leak: map[[2]string]bool{}, open: map[[2]string]bool{},
-		dropOnce: map[[2]string]bool{}, dropped: map[string]bool{}, mute: map[string]bool{}}
+		dropOnce: map[[2]string]bool{}, dropped: map[string]bool{}, mute: map[string]bool{}, refuseOnce: map[[2]string]bool{}}
 	for _, t := range tasks {
 		f.tasks[t.Address.String()] = t
 		f.byID[t.ID] = t
@@ -91,6 +93,16 @@ func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) 
 	}
 	if !allowed {
 		return api.ProbeResult{TimedOut: true}, nil
+	}
+	if f.refuseOnce[[2]string{src.Class, dst.Class}] {
+		f.mu.Lock()
+		k := fmt.Sprintf("%s>%s:%d", src.ID, dst.ID, req.Port)
+		first := !f.dropped[k]
+		f.dropped[k] = true
+		f.mu.Unlock()
+		if first {
+			return api.ProbeResult{Refused: true}, nil
+		}
 	}
 	listens := false
 	for _, a := range f.apps {
@@ -215,6 +227,14 @@ func TestRetryOnlyShortfalls(t *testing.T) {
 	}
 	if retried == 0 || f.calls != len(rep.Checks)+retried {
 		t.Fatalf("%d retried, %d calls for %d checks", retried, f.calls, len(rep.Checks))
+	}
+
+	// A service not listening yet at the first probe.
+	f = newFakeNet(apps, tasks)
+	f.refuseOnce[[2]string{"web", "app"}] = true
+	rep, err = Run(context.Background(), f, "shop", apps, tasks, Options{Timeout: time.Second})
+	if err != nil || !rep.OK() {
+		t.Fatalf("a service up late failed the run: %v %+v", err, rep)
 	}
 
 	f = newFakeNet(apps, tasks)
