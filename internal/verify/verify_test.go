@@ -60,15 +60,8 @@ func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) 
 	if f.mute[src.Class] {
 		return api.ProbeResult{Skipped: "no probe responder"}, nil
 	}
-	if f.dropOnce[[2]string{src.Class, dst.Class}] {
-		f.mu.Lock()
-		k := fmt.Sprintf("%s>%s:%d", src.ID, dst.ID, req.Port)
-		first := !f.dropped[k]
-		f.dropped[k] = true
-		f.mu.Unlock()
-		if first {
-			return api.ProbeResult{TimedOut: true}, nil
-		}
+	if f.dropOnce[[2]string{src.Class, dst.Class}] && f.first(src, dst, req.Port) {
+		return api.ProbeResult{TimedOut: true}, nil
 	}
 	allowed, enc := false, false
 	if src.App == dst.App {
@@ -94,15 +87,8 @@ func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) 
 	if !allowed {
 		return api.ProbeResult{TimedOut: true}, nil
 	}
-	if f.refuseOnce[[2]string{src.Class, dst.Class}] {
-		f.mu.Lock()
-		k := fmt.Sprintf("%s>%s:%d", src.ID, dst.ID, req.Port)
-		first := !f.dropped[k]
-		f.dropped[k] = true
-		f.mu.Unlock()
-		if first {
-			return api.ProbeResult{Refused: true}, nil
-		}
+	if f.refuseOnce[[2]string{src.Class, dst.Class}] && f.first(src, dst, req.Port) {
+		return api.ProbeResult{Refused: true}, nil
 	}
 	listens := false
 	for _, a := range f.apps {
@@ -119,6 +105,17 @@ func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) 
 	}
 	seen := src.Server != dst.Server && (!enc || f.leak[classPair(src.Class, dst.Class)])
 	return api.ProbeResult{Connected: true, MarkerSeen: seen, RTT: time.Millisecond}, nil
+}
+
+// first reports whether this is the first probe from src to dst:port, for
+// the faults that hit only the first.
+func (f *fakeNet) first(src, dst compile.Task, port int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := fmt.Sprintf("%s>%s:%d", src.ID, dst.ID, port)
+	seen := f.dropped[k]
+	f.dropped[k] = true
+	return !seen
 }
 
 func shop() ([]spec.App, []compile.Task) {
