@@ -126,15 +126,7 @@ func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.
 			}
 			c.trigger()
 		case now := <-tick.C:
-			// Heartbeats are not watched here: the hub mirrors them. A
-			// change of the down set is what needs a compile.
-			if c.downChanged(ctx, since) {
-				c.trigger()
-			}
-			if c.keyRotation > 0 && now.Sub(c.lastRotateCheck) >= c.rotateCheckEvery() {
-				c.lastRotateCheck = now
-				c.rotateKeys(ctx, since, now)
-			}
+			c.tick(ctx, since, now)
 		case <-retry.C:
 			c.trigger()
 		case <-c.kick:
@@ -143,6 +135,28 @@ func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.
 				retry.Reset(time.Second)
 			}
 		}
+	}
+}
+
+// tick looks at the fleet between watch events, from one snapshot:
+// heartbeats are not watched here (the hub mirrors them), and a change of
+// the down set is what needs a compile; scheduled key rotations are due by
+// time alone.
+func (c *controller) tick(ctx context.Context, since, now time.Time) {
+	sn, err := c.st.Snapshot(ctx)
+	if err != nil {
+		return
+	}
+	_, states := fleet(sn, c.hub.lastSeen(), now, since, c.timeout)
+	c.mu.Lock()
+	downChanged := downKey(states) != c.lastDown
+	c.mu.Unlock()
+	if downChanged {
+		c.trigger()
+	}
+	if c.keyRotation > 0 && now.Sub(c.lastRotateCheck) >= c.rotateCheckEvery() {
+		c.lastRotateCheck = now
+		c.rotateKeys(ctx, sn, states, now)
 	}
 }
 
@@ -157,12 +171,7 @@ func (c *controller) rotateCheckEvery() time.Duration {
 // encrypted paths are down until its peers hold the new key) touches only
 // that server's paths. Servers that are down are left alone (their agent
 // could not answer) and do not hold the others back.
-func (c *controller) rotateKeys(ctx context.Context, since, now time.Time) {
-	sn, err := c.st.Snapshot(ctx)
-	if err != nil {
-		return
-	}
-	_, states := fleet(sn, c.hub.lastSeen(), now, since, c.timeout)
+func (c *controller) rotateKeys(ctx context.Context, sn *store.Snapshot, states map[string]string, now time.Time) {
 	var oldest *store.ServerRecord
 	for i := range sn.Servers {
 		r := &sn.Servers[i]
@@ -195,17 +204,6 @@ func (c *controller) rotateKeys(ctx context.Context, since, now time.Time) {
 
 func (c *controller) checkEvery() time.Duration {
 	return min(max(c.timeout/10, 50*time.Millisecond), time.Second)
-}
-
-func (c *controller) downChanged(ctx context.Context, since time.Time) bool {
-	sn, err := c.st.Snapshot(ctx)
-	if err != nil {
-		return false
-	}
-	_, states := fleet(sn, c.hub.lastSeen(), time.Now(), since, c.timeout)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return downKey(states) != c.lastDown
 }
 
 // anyDown reports whether the last compile saw a server down.
