@@ -49,6 +49,8 @@ type Prober struct {
 // "skipped" without asking again.
 const muteFor = 15 * time.Second
 
+const noResponder = "the VM runs no probe responder (an image without corridor: build it with corridor image build --with-sample); its paths are proved from the other side"
+
 // channelGrace is how long past its timeout a probe through a VM's port
 // may take to answer (the guest is slower to schedule under TCG).
 const channelGrace = 3 * time.Second
@@ -115,6 +117,12 @@ func (p *Prober) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResu
 	if err != nil {
 		return api.ProbeResult{}, fmt.Errorf("toAddr: %w", err)
 	}
+	// A VM's probes run inside it; one whose port did not answer lately is
+	// not asked again (nor captured for).
+	ch := p.channel(req.FromTask)
+	if ch != "" && p.muted(req.FromTask) {
+		return api.ProbeResult{Skipped: noResponder}, nil
+	}
 	// The capture runs from before the first packet to after the last:
 	// capture.Start returns once its socket is bound.
 	stop, err := start(ctx, p.HostNetns, req.CaptureIface, req.Marker)
@@ -124,21 +132,15 @@ func (p *Prober) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResu
 	addr := net.JoinHostPort(to.String(), strconv.Itoa(req.Port))
 	var res probe.Result
 	var dialErr error
-	if ch := p.channel(req.FromTask); ch != "" {
-		if p.muted(req.FromTask) {
-			dialErr = probe.ErrNoResponder
-		} else {
-			res, dialErr = remote(ctx, ch, req.Network, addr, req.Marker, req.Timeout, channelGrace)
-			if errors.Is(dialErr, probe.ErrNoResponder) {
-				p.setMuted(req.FromTask)
-			}
-		}
+	if ch != "" {
+		res, dialErr = remote(ctx, ch, req.Network, addr, req.Marker, req.Timeout, channelGrace)
 	} else {
 		res, dialErr = dial(ctx, p.GuestNetns(req.FromTask), req.Network, addr, req.Marker, req.Timeout)
 	}
 	seen, packets, dropped, capErr := stop()
 	if errors.Is(dialErr, probe.ErrNoResponder) {
-		return api.ProbeResult{Skipped: "the VM runs no probe responder (an image without corridor: build it with corridor image build --with-sample); its paths are proved from the other side"}, nil
+		p.setMuted(req.FromTask)
+		return api.ProbeResult{Skipped: noResponder}, nil
 	}
 	if dialErr != nil {
 		return api.ProbeResult{}, fmt.Errorf("probe from %s: %w", req.FromTask, dialErr)

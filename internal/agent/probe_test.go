@@ -150,7 +150,7 @@ func TestProbeThroughVMChannel(t *testing.T) {
 	if got, err = p.Probe(context.Background(), req); err != nil || got.Skipped == "" {
 		t.Fatalf("second probe from a mute VM: %+v, %v", got, err)
 	}
-	if strings.Contains(strings.Join(w.order, "|"), "remote") {
-		t.Errorf("the mute VM's port was asked again: %q", w.order)
+	if len(w.order) != 0 {
+		t.Errorf("the mute VM's port was asked again, or captured for: %q", w.order)
 	}
 }

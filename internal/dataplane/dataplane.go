@@ -60,8 +60,7 @@ type Dataplane struct {
 	wg  *wgctrl.Client
 
 	// key and keyGen change only in RotateKey, under mu and keyMu; code
-	// holding mu reads them directly, PublicKey and KeyGeneration take
-	// keyMu.
+	// holding mu reads them directly, PublicKey and Key take keyMu.
 	keyMu  sync.RWMutex
 	key    wgtypes.Key
 	keyGen int64
@@ -143,14 +142,8 @@ func (dp *Dataplane) PublicKey() wgtypes.Key {
 	return dp.key.PublicKey()
 }
 
-// KeyGeneration is the generation the host's key was made for: 0 for the
-// first key, then the generation of the last RotateKey.
-func (dp *Dataplane) KeyGeneration() int64 {
-	_, gen := dp.Key()
-	return gen
-}
-
-// Key is the public key and its generation, read together.
+// Key is the host's public key and the generation it was made for (0 for
+// the first key, then that of the last RotateKey), read together.
 func (dp *Dataplane) Key() (wgtypes.Key, int64) {
 	dp.keyMu.RLock()
 	defer dp.keyMu.RUnlock()

@@ -48,9 +48,9 @@ func TestKeyRotation(t *testing.T) {
 	if err := s.a.dp.RotateKey(1); err != nil {
 		t.Fatal(err)
 	}
-	newPub := s.a.dp.PublicKey()
-	if newPub == oldPub || s.a.dp.KeyGeneration() != 1 {
-		t.Fatalf("after RotateKey(1): key %s (was %s), generation %d", newPub, oldPub, s.a.dp.KeyGeneration())
+	newPub, gen := s.a.dp.Key()
+	if newPub == oldPub || gen != 1 {
+		t.Fatalf("after RotateKey(1): key %s (was %s), generation %d", newPub, oldPub, gen)
 	}
 	dev, err := s.a.dp.wg.Device(s.a.wgName)
 	if err != nil {
@@ -110,8 +110,8 @@ func TestKeyRotation(t *testing.T) {
 	// path still works: nothing to put back.
 	s.a.dp.Close()
 	s.a.open(t)
-	if s.a.dp.PublicKey() != newPub || s.a.dp.KeyGeneration() != 1 {
-		t.Fatalf("after a restart: key %s generation %d; want %s and 1", s.a.dp.PublicKey(), s.a.dp.KeyGeneration(), newPub)
+	if k, gen := s.a.dp.Key(); k != newPub || gen != 1 {
+		t.Fatalf("after a restart: key %s generation %d; want %s and 1", k, gen, newPub)
 	}
 	stA, _ := s.states()
 	if err := s.a.dp.Apply(context.Background(), stA); err != nil {
