@@ -477,9 +477,7 @@ func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
 		if err := a.cfg.Dataplane.RotateKey(st.KeyGeneration); err != nil {
 			errs = append(errs, fmt.Errorf("rotate WireGuard key to generation %d: %w", st.KeyGeneration, err))
 		} else {
-			pub, _ := a.cfg.Dataplane.Key()
-			a.log.Info("rotated WireGuard key", "generation", st.KeyGeneration, "publicKey", pub)
-			a.m.keyRotations.Inc()
+			a.m.keyRotations.Inc() // the data plane logs the new key
 		}
 	}
 	existing := map[string]bool{}

@@ -55,6 +55,15 @@ func (dp *Dataplane) initiates(peer wgtypes.Key) bool {
 	return bytes.Compare(mine[:], peer[:]) < 0
 }
 
+// firstKeepalive is a new peer's keepalive until its first handshake:
+// only the host that starts that handshake keeps alive from the start.
+func (dp *Dataplane) firstKeepalive(peer wgtypes.Key) time.Duration {
+	if dp.initiates(peer) {
+		return PeerKeepalive
+	}
+	return 0
+}
+
 // stall is a peer waiting for its first handshake.
 type stall struct {
 	added, last time.Time // last: the last (re)initiation

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -65,23 +64,22 @@ func (dp *Dataplane) RotateKey(generation int64) error {
 	dp.keyMu.Lock()
 	dp.keyGen = generation
 	dp.keyMu.Unlock()
-	dp.log.Info("made a new WireGuard key", "generation", generation, "publicKey", k.PublicKey().String(), "previous", old.String())
 
 	name := dp.cfg.WireGuardName
+	logArgs := []any{"name", name, "generation", generation, "publicKey", k.PublicKey().String(), "previous", old.String()}
 	dev, err := dp.wg.Device(name)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil // no device yet: the next Apply makes it with the new key
+		// No device yet: the next Apply makes it with the new key.
+		dp.changed("made a new WireGuard key", logArgs...)
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("read WireGuard device %s: %w", name, err)
 	}
 	cfg := wgtypes.Config{PrivateKey: &k, ReplacePeers: true}
 	for _, p := range dev.Peers {
-		var ka time.Duration
-		if dp.initiates(p.PublicKey) {
-			ka = PeerKeepalive
-		}
 		pc := readdPeer(p)
+		ka := dp.firstKeepalive(p.PublicKey)
 		pc.PersistentKeepaliveInterval = &ka
 		cfg.Peers = append(cfg.Peers, pc)
 		dp.watchStall(p.PublicKey)
@@ -89,6 +87,6 @@ func (dp *Dataplane) RotateKey(generation int64) error {
 	if err := dp.wg.ConfigureDevice(name, cfg); err != nil {
 		return fmt.Errorf("configure WireGuard device %s with the new key: %w", name, err)
 	}
-	dp.changed("rotated WireGuard key", "name", name, "generation", generation, "peers", len(dev.Peers))
+	dp.changed("rotated WireGuard key", append(logArgs, "peers", len(dev.Peers))...)
 	return nil
 }

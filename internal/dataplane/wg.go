@@ -301,12 +301,7 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 		have, ok := cur[w.key]
 		delete(cur, w.key)
 		if !ok {
-			// Only the host that starts the first handshake keeps alive
-			// from the start (see handshake.go).
-			var ka time.Duration
-			if dp.initiates(w.key) {
-				ka = PeerKeepalive
-			}
+			ka := dp.firstKeepalive(w.key)
 			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: w.key, Endpoint: ep, ReplaceAllowedIPs: true, AllowedIPs: allowed, PersistentKeepaliveInterval: &ka})
 			what = append(what, "add peer "+w.server)
 			dp.watchStall(w.key)
