@@ -44,11 +44,8 @@ func Serve(ctx context.Context, rw io.ReadWriter) error {
 		var res Result
 		if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
 			res = Result{Outcome: Failed, Err: "bad request: " + err.Error()}
-		} else if r, err := Dial(ctx, "", req.Network, req.Addr, req.Marker, req.Timeout); err != nil {
-			res = r
+		} else if res, err = Dial(ctx, "", req.Network, req.Addr, req.Marker, req.Timeout); err != nil {
 			res.Outcome, res.Err = Failed, err.Error()
-		} else {
-			res = r
 		}
 		if err := enc.Encode(res); err != nil {
 			return fmt.Errorf("probe responder: write: %w", err)

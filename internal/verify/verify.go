@@ -265,34 +265,43 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 	for _, t := range tasks {
 		addrs[t.ID] = t.Address.String()
 	}
-	sem := make(chan struct{}, opt.Parallel)
-	var wg sync.WaitGroup
-	for i := range checks {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(c *Check) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			runOne(ctx, p, c, addrs[c.ToTask], opt.Timeout)
-		}(&checks[i])
+	// runAll runs the checks in parallel, opt.Parallel at a time.
+	runAll := func(cs []*Check) {
+		sem := make(chan struct{}, opt.Parallel)
+		var wg sync.WaitGroup
+		for _, c := range cs {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				runOne(ctx, p, c, addrs[c.ToTask], opt.Timeout)
+			})
+		}
+		wg.Wait()
 	}
-	wg.Wait()
+	all := make([]*Check, len(checks))
+	for i := range checks {
+		all[i] = &checks[i]
+	}
+	runAll(all)
 	// A check that failed short of its expectation (an allowed pair that
 	// timed out or found its service not listening yet, a plain marker the
 	// capture missed) is run once more: one lost SYN on a busy host, or a
 	// service still starting, is not a policy failure. A check that
 	// failed the other way (a denied pair that connected, an encrypted
 	// pair whose marker was on the wire) is a leak and stands as it is.
-	for i := range checks {
-		c := &checks[i]
-		if opt.NoRetry || c.OK || !mayRetry(c.Expect, c.Observed) || ctx.Err() != nil {
-			continue
+	var again []*Check
+	first := map[*Check]string{}
+	for _, c := range all {
+		if !opt.NoRetry && !c.OK && mayRetry(c.Expect, c.Observed) && ctx.Err() == nil {
+			again = append(again, c)
+			first[c] = c.Observed
 		}
-		first := c.Observed
-		runOne(ctx, p, c, addrs[c.ToTask], opt.Timeout)
+	}
+	runAll(again)
+	for _, c := range again {
 		c.Retried = true
 		if c.OK {
-			c.Detail = strings.TrimSpace("observed " + first + " at first, " + c.Expect + " on the retry; " + c.Detail)
+			c.Detail = strings.TrimSpace("observed " + first[c] + " at first, " + c.Expect + " on the retry; " + c.Detail)
 		}
 	}
 	rep := &Report{App: app, Checks: checks}
