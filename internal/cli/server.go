@@ -179,25 +179,24 @@ one at a time to keep that short; --all rotates every server at once.
 
 // waitKeys polls the servers until each reports a key of the generation
 // asked of it, and says when each did.
+// One list per round, whatever the number of servers.
 func waitKeys(cmd *cobra.Command, c *api.Client, names []string, asked map[string]int64, start time.Time, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 	defer cancel()
 	pending := slices.Clone(names)
 	for len(pending) > 0 {
-		var still []string
-		for _, name := range pending {
-			s, err := c.GetServer(ctx, name)
-			if err != nil && ctx.Err() == nil {
-				return explain(err)
-			}
-			if err == nil && s.KeyGeneration >= asked[name] {
+		servers, err := c.ListServers(ctx)
+		if err != nil && ctx.Err() == nil {
+			return explain(err)
+		}
+		for _, s := range servers {
+			name := s.Spec.Name
+			if i := slices.Index(pending, name); i >= 0 && s.KeyGeneration >= asked[name] {
 				fmt.Fprintf(cmd.ErrOrStderr(), "server %s: new key in use (generation %d, %s), reported %s after the request\n",
 					name, s.KeyGeneration, s.Spec.PublicKey, time.Since(start).Round(time.Millisecond))
-				continue
+				pending = slices.Delete(pending, i, i+1)
 			}
-			still = append(still, name)
 		}
-		pending = still
 		if len(pending) == 0 {
 			break
 		}

@@ -67,7 +67,7 @@ func TestUserCommandsAgainstServer(t *testing.T) {
 	}
 
 	// One server, joined as an agent would.
-	joinServer(t, s, "s1")
+	agent := joinServer(t, s, "s1")
 
 	app := filepath.Join(t.TempDir(), "app.yaml")
 	os.WriteFile(app, []byte(`apiVersion: corridor/v1
@@ -157,6 +157,18 @@ rules:
 	}
 	if _, _, err := run(t, "server", "rotate-key", "s1", "--wait", "--timeout", "300ms"); err == nil || !strings.Contains(err.Error(), "is the agent running") {
 		t.Fatalf("rotate-key --wait with no agent: %v", err)
+	}
+	// The agent reports a key of the generation asked: --wait returns.
+	reported := make(chan error, 1)
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		reported <- agent.ReportStatus(context.Background(), "s1", api.Status{Name: "s1", PublicKey: "bmV3LWtleS1vZi1zMS0wMDAwMDAwMDAwMDAwMDAwMDA=", KeyGeneration: 3})
+	}()
+	if _, errOut, err := run(t, "server", "rotate-key", "s1", "--wait", "--timeout", "20s"); err != nil || !strings.Contains(errOut, "new key in use (generation 3") {
+		t.Fatalf("rotate-key --wait with an agent answering: %v %q", err, errOut)
+	}
+	if err := <-reported; err != nil {
+		t.Fatal(err)
 	}
 	if _, _, err := run(t, "server", "rotate-key"); err == nil || !strings.Contains(err.Error(), "--all") {
 		t.Fatalf("rotate-key with no server: %v", err)
