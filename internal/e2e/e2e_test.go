@@ -372,21 +372,8 @@ func TestShopLifecycle(t *testing.T) {
 // the db's host, sees verify fail without any plaintext, then sees the
 // agent repair the drift and verify pass.
 func testDrift(t *testing.T, f *fleet, tasks []api.TaskInfo) {
-	var db, app *api.TaskInfo
-	for i := range tasks {
-		switch {
-		case tasks[i].ID == "shop/db/0":
-			db = &tasks[i]
-		case tasks[i].App == "shop" && tasks[i].Class == "app" && db != nil && tasks[i].Server != db.Server:
-			app = &tasks[i]
-		}
-	}
-	for i := range tasks { // app may sort before db
-		if app == nil && tasks[i].App == "shop" && tasks[i].Class == "app" && tasks[i].Server != db.Server {
-			app = &tasks[i]
-		}
-	}
-	if db == nil || app == nil {
+	app, db, ok := shopAppAndDB(tasks)
+	if !ok {
 		t.Skipf("no app task on another server than the db: placement %v", placement(tasks))
 	}
 	srv := f.lab.Server(db.Server)
@@ -514,18 +501,8 @@ func assertHostClean(t *testing.T, s lab.Server, gone map[string]compile.Task) {
 // the server learns the public key, and verify passes again (the db is
 // reached encrypted from the app tier).
 func testRotateKey(t *testing.T, f *fleet, tasks []api.TaskInfo) {
-	var db, app api.TaskInfo
-	for _, ti := range tasks {
-		if ti.ID == "shop/db/0" {
-			db = ti
-		}
-	}
-	for _, ti := range tasks {
-		if ti.App == "shop" && ti.Class == "app" && ti.Server != db.Server {
-			app = ti
-		}
-	}
-	if app.ID == "" {
+	app, db, ok := shopAppAndDB(tasks)
+	if !ok {
 		t.Skipf("no app task on another server than the db: placement %v", placement(tasks))
 	}
 	dbServer := db.Server
@@ -568,22 +545,46 @@ func testRotateKey(t *testing.T, f *fleet, tasks []api.TaskInfo) {
 		t.Fatalf("%s's device holds key %s, the server says %s", dbServer, dev.PublicKey, now.Spec.PublicKey)
 	}
 	// The app -> db path (encrypted) carries a byte again.
-	dbAddr := net.JoinHostPort(db.Address.String(), "5432")
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		res, err := probe.Dial(pctx, "/run/netns/"+guest.NetnsName(app.ID), "tcp", dbAddr, []byte("PING\n"), 500*time.Millisecond)
-		cancel()
-		if err == nil && res.Outcome == probe.Connected {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s -> %s not back 30 s after the rotation: %+v %v", app.ID, db.ID, res, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitConnected(t, app.ID, net.JoinHostPort(db.Address.String(), "5432"), 30*time.Second, 20*time.Millisecond, "after the rotation")
 	back := time.Since(start)
 	f.verifyWithin(t, "shop", 30*time.Second)
 	t.Logf("key rotation of %s: new key reported after %s, %s -> %s connected again after %s, verify passed after %s",
 		dbServer, reported.Round(time.Millisecond), app.ID, db.ID, back.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}
+
+// shopAppAndDB finds the shop's db task and an app task on another server
+// (the app -> db path is then encrypted across hosts); ok is false when
+// every app task shares the db's server.
+func shopAppAndDB(tasks []api.TaskInfo) (app, db api.TaskInfo, ok bool) {
+	for _, ti := range tasks {
+		if ti.ID == "shop/db/0" {
+			db = ti
+		}
+	}
+	for _, ti := range tasks {
+		if ti.App == "shop" && ti.Class == "app" && ti.Server != db.Server {
+			return ti, db, db.ID != ""
+		}
+	}
+	return app, db, false
+}
+
+// waitConnected dials addr over TCP from inside fromTask's guest every
+// step until a byte goes through, and fails the test (saying when) if none
+// does within d.
+func waitConnected(t *testing.T, fromTask, addr string, d, step time.Duration, when string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		res, err := probe.Dial(ctx, "/run/netns/"+guest.NetnsName(fromTask), "tcp", addr, []byte("PING\n"), 500*time.Millisecond)
+		cancel()
+		if err == nil && res.Outcome == probe.Connected {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s -> %s not connected %s within %s: %+v %v", fromTask, addr, when, d, res, err)
+		}
+		time.Sleep(step)
+	}
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/corridor-dev/corridor/examples"
-	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/dataplane"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/probe"
@@ -97,18 +96,8 @@ func TestRestartsDoNotInterruptTraffic(t *testing.T) {
 	f := upFleet(t)
 	f.apply(t, examples.Shop)
 	tasks := f.settle(t, 5)
-	var db, app api.TaskInfo
-	for _, ti := range tasks {
-		if ti.ID == "shop/db/0" {
-			db = ti
-		}
-	}
-	for _, ti := range tasks {
-		if ti.Class == "app" && ti.Server != db.Server {
-			app = ti
-		}
-	}
-	if app.ID == "" {
+	app, db, found := shopAppAndDB(tasks)
+	if !found {
 		t.Fatalf("no app task on another server than the db: %v", placement(tasks))
 	}
 	dbAddr := net.JoinHostPort(db.Address.String(), "5432")
@@ -162,19 +151,7 @@ func TestRestartsDoNotInterruptTraffic(t *testing.T) {
 	if err := f.lab.StartAgent(db.Server); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		res, err := probe.Dial(ctx, "/run/netns/"+guest.NetnsName(app.ID), "tcp", dbAddr, []byte("PING\n"), time.Second)
-		cancel()
-		if err == nil && res.Outcome == probe.Connected {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the db's host did not come back from its stored state with the server down: %+v %v", res, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitConnected(t, app.ID, dbAddr, 20*time.Second, 200*time.Millisecond, "after the db's host came back from its stored state with the server down")
 	if !hasTable(t, srv.Namespace) {
 		t.Fatal("the firewall table was not restored")
 	}
