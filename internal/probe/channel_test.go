@@ -3,6 +3,7 @@ package probe
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"path/filepath"
 	"testing"
@@ -20,21 +21,7 @@ func TestChannel(t *testing.T) {
 	}
 	defer l.Close()
 
-	sock := filepath.Join(t.TempDir(), "probe.sock")
-	ul, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ul.Close()
-	go func() {
-		for {
-			c, err := ul.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); Serve(ctx, c) }()
-		}
-	}()
+	sock := unixServer(t, func(c net.Conn) { Serve(ctx, c) })
 	res, err := Remote(ctx, sock, "tcp", l.Addr().String(), []byte("corridor-channel-marker"), time.Second, time.Second)
 	if err != nil || res.Outcome != Connected || !res.Echoed {
 		t.Fatalf("Remote to a listener: %+v, %v", res, err)
@@ -54,24 +41,32 @@ func TestChannel(t *testing.T) {
 	}
 
 	// A socket whose other end never answers (a VM without a responder).
-	mute := filepath.Join(t.TempDir(), "mute.sock")
-	ml, err := net.Listen("unix", mute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ml.Close()
-	go func() {
-		for {
-			c, err := ml.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	mute := unixServer(t, func(c net.Conn) { io.Copy(io.Discard, c) })
 	start := time.Now()
 	_, err = Remote(ctx, mute, "tcp", "127.0.0.1:1", []byte("x"), 200*time.Millisecond, 100*time.Millisecond)
 	if !errors.Is(err, ErrNoResponder) || time.Since(start) > 5*time.Second {
 		t.Fatalf("Remote to a mute socket: %v after %s", err, time.Since(start))
 	}
+}
+
+// unixServer serves each connection to a new unix socket with handle (the
+// connection is closed after it) until the test ends, and returns its path.
+func unixServer(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); handle(c) }()
+		}
+	}()
+	return sock
 }
