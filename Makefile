@@ -5,17 +5,24 @@ GO      ?= go
 BIN     ?= bin/corridor
 PKGS    := ./...
 
-.PHONY: build test unit all-tests lint bench-smoke fuzz-smoke fmt clean
+.PHONY: build deps test unit all-tests lint bench-smoke fuzz-smoke fmt clean
+
+STATICCHECK := $(shell command -v staticcheck 2>/dev/null || echo $$($(GO) env GOPATH)/bin/staticcheck)
 
 # Static (no cgo): the same binary runs on the host and inside VM guests
 # (`corridor image build --with-sample` carries it).
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/corridor
 
+# What the tests need (Debian packages, staticcheck): the one list is
+# scripts/deps.sh. Already-present packages are left alone.
+deps:
+	./scripts/deps.sh
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
-	@if command -v staticcheck >/dev/null; then staticcheck $(PKGS); else echo "staticcheck not installed: skipped (go install honnef.co/go/tools/cmd/staticcheck@v0.8.2)"; fi
+	$(STATICCHECK) $(PKGS)
 
 # Quick: the tests that need no root and no lab (privileged and end-to-end
 # tests skip under -short).
@@ -41,7 +48,9 @@ fuzz-smoke:
 	$(GO) test -run '^$$' -fuzz FuzzDesiredState -fuzztime 10s ./internal/agent
 	$(GO) test -run '^$$' -fuzz FuzzParseCommand -fuzztime 10s ./internal/sample
 
-test: lint all-tests bench-smoke
+# deps first, so that a fresh machine can run the README's test command.
+test: deps
+	$(MAKE) lint all-tests bench-smoke
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
