@@ -27,6 +27,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"io"
 	"log/slog"
 	"net"
@@ -306,7 +307,7 @@ func firstByte(ctx context.Context, nsName string, to netip.AddrPort) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		nsPath := filepath.Join("/run/netns", nsName)
+		nsPath := hostns.Path(nsName)
 		for {
 			if _, err := os.Stat(nsPath); err == nil {
 				break
@@ -380,10 +381,9 @@ func waitGone(ctx context.Context, app string) {
 	// Short plain task IDs map to cor-<app>-<class>-<index>.
 	prefix := guest.NetnsPrefix + app
 	for ctx.Err() == nil {
-		names, _ := os.ReadDir("/run/netns")
 		left := false
-		for _, n := range names {
-			if strings.HasPrefix(n.Name(), prefix+"-") {
+		for _, n := range hostns.List() {
+			if strings.HasPrefix(n, prefix+"-") {
 				left = true
 			}
 		}

@@ -295,7 +295,7 @@ func runAgent(ctx context.Context, f *agentFlags, log *slog.Logger) error {
 		}
 	}
 	prober := &agent.Prober{
-		GuestNetns: func(task string) string { return "/run/netns/" + guest.NetnsName(task) },
+		GuestNetns: func(task string) string { return guest.NetnsPath(task) },
 		Channel:    func(task string) string { return vm.ProbeSocket(vmStateDir(f.stateDir), task) },
 	}
 	a, err := agent.New(agent.Config{

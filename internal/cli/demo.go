@@ -429,7 +429,7 @@ func demoShopRequest(ctx context.Context, w io.Writer, c *api.Client) error {
 	if web == nil {
 		return errors.New("no web task")
 	}
-	ns := "/run/netns/" + guest.NetnsName(web.ID)
+	ns := guest.NetnsPath(web.ID)
 	hc := &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -254,8 +254,8 @@ func (dp *Dataplane) Apply(ctx context.Context, st compile.HostState) error {
 	}
 
 	want := []sysctl{
-		{"net/ipv4/conf/" + dp.cfg.WireGuardName + "/src_valid_mark", "1"},
-		{"net/ipv4/conf/" + VXLANName + "/src_valid_mark", "1"},
+		{Key: "net/ipv4/conf/" + dp.cfg.WireGuardName + "/src_valid_mark", Value: "1"},
+		{Key: "net/ipv4/conf/" + VXLANName + "/src_valid_mark", Value: "1"},
 	}
 	links, err := retryDump(func() ([]netlink.Link, error) { return dp.nl.LinkList() })
 	if err != nil {
@@ -269,10 +269,10 @@ func (dp *Dataplane) Apply(ctx context.Context, st compile.HostState) error {
 		// The guest's default route is 169.254.1.1 onlink: the host side
 		// of its veth answers its ARP requests by proxy.
 		if present[g.name] {
-			want = append(want, sysctl{"net/ipv4/conf/" + g.name + "/proxy_arp", "1"})
+			want = append(want, sysctl{Key: "net/ipv4/conf/" + g.name + "/proxy_arp", Value: "1"})
 		}
 	}
-	want = append(want, sysctl{"net/ipv4/ip_forward", "1"})
+	want = append(want, sysctl{Key: "net/ipv4/ip_forward", Value: "1"})
 	keys, err := setSysctls(dp.ns, want)
 	if err != nil {
 		return err

@@ -5,11 +5,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"runtime"
 
-	"github.com/corridor-dev/corridor/internal/nsrun"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -168,13 +167,10 @@ func (n *HostNet) DeleteLink(ifname string) error {
 // belongs to the namespace of the thread that opens it, so the write
 // happens on a locked thread moved into the namespace.
 func (n *HostNet) Sysctl(key, value string) error {
-	return nsrun.DoHandle(n.ns, func() error {
-		p := filepath.Join("/proc/sys", key)
-		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
-			return fmt.Errorf("guest: sysctl %s=%s: %w", key, value, err)
-		}
-		return nil
-	})
+	if err := hostns.Sysctl(n.ns, key, value); err != nil {
+		return fmt.Errorf("guest: host %w", err)
+	}
+	return nil
 }
 
 func hostRoute(index int, dst netip.Prefix) *netlink.Route {

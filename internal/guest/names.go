@@ -3,6 +3,7 @@ package guest
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"strings"
 )
 
@@ -79,6 +80,10 @@ func Name(task string) string {
 // NetnsName is the name of the task's network namespace under /run/netns,
 // as `ip netns` shows it.
 func NetnsName(task string) string { return NetnsPrefix + Name(task) }
+
+// NetnsPath is the file of the task's network namespace: what `nsenter
+// --net` and a prober open to run inside the guest.
+func NetnsPath(task string) string { return hostns.Path(NetnsName(task)) }
 
 func isPlain(s string) bool {
 	for _, r := range s {

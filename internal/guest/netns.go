@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -21,7 +22,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/atomicfile"
@@ -46,7 +46,6 @@ const (
 	// DefaultPath is the PATH a program gets unless its env sets one.
 	DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-	netnsDir  = "/run/netns"
 	guestFile = "guest.json"
 	// logCheck is how often running programs' logs are checked for size.
 	logCheck = 30 * time.Second
@@ -345,7 +344,7 @@ func (r *Netns) Remove(ctx context.Context, task string) error {
 			}
 		}
 	}
-	if err := deleteNamedNetns(NetnsName(task)); err != nil {
+	if err := hostns.Delete(NetnsName(task)); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
@@ -388,7 +387,7 @@ func (r *Netns) List(ctx context.Context) ([]Info, error) {
 		if pr, err := readPidFile(dir); err == nil && pr.Alive() {
 			in.PID = pr.PID
 		}
-		if !isNetnsMount(filepath.Join(netnsDir, rec.Netns)) {
+		if !hostns.Exists(rec.Netns) {
 			in.Missing = append(in.Missing, "netns")
 		}
 		if _, err := r.host.Handle().LinkByName(rec.Guest.HostIf); err != nil {
@@ -548,7 +547,7 @@ func (r *Netns) startProgram(t *netnsTask) (*proc, error) {
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(cgf.Fd())
 	}
-	ns, err := netns.GetFromPath(filepath.Join(netnsDir, NetnsName(g.Task)))
+	ns, err := hostns.Open(NetnsName(g.Task))
 	if err != nil {
 		return nil, fmt.Errorf("open guest netns: %w", err)
 	}
@@ -607,7 +606,7 @@ func (r *Netns) rotateLogs() {
 // ensureNetwork creates or repairs the guest's netns, veth pair,
 // addresses and routes, on both sides.
 func (r *Netns) ensureNetwork(g compile.Guest) error {
-	ns, err := ensureNamedNetns(NetnsName(g.Task))
+	ns, err := hostns.Ensure(NetnsName(g.Task))
 	if err != nil {
 		return err
 	}
@@ -735,89 +734,6 @@ func configureGuest(gh *netlink.Handle, addr netip.Addr, mtu int, hostMAC net.Ha
 		Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
 	}); err != nil {
 		return fmt.Errorf("guest default route: %w", err)
-	}
-	return nil
-}
-
-// isNetnsMount tells whether path is a bind mount of a network namespace
-// (and not a file left behind by a lost mount).
-func isNetnsMount(path string) bool {
-	var fs unix.Statfs_t
-	if err := unix.Statfs(path, &fs); err != nil {
-		return false
-	}
-	return fs.Type == unix.NSFS_MAGIC
-}
-
-// ensureNamedNetns opens the named netns, creating it the way `ip netns
-// add` does when it does not exist.
-func ensureNamedNetns(name string) (netns.NsHandle, error) {
-	path := filepath.Join(netnsDir, name)
-	if isNetnsMount(path) {
-		ns, err := netns.GetFromPath(path)
-		if err != nil {
-			return ns, fmt.Errorf("open netns %s: %w", name, err)
-		}
-		return ns, nil
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return netns.None(), fmt.Errorf("remove stale netns file %s: %w", path, err)
-	}
-	if err := shareNetnsDir(); err != nil {
-		return netns.None(), err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
-	if err != nil {
-		return netns.None(), fmt.Errorf("create netns file %s: %w", path, err)
-	}
-	f.Close()
-	err = nsrun.DoNew(func() error {
-		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("bind netns to %s: %w", path, err)
-		}
-		return nil
-	})
-	if err != nil {
-		os.Remove(path)
-		return netns.None(), fmt.Errorf("create netns %s: %w", name, err)
-	}
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return ns, fmt.Errorf("open netns %s: %w", name, err)
-	}
-	return ns, nil
-}
-
-// shareNetnsDir makes /run/netns a shared mount point, as iproute2 does,
-// so that namespaces mounted later also appear in mount namespaces made
-// earlier (`ip netns exec` makes one each time).
-func shareNetnsDir() error {
-	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", netnsDir, err)
-	}
-	err := unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
-	if errors.Is(err, unix.EINVAL) { // not a mount point yet
-		if err := unix.Mount(netnsDir, netnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			return fmt.Errorf("bind %s: %w", netnsDir, err)
-		}
-		err = unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
-	}
-	if err != nil {
-		return fmt.Errorf("share %s: %w", netnsDir, err)
-	}
-	return nil
-}
-
-// deleteNamedNetns unmounts and removes /run/netns/<name>; the namespace
-// itself goes when nothing else holds it. Idempotent.
-func deleteNamedNetns(name string) error {
-	path := filepath.Join(netnsDir, name)
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount netns %s: %w", name, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove netns %s: %w", name, err)
 	}
 	return nil
 }

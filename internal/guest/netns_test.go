@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"io"
 	"net"
 	"net/http"
@@ -86,7 +87,7 @@ func newEnv(t testing.TB, mod func(*NetnsConfig)) *env {
 	}
 	parent := fmt.Sprintf("cortst-guest-%d", os.Getpid())
 	e.cfg = NetnsConfig{
-		HostNetns:    filepath.Join(netnsDir, e.hostNS),
+		HostNetns:    hostns.Path(e.hostNS),
 		StateDir:     t.TempDir(),
 		CgroupParent: filepath.Join(parent, strconv.Itoa(envSeq)),
 		BackoffMin:   50 * time.Millisecond,
@@ -228,8 +229,8 @@ func TestEnsureCreatesGuest(t *testing.T) {
 	pid := e.runningPID(e.r, g.Task)
 
 	// Netns, visible to ip netns, and the program inside it.
-	nsPath := filepath.Join(netnsDir, NetnsName(g.Task))
-	if !isNetnsMount(nsPath) {
+	nsPath := NetnsPath(g.Task)
+	if !hostns.Exists(NetnsName(g.Task)) {
 		t.Fatalf("%s is not a netns mount", nsPath)
 	}
 	if a, b := inode(t, fmt.Sprintf("/proc/%d/ns/net", pid)), inode(t, nsPath); a != b {
@@ -406,7 +407,7 @@ func checkGone(t *testing.T, e *env, g compile.Guest, pids ...int) {
 			t.Errorf("process %d still runs", pid)
 		}
 	}
-	if _, err := os.Lstat(filepath.Join(netnsDir, NetnsName(g.Task))); !os.IsNotExist(err) {
+	if _, err := os.Lstat(NetnsPath(g.Task)); !os.IsNotExist(err) {
 		t.Errorf("netns file still there: %v", err)
 	}
 	if _, err := e.hostHandle().LinkByName(g.HostIf); err == nil {

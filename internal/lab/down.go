@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"github.com/corridor-dev/corridor/internal/mountinfo"
 )
 
@@ -76,13 +77,23 @@ func Down(ctx context.Context, opts DownOptions) error {
 	switch {
 	case err == nil:
 	case opts.Prefix == "" && errors.Is(err, ErrNoLab):
-		// Nothing recorded here: nothing of this directory's to remove.
-		// Objects named after a prefix are removed only when asked by
-		// name, since they may belong to a lab recorded elsewhere.
-		// Up saves lab.json right after making the directory, so at most
-		// the empty directory of a crashed Up can be here.
-		log.Info("no lab in this directory; nothing to remove", "dir", dir)
-		return removeDir(dir, opts.KeepLogs)
+		// Nothing recorded here. Objects named after a prefix are removed
+		// only when they can be this directory's: the default directory
+		// owns the default prefix (a first Down that failed half-way
+		// leaves its namespaces and, from older versions, no record);
+		// any other directory names what it found and how to remove it,
+		// and never answers that nothing is left while something is.
+		found := objectsNamed(DefaultPrefix)
+		if len(found) == 0 {
+			log.Info("no lab in this directory; nothing to remove", "dir", dir)
+			return removeDir(dir, opts.KeepLogs)
+		}
+		if dir != defaultDirAbs() {
+			return fmt.Errorf("lab: no lab recorded in %s, but this machine has %s; remove them with: corridor lab down --dir %s --prefix %s",
+				dir, strings.Join(found, ", "), dir, DefaultPrefix)
+		}
+		log.Warn("no lab record; removing what is named after the default prefix", "dir", dir, "prefix", DefaultPrefix, "found", strings.Join(found, ", "))
+		l = recoverLab(dir, DefaultPrefix, listNamespaces())
 	case opts.Prefix == "":
 		return fmt.Errorf("%w; to remove what is named after a prefix, give it (--prefix %s for the default lab)", err, DefaultPrefix)
 	default:
@@ -154,17 +165,42 @@ func Down(ctx context.Context, opts DownOptions) error {
 	if err := removeGuestCgroups(l.GuestNamespaces, cgroupMounts()); err != nil {
 		errs = append(errs, err)
 	}
-	if err := removeDir(dir, opts.KeepLogs); err != nil {
-		errs = append(errs, err)
-	}
 	if len(errs) > 0 {
+		// The record stays, so that the next Down (or `lab down` by hand)
+		// knows what is left and whose it is.
 		return errors.Join(errs...)
+	}
+	if err := removeDir(dir, opts.KeepLogs); err != nil {
+		return err
 	}
 	if left := l.leftovers(); len(left) > 0 {
 		return fmt.Errorf("lab: still present after down (run it again, or remove by hand): %s", strings.Join(left, "; "))
 	}
 	log.Info("lab is down", "dir", dir)
 	return nil
+}
+
+// objectsNamed lists the namespaces and root links on this machine named
+// after prefix.
+func objectsNamed(prefix string) []string {
+	var out []string
+	for _, ns := range listNamespaces() {
+		if strings.HasPrefix(ns, prefix) {
+			out = append(out, "namespace "+ns)
+		}
+	}
+	if rootLinkExists(rootLink(prefix)) {
+		out = append(out, "link "+rootLink(prefix))
+	}
+	return out
+}
+
+func defaultDirAbs() string {
+	d, err := filepath.Abs(DefaultDir())
+	if err != nil {
+		return DefaultDir()
+	}
+	return d
 }
 
 // observe reads what exists of the lab.
@@ -214,24 +250,13 @@ func ancestors(pid int) map[int]bool {
 }
 
 // listNamespaces lists the named network namespaces of the machine.
-func listNamespaces() []string {
-	ents, err := os.ReadDir(netnsDir)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, e := range ents {
-		out = append(out, e.Name())
-	}
-	sort.Strings(out)
-	return out
-}
+func listNamespaces() []string { return hostns.List() }
 
 // serverNamespaceFds opens the lab's server namespaces that exist.
 func (l *Lab) serverNamespaceFds() []netns.NsHandle {
 	var out []netns.NsHandle
 	for _, s := range l.Servers {
-		if h, err := netns.GetFromName(s.Namespace); err == nil {
+		if h, err := hostns.Open(s.Namespace); err == nil {
 			out = append(out, h)
 		}
 	}
@@ -292,7 +317,7 @@ func (l *Lab) recordGuests(log *slog.Logger) error {
 		if contains(l.Namespaces, name) || contains(l.GuestNamespaces, name) {
 			continue
 		}
-		if recorded[name] || linkedToServer(filepath.Join(netnsDir, name), servers) {
+		if recorded[name] || linkedToServer(hostns.Path(name), servers) {
 			log.Info("found a guest namespace of the lab", "namespace", name)
 			l.GuestNamespaces = append(l.GuestNamespaces, name)
 			changed = true

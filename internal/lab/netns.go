@@ -5,72 +5,20 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"runtime"
 
-	"github.com/corridor-dev/corridor/internal/nsrun"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// netnsDir is where named network namespaces are bind-mounted, as
-// `ip netns` expects them.
-const netnsDir = "/run/netns"
-
-func namespaceExists(name string) bool {
-	_, err := os.Stat(filepath.Join(netnsDir, name))
-	return err == nil
-}
-
-// namespaceInode is the inode that identifies the namespace; processes in
-// it show the same inode at /proc/<pid>/ns/net.
-func namespaceInode(name string) (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(filepath.Join(netnsDir, name), &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
-}
-
-// inNamespace runs fn on a thread moved into the named namespace, then
-// moves the thread back (see nsrun for why moving back matters).
-func inNamespace(name string, fn func() error) error {
-	return nsrun.Do(filepath.Join(netnsDir, name), fn)
-}
-
-// createNamespace makes a named network namespace. netns.NewNamed enters
-// the namespace it makes; nsrun.Run moves the thread back afterwards.
-func createNamespace(name string) error {
-	err := nsrun.Run(func() error {
-		ns, err := netns.NewNamed(name)
-		if err == nil {
-			ns.Close()
-		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("lab: create namespace %s: %w", name, err)
-	}
-	return nil
-}
-
-// deleteNamespace removes a named namespace; a missing one is not an
-// error. The namespace itself lives on while a process or mount holds it.
-func deleteNamespace(name string) error {
-	path := filepath.Join(netnsDir, name)
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("lab: unmount namespace %s: %w", name, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("lab: remove namespace %s: %w", name, err)
-	}
-	return nil
-}
+// Named namespaces are hostns's: these are the lab's short names for it.
+func namespaceExists(name string) bool               { return hostns.Exists(name) }
+func namespaceInode(name string) (uint64, error)     { return hostns.Inode(name) }
+func inNamespace(name string, fn func() error) error { return hostns.Do(name, fn) }
+func createNamespace(name string) error              { return hostns.Create(name) }
+func deleteNamespace(name string) error              { return hostns.Delete(name) }
 
 // nsHandle is a netlink handle bound to a named namespace ("" is the root
 // namespace, that is, the caller's).
@@ -87,7 +35,7 @@ func openNamespace(name string) (*nsHandle, error) {
 		}
 		return &nsHandle{Handle: h, ns: netns.None()}, nil
 	}
-	ns, err := netns.GetFromName(name)
+	ns, err := hostns.Open(name)
 	if err != nil {
 		return nil, fmt.Errorf("lab: namespace %s: %w", name, err)
 	}
@@ -211,28 +159,17 @@ func rootLinkExists(name string) bool {
 	return err == nil
 }
 
-// setSysctl writes a sysctl inside a namespace. /proc/sys/net follows the
-// network namespace of the thread that opens it.
+// setSysctl writes a sysctl inside a named namespace.
 func setSysctl(namespace, key, value string) error {
-	return inNamespace(namespace, func() error {
-		path := "/proc/sys/" + filepath.Join(splitDots(key)...)
-		if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
-			return fmt.Errorf("lab: sysctl %s in %s: %w", key, namespace, err)
-		}
-		return nil
-	})
-}
-
-func splitDots(key string) []string {
-	var out []string
-	start := 0
-	for i := 0; i < len(key); i++ {
-		if key[i] == '.' {
-			out = append(out, key[start:i])
-			start = i + 1
-		}
+	ns, err := hostns.Open(namespace)
+	if err != nil {
+		return fmt.Errorf("lab: %w", err)
 	}
-	return append(out, key[start:])
+	defer ns.Close()
+	if err := hostns.Sysctl(ns, key, value); err != nil {
+		return fmt.Errorf("lab: in %s: %w", namespace, err)
+	}
+	return nil
 }
 
 // rootOverlap returns the root-namespace address that lies in subnet, if
