@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,45 +25,10 @@ import (
 	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
-var (
-	tmpRoot  string
-	binOnce  sync.Once
-	binPath  string
-	binError error
-)
+func TestMain(m *testing.M) { os.Exit(testnet.Main(m)) }
 
-func TestMain(m *testing.M) {
-	var err error
-	tmpRoot, err = os.MkdirTemp("", "corridor-lab-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(tmpRoot)
-	os.Exit(code)
-}
-
-// corridorBinary builds cmd/corridor once per test run, or takes
-// $CORRIDOR_BIN.
-func corridorBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		if b := os.Getenv("CORRIDOR_BIN"); b != "" {
-			binPath = b
-			return
-		}
-		binPath = filepath.Join(tmpRoot, "corridor")
-		cmd := exec.Command("go", "build", "-o", binPath, "github.com/corridor-dev/corridor/cmd/corridor")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binError = fmt.Errorf("go build ./cmd/corridor: %w\n%s", err, out)
-		}
-	})
-	if binError != nil {
-		t.Fatal(binError)
-	}
-	return binPath
-}
+// corridorBinary is testnet.Binary, kept for the tests that still call it.
+func corridorBinary(t *testing.T) string { return testnet.Binary(t) }
 
 func needRoot(t *testing.T) {
 	t.Helper()
@@ -430,7 +394,7 @@ func TestDownWithoutRecord(t *testing.T) {
 // runs `corridor lab down` and checks that nothing is left.
 func TestCrashedUpIsCleaned(t *testing.T) {
 	needRoot(t)
-	bin := corridorBinary(t)
+	bin := testnet.Binary(t)
 	for k, c := range []struct {
 		name string
 		when func(*Lab) bool
@@ -505,12 +469,7 @@ func TestCrashedUpIsCleaned(t *testing.T) {
 // made by the CLI, remade with --force through the Go API, removed by Down.
 func TestUpJoinDown(t *testing.T) {
 	needRoot(t)
-	bin := corridorBinary(t)
-	for _, sub := range []string{"server", "agent"} {
-		if out, err := exec.Command(bin, sub, "--help").CombinedOutput(); err != nil {
-			t.Skipf("this corridor binary has no working %q command yet: %v\n%s", sub, err, out)
-		}
-	}
+	bin := testnet.Binary(t, "server", "agent")
 	prefix, underlay := testPrefix(5), testUnderlay(5)
 	dir := filepath.Join(t.TempDir(), "lab")
 	cleanupPrefix(t, prefix, dir)
@@ -618,12 +577,7 @@ func TestUpJoinDown(t *testing.T) {
 // guests' namespaces and cgroups, and remove the sockets.
 func TestDownAfterAgentsDie(t *testing.T) {
 	needRoot(t)
-	bin := corridorBinary(t)
-	for _, sub := range []string{"server", "agent"} {
-		if out, err := exec.Command(bin, sub, "--help").CombinedOutput(); err != nil {
-			t.Skipf("this corridor binary has no working %q command yet: %v\n%s", sub, err, out)
-		}
-	}
+	bin := testnet.Binary(t, "server", "agent")
 	prefix, underlay := testPrefix(6), testUnderlay(6)
 	dir := filepath.Join(t.TempDir(), "lab")
 	cleanupPrefix(t, prefix, dir)
