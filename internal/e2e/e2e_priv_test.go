@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -26,33 +25,12 @@ import (
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/probe"
+	"github.com/corridor-dev/corridor/internal/settle"
 	"github.com/corridor-dev/corridor/internal/testnet"
 	"github.com/corridor-dev/corridor/internal/verify"
 )
 
-var corridorBin string
-
-func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	flag.Parse() // testing.Short needs the flags parsed
-	corridorBin = os.Getenv("CORRIDOR_BIN")
-	if corridorBin == "" && os.Geteuid() == 0 && !testing.Short() {
-		dir, err := os.MkdirTemp("", "corridor-e2e-bin")
-		if err != nil {
-			panic(err)
-		}
-		defer os.RemoveAll(dir)
-		corridorBin = filepath.Join(dir, "corridor")
-		if out, err := exec.Command("go", "build", "-o", corridorBin, "github.com/corridor-dev/corridor/cmd/corridor").CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build corridor: %v\n%s", err, out)
-			return 1
-		}
-	}
-	return m.Run()
-}
+func TestMain(m *testing.M) { os.Exit(testnet.Main(m)) }
 
 // blog is a second app on the same fleet, to prove isolation.
 const blog = `apiVersion: corridor/v1
@@ -81,12 +59,8 @@ func upFleet(t *testing.T) *fleet {
 // upFleetWith brings up a 3-server lab whose agents get extra arguments.
 func upFleetWith(t *testing.T, agentArgs ...string) *fleet {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds a lab of network namespaces")
-	}
-	if testing.Short() {
-		t.Skip("end-to-end: skipped with -short")
-	}
+	testnet.NeedRoot(t, "builds a lab of network namespaces")
+	corridorBin := testnet.Binary(t, "server", "agent")
 	pid := os.Getpid()
 	opts := lab.Options{
 		Dir:      filepath.Join(t.TempDir(), "lab"),
@@ -181,66 +155,22 @@ func (f *fleet) apply(t *testing.T, doc []byte) {
 	}
 }
 
-// settle waits until the placement holds exactly want tasks, every host
-// applied its latest desired state and every task runs.
+// settle waits until the fleet has settled (settle.Wait: every task the
+// specs ask for runs, every host applied its latest desired state, every
+// encrypted path between two servers had a handshake), then checks that
+// the placement holds exactly want tasks.
 func (f *fleet) settle(t *testing.T, want int) []api.TaskInfo {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		tasks, err1 := f.c.ListTasks(ctx, api.Filter{})
-		servers, err2 := f.c.ListServers(ctx)
-		cancel()
-		if err1 == nil && err2 == nil {
-			ok := len(tasks) == want
-			last = fmt.Sprintf("%d tasks placed, want %d", len(tasks), want)
-			for _, s := range servers {
-				if s.DesiredRevision == 0 || s.AppliedRevision < s.DesiredRevision || len(s.Errors) > 0 {
-					ok = false
-					last = fmt.Sprintf("server %s desired %d applied %d errors %v", s.Spec.Name, s.DesiredRevision, s.AppliedRevision, s.Errors)
-				}
-			}
-			for _, ti := range tasks {
-				if ti.Status == nil || ti.Status.State != api.TaskRunning {
-					ok = false
-					last = fmt.Sprintf("task %s status %+v", ti.ID, ti.Status)
-				}
-			}
-			if ok && !f.pathsUp(&last) {
-				ok = false
-			}
-			if ok {
-				return tasks
-			}
-		} else {
-			last = fmt.Sprint(err1, err2)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("fleet did not settle: %s", last)
-	return nil
-}
-
-// pathsUp tells whether every encrypted path between two servers has had
-// a WireGuard handshake, as the agents report (a path is up once its
-// handshake is done; the demo waits for the same). If not, it says why in
-// last.
-func (f *fleet) pathsUp(last *string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	paths, err := f.c.ListPaths(ctx, api.Filter{})
+	st, err := settle.Wait(ctx, f.c, settle.Options{Interval: 200 * time.Millisecond})
 	if err != nil {
-		*last = "list paths: " + err.Error()
-		return false
+		t.Fatalf("fleet did not settle: %v", err)
 	}
-	for _, p := range paths {
-		if p.Path.Encrypt && !p.Local && p.HandshakeAge < 0 {
-			*last = fmt.Sprintf("no WireGuard handshake yet for path %s -> %s (%s -> %s)", p.From, p.To, p.FromServer, p.ToServer)
-			return false
-		}
+	if len(st.Tasks) != want {
+		t.Fatalf("fleet settled with %d tasks placed, want %d", len(st.Tasks), want)
 	}
-	return true
+	return st.Tasks
 }
 
 func (f *fleet) verify(t *testing.T, app string) *verify.Report {

@@ -57,9 +57,7 @@ func vmImage(t *testing.T) string {
 // underlay, a crashed VM comes back with its paths, and deleting the app
 // removes the VM and its tap.
 func TestShopWithVMDatabase(t *testing.T) {
-	if os.Geteuid() != 0 || testing.Short() {
-		t.Skip("needs root and no -short: boots VMs in a lab")
-	}
+	testnet.NeedRoot(t, "boots VMs in a lab")
 	img := vmImage(t)
 	f := upFleetWith(t, "--vm-image", img)
 
