@@ -5,7 +5,7 @@ GO      ?= go
 BIN     ?= bin/corridor
 PKGS    := ./...
 
-.PHONY: build deps test unit all-tests lint bench-smoke fuzz-smoke fmt clean
+.PHONY: build deps test unit all-tests lint bench-smoke fuzz-smoke mutation fmt clean
 
 STATICCHECK := $(shell command -v staticcheck 2>/dev/null || echo $$($(GO) env GOPATH)/bin/staticcheck)
 
@@ -39,6 +39,12 @@ all-tests: build
 bench-smoke: build
 	CORRIDOR_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime=1x -count=1 -p 1 -timeout 20m $(PKGS)
 
+# The fail-closed guards each disabled in turn (a test build with the tag
+# corridor_mutation): the tests that claim to catch each must fail. About
+# a minute; see scripts/mutation.sh and docs/architecture.md.
+mutation: build
+	CORRIDOR_BIN=$(CURDIR)/$(BIN) GO=$(GO) ./scripts/mutation.sh
+
 # Each fuzzer briefly, on top of its committed seed corpus.
 fuzz-smoke:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeApps -fuzztime 10s ./internal/spec
@@ -50,7 +56,7 @@ fuzz-smoke:
 
 # deps first, so that a fresh machine can run the README's test command.
 test: deps
-	$(MAKE) lint all-tests bench-smoke
+	$(MAKE) lint all-tests mutation bench-smoke
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
@@ -29,12 +30,10 @@ type JoinResponse struct {
 	CA          string `json:"ca"`          // PEM
 }
 
-// DesiredState is a host's desired state at a revision. Revision only
-// grows, and changes only when State does.
-type DesiredState struct {
-	Revision int64             `json:"revision"`
-	State    compile.HostState `json:"state"`
-}
+// DesiredState is a host's desired state at a revision: the host-state
+// contract's Desired (internal/hoststate), which the agent also keeps on
+// disk.
+type DesiredState = hoststate.Desired
 
 // Task states as agents report them.
 const (

@@ -2,6 +2,8 @@ package dataplane
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -37,8 +39,13 @@ type scenario struct {
 	a1, a2, b1, b2 *guest
 }
 
-func newScenario(t *testing.T) *scenario {
+func newScenario(t *testing.T) *scenario { return newScenarioMode(t, false) }
+
+// newScenarioMode is newScenario with kernel WireGuard when kernel is set
+// (the caller has checked that the kernel has it: needKernelWireGuard).
+func newScenarioMode(t *testing.T, kernel bool) *scenario {
 	e := newEnv(t)
+	e.a.kernel, e.b.kernel = kernel, kernel
 	s := &scenario{env: e}
 	s.a1 = e.addGuest(e.a, "a1", "shop", "web", "100.64.0.1")
 	s.a2 = e.addGuest(e.a, "a2", "shop", "batch", "100.64.0.2")
@@ -196,8 +203,39 @@ func (h *host) dump(t *testing.T) string {
 	return b.String()
 }
 
-func TestDataplane(t *testing.T) {
-	s := newScenario(t)
+// TestDataplane runs the data plane with wireguard-go (Config.Userspace),
+// as on hosts without the kernel module; TestDataplaneKernel runs the same
+// with kernel WireGuard where the module exists.
+func TestDataplane(t *testing.T) { testDataplane(t, false) }
+
+func TestDataplaneKernel(t *testing.T) {
+	needKernelWireGuard(t)
+	testDataplane(t, true)
+}
+
+// needKernelWireGuard skips, saying why, when the kernel cannot make a
+// WireGuard device (no module).
+func needKernelWireGuard(t *testing.T) {
+	t.Helper()
+	needRoot(t)
+	ns := fmt.Sprintf("cortst-dp-kwg-%d", os.Getpid())
+	run(t, "ip", "netns", "add", ns)
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	out, err := exec.Command("ip", "-n", ns, "link", "add", "corwk", "type", "wireguard").CombinedOutput()
+	if err != nil {
+		t.Skipf("kernel WireGuard unavailable here (ip link add type wireguard: %v: %s); the user-space variant, TestDataplane, covers the rest", err, strings.TrimSpace(string(out)))
+	}
+}
+
+func (s *scenario) mode() string {
+	if s.a.kernel {
+		return "kernel"
+	}
+	return "userspace"
+}
+
+func testDataplane(t *testing.T, kernel bool) {
+	s := newScenarioMode(t, kernel)
 	stA, stB := s.apply(t)
 	// As the agent does: only one host initiates the first handshake, and
 	// it is driven (retried) by RetryStalledHandshakes.
@@ -212,7 +250,7 @@ func TestDataplane(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Mode != "userspace" || len(st.Peers) != 1 || st.Peers[0].Server != "b" || st.Peers[0].LastHandshake.IsZero() || st.Peers[0].TxBytes == 0 {
+		if st.Mode != s.mode() || len(st.Peers) != 1 || st.Peers[0].Server != "b" || st.Peers[0].LastHandshake.IsZero() || st.Peers[0].TxBytes == 0 {
 			t.Fatalf("status after an encrypted exchange: %+v", st)
 		}
 	})
@@ -240,9 +278,9 @@ func TestDataplane(t *testing.T) {
 		}
 		// a1 -> b1:22 is the web->db pair on a port its rule does not
 		// allow; a2 -> a1 has no rule: dropped as batch's egress. a2 ->
-		// b2 has no rule and so no mark: with no default route on A it
-		// dies at routing, before any counter.
-		if drops["pair:shop:web:db"] == 0 || drops["out:shop:batch:"] == 0 || drops["pair:shop:web:cache"] == 0 {
+		// b2 has no rule and so no mark: A's default route would send it
+		// out in plain, and the forward chain drops it as a path drop.
+		if drops["pair:shop:web:db"] == 0 || drops["out:shop:batch:"] == 0 || drops["pair:shop:web:cache"] == 0 || s.pathDrops(t) == 0 {
 			t.Fatalf("drop counters: %v", drops)
 		}
 	})
@@ -294,12 +332,19 @@ func leakCounter(t *testing.T, h *host) func() string {
 		t.Fatalf("nft: %v %s", err, out)
 	}
 	read := func() string {
-		out, _ := exec.Command("ip", "netns", "exec", h.name, "nft", "list", "table", "inet", "cortst_leak").CombinedOutput()
+		t.Helper()
+		out, err := exec.Command("ip", "netns", "exec", h.name, "nft", "list", "table", "inet", "cortst_leak").CombinedOutput()
+		if err != nil {
+			t.Fatalf("read the leak counter: nft list table inet cortst_leak: %v: %s", err, out)
+		}
 		var lines []string
 		for _, l := range strings.Split(string(out), "\n") {
 			if strings.Contains(l, "counter") {
 				lines = append(lines, strings.TrimSpace(l))
 			}
+		}
+		if len(lines) != 2 {
+			t.Fatalf("leak counter: want 2 counters, got %q", lines)
 		}
 		return strings.Join(lines, "; ")
 	}
@@ -309,11 +354,61 @@ func leakCounter(t *testing.T, h *host) func() string {
 	return read
 }
 
+// leakControl shows that the leak counter of h counts what it exists for:
+// a plain packet to a guest address sent out on the underlay. It sends
+// one UDP datagram from h itself to dst (out by h's default route) and
+// fails unless the counter moved. It returns the counter afterwards.
+func leakControl(t *testing.T, h *host, leaks func() string, dst netip.Addr) string {
+	t.Helper()
+	before := leaks()
+	err := inNS(t, h.name, func() error {
+		c, err := net.Dial("udp4", netip.AddrPortFrom(dst, 9).String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("corridor-leak-control"))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("positive control: send a plain packet from %s to %s: %v", h.name, dst, err)
+	}
+	var after string
+	for range 50 {
+		if after = leaks(); after != before {
+			return after
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("positive control: the leak counter of %s did not count a plain packet to %s sent on the underlay (%q): it cannot see a leak", h.name, dst, after)
+	return ""
+}
+
 func testFailClosed(t *testing.T, s *scenario, stA compile.HostState) {
 	ctx := context.Background()
 	leaks := leakCounter(t, s.a)
-	before := leaks()
+	// Positive controls first: the counter sees a plain overlay packet
+	// leaving by the default route, and a VXLAN frame (a plain pair).
+	before := leakControl(t, s.a, leaks, s.b1.addr)
+	s.mustConnect(t, s.a1, s.b2, portCache, false)
+	if after := leaks(); after == before {
+		t.Fatalf("positive control: the leak counter did not count the VXLAN frames of a plain pair: %q", after)
+	}
+	before = s.quietLeaks(t, leaks)
 	vxBefore, _ := s.a.stats(t, VXLANName)
+	dropsBefore := s.pathDrops(t)
+	// noLeak checks, after each way of breaking the encrypted path, that
+	// nothing left A in plain (encrypted exchanges in between move
+	// neither counter: they leave as WireGuard on port 51820).
+	noLeak := func(broken string) {
+		t.Helper()
+		if after := leaks(); after != before {
+			t.Fatalf("plain packets left on the underlay while %s: before %q after %q", broken, before, after)
+		}
+		if vxAfter, _ := s.a.stats(t, VXLANName); vxAfter != vxBefore {
+			t.Fatalf("%s sent %d packets while %s", VXLANName, vxAfter-vxBefore, broken)
+		}
+	}
 
 	// The peer disappears from corw behind our back.
 	wg, err := wgctrl.New()
@@ -327,6 +422,7 @@ func testFailClosed(t *testing.T, s *scenario, stA compile.HostState) {
 		t.Fatal(err)
 	}
 	s.mustNotConnect(t, s.a1, s.b1, portDB)
+	noLeak("the WireGuard peer was missing")
 
 	// The encrypted route disappears.
 	if err := s.a.dp.Apply(ctx, stA); err != nil {
@@ -338,17 +434,56 @@ func testFailClosed(t *testing.T, s *scenario, stA compile.HostState) {
 	s.mustConnect(t, s.a1, s.b1, portDB, true)
 	run(t, "ip", "-n", s.a.name, "route", "del", s.b1.addr.String()+"/32", "table", "5181")
 	s.mustNotConnect(t, s.a1, s.b1, portDB)
+	noLeak("the encrypted route was missing")
+	// The routing layer on its own: the encrypted table ends in an
+	// unreachable route, so the lookup fails there and never falls
+	// through to the main table's default route.
+	out, _ := exec.Command("ip", "-n", s.a.name, "route", "get", s.b1.addr.String(), "from", s.a1.addr.String(), "iif", s.a1.hostIf, "mark", fmt.Sprintf("%#x", MarkEncrypt)).CombinedOutput()
+	if o := strings.ToLower(string(out)); !strings.Contains(o, "unreachable") && !strings.Contains(o, "no route to host") {
+		t.Errorf("with the encrypted route gone, the lookup for a marked packet is not unreachable:\n%s", out)
+	}
 
-	if after := leaks(); after != before {
-		t.Fatalf("plain packets left on the underlay while the encrypted path was broken: before %q after %q", before, after)
-	}
-	if vxAfter, _ := s.a.stats(t, VXLANName); vxAfter != vxBefore {
-		t.Fatalf("%s sent %d packets while the encrypted path was broken", VXLANName, vxAfter-vxBefore)
-	}
+	// The fwmark rule disappears: a marked packet falls to the main
+	// table and its default route; the forward chain must drop it.
 	if err := s.a.dp.Apply(ctx, stA); err != nil {
 		t.Fatal(err)
 	}
 	s.mustConnect(t, s.a1, s.b1, portDB, true)
+	run(t, "ip", "-n", s.a.name, "rule", "del", "priority", fmt.Sprint(RulePrioEncrypt))
+	s.mustNotConnect(t, s.a1, s.b1, portDB)
+	noLeak("the fwmark rule was missing")
+	if d := s.pathDrops(t); d <= dropsBefore {
+		t.Errorf("with the fwmark rule gone, the forward chain dropped nothing (path drops %d, were %d)", d, dropsBefore)
+	}
+
+	if err := s.a.dp.Apply(ctx, stA); err != nil {
+		t.Fatal(err)
+	}
+	s.mustConnect(t, s.a1, s.b1, portDB, true)
+}
+
+// quietLeaks waits until the leak counter stops moving (the close of an
+// earlier connection) and returns it.
+func (s *scenario) quietLeaks(t *testing.T, leaks func() string) string {
+	t.Helper()
+	s.quiet(t)
+	return leaks()
+}
+
+// pathDrops is A's count of packets dropped for leaving by the wrong path.
+func (s *scenario) pathDrops(t *testing.T) uint64 {
+	t.Helper()
+	st, err := s.a.dp.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, d := range st.Drops {
+		if d.Kind == DropPath {
+			n += d.Packets
+		}
+	}
+	return n
 }
 
 func testIdempotent(t *testing.T, s *scenario, stA, stB compile.HostState) {
@@ -368,6 +503,9 @@ func testIdempotent(t *testing.T, s *scenario, stA, stB compile.HostState) {
 		t.Fatal(err)
 	}
 	pid := s.a.dp.datapathPID()
+	if s.a.kernel {
+		pid = -1 // no datapath process to keep
+	}
 	dumpA, dumpB := s.a.dump(t), s.b.dump(t)
 
 	start := time.Now()
@@ -401,7 +539,7 @@ func testIdempotent(t *testing.T, s *scenario, stA, stB compile.HostState) {
 	if got := s.b.dump(t); got != dumpB {
 		t.Fatalf("kernel state of B changed:\nbefore:\n%s\nafter:\n%s", dumpB, got)
 	}
-	if got := s.a.dp.datapathPID(); got != pid || pid == 0 {
+	if got := s.a.dp.datapathPID(); !s.a.kernel && (got != pid || pid == 0) {
 		t.Fatalf("datapath process %d, was %d", got, pid)
 	}
 	statusAfter, err := s.a.dp.Status(ctx)
@@ -484,10 +622,10 @@ func testRemove(t *testing.T, s *scenario) {
 			t.Errorf("nftables table %s left after Remove", tb.Name)
 		}
 	}
-	if pid == 0 {
+	if pid == 0 && !s.a.kernel {
 		t.Fatal("no datapath process before Remove")
 	}
-	if !processGone(pid) {
+	if pid != 0 && !processGone(pid) {
 		t.Errorf("datapath process %d still runs after Remove", pid)
 	}
 	if _, err := os.Stat(filepath.Join(uapiDir, s.a.wgName+".sock")); err == nil {

@@ -109,6 +109,9 @@ type host struct {
 	dp       *Dataplane
 	guests   map[string]*guest
 	cleanup  bool // a cleanup removing the data plane is registered
+	// kernel: use kernel WireGuard (Config.Userspace false); the tests
+	// run in user space unless they ask (see needKernelWireGuard).
+	kernel bool
 }
 
 // guest is a guest namespace behind a host, set up as internal/guest does.
@@ -154,9 +157,22 @@ func newEnv(t testing.TB) *env {
 	for _, h := range []*host{e.a, e.b} {
 		run(t, "ip", "-n", h.name, "addr", "add", h.underlay.String()+"/24", "dev", "coru0")
 		run(t, "ip", "-n", h.name, "link", "set", "coru0", "up")
+		// A real server has a default route through its underlay: a
+		// packet that escapes every guard leaves there in plain instead
+		// of dying in the main table. The gateway is a permanent
+		// neighbour whose MAC nobody owns, so what is sent to it crosses
+		// the underlay (and is seen by captures and counters on coru0)
+		// and is dropped by the other end.
+		gw := netip.AddrFrom4([4]byte{198, 18, byte(n), 254}).String()
+		run(t, "ip", "-n", h.name, "neigh", "replace", gw, "lladdr", testGatewayMAC, "dev", "coru0", "nud", "permanent")
+		run(t, "ip", "-n", h.name, "route", "add", "default", "via", gw, "dev", "coru0")
 	}
 	return e
 }
+
+// testGatewayMAC is the test hosts' default gateway on the underlay: no
+// interface has it.
+const testGatewayMAC = "02:c0:ff:ff:ff:fe"
 
 // addGuest makes a guest namespace behind h: eth0 with addr/32, default
 // route via 169.254.1.1 onlink; on the host the veth HostIf and the route
@@ -185,6 +201,7 @@ func (h *host) open(t testing.TB) {
 		StateDir:      h.stateDir,
 		WireGuardName: h.wgName,
 		Binary:        corridorBin,
+		Userspace:     !h.kernel,
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

@@ -247,9 +247,7 @@ func addrSet(src bool, addrs []netip.Addr) match {
 
 // l4 matches the protocol and, if any, the destination ports.
 func l4(proto string, ports []int) []match {
-	if proto == "" {
-		proto = spec.ProtoTCP
-	}
+	proto = spec.Protocol(proto)
 	num := byte(unix.IPPROTO_TCP)
 	if proto == spec.ProtoUDP {
 		num = unix.IPPROTO_UDP
@@ -426,9 +424,11 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	// hold for replies too.
 	fromGuest := ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq)
 	toGuest := ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpEq)
-	b.add(chainForward, fromGuest, markIs(MarkEncrypt), ifMatch(expr.MetaKeyOIFNAME, wgName, expr.CmpOpNeq), b.count(DropPath), drop)
-	b.add(chainForward, fromGuest, markIs(MarkPlain), ifMatch(expr.MetaKeyOIFNAME, VXLANName, expr.CmpOpNeq), b.count(DropPath), drop)
-	b.add(chainForward, fromGuest, ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), markIs(0), b.count(DropPath), drop)
+	if !guardOff(GuardForwardDrops) {
+		b.add(chainForward, fromGuest, markIs(MarkEncrypt), ifMatch(expr.MetaKeyOIFNAME, wgName, expr.CmpOpNeq), b.count(DropPath), drop)
+		b.add(chainForward, fromGuest, markIs(MarkPlain), ifMatch(expr.MetaKeyOIFNAME, VXLANName, expr.CmpOpNeq), b.count(DropPath), drop)
+		b.add(chainForward, fromGuest, ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), markIs(0), b.count(DropPath), drop)
+	}
 	b.add(chainForward, ifSet(expr.MetaKeyIIFNAME, []string{VXLANName, wgName}, false), ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), b.count(DropPath), drop)
 	b.add(chainForward, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related", false), accept)
 	b.add(chainForward, fromGuest, ctState(expr.CtStateBitINVALID, "invalid", false), b.count(DropInvalid), drop)
@@ -508,6 +508,9 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		}
 		if len(r.RemoteSources) > 0 {
 			ms := []match{ifMatch(expr.MetaKeyIIFNAME, dev, expr.CmpOpEq), addrSet(true, r.RemoteSources), addrSet(false, r.Dests)}
+			if r.Encrypt && guardOff(GuardDeviceCheck) {
+				ms = ms[1:]
+			}
 			ms = append(ms, l4(r.Protocol, r.Ports)...)
 			b.add(chainGuestIn, append(ms, accept)...)
 		}

@@ -33,7 +33,9 @@ func (dp *Dataplane) syncRoutes(table int, link netlink.Link, prefixes []netip.P
 			Family: netlink.FAMILY_V4, Table: table, Type: unix.RTN_UNREACHABLE,
 			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
 		}
-		want[routeKey{dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), typ: unix.RTN_UNREACHABLE}] = def
+		if !guardOff(GuardUnreachableRoutes) {
+			want[routeKey{dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), typ: unix.RTN_UNREACHABLE}] = def
+		}
 		for _, p := range prefixes {
 			r := netlink.Route{
 				Family: netlink.FAMILY_V4, Table: table, Type: unix.RTN_UNICAST,
@@ -100,6 +102,9 @@ func (dp *Dataplane) wantRules() []*netlink.Rule {
 	enc.Mark, enc.Mask, enc.Table = MarkEncrypt, &mask, TableEncrypt
 	pl := mk(RulePrioPlain)
 	pl.Mark, pl.Mask, pl.Table = MarkPlain, &mask, TablePlain
+	if guardOff(GuardFwmarkRule) {
+		return []*netlink.Rule{fromWG, fromVX, pl}
+	}
 	return []*netlink.Rule{fromWG, fromVX, enc, pl}
 }
 

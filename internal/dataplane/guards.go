@@ -1,0 +1,28 @@
+package dataplane
+
+// The guards that keep a packet of an encrypted pair from ever leaving in
+// plain, named for the mutation checks (scripts/mutation.sh): built with
+// the tag corridor_mutation and run with CORRIDOR_MUTATE=<guard>, the data
+// plane leaves that one guard out, and the tests that prove it must fail.
+// Without the tag, guardOff is a constant false and the hook does not
+// exist in the binary. docs/architecture.md lists each guard with the
+// tests that catch its absence.
+const (
+	// GuardForwardDrops: the forward chain's path checks (a guest's packet
+	// marked for one tunnel but routed out of another device, or not
+	// marked at all and leaving the host, is dropped).
+	GuardForwardDrops = "forward-drops"
+	// GuardUnreachableRoutes: the unreachable default route ending each of
+	// our routing tables (a missing route fails there instead of falling
+	// through to the main table's default route).
+	GuardUnreachableRoutes = "unreachable-routes"
+	// GuardDeviceCheck: on the receiving host, a remote source of an
+	// encrypted pair is accepted only from the WireGuard device.
+	GuardDeviceCheck = "device-check"
+	// GuardFwmarkRule: the ip rule sending packets marked for encryption
+	// to the encrypted routing table.
+	GuardFwmarkRule = "fwmark-rule"
+)
+
+// Guards lists every guard, for the mutation driver.
+var Guards = []string{GuardForwardDrops, GuardUnreachableRoutes, GuardDeviceCheck, GuardFwmarkRule}
