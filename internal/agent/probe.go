@@ -32,6 +32,10 @@ type Prober struct {
 	// host: a probe to it never crosses the underlay, so seeing no packet
 	// there proves nothing is wrong with the capture.
 	LocalAddr func(netip.Addr) bool
+	// PeerUnderlay gives the underlay address of the host of a remote
+	// guest address (from the desired state), so that an encrypted pair
+	// is proven by WireGuard frames to and from that host.
+	PeerUnderlay func(netip.Addr) (netip.Addr, bool)
 
 	// startCapture and dial are capture.Start and probe.Dial, replaced in
 	// tests.
@@ -39,13 +43,39 @@ type Prober struct {
 	dial         func(ctx context.Context, netns, network, addr string, marker []byte, timeout time.Duration) (probe.Result, error)
 	remote       func(ctx context.Context, sock, network, addr string, marker []byte, timeout, grace time.Duration) (probe.Result, error)
 
-	// mute remembers VMs whose probe port did not answer, so that a
-	// verify run waits for each such VM once, not once per check.
+	// mute remembers VMs whose probe port never answered, so that a
+	// verify run waits for each such VM once, not once per check. vms
+	// queues the probes of each VM: its probe port (a QEMU socket
+	// chardev) serves one client at a time, so a second concurrent probe
+	// would wait unanswered and be mistaken for a missing responder.
 	muteMu sync.Mutex
 	mute   map[string]time.Time
+	vms    map[string]*vmPort
 }
 
-// muteFor is how long a VM whose probe port did not answer is answered
+// vmPort is one VM's probe port: a one-slot queue, and whether its
+// responder ever answered.
+type vmPort struct {
+	turn     chan struct{}
+	answered bool // under Prober.muteMu
+}
+
+// vm returns the queue of task's probe port.
+func (p *Prober) vm(task string) *vmPort {
+	p.muteMu.Lock()
+	defer p.muteMu.Unlock()
+	if p.vms == nil {
+		p.vms = map[string]*vmPort{}
+	}
+	v := p.vms[task]
+	if v == nil {
+		v = &vmPort{turn: make(chan struct{}, 1)}
+		p.vms[task] = v
+	}
+	return v
+}
+
+// muteFor is how long a VM whose probe port never answered is answered
 // "skipped" without asking again.
 const muteFor = 15 * time.Second
 
@@ -59,6 +89,17 @@ func (p *Prober) muted(task string) bool {
 	p.muteMu.Lock()
 	defer p.muteMu.Unlock()
 	return time.Since(p.mute[task]) < muteFor
+}
+
+// answered records that task's responder answered, or reports whether
+// it ever did.
+func (p *Prober) answered(v *vmPort, set bool) bool {
+	p.muteMu.Lock()
+	defer p.muteMu.Unlock()
+	if set {
+		v.answered = true
+	}
+	return v.answered
 }
 
 func (p *Prober) setMuted(task string) {
@@ -82,22 +123,28 @@ func (p *Prober) channel(task string) string {
 	return p.Channel(task)
 }
 
-// stopCapture ends a capture: whether the marker was seen, how many frames
-// were scanned and how many the kernel dropped before they could be.
-type stopCapture func() (seen bool, packets, dropped uint64, err error)
+// captured is what a capture saw: whether the marker was seen, how many
+// frames were scanned and how many the kernel dropped before they could
+// be, and the WireGuard data frames per remote underlay address.
+type captured struct {
+	seen             bool
+	packets, dropped uint64
+	wireGuard        map[netip.Addr]uint64
+}
+
+// stopCapture ends a capture. A marker seen is reported even with an error.
+type stopCapture func() (captured, error)
 
 func realCapture(ctx context.Context, netns, ifname string, marker []byte) (stopCapture, error) {
 	c, err := capture.Start(ctx, netns, ifname, marker)
 	if err != nil {
 		return nil, err
 	}
-	return func() (bool, uint64, uint64, error) {
+	return func() (captured, error) {
 		res, err := c.Stop()
-		if err != nil {
-			return false, res.Packets, res.Dropped, err
-		}
-		seen, err := res.Contains(marker)
-		return seen, res.Packets, res.Dropped, err
+		seen, cerr := res.Contains(marker)
+		out := captured{seen: seen, packets: res.Packets, dropped: res.Dropped, wireGuard: res.WireGuard}
+		return out, errors.Join(err, cerr)
 	}, nil
 }
 
@@ -117,11 +164,21 @@ func (p *Prober) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResu
 	if err != nil {
 		return api.ProbeResult{}, fmt.Errorf("toAddr: %w", err)
 	}
-	// A VM's probes run inside it; one whose port did not answer lately is
-	// not asked again (nor captured for).
+	// A VM's probes run inside it, one at a time; one whose port never
+	// answered is not asked again for a while (nor captured for).
 	ch := p.channel(req.FromTask)
-	if ch != "" && p.muted(req.FromTask) {
-		return api.ProbeResult{Skipped: noResponder}, nil
+	var vm *vmPort
+	if ch != "" {
+		if p.muted(req.FromTask) {
+			return api.ProbeResult{Skipped: noResponder}, nil
+		}
+		vm = p.vm(req.FromTask)
+		select {
+		case vm.turn <- struct{}{}:
+			defer func() { <-vm.turn }()
+		case <-ctx.Done():
+			return api.ProbeResult{}, fmt.Errorf("probe from %s: waiting for the VM's probe port, busy with earlier probes: %w", req.FromTask, ctx.Err())
+		}
 	}
 	// The capture runs from before the first packet to after the last:
 	// capture.Start returns once its socket is bound.
@@ -134,20 +191,43 @@ func (p *Prober) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResu
 	var dialErr error
 	if ch != "" {
 		res, dialErr = remote(ctx, ch, req.Network, addr, req.Marker, req.Timeout, channelGrace)
+		if dialErr == nil {
+			p.answered(vm, true)
+		}
 	} else {
 		res, dialErr = dial(ctx, p.GuestNetns(req.FromTask), req.Network, addr, req.Marker, req.Timeout)
 	}
-	seen, packets, dropped, capErr := stop()
-	if errors.Is(dialErr, probe.ErrNoResponder) {
-		p.setMuted(req.FromTask)
-		return api.ProbeResult{Skipped: noResponder}, nil
+	got, capErr := stop()
+	var peer netip.Addr
+	if p.PeerUnderlay != nil {
+		if pu, ok := p.PeerUnderlay(to); ok {
+			peer = pu
+		}
 	}
-	if dialErr != nil {
-		return api.ProbeResult{}, fmt.Errorf("probe from %s: %w", req.FromTask, dialErr)
+	// A marker seen on the underlay is a fact whatever else failed: it is
+	// always reported, with what went wrong beside it.
+	if dialErr != nil || capErr != nil {
+		out := api.ProbeResult{MarkerSeen: got.seen}
+		switch {
+		case errors.Is(dialErr, probe.ErrNoResponder) && !p.answered(vm, false):
+			p.setMuted(req.FromTask)
+			out.Skipped = noResponder
+		case errors.Is(dialErr, probe.ErrNoResponder):
+			out.Error = fmt.Sprintf("the VM's probe responder, which answered before, did not answer within %s: the probe is incomplete", req.Timeout+channelGrace)
+		case dialErr != nil:
+			out.Error = fmt.Sprintf("probe from %s: %v", req.FromTask, dialErr)
+		default:
+			out.Error = fmt.Sprintf("capture on %s: %v", req.CaptureIface, capErr)
+		}
+		if !got.seen {
+			if out.Skipped != "" {
+				return out, nil
+			}
+			return api.ProbeResult{}, errors.New(out.Error)
+		}
+		return out, nil
 	}
-	if capErr != nil {
-		return api.ProbeResult{}, fmt.Errorf("capture on %s: %w", req.CaptureIface, capErr)
-	}
+	seen, packets, dropped := got.seen, got.packets, got.dropped
 
 	out := api.ProbeResult{
 		Connected:  res.Outcome == probe.Connected,
@@ -155,6 +235,10 @@ func (p *Prober) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResu
 		TimedOut:   res.Outcome == probe.Timeout,
 		RTT:        res.RTT,
 		MarkerSeen: seen,
+	}
+	if peer.IsValid() {
+		out.PeerUnderlay = peer.String()
+		out.WireGuardFrames = got.wireGuard[peer]
 	}
 	local := p.LocalAddr != nil && p.LocalAddr(to)
 	switch {
@@ -172,4 +256,31 @@ func (p *Prober) Probe(ctx context.Context, req api.ProbeRequest) (api.ProbeResu
 		out.Error = fmt.Sprintf("the capture on %s saw no packet at all: wrong interface? the marker's absence is not proven", req.CaptureIface)
 	}
 	return out, nil
+}
+
+// PeerUnderlay reports the underlay address of the host of remote guest
+// address addr in the current desired state: the endpoint of the
+// WireGuard peer whose allowed IPs hold it, else the VXLAN entry listing
+// it (see Prober.PeerUnderlay).
+func (a *Agent) PeerUnderlay(addr netip.Addr) (netip.Addr, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.target == nil {
+		return netip.Addr{}, false
+	}
+	for _, p := range a.target.State.Peers {
+		for _, pfx := range p.AllowedIPs {
+			if pfx.Contains(addr) {
+				return p.Endpoint.Addr(), true
+			}
+		}
+	}
+	for _, v := range a.target.State.VXLAN {
+		for _, g := range v.Guests {
+			if g == addr {
+				return v.Underlay, true
+			}
+		}
+	}
+	return netip.Addr{}, false
 }

@@ -128,10 +128,17 @@ type ProbeResult struct {
 	TimedOut bool          `json:"timedOut"`
 	RTT      time.Duration `json:"rtt"`
 	// MarkerSeen: the marker crossed the underlay interface in plaintext.
-	MarkerSeen bool   `json:"markerSeen"`
-	Error      string `json:"error,omitempty"`
+	// It is reported whatever else failed: a leak seen is never dropped.
+	MarkerSeen bool `json:"markerSeen"`
+	// WireGuardFrames counts the WireGuard data frames between this host
+	// and the destination's host (PeerUnderlay) seen on the underlay during
+	// the probe: an encrypted pair is proven only with some.
+	WireGuardFrames uint64 `json:"wireGuardFrames"`
+	PeerUnderlay    string `json:"peerUnderlay,omitempty"`
+	Error           string `json:"error,omitempty"`
 	// Skipped says why the probe could not be run from this source (a
-	// VM whose image has no probe responder); the other fields are empty.
+	// VM whose image has no probe responder); verify reports it
+	// incomplete, never as a pass.
 	Skipped string `json:"skipped,omitempty"`
 }
 

@@ -31,6 +31,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -71,6 +73,13 @@ type Result struct {
 	Dropped uint64 `json:"dropped,omitempty"`
 	// Matches counts, per watched marker, the frames that held it.
 	Matches map[string]uint64 `json:"matches"`
+	// WireGuard counts WireGuard transport-data frames (IPv4 UDP whose
+	// payload starts with message type 4) per remote address: the
+	// destination of a frame the interface sent, the source of one it
+	// received. It is the evidence that a path was encrypted: traffic
+	// that left without its marker in clear but also without WireGuard
+	// frames to the peer proves nothing.
+	WireGuard map[netip.Addr]uint64 `json:"wireGuard,omitempty"`
 }
 
 // Contains reports whether a watched marker was seen; an unwatched marker
@@ -98,6 +107,8 @@ type Capture struct {
 
 	packets, bytes, in, out, truncated atomic.Uint64
 	dropped                            atomic.Uint64
+	wgMu                               sync.Mutex
+	wg                                 map[netip.Addr]uint64
 	result                             Result
 	stopErr                            error
 }
@@ -236,6 +247,11 @@ func (c *Capture) Stats() Result {
 		Truncated: c.truncated.Load(),
 		Dropped:   c.dropped.Load(),
 	}
+	c.wgMu.Lock()
+	if len(c.wg) > 0 {
+		r.WireGuard = maps.Clone(c.wg)
+	}
+	c.wgMu.Unlock()
 	c.mu.RLock()
 	r.Matches = make(map[string]uint64, len(c.markers))
 	for _, w := range c.markers {
@@ -336,8 +352,10 @@ func (c *Capture) collectDrops() {
 func (c *Capture) frame(buf []byte, n int, from unix.Sockaddr) {
 	c.packets.Add(1)
 	c.bytes.Add(uint64(n))
+	outgoing := false
 	if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
 		c.out.Add(1)
+		outgoing = true
 	} else {
 		c.in.Add(1)
 	}
@@ -345,7 +363,44 @@ func (c *Capture) frame(buf []byte, n int, from unix.Sockaddr) {
 		c.truncated.Add(1)
 		n = len(buf)
 	}
+	if peer, ok := wireGuardPeer(buf[:n], outgoing); ok {
+		c.wgMu.Lock()
+		if c.wg == nil {
+			c.wg = map[netip.Addr]uint64{}
+		}
+		c.wg[peer]++
+		c.wgMu.Unlock()
+	}
 	c.scan(buf[:n])
+}
+
+// wireGuardPeer reports whether an Ethernet frame is a WireGuard
+// transport-data message over IPv4 UDP, and the remote address: the
+// destination of an outgoing frame, the source of an incoming one.
+func wireGuardPeer(f []byte, outgoing bool) (netip.Addr, bool) {
+	const eth = 14
+	if len(f) < eth+20 || f[12] != 0x08 || f[13] != 0x00 {
+		return netip.Addr{}, false
+	}
+	ip := f[eth:]
+	ihl := int(ip[0]&0x0f) * 4
+	if ip[0]>>4 != 4 || ihl < 20 || ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+8+32 {
+		return netip.Addr{}, false
+	}
+	// A fragment other than the first has no UDP header.
+	if off := uint16(ip[6]&0x1f)<<8 | uint16(ip[7]); off != 0 {
+		return netip.Addr{}, false
+	}
+	// Transport data: type 4, three reserved zero bytes, receiver index,
+	// counter, then at least the 16-byte authentication tag.
+	p := ip[ihl+8:]
+	if p[0] != 4 || p[1] != 0 || p[2] != 0 || p[3] != 0 {
+		return netip.Addr{}, false
+	}
+	if outgoing {
+		return netip.AddrFrom4([4]byte(ip[16:20])), true
+	}
+	return netip.AddrFrom4([4]byte(ip[12:16])), true
 }
 
 // scan looks for every watched marker in one frame.

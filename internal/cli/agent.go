@@ -320,6 +320,7 @@ func runAgent(ctx context.Context, f *agentFlags, log *slog.Logger) error {
 		return err
 	}
 	prober.LocalAddr = a.LocalGuest
+	prober.PeerUnderlay = a.PeerUnderlay
 	log.Info("corridor agent starting", "name", f.name, "address", addr, "underlay", iface,
 		"server", f.server, "stateDir", f.stateDir, "wireguard", f.wgName, "publicKey", dp.PublicKey().String())
 	return a.Run(ctx)

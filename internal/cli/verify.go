@@ -24,15 +24,20 @@ task on every port a rule names and one it does not, and sends a random marker.
 The agent of the source host captures its underlay interface meanwhile:
 
   - allowed pairs must connect; every other pair and port must not;
-  - an encrypted pair must never show the marker on the underlay;
+  - an encrypted pair must never show the marker on the underlay, and must
+    show WireGuard frames between the two hosts during the probe;
   - a plain pair must show it (the control that proves the capture works);
   - tasks of every other app must not reach APP's tasks, nor be reached.
 
 A check that fell short of the policy (an allowed pair that timed out) is run
 once more before it counts; a leak (a denied pair that connected, plaintext of
 an encrypted pair) is never retried. --no-retry reports first probes as they
-are. The probes run through the agents, so verify needs only the admin token.
-It exits 1 on any mismatch.`,
+are. A probe that could not run (an agent not answering, a VM without a probe
+responder or whose probe port did not answer in time) or whose capture cannot
+vouch for what it did not see is "incomplete": never counted as a pass. The
+probes run through the agents, so verify needs only the admin token.
+It exits 1 on any mismatch, and on any incomplete check unless
+--allow-incomplete is given.`,
 		Example: "  corridor verify shop\n  corridor verify shop -o json",
 		Args:    cobra.ExactArgs(1),
 	}
@@ -41,6 +46,8 @@ It exits 1 on any mismatch.`,
 	cmd.Flags().DurationVar(&opt.Timeout, "timeout", 2*time.Second, "how long one connection attempt may take (a dropped packet shows as a timeout)")
 	cmd.Flags().IntVar(&opt.Parallel, "parallel", 8, "probes at once")
 	cmd.Flags().IntVar(&opt.MaxChecks, "max-checks", 5000, "refuse to run more checks than this")
+	var allowIncomplete bool
+	cmd.Flags().BoolVar(&allowIncomplete, "allow-incomplete", false, "exit 0 when no check contradicts the policy even if some could not be run (they are still reported incomplete)")
 	cmd.Flags().BoolVar(&opt.NoRetry, "no-retry", false, "report each check's first probe, without running a shortfall (an allowed pair that timed out) once more")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		c, err := cf.client()
@@ -56,7 +63,7 @@ It exits 1 on any mismatch.`,
 		if err := printVerify(cmd.OutOrStdout(), *out, rep); err != nil {
 			return err
 		}
-		return verdict(cmd.ErrOrStderr(), rep)
+		return verdict(cmd.ErrOrStderr(), rep, allowIncomplete)
 	}
 	return cmd
 }
@@ -66,7 +73,10 @@ func printVerify(w io.Writer, format string, rep *verify.Report) error {
 		t.Header("from", "to", "port", "expect", "observed", "", "detail")
 		for _, c := range rep.Checks {
 			mark := "ok"
-			if !c.OK {
+			switch {
+			case c.Observed == verify.Incomplete:
+				mark = "INCOMPLETE"
+			case !c.OK:
 				mark = "MISMATCH"
 			}
 			t.Row(c.FromTask+"@"+c.FromServer, c.ToTask+"@"+c.ToServer, fmt.Sprintf("%s/%d", c.Protocol, c.Port), c.Expect, c.Observed, mark, c.Detail)
@@ -74,15 +84,18 @@ func printVerify(w io.Writer, format string, rep *verify.Report) error {
 	})
 }
 
-// verdict prints the summary on stderr and turns a failed run into exit 1.
-func verdict(w io.Writer, rep *verify.Report) error {
-	if rep.OK() {
-		fmt.Fprintf(w, "verify %s: all %d checks match the policy", rep.App, rep.Passed)
-		if rep.Skipped > 0 {
-			fmt.Fprintf(w, " (%d skipped: their source is a VM, whose paths are proved from the other side)", rep.Skipped)
-		}
-		fmt.Fprintln(w)
+// verdict prints the summary on stderr and turns a failed run into exit 1:
+// any mismatch, and any incomplete check unless allowIncomplete.
+func verdict(w io.Writer, rep *verify.Report, allowIncomplete bool) error {
+	switch {
+	case rep.OK():
+		fmt.Fprintf(w, "verify %s: all %d checks match the policy\n", rep.App, rep.Passed)
 		return nil
+	case rep.NoMismatch() && allowIncomplete:
+		fmt.Fprintf(w, "verify %s: %d checks match the policy, %d incomplete (not proven either way; allowed by --allow-incomplete)\n", rep.App, rep.Passed, rep.Incomplete)
+		return nil
+	case rep.Failed == 0 && rep.Incomplete > 0:
+		return &exitError{code: 1, err: fmt.Errorf("verify %s: %d checks match the policy, %d incomplete (could not be run or proven: see their detail; --allow-incomplete accepts them)", rep.App, rep.Passed, rep.Incomplete)}
 	}
-	return &exitError{code: 1, err: fmt.Errorf("verify %s: %d of %d checks do not match the policy", rep.App, rep.Failed, len(rep.Checks))}
+	return &exitError{code: 1, err: fmt.Errorf("verify %s: %d of %d checks do not match the policy (%d match, %d incomplete)", rep.App, rep.Failed, len(rep.Checks), rep.Passed, rep.Incomplete)}
 }

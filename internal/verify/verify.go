@@ -3,8 +3,10 @@
 // asks the source task's host to connect from inside the guest and send a
 // random marker, while capturing on that host's underlay interface. Allowed
 // pairs must connect, all others must not; an encrypted pair must never show
-// the marker on the underlay, and a plain pair must show it (the control
-// that proves the capture works).
+// the marker on the underlay and must show WireGuard frames between the two
+// hosts during the probe, and a plain pair must show the marker (the control
+// that proves the capture works). A probe that could not run, or whose
+// capture cannot vouch for what it did not see, is incomplete: never a pass.
 //
 // Expectations come from the app specs' rules directly, not from the
 // compiler's paths, so that verify also checks the compiler.
@@ -27,16 +29,17 @@ import (
 
 // Verdicts, expected and observed.
 const (
-	Encrypted = "encrypted" // crossed the underlay, marker never seen in plain
-	Plain     = "plain"     // crossed the underlay, marker seen in plain
+	Encrypted = "encrypted" // crossed the underlay as WireGuard frames to the peer host, marker never seen in plain
+	Plain     = "plain"     // the marker was seen in plain on the underlay
 	Local     = "local"     // connected without leaving the host
 	Denied    = "denied"    // did not connect (dropped)
 	Open      = "open"      // reached the peer, nothing listens: reachability proven, encryption not
-	Failed    = "failed"    // the probe itself failed
-	// Skipped: the source's host could not run the probe: a VM whose
-	// image has no probe responder (VM probes run inside the guest, see
-	// probe.Serve). Its paths are proved from the other side.
-	Skipped = "skipped"
+	// Incomplete: the probe could not run, or ran but the capture cannot
+	// prove what it did not see (no WireGuard frames, frames lost): the
+	// check proves nothing either way. Never a pass; run once more, then
+	// reported apart (a VM whose image has no probe responder, a probe
+	// port that did not answer in time, an agent that could not be asked).
+	Incomplete = "incomplete"
 )
 
 // Prober runs one probe on the host of the source task.
@@ -82,15 +85,21 @@ type Check struct {
 
 // Report is the result of a run.
 type Report struct {
-	App     string  `json:"app"`
-	Checks  []Check `json:"checks"`
-	Passed  int     `json:"passed"`
-	Failed  int     `json:"failed"`
-	Skipped int     `json:"skipped,omitempty"`
+	App    string  `json:"app"`
+	Checks []Check `json:"checks"`
+	Passed int     `json:"passed"`
+	Failed int     `json:"failed"`
+	// Incomplete checks proved nothing; they are neither passed nor
+	// failed.
+	Incomplete int `json:"incomplete"`
 }
 
-// OK reports whether every check matched.
-func (r *Report) OK() bool { return r.Failed == 0 && r.Passed > 0 }
+// OK reports whether every check ran and matched.
+func (r *Report) OK() bool { return r.Failed == 0 && r.Incomplete == 0 && r.Passed > 0 }
+
+// NoMismatch reports whether no check contradicted the policy, counting
+// incomplete checks as unknown (`verify --allow-incomplete`).
+func (r *Report) NoMismatch() bool { return r.Failed == 0 && r.Passed > 0 }
 
 // Plan lists the checks that prove app's policy, given every app and task
 // of the fleet (other apps are used for isolation checks). It does no I/O.
@@ -307,8 +316,8 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 	rep := &Report{App: app, Checks: checks}
 	for _, c := range checks {
 		switch {
-		case c.Observed == Skipped:
-			rep.Skipped++
+		case c.Observed == Incomplete:
+			rep.Incomplete++
 		case c.OK:
 			rep.Passed++
 		default:
@@ -323,7 +332,7 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 // the policy allows, or a plain marker not seen. Leaks are never retried.
 func mayRetry(expect, observed string) bool {
 	switch {
-	case observed == Failed:
+	case observed == Incomplete:
 		return true
 	case expect == Denied:
 		return false
@@ -351,20 +360,31 @@ func runOne(ctx context.Context, p Prober, c *Check, toAddr string, timeout time
 	}
 	res, err := p.Probe(ctx, c.FromServer, req)
 	c.Observed, c.Detail = classify(res, err, c.FromServer == c.ToServer)
-	c.OK = c.Observed == c.Expect || c.Observed == Skipped
+	c.OK = c.Observed == c.Expect
 	if !c.OK && c.Observed == Open && c.Expect != Denied {
 		c.Detail = "reached, but nothing listens on the port: the marker could not be sent, so encryption is not proven"
 	}
 }
 
 func classify(res api.ProbeResult, err error, local bool) (string, string) {
+	if err != nil {
+		return Incomplete, err.Error()
+	}
+	// A marker on the wire is a fact whatever else went wrong.
+	if res.MarkerSeen {
+		switch {
+		case local:
+			return Plain, "marker seen on the underlay though both tasks share a host"
+		case !res.Connected:
+			return Plain, strings.TrimSpace("marker seen on the underlay in plain, though the probe did not complete: " + res.Skipped + res.Error)
+		}
+		return Plain, fmt.Sprintf("rtt %s", res.RTT.Round(time.Microsecond))
+	}
 	switch {
-	case err != nil:
-		return Failed, err.Error()
 	case res.Skipped != "":
-		return Skipped, res.Skipped
+		return Incomplete, res.Skipped
 	case res.Error != "":
-		return Failed, res.Error
+		return Incomplete, res.Error
 	case res.TimedOut:
 		return Denied, ""
 	case res.Refused:
@@ -372,14 +392,15 @@ func classify(res api.ProbeResult, err error, local bool) (string, string) {
 	case !res.Connected:
 		return Denied, "no connection"
 	case local:
-		if res.MarkerSeen {
-			return Plain, "marker seen on the underlay though both tasks share a host"
-		}
 		return Local, ""
-	case res.MarkerSeen:
-		return Plain, fmt.Sprintf("rtt %s", res.RTT.Round(time.Microsecond))
+	case res.WireGuardFrames == 0:
+		peer := res.PeerUnderlay
+		if peer == "" {
+			peer = "the destination's host (unknown to the source's agent)"
+		}
+		return Incomplete, fmt.Sprintf("connected and the marker was not seen, but no WireGuard frames to or from %s crossed the underlay during the probe: encryption not proven", peer)
 	default:
-		return Encrypted, fmt.Sprintf("rtt %s", res.RTT.Round(time.Microsecond))
+		return Encrypted, fmt.Sprintf("rtt %s, %d WireGuard frames with %s", res.RTT.Round(time.Microsecond), res.WireGuardFrames, res.PeerUnderlay)
 	}
 }
 

@@ -33,14 +33,20 @@ type fakeNet struct {
 	// refuseOnce: like dropOnce, but refused (a service not up yet).
 	refuseOnce map[[2]string]bool
 	// mute: classes whose guests cannot probe (VMs without a responder).
-	mute  map[string]bool
+	mute map[string]bool
+	// muteLeak: mute sources whose marker nonetheless crossed in plain.
+	muteLeak bool
+	// noWG: class pairs that connect without the marker in plain but
+	// without WireGuard frames either (what a capture on the wrong
+	// interface, or traffic on some other path, looks like).
+	noWG  map[[2]string]bool
 	mu    sync.Mutex
 	calls int
 }
 
 func newFakeNet(apps []spec.App, tasks []compile.Task) *fakeNet {
 	f := &fakeNet{apps: apps, tasks: map[string]compile.Task{}, byID: map[string]compile.Task{}, leak: map[[2]string]bool{}, open: map[[2]string]bool{},
-		dropOnce: map[[2]string]bool{}, dropped: map[string]bool{}, mute: map[string]bool{}, refuseOnce: map[[2]string]bool{}}
+		dropOnce: map[[2]string]bool{}, dropped: map[string]bool{}, mute: map[string]bool{}, refuseOnce: map[[2]string]bool{}, noWG: map[[2]string]bool{}}
 	for _, t := range tasks {
 		f.tasks[t.Address.String()] = t
 		f.byID[t.ID] = t
@@ -58,7 +64,7 @@ func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) 
 	}
 	dst := f.tasks[req.ToAddr]
 	if f.mute[src.Class] {
-		return api.ProbeResult{Skipped: "no probe responder"}, nil
+		return api.ProbeResult{Skipped: "no probe responder", MarkerSeen: f.muteLeak && src.Server != dst.Server}, nil
 	}
 	if f.dropOnce[[2]string{src.Class, dst.Class}] && f.first(src, dst, req.Port) {
 		return api.ProbeResult{TimedOut: true}, nil
@@ -103,8 +109,13 @@ func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) 
 	if !listens {
 		return api.ProbeResult{Refused: true}, nil
 	}
-	seen := src.Server != dst.Server && (!enc || f.leak[classPair(src.Class, dst.Class)])
-	return api.ProbeResult{Connected: true, MarkerSeen: seen, RTT: time.Millisecond}, nil
+	remote := src.Server != dst.Server
+	seen := remote && (!enc || f.leak[classPair(src.Class, dst.Class)])
+	var wg uint64
+	if remote && enc && !f.noWG[[2]string{src.Class, dst.Class}] {
+		wg = 3
+	}
+	return api.ProbeResult{Connected: true, MarkerSeen: seen, RTT: time.Millisecond, WireGuardFrames: wg, PeerUnderlay: "198.18.0.9"}, nil
 }
 
 // first reports whether this is the first probe from src to dst:port, for
@@ -264,14 +275,45 @@ func TestPlanErrors(t *testing.T) {
 	}
 }
 
-func TestProbeFailureIsAMismatch(t *testing.T) {
+// A probe that could not run proves nothing: incomplete, never a pass,
+// and the run is not OK.
+func TestProbeFailureIsIncomplete(t *testing.T) {
 	apps, tasks := shop()
 	rep, err := Run(context.Background(), failing{}, "shop", apps, tasks, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.OK() || rep.Passed != 0 {
-		t.Fatalf("failed probes counted as passes: %d", rep.Passed)
+	if rep.OK() || rep.NoMismatch() || rep.Passed != 0 || rep.Incomplete != len(rep.Checks) {
+		t.Fatalf("failed probes: passed %d incomplete %d of %d", rep.Passed, rep.Incomplete, len(rep.Checks))
+	}
+	for _, c := range rep.Checks {
+		if c.OK || c.Observed != Incomplete || !c.Retried {
+			t.Fatalf("a probe that could not run: %+v", c)
+		}
+	}
+}
+
+// "Encrypted" needs WireGuard frames between the two hosts as well as no
+// marker in plain; connected without either is incomplete.
+func TestEncryptedNeedsWireGuardFrames(t *testing.T) {
+	apps, tasks := shop()
+	f := newFakeNet(apps, tasks)
+	f.noWG[[2]string{"app", "db"}] = true
+	rep, err := Run(context.Background(), f, "shop", apps, tasks, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range rep.Checks {
+		if c.Expect == Encrypted {
+			n++
+			if c.OK || c.Observed != Incomplete || !strings.Contains(c.Detail, "no WireGuard frames") {
+				t.Errorf("encrypted pair without WireGuard frames: %+v", c)
+			}
+		}
+	}
+	if n == 0 || rep.OK() || rep.Incomplete != n || rep.Failed != 0 {
+		t.Fatalf("%d encrypted checks: passed %d failed %d incomplete %d", n, rep.Passed, rep.Failed, rep.Incomplete)
 	}
 }
 
@@ -282,9 +324,10 @@ func (failing) Probe(context.Context, string, api.ProbeRequest) (api.ProbeResult
 }
 
 // VM sources are probed like any other (their agent runs the probe inside
-// the guest); one whose guest cannot probe is reported skipped, with the
-// agent's reason, not passed.
-func TestVMSourcesProbedOrSkipped(t *testing.T) {
+// the guest); one whose guest cannot probe is reported incomplete, with the
+// agent's reason, never passed; and a marker its probe put on the wire in
+// plain is reported as a leak even though the probe did not complete.
+func TestVMSourcesProbedOrIncomplete(t *testing.T) {
 	apps, tasks := shop()
 	apps[0].Classes[2].Guest.Runtime = spec.RuntimeVM // db
 	f := newFakeNet(apps, tasks)
@@ -292,8 +335,8 @@ func TestVMSourcesProbedOrSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rep.OK() || rep.Skipped != 0 || rep.Passed != len(rep.Checks) || f.calls != len(rep.Checks) {
-		t.Fatalf("passed %d skipped %d of %d, %d probes", rep.Passed, rep.Skipped, len(rep.Checks), f.calls)
+	if !rep.OK() || rep.Incomplete != 0 || rep.Passed != len(rep.Checks) || f.calls != len(rep.Checks) {
+		t.Fatalf("passed %d incomplete %d of %d, %d probes", rep.Passed, rep.Incomplete, len(rep.Checks), f.calls)
 	}
 
 	f = newFakeNet(apps, tasks)
@@ -302,16 +345,42 @@ func TestVMSourcesProbedOrSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rep.OK() || rep.Skipped == 0 || rep.Passed+rep.Skipped != len(rep.Checks) {
-		t.Fatalf("passed %d skipped %d of %d", rep.Passed, rep.Skipped, len(rep.Checks))
+	if rep.OK() || !rep.NoMismatch() || rep.Incomplete == 0 || rep.Passed+rep.Incomplete != len(rep.Checks) {
+		t.Fatalf("passed %d incomplete %d of %d, OK %v", rep.Passed, rep.Incomplete, len(rep.Checks), rep.OK())
+	}
+	if f.calls != len(rep.Checks)+rep.Incomplete {
+		t.Fatalf("%d probes for %d checks, %d incomplete: incomplete checks are run once more", f.calls, len(rep.Checks), rep.Incomplete)
 	}
 	for _, c := range rep.Checks {
-		if (c.FromClass == "db") != (c.Observed == Skipped) {
+		if (c.FromClass == "db") != (c.Observed == Incomplete) {
 			t.Errorf("check %s -> %s observed %s", c.FromTask, c.ToTask, c.Observed)
 		}
-		if c.Observed == Skipped && c.Detail != "no probe responder" {
-			t.Errorf("skipped without the agent's reason: %+v", c)
+		if c.Observed == Incomplete && (c.OK || c.Detail != "no probe responder") {
+			t.Errorf("incomplete without the agent's reason, or counted ok: %+v", c)
 		}
+	}
+
+	// The VM's marker crossed the underlay in plain while its port gave
+	// no answer: a leak, reported as one.
+	f = newFakeNet(apps, tasks)
+	f.mute["db"], f.muteLeak = true, true
+	rep, err = Run(context.Background(), f, "shop", apps, tasks, Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaks := 0
+	for _, c := range rep.Checks {
+		if c.FromClass == "db" && c.FromServer != c.ToServer {
+			if c.Observed != Plain || c.OK && c.Expect != Plain {
+				t.Errorf("plaintext from a VM that did not answer: %+v", c)
+			}
+			if !c.OK {
+				leaks++
+			}
+		}
+	}
+	if leaks == 0 || rep.NoMismatch() {
+		t.Fatalf("a planted plaintext probe from a VM was not reported: %d leaks, %+v", leaks, rep)
 	}
 }
 
