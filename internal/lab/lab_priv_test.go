@@ -172,6 +172,15 @@ func TestNetworkAndDown(t *testing.T) {
 		if strings.TrimSpace(string(b)) != "1" {
 			return fmt.Errorf("ip_forward %q in %s", b, s1.Namespace)
 		}
+		// A default route through the underlay, as a real server has
+		// (a leak leaves in plain there instead of dying unseen).
+		rs, err := netlink.RouteGet(net.ParseIP("100.64.77.7"))
+		if err != nil {
+			return fmt.Errorf("no default route in %s: %w", s1.Namespace, err)
+		}
+		if len(rs) != 1 || !rs[0].Gw.Equal(gatewayAddr(l.Underlay).AsSlice()) || rs[0].LinkIndex != link.Attrs().Index {
+			return fmt.Errorf("route to 100.64.77.7 in %s: %v, want via %s dev eth0", s1.Namespace, rs, gatewayAddr(l.Underlay))
+		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)

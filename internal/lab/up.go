@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 // Files the control plane keeps in its data directory (see
@@ -213,8 +215,23 @@ func (l *Lab) makeUnderlay() error {
 		return err
 	}
 	defer h.Close()
-	return makeBridge(h, l.Bridge, l.MTU)
+	if err := makeBridge(h, l.Bridge, l.MTU); err != nil {
+		return err
+	}
+	// The underlay namespace is the servers' default gateway, as a real
+	// network's router would be; it forwards nothing, so what a server
+	// sends there (a packet that escaped every guard of its data plane)
+	// is dropped after crossing the underlay in plain, where captures see
+	// it, instead of dying unseen in the server's main table.
+	if err := addAddress(h, l.Bridge, gatewayAddr(l.Underlay), l.Underlay); err != nil {
+		return err
+	}
+	return setSysctl(l.UnderlayNamespace, "net.ipv4.ip_forward", "0")
 }
+
+// gatewayAddr is the lab servers' default gateway on the underlay: the
+// underlay namespace's bridge (.2, in the range reserved for lab services).
+func gatewayAddr(p netip.Prefix) netip.Addr { return nth(p, 2) }
 
 func (l *Lab) makeServer(s *Server) error {
 	if err := l.addNamespace(s.Namespace); err != nil {
@@ -246,6 +263,16 @@ func (l *Lab) makeServer(s *Server) error {
 	}
 	if err := setSysctl(s.Namespace, "net.ipv4.ip_forward", "1"); err != nil {
 		return err
+	}
+	// A default route through the underlay, as a real server has: see
+	// makeUnderlay.
+	link, err := sh.LinkByName(serverIface)
+	if err != nil {
+		return fmt.Errorf("lab: link %s: %w", serverIface, err)
+	}
+	def := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gatewayAddr(l.Underlay).AsSlice()}
+	if err := sh.RouteReplace(def); err != nil {
+		return fmt.Errorf("lab: default route of %s via %s: %w", s.Name, gatewayAddr(l.Underlay), err)
 	}
 	return os.MkdirAll(s.StateDir, 0o700)
 }
