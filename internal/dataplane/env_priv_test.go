@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,73 +17,11 @@ import (
 
 	"github.com/vishvananda/netns"
 
-	"github.com/corridor-dev/corridor/internal/dataplane/wguser"
 	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
-// corridorBin is the binary the data plane starts for wireguard-go: $CORRIDOR_BIN,
-// else ./cmd/corridor built in TestMain, else this test binary, which serves
-// "datapath wireguard" itself (see TestMain).
-var corridorBin string
-
-func TestMain(m *testing.M) {
-	if len(os.Args) > 2 && os.Args[1] == "datapath" && os.Args[2] == "wireguard" {
-		os.Exit(testDatapath(os.Args[3:]))
-	}
-	dir, err := os.MkdirTemp("", "cortst-dp-bin-")
-	if err != nil {
-		panic(err)
-	}
-	corridorBin = os.Getenv("CORRIDOR_BIN")
-	if corridorBin == "" && os.Geteuid() == 0 {
-		out := filepath.Join(dir, "corridor")
-		cmd := exec.Command("go", "build", "-o", out, "github.com/corridor-dev/corridor/cmd/corridor")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "dataplane tests: cannot build cmd/corridor (%v), using the test binary as datapath process:\n%s\n", err, b)
-			corridorBin, _ = os.Executable()
-		} else {
-			corridorBin = out
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// testDatapath mirrors "corridor datapath wireguard" for when the corridor
-// binary cannot be built.
-func testDatapath(args []string) int {
-	var nsPath, name string
-	mtu := 1420
-	for i := 0; i+1 < len(args); i += 2 {
-		switch args[i] {
-		case "--netns":
-			nsPath = args[i+1]
-		case "--name":
-			name = args[i+1]
-		case "--mtu":
-			fmt.Sscan(args[i+1], &mtu)
-		}
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := wguser.EnterNetNS(nsPath); err != nil {
-		log.Error("enter netns", "err", err)
-		return 1
-	}
-	ctx, stop := signalContext()
-	defer stop()
-	if err := wguser.Serve(ctx, name, mtu, log); err != nil {
-		log.Error("serve", "err", err)
-		return 1
-	}
-	return 0
-}
-
-func needRoot(t testing.TB) {
-	t.Helper()
-	testnet.NeedRoot(t, "creates network namespaces")
-}
+func TestMain(m *testing.M) { os.Exit(testnet.Main(m)) }
 
 var envSeq atomic.Int32
 
@@ -132,7 +69,7 @@ type env struct {
 // newEnv makes two hosts joined by an underlay veth pair (198.18.<n>.1 and
 // .2). Hosts use strict reverse-path filtering, as many distributions do.
 func newEnv(t testing.TB) *env {
-	needRoot(t)
+	testnet.NeedRoot(t, "creates network namespaces")
 	n := envSeq.Add(1)
 	id := fmt.Sprintf("cortst-dp-%d-%d", os.Getpid(), n)
 	e := &env{t: t, id: id}
@@ -200,7 +137,7 @@ func (h *host) open(t testing.TB) {
 		NetNS:         h.nsPath,
 		StateDir:      h.stateDir,
 		WireGuardName: h.wgName,
-		Binary:        corridorBin,
+		Binary:        testnet.Binary(t, "datapath wireguard"),
 		Userspace:     !h.kernel,
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

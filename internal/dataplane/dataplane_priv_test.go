@@ -18,6 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 // Ports of the scenario's rules.
@@ -217,7 +218,7 @@ func TestDataplaneKernel(t *testing.T) {
 // WireGuard device (no module).
 func needKernelWireGuard(t *testing.T) {
 	t.Helper()
-	needRoot(t)
+	testnet.NeedRoot(t, "creates network namespaces")
 	ns := fmt.Sprintf("cortst-dp-kwg-%d", os.Getpid())
 	run(t, "ip", "netns", "add", ns)
 	defer exec.Command("ip", "netns", "del", ns).Run()
