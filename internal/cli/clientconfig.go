@@ -80,45 +80,63 @@ func saveClientConfig(c clientConfig) (string, error) {
 	return p, os.Rename(tmp, p)
 }
 
-// clientFlags are --server and --token, shared by the user commands.
+// clientFlags are --server, --token and --ca, shared by every command
+// that talks to the server, with the same names, defaults and order of
+// precedence everywhere.
 type clientFlags struct {
-	server, token string
+	server, token, ca string
 }
 
 func addClientFlags(cmd *cobra.Command) *clientFlags {
 	f := &clientFlags{}
 	cmd.Flags().StringVar(&f.server, "server", "", "server URL (default: $CORRIDOR_SERVER, then the login file)")
 	cmd.Flags().StringVar(&f.token, "token", "", "admin token (default: $CORRIDOR_TOKEN, then the login file)")
+	cmd.Flags().StringVar(&f.ca, "ca", "", "file of the CA that signs the server's certificate, DATA_DIR/ca.crt (default: $CORRIDOR_CA, then the login file)")
 	return f
 }
 
-// client resolves server, token and CA: flags, then environment
-// (CORRIDOR_SERVER, CORRIDOR_TOKEN, CORRIDOR_CA as a file), then the login
-// file.
+// client resolves server, token and CA (see resolve) into an API client.
 func (f *clientFlags) client() (*api.Client, error) {
-	cfg, path, err := loadClientConfig()
+	server, token, tc, err := f.resolve()
 	if err != nil {
 		return nil, err
 	}
-	server := first(f.server, os.Getenv("CORRIDOR_SERVER"), cfg.Server)
-	token := first(f.token, os.Getenv("CORRIDOR_TOKEN"), cfg.Token)
+	return api.NewClient(server, token, tc)
+}
+
+// resolve finds server, token and CA: flags, then environment
+// (CORRIDOR_SERVER, CORRIDOR_TOKEN, CORRIDOR_CA as a file), then the login
+// file.
+func (f *clientFlags) resolve() (server, token string, tc *tls.Config, err error) {
+	cfg, path, err := loadClientConfig()
+	if err != nil {
+		return "", "", nil, err
+	}
+	server = first(f.server, os.Getenv("CORRIDOR_SERVER"), cfg.Server)
+	token = first(f.token, os.Getenv("CORRIDOR_TOKEN"), cfg.Token)
 	if server == "" {
-		return nil, errors.New("no server configured: run `corridor login --server https://HOST:7443 --token TOKEN --ca CA_FILE` or set CORRIDOR_SERVER")
+		return "", "", nil, errors.New("no server configured: run `corridor login --server https://HOST:7443 --token TOKEN --ca CA_FILE`, set CORRIDOR_SERVER, or pass --server")
 	}
 	if token == "" {
-		return nil, fmt.Errorf("no admin token for %s: pass --token, set CORRIDOR_TOKEN or run `corridor login` (the token is in the server's data directory, admin.token)", server)
+		return "", "", nil, fmt.Errorf("no admin token for %s: pass --token, set CORRIDOR_TOKEN or run `corridor login` (the token is in the server's data directory, admin.token)", server)
 	}
 	caPEM := []byte(cfg.CA)
-	if ca := os.Getenv("CORRIDOR_CA"); ca != "" {
-		if caPEM, err = os.ReadFile(ca); err != nil {
-			return nil, fmt.Errorf("CORRIDOR_CA: %w", err)
+	switch {
+	case f.ca != "":
+		if caPEM, err = os.ReadFile(f.ca); err != nil {
+			return "", "", nil, fmt.Errorf("--ca: %w", err)
 		}
+		path = f.ca
+	case os.Getenv("CORRIDOR_CA") != "":
+		if caPEM, err = os.ReadFile(os.Getenv("CORRIDOR_CA")); err != nil {
+			return "", "", nil, fmt.Errorf("CORRIDOR_CA: %w", err)
+		}
+		path = os.Getenv("CORRIDOR_CA")
 	}
-	tc, err := tlsFor(caPEM)
-	if err != nil {
-		return nil, fmt.Errorf("CA of %s: %w", path, err)
+	if tc, err = tlsFor(caPEM); err != nil {
+		return "", "", nil, fmt.Errorf("CA of %s: %w", path, err)
 	}
-	return api.NewClient(server, token, tc)
+	return server, token, tc, nil
 }
 
 func tlsFor(caPEM []byte) (*tls.Config, error) {

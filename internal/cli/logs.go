@@ -29,6 +29,7 @@ func newLogsCmd() *cobra.Command {
 		follow, local bool
 		lines         int
 		stateDir      string
+		cf            *clientFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "logs TASK",
@@ -61,38 +62,25 @@ host's agent state directory instead, which works while the server is away.`,
 				}
 				return err
 			}
-			return remoteLogs(ctx, task, lines, follow, out)
+			return remoteLogs(ctx, cf, task, lines, follow, out)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing what the task writes")
 	cmd.Flags().IntVar(&lines, "lines", agent.DefaultLogLines, "how many of the last lines to print first")
 	cmd.Flags().BoolVar(&local, "local", false, "read the log from this host's agent state, not through the server")
 	cmd.Flags().StringVar(&stateDir, "state-dir", agent.DefaultStateDir, "the agent's state directory (with --local)")
+	cf = addClientFlags(cmd)
 	return cmd
 }
 
 // remoteLogs streams GET /v1/tasks/{task}/logs from the server, which
 // proxies it to the agent of the task's server. The server, token and CA
-// come from the environment and the login file, as for every user command.
-func remoteLogs(ctx context.Context, task string, lines int, follow bool, w io.Writer) error {
-	cfg, path, err := loadClientConfig()
+// come from the flags, the environment and the login file, as for every
+// user command.
+func remoteLogs(ctx context.Context, cf *clientFlags, task string, lines int, follow bool, w io.Writer) error {
+	server, token, tc, err := cf.resolve()
 	if err != nil {
-		return err
-	}
-	server := first(os.Getenv("CORRIDOR_SERVER"), cfg.Server)
-	token := first(os.Getenv("CORRIDOR_TOKEN"), cfg.Token)
-	if server == "" || token == "" {
-		return errors.New("no server or admin token configured: run `corridor login` or set CORRIDOR_SERVER and CORRIDOR_TOKEN (or use --local on the task's host)")
-	}
-	caPEM := []byte(cfg.CA)
-	if ca := os.Getenv("CORRIDOR_CA"); ca != "" {
-		if caPEM, err = os.ReadFile(ca); err != nil {
-			return fmt.Errorf("CORRIDOR_CA: %w", err)
-		}
-	}
-	tc, err := tlsFor(caPEM)
-	if err != nil {
-		return fmt.Errorf("CA of %s: %w", path, err)
+		return fmt.Errorf("%w (or use --local on the task's host)", err)
 	}
 	q := url.Values{"lines": {strconv.Itoa(lines)}}
 	if follow {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -47,7 +48,69 @@ encrypted (WireGuard, on the hosts) or plain (VXLAN), and nothing else.`,
 	}
 	sort.Slice(cmds, func(i, j int) bool { return cmds[i].Name() < cmds[j].Name() })
 	root.AddCommand(cmds...)
+	strictArgs(root)
+	root.SetFlagErrorFunc(flagError)
 	return root
+}
+
+// strictArgs makes every command that only groups others (get, delete,
+// server, lab...) fail on an unknown subcommand, with a suggestion, instead
+// of printing its help and exiting 0: a script's typo must not count as
+// success. A group called alone still prints its help, and exits 0.
+func strictArgs(cmd *cobra.Command) {
+	for _, c := range cmd.Commands() {
+		strictArgs(c)
+	}
+	if !cmd.HasSubCommands() {
+		return
+	}
+	if cmd.Runnable() { // `corridor server` runs, and has subcommands
+		args := cmd.Args
+		cmd.Args = func(c *cobra.Command, a []string) error {
+			if len(a) > 0 {
+				return unknownCommand(c, a[0])
+			}
+			if args != nil {
+				return args(c, a)
+			}
+			return nil
+		}
+		return
+	}
+	cmd.Args = func(c *cobra.Command, args []string) error { return nil }
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return c.Help()
+		}
+		return unknownCommand(c, args[0])
+	}
+}
+
+func unknownCommand(c *cobra.Command, arg string) error {
+	msg := fmt.Sprintf("unknown command %q for %q", arg, c.CommandPath())
+	c.SuggestionsMinimumDistance = 2
+	if sugg := c.SuggestionsFor(arg); len(sugg) > 0 {
+		msg += "; did you mean " + strings.Join(sugg, " or ") + "?"
+	}
+	var names []string
+	for _, sub := range c.Commands() {
+		if sub.IsAvailableCommand() {
+			names = append(names, sub.Name())
+		}
+	}
+	return fmt.Errorf("%s\n%s takes one of: %s (see `%s --help`)", msg, c.CommandPath(), strings.Join(names, ", "), c.CommandPath())
+}
+
+// flagError explains the flag errors users meet most: a negative number
+// read as a flag (`scale shop web -1`), and an unknown flag.
+func flagError(c *cobra.Command, err error) error {
+	msg := err.Error()
+	if i := strings.Index(msg, "unknown shorthand flag: '"); i >= 0 {
+		if f := strings.TrimPrefix(msg[i:], "unknown shorthand flag: '"); len(f) > 0 && f[0] >= '0' && f[0] <= '9' {
+			return fmt.Errorf("%s: a negative number is not a valid argument here (%w)", c.CommandPath(), err)
+		}
+	}
+	return fmt.Errorf("%w\nsee `%s --help`", err, c.CommandPath())
 }
 
 // Main runs the command line and returns the process exit code.

@@ -59,12 +59,15 @@ On first start it makes the CA (DATA_DIR/ca.crt), the admin token
 				return err
 			}
 			w := cmd.ErrOrStderr()
-			fmt.Fprintf(w, "corridor server at %s\n", s.URL())
+			fmt.Fprintf(w, "corridor server at %s (listening on %s)\n", s.PublicURL(), s.Addr())
+			if len(cfg.Advertise) == 0 && s.PublicURL() != s.URL() {
+				fmt.Fprintf(w, "  agents on other hosts need a name this server's certificate holds: restart with --advertise HOST\n")
+			}
 			fmt.Fprintf(w, "  admin token: %s\n", filepath.Join(cfg.DataDir, server.AdminTokenFile))
 			fmt.Fprintf(w, "  join token:  %s\n", filepath.Join(cfg.DataDir, server.JoinTokenFile))
 			fmt.Fprintf(w, "  CA:          %s\n", filepath.Join(cfg.DataDir, server.CACertFile))
 			fmt.Fprintf(w, "log in with: corridor login --server %s --token \"$(cat %s)\" --ca %s\n",
-				s.URL(), filepath.Join(cfg.DataDir, server.AdminTokenFile), filepath.Join(cfg.DataDir, server.CACertFile))
+				s.PublicURL(), filepath.Join(cfg.DataDir, server.AdminTokenFile), filepath.Join(cfg.DataDir, server.CACertFile))
 			return s.Run(ctx)
 		},
 	}

@@ -212,6 +212,23 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 // URL is the server's base URL.
 func (s *Server) URL() string { return "https://" + s.Addr() }
 
+// PublicURL is the URL that agents and users should be given: the first
+// --advertise name with the listening port, or, on a wildcard listener
+// without one, the loopback address (which the certificate names). The
+// listen address itself may be 0.0.0.0 or ::, which no certificate names.
+func (s *Server) PublicURL() string {
+	host, port, err := net.SplitHostPort(s.Addr())
+	if err != nil {
+		return s.URL()
+	}
+	if len(s.cfg.Advertise) > 0 {
+		host = s.cfg.Advertise[0]
+	} else if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "https://" + net.JoinHostPort(host, port)
+}
+
 // CACert is the PEM of the CA that signs the server's and agents'
 // certificates.
 func (s *Server) CACert() []byte { return append([]byte(nil), s.ca.certPEM...) }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netns"
@@ -82,6 +83,11 @@ func Serve(ctx context.Context, name string, mtu int, log *slog.Logger) error {
 
 	f, err := ipc.UAPIOpen(name)
 	if err != nil {
+		if strings.Contains(err.Error(), "in use") {
+			// /var/run/wireguard is machine-wide: a second agent on this
+			// machine (simulated servers) asked for the same device name.
+			return fmt.Errorf("open UAPI socket for %s: %w: another WireGuard device of that name runs on this machine (another agent?); give each agent on one machine its own --wg-name", name, err)
+		}
 		return fmt.Errorf("open UAPI socket for %s: %w", name, err)
 	}
 	uapi, err := ipc.UAPIListen(name, f)
