@@ -1,13 +1,11 @@
 package nsrun
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"syscall"
 	"testing"
 
@@ -17,11 +15,6 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/testnet"
 )
-
-func needRoot(t *testing.T) {
-	t.Helper()
-	testnet.NeedRoot(t, "create network namespaces")
-}
 
 // threadInode is the inode of the calling thread's network namespace.
 // It returns an error rather than failing the test: fn runs off the test
@@ -97,7 +90,7 @@ func threadsIn(t *testing.T, ino uint64) []string {
 }
 
 func TestDoEntersAndReturns(t *testing.T) {
-	needRoot(t)
+	testnet.NeedRoot(t, "creates network namespaces")
 	path := newNamed(t, "do")
 	target := fileInode(t, path)
 	orig := callerInode(t)
@@ -122,7 +115,7 @@ func TestDoEntersAndReturns(t *testing.T) {
 }
 
 func TestDoHandleEntersAndReturns(t *testing.T) {
-	needRoot(t)
+	testnet.NeedRoot(t, "creates network namespaces")
 	path := newNamed(t, "handle")
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
@@ -146,7 +139,7 @@ func TestDoHandleEntersAndReturns(t *testing.T) {
 }
 
 func TestDoNewIsFreshEachTime(t *testing.T) {
-	needRoot(t)
+	testnet.NeedRoot(t, "creates network namespaces")
 	orig := callerInode(t)
 	seen := map[uint64]bool{orig: true}
 	for i := 0; i < 3; i++ {
@@ -188,7 +181,7 @@ func socketInode(t *testing.T, c syscall.Conn) uint64 {
 }
 
 func TestSocketStaysInNamespace(t *testing.T) {
-	needRoot(t)
+	testnet.NeedRoot(t, "creates network namespaces")
 	path := newNamed(t, "sock")
 	target := fileInode(t, path)
 	var ln *net.TCPListener
@@ -229,52 +222,5 @@ func TestSocketStaysInNamespace(t *testing.T) {
 		return c.Close()
 	}); err != nil {
 		t.Fatalf("dial %s inside the namespace: %v", addr, err)
-	}
-}
-
-func TestDoEmptyPathRunsInPlace(t *testing.T) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var before, inside unix.Stat_t
-	if err := unix.Stat(ownNetns, &before); err != nil {
-		t.Fatal(err)
-	}
-	tid := unix.Gettid()
-	ran := false
-	if err := Do("", func() error {
-		ran = true
-		if unix.Gettid() != tid {
-			t.Error("fn moved off the caller's locked thread")
-		}
-		return unix.Stat(ownNetns, &inside)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if !ran || inside.Ino != before.Ino {
-		t.Fatalf("ran %v in namespace %d, want the caller's %d", ran, inside.Ino, before.Ino)
-	}
-}
-
-func TestErrors(t *testing.T) {
-	missing := filepath.Join(t.TempDir(), "no-such-netns")
-	err := Do(missing, func() error { t.Error("fn ran"); return nil })
-	if err == nil || !strings.Contains(err.Error(), missing) {
-		t.Fatalf("Do(missing): %v, want an error naming %s", err, missing)
-	}
-	notNS := filepath.Join(t.TempDir(), "plain-file")
-	if err := os.WriteFile(notNS, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := Do(notNS, func() error { t.Error("fn ran"); return nil }); err == nil || !strings.Contains(err.Error(), "enter netns") {
-		t.Fatalf("Do(plain file): %v, want an enter error", err)
-	}
-	want := errors.New("from fn")
-	if os.Geteuid() == 0 {
-		if err := DoNew(func() error { return want }); !errors.Is(err, want) {
-			t.Fatalf("DoNew: %v, want fn's error", err)
-		}
-	}
-	if err := Run(func() error { return want }); !errors.Is(err, want) {
-		t.Fatalf("Run: %v, want fn's error", err)
 	}
 }
