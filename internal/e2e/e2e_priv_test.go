@@ -299,27 +299,28 @@ func TestShopLifecycle(t *testing.T) {
 }
 
 // testDrift removes, by hand, the WireGuard peer that carries app -> db on
-// the db's host, sees verify fail without any plaintext, then sees the
-// agent repair the drift and verify pass.
+// the app's host, the sending one, where verify captures that pair's probes:
+// verify must fail without any plaintext on that host's underlay, then the
+// agent repairs the drift and verify passes.
 func testDrift(t *testing.T, f *fleet, tasks []api.TaskInfo) {
 	app, db, ok := shopAppAndDB(tasks)
 	if !ok {
 		t.Skipf("no app task on another server than the db: placement %v", placement(tasks))
 	}
-	srv := f.lab.Server(db.Server)
-	appSrv := f.lab.Server(app.Server)
+	dbSrv := f.lab.Server(db.Server)
+	srv := f.lab.Server(app.Server) // the sending host: the peer goes there
 	wg, err := wgctrl.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer wg.Close()
-	appDev, err := wg.Device(appSrv.WireGuardName)
+	dbDev, err := wg.Device(dbSrv.WireGuardName)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var broken bool
 	for attempt := 0; attempt < 3 && !broken; attempt++ {
-		err = wg.ConfigureDevice(srv.WireGuardName, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: appDev.PublicKey, Remove: true}}})
+		err = wg.ConfigureDevice(srv.WireGuardName, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: dbDev.PublicKey, Remove: true}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -329,7 +330,9 @@ func testDrift(t *testing.T, f *fleet, tasks []api.TaskInfo) {
 			if c.Expect == verify.Encrypted && c.Observed == verify.Plain {
 				t.Fatalf("fail-closed broken: %s -> %s sent in plain while its peer was missing", c.FromTask, c.ToTask)
 			}
-			if !c.OK && c.FromTask == app.ID && c.ToTask == db.ID && c.Port == 5432 {
+			// Its probe ran on the app's host, where the capture looked
+			// for plaintext and the peer was missing.
+			if !c.OK && c.FromTask == app.ID && c.ToTask == db.ID && c.Port == 5432 && c.Observed != verify.Plain {
 				broken = true
 			}
 		}
@@ -347,7 +350,7 @@ func testDrift(t *testing.T, f *fleet, tasks []api.TaskInfo) {
 		}
 		repaired := false
 		for _, p := range dev.Peers {
-			repaired = repaired || p.PublicKey == appDev.PublicKey
+			repaired = repaired || p.PublicKey == dbDev.PublicKey
 		}
 		if repaired {
 			break
