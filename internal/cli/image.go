@@ -38,7 +38,8 @@ dependencies) and the guest init. With --with-sample it also carries a static
 corridor binary at /usr/bin/corridor, so that "corridor sample db" runs in the
 VM. The result is cached: when no input changed, the build returns at once.
 
-Needs: apt-get and dpkg-deb (Debian), busybox-static, xz-utils.`,
+Needs, to build: apt-get and dpkg-deb (Debian), busybox-static, xz-utils;
+to boot the image: qemu-system-x86.`,
 		Example: `  corridor image build
   corridor image build --with-sample --out /tmp/img -o json
   corridor image build --kernel-deb ./linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb`,

@@ -212,7 +212,8 @@ and POST /api/orders, calling the app tier round-robin with failover over
 CORRIDOR_PEERS_APP (comma-separated addr:port), or over --app URLs when given.
 Every reply names the web, app and db tasks that served it.`,
 		Example: `  corridor sample web --listen :80 --app http://127.0.0.1:8080
-  curl -s localhost/api/summary`,
+  curl -s localhost/api/summary
+  curl -s localhost/api/orders -H 'Content-Type: application/json' -d '{"item":"tea","qty":2}'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			urls, err := sample.AppURLs(app)
