@@ -1,42 +1,23 @@
 package agent_test
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/corridor-dev/corridor/internal/agent"
-	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
-// testNetns makes a network namespace of this test process and a netlink
-// handle in it; both go away when the test ends.
+// testNetns makes a network namespace of this test (testnet.Namespaces)
+// and a netlink handle in it; both go away when the test ends.
 func testNetns(t *testing.T, suffix string) (*netlink.Handle, string) {
 	t.Helper()
-	testnet.NeedRoot(t, "create network namespaces")
-	name := fmt.Sprintf("cortst-ag-%d-%s", os.Getpid(), suffix)
-	var ns netns.NsHandle
-	// NewNamed enters the namespace it makes; nsrun brings the thread back.
-	if err := nsrun.Run(func() (err error) { ns, err = netns.NewNamed(name); return err }); err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
-	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		h.Close()
-		ns.Close()
-		netns.DeleteNamed(name) //nolint:errcheck
-	})
-	return h, "/run/netns/" + name
+	name := testnet.Namespaces(t, "ag", suffix)[0]
+	return testnet.Netlink(t, name), testnet.Path(name)
 }
 
 func addVeth(t *testing.T, h *netlink.Handle, name, peer, cidr string) netlink.Link {
