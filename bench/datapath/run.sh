@@ -316,12 +316,15 @@ mtus = sorted({k[0] for k in v}, key=int)
 cases = [c for c in ["veth", "plain", "encrypted", "wggo", "nebula"] if any(k[1] == c for k in v)]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 def cell(xs, fmt):
+    # n/rounds: how many runs the median covers (a failed iperf3 run is
+    # left out of it, and said so here).
     if not xs:
-        return "-"
-    return f"**{fmt.format(med(xs))}** ({fmt.format(min(xs))}-{fmt.format(max(xs))})"
+        return f"- (0/{rounds} runs)"
+    n = "" if len(xs) == int(rounds) else f", {len(xs)}/{rounds} runs"
+    return f"**{fmt.format(med(xs))}** ({fmt.format(min(xs))}-{fmt.format(max(xs))}{n})"
 for mtu in mtus:
     print(f"#### Underlay MTU {mtu}\n")
-    print(f"Median **bold** (min-max) of {rounds} interleaved rounds, iperf3 {duration} s per run.\n")
+    print(f"Median **bold** (min-max) of {rounds} interleaved rounds, iperf3 {duration} s per run; a cell whose median covers fewer runs (failed runs are left out) says how many.\n")
     print("| case | Gbit/s, 1 stream | Gbit/s, 4 streams | TCP RR median µs | CPU s/GB, 1 stream | CPU s/GB, 4 streams | retransmits/run, 1 stream (median) |")
     print("|---|---|---|---|---|---|---|")
     for c in cases:
