@@ -88,7 +88,8 @@ type Config struct {
 	// a state with a guest of another runtime is refused whole.
 	Runtimes []string
 	// ValidateDataplane checks a state the way the data plane would,
-	// without touching the kernel (dataplane.Validate); nil skips it.
+	// without touching the kernel (dataplane.Validate); nil skips it. It is
+	// hoststate.Options.Dataplane of the agent's one validation.
 	ValidateDataplane func(compile.HostState) error
 
 	// Listener, when set, serves the local API (mTLS, see APITLSConfig).
@@ -518,43 +519,6 @@ func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
 		}
 	}
 	return errs
-}
-
-// checkState refuses a state that is not this host's, or that would send
-// the server's own address into a tunnel: the control channel must stay on
-// the underlay, or a broken tunnel could never be repaired.
-func (a *Agent) checkState(st compile.HostState) error {
-	if st.Host != "" && st.Host != a.cfg.Name {
-		return fmt.Errorf("desired state is for host %q, not %q", st.Host, a.cfg.Name)
-	}
-	for _, s := range a.cfg.ServerAddrs {
-		bad := func(where string) error {
-			return fmt.Errorf("desired state routes the server address %s into a tunnel (%s): refused, the control channel must stay on the underlay", s, where)
-		}
-		for _, p := range st.Peers {
-			for _, pfx := range p.AllowedIPs {
-				if pfx.Contains(s) {
-					return bad("WireGuard peer " + p.Server + " allowed IP " + pfx.String())
-				}
-			}
-		}
-		for _, v := range st.VXLAN {
-			if slices.Contains(v.Guests, s) {
-				return bad("VXLAN entry for " + v.Server)
-			}
-		}
-		for _, r := range st.Routes {
-			if r.Dest == s {
-				return bad("route to " + r.Server)
-			}
-		}
-		for _, g := range st.Guests {
-			if g.Address == s {
-				return bad("guest " + g.Task)
-			}
-		}
-	}
-	return nil
 }
 
 // statusLoop reports status every StatusInterval, right after each

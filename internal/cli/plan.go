@@ -339,10 +339,7 @@ func matrixCell(a *spec.App, from, to string) string {
 			continue
 		}
 		encrypt = r.Encrypt
-		proto := r.Protocol
-		if proto == "" {
-			proto = spec.ProtoTCP
-		}
+		proto := spec.Protocol(r.Protocol)
 		ps := make([]string, len(r.Ports))
 		for i, p := range r.Ports {
 			ps[i] = strconv.Itoa(p)

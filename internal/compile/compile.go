@@ -332,10 +332,7 @@ func (a *app) loadRules(field string) error {
 		if to == nil {
 			return inputErr(rf+".to", "no class %q in app %s", r.To, a.name)
 		}
-		proto := r.Protocol
-		if proto == "" {
-			proto = spec.ProtoTCP
-		}
+		proto := spec.Protocol(r.Protocol)
 		if proto != spec.ProtoTCP && proto != spec.ProtoUDP {
 			return inputErr(rf+".protocol", "%q is not tcp or udp", r.Protocol)
 		}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
@@ -160,7 +161,7 @@ func (p *hostPart) each(f func(server int32, enc []netip.Prefix, plain []netip.A
 func (hb *hostBuilder) build(s *server, memo bool) HostState {
 	c := hb.c
 	hs := HostState{
-		Host: s.spec.Name, Address: s.addr, VTEPMAC: hb.mac[s.idx], WireGuardPort: s.wgPort,
+		Schema: hoststate.Schema, Host: s.spec.Name, Address: s.addr, VTEPMAC: hb.mac[s.idx], WireGuardPort: s.wgPort,
 		KeyGeneration: s.spec.KeyGeneration,
 		Guests:        []Guest{}, Peers: []Peer{}, VXLAN: []VXLANEntry{}, Routes: []Route{}, Firewall: []FirewallRule{},
 	}

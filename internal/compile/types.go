@@ -8,6 +8,7 @@ package compile
 import (
 	"net/netip"
 
+	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
@@ -115,97 +116,20 @@ type Path struct {
 	Local   bool `json:"local"` // both tasks on one server
 }
 
-// HostState is everything one host must set up, and nothing more.
-type HostState struct {
-	Host    string     `json:"host"`
-	Address netip.Addr `json:"address"` // underlay
-	// VTEPMAC is the MAC of this host's corv0 (see VTEPMAC()).
-	VTEPMAC       string `json:"vtepMAC"`
-	WireGuardPort int    `json:"wireguardPort"`
-	// KeyGeneration is the server's spec.Server.KeyGeneration: the agent
-	// rotates its WireGuard key when this exceeds its key's generation.
-	KeyGeneration int64 `json:"keyGeneration,omitempty"`
-
-	Guests []Guest `json:"guests"`
-	// Peers are the WireGuard peers of corw0: only servers with which this
-	// host shares at least one encrypted path; AllowedIPs exactly the
-	// remote guests reached encrypted (as /32 or /128).
-	Peers []Peer `json:"peers"`
-	// VXLAN entries for plain paths: one per remote host, listing the
-	// remote guests reached in plain.
-	VXLAN []VXLANEntry `json:"vxlan"`
-	// Routes say how a packet from a local guest to a remote guest
-	// leaves: by corw0 (encrypted) or corv0 (plain). The same remote
-	// address may appear twice with different sources: the decision is per
-	// (source class, destination class) pair.
-	Routes []Route `json:"routes"`
-	// Firewall rules for this host's guests (egress and ingress).
-	Firewall []FirewallRule `json:"firewall"`
-}
-
-// Guest is a task this host runs.
-type Guest struct {
-	Task    string     `json:"task"` // task ID
-	App     string     `json:"app"`
-	Class   string     `json:"class"`
-	Index   int        `json:"index"`
-	Address netip.Addr `json:"address"`
-	// HostIf is the host-side interface (veth or tap) name, "corg" + hash.
-	HostIf    string         `json:"hostIf"`
-	Spec      spec.Guest     `json:"spec"`
-	Resources spec.Resources `json:"resources"`
-	// Env is the environment the task program gets, Corridor's contract
-	// (CORRIDOR_APP, CORRIDOR_CLASS, CORRIDOR_TASK, CORRIDOR_ADDR and one
-	// CORRIDOR_PEERS_<CLASS> per destination class) merged over Spec.Env.
-	Env map[string]string `json:"env"`
-}
-
-// Peer is a WireGuard peer of corw0.
-type Peer struct {
-	Server     string         `json:"server"`
-	PublicKey  string         `json:"publicKey"`
-	Endpoint   netip.AddrPort `json:"endpoint"`
-	AllowedIPs []netip.Prefix `json:"allowedIPs"`
-}
-
-// VXLANEntry is one remote host reached in plain by corv0.
-type VXLANEntry struct {
-	Server   string       `json:"server"`
-	Underlay netip.Addr   `json:"underlay"`
-	MAC      string       `json:"mac"` // the remote corv0 MAC
-	Guests   []netip.Addr `json:"guests"`
-}
-
-// Route is how packets from a set of local guests to one remote guest
-// leave the host.
-type Route struct {
-	Sources []netip.Addr `json:"sources"` // local guest addresses
-	Dest    netip.Addr   `json:"dest"`    // remote guest address
-	Server  string       `json:"server"`  // where Dest runs
-	Encrypt bool         `json:"encrypt"` // corw0 when true, corv0 when false
-}
+// The per-host desired state is the host-state contract's type
+// (internal/hoststate), shared with the wire, etcd and the agent's disk;
+// these names are kept for the compiler's users.
+type (
+	HostState    = hoststate.State
+	Guest        = hoststate.Guest
+	Peer         = hoststate.Peer
+	VXLANEntry   = hoststate.VXLANEntry
+	Route        = hoststate.Route
+	FirewallRule = hoststate.FirewallRule
+)
 
 // Directions of a firewall rule, seen from this host's guests.
 const (
-	Egress  = "egress"  // from a local guest
-	Ingress = "ingress" // to a local guest
+	Egress  = hoststate.Egress
+	Ingress = hoststate.Ingress
 )
-
-// FirewallRule allows new connections from Sources to Dests on Ports.
-// Everything else to and from guests is denied; replies pass by conntrack.
-type FirewallRule struct {
-	App       string       `json:"app"`
-	FromClass string       `json:"fromClass"`
-	ToClass   string       `json:"toClass"`
-	Direction string       `json:"direction"`
-	Sources   []netip.Addr `json:"sources"`
-	Dests     []netip.Addr `json:"dests"`
-	Protocol  string       `json:"protocol"`
-	Ports     []int        `json:"ports"`
-	Encrypt   bool         `json:"encrypt"`
-	// Ingress only: remote sources of an encrypted pair are accepted only
-	// when they arrive on corw0, remote sources of a plain pair only on
-	// corv0, local sources only from their own guest interface. Sources
-	// lists all of them; RemoteSources the subset on other servers.
-	RemoteSources []netip.Addr `json:"remoteSources,omitempty"`
-}

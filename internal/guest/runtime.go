@@ -28,7 +28,6 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
-	"github.com/corridor-dev/corridor/internal/spec"
 )
 
 // Runtime creates, repairs, lists and removes guests of one kind.
@@ -87,12 +86,7 @@ func (m *Manager) Register(name string, r Runtime) {
 	m.runtimes[name] = r
 }
 
-func runtimeName(g compile.Guest) string {
-	if g.Spec.Runtime == "" {
-		return spec.RuntimeNetns
-	}
-	return g.Spec.Runtime
-}
+func runtimeName(g compile.Guest) string { return g.Spec.RuntimeName() }
 
 // Ensure implements Runtime.
 func (m *Manager) Ensure(ctx context.Context, g compile.Guest) error {

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
-	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/store"
 )
@@ -152,7 +152,7 @@ func (s *Server) serveDesired(w http.ResponseWriter, r *http.Request, name strin
 		return
 	}
 	if data == nil {
-		empty, _ := json.Marshal(compile.HostState{Host: name})
+		empty, _ := json.Marshal(hoststate.Empty(name))
 		data = empty
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -32,7 +32,7 @@ type hub struct {
 }
 
 type hostEntry struct {
-	desired []byte // raw compile.HostState JSON; nil: none yet
+	desired []byte // raw hoststate.State JSON; nil: none yet
 	rev     int64  // mod revision of desired; 0: none
 	changed chan struct{}
 	// lastSeen is when the server last got a status from the host.

@@ -32,16 +32,33 @@ const (
 func SetAppDefaults(a *App) {
 	for i := range a.Classes {
 		for j := range a.Classes[i].Ports {
-			if a.Classes[i].Ports[j].Protocol == "" {
-				a.Classes[i].Ports[j].Protocol = ProtoTCP
-			}
+			a.Classes[i].Ports[j].Protocol = Protocol(a.Classes[i].Ports[j].Protocol)
 		}
 	}
 	for i := range a.Rules {
-		if a.Rules[i].Protocol == "" {
-			a.Rules[i].Protocol = ProtoTCP
-		}
+		a.Rules[i].Protocol = Protocol(a.Rules[i].Protocol)
 	}
+}
+
+// Protocol is the protocol p means: tcp when empty. It is the one place
+// that default lives; SetAppDefaults applies it to an app, and readers of
+// values that may not have been through it (a firewall rule, a rule of an
+// app made in code) ask here.
+func Protocol(p string) string {
+	if p == "" {
+		return ProtoTCP
+	}
+	return p
+}
+
+// RuntimeName is the runtime g means: netns when empty. An app's spec must
+// name its runtime (validation refuses it empty); a guest made in code
+// may not, and runs in netns.
+func (g Guest) RuntimeName() string {
+	if g.Runtime == "" {
+		return RuntimeNetns
+	}
+	return g.Runtime
 }
 
 // SetServerDefaults fills in state ready and wireguardPort 51820.
@@ -267,11 +284,9 @@ func validateClass(w *where, c *Class, p string) {
 // checkProtocol accepts tcp, udp and empty (tcp), and gives the protocol
 // meant.
 func checkProtocol(w *where, path, proto string) (string, bool) {
-	switch proto {
-	case "", ProtoTCP:
-		return ProtoTCP, true
-	case ProtoUDP:
-		return ProtoUDP, true
+	switch p := Protocol(proto); p {
+	case ProtoTCP, ProtoUDP:
+		return p, true
 	}
 	w.errorf(path, "protocol must be tcp or udp, got %q", truncate(proto))
 	return "", false

@@ -15,6 +15,7 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
@@ -23,8 +24,8 @@ import (
 //	apps/<name>            AppRecord
 //	servers/<name>         ServerRecord
 //	placement/<app>        AppPlacement (the compiler's tasks and paths)
-//	hosts/<name>/desired   compile.HostState; its mod revision is the
-//	                       DesiredState.Revision agents long-poll on
+//	hosts/<name>/desired   hoststate.State; its mod revision is the
+//	                       hoststate.Desired.Revision agents long-poll on
 //	hosts/<name>/status    StatusRecord (agent heartbeat)
 //	events/<time>-<rand>   api.Event (bounded)
 //	secrets/<name>         CA material and tokens
@@ -350,7 +351,7 @@ func (s *Store) Statuses(ctx context.Context) (map[string]StatusRecord, error) {
 
 // HostKeys is what etcd holds for one host.
 type HostKeys struct {
-	Desired         []byte // raw compile.HostState JSON, nil if none
+	Desired         []byte // raw hoststate.State JSON, nil if none
 	DesiredRevision int64
 	Status          *StatusRecord
 }
@@ -389,15 +390,15 @@ func (s *Store) Hosts(ctx context.Context) (map[string]*HostKeys, error) {
 
 // GetDesired reads one host's desired state. A host without one yet has
 // revision 0 and an empty state.
-func (s *Store) GetDesired(ctx context.Context, host string) (api.DesiredState, error) {
+func (s *Store) GetDesired(ctx context.Context, host string) (hoststate.Desired, error) {
 	resp, err := s.client.Get(ctx, s.hostKey(host, suffixDesired))
 	if err != nil {
-		return api.DesiredState{}, fmt.Errorf("store: read desired state of %s: %w", host, err)
+		return hoststate.Desired{}, fmt.Errorf("store: read desired state of %s: %w", host, err)
 	}
-	ds := api.DesiredState{State: compile.HostState{Host: host}}
 	if len(resp.Kvs) == 0 {
-		return ds, nil
+		return hoststate.Desired{State: hoststate.Empty(host)}, nil
 	}
+	ds := hoststate.Desired{State: hoststate.State{Host: host}}
 	if err := json.Unmarshal(resp.Kvs[0].Value, &ds.State); err != nil {
 		return ds, fmt.Errorf("store: corrupt desired state of %s: %w", host, err)
 	}

@@ -1,0 +1,160 @@
+// Package hoststate is the versioned host-state contract: the one type
+// for what a host must set up, as the compiler makes it (compile.Plan's
+// Hosts), as the server stores it in etcd (hosts/<name>/desired), as the
+// API carries it to the agent (Desired) and as the agent keeps it on disk
+// for fail static (desired.json), and the one Validate the agent calls
+// before it keeps or applies a state.
+//
+// Every State carries its schema version, "major.minor". A reader accepts
+// any state of its own major version, older or newer minor (a minor
+// version only adds fields an older reader may ignore), and refuses a newer
+// major version (ErrNewerSchema). A state without a schema is of the
+// format written before the schema existed, which is 1.0.
+package hoststate
+
+import (
+	"encoding/json"
+	"net/netip"
+
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// The schema version this build writes and reads.
+const (
+	SchemaMajor = 1
+	SchemaMinor = 0
+	// Schema is SchemaMajor.SchemaMinor as states carry it.
+	Schema = "1.0"
+)
+
+// Desired is a host's desired state at a revision, as the API serves it
+// and the agent keeps it on disk. Revision only grows, and changes only
+// when State does (it is the etcd mod revision of the stored State).
+type Desired struct {
+	Revision int64 `json:"revision"`
+	State    State `json:"state"`
+}
+
+// State is everything one host must set up, and nothing more.
+type State struct {
+	// Schema is the version of this format, "major.minor" (see the
+	// package doc); empty means 1.0.
+	Schema  string     `json:"schema,omitempty"`
+	Host    string     `json:"host"`
+	Address netip.Addr `json:"address"` // underlay
+	// VTEPMAC is the MAC of this host's corv0 (see compile.VTEPMAC).
+	VTEPMAC       string `json:"vtepMAC"`
+	WireGuardPort int    `json:"wireguardPort"`
+	// KeyGeneration is the server's spec.Server.KeyGeneration: the agent
+	// rotates its WireGuard key when this exceeds its key's generation.
+	KeyGeneration int64 `json:"keyGeneration,omitempty"`
+
+	Guests []Guest `json:"guests"`
+	// Peers are the WireGuard peers of corw0: only servers with which this
+	// host shares at least one encrypted path; AllowedIPs exactly the
+	// remote guests reached encrypted (as /32 or /128).
+	Peers []Peer `json:"peers"`
+	// VXLAN entries for plain paths: one per remote host, listing the
+	// remote guests reached in plain.
+	VXLAN []VXLANEntry `json:"vxlan"`
+	// Routes say how a packet from a local guest to a remote guest
+	// leaves: by corw0 (encrypted) or corv0 (plain). The same remote
+	// address may appear twice with different sources: the decision is per
+	// (source class, destination class) pair.
+	Routes []Route `json:"routes"`
+	// Firewall rules for this host's guests (egress and ingress).
+	Firewall []FirewallRule `json:"firewall"`
+}
+
+// Empty is the state of a host that runs nothing, in this schema.
+func Empty(host string) State { return State{Schema: Schema, Host: host} }
+
+// UnmarshalJSON decodes a state. A state of a newer major schema is not
+// decoded beyond its schema and host (its other fields may mean something
+// else, or not fit these types): Validate then refuses it by name, rather
+// than the decoding failing on some field.
+func (st *State) UnmarshalJSON(b []byte) error {
+	var head struct {
+		Schema string `json:"schema"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return err
+	}
+	if major, _, err := ParseSchema(head.Schema); err == nil && major > SchemaMajor {
+		var host struct {
+			Host string `json:"host"`
+		}
+		_ = json.Unmarshal(b, &host) // best effort: for the agent's message only
+		*st = State{Schema: head.Schema, Host: host.Host}
+		return nil
+	}
+	type plain State // no methods: no recursion
+	return json.Unmarshal(b, (*plain)(st))
+}
+
+// Guest is a task this host runs.
+type Guest struct {
+	Task    string     `json:"task"` // task ID
+	App     string     `json:"app"`
+	Class   string     `json:"class"`
+	Index   int        `json:"index"`
+	Address netip.Addr `json:"address"`
+	// HostIf is the host-side interface (veth or tap) name, "corg" + hash.
+	HostIf    string         `json:"hostIf"`
+	Spec      spec.Guest     `json:"spec"`
+	Resources spec.Resources `json:"resources"`
+	// Env is the environment the task program gets, Corridor's contract
+	// (CORRIDOR_APP, CORRIDOR_CLASS, CORRIDOR_TASK, CORRIDOR_ADDR and one
+	// CORRIDOR_PEERS_<CLASS> per destination class) merged over Spec.Env.
+	Env map[string]string `json:"env"`
+}
+
+// Peer is a WireGuard peer of corw0.
+type Peer struct {
+	Server     string         `json:"server"`
+	PublicKey  string         `json:"publicKey"`
+	Endpoint   netip.AddrPort `json:"endpoint"`
+	AllowedIPs []netip.Prefix `json:"allowedIPs"`
+}
+
+// VXLANEntry is one remote host reached in plain by corv0.
+type VXLANEntry struct {
+	Server   string       `json:"server"`
+	Underlay netip.Addr   `json:"underlay"`
+	MAC      string       `json:"mac"` // the remote corv0 MAC
+	Guests   []netip.Addr `json:"guests"`
+}
+
+// Route is how packets from a set of local guests to one remote guest
+// leave the host.
+type Route struct {
+	Sources []netip.Addr `json:"sources"` // local guest addresses
+	Dest    netip.Addr   `json:"dest"`    // remote guest address
+	Server  string       `json:"server"`  // where Dest runs
+	Encrypt bool         `json:"encrypt"` // corw0 when true, corv0 when false
+}
+
+// Directions of a firewall rule, seen from this host's guests.
+const (
+	Egress  = "egress"  // from a local guest
+	Ingress = "ingress" // to a local guest
+)
+
+// FirewallRule allows new connections from Sources to Dests on Ports.
+// Everything else to and from guests is denied; replies pass by conntrack.
+type FirewallRule struct {
+	App       string       `json:"app"`
+	FromClass string       `json:"fromClass"`
+	ToClass   string       `json:"toClass"`
+	Direction string       `json:"direction"`
+	Sources   []netip.Addr `json:"sources"`
+	Dests     []netip.Addr `json:"dests"`
+	Protocol  string       `json:"protocol"`
+	Ports     []int        `json:"ports"`
+	Encrypt   bool         `json:"encrypt"`
+	// Ingress only: remote sources of an encrypted pair are accepted only
+	// when they arrive on corw0, remote sources of a plain pair only on
+	// corv0, local sources only from their own guest interface. Sources
+	// lists all of them; RemoteSources the subset on other servers.
+	RemoteSources []netip.Addr `json:"remoteSources,omitempty"`
+}

@@ -1,0 +1,158 @@
+package hoststate_test
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/corridor-dev/corridor/examples"
+	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/hoststate"
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+func TestSchema(t *testing.T) {
+	for _, s := range []string{"", "1.0", "1.7", hoststate.Schema} {
+		if err := hoststate.CheckSchema(s); err != nil {
+			t.Errorf("schema %q refused: %v", s, err)
+		}
+	}
+	if err := hoststate.CheckSchema("2.0"); !errors.Is(err, hoststate.ErrNewerSchema) || !strings.Contains(err.Error(), "upgrade") {
+		t.Errorf("schema 2.0: got %v, want ErrNewerSchema saying what to do", err)
+	}
+	for _, s := range []string{"1", "x.y", "1.-1", "0.9"} {
+		if err := hoststate.CheckSchema(s); !errors.Is(err, hoststate.ErrInvalid) || !strings.Contains(err.Error(), "schema:") {
+			t.Errorf("schema %q: got %v, want an ErrInvalid naming schema", s, err)
+		}
+	}
+	if ma, mi, err := hoststate.ParseSchema(hoststate.Schema); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor {
+		t.Errorf("Schema %q parses as %d.%d (%v), want %d.%d", hoststate.Schema, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor)
+	}
+}
+
+// A state of a newer major schema decodes whatever its fields have become,
+// and Validate refuses it by its schema.
+func TestNewerMajorRefused(t *testing.T) {
+	b := []byte(`{"revision":7,"state":{"schema":"2.0","host":"s1","guests":{"now":"a map"},"address":17}}`)
+	var ds hoststate.Desired
+	if err := json.Unmarshal(b, &ds); err != nil {
+		t.Fatalf("a newer state must decode to be refused by name: %v", err)
+	}
+	if ds.Revision != 7 || ds.State.Schema != "2.0" || ds.State.Host != "s1" {
+		t.Fatalf("decoded %+v", ds)
+	}
+	err := hoststate.Validate(ds.State, hoststate.Options{Host: "s1"})
+	if !errors.Is(err, hoststate.ErrNewerSchema) || !strings.Contains(err.Error(), "2.0") {
+		t.Fatalf("got %v, want ErrNewerSchema naming 2.0", err)
+	}
+	// A newer minor version of this major is read, unknown fields ignored.
+	b = []byte(`{"schema":"1.9","host":"s1","address":"198.18.0.1","vtepMAC":"02:00:00:00:00:01","someday":true}`)
+	var st hoststate.State
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	if err := hoststate.Validate(st, hoststate.Options{Host: "s1"}); err != nil {
+		t.Fatalf("schema 1.9 refused: %v", err)
+	}
+}
+
+// What the compiler makes is stamped with this schema and passes the
+// contract's Validate: the server never sends a state the agent refuses.
+func TestCompiledStatesValidate(t *testing.T) {
+	apps, err := spec.DecodeApps("shop.yaml", examples.Shop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var servers []spec.Server
+	for i, n := range []string{"s1", "s2", "s3"} {
+		servers = append(servers, spec.Server{Name: n, Address: netip.AddrFrom4([4]byte{198, 18, 0, byte(11 + i)}).String(),
+			Capacity:  spec.Resources{CPU: 4000, Memory: 8 << 30},
+			PublicKey: base64.StdEncoding.EncodeToString([]byte("public-key-of-" + n + "-000000000000000"))})
+	}
+	plan, err := compile.Compile(compile.Input{Apps: apps, Servers: servers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range plan.Hosts {
+		if h.Schema != hoststate.Schema {
+			t.Errorf("%s: schema %q, want %q", h.Host, h.Schema, hoststate.Schema)
+		}
+		b, err := json.Marshal(hoststate.Desired{Revision: 1, State: h})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back hoststate.Desired
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatal(err)
+		}
+		if err := hoststate.Validate(back.State, hoststate.Options{Host: h.Host,
+			ServerAddrs: []netip.Addr{netip.MustParseAddr("198.18.0.1")}}); err != nil {
+			t.Errorf("%s: compiled state refused: %v", h.Host, err)
+		}
+	}
+}
+
+func valid() hoststate.State {
+	web, db := netip.MustParseAddr("100.64.0.10"), netip.MustParseAddr("100.64.0.20")
+	return hoststate.State{
+		Schema: hoststate.Schema, Host: "s1", Address: netip.MustParseAddr("198.18.0.1"), VTEPMAC: "02:c0:00:00:00:01",
+		Guests: []hoststate.Guest{{Task: "shop/web/0", App: "shop", Class: "web", Address: web, HostIf: "corg0",
+			Spec: spec.Guest{Runtime: spec.RuntimeNetns}}},
+		Peers: []hoststate.Peer{{Server: "s2", PublicKey: "cGVlci1rZXktb2YtczItMDAwMDAwMDAwMDAwMDAwMDA=",
+			Endpoint: netip.MustParseAddrPort("198.18.0.2:51820"), AllowedIPs: []netip.Prefix{netip.PrefixFrom(db, 32)}}},
+		Routes: []hoststate.Route{{Sources: []netip.Addr{web}, Dest: db, Server: "s2", Encrypt: true}},
+		Firewall: []hoststate.FirewallRule{{App: "shop", FromClass: "web", ToClass: "db", Direction: hoststate.Egress,
+			Sources: []netip.Addr{web}, Dests: []netip.Addr{db}, Protocol: spec.ProtoTCP, Ports: []int{5432}, Encrypt: true}},
+	}
+}
+
+func TestValidateNamesTheField(t *testing.T) {
+	opt := hoststate.Options{Host: "s1", Runtimes: []string{spec.RuntimeNetns}, ServerAddrs: []netip.Addr{netip.MustParseAddr("100.64.0.99")}}
+	if err := hoststate.Validate(valid(), opt); err != nil {
+		t.Fatalf("valid state refused: %v", err)
+	}
+	cases := []struct {
+		field string
+		edit  func(*hoststate.State)
+	}{
+		{"host", func(s *hoststate.State) { s.Host = "s2" }},
+		{"keyGeneration", func(s *hoststate.State) { s.KeyGeneration = -1 }},
+		{"guests[0].task", func(s *hoststate.State) { s.Guests[0].Task = "" }},
+		{"guests[0].spec.runtime", func(s *hoststate.State) { s.Guests[0].Spec.Runtime = spec.RuntimeVM }},
+		{"guests[0].address", func(s *hoststate.State) { s.Guests[0].Address = netip.MustParseAddr("127.0.0.2") }},
+		{"guests[0].address", func(s *hoststate.State) { s.Guests[0].Address = s.Address }},
+		{"guests[0].resources", func(s *hoststate.State) { s.Guests[0].Resources.CPU = -1 }},
+		{"guests[0].hostIf", func(s *hoststate.State) { s.Guests[0].HostIf = "" }},
+		{"vtepMAC", func(s *hoststate.State) { s.VTEPMAC = "01:00:00:00:00:01" }},
+		{"peers[0].publicKey", func(s *hoststate.State) { s.Peers[0].PublicKey = "nope" }},
+		{"peers[0].allowedIPs", func(s *hoststate.State) {
+			s.Peers[0].AllowedIPs = append(s.Peers[0].AllowedIPs, netip.MustParsePrefix("100.64.0.99/32"))
+		}},
+		{"firewall[0].protocol", func(s *hoststate.State) { s.Firewall[0].Protocol = "icmp" }},
+	}
+	for _, c := range cases {
+		st := valid()
+		c.edit(&st)
+		err := hoststate.Validate(st, opt)
+		if !errors.Is(err, hoststate.ErrInvalid) || !strings.Contains(err.Error(), c.field) {
+			t.Errorf("%s: got %v, want an ErrInvalid naming it", c.field, err)
+		}
+	}
+	dpErr := errors.New("the data plane says no")
+	opt.Dataplane = func(hoststate.State) error { return dpErr }
+	if err := hoststate.Validate(valid(), opt); !errors.Is(err, dpErr) {
+		t.Fatalf("Options.Dataplane not asked: %v", err)
+	}
+}
+
+// Empty runtime means netns, as spec says (spec.Guest.RuntimeName).
+func TestEmptyRuntimeIsNetns(t *testing.T) {
+	st := valid()
+	st.Guests[0].Spec.Runtime = ""
+	if err := hoststate.Validate(st, hoststate.Options{Runtimes: []string{spec.RuntimeNetns}}); err != nil {
+		t.Fatal(err)
+	}
+}

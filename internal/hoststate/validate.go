@@ -1,0 +1,407 @@
+package hoststate
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+var (
+	// ErrInvalid is wrapped by every error Validate and CheckNetwork
+	// return, but for ErrNewerSchema.
+	ErrInvalid = errors.New("hoststate: invalid host state")
+	// ErrNewerSchema is wrapped by Validate's error for a state of a newer
+	// major schema than this build reads.
+	ErrNewerSchema = errors.New("hoststate: newer schema")
+)
+
+// FieldError is a problem with one field of a state. It wraps ErrInvalid.
+type FieldError struct {
+	Field string // such as "guests[2].address"
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// Unwrap makes every FieldError an ErrInvalid.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+func invalid(field, format string, args ...any) error {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Bounds on a state. A state past them comes from a buggy or hostile
+// server; the host keeps its last good state instead.
+const (
+	MaxGuests = 1000
+	MaxPeers  = 100000
+	MaxRoutes = 1000000
+)
+
+// overlayGuard holds addresses no guest may take: they belong to the host's
+// own plumbing or are not unicast.
+var overlayGuard = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/3"),
+}
+
+// ParseSchema reads a schema version, "major.minor"; empty is 1.0, the
+// format written before states carried a schema.
+func ParseSchema(s string) (major, minor int, err error) {
+	if s == "" {
+		return 1, 0, nil
+	}
+	ma, mi, ok := strings.Cut(s, ".")
+	major, err1 := strconv.Atoi(ma)
+	minor, err2 := strconv.Atoi(mi)
+	if !ok || err1 != nil || err2 != nil || major < 0 || minor < 0 {
+		return 0, 0, fmt.Errorf("%q is not a schema version major.minor, such as %s", s, Schema)
+	}
+	return major, minor, nil
+}
+
+// CheckSchema accepts a schema of this build's major version, any minor,
+// and refuses a newer major version (ErrNewerSchema) or a malformed one.
+func CheckSchema(s string) error {
+	major, _, err := ParseSchema(s)
+	switch {
+	case err != nil:
+		return &FieldError{Field: "schema", Msg: err.Error()}
+	case major > SchemaMajor:
+		return fmt.Errorf("%w: state of schema %s, but this build reads schema %d.x only: upgrade corridor on this host",
+			ErrNewerSchema, s, SchemaMajor)
+	case major < SchemaMajor:
+		return invalid("schema", "%s is older than any schema this build reads (%d.x)", s, SchemaMajor)
+	}
+	return nil
+}
+
+// Options are what Validate checks a state against: the host that will
+// apply it.
+type Options struct {
+	// Host is the name of the host; a state for another host is refused.
+	// Empty skips the check.
+	Host string
+	// Runtimes are the guest runtimes the host runs (nil: netns and vm);
+	// a state with a guest of another runtime is refused whole.
+	Runtimes []string
+	// ServerAddrs are the server's underlay addresses: a state that would
+	// send any of them into a tunnel is refused, since the control channel
+	// must stay on the underlay or a broken tunnel could never be repaired.
+	ServerAddrs []netip.Addr
+	// Dataplane, when set, checks what only the host's data plane knows
+	// (dataplane.Validate: its interface names), without touching the
+	// kernel.
+	Dataplane func(State) error
+}
+
+// Validate checks a state before it is kept or applied: the whole state is
+// refused on any error, so that the host stays on its last good state.
+// Errors name the field and wrap ErrInvalid; a state of a newer major
+// schema is refused with ErrNewerSchema before anything else is read.
+func Validate(st State, opt Options) error {
+	if err := CheckSchema(st.Schema); err != nil {
+		return err
+	}
+	if opt.Host != "" && st.Host != "" && st.Host != opt.Host {
+		return invalid("host", "state is for host %q, not %q", st.Host, opt.Host)
+	}
+	if st.KeyGeneration < 0 {
+		return invalid("keyGeneration", "%d is negative", st.KeyGeneration)
+	}
+	if len(st.Guests) > MaxGuests || len(st.Peers) > MaxPeers || len(st.Routes) > MaxRoutes {
+		return fmt.Errorf("%w: state too large: %d guests (max %d), %d peers (max %d), %d routes (max %d)",
+			ErrInvalid, len(st.Guests), MaxGuests, len(st.Peers), MaxPeers, len(st.Routes), MaxRoutes)
+	}
+	runtimes := opt.Runtimes
+	if runtimes == nil {
+		runtimes = []string{spec.RuntimeNetns, spec.RuntimeVM}
+	}
+	seenTask := map[string]bool{}
+	for i, g := range st.Guests {
+		field := fmt.Sprintf("guests[%d]", i)
+		switch {
+		case g.Task == "" || seenTask[g.Task]:
+			return invalid(field+".task", "%q is empty or given twice", g.Task)
+		case !slices.Contains(runtimes, g.Spec.RuntimeName()):
+			return invalid(field+".spec.runtime", "%q is not a runtime this host runs (%v)", g.Spec.Runtime, runtimes)
+		case !g.Address.Is4():
+			return invalid(field+".address", "%q is not an IPv4 address", g.Address)
+		case g.Address == st.Address:
+			return invalid(field+".address", "%s is the host's own underlay address", g.Address)
+		case g.Resources.CPU < 0 || g.Resources.Memory < 0:
+			return invalid(field+".resources", "negative request")
+		}
+		for _, p := range overlayGuard {
+			if p.Contains(g.Address) {
+				return invalid(field+".address", "%s is in %s, which no guest may use", g.Address, p)
+			}
+		}
+		seenTask[g.Task] = true
+	}
+	if err := CheckNetwork(st); err != nil {
+		return err
+	}
+	if err := checkServerAddrs(st, opt.ServerAddrs); err != nil {
+		return err
+	}
+	if opt.Dataplane != nil {
+		return opt.Dataplane(st)
+	}
+	return nil
+}
+
+// checkServerAddrs refuses a state that would send a server address into
+// a tunnel.
+func checkServerAddrs(st State, servers []netip.Addr) error {
+	for _, s := range servers {
+		bad := func(field, where string) error {
+			return invalid(field, "routes the server address %s into a tunnel (%s): refused, the control channel must stay on the underlay", s, where)
+		}
+		for i, p := range st.Peers {
+			for _, pfx := range p.AllowedIPs {
+				if pfx.Contains(s) {
+					return bad(fmt.Sprintf("peers[%d].allowedIPs", i), "WireGuard peer "+p.Server+" allowed IP "+pfx.String())
+				}
+			}
+		}
+		for i, v := range st.VXLAN {
+			if slices.Contains(v.Guests, s) {
+				return bad(fmt.Sprintf("vxlan[%d].guests", i), "VXLAN entry for "+v.Server)
+			}
+		}
+		for i, r := range st.Routes {
+			if r.Dest == s {
+				return bad(fmt.Sprintf("routes[%d].dest", i), "route to "+r.Server)
+			}
+		}
+		for i, g := range st.Guests {
+			if g.Address == s {
+				return bad(fmt.Sprintf("guests[%d].address", i), "guest "+g.Task)
+			}
+		}
+	}
+	return nil
+}
+
+// overlayAddr checks that a is a valid IPv4 overlay address: the data plane
+// routes guests by IPv4 /32 only.
+func overlayAddr(field string, a netip.Addr) error {
+	if !a.IsValid() {
+		return invalid(field, "missing address")
+	}
+	if !a.Unmap().Is4() {
+		return invalid(field, "%s is not IPv4: guests have IPv4 overlay addresses only", a)
+	}
+	return nil
+}
+
+// ParseMAC reads a unicast Ethernet MAC address (corv0's, local or remote).
+func ParseMAC(s string) (net.HardwareAddr, error) {
+	m, err := net.ParseMAC(s)
+	if err != nil || len(m) != 6 {
+		return nil, fmt.Errorf("%q is not an Ethernet MAC address", s)
+	}
+	if m[0]&1 == 1 {
+		return nil, fmt.Errorf("%s is a multicast address", s)
+	}
+	return m, nil
+}
+
+// UnmapPrefix turns an IPv4-mapped IPv6 prefix into its IPv4 form, masked.
+func UnmapPrefix(p netip.Prefix) (netip.Prefix, error) {
+	if !p.Addr().Is4In6() {
+		return p.Masked(), nil
+	}
+	if p.Bits() < 96 {
+		return netip.Prefix{}, fmt.Errorf("%s is not an IPv4 prefix", p)
+	}
+	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96).Masked(), nil
+}
+
+// CheckNetwork is the part of Validate that a data plane relies on to
+// build the state: the underlay, corw0's port, the MACs, peers' keys and
+// endpoints, addresses (IPv4, IPv4-mapped allowed), routes and firewall
+// rules, each unique where it must be. The data plane calls it on every
+// state it applies; Validate calls it too.
+func CheckNetwork(st State) error {
+	underlay := st.Address.Unmap()
+	if !underlay.IsValid() {
+		return invalid("address", "missing underlay address")
+	}
+	if st.WireGuardPort < 0 || st.WireGuardPort > 65535 {
+		return invalid("wireguardPort", "%d is not a UDP port", st.WireGuardPort)
+	}
+	if _, err := ParseMAC(st.VTEPMAC); err != nil {
+		return invalid("vtepMAC", "%v", err)
+	}
+
+	local := map[netip.Addr]bool{}
+	ifs := map[string]bool{}
+	for i, g := range st.Guests {
+		f := fmt.Sprintf("guests[%d]", i)
+		if err := overlayAddr(f+".address", g.Address); err != nil {
+			return err
+		}
+		if g.HostIf == "" || len(g.HostIf) > 15 {
+			return invalid(f+".hostIf", "%q must have 1 to 15 characters", g.HostIf)
+		}
+		if ifs[g.HostIf] {
+			return invalid(f+".hostIf", "%q is used by two guests", g.HostIf)
+		}
+		a := g.Address.Unmap()
+		if local[a] {
+			return invalid(f+".address", "%s is used by two guests", a)
+		}
+		ifs[g.HostIf], local[a] = true, true
+		if err := checkName(f+".app", g.App); err != nil {
+			return err
+		}
+		if err := checkName(f+".class", g.Class); err != nil {
+			return err
+		}
+	}
+
+	enc := map[netip.Prefix]bool{}
+	seenKeys := map[wgtypes.Key]bool{}
+	for i, p := range st.Peers {
+		f := fmt.Sprintf("peers[%d]", i)
+		key, err := wgtypes.ParseKey(p.PublicKey)
+		if err != nil {
+			return invalid(f+".publicKey", "%v", err)
+		}
+		if seenKeys[key] {
+			return invalid(f+".publicKey", "key of server %q appears twice", p.Server)
+		}
+		seenKeys[key] = true
+		if !p.Endpoint.IsValid() || p.Endpoint.Port() == 0 {
+			return invalid(f+".endpoint", "%q is not an address:port", p.Endpoint)
+		}
+		for j, pre := range p.AllowedIPs {
+			ff := fmt.Sprintf("%s.allowedIPs[%d]", f, j)
+			if !pre.IsValid() {
+				return invalid(ff, "missing prefix")
+			}
+			if err := overlayAddr(ff, pre.Addr()); err != nil {
+				return err
+			}
+			m, err := UnmapPrefix(pre)
+			if err != nil {
+				return invalid(ff, "%v", err)
+			}
+			if enc[m] {
+				return invalid(ff, "%s is allowed for two peers", m)
+			}
+			enc[m] = true
+		}
+	}
+
+	fdb := map[string]netip.Addr{}
+	plain := map[netip.Addr]bool{}
+	for i, v := range st.VXLAN {
+		f := fmt.Sprintf("vxlan[%d]", i)
+		m, err := ParseMAC(v.MAC)
+		if err != nil {
+			return invalid(f+".mac", "%q is not a unicast Ethernet MAC address", v.MAC)
+		}
+		u := v.Underlay.Unmap()
+		if !u.IsValid() {
+			return invalid(f+".underlay", "missing underlay address")
+		}
+		if u.Is4() != underlay.Is4() {
+			return invalid(f+".underlay", "%s is not of the same family as this host's underlay %s", u, underlay)
+		}
+		if prev, ok := fdb[m.String()]; ok && prev != u {
+			return invalid(f+".mac", "%s is already the MAC of the host at %s", m, prev)
+		}
+		fdb[m.String()] = u
+		for j, g := range v.Guests {
+			ff := fmt.Sprintf("%s.guests[%d]", f, j)
+			if err := overlayAddr(ff, g); err != nil {
+				return err
+			}
+			if plain[g.Unmap()] {
+				return invalid(ff, "%s is listed twice", g.Unmap())
+			}
+			plain[g.Unmap()] = true
+		}
+	}
+
+	pairs := map[[2]netip.Addr]bool{} // -> encrypt
+	for i, r := range st.Routes {
+		f := fmt.Sprintf("routes[%d]", i)
+		if err := overlayAddr(f+".dest", r.Dest); err != nil {
+			return err
+		}
+		for j, s := range r.Sources {
+			ff := fmt.Sprintf("%s.sources[%d]", f, j)
+			if err := overlayAddr(ff, s); err != nil {
+				return err
+			}
+			k := [2]netip.Addr{s.Unmap(), r.Dest.Unmap()}
+			if prev, ok := pairs[k]; ok && prev != r.Encrypt {
+				return invalid(ff, "pair %s -> %s is both encrypted and plain", k[0], k[1])
+			}
+			pairs[k] = r.Encrypt
+		}
+	}
+
+	for i, r := range st.Firewall {
+		f := fmt.Sprintf("firewall[%d]", i)
+		if r.Direction != Egress && r.Direction != Ingress {
+			return invalid(f+".direction", "%q is neither %q nor %q", r.Direction, Egress, Ingress)
+		}
+		switch r.Protocol {
+		case "", spec.ProtoTCP, spec.ProtoUDP:
+		default:
+			return invalid(f+".protocol", "%q is neither %q nor %q", r.Protocol, spec.ProtoTCP, spec.ProtoUDP)
+		}
+		for j, p := range r.Ports {
+			if p < 1 || p > 65535 {
+				return invalid(fmt.Sprintf("%s.ports[%d]", f, j), "%d is not a port", p)
+			}
+		}
+		for _, list := range []struct {
+			name  string
+			addrs []netip.Addr
+		}{{"sources", r.Sources}, {"dests", r.Dests}, {"remoteSources", r.RemoteSources}} {
+			for j, a := range list.addrs {
+				if err := overlayAddr(fmt.Sprintf("%s.%s[%d]", f, list.name, j), a); err != nil {
+					return err
+				}
+			}
+		}
+		if err := checkName(f+".app", r.App); err != nil {
+			return err
+		}
+		if err := checkName(f+".fromClass", r.FromClass); err != nil {
+			return err
+		}
+		if err := checkName(f+".toClass", r.ToClass); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkName rejects names that cannot be part of a counter name: the data
+// plane's counters are named "kind:app:class" and parsed back.
+func checkName(field, s string) error {
+	if s == "" {
+		return invalid(field, "missing name")
+	}
+	if strings.ContainsAny(s, ":\x00") || len(s) > 63 {
+		return invalid(field, "%q must have at most 63 characters and no ':'", s)
+	}
+	return nil
+}
