@@ -1,0 +1,91 @@
+package agent_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/corridor-dev/corridor/internal/agent"
+	"github.com/corridor-dev/corridor/internal/hoststate"
+)
+
+// A state of a newer major schema (from a newer server) is refused with a
+// clear error and neither kept nor applied: the host stays on its last
+// good state, on disk and in the kernel.
+func TestNewerSchemaRefused(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	good := h.cp.SetDesired(state("shop/web/0"))
+	eventually(t, "the good state applied", func() bool { return h.agent.AppliedRevision() == good })
+	applies := h.dp.Applies()
+
+	newer := state("shop/web/0", "shop/web/1")
+	newer.Schema = "2.0"
+	badRev := h.cp.SetDesired(newer)
+	var msg string
+	eventually(t, "a status naming the refusal", func() bool {
+		sts := h.cp.Statuses(host)
+		if len(sts) == 0 {
+			return false
+		}
+		for _, e := range sts[len(sts)-1].Errors {
+			if strings.Contains(e, "refused") && strings.Contains(e, "schema 2.0") {
+				msg = e
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(msg, "upgrade corridor") {
+		t.Errorf("the refusal does not say what to do: %s", msg)
+	}
+	if h.dp.Applies() != applies || h.guests.Running("shop/web/1") || h.agent.AppliedRevision() != good {
+		t.Fatal("the newer state reached the host")
+	}
+	ds, _, err := agent.LoadDesired(h.dir)
+	if err != nil || ds.Revision != good {
+		t.Fatalf("desired.json holds revision %d (%v), want the good %d", ds.Revision, err, good)
+	}
+	if badRev <= good {
+		t.Fatal("revisions did not grow")
+	}
+}
+
+// A desired.json written before states carried a schema (kept in
+// testdata, written by the agent of that time) still loads, validates as
+// schema 1.0 and is served at start while the server is away.
+func TestLoadDesiredBeforeSchema(t *testing.T) {
+	old, err := os.ReadFile(filepath.Join("testdata", "desired-before-schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(old), `"schema"`) {
+		t.Fatal("testdata/desired-before-schema.json must stay in the format without a schema")
+	}
+	h := newHarness(t)
+	if err := os.WriteFile(filepath.Join(h.dir, agent.DesiredFile), old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ds, ok, err := agent.LoadDesired(h.dir)
+	if err != nil || !ok {
+		t.Fatalf("load: ok %v, %v", ok, err)
+	}
+	if ds.Revision != 42 || ds.State.Host != host || len(ds.State.Guests) != 1 || len(ds.State.Peers) != 1 ||
+		len(ds.State.VXLAN) != 1 || len(ds.State.Routes) != 2 || len(ds.State.Firewall) != 2 {
+		t.Fatalf("loaded %+v", ds)
+	}
+	if err := hoststate.Validate(ds.State, hoststate.Options{Host: host}); err != nil {
+		t.Fatalf("the old state is refused: %v", err)
+	}
+
+	// Fail static: with the server away, the agent applies it at start.
+	preJoin(t, h.cp, h.dir)
+	h.cp.SetDown(true)
+	h.start()
+	eventually(t, "the old state applied", func() bool { return h.agent.AppliedRevision() == 42 })
+	eventually(t, "its guest running", func() bool { return h.guests.Running("shop/web/0") })
+	if !h.dp.InSync(ds.State) {
+		t.Fatal("the data plane does not hold the old state")
+	}
+}
