@@ -20,8 +20,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/settle"
 	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
@@ -628,30 +628,22 @@ classes:
 		_ = Down(ctx, DownOptions{Dir: dir, Grace: time.Second})
 		t.Fatalf("apply: %v", err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+	_, err = settle.Wait(wctx, c, settle.Options{Apps: []string{app}})
+	wcancel()
+	if err != nil {
+		_ = Down(ctx, DownOptions{Dir: dir, Grace: time.Second})
+		t.Fatalf("the app did not settle: %v", err)
+	}
 	var guests []string
-	for {
-		guests = guests[:0]
-		for _, ns := range listNamespaces() {
-			if strings.HasPrefix(ns, guestPrefix) {
-				guests = append(guests, ns)
-			}
+	for _, ns := range listNamespaces() {
+		if strings.HasPrefix(ns, guestPrefix) {
+			guests = append(guests, ns)
 		}
-		tasks, _ := c.ListTasks(ctx, api.Filter{App: app})
-		running := 0
-		for _, tk := range tasks {
-			if tk.Status != nil && tk.Status.State == api.TaskRunning {
-				running++
-			}
-		}
-		if running == 2 && len(guests) == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			_ = Down(ctx, DownOptions{Dir: dir, Grace: time.Second})
-			t.Fatalf("tasks not running after 60s: %d running, guest namespaces %v", running, guests)
-		}
-		time.Sleep(200 * time.Millisecond)
+	}
+	if len(guests) != 2 {
+		_ = Down(ctx, DownOptions{Dir: dir, Grace: time.Second})
+		t.Fatalf("guest namespaces %v, want 2", guests)
 	}
 
 	// Everything in the lab's and the guests' namespaces, as it is now.
