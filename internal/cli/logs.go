@@ -19,7 +19,6 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/agent"
 	"github.com/corridor-dev/corridor/internal/api"
-	"github.com/corridor-dev/corridor/internal/guest"
 )
 
 func init() { register(newLogsCmd) }
@@ -39,7 +38,8 @@ until interrupted. TASK is a task ID, "<app>/<class>/<index>".
 
 By default the log comes through the server, which asks the agent of the
 task's server (GET /v1/tasks/TASK/logs). With --local it is read from this
-host's agent state directory instead, which works while the server is away.`,
+host's agent state directory instead (a netns guest's output or a VM's
+console), which works while the server is away.`,
 		Example: `  corridor logs shop/web/0
   corridor logs shop/web/0 -f --lines 20
   corridor logs --local --state-dir /var/lib/corridor/agent shop/db/0`,
@@ -56,9 +56,10 @@ host's agent state directory instead, which works while the server is away.`,
 			defer stop()
 			out := cmd.OutOrStdout()
 			if local {
-				err := guest.TailLogContext(ctx, agent.GuestsDir(stateDir), task, lines, follow, out)
+				err := agent.TailTaskLog(ctx, stateDir, task, lines, follow, out)
 				if errors.Is(err, fs.ErrNotExist) {
-					return fmt.Errorf("task %s has no log in %s: is it placed on this host? (%w)", task, agent.GuestsDir(stateDir), err)
+					return fmt.Errorf("task %s has no log in %s: is it placed on this host? (%w)",
+						task, strings.Join(agent.TaskLogDirs(stateDir), " or "), err)
 				}
 				return err
 			}

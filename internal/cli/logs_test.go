@@ -44,6 +44,27 @@ func TestLogsLocal(t *testing.T) {
 	}
 }
 
+// TestLogsLocalVM: a VM task's log (its serial console, kept by the VM
+// runtime in its own state directory) is found by --local too.
+func TestLogsLocalVM(t *testing.T) {
+	dir := t.TempDir()
+	p := guest.LogPath(agent.VMsDir(dir), "shop/db/0")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("boot\ncorridor: ready\ndb up\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCLI(t, "logs", "--local", "--state-dir", dir, "--lines", "1", "shop/db/0")
+	if err != nil || out != "db up\n" {
+		t.Fatalf("logs --local of a VM task = %q, %v", out, err)
+	}
+	_, err = runCLI(t, "logs", "--local", "--state-dir", dir, "shop/web/0")
+	if err == nil || !strings.Contains(err.Error(), "no log") || !strings.Contains(err.Error(), agent.VMsDir(dir)) {
+		t.Fatalf("missing log: %v", err)
+	}
+}
+
 // TestLogsThroughTheServer pins the contract with the server: GET
 // /v1/tasks/{task}/logs with the task ID escaped as one path segment,
 // lines and follow in the query, the admin token as a bearer token.

@@ -140,4 +140,9 @@ const (
 const (
 	vxlanOverhead     = 50 // outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 	wireguardOverhead = 80 // outer IPv6 40 + UDP 8 + WireGuard 32 (IPv4 needs 60)
+
+	// TunnelOverhead is the larger of the two paths' overheads: a guest
+	// link of the underlay's MTU less this fits either path without
+	// fragmenting.
+	TunnelOverhead = max(vxlanOverhead, wireguardOverhead)
 )

@@ -299,25 +299,62 @@ func (c taskCgroup) Remove() error {
 	return errors.Join(errs...)
 }
 
-// Cgroup is one task's cgroup for a runtime other than netns (the VM
-// runtime puts QEMU in one): the same hierarchy detection, layout and
-// limits as netns guests, under the same parent.
+// Cgroups is where this host's cpu and memory controllers live.
+type Cgroups struct{ layout cgroupLayout }
+
+// DetectCgroups finds the cpu and memory hierarchies (v2, or v1 ones).
+func DetectCgroups() (Cgroups, error) {
+	l, err := detectCgroups()
+	return Cgroups{layout: l}, err
+}
+
+// Unified tells whether the controllers are on cgroup v2, where a child
+// is started directly in its cgroup (SysProcAttr.UseCgroupFD with
+// Cgroup.OpenDir); on v1 it is moved there after start (AddProc).
+func (cs Cgroups) Unified() bool { return cs.layout.Version == cgroupV2 }
+
+// Task is the cgroup of task under parent (CgroupRel); Ensure creates it.
+func (cs Cgroups) Task(parent, task string) *Cgroup {
+	return &Cgroup{c: taskCgroup{layout: cs.layout, rel: CgroupRel(parent, Name(task))}}
+}
+
+// Cgroup is one task's cgroup, in every hierarchy that holds the cpu and
+// memory controllers. Both runtimes use it: the netns runtime for the
+// program, the VM runtime for QEMU.
 type Cgroup struct{ c taskCgroup }
 
-// OpenCgroup returns the cgroup of task under parent; Ensure creates it.
+// OpenCgroup detects the hierarchies and returns the cgroup of task under
+// parent; Ensure creates it.
 func OpenCgroup(parent, task string) (*Cgroup, error) {
-	layout, err := detectCgroups()
+	cs, err := DetectCgroups()
 	if err != nil {
 		return nil, err
 	}
-	return &Cgroup{c: taskCgroup{layout: layout, rel: filepath.Join(parent, Name(task))}}, nil
+	return cs.Task(parent, task), nil
 }
 
 // Ensure creates the cgroup if needed and sets its CPU and memory limits.
 func (g *Cgroup) Ensure(r spec.Resources) error { return g.c.Ensure(r) }
 
-// AddProc moves a process into the cgroup.
+// AddProc moves a process into the cgroup (v1: in every hierarchy).
 func (g *Cgroup) AddProc(pid int) error { return g.c.AddProc(pid) }
+
+// OpenDir opens the v2 cgroup directory for SysProcAttr.CgroupFD.
+func (g *Cgroup) OpenDir() (*os.File, error) { return g.c.OpenDir() }
+
+// Kill sends sig to every process in the cgroup and, with wait > 0,
+// waits that long for it to empty. It reports whether the cgroup is empty.
+func (g *Cgroup) Kill(sig syscall.Signal, wait time.Duration) bool { return g.c.Kill(sig, wait) }
+
+// Procs lists the processes in the cgroup (union over hierarchies).
+func (g *Cgroup) Procs() []int { return g.c.Procs() }
+
+// Dir is the cgroup's directory in the hierarchy of controller ctrl
+// ("cpu", "memory"; any on v2).
+func (g *Cgroup) Dir(ctrl string) string { return g.c.dir(ctrl) }
+
+// Dirs are the cgroup's directories, one per hierarchy.
+func (g *Cgroup) Dirs() []string { return g.c.dirs() }
 
 // Remove deletes the cgroup; its processes must be gone.
 func (g *Cgroup) Remove() error { return g.c.Remove() }

@@ -14,6 +14,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Fixed parts of every guest's network, whatever its runtime.
+const (
+	// GatewayAddr is the guest's next hop: not an address of the host, it
+	// is answered by the host end's proxy ARP (and pinned in the guest's
+	// neighbour table), so guests need no per-host gateway address.
+	GatewayAddr = "169.254.1.1"
+	// DefaultMTU leaves room for the WireGuard (and VXLAN) encapsulation
+	// on a 1500-byte underlay.
+	DefaultMTU = 1420
+)
+
 // HostNet is the host network namespace the guests of one agent hang off.
 // In production it is the root namespace; in the lab every simulated
 // server is a namespace of its own, so nothing here assumes the caller's.
@@ -176,7 +187,7 @@ func (n *HostNet) Sysctl(key, value string) error {
 func hostRoute(index int, dst netip.Prefix) *netlink.Route {
 	return &netlink.Route{
 		LinkIndex: index,
-		Dst:       prefixIPNet(dst),
+		Dst:       PrefixIPNet(dst),
 		Scope:     netlink.SCOPE_LINK,
 		Table:     unix.RT_TABLE_MAIN,
 	}
@@ -189,6 +200,7 @@ func familyOf(a netip.Addr) int {
 	return netlink.FAMILY_V6
 }
 
-func prefixIPNet(p netip.Prefix) *net.IPNet {
+// PrefixIPNet is p as netlink takes it.
+func PrefixIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

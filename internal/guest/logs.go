@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 )
 
@@ -14,27 +13,14 @@ import (
 // file (task.log.1) is kept.
 const DefaultLogMaxBytes = 10 << 20
 
-// logFile is the name of a task's log in its state directory.
-const logFile = "task.log"
-
-// LogPath is where the stdout and stderr of task's program are appended.
-func LogPath(stateDir, task string) string {
-	return filepath.Join(TaskDir(stateDir, task), logFile)
-}
-
-// TaskDir is the task's directory under the runtime's state directory.
-func TaskDir(stateDir, task string) string {
-	return filepath.Join(stateDir, Name(task))
-}
-
-// rotateLog moves the log aside when it has grown past max. While the
+// RotateLog moves the log aside when it has grown past max. While the
 // program runs it holds the file open for appending, so renaming would
 // leave it writing to the old file: copyTruncate copies then truncates
 // in place (O_APPEND writers continue at the new end). Lines written
 // between the copy and the truncation are lost, as with logrotate's
 // copytruncate; a rotation between two runs renames instead and loses
 // nothing.
-func rotateLog(path string, max int64, copyTruncate bool) error {
+func RotateLog(path string, max int64, copyTruncate bool) error {
 	st, err := os.Stat(path)
 	if err != nil || st.Size() <= max {
 		return nil

@@ -1,24 +1,17 @@
 package guest
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/corridor-dev/corridor/internal/atomicfile"
 )
-
-// pidFile is the name of the record of a task's running program.
-const pidFile = "pid.json"
 
 // ProcID names one process for good, across agent restarts. A PID alone
 // may have been reused by then; the PID plus the kernel's start time
@@ -44,10 +37,11 @@ func (id ProcID) Alive() bool {
 	return err == nil && st == id.StartTime
 }
 
-// procRecord is the pidfile of a task's running program.
-type procRecord struct {
+// ProcRecord is what a runtime records of a running program (its
+// pidfile), so that the next agent can adopt it.
+type ProcRecord struct {
 	ProcID
-	Hash    string    `json:"hash"` // of the command and environment it runs
+	Hash    string    `json:"hash"` // of what it runs (command, environment, boot files)
 	Started time.Time `json:"started"`
 }
 
@@ -72,26 +66,6 @@ func procStartTime(pid int) (uint64, error) {
 		return 0, fmt.Errorf("guest: process %d has exited", pid)
 	}
 	return strconv.ParseUint(f[19], 10, 64)
-}
-
-func writePidFile(dir string, rec procRecord) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(filepath.Join(dir, pidFile), b, 0o644)
-}
-
-func readPidFile(dir string) (procRecord, error) {
-	var rec procRecord
-	b, err := os.ReadFile(filepath.Join(dir, pidFile))
-	if err != nil {
-		return rec, err
-	}
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return rec, fmt.Errorf("guest: %s: %w", filepath.Join(dir, pidFile), err)
-	}
-	return rec, nil
 }
 
 // Exit follows a watched process to its end: its own child, or one
@@ -234,32 +208,4 @@ func (e *Exit) Stop(grace time.Duration, term, kill func()) {
 	case <-e.done:
 	case <-time.After(5 * time.Second):
 	}
-}
-
-// proc is a running program the netns runtime watches.
-type proc struct {
-	procRecord
-	*Exit
-}
-
-func watchChild(cmd *exec.Cmd, rec procRecord) *proc {
-	return &proc{procRecord: rec, Exit: WaitChild(cmd, "")}
-}
-
-// adopt watches the program of an earlier agent.
-func adopt(rec procRecord) (*proc, error) {
-	e, err := WatchAdopted(rec.ProcID, "")
-	if err != nil {
-		return nil, err
-	}
-	return &proc{procRecord: rec, Exit: e}, nil
-}
-
-// stop ends the program's process group: SIGTERM, then SIGKILL once grace
-// has passed. The program runs in its own session, so its PID is also its
-// process group ID.
-func (p *proc) stop(grace time.Duration) {
-	p.Stop(grace,
-		func() { _ = syscall.Kill(-p.PID, syscall.SIGTERM) },
-		func() { _ = syscall.Kill(-p.PID, syscall.SIGKILL) })
 }

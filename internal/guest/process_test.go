@@ -83,7 +83,7 @@ func TestExitRelease(t *testing.T) {
 
 // TestProcRecordJSON keeps the pidfile format that running agents wrote.
 func TestProcRecordJSON(t *testing.T) {
-	var rec procRecord
+	var rec ProcRecord
 	in := `{"pid":42,"startTime":7,"hash":"h","started":"2026-01-02T03:04:05Z"}`
 	if err := json.Unmarshal([]byte(in), &rec); err != nil {
 		t.Fatal(err)

@@ -1,14 +1,15 @@
-// Package guest runs tasks in guests on one host: it creates each guest
-// (network namespace or VM), its link to the host, its cgroup and its
-// program, keeps the program running, and finds all of it again after an
-// agent restart.
+// Package guest is the shared kit of the guest runtimes that run tasks
+// on one host: the Runtime interface and the Manager that dispatches to
+// a runtime by name, the Supervisor that keeps a program running (with a
+// readiness hook), cgroups, the host side of a guest link (HostNet),
+// process identity across agent restarts, task logs, and the names and
+// state layout of guests (layout.go). The runtimes themselves live beside
+// it: internal/guest/nsguest (network-namespace guests) and
+// internal/guest/vm (QEMU guests).
 //
 // The agent drives a Runtime with the guests of its desired state:
 // Ensure for each wanted guest, Remove for each listed guest no longer
-// wanted. Manager dispatches to the runtime a guest's spec names; the
-// netns runtime (NewNetns) is the one here, a VM runtime plugs in beside
-// it (HostNet.AttachHost, the supervisor and the state directory layout
-// are shared).
+// wanted.
 //
 // The host networking of a guest is a /32 route through its own interface
 // (veth or tap), with proxy ARP on the host end; the guest's default route

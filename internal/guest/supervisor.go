@@ -1,8 +1,10 @@
 package guest
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,9 +16,10 @@ const (
 	DefaultBackoffMin = 200 * time.Millisecond
 	DefaultBackoffMax = 30 * time.Second
 	DefaultGrace      = 5 * time.Second
-	// stableRun is how long a program must have run for its next crash to
-	// be treated as a first one again (backoff back to the minimum).
-	stableRun = 10 * time.Second
+	// DefaultStableRun is how long a program must have run for its next
+	// crash to be treated as a first one again (backoff back to the
+	// minimum).
+	DefaultStableRun = 10 * time.Second
 )
 
 // NextBackoff doubles the delay before the next restart, within [lo, hi].
@@ -30,29 +33,98 @@ func NextBackoff(cur, lo, hi time.Duration) time.Duration {
 	return cur * 2
 }
 
-// supervisor keeps one task's program running: it starts it, restarts it
-// with exponential backoff when it exits, restarts it when the wanted
-// command or environment changes, and stops it on request. It is shared
-// by the runtimes: what "start" means (a process in a netns, a QEMU) is
-// theirs.
-type supervisor struct {
-	task, runtime string
-	log           *slog.Logger
-	min, max      time.Duration
-	grace         time.Duration
+// Policy is a runtime's restart and stop policy.
+type Policy struct {
+	BackoffMin, BackoffMax time.Duration
+	Grace                  time.Duration // between asking a program to stop and killing it
+}
 
-	// start starts the wanted program; hash is what it runs.
-	start func() (*proc, error)
-	// wantHash is the hash of the program currently wanted.
-	wantHash func() string
-	// afterExit clears what the program left behind (processes it forked
-	// that survived it) before the next start.
-	afterExit func()
+// WithDefaults fills the zero values (grace: the runtime's default) and
+// checks that the bounds are in order.
+func (p Policy) WithDefaults(grace time.Duration) (Policy, error) {
+	if p.BackoffMin <= 0 {
+		p.BackoffMin = DefaultBackoffMin
+	}
+	if p.BackoffMax <= 0 {
+		p.BackoffMax = DefaultBackoffMax
+	}
+	if p.BackoffMax < p.BackoffMin {
+		return p, fmt.Errorf("BackoffMax %s is below BackoffMin %s", p.BackoffMax, p.BackoffMin)
+	}
+	if p.Grace <= 0 {
+		p.Grace = grace
+	}
+	return p, nil
+}
+
+// Program is one run of a supervised program, as its runtime started or
+// adopted it: the netns runtime's process group, the VM runtime's QEMU.
+type Program interface {
+	// Record is which process it is, what it runs and since when.
+	Record() ProcRecord
+	// Done is closed once it has ended; Status then says why.
+	Done() <-chan struct{}
+	Status() string
+	// End asks it to stop, kills it once grace has passed, and waits.
+	End(grace time.Duration)
+	// Kill ends it at once.
+	Kill()
+	// Release stops watching it and leaves it running.
+	Release()
+}
+
+// Readiness is how a supervisor tells that a started program has come up
+// (a VM's console shows the ready line). Until then the task is
+// starting; a program not ready within Timeout is killed and restarted.
+type Readiness struct {
+	Check   func(Program) bool
+	Every   time.Duration // how often Check is asked
+	Timeout time.Duration
+}
+
+// SupervisorConfig says what a Supervisor keeps running and how.
+type SupervisorConfig struct {
+	Task string
+	// Runtime is TaskStatus.Runtime until SetRuntime changes it.
+	Runtime string
+	// Noun names the program in the log: "program", "VM".
+	Noun string
+	// Changed says, in the status, why a change of the wanted program
+	// restarts it ("command or environment changed").
+	Changed string
+	Log     *slog.Logger
+	Policy  Policy
+	// StableRun: default DefaultStableRun.
+	StableRun time.Duration
+
+	// Start starts the wanted program.
+	Start func() (Program, error)
+	// WantHash is the hash of the program currently wanted; a running
+	// program whose Record().Hash differs is restarted.
+	WantHash func() string
+	// AfterExit, if set, clears what a program left behind (processes it
+	// forked, its pidfile) once it has ended or been stopped.
+	AfterExit func()
+	// Detail, if set, is added to the status of a program that ended
+	// or was not ready ("console: ...").
+	Detail func(Program) string
+	// Ready, if set, makes a started program "starting" until it is
+	// ready; without it a started program is running.
+	Ready *Readiness
+}
+
+// Supervisor keeps one task's program running: it starts it, restarts it
+// with exponential backoff when it ends, restarts it when the wanted
+// program changes, and stops it on request. Both runtimes use it; what
+// "start" means (a process in a netns, a QEMU) and when a program is
+// ready are theirs.
+type Supervisor struct {
+	cfg SupervisorConfig
 
 	wake      chan struct{} // the wanted program changed
 	stopc     chan struct{} // stop the program and return
 	detachc   chan struct{} // return, leaving the program running
-	done      chan struct{} // closed when run returns
+	done      chan struct{} // closed when Run returns
 	firstTry  chan struct{} // closed after the first start attempt
 	firstErr  error
 	closeOnce sync.Once
@@ -62,19 +134,29 @@ type supervisor struct {
 	pid    int
 }
 
-func newSupervisor(task, runtime string, log *slog.Logger, min, max, grace time.Duration) *supervisor {
-	return &supervisor{
-		task: task, runtime: runtime, log: log, min: min, max: max, grace: grace,
+// NewSupervisor returns a supervisor; Run supervises.
+func NewSupervisor(cfg SupervisorConfig) *Supervisor {
+	if cfg.StableRun <= 0 {
+		cfg.StableRun = DefaultStableRun
+	}
+	if cfg.Noun == "" {
+		cfg.Noun = "program"
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Supervisor{
+		cfg:      cfg,
 		wake:     make(chan struct{}, 1),
 		stopc:    make(chan struct{}),
 		detachc:  make(chan struct{}),
 		done:     make(chan struct{}),
 		firstTry: make(chan struct{}),
-		status:   api.TaskStatus{Task: task, Runtime: runtime, State: api.TaskStarting, Since: time.Now()},
+		status:   api.TaskStatus{Task: cfg.Task, Runtime: cfg.Runtime, State: api.TaskStarting, Since: time.Now()},
 	}
 }
 
-func (s *supervisor) set(state, msg string, pid int) {
+func (s *Supervisor) set(state, msg string, pid int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.status.State != state {
@@ -83,42 +165,64 @@ func (s *supervisor) set(state, msg string, pid int) {
 	s.status.State, s.status.Message, s.pid = state, msg, pid
 }
 
+// SetRuntime changes TaskStatus.Runtime (the VM runtime says which
+// accelerator a QEMU runs with).
+func (s *Supervisor) SetRuntime(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.Runtime = name
+}
+
 // Status is a snapshot of the task's state.
-func (s *supervisor) Status() api.TaskStatus {
+func (s *Supervisor) Status() api.TaskStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.status
 }
 
 // PID is the running program's PID, 0 when none runs.
-func (s *supervisor) PID() int {
+func (s *Supervisor) PID() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.pid
 }
 
 // Poke tells the supervisor that the wanted program may have changed.
-func (s *supervisor) Poke() {
+func (s *Supervisor) Poke() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
 }
 
-// Stop stops the program (SIGTERM, SIGKILL after grace) and waits.
-func (s *supervisor) Stop() {
+// Stop stops the program (End with the policy's grace) and waits.
+func (s *Supervisor) Stop() {
 	s.closeOnce.Do(func() { close(s.stopc) })
 	<-s.done
 }
 
 // Detach ends supervision and leaves the program running, for an agent
 // that shuts down: the next agent adopts it.
-func (s *supervisor) Detach() {
+func (s *Supervisor) Detach() {
 	s.closeOnce.Do(func() { close(s.detachc) })
 	<-s.done
 }
 
-func (s *supervisor) markFirst(err error) {
+// WaitFirst waits for the first start attempt (or for an adopted program
+// to be seen running) and returns its error, or ctx's.
+func (s *Supervisor) WaitFirst(ctx context.Context) error {
+	select {
+	case <-s.firstTry:
+		if s.firstErr != nil {
+			return fmt.Errorf("guest %s: %w (retrying with backoff)", s.cfg.Task, s.firstErr)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Supervisor) markFirst(err error) {
 	select {
 	case <-s.firstTry:
 	default:
@@ -127,71 +231,142 @@ func (s *supervisor) markFirst(err error) {
 	}
 }
 
-// run is the supervision loop. p is an adopted program, or nil.
-func (s *supervisor) run(p *proc) {
+func (s *Supervisor) afterExit() {
+	if s.cfg.AfterExit != nil {
+		s.cfg.AfterExit()
+	}
+}
+
+// detail is Detail's text after "; ", or "".
+func (s *Supervisor) detail(p Program) string {
+	if s.cfg.Detail == nil {
+		return ""
+	}
+	if d := s.cfg.Detail(p); d != "" {
+		return "; " + d
+	}
+	return ""
+}
+
+// Run is the supervision loop. p is an adopted program, or nil. It
+// returns after Stop or Detach.
+func (s *Supervisor) Run(p Program) {
 	defer close(s.done)
 	defer s.markFirst(nil)
-	delay := s.min
+	c, log := s.cfg, s.cfg.Log
+	delay := c.Policy.BackoffMin
 	for {
-		if p != nil && p.Hash != s.wantHash() {
-			s.log.Info("program changed, restarting", "task", s.task, "pid", p.PID)
-			s.set(api.TaskStarting, "command or environment changed; restarting", p.PID)
-			p.stop(s.grace)
+		if p != nil && p.Record().Hash != c.WantHash() {
+			log.Info(c.Noun+" changed, restarting", "task", c.Task, "pid", p.Record().PID)
+			s.set(api.TaskStarting, c.Changed+"; restarting", p.Record().PID)
+			p.End(c.Policy.Grace)
 			s.afterExit()
-			p, delay = nil, s.min
+			p, delay = nil, c.Policy.BackoffMin
 		}
 		if p == nil {
-			np, err := s.start()
+			np, err := c.Start()
 			if err != nil {
-				s.log.Warn("program did not start", "task", s.task, "err", err, "retry_in", delay)
+				log.Warn(c.Noun+" did not start", "task", c.Task, "err", err, "retry_in", delay)
 				s.set(api.TaskFailed, fmt.Sprintf("start failed: %v; retrying in %s", err, delay), 0)
 				s.markFirst(err)
 				if !s.sleep(delay) {
 					return
 				}
-				delay = NextBackoff(delay, s.min, s.max)
+				delay = NextBackoff(delay, c.Policy.BackoffMin, c.Policy.BackoffMax)
 				continue
 			}
 			p = np
-			s.log.Info("program started", "task", s.task, "pid", p.PID)
+			log.Info(c.Noun+" started", "task", c.Task, "pid", p.Record().PID)
 		}
-		s.set(api.TaskRunning, "", p.PID)
+		ready := c.Ready == nil || c.Ready.Check(p)
+		if ready {
+			s.set(api.TaskRunning, "", p.Record().PID)
+		} else {
+			s.set(api.TaskStarting, "booting", p.Record().PID)
+		}
 		s.markFirst(nil)
+		ended, killed, ok := s.watch(p, ready)
+		if !ok {
+			return
+		}
+		if !ended {
+			continue // the wanted program may have changed
+		}
+		rec := p.Record()
+		ran := time.Since(rec.Started)
+		if ran >= c.StableRun {
+			delay = c.Policy.BackoffMin
+		}
+		why := p.Status()
+		if killed != "" {
+			why = killed
+		}
+		msg := fmt.Sprintf("%s after %s; restarting in %s%s", why, ran.Round(time.Millisecond), delay, s.detail(p))
+		log.Warn(c.Noun+" ended", "task", c.Task, "pid", rec.PID, "status", why, "restart_in", delay)
+		s.set(api.TaskFailed, msg, 0)
+		s.mu.Lock()
+		s.status.Restarts++
+		s.mu.Unlock()
+		s.afterExit()
+		p = nil
+		if !s.sleep(delay) {
+			return
+		}
+		delay = NextBackoff(delay, c.Policy.BackoffMin, c.Policy.BackoffMax)
+	}
+}
+
+// watch waits on a running program: for it to be ready (while it is
+// not), to end, for a change of what it should run, or for Stop or
+// Detach. ended says the program is gone (killed: why, when the
+// supervisor killed it); ok is false when Run must return.
+func (s *Supervisor) watch(p Program, ready bool) (ended bool, killed string, ok bool) {
+	c := s.cfg
+	var poll <-chan time.Time
+	var deadline time.Time
+	if !ready {
+		t := time.NewTicker(c.Ready.Every)
+		defer t.Stop()
+		poll, deadline = t.C, time.Now().Add(c.Ready.Timeout)
+	}
+	for {
 		select {
 		case <-p.Done():
-			ran := time.Since(p.Started)
-			if ran >= stableRun {
-				delay = s.min
-			}
-			msg := fmt.Sprintf("%s after %s; restarting in %s", p.Status(), ran.Round(time.Millisecond), delay)
-			s.log.Warn("program ended", "task", s.task, "pid", p.PID, "status", p.Status(), "restart_in", delay)
-			s.set(api.TaskFailed, msg, 0)
-			s.mu.Lock()
-			s.status.Restarts++
-			s.mu.Unlock()
-			s.afterExit()
-			p = nil
-			if !s.sleep(delay) {
-				return
-			}
-			delay = NextBackoff(delay, s.min, s.max)
+			return true, "", true
 		case <-s.wake:
+			return false, "", true
 		case <-s.stopc:
-			s.set(api.TaskStopped, "stopping", p.PID)
-			p.stop(s.grace)
+			s.set(api.TaskStopped, "stopping", p.Record().PID)
+			p.End(c.Policy.Grace)
 			p.Release()
+			s.afterExit()
 			s.set(api.TaskStopped, "", 0)
-			return
+			return false, "", false
 		case <-s.detachc:
 			p.Release()
-			return
+			return false, "", false
+		case <-poll:
+			rec := p.Record()
+			if c.Ready.Check(p) {
+				poll = nil
+				s.set(api.TaskRunning, "", rec.PID)
+				c.Log.Info(c.Noun+" ready", "task", c.Task, "pid", rec.PID, "boot", time.Since(rec.Started).Round(time.Millisecond))
+				continue
+			}
+			if time.Now().After(deadline) {
+				c.Log.Warn(c.Noun+" not ready in time, killing it", "task", c.Task, "timeout", c.Ready.Timeout)
+				s.set(api.TaskFailed, fmt.Sprintf("not ready within %s%s", c.Ready.Timeout, s.detail(p)), 0)
+				p.Kill()
+				<-p.Done()
+				return true, fmt.Sprintf("not ready within %s (killed)", c.Ready.Timeout), true
+			}
 		}
 	}
 }
 
-// sleep waits d; it returns false when the supervisor must return, and
-// true early when the wanted program changed (no reason to wait then).
-func (s *supervisor) sleep(d time.Duration) bool {
+// sleep waits d; it returns false when Run must return, and true early
+// when the wanted program changed (no reason to wait then).
+func (s *Supervisor) sleep(d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -205,4 +380,62 @@ func (s *supervisor) sleep(d time.Duration) bool {
 	case <-s.detachc:
 		return false
 	}
+}
+
+// Tasks is a runtime's supervised tasks by task ID; T is the runtime's
+// own record of one (what it wants and its Supervisor).
+type Tasks[T any] struct {
+	mu sync.Mutex
+	m  map[string]T
+}
+
+// Get returns the task's entry and whether there is one.
+func (ts *Tasks[T]) Get(task string) (T, bool) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	t, ok := ts.m[task]
+	return t, ok
+}
+
+// Put sets the task's entry.
+func (ts *Tasks[T]) Put(task string, t T) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.m == nil {
+		ts.m = map[string]T{}
+	}
+	ts.m[task] = t
+}
+
+// Take removes the task's entry and returns it.
+func (ts *Tasks[T]) Take(task string) (T, bool) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	t, ok := ts.m[task]
+	delete(ts.m, task)
+	return t, ok
+}
+
+// TakeAll removes every entry and returns them.
+func (ts *Tasks[T]) TakeAll() []T {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	out := make([]T, 0, len(ts.m))
+	for _, t := range ts.m {
+		out = append(out, t)
+	}
+	ts.m = nil
+	return out
+}
+
+// Names lists the supervised tasks, sorted.
+func (ts *Tasks[T]) Names() []string {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	out := make([]string, 0, len(ts.m))
+	for task := range ts.m {
+		out = append(out, task)
+	}
+	slices.Sort(out)
+	return out
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -180,74 +179,6 @@ func TestCgroupV2Files(t *testing.T) {
 	}
 }
 
-func TestProgramEnvAndHash(t *testing.T) {
-	r := &Netns{cfg: NetnsConfig{Binary: "/opt/corridor/bin/corridor"}}
-	g := compile.Guest{Task: "shop/web/0", Spec: spec.Guest{Command: []string{"corridor", "echo", "--port", "80"}},
-		Env: map[string]string{"CORRIDOR_TASK": "shop/web/0", "HOME": "/srv"}}
-	if got := r.command(g); got[0] != "/opt/corridor/bin/corridor" || got[1] != "echo" {
-		t.Errorf("command = %v", got)
-	}
-	if g.Spec.Command[0] != "corridor" {
-		t.Error("command() modified the guest's spec")
-	}
-	env := strings.Join(programEnv(g, "/state/data"), " ")
-	if env != "CORRIDOR_DATA_DIR=/state/data CORRIDOR_TASK=shop/web/0 HOME=/srv PATH="+DefaultPath {
-		t.Errorf("env = %s", env)
-	}
-	h1 := r.programHash(g)
-	g2 := g
-	g2.Env = map[string]string{"CORRIDOR_TASK": "shop/web/0", "HOME": "/srv", "CORRIDOR_PEERS_DB": "100.64.0.3"}
-	if h1 == r.programHash(g2) {
-		t.Error("hash ignores an env change")
-	}
-	g3 := g
-	g3.Resources = spec.Resources{CPU: 100}
-	if h1 != r.programHash(g3) {
-		t.Error("hash changes with resources, which must not restart the program")
-	}
-}
-
-func TestLookPath(t *testing.T) {
-	dir := t.TempDir()
-	exe := filepath.Join(dir, "prog")
-	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "data"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if p, err := lookPath("prog", "/nonexistent:"+dir); err != nil || p != exe {
-		t.Errorf("lookPath(prog) = %q, %v", p, err)
-	}
-	if _, err := lookPath("data", dir); err == nil {
-		t.Error("non-executable file found")
-	}
-	if _, err := lookPath("prog", "/nonexistent"); err == nil || !strings.Contains(err.Error(), "not found in PATH") {
-		t.Errorf("missing program: %v", err)
-	}
-	if p, err := lookPath(exe, ""); err != nil || p != exe {
-		t.Errorf("absolute: %q, %v", p, err)
-	}
-}
-
-func TestValidate(t *testing.T) {
-	ok := compile.Guest{Task: "a/b/0", Address: netip.MustParseAddr("100.64.0.2"), HostIf: "corg0123abcd",
-		Spec: spec.Guest{Command: []string{"sleep", "1"}}}
-	if err := validate(ok); err != nil {
-		t.Fatal(err)
-	}
-	bad := ok
-	bad.Address = netip.Addr{}
-	bad.HostIf = "this-name-is-too-long"
-	bad.Spec.Command = nil
-	err := validate(bad)
-	for _, field := range []string{"address", "hostIf", "spec.command"} {
-		if err == nil || !strings.Contains(err.Error(), field) {
-			t.Errorf("error %v does not name %s", err, field)
-		}
-	}
-}
-
 func writeLog(t *testing.T, dir, task, content string) string {
 	t.Helper()
 	p := LogPath(dir, task)
@@ -342,7 +273,7 @@ func TestTailLogFollowAndRotate(t *testing.T) {
 	waitFor(t, "appended line", 2*time.Second, func() bool { return out.String() == "old2\nnew1\n" })
 
 	// Copy-truncate rotation while the writer keeps its O_APPEND file.
-	if err := rotateLog(p, 5, true); err != nil {
+	if err := RotateLog(p, 5, true); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(p + ".1"); string(b) != "old1\nold2\nnew1\n" {
@@ -355,7 +286,7 @@ func TestTailLogFollowAndRotate(t *testing.T) {
 	}
 
 	// Rename rotation (between runs), then a new file.
-	if err := rotateLog(p, 1, false); err != nil {
+	if err := RotateLog(p, 1, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(p, []byte("fresh\n"), 0o644); err != nil {
@@ -367,7 +298,7 @@ func TestTailLogFollowAndRotate(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Below the limit nothing moves.
-	if err := rotateLog(p, 1<<20, false); err != nil {
+	if err := RotateLog(p, 1<<20, false); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(p); string(b) != "fresh\n" {

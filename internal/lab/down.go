@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -333,8 +332,8 @@ func (l *Lab) recordGuests(log *slog.Logger) error {
 }
 
 // recordedGuestNamespaces reads the guest namespaces the lab's agents
-// recorded in their state directories (guest.json files of the netns
-// runtime, field "netns"). Only names with our prefix are taken: a state
+// recorded in their state directories (guest.RecordFile of the netns
+// runtime, field Netns). Only names with our prefix are taken: a state
 // file never makes Down delete a namespace Corridor could not have made.
 func recordedGuestNamespaces(l *Lab) map[string]bool {
 	out := map[string]bool{}
@@ -350,17 +349,11 @@ func recordedGuestNamespaces(l *Lab) map[string]bool {
 			if d.IsDir() && strings.Count(strings.TrimPrefix(path, root), "/") > 3 {
 				return filepath.SkipDir
 			}
-			if d.IsDir() || d.Name() != guestRecordFile {
+			if d.IsDir() || d.Name() != guest.RecordFile {
 				return nil
 			}
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return nil
-			}
-			var rec struct {
-				Netns string `json:"netns"`
-			}
-			if json.Unmarshal(b, &rec) == nil && strings.HasPrefix(rec.Netns, "cor") && !strings.Contains(rec.Netns, "/") {
+			var rec guest.Record
+			if guest.ReadJSON(path, &rec) == nil && strings.HasPrefix(rec.Netns, "cor") && !strings.Contains(rec.Netns, "/") {
 				out[rec.Netns] = true
 			}
 			return nil
@@ -368,10 +361,6 @@ func recordedGuestNamespaces(l *Lab) map[string]bool {
 	}
 	return out
 }
-
-// guestRecordFile is the netns guest runtime's record of one guest, in a
-// directory of its own under the agent's state directory.
-const guestRecordFile = "guest.json"
 
 // unnamedGuests finds network namespaces that are held only by processes
 // and linked to a lab server namespace. Keys are inodes, values a label.
@@ -528,8 +517,8 @@ func labEntry(name string) bool {
 }
 
 // removeGuestCgroups removes the empty cgroup directories the netns guest
-// runtime made for the guests (<mount>/<guest.DefaultCgroupParent>/<name>,
-// name being the guest's namespace name without guest.NetnsPrefix).
+// runtime made for the guests (<mount>/guest.CgroupRel(parent, name), name
+// being the guest's namespace name without guest.NetnsPrefix).
 // rmdir removes only empty cgroups, never files.
 func removeGuestCgroups(guestNamespaces, mounts []string) error {
 	var errs []error
@@ -539,7 +528,7 @@ func removeGuestCgroups(guestNamespaces, mounts []string) error {
 			continue
 		}
 		for _, m := range mounts {
-			dir := filepath.Join(m, guest.DefaultCgroupParent, name)
+			dir := filepath.Join(m, guest.CgroupRel(guest.DefaultCgroupParent, name))
 			if err := unix.Rmdir(dir); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("lab: remove cgroup %s: %w", dir, err))
 			}

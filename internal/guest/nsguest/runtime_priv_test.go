@@ -1,4 +1,4 @@
-package guest
+package nsguest
 
 import (
 	"bytes"
@@ -23,6 +23,7 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/testnet"
@@ -58,8 +59,8 @@ func TestMain(m *testing.M) {
 type env struct {
 	t       testing.TB
 	hostNS  string // name under /run/netns
-	cfg     NetnsConfig
-	r       *Netns
+	cfg     Config
+	r       *Runtime
 	tasks   []string
 	ifCount int
 }
@@ -70,14 +71,14 @@ func needRoot(t testing.TB) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs iproute2 (ip) to make the test's host namespace")
 	}
-	if _, err := detectCgroups(); err != nil {
+	if _, err := guest.DetectCgroups(); err != nil {
 		t.Skipf("needs cpu and memory cgroups: %v", err)
 	}
 }
 
 var envSeq int
 
-func newEnv(t testing.TB, mod func(*NetnsConfig)) *env {
+func newEnv(t testing.TB, mod func(*Config)) *env {
 	t.Helper()
 	needRoot(t)
 	envSeq++
@@ -86,7 +87,7 @@ func newEnv(t testing.TB, mod func(*NetnsConfig)) *env {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
 	parent := fmt.Sprintf("cortst-guest-%d", os.Getpid())
-	e.cfg = NetnsConfig{
+	e.cfg = Config{
 		HostNetns:    hostns.Path(e.hostNS),
 		StateDir:     t.TempDir(),
 		CgroupParent: filepath.Join(parent, strconv.Itoa(envSeq)),
@@ -107,7 +108,7 @@ func newEnv(t testing.TB, mod func(*NetnsConfig)) *env {
 		}
 		e.r.Close()
 		exec.Command("ip", "netns", "del", e.hostNS).Run()
-		for _, d := range e.r.cgroup("x/y/0").dirs() {
+		for _, d := range e.r.cgroup("x/y/0").Dirs() {
 			os.Remove(filepath.Dir(d))
 			os.Remove(filepath.Dir(filepath.Dir(d)))
 		}
@@ -115,9 +116,9 @@ func newEnv(t testing.TB, mod func(*NetnsConfig)) *env {
 	return e
 }
 
-func (e *env) newRuntime() *Netns {
+func (e *env) newRuntime() *Runtime {
 	e.t.Helper()
-	r, err := NewNetns(e.cfg)
+	r, err := New(e.cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -152,7 +153,7 @@ func (e *env) hostHandle() *netlink.Handle { return e.r.host.Handle() }
 
 func (e *env) guestHandle(task string) (*netlink.Handle, netns.NsHandle) {
 	e.t.Helper()
-	ns, err := netns.GetFromName(NetnsName(task))
+	ns, err := netns.GetFromName(guest.NetnsName(task))
 	if err != nil {
 		e.t.Fatalf("guest netns: %v", err)
 	}
@@ -165,14 +166,12 @@ func (e *env) guestHandle(task string) (*netlink.Handle, netns.NsHandle) {
 }
 
 // runningPID waits until the task's program runs and returns its PID.
-func (e *env) runningPID(r *Netns, task string) int {
+func (e *env) runningPID(r *Runtime, task string) int {
 	e.t.Helper()
 	var pid int
 	waitFor(e.t, task+" running", 10*time.Second, func() bool {
-		r.mu.Lock()
-		tk := r.tasks[task]
-		r.mu.Unlock()
-		if tk == nil {
+		tk, ok := r.tasks.Get(task)
+		if !ok {
 			return false
 		}
 		pid = tk.sup.PID()
@@ -217,10 +216,8 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func gone(pid int) bool {
-	_, err := procStartTime(pid)
-	return err != nil
-}
+// gone tells whether pid has exited (a zombie has).
+func gone(pid int) bool { return !guest.ProcIDOf(pid).Alive() }
 
 func TestEnsureCreatesGuest(t *testing.T) {
 	e := newEnv(t, nil)
@@ -229,14 +226,14 @@ func TestEnsureCreatesGuest(t *testing.T) {
 	pid := e.runningPID(e.r, g.Task)
 
 	// Netns, visible to ip netns, and the program inside it.
-	nsPath := NetnsPath(g.Task)
-	if !hostns.Exists(NetnsName(g.Task)) {
+	nsPath := guest.NetnsPath(g.Task)
+	if !hostns.Exists(guest.NetnsName(g.Task)) {
 		t.Fatalf("%s is not a netns mount", nsPath)
 	}
 	if a, b := inode(t, fmt.Sprintf("/proc/%d/ns/net", pid)), inode(t, nsPath); a != b {
 		t.Errorf("program netns inode %d, guest netns %d", a, b)
 	}
-	out, err := exec.Command("ip", "netns", "exec", NetnsName(g.Task), "ip", "-4", "-o", "addr", "show", "dev", "eth0").CombinedOutput()
+	out, err := exec.Command("ip", "netns", "exec", guest.NetnsName(g.Task), "ip", "-4", "-o", "addr", "show", "dev", "eth0").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), g.Address.String()+"/32") {
 		t.Errorf("ip netns exec: %v: %s", err, out)
 	}
@@ -246,7 +243,7 @@ func TestEnsureCreatesGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hl.Attrs().MTU != DefaultMTU || hl.Attrs().Flags&net.FlagUp == 0 {
+	if hl.Attrs().MTU != guest.DefaultMTU || hl.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("host end: mtu %d flags %v", hl.Attrs().MTU, hl.Attrs().Flags)
 	}
 	var proxyARP string
@@ -265,7 +262,7 @@ func TestEnsureCreatesGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if eth.Attrs().MTU != DefaultMTU || eth.Attrs().Flags&net.FlagUp == 0 {
+	if eth.Attrs().MTU != guest.DefaultMTU || eth.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("guest eth0: mtu %d flags %v", eth.Attrs().MTU, eth.Attrs().Flags)
 	}
 	if lo, _ := gh.LinkByName("lo"); lo == nil || lo.Attrs().Flags&net.FlagUp == 0 {
@@ -281,7 +278,7 @@ func TestEnsureCreatesGuest(t *testing.T) {
 		switch {
 		case r.Dst != nil && r.Dst.String() == "169.254.1.1/32" && r.Scope == netlink.SCOPE_LINK:
 			gwRoute = true
-		case (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.Gw.String() == GatewayAddr && r.Flags&int(netlink.FLAG_ONLINK) != 0:
+		case (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.Gw.String() == guest.GatewayAddr && r.Flags&int(netlink.FLAG_ONLINK) != 0:
 			defRoute = true
 		}
 	}
@@ -291,25 +288,25 @@ func TestEnsureCreatesGuest(t *testing.T) {
 
 	// Cgroup limits, read back from the kernel, and membership.
 	cg := e.r.cgroup(g.Task)
-	if e.r.layout.Version == cgroupV1 {
-		if q := readTrim(t, filepath.Join(cg.dir("cpu"), "cpu.cfs_quota_us")); q != "25000" {
+	if !e.r.cgroups.Unified() {
+		if q := readTrim(t, filepath.Join(cg.Dir("cpu"), "cpu.cfs_quota_us")); q != "25000" {
 			t.Errorf("cpu.cfs_quota_us = %s, want 25000", q)
 		}
-		if p := readTrim(t, filepath.Join(cg.dir("cpu"), "cpu.cfs_period_us")); p != "100000" {
+		if p := readTrim(t, filepath.Join(cg.Dir("cpu"), "cpu.cfs_period_us")); p != "100000" {
 			t.Errorf("cpu.cfs_period_us = %s", p)
 		}
-		if m := readTrim(t, filepath.Join(cg.dir("memory"), "memory.limit_in_bytes")); m != "67108864" {
+		if m := readTrim(t, filepath.Join(cg.Dir("memory"), "memory.limit_in_bytes")); m != "67108864" {
 			t.Errorf("memory.limit_in_bytes = %s", m)
 		}
 	} else {
-		if c := readTrim(t, filepath.Join(cg.dir(""), "cpu.max")); c != "25000 100000" {
+		if c := readTrim(t, filepath.Join(cg.Dir(""), "cpu.max")); c != "25000 100000" {
 			t.Errorf("cpu.max = %s", c)
 		}
-		if m := readTrim(t, filepath.Join(cg.dir(""), "memory.max")); m != "67108864" {
+		if m := readTrim(t, filepath.Join(cg.Dir(""), "memory.max")); m != "67108864" {
 			t.Errorf("memory.max = %s", m)
 		}
 	}
-	for _, d := range cg.dirs() {
+	for _, d := range cg.Dirs() {
 		if procs := readTrim(t, filepath.Join(d, "cgroup.procs")); procs != strconv.Itoa(pid) {
 			t.Errorf("%s/cgroup.procs = %q, want %d", d, procs, pid)
 		}
@@ -317,21 +314,21 @@ func TestEnsureCreatesGuest(t *testing.T) {
 
 	// Environment.
 	environ := procEnviron(t, pid)
-	for _, kv := range []string{"CORRIDOR_TASK=" + g.Task, "CORRIDOR_CLASS=web", "PATH=" + DefaultPath, "HOME=/"} {
+	for _, kv := range []string{"CORRIDOR_TASK=" + g.Task, "CORRIDOR_CLASS=web", "PATH=" + guest.DefaultPath, "HOME=/"} {
 		if !contains(environ, kv) {
 			t.Errorf("program env lacks %s: %v", kv, environ)
 		}
 	}
 	// Log: stdout and stderr, served by TailLog.
 	waitFor(t, "program output in task.log", 5*time.Second, func() bool {
-		b, _ := os.ReadFile(LogPath(e.cfg.StateDir, g.Task))
+		b, _ := os.ReadFile(guest.LogPath(e.cfg.StateDir, g.Task))
 		return bytes.Contains(b, []byte("hello from "+g.Task+"\nto stderr\n"))
 	})
 	var tail bytes.Buffer
-	if err := TailLog(e.cfg.StateDir, g.Task, 2, false, &tail); err != nil || tail.String() != "hello from "+g.Task+"\nto stderr\n" {
+	if err := guest.TailLog(e.cfg.StateDir, g.Task, 2, false, &tail); err != nil || tail.String() != "hello from "+g.Task+"\nto stderr\n" {
 		t.Errorf("TailLog = %q, %v", tail.String(), err)
 	}
-	if !strings.HasPrefix(readTrim(t, LogPath(e.cfg.StateDir, g.Task)), time.Now().UTC().Format("2006-")) {
+	if !strings.HasPrefix(readTrim(t, guest.LogPath(e.cfg.StateDir, g.Task)), time.Now().UTC().Format("2006-")) {
 		t.Error("task.log does not start with the agent's start line")
 	}
 
@@ -358,8 +355,8 @@ func TestEnsureCreatesGuest(t *testing.T) {
 	if _, err := gh.LinkByName("eth0"); err != nil {
 		t.Errorf("guest eth0 not recreated: %v", err)
 	}
-	if e.r.layout.Version == cgroupV1 {
-		if m := readTrim(t, filepath.Join(cg.dir("memory"), "memory.limit_in_bytes")); m != strconv.Itoa(96<<20) {
+	if !e.r.cgroups.Unified() {
+		if m := readTrim(t, filepath.Join(cg.Dir("memory"), "memory.limit_in_bytes")); m != strconv.Itoa(96<<20) {
 			t.Errorf("memory limit not updated: %s", m)
 		}
 	}
@@ -384,7 +381,7 @@ func TestEnsureCreatesGuest(t *testing.T) {
 func checkHostRoute(t *testing.T, e *env, g compile.Guest, want bool) {
 	t.Helper()
 	routes, err := e.hostHandle().RouteListFiltered(netlink.FAMILY_V4,
-		&netlink.Route{Dst: prefixIPNet(netip.PrefixFrom(g.Address, 32))}, netlink.RT_FILTER_DST)
+		&netlink.Route{Dst: guest.PrefixIPNet(netip.PrefixFrom(g.Address, 32))}, netlink.RT_FILTER_DST)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,18 +404,18 @@ func checkGone(t *testing.T, e *env, g compile.Guest, pids ...int) {
 			t.Errorf("process %d still runs", pid)
 		}
 	}
-	if _, err := os.Lstat(NetnsPath(g.Task)); !os.IsNotExist(err) {
+	if _, err := os.Lstat(guest.NetnsPath(g.Task)); !os.IsNotExist(err) {
 		t.Errorf("netns file still there: %v", err)
 	}
 	if _, err := e.hostHandle().LinkByName(g.HostIf); err == nil {
 		t.Errorf("host veth %s still there", g.HostIf)
 	}
-	for _, d := range e.r.cgroup(g.Task).dirs() {
+	for _, d := range e.r.cgroup(g.Task).Dirs() {
 		if _, err := os.Stat(d); !os.IsNotExist(err) {
 			t.Errorf("cgroup %s still there", d)
 		}
 	}
-	if _, err := os.Stat(TaskDir(e.cfg.StateDir, g.Task)); !os.IsNotExist(err) {
+	if _, err := os.Stat(guest.TaskDir(e.cfg.StateDir, g.Task)); !os.IsNotExist(err) {
 		t.Errorf("state dir still there")
 	}
 	checkHostRoute(t, e, g, false)
@@ -440,7 +437,7 @@ func TestGuestToGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "helper listening", 10*time.Second, func() bool {
-		b, _ := os.ReadFile(LogPath(e.cfg.StateDir, b.Task))
+		b, _ := os.ReadFile(guest.LogPath(e.cfg.StateDir, b.Task))
 		return bytes.Contains(b, []byte("helper listening"))
 	})
 
@@ -465,7 +462,7 @@ func TestGuestToGuest(t *testing.T) {
 
 	// ...and from a user's shell with ip netns exec.
 	if _, err := exec.LookPath("curl"); err == nil {
-		out, err := exec.Command("ip", "netns", "exec", NetnsName(a.Task), "curl", "-s", "-m", "3",
+		out, err := exec.Command("ip", "netns", "exec", guest.NetnsName(a.Task), "curl", "-s", "-m", "3",
 			"http://"+b.Address.String()+":8080/").CombinedOutput()
 		if err != nil || string(out) != b.Task {
 			t.Errorf("ip netns exec curl: %v: %q", err, out)
@@ -506,7 +503,7 @@ func TestRestartBackoff(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	st = e.r.Status(g.Task)
-	runs := bytes.Count(mustRead(t, LogPath(e.cfg.StateDir, g.Task)), []byte("run\n"))
+	runs := bytes.Count(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("run\n"))
 	// Every exit is one restart; the program may be between a start and
 	// its exit when counted.
 	if runs != st.Restarts && runs != st.Restarts+1 {
@@ -541,14 +538,14 @@ func mustRead(t *testing.T, p string) []byte {
 func TestRemoveStopsProgram(t *testing.T) {
 	// A grace period long enough that a loaded machine's slow cleanup is
 	// not taken for a SIGKILL.
-	e := newEnv(t, func(c *NetnsConfig) { c.Grace = 3 * time.Second })
+	e := newEnv(t, func(c *Config) { c.Grace = 3 * time.Second })
 	polite := e.guest("polite", "sh", "-c", `trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.05; done`)
 	stubborn := e.guest("stubborn", "sh", "-c", `trap '' TERM; echo ready; while :; do sleep 0.05; done`)
 	e.ensure(polite)
 	e.ensure(stubborn)
 	for _, g := range []compile.Guest{polite, stubborn} {
 		waitFor(t, g.Task+" ready", 5*time.Second, func() bool {
-			return bytes.Contains(mustRead(t, LogPath(e.cfg.StateDir, g.Task)), []byte("ready"))
+			return bytes.Contains(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("ready"))
 		})
 	}
 	pPolite, pStubborn := e.runningPID(e.r, polite.Task), e.runningPID(e.r, stubborn.Task)
@@ -559,7 +556,7 @@ func TestRemoveStopsProgram(t *testing.T) {
 		var buf bytes.Buffer
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
-		TailLogContext(ctx, e.cfg.StateDir, polite.Task, -1, true, &syncWriter{&buf, logDone})
+		guest.TailLogContext(ctx, e.cfg.StateDir, polite.Task, -1, true, &syncWriter{&buf, logDone})
 	}()
 	start := time.Now()
 	if err := e.r.Remove(context.Background(), polite.Task); err != nil {
@@ -625,7 +622,7 @@ func TestReadoption(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(list) != 1 || list[0].Task != g.Task || list[0].PID != pid || len(list[0].Missing) != 0 ||
-		list[0].HostIf != g.HostIf || list[0].Address != g.Address || list[0].Netns != NetnsName(g.Task) {
+		list[0].HostIf != g.HostIf || list[0].Address != g.Address || list[0].Netns != guest.NetnsName(g.Task) {
 		t.Fatalf("List after restart = %+v, want %s with pid %d", list, g.Task, pid)
 	}
 	if st := r2.Status(g.Task); st.State != api.TaskRunning {
@@ -639,7 +636,7 @@ func TestReadoption(t *testing.T) {
 	if procs := e.r.cgroup(g.Task).Procs(); len(procs) != 1 || procs[0] != pid {
 		t.Errorf("cgroup holds %v, want only %d", procs, pid)
 	}
-	if n := bytes.Count(mustRead(t, LogPath(e.cfg.StateDir, g.Task)), []byte("started\n")); n != 1 {
+	if n := bytes.Count(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("started\n")); n != 1 {
 		t.Errorf("program started %d times", n)
 	}
 
@@ -675,7 +672,7 @@ func TestEnvChangeRestarts(t *testing.T) {
 	e.ensure(g2)
 	var pid2 int
 	waitFor(t, "restart with the new env", 10*time.Second, func() bool {
-		pid2 = e.r.tasks[g.Task].sup.PID()
+		pid2 = func() int { tk, _ := e.r.tasks.Get(g.Task); return tk.sup.PID() }()
 		return pid2 > 0 && pid2 != pid1
 	})
 	if !gone(pid1) {
@@ -685,7 +682,7 @@ func TestEnvChangeRestarts(t *testing.T) {
 		t.Errorf("new program env: %v", procEnviron(t, pid2))
 	}
 	waitFor(t, "new env in the log", 5*time.Second, func() bool {
-		return bytes.Contains(mustRead(t, LogPath(e.cfg.StateDir, g.Task)), []byte("peers=100.64.0.5,100.64.0.6\n"))
+		return bytes.Contains(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("peers=100.64.0.5,100.64.0.6\n"))
 	})
 	if st := e.r.Status(g.Task); st.Restarts != 0 || st.State != api.TaskRunning {
 		t.Errorf("a wanted restart counted as a crash: %+v", st)
@@ -700,11 +697,11 @@ func TestEnvChangeRestarts(t *testing.T) {
 
 // TestCorridorBinary: a command named "corridor" runs Config.Binary.
 func TestCorridorBinary(t *testing.T) {
-	e := newEnv(t, func(c *NetnsConfig) { c.Binary = "/bin/echo" })
+	e := newEnv(t, func(c *Config) { c.Binary = "/bin/echo" })
 	g := e.guest("self", "corridor", "agent-says-hi")
 	e.ensure(g)
 	waitFor(t, "echo output", 5*time.Second, func() bool {
-		return bytes.Contains(mustRead(t, LogPath(e.cfg.StateDir, g.Task)), []byte("agent-says-hi\n"))
+		return bytes.Contains(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("agent-says-hi\n"))
 	})
 	// A missing program is an Ensure error, and Status says why.
 	bad := e.guest("bad", "no-such-program-here")

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
@@ -21,32 +20,23 @@ import (
 // qemuRecord is the pidfile of a running QEMU, which lets the next agent
 // adopt it.
 type qemuRecord struct {
-	guest.ProcID
-	Hash      string    `json:"hash"`      // of what it runs (argv)
-	Accel     string    `json:"accel"`     // kvm or tcg
-	LogOffset int64     `json:"logOffset"` // console log size when it started
-	Started   time.Time `json:"started"`
+	guest.ProcRecord
+	Accel     string `json:"accel"`     // kvm or tcg
+	LogOffset int64  `json:"logOffset"` // console log size when it started
 }
 
 func readRecord(dir string) (qemuRecord, error) {
 	var rec qemuRecord
-	b, err := os.ReadFile(filepath.Join(dir, pidFile))
-	if err != nil {
-		return rec, err
-	}
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return rec, fmt.Errorf("%s: %w", filepath.Join(dir, pidFile), err)
-	}
-	return rec, nil
+	err := guest.ReadJSON(filepath.Join(dir, pidFile), &rec)
+	return rec, err
 }
 
 // qemuProc is a QEMU the runtime watches: its own child or one adopted
-// from an earlier agent.
+// from an earlier agent. It is a guest.Program.
 type qemuProc struct {
 	qemuRecord
 	*guest.Exit
-	qmp    string // QMP socket path
-	killed string // why the runtime killed it, which Exit cannot know
+	qmp string // QMP socket path
 }
 
 func watchChild(cmd *exec.Cmd, rec qemuRecord, qmp string) *qemuProc {
@@ -62,26 +52,24 @@ func adopt(rec qemuRecord, qmp string) (*qemuProc, error) {
 	return &qemuProc{qemuRecord: rec, Exit: e, qmp: qmp}, nil
 }
 
-// status says why QEMU ended; valid once Done is closed.
-func (p *qemuProc) status() string {
-	if p.killed != "" {
-		return p.killed
-	}
-	return p.Status()
-}
+// Record implements guest.Program.
+func (p *qemuProc) Record() guest.ProcRecord { return p.ProcRecord }
 
-// stop asks the guest to power off (ACPI power button through QMP: the
+// End asks the guest to power off (ACPI power button through QMP: the
 // guest init sends its task SIGTERM), then kills QEMU once grace has
 // passed.
-func (p *qemuProc) stop(grace time.Duration) {
+func (p *qemuProc) End(grace time.Duration) {
 	p.Stop(grace,
 		func() {
 			if err := qmpCommand(p.qmp, "system_powerdown", 2*time.Second); err != nil {
 				_ = syscall.Kill(p.PID, syscall.SIGTERM)
 			}
 		},
-		func() { _ = syscall.Kill(p.PID, syscall.SIGKILL) })
+		p.Kill)
 }
+
+// Kill implements guest.Program: SIGKILL to QEMU.
+func (p *qemuProc) Kill() { _ = syscall.Kill(p.PID, syscall.SIGKILL) }
 
 // qmpCommand runs one QMP command without arguments and waits for its
 // answer.

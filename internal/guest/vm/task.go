@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,8 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/corridor-dev/corridor/internal/api"
-	"github.com/corridor-dev/corridor/internal/atomicfile"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/image"
 	"github.com/corridor-dev/corridor/internal/nsrun"
@@ -22,6 +19,10 @@ import (
 // as a first one again (backoff back to the minimum).
 const stableRun = 30 * time.Second
 
+// readyPoll is how often a booting VM's console is read for the ready
+// line.
+const readyPoll = 100 * time.Millisecond
+
 // launch is one way of starting a task's QEMU.
 type launch struct {
 	args      []string
@@ -30,34 +31,52 @@ type launch struct {
 	resources spec.Resources // the class's: QEMU's cgroup gets these plus QEMUOverhead
 }
 
-// vmTask supervises one guest's QEMU: starts it, watches the console for
-// the ready line, restarts it with backoff when it exits, restarts it
-// when what it should run changes, and stops it on request.
+// vmTask is one guest's QEMU under the shared supervisor (guest.Supervisor):
+// it starts QEMU, is ready once the console shows the ready line, and is
+// restarted with backoff when it exits or when what it should run changes.
 type vmTask struct {
 	r    *Runtime
 	task string
 	dir  string
-
-	wake     chan struct{}
-	stopc    chan struct{}
-	detachc  chan struct{}
-	done     chan struct{}
-	firstTry chan struct{}
-	firstErr error
-	once     sync.Once
+	sup  *guest.Supervisor
 
 	mu   sync.Mutex
 	want launch
-	st   api.TaskStatus
 }
 
-func newTask(r *Runtime, task, dir string, want launch) *vmTask {
-	return &vmTask{
-		r: r, task: task, dir: dir, want: want,
-		wake: make(chan struct{}, 1), stopc: make(chan struct{}), detachc: make(chan struct{}),
-		done: make(chan struct{}), firstTry: make(chan struct{}),
-		st: api.TaskStatus{Task: task, Runtime: "vm-" + want.accel, State: api.TaskStarting, Since: time.Now()},
+// newTask returns the task's supervisor, not yet running; adopted is the
+// QEMU of an earlier agent, or nil.
+func newTask(r *Runtime, task, dir string, want launch, adopted *qemuProc) *vmTask {
+	t := &vmTask{r: r, task: task, dir: dir, want: want}
+	accel := want.accel
+	if adopted != nil {
+		accel = adopted.Accel
 	}
+	t.sup = guest.NewSupervisor(guest.SupervisorConfig{
+		Task: task, Runtime: "vm-" + accel, Noun: "VM",
+		Changed: "command, environment or boot files changed",
+		Log:     r.log, Policy: r.policy, StableRun: stableRun,
+		Start: func() (guest.Program, error) {
+			p, err := t.start(t.wanted())
+			if err != nil {
+				return nil, err
+			}
+			return p, nil
+		},
+		WantHash:  func() string { return t.wanted().hash },
+		AfterExit: func() { os.Remove(filepath.Join(dir, pidFile)) },
+		Detail: func(p guest.Program) string {
+			return "console: " + consoleTail(t.logPath(), p.(*qemuProc).LogOffset, consoleLines)
+		},
+		Ready: &guest.Readiness{
+			Check: func(p guest.Program) bool {
+				return consoleHas(t.logPath(), p.(*qemuProc).LogOffset, image.ReadyLine)
+			},
+			Every:   readyPoll,
+			Timeout: r.cfg.BootTimeout,
+		},
+	})
+	return t
 }
 
 func (t *vmTask) setWant(w launch) {
@@ -66,10 +85,7 @@ func (t *vmTask) setWant(w launch) {
 	t.want = w
 	t.mu.Unlock()
 	if changed {
-		select {
-		case t.wake <- struct{}{}:
-		default:
-		}
+		t.sup.Poke()
 	}
 }
 
@@ -79,47 +95,11 @@ func (t *vmTask) wanted() launch {
 	return t.want
 }
 
-func (t *vmTask) set(state, msg, accel string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.st.State != state {
-		t.st.Since = time.Now()
-	}
-	t.st.State, t.st.Message = state, msg
-	if accel != "" {
-		t.st.Runtime = "vm-" + accel
-	}
-}
-
-func (t *vmTask) status() api.TaskStatus {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.st
-}
-
-func (t *vmTask) stop() {
-	t.once.Do(func() { close(t.stopc) })
-	<-t.done
-}
-
-func (t *vmTask) detach() {
-	t.once.Do(func() { close(t.detachc) })
-	<-t.done
-}
-
-func (t *vmTask) markFirst(err error) {
-	select {
-	case <-t.firstTry:
-	default:
-		t.firstErr = err
-		close(t.firstTry)
-	}
-}
-
-func (t *vmTask) logPath() string { return filepath.Join(t.dir, "task.log") }
+func (t *vmTask) logPath() string { return guest.LogPath(t.r.cfg.StateDir, t.task) }
 
 // start launches QEMU in the host namespace.
 func (t *vmTask) start(w launch) (*qemuProc, error) {
+	t.sup.SetRuntime("vm-" + w.accel)
 	log := t.logPath()
 	qmp := filepath.Join(t.dir, qmpFile)
 	os.Remove(qmp)
@@ -143,135 +123,14 @@ func (t *vmTask) start(w launch) (*qemuProc, error) {
 		return nil, fmt.Errorf("start %s: %w", t.r.cfg.QEMU, err)
 	}
 	t.confine(cmd.Process.Pid, w.resources)
-	rec := qemuRecord{ProcID: guest.ProcIDOf(cmd.Process.Pid), Hash: w.hash, Accel: w.accel, LogOffset: off, Started: time.Now()}
-	if b, err := json.Marshal(rec); err == nil {
-		if err := atomicfile.Write(filepath.Join(t.dir, pidFile), b, 0o644); err != nil {
-			t.r.log.Warn("pidfile not written: an agent restart will not find the VM", "task", t.task, "err", err)
-		}
+	rec := qemuRecord{
+		ProcRecord: guest.ProcRecord{ProcID: guest.ProcIDOf(cmd.Process.Pid), Hash: w.hash, Started: time.Now()},
+		Accel:      w.accel, LogOffset: off,
+	}
+	if err := guest.WriteJSON(filepath.Join(t.dir, pidFile), rec, false); err != nil {
+		t.r.log.Warn("pidfile not written: an agent restart will not find the VM", "task", t.task, "err", err)
 	}
 	return watchChild(cmd, rec, qmp), nil
-}
-
-// run is the supervision loop; p is an adopted QEMU or nil.
-func (t *vmTask) run(p *qemuProc) {
-	defer close(t.done)
-	defer t.markFirst(nil)
-	log := t.r.log
-	delay := t.r.cfg.BackoffMin
-	for {
-		w := t.wanted()
-		if p != nil && p.Hash != w.hash {
-			log.Info("VM changed, restarting", "task", t.task, "pid", p.PID)
-			t.set(api.TaskStarting, "command, environment or boot files changed; restarting", "")
-			p.stop(t.r.cfg.Grace)
-			p, delay = nil, t.r.cfg.BackoffMin
-		}
-		if p == nil {
-			np, err := t.start(w)
-			t.markFirst(err)
-			if err != nil {
-				log.Warn("VM did not start", "task", t.task, "err", err, "retry_in", delay)
-				t.set(api.TaskFailed, fmt.Sprintf("start failed: %v; retrying in %s", err, delay), w.accel)
-				if !t.sleep(delay) {
-					return
-				}
-				delay = guest.NextBackoff(delay, t.r.cfg.BackoffMin, t.r.cfg.BackoffMax)
-				continue
-			}
-			p = np
-			log.Info("VM started", "task", t.task, "pid", p.PID, "accel", w.accel)
-		}
-		ready := consoleHas(t.logPath(), p.LogOffset, image.ReadyLine)
-		if ready {
-			t.set(api.TaskRunning, "", p.Accel)
-		} else {
-			t.set(api.TaskStarting, "booting", p.Accel)
-		}
-		if !t.watch(p, ready) {
-			return
-		}
-		if p.Gone() {
-			ran := time.Since(p.Started)
-			if ran >= stableRun {
-				delay = t.r.cfg.BackoffMin
-			}
-			t.mu.Lock()
-			t.st.Restarts++
-			t.mu.Unlock()
-			tail := consoleTail(t.logPath(), p.LogOffset, consoleLines)
-			msg := fmt.Sprintf("%s after %s; restarting in %s; console: %s", p.status(), ran.Round(time.Millisecond), delay, tail)
-			log.Warn("VM ended", "task", t.task, "pid", p.PID, "status", p.status(), "restart_in", delay)
-			t.set(api.TaskFailed, msg, "")
-			p = nil
-			if !t.sleep(delay) {
-				return
-			}
-			delay = guest.NextBackoff(delay, t.r.cfg.BackoffMin, t.r.cfg.BackoffMax)
-		}
-	}
-}
-
-// watch waits on a running QEMU: for the ready line while booting, for
-// its exit, for a change of what it should run, or for stop or detach.
-// It returns false when run must return.
-func (t *vmTask) watch(p *qemuProc, ready bool) bool {
-	poll := time.NewTicker(100 * time.Millisecond)
-	defer poll.Stop()
-	deadline := time.Now().Add(t.r.cfg.BootTimeout)
-	for {
-		select {
-		case <-p.Done():
-			return true
-		case <-t.wake:
-			return true
-		case <-t.stopc:
-			t.set(api.TaskStopped, "stopping", "")
-			p.stop(t.r.cfg.Grace)
-			p.Release()
-			os.Remove(filepath.Join(t.dir, pidFile))
-			t.set(api.TaskStopped, "", "")
-			return false
-		case <-t.detachc:
-			p.Release()
-			return false
-		case <-poll.C:
-			if ready {
-				continue
-			}
-			if consoleHas(t.logPath(), p.LogOffset, image.ReadyLine) {
-				ready = true
-				t.set(api.TaskRunning, "", p.Accel)
-				t.r.log.Info("VM ready", "task", t.task, "pid", p.PID, "boot", time.Since(p.Started).Round(time.Millisecond))
-				continue
-			}
-			if time.Now().After(deadline) {
-				tail := consoleTail(t.logPath(), p.LogOffset, consoleLines)
-				t.r.log.Warn("VM not ready in time, killing it", "task", t.task, "timeout", t.r.cfg.BootTimeout)
-				t.set(api.TaskFailed, fmt.Sprintf("not ready within %s; console: %s", t.r.cfg.BootTimeout, tail), "")
-				_ = syscall.Kill(p.PID, syscall.SIGKILL)
-				<-p.Done()
-				p.killed = fmt.Sprintf("not ready within %s (killed)", t.r.cfg.BootTimeout)
-				return true
-			}
-		}
-	}
-}
-
-// sleep waits d; false means run must return.
-func (t *vmTask) sleep(d time.Duration) bool {
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return true
-	case <-t.wake:
-		return true
-	case <-t.stopc:
-		t.set(api.TaskStopped, "", "")
-		return false
-	case <-t.detachc:
-		return false
-	}
 }
 
 // QEMUOverhead is what QEMU itself needs beyond the guest's RAM (its own

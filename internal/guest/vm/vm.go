@@ -20,7 +20,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,7 +28,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/corridor-dev/corridor/internal/api"
-	"github.com/corridor-dev/corridor/internal/atomicfile"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/image"
@@ -66,8 +64,8 @@ type Config struct {
 	// HostNetns is the path of the host's network namespace (where taps
 	// and routes live, and where QEMU runs); empty means the caller's.
 	HostNetns string
-	// StateDir holds one directory per task (guest.Name(task)): vm.json,
-	// qemu.json, qmp.sock and task.log (the serial console). It must not
+	// StateDir holds one directory per task (guest.TaskDir): vm.json,
+	// qemu.json, qmp.sock, probe.sock and task.log (the serial console). It must not
 	// be the netns runtime's StateDir. Required.
 	StateDir string
 	// Image is the default guest image directory (image.DefaultOut): its
@@ -87,27 +85,21 @@ type Config struct {
 
 // Runtime is the VM guest runtime. It implements guest.Runtime.
 type Runtime struct {
-	cfg  Config
-	log  *slog.Logger
-	host *guest.HostNet
+	cfg    Config
+	policy guest.Policy
+	log    *slog.Logger
+	host   *guest.HostNet
 
 	accelOnce sync.Once
 	accelName string
 	accelWhy  string
 
 	ops   sync.Mutex // serialises Ensure and Remove
-	mu    sync.Mutex
-	tasks map[string]*vmTask
+	mu    sync.Mutex // guards accelName and accelWhy
+	tasks guest.Tasks[*vmTask]
 }
 
 var _ guest.Runtime = (*Runtime)(nil)
-
-// vmRecord is vm.json: what the guest was last ensured as.
-type vmRecord struct {
-	Task    string        `json:"task"`
-	Runtime string        `json:"runtime"`
-	Guest   compile.Guest `json:"guest"`
-}
 
 // New opens the host namespace and returns the runtime. Close leaves the
 // VMs running; a new runtime on the same StateDir adopts them.
@@ -140,18 +132,11 @@ func New(cfg Config) (*Runtime, error) {
 	if cfg.ProbeTimeout <= 0 {
 		cfg.ProbeTimeout = DefaultProbeTimeout
 	}
-	if cfg.BackoffMin <= 0 {
-		cfg.BackoffMin = guest.DefaultBackoffMin
+	policy, err := guest.Policy{BackoffMin: cfg.BackoffMin, BackoffMax: cfg.BackoffMax, Grace: cfg.Grace}.WithDefaults(DefaultGrace)
+	if err != nil {
+		return nil, fmt.Errorf("vm: %w", err)
 	}
-	if cfg.BackoffMax <= 0 {
-		cfg.BackoffMax = guest.DefaultBackoffMax
-	}
-	if cfg.BackoffMax < cfg.BackoffMin {
-		return nil, fmt.Errorf("vm: BackoffMax %s is below BackoffMin %s", cfg.BackoffMax, cfg.BackoffMin)
-	}
-	if cfg.Grace <= 0 {
-		cfg.Grace = DefaultGrace
-	}
+	cfg.BackoffMin, cfg.BackoffMax, cfg.Grace = policy.BackoffMin, policy.BackoffMax, policy.Grace
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -165,17 +150,13 @@ func New(cfg Config) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Runtime{cfg: cfg, log: cfg.Logger.With("runtime", spec.RuntimeVM), host: host, tasks: map[string]*vmTask{}}, nil
+	return &Runtime{cfg: cfg, policy: policy, log: cfg.Logger.With("runtime", spec.RuntimeVM), host: host}, nil
 }
 
 // Close stops supervising and leaves the VMs running.
 func (r *Runtime) Close() error {
-	r.mu.Lock()
-	tasks := r.tasks
-	r.tasks = map[string]*vmTask{}
-	r.mu.Unlock()
-	for _, t := range tasks {
-		t.detach()
+	for _, t := range r.tasks.TakeAll() {
+		t.sup.Detach()
 	}
 	return r.host.Close()
 }
@@ -281,7 +262,7 @@ func (r *Runtime) qemuArgs(g compile.Guest, bf bootFiles, accel, dir string) ([]
 		"-kernel", bf.Kernel, "-append", cl,
 		"-netdev", "tap,id=n0,ifname="+g.HostIf+",script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=n0,mac="+guestMAC(g.Task).String(),
-		"-chardev", "file,id=con,path="+filepath.Join(dir, "task.log")+",append=on",
+		"-chardev", "file,id=con,path="+filepath.Join(dir, guest.LogFile)+",append=on",
 		"-serial", "chardev:con",
 		"-qmp", "unix:"+filepath.Join(dir, qmpFile)+",server=on,wait=off",
 		// The probe port: verify's probes from this guest go through it
@@ -330,12 +311,8 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("guest %s: state dir: %w", g.Task, err)
 	}
-	rec, err := json.MarshalIndent(vmRecord{Task: g.Task, Runtime: spec.RuntimeVM, Guest: g}, "", "  ")
-	if err != nil {
+	if err := guest.WriteJSON(filepath.Join(dir, recordFile), guest.Record{Task: g.Task, Runtime: spec.RuntimeVM, Guest: g}, true); err != nil {
 		return fmt.Errorf("guest %s: %w", g.Task, err)
-	}
-	if err := atomicfile.Write(filepath.Join(dir, recordFile), rec, 0o644); err != nil {
-		return err
 	}
 	bf, err := r.bootFiles(g)
 	if err != nil {
@@ -352,14 +329,10 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	}
 	want := launch{args: args, accel: accel, hash: launchHash(args, bf.ImageHash, tapIndex), resources: g.Resources}
 
-	r.mu.Lock()
-	t := r.tasks[g.Task]
-	r.mu.Unlock()
-	if t != nil {
+	if t, ok := r.tasks.Get(g.Task); ok {
 		t.setWant(want)
 		return nil
 	}
-	t = newTask(r, g.Task, dir, want)
 	var adopted *qemuProc
 	if prev, err := readRecord(dir); err == nil && prev.Alive() {
 		qmp := filepath.Join(dir, qmpFile)
@@ -371,19 +344,14 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 			}
 		}
 	}
-	r.mu.Lock()
-	r.tasks[g.Task] = t
-	r.mu.Unlock()
-	go t.run(adopted)
-	select {
-	case <-t.firstTry:
-		if t.firstErr != nil {
-			return fmt.Errorf("guest %s: %w (retrying with backoff)", g.Task, t.firstErr)
-		}
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	t := newTask(r, g.Task, dir, want, adopted)
+	r.tasks.Put(g.Task, t)
+	if adopted != nil {
+		go t.sup.Run(adopted)
+	} else {
+		go t.sup.Run(nil)
 	}
+	return t.sup.WaitFirst(ctx)
 }
 
 // launchHash names what a QEMU runs: a change restarts it. The tap's
@@ -443,29 +411,24 @@ func (r *Runtime) ensureTap(g compile.Guest) (int, error) {
 func (r *Runtime) Remove(ctx context.Context, task string) error {
 	r.ops.Lock()
 	defer r.ops.Unlock()
-	r.mu.Lock()
-	t := r.tasks[task]
-	delete(r.tasks, task)
-	r.mu.Unlock()
-	if t != nil {
-		t.stop()
+	if t, ok := r.tasks.Take(task); ok {
+		t.sup.Stop()
 	}
 	dir := guest.TaskDir(r.cfg.StateDir, task)
-	b, err := os.ReadFile(filepath.Join(dir, recordFile))
+	rec, err := guest.ReadRecord(dir, recordFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil // not a VM guest of this runtime
 	}
 	// A QEMU never adopted (left by an earlier agent) is stopped the same
 	// way.
-	if rec, err := readRecord(dir); err == nil && rec.Alive() {
-		if p, err := adopt(rec, filepath.Join(dir, qmpFile)); err == nil {
-			p.stop(r.cfg.Grace)
+	if prev, err := readRecord(dir); err == nil && prev.Alive() {
+		if p, err := adopt(prev, filepath.Join(dir, qmpFile)); err == nil {
+			p.End(r.cfg.Grace)
 			p.Release()
 		}
 	}
 	var errs []error
-	var rec vmRecord
-	if err == nil && json.Unmarshal(b, &rec) == nil && rec.Guest.HostIf != "" {
+	if err == nil && rec.Guest.HostIf != "" {
 		if err := r.host.DeleteLink(rec.Guest.HostIf); err != nil {
 			errs = append(errs, err)
 		}
@@ -487,26 +450,14 @@ func (r *Runtime) Remove(ctx context.Context, task string) error {
 
 // List implements guest.Runtime.
 func (r *Runtime) List(ctx context.Context) ([]guest.Info, error) {
-	ents, err := os.ReadDir(r.cfg.StateDir)
+	recs, err := guest.Records(r.cfg.StateDir, recordFile, spec.RuntimeVM)
 	if err != nil {
-		return nil, fmt.Errorf("vm: list %s: %w", r.cfg.StateDir, err)
+		return nil, err
 	}
 	var out []guest.Info
-	for _, e := range ents {
-		if !e.IsDir() {
-			continue
-		}
-		dir := filepath.Join(r.cfg.StateDir, e.Name())
-		b, err := os.ReadFile(filepath.Join(dir, recordFile))
-		if err != nil {
-			continue
-		}
-		var rec vmRecord
-		if err := json.Unmarshal(b, &rec); err != nil || rec.Runtime != spec.RuntimeVM {
-			continue
-		}
+	for _, rec := range recs {
 		in := guest.Info{Task: rec.Task, Runtime: spec.RuntimeVM, Address: rec.Guest.Address, HostIf: rec.Guest.HostIf}
-		if pr, err := readRecord(dir); err == nil && pr.Alive() {
+		if pr, err := readRecord(rec.Dir); err == nil && pr.Alive() {
 			in.PID = pr.PID
 		}
 		if l, err := r.host.Handle().LinkByName(rec.Guest.HostIf); err != nil {
@@ -516,17 +467,13 @@ func (r *Runtime) List(ctx context.Context) ([]guest.Info, error) {
 		}
 		out = append(out, in)
 	}
-	slices.SortFunc(out, func(a, b guest.Info) int { return strings.Compare(a.Task, b.Task) })
 	return out, nil
 }
 
 // Status implements guest.Runtime.
 func (r *Runtime) Status(task string) api.TaskStatus {
-	r.mu.Lock()
-	t := r.tasks[task]
-	r.mu.Unlock()
-	if t != nil {
-		return t.status()
+	if t, ok := r.tasks.Get(task); ok {
+		return t.sup.Status()
 	}
 	st := api.TaskStatus{Task: task, Runtime: spec.RuntimeVM, State: api.TaskPending, Message: "no such guest"}
 	dir := guest.TaskDir(r.cfg.StateDir, task)

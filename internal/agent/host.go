@@ -1,0 +1,352 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/dataplane"
+	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/guest/nsguest"
+	"github.com/corridor-dev/corridor/internal/guest/vm"
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// The agent's host assembly: what `corridor agent` builds on a real host
+// around the reconcile loop (guest runtimes, data plane, local API,
+// prober), from the values of its flags. The CLI parses the flags and
+// calls RunHost or CleanupHost.
+
+// VMsDir is the VM runtime's directory in the agent's state directory,
+// apart from GuestsDir (netns guests): each runtime's Remove owns its own
+// task directories.
+func VMsDir(stateDir string) string { return filepath.Join(stateDir, "vms") }
+
+// TaskLogDirs are the runtimes' state directories in which a task's log
+// may be, netns guests first.
+func TaskLogDirs(stateDir string) []string {
+	return []string{GuestsDir(stateDir), VMsDir(stateDir)}
+}
+
+// TailTaskLog writes the last lines of a task's log (a netns guest's
+// program output, a VM's console) from whichever runtime holds it and,
+// with follow, what is appended until ctx ends. A task with no log gives
+// the netns runtime's error (fs.ErrNotExist).
+func TailTaskLog(ctx context.Context, stateDir, task string, lines int, follow bool, w io.Writer) error {
+	dirs := TaskLogDirs(stateDir)
+	for _, dir := range dirs {
+		if _, err := os.Stat(guest.LogPath(dir, task)); err == nil {
+			return guest.TailLogContext(ctx, dir, task, lines, follow, w)
+		}
+	}
+	return guest.TailLogContext(ctx, dirs[0], task, lines, follow, w)
+}
+
+// GuestMTU is the MTU of guests' links: the underlay's less the larger of
+// the two tunnels' overheads (dataplane.TunnelOverhead), so that a
+// guest's packet fits either path without fragmenting. A jumbo-frame
+// underlay gives guests jumbo frames too; an unknown one gives
+// guest.DefaultMTU.
+func GuestMTU(underlay string, log *slog.Logger) int {
+	const floor = 1280 // the IPv6 minimum
+	if underlay == "" {
+		return guest.DefaultMTU
+	}
+	l, err := netlink.LinkByName(underlay)
+	if err != nil {
+		log.Warn("underlay MTU unknown; guests get the default", "iface", underlay, "mtu", guest.DefaultMTU, "err", err)
+		return guest.DefaultMTU
+	}
+	return max(l.Attrs().MTU-dataplane.TunnelOverhead, floor)
+}
+
+// HostConfig is `corridor agent` on a host: the values of its flags.
+type HostConfig struct {
+	Server                           string // URL of `corridor server`, on the underlay
+	JoinToken, JoinTokenFile, CAFile string
+	Name, StateDir                   string
+	UnderlayIface, Address           string
+	CPU, Memory                      string // capacity as given; empty: the machine's
+	Labels                           map[string]string
+	WireGuardPort                    int
+	WireGuardName                    string
+	WireGuardUserspace               bool
+	Listen                           string // local API address; empty: none
+	VMImage, KVM                     string
+	RepairInterval                   time.Duration
+	Logger                           *slog.Logger
+}
+
+// hostRuntimes opens the guest runtimes and the data plane of this host.
+// close releases their handles; guests and kernel state stay.
+func hostRuntimes(cfg HostConfig, underlay string) (*guest.Manager, *dataplane.Dataplane, func(), error) {
+	log := cfg.Logger
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, nil, nil, fmt.Errorf("--state-dir: %w", err)
+	}
+	mtu := GuestMTU(underlay, log)
+	rt, err := nsguest.New(nsguest.Config{StateDir: GuestsDir(cfg.StateDir), MTU: mtu, Logger: log})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	mgr := guest.NewManager()
+	mgr.Register(spec.RuntimeNetns, rt)
+	closers := []func() error{rt.Close}
+	// VM guests need QEMU; a host without it still runs netns guests, and
+	// a vm task placed on it reports why it cannot start.
+	vmrt, err := vm.New(vm.Config{StateDir: VMsDir(cfg.StateDir), Image: cfg.VMImage, KVM: cfg.KVM, MTU: mtu, Logger: log})
+	if err != nil {
+		log.Warn("vm guests unavailable on this host", "err", err)
+	} else {
+		mgr.Register(spec.RuntimeVM, vmrt)
+		closers = append(closers, vmrt.Close)
+	}
+	closeAll := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	dp, err := dataplane.New(dataplane.Config{
+		StateDir: cfg.StateDir, Underlay: underlay, WireGuardName: cfg.WireGuardName,
+		Userspace: cfg.WireGuardUserspace, Logger: log,
+	})
+	if err != nil {
+		closeAll()
+		return nil, nil, nil, err
+	}
+	return mgr, dp, func() { dp.Close(); closeAll() }, nil
+}
+
+// CleanupHost removes every guest, device and rule the agent made on this
+// host (Cleanup over the host's runtimes and data plane).
+func CleanupHost(ctx context.Context, cfg HostConfig) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+		cfg.Logger = log
+	}
+	mgr, dp, closeAll, err := hostRuntimes(cfg, cfg.UnderlayIface)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	if err := Cleanup(ctx, GuestsOf(mgr), dp.Remove, cfg.StateDir, log); err != nil {
+		return err
+	}
+	log.Info("removed the agent's guests and data plane", "stateDir", cfg.StateDir)
+	return nil
+}
+
+// RunHost runs the agent on this host until ctx ends: it checks the
+// configuration, joins or reconnects, opens the runtimes, the data plane
+// and the local API, and runs the reconcile loop.
+func RunHost(ctx context.Context, cfg HostConfig) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+		cfg.Logger = log
+	}
+	if cfg.Server == "" {
+		return errors.New("--server is required: the URL of `corridor server`, e.g. https://10.0.0.1:7443")
+	}
+	if cfg.JoinToken != "" && cfg.JoinTokenFile != "" {
+		return errors.New("--join-token and --join-token-file: give one, not both")
+	}
+	if cfg.WireGuardPort < 1 || cfg.WireGuardPort > 65535 {
+		return fmt.Errorf("--wireguard-port: %d is not from 1 to 65535", cfg.WireGuardPort)
+	}
+	if cfg.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("--name not given and no host name: %w", err)
+		}
+		cfg.Name = h
+	}
+	capacity, err := MachineCapacity(cfg.CPU, cfg.Memory)
+	if err != nil {
+		return err
+	}
+	labels := maps.Clone(cfg.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+
+	iface, addr, err := underlayOf(cfg.UnderlayIface, cfg.Address)
+	if err != nil {
+		return err
+	}
+	serverAddrs, err := serverAddresses(ctx, cfg.Server)
+	if err != nil {
+		return err
+	}
+	if err := CheckControlRoute(nil, serverAddrs, []string{cfg.WireGuardName, dataplane.VXLANName}); err != nil {
+		return err
+	}
+
+	token := cfg.JoinToken
+	if cfg.JoinTokenFile != "" {
+		b, err := os.ReadFile(cfg.JoinTokenFile)
+		if err != nil {
+			return fmt.Errorf("--join-token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	var bootstrap ControlPlane
+	if token != "" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.CAFile != "" {
+			caPEM, err := os.ReadFile(cfg.CAFile)
+			if err != nil {
+				return fmt.Errorf("--ca: %w", err)
+			}
+			if tc.RootCAs, err = api.CAPool(caPEM); err != nil {
+				return fmt.Errorf("--ca %s: %w", cfg.CAFile, err)
+			}
+		}
+		// The token goes in the join request, not in a header.
+		c, err := api.NewClient(cfg.Server, "", tc)
+		if err != nil {
+			return fmt.Errorf("--server: %w", err)
+		}
+		bootstrap = c
+	}
+	server := cfg.Server
+	connect := func(id *Identity) (ControlPlane, error) {
+		tc, err := api.AgentTLS(id.CertPEM, id.KeyPEM, id.CAPEM)
+		if err != nil {
+			return nil, err
+		}
+		return api.NewClient(server, "", tc)
+	}
+
+	mgr, dp, closeAll, err := hostRuntimes(cfg, iface)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+
+	var ln net.Listener
+	if cfg.Listen != "" {
+		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("--listen: %w", err)
+		}
+	}
+	stateDir := cfg.StateDir
+	prober := &Prober{
+		GuestNetns: guest.NetnsPath,
+		Channel:    func(task string) string { return vm.ProbeSocket(VMsDir(stateDir), task) },
+	}
+	a, err := New(Config{
+		Name: cfg.Name, StateDir: stateDir,
+		Address: addr, UnderlayIface: iface,
+		WireGuardPort: cfg.WireGuardPort,
+		Capacity:      capacity, Labels: labels,
+		JoinToken: token, Bootstrap: bootstrap, Connect: connect,
+		Guests: GuestsOf(mgr), Dataplane: DataplaneOf(dp),
+		ServerAddrs: serverAddrs,
+		Listener:    ln,
+		Logs: func(ctx context.Context, task string, lines int, follow bool, w io.Writer) error {
+			return TailTaskLog(ctx, stateDir, task, lines, follow, w)
+		},
+		Probe:             prober.Probe,
+		RepairInterval:    cfg.RepairInterval,
+		Runtimes:          mgr.Names(),
+		ValidateDataplane: dataplane.Validate,
+		Logger:            log,
+	})
+	if err != nil {
+		return err
+	}
+	prober.LocalAddr = a.LocalGuest
+	prober.PeerUnderlay = a.PeerUnderlay
+	log.Info("corridor agent starting", "name", cfg.Name, "address", addr, "underlay", iface,
+		"server", cfg.Server, "stateDir", stateDir, "wireguard", cfg.WireGuardName, "publicKey", dp.PublicKey().String())
+	return a.Run(ctx)
+}
+
+// underlayOf resolves the underlay interface and address from the flags.
+func underlayOf(iface, address string) (string, netip.Addr, error) {
+	if address == "" {
+		name, addr, err := UnderlayAddr(nil, iface)
+		if err != nil {
+			return "", netip.Addr{}, fmt.Errorf("underlay: %w", err)
+		}
+		return name, addr, nil
+	}
+	addr, err := netip.ParseAddr(address)
+	if err != nil {
+		return "", netip.Addr{}, fmt.Errorf("--address: %q is not an IP address", address)
+	}
+	if iface == "" {
+		if iface, err = InterfaceOf(nil, addr); err != nil {
+			return "", netip.Addr{}, fmt.Errorf("--address: %w", err)
+		}
+	}
+	return iface, addr, nil
+}
+
+// serverAddresses resolves the server URL's host to IP addresses.
+func serverAddresses(ctx context.Context, server string) ([]netip.Addr, error) {
+	u, err := url.Parse(server)
+	if err != nil || u.Hostname() == "" {
+		return nil, fmt.Errorf("--server: %q is not a URL such as https://10.0.0.1:7443", server)
+	}
+	if a, err := netip.ParseAddr(u.Hostname()); err == nil {
+		return []netip.Addr{a.Unmap()}, nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(rctx, "ip", u.Hostname())
+	if err != nil {
+		return nil, fmt.Errorf("--server: resolve %s: %w", u.Hostname(), err)
+	}
+	for i := range addrs {
+		addrs[i] = addrs[i].Unmap()
+	}
+	return addrs, nil
+}
+
+// MachineCapacity is the capacity offered to tasks: cpu and memory as
+// given ("3500m", "8Gi"), else the whole machine.
+func MachineCapacity(cpu, memory string) (spec.Resources, error) {
+	var r spec.Resources
+	var err error
+	if cpu != "" {
+		if r.CPU, err = spec.ParseMilliCPU(cpu); err != nil {
+			return r, fmt.Errorf("--cpu: %w", err)
+		}
+	} else {
+		r.CPU = spec.MilliCPU(runtime.NumCPU() * 1000)
+	}
+	if memory != "" {
+		if r.Memory, err = spec.ParseBytes(memory); err != nil {
+			return r, fmt.Errorf("--memory: %w", err)
+		}
+	} else {
+		var si unix.Sysinfo_t
+		if err := unix.Sysinfo(&si); err != nil {
+			return r, fmt.Errorf("read the machine's memory (give --memory): %w", err)
+		}
+		r.Memory = spec.Bytes(uint64(si.Totalram) * uint64(si.Unit))
+	}
+	if r.CPU <= 0 || r.Memory <= 0 {
+		return r, fmt.Errorf("capacity must be positive: cpu %s, memory %s", r.CPU, r.Memory)
+	}
+	return r, nil
+}

@@ -1,0 +1,226 @@
+package nsguest
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/hostns"
+	"github.com/corridor-dev/corridor/internal/nsrun"
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// logCheck is how often running programs' logs are checked for size.
+const logCheck = 30 * time.Second
+
+// command is the guest's argv with "corridor" replaced by the agent's
+// own binary.
+func (r *Runtime) command(g compile.Guest) []string {
+	argv := slices.Clone(g.Spec.Command)
+	if argv[0] == "corridor" {
+		argv[0] = r.cfg.Binary
+	}
+	return argv
+}
+
+// programEnv is the program's environment: g.Env (the compiler's
+// contract merged over spec env) plus PATH and HOME unless set, and the
+// task's private data directory, sorted.
+func programEnv(g compile.Guest, dataDir string) []string {
+	env := map[string]string{"PATH": guest.DefaultPath, "HOME": "/", spec.EnvDataDir: dataDir}
+	for k, v := range g.Env {
+		env[k] = v
+	}
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// programHash names what runs: a change of it restarts the program.
+func (r *Runtime) programHash(g compile.Guest) string {
+	b, _ := json.Marshal(struct {
+		Argv []string `json:"argv"`
+		Env  []string `json:"env"`
+	}{r.command(g), programEnv(g, guest.DataDir(r.cfg.StateDir, g.Task))})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
+// lookPath resolves the program with the guest's PATH, not the agent's.
+func lookPath(file, path string) (string, error) {
+	if strings.Contains(file, "/") {
+		if err := executable(file); err != nil {
+			return "", fmt.Errorf("command %q: %w", file, err)
+		}
+		return file, nil
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			continue
+		}
+		p := filepath.Join(dir, file)
+		if executable(p) == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("command %q not found in PATH %s", file, path)
+}
+
+func executable(p string) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if st.IsDir() || st.Mode()&0o111 == 0 {
+		return fmt.Errorf("%s is not an executable file", p)
+	}
+	return nil
+}
+
+// startProgram starts t's wanted program in the guest's netns and cgroup.
+func (r *Runtime) startProgram(t *task) (*proc, error) {
+	g, hash := t.wanted()
+	dir := guest.TaskDir(r.cfg.StateDir, g.Task)
+	cg := r.cgroup(g.Task)
+	// Processes forked by an earlier run that outlived it.
+	cg.Kill(syscall.SIGKILL, 2*time.Second)
+
+	argv := r.command(g)
+	data := guest.DataDir(r.cfg.StateDir, g.Task)
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, fmt.Errorf("guest: data directory: %w", err)
+	}
+	env := programEnv(g, data)
+	pathVar := guest.DefaultPath
+	if v, ok := g.Env["PATH"]; ok {
+		pathVar = v
+	}
+	exe, err := lookPath(argv[0], pathVar)
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, guest.LogFile)
+	if err := guest.RotateLog(logPath, r.cfg.LogMaxBytes, false); err != nil {
+		r.log.Warn("log rotation failed", "task", g.Task, "err", err)
+	}
+	lf, err := os.OpenFile(logPath, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("open log: %w", err)
+	}
+	defer lf.Close()
+	fmt.Fprintf(lf, "%s corridor: starting %q\n", time.Now().UTC().Format(time.RFC3339), argv)
+
+	cmd := &exec.Cmd{
+		Path: exe, Args: argv, Env: env, Dir: "/",
+		Stdout: lf, Stderr: lf,
+		// Own session: the program outlives the agent, and its process
+		// group can be signalled as one.
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	if r.cgroups.Unified() {
+		// Born in its cgroup: nothing it does escapes the limits.
+		cgf, err := cg.OpenDir()
+		if err != nil {
+			return nil, err
+		}
+		defer cgf.Close()
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(cgf.Fd())
+	}
+	ns, err := hostns.Open(guest.NetnsName(g.Task))
+	if err != nil {
+		return nil, fmt.Errorf("open guest netns: %w", err)
+	}
+	defer ns.Close()
+	if err := nsrun.DoHandle(ns, cmd.Start); err != nil {
+		return nil, fmt.Errorf("start %q: %w", argv[0], err)
+	}
+	pid := cmd.Process.Pid
+	if !r.cgroups.Unified() {
+		// v1 cannot start a child in a cgroup: it is moved right after
+		// start. Until then (microseconds; the child is usually still in
+		// exec) it runs in the agent's cgroup, and a process it forks in
+		// that window stays there: outside the limits and the cgroup
+		// sweep, reached only by the process-group signals. Accepted on
+		// v1 hosts; v2 has no such window.
+		if err := cg.AddProc(pid); err != nil {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			_ = cmd.Wait()
+			return nil, err
+		}
+	}
+	// A program that has already exited has no start time; recording 0
+	// keeps the next agent from adopting it.
+	rec := guest.ProcRecord{ProcID: guest.ProcIDOf(pid), Hash: hash, Started: time.Now()}
+	if err := writePidFile(dir, rec); err != nil {
+		r.log.Warn("pidfile not written: an agent restart will not find the program", "task", g.Task, "err", err)
+	}
+	return watchChild(cmd, rec), nil
+}
+
+// rotateLogs keeps the logs of running programs under LogMaxBytes.
+func (r *Runtime) rotateLogs() {
+	defer r.wg.Done()
+	tk := time.NewTicker(logCheck)
+	defer tk.Stop()
+	for {
+		select {
+		case <-r.quit:
+			return
+		case <-tk.C:
+		}
+		for _, task := range r.tasks.Names() {
+			if err := guest.RotateLog(guest.LogPath(r.cfg.StateDir, task), r.cfg.LogMaxBytes, true); err != nil {
+				r.log.Warn("log rotation failed", "task", task, "err", err)
+			}
+		}
+	}
+}
+
+// proc is a running program the netns runtime watches: its own child or
+// one adopted from an earlier agent. It is a guest.Program.
+type proc struct {
+	guest.ProcRecord
+	*guest.Exit
+}
+
+func watchChild(cmd *exec.Cmd, rec guest.ProcRecord) *proc {
+	return &proc{ProcRecord: rec, Exit: guest.WaitChild(cmd, "")}
+}
+
+// adopt watches the program of an earlier agent.
+func adopt(rec guest.ProcRecord) (*proc, error) {
+	e, err := guest.WatchAdopted(rec.ProcID, "")
+	if err != nil {
+		return nil, err
+	}
+	return &proc{ProcRecord: rec, Exit: e}, nil
+}
+
+// Record implements guest.Program.
+func (p *proc) Record() guest.ProcRecord { return p.ProcRecord }
+
+// End ends the program's process group: SIGTERM, then SIGKILL once grace
+// has passed. The program runs in its own session, so its PID is also its
+// process group ID.
+func (p *proc) End(grace time.Duration) {
+	p.Stop(grace,
+		func() { _ = syscall.Kill(-p.PID, syscall.SIGTERM) },
+		p.Kill)
+}
+
+// Kill implements guest.Program: SIGKILL to the process group.
+func (p *proc) Kill() { _ = syscall.Kill(-p.PID, syscall.SIGKILL) }
