@@ -23,7 +23,10 @@ func TestKeyRotation(t *testing.T) {
 	s.mustConnect(t, s.a1, s.b1, portDB, true)
 
 	leaks := leakCounter(t, s.a)
-	before := leaks()
+	// Positive control: the counter sees a plain packet leave by A's
+	// default route before it is trusted to see none.
+	leakControl(t, s.a, leaks, s.b1.addr)
+	before := s.quietLeaks(t, leaks)
 	vxBefore, _ := s.a.stats(t, VXLANName)
 	oldPub, oldFile := s.a.dp.PublicKey(), readFile(t, filepath.Join(s.a.stateDir, KeyFile))
 
