@@ -194,14 +194,13 @@ suite() {
 	# and 1 CPU each on 2-CPU servers leaves no other choice).
 	app_yaml bnplain a b false >"$work/plain.yaml"
 	app_yaml bnenc c d true >"$work/enc.yaml"
-	"$C" apply -f "$work/plain.yaml" >/dev/null
-	"$C" apply -f "$work/enc.yaml" >/dev/null
-	local tasks="" i
-	for i in $(seq 150); do
-		tasks=$("$C" get tasks -o json 2>/dev/null) || true
-		[[ $(jq '[.[] | select(.status.state == "running")] | length' <<<"$tasks" 2>/dev/null) == 4 ]] && break
-		sleep 0.2
-	done
+	# --wait: until the tasks run, both hosts applied their states and the
+	# encrypted path has handshaken (the same wait as the demo and tests).
+	{ cat "$work/plain.yaml"; echo ---; cat "$work/enc.yaml"; } >"$work/apps.yaml"
+	"$C" apply -f "$work/apps.yaml" --wait --timeout 60s >/dev/null 2>"$work/wait.log" ||
+		{ cat "$work/wait.log" >&2; return 1; }
+	local tasks
+	tasks=$("$C" get tasks -o json)
 	jq -r '.[] | "\(.id) on \(.server) \(.address) \(.status.state)"' <<<"$tasks" >&2
 	addr_of() { jq -r --arg id "$1" '.[] | select(.id == $id) | .address' <<<"$tasks"; }
 	server_of() { jq -r --arg id "$1" '.[] | select(.id == $id) | .server' <<<"$tasks"; }

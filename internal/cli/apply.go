@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -16,6 +17,8 @@ func init() { register(newApplyCmd) }
 func newApplyCmd() *cobra.Command {
 	var file string
 	var ifMatch int64
+	var wait bool
+	var timeout time.Duration
 	var cf *clientFlags
 	var out *string
 	cmd := &cobra.Command{
@@ -27,8 +30,16 @@ servers, and stores them; the controller then places their tasks.
 
 --if-match REVISION applies only if the app is still at that revision (0: only
 if it does not exist yet); without it, concurrent applies land one after the
-other and each is recorded as an event.`,
+other and each is recorded as an event.
+
+--wait then waits until the applied apps have settled: every task their specs
+ask for is placed and running, every server's agent has applied its latest
+desired state without errors, and every encrypted path of the apps between two
+servers has had a WireGuard handshake. A line on stderr shows what it waits for
+and how far it got. If that takes longer than --timeout, apply exits 1 and
+lists what is still unsettled (the apps stay applied).`,
 		Example: `  corridor apply -f examples/shop.yaml
+  corridor apply -f shop.yaml --wait --timeout 5m
   corridor apply -f shop.yaml --if-match 42`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -59,16 +70,27 @@ other and each is recorded as an event.`,
 			if err != nil {
 				return explain(err)
 			}
-			return printData(cmd.OutOrStdout(), *out, res, func(t *Table) {
+			err = printData(cmd.OutOrStdout(), *out, res, func(t *Table) {
 				t.Header("app", "action", "revision", "replaced")
 				for _, a := range res.Apps {
 					t.Row(a.Name, a.Action, fmt.Sprint(a.Revision), revOrDash(a.PreviousRevision))
 				}
 			})
+			if err != nil || !wait {
+				return err
+			}
+			names := make([]string, 0, len(res.Apps))
+			for _, a := range res.Apps {
+				names = append(names, a.Name)
+			}
+			_, err = waitSettled(cmd.Context(), c, names, timeout, cmd.ErrOrStderr())
+			return err
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "app spec file (YAML; - for stdin)")
 	cmd.Flags().Int64Var(&ifMatch, "if-match", 0, "apply only if the app is at this revision (0: must not exist)")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the apps' tasks run, every host applied its state and their encrypted paths have handshaken")
+	cmd.Flags().DurationVar(&timeout, "timeout", defaultWaitTimeout, "how long --wait waits before it gives up (exit 1)")
 	cf = addClientFlags(cmd)
 	out = addOutputFlag(cmd)
 	return cmd

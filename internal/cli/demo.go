@@ -41,9 +41,10 @@ func newDemoCmd() *cobra.Command {
 		Short: "Run the whole method on this machine: a lab, the shop app, its paths proved with real traffic",
 		Long: `demo brings up a lab of three servers made of network namespaces, applies the
 shop app (web -> app plain on 8080, app -> db encrypted on 5432, nothing else),
-waits until every task runs and every host has applied its state, proves the
-policy with real traffic (corridor verify), and prints where each task runs and
-the path matrix with live WireGuard handshakes and bytes.
+waits until it has settled (every task runs, every host has applied its state,
+every encrypted path has had a WireGuard handshake: what apply --wait waits
+for), proves the policy with real traffic (corridor verify), and prints where
+each task runs and the path matrix with live WireGuard handshakes and bytes.
 
 The lab is removed when demo ends, or on Ctrl-C, unless --keep. Needs root.`,
 		Example: "  sudo corridor demo\n  sudo corridor demo --keep     # then explore, and `corridor lab down`",
@@ -60,7 +61,7 @@ The lab is removed when demo ends, or on Ctrl-C, unless --keep. Needs root.`,
 	f.StringVar(&o.lab.Dir, "dir", lab.DefaultDir(), "lab directory ($CORRIDOR_LAB_DIR)")
 	f.StringVar(&o.file, "file", "", "app spec to apply instead of the built-in examples/shop.yaml")
 	f.BoolVar(&o.keep, "keep", false, "leave the lab up at the end, to explore it")
-	f.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the app to come up")
+	f.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the app to settle")
 	return cmd
 }
 
@@ -111,12 +112,12 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 	if _, err := c.ApplyApp(ctx, doc, api.ApplyOptions{File: name}); err != nil {
 		return explain(err)
 	}
-	wctx, wcancel := context.WithTimeout(ctx, o.timeout)
-	defer wcancel()
-	for _, a := range apps {
-		if err := waitAppUp(wctx, c, a.Name, talk); err != nil {
-			return err
-		}
+	names := make([]string, len(apps))
+	for i, a := range apps {
+		names[i] = a.Name
+	}
+	if _, err := waitSettled(ctx, c, names, o.timeout, talk); err != nil {
+		return err
 	}
 
 	var failed []string
@@ -139,9 +140,6 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 			failed = append(failed, "shop (web request)")
 		}
 	}
-	// Agents report peer state every few seconds: wait for the handshakes
-	// that verify's traffic made, so that the matrix shows them.
-	waitHandshakes(ctx, c, 12*time.Second)
 	if err := printDemoState(ctx, out, c, apps); err != nil {
 		return err
 	}
@@ -150,56 +148,6 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 		return &exitError{code: 1, err: fmt.Errorf("verify failed for %s: the paths do not match the policy (see the table above)", strings.Join(failed, ", "))}
 	}
 	return nil
-}
-
-// waitAppUp waits until every task of app runs and every server has applied
-// its latest desired state, showing progress on one line.
-func waitAppUp(ctx context.Context, c *api.Client, app string, talk io.Writer) error {
-	start := time.Now()
-	last := ""
-	for {
-		tasks, err := c.ListTasks(ctx, api.Filter{App: app})
-		if err != nil {
-			return explain(err)
-		}
-		servers, err := c.ListServers(ctx)
-		if err != nil {
-			return explain(err)
-		}
-		running, applied := 0, 0
-		var problems []string
-		for _, t := range tasks {
-			if t.Status != nil && t.Status.State == api.TaskRunning {
-				running++
-			} else if t.Status != nil && t.Status.Message != "" {
-				problems = append(problems, t.ID+": "+t.Status.Message)
-			}
-		}
-		for _, s := range servers {
-			if s.AppliedRevision >= s.DesiredRevision && s.DesiredRevision > 0 {
-				applied++
-			}
-			for _, e := range s.Errors {
-				problems = append(problems, s.Spec.Name+": "+e)
-			}
-		}
-		line := fmt.Sprintf("  %s: %d/%d tasks running, %d/%d hosts applied their state (%s)", app, running, len(tasks), applied, len(servers), time.Since(start).Round(100*time.Millisecond))
-		if line != last {
-			fmt.Fprintf(talk, "\r%s", line)
-			last = line
-		}
-		if len(tasks) > 0 && running == len(tasks) && applied == len(servers) {
-			fmt.Fprintln(talk)
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			fmt.Fprintln(talk)
-			sort.Strings(problems)
-			return fmt.Errorf("%s did not come up: %s%s", app, line, indentList(problems))
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
 }
 
 func indentList(lines []string) string {
@@ -384,32 +332,6 @@ func step(w io.Writer, format string, args ...any) {
 // quietLogger logs warnings and errors only: the demo shows its own steps.
 func quietLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-// waitHandshakes waits (at most d) until every encrypted path between two
-// servers shows a WireGuard handshake in the agents' reports.
-func waitHandshakes(ctx context.Context, c *api.Client, d time.Duration) {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		paths, err := c.ListPaths(ctx, api.Filter{})
-		if err != nil {
-			return
-		}
-		done := true
-		for _, p := range paths {
-			if p.Path.Encrypt && !p.Local && p.HandshakeAge < 0 {
-				done = false
-			}
-		}
-		if done {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
 }
 
 // demoShopRequest sends one order through the web tier of the shop, from
