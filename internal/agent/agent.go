@@ -27,7 +27,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -40,10 +39,6 @@ import (
 
 // DefaultStateDir is where `corridor agent` keeps its state unless told.
 const DefaultStateDir = "/var/lib/corridor/agent"
-
-// GuestsDir is the guest runtime's directory in the agent's state
-// directory: one directory per task, with its record and its log.
-func GuestsDir(stateDir string) string { return filepath.Join(stateDir, "guests") }
 
 // Defaults of Config's intervals.
 const (

@@ -33,6 +33,11 @@ import (
 // prober), from the values of its flags. The CLI parses the flags and
 // calls RunHost or CleanupHost.
 
+// GuestsDir is the netns guest runtime's directory in the agent's state
+// directory: one directory per task (guest.TaskDir), with its record and
+// its log.
+func GuestsDir(stateDir string) string { return filepath.Join(stateDir, "guests") }
+
 // VMsDir is the VM runtime's directory in the agent's state directory,
 // apart from GuestsDir (netns guests): each runtime's Remove owns its own
 // task directories.
