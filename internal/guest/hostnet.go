@@ -139,17 +139,27 @@ func (n *HostNet) AttachHost(ifname string, addr netip.Addr) error {
 	return nil
 }
 
-// DetachHost removes the route to addr through ifname. Deleting the
-// interface would remove it too; this is for a runtime whose interface
-// outlives the route. Missing routes and interfaces are not errors.
-func (n *HostNet) DetachHost(ifname string, addr netip.Addr) error {
+// link finds the host interface ifname: nil and no error when there is
+// none.
+func (n *HostNet) link(ifname string) (netlink.Link, error) {
 	link, err := n.h.LinkByName(ifname)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return nil
+			return nil, nil
 		}
-		return fmt.Errorf("guest: host interface %s: %w", ifname, err)
+		return nil, fmt.Errorf("guest: host interface %s: %w", ifname, err)
+	}
+	return link, nil
+}
+
+// DetachHost removes the route to addr through ifname. Deleting the
+// interface would remove it too; this is for a runtime whose interface
+// outlives the route. Missing routes and interfaces are not errors.
+func (n *HostNet) DetachHost(ifname string, addr netip.Addr) error {
+	link, err := n.link(ifname)
+	if link == nil {
+		return err
 	}
 	r := hostRoute(link.Attrs().Index, netip.PrefixFrom(addr, addr.BitLen()))
 	if err := n.h.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
@@ -160,13 +170,9 @@ func (n *HostNet) DetachHost(ifname string, addr netip.Addr) error {
 
 // DeleteLink deletes the host interface ifname if it exists.
 func (n *HostNet) DeleteLink(ifname string) error {
-	link, err := n.h.LinkByName(ifname)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		return fmt.Errorf("guest: host interface %s: %w", ifname, err)
+	link, err := n.link(ifname)
+	if link == nil {
+		return err
 	}
 	if err := n.h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("guest: delete %s: %w", ifname, err)

@@ -2,7 +2,9 @@ package guest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -132,4 +134,36 @@ func Records(stateDir, file, runtime string) ([]Recorded, error) {
 	}
 	slices.SortFunc(out, func(a, b Recorded) int { return strings.Compare(a.Task, b.Task) })
 	return out, nil
+}
+
+// RecordGuest creates the task's directory under stateDir and writes its
+// record there (in file) before any kernel object of the guest exists,
+// so that a crash half-way leaves something List shows and Remove can
+// clean. It returns the task's directory.
+func RecordGuest(stateDir, file string, rec Record) (string, error) {
+	dir := TaskDir(stateDir, rec.Task)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("guest %s: state dir: %w", rec.Task, err)
+	}
+	if err := WriteJSON(filepath.Join(dir, file), rec, true); err != nil {
+		return "", fmt.Errorf("guest %s: %w", rec.Task, err)
+	}
+	return dir, nil
+}
+
+// RemoveState ends a runtime's Remove: when nothing before it failed
+// (errs), the task's state directory goes and the removal is logged; a
+// failure keeps the directory, so that a later Remove finds the guest
+// again. It returns errs joined.
+func RemoveState(task, dir string, errs []error, log *slog.Logger) error {
+	if len(errs) == 0 {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("guest %s: remove state: %w", task, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	log.Info("guest removed", "task", task)
+	return nil
 }

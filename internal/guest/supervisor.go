@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -382,6 +383,21 @@ func (s *Supervisor) sleep(d time.Duration) bool {
 	}
 }
 
+// UnsupervisedStatus is the status of a task no supervisor of this agent
+// watches (yet): pending without a record, running while its recorded
+// program (running, nil if none is alive) runs, stopped otherwise.
+func UnsupervisedStatus(task, runtime string, recorded bool, running *ProcRecord) api.TaskStatus {
+	st := api.TaskStatus{Task: task, Runtime: runtime, State: api.TaskPending, Message: "no such guest"}
+	switch {
+	case !recorded:
+	case running != nil:
+		st.State, st.Message, st.Since = api.TaskRunning, "not yet supervised by this agent", running.Started
+	default:
+		st.State, st.Message = api.TaskStopped, "not running"
+	}
+	return st
+}
+
 // Tasks is a runtime's supervised tasks by task ID; T is the runtime's
 // own record of one (what it wants and its Supervisor).
 type Tasks[T any] struct {
@@ -432,10 +448,5 @@ func (ts *Tasks[T]) TakeAll() []T {
 func (ts *Tasks[T]) Names() []string {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	out := make([]string, 0, len(ts.m))
-	for task := range ts.m {
-		out = append(out, task)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(ts.m))
 }

@@ -15,11 +15,10 @@ const pidFile = "pid.json"
 
 func recordPath(dir string) string { return filepath.Join(dir, guest.RecordFile) }
 
-// writeRecord writes guest.json: what the guest is ensured as, so that
-// List and Remove work after a restart without the desired state.
-func writeRecord(dir string, g compile.Guest) error {
-	rec := guest.Record{Task: g.Task, Runtime: spec.RuntimeNetns, Netns: guest.NetnsName(g.Task), Guest: g}
-	return guest.WriteJSON(recordPath(dir), rec, true)
+// record is guest.json: what the guest is ensured as, so that List and
+// Remove work after a restart without the desired state.
+func record(g compile.Guest) guest.Record {
+	return guest.Record{Task: g.Task, Runtime: spec.RuntimeNetns, Netns: guest.NetnsName(g.Task), Guest: g}
 }
 
 func writePidFile(dir string, rec guest.ProcRecord) error {

@@ -170,14 +170,9 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	r.ops.Lock()
 	defer r.ops.Unlock()
 
-	dir := guest.TaskDir(r.cfg.StateDir, g.Task)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("guest %s: state dir: %w", g.Task, err)
-	}
-	// Recorded before any kernel object exists, so that a crash half-way
-	// leaves something List shows and Remove can clean.
-	if err := writeRecord(dir, g); err != nil {
-		return fmt.Errorf("guest %s: %w", g.Task, err)
+	dir, err := guest.RecordGuest(r.cfg.StateDir, guest.RecordFile, record(g))
+	if err != nil {
+		return err
 	}
 	if err := r.ensureNetwork(g); err != nil {
 		return fmt.Errorf("guest %s: %w", g.Task, err)
@@ -272,16 +267,7 @@ func (r *Runtime) Remove(ctx context.Context, task string) error {
 	if err := hostns.Delete(guest.NetnsName(task)); err != nil {
 		errs = append(errs, err)
 	}
-	if len(errs) == 0 {
-		if err := os.RemoveAll(dir); err != nil {
-			errs = append(errs, fmt.Errorf("guest %s: remove state: %w", task, err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	r.log.Info("guest removed", "task", task)
-	return nil
+	return guest.RemoveState(task, dir, errs, r.log)
 }
 
 // Status implements guest.Runtime.
@@ -289,17 +275,13 @@ func (r *Runtime) Status(task string) api.TaskStatus {
 	if t, ok := r.tasks.Get(task); ok {
 		return t.sup.Status()
 	}
-	st := api.TaskStatus{Task: task, Runtime: spec.RuntimeNetns, State: api.TaskPending, Message: "no such guest"}
 	dir := guest.TaskDir(r.cfg.StateDir, task)
-	if _, err := os.Stat(recordPath(dir)); err != nil {
-		return st
-	}
+	_, err := os.Stat(recordPath(dir))
+	var running *guest.ProcRecord
 	if rec, err := readPidFile(dir); err == nil && rec.Alive() {
-		st.State, st.Message, st.Since = api.TaskRunning, "not yet supervised by this agent", rec.Started
-		return st
+		running = &rec
 	}
-	st.State, st.Message = api.TaskStopped, "not running"
-	return st
+	return guest.UnsupervisedStatus(task, spec.RuntimeNetns, err == nil, running)
 }
 
 func (r *Runtime) cgroup(task string) *guest.Cgroup {

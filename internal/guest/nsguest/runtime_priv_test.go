@@ -68,9 +68,6 @@ type env struct {
 func needRoot(t testing.TB) {
 	t.Helper()
 	testnet.NeedRoot(t, "creates network namespaces, veths and cgroups")
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2 (ip) to make the test's host namespace")
-	}
 	if _, err := guest.DetectCgroups(); err != nil {
 		t.Skipf("needs cpu and memory cgroups: %v", err)
 	}
@@ -82,13 +79,10 @@ func newEnv(t testing.TB, mod func(*Config)) *env {
 	t.Helper()
 	needRoot(t)
 	envSeq++
-	e := &env{t: t, hostNS: fmt.Sprintf("cortst-guest-%d-h%d", os.Getpid(), envSeq)}
-	if out, err := exec.Command("ip", "netns", "add", e.hostNS).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
+	e := &env{t: t, hostNS: testnet.Namespaces(t, "guest", "h"+strconv.Itoa(envSeq))[0]}
 	parent := fmt.Sprintf("cortst-guest-%d", os.Getpid())
 	e.cfg = Config{
-		HostNetns:    hostns.Path(e.hostNS),
+		HostNetns:    testnet.Path(e.hostNS),
 		StateDir:     t.TempDir(),
 		CgroupParent: filepath.Join(parent, strconv.Itoa(envSeq)),
 		BackoffMin:   50 * time.Millisecond,
@@ -107,7 +101,6 @@ func newEnv(t testing.TB, mod func(*Config)) *env {
 			}
 		}
 		e.r.Close()
-		exec.Command("ip", "netns", "del", e.hostNS).Run()
 		for _, d := range e.r.cgroup("x/y/0").Dirs() {
 			os.Remove(filepath.Dir(d))
 			os.Remove(filepath.Dir(filepath.Dir(d)))

@@ -307,12 +307,9 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	}
 	r.ops.Lock()
 	defer r.ops.Unlock()
-	dir := guest.TaskDir(r.cfg.StateDir, g.Task)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("guest %s: state dir: %w", g.Task, err)
-	}
-	if err := guest.WriteJSON(filepath.Join(dir, recordFile), guest.Record{Task: g.Task, Runtime: spec.RuntimeVM, Guest: g}, true); err != nil {
-		return fmt.Errorf("guest %s: %w", g.Task, err)
+	dir, err := guest.RecordGuest(r.cfg.StateDir, recordFile, guest.Record{Task: g.Task, Runtime: spec.RuntimeVM, Guest: g})
+	if err != nil {
+		return err
 	}
 	bf, err := r.bootFiles(g)
 	if err != nil {
@@ -436,16 +433,7 @@ func (r *Runtime) Remove(ctx context.Context, task string) error {
 	if err := unconfine(task); err != nil {
 		errs = append(errs, err)
 	}
-	if len(errs) == 0 {
-		if err := os.RemoveAll(dir); err != nil {
-			errs = append(errs, fmt.Errorf("guest %s: remove state: %w", task, err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	r.log.Info("guest removed", "task", task)
-	return nil
+	return guest.RemoveState(task, dir, errs, r.log)
 }
 
 // List implements guest.Runtime.
@@ -475,18 +463,13 @@ func (r *Runtime) Status(task string) api.TaskStatus {
 	if t, ok := r.tasks.Get(task); ok {
 		return t.sup.Status()
 	}
-	st := api.TaskStatus{Task: task, Runtime: spec.RuntimeVM, State: api.TaskPending, Message: "no such guest"}
 	dir := guest.TaskDir(r.cfg.StateDir, task)
-	if _, err := os.Stat(filepath.Join(dir, recordFile)); err != nil {
-		return st
+	_, err := os.Stat(filepath.Join(dir, recordFile))
+	rec, perr := readRecord(dir)
+	if err != nil || perr != nil || !rec.Alive() {
+		return guest.UnsupervisedStatus(task, spec.RuntimeVM, err == nil, nil)
 	}
-	if rec, err := readRecord(dir); err == nil && rec.Alive() {
-		st.Runtime = "vm-" + rec.Accel
-		st.State, st.Message, st.Since = api.TaskRunning, "not yet supervised by this agent", rec.Started
-		return st
-	}
-	st.State, st.Message = api.TaskStopped, "not running"
-	return st
+	return guest.UnsupervisedStatus(task, "vm-"+rec.Accel, true, &rec.ProcRecord)
 }
 
 // GuestDataDir is CORRIDOR_DATA_DIR inside a VM: on the guest's own root

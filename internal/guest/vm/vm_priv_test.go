@@ -24,6 +24,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/image"
 	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/spec"
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 // testImage is the guest image built once for the package (with the
@@ -92,17 +93,9 @@ func prepareImage() string {
 // hostNS is a fresh network namespace standing for the host, with an
 // address on lo so that the host has a source address for the guests.
 func hostNS(t testing.TB, tag string) string {
-	name := fmt.Sprintf("cortst-vm-%d-%s", os.Getpid(), tag)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	for _, args := range [][]string{{"link", "set", "lo", "up"}, {"addr", "add", "198.18.0.1/32", "dev", "lo"}} {
-		if out, err := exec.Command("ip", append([]string{"-n", name}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
-	return "/run/netns/" + name
+	name := testnet.Namespaces(t, "vm", tag)[0]
+	testnet.IP(t, "-n", name, "addr", "add", "198.18.0.1/32", "dev", "lo")
+	return testnet.Path(name)
 }
 
 func newTestRuntime(t testing.TB, nsPath string) *Runtime {
