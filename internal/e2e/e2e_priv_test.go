@@ -371,7 +371,7 @@ func testDrift(t *testing.T, f *fleet, tasks []api.TaskInfo) {
 func assertHostClean(t *testing.T, s lab.Server, gone map[string]compile.Task) {
 	t.Helper()
 	for id := range gone {
-		if _, err := os.Stat("/run/netns/" + guest.NetnsName(id)); err == nil {
+		if _, err := os.Stat(guest.NetnsPath(id)); err == nil {
 			t.Errorf("%s: guest namespace of %s left", s.Name, id)
 		}
 	}
@@ -510,7 +510,7 @@ func waitConnected(t *testing.T, fromTask, addr string, d, step time.Duration, w
 	deadline := time.Now().Add(d)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		res, err := probe.Dial(ctx, "/run/netns/"+guest.NetnsName(fromTask), "tcp", addr, []byte("PING\n"), 500*time.Millisecond)
+		res, err := probe.Dial(ctx, guest.NetnsPath(fromTask), "tcp", addr, []byte("PING\n"), 500*time.Millisecond)
 		cancel()
 		if err == nil && res.Outcome == probe.Connected {
 			return

@@ -52,7 +52,7 @@ func TestShopWithPostgres(t *testing.T) {
 			web = ti.ID
 		}
 	}
-	ns := "/run/netns/" + guest.NetnsName(web)
+	ns := guest.NetnsPath(web)
 	hc := &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -36,7 +36,7 @@ func startPinger(t *testing.T, fromTask, dbAddr string) *pinger {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := probe.DialContext(ctx, "/run/netns/"+guest.NetnsName(fromTask), "tcp", dbAddr)
+	c, err := probe.DialContext(ctx, guest.NetnsPath(fromTask), "tcp", dbAddr)
 	if err != nil {
 		t.Fatalf("connect %s -> %s: %v", fromTask, dbAddr, err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/corridor-dev/corridor/internal/agent"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/settle"
 	"github.com/corridor-dev/corridor/internal/testnet"
@@ -263,11 +264,11 @@ func TestNetworkAndDown(t *testing.T) {
 	if err := createNamespace(recordedNS); err != nil {
 		t.Fatal(err)
 	}
-	recDir := filepath.Join(s2.StateDir, "guests", "shop-web-0")
+	recDir := guest.TaskDir(agent.GuestsDir(s2.StateDir), "shop/web/0")
 	if err := os.MkdirAll(recDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(recDir, "guest.json"), []byte(`{"task":"shop/web/0","netns":"`+recordedNS+`"}`), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(recDir, guest.RecordFile), []byte(`{"task":"shop/web/0","netns":"`+recordedNS+`"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	guestTask := startSleep(t, guestNS)
@@ -699,7 +700,7 @@ classes:
 	}
 	for _, m := range cgroupMounts() {
 		for _, g := range guests {
-			d := filepath.Join(m, guest.DefaultCgroupParent, strings.TrimPrefix(g, guest.NetnsPrefix))
+			d := filepath.Join(m, guest.CgroupRel(guest.DefaultCgroupParent, strings.TrimPrefix(g, guest.NetnsPrefix)))
 			if _, err := os.Stat(d); err == nil {
 				t.Errorf("cgroup %s left", d)
 			}
