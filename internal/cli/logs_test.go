@@ -23,15 +23,22 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
-func TestLogsLocal(t *testing.T) {
-	dir := t.TempDir()
-	p := guest.LogPath(agent.GuestsDir(dir), "shop/web/0")
+// writeTaskLog writes a task's log where a runtime with state directory
+// runtimeDir keeps it.
+func writeTaskLog(t *testing.T, runtimeDir, task, content string) {
+	t.Helper()
+	p := guest.LogPath(runtimeDir, task)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(p, []byte("a\nb\nc\n"), 0o644); err != nil {
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestLogsLocal(t *testing.T) {
+	dir := t.TempDir()
+	writeTaskLog(t, agent.GuestsDir(dir), "shop/web/0", "a\nb\nc\n")
 	out, err := runCLI(t, "logs", "--local", "--state-dir", dir, "--lines", "2", "shop/web/0")
 	if err != nil || out != "b\nc\n" {
 		t.Fatalf("logs --local = %q, %v", out, err)
@@ -48,13 +55,7 @@ func TestLogsLocal(t *testing.T) {
 // runtime in its own state directory) is found by --local too.
 func TestLogsLocalVM(t *testing.T) {
 	dir := t.TempDir()
-	p := guest.LogPath(agent.VMsDir(dir), "shop/db/0")
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte("boot\ncorridor: ready\ndb up\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeTaskLog(t, agent.VMsDir(dir), "shop/db/0", "boot\ncorridor: ready\ndb up\n")
 	out, err := runCLI(t, "logs", "--local", "--state-dir", dir, "--lines", "1", "shop/db/0")
 	if err != nil || out != "db up\n" {
 		t.Fatalf("logs --local of a VM task = %q, %v", out, err)
