@@ -20,6 +20,7 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -156,6 +157,9 @@ type Agent struct {
 	lastErrors []string          // errors of the last reconcile pass
 	refused    int64             // newest revision refused as invalid
 	refusedErr string            // why, until a newer state is accepted
+	caKey      crypto.PublicKey  // verifies desired states (the cluster CA's key)
+	digest     string            // digest of target (verified)
+	appliedDig string            // digest of the state last applied without error
 }
 
 // New checks cfg and makes an agent.
@@ -183,7 +187,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Fail static: serve the last state received before asking the server
 	// anything, so that an agent restarted during a server outage puts the
 	// host back exactly as it was.
+	a.loadStateKey()
 	ds, ok, err := LoadDesired(a.cfg.StateDir)
+	var digest string
+	if ok && err == nil {
+		digest, err = a.checkDesired(&ds, sourceDisk)
+		if err != nil {
+			// Only a state the control plane signed is applied: one
+			// edited on disk must not reach the kernel. Nothing is
+			// applied; the host stays as it is until the server answers.
+			a.log.Error("stored desired state refused; applying nothing until the server answers", "revision", ds.Revision, "err", err)
+			a.refuseStored(err)
+			ok = false
+		}
+	}
 	switch {
 	case err != nil:
 		// A torn file cannot happen (atomic writes); a bad one is
@@ -192,8 +209,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	case ok && ds.State.Host != "" && ds.State.Host != a.cfg.Name:
 		a.log.Error("ignoring stored desired state of another host", "host", ds.State.Host)
 	case ok:
-		a.log.Info("applying stored desired state", "revision", ds.Revision)
-		a.setTarget(ds)
+		a.log.Info("applying stored desired state", "revision", ds.Revision, "digest", digest)
+		a.setTarget(ds, digest)
 		a.reconcileTarget(ctx, "start")
 	}
 
@@ -211,6 +228,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		}
 		return err
+	}
+	if err := a.setStateKey(id.CAPEM); err != nil {
+		a.log.Error("the cluster CA cannot verify desired states: every state will be refused", "err", err)
 	}
 	cp, err := a.cfg.Connect(id)
 	if err != nil {
@@ -333,7 +353,8 @@ func (a *Agent) pollLoop(ctx context.Context, cp ControlPlane) {
 			// store was replaced. Its answer is still the truth.
 			a.log.Warn("desired revision went backwards", "had", index, "got", ds.Revision)
 		}
-		if err := a.validateState(ds.State); err != nil {
+		digest, err := a.checkDesired(&ds, sourceServer)
+		if err != nil {
 			// Neither kept nor applied: the host stays on its last good
 			// state, says why in its status, and waits for a newer one.
 			a.log.Error("desired state refused; keeping the last good state", "revision", ds.Revision, "err", err)
@@ -348,7 +369,7 @@ func (a *Agent) pollLoop(ctx context.Context, cp ControlPlane) {
 			// restoring an older state after a restart.
 			a.log.Error("could not persist desired state; applying it anyway", "err", err, "revision", ds.Revision)
 		}
-		a.setTarget(ds)
+		a.setTarget(ds, digest)
 		signal(a.wake)
 	}
 }
@@ -408,7 +429,7 @@ func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 	a.reconcileMu.Lock()
 	defer a.reconcileMu.Unlock()
 	a.mu.Lock()
-	target := a.target
+	target, digest := a.target, a.digest
 	a.mu.Unlock()
 	if target == nil {
 		return
@@ -428,7 +449,7 @@ func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 	a.mu.Lock()
 	a.lastErrors = msgs
 	if len(errs) == 0 {
-		a.applied = target.Revision
+		a.applied, a.appliedDig = target.Revision, digest
 	}
 	a.mu.Unlock()
 	if len(errs) > 0 {
@@ -549,7 +570,7 @@ func (a *Agent) statusLoop(ctx context.Context, cp ControlPlane) {
 func (a *Agent) Status(ctx context.Context) api.Status {
 	a.mu.Lock()
 	target := a.target
-	applied := a.applied
+	applied, appliedDig := a.applied, a.appliedDig
 	errs := slices.Clone(a.lastErrors)
 	if a.refusedErr != "" && (a.target == nil || a.target.Revision < a.refused) {
 		errs = append(errs, a.refusedErr)
@@ -566,6 +587,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		Capacity:        a.cfg.Capacity,
 		Labels:          a.cfg.Labels,
 		AppliedRevision: applied,
+		AppliedDigest:   appliedDig,
 		APIAddr:         a.apiAddr(),
 		Errors:          errs,
 		Time:            a.cfg.Now().UTC(),
@@ -594,9 +616,10 @@ func (a *Agent) AppliedRevision() int64 {
 	return a.applied
 }
 
-func (a *Agent) setTarget(ds api.DesiredState) {
+// setTarget sets the state to apply, verified, with its digest.
+func (a *Agent) setTarget(ds api.DesiredState, digest string) {
 	a.mu.Lock()
-	a.target = &ds
+	a.target, a.digest = &ds, digest
 	a.mu.Unlock()
 }
 
@@ -619,6 +642,15 @@ func (a *Agent) refuse(rev int64, err error) {
 	a.refused = rev
 	a.refusedErr = fmt.Sprintf("desired state revision %d refused: %v", rev, err)
 	signal(a.kick) // tell the server now, not at the next heartbeat
+}
+
+// refuseStored records why the stored state was refused at start. Its
+// revision is not recorded: the server's state of the same revision is
+// still wanted (a file edited in place keeps its revision).
+func (a *Agent) refuseStored(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.refusedErr = fmt.Sprintf("stored desired state (%s) refused, nothing applied from it: %v", DesiredFile, err)
 }
 
 // signal leaves one pending signal on c without blocking.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/agent"
 	"github.com/corridor-dev/corridor/internal/agent/agenttest"
+	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
@@ -153,6 +154,20 @@ func state(tasks ...string) compile.HostState {
 		Sources: srcs, Dests: []netip.Addr{db}, Protocol: "tcp", Ports: []int{5432}, Encrypt: true,
 	}}
 	return st
+}
+
+// saveSigned stores st at rev in desired.json, signed by the control
+// plane's CA, as the agent keeps what it received.
+func saveSigned(t *testing.T, h *harness, rev int64, st compile.HostState) api.DesiredState {
+	t.Helper()
+	ds := api.DesiredState{Revision: rev, State: st}
+	if err := h.cp.CA.SignState(&ds); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.SaveDesired(h.dir, ds); err != nil {
+		t.Fatal(err)
+	}
+	return ds
 }
 
 // preJoin stores an identity for host in dir, as an earlier run would have.

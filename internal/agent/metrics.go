@@ -18,6 +18,7 @@ type metrics struct {
 	appliedRevision   prometheus.Gauge
 	handshakeRetries  prometheus.Counter
 	keyRotations      prometheus.Counter
+	desiredRejected   *prometheus.CounterVec
 	guests            *prometheus.GaugeVec
 	paths             *pathCollector
 }
@@ -48,13 +49,17 @@ func newMetrics() *metrics {
 			Namespace: "corridor", Subsystem: "agent", Name: "key_rotations_total",
 			Help: "WireGuard key pairs made by this agent on the server's request (corridor server rotate-key).",
 		}),
+		desiredRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "corridor", Subsystem: "agent", Name: "desired_rejected_total",
+			Help: "Desired states refused (neither kept nor applied), by where they came from (server, disk) and why (unsigned, bad_signature, newer_schema, invalid).",
+		}, []string{"source", "reason"}),
 		guests: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "corridor", Subsystem: "agent", Name: "guests",
 			Help: "Guests of this host by state.",
 		}, []string{"state"}),
 	}
 	m.paths = &pathCollector{}
-	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.keyRotations, m.guests, m.paths,
+	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.keyRotations, m.desiredRejected, m.guests, m.paths,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

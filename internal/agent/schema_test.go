@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,8 +54,8 @@ func TestNewerSchemaRefused(t *testing.T) {
 }
 
 // A desired.json written before states carried a schema (kept in
-// testdata, written by the agent of that time) still loads, validates as
-// schema 1.0 and is served at start while the server is away.
+// testdata, written by the agent of that time) still loads and validates
+// as schema 1.0; being unsigned, it is not applied at start.
 func TestLoadDesiredBeforeSchema(t *testing.T) {
 	old, err := os.ReadFile(filepath.Join("testdata", "desired-before-schema.json"))
 	if err != nil {
@@ -79,13 +80,27 @@ func TestLoadDesiredBeforeSchema(t *testing.T) {
 		t.Fatalf("the old state is refused: %v", err)
 	}
 
-	// Fail static: with the server away, the agent applies it at start.
+	// It is not signed (it was written before states were): with the
+	// server away, the agent refuses it at start, applies nothing and says
+	// why; once the server answers, its signed state applies.
 	preJoin(t, h.cp, h.dir)
 	h.cp.SetDown(true)
 	h.start()
-	eventually(t, "the old state applied", func() bool { return h.agent.AppliedRevision() == 42 })
-	eventually(t, "its guest running", func() bool { return h.guests.Running("shop/web/0") })
-	if !h.dp.InSync(ds.State) {
-		t.Fatal("the data plane does not hold the old state")
+	eventually(t, "the refusal in the status", func() bool {
+		for _, e := range h.agent.Status(context.Background()).Errors {
+			if strings.Contains(e, agent.DesiredFile) && strings.Contains(e, "not signed") {
+				return true
+			}
+		}
+		return false
+	})
+	if h.dp.Applies() != 0 || h.guests.Running("shop/web/0") || h.agent.AppliedRevision() != 0 {
+		t.Fatal("the unsigned stored state was applied")
+	}
+	h.cp.SetDown(false)
+	r := h.cp.SetDesired(ds.State)
+	eventually(t, "the server's signed state applied", func() bool { return h.agent.AppliedRevision() == r })
+	if !h.dp.InSync(ds.State) || !h.guests.Running("shop/web/0") {
+		t.Fatal("the data plane does not hold the signed state")
 	}
 }

@@ -87,6 +87,10 @@ type Status struct {
 	Capacity        spec.Resources    `json:"capacity"`
 	Labels          map[string]string `json:"labels,omitempty"`
 	AppliedRevision int64             `json:"appliedRevision"`
+	// AppliedDigest is the digest of the state applied at AppliedRevision
+	// ("sha256:..." of its canonical encoding, hoststate.Digest): the
+	// server flags a host whose digest differs from the state it serves.
+	AppliedDigest string `json:"appliedDigest,omitempty"`
 	// APIAddr is host:port of the agent's local API (mTLS), through which
 	// the server relays logs and verify probes; empty when it has none.
 	APIAddr string       `json:"apiAddr,omitempty"`
@@ -223,6 +227,13 @@ type Server struct {
 	KeyGeneration int64    `json:"keyGeneration"`
 	Tasks         int      `json:"tasks"`
 	Errors        []string `json:"errors,omitempty"`
+	// DesiredDigest is the digest of the desired state the server serves;
+	// AppliedDigest the one the agent reports applied. Tampered is set
+	// when, at the same revision, they differ: the host applied a state
+	// the control plane did not sign (its message says what differs).
+	DesiredDigest string `json:"desiredDigest,omitempty"`
+	AppliedDigest string `json:"appliedDigest,omitempty"`
+	Tampered      string `json:"tampered,omitempty"`
 }
 
 // TaskInfo is a placed task with its live status, when its agent

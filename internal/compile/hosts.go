@@ -502,7 +502,7 @@ func (c *compiler) guests(out []Guest, s *server, a *app) []Guest {
 		for _, v := range c.peersEnv(t.app, cl) {
 			env[v.key] = v.value
 		}
-		out = append(out, Guest{Task: t.id, App: t.app.name, Class: cl.name, Index: t.index, Address: t.addr,
+		out = append(out, Guest{Task: t.id, App: t.app.name, Class: cl.name, Index: t.index, Address: t.addr, Network: t.app.network,
 			HostIf: HostIf(t.id), Spec: sp, Resources: cl.spec.Resources, Env: env})
 	}
 	return out

@@ -22,17 +22,25 @@ import (
 // The schema version this build writes and reads.
 const (
 	SchemaMajor = 1
-	SchemaMinor = 0
-	// Schema is SchemaMajor.SchemaMinor as states carry it.
-	Schema = "1.0"
+	SchemaMinor = 1
+	// Schema is SchemaMajor.SchemaMinor as states carry it. 1.1 adds
+	// Guest.Network.
+	Schema = "1.1"
 )
 
 // Desired is a host's desired state at a revision, as the API serves it
 // and the agent keeps it on disk. Revision only grows, and changes only
 // when State does (it is the etcd mod revision of the stored State).
+// Signature is the control plane's signature of State (see sign.go); the
+// agent applies no state without a valid one.
 type Desired struct {
-	Revision int64 `json:"revision"`
-	State    State `json:"state"`
+	Revision  int64      `json:"revision"`
+	State     State      `json:"state"`
+	Signature *Signature `json:"signature,omitempty"`
+
+	// stateJSON is the compact JSON State was decoded from, nil for a
+	// Desired made in memory: what the signature covers (Canonical).
+	stateJSON []byte
 }
 
 // State is everything one host must set up, and nothing more.
@@ -99,6 +107,10 @@ type Guest struct {
 	Class   string     `json:"class"`
 	Index   int        `json:"index"`
 	Address netip.Addr `json:"address"`
+	// Network is the app's overlay network (schema 1.1): Address must be
+	// a task address in it, whatever else the state says. Empty in states
+	// of schema 1.0.
+	Network netip.Prefix `json:"network,omitzero"`
 	// HostIf is the host-side interface (veth or tap) name, "corg" + hash.
 	HostIf    string         `json:"hostIf"`
 	Spec      spec.Guest     `json:"spec"`

@@ -99,7 +99,7 @@ func valid() hoststate.State {
 	web, db := netip.MustParseAddr("100.64.0.10"), netip.MustParseAddr("100.64.0.20")
 	return hoststate.State{
 		Schema: hoststate.Schema, Host: "s1", Address: netip.MustParseAddr("198.18.0.1"), VTEPMAC: "02:c0:00:00:00:01",
-		Guests: []hoststate.Guest{{Task: "shop/web/0", App: "shop", Class: "web", Address: web, HostIf: "corg0",
+		Guests: []hoststate.Guest{{Task: "shop/web/0", App: "shop", Class: "web", Address: web, Network: netip.MustParsePrefix("100.64.0.0/24"), HostIf: "corg0",
 			Spec: spec.Guest{Runtime: spec.RuntimeNetns}}},
 		Peers: []hoststate.Peer{{Server: "s2", PublicKey: "cGVlci1rZXktb2YtczItMDAwMDAwMDAwMDAwMDAwMDA=",
 			Endpoint: netip.MustParseAddrPort("198.18.0.2:51820"), AllowedIPs: []netip.Prefix{netip.PrefixFrom(db, 32)}}},
@@ -132,6 +132,22 @@ func TestValidateNamesTheField(t *testing.T) {
 			s.Peers[0].AllowedIPs = append(s.Peers[0].AllowedIPs, netip.MustParsePrefix("100.64.0.99/32"))
 		}},
 		{"firewall[0].protocol", func(s *hoststate.State) { s.Firewall[0].Protocol = "icmp" }},
+		{"guests[0].network", func(s *hoststate.State) { s.Guests[0].Network = netip.Prefix{} }},
+		{"guests[0].network", func(s *hoststate.State) { s.Guests[0].Network = netip.MustParsePrefix("100.64.0.1/24") }},
+		{"guests[0].address", func(s *hoststate.State) { s.Guests[0].Address = netip.MustParseAddr("100.64.1.10") }},
+		{"guests[0].address", func(s *hoststate.State) { s.Guests[0].Address = netip.MustParseAddr("100.64.0.0") }},
+		{"guests[0].address", func(s *hoststate.State) { s.Guests[0].Address = netip.MustParseAddr("100.64.0.255") }},
+		{"firewall[0].sources[0]", func(s *hoststate.State) { s.Firewall[0].Sources[0] = netip.MustParseAddr("100.65.0.10") }},
+		{"guests[1].network", func(s *hoststate.State) {
+			g := s.Guests[0]
+			g.Task, g.HostIf, g.Address, g.Network = "shop/web/1", "corg1", netip.MustParseAddr("100.64.1.10"), netip.MustParsePrefix("100.64.1.0/24")
+			s.Guests = append(s.Guests, g)
+		}},
+		{"guests", func(s *hoststate.State) {
+			g := s.Guests[0]
+			g.Task, g.App, g.HostIf, g.Address, g.Network = "blog/web/0", "blog", "corg1", netip.MustParseAddr("100.64.0.130"), netip.MustParsePrefix("100.64.0.128/25")
+			s.Guests = append(s.Guests, g)
+		}},
 	}
 	for _, c := range cases {
 		st := valid()

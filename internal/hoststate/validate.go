@@ -152,6 +152,9 @@ func Validate(st State, opt Options) error {
 	if err := CheckNetwork(st); err != nil {
 		return err
 	}
+	if err := checkAppNetworks(st); err != nil {
+		return err
+	}
 	if err := checkServerAddrs(st, opt.ServerAddrs); err != nil {
 		return err
 	}
@@ -159,6 +162,77 @@ func Validate(st State, opt Options) error {
 		return opt.Dataplane(st)
 	}
 	return nil
+}
+
+// checkAppNetworks refuses a task address outside its app's network,
+// whatever signed the state: every guest's address is a task address of
+// its Network (neither the network's own address nor its broadcast), the
+// guests of one app agree on it, two apps' networks do not overlap, and
+// every address of a firewall rule of an app with a guest here is in that
+// app's network (rules never cross apps). A state of schema 1.0 carries
+// no networks; from 1.1 on every guest must.
+func checkAppNetworks(st State) error {
+	_, minor, _ := ParseSchema(st.Schema) // checked by CheckSchema
+	nets := map[string]netip.Prefix{}
+	for i, g := range st.Guests {
+		f := fmt.Sprintf("guests[%d]", i)
+		if !g.Network.IsValid() {
+			if minor >= 1 {
+				return invalid(f+".network", "missing: a state of schema %s names every guest's app network", st.Schema)
+			}
+			continue
+		}
+		n := g.Network
+		if !n.Addr().Is4() || n != n.Masked() || n.Bits() > 30 {
+			return invalid(f+".network", "%s is not an IPv4 network of at least 4 addresses", n)
+		}
+		if prev, ok := nets[g.App]; ok && prev != n {
+			return invalid(f+".network", "%s, but another guest of app %s has %s", n, g.App, prev)
+		}
+		nets[g.App] = n
+		a := g.Address.Unmap()
+		if !n.Contains(a) || a == n.Addr() || a == lastAddr(n) {
+			return invalid(f+".address", "%s is not a task address of app %s's network %s: refused whatever the signature says", a, g.App, n)
+		}
+	}
+	apps := make([]string, 0, len(nets))
+	for app := range nets {
+		apps = append(apps, app)
+	}
+	slices.Sort(apps)
+	for i, x := range apps {
+		for _, y := range apps[i+1:] {
+			if nets[x].Overlaps(nets[y]) {
+				return invalid("guests", "networks %s of app %s and %s of app %s overlap", nets[x], x, nets[y], y)
+			}
+		}
+	}
+	for i, r := range st.Firewall {
+		n, ok := nets[r.App]
+		if !ok {
+			continue
+		}
+		for _, list := range []struct {
+			name  string
+			addrs []netip.Addr
+		}{{"sources", r.Sources}, {"dests", r.Dests}, {"remoteSources", r.RemoteSources}} {
+			for j, a := range list.addrs {
+				if !n.Contains(a.Unmap()) {
+					return invalid(fmt.Sprintf("firewall[%d].%s[%d]", i, list.name, j), "%s is outside app %s's network %s", a.Unmap(), r.App, n)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// lastAddr is the highest address of p (IPv4).
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().As4()
+	for i := p.Bits(); i < 32; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	return netip.AddrFrom4(b)
 }
 
 // checkServerAddrs refuses a state that would send a server address into

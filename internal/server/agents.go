@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
-	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/store"
 )
@@ -103,6 +102,10 @@ func (s *Server) hostDesired(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no desired state for host "+name+" (not joined, removed, or not compiled yet)")
 		return
 	}
+	if err := ds.Sign(s.ca.key); err != nil {
+		writeError(w, http.StatusInternalServerError, "sign desired state: "+err.Error())
+		return
+	}
 	w.Header().Set("X-Corridor-Index", strconv.FormatInt(ds.Revision, 10))
 	writeJSON(w, http.StatusOK, ds)
 }
@@ -151,14 +154,21 @@ func (s *Server) serveDesired(w http.ResponseWriter, r *http.Request, name strin
 	if r.Context().Err() != nil {
 		return
 	}
-	if data == nil {
-		empty, _ := json.Marshal(hoststate.Empty(name))
-		data = empty
+	data, sig, err := s.signer.state(name, rev, data)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "sign desired state: "+err.Error())
+		return
+	}
+	sigJSON, err := json.Marshal(sig)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "encode signature: "+err.Error())
+		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Corridor-Index", strconv.FormatInt(rev, 10))
-	// The stored bytes are the state: no decode and encode per waiter.
-	fmt.Fprintf(w, `{"revision":%d,"state":%s}`+"\n", rev, data)
+	// The stored bytes are the state, and what is signed: no decode and
+	// encode per waiter.
+	fmt.Fprintf(w, `{"revision":%d,"state":%s,"signature":%s}`+"\n", rev, data, sigJSON)
 }
 
 // agentStatus stores a heartbeat. When the agent reports a new address,
@@ -181,6 +191,7 @@ func (s *Server) agentStatus(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
+	s.noteApplied(r.Context(), st)
 	if err := s.followStatus(r.Context(), st); err != nil {
 		s.log.Warn("update server from status", "server", name, "err", err)
 	}

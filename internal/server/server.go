@@ -77,6 +77,7 @@ type Server struct {
 	log        *slog.Logger
 	st         *store.Store
 	ca         *authority
+	signer     *stateSigner // signs desired states with the CA's key
 	adminToken string
 	joinToken  string
 	hub        *hub
@@ -152,6 +153,7 @@ func (s *Server) setup(ctx context.Context) error {
 	if s.ca, err = loadOrCreateCA(ctx, s.st); err != nil {
 		return err
 	}
+	s.signer = newStateSigner(s.ca.key, s.m.reg)
 	if err := atomicfile.Write(filepath.Join(s.cfg.DataDir, CACertFile), s.ca.certPEM, 0o644); err != nil {
 		return fmt.Errorf("server: write ca.crt: %w", err)
 	}

@@ -34,6 +34,11 @@ func (s *Server) serverViews(sn *store.Snapshot, statuses map[string]store.Statu
 			sv.AppliedRevision = st.Status.AppliedRevision
 			sv.KeyGeneration = st.Status.KeyGeneration
 			sv.LastSeen = st.Received
+			sv.AppliedDigest = st.Status.AppliedDigest
+		}
+		sv.DesiredDigest, sv.Tampered = s.tamperedView(context.Background(), name, statuses[name].Status)
+		if sv.Tampered != "" {
+			sv.Errors = append(sv.Errors, sv.Tampered)
 		}
 		out = append(out, sv)
 	}

@@ -94,6 +94,9 @@ func NewCA() (*CA, error) {
 	return &CA{Cert: cert, CertPEM: pemBlock("CERTIFICATE", der), key: key, serial: 1}, nil
 }
 
+// SignState signs a desired state with the CA's key, as the server does.
+func (ca *CA) SignState(ds *api.DesiredState) error { return ds.Sign(ca.key) }
+
 // SignCSR issues a client certificate for a PEM CSR, valid for validity.
 func (ca *CA) SignCSR(csrPEM []byte, validity time.Duration) ([]byte, error) {
 	b, _ := pem.Decode(csrPEM)
@@ -188,13 +191,27 @@ func NewControlPlane(token string) (*ControlPlane, error) {
 	}, nil
 }
 
-// SetDesired gives host a new desired state at the next revision, and
-// returns that revision. Blocked polls of that host answer at once.
+// SetDesired gives host a new desired state at the next revision, signed
+// with the CA's key as the real server signs it, and returns that
+// revision. Blocked polls of that host answer at once.
 func (cp *ControlPlane) SetDesired(st compile.HostState) int64 {
+	return cp.SetEnvelope(api.DesiredState{State: st}, func(ds *api.DesiredState) error { return cp.CA.SignState(ds) })
+}
+
+// SetEnvelope serves ds as host's desired state at the next revision,
+// after sign (nil: as it is, signature included), and returns that
+// revision: for tests of unsigned or badly signed states.
+func (cp *ControlPlane) SetEnvelope(ds api.DesiredState, sign func(*api.DesiredState) error) int64 {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	cp.revision++
-	cp.desired[st.Host] = api.DesiredState{Revision: cp.revision, State: st}
+	ds.Revision = cp.revision
+	if sign != nil {
+		if err := sign(&ds); err != nil {
+			panic("agenttest: sign desired state: " + err.Error())
+		}
+	}
+	cp.desired[ds.State.Host] = ds
 	close(cp.changed)
 	cp.changed = make(chan struct{})
 	return cp.revision

@@ -1,0 +1,228 @@
+package hoststate
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"reflect"
+)
+
+// Signing. The control plane signs every host's desired state with the key
+// of its cluster CA; agents verify it with the CA certificate's public key,
+// which they keep from their join (ca.crt). No new key is distributed and
+// no host key ever signs a state.
+//
+// What is signed is the state's canonical encoding: the compact JSON of
+// the State (no insignificant white space), exactly as the server stored
+// it (compile's json.Marshal), prefixed by SignContext. The envelope keeps
+// those bytes as they were: a Desired decoded from JSON remembers the
+// state's bytes and writes them back unchanged, so that fields of a newer
+// minor schema, which this build does not decode, are still covered by
+// the signature. Indentation (desired.json is indented) is removed before
+// verifying; any other change, a space inside a string included, breaks
+// the signature.
+//
+// The revision is not signed: it is the etcd revision, known only once the
+// state is stored, and an old state replayed under another revision is
+// caught by the server, which compares the digest the agent reports
+// applied with the digest of the state it serves at that revision.
+
+// SignContext separates a host-state signature from anything else the CA
+// key signs (certificates).
+const SignContext = "corridor host-state signature v1\x00"
+
+// Signature algorithms, after the CA key's type.
+const (
+	AlgECDSASHA256 = "ecdsa-sha256" // ASN.1 DER signature of SHA-256(SignContext+state)
+	AlgEd25519     = "ed25519"      // over SignContext+state
+)
+
+var (
+	// ErrUnsigned means a state carries no signature.
+	ErrUnsigned = errors.New("hoststate: state is not signed")
+	// ErrBadSignature means a state's signature does not verify with the
+	// cluster CA's key: the state was changed after it was signed, or was
+	// signed by another key.
+	ErrBadSignature = errors.New("hoststate: bad signature")
+)
+
+// Signature is the control plane's signature of a state.
+type Signature struct {
+	Alg string `json:"alg"`
+	// Digest is "sha256:" and the hex SHA-256 of the state's canonical
+	// encoding, as the agent reports it applied. Informative: verifiers
+	// compute it again.
+	Digest string `json:"digest"`
+	Value  []byte `json:"value"` // base64 in JSON
+}
+
+// UnmarshalJSON decodes an envelope and remembers the bytes of its state,
+// which are what a signature covers.
+func (d *Desired) UnmarshalJSON(b []byte) error {
+	var env struct {
+		Revision  int64           `json:"revision"`
+		State     json.RawMessage `json:"state"`
+		Signature *Signature      `json:"signature"`
+	}
+	if err := json.Unmarshal(b, &env); err != nil {
+		return err
+	}
+	*d = Desired{Revision: env.Revision, Signature: env.Signature}
+	if len(env.State) == 0 || string(env.State) == "null" {
+		return nil
+	}
+	var c bytes.Buffer
+	if err := json.Compact(&c, env.State); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(c.Bytes(), &d.State); err != nil {
+		return err
+	}
+	d.stateJSON = c.Bytes()
+	return nil
+}
+
+// MarshalJSON writes an envelope. The state is written as the bytes it was
+// decoded from when it has not changed since, else encoded afresh.
+func (d Desired) MarshalJSON() ([]byte, error) {
+	state, err := d.Canonical()
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(struct {
+		Revision  int64           `json:"revision"`
+		State     json.RawMessage `json:"state"`
+		Signature *Signature      `json:"signature,omitempty"`
+	}{d.Revision, state, d.Signature})
+}
+
+// Canonical is the canonical encoding of d.State, the bytes a signature
+// covers: those it was decoded from, compacted, while State still is what
+// they decode to; else State's compact JSON.
+func (d *Desired) Canonical() ([]byte, error) {
+	if d.stateJSON != nil {
+		var st State
+		if err := json.Unmarshal(d.stateJSON, &st); err == nil && reflect.DeepEqual(st, d.State) {
+			return d.stateJSON, nil
+		}
+	}
+	b, err := json.Marshal(d.State)
+	if err != nil {
+		return nil, fmt.Errorf("hoststate: encode state: %w", err)
+	}
+	return b, nil
+}
+
+// Digest is the digest of a canonical encoding, as Signature.Digest and
+// the agent's status carry it: "sha256:" and 64 hex digits.
+func Digest(canonical []byte) string {
+	sum := sha256.Sum256(canonical)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// SignBytes signs a state's canonical encoding (a compact JSON State, as
+// the server stores it) with key, an ECDSA or Ed25519 private key.
+func SignBytes(key crypto.Signer, canonical []byte) (*Signature, error) {
+	msg := append([]byte(SignContext), canonical...)
+	sig := &Signature{Digest: Digest(canonical)}
+	var err error
+	switch key.Public().(type) {
+	case *ecdsa.PublicKey:
+		h := sha256.Sum256(msg)
+		sig.Alg = AlgECDSASHA256
+		sig.Value, err = key.Sign(rand.Reader, h[:], crypto.SHA256)
+	case ed25519.PublicKey:
+		sig.Alg = AlgEd25519
+		sig.Value, err = key.Sign(rand.Reader, msg, crypto.Hash(0))
+	default:
+		return nil, fmt.Errorf("hoststate: cannot sign with a %T key: ECDSA or Ed25519 only", key.Public())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hoststate: sign state: %w", err)
+	}
+	return sig, nil
+}
+
+// Sign signs d's state with key and sets d.Signature.
+func (d *Desired) Sign(key crypto.Signer) error {
+	c, err := d.Canonical()
+	if err != nil {
+		return err
+	}
+	sig, err := SignBytes(key, c)
+	if err != nil {
+		return err
+	}
+	d.Signature, d.stateJSON = sig, c
+	return nil
+}
+
+// Verify checks d's signature with pub, the cluster CA's public key
+// (PublicKeyFromCA), and returns the digest of the state. The error wraps
+// ErrUnsigned or ErrBadSignature.
+func (d *Desired) Verify(pub crypto.PublicKey) (digest string, err error) {
+	if d.Signature == nil {
+		return "", ErrUnsigned
+	}
+	c, err := d.Canonical()
+	if err != nil {
+		return "", err
+	}
+	digest = Digest(c)
+	if d.Signature.Digest != digest {
+		return "", fmt.Errorf("%w: the state's digest is %s, the signature was made for %s (the state was changed after it was signed)",
+			ErrBadSignature, digest, d.Signature.Digest)
+	}
+	msg := append([]byte(SignContext), c...)
+	ok := false
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		h := sha256.Sum256(msg)
+		ok = d.Signature.Alg == AlgECDSASHA256 && ecdsa.VerifyASN1(k, h[:], d.Signature.Value)
+	case ed25519.PublicKey:
+		ok = d.Signature.Alg == AlgEd25519 && ed25519.Verify(k, msg, d.Signature.Value)
+	case nil:
+		return "", fmt.Errorf("%w: no cluster CA key to verify it with (ca.crt missing: the agent has not joined yet)", ErrBadSignature)
+	default:
+		return "", fmt.Errorf("%w: cannot verify with a %T key", ErrBadSignature, pub)
+	}
+	if !ok {
+		return "", fmt.Errorf("%w: %s signature does not verify with the cluster CA's key (signed by another key, or changed after signing)",
+			ErrBadSignature, d.Signature.Alg)
+	}
+	return digest, nil
+}
+
+// PublicKeyFromCA is the key that verifies states: the public key of the
+// cluster CA certificate (PEM; the first certificate is used).
+func PublicKeyFromCA(caPEM []byte) (crypto.PublicKey, error) {
+	for rest := caPEM; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return nil, errors.New("hoststate: no PEM certificate in the CA file")
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("hoststate: CA certificate: %w", err)
+		}
+		switch k := cert.PublicKey.(type) {
+		case *ecdsa.PublicKey, ed25519.PublicKey:
+			return k, nil
+		default:
+			return nil, fmt.Errorf("hoststate: the CA's %T key cannot verify states: ECDSA or Ed25519 only", k)
+		}
+	}
+}
