@@ -51,7 +51,13 @@ func newGetCmd() *cobra.Command {
 					if s.Spec.KeyGeneration > s.KeyGeneration {
 						key += "->" + fmt.Sprint(s.Spec.KeyGeneration)
 					}
-					t.Row(s.Spec.Name, s.State, s.Spec.Address, fmt.Sprint(s.Tasks), fmt.Sprint(s.DesiredRevision), fmt.Sprint(s.AppliedRevision), key, ago(s.LastSeen), fmt.Sprint(len(s.Errors)))
+					// A host that applied a state the control plane did
+					// not sign (its digest differs at the same revision).
+					applied := fmt.Sprint(s.AppliedRevision)
+					if s.Tampered != "" {
+						applied += " TAMPERED"
+					}
+					t.Row(s.Spec.Name, s.State, s.Spec.Address, fmt.Sprint(s.Tasks), fmt.Sprint(s.DesiredRevision), applied, key, ago(s.LastSeen), fmt.Sprint(len(s.Errors)))
 				}
 			})
 		}),
