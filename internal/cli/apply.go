@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/spec"
 )
 
 func init() { register(newApplyCmd) }
@@ -46,17 +47,9 @@ lists what is still unsettled (the apps stay applied).`,
 			if file == "" {
 				return fmt.Errorf("-f FILE is required (- reads stdin)")
 			}
-			var data []byte
-			var err error
-			name := filepath.Base(file)
-			if file == "-" {
-				data, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), 4<<20))
-				name = "stdin"
-			} else {
-				data, err = os.ReadFile(file)
-			}
+			data, name, err := readSpecFile(cmd.InOrStdin(), file)
 			if err != nil {
-				return fmt.Errorf("read %s: %w", file, err)
+				return err
 			}
 			c, err := cf.client()
 			if err != nil {
@@ -101,4 +94,46 @@ func revOrDash(r int64) string {
 		return "-"
 	}
 	return fmt.Sprint(r)
+}
+
+// readSpecFile reads an app spec file (- for stdin) and returns its data
+// and the name the server's errors give it. A file over the spec's size
+// limit (spec.MaxFileSize) is refused here, before anything is sent: the
+// server would refuse it too, after receiving it whole.
+func readSpecFile(stdin io.Reader, file string) ([]byte, string, error) {
+	tooBig := func(what string, size int64) error {
+		is := "holds more than"
+		if size >= 0 {
+			is = fmt.Sprintf("is %d bytes, more than", size)
+		}
+		return fmt.Errorf("%s %s the spec's limit of %d bytes (1 MiB): nothing was sent; split its apps into smaller files",
+			what, is, spec.MaxFileSize)
+	}
+	if file == "-" {
+		data, err := io.ReadAll(io.LimitReader(stdin, spec.MaxFileSize+1))
+		if err != nil {
+			return nil, "", fmt.Errorf("read stdin: %w", err)
+		}
+		if len(data) > spec.MaxFileSize {
+			return nil, "", tooBig("stdin", -1)
+		}
+		return data, "stdin", nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, "", fmt.Errorf("read %s: %w", file, err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > spec.MaxFileSize {
+		return nil, "", tooBig(file, fi.Size())
+	}
+	// A file that is not regular (a pipe) or grows while read.
+	data, err := io.ReadAll(io.LimitReader(f, spec.MaxFileSize+1))
+	if err != nil {
+		return nil, "", fmt.Errorf("read %s: %w", file, err)
+	}
+	if len(data) > spec.MaxFileSize {
+		return nil, "", tooBig(file, -1)
+	}
+	return data, filepath.Base(file), nil
 }
