@@ -445,17 +445,22 @@ func bigBuffers(c *mdnetlink.Conn) error {
 }
 
 // retryDump retries a netlink dump that the kernel interrupted because the
-// table changed meanwhile.
+// table changed meanwhile, or that failed for a transient reason (EBUSY,
+// EINTR, ENOBUFS, EAGAIN: see transientNetlink), a few times with a short
+// pause, before its error is reported.
 func retryDump[T any](f func() ([]T, error)) ([]T, error) {
 	var err error
-	for range 5 {
+	for attempt := range dumpAttempts {
+		if attempt > 0 && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			time.Sleep(time.Duration(attempt) * dumpRetryPause)
+		}
 		var out []T
 		out, err = f()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+		if err == nil || !transientNetlink(err) {
 			return out, err
 		}
 	}
-	return nil, err
+	return nil, fmt.Errorf("%w (failed %d times in a row)", err, dumpAttempts)
 }
 
 func ipOf(a netip.Addr) net.IP { return net.IP(a.AsSlice()) }

@@ -34,14 +34,14 @@ func chains() []*nftables.Chain {
 // fingerprint comment of the first forward rule matches, every chain has the
 // expected number of rules, and the counters are those of rs.
 func (dp *Dataplane) firewallCurrent(rs *ruleset) (bool, error) {
-	tables, err := dp.nft.ListTablesOfFamily(nftables.TableFamilyINet)
+	tables, err := retryDump(func() ([]*nftables.Table, error) { return dp.nft.ListTablesOfFamily(nftables.TableFamilyINet) })
 	if err != nil {
 		return false, fmt.Errorf("list nftables tables: %w", err)
 	}
 	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == NFTTable }) {
 		return false, nil
 	}
-	existing, err := dp.nft.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	existing, err := retryDump(func() ([]*nftables.Chain, error) { return dp.nft.ListChainsOfTableFamily(nftables.TableFamilyINet) })
 	if err != nil {
 		return false, fmt.Errorf("list nftables chains: %w", err)
 	}
@@ -61,7 +61,9 @@ func (dp *Dataplane) firewallCurrent(rs *ruleset) (bool, error) {
 		return false, nil
 	}
 	for chain, n := range rs.ruleCount() {
-		rules, err := dp.nft.GetRules(corridorTable, &nftables.Chain{Name: chain, Table: corridorTable})
+		rules, err := retryDump(func() ([]*nftables.Rule, error) {
+			return dp.nft.GetRules(corridorTable, &nftables.Chain{Name: chain, Table: corridorTable})
+		})
 		if err != nil {
 			return false, fmt.Errorf("list rules of chain %s: %w", chain, err)
 		}
@@ -83,7 +85,7 @@ func (dp *Dataplane) firewallCurrent(rs *ruleset) (bool, error) {
 }
 
 func (dp *Dataplane) counterNames() ([]string, error) {
-	objs, err := dp.nft.GetObjects(corridorTable)
+	objs, err := retryDump(func() ([]nftables.Obj, error) { return dp.nft.GetObjects(corridorTable) })
 	if err != nil {
 		return nil, fmt.Errorf("list nftables counters: %w", err)
 	}
@@ -115,7 +117,7 @@ func (dp *Dataplane) applyFirewall(rs *ruleset) (bool, error) {
 		return false, nil
 	}
 	var have []string
-	tables, err := dp.nft.ListTablesOfFamily(nftables.TableFamilyINet)
+	tables, err := retryDump(func() ([]*nftables.Table, error) { return dp.nft.ListTablesOfFamily(nftables.TableFamilyINet) })
 	if err != nil {
 		return false, fmt.Errorf("list nftables tables: %w", err)
 	}
@@ -125,7 +127,7 @@ func (dp *Dataplane) applyFirewall(rs *ruleset) (bool, error) {
 		if have, err = dp.counterNames(); err != nil {
 			return false, err
 		}
-		cs, err := dp.nft.ListChainsOfTableFamily(nftables.TableFamilyINet)
+		cs, err := retryDump(func() ([]*nftables.Chain, error) { return dp.nft.ListChainsOfTableFamily(nftables.TableFamilyINet) })
 		if err != nil {
 			return false, fmt.Errorf("list nftables chains: %w", err)
 		}
@@ -202,7 +204,7 @@ func isFirstOf(rs *ruleset, i int) bool {
 
 // removeFirewall deletes table inet corridor if it exists.
 func (dp *Dataplane) removeFirewall() error {
-	tables, err := dp.nft.ListTablesOfFamily(nftables.TableFamilyINet)
+	tables, err := retryDump(func() ([]*nftables.Table, error) { return dp.nft.ListTablesOfFamily(nftables.TableFamilyINet) })
 	if err != nil {
 		return fmt.Errorf("list nftables tables: %w", err)
 	}
@@ -229,7 +231,7 @@ type DropCounter struct {
 
 // dropCounters reads our named counters.
 func (dp *Dataplane) dropCounters() ([]DropCounter, error) {
-	objs, err := dp.nft.GetObjects(corridorTable)
+	objs, err := retryDump(func() ([]nftables.Obj, error) { return dp.nft.GetObjects(corridorTable) })
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil, nil
