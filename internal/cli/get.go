@@ -110,6 +110,7 @@ func newGetCmd() *cobra.Command {
 			})
 		}),
 	)
+	addReadyWait(cmd)
 	return cmd
 }
 

@@ -1,0 +1,208 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/hostns"
+	"github.com/corridor-dev/corridor/internal/testnet"
+)
+
+// operationsMarker precedes each command block of docs/operations.md that
+// TestOperationsPageRunsAsWritten runs.
+const operationsMarker = "<!-- test: operations -->"
+
+// operationsBlocks extracts the marked ```sh blocks of a Markdown page, in
+// order.
+func operationsBlocks(page string) []string {
+	var blocks []string
+	rest := page
+	for {
+		i := strings.Index(rest, operationsMarker)
+		if i < 0 {
+			return blocks
+		}
+		rest = rest[i+len(operationsMarker):]
+		start := strings.Index(rest, "```sh\n")
+		if start < 0 {
+			return blocks
+		}
+		rest = rest[start+len("```sh\n"):]
+		end := strings.Index(rest, "\n```")
+		if end < 0 {
+			return blocks
+		}
+		blocks = append(blocks, rest[:end+1])
+		rest = rest[end:]
+	}
+}
+
+func TestOperationsBlocksParsed(t *testing.T) {
+	page := "x\n" + operationsMarker + "\n```sh\necho a\necho b\n```\nnot this\n```sh\nnot this either\n```\n" +
+		operationsMarker + "\n\n```sh\necho c\n```\n"
+	got := operationsBlocks(page)
+	if len(got) != 2 || got[0] != "echo a\necho b\n" || got[1] != "echo c\n" {
+		t.Fatalf("blocks: %q", got)
+	}
+}
+
+// The setup section of docs/operations.md ("Several servers on one
+// machine": hosts made of namespaces, the server, one agent per host, the
+// shop app, verify, and removing it all) runs as written: the page cannot
+// drift from the product.
+func TestOperationsPageRunsAsWritten(t *testing.T) {
+	testnet.NeedRoot(t, "makes network namespaces and runs a server and agents")
+	for _, tool := range []string{"ip", "nsenter", "bash"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("the page uses %s, which `make deps` installs: %v", tool, err)
+		}
+	}
+	page, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := operationsBlocks(string(page))
+	if len(blocks) < 5 {
+		t.Fatalf("docs/operations.md has %d marked blocks; want the setup section's 5", len(blocks))
+	}
+	// The binary at a path of the test's own, named corridor as the page
+	// calls it: every process still running it at the end is a leftover
+	// of this test (the agents run the sample tiers with it too).
+	binDir := t.TempDir()
+	bin := filepath.Join(binDir, "corridor")
+	copyExecutable(t, testnet.Binary(t, "agent", "server"), bin)
+	t.Cleanup(func() { removeTryLeftovers(t, bin) })
+
+	cgroupsBefore := cgroupDirs()
+	script := "set -euo pipefail\nset -x\n" + strings.Join(blocks, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", script)
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(),
+		"PATH="+binDir+":"+os.Getenv("PATH"),
+		"CORRIDOR_CONFIG="+filepath.Join(t.TempDir(), "config.json"),
+		"CORRIDOR_SERVER=", "CORRIDOR_TOKEN=", "CORRIDOR_CA=")
+	// Its own process group, ended whole on timeout: the server and agents
+	// it starts in the background would otherwise hold the output open.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 10 * time.Second
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Run()
+	t.Logf("the page's commands:\n%s", out.String())
+	if err != nil {
+		for _, log := range []string{"server.log", "agent-s1.log", "agent-s2.log", "agent-s3.log"} {
+			if b, rerr := os.ReadFile(filepath.Join("/var/lib/corridor-try", log)); rerr == nil {
+				t.Logf("%s:\n%s", log, tail(string(b), 40))
+			}
+		}
+		t.Fatalf("docs/operations.md's setup commands failed: %v", err)
+	}
+	if !regexp.MustCompile(`verify shop: all \d+ checks match the policy`).MatchString(out.String()) {
+		t.Errorf("verify did not report every check matching")
+	}
+	// The page's cleanup left nothing: no process of the binary (the
+	// agents' wireguard-go processes and the tasks run it too), no cgroup
+	// made during the run.
+	for _, pid := range processesOf(bin) {
+		t.Errorf("process %d of corridor still runs after the page's cleanup: %s", pid, cmdline(pid))
+	}
+	for c := range cgroupDirs() {
+		if !cgroupsBefore[c] {
+			t.Errorf("cgroup %s left after the page's cleanup", c)
+		}
+	}
+	if _, err := os.Stat("/var/lib/corridor-try"); !os.IsNotExist(err) {
+		t.Errorf("/var/lib/corridor-try is still there after the page's cleanup: %v", err)
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func copyExecutable(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// removeTryLeftovers undoes what a failed run of the page left: processes
+// of the test's binary (by PID), the try-* namespaces and link, and the
+// state. After a successful run there is nothing to do.
+func removeTryLeftovers(t *testing.T, bin string) {
+	for _, pid := range processesOf(bin) {
+		t.Logf("killing leftover process %d", pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, i := range []string{"1", "2", "3"} {
+		if ns := "try-s" + i; hostns.Exists(ns) {
+			_ = exec.Command("nsenter", "--net="+hostns.Path(ns), bin, "agent", "--cleanup",
+				"--state-dir", "/var/lib/corridor-try/s"+i, "--wg-name", "corw-try"+i).Run()
+		}
+	}
+	for _, ns := range []string{"try-s1", "try-s2", "try-s3", "try-ul"} {
+		if hostns.Exists(ns) {
+			t.Logf("removing leftover namespace %s", ns)
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+	}
+	_ = exec.Command("ip", "link", "del", "try0").Run()
+	_ = os.RemoveAll("/var/lib/corridor-try")
+}
+
+// processesOf lists the PIDs of processes running the executable bin.
+func processesOf(bin string) []int {
+	var pids []int
+	exes, _ := filepath.Glob("/proc/[0-9]*/exe")
+	for _, p := range exes {
+		if exe, err := os.Readlink(p); err == nil && exe == bin {
+			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+func cmdline(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return strings.ReplaceAll(strings.TrimRight(string(b), "\x00"), "\x00", " ")
+}
+
+// cgroupDirs lists the directories under every cgroup hierarchy's
+// "corridor" parent, the parent included.
+func cgroupDirs() map[string]bool {
+	out := map[string]bool{}
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/corridor")
+	more, _ := filepath.Glob("/sys/fs/cgroup/corridor")
+	for _, r := range append(roots, more...) {
+		_ = filepath.WalkDir(r, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				out[p] = true
+			}
+			return nil
+		})
+	}
+	return out
+}
