@@ -32,7 +32,7 @@ const cpuPeriodUS = 100000
 // minCPUQuotaUS is the smallest quota the kernel accepts (1 ms).
 const minCPUQuotaUS = 1000
 
-// cgroupLayout is where the cpu and memory controllers are mounted.
+// cgroupLayout is where the cpu, memory and pids controllers are mounted.
 // On a pure v2 host one directory serves both; on a v1 or hybrid host
 // (such as our lab machines, whose v2 mount holds only hugetlb) each
 // controller has its own hierarchy.
@@ -41,12 +41,30 @@ type cgroupLayout struct {
 	V2Root  string // v2: the cgroup2 mount with cpu and memory
 	CPURoot string // v1: the hierarchy with the cpu controller
 	MemRoot string // v1: the hierarchy with the memory controller
+	// PidsRoot (v1) is the hierarchy with the pids controller, "" when
+	// there is none; V2Pids tells whether the v2 mount offers pids. A
+	// host without the pids controller runs tasks without a pids limit.
+	PidsRoot string
+	V2Pids   bool
 }
 
 // detectCgroups reads /proc/self/mountinfo. containerd/cgroups' Mode()
 // only says "hybrid" on hosts like ours, which does not tell where cpu
 // and memory live, so each controller is looked up here.
 func detectCgroups() (cgroupLayout, error) {
+	l, err := readCgroupMounts()
+	if err == nil {
+		return l, nil
+	}
+	// None visible: started by `ip netns exec`, which hides them (see
+	// remountCgroups); mount them again and look once more.
+	if rerr := remountCgroups(); rerr != nil {
+		return cgroupLayout{}, fmt.Errorf("%w (%w)", err, rerr)
+	}
+	return readCgroupMounts()
+}
+
+func readCgroupMounts() (cgroupLayout, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return cgroupLayout{}, fmt.Errorf("guest: read mounts: %w", err)
@@ -80,6 +98,9 @@ func parseCgroupMounts(r io.Reader, controllers func(dir string) (string, error)
 			if slices.Contains(m.Super, "memory") && l.MemRoot == "" {
 				l.MemRoot = m.Point
 			}
+			if slices.Contains(m.Super, "pids") && l.PidsRoot == "" {
+				l.PidsRoot = m.Point
+			}
 		}
 	}
 	for _, mnt := range v2 {
@@ -89,7 +110,7 @@ func parseCgroupMounts(r io.Reader, controllers func(dir string) (string, error)
 		}
 		f := strings.Fields(c)
 		if slices.Contains(f, "cpu") && slices.Contains(f, "memory") {
-			return cgroupLayout{Version: cgroupV2, V2Root: mnt}, nil
+			return cgroupLayout{Version: cgroupV2, V2Root: mnt, V2Pids: slices.Contains(f, "pids")}, nil
 		}
 	}
 	if l.CPURoot != "" && l.MemRoot != "" {
@@ -117,22 +138,36 @@ func cpuQuotaUS(m spec.MilliCPU) int64 {
 	return max(q, minCPUQuotaUS)
 }
 
+// pidsMax is the pids limit of r: spec.DefaultPids when unset.
+func pidsMax(r spec.Resources) string {
+	if r.Pids <= 0 {
+		return strconv.Itoa(spec.DefaultPids)
+	}
+	return strconv.Itoa(r.Pids)
+}
+
 // v1Limits are the control files of a v1 task cgroup, in writing order
-// (the period before the quota measured against it).
-func v1Limits(r spec.Resources) []cgroupFile {
+// (the period before the quota measured against it); pids says whether
+// the host has the pids controller.
+func v1Limits(r spec.Resources, pids bool) []cgroupFile {
 	mem := "-1"
 	if r.Memory > 0 {
 		mem = strconv.FormatInt(int64(r.Memory), 10)
 	}
-	return []cgroupFile{
+	fs := []cgroupFile{
 		{"cpu", "cpu.cfs_period_us", strconv.Itoa(cpuPeriodUS)},
 		{"cpu", "cpu.cfs_quota_us", strconv.FormatInt(cpuQuotaUS(r.CPU), 10)},
 		{"memory", "memory.limit_in_bytes", mem},
 	}
+	if pids {
+		fs = append(fs, cgroupFile{"pids", "pids.max", pidsMax(r)})
+	}
+	return fs
 }
 
-// v2Limits are the control files of a v2 task cgroup.
-func v2Limits(r spec.Resources) []cgroupFile {
+// v2Limits are the control files of a v2 task cgroup; pids says whether
+// the pids controller is available.
+func v2Limits(r spec.Resources, pids bool) []cgroupFile {
 	cpu := "max " + strconv.Itoa(cpuPeriodUS)
 	if q := cpuQuotaUS(r.CPU); q > 0 {
 		cpu = fmt.Sprintf("%d %d", q, cpuPeriodUS)
@@ -141,10 +176,14 @@ func v2Limits(r spec.Resources) []cgroupFile {
 	if r.Memory > 0 {
 		mem = strconv.FormatInt(int64(r.Memory), 10)
 	}
-	return []cgroupFile{
+	fs := []cgroupFile{
 		{"", "cpu.max", cpu},
 		{"", "memory.max", mem},
 	}
+	if pids {
+		fs = append(fs, cgroupFile{"", "pids.max", pidsMax(r)})
+	}
+	return fs
 }
 
 // taskCgroup is one task's cgroup: rel is "<parent>/<name>" below each
@@ -161,6 +200,8 @@ func (c taskCgroup) dir(ctrl string) string {
 		return filepath.Join(c.layout.V2Root, c.rel)
 	case ctrl == "memory":
 		return filepath.Join(c.layout.MemRoot, c.rel)
+	case ctrl == "pids" && c.layout.PidsRoot != "":
+		return filepath.Join(c.layout.PidsRoot, c.rel)
 	default:
 		return filepath.Join(c.layout.CPURoot, c.rel)
 	}
@@ -170,7 +211,11 @@ func (c taskCgroup) dirs() []string {
 	if c.layout.Version == cgroupV2 {
 		return []string{c.dir("")}
 	}
-	return []string{c.dir("cpu"), c.dir("memory")}
+	ds := []string{c.dir("cpu"), c.dir("memory")}
+	if c.layout.PidsRoot != "" {
+		ds = append(ds, c.dir("pids"))
+	}
+	return ds
 }
 
 // Ensure creates the cgroup if needed and writes its limits.
@@ -185,9 +230,9 @@ func (c taskCgroup) Ensure(r spec.Resources) error {
 			return fmt.Errorf("guest: create cgroup: %w", err)
 		}
 	}
-	limits := v1Limits(r)
+	limits := v1Limits(r, c.layout.PidsRoot != "")
 	if c.layout.Version == cgroupV2 {
-		limits = v2Limits(r)
+		limits = v2Limits(r, c.layout.V2Pids)
 	}
 	for _, l := range limits {
 		p := filepath.Join(c.dir(l.Ctrl), l.File)
@@ -198,13 +243,18 @@ func (c taskCgroup) Ensure(r spec.Resources) error {
 	return nil
 }
 
-// enableV2Controllers turns cpu and memory on in every ancestor of the
-// task cgroup, as v2 requires before a child can be limited.
+// enableV2Controllers turns cpu and memory (and pids, when there) on in
+// every ancestor of the task cgroup, as v2 requires before a child can be
+// limited.
 func (c taskCgroup) enableV2Controllers() error {
+	ctrls := "+cpu +memory"
+	if c.layout.V2Pids {
+		ctrls += " +pids"
+	}
 	dir := c.layout.V2Root
 	for _, part := range strings.Split(filepath.Dir(c.rel), "/") {
-		if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+cpu +memory"), 0o644); err != nil {
-			return fmt.Errorf("guest: enable cpu and memory controllers in %s: %w", dir, err)
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte(ctrls), 0o644); err != nil {
+			return fmt.Errorf("guest: enable controllers %q in %s: %w", ctrls, dir, err)
 		}
 		if part == "" || part == "." {
 			break
@@ -217,8 +267,8 @@ func (c taskCgroup) enableV2Controllers() error {
 	if dir == c.layout.V2Root {
 		return nil
 	}
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+cpu +memory"), 0o644); err != nil {
-		return fmt.Errorf("guest: enable cpu and memory controllers in %s: %w", dir, err)
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte(ctrls), 0o644); err != nil {
+		return fmt.Errorf("guest: enable controllers %q in %s: %w", ctrls, dir, err)
 	}
 	return nil
 }
@@ -333,7 +383,8 @@ func OpenCgroup(parent, task string) (*Cgroup, error) {
 	return cs.Task(parent, task), nil
 }
 
-// Ensure creates the cgroup if needed and sets its CPU and memory limits.
+// Ensure creates the cgroup if needed and sets its CPU, memory and pids
+// limits (pids: resources.pids, default spec.DefaultPids).
 func (g *Cgroup) Ensure(r spec.Resources) error { return g.c.Ensure(r) }
 
 // AddProc moves a process into the cgroup (v1: in every hierarchy).
@@ -350,7 +401,7 @@ func (g *Cgroup) Kill(sig syscall.Signal, wait time.Duration) bool { return g.c.
 func (g *Cgroup) Procs() []int { return g.c.Procs() }
 
 // Dir is the cgroup's directory in the hierarchy of controller ctrl
-// ("cpu", "memory"; any on v2).
+// ("cpu", "memory", "pids"; any on v2).
 func (g *Cgroup) Dir(ctrl string) string { return g.c.dir(ctrl) }
 
 // Dirs are the cgroup's directories, one per hierarchy.

@@ -106,12 +106,19 @@ func TestCgroupLimits(t *testing.T) {
 		return strings.Join(parts, " ")
 	}
 	for _, c := range cases {
-		if got := render(v1Limits(c.res)); got != c.v1 {
+		if got := render(v1Limits(c.res, false)); got != c.v1 {
 			t.Errorf("v1Limits(%+v) = %s, want %s", c.res, got, c.v1)
 		}
-		if got := render(v2Limits(c.res)); got != c.v2 {
+		if got := render(v2Limits(c.res, false)); got != c.v2 {
 			t.Errorf("v2Limits(%+v) = %s, want %s", c.res, got, c.v2)
 		}
+	}
+	// With the pids controller: the default, and a class's own limit.
+	if got := render(v1Limits(spec.Resources{CPU: 100, Memory: 8 << 20}, true)); !strings.HasSuffix(got, " pids/pids.max=1024") {
+		t.Errorf("v1Limits with pids = %s, want pids.max=%d last", got, spec.DefaultPids)
+	}
+	if got := render(v2Limits(spec.Resources{CPU: 100, Memory: 8 << 20, Pids: 64}, true)); !strings.HasSuffix(got, " /pids.max=64") {
+		t.Errorf("v2Limits with pids = %s, want pids.max=64 last", got)
 	}
 }
 
@@ -119,6 +126,7 @@ func TestParseCgroupMounts(t *testing.T) {
 	hybrid := `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:13 - cgroup cgroup rw,cpu,cpuacct
 35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 `
 	unified := `29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
@@ -138,14 +146,14 @@ func TestParseCgroupMounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Version != cgroupV1 || l.CPURoot != "/sys/fs/cgroup/cpu,cpuacct" || l.MemRoot != "/sys/fs/cgroup/memory" {
+	if l.Version != cgroupV1 || l.CPURoot != "/sys/fs/cgroup/cpu,cpuacct" || l.MemRoot != "/sys/fs/cgroup/memory" || l.PidsRoot != "/sys/fs/cgroup/pids" {
 		t.Errorf("hybrid: got %+v", l)
 	}
 	l, err = parseCgroupMounts(strings.NewReader(unified), read)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Version != cgroupV2 || l.V2Root != "/sys/fs/cgroup" {
+	if l.Version != cgroupV2 || l.V2Root != "/sys/fs/cgroup" || !l.V2Pids {
 		t.Errorf("unified: got %+v", l)
 	}
 	c := taskCgroup{layout: l, rel: "corridor/shop-web-0"}
@@ -161,17 +169,17 @@ func TestParseCgroupMounts(t *testing.T) {
 // controllers are enabled in each ancestor and the limits land in place.
 func TestCgroupV2Files(t *testing.T) {
 	root := t.TempDir()
-	c := taskCgroup{layout: cgroupLayout{Version: cgroupV2, V2Root: root}, rel: "corridor/lab1/shop-web-0"}
+	c := taskCgroup{layout: cgroupLayout{Version: cgroupV2, V2Root: root, V2Pids: true}, rel: "corridor/lab1/shop-web-0"}
 	if err := c.Ensure(spec.Resources{CPU: 1500, Memory: 128 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range []string{"", "corridor", "corridor/lab1"} {
 		b, err := os.ReadFile(filepath.Join(root, d, "cgroup.subtree_control"))
-		if err != nil || string(b) != "+cpu +memory" {
+		if err != nil || string(b) != "+cpu +memory +pids" {
 			t.Errorf("%s/cgroup.subtree_control = %q, %v", d, b, err)
 		}
 	}
-	for file, want := range map[string]string{"cpu.max": "150000 100000", "memory.max": "134217728"} {
+	for file, want := range map[string]string{"cpu.max": "150000 100000", "memory.max": "134217728", "pids.max": "1024"} {
 		b, err := os.ReadFile(filepath.Join(root, c.rel, file))
 		if err != nil || string(b) != want {
 			t.Errorf("%s = %q, %v; want %q", file, b, err, want)

@@ -62,6 +62,13 @@ type Guest struct {
 	Initrd string `yaml:"initrd,omitempty" json:"initrd,omitempty"`
 	Image  string `yaml:"image,omitempty" json:"image,omitempty"`
 	VCPUs  int    `yaml:"vcpus,omitempty" json:"vcpus,omitempty"`
+	// netns only: the numeric user the program runs as, "UID" or
+	// "UID:GID" (GID defaults to UID). Empty: an unprivileged ID the
+	// agent derives from the task (docs/guests.md). Never 0.
+	User string `yaml:"user,omitempty" json:"user,omitempty"`
+	// netns only: allow raw and packet sockets (the program keeps
+	// CAP_NET_RAW, in its own network namespace). Default false.
+	NetRaw bool `yaml:"netRaw,omitempty" json:"netRaw,omitempty"`
 }
 
 // Resources a task reserves on its server. In YAML, cpu is "500m", "2" or
@@ -69,6 +76,9 @@ type Guest struct {
 type Resources struct {
 	CPU    MilliCPU `yaml:"cpu" json:"cpu"`
 	Memory Bytes    `yaml:"memory" json:"memory"`
+	// Pids bounds the processes and threads of a task (its cgroup's pids
+	// limit); 0 means DefaultPids. Not a server capacity.
+	Pids int `yaml:"pids,omitempty" json:"pids,omitempty"`
 }
 
 // MilliCPU is thousandths of a CPU.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -20,6 +21,11 @@ const (
 	MaxVCPUs               = 64
 	MaxEnvNameLen          = 256
 	MaxServerNameLen       = 63
+	// DefaultPids is a task's pids limit (processes and threads) when
+	// resources.pids is left out; MinPids and MaxPids bound it.
+	DefaultPids = 1024
+	MinPids     = 16
+	MaxPids     = 1 << 20
 
 	// DefaultWireGuardPort is the UDP port of a server's corw0 when its
 	// spec names none (the same as compile.DefaultWireGuardPort).
@@ -243,6 +249,9 @@ func validateClass(w *where, c *Class, p string) {
 	case r.Memory > MaxBytes:
 		w.errorf(p+".resources.memory", "memory must be at most %s, got %s", MaxBytes, r.Memory)
 	}
+	if r.Pids != 0 && (r.Pids < MinPids || r.Pids > MaxPids) {
+		w.errorf(p+".resources.pids", "pids must be between %d and %d (or left out for %d), got %d", MinPids, MaxPids, DefaultPids, r.Pids)
+	}
 
 	type portKey struct {
 		port  int
@@ -310,6 +319,11 @@ func validateGuest(w *where, g *Guest, p string) {
 		if g.VCPUs != 0 {
 			w.errorf(p+".vcpus", "vcpus applies only to runtime vm")
 		}
+		if g.User != "" {
+			if _, _, err := ParseUser(g.User); err != nil {
+				w.errorf(p+".user", "%v", err)
+			}
+		}
 	case RuntimeVM:
 		// Neither kernel nor image: the host's default guest image (see
 		// docs/guests.md), whose init runs the command.
@@ -321,6 +335,12 @@ func validateGuest(w *where, g *Guest, p string) {
 		}
 		if g.Initrd != "" && g.Kernel == "" {
 			w.errorf(p+".initrd", "initrd needs a kernel")
+		}
+		if g.User != "" {
+			w.errorf(p+".user", "user applies only to runtime netns (a VM's program runs as its image's init decides)")
+		}
+		if g.NetRaw {
+			w.errorf(p+".netRaw", "netRaw applies only to runtime netns (a VM guest has its own kernel)")
 		}
 		if g.VCPUs < 0 || g.VCPUs > MaxVCPUs {
 			w.errorf(p+".vcpus", "vcpus must be between 1 and %d (or left out), got %d", MaxVCPUs, g.VCPUs)
@@ -547,6 +567,10 @@ func validateServers(servers []Server, wheres []*where, paths []string) {
 			w.errorf(p+".capacity.memory", "capacity memory must be between 1 byte and %s, got %s", MaxBytes, s.Capacity.Memory)
 		}
 
+		if s.Capacity.Pids != 0 {
+			w.errorf(p+".capacity.pids", "pids is a task limit (a class's resources.pids), not a server capacity")
+		}
+
 		switch s.State {
 		case "", ServerReady, ServerDraining, ServerDown:
 		default:
@@ -574,4 +598,33 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// ParseUser reads guest.user: "UID" or "UID:GID", numeric, GID defaulting
+// to UID. Neither may be 0 (root) or 4294967295 (the kernel's -1); names
+// are refused, since a name means a different ID on each host.
+func ParseUser(s string) (uid, gid uint32, err error) {
+	us, gs, hasGID := strings.Cut(s, ":")
+	parse := func(what, v string) (uint32, error) {
+		n, err := strconv.ParseUint(v, 10, 32)
+		switch {
+		case err != nil:
+			return 0, fmt.Errorf("user %q: the %s must be a number (names are refused: they mean different IDs on different hosts)", truncate(s), what)
+		case n == 0:
+			return 0, fmt.Errorf("user %q: the %s must not be 0: a netns guest never runs as root", truncate(s), what)
+		case n == 1<<32-1:
+			return 0, fmt.Errorf("user %q: the %s 4294967295 is the kernel's \"no ID\"", truncate(s), what)
+		}
+		return uint32(n), nil
+	}
+	if uid, err = parse("UID", us); err != nil {
+		return 0, 0, err
+	}
+	gid = uid
+	if hasGID {
+		if gid, err = parse("GID", gs); err != nil {
+			return 0, 0, err
+		}
+	}
+	return uid, gid, nil
 }
