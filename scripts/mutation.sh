@@ -21,8 +21,10 @@ $GO test -c -tags corridor_mutation -o "$bin" ./internal/dataplane
 cases='
 forward-drops      denied|fail-closed
 unreachable-routes fail-closed
-device-check       encrypted-pair-refused-in-plain
+device-check       encrypted-pair-refused-in-plain|injection
 fwmark-rule        encrypted
+vtep-source        vtep-spoof
+guest-routes       flush
 '
 echo "$cases" | while read -r guard subs; do
 	[ -n "$guard" ] || continue

@@ -70,6 +70,14 @@ type Dataplane struct {
 	changes []string
 	// servers maps peer public keys to server names, from the last state.
 	servers map[wgtypes.Key]string
+	// last is the last state Apply applied in full, which Watch repairs
+	// to; nil before the first.
+	last *compile.HostState
+	// restarted is set while an Apply recreates a WireGuard device that
+	// this process had configured before (its datapath process died, or
+	// the device was deleted): its peers still hold sessions with the old
+	// device, so this host initiates at once with every peer.
+	restarted bool
 	// stalls are the new peers still waiting for their first handshake
 	// (see RetryStalledHandshakes); empty, nothing is read.
 	stalls map[wgtypes.Key]*stall
@@ -249,7 +257,14 @@ func (dp *Dataplane) Apply(ctx context.Context, st compile.HostState) error {
 	if err := dp.syncRoutes(TablePlain, vx, d.plainRoutes); err != nil {
 		return err
 	}
-	if err := dp.syncRules(); err != nil {
+	var local []netip.Addr
+	for _, g := range d.guests {
+		local = append(local, g.addr)
+	}
+	if err := dp.syncGuestTable(local, true); err != nil {
+		return err
+	}
+	if err := dp.syncRules(d.guests); err != nil {
 		return err
 	}
 
@@ -280,6 +295,7 @@ func (dp *Dataplane) Apply(ctx context.Context, st compile.HostState) error {
 	for _, k := range keys {
 		dp.changed("set sysctl", "key", k)
 	}
+	dp.rememberApplied(st)
 	dp.log.Debug("applied host state", "host", st.Host, "changes", len(dp.changes), "took", time.Since(start))
 	return nil
 }
@@ -404,6 +420,9 @@ func (dp *Dataplane) Remove(ctx context.Context) error {
 		if err := dp.syncRoutes(t, nil, nil); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := dp.syncGuestTable(nil, false); err != nil {
+		errs = append(errs, err)
 	}
 	if l, err := dp.nl.LinkByName(VXLANName); err == nil {
 		if err := dp.nl.LinkDel(l); err != nil {

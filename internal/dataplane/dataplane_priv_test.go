@@ -279,9 +279,11 @@ func testDataplane(t *testing.T, kernel bool) {
 		}
 		// a1 -> b1:22 is the web->db pair on a port its rule does not
 		// allow; a2 -> a1 has no rule: dropped as batch's egress. a2 ->
-		// b2 has no rule and so no mark: A's default route would send it
-		// out in plain, and the forward chain drops it as a path drop.
-		if drops["pair:shop:web:db"] == 0 || drops["out:shop:batch:"] == 0 || drops["pair:shop:web:cache"] == 0 || s.pathDrops(t) == 0 {
+		// b2 has no rule and so no mark: the guest routing rule sends it
+		// to table TableGuest, where it is unreachable (were that rule
+		// gone, the forward chain would drop it as a path drop: see
+		// fail-closed).
+		if drops["pair:shop:web:db"] == 0 || drops["out:shop:batch:"] == 0 || drops["pair:shop:web:cache"] == 0 {
 			t.Fatalf("drop counters: %v", drops)
 		}
 	})
@@ -304,6 +306,18 @@ func testDataplane(t *testing.T, kernel bool) {
 	})
 	t.Run("fail-closed", func(t *testing.T) {
 		testFailClosed(t, s, stA)
+	})
+	t.Run("injection", func(t *testing.T) {
+		testInjection(t, s)
+	})
+	t.Run("vtep-spoof", func(t *testing.T) {
+		testVTEPSpoof(t, s, stB)
+	})
+	t.Run("flush", func(t *testing.T) {
+		testFlushDuringTraffic(t, s, stA, stB)
+	})
+	t.Run("datapath-kill", func(t *testing.T) {
+		testDatapathKill(t, s, stA, stB)
 	})
 	t.Run("idempotent", func(t *testing.T) {
 		testIdempotent(t, s, stA, stB)
@@ -439,18 +453,24 @@ func testFailClosed(t *testing.T, s *scenario, stA compile.HostState) {
 	// The routing layer on its own: the encrypted table ends in an
 	// unreachable route, so the lookup fails there and never falls
 	// through to the main table's default route.
-	out, _ := exec.Command("ip", "-n", s.a.name, "route", "get", s.b1.addr.String(), "from", s.a1.addr.String(), "iif", s.a1.hostIf, "mark", fmt.Sprintf("%#x", MarkEncrypt)).CombinedOutput()
+	// (Asked without "iif": from a guest interface, the guest rule
+	// would answer unreachable whatever table 5181 holds.)
+	out, _ := exec.Command("ip", "-n", s.a.name, "route", "get", s.b1.addr.String(), "mark", fmt.Sprintf("%#x", MarkEncrypt)).CombinedOutput()
 	if o := strings.ToLower(string(out)); !strings.Contains(o, "unreachable") && !strings.Contains(o, "no route to host") {
 		t.Errorf("with the encrypted route gone, the lookup for a marked packet is not unreachable:\n%s", out)
 	}
 
-	// The fwmark rule disappears: a marked packet falls to the main
-	// table and its default route; the forward chain must drop it.
+	// The fwmark rule disappears, and the guest rules with it: a marked
+	// packet falls to the main table and its default route; the forward
+	// chain must drop it.
 	if err := s.a.dp.Apply(ctx, stA); err != nil {
 		t.Fatal(err)
 	}
 	s.mustConnect(t, s.a1, s.b1, portDB, true)
 	run(t, "ip", "-n", s.a.name, "rule", "del", "priority", fmt.Sprint(RulePrioEncrypt))
+	for _, g := range s.a.guests {
+		exec.Command("ip", "-n", s.a.name, "rule", "del", "priority", fmt.Sprint(RulePrioGuest), "iif", g.hostIf).Run()
+	}
 	s.mustNotConnect(t, s.a1, s.b1, portDB)
 	noLeak("the fwmark rule was missing")
 	if d := s.pathDrops(t); d <= dropsBefore {
@@ -599,7 +619,7 @@ func testRemove(t *testing.T, s *scenario) {
 			t.Errorf("%s left after Remove", name)
 		}
 	}
-	for _, table := range []int{TableEncrypt, TablePlain} {
+	for _, table := range []int{TableEncrypt, TablePlain, TableGuest} {
 		rs, err := nl.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
 		if err != nil || len(rs) != 0 {
 			t.Errorf("table %d after Remove: %v %v", table, rs, err)

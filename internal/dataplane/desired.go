@@ -38,6 +38,10 @@ type desired struct {
 	encRoutes   []netip.Prefix
 	plainRoutes []netip.Prefix
 
+	// vtepGuests are the pairs (remote underlay address, remote guest)
+	// of the VXLAN entries, sorted: who may send which inner source.
+	vtepGuests [][2]netip.Addr
+
 	// marks are the (source, destination) pairs and their path, sorted.
 	marks []pairMark
 
@@ -117,9 +121,17 @@ func buildDesired(st compile.HostState) (*desired, error) {
 		for _, g := range v.Guests {
 			d.neigh[g.Unmap()] = m
 			d.plainRoutes = append(d.plainRoutes, netip.PrefixFrom(g.Unmap(), 32))
+			d.vtepGuests = append(d.vtepGuests, [2]netip.Addr{v.Underlay.Unmap(), g.Unmap()})
 		}
 	}
 	slices.SortFunc(d.plainRoutes, comparePrefix)
+	slices.SortFunc(d.vtepGuests, func(a, b [2]netip.Addr) int {
+		if c := a[0].Compare(b[0]); c != 0 {
+			return c
+		}
+		return a[1].Compare(b[1])
+	})
+	d.vtepGuests = slices.Compact(d.vtepGuests)
 
 	pairs := map[[2]netip.Addr]uint32{}
 	for _, r := range st.Routes {

@@ -117,6 +117,7 @@ const (
 const (
 	TableEncrypt = 5181
 	TablePlain   = 5182
+	TableGuest   = 5183 // throw per local guest, unreachable default
 )
 
 // Priorities of our ip rules.
@@ -125,6 +126,7 @@ const (
 	RulePrioFromVXLAN     = 1081 // iif corv0 lookup main suppress_prefixlength 0
 	RulePrioEncrypt       = 1082 // fwmark MarkEncrypt/MarkMask lookup TableEncrypt
 	RulePrioPlain         = 1083 // fwmark MarkPlain/MarkMask lookup TablePlain
+	RulePrioGuest         = 1084 // iif <guest interface> lookup TableGuest, one per guest
 )
 
 // Names of our devices and of the nftables table.

@@ -16,13 +16,22 @@ const (
 	// our routing tables (a missing route fails there instead of falling
 	// through to the main table's default route).
 	GuardUnreachableRoutes = "unreachable-routes"
-	// GuardDeviceCheck: on the receiving host, a remote source of an
-	// encrypted pair is accepted only from the WireGuard device.
+	// GuardDeviceCheck: a packet from a tunnel reaches a guest only for
+	// a connection of that tunnel's path (the forward chain's ct mark
+	// check, before the conntrack accept, for every packet), and a new
+	// connection of an encrypted pair only from the WireGuard device.
 	GuardDeviceCheck = "device-check"
+	// GuardVTEPSource: a VXLAN frame is taken only from a known VTEP and
+	// with an inner source that runs behind that VTEP (the input chain).
+	GuardVTEPSource = "vtep-source"
+	// GuardGuestRoutes: the ip rules that send every packet from a guest
+	// interface that no fwmark rule took to table TableGuest (throw for
+	// local guests, unreachable otherwise): fail closed without nftables.
+	GuardGuestRoutes = "guest-routes"
 	// GuardFwmarkRule: the ip rule sending packets marked for encryption
 	// to the encrypted routing table.
 	GuardFwmarkRule = "fwmark-rule"
 )
 
 // Guards lists every guard, for the mutation driver.
-var Guards = []string{GuardForwardDrops, GuardUnreachableRoutes, GuardDeviceCheck, GuardFwmarkRule}
+var Guards = []string{GuardForwardDrops, GuardUnreachableRoutes, GuardDeviceCheck, GuardFwmarkRule, GuardVTEPSource, GuardGuestRoutes}

@@ -39,6 +39,8 @@ const (
 	DropHost    = "host"
 	DropInvalid = "invalid"
 	DropStray   = "stray"
+	DropTunnel  = "tunnel"
+	DropVTEP    = "vtep"
 )
 
 // fingerprintPrefix starts the comment of the first forward rule, which
@@ -167,25 +169,124 @@ func ifMatch(key expr.MetaKey, name string, op expr.CmpOp) match {
 		&expr.Cmp{Op: op, Register: 1, Data: data})
 }
 
-func ifSet(key expr.MetaKey, names []string, invert bool) match {
-	word := "iifname"
+// ifAddrSet matches "iifname . ip saddr" (or "oifname . ip daddr") against
+// the pairs of a guest interface and its address: a concatenation, which
+// nft prints readably (a set of interface names alone is stored with the
+// byte order nft reads strings in reverse, and printed as "").
+func ifAddrSet(key expr.MetaKey, guests []guestIf, invert bool) match {
+	word, addr := "iifname", "ip saddr"
+	off := uint32(12)
 	if key == expr.MetaKeyOIFNAME {
-		word = "oifname"
+		word, addr, off = "oifname", "ip daddr", 16
 	}
-	s := &anonSet{set: nftables.Set{Anonymous: true, Constant: true, KeyType: nftables.TypeIFName}}
-	for _, n := range names {
-		s.elems = append(s.elems, nftables.SetElement{Key: ifnameBytes(n)})
+	s := &anonSet{set: nftables.Set{Anonymous: true, Constant: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr)}}
+	var ds []string
+	for _, g := range guests {
+		a := g.addr.As4()
+		s.elems = append(s.elems, nftables.SetElement{Key: append(ifnameBytes(g.name), a[:]...)})
+		ds = append(ds, fmt.Sprintf("%s . %s", g.name, g.addr))
 	}
 	return match{
-		desc: fmt.Sprintf("%s %s{%s}", word, neq(invert), strings.Join(names, ",")),
+		desc: fmt.Sprintf("%s . %s %s{%s}", word, addr, neq(invert), strings.Join(ds, ", ")),
 		set:  s,
 		exprs: func(set *nftables.Set) []expr.Any {
 			return []expr.Any{
-				&expr.Meta{Key: key, Register: 1},
-				&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: invert},
+				// An interface name takes four 32-bit registers, the
+				// address the fifth.
+				&expr.Meta{Key: key, Register: unix.NFT_REG32_00},
+				&expr.Payload{DestRegister: unix.NFT_REG32_04, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+				&expr.Lookup{SourceRegister: unix.NFT_REG32_00, SetName: set.Name, SetID: set.ID, Invert: invert},
 			}
 		},
 	}
+}
+
+// VXLAN frame layout, from the start of the outer UDP header: UDP 8,
+// VXLAN 8, inner Ethernet 14 (its type at 12), then the inner IPv4 header.
+const (
+	vxlanInnerEtherType = 8 + 8 + 12
+	vxlanInnerIPv4      = 8 + 8 + 14
+)
+
+// vtepSources matches "ip saddr . <inner ip saddr>" of a VXLAN frame
+// against the pairs of a known VTEP and a guest that runs behind it; with
+// v6, the outer source is "ip6 saddr".
+func vtepSources(pairs [][2]netip.Addr, v6 bool) match {
+	kt, word, off, olen, reg := nftables.TypeIPAddr, "ip saddr", uint32(12), uint32(4), uint32(unix.NFT_REG32_01)
+	if v6 {
+		kt, word, off, olen, reg = nftables.TypeIP6Addr, "ip6 saddr", 8, 16, unix.NFT_REG32_04
+	}
+	s := &anonSet{set: nftables.Set{Anonymous: true, Constant: true,
+		KeyType: nftables.MustConcatSetType(kt, nftables.TypeIPAddr)}}
+	var ds []string
+	for _, p := range pairs {
+		v := p[0].AsSlice()
+		g := p[1].As4()
+		s.elems = append(s.elems, nftables.SetElement{Key: append(v, g[:]...)})
+		ds = append(ds, fmt.Sprintf("%s . %s", p[0], p[1]))
+	}
+	return match{
+		desc: fmt.Sprintf("%s . @th,%d,32 != {%s}", word, (vxlanInnerIPv4+12)*8, strings.Join(ds, ", ")),
+		set:  s,
+		exprs: func(set *nftables.Set) []expr.Any {
+			return []expr.Any{
+				&expr.Payload{DestRegister: unix.NFT_REG32_00, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: olen},
+				&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: vxlanInnerIPv4 + 12, Len: 4},
+				&expr.Lookup{SourceRegister: unix.NFT_REG32_00, SetName: set.Name, SetID: set.ID, Invert: true},
+			}
+		},
+	}
+}
+
+// vxlanFrame matches UDP to the VXLAN port, over IPv4 or (v6) IPv6.
+func vxlanFrame(v6 bool) []match {
+	fam := ipv4Only()
+	if v6 {
+		fam = plain("meta nfproto ipv6",
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV6}})
+	}
+	return []match{fam, plain(fmt.Sprintf("udp dport %d", compile.VXLANPort),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(compile.VXLANPort)})}
+}
+
+// innerNotIPv4 matches a VXLAN frame whose inner Ethernet frame is not IPv4.
+func innerNotIPv4() match {
+	return plain(fmt.Sprintf("@th,%d,16 != 0x0800", vxlanInnerEtherType*8),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: vxlanInnerEtherType, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x08, 0x00}})
+}
+
+// ctMarkIsNot matches a connection whose recorded path (ct mark) is not
+// mark.
+func ctMarkIsNot(mark uint32) match {
+	return plain(fmt.Sprintf("ct mark & %#x != %#x", MarkMask, mark),
+		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(MarkMask), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)})
+}
+
+// markIsNot0 matches a packet carrying one of our marks.
+func markIsNot0() match {
+	return plain(fmt.Sprintf("meta mark & %#x != 0", MarkMask),
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(MarkMask), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)})
+}
+
+// ctMarkFromMeta records the packet's path in its connection.
+func ctMarkFromMeta() match {
+	return plain(fmt.Sprintf("ct mark set meta mark & %#x", MarkMask),
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(MarkMask), Xor: make([]byte, 4)},
+		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: 1})
 }
 
 func neq(invert bool) string {
@@ -412,13 +513,19 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), ctReply(), markFromCt())
 	if len(d.marks) > 0 {
 		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), ctOriginal(), ipv4Only(), markMap(d.marks))
+		// A new connection from a guest keeps its path in conntrack, as
+		// one arriving on a tunnel does: the forward chain accepts a
+		// packet from a tunnel only for a connection of that tunnel's path.
+		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), ctState(expr.CtStateBitNEW, "new", false), markIsNot0(), ctMarkFromMeta())
 	}
 
 	// postrouting: the tunnel devices route their outer packets with the
 	// inner packet's mark; without clearing it the outer packet to the
 	// remote underlay address would be looked up in our tables, where it
 	// is unreachable.
-	b.add(chainPostrouting, ifSet(expr.MetaKeyOIFNAME, []string{VXLANName, wgName}, false), clearMark())
+	for _, dev := range []string{VXLANName, wgName} {
+		b.add(chainPostrouting, ifMatch(expr.MetaKeyOIFNAME, dev, expr.CmpOpEq), clearMark())
+	}
 
 	// forward: path checks come before the conntrack accept so that they
 	// hold for replies too.
@@ -429,20 +536,34 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		b.add(chainForward, fromGuest, markIs(MarkPlain), ifMatch(expr.MetaKeyOIFNAME, VXLANName, expr.CmpOpNeq), b.count(DropPath), drop)
 		b.add(chainForward, fromGuest, ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), markIs(0), b.count(DropPath), drop)
 	}
-	b.add(chainForward, ifSet(expr.MetaKeyIIFNAME, []string{VXLANName, wgName}, false), ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), b.count(DropPath), drop)
+	for _, dev := range []string{VXLANName, wgName} {
+		b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, dev, expr.CmpOpEq), ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), b.count(DropPath), drop)
+	}
+	// The device check, for every packet and before the conntrack accept:
+	// a packet from a tunnel reaches a guest only for a connection whose
+	// path (its ct mark, recorded when it was made: by the mark map for a
+	// guest's connection, by the arrival device for a remote one) is that
+	// tunnel's. An injected VXLAN frame carrying the 4-tuple of an
+	// encrypted connection is dropped here, whatever its sequence numbers.
+	if !guardOff(GuardDeviceCheck) {
+		for _, t := range []struct {
+			dev  string
+			mark uint32
+		}{{wgName, MarkEncrypt}, {VXLANName, MarkPlain}} {
+			b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ctMarkIsNot(t.mark), b.count(DropTunnel), drop)
+		}
+	}
 	b.add(chainForward, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related", false), accept)
 	b.add(chainForward, fromGuest, ctState(expr.CtStateBitINVALID, "invalid", false), b.count(DropInvalid), drop)
 	b.add(chainForward, toGuest, ctState(expr.CtStateBitINVALID, "invalid", false), b.count(DropInvalid), drop)
 	b.add(chainForward, fromGuest, notIPv4(), b.count(DropInvalid), drop)
 	b.add(chainForward, toGuest, notIPv4(), b.count(DropInvalid), drop)
-	var names []string
 	for _, g := range d.guests {
 		b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, g.name, expr.CmpOpEq), addrIs(true, g.addr, expr.CmpOpNeq), b.count(DropSpoof), drop)
-		names = append(names, g.name)
 	}
-	if len(names) > 0 {
-		b.add(chainForward, fromGuest, ifSet(expr.MetaKeyIIFNAME, names, true), b.count(DropStray), drop)
-		b.add(chainForward, toGuest, ifSet(expr.MetaKeyOIFNAME, names, true), b.count(DropStray), drop)
+	if len(d.guests) > 0 {
+		b.add(chainForward, fromGuest, ifAddrSet(expr.MetaKeyIIFNAME, d.guests, true), b.count(DropStray), drop)
+		b.add(chainForward, toGuest, ifAddrSet(expr.MetaKeyOIFNAME, d.guests, true), b.count(DropStray), drop)
 	} else {
 		b.add(chainForward, fromGuest, b.count(DropStray), drop)
 		b.add(chainForward, toGuest, b.count(DropStray), drop)
@@ -528,9 +649,30 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	b.add(chainGuestIn, b.count(DropStray), drop)
 
 	// input: guests and tunnels open no connection to the host itself.
-	hostFacing := ifSet(expr.MetaKeyIIFNAME, []string{VXLANName, wgName}, false)
-	b.add(chainInput, fromGuest, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related", true), b.count(DropHost), drop)
-	b.add(chainInput, hostFacing, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related", true), b.count(DropHost), drop)
+	for _, from := range []string{guestAny, VXLANName, wgName} {
+		b.add(chainInput, ifMatch(expr.MetaKeyIIFNAME, from, expr.CmpOpEq), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related", true), b.count(DropHost), drop)
+	}
+
+	// input: a VXLAN frame is taken only from a known VTEP (a remote host
+	// of the state's VXLAN entries), carrying an inner IPv4 packet whose
+	// source is a guest that runs behind that VTEP: no underlay host can
+	// speak for another host's guests.
+	if !guardOff(GuardVTEPSource) {
+		for _, v6 := range []bool{false, true} {
+			var pairs [][2]netip.Addr
+			for _, p := range d.vtepGuests {
+				if p[0].Is6() == v6 {
+					pairs = append(pairs, p)
+				}
+			}
+			if len(pairs) == 0 {
+				b.add(chainInput, append(vxlanFrame(v6), b.count(DropVTEP), drop)...)
+				continue
+			}
+			b.add(chainInput, append(vxlanFrame(v6), innerNotIPv4(), b.count(DropVTEP), drop)...)
+			b.add(chainInput, append(vxlanFrame(v6), vtepSources(pairs, v6), b.count(DropVTEP), drop)...)
+		}
+	}
 
 	for c := range b.counters {
 		b.rs.counters = append(b.rs.counters, c)

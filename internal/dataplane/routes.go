@@ -21,12 +21,6 @@ type routeKey struct {
 // per prefix and an unreachable default, and nothing else. With link nil it
 // empties the table.
 func (dp *Dataplane) syncRoutes(table int, link netlink.Link, prefixes []netip.Prefix) error {
-	cur, err := retryDump(func() ([]netlink.Route, error) {
-		return dp.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return fmt.Errorf("list routes of table %d: %w", table, err)
-	}
 	want := map[routeKey]netlink.Route{}
 	if link != nil {
 		def := netlink.Route{
@@ -44,6 +38,42 @@ func (dp *Dataplane) syncRoutes(table int, link netlink.Link, prefixes []netip.P
 			}
 			want[routeKey{dst: p, typ: unix.RTN_UNICAST, index: link.Attrs().Index}] = r
 		}
+	}
+	return dp.syncTable(table, want)
+}
+
+// syncGuestTable makes table TableGuest hold one "throw addr/32" route per
+// local guest and an unreachable default, and nothing else; with local
+// nil and empty false it empties the table. Rules RulePrioGuest send there
+// every packet from a guest interface that no fwmark rule took (see the
+// package documentation): a local guest's address throws the lookup on to
+// the main table, where its /32 route is; anything else is unreachable,
+// whatever the main table's default route says.
+func (dp *Dataplane) syncGuestTable(local []netip.Addr, keep bool) error {
+	want := map[routeKey]netlink.Route{}
+	if keep {
+		want[routeKey{dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), typ: unix.RTN_UNREACHABLE}] = netlink.Route{
+			Family: netlink.FAMILY_V4, Table: TableGuest, Type: unix.RTN_UNREACHABLE,
+			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+		}
+		for _, a := range local {
+			p := netip.PrefixFrom(a, 32)
+			want[routeKey{dst: p, typ: unix.RTN_THROW}] = netlink.Route{
+				Family: netlink.FAMILY_V4, Table: TableGuest, Type: unix.RTN_THROW,
+				Dst: &net.IPNet{IP: ipOf(a), Mask: net.CIDRMask(32, 32)},
+			}
+		}
+	}
+	return dp.syncTable(TableGuest, want)
+}
+
+// syncTable makes routing table `table` hold exactly the routes of want.
+func (dp *Dataplane) syncTable(table int, want map[routeKey]netlink.Route) error {
+	cur, err := retryDump(func() ([]netlink.Route, error) {
+		return dp.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return fmt.Errorf("list routes of table %d: %w", table, err)
 	}
 	for _, r := range cur {
 		k := keyOf(r)
@@ -81,8 +111,9 @@ func keyOf(r netlink.Route) routeKey {
 	return k
 }
 
-// wantRules are our ip rules; see the package documentation.
-func (dp *Dataplane) wantRules() []*netlink.Rule {
+// wantRules are our ip rules for the local guests; see the package
+// documentation.
+func (dp *Dataplane) wantRules(guests []guestIf) []*netlink.Rule {
 	mask := MarkMask
 	mk := func(prio int) *netlink.Rule {
 		r := netlink.NewRule()
@@ -102,13 +133,22 @@ func (dp *Dataplane) wantRules() []*netlink.Rule {
 	enc.Mark, enc.Mask, enc.Table = MarkEncrypt, &mask, TableEncrypt
 	pl := mk(RulePrioPlain)
 	pl.Mark, pl.Mask, pl.Table = MarkPlain, &mask, TablePlain
+	rules := []*netlink.Rule{fromWG, fromVX, enc, pl}
 	if guardOff(GuardFwmarkRule) {
-		return []*netlink.Rule{fromWG, fromVX, pl}
+		rules = []*netlink.Rule{fromWG, fromVX, pl}
 	}
-	return []*netlink.Rule{fromWG, fromVX, enc, pl}
+	if !guardOff(GuardGuestRoutes) {
+		for _, g := range guests {
+			r := mk(RulePrioGuest)
+			r.IifName = g.name
+			r.Table = TableGuest
+			rules = append(rules, r)
+		}
+	}
+	return rules
 }
 
-func ourRulePrio(p int) bool { return p >= RulePrioFromWireGuard && p <= RulePrioPlain }
+func ourRulePrio(p int) bool { return p >= RulePrioFromWireGuard && p <= RulePrioGuest }
 
 func sameRule(a *netlink.Rule, b netlink.Rule) bool {
 	am, bm := uint32(0), uint32(0)
@@ -129,13 +169,13 @@ func sameRule(a *netlink.Rule, b netlink.Rule) bool {
 		a.IifName == b.IifName && asp == bsp && !b.Invert && b.Src == nil && b.Dst == nil && b.OifName == ""
 }
 
-// syncRules makes our priorities hold exactly our ip rules.
-func (dp *Dataplane) syncRules() error {
+// syncRules makes our priorities hold exactly our ip rules for guests.
+func (dp *Dataplane) syncRules(guests []guestIf) error {
 	cur, err := retryDump(func() ([]netlink.Rule, error) { return dp.nl.RuleList(netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("list ip rules: %w", err)
 	}
-	want := dp.wantRules()
+	want := dp.wantRules(guests)
 	found := make([]bool, len(want))
 	for _, r := range cur {
 		if !ourRulePrio(r.Priority) {

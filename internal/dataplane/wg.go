@@ -91,6 +91,7 @@ func (dp *Dataplane) ensureWireGuard(ctx context.Context, mtu int) (netlink.Link
 				return nil, err
 			}
 		}
+		dp.restarted = dp.last != nil
 		if l, err = dp.nl.LinkByName(name); err != nil {
 			return nil, fmt.Errorf("look up %s: %w", name, err)
 		}
@@ -302,6 +303,9 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 		delete(cur, w.key)
 		if !ok {
 			ka := dp.firstKeepalive(w.key)
+			if dp.restarted {
+				ka = PeerKeepalive
+			}
 			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: w.key, Endpoint: ep, ReplaceAllowedIPs: true, AllowedIPs: allowed, PersistentKeepaliveInterval: &ka})
 			what = append(what, "add peer "+w.server)
 			dp.watchStall(w.key)
@@ -329,6 +333,7 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: k, Remove: true})
 		what = append(what, "remove peer "+k.String())
 	}
+	dp.restarted = false
 	if len(what) == 0 {
 		return nil
 	}
