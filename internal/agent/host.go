@@ -282,6 +282,18 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	prober.PeerUnderlay = a.PeerUnderlay
 	log.Info("corridor agent starting", "name", cfg.Name, "address", addr, "underlay", iface,
 		"server", cfg.Server, "stateDir", stateDir, "wireguard", cfg.WireGuardName, "publicKey", dp.PublicKey().String())
+	// The data plane repairs itself as soon as the kernel reports a change
+	// behind its back (a flushed ruleset, a deleted route or rule, a dead
+	// datapath process: dataplane.Watch); the periodic repair stays.
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if err := dp.Watch(watchCtx, nil); err != nil {
+			log.Warn("data plane watch unavailable; repairs wait for the periodic repair", "err", err)
+		}
+	}()
+	defer func() { stopWatch(); <-watchDone }()
 	return a.Run(ctx)
 }
 
