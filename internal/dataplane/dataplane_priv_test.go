@@ -307,6 +307,14 @@ func testDataplane(t *testing.T, kernel bool) {
 	t.Run("fail-closed", func(t *testing.T) {
 		testFailClosed(t, s, stA)
 	})
+	t.Run("readable", func(t *testing.T) {
+		// nft (Debian's 1.0.6 here) prints every interface name.
+		out := run(t, "ip", "netns", "exec", s.b.name, "nft", "list", "table", "inet", NFTTable)
+		if strings.Contains(out, `""`) || !strings.Contains(out, `"`+s.b1.hostIf+`" . 100.64.1.1`) || !strings.Contains(out, `iifname "`+s.b.wgName+`"`) {
+			t.Fatalf("nft list table inet %s does not show the interface names:\n%s", NFTTable, out)
+		}
+		t.Logf("nft list table inet %s on B:\n%s", NFTTable, out)
+	})
 	t.Run("injection", func(t *testing.T) {
 		testInjection(t, s)
 	})

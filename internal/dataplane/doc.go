@@ -22,7 +22,8 @@
 //	                              the host answers their ARP for it
 //	routing tables 5181, 5182     encrypted and plain paths (TableEncrypt,
 //	                              TablePlain)
-//	ip rules 1080-1083            see below
+//	routing table 5183            guests' unmarked packets (TableGuest)
+//	ip rules 1080-1084            see below
 //
 // # Firewall marks and routing
 //
@@ -50,6 +51,20 @@
 // arriving on a tunnel is saved in its conntrack entry (ct mark), and replies
 // from the local guest take it back, so that a reply always leaves by the
 // path its request came in on.
+//
+// Rules 1084, one per local guest interface ("iif corgX lookup 5183"),
+// catch every packet from a guest that no fwmark rule took: table 5183
+// holds a "throw" route per local guest address (the lookup goes on to the
+// main table, where the guests' /32 routes are) and an unreachable default.
+// They rest on no nftables state: with the ruleset flushed nothing is
+// marked, and a guest's packet to a remote guest is unreachable here
+// instead of leaving in plain by the main table's default route.
+//
+// The mark of a guest's new connection to a remote guest is saved in its
+// conntrack entry too, so that every connection records its path; the
+// forward chain accepts a packet from corw0 or corv0 for a guest only
+// when its connection's path is that device's (before the conntrack
+// accept, so for every packet: see Firewall).
 //
 // The tunnel devices route their outer (encapsulated) packets with the
 // inner packet's mark, which would send them to our tables where the remote
@@ -89,6 +104,24 @@
 //	                         not on corv0, no mark at all towards a remote)
 //	host                     new connections from guests to the host itself
 //	invalid                  conntrack-invalid packets to or from guests
+//	stray                    guest-facing packets on an interface or with an
+//	                         address not of a guest of the state
+//	tunnel                   packets from corw0 or corv0 for a connection of
+//	                         the other path (an injected VXLAN frame with an
+//	                         encrypted connection's 4-tuple) or of none
+//	vtep                     VXLAN frames from an underlay address that is no
+//	                         VTEP of the state, or whose inner source is not
+//	                         a guest behind that VTEP (input chain)
+//
+// Interface names are matched one by one or in concatenations with the
+// guest's address ("iifname . ip saddr"): nft 1.0.6 prints the names of
+// such sets, where a set of names alone printed as "".
+//
+// # Repair on notification
+//
+// Watch (watch.go) applies the last applied state again as soon as the
+// kernel notifies a change of links, neighbours, routes, rules or nftables
+// in the host's namespace.
 //
 // # WireGuard without a kernel module
 //

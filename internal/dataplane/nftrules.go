@@ -109,6 +109,16 @@ type match struct {
 }
 
 func (b *rulesetBuilder) add(chain string, ms ...match) {
+	// A rule that reads IPv4 addresses says it matches IPv4 only: in
+	// the inet family nft then prints "ip saddr" rather than "@nh,96,32".
+	v4, addrs := false, false
+	for _, m := range ms {
+		v4 = v4 || m.desc == "meta nfproto ipv4"
+		addrs = addrs || strings.Contains(m.desc, "ip saddr") || strings.Contains(m.desc, "ip daddr")
+	}
+	if addrs && !v4 {
+		ms = append([]match{ipv4Only()}, ms...)
+	}
 	var descs []string
 	var sets []*anonSet
 	for _, m := range ms {
