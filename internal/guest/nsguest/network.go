@@ -24,6 +24,9 @@ func (r *Runtime) ensureNetwork(g compile.Guest) error {
 		return err
 	}
 	defer ns.Close()
+	if err := setGuestSysctls(ns); err != nil {
+		return err
+	}
 	gh, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return fmt.Errorf("netlink in guest netns: %w", err)

@@ -35,7 +35,7 @@ func (r *Runtime) command(g compile.Guest) []string {
 
 // programEnv is the program's environment: g.Env (the compiler's
 // contract merged over spec env) plus PATH and HOME unless set, and the
-// task's private data directory, sorted.
+// task's private data directory as the program sees it, sorted.
 func programEnv(g compile.Guest, dataDir string) []string {
 	env := map[string]string{"PATH": guest.DefaultPath, "HOME": "/", spec.EnvDataDir: dataDir}
 	for k, v := range g.Env {
@@ -49,12 +49,16 @@ func programEnv(g compile.Guest, dataDir string) []string {
 	return out
 }
 
-// programHash names what runs: a change of it restarts the program.
+// programHash names what runs and how it is sealed: a change of it
+// restarts the program.
 func (r *Runtime) programHash(g compile.Guest) string {
 	b, _ := json.Marshal(struct {
-		Argv []string `json:"argv"`
-		Env  []string `json:"env"`
-	}{r.command(g), programEnv(g, guest.DataDir(r.cfg.StateDir, g.Task))})
+		Argv   []string `json:"argv"`
+		Env    []string `json:"env"`
+		Seal   string   `json:"seal"`
+		User   string   `json:"user,omitempty"`
+		NetRaw bool     `json:"netRaw,omitempty"`
+	}{r.command(g), programEnv(g, GuestDataDir), sealVersion, g.Spec.User, g.Spec.NetRaw})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }
@@ -90,7 +94,13 @@ func executable(p string) error {
 	return nil
 }
 
-// startProgram starts t's wanted program in the guest's netns and cgroup.
+// startProgram starts t's wanted program, sealed (sandbox.go), in the
+// guest's netns and cgroup: the agent's binary is started as guest-init
+// (InitArg) in new mount, PID, UTS and IPC namespaces, put in the task's
+// cgroup, then handed the sandbox; guest-init seals itself and runs the
+// program. The PID recorded, signalled and adopted is guest-init's, as
+// the host sees it: the init of the task's PID namespace, whose end ends
+// every process of the task.
 func (r *Runtime) startProgram(t *task) (*proc, error) {
 	g, hash := t.wanted()
 	dir := guest.TaskDir(r.cfg.StateDir, g.Task)
@@ -98,12 +108,20 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 	// Processes forked by an earlier run that outlived it.
 	cg.Kill(syscall.SIGKILL, 2*time.Second)
 
+	uid, gid, err := taskUser(g)
+	if err != nil {
+		return nil, fmt.Errorf("guest %s: spec.user: %w", g.Task, err)
+	}
 	argv := r.command(g)
 	data := guest.DataDir(r.cfg.StateDir, g.Task)
-	if err := os.MkdirAll(data, 0o700); err != nil {
-		return nil, fmt.Errorf("guest: data directory: %w", err)
+	if err := prepareData(data, uid, gid); err != nil {
+		return nil, err
 	}
-	env := programEnv(g, data)
+	root := filepath.Join(dir, rootDirName)
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("guest: root mount point: %w", err)
+	}
+	env := programEnv(g, GuestDataDir)
 	pathVar := guest.DefaultPath
 	if v, ok := g.Env["PATH"]; ok {
 		pathVar = v
@@ -111,6 +129,15 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 	exe, err := lookPath(argv[0], pathVar)
 	if err != nil {
 		return nil, err
+	}
+	if !filepath.IsAbs(exe) {
+		if exe, err = filepath.Abs(exe); err != nil {
+			return nil, err
+		}
+	}
+	sb := sandbox{
+		Root: root, Hostname: guest.Name(g.Task), Address: g.Address.String(),
+		UID: uid, GID: gid, Data: data, Exe: exe, Argv: argv, Env: env, NetRaw: g.Spec.NetRaw,
 	}
 	logPath := filepath.Join(dir, guest.LogFile)
 	if err := guest.RotateLog(logPath, r.cfg.LogMaxBytes, false); err != nil {
@@ -121,14 +148,23 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 		return nil, fmt.Errorf("open log: %w", err)
 	}
 	defer lf.Close()
-	fmt.Fprintf(lf, "%s corridor: starting %q\n", time.Now().UTC().Format(time.RFC3339), argv)
+	fmt.Fprintf(lf, "%s corridor: starting %q as %d:%d (sealed)\n", time.Now().UTC().Format(time.RFC3339), argv, uid, gid)
 
+	sbr, sbw, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("guest: sandbox pipe: %w", err)
+	}
+	defer sbr.Close()
+	defer sbw.Close()
 	cmd := &exec.Cmd{
-		Path: exe, Args: argv, Env: env, Dir: "/",
-		Stdout: lf, Stderr: lf,
-		// Own session: the program outlives the agent, and its process
-		// group can be signalled as one.
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+		Path: r.cfg.InitBinary, Args: []string{r.cfg.InitBinary, InitArg}, Env: []string{}, Dir: "/",
+		Stdout: lf, Stderr: lf, ExtraFiles: []*os.File{sbr}, // fd 3: sandboxFD
+		SysProcAttr: &syscall.SysProcAttr{
+			// Own session: the task outlives the agent, and its
+			// process group can be signalled as one.
+			Setsid:     true,
+			Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+		},
 	}
 	if r.cgroups.Unified() {
 		// Born in its cgroup: nothing it does escapes the limits.
@@ -146,22 +182,27 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 	}
 	defer ns.Close()
 	if err := nsrun.DoHandle(ns, cmd.Start); err != nil {
-		return nil, fmt.Errorf("start %q: %w", argv[0], err)
+		return nil, fmt.Errorf("start guest-init for %q: %w", argv[0], err)
 	}
+	sbr.Close()
 	pid := cmd.Process.Pid
+	fail := func(err error) (*proc, error) {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+		return nil, err
+	}
 	if !r.cgroups.Unified() {
 		// v1 cannot start a child in a cgroup: it is moved right after
-		// start. Until then (microseconds; the child is usually still in
-		// exec) it runs in the agent's cgroup, and a process it forks in
-		// that window stays there: outside the limits and the cgroup
-		// sweep, reached only by the process-group signals. Accepted on
-		// v1 hosts; v2 has no such window.
+		// start. guest-init waits for its sandbox, sent only after the
+		// move, so nothing of the task runs outside the cgroup.
 		if err := cg.AddProc(pid); err != nil {
-			_ = syscall.Kill(-pid, syscall.SIGKILL)
-			_ = cmd.Wait()
-			return nil, err
+			return fail(err)
 		}
 	}
+	if err := json.NewEncoder(sbw).Encode(sb); err != nil {
+		return fail(fmt.Errorf("guest: send the sandbox to guest-init: %w", err))
+	}
+	sbw.Close()
 	// A program that has already exited has no start time; recording 0
 	// keeps the next agent from adopting it.
 	rec := guest.ProcRecord{ProcID: guest.ProcIDOf(pid), Hash: hash, Started: time.Now()}
@@ -213,12 +254,14 @@ func adopt(rec guest.ProcRecord) (*proc, error) {
 // Record implements guest.Program.
 func (p *proc) Record() guest.ProcRecord { return p.ProcRecord }
 
-// End ends the program's process group: SIGTERM, then SIGKILL once grace
-// has passed. The program runs in its own session, so its PID is also its
-// process group ID.
+// End ends the program: SIGTERM to guest-init, which passes it to the
+// program (so that it arrives once), then SIGKILL to the process group
+// once grace has passed. guest-init runs in its own session, so its PID
+// is also its process group ID; its end kills whatever is left in the
+// task's PID namespace.
 func (p *proc) End(grace time.Duration) {
 	p.Stop(grace,
-		func() { _ = syscall.Kill(-p.PID, syscall.SIGTERM) },
+		func() { _ = syscall.Kill(p.PID, syscall.SIGTERM) },
 		p.Kill)
 }
 

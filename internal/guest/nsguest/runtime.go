@@ -45,6 +45,10 @@ type Config struct {
 	// Binary replaces a command whose program is literally "corridor"
 	// (default: this executable).
 	Binary string
+	// InitBinary is started with InitArg to seal each program
+	// (guest-init): a binary whose main calls InitMain for it (default:
+	// this executable).
+	InitBinary string
 	// CgroupParent is the cgroup, relative to each hierarchy root, under
 	// which task cgroups are made. /run/netns and the cgroup tree are
 	// machine-wide: lab servers sharing a machine share them too.
@@ -101,6 +105,13 @@ func New(cfg Config) (*Runtime, error) {
 			return nil, fmt.Errorf("guest: netns runtime: find own binary (set Binary): %w", err)
 		}
 		cfg.Binary = exe
+	}
+	if cfg.InitBinary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("guest: netns runtime: find own binary (set InitBinary): %w", err)
+		}
+		cfg.InitBinary = exe
 	}
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = guest.DefaultCgroupParent

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,6 +34,10 @@ import (
 const helperEnv = "CORRIDOR_GUEST_TEST_HELPER"
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == InitArg {
+		// The runtime's InitBinary defaults to this test binary.
+		os.Exit(InitMain())
+	}
 	if os.Getenv(helperEnv) == "http" {
 		// A guest program: HTTP on :8080 answering with its task ID.
 		http.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
@@ -209,6 +214,23 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// programPID is the program guest-init (pid, as the host sees it)
+// started: its only child.
+func programPID(t testing.TB, pid int) int {
+	t.Helper()
+	var child int
+	waitFor(t, "guest-init's child", 5*time.Second, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		f := strings.Fields(string(b))
+		if err != nil || len(f) == 0 {
+			return false
+		}
+		child, err = strconv.Atoi(f[0])
+		return err == nil
+	})
+	return child
+}
+
 // gone tells whether pid has exited (a zombie has).
 func gone(pid int) bool { return !guest.ProcIDOf(pid).Alive() }
 
@@ -299,15 +321,16 @@ func TestEnsureCreatesGuest(t *testing.T) {
 			t.Errorf("memory.max = %s", m)
 		}
 	}
+	prog := programPID(t, pid)
 	for _, d := range cg.Dirs() {
-		if procs := readTrim(t, filepath.Join(d, "cgroup.procs")); procs != strconv.Itoa(pid) {
-			t.Errorf("%s/cgroup.procs = %q, want %d", d, procs, pid)
+		if procs := strings.Fields(readTrim(t, filepath.Join(d, "cgroup.procs"))); !contains(procs, strconv.Itoa(pid)) || !contains(procs, strconv.Itoa(prog)) {
+			t.Errorf("%s/cgroup.procs = %q, want guest-init %d and the program %d", d, procs, pid, prog)
 		}
 	}
 
-	// Environment.
-	environ := procEnviron(t, pid)
-	for _, kv := range []string{"CORRIDOR_TASK=" + g.Task, "CORRIDOR_CLASS=web", "PATH=" + guest.DefaultPath, "HOME=/"} {
+	// Environment (of the program, guest-init's child).
+	environ := procEnviron(t, prog)
+	for _, kv := range []string{"CORRIDOR_TASK=" + g.Task, "CORRIDOR_CLASS=web", "PATH=" + guest.DefaultPath, "HOME=/", "CORRIDOR_DATA_DIR=" + GuestDataDir} {
 		if !contains(environ, kv) {
 			t.Errorf("program env lacks %s: %v", kv, environ)
 		}
@@ -538,7 +561,9 @@ func TestRemoveStopsProgram(t *testing.T) {
 	e.ensure(stubborn)
 	for _, g := range []compile.Guest{polite, stubborn} {
 		waitFor(t, g.Task+" ready", 5*time.Second, func() bool {
-			return bytes.Contains(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("ready"))
+			// "ready" on a line of its own: the agent's start line,
+			// which quotes the command, says it too.
+			return bytes.Contains(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("\nready\n"))
 		})
 	}
 	pPolite, pStubborn := e.runningPID(e.r, polite.Task), e.runningPID(e.r, stubborn.Task)
@@ -626,8 +651,9 @@ func TestReadoption(t *testing.T) {
 		t.Fatalf("Ensure after restart: pid %d, want the adopted %d", got, pid)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if procs := e.r.cgroup(g.Task).Procs(); len(procs) != 1 || procs[0] != pid {
-		t.Errorf("cgroup holds %v, want only %d", procs, pid)
+	// guest-init and the program it started, nothing more.
+	if procs := e.r.cgroup(g.Task).Procs(); len(procs) != 2 || !slices.Contains(procs, pid) || !slices.Contains(procs, programPID(t, pid)) {
+		t.Errorf("cgroup holds %v, want only %d and its child", procs, pid)
 	}
 	if n := bytes.Count(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("started\n")); n != 1 {
 		t.Errorf("program started %d times", n)
@@ -671,8 +697,8 @@ func TestEnvChangeRestarts(t *testing.T) {
 	if !gone(pid1) {
 		t.Error("old program still runs")
 	}
-	if !contains(procEnviron(t, pid2), "CORRIDOR_PEERS_DB=100.64.0.5,100.64.0.6") {
-		t.Errorf("new program env: %v", procEnviron(t, pid2))
+	if env := procEnviron(t, programPID(t, pid2)); !contains(env, "CORRIDOR_PEERS_DB=100.64.0.5,100.64.0.6") {
+		t.Errorf("new program env: %v", env)
 	}
 	waitFor(t, "new env in the log", 5*time.Second, func() bool {
 		return bytes.Contains(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("peers=100.64.0.5,100.64.0.6\n"))
