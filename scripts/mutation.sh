@@ -19,7 +19,7 @@ $GO test -c -tags corridor_mutation -o "$bin" ./internal/dataplane
 
 # guard  catching subtests (regexp under TestDataplane)
 cases='
-forward-drops      denied|fail-closed
+forward-drops      fail-closed
 unreachable-routes fail-closed
 device-check       encrypted-pair-refused-in-plain|injection
 fwmark-rule        encrypted
