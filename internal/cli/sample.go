@@ -34,7 +34,7 @@ The db tier is either the built-in key-value service (db) or a real PostgreSQL
   corridor sample app --listen :8080 --db 127.0.0.1:5432
   corridor sample web --listen :8000 --app http://127.0.0.1:8080`,
 	}
-	cmd.AddCommand(newSampleDBCmd(), newSamplePostgresCmd(), newSampleAppCmd(), newSampleWebCmd())
+	cmd.AddCommand(newSampleDBCmd(), newSamplePostgresCmd(), newSampleAppCmd(), newSampleWebCmd(), newSampleHostileCmd())
 	return cmd
 }
 

@@ -56,7 +56,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	os.Exit(m.Run())
+	os.Exit(testnet.Main(m))
 }
 
 // env is one privileged test's world: its own host netns, state dir and

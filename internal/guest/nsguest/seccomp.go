@@ -27,8 +27,10 @@ import (
 //     syslog, acct, quotactl, clock and time setting, iopl/ioperm;
 //   - other processes: ptrace, process_vm_readv/writev, kcmp,
 //     pidfd_getfd, open_by_handle_at;
-//   - raw and packet sockets (socket(AF_PACKET, ...), socket(..., SOCK_RAW
-//     or SOCK_PACKET, ...)), unless guest.netRaw.
+//   - raw and packet sockets (socket(AF_PACKET, ...), socket(AF_INET or
+//     AF_INET6, SOCK_RAW or SOCK_PACKET, ...)), unless guest.netRaw;
+//     netlink sockets stay open (the kernel refuses changes without
+//     CAP_NET_ADMIN, and the namespace is the guest's own).
 //
 // Each refusal is a second lock: the task's uid without capabilities is
 // refused most of these by the kernel anyway; the filter also closes what
@@ -81,11 +83,18 @@ func seccompPolicy(netRaw bool) (seccomp.Policy, error) {
 		deny.NamesWithCondtions = append(deny.NamesWithCondtions, seccomp.NameWithConditions{
 			Name: "socket", Conditions: seccomp.ArgumentConditions{{Argument: 0, Operation: seccomp.Equal, Value: unix.AF_PACKET}},
 		})
-		for _, typ := range []uint64{unix.SOCK_RAW, unix.SOCK_PACKET} {
-			for _, fl := range []uint64{0, unix.SOCK_NONBLOCK, unix.SOCK_CLOEXEC, unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC} {
-				deny.NamesWithCondtions = append(deny.NamesWithCondtions, seccomp.NameWithConditions{
-					Name: "socket", Conditions: seccomp.ArgumentConditions{{Argument: 1, Operation: seccomp.Equal, Value: typ | fl}},
-				})
+		// Raw IP sockets (netlink, whose sockets are SOCK_RAW too, stays
+		// open: programs read their addresses through it).
+		for _, family := range []uint64{unix.AF_INET, unix.AF_INET6} {
+			for _, typ := range []uint64{unix.SOCK_RAW, unix.SOCK_PACKET} {
+				for _, fl := range []uint64{0, unix.SOCK_NONBLOCK, unix.SOCK_CLOEXEC, unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC} {
+					deny.NamesWithCondtions = append(deny.NamesWithCondtions, seccomp.NameWithConditions{
+						Name: "socket", Conditions: seccomp.ArgumentConditions{
+							{Argument: 0, Operation: seccomp.Equal, Value: family},
+							{Argument: 1, Operation: seccomp.Equal, Value: typ | fl},
+						},
+					})
+				}
 			}
 		}
 	}
