@@ -324,6 +324,9 @@ func testDataplane(t *testing.T, kernel bool) {
 	t.Run("flush", func(t *testing.T) {
 		testFlushDuringTraffic(t, s, stA, stB)
 	})
+	t.Run("agent-kill", func(t *testing.T) {
+		testAgentKill(t, s, stA, stB)
+	})
 	t.Run("datapath-kill", func(t *testing.T) {
 		testDatapathKill(t, s, stA, stB)
 	})

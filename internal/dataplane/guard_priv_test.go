@@ -27,24 +27,28 @@ import (
 // by the mutation checks (scripts/mutation.sh): with its guard left out,
 // the same test fails.
 
-const portStream = 7000 // UDP, web->db encrypted, batch->db plain
+// UDP ports of the streams: web->db encrypted, batch->db plain.
+const (
+	portStream      = 7000
+	portPlainStream = 7001
+)
 
 // withStream adds UDP rules for portStream to the scenario's states, for
 // the sequence-numbered streams.
 func (s *scenario) withStream(a, b compile.HostState) (compile.HostState, compile.HostState) {
 	a1, a2, b1 := s.a1.addr, s.a2.addr, s.b1.addr
 	ip := func(xs ...netip.Addr) []netip.Addr { return xs }
-	udp := func(r compile.FirewallRule) compile.FirewallRule {
+	udp := func(r compile.FirewallRule, port int) compile.FirewallRule {
 		r.Protocol = "udp"
-		r.Ports = []int{portStream}
+		r.Ports = []int{port}
 		return r
 	}
 	a.Firewall = append(slices.Clone(a.Firewall),
-		udp(fw(compile.Egress, "web", "db", ip(a1), ip(b1), 0, true, nil)),
-		udp(fw(compile.Egress, "batch", "db", ip(a2), ip(b1), 0, false, nil)))
+		udp(fw(compile.Egress, "web", "db", ip(a1), ip(b1), 0, true, nil), portStream),
+		udp(fw(compile.Egress, "batch", "db", ip(a2), ip(b1), 0, false, nil), portPlainStream))
 	b.Firewall = append(slices.Clone(b.Firewall),
-		udp(fw(compile.Ingress, "web", "db", ip(a1), ip(b1), 0, true, ip(a1))),
-		udp(fw(compile.Ingress, "batch", "db", ip(a2), ip(b1), 0, false, ip(a2))))
+		udp(fw(compile.Ingress, "web", "db", ip(a1), ip(b1), 0, true, ip(a1)), portStream),
+		udp(fw(compile.Ingress, "batch", "db", ip(a2), ip(b1), 0, false, ip(a2)), portPlainStream))
 	return a, b
 }
 
@@ -63,11 +67,16 @@ type stream struct {
 
 // startStream sends one datagram every interval from src to dst:portStream.
 func startStream(t *testing.T, src, dst *guest, interval time.Duration) *stream {
+	return startStreamTo(t, src, dst, portStream, interval)
+}
+
+// startStreamTo sends one datagram every interval from src to dst:port.
+func startStreamTo(t *testing.T, src, dst *guest, port uint16, interval time.Duration) *stream {
 	t.Helper()
 	st := &stream{got: map[uint64]bool{}, stop: make(chan struct{})}
 	err := inNS(t, dst.ns, func() error {
 		var err error
-		st.receiver, err = net.ListenPacket("udp4", netip.AddrPortFrom(dst.addr, portStream).String())
+		st.receiver, err = net.ListenPacket("udp4", netip.AddrPortFrom(dst.addr, port).String())
 		return err
 	})
 	if err != nil {
@@ -75,7 +84,7 @@ func startStream(t *testing.T, src, dst *guest, interval time.Duration) *stream 
 	}
 	err = inNS(t, src.ns, func() error {
 		var err error
-		st.sender, err = net.Dial("udp4", netip.AddrPortFrom(dst.addr, portStream).String())
+		st.sender, err = net.Dial("udp4", netip.AddrPortFrom(dst.addr, port).String())
 		return err
 	})
 	if err != nil {
