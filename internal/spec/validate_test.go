@@ -203,6 +203,18 @@ func TestAppErrors(t *testing.T) {
 			[]wantErr{{32, "classes[2].guest.initrd", "initrd needs a kernel"}}},
 		{"vm vcpus", "kernel: /boot/vmlinux", "kernel: /boot/vmlinux\n      vcpus: 65",
 			[]wantErr{{32, "classes[2].guest.vcpus", "vcpus must be between 1 and 64"}}},
+		{"netns user", "command: [corridor, sample, web]", "command: [corridor, sample, web]\n      user: \"1000:1001\"\n      netRaw: true", nil},
+		{"netns user name", "command: [corridor, sample, web]", "command: [corridor, sample, web]\n      user: postgres",
+			[]wantErr{{10, "classes[0].guest.user", "the UID must be a number (names are refused"}}},
+		{"netns user root", "command: [corridor, sample, web]", "command: [corridor, sample, web]\n      user: \"0\"",
+			[]wantErr{{10, "classes[0].guest.user", "must not be 0: a netns guest never runs as root"}}},
+		{"netns group root", "command: [corridor, sample, web]", "command: [corridor, sample, web]\n      user: \"1000:0\"",
+			[]wantErr{{10, "classes[0].guest.user", "the GID must not be 0"}}},
+		{"vm user and netRaw", "kernel: /boot/vmlinux", "kernel: /boot/vmlinux\n      user: \"1000\"\n      netRaw: true",
+			[]wantErr{{32, "classes[2].guest.user", "only to runtime netns"}, {33, "classes[2].guest.netRaw", "only to runtime netns"}}},
+		{"pids", "      memory: 64Mi\n", "      memory: 64Mi\n      pids: 8\n",
+			[]wantErr{{13, "classes[0].resources.pids", "pids must be between 16 and 1048576 (or left out for 1024), got 8"}}},
+		{"pids ok", "      memory: 64Mi\n", "      memory: 64Mi\n      pids: 256\n", nil},
 		{"netns no command", "      command: [corridor, sample, web]\n", "",
 			[]wantErr{{7, "classes[0].guest.command", "command is required for runtime netns"}}},
 		{"netns empty command", "command: [corridor, sample, web]", "command: []",
@@ -516,5 +528,23 @@ func TestValidateAppWithoutFile(t *testing.T) {
 	if len(errs) != 2 || !strings.Contains(errs[0].Error(), `name: app "shop" is defined twice (also at apps[0])`) ||
 		!strings.Contains(errs[1].Error(), "overlaps network 100.64.0.0/24") {
 		t.Errorf("cross-app: %v", errs)
+	}
+}
+
+func TestParseUserAndCapacityPids(t *testing.T) {
+	for in, want := range map[string][2]uint32{"1000": {1000, 1000}, "70000:70001": {70000, 70001}, "4294967294": {4294967294, 4294967294}} {
+		uid, gid, err := ParseUser(in)
+		if err != nil || uid != want[0] || gid != want[1] {
+			t.Errorf("ParseUser(%q) = %d, %d, %v; want %v", in, uid, gid, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "0", "1:0", "-1", "1:", ":1", "4294967295", "1000:4294967296", " 1"} {
+		if _, _, err := ParseUser(in); err == nil {
+			t.Errorf("ParseUser(%q): no error", in)
+		}
+	}
+	errs := ValidateServers([]Server{{Name: "s1", Address: "198.18.0.11", Capacity: Resources{CPU: 1000, Memory: 1 << 30, Pids: 100}}})
+	if len(errs) != 1 || !strings.Contains(errs.Error(), "servers[0].capacity.pids") {
+		t.Errorf("capacity.pids: %v", errs)
 	}
 }

@@ -282,3 +282,27 @@ func TestHostileFillMemory(t *testing.T) {
 	}
 	w.unharmed(t)
 }
+
+// TestSealedOptions: guest.user picks the uid and gid, and guest.netRaw
+// keeps CAP_NET_RAW (and nothing else) so that a raw socket opens.
+func TestSealedOptions(t *testing.T) {
+	w := newHostileWorld(t)
+	e := w.e
+	g := e.guest("raw", "sh", "-c", `echo "ids=$(id -u):$(id -g)"; grep -E '^Cap(Eff|Bnd|Amb)' /proc/self/status | tr '\n' ' '; echo; exec sleep 3600`)
+	g.Spec.User = "4242:4343"
+	g.Spec.NetRaw = true
+	e.ensure(g)
+	m := waitLog(t, e, g.Task, regexp.MustCompile(`ids=(\d+:\d+)\nCapEff:\s+(\w+) CapBnd:\s+(\w+) CapAmb:\s+(\w+)`), 30*time.Second)
+	if m[1] != "4242:4343" {
+		t.Errorf("ids %s, want 4242:4343", m[1])
+	}
+	const netRaw = "0000000000002000" // 1 << CAP_NET_RAW (13)
+	if m[2] != netRaw || m[3] != netRaw || m[4] != netRaw {
+		t.Errorf("CapEff %s CapBnd %s CapAmb %s, want %s each", m[2], m[3], m[4], netRaw)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(guest.DataDir(e.cfg.StateDir, g.Task), &st); err != nil || st.Uid != 4242 || st.Gid != 4343 {
+		t.Errorf("data directory owned by %d:%d (%v), want 4242:4343", st.Uid, st.Gid, err)
+	}
+	w.unharmed(t)
+}
