@@ -157,7 +157,8 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 	defer sbr.Close()
 	defer sbw.Close()
 	cmd := &exec.Cmd{
-		Path: r.cfg.InitBinary, Args: []string{r.cfg.InitBinary, InitArg}, Env: []string{}, Dir: "/",
+		// One P: guest-init's threads count against the task's pids.
+		Path: r.cfg.InitBinary, Args: []string{r.cfg.InitBinary, InitArg}, Env: []string{"GOMAXPROCS=1"}, Dir: "/",
 		Stdout: lf, Stderr: lf, ExtraFiles: []*os.File{sbr}, // fd 3: sandboxFD
 		SysProcAttr: &syscall.SysProcAttr{
 			// Own session: the task outlives the agent, and its
