@@ -3,12 +3,14 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -205,4 +207,84 @@ func cgroupDirs() map[string]bool {
 		})
 	}
 	return out
+}
+
+// An agent started the way many operators start a program in a namespace,
+// `ip netns exec HOST corridor agent ...`, comes up and joins: ip netns
+// exec mounts a fresh /sys, which hides /sys/fs/cgroup, and the agent
+// mounts the hierarchies again in its own mount namespace.
+func TestAgentUnderIPNetnsExec(t *testing.T) {
+	testnet.NeedRoot(t, "makes a network namespace and runs a server and an agent")
+	bin := testnet.Binary(t, "agent", "server")
+	ns := testnet.Namespaces(t, "ipexec", "host")[0]
+	root, peer := fmt.Sprintf("corx%d", os.Getpid()%10000), "eth0"
+	testnet.IP(t, "link", "add", root, "type", "veth", "peer", "name", peer, "netns", ns)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", root).Run() })
+	testnet.IP(t, "addr", "add", "198.18.98.1/24", "dev", root)
+	testnet.IP(t, "link", "set", root, "up")
+	testnet.IP(t, "-n", ns, "addr", "add", "198.18.98.11/24", "dev", peer)
+	testnet.IP(t, "-n", ns, "link", "set", peer, "up")
+	testnet.IP(t, "-n", ns, "route", "add", "default", "via", "198.18.98.1")
+
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	server := exec.CommandContext(ctx, bin, "server", "--data-dir", filepath.Join(dir, "server"),
+		"--listen", "198.18.98.1:0", "--advertise", "198.18.98.1")
+	var serverOut syncWriter
+	server.Stderr = &serverOut
+	if err := server.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); server.Wait() })
+	url := waitFor(t, &serverOut, regexp.MustCompile(`corridor server at (https://\S+)`))
+	wg := fmt.Sprintf("corwx%d", os.Getpid()%10000)
+	agent := exec.CommandContext(ctx, "ip", "netns", "exec", ns, bin, "agent", "--server", url,
+		"--join-token-file", filepath.Join(dir, "server", "join.token"), "--ca", filepath.Join(dir, "server", "ca.crt"),
+		"--name", "x1", "--state-dir", filepath.Join(dir, "x1"), "--wg-name", wg)
+	var agentOut syncWriter
+	agent.Stderr = &agentOut
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		agent.Wait()
+		exec.Command("ip", "netns", "exec", ns, bin, "agent", "--cleanup", "--state-dir", filepath.Join(dir, "x1"), "--wg-name", wg).Run()
+	})
+	waitFor(t, &agentOut, regexp.MustCompile(`msg=reconciled`))
+	if strings.Contains(agentOut.String(), "no cgroup hierarchy") {
+		t.Fatalf("agent:\n%s", agentOut.String())
+	}
+}
+
+// syncWriter collects a child's output while the test reads it.
+type syncWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// waitFor waits up to 60 s for re to match what w collected, and returns
+// its first group (or the whole match).
+func waitFor(t *testing.T, w *syncWriter, re *regexp.Regexp) string {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if m := re.FindStringSubmatch(w.String()); m != nil {
+			return m[len(m)-1]
+		}
+	}
+	t.Fatalf("no %q within 60 s in:\n%s", re, w.String())
+	return ""
 }
