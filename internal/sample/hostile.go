@@ -430,6 +430,7 @@ func FillMemory(out io.Writer) {
 			b[j] = 1
 		}
 		hold = append(hold, b)
+		runtime.KeepAlive(hold)
 		if i%4 == 0 {
 			fmt.Fprintf(out, "fill-memory: %d MiB\n", i*8)
 		}
