@@ -200,17 +200,21 @@ func TestFailStaticAppliesStoredStateWithServerDown(t *testing.T) {
 	}
 }
 
+// A stored state signed by the control plane but for another host is not
+// applied (signed, so that the host is what refuses it, not a missing
+// signature; the fail-static test shows the same state for this host
+// applies).
 func TestStoredStateOfAnotherHostIsIgnored(t *testing.T) {
 	h := newHarness(t)
+	preJoin(t, h.cp, h.dir)
 	st := state("shop/web/0")
 	st.Host = "s9"
-	if err := agent.SaveDesired(h.dir, api.DesiredState{Revision: 5, State: st}); err != nil {
-		t.Fatal(err)
-	}
+	saveSigned(t, h, 5, st)
 	h.cp.SetDown(true)
 	h.start()
-	time.Sleep(100 * time.Millisecond)
-	if h.dp.Applies() != 0 || h.guests.Running("shop/web/0") {
+	// The stored state is dealt with at start, before the first poll.
+	eventually(t, "the first poll (the stored state handled before it)", func() bool { return len(h.cp.PollTimes()) > 0 })
+	if h.dp.Applies() != 0 || h.guests.Running("shop/web/0") || h.agent.AppliedRevision() != 0 {
 		t.Fatal("the state of another host was applied")
 	}
 }
@@ -245,10 +249,7 @@ func TestSameRevisionIsNotReapplied(t *testing.T) {
 	eventually(t, "state applied", func() bool { return h.agent.AppliedRevision() == r })
 	applies := h.dp.Applies()
 	polls := len(h.cp.PollTimes())
-	time.Sleep(300 * time.Millisecond)
-	if n := len(h.cp.PollTimes()) - polls; n < 5 {
-		t.Fatalf("only %d polls in 300ms with a 20ms wait", n)
-	}
+	eventually(t, "5 more empty long polls", func() bool { return len(h.cp.PollTimes())-polls >= 5 })
 	if got := h.dp.Applies(); got != applies {
 		t.Fatalf("applies went from %d to %d with no new revision", applies, got)
 	}
@@ -320,21 +321,8 @@ func TestBackoffOnPollErrors(t *testing.T) {
 	h.cfg.BackoffMax = 80 * time.Millisecond
 	h.cp.SetDown(true)
 	h.start()
-	time.Sleep(600 * time.Millisecond)
-	times := h.cp.PollTimes()
-	// Waits are at least 5, 10, 20, 40, 40, ... ms: about 17 polls at most
-	// in 600ms; without backoff there would be thousands.
-	if len(times) < 4 || len(times) > 20 {
-		t.Fatalf("%d polls in 600ms against a down server, want 4 to 20", len(times))
-	}
-	for i := 1; i < len(times); i++ {
-		if gap := times[i].Sub(times[i-1]); gap < 5*time.Millisecond {
-			t.Errorf("poll %d came %v after the previous one", i, gap)
-		}
-	}
-	if last := times[len(times)-1].Sub(times[len(times)-2]); last < 40*time.Millisecond {
-		t.Errorf("the backoff did not grow: last gap %v", last)
-	}
+	eventually(t, "8 polls against the down server", func() bool { return len(h.cp.PollTimes()) >= 8 })
+	checkBackoff(t, h.cp.PollTimes()[:8], 10*time.Millisecond, 80*time.Millisecond)
 	h.cp.SetDown(false)
 	r := h.cp.SetDesired(state("shop/web/0"))
 	eventually(t, "recovery", func() bool { return h.agent.AppliedRevision() == r })
@@ -452,19 +440,44 @@ func TestCleanupRemovesEverything(t *testing.T) {
 	}
 }
 
+// checkBackoff checks the gaps between consecutive polls against the
+// backoff's lower bounds: after the n-th consecutive failure the agent
+// waits at least min(lo*2^n, hi)/2 (5, 10, 20, 40, 40 ms for 10ms/80ms).
+// Only lower bounds: a loaded machine makes gaps longer, never shorter,
+// and a missing backoff makes them near zero.
+func checkBackoff(t *testing.T, times []time.Time, lo, hi time.Duration) {
+	t.Helper()
+	d := lo
+	for i := 1; i < len(times); i++ {
+		if gap := times[i].Sub(times[i-1]); gap < d/2 {
+			t.Errorf("poll %d came %v after the previous one, want at least %v", i, gap, d/2)
+		}
+		d = min(2*d, hi)
+	}
+	if d != hi {
+		t.Fatalf("checkBackoff: %d polls do not reach the backoff's cap", len(times))
+	}
+}
+
 // earlyPoller answers every long poll at once with the same revision, as a
 // server that does not block would.
 type earlyPoller struct {
 	agent.ControlPlane
 	mu    sync.Mutex
-	polls int
+	times []time.Time
 }
 
 func (e *earlyPoller) Desired(ctx context.Context, name string, index int64, _ time.Duration) (api.DesiredState, error) {
 	e.mu.Lock()
-	e.polls++
+	e.times = append(e.times, time.Now())
 	e.mu.Unlock()
 	return api.DesiredState{Revision: index}, nil
+}
+
+func (e *earlyPoller) pollTimes() []time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.times)
 }
 
 func TestEarlyEmptyPollsDoNotSpin(t *testing.T) {
@@ -480,12 +493,8 @@ func TestEarlyEmptyPollsDoNotSpin(t *testing.T) {
 		return ep, err
 	}
 	h.start()
-	time.Sleep(500 * time.Millisecond)
-	ep.mu.Lock()
-	defer ep.mu.Unlock()
-	if ep.polls < 3 || ep.polls > 20 {
-		t.Fatalf("%d polls in 500ms from a server answering at once, want 3 to 20", ep.polls)
-	}
+	eventually(t, "8 polls answered at once", func() bool { return len(ep.pollTimes()) >= 8 })
+	checkBackoff(t, ep.pollTimes()[:8], 10*time.Millisecond, 80*time.Millisecond)
 }
 
 // A desired state from a buggy or hostile server is refused whole: the host
@@ -584,7 +593,8 @@ func TestKeyRotation(t *testing.T) {
 		t.Errorf("events %v: want rotate-key:1 then an apply", evs)
 	}
 
-	time.Sleep(100 * time.Millisecond) // several repair passes
+	applies := h.dp.Applies()
+	eventually(t, "3 repair passes", func() bool { return h.dp.Applies() >= applies+3 })
 	if k, g := h.dp.Key(); k != second || g != 1 {
 		t.Fatalf("key changed again without a new generation: %s generation %d", k, g)
 	}
