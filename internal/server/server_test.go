@@ -432,6 +432,7 @@ func TestLongPoll(t *testing.T) {
 		err error
 	}
 	w1, w2 := make(chan woke, 1), make(chan woke, 1)
+	parked := ts.hub.parked.Load()
 	go func() {
 		ds, err := a1.c.Desired(bg, "s1", r1, 20*time.Second)
 		w1 <- woke{ds, time.Now(), err}
@@ -441,7 +442,10 @@ func TestLongPoll(t *testing.T) {
 		ds, err := a2.c.Desired(bg, "s2", r2, 3*time.Second)
 		w2 <- woke{ds, time.Now(), err}
 	}()
-	time.Sleep(200 * time.Millisecond) // both are parked now
+	eventually(t, 10*time.Second, "both long polls parked in the hub", func() (bool, string) {
+		n := ts.hub.parked.Load() - parked
+		return n >= 2, fmt.Sprintf("%d parked", n)
+	})
 	if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp("pinned", 2, "a"))); err != nil {
 		t.Fatal(err)
 	}
