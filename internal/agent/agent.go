@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"slices"
@@ -71,6 +70,9 @@ type Config struct {
 	// server (by the cluster CA) and JoinToken goes in the join request.
 	JoinToken string
 	Bootstrap ControlPlane
+	// Join bounds the join and names its settings for the hints of a
+	// failed join (see JoinOptions).
+	Join JoinOptions
 	// Connect makes the mTLS client from the agent's identity.
 	Connect func(*Identity) (ControlPlane, error)
 
@@ -244,78 +246,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-ctx.Done()
 	a.log.Info("agent stopping; guests and data plane are left running")
 	return nil
-}
-
-// ensureIdentity returns the stored identity or joins the cluster to get
-// one, retrying with backoff while the server cannot be reached.
-func (a *Agent) ensureIdentity(ctx context.Context) (*Identity, error) {
-	id, err := LoadIdentity(a.cfg.StateDir, a.cfg.Name, a.cfg.Now())
-	if err == nil {
-		a.log.Info("using stored identity", "notAfter", id.Certificate().NotAfter)
-		return id, nil
-	}
-	if a.cfg.Bootstrap == nil || a.cfg.JoinToken == "" {
-		return nil, fmt.Errorf("agent: %w; give a join token to join the cluster", err)
-	}
-	if !errors.Is(err, ErrNoIdentity) {
-		a.log.Warn("stored identity unusable, joining again", "err", err)
-	}
-	bo := backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
-	for {
-		id, err := a.join(ctx)
-		if err == nil {
-			a.log.Info("joined the cluster", "notAfter", id.Certificate().NotAfter)
-			return id, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if permanent(err) {
-			return nil, fmt.Errorf("agent: %w", err)
-		}
-		wait := bo.next()
-		a.log.Warn("join failed, retrying", "err", err, "in", wait.Round(time.Millisecond))
-		if !sleepCtx(ctx, wait) {
-			return nil, ctx.Err()
-		}
-	}
-}
-
-func (a *Agent) join(ctx context.Context) (*Identity, error) {
-	keyPEM, csrPEM, err := NewKeyAndCSR(a.cfg.Name, a.cfg.Address)
-	if err != nil {
-		return nil, err
-	}
-	pub, _ := a.cfg.Dataplane.Key()
-	resp, err := a.cfg.Bootstrap.Join(ctx, api.JoinRequest{
-		Name:          a.cfg.Name,
-		Token:         a.cfg.JoinToken,
-		CSR:           string(csrPEM),
-		Address:       addrString(a.cfg.Address),
-		Capacity:      a.cfg.Capacity,
-		Labels:        a.cfg.Labels,
-		PublicKey:     pub,
-		WireGuardPort: a.cfg.WireGuardPort,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("join: %w", err)
-	}
-	id, err := ParseIdentity(keyPEM, []byte(resp.Certificate), []byte(resp.CA), a.cfg.Name, a.cfg.Now())
-	if err != nil {
-		return nil, fmt.Errorf("join answer: %w", err)
-	}
-	if err := id.Save(a.cfg.StateDir); err != nil {
-		return nil, err
-	}
-	return id, nil
-}
-
-// permanent reports whether a join error cannot go away by retrying: the
-// server refused the request itself (bad token, invalid name or address).
-// Timeouts, rate limits and server errors are retried.
-func permanent(err error) bool {
-	code := api.HTTPStatus(err)
-	return code >= 400 && code < 500 && code != http.StatusRequestTimeout && code != http.StatusTooManyRequests
 }
 
 // pollLoop long-polls the desired state. Every new revision is written to

@@ -95,7 +95,9 @@ type HostConfig struct {
 	Listen                           string // local API address; empty: none
 	VMImage, KVM                     string
 	RepairInterval                   time.Duration
-	Logger                           *slog.Logger
+	// JoinTimeout bounds the first join (0: try until stopped).
+	JoinTimeout time.Duration
+	Logger      *slog.Logger
 }
 
 // hostRuntimes opens the guest runtimes and the data plane of this host.
@@ -170,6 +172,12 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	if cfg.Server == "" {
 		return errors.New("--server is required: the URL of `corridor server`, e.g. https://10.0.0.1:7443")
 	}
+	if err := checkServerURL(cfg.Server); err != nil {
+		return err
+	}
+	if cfg.JoinTimeout < 0 {
+		return fmt.Errorf("--join-timeout: %s is negative (0 waits forever)", cfg.JoinTimeout)
+	}
 	if cfg.JoinToken != "" && cfg.JoinTokenFile != "" {
 		return errors.New("--join-token and --join-token-file: give one, not both")
 	}
@@ -205,7 +213,12 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	}
 
 	token := cfg.JoinToken
+	join := JoinOptions{Timeout: cfg.JoinTimeout, TokenSource: "--join-token"}
+	if cfg.CAFile != "" {
+		join.CA = "--ca " + cfg.CAFile
+	}
 	if cfg.JoinTokenFile != "" {
+		join.TokenSource = "--join-token-file " + cfg.JoinTokenFile
 		b, err := os.ReadFile(cfg.JoinTokenFile)
 		if err != nil {
 			return fmt.Errorf("--join-token-file: %w", err)
@@ -262,7 +275,7 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		Address: addr, UnderlayIface: iface,
 		WireGuardPort: cfg.WireGuardPort,
 		Capacity:      capacity, Labels: labels,
-		JoinToken: token, Bootstrap: bootstrap, Connect: connect,
+		JoinToken: token, Bootstrap: bootstrap, Connect: connect, Join: join,
 		Guests: GuestsOf(mgr), Dataplane: DataplaneOf(dp),
 		ServerAddrs: serverAddrs,
 		Listener:    ln,
@@ -302,7 +315,7 @@ func underlayOf(iface, address string) (string, netip.Addr, error) {
 	if address == "" {
 		name, addr, err := UnderlayAddr(nil, iface)
 		if err != nil {
-			return "", netip.Addr{}, fmt.Errorf("underlay: %w", err)
+			return "", netip.Addr{}, err
 		}
 		return name, addr, nil
 	}
@@ -316,6 +329,19 @@ func underlayOf(iface, address string) (string, netip.Addr, error) {
 		}
 	}
 	return iface, addr, nil
+}
+
+// checkServerURL refuses at once a server URL the agent could never join
+// through: the server speaks HTTPS only.
+func checkServerURL(server string) error {
+	u, err := url.Parse(server)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("--server: %q is not a URL such as https://10.0.0.1:7443", server)
+	}
+	if u.Scheme != "https" {
+		return fmt.Errorf("--server %s: the server speaks HTTPS only: use https://%s", server, u.Host)
+	}
+	return nil
 }
 
 // serverAddresses resolves the server URL's host to IP addresses.

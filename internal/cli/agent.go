@@ -53,7 +53,7 @@ certificate) serves the server's proxied requests: task logs, path probes for
     --ca /etc/corridor/ca.crt --labels zone=a,rack=r1
 
   # a lab server in a network namespace, with its own state and device name
-  ip netns exec lab-s1 corridor agent --server https://198.18.0.254:7443 --join-token-file join.token \
+  ip netns exec lab-s1 corridor agent --server https://198.18.0.1:7443 --join-token-file join.token \
     --ca ca.crt --name s1 --state-dir /var/lib/lab/s1 --underlay-iface eth0 --wg-name corw-s1
 
   # remove every guest, device and rule the agent made on this host
@@ -80,7 +80,8 @@ certificate) serves the server's proxied requests: task logs, path probes for
 	fl.StringVar(&cfg.Server, "server", "", "server URL, https://HOST:PORT, on the underlay (required)")
 	fl.StringVar(&cfg.JoinToken, "join-token", "", "join token (first start only)")
 	fl.StringVar(&cfg.JoinTokenFile, "join-token-file", "", "file holding the join token (first start only)")
-	fl.StringVar(&cfg.CAFile, "ca", "", "the cluster CA certificate, to trust the server at join")
+	fl.StringVar(&cfg.CAFile, "ca", "", "the cluster CA certificate, to trust the server at join: the server's DATA_DIR/ca.crt")
+	fl.DurationVar(&cfg.JoinTimeout, "join-timeout", agent.DefaultJoinTimeout, "give up joining after this long, saying why (0: keep trying)")
 	fl.StringVar(&cfg.Name, "name", "", "server name (default: the host name)")
 	fl.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "state directory: keys, certificate, desired state, guests")
 	fl.StringVar(&cfg.UnderlayIface, "underlay-iface", "", "underlay interface (default: the one holding the default route)")
@@ -95,7 +96,7 @@ certificate) serves the server's proxied requests: task logs, path probes for
 	fl.StringVar(&cfg.Listen, "listen", ":7444", `local API address (mTLS); "" disables it`)
 	fl.BoolVar(&cleanup, "cleanup", false, "remove every guest, device and rule the agent made on this host, then exit")
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	fl.StringVar(&cfg.VMImage, "vm-image", image.DefaultOut, "guest image for vm tasks that name no kernel or image (make it with `corridor image build --with-sample`)")
+	fl.StringVar(&cfg.VMImage, "vm-image", image.DefaultOut, "guest image for vm tasks that name no kernel or image (made by 'corridor image build --with-sample')")
 	fl.StringVar(&cfg.KVM, "kvm", vm.KVMAuto, "KVM for vm guests: auto (a probe boot decides), on or off (TCG)")
 	fl.DurationVar(&cfg.RepairInterval, "repair-interval", agent.DefaultRepairInterval, "how often the host's state is checked against the desired state and drift repaired")
 	return cmd
