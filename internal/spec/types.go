@@ -38,6 +38,13 @@ type App struct {
 	Network string  `yaml:"network,omitempty" json:"network,omitempty"`
 	Classes []Class `yaml:"classes" json:"classes"`
 	Rules   []Rule  `yaml:"rules,omitempty" json:"rules,omitempty"`
+	// Egress lets classes open connections to named destinations outside
+	// Corridor, through their own host's underlay (see egress.go).
+	Egress []Egress `yaml:"egress,omitempty" json:"egress,omitempty"`
+	// Resolvers are the DNS servers (IPv4 addresses, outside Corridor) the
+	// app's guests get in /etc/resolv.conf; every class may reach them on
+	// port 53, udp and tcp.
+	Resolvers []string `yaml:"resolvers,omitempty" json:"resolvers,omitempty"`
 }
 
 // Class is a task class: what its tasks run, with what resources, how many.

@@ -44,6 +44,9 @@ func SetAppDefaults(a *App) {
 	for i := range a.Rules {
 		a.Rules[i].Protocol = Protocol(a.Rules[i].Protocol)
 	}
+	for i := range a.Egress {
+		a.Egress[i].Protocol = Protocol(a.Egress[i].Protocol)
+	}
 }
 
 // Protocol is the protocol p means: tcp when empty. It is the one place
@@ -218,6 +221,7 @@ func validateApp(a *App, w *where) {
 	if len(a.Classes) > 0 {
 		// With no classes every rule would be wrong; one error says it.
 		validateRules(w, a.Rules, classes)
+		validateEgress(w, a, classes)
 	}
 	validateNetwork(w, a.Network, total)
 }
@@ -522,6 +526,7 @@ func validateAcross(apps []App, wheres []*where) {
 		}
 		nets = append(nets, net{i, p})
 	}
+	validateEgressAcross(apps, wheres)
 }
 
 func validateServers(servers []Server, wheres []*where, paths []string) {
