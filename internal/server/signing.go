@@ -115,14 +115,6 @@ func tamperedMessage(rev int64, applied, desired string) string {
 		rev, applied, desired)
 }
 
-// signedDesired is host's current desired state as served, its revision
-// and its signature.
-func (s *Server) signedDesired(ctx context.Context, host string) ([]byte, int64, *hoststate.Signature, error) {
-	data, rev := s.hub.wait(ctx, host, -1, 0)
-	data, sig, err := s.signer.state(host, rev, data)
-	return data, rev, sig, err
-}
-
 // noteApplied flags a host whose agent reports applying, at the desired
 // revision, a state of another digest: an event (host.tampered, and
 // host.untampered once it matches again), a log line and the metric
