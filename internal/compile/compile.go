@@ -129,6 +129,9 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	if err := c.allocateNetworks(in.Networks, in.Pool); err != nil {
 		return nil, err
 	}
+	if err := c.checkOutside(in.Pool); err != nil {
+		return nil, err
+	}
 	if err := c.place(); err != nil {
 		return nil, err
 	}

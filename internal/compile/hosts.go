@@ -293,6 +293,7 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 				MAC: hb.mac[si], Guests: r.plain})
 		}
 	}
+	hs.Outbound = c.outbound(hs.Guests)
 	return hs
 }
 
@@ -503,7 +504,7 @@ func (c *compiler) guests(out []Guest, s *server, a *app) []Guest {
 			env[v.key] = v.value
 		}
 		out = append(out, Guest{Task: t.id, App: t.app.name, Class: cl.name, Index: t.index, Address: t.addr, Network: t.app.network,
-			HostIf: HostIf(t.id), Spec: sp, Resources: cl.spec.Resources, Env: env})
+			HostIf: HostIf(t.id), Spec: sp, Resources: cl.spec.Resources, Env: env, Resolvers: resolvers(t.app.spec)})
 	}
 	return out
 }

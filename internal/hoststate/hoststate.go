@@ -72,6 +72,10 @@ type State struct {
 	Routes []Route `json:"routes"`
 	// Firewall rules for this host's guests (egress and ingress).
 	Firewall []FirewallRule `json:"firewall"`
+	// Outbound are the connections local guests may open to outside
+	// destinations (see outbound.go). Omitted when empty: a reader that
+	// does not know it denies all outside traffic, as before.
+	Outbound []Outbound `json:"outbound,omitempty"`
 }
 
 // Empty is the state of a host that runs nothing, in this schema.
@@ -119,6 +123,9 @@ type Guest struct {
 	// (CORRIDOR_APP, CORRIDOR_CLASS, CORRIDOR_TASK, CORRIDOR_ADDR and one
 	// CORRIDOR_PEERS_<CLASS> per destination class) merged over Spec.Env.
 	Env map[string]string `json:"env"`
+	// Resolvers are the DNS servers of the task's /etc/resolv.conf (the
+	// app's spec.App.Resolvers); empty: the runtime's default.
+	Resolvers []netip.Addr `json:"resolvers,omitempty"`
 }
 
 // Peer is a WireGuard peer of corw0.

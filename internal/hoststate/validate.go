@@ -158,6 +158,9 @@ func Validate(st State, opt Options) error {
 	if err := checkServerAddrs(st, opt.ServerAddrs); err != nil {
 		return err
 	}
+	if err := checkOutboundServers(st, opt.ServerAddrs); err != nil {
+		return err
+	}
 	if opt.Dataplane != nil {
 		return opt.Dataplane(st)
 	}
@@ -465,7 +468,7 @@ func CheckNetwork(st State) error {
 			return err
 		}
 	}
-	return nil
+	return checkOutbound(st)
 }
 
 // checkName rejects names that cannot be part of a counter name: the data
