@@ -248,6 +248,11 @@ func labStatusTable(t *Table, st lab.Status) {
 	t.Header("component", "name", "present", "running", "ready/joined", "detail")
 	t.Row("server", st.ServerURL, "-", yes(st.ControlAlive), ready, st.Phase)
 	t.Row("underlay", st.Underlay.Name, yes(st.Underlay.Present), "-", "-", "root link "+yes(st.RootLink))
+	gw := fmt.Sprintf("dropped %d packets (%d bytes) for outside addresses", st.Gateway.Packets, st.Gateway.Bytes)
+	if st.Gateway.Error != "" {
+		gw = st.Gateway.Error
+	}
+	t.Row("gateway", st.Gateway.Address, yes(st.Gateway.Error == ""), "-", "-", gw)
 	for _, s := range st.Servers {
 		pid := "-"
 		if s.AgentPID != 0 {

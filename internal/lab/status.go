@@ -18,7 +18,11 @@ type Status struct {
 	ControlReady bool   `json:"controlReady"`
 	ControlError string `json:"controlError,omitempty"`
 	// Underlay is the underlay namespace's presence.
-	Underlay    NamespaceStatus   `json:"underlay"`
+	Underlay NamespaceStatus `json:"underlay"`
+	// Gateway is what reached the servers' default gateway for an
+	// address outside the underlay: packets that would have left a real
+	// network in plain (gateway.go).
+	Gateway     GatewayStatus     `json:"gateway"`
 	RootLink    bool              `json:"rootLink"`
 	Servers     []ServerStatus    `json:"servers"`
 	Guests      []NamespaceStatus `json:"guests,omitempty"`
@@ -71,6 +75,7 @@ func (l *Lab) Status(ctx context.Context) Status {
 		ControlAlive: alive(l.Control),
 		Underlay:     NamespaceStatus{Name: l.UnderlayNamespace, Present: namespaceExists(l.UnderlayNamespace)},
 		RootLink:     rootLinkExists(l.RootLink),
+		Gateway:      l.Gateway(),
 		CheckedAt:    time.Now().UTC(),
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -222,8 +222,12 @@ func (l *Lab) makeUnderlay() error {
 	// network's router would be; it forwards nothing, so what a server
 	// sends there (a packet that escaped every guard of its data plane)
 	// is dropped after crossing the underlay in plain, where captures see
-	// it, instead of dying unseen in the server's main table.
+	// it, instead of dying unseen in the server's main table. It counts
+	// what it drops (gateway.go).
 	if err := addAddress(h, l.Bridge, gatewayAddr(l.Underlay), l.Underlay); err != nil {
+		return err
+	}
+	if err := makeGatewayCounter(l.UnderlayNamespace, l.Underlay); err != nil {
 		return err
 	}
 	return setSysctl(l.UnderlayNamespace, "net.ipv4.ip_forward", "0")
