@@ -159,6 +159,7 @@ type Agent struct {
 	lastErrors []string          // errors of the last reconcile pass
 	refused    int64             // newest revision refused as invalid
 	refusedErr string            // why, until a newer state is accepted
+	notReady   string            // why the data plane failed in the last pass ("": it did not)
 	caKey      crypto.PublicKey  // verifies desired states (the cluster CA's key)
 	digest     string            // digest of target (verified)
 	appliedDig string            // digest of the state last applied without error
@@ -454,6 +455,7 @@ func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
 	if dpErr != nil {
 		errs = append(errs, fmt.Errorf("data plane: %w", dpErr))
 	}
+	a.setNotReady(dpErr)
 
 	for _, g := range st.Guests {
 		if dpErr != nil && !existing[g.Task] {
@@ -520,6 +522,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		AppliedDigest:   appliedDig,
 		APIAddr:         a.apiAddr(),
 		Errors:          errs,
+		NotReady:        a.notReadyReason(),
 		Time:            a.cfg.Now().UTC(),
 	}
 	if target != nil {

@@ -98,8 +98,13 @@ type Status struct {
 	Peers   []PeerStatus `json:"peers,omitempty"`
 	Drops   []DropCount  `json:"drops,omitempty"`
 	// Errors from the last reconcile, if any.
-	Errors []string  `json:"errors,omitempty"`
-	Time   time.Time `json:"time"`
+	Errors []string `json:"errors,omitempty"`
+	// NotReady says why the host cannot run tasks now and what to do (its
+	// data plane could not be applied: a WireGuard device it cannot open,
+	// a name clash with another agent); empty when it can. The server
+	// shows such a host as ServerNotReady.
+	NotReady string    `json:"notReady,omitempty"`
+	Time     time.Time `json:"time"`
 }
 
 // Error is the body of every non-2xx answer.
@@ -207,6 +212,9 @@ type ScaleRequest struct {
 const (
 	ServerRevoked = "removed" // removed by an operator; refused from then on
 	ServerJoining = "joined"  // joined, no status report yet
+	// ServerNotReady: the agent reports (Status.NotReady) that it cannot
+	// run tasks, its data plane having failed; Errors say why.
+	ServerNotReady = "not-ready"
 )
 
 // Server is a server as the API shows it.
@@ -214,7 +222,8 @@ type Server struct {
 	Spec     spec.Server `json:"spec"`
 	JoinedAt time.Time   `json:"joinedAt"`
 	// State is the effective state: ready, draining, down (no heartbeat
-	// within the timeout), removed.
+	// within the timeout), removed, or not-ready (ready, but its agent
+	// reports that its data plane failed).
 	State    string    `json:"state"`
 	LastSeen time.Time `json:"lastSeen,omitzero"`
 	// DesiredRevision is the revision of the host's desired state;

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/store"
 )
 
@@ -35,6 +36,9 @@ func (s *Server) serverViews(sn *store.Snapshot, statuses map[string]store.Statu
 			sv.KeyGeneration = st.Status.KeyGeneration
 			sv.LastSeen = st.Received
 			sv.AppliedDigest = st.Status.AppliedDigest
+			if sv.State == spec.ServerReady && st.Status.NotReady != "" {
+				sv.State = api.ServerNotReady
+			}
 		}
 		sv.DesiredDigest, sv.Tampered = s.tamperedView(context.Background(), name, statuses[name].Status)
 		if sv.Tampered != "" {
