@@ -56,6 +56,17 @@ type State struct {
 	// KeyGeneration is the server's spec.Server.KeyGeneration: the agent
 	// rotates its WireGuard key when this exceeds its key's generation.
 	KeyGeneration int64 `json:"keyGeneration,omitempty"`
+	// RotationPhase is where this host's own key rotation stands (see docs/architecture.md, "Hitless key rotation"): empty when
+	// none is under way (or the agent has made its next key and the
+	// control plane has not announced it yet), RotationAnnounce while its
+	// peers hold its next key beside the current one, RotationCommit once
+	// the control plane holds the next key as the current one (PublicKey):
+	// the host puts it on its first device and keeps its second until
+	// the phase is cleared.
+	RotationPhase string `json:"rotationPhase,omitempty"`
+	// PublicKey is, while RotationPhase is set, the key the control plane
+	// holds as this host's current one.
+	PublicKey string `json:"publicKey,omitempty"`
 
 	Guests []Guest `json:"guests"`
 	// Peers are the WireGuard peers of corw0: only servers with which this
@@ -77,6 +88,12 @@ type State struct {
 	// does not know it denies all outside traffic, as before.
 	Outbound []Outbound `json:"outbound,omitempty"`
 }
+
+// Phases of a host's own key rotation (State.RotationPhase).
+const (
+	RotationAnnounce = "announce"
+	RotationCommit   = "commit"
+)
 
 // Empty is the state of a host that runs nothing, in this schema.
 func Empty(host string) State { return State{Schema: Schema, Host: host} }
@@ -130,10 +147,19 @@ type Guest struct {
 
 // Peer is a WireGuard peer of corw0.
 type Peer struct {
-	Server     string         `json:"server"`
-	PublicKey  string         `json:"publicKey"`
-	Endpoint   netip.AddrPort `json:"endpoint"`
-	AllowedIPs []netip.Prefix `json:"allowedIPs"`
+	Server    string `json:"server"`
+	PublicKey string `json:"publicKey"`
+	// NextPublicKey is set while the peer rotates its key:
+	// this host holds the peer under NextPublicKey on its second
+	// WireGuard device (its own key, WireGuardPort+1; the peer's endpoint
+	// port+1) beside PublicKey on the first. When NextPublicKey differs
+	// from PublicKey the second device is the one to move to (phase
+	// announce); when they are equal the control plane has committed the
+	// new key and the first device is the one to move back to (phase
+	// commit). See docs/architecture.md, "Hitless key rotation".
+	NextPublicKey string         `json:"nextPublicKey,omitempty"`
+	Endpoint      netip.AddrPort `json:"endpoint"`
+	AllowedIPs    []netip.Prefix `json:"allowedIPs"`
 }
 
 // VXLANEntry is one remote host reached in plain by corv0.

@@ -312,6 +312,22 @@ func UnmapPrefix(p netip.Prefix) (netip.Prefix, error) {
 // rules, each unique where it must be. The data plane calls it on every
 // state it applies; Validate calls it too.
 func CheckNetwork(st State) error {
+	switch st.RotationPhase {
+	case "", RotationAnnounce, RotationCommit:
+	default:
+		return invalid("rotationPhase", "%q is not a phase (%q or %q)", st.RotationPhase, RotationAnnounce, RotationCommit)
+	}
+	if st.PublicKey != "" {
+		if _, err := wgtypes.ParseKey(st.PublicKey); err != nil {
+			return invalid("publicKey", "%v", err)
+		}
+	}
+	if st.RotationPhase == RotationCommit && st.PublicKey == "" {
+		return invalid("publicKey", "missing in rotation phase %q", RotationCommit)
+	}
+	if st.RotationPhase != "" && st.WireGuardPort >= 65535 {
+		return invalid("wireguardPort", "%d leaves no port for the second WireGuard device of a key rotation", st.WireGuardPort)
+	}
 	underlay := st.Address.Unmap()
 	if !underlay.IsValid() {
 		return invalid("address", "missing underlay address")
@@ -363,6 +379,19 @@ func CheckNetwork(st State) error {
 		seenKeys[key] = true
 		if !p.Endpoint.IsValid() || p.Endpoint.Port() == 0 {
 			return invalid(f+".endpoint", "%q is not an address:port", p.Endpoint)
+		}
+		if p.NextPublicKey != "" {
+			next, err := wgtypes.ParseKey(p.NextPublicKey)
+			if err != nil {
+				return invalid(f+".nextPublicKey", "%v", err)
+			}
+			if next != key && seenKeys[next] {
+				return invalid(f+".nextPublicKey", "key of server %q appears twice", p.Server)
+			}
+			seenKeys[next] = true
+			if p.Endpoint.Port() == 65535 {
+				return invalid(f+".endpoint", "port 65535 leaves no port for the peer's second WireGuard device")
+			}
 		}
 		for j, pre := range p.AllowedIPs {
 			ff := fmt.Sprintf("%s.allowedIPs[%d]", f, j)
