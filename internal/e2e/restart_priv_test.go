@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -79,6 +81,44 @@ func startPinger(t *testing.T, fromTask, dbAddr string) *pinger {
 	return p
 }
 
+// waitAnswers waits until the stream has had n more answers than now,
+// and fails the test saying during what if it has not within d (or if an
+// answer failed meanwhile: the connection is then gone).
+func (p *pinger) waitAnswers(t *testing.T, n int, d time.Duration, during string) {
+	t.Helper()
+	p.mu.Lock()
+	want := p.ok + n
+	p.mu.Unlock()
+	deadline := time.Now().Add(d)
+	for {
+		p.mu.Lock()
+		ok, fails := p.ok, len(p.fails)
+		p.mu.Unlock()
+		switch {
+		case fails > 0:
+			t.Fatalf("the stream failed %s: %d answers so far", during, ok)
+		case ok >= want:
+			return
+		case time.Now().After(deadline):
+			t.Fatalf("%d of %d answers %s within %s", ok-(want-n), n, during, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// logCount counts the lines of the log at path that match re.
+func logCount(t *testing.T, path string, re *regexp.Regexp) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(re.FindAll(b, -1))
+}
+
+// startApplied is the agent's log line for a stored state applied at start.
+var startApplied = regexp.MustCompile(`msg=reconciled\b.*\bwhy=start\b`)
+
 func (p *pinger) finish() (ok int, fails []string, maxGap time.Duration) {
 	close(p.stop)
 	<-p.stopped
@@ -101,9 +141,11 @@ func TestRestartsDoNotInterruptTraffic(t *testing.T) {
 		t.Fatalf("no app task on another server than the db: %v", placement(tasks))
 	}
 	dbAddr := net.JoinHostPort(db.Address.String(), "5432")
+	// Settled means running, not yet listening: wait for the db's port.
+	waitConnected(t, app.ID, dbAddr, 30*time.Second, 200*time.Millisecond, "before the stream starts")
 	p := startPinger(t, app.ID, dbAddr)
 
-	time.Sleep(300 * time.Millisecond)
+	p.waitAnswers(t, 10, 10*time.Second, "before the restarts")
 	if err := f.lab.StopServer(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -112,13 +154,28 @@ func TestRestartsDoNotInterruptTraffic(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(time.Second)
+	// The data plane carries the stream on its own: about a second of
+	// answers with both agents stopped.
+	p.waitAnswers(t, 40, 20*time.Second, "with both agents stopped")
+	applied := map[string]int{}
 	for _, s := range []string{app.Server, db.Server} {
+		applied[s] = logCount(t, f.lab.Server(s).Log, startApplied)
 		if err := f.lab.StartAgent(s); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(3 * time.Second) // the agents re-apply their stored states meanwhile
+	// Each new agent re-applies its stored state (the server is down)...
+	for _, s := range []string{app.Server, db.Server} {
+		deadline := time.Now().Add(30 * time.Second)
+		for logCount(t, f.lab.Server(s).Log, startApplied) <= applied[s] {
+			if time.Now().After(deadline) {
+				t.Fatalf("the restarted agent of %s did not log its stored state applied (%s) within 30s; see %s", s, startApplied, f.lab.Server(s).Log)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// ...and the stream goes on through it and after it.
+	p.waitAnswers(t, 50, 20*time.Second, "after the agents re-applied their stored states")
 	ok, fails, gap := p.finish()
 	t.Logf("during the restarts: %d answers, %d failures, longest gap %s", ok, len(fails), gap)
 	if len(fails) > 0 || ok < 100 {
