@@ -650,12 +650,18 @@ func TestReadoption(t *testing.T) {
 	if got := e.runningPID(r2, g.Task); got != pid {
 		t.Fatalf("Ensure after restart: pid %d, want the adopted %d", got, pid)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The program (started by guest-init, which the runtime's PID names)
+	// writes its line when it gets to run: on a loaded machine that can
+	// be after Ensure returned. Wait for it, then check it ran once.
+	logPath := guest.LogPath(e.cfg.StateDir, g.Task)
+	waitFor(t, "the program's first line in its log", 10*time.Second, func() bool {
+		return bytes.Contains(mustRead(t, logPath), []byte("started\n"))
+	})
 	// guest-init and the program it started, nothing more.
 	if procs := e.r.cgroup(g.Task).Procs(); len(procs) != 2 || !slices.Contains(procs, pid) || !slices.Contains(procs, programPID(t, pid)) {
 		t.Errorf("cgroup holds %v, want only %d and its child", procs, pid)
 	}
-	if n := bytes.Count(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("started\n")); n != 1 {
+	if n := bytes.Count(mustRead(t, logPath), []byte("started\n")); n != 1 {
 		t.Errorf("program started %d times", n)
 	}
 
