@@ -141,22 +141,67 @@ func hostRuntimes(cfg HostConfig, underlay string) (*guest.Manager, *dataplane.D
 }
 
 // CleanupHost removes every guest, device and rule the agent made on this
-// host (Cleanup over the host's runtimes and data plane).
+// host (Cleanup over the host's runtimes and data plane), then the empty
+// cgroup parent directories, and checks that the devices are gone. The
+// WireGuard device is the one the agent recorded in its state directory
+// (HostFile); cfg.WireGuardName ("": the default) is used only when there
+// is no record. It returns an error naming what is left.
 func CleanupHost(ctx context.Context, cfg HostConfig) error {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 		cfg.Logger = log
 	}
+	rec, ok, err := LoadHostRecord(cfg.StateDir)
+	if err != nil {
+		log.Warn("the agent's record of its devices is unreadable; using the flags", "err", err)
+	}
+	name := cfg.WireGuardName
+	switch {
+	case ok && rec.WireGuardName != "" && name != "" && name != rec.WireGuardName:
+		log.Warn("--wg-name differs from the WireGuard device this agent made (recorded in the state directory): removing the recorded one",
+			"flag", name, "recorded", rec.WireGuardName, "file", filepath.Join(cfg.StateDir, HostFile))
+		name = rec.WireGuardName
+	case ok && rec.WireGuardName != "":
+		name = rec.WireGuardName
+	case name == "":
+		name = dataplane.DefaultWireGuardName
+	}
+	cfg.WireGuardName = name
+	if ok && rec.NetNS != "" && rec.NetNS != currentNetNS() {
+		log.Warn("cleanup runs in another network namespace than the agent did: its devices are not visible here; run it the way the agent ran (e.g. nsenter --net=/run/netns/HOST)",
+			"agent", rec.NetNS, "here", currentNetNS())
+	}
+	parent := guest.DefaultCgroupParent
+	if ok && rec.CgroupParent != "" {
+		parent = rec.CgroupParent
+	}
+
 	mgr, dp, closeAll, err := hostRuntimes(cfg, cfg.UnderlayIface)
 	if err != nil {
 		return err
 	}
-	defer closeAll()
+	var errs []error
 	if err := Cleanup(ctx, GuestsOf(mgr), dp.Remove, cfg.StateDir, log); err != nil {
-		return err
+		errs = append(errs, err)
 	}
-	log.Info("removed the agent's guests and data plane", "stateDir", cfg.StateDir)
+	closeAll()
+	for _, dev := range []string{name, dataplane.VXLANName} {
+		if _, err := netlink.LinkByName(dev); err == nil {
+			errs = append(errs, fmt.Errorf("device %s is still there (ip link del %s)", dev, dev))
+		}
+	}
+	removed, kept, err := guest.RemoveCgroupParent(parent)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for dir, children := range kept {
+		log.Info("cgroup parent kept: it holds the cgroups of other tasks (another agent on this machine?)", "dir", dir, "cgroups", strings.Join(children, ","))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("cleanup incomplete, these are left:\n%w", errors.Join(errs...))
+	}
+	log.Info("removed the agent's guests and data plane", "stateDir", cfg.StateDir, "wireguard", name, "cgroupsRemoved", strings.Join(removed, ","))
 	return nil
 }
 
@@ -253,6 +298,9 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		return api.NewClient(server, "", tc)
 	}
 
+	if err := recordHost(cfg, iface); err != nil {
+		return err
+	}
 	mgr, dp, closeAll, err := hostRuntimes(cfg, iface)
 	if err != nil {
 		return err
@@ -308,6 +356,25 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	}()
 	defer func() { stopWatch(); <-watchDone }()
 	return a.Run(ctx)
+}
+
+// recordHost writes HostFile before anything is made, so that --cleanup
+// finds the devices without the flags. A device of an earlier run under
+// another name is not removed: the agent says so.
+func recordHost(cfg HostConfig, underlay string) error {
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("--state-dir: %w", err)
+	}
+	if old, ok, _ := LoadHostRecord(cfg.StateDir); ok && old.WireGuardName != "" && old.WireGuardName != cfg.WireGuardName {
+		if _, err := netlink.LinkByName(old.WireGuardName); err == nil {
+			cfg.Logger.Warn("the WireGuard device of an earlier run under another --wg-name is still there; remove it with `ip link del`",
+				"device", old.WireGuardName, "now", cfg.WireGuardName)
+		}
+	}
+	return SaveHostRecord(cfg.StateDir, HostRecord{
+		WireGuardName: cfg.WireGuardName, Underlay: underlay,
+		CgroupParent: guest.DefaultCgroupParent, NetNS: currentNetNS(),
+	})
 }
 
 // underlayOf resolves the underlay interface and address from the flags.

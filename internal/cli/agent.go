@@ -56,8 +56,9 @@ certificate) serves the server's proxied requests: task logs, path probes for
   ip netns exec lab-s1 corridor agent --server https://198.18.0.1:7443 --join-token-file join.token \
     --ca ca.crt --name s1 --state-dir /var/lib/lab/s1 --underlay-iface eth0 --wg-name corw-s1
 
-  # remove every guest, device and rule the agent made on this host
-  corridor agent --cleanup --state-dir /var/lib/lab/s1 --wg-name corw-s1`,
+  # remove every guest, device and rule the agent made on this host (the
+  # WireGuard device is the one recorded in the state directory)
+  ip netns exec lab-s1 corridor agent --cleanup --state-dir /var/lib/lab/s1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var lvl slog.Level
@@ -71,6 +72,9 @@ certificate) serves the server's proxied requests: task logs, path probes for
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if cleanup {
+				if !cmd.Flags().Changed("wg-name") {
+					cfg.WireGuardName = "" // the one the agent recorded
+				}
 				return agent.CleanupHost(ctx, cfg)
 			}
 			return agent.RunHost(ctx, cfg)
@@ -94,7 +98,7 @@ certificate) serves the server's proxied requests: task logs, path probes for
 	fl.StringVar(&cfg.WireGuardName, "wg-name", dataplane.DefaultWireGuardName, "WireGuard device name (unique on the machine when several agents share it)")
 	fl.BoolVar(&cfg.WireGuardUserspace, "wireguard-userspace", false, "use wireguard-go even where the kernel has WireGuard")
 	fl.StringVar(&cfg.Listen, "listen", ":7444", `local API address (mTLS); "" disables it`)
-	fl.BoolVar(&cleanup, "cleanup", false, "remove every guest, device and rule the agent made on this host, then exit")
+	fl.BoolVar(&cleanup, "cleanup", false, "remove every guest, device, rule and cgroup the agent made on this host (found through --state-dir), then exit; non-zero, naming them, when some are left")
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&cfg.VMImage, "vm-image", image.DefaultOut, "guest image for vm tasks that name no kernel or image (made by 'corridor image build --with-sample')")
 	fl.StringVar(&cfg.KVM, "kvm", vm.KVMAuto, "KVM for vm guests: auto (a probe boot decides), on or off (TCG)")
