@@ -298,6 +298,9 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		return api.NewClient(server, "", tc)
 	}
 
+	if err := checkWireGuardName(cfg.WireGuardName); err != nil {
+		return err
+	}
 	if err := recordHost(cfg, iface); err != nil {
 		return err
 	}
