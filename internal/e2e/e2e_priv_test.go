@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +50,9 @@ classes:
 type fleet struct {
 	lab *lab.Lab
 	c   *api.Client
+	// own are the apps applied under a name of this test process's own
+	// (applyOwn), whose guests assertNothingLeft looks for too.
+	own []string
 }
 
 func upFleet(t *testing.T) *fleet {
@@ -74,6 +78,7 @@ func upFleetWith(t *testing.T, agentArgs ...string) *fleet {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, opts)
+	f := &fleet{lab: l}
 	t.Cleanup(func() {
 		if l == nil {
 			return
@@ -86,16 +91,15 @@ func upFleetWith(t *testing.T, agentArgs ...string) *fleet {
 		if err := lab.Down(dctx, lab.DownOptions{Dir: l.Dir, Binary: corridorBin}); err != nil {
 			t.Errorf("lab down: %v", err)
 		}
-		assertNothingLeft(t, l)
+		assertNothingLeft(t, l, f.own...)
 	})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
-	c, err := l.Client()
-	if err != nil {
+	if f.c, err = l.Client(); err != nil {
 		t.Fatal(err)
 	}
-	return &fleet{lab: l, c: c}
+	return f
 }
 
 func dumpLogs(t *testing.T, l *lab.Lab) {
@@ -117,13 +121,21 @@ func dumpLogs(t *testing.T, l *lab.Lab) {
 }
 
 // assertNothingLeft checks that lab down removed every namespace, link,
-// process and file of the lab.
-func assertNothingLeft(t *testing.T, l *lab.Lab) {
+// process and file of the lab; apps are the apps applied under a name of
+// the test's own (applyOwn), besides shop and blog.
+func assertNothingLeft(t *testing.T, l *lab.Lab, apps ...string) {
 	t.Helper()
+	prefixes := []string{l.Prefix, guest.NetnsPrefix + "shop-", guest.NetnsPrefix + "blog-"}
+	for _, a := range apps {
+		prefixes = append(prefixes, guest.NetnsPrefix+a+"-")
+	}
 	names, _ := os.ReadDir("/run/netns")
 	for _, n := range names {
-		if strings.HasPrefix(n.Name(), l.Prefix) || strings.HasPrefix(n.Name(), guest.NetnsPrefix+"shop-") || strings.HasPrefix(n.Name(), guest.NetnsPrefix+"blog-") {
-			t.Errorf("namespace %s left behind", n.Name())
+		for _, p := range prefixes {
+			if strings.HasPrefix(n.Name(), p) {
+				t.Errorf("namespace %s left behind", n.Name())
+				break
+			}
 		}
 	}
 	if _, err := netlink.LinkByName(l.RootLink); err == nil {
@@ -144,6 +156,32 @@ func assertNothingLeft(t *testing.T, l *lab.Lab) {
 			t.Errorf("WireGuard socket of %s left behind", s.Name)
 		}
 	}
+}
+
+// appNameLine is the app's name line in a spec document.
+var appNameLine = regexp.MustCompile(`(?m)^name: *([a-z][a-z0-9]*) *$`)
+
+// applyOwn applies doc under an app name of this test process's own (its
+// name followed by the PID) and returns that name. A guest's network
+// namespace (/run/netns/cor-APP-CLASS-N) and cgroup (corridor/APP-CLASS-N
+// in each hierarchy) are named after its task ID alone, machine-wide: on
+// a machine shared with another Corridor (another test run's lab, the
+// try-* hosts of docs/operations.md) that runs an app of the same name,
+// the two agents take each other's guests for their own: each SIGKILLs
+// what it finds in the task's cgroup before starting its program and
+// after it ends, and re-makes the guest's veth. A test that watches one
+// stream must not share its guests.
+func (f *fleet) applyOwn(t *testing.T, doc []byte) string {
+	t.Helper()
+	m := appNameLine.FindSubmatchIndex(doc)
+	if m == nil {
+		t.Fatalf("no app name line (%s) in the spec", appNameLine)
+	}
+	name := fmt.Sprintf("%s%d", doc[m[2]:m[3]], os.Getpid())
+	own := append(append(append([]byte{}, doc[:m[2]]...), name...), doc[m[3]:]...)
+	f.apply(t, own)
+	f.own = append(f.own, name)
+	return name
 }
 
 func (f *fleet) apply(t *testing.T, doc []byte) {
@@ -489,13 +527,18 @@ func testRotateKey(t *testing.T, f *fleet, tasks []api.TaskInfo) {
 // (the app -> db path is then encrypted across hosts); ok is false when
 // every app task shares the db's server.
 func shopAppAndDB(tasks []api.TaskInfo) (app, db api.TaskInfo, ok bool) {
+	return appAndDB(tasks, "shop")
+}
+
+// appAndDB is shopAppAndDB for the sample app applied under the name name.
+func appAndDB(tasks []api.TaskInfo, name string) (app, db api.TaskInfo, ok bool) {
 	for _, ti := range tasks {
-		if ti.ID == "shop/db/0" {
+		if ti.ID == name+"/db/0" {
 			db = ti
 		}
 	}
 	for _, ti := range tasks {
-		if ti.App == "shop" && ti.Class == "app" && ti.Server != db.Server {
+		if ti.App == name && ti.Class == "app" && ti.Server != db.Server {
 			return ti, db, db.ID != ""
 		}
 	}

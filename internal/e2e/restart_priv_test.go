@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -92,11 +93,11 @@ func (p *pinger) waitAnswers(t *testing.T, n int, d time.Duration, during string
 	deadline := time.Now().Add(d)
 	for {
 		p.mu.Lock()
-		ok, fails := p.ok, len(p.fails)
+		ok, fails := p.ok, slices.Clone(p.fails)
 		p.mu.Unlock()
 		switch {
-		case fails > 0:
-			t.Fatalf("the stream failed %s: %d answers so far", during, ok)
+		case len(fails) > 0:
+			t.Fatalf("the stream failed %s: %d answers so far, failures %v", during, ok, fails)
 		case ok >= want:
 			return
 		case time.Now().After(deadline):
@@ -134,9 +135,11 @@ func (p *pinger) finish() (ok int, fails []string, maxGap time.Duration) {
 // restore the host from its stored state alone.
 func TestRestartsDoNotInterruptTraffic(t *testing.T) {
 	f := upFleet(t)
-	f.apply(t, examples.Shop)
+	// The shop under a name of its own: its guests are named after it,
+	// machine-wide (applyOwn).
+	shop := f.applyOwn(t, examples.Shop)
 	tasks := f.settle(t, 5)
-	app, db, found := shopAppAndDB(tasks)
+	app, db, found := appAndDB(tasks, shop)
 	if !found {
 		t.Fatalf("no app task on another server than the db: %v", placement(tasks))
 	}
@@ -217,7 +220,7 @@ func TestRestartsDoNotInterruptTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.settle(t, 5)
-	f.mustVerify(t, "shop")
+	f.mustVerify(t, shop)
 }
 
 func hasTable(t *testing.T, namespace string) bool {
