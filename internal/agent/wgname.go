@@ -10,6 +10,9 @@ import (
 	"github.com/corridor-dev/corridor/internal/dataplane"
 )
 
+// soAcceptCon is the flags column of a listening socket in /proc/net/unix.
+const soAcceptCon = "00010000"
+
 // checkWireGuardName refuses a WireGuard device name whose wireguard-go
 // UAPI socket is served from another network namespace: another agent on
 // this machine runs a device of that name, and since the socket directory
@@ -29,7 +32,10 @@ func checkWireGuardName(name string) error {
 		return nil
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 8 && f[len(f)-1] == sock {
+		// Only the listening socket tells (flags __SO_ACCEPTCON): the
+		// server's end of a connection is made in the namespace of the
+		// client, ours included.
+		if f := strings.Fields(line); len(f) >= 8 && f[3] == soAcceptCon && f[len(f)-1] == sock {
 			return nil
 		}
 	}
