@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,6 +65,11 @@ type Dataplane struct {
 	keyMu  sync.RWMutex
 	key    wgtypes.Key
 	keyGen int64
+	// next is the next key of a hitless rotation under way (PrepareKey),
+	// nil when there is none; it becomes key when the control plane
+	// commits it (see rotation.go).
+	next    *wgtypes.Key
+	nextGen int64
 
 	mu sync.Mutex
 	// changes made by the last Apply, for logs and tests.
@@ -78,9 +84,17 @@ type Dataplane struct {
 	// the device was deleted): its peers still hold sessions with the old
 	// device, so this host initiates at once with every peer.
 	restarted bool
+	// spareRestarted is restarted for the second WireGuard device;
+	// spareUp: this process has configured the second device and not
+	// removed it since.
+	spareRestarted, spareUp bool
 	// stalls are the new peers still waiting for their first handshake
 	// (see RetryStalledHandshakes); empty, nothing is read.
-	stalls map[wgtypes.Key]*stall
+	stalls map[stallKey]*stall
+	// lastDesired is the last applied state, indexed; via names, per
+	// peer server, the WireGuard device its routes take (rotation.go).
+	lastDesired *desired
+	via         map[string]string
 }
 
 // New opens the host's namespace and its netlink, nftables and wgctrl
@@ -93,8 +107,8 @@ func New(cfg Config) (*Dataplane, error) {
 	if cfg.WireGuardName == "" {
 		cfg.WireGuardName = DefaultWireGuardName
 	}
-	if len(cfg.WireGuardName) > 15 || len(cfg.WireGuardName) < 4 || cfg.WireGuardName[:3] != "cor" {
-		return nil, fmt.Errorf("dataplane: Config.WireGuardName %q must start with \"cor\" and have 4 to 15 characters", cfg.WireGuardName)
+	if len(cfg.WireGuardName) > 15 || len(cfg.WireGuardName) < 4 || cfg.WireGuardName[:3] != "cor" || strings.Contains(cfg.WireGuardName, "+") {
+		return nil, fmt.Errorf("dataplane: Config.WireGuardName %q must start with \"cor\", have 4 to 15 characters and no \"+\" (that of the second device of a key rotation)", cfg.WireGuardName)
 	}
 	if cfg.MTU < 0 || (cfg.MTU > 0 && cfg.MTU < 1280) {
 		return nil, fmt.Errorf("dataplane: Config.MTU %d is too small (at least 1280)", cfg.MTU)
@@ -110,6 +124,10 @@ func New(cfg Config) (*Dataplane, error) {
 	if err != nil {
 		return nil, err
 	}
+	next, nextGen, err := loadNextKey(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	var ns netns.NsHandle
 	if cfg.NetNS == "" {
 		ns, err = netns.Get()
@@ -120,6 +138,13 @@ func New(cfg Config) (*Dataplane, error) {
 		return nil, fmt.Errorf("dataplane: open network namespace %q: %w", cfg.NetNS, err)
 	}
 	dp := &Dataplane{cfg: cfg, log: cfg.Logger.With("component", "dataplane"), ns: ns, key: key, keyGen: keyGen}
+	switch {
+	case next != nil && (*next == key || nextGen <= keyGen):
+		// A commit that stopped after the key was written: it is done.
+		dp.removeNextKeyFiles()
+	case next != nil:
+		dp.next, dp.nextGen = next, nextGen
+	}
 	if dp.nl, err = netlink.NewHandleAt(ns); err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("dataplane: netlink handle: %w", err)
@@ -238,22 +263,20 @@ func (dp *Dataplane) Apply(ctx context.Context, st compile.HostState) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	wgLink, err := dp.ensureWireGuard(ctx, mtu-wireguardOverhead)
-	if err != nil {
-		return err
-	}
-	if err := dp.configureWireGuard(d); err != nil {
-		return err
-	}
 	servers := map[wgtypes.Key]string{}
 	for _, p := range d.peers {
 		servers[p.key] = p.server
+		if p.hasNext {
+			servers[p.next] = p.server
+		}
 	}
 	dp.servers = servers
-
-	if err := dp.syncRoutes(TableEncrypt, wgLink, d.encRoutes); err != nil {
+	// The WireGuard devices (the second one during a key rotation) and
+	// the routes of table 5181 between them.
+	if _, _, err := dp.applyWireGuard(ctx, d, mtu-wireguardOverhead); err != nil {
 		return err
 	}
+	dp.lastDesired = d
 	if err := dp.syncRoutes(TablePlain, vx, d.plainRoutes); err != nil {
 		return err
 	}
@@ -269,7 +292,6 @@ func (dp *Dataplane) Apply(ctx context.Context, st compile.HostState) error {
 	}
 
 	want := []sysctl{
-		{Key: "net/ipv4/conf/" + dp.cfg.WireGuardName + "/src_valid_mark", Value: "1"},
 		{Key: "net/ipv4/conf/" + VXLANName + "/src_valid_mark", Value: "1"},
 	}
 	links, err := retryDump(func() ([]netlink.Link, error) { return dp.nl.LinkList() })
@@ -339,34 +361,55 @@ type PeerStatus struct {
 	RxBytes       int64     `json:"rxBytes"`
 	TxBytes       int64     `json:"txBytes"`
 	AllowedIPs    []string  `json:"allowedIPs,omitempty"`
+	// Device is the WireGuard device that holds this peer; Spare is set
+	// for the second device of a key rotation. Routed: the routes to the
+	// peer's guests take this device.
+	Device string `json:"device,omitempty"`
+	Spare  bool   `json:"spare,omitempty"`
+	Routed bool   `json:"routed,omitempty"`
 }
 
 // Status is the live state of the data plane.
 type Status struct {
-	WireGuard string        `json:"wireguard"` // device name
-	PublicKey string        `json:"publicKey"`
-	Mode      string        `json:"mode"` // "kernel", "userspace" or "absent"
-	Port      int           `json:"port,omitempty"`
-	Peers     []PeerStatus  `json:"peers"`
-	Drops     []DropCounter `json:"drops"`
+	WireGuard string `json:"wireguard"` // device name
+	PublicKey string `json:"publicKey"`
+	// NextPublicKey and NextKeyGeneration: the next key of a rotation
+	// under way on this host (PrepareKey), not yet committed.
+	NextPublicKey     string        `json:"nextPublicKey,omitempty"`
+	NextKeyGeneration int64         `json:"nextKeyGeneration,omitempty"`
+	Mode              string        `json:"mode"` // "kernel", "userspace" or "absent"
+	Port              int           `json:"port,omitempty"`
+	Peers             []PeerStatus  `json:"peers"`
+	Drops             []DropCounter `json:"drops"`
 }
 
-// Status reads the WireGuard peers and the firewall's drop counters.
+// Status reads the WireGuard peers (of both devices during a key
+// rotation) and the firewall's drop counters.
 func (dp *Dataplane) Status(ctx context.Context) (Status, error) {
 	dp.mu.Lock()
-	servers := dp.servers
+	servers, via := dp.servers, dp.via
 	dp.mu.Unlock()
 	s := Status{WireGuard: dp.cfg.WireGuardName, PublicKey: dp.PublicKey().String(), Mode: "absent"}
-	if l, err := dp.nl.LinkByName(dp.cfg.WireGuardName); err == nil {
-		s.Mode = "userspace"
-		if l.Type() == "wireguard" {
-			s.Mode = "kernel"
-		}
-		dev, err := dp.wg.Device(dp.cfg.WireGuardName)
+	if k, gen, ok := dp.NextKey(); ok {
+		s.NextPublicKey, s.NextKeyGeneration = k.String(), gen
+	}
+	spareName := SpareName(dp.cfg.WireGuardName)
+	for _, name := range []string{dp.cfg.WireGuardName, spareName} {
+		l, err := dp.nl.LinkByName(name)
 		if err != nil {
-			return s, fmt.Errorf("read WireGuard device %s: %w", dp.cfg.WireGuardName, err)
+			continue
 		}
-		s.Port = dev.ListenPort
+		dev, err := dp.wg.Device(name)
+		if err != nil {
+			return s, fmt.Errorf("read WireGuard device %s: %w", name, err)
+		}
+		if name == dp.cfg.WireGuardName {
+			s.Mode = "userspace"
+			if l.Type() == "wireguard" {
+				s.Mode = "kernel"
+			}
+			s.Port = dev.ListenPort
+		}
 		for _, p := range dev.Peers {
 			ps := PeerStatus{
 				PublicKey:     p.PublicKey.String(),
@@ -374,7 +417,10 @@ func (dp *Dataplane) Status(ctx context.Context) (Status, error) {
 				LastHandshake: p.LastHandshakeTime,
 				RxBytes:       p.ReceiveBytes,
 				TxBytes:       p.TransmitBytes,
+				Device:        name,
+				Spare:         name == spareName,
 			}
+			ps.Routed = ps.Server != "" && via[ps.Server] == name
 			if p.Endpoint != nil {
 				ps.Endpoint = p.Endpoint.String()
 			}
@@ -383,16 +429,13 @@ func (dp *Dataplane) Status(ctx context.Context) (Status, error) {
 			}
 			s.Peers = append(s.Peers, ps)
 		}
-		slices.SortFunc(s.Peers, func(a, b PeerStatus) int {
-			if a.PublicKey < b.PublicKey {
-				return -1
-			}
-			if a.PublicKey > b.PublicKey {
-				return 1
-			}
-			return 0
-		})
 	}
+	slices.SortFunc(s.Peers, func(a, b PeerStatus) int {
+		if c := strings.Compare(a.PublicKey, b.PublicKey); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Device, b.Device)
+	})
 	drops, err := dp.dropCounters()
 	if err != nil {
 		return s, err
@@ -429,8 +472,10 @@ func (dp *Dataplane) Remove(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("delete %s: %w", VXLANName, err))
 		}
 	}
-	if err := dp.removeWireGuard(ctx); err != nil {
-		errs = append(errs, err)
+	for _, n := range dp.wgNames() {
+		if err := dp.removeWireGuard(ctx, n); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

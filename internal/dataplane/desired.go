@@ -25,6 +25,12 @@ type desired struct {
 	vtepMAC    net.HardwareAddr
 	listenPort int
 
+	// rotationPhase and publicKey: this host's own key rotation, as the
+	// control plane sees it (hoststate.State.RotationPhase, PublicKey).
+	rotationPhase string
+	publicKey     wgtypes.Key
+	hasPublicKey  bool
+
 	guests []guestIf
 	peers  []peerWant
 
@@ -60,6 +66,9 @@ type peerWant struct {
 	server     string
 	endpoint   netip.AddrPort
 	allowedIPs []netip.Prefix // sorted, masked
+	// next is the peer's next key while it rotates (hasNext).
+	next    wgtypes.Key
+	hasNext bool
 }
 
 type pairMark struct {
@@ -94,6 +103,11 @@ func buildDesired(st compile.HostState) (*desired, error) {
 	if d.listenPort == 0 {
 		d.listenPort = compile.DefaultWireGuardPort
 	}
+	d.rotationPhase = st.RotationPhase
+	if st.PublicKey != "" {
+		d.publicKey, _ = wgtypes.ParseKey(st.PublicKey)
+		d.hasPublicKey = true
+	}
 	d.vtepMAC, _ = hoststate.ParseMAC(st.VTEPMAC)
 
 	for _, g := range st.Guests {
@@ -104,6 +118,10 @@ func buildDesired(st compile.HostState) (*desired, error) {
 	for _, p := range st.Peers {
 		key, _ := wgtypes.ParseKey(p.PublicKey)
 		pw := peerWant{key: key, server: p.Server, endpoint: netip.AddrPortFrom(p.Endpoint.Addr().Unmap(), p.Endpoint.Port())}
+		if p.NextPublicKey != "" {
+			pw.next, _ = wgtypes.ParseKey(p.NextPublicKey)
+			pw.hasNext = true
+		}
 		for _, pre := range p.AllowedIPs {
 			m, _ := hoststate.UnmapPrefix(pre)
 			pw.allowedIPs = append(pw.allowedIPs, m)

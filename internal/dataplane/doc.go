@@ -12,6 +12,10 @@
 //
 //	corw0 (Config.WireGuardName)  WireGuard device (kernel, or a TUN served by
 //	                              wireguard-go in a datapath process)
+//	corw0+ (SpareName)            second WireGuard device, only during a key
+//	                              rotation (rotation.go), WireGuardPort+1
+//	169.254.1.2/32 on both        WireGuardAddr: loose reverse-path
+//	                              filtering needs an address on the device
 //	corv0                         VXLAN device, VNI compile.VXLANVNI,
 //	                              UDP port compile.VXLANPort, no learning
 //	table inet corridor           nftables: prerouting (marks), postrouting

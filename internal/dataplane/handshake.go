@@ -2,7 +2,10 @@ package dataplane
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,19 +52,28 @@ var (
 // WireGuard initiate).
 const handshakeWatch = 30 * time.Second
 
-// initiates tells whether this host starts the first handshake with peer.
-func (dp *Dataplane) initiates(peer wgtypes.Key) bool {
-	mine := dp.key.PublicKey()
+// initiates tells whether a device with private key own starts the first
+// handshake with peer.
+func initiates(own, peer wgtypes.Key) bool {
+	mine := own.PublicKey()
 	return bytes.Compare(mine[:], peer[:]) < 0
 }
 
+// initiates tells whether this host's first device starts the first
+// handshake with peer.
+func (dp *Dataplane) initiates(peer wgtypes.Key) bool { return initiates(dp.key, peer) }
+
 // firstKeepalive is a new peer's keepalive until its first handshake:
 // only the host that starts that handshake keeps alive from the start.
-func (dp *Dataplane) firstKeepalive(peer wgtypes.Key) time.Duration {
-	if dp.initiates(peer) {
+func firstKeepalive(own, peer wgtypes.Key) time.Duration {
+	if initiates(own, peer) {
 		return PeerKeepalive
 	}
 	return 0
+}
+
+func (dp *Dataplane) firstKeepalive(peer wgtypes.Key) time.Duration {
+	return firstKeepalive(dp.key, peer)
 }
 
 // stall is a peer waiting for its first handshake.
@@ -70,13 +82,20 @@ type stall struct {
 	retries     int
 }
 
-// watchStall starts watching a peer just added for its first handshake.
-func (dp *Dataplane) watchStall(k wgtypes.Key) {
+// stallKey is a peer of one of the host's WireGuard devices.
+type stallKey struct {
+	dev string
+	key wgtypes.Key
+}
+
+// watchStall starts watching a peer just added to device dev for its
+// first handshake.
+func (dp *Dataplane) watchStall(dev string, k wgtypes.Key) {
 	if dp.stalls == nil {
-		dp.stalls = map[wgtypes.Key]*stall{}
+		dp.stalls = map[stallKey]*stall{}
 	}
 	now := time.Now()
-	dp.stalls[k] = &stall{added: now, last: now}
+	dp.stalls[stallKey{dev, k}] = &stall{added: now, last: now}
 }
 
 // HandshakeCheck is what one RetryStalledHandshakes call saw and did, by
@@ -98,23 +117,47 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 	var hc HandshakeCheck
 	dp.mu.Lock()
 	defer dp.mu.Unlock()
-	if len(dp.stalls) == 0 {
-		return hc, nil
+	var errs []error
+	if len(dp.stalls) > 0 {
+		devs := map[string]bool{}
+		for k := range dp.stalls {
+			devs[k.dev] = true
+		}
+		for _, name := range slices.Sorted(maps.Keys(devs)) {
+			if err := dp.retryStalledOn(name, now, &hc); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
-	name := dp.cfg.WireGuardName
+	// A key rotation under way: move routes to the device that has its
+	// handshake (see rotation.go).
+	if err := dp.switchRoutes(now); err != nil {
+		errs = append(errs, err)
+	}
+	return hc, errors.Join(errs...)
+}
+
+func (dp *Dataplane) retryStalledOn(name string, now time.Time, hc *HandshakeCheck) error {
 	dev, err := dp.wg.Device(name)
 	if err != nil {
-		return hc, fmt.Errorf("read WireGuard device %s: %w", name, err)
+		for k := range dp.stalls {
+			if k.dev == name {
+				delete(dp.stalls, k)
+			}
+		}
+		return fmt.Errorf("read WireGuard device %s: %w", name, err)
 	}
 	var cfg wgtypes.Config
 	present := map[wgtypes.Key]bool{}
+	var retried []string
 	for _, p := range dev.Peers {
 		present[p.PublicKey] = true
-		s := dp.stalls[p.PublicKey]
+		sk := stallKey{name, p.PublicKey}
+		s := dp.stalls[sk]
 		if !p.LastHandshakeTime.IsZero() {
 			if s != nil {
 				hc.Completed = append(hc.Completed, dp.serverName(p.PublicKey))
-				delete(dp.stalls, p.PublicKey)
+				delete(dp.stalls, sk)
 				if p.PersistentKeepaliveInterval != PeerKeepalive {
 					ka := PeerKeepalive
 					cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: &ka})
@@ -125,11 +168,11 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 		if s == nil {
 			continue
 		}
-		due, more := dp.retryDue(p.PublicKey, s, now)
+		due, more := retryDue(initiates(dev.PrivateKey, p.PublicKey), s, now)
 		if !more || now.Sub(s.added) > handshakeWatch {
 			// Left to WireGuard: the peer keeps alive by now (the
 			// initiator from the start, the other host since its retry).
-			delete(dp.stalls, p.PublicKey)
+			delete(dp.stalls, sk)
 			continue
 		}
 		if !due {
@@ -137,29 +180,30 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 		}
 		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true}, readdPeer(p))
 		s.retries, s.last = s.retries+1, now
-		hc.Retried = append(hc.Retried, dp.serverName(p.PublicKey))
+		retried = append(retried, dp.serverName(p.PublicKey))
 	}
 	for k := range dp.stalls {
-		if !present[k] {
+		if k.dev == name && !present[k.key] {
 			delete(dp.stalls, k)
 		}
 	}
+	hc.Retried = append(hc.Retried, retried...)
 	if len(cfg.Peers) == 0 {
-		return hc, nil
+		return nil
 	}
 	if err := dp.wg.ConfigureDevice(name, cfg); err != nil {
-		return hc, fmt.Errorf("configure WireGuard device %s: %w", name, err)
+		return fmt.Errorf("configure WireGuard device %s: %w", name, err)
 	}
-	if len(hc.Retried) > 0 {
-		dp.log.Info("initiated WireGuard handshakes again", "name", name, "peers", strings.Join(hc.Retried, ", "))
+	if len(retried) > 0 {
+		dp.log.Info("initiated WireGuard handshakes again", "name", name, "peers", strings.Join(retried, ", "))
 	}
-	return hc, nil
+	return nil
 }
 
 // retryDue tells whether the peer's handshake is to be initiated again
 // now, and whether more retries may follow.
-func (dp *Dataplane) retryDue(k wgtypes.Key, s *stall, now time.Time) (due, more bool) {
-	if dp.initiates(k) {
+func retryDue(initiator bool, s *stall, now time.Time) (due, more bool) {
+	if initiator {
 		if s.retries >= len(lowerRetries) {
 			return false, false
 		}

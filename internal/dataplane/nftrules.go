@@ -505,18 +505,28 @@ var (
 )
 
 // buildRuleset computes the whole content of table inet corridor for d.
-// wgName is the name of the WireGuard device.
+// wgName is the name of the WireGuard device. The second device of a key
+// rotation (SpareName) is alike for every rule, whether it exists or not,
+// so that a packet of an encrypted pair is accepted from either and leaves
+// by either, never by anything else.
 func buildRuleset(d *desired, wgName string) *ruleset {
 	b := &rulesetBuilder{counters: map[string]bool{}}
 	guestAny := GuestIfPrefix + "*"
+	wgNames := []string{wgName, SpareName(wgName)}
+	type tunnel struct {
+		dev  string
+		mark uint32
+	}
+	var tunnels []tunnel
+	for _, n := range wgNames {
+		tunnels = append(tunnels, tunnel{n, MarkEncrypt})
+	}
+	tunnels = append(tunnels, tunnel{VXLANName, MarkPlain})
 
 	// prerouting: marks. Packets from the tunnels carry the mark of their
 	// path (for strict reverse-path filtering, see doc.go) and new
 	// connections keep it in conntrack so that replies leave the same way.
-	for _, t := range []struct {
-		dev  string
-		mark uint32
-	}{{wgName, MarkEncrypt}, {VXLANName, MarkPlain}} {
+	for _, t := range tunnels {
 		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), setMark(t.mark, false))
 		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ctState(expr.CtStateBitNEW, "new", false), setMark(t.mark, true))
 	}
@@ -533,8 +543,8 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	// inner packet's mark; without clearing it the outer packet to the
 	// remote underlay address would be looked up in our tables, where it
 	// is unreachable.
-	for _, dev := range []string{VXLANName, wgName} {
-		b.add(chainPostrouting, ifMatch(expr.MetaKeyOIFNAME, dev, expr.CmpOpEq), clearMark())
+	for _, t := range tunnels {
+		b.add(chainPostrouting, ifMatch(expr.MetaKeyOIFNAME, t.dev, expr.CmpOpEq), clearMark())
 	}
 
 	// forward: path checks come before the conntrack accept so that they
@@ -542,12 +552,16 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	fromGuest := ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq)
 	toGuest := ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpEq)
 	if !guardOff(GuardForwardDrops) {
-		b.add(chainForward, fromGuest, markIs(MarkEncrypt), ifMatch(expr.MetaKeyOIFNAME, wgName, expr.CmpOpNeq), b.count(DropPath), drop)
+		ms := []match{fromGuest, markIs(MarkEncrypt)}
+		for _, n := range wgNames {
+			ms = append(ms, ifMatch(expr.MetaKeyOIFNAME, n, expr.CmpOpNeq))
+		}
+		b.add(chainForward, append(ms, b.count(DropPath), drop)...)
 		b.add(chainForward, fromGuest, markIs(MarkPlain), ifMatch(expr.MetaKeyOIFNAME, VXLANName, expr.CmpOpNeq), b.count(DropPath), drop)
 		b.add(chainForward, fromGuest, ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), markIs(0), b.count(DropPath), drop)
 	}
-	for _, dev := range []string{VXLANName, wgName} {
-		b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, dev, expr.CmpOpEq), ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), b.count(DropPath), drop)
+	for _, t := range tunnels {
+		b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), b.count(DropPath), drop)
 	}
 	// The device check, for every packet and before the conntrack accept:
 	// a packet from a tunnel reaches a guest only for a connection whose
@@ -556,10 +570,7 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	// tunnel's. An injected VXLAN frame carrying the 4-tuple of an
 	// encrypted connection is dropped here, whatever its sequence numbers.
 	if !guardOff(GuardDeviceCheck) {
-		for _, t := range []struct {
-			dev  string
-			mark uint32
-		}{{wgName, MarkEncrypt}, {VXLANName, MarkPlain}} {
+		for _, t := range tunnels {
 			b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ctMarkIsNot(t.mark), b.count(DropTunnel), drop)
 		}
 	}
@@ -628,16 +639,22 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 				local = append(local, a)
 			}
 		}
-		dev := VXLANName
+		devs := []string{VXLANName}
 		if r.Encrypt {
-			dev = wgName
+			devs = wgNames
+			if guardOff(GuardDeviceCheck) {
+				devs = wgNames[:1]
+			}
 		}
 		if len(local) > 0 {
 			ms := []match{fromGuest, addrSet(true, local), addrSet(false, r.Dests)}
 			ms = append(ms, l4(r.Protocol, r.Ports)...)
 			b.add(chainGuestIn, append(ms, accept)...)
 		}
-		if len(r.RemoteSources) > 0 {
+		for _, dev := range devs {
+			if len(r.RemoteSources) == 0 {
+				break
+			}
 			ms := []match{ifMatch(expr.MetaKeyIIFNAME, dev, expr.CmpOpEq), addrSet(true, r.RemoteSources), addrSet(false, r.Dests)}
 			if r.Encrypt && guardOff(GuardDeviceCheck) {
 				ms = ms[1:]
@@ -659,7 +676,7 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	b.add(chainGuestIn, b.count(DropStray), drop)
 
 	// input: guests and tunnels open no connection to the host itself.
-	for _, from := range []string{guestAny, VXLANName, wgName} {
+	for _, from := range append([]string{guestAny, VXLANName}, wgNames...) {
 		b.add(chainInput, ifMatch(expr.MetaKeyIIFNAME, from, expr.CmpOpEq), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related", true), b.count(DropHost), drop)
 	}
 

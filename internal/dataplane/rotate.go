@@ -82,7 +82,7 @@ func (dp *Dataplane) RotateKey(generation int64) error {
 		ka := dp.firstKeepalive(p.PublicKey)
 		pc.PersistentKeepaliveInterval = &ka
 		cfg.Peers = append(cfg.Peers, pc)
-		dp.watchStall(p.PublicKey)
+		dp.watchStall(name, p.PublicKey)
 	}
 	if err := dp.wg.ConfigureDevice(name, cfg); err != nil {
 		return fmt.Errorf("configure WireGuard device %s with the new key: %w", name, err)

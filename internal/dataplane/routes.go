@@ -42,6 +42,29 @@ func (dp *Dataplane) syncRoutes(table int, link netlink.Link, prefixes []netip.P
 	return dp.syncTable(table, want)
 }
 
+// syncRoutesVia makes routing table `table` hold one "prefix dev link"
+// route per entry of routes and an unreachable default, and nothing else.
+// A prefix that changes device is replaced in place (one "ip route
+// replace"), never deleted and added again: no packet meets the table
+// without its route.
+func (dp *Dataplane) syncRoutesVia(table int, routes map[netip.Prefix]netlink.Link) error {
+	want := map[routeKey]netlink.Route{}
+	if !guardOff(GuardUnreachableRoutes) {
+		want[routeKey{dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), typ: unix.RTN_UNREACHABLE}] = netlink.Route{
+			Family: netlink.FAMILY_V4, Table: table, Type: unix.RTN_UNREACHABLE,
+			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+		}
+	}
+	for p, link := range routes {
+		want[routeKey{dst: p, typ: unix.RTN_UNICAST, index: link.Attrs().Index}] = netlink.Route{
+			Family: netlink.FAMILY_V4, Table: table, Type: unix.RTN_UNICAST,
+			Scope: netlink.SCOPE_LINK, LinkIndex: link.Attrs().Index,
+			Dst: &net.IPNet{IP: ipOf(p.Addr()), Mask: net.CIDRMask(p.Bits(), 32)},
+		}
+	}
+	return dp.syncTable(table, want)
+}
+
 // syncGuestTable makes table TableGuest hold one "throw addr/32" route per
 // local guest and an unreachable default, and nothing else; with local
 // nil and empty false it empties the table. Rules RulePrioGuest send there
@@ -75,10 +98,19 @@ func (dp *Dataplane) syncTable(table int, want map[routeKey]netlink.Route) error
 	if err != nil {
 		return fmt.Errorf("list routes of table %d: %w", table, err)
 	}
+	// Destinations wanted, whatever their device: a route whose device
+	// changes is replaced below, not deleted first.
+	wantDst := map[routeKey]bool{}
+	for k := range want {
+		wantDst[routeKey{dst: k.dst, typ: k.typ}] = true
+	}
 	for _, r := range cur {
 		k := keyOf(r)
 		if _, ok := want[k]; ok {
 			delete(want, k)
+			continue
+		}
+		if wantDst[routeKey{dst: k.dst, typ: k.typ}] {
 			continue
 		}
 		del := r
@@ -121,10 +153,14 @@ func (dp *Dataplane) wantRules(guests []guestIf) []*netlink.Rule {
 		r.Priority = prio
 		return r
 	}
-	fromWG := mk(RulePrioFromWireGuard)
-	fromWG.IifName = dp.cfg.WireGuardName
-	fromWG.Table = unix.RT_TABLE_MAIN
-	fromWG.SuppressPrefixlen = 0
+	var rules []*netlink.Rule
+	for _, n := range dp.wgNames() {
+		fromWG := mk(RulePrioFromWireGuard)
+		fromWG.IifName = n
+		fromWG.Table = unix.RT_TABLE_MAIN
+		fromWG.SuppressPrefixlen = 0
+		rules = append(rules, fromWG)
+	}
 	fromVX := mk(RulePrioFromVXLAN)
 	fromVX.IifName = VXLANName
 	fromVX.Table = unix.RT_TABLE_MAIN
@@ -133,10 +169,11 @@ func (dp *Dataplane) wantRules(guests []guestIf) []*netlink.Rule {
 	enc.Mark, enc.Mask, enc.Table = MarkEncrypt, &mask, TableEncrypt
 	pl := mk(RulePrioPlain)
 	pl.Mark, pl.Mask, pl.Table = MarkPlain, &mask, TablePlain
-	rules := []*netlink.Rule{fromWG, fromVX, enc, pl}
-	if guardOff(GuardFwmarkRule) {
-		rules = []*netlink.Rule{fromWG, fromVX, pl}
+	rules = append(rules, fromVX)
+	if !guardOff(GuardFwmarkRule) {
+		rules = append(rules, enc)
 	}
+	rules = append(rules, pl)
 	if !guardOff(GuardGuestRoutes) {
 		for _, g := range guests {
 			r := mk(RulePrioGuest)

@@ -36,17 +36,17 @@ const datapathStartTimeout = 10 * time.Second
 // the other host gets it only after that handshake (see handshake.go).
 const PeerKeepalive = 25 * time.Second
 
-func (dp *Dataplane) pidFile() string {
-	return filepath.Join(dp.cfg.StateDir, dp.cfg.WireGuardName+".pid")
+func (dp *Dataplane) pidFile(name string) string {
+	return filepath.Join(dp.cfg.StateDir, name+".pid")
 }
-func (dp *Dataplane) logFile() string {
-	return filepath.Join(dp.cfg.StateDir, dp.cfg.WireGuardName+".log")
+func (dp *Dataplane) logFile(name string) string {
+	return filepath.Join(dp.cfg.StateDir, name+".log")
 }
 
-// ensureWireGuard makes sure the WireGuard device exists, is served, has
-// the MTU and is up. It returns its link.
-func (dp *Dataplane) ensureWireGuard(ctx context.Context, mtu int) (netlink.Link, error) {
-	name := dp.cfg.WireGuardName
+// ensureWireGuard makes sure the WireGuard device name (the first device,
+// or the second of a key rotation) exists, is served, has the MTU and is
+// up. It returns its link.
+func (dp *Dataplane) ensureWireGuard(ctx context.Context, name string, mtu int) (netlink.Link, error) {
 	l, err := dp.nl.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
 	switch {
@@ -59,7 +59,7 @@ func (dp *Dataplane) ensureWireGuard(ctx context.Context, mtu int) (netlink.Link
 		// A TUN: served by a datapath process if its UAPI socket answers.
 		if _, err := dp.wg.Device(name); err != nil {
 			dp.log.Warn("WireGuard device has no live datapath process; starting a new one", "name", name, "err", err)
-			if err := dp.stopDatapath(); err != nil {
+			if err := dp.stopDatapath(name); err != nil {
 				return nil, err
 			}
 			if err := dp.waitLinkGone(name, 3*time.Second); err != nil {
@@ -87,11 +87,18 @@ func (dp *Dataplane) ensureWireGuard(ctx context.Context, mtu int) (netlink.Link
 			}
 		}
 		if !kernel {
-			if err := dp.startDatapath(ctx, mtu); err != nil {
+			if err := dp.startDatapath(ctx, name, mtu); err != nil {
 				return nil, err
 			}
 		}
-		dp.restarted = dp.last != nil
+		if name == dp.cfg.WireGuardName {
+			dp.restarted = dp.last != nil
+		} else {
+			// Made again while a rotation used it (its process died):
+			// its peers hold sessions with the old one. Made for a new
+			// rotation: the first handshakes follow handshake.go's rule.
+			dp.spareRestarted = dp.spareUp
+		}
 		if l, err = dp.nl.LinkByName(name); err != nil {
 			return nil, fmt.Errorf("look up %s: %w", name, err)
 		}
@@ -114,8 +121,8 @@ func (dp *Dataplane) ensureWireGuard(ctx context.Context, mtu int) (netlink.Link
 // startDatapath starts "corridor datapath wireguard" inside the host's
 // namespace, in a session of its own so that it outlives the agent, and
 // waits until its device answers on the UAPI socket.
-func (dp *Dataplane) startDatapath(ctx context.Context, mtu int) error {
-	if err := dp.stopDatapath(); err != nil {
+func (dp *Dataplane) startDatapath(ctx context.Context, name string, mtu int) error {
+	if err := dp.stopDatapath(name); err != nil {
 		return err
 	}
 	bin := dp.cfg.Binary
@@ -125,12 +132,12 @@ func (dp *Dataplane) startDatapath(ctx context.Context, mtu int) error {
 			return fmt.Errorf("find the corridor binary for the datapath process: %w", err)
 		}
 	}
-	logf, err := os.OpenFile(dp.logFile(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(dp.logFile(name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("open datapath log: %w", err)
 	}
 	defer logf.Close()
-	args := []string{"datapath", "wireguard", "--name", dp.cfg.WireGuardName, "--mtu", strconv.Itoa(mtu)}
+	args := []string{"datapath", "wireguard", "--name", name, "--mtu", strconv.Itoa(mtu)}
 	if dp.cfg.NetNS != "" {
 		args = append(args, "--netns", dp.cfg.NetNS)
 	}
@@ -148,26 +155,26 @@ func (dp *Dataplane) startDatapath(ctx context.Context, mtu int) error {
 	pid := cmd.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }() // reap it if it dies while we live
-	if err := os.WriteFile(dp.pidFile(), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(dp.pidFile(name), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write datapath PID file: %w", err)
 	}
-	dp.changed("started wireguard-go datapath process", "name", dp.cfg.WireGuardName, "pid", pid)
+	dp.changed("started wireguard-go datapath process", "name", name, "pid", pid)
 
 	deadline := time.NewTimer(datapathStartTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if _, err := dp.nl.LinkByName(dp.cfg.WireGuardName); err == nil {
-			if _, err := dp.wg.Device(dp.cfg.WireGuardName); err == nil {
+		if _, err := dp.nl.LinkByName(name); err == nil {
+			if _, err := dp.wg.Device(name); err == nil {
 				return nil
 			}
 		}
 		select {
 		case err := <-exited:
-			return fmt.Errorf("datapath process %d exited (%v): %s", pid, err, tail(dp.logFile()))
+			return fmt.Errorf("datapath process %d exited (%v): %s", pid, err, tail(dp.logFile(name)))
 		case <-deadline.C:
-			return fmt.Errorf("datapath process %d did not serve %s within %s: %s", pid, dp.cfg.WireGuardName, datapathStartTimeout, tail(dp.logFile()))
+			return fmt.Errorf("datapath process %d did not serve %s within %s: %s", pid, name, datapathStartTimeout, tail(dp.logFile(name)))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
@@ -175,11 +182,15 @@ func (dp *Dataplane) startDatapath(ctx context.Context, mtu int) error {
 	}
 }
 
-// datapathPID returns the PID of our live datapath process from the PID
-// file, or 0. A PID reused by another program is not ours: its command line
-// must name our device.
-func (dp *Dataplane) datapathPID() int {
-	b, err := os.ReadFile(dp.pidFile())
+// datapathPID returns the PID of the live datapath process of the first
+// WireGuard device, or 0.
+func (dp *Dataplane) datapathPID() int { return dp.datapathPIDOf(dp.cfg.WireGuardName) }
+
+// datapathPIDOf returns the PID of our live datapath process of device
+// name from its PID file, or 0. A PID reused by another program is not
+// ours: its command line must name our device.
+func (dp *Dataplane) datapathPIDOf(name string) int {
+	b, err := os.ReadFile(dp.pidFile(name))
 	if err != nil {
 		return 0
 	}
@@ -195,16 +206,17 @@ func (dp *Dataplane) datapathPID() int {
 	if !slices.Contains(args, "datapath") {
 		return 0
 	}
-	if i := slices.Index(args, "--name"); i < 0 || i+1 >= len(args) || args[i+1] != dp.cfg.WireGuardName {
+	if i := slices.Index(args, "--name"); i < 0 || i+1 >= len(args) || args[i+1] != name {
 		return 0
 	}
 	return pid
 }
 
-// stopDatapath ends our datapath process, if any, and removes its PID file.
-func (dp *Dataplane) stopDatapath() error {
-	pid := dp.datapathPID()
-	defer os.Remove(dp.pidFile())
+// stopDatapath ends our datapath process of device name, if any, and
+// removes its PID file.
+func (dp *Dataplane) stopDatapath(name string) error {
+	pid := dp.datapathPIDOf(name)
+	defer os.Remove(dp.pidFile(name))
 	if pid == 0 {
 		return nil
 	}
@@ -247,10 +259,10 @@ func (dp *Dataplane) waitLinkGone(name string, d time.Duration) error {
 	return fmt.Errorf("%s still exists after %s", name, d)
 }
 
-// removeWireGuard deletes the WireGuard device and stops its process.
-func (dp *Dataplane) removeWireGuard(ctx context.Context) error {
-	name := dp.cfg.WireGuardName
-	if err := dp.stopDatapath(); err != nil {
+// removeWireGuard deletes the WireGuard device name and stops its
+// process.
+func (dp *Dataplane) removeWireGuard(ctx context.Context, name string) error {
+	if err := dp.stopDatapath(name); err != nil {
 		return err
 	}
 	l, err := dp.nl.LinkByName(name)
@@ -268,24 +280,31 @@ func (dp *Dataplane) removeWireGuard(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// configureWireGuard sets the key, port and peers of the device, as a
+// configureWireGuard sets the key, port and peers of device name, as a
 // diff: peers are added, updated (their allowed IPs replaced for that peer
 // only) or removed one by one, never replaced as a whole, so that a change
-// to one peer leaves the others' sessions alone.
-func (dp *Dataplane) configureWireGuard(d *desired) error {
-	name := dp.cfg.WireGuardName
+// to one peer leaves the others' sessions alone. A new private key (the
+// first device taking the committed key of a rotation) replaces every
+// peer, so that none keeps a handshake time of the old key: the route
+// choice of a rotation waits for a handshake under the new one.
+// restarted: the device was just made again, its peers still hold
+// sessions with the old one, so this host initiates at once with each.
+func (dp *Dataplane) configureWireGuard(name string, key wgtypes.Key, port int, peers []peerWant, restarted bool) error {
 	dev, err := dp.wg.Device(name)
 	if err != nil {
 		return fmt.Errorf("read WireGuard device %s: %w", name, err)
 	}
 	var cfg wgtypes.Config
 	var what []string
-	if dev.PrivateKey != dp.key {
-		cfg.PrivateKey = &dp.key
+	if dev.PrivateKey != key {
+		cfg.PrivateKey = &key
 		what = append(what, "private key")
+		if len(dev.Peers) > 0 {
+			cfg.ReplacePeers = true
+			dev.Peers = nil
+		}
 	}
-	if dev.ListenPort != d.listenPort {
-		port := d.listenPort
+	if dev.ListenPort != port {
 		cfg.ListenPort = &port
 		what = append(what, "listen port "+strconv.Itoa(port))
 	}
@@ -293,7 +312,7 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 	for _, p := range dev.Peers {
 		cur[p.PublicKey] = p
 	}
-	for _, w := range d.peers {
+	for _, w := range peers {
 		ep := net.UDPAddrFromAddrPort(w.endpoint)
 		var allowed []net.IPNet
 		for _, p := range w.allowedIPs {
@@ -302,13 +321,13 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 		have, ok := cur[w.key]
 		delete(cur, w.key)
 		if !ok {
-			ka := dp.firstKeepalive(w.key)
-			if dp.restarted {
+			ka := firstKeepalive(key, w.key)
+			if restarted {
 				ka = PeerKeepalive
 			}
 			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: w.key, Endpoint: ep, ReplaceAllowedIPs: true, AllowedIPs: allowed, PersistentKeepaliveInterval: &ka})
 			what = append(what, "add peer "+w.server)
-			dp.watchStall(w.key)
+			dp.watchStall(name, w.key)
 			continue
 		}
 		pc := wgtypes.PeerConfig{PublicKey: w.key, UpdateOnly: true}
@@ -320,7 +339,7 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 			pc.ReplaceAllowedIPs, pc.AllowedIPs, changed = true, allowed, true
 		}
 		// The other host gets its keepalive with its first handshake.
-		if have.PersistentKeepaliveInterval != PeerKeepalive && (dp.initiates(w.key) || !have.LastHandshakeTime.IsZero()) {
+		if have.PersistentKeepaliveInterval != PeerKeepalive && (initiates(key, w.key) || !have.LastHandshakeTime.IsZero()) {
 			ka := PeerKeepalive
 			pc.PersistentKeepaliveInterval, changed = &ka, true
 		}
@@ -333,7 +352,6 @@ func (dp *Dataplane) configureWireGuard(d *desired) error {
 		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: k, Remove: true})
 		what = append(what, "remove peer "+k.String())
 	}
-	dp.restarted = false
 	if len(what) == 0 {
 		return nil
 	}
