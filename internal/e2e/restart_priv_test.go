@@ -184,8 +184,12 @@ func TestRestartsDoNotInterruptTraffic(t *testing.T) {
 	if len(fails) > 0 || ok < 100 {
 		t.Fatalf("traffic was interrupted by agent restarts: %d answers, failures %v", ok, fails)
 	}
-	if gap > 500*time.Millisecond {
-		t.Errorf("longest gap between answers %s, want under 500ms", gap)
+	// A path torn down and rebuilt waits for a new handshake (retries from
+	// 150 ms, WireGuard's own after 5 s) and shows as failures or a gap of
+	// a second or more; a loaded machine alone stretches one 20 ms tick to
+	// about half a second (seen under a busy loop with -race).
+	if gap > time.Second {
+		t.Errorf("longest gap between answers %s, want under 1s", gap)
 	}
 
 	// Fail static: the server is still down. Wipe the firewall and marks of
