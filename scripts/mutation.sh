@@ -24,6 +24,7 @@ unreachable-routes fail-closed
 device-check       encrypted-pair-refused-in-plain|injection
 fwmark-rule        encrypted
 vtep-source        vtep-spoof
+egress-snat        egress
 guest-routes       flush
 '
 echo "$cases" | while read -r guard subs; do

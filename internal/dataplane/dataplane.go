@@ -294,6 +294,7 @@ func (dp *Dataplane) Apply(ctx context.Context, st compile.HostState) error {
 	want := []sysctl{
 		{Key: "net/ipv4/conf/" + VXLANName + "/src_valid_mark", Value: "1"},
 	}
+	want = append(want, egressSysctls(d, under.Attrs().Name)...)
 	links, err := retryDump(func() ([]netlink.Link, error) { return dp.nl.LinkList() })
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)

@@ -330,6 +330,7 @@ func testDataplane(t *testing.T, kernel bool) {
 	t.Run("datapath-kill", func(t *testing.T) {
 		testDatapathKill(t, s, stA, stB)
 	})
+	t.Run("egress", testEgress)
 	t.Run("idempotent", func(t *testing.T) {
 		testIdempotent(t, s, stA, stB)
 	})

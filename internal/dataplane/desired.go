@@ -52,6 +52,9 @@ type desired struct {
 	marks []pairMark
 
 	firewall []compile.FirewallRule
+
+	// outbound: local guests to outside destinations (egress.go).
+	outbound []compile.Outbound
 }
 
 type guestIf struct {
@@ -99,6 +102,7 @@ func buildDesired(st compile.HostState) (*desired, error) {
 		fdb:        map[string]netip.Addr{},
 		neigh:      map[netip.Addr]net.HardwareAddr{},
 		firewall:   append([]compile.FirewallRule(nil), st.Firewall...),
+		outbound:   st.Outbound,
 	}
 	if d.listenPort == 0 {
 		d.listenPort = compile.DefaultWireGuardPort

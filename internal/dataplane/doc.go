@@ -27,7 +27,9 @@
 //	routing tables 5181, 5182     encrypted and plain paths (TableEncrypt,
 //	                              TablePlain)
 //	routing table 5183            guests' unmarked packets (TableGuest)
-//	ip rules 1080-1084            see below
+//	ip rules 1079-1084            see below
+//	nat_prerouting and            nat chains of table inet corridor:
+//	nat_postrouting               SNAT of egress (egress.go)
 //
 // # Firewall marks and routing
 //
@@ -55,6 +57,11 @@
 // arriving on a tunnel is saved in its conntrack entry (ct mark), and replies
 // from the local guest take it back, so that a reply always leaves by the
 // path its request came in on.
+//
+// Egress to named outside destinations (HostState.Outbound) is marked
+// MarkEgress 0x03000000 (both MarkMask bits) -> ip rule 1079 -> main
+// table; see egress.go, also for why its replies are marked and the
+// underlay has src_valid_mark=1 (strict reverse-path filtering).
 //
 // Rules 1084, one per local guest interface ("iif corgX lookup 5183"),
 // catch every packet from a guest that no fwmark rule took: table 5183

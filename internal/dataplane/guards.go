@@ -31,7 +31,11 @@ const (
 	// GuardFwmarkRule: the ip rule sending packets marked for encryption
 	// to the encrypted routing table.
 	GuardFwmarkRule = "fwmark-rule"
+	// GuardEgressSNAT: the source NAT of egress to the host's underlay
+	// address (egress.go); without it a guest's overlay address would
+	// appear on the underlay (and outside services could not answer).
+	GuardEgressSNAT = "egress-snat"
 )
 
 // Guards lists every guard, for the mutation driver.
-var Guards = []string{GuardForwardDrops, GuardUnreachableRoutes, GuardDeviceCheck, GuardFwmarkRule, GuardVTEPSource, GuardGuestRoutes}
+var Guards = []string{GuardForwardDrops, GuardUnreachableRoutes, GuardDeviceCheck, GuardFwmarkRule, GuardVTEPSource, GuardGuestRoutes, GuardEgressSNAT}

@@ -27,6 +27,8 @@ func chains() []*nftables.Chain {
 			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept},
 		{Name: chainGuestOut, Table: corridorTable},
 		{Name: chainGuestIn, Table: corridorTable},
+		natChains()[0],
+		natChains()[1],
 	}
 }
 

@@ -531,6 +531,9 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ctState(expr.CtStateBitNEW, "new", false), setMark(t.mark, true))
 	}
 	b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), ctReply(), markFromCt())
+	// Egress marks first: the pair map below overrides them for remote
+	// guests; and the replies of egress from the underlay (egress.go).
+	b.egressMarks(d, wgNames)
 	if len(d.marks) > 0 {
 		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), ctOriginal(), ipv4Only(), markMap(d.marks))
 		// A new connection from a guest keeps its path in conntrack, as
@@ -563,6 +566,7 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	for _, t := range tunnels {
 		b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), b.count(DropPath), drop)
 	}
+	b.egressForward(d)
 	// The device check, for every packet and before the conntrack accept:
 	// a packet from a tunnel reaches a guest only for a connection whose
 	// path (its ct mark, recorded when it was made: by the mark map for a
@@ -618,6 +622,7 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		}
 		b.add(chainGuestOut, addrSet(true, r.Sources), addrSet(false, r.Dests), b.count(counterName(DropPair, r.App, r.FromClass, r.ToClass)), drop)
 	}
+	b.egressAllow(d)
 	for _, g := range d.guests {
 		b.add(chainGuestOut, ifMatch(expr.MetaKeyIIFNAME, g.name, expr.CmpOpEq), b.count(counterName(DropEgress, g.app, g.class)), drop)
 	}
@@ -700,6 +705,8 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 			b.add(chainInput, append(vxlanFrame(v6), vtepSources(pairs, v6), b.count(DropVTEP), drop)...)
 		}
 	}
+
+	b.egressNAT(d)
 
 	for c := range b.counters {
 		b.rs.counters = append(b.rs.counters, c)

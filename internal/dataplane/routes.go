@@ -174,6 +174,7 @@ func (dp *Dataplane) wantRules(guests []guestIf) []*netlink.Rule {
 		rules = append(rules, enc)
 	}
 	rules = append(rules, pl)
+	rules = append(rules, egressRule(guests)...)
 	if !guardOff(GuardGuestRoutes) {
 		for _, g := range guests {
 			r := mk(RulePrioGuest)
@@ -185,7 +186,7 @@ func (dp *Dataplane) wantRules(guests []guestIf) []*netlink.Rule {
 	return rules
 }
 
-func ourRulePrio(p int) bool { return p >= RulePrioFromWireGuard && p <= RulePrioGuest }
+func ourRulePrio(p int) bool { return p >= RulePrioEgress && p <= RulePrioGuest }
 
 func sameRule(a *netlink.Rule, b netlink.Rule) bool {
 	am, bm := uint32(0), uint32(0)
