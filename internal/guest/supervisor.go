@@ -81,6 +81,8 @@ type Readiness struct {
 	Check   func(Program) bool
 	Every   time.Duration // how often Check is asked
 	Timeout time.Duration
+	// Waiting is the status message until ready (default "booting").
+	Waiting string
 }
 
 // SupervisorConfig says what a Supervisor keeps running and how.
@@ -283,7 +285,11 @@ func (s *Supervisor) Run(p Program) {
 		if ready {
 			s.set(api.TaskRunning, "", p.Record().PID)
 		} else {
-			s.set(api.TaskStarting, "booting", p.Record().PID)
+			msg := c.Ready.Waiting
+			if msg == "" {
+				msg = "booting"
+			}
+			s.set(api.TaskStarting, msg, p.Record().PID)
 		}
 		s.markFirst(nil)
 		ended, killed, ok := s.watch(p, ready)

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -222,6 +223,11 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 			cg.Kill(syscall.SIGKILL, 2*time.Second)
 			removePidFile(dir)
 		},
+		// guest-init builds the sealed root, then starts the program:
+		// the task is running once the program is (a child of
+		// guest-init), not when guest-init is, so that "running" (and
+		// `apply --wait`) never reports a program that has not started.
+		Ready: &guest.Readiness{Check: programStarted, Every: 20 * time.Millisecond, Timeout: 30 * time.Second, Waiting: "sealing the guest, starting the program"},
 	})
 	// An agent restart finds the program of the agent before still
 	// running: watch it instead of starting a second copy.
@@ -297,4 +303,12 @@ func (r *Runtime) Status(task string) api.TaskStatus {
 
 func (r *Runtime) cgroup(task string) *guest.Cgroup {
 	return r.cgroups.Task(r.cfg.CgroupParent, task)
+}
+
+// programStarted tells whether guest-init (p) has started the task's
+// program: it then has a child.
+func programStarted(p guest.Program) bool {
+	pid := p.Record().PID
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	return err == nil && len(strings.TrimSpace(string(b))) > 0
 }
