@@ -58,7 +58,11 @@ func (r *Runtime) programHash(g compile.Guest) string {
 		Seal   string   `json:"seal"`
 		User   string   `json:"user,omitempty"`
 		NetRaw bool     `json:"netRaw,omitempty"`
-	}{r.command(g), programEnv(g, GuestDataDir), sealVersion, g.Spec.User, g.Spec.NetRaw})
+		// The resolvers are written into /etc when the guest starts: a
+		// change restarts the program (omitted when none: a guest
+		// without resolvers keeps its hash).
+		Resolvers []string `json:"resolvers,omitempty"`
+	}{r.command(g), programEnv(g, GuestDataDir), sealVersion, g.Spec.User, g.Spec.NetRaw, resolverList(g)})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
 }
@@ -138,6 +142,7 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 	sb := sandbox{
 		Root: root, Hostname: guest.Name(g.Task), Address: g.Address.String(),
 		UID: uid, GID: gid, Data: data, Exe: exe, Argv: argv, Env: env, NetRaw: g.Spec.NetRaw,
+		Resolvers: resolverList(g),
 	}
 	logPath := filepath.Join(dir, guest.LogFile)
 	if err := guest.RotateLog(logPath, r.cfg.LogMaxBytes, false); err != nil {

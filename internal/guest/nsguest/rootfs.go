@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/corridor-dev/corridor/internal/compile"
 	"golang.org/x/sys/unix"
 )
 
@@ -177,6 +178,9 @@ func buildEtc(sb sandbox, etc string) error {
 			continue
 		}
 		dst := filepath.Join(etc, name)
+		if name == "resolv.conf" && len(sb.Resolvers) > 0 {
+			continue // the task's own, below
+		}
 		if fi.Mode()&os.ModeSymlink != 0 && name != "resolv.conf" {
 			target, err := os.Readlink(host)
 			if err != nil {
@@ -214,6 +218,9 @@ func buildEtc(sb sandbox, etc string) error {
 		"hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" +
 			strings.TrimSpace(sb.Address+"\t"+sb.Hostname) + "\n",
 		"hostname": sb.Hostname + "\n",
+	}
+	if len(sb.Resolvers) > 0 {
+		files["resolv.conf"] = resolvConf(sb.Resolvers)
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(etc, name), []byte(content), 0o644); err != nil {
@@ -290,4 +297,24 @@ func pivot(root string) error {
 		return mountErr("read-only root", err)
 	}
 	return nil
+}
+
+// resolvConf is the guest's /etc/resolv.conf for the task's resolvers
+// (the app's spec resolvers, at most 3, as the resolver reads).
+func resolvConf(resolvers []string) string {
+	var b strings.Builder
+	b.WriteString("# written by corridor: the app's resolvers\n")
+	for _, r := range resolvers {
+		fmt.Fprintf(&b, "nameserver %s\n", r)
+	}
+	return b.String()
+}
+
+// resolverList is the task's resolvers as text; nil when it has none.
+func resolverList(g compile.Guest) []string {
+	var out []string
+	for _, a := range g.Resolvers {
+		out = append(out, a.String())
+	}
+	return out
 }

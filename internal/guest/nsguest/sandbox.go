@@ -99,6 +99,9 @@ type sandbox struct {
 	Argv     []string `json:"argv"`
 	Env      []string `json:"env"`
 	NetRaw   bool     `json:"netRaw"` // keep CAP_NET_RAW, allow raw and packet sockets
+	// Resolvers are the task's DNS servers (hoststate.Guest.Resolvers):
+	// the guest's /etc/resolv.conf names them instead of the host's.
+	Resolvers []string `json:"resolvers,omitempty"`
 }
 
 // guestSysctls are set in every guest's network namespace: ports below
