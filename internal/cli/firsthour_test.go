@@ -7,9 +7,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 // A typo in a script must fail: a group command given an unknown
@@ -67,24 +68,6 @@ func TestClientFlagsEverywhere(t *testing.T) {
 	}
 }
 
-// syncBuffer is written by the server's goroutine and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // The banner of a server on a wildcard address with --advertise names the
 // advertised host, and the login command it suggests works as printed.
 func TestServerBannerAdvertises(t *testing.T) {
@@ -93,7 +76,7 @@ func TestServerBannerAdvertises(t *testing.T) {
 	t.Setenv("CORRIDOR_TOKEN", "")
 	t.Setenv("CORRIDOR_CA", "")
 	dir := t.TempDir()
-	var stderr syncBuffer
+	var stderr testnet.Buffer
 	root := NewRoot(&bytes.Buffer{}, &stderr)
 	root.SetArgs([]string{"server", "--data-dir", dir, "--listen", "0.0.0.0:0", "--advertise", "127.0.0.1", "--log-level", "error"})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -81,10 +80,10 @@ func TestOperationsPageRunsAsWritten(t *testing.T) {
 	// of this test (the agents run the sample tiers with it too).
 	binDir := t.TempDir()
 	bin := filepath.Join(binDir, "corridor")
-	copyExecutable(t, testnet.Binary(t, "agent", "server"), bin)
+	testnet.CopyExecutable(t, testnet.Binary(t, "agent", "server"), bin)
 	t.Cleanup(func() { removeTryLeftovers(t, bin) })
 
-	cgroupsBefore := cgroupDirs()
+	cgroupsBefore := testnet.CorridorCgroups()
 	script := "set -euo pipefail\nset -x\n" + strings.Join(blocks, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -117,10 +116,10 @@ func TestOperationsPageRunsAsWritten(t *testing.T) {
 	// The page's cleanup left nothing: no process of the binary (the
 	// agents' wireguard-go processes and the tasks run it too), no cgroup
 	// made during the run.
-	for _, pid := range processesOf(bin) {
+	for _, pid := range testnet.ProcessesOf(bin) {
 		t.Errorf("process %d of corridor still runs after the page's cleanup: %s", pid, cmdline(pid))
 	}
-	for c := range cgroupDirs() {
+	for c := range testnet.CorridorCgroups() {
 		if !cgroupsBefore[c] {
 			t.Errorf("cgroup %s left after the page's cleanup", c)
 		}
@@ -138,22 +137,11 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func copyExecutable(t *testing.T, from, to string) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // removeTryLeftovers undoes what a failed run of the page left: processes
 // of the test's binary (by PID), the try-* namespaces and link, and the
 // state. After a successful run there is nothing to do.
 func removeTryLeftovers(t *testing.T, bin string) {
-	for _, pid := range processesOf(bin) {
+	for _, pid := range testnet.ProcessesOf(bin) {
 		t.Logf("killing leftover process %d", pid)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
@@ -173,40 +161,9 @@ func removeTryLeftovers(t *testing.T, bin string) {
 	_ = os.RemoveAll("/var/lib/corridor-try")
 }
 
-// processesOf lists the PIDs of processes running the executable bin.
-func processesOf(bin string) []int {
-	var pids []int
-	exes, _ := filepath.Glob("/proc/[0-9]*/exe")
-	for _, p := range exes {
-		if exe, err := os.Readlink(p); err == nil && exe == bin {
-			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
-				pids = append(pids, pid)
-			}
-		}
-	}
-	return pids
-}
-
 func cmdline(pid int) string {
 	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	return strings.ReplaceAll(strings.TrimRight(string(b), "\x00"), "\x00", " ")
-}
-
-// cgroupDirs lists the directories under every cgroup hierarchy's
-// "corridor" parent, the parent included.
-func cgroupDirs() map[string]bool {
-	out := map[string]bool{}
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*/corridor")
-	more, _ := filepath.Glob("/sys/fs/cgroup/corridor")
-	for _, r := range append(roots, more...) {
-		_ = filepath.WalkDir(r, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				out[p] = true
-			}
-			return nil
-		})
-	}
-	return out
 }
 
 // An agent started the way many operators start a program in a namespace,
@@ -230,7 +187,7 @@ func TestAgentUnderIPNetnsExec(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	server := exec.CommandContext(ctx, bin, "server", "--data-dir", filepath.Join(dir, "server"),
 		"--listen", "198.18.98.1:0", "--advertise", "198.18.98.1")
-	var serverOut syncWriter
+	var serverOut testnet.Buffer
 	server.Stderr = &serverOut
 	if err := server.Start(); err != nil {
 		cancel()
@@ -242,7 +199,7 @@ func TestAgentUnderIPNetnsExec(t *testing.T) {
 	agent := exec.CommandContext(ctx, "ip", "netns", "exec", ns, bin, "agent", "--server", url,
 		"--join-token-file", filepath.Join(dir, "server", "join.token"), "--ca", filepath.Join(dir, "server", "ca.crt"),
 		"--name", "x1", "--state-dir", filepath.Join(dir, "x1"), "--wg-name", wg)
-	var agentOut syncWriter
+	var agentOut testnet.Buffer
 	agent.Stderr = &agentOut
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
@@ -258,27 +215,9 @@ func TestAgentUnderIPNetnsExec(t *testing.T) {
 	}
 }
 
-// syncWriter collects a child's output while the test reads it.
-type syncWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // waitFor waits up to 60 s for re to match what w collected, and returns
 // its first group (or the whole match).
-func waitFor(t *testing.T, w *syncWriter, re *regexp.Regexp) string {
+func waitFor(t *testing.T, w *testnet.Buffer, re *regexp.Regexp) string {
 	t.Helper()
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if m := re.FindStringSubmatch(w.String()); m != nil {

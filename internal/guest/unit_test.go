@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/testnet"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -234,24 +235,6 @@ func TestTailLog(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the follower goroutine.
-type syncBuffer struct {
-	mu chan struct{}
-	b  bytes.Buffer
-}
-
-func newSyncBuffer() *syncBuffer { return &syncBuffer{mu: make(chan struct{}, 1)} }
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu <- struct{}{}
-	defer func() { <-s.mu }()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string {
-	s.mu <- struct{}{}
-	defer func() { <-s.mu }()
-	return s.b.String()
-}
-
 func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -267,7 +250,7 @@ func TestTailLogFollowAndRotate(t *testing.T) {
 	dir := t.TempDir()
 	p := writeLog(t, dir, "a/b/0", "old1\nold2\n")
 	ctx, cancel := context.WithCancel(context.Background())
-	out := newSyncBuffer()
+	out := &testnet.Buffer{}
 	done := make(chan error, 1)
 	go func() { done <- TailLogContext(ctx, dir, "a/b/0", 1, true, out) }()
 	waitFor(t, "first line", 2*time.Second, func() bool { return out.String() == "old2\n" })

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/corridor-dev/corridor/internal/testnet"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 )
@@ -32,14 +33,14 @@ func TestFreshMachineTwice(t *testing.T) {
 	// A copy of the binary at a path of the test's own, so that any
 	// process of it still alive at the end is this test's leftover.
 	bin := filepath.Join(t.TempDir(), "corridor")
-	copyFile(t, corridorBinary(t), bin)
+	testnet.CopyExecutable(t, corridorBinary(t), bin)
 	dir := t.TempDir()
 	spec, err := filepath.Abs("../../examples/shop.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	cgroupsBefore := corridorCgroups()
+	cgroupsBefore := testnet.CorridorCgroups()
 	script := `set -u
 mount -t tmpfs corfresh /run || exit 90
 for round in 1 2; do
@@ -98,45 +99,12 @@ exit 0
 			t.Errorf("nftables table %s left in the root namespace", tb.Name)
 		}
 	}
-	for c := range corridorCgroups() {
+	for c := range testnet.CorridorCgroups() {
 		if !cgroupsBefore[c] {
 			t.Errorf("cgroup %s left behind", c)
 		}
 	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
-	for _, p := range procs {
-		if exe, err := os.Readlink(p); err == nil && exe == bin {
-			t.Errorf("process %s of the test's binary still running", filepath.Dir(p))
-		}
-	}
-}
-
-// corridorCgroups lists the cgroup directories at or under a "corridor"
-// directory, in every hierarchy mounted under /sys/fs/cgroup.
-func corridorCgroups() map[string]bool {
-	out := map[string]bool{}
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*/corridor")
-	if more, _ := filepath.Glob("/sys/fs/cgroup/corridor"); len(more) > 0 {
-		roots = append(roots, more...)
-	}
-	for _, r := range roots {
-		_ = filepath.WalkDir(r, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				out[p] = true
-			}
-			return nil
-		})
-	}
-	return out
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, 0o755); err != nil {
-		t.Fatal(err)
+	for _, pid := range testnet.ProcessesOf(bin) {
+		t.Errorf("process %d of the test's binary still running", pid)
 	}
 }
