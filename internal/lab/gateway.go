@@ -20,6 +20,9 @@ import (
 // network it would leave in plain for the outside world. The gateway drops
 // it, as before, and counts it first, so that a test (and `corridor lab
 // status`) can tell "nothing escaped" from "nothing was looked at".
+// An app's allowed egress (SNATed to the server's underlay address) goes
+// this way too and is counted: a "nothing escaped" check runs apps with
+// no egress rules (as the sample shop).
 //
 // What is counted: IPv4 packets addressed to the gateway at the link layer
 // (pkttype host: routed to it, not bridged between servers) whose
