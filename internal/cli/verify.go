@@ -79,7 +79,11 @@ func printVerify(w io.Writer, format string, rep *verify.Report) error {
 			case !c.OK:
 				mark = "MISMATCH"
 			}
-			t.Row(c.FromTask+"@"+c.FromServer, c.ToTask+"@"+c.ToServer, fmt.Sprintf("%s/%d", c.Protocol, c.Port), c.Expect, c.Observed, mark, c.Detail)
+			to := c.ToTask + "@" + c.ToServer
+			if c.ToClass == verify.OutsideClass {
+				to = "outside " + c.ToAddr
+			}
+			t.Row(c.FromTask+"@"+c.FromServer, to, fmt.Sprintf("%s/%d", c.Protocol, c.Port), c.Expect, c.Observed, mark, c.Detail)
 		}
 	})
 }

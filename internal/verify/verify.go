@@ -72,12 +72,15 @@ type Check struct {
 	ToTask     string `json:"toTask"`
 	FromServer string `json:"fromServer"`
 	ToServer   string `json:"toServer"`
-	Protocol   string `json:"protocol"`
-	Port       int    `json:"port"`
-	Expect     string `json:"expect"`
-	Observed   string `json:"observed"`
-	Detail     string `json:"detail,omitempty"`
-	OK         bool   `json:"ok"`
+	// ToAddr is the destination of a check to outside Corridor (ToClass
+	// OutsideClass, no ToTask): an egress destination or a resolver.
+	ToAddr   string `json:"toAddr,omitempty"`
+	Protocol string `json:"protocol"`
+	Port     int    `json:"port"`
+	Expect   string `json:"expect"`
+	Observed string `json:"observed"`
+	Detail   string `json:"detail,omitempty"`
+	OK       bool   `json:"ok"`
 	// Retried: the first probe fell short of an allowed expectation and
 	// was run once more (see Run).
 	Retried bool `json:"retried,omitempty"`
@@ -222,6 +225,8 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 			checks = append(checks, c)
 		}
 	}
+	// Egress: to outside destinations, allowed and denied.
+	checks = append(checks, outsideChecks(app, target, own)...)
 	if len(checks) > maxChecks {
 		return nil, fmt.Errorf("verify: app %q needs %d checks, more than the limit %d: raise --max-checks", app, len(checks), maxChecks)
 	}
@@ -282,7 +287,11 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				runOne(ctx, p, c, addrs[c.ToTask], opt.Timeout)
+				to := addrs[c.ToTask]
+				if c.ToClass == OutsideClass {
+					to = c.ToAddr
+				}
+				runOne(ctx, p, c, to, opt.Timeout)
 			})
 		}
 		wg.Wait()
@@ -359,6 +368,13 @@ func runOne(ctx context.Context, p Prober, c *Check, toAddr string, timeout time
 		Timeout: timeout,
 	}
 	res, err := p.Probe(ctx, c.FromServer, req)
+	if c.ToClass == OutsideClass {
+		c.Observed, c.Detail = classifyOutside(res, err)
+		// Reached with a reset is reached: the destination is outside,
+		// so the path is plain whatever listens there.
+		c.OK = c.Observed == c.Expect || (c.Expect == Plain && c.Observed == Open)
+		return
+	}
 	c.Observed, c.Detail = classify(res, err, c.FromServer == c.ToServer)
 	c.OK = c.Observed == c.Expect
 	if !c.OK && c.Observed == Open && c.Expect != Denied {
