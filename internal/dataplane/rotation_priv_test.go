@@ -106,14 +106,12 @@ func (r *rotationDriver) rotate(gen int64, bFirst bool) [3]time.Duration {
 		r.t.Fatal("PrepareKey changed the current key")
 	}
 	// Announce.
-	t0 := time.Now()
 	r.sa.RotationPhase = hoststate.RotationAnnounce
 	r.sb.Peers = slices.Clone(r.sb.Peers)
 	r.sb.Peers[0].NextPublicKey = next.String()
 	both(r.sa, r.sb)
 	took[0] = r.waitRouted(true, next.String())
 	// Commit.
-	t0 = time.Now()
 	r.sa.RotationPhase, r.sa.PublicKey = hoststate.RotationCommit, next.String()
 	r.sb.Peers = slices.Clone(r.sb.Peers)
 	r.sb.Peers[0].PublicKey = next.String()
@@ -123,7 +121,7 @@ func (r *rotationDriver) rotate(gen int64, bFirst bool) [3]time.Duration {
 	}
 	took[1] = r.waitRouted(false, next.String())
 	// Done: the second devices go.
-	t0 = time.Now()
+	t0 := time.Now()
 	r.sa.RotationPhase, r.sa.PublicKey = "", ""
 	r.sb.Peers = slices.Clone(r.sb.Peers)
 	r.sb.Peers[0].NextPublicKey = ""
