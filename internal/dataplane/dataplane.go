@@ -387,9 +387,12 @@ type Status struct {
 // Status reads the WireGuard peers (of both devices during a key
 // rotation) and the firewall's drop counters.
 func (dp *Dataplane) Status(ctx context.Context) (Status, error) {
+	// Held throughout: the nftables connection is one lasting netlink
+	// socket, and a counter dump interleaved with an Apply's (or a
+	// repair's) batch mixes their replies ("unexpected header type").
 	dp.mu.Lock()
+	defer dp.mu.Unlock()
 	servers, via := dp.servers, dp.via
-	dp.mu.Unlock()
 	s := Status{WireGuard: dp.cfg.WireGuardName, PublicKey: dp.PublicKey().String(), Mode: "absent"}
 	if k, gen, ok := dp.NextKey(); ok {
 		s.NextPublicKey, s.NextKeyGeneration = k.String(), gen
