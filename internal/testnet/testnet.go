@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -59,7 +60,7 @@ func Namespaces(t testing.TB, tag string, roles ...string) []string {
 }
 
 // Path is where a namespace made by Namespaces is mounted.
-func Path(name string) string { return "/var/run/netns/" + name }
+func Path(name string) string { return hostns.Path(name) }
 
 // IP runs iproute2's ip and fails the test on error.
 func IP(t testing.TB, args ...string) {
