@@ -11,6 +11,7 @@ import (
 	"net/netip"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/probe"
 )
 
@@ -31,7 +32,7 @@ var testPeer = netip.MustParseAddr("198.18.0.2")
 
 func (w *fakeWire) prober() *Prober {
 	return &Prober{
-		GuestNetns: func(task string) string { return "/run/netns/cor-" + strings.ReplaceAll(task, "/", "-") },
+		GuestNetns: guest.NetnsPath,
 		LocalAddr:  func(a netip.Addr) bool { return a == netip.MustParseAddr("100.64.0.11") },
 		PeerUnderlay: func(a netip.Addr) (netip.Addr, bool) {
 			return testPeer, a == netip.MustParseAddr("100.64.0.20")

@@ -82,7 +82,7 @@ func newEnv(t testing.TB) *env {
 			stateDir: t.TempDir(),
 			guests:   map[string]*guest{},
 		}
-		h.nsPath = "/run/netns/" + h.name
+		h.nsPath = testnet.Path(h.name)
 		run(t, "ip", "netns", "add", h.name)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", h.name).Run() })
 		run(t, "ip", "-n", h.name, "link", "set", "lo", "up")

@@ -24,6 +24,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/dataplane"
 	"github.com/corridor-dev/corridor/internal/guest"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/probe"
 	"github.com/corridor-dev/corridor/internal/settle"
@@ -129,11 +130,10 @@ func assertNothingLeft(t *testing.T, l *lab.Lab, apps ...string) {
 	for _, a := range apps {
 		prefixes = append(prefixes, guest.NetnsPrefix+a+"-")
 	}
-	names, _ := os.ReadDir("/run/netns")
-	for _, n := range names {
+	for _, n := range hostns.List() {
 		for _, p := range prefixes {
-			if strings.HasPrefix(n.Name(), p) {
-				t.Errorf("namespace %s left behind", n.Name())
+			if strings.HasPrefix(n, p) {
+				t.Errorf("namespace %s left behind", n)
 				break
 			}
 		}
