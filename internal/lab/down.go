@@ -502,10 +502,11 @@ func removeDir(dir string, keepLogs bool) error {
 }
 
 // labEntry reports whether a name in the lab directory is one the lab
-// makes: its record, the logs, the server's data and the servers' state.
+// makes: its record, the logs, the server's data, the outside service's
+// data and the servers' state.
 func labEntry(name string) bool {
 	switch name {
-	case StateFile, StateFile + ".tmp", "logs", "server", "bin":
+	case StateFile, StateFile + ".tmp", "logs", "server", "bin", outsideDataDir:
 		return true
 	}
 	n, ok := strings.CutPrefix(name, "s")

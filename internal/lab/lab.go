@@ -88,6 +88,9 @@ type Lab struct {
 	GuestNamespaces []string `json:"guestNamespaces,omitempty"`
 	// RootLinks are links in the root namespace the lab made.
 	RootLinks []string `json:"rootLinks"`
+
+	// Outside is the outside service on the underlay (outside.go).
+	Outside *Outside `json:"outside,omitempty"`
 }
 
 // Server is one simulated server: a namespace plugged into the underlay
@@ -232,6 +235,9 @@ func (l *Lab) processes() []Process {
 	}
 	if l.Control != nil {
 		out = append(out, *l.Control)
+	}
+	if l.Outside != nil && l.Outside.Process != nil {
+		out = append(out, *l.Outside.Process)
 	}
 	return out
 }

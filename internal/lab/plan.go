@@ -212,6 +212,8 @@ func recoverLab(dir, prefix string, present []string) *Lab {
 		case ns == underlayNamespace(prefix):
 			l.UnderlayNamespace = ns
 			l.Namespaces = append(l.Namespaces, ns)
+		case ns == outsideNamespace(prefix):
+			l.Namespaces = append(l.Namespaces, ns)
 		case serverRe.MatchString(ns):
 			name := strings.TrimPrefix(ns, prefix)
 			i := serverRe.FindStringSubmatch(ns)[1]

@@ -177,7 +177,7 @@ func TestParseMountsUnder(t *testing.T) {
 
 func TestLabEntry(t *testing.T) {
 	for name, want := range map[string]bool{
-		"lab.json": true, "lab.json.tmp": true, "logs": true, "server": true, "s1": true, "s12": true,
+		"lab.json": true, "lab.json.tmp": true, "logs": true, "server": true, "outside": true, "s1": true, "s12": true,
 		"s": false, "sx": false, "notes.txt": false, "home": false,
 	} {
 		if labEntry(name) != want {
