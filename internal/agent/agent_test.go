@@ -71,14 +71,7 @@ func TestNoIdentityAndNoTokenIsAnError(t *testing.T) {
 func TestWrongJoinTokenIsAnError(t *testing.T) {
 	h := newHarness(t)
 	h.cfg.JoinToken = "not-the-token"
-	a, err := agent.New(h.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err = a.Run(ctx)
-	if api.HTTPStatus(err) != 401 || ctx.Err() != nil {
+	if err := runJoin(t, h); api.HTTPStatus(err) != 401 {
 		t.Fatalf("Run = %v, want the 401 at once", err)
 	}
 	if _, err := os.Stat(filepath.Join(h.dir, agent.KeyFile)); err == nil {
@@ -132,10 +125,8 @@ func TestDesiredStateIsPersistedBeforeApply(t *testing.T) {
 	pc := &persistCheck{Dataplane: h.dp, dir: h.dir}
 	h.cfg.Dataplane = pc
 	h.start()
-	r1 := h.cp.SetDesired(state("shop/web/0"))
-	eventually(t, "revision 1 applied", func() bool { return h.agent.AppliedRevision() == r1 })
-	r2 := h.cp.SetDesired(state("shop/web/0", "shop/web/1"))
-	eventually(t, "revision 2 applied", func() bool { return h.agent.AppliedRevision() == r2 })
+	r1 := h.apply(t, "revision 1 applied", state("shop/web/0"))
+	r2 := h.apply(t, "revision 2 applied", state("shop/web/0", "shop/web/1"))
 
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
@@ -191,8 +182,7 @@ func TestFailStaticAppliesStoredStateWithServerDown(t *testing.T) {
 			}
 			// The server comes back with a newer state: it wins.
 			h.cp.SetDown(false)
-			r := h.cp.SetDesired(state("shop/web/0"))
-			eventually(t, "newer state applied", func() bool { return h.agent.AppliedRevision() == r })
+			h.apply(t, "newer state applied", state("shop/web/0"))
 			if h.guests.Running("shop/web/1") {
 				t.Error("shop/web/1 still runs after the server removed it")
 			}
@@ -245,16 +235,14 @@ func TestSameRevisionIsNotReapplied(t *testing.T) {
 	h := newHarness(t)
 	h.cfg.PollWait = 20 * time.Millisecond // many empty long polls
 	h.start()
-	r := h.cp.SetDesired(state("shop/web/0"))
-	eventually(t, "state applied", func() bool { return h.agent.AppliedRevision() == r })
+	h.apply(t, "state applied", state("shop/web/0"))
 	applies := h.dp.Applies()
 	polls := len(h.cp.PollTimes())
 	eventually(t, "5 more empty long polls", func() bool { return len(h.cp.PollTimes())-polls >= 5 })
 	if got := h.dp.Applies(); got != applies {
 		t.Fatalf("applies went from %d to %d with no new revision", applies, got)
 	}
-	r2 := h.cp.SetDesired(state("shop/web/0", "shop/web/1"))
-	eventually(t, "new revision applied", func() bool { return h.agent.AppliedRevision() == r2 })
+	h.apply(t, "new revision applied", state("shop/web/0", "shop/web/1"))
 	if got := h.dp.Applies(); got != applies+1 {
 		t.Fatalf("applies = %d after one new revision, want %d", got, applies+1)
 	}
@@ -269,8 +257,7 @@ func TestGuestsNoLongerDesiredAreRemoved(t *testing.T) {
 	eventually(t, "two guests", func() bool {
 		return h.guests.Running("shop/web/0") && h.guests.Running("shop/web/1") && !h.guests.Running("old/job/0")
 	})
-	r := h.cp.SetDesired(state("shop/web/0"))
-	eventually(t, "shop/web/1 removed", func() bool { return h.agent.AppliedRevision() == r })
+	h.apply(t, "shop/web/1 removed", state("shop/web/0"))
 	if h.guests.Running("shop/web/1") || !h.guests.Running("shop/web/0") {
 		t.Fatal("wrong guests after removal")
 	}
@@ -307,8 +294,7 @@ func TestNewGuestsStartOnlyAfterTheDataplane(t *testing.T) {
 	// The data plane recovers; the next state is applied, guests start
 	// after it, and no guest ever ran uncovered.
 	h.dp.Fail(nil)
-	r2 := h.cp.SetDesired(state("shop/web/0", "shop/web/1"))
-	eventually(t, "applied", func() bool { return h.agent.AppliedRevision() == r2 })
+	h.apply(t, "applied", state("shop/web/0", "shop/web/1"))
 	if v := h.guests.Violations(); len(v) > 0 {
 		t.Fatalf("guests started before their firewall: %v", v)
 	}
@@ -324,8 +310,7 @@ func TestBackoffOnPollErrors(t *testing.T) {
 	eventually(t, "8 polls against the down server", func() bool { return len(h.cp.PollTimes()) >= 8 })
 	checkBackoff(t, h.cp.PollTimes()[:8], 10*time.Millisecond, 80*time.Millisecond)
 	h.cp.SetDown(false)
-	r := h.cp.SetDesired(state("shop/web/0"))
-	eventually(t, "recovery", func() bool { return h.agent.AppliedRevision() == r })
+	h.apply(t, "recovery", state("shop/web/0"))
 }
 
 func TestStatusReport(t *testing.T) {
@@ -409,8 +394,7 @@ func TestShutdownLeavesGuestsAndDataplane(t *testing.T) {
 	h := newHarness(t)
 	h.start()
 	st := state("shop/web/0")
-	r := h.cp.SetDesired(st)
-	eventually(t, "applied", func() bool { return h.agent.AppliedRevision() == r })
+	h.apply(t, "applied", st)
 	h.stop()
 	if !h.guests.Running("shop/web/0") || !h.dp.InSync(st) || h.dp.Removed() {
 		t.Fatal("shutdown touched guests or data plane")
@@ -420,8 +404,7 @@ func TestShutdownLeavesGuestsAndDataplane(t *testing.T) {
 func TestCleanupRemovesEverything(t *testing.T) {
 	h := newHarness(t)
 	h.start()
-	r := h.cp.SetDesired(state("shop/web/0", "shop/web/1"))
-	eventually(t, "applied", func() bool { return h.agent.AppliedRevision() == r })
+	h.apply(t, "applied", state("shop/web/0", "shop/web/1"))
 	h.stop()
 	if err := agent.Cleanup(context.Background(), h.guests, h.dp.Remove, h.dir, nil); err != nil {
 		t.Fatal(err)
@@ -527,8 +510,7 @@ func TestInvalidStateKeepsTheLastGoodState(t *testing.T) {
 				return nil
 			}
 			h.start()
-			good := h.cp.SetDesired(state("shop/web/0"))
-			eventually(t, "the good state applied", func() bool { return h.agent.AppliedRevision() == good })
+			good := h.apply(t, "the good state applied", state("shop/web/0"))
 			applies := h.dp.Applies()
 
 			bad := state("shop/web/0", "shop/web/1")
@@ -554,8 +536,7 @@ func TestInvalidStateKeepsTheLastGoodState(t *testing.T) {
 				t.Fatalf("desired.json holds revision %d (%v), want the good %d", ds.Revision, err, good)
 			}
 			// A later good state is taken, and the refusal is forgotten.
-			next := h.cp.SetDesired(state("shop/web/0", "shop/web/1"))
-			eventually(t, "the next good state applied", func() bool { return h.agent.AppliedRevision() == next })
+			h.apply(t, "the next good state applied", state("shop/web/0", "shop/web/1"))
 		})
 	}
 }
@@ -576,8 +557,7 @@ func TestKeyRotation(t *testing.T) {
 	eventually(t, "state applied", func() bool { return h.dp.InSync(st) })
 
 	st.KeyGeneration = 1
-	r := h.cp.SetDesired(st)
-	eventually(t, "rotated state applied", func() bool { return h.agent.AppliedRevision() == r })
+	h.apply(t, "rotated state applied", st)
 	second, gen := h.dp.Key()
 	if gen != 1 || second == first {
 		t.Fatalf("after a generation-1 state: key %s generation %d (was %s)", second, gen, first)

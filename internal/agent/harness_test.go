@@ -185,3 +185,13 @@ func preJoin(t *testing.T, cp *agenttest.ControlPlane, dir string) {
 		t.Fatal(err)
 	}
 }
+
+// apply gives the agent st through the control plane, waits (as
+// eventually, saying what) until the agent has applied it, and returns its
+// revision.
+func (h *harness) apply(t *testing.T, what string, st compile.HostState) int64 {
+	t.Helper()
+	r := h.cp.SetDesired(st)
+	eventually(t, what, func() bool { return h.agent.AppliedRevision() == r })
+	return r
+}

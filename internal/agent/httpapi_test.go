@@ -151,8 +151,7 @@ func apiHarness(t *testing.T) (*harness, *httptest.Server, *fakeLogs, *[]api.Pro
 		return api.ProbeResult{Connected: true, RTT: time.Millisecond, MarkerSeen: true}, nil
 	}
 	h.start()
-	r := h.cp.SetDesired(state("shop/web/0"))
-	eventually(t, "applied", func() bool { return h.agent.AppliedRevision() == r })
+	h.apply(t, "applied", state("shop/web/0"))
 	srv := httptest.NewServer(h.agent.Handler())
 	t.Cleanup(srv.Close)
 	return h, srv, fl, &probes

@@ -17,8 +17,7 @@ import (
 func TestNewerSchemaRefused(t *testing.T) {
 	h := newHarness(t)
 	h.start()
-	good := h.cp.SetDesired(state("shop/web/0"))
-	eventually(t, "the good state applied", func() bool { return h.agent.AppliedRevision() == good })
+	good := h.apply(t, "the good state applied", state("shop/web/0"))
 	applies := h.dp.Applies()
 
 	newer := state("shop/web/0", "shop/web/1")
@@ -98,8 +97,7 @@ func TestLoadDesiredBeforeSchema(t *testing.T) {
 		t.Fatal("the unsigned stored state was applied")
 	}
 	h.cp.SetDown(false)
-	r := h.cp.SetDesired(ds.State)
-	eventually(t, "the server's signed state applied", func() bool { return h.agent.AppliedRevision() == r })
+	h.apply(t, "the server's signed state applied", ds.State)
 	if !h.dp.InSync(ds.State) || !h.guests.Running("shop/web/0") {
 		t.Fatal("the data plane does not hold the signed state")
 	}

@@ -232,8 +232,7 @@ func TestBadSignatureOverTheWire(t *testing.T) {
 	h := newHarness(t)
 	h.start()
 	good := signedState("shop/web/0")
-	rev := h.cp.SetDesired(good)
-	eventually(t, "the good state applied", func() bool { return h.agent.AppliedRevision() == rev })
+	rev := h.apply(t, "the good state applied", good)
 	applies := h.dp.Applies()
 
 	other, err := agenttest.NewCA()
@@ -269,8 +268,7 @@ func TestBadSignatureOverTheWire(t *testing.T) {
 			t.Fatalf("%s (%d): desired.json holds revision %d (%v), want the good %d", c.name, i, ds.Revision, err, rev)
 		}
 	}
-	next := h.cp.SetDesired(bad)
-	eventually(t, "a valid state applied", func() bool { return h.agent.AppliedRevision() == next })
+	h.apply(t, "a valid state applied", bad)
 	if !h.dp.InSync(bad) || !h.guests.Running("shop/web/1") {
 		t.Fatal("the valid state is not in place")
 	}
@@ -282,8 +280,7 @@ func TestAddressOutsideAppNetworkRefusedWhenSigned(t *testing.T) {
 	h := newHarness(t)
 	h.start()
 	good := signedState("shop/web/0")
-	rev := h.cp.SetDesired(good)
-	eventually(t, "the good state applied", func() bool { return h.agent.AppliedRevision() == rev })
+	rev := h.apply(t, "the good state applied", good)
 
 	for _, c := range []struct {
 		name string
