@@ -1,12 +1,7 @@
 package cli
 
 import (
-	"fmt"
-	"log/slog"
 	"maps"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -61,15 +56,15 @@ certificate) serves the server's proxied requests: task logs, path probes for
   ip netns exec lab-s1 corridor agent --cleanup --state-dir /var/lib/lab/s1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+			log, err := levelLogger(cmd, logLevel)
+			if err != nil {
+				return err
 			}
-			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+			cfg.Logger = log
 			cfg.Labels = map[string]string{}
 			maps.Copy(cfg.Labels, labels)
 			maps.Copy(cfg.Labels, label)
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := interruptible(cmd.Context())
 			defer stop()
 			if cleanup {
 				if !cmd.Flags().Changed("wg-name") {

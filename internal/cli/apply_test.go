@@ -16,10 +16,10 @@ import (
 	"github.com/corridor-dev/corridor/internal/server"
 )
 
-// serveFleet starts a real server with the named servers joined (as
-// agents would), points the CLI at it with the admin token, and returns
-// the admin client and the agents' clients by name.
-func serveFleet(t *testing.T, names ...string) (*api.Client, map[string]*api.Client) {
+// startServer runs a real server on a loopback port, with its data in a
+// temporary directory, until the test ends; it returns the server and
+// that directory.
+func startServer(t *testing.T) (*server.Server, string) {
 	t.Helper()
 	dir := t.TempDir()
 	s, err := server.New(server.Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -30,7 +30,42 @@ func serveFleet(t *testing.T, names ...string) (*api.Client, map[string]*api.Cli
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+	return s, dir
+}
 
+// writeApp writes an app file to a temporary directory and returns its
+// path: app name with webTasks web tasks and one db task (netns, sleep),
+// web reaching db on 5432, encrypted.
+func writeApp(t *testing.T, name string, webTasks int) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "app.yaml")
+	doc := fmt.Sprintf(`apiVersion: corridor/v1
+kind: App
+name: %s
+classes:
+  - name: web
+    tasks: %d
+    guest: {runtime: netns, command: [sleep, infinity]}
+    resources: {cpu: 10m, memory: 4Mi}
+  - name: db
+    tasks: 1
+    guest: {runtime: netns, command: [sleep, infinity]}
+    resources: {cpu: 10m, memory: 4Mi}
+rules:
+  - {from: web, to: db, ports: [5432], encrypt: true}
+`, name, webTasks)
+	if err := os.WriteFile(p, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// serveFleet starts a real server with the named servers joined (as
+// agents would), points the CLI at it with the admin token, and returns
+// the admin client and the agents' clients by name.
+func serveFleet(t *testing.T, names ...string) (*api.Client, map[string]*api.Client) {
+	t.Helper()
+	s, dir := startServer(t)
 	tok, err := os.ReadFile(filepath.Join(dir, server.AdminTokenFile))
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +82,7 @@ func serveFleet(t *testing.T, names ...string) (*api.Client, map[string]*api.Cli
 	for i, n := range names {
 		agents[n] = joinServer(t, s, n)
 		// joinServer gives every server one address: report its own.
-		if err := agents[n].ReportStatus(ctx, n, api.Status{Name: n, Address: fmt.Sprintf("198.18.0.%d", 11+i)}); err != nil {
+		if err := agents[n].ReportStatus(context.Background(), n, api.Status{Name: n, Address: fmt.Sprintf("198.18.0.%d", 11+i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -91,22 +126,7 @@ func fakeAgents(ctx context.Context, admin *api.Client, agents map[string]*api.C
 // states, run the tasks and handshake.
 func TestApplyWait(t *testing.T) {
 	admin, agents := serveFleet(t, "s1", "s2")
-	app := filepath.Join(t.TempDir(), "app.yaml")
-	os.WriteFile(app, []byte(`apiVersion: corridor/v1
-kind: App
-name: shop
-classes:
-  - name: web
-    tasks: 1
-    guest: {runtime: netns, command: [sleep, infinity]}
-    resources: {cpu: 10m, memory: 4Mi}
-  - name: db
-    tasks: 1
-    guest: {runtime: netns, command: [sleep, infinity]}
-    resources: {cpu: 10m, memory: 4Mi}
-rules:
-  - {from: web, to: db, ports: [5432], encrypt: true}
-`), 0o644)
+	app := writeApp(t, "shop", 1)
 
 	out, errOut, err := run(t, "apply", "-f", app, "--wait", "--timeout", "1s")
 	var ee *exitError

@@ -41,8 +41,9 @@ func labLogger(cmd *cobra.Command) *slog.Logger {
 	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
-// interruptible cancels the context on SIGINT or SIGTERM, so that Up stops
-// waiting and reports what it left (recorded, for lab down).
+// interruptible cancels the context on SIGINT or SIGTERM: lab up stops
+// waiting and reports what it left (recorded, for lab down); server, agent
+// and logs -f stop.
 func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 }

@@ -9,11 +9,8 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
-	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -52,7 +49,7 @@ console), which works while the server is away.`,
 			if lines < 0 || lines > agent.MaxLogLines {
 				return fmt.Errorf("--lines: %d is not from 0 to %d", lines, agent.MaxLogLines)
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := interruptible(cmd.Context())
 			defer stop()
 			out := cmd.OutOrStdout()
 			if local {

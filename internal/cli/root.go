@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -19,6 +20,16 @@ import (
 var commands []func() *cobra.Command
 
 func register(f func() *cobra.Command) { commands = append(commands, f) }
+
+// levelLogger is the logger of a long-running command (server, agent):
+// text on its stderr at the level of its --log-level flag, level.
+func levelLogger(cmd *cobra.Command, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl})), nil
+}
 
 // exitError carries a specific exit code out of a command.
 type exitError struct {

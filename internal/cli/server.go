@@ -3,13 +3,10 @@ package cli
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -45,14 +42,14 @@ On first start it makes the CA (DATA_DIR/ca.crt), the admin token
     --etcd-ca ca.pem --etcd-cert client.pem --etcd-key client-key.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+			log, err := levelLogger(cmd, logLevel)
+			if err != nil {
+				return err
 			}
-			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+			cfg.Logger = log
 			cfg.Advertise = splitList(advertise)
 			cfg.Etcd = store.Config{Endpoints: splitList(endpoints), CAFile: etcdCA, CertFile: etcdCert, KeyFile: etcdKey, Prefix: prefix}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := interruptible(cmd.Context())
 			defer stop()
 			s, err := server.New(cfg)
 			if err != nil {

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,15 +37,7 @@ func TestUserCommandsAgainstServer(t *testing.T) {
 		t.Fatalf("get apps without a server: %v; want a hint to log in", err)
 	}
 
-	dir := t.TempDir()
-	s, err := server.New(server.Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	s, dir := startServer(t)
 
 	tok := filepath.Join(dir, server.AdminTokenFile)
 	tb, _ := os.ReadFile(tok)
@@ -69,22 +59,7 @@ func TestUserCommandsAgainstServer(t *testing.T) {
 	// One server, joined as an agent would.
 	agent := joinServer(t, s, "s1")
 
-	app := filepath.Join(t.TempDir(), "app.yaml")
-	os.WriteFile(app, []byte(`apiVersion: corridor/v1
-kind: App
-name: demo
-classes:
-  - name: web
-    tasks: 2
-    guest: {runtime: netns, command: [sleep, infinity]}
-    resources: {cpu: 10m, memory: 4Mi}
-  - name: db
-    tasks: 1
-    guest: {runtime: netns, command: [sleep, infinity]}
-    resources: {cpu: 10m, memory: 4Mi}
-rules:
-  - {from: web, to: db, ports: [5432], encrypt: true}
-`), 0o644)
+	app := writeApp(t, "demo", 2)
 	out, _, err := run(t, "apply", "-f", app)
 	if err != nil || !strings.Contains(out, "demo") || !strings.Contains(out, "created") {
 		t.Fatalf("apply: %v\n%s", err, out)
