@@ -114,6 +114,31 @@ func cleanupPrefix(t *testing.T, prefix, dir string) {
 	})
 }
 
+// testLab gives privileged test k its own prefix and underlay (testPrefix,
+// testUnderlay) and a lab directory, and removes what is left under the
+// prefix when the test ends (cleanupPrefix).
+func testLab(t *testing.T, k int) (prefix string, underlay netip.Prefix, dir string) {
+	t.Helper()
+	prefix, underlay = testPrefix(k), testUnderlay(k)
+	dir = filepath.Join(t.TempDir(), "lab")
+	cleanupPrefix(t, prefix, dir)
+	return prefix, underlay, dir
+}
+
+// checkDown reports, after a lab down, each of procs that still runs and
+// the lab directory dir if it is left.
+func checkDown(t *testing.T, procs []Process, dir string) {
+	t.Helper()
+	for _, p := range procs {
+		if alive(&p) {
+			t.Errorf("process %d (%s) still runs", p.PID, p.Name)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lab dir: %v, want it removed", err)
+	}
+}
+
 // TestNetworkAndDown makes the lab's network with stand-in processes
 // (sleep instead of server and agents), checks that it carries traffic,
 // adds the things an agent leaves behind (a named and an unnamed guest
@@ -121,9 +146,7 @@ func cleanupPrefix(t *testing.T, prefix, dir string) {
 // never recorded), and checks that Down removes all of it, and only it.
 func TestNetworkAndDown(t *testing.T) {
 	needRoot(t)
-	prefix, underlay := testPrefix(0), testUnderlay(0)
-	dir := filepath.Join(t.TempDir(), "lab")
-	cleanupPrefix(t, prefix, dir)
+	prefix, underlay, dir := testLab(t, 0)
 	bin := filepath.Join(t.TempDir(), "corridor")
 	if err := os.WriteFile(bin, []byte(fakeCorridor), 0o755); err != nil {
 		t.Fatal(err)
@@ -413,9 +436,7 @@ func TestCrashedUpIsCleaned(t *testing.T) {
 		{"processes started", func(l *Lab) bool { return l.Control != nil && l.Servers[0].Agent != nil }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			prefix, underlay := testPrefix(3+k), testUnderlay(3+k)
-			dir := filepath.Join(t.TempDir(), "lab")
-			cleanupPrefix(t, prefix, dir)
+			prefix, underlay, dir := testLab(t, 3+k)
 
 			up := exec.Command(bin, "lab", "up", "--dir", dir, "--prefix", prefix, "--underlay", underlay.String(), "--servers", "3", "--join-timeout", "20s")
 			var stderr bytes.Buffer
@@ -463,14 +484,7 @@ func TestCrashedUpIsCleaned(t *testing.T) {
 			if left := prefixLeftovers(prefix); len(left) > 0 {
 				t.Errorf("left after down: %v\n%s", left, downErr.String())
 			}
-			for _, p := range l.processes() {
-				if alive(&p) {
-					t.Errorf("process %d (%s) still runs", p.PID, p.Name)
-				}
-			}
-			if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("lab dir: %v, want it removed", err)
-			}
+			checkDown(t, l.processes(), dir)
 		})
 	}
 }
@@ -480,9 +494,7 @@ func TestCrashedUpIsCleaned(t *testing.T) {
 func TestUpJoinDown(t *testing.T) {
 	needRoot(t)
 	bin := testnet.Binary(t, "server", "agent")
-	prefix, underlay := testPrefix(5), testUnderlay(5)
-	dir := filepath.Join(t.TempDir(), "lab")
-	cleanupPrefix(t, prefix, dir)
+	prefix, underlay, dir := testLab(t, 5)
 	ctx := context.Background()
 	fail := func(format string, args ...any) {
 		t.Helper()
@@ -566,19 +578,12 @@ func TestUpJoinDown(t *testing.T) {
 	if left := prefixLeftovers(prefix); len(left) > 0 {
 		t.Errorf("left after down: %v", left)
 	}
-	for _, p := range procs {
-		if alive(&p) {
-			t.Errorf("process %d (%s) still runs", p.PID, p.Name)
-		}
-	}
 	for _, s := range l.Servers {
 		if _, err := os.Stat(filepath.Join(wireGuardSocketDir, s.WireGuardName+".sock")); err == nil {
 			t.Errorf("WireGuard socket of %s left", s.Name)
 		}
 	}
-	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("lab dir: %v, want it removed", err)
-	}
+	checkDown(t, procs, dir)
 }
 
 // TestDownAfterAgentsDie runs real guests on a real lab, then kills the
@@ -588,9 +593,7 @@ func TestUpJoinDown(t *testing.T) {
 func TestDownAfterAgentsDie(t *testing.T) {
 	needRoot(t)
 	bin := testnet.Binary(t, "server", "agent")
-	prefix, underlay := testPrefix(6), testUnderlay(6)
-	dir := filepath.Join(t.TempDir(), "lab")
-	cleanupPrefix(t, prefix, dir)
+	prefix, underlay, dir := testLab(t, 6)
 	ctx := context.Background()
 	l, err := Up(ctx, Options{Dir: dir, Servers: 2, Prefix: prefix, Underlay: underlay, Binary: bin, Logger: testLogger(t), JoinTimeout: 60 * time.Second})
 	if err != nil {
