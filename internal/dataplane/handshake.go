@@ -59,10 +59,6 @@ func initiates(own, peer wgtypes.Key) bool {
 	return bytes.Compare(mine[:], peer[:]) < 0
 }
 
-// initiates tells whether this host's first device starts the first
-// handshake with peer.
-func (dp *Dataplane) initiates(peer wgtypes.Key) bool { return initiates(dp.key, peer) }
-
 // firstKeepalive is a new peer's keepalive until its first handshake:
 // only the host that starts that handshake keeps alive from the start.
 func firstKeepalive(own, peer wgtypes.Key) time.Duration {
