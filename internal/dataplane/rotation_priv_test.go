@@ -143,6 +143,7 @@ type tcpStream struct {
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	err       atomic.Value
+	written   chan struct{} // closed when the writer has stopped
 }
 
 func startTCPStream(t *testing.T, src, dst *guest, port int, interval time.Duration) *tcpStream {
@@ -151,7 +152,7 @@ func startTCPStream(t *testing.T, src, dst *guest, port int, interval time.Durat
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &tcpStream{c: c, stop: make(chan struct{})}
+	ts := &tcpStream{c: c, stop: make(chan struct{}), written: make(chan struct{})}
 	ts.wg.Add(2)
 	go func() {
 		defer ts.wg.Done()
@@ -170,6 +171,7 @@ func startTCPStream(t *testing.T, src, dst *guest, port int, interval time.Durat
 	}()
 	go func() {
 		defer ts.wg.Done()
+		defer close(ts.written)
 		tk := time.NewTicker(interval)
 		defer tk.Stop()
 		for seq := uint64(0); ; seq++ {
@@ -209,6 +211,9 @@ func (ts *tcpStream) finish() (sent, echoed uint64, retrans uint32, err string) 
 	default:
 		close(ts.stop)
 	}
+	// The writer ends before the connection is closed: a line it was
+	// about to send must not meet a closed socket.
+	<-ts.written
 	for range 100 {
 		if ts.got.Load() >= ts.sent.Load() {
 			break
