@@ -115,17 +115,8 @@ func wgShow(t *testing.T, h *host) string {
 // kernel change made by the restart), the datapath process is the same.
 func testAgentKill(t *testing.T, s *scenario, stA, stB compile.HostState) {
 	ctx := context.Background()
-	sa, sb := s.withStream(stA, stB)
-	if err := s.a.dp.Apply(ctx, sa); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.b.dp.Apply(ctx, sb); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		s.a.dp.Apply(ctx, stA)
-		s.b.dp.Apply(ctx, stB)
-	}()
+	sa, _, restore := s.applyStream(t, stA, stB)
+	defer restore()
 	pid := s.a.dp.datapathPID()
 	wgBefore := wgShow(t, s.a)
 	agent, _ := startHelperAgent(t, s.a, sa)

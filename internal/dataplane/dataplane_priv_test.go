@@ -388,16 +388,7 @@ func leakCounter(t *testing.T, h *host) func() string {
 func leakControl(t *testing.T, h *host, leaks func() string, dst netip.Addr) string {
 	t.Helper()
 	before := leaks()
-	err := inNS(t, h.name, func() error {
-		c, err := net.Dial("udp4", netip.AddrPortFrom(dst, 9).String())
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_, err = c.Write([]byte("corridor-leak-control"))
-		return err
-	})
-	if err != nil {
+	if err := sendControlPacket(t, h, dst); err != nil {
 		t.Fatalf("positive control: send a plain packet from %s to %s: %v", h.name, dst, err)
 	}
 	var after string
@@ -409,6 +400,22 @@ func leakControl(t *testing.T, h *host, leaks func() string, dst netip.Addr) str
 	}
 	t.Fatalf("positive control: the leak counter of %s did not count a plain packet to %s sent on the underlay (%q): it cannot see a leak", h.name, dst, after)
 	return ""
+}
+
+// sendControlPacket sends one UDP datagram ("corridor-leak-control", to
+// port 9) from h itself to dst, out by h's default route: the plain packet
+// of a positive control that a leak detector must see.
+func sendControlPacket(t *testing.T, h *host, dst netip.Addr) error {
+	t.Helper()
+	return inNS(t, h.name, func() error {
+		c, err := net.Dial("udp4", netip.AddrPortFrom(dst, 9).String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("corridor-leak-control"))
+		return err
+	})
 }
 
 func testFailClosed(t *testing.T, s *scenario, stA compile.HostState) {
@@ -506,17 +513,7 @@ func (s *scenario) quietLeaks(t *testing.T, leaks func() string) string {
 // pathDrops is A's count of packets dropped for leaving by the wrong path.
 func (s *scenario) pathDrops(t *testing.T) uint64 {
 	t.Helper()
-	st, err := s.a.dp.Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n uint64
-	for _, d := range st.Drops {
-		if d.Kind == DropPath {
-			n += d.Packets
-		}
-	}
-	return n
+	return s.a.dropCount(t, DropPath)
 }
 
 func testIdempotent(t *testing.T, s *scenario, stA, stB compile.HostState) {

@@ -97,12 +97,16 @@ func (b *rulesetBuilder) egressMarks(d *desired, wgNames []string) {
 }
 
 // ctMarkIs matches a connection whose recorded path (ct mark) is mark.
-func ctMarkIs(mark uint32) match {
-	return plain(fmt.Sprintf("ct mark & %#x == %#x", MarkMask, mark),
+func ctMarkIs(mark uint32) match { return ctMarkCmp(expr.CmpOpEq, "==", mark) }
+
+// ctMarkCmp compares a connection's recorded path (ct mark, under
+// MarkMask) with mark by op, which nft spells sym.
+func ctMarkCmp(op expr.CmpOp, sym string, mark uint32) match {
+	return plain(fmt.Sprintf("ct mark & %#x %s %#x", MarkMask, sym, mark),
 		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(MarkMask), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)})
+		&expr.Cmp{Op: op, Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)})
 }
 
 // egressSysctls: src_valid_mark on the underlay, so that the reverse-path

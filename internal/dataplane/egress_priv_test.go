@@ -24,33 +24,21 @@ type outsideService struct {
 
 func (o *outsideService) listen(t *testing.T, ns string, addr netip.AddrPort) {
 	t.Helper()
-	var ln net.Listener
-	if err := inNS(t, ns, func() error {
-		var err error
-		ln, err = net.Listen("tcp4", addr.String())
-		return err
-	}); err != nil {
+	err := listenTCP(t, ns, addr, func(c net.Conn) {
+		ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+		o.mu.Lock()
+		o.sources = append(o.sources, ap.Addr())
+		o.mu.Unlock()
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 256)
+			n, _ := c.Read(buf)
+			c.Write(buf[:n])
+		}()
+	})
+	if err != nil {
 		t.Fatalf("listen %s in %s: %v", addr, ns, err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-			o.mu.Lock()
-			o.sources = append(o.sources, ap.Addr())
-			o.mu.Unlock()
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 256)
-				n, _ := c.Read(buf)
-				c.Write(buf[:n])
-			}()
-		}
-	}()
 }
 
 func (o *outsideService) last() netip.Addr {

@@ -172,14 +172,30 @@ func inNS(t testing.TB, name string, f func() error) error {
 // serve listens on TCP port in g and echoes what it reads.
 func serve(t testing.TB, g *guest, port int) {
 	t.Helper()
-	var ln net.Listener
-	err := inNS(t, g.ns, func() error {
-		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(g.addr, uint16(port)).String())
-		return err
+	err := listenTCP(t, g.ns, netip.AddrPortFrom(g.addr, uint16(port)), func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			io.Copy(c, c)
+		}()
 	})
 	if err != nil {
 		t.Fatalf("listen in %s: %v", g.ns, err)
+	}
+}
+
+// listenTCP listens on TCP addr in namespace ns until the test ends and
+// passes each connection it accepts to handle, in the one accepting
+// goroutine: handle starts its own goroutine for the exchange.
+func listenTCP(t testing.TB, ns string, addr netip.AddrPort, handle func(net.Conn)) error {
+	t.Helper()
+	var ln net.Listener
+	err := inNS(t, ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr.String())
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	t.Cleanup(func() { ln.Close() })
 	go func() {
@@ -188,12 +204,10 @@ func serve(t testing.TB, g *guest, port int) {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
+			handle(c)
 		}
 	}()
+	return nil
 }
 
 // dial opens a TCP connection from g to dst:port.

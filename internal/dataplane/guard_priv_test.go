@@ -52,6 +52,25 @@ func (s *scenario) withStream(a, b compile.HostState) (compile.HostState, compil
 	return a, b
 }
 
+// applyStream applies withStream's states to A and B, failing the test on
+// an error, and returns them with restore, which applies a and b again
+// (errors ignored) for the caller to defer.
+func (s *scenario) applyStream(t *testing.T, a, b compile.HostState) (sa, sb compile.HostState, restore func()) {
+	t.Helper()
+	ctx := context.Background()
+	sa, sb = s.withStream(a, b)
+	if err := s.a.dp.Apply(ctx, sa); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.b.dp.Apply(ctx, sb); err != nil {
+		t.Fatal(err)
+	}
+	return sa, sb, func() {
+		s.a.dp.Apply(ctx, a)
+		s.b.dp.Apply(ctx, b)
+	}
+}
+
 // stream is a sequence-numbered UDP stream from one guest to another.
 type stream struct {
 	sent     atomic.Uint64
@@ -167,52 +186,80 @@ func (st *stream) result() (sent, lost uint64, gap time.Duration) {
 // guest: raw overlay packets (100.64.0.0/10) and VXLAN frames whose inner
 // (source, destination) is one of pairs.
 type capture struct {
-	fd     int
-	raw    atomic.Int64
-	vxlan  atomic.Int64
-	closed atomic.Bool
-	done   chan struct{}
+	packetReader
+	raw   atomic.Int64
+	vxlan atomic.Int64
 }
 
 var overlay = netip.MustParsePrefix("100.64.0.0/10")
 
 func startCapture(t *testing.T, h *host, pairs ...[2]netip.Addr) *capture {
 	t.Helper()
-	c := &capture{done: make(chan struct{})}
-	err := inNS(t, h.name, func() error {
-		ifi, err := net.InterfaceByName("coru0")
+	c := &capture{}
+	var err error
+	c.fd, err = packetSocket(t, h.name, "coru0", unix.SOCK_RAW)
+	if err != nil {
+		t.Fatalf("capture on %s: %v", h.name, err)
+	}
+	c.start(34, func(b []byte, from unix.Sockaddr) {
+		if ll, ok := from.(*unix.SockaddrLinklayer); !ok || ll.Pkttype != unix.PACKET_OUTGOING {
+			return
+		}
+		c.count(b[14:], pairs)
+	})
+	t.Cleanup(c.close)
+	return c
+}
+
+// packetSocket opens, in namespace ns, an AF_PACKET socket of type typ
+// (unix.SOCK_RAW: frames with their Ethernet header; unix.SOCK_DGRAM:
+// from the IP header) bound to interface ifname for every protocol, with
+// a 100 ms receive timeout so that a packetReader notices when to stop.
+// The descriptor is returned even when binding fails.
+func packetSocket(t *testing.T, ns, ifname string, typ int) (fd int, err error) {
+	t.Helper()
+	err = inNS(t, ns, func() error {
+		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return err
 		}
+		// ETH_P_ALL: a socket bound to one protocol sees only what comes
+		// in, and we follow what goes out.
 		proto := int(htons(unix.ETH_P_ALL))
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, proto)
+		fd, err = unix.Socket(unix.AF_PACKET, typ, proto)
 		if err != nil {
 			return err
 		}
-		c.fd = fd
 		tv := unix.NsecToTimeval(int64(100 * time.Millisecond))
 		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifi.Index})
 	})
-	if err != nil {
-		t.Fatalf("capture on %s: %v", h.name, err)
-	}
+	return fd, err
+}
+
+// packetReader reads a packet socket (see packetSocket) in a goroutine
+// until closed.
+type packetReader struct {
+	fd     int
+	closed atomic.Bool
+	done   chan struct{}
+}
+
+// start passes every packet of at least minLen bytes, and where it came
+// from, to handle (in the reading goroutine; the bytes are reused).
+func (r *packetReader) start(minLen int, handle func(b []byte, from unix.Sockaddr)) {
+	r.done = make(chan struct{})
 	go func() {
-		defer close(c.done)
+		defer close(r.done)
 		buf := make([]byte, 65536)
-		for !c.closed.Load() {
-			n, from, err := unix.Recvfrom(c.fd, buf, 0)
-			if err != nil || n < 34 {
+		for !r.closed.Load() {
+			n, from, err := unix.Recvfrom(r.fd, buf, 0)
+			if err != nil || n < minLen {
 				continue
 			}
-			if ll, ok := from.(*unix.SockaddrLinklayer); !ok || ll.Pkttype != unix.PACKET_OUTGOING {
-				continue
-			}
-			c.count(buf[14:n], pairs)
+			handle(buf[:n], from)
 		}
 	}()
-	t.Cleanup(c.close)
-	return c
 }
 
 func (c *capture) count(ip []byte, pairs [][2]netip.Addr) {
@@ -243,12 +290,13 @@ func (c *capture) count(ip []byte, pairs [][2]netip.Addr) {
 
 func (c *capture) leaks() int64 { return c.raw.Load() + c.vxlan.Load() }
 
-func (c *capture) close() {
-	if c.closed.Swap(true) {
+// close stops the reader, waits for it and closes the socket; once.
+func (r *packetReader) close() {
+	if r.closed.Swap(true) {
 		return
 	}
-	<-c.done
-	unix.Close(c.fd)
+	<-r.done
+	unix.Close(r.fd)
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -257,16 +305,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 func captureControl(t *testing.T, h *host, c *capture, dst netip.Addr) {
 	t.Helper()
 	before := c.leaks()
-	err := inNS(t, h.name, func() error {
-		u, err := net.Dial("udp4", netip.AddrPortFrom(dst, 9).String())
-		if err != nil {
-			return err
-		}
-		defer u.Close()
-		_, err = u.Write([]byte("corridor-leak-control"))
-		return err
-	})
-	if err != nil {
+	if err := sendControlPacket(t, h, dst); err != nil {
 		t.Fatal(err)
 	}
 	for range 50 {
@@ -361,68 +400,38 @@ func guestCounter(t *testing.T, g *guest, src netip.Addr, port int, marker strin
 // tcpSeq follows, on g's eth0, the last segment g sent to dst:port: its
 // source port, next sequence number and acknowledgement.
 type tcpSeq struct {
+	packetReader
 	mu              sync.Mutex
 	sport           uint16
 	seq, ack        uint32
-	fd              int
-	closed          atomic.Bool
-	done            chan struct{}
 	srcAddr, dstAdr netip.Addr
 }
 
 func followTCP(t *testing.T, g *guest, dst netip.Addr) *tcpSeq {
 	t.Helper()
-	f := &tcpSeq{done: make(chan struct{}), srcAddr: g.addr, dstAdr: dst}
-	err := inNS(t, g.ns, func() error {
-		ifi, err := net.InterfaceByName("eth0")
-		if err != nil {
-			return err
-		}
-		// ETH_P_ALL: a socket bound to one protocol sees only what comes
-		// in, and we follow what goes out.
-		proto := int(htons(unix.ETH_P_ALL))
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, proto)
-		if err != nil {
-			return err
-		}
-		f.fd = fd
-		tv := unix.NsecToTimeval(int64(100 * time.Millisecond))
-		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifi.Index})
-	})
+	f := &tcpSeq{srcAddr: g.addr, dstAdr: dst}
+	var err error
+	f.fd, err = packetSocket(t, g.ns, "eth0", unix.SOCK_DGRAM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		defer close(f.done)
-		buf := make([]byte, 65536)
-		for !f.closed.Load() {
-			n, _, err := unix.Recvfrom(f.fd, buf, 0)
-			if err != nil || n < 40 {
-				continue
-			}
-			ip := buf[:n]
-			if ip[0]>>4 != 4 || ip[9] != unix.IPPROTO_TCP || netip.AddrFrom4([4]byte(ip[12:16])) != f.srcAddr || netip.AddrFrom4([4]byte(ip[16:20])) != f.dstAdr {
-				continue
-			}
-			ihl := int(ip[0]&0xf) * 4
-			tcp := ip[ihl:]
-			doff := int(tcp[12]>>4) * 4
-			plen := len(tcp) - doff
-			seq := binary.BigEndian.Uint32(tcp[4:8]) + uint32(plen)
-			if tcp[13]&0x03 != 0 { // SYN or FIN take one
-				seq++
-			}
-			f.mu.Lock()
-			f.sport, f.seq, f.ack = binary.BigEndian.Uint16(tcp[0:2]), seq, binary.BigEndian.Uint32(tcp[8:12])
-			f.mu.Unlock()
+	f.start(40, func(ip []byte, _ unix.Sockaddr) {
+		if ip[0]>>4 != 4 || ip[9] != unix.IPPROTO_TCP || netip.AddrFrom4([4]byte(ip[12:16])) != f.srcAddr || netip.AddrFrom4([4]byte(ip[16:20])) != f.dstAdr {
+			return
 		}
-	}()
-	t.Cleanup(func() {
-		f.closed.Store(true)
-		<-f.done
-		unix.Close(f.fd)
+		ihl := int(ip[0]&0xf) * 4
+		tcp := ip[ihl:]
+		doff := int(tcp[12]>>4) * 4
+		plen := len(tcp) - doff
+		seq := binary.BigEndian.Uint32(tcp[4:8]) + uint32(plen)
+		if tcp[13]&0x03 != 0 { // SYN or FIN take one
+			seq++
+		}
+		f.mu.Lock()
+		f.sport, f.seq, f.ack = binary.BigEndian.Uint16(tcp[0:2]), seq, binary.BigEndian.Uint32(tcp[8:12])
+		f.mu.Unlock()
 	})
+	t.Cleanup(f.close)
 	return f
 }
 
@@ -626,18 +635,8 @@ func (s *scenario) addThirdHost(t *testing.T) *host {
 // 2 ms) runs: no plaintext leaves A (the guest routing rules hold while
 // nothing marks), and Watch puts the table back.
 func testFlushDuringTraffic(t *testing.T, s *scenario, stA, stB compile.HostState) {
-	sa, sb := s.withStream(stA, stB)
-	ctx := context.Background()
-	if err := s.a.dp.Apply(ctx, sa); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.b.dp.Apply(ctx, sb); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		s.a.dp.Apply(ctx, stA)
-		s.b.dp.Apply(ctx, stB)
-	}()
+	_, _, restore := s.applyStream(t, stA, stB)
+	defer restore()
 	cap := startCapture(t, s.a, [2]netip.Addr{s.a1.addr, s.b1.addr})
 	captureControl(t, s.a, cap, s.b1.addr)
 	time.Sleep(100 * time.Millisecond)
@@ -691,18 +690,8 @@ func testFlushDuringTraffic(t *testing.T, s *scenario, stA, stB compile.HostStat
 // during an encrypted stream: the path goes down (nothing plain), Watch
 // starts a new process with the same key and peers, the path comes back.
 func testDatapathKill(t *testing.T, s *scenario, stA, stB compile.HostState) {
-	ctx := context.Background()
-	sa, sb := s.withStream(stA, stB)
-	if err := s.a.dp.Apply(ctx, sa); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.b.dp.Apply(ctx, sb); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		s.a.dp.Apply(ctx, stA)
-		s.b.dp.Apply(ctx, stB)
-	}()
+	_, _, restore := s.applyStream(t, stA, stB)
+	defer restore()
 	cap := startCapture(t, s.a, [2]netip.Addr{s.a1.addr, s.b1.addr})
 	repairs := watch(t, s.a)
 	before, err := s.a.dp.wg.Device(s.a.wgName)

@@ -273,13 +273,7 @@ func innerNotIPv4() match {
 
 // ctMarkIsNot matches a connection whose recorded path (ct mark) is not
 // mark.
-func ctMarkIsNot(mark uint32) match {
-	return plain(fmt.Sprintf("ct mark & %#x != %#x", MarkMask, mark),
-		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(MarkMask), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)})
-}
+func ctMarkIsNot(mark uint32) match { return ctMarkCmp(expr.CmpOpNeq, "!=", mark) }
 
 // markIsNot0 matches a packet carrying one of our marks.
 func markIsNot0() match {

@@ -4,12 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
-	"github.com/corridor-dev/corridor/internal/atomicfile"
 )
 
 // Key rotation.
@@ -51,19 +47,10 @@ func (dp *Dataplane) RotateKey(generation int64) error {
 	// which is harmless; the other order could keep an old key forever.
 	// dp.key follows the file at once, so that what this host uses and
 	// reports is always what a restart would load.
-	if err := atomicfile.Write(filepath.Join(dp.cfg.StateDir, KeyFile), []byte(k.String()+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write key file: %w", err)
+	old, err := dp.installKey(k, generation, nil)
+	if err != nil {
+		return err
 	}
-	dp.keyMu.Lock()
-	old := dp.key.PublicKey()
-	dp.key = k
-	dp.keyMu.Unlock()
-	if err := atomicfile.Write(filepath.Join(dp.cfg.StateDir, KeyGenerationFile), []byte(strconv.FormatInt(generation, 10)+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write key generation: %w", err)
-	}
-	dp.keyMu.Lock()
-	dp.keyGen = generation
-	dp.keyMu.Unlock()
 
 	name := dp.cfg.WireGuardName
 	logArgs := []any{"name", name, "generation", generation, "publicKey", k.PublicKey().String(), "previous", old.String()}

@@ -173,24 +173,40 @@ func (dp *Dataplane) NextKey() (pub wgtypes.Key, generation int64, ok bool) {
 // plane has committed it (d.publicKey is its public key). Called with mu.
 func (dp *Dataplane) promote() error {
 	k, gen := *dp.next, dp.nextGen
-	if err := atomicfile.Write(filepath.Join(dp.cfg.StateDir, KeyFile), []byte(k.String()+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write key file: %w", err)
+	old, err := dp.installKey(k, gen, func() { dp.next, dp.nextGen = nil, 0 })
+	if err != nil {
+		return err
 	}
-	dp.keyMu.Lock()
-	old := dp.key.PublicKey()
-	dp.key = k
-	dp.keyMu.Unlock()
-	if err := atomicfile.Write(filepath.Join(dp.cfg.StateDir, KeyGenerationFile), []byte(strconv.FormatInt(gen, 10)+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write key generation: %w", err)
-	}
-	dp.keyMu.Lock()
-	dp.keyGen, dp.next, dp.nextGen = gen, nil, 0
-	dp.keyMu.Unlock()
 	if err := dp.removeNextKeyFiles(); err != nil {
 		return err
 	}
 	dp.changed("committed the next WireGuard key", "generation", gen, "publicKey", k.PublicKey().String(), "previous", old.String())
 	return nil
+}
+
+// installKey makes k, of generation gen, the host's current key, on disk
+// first: KeyFile (mode 0600) is written, then dp.key follows it at once,
+// so that what this host uses and reports is always what a restart would
+// load; then KeyGenerationFile, then dp.keyGen, under keyMu together with
+// also (when not nil). It returns the previous public key. Called with mu.
+func (dp *Dataplane) installKey(k wgtypes.Key, gen int64, also func()) (old wgtypes.Key, err error) {
+	if err := atomicfile.Write(filepath.Join(dp.cfg.StateDir, KeyFile), []byte(k.String()+"\n"), 0o600); err != nil {
+		return old, fmt.Errorf("write key file: %w", err)
+	}
+	dp.keyMu.Lock()
+	old = dp.key.PublicKey()
+	dp.key = k
+	dp.keyMu.Unlock()
+	if err := atomicfile.Write(filepath.Join(dp.cfg.StateDir, KeyGenerationFile), []byte(strconv.FormatInt(gen, 10)+"\n"), 0o600); err != nil {
+		return old, fmt.Errorf("write key generation: %w", err)
+	}
+	dp.keyMu.Lock()
+	dp.keyGen = gen
+	if also != nil {
+		also()
+	}
+	dp.keyMu.Unlock()
+	return old, nil
 }
 
 // ownRotation tells whether this host's own key rotation is under way.

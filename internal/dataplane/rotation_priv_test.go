@@ -242,13 +242,7 @@ func (ts *tcpStream) finish() (sent, echoed uint64, retrans uint32, err string) 
 // CPU), so they are not asserted to be 0.
 func testRotationLoss(t *testing.T, s *scenario, stA, stB compile.HostState, rotations int) {
 	ctx := context.Background()
-	sa, sb := s.withStream(stA, stB)
-	if err := s.a.dp.Apply(ctx, sa); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.b.dp.Apply(ctx, sb); err != nil {
-		t.Fatal(err)
-	}
+	sa, sb, _ := s.applyStream(t, stA, stB) // restored below, under A's new key
 	cap := startCapture(t, s.a, [2]netip.Addr{s.a1.addr, s.b1.addr})
 	captureControl(t, s.a, cap, s.b1.addr)
 	leaksBefore := cap.leaks()
