@@ -241,6 +241,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { a.pollLoop(ctx, cp) })
 	wg.Go(func() { a.statusLoop(ctx, cp) })
+	wg.Go(func() { a.taskWatch(ctx) })
 	if a.cfg.Listener != nil {
 		wg.Go(func() { a.serveAPI(ctx, id) })
 	}
@@ -494,6 +495,44 @@ func (a *Agent) statusLoop(ctx context.Context, cp ControlPlane) {
 			return
 		case <-t.C:
 		case <-a.kick:
+		}
+	}
+}
+
+// taskWatchEvery is how often taskWatch looks at the tasks' states.
+const taskWatchEvery = 100 * time.Millisecond
+
+// taskWatch reports at once when a task's state changes between reconcile
+// passes (a program that got started, crashed, or was restarted by its
+// supervisor), not at the next status tick: `apply --wait` and `get tasks`
+// see a task running as soon as it is. It reads only the runtimes'
+// in-memory states.
+func (a *Agent) taskWatch(ctx context.Context) {
+	t := time.NewTicker(taskWatchEvery)
+	defer t.Stop()
+	last := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		target := a.target
+		a.mu.Unlock()
+		if target == nil {
+			continue
+		}
+		var b strings.Builder
+		for _, g := range target.State.Guests {
+			ts := a.cfg.Guests.Status(g.Task)
+			fmt.Fprintf(&b, "%s=%s/%d;", g.Task, ts.State, ts.Restarts)
+		}
+		if now := b.String(); now != last {
+			if last != "" {
+				signal(a.kick)
+			}
+			last = now
 		}
 	}
 }
