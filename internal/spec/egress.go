@@ -136,21 +136,7 @@ func validateEgress(w *where, a *App, classes map[string]int) {
 			}
 			seen[pre] = dp
 		}
-		if len(e.Ports) == 0 {
-			w.errorf(p+".ports", "at least one port is required")
-		}
-		ports := map[int]string{}
-		for j, port := range e.Ports {
-			pp := indexPath(p+".ports", j)
-			if port < 1 || port > 65535 {
-				w.errorf(pp, "port must be between 1 and 65535, got %d", port)
-				continue
-			}
-			if prev, dup := ports[port]; dup {
-				w.errorf(pp, "port %d is listed twice (also %s)", port, w.ref(prev))
-			}
-			ports[port] = pp
-		}
+		checkPorts(w, p+".ports", e.Ports, "")
 	}
 	if len(a.Resolvers) > MaxResolvers {
 		w.errorf("resolvers", "at most %d resolvers (resolv.conf reads no more), got %d", MaxResolvers, len(a.Resolvers))

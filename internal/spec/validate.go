@@ -402,21 +402,8 @@ func validateRules(w *where, rules []Rule, classes map[string]int) {
 		fromOK := checkClass(p+".from", "from", r.From)
 		toOK := checkClass(p+".to", "to", r.To)
 		proto, protoOK := checkProtocol(w, p+".protocol", r.Protocol)
-		if len(r.Ports) == 0 {
-			w.errorf(p+".ports", "at least one port is required")
-		}
-		inRule := map[int]string{}
-		for j, port := range r.Ports {
-			pp := indexPath(p+".ports", j)
-			if port < 1 || port > 65535 {
-				w.errorf(pp, "port must be between 1 and 65535, got %d", port)
-				continue
-			}
-			if prev, dup := inRule[port]; dup {
-				w.errorf(pp, "port %d is listed twice in this rule (also %s)", port, w.ref(prev))
-				continue
-			}
-			inRule[port] = pp
+		for _, pt := range checkPorts(w, p+".ports", r.Ports, "in this rule ") {
+			port, pp := pt.port, pt.path
 			if !fromOK || !toOK || !protoOK {
 				continue
 			}
@@ -632,4 +619,35 @@ func ParseUser(s string) (uid, gid uint32, err error) {
 		}
 	}
 	return uid, gid, nil
+}
+
+// portAt is a port of a list and its path in the document.
+type portAt struct {
+	port int
+	path string
+}
+
+// checkPorts checks a list of ports at path (rules' and egress
+// destinations' alike): at least one, each from 1 to 65535, none twice
+// (scope says where, in the message). It returns the valid ones, in order.
+func checkPorts(w *where, path string, ports []int, scope string) []portAt {
+	if len(ports) == 0 {
+		w.errorf(path, "at least one port is required")
+	}
+	var out []portAt
+	seen := map[int]string{}
+	for j, port := range ports {
+		pp := indexPath(path, j)
+		if port < 1 || port > 65535 {
+			w.errorf(pp, "port must be between 1 and 65535, got %d", port)
+			continue
+		}
+		if prev, dup := seen[port]; dup {
+			w.errorf(pp, "port %d is listed twice %s(also %s)", port, scope, w.ref(prev))
+			continue
+		}
+		seen[port] = pp
+		out = append(out, portAt{port, pp})
+	}
+	return out
 }
