@@ -143,17 +143,8 @@ func classifyOutside(res api.ProbeResult, err error) (string, string) {
 	if res.MarkerSeen {
 		return Plain, fmt.Sprintf("rtt %s", res.RTT.Round(time.Microsecond))
 	}
-	switch {
-	case res.Skipped != "":
-		return Incomplete, res.Skipped
-	case res.Error != "":
-		return Incomplete, res.Error
-	case res.TimedOut:
-		return Denied, ""
-	case res.Refused:
-		return Open, "connection refused by the outside host: reached"
-	case !res.Connected:
-		return Denied, "no connection"
+	if obs, detail, ok := unconnected(res, "connection refused by the outside host: reached"); ok {
+		return obs, detail
 	}
 	return Incomplete, "connected, but the marker was not seen on the underlay: the capture cannot vouch for the way it took"
 }

@@ -396,17 +396,10 @@ func classify(res api.ProbeResult, err error, local bool) (string, string) {
 		}
 		return Plain, fmt.Sprintf("rtt %s", res.RTT.Round(time.Microsecond))
 	}
+	if obs, detail, ok := unconnected(res, "connection refused"); ok {
+		return obs, detail
+	}
 	switch {
-	case res.Skipped != "":
-		return Incomplete, res.Skipped
-	case res.Error != "":
-		return Incomplete, res.Error
-	case res.TimedOut:
-		return Denied, ""
-	case res.Refused:
-		return Open, "connection refused"
-	case !res.Connected:
-		return Denied, "no connection"
 	case local:
 		return Local, ""
 	case res.WireGuardFrames == 0:
@@ -418,6 +411,25 @@ func classify(res api.ProbeResult, err error, local bool) (string, string) {
 	default:
 		return Encrypted, fmt.Sprintf("rtt %s, %d WireGuard frames with %s", res.RTT.Round(time.Microsecond), res.WireGuardFrames, res.PeerUnderlay)
 	}
+}
+
+// unconnected classifies a probe that did not connect (or could not run),
+// the same for every destination; refused is the detail of a reset. ok is
+// false for a probe that connected.
+func unconnected(res api.ProbeResult, refused string) (obs, detail string, ok bool) {
+	switch {
+	case res.Skipped != "":
+		return Incomplete, res.Skipped, true
+	case res.Error != "":
+		return Incomplete, res.Error, true
+	case res.TimedOut:
+		return Denied, "", true
+	case res.Refused:
+		return Open, refused, true
+	case !res.Connected:
+		return Denied, "no connection", true
+	}
+	return "", "", false
 }
 
 func newCheck(app, fromApp string, src, dst compile.Task, proto string, port int) Check {
