@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/mountinfo"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,7 +36,7 @@ func remountCgroups() error {
 	if own {
 		return fmt.Errorf("%w, in the mount namespace it was started in: mount cgroup v2 (or v1 cpu and memory) there", errNoCgroupMounts)
 	}
-	if isMountPoint(cgroupRoot) {
+	if mountinfo.IsMountPoint(cgroupRoot) {
 		return fmt.Errorf("%w: something is mounted there without the cpu and memory controllers", errNoCgroupMounts)
 	}
 	f, err := os.Open("/proc/self/cgroup")
@@ -107,12 +108,4 @@ func mountNamespaceIsInit() (bool, error) {
 		return true, nil
 	}
 	return self == parent, nil
-}
-
-func isMountPoint(path string) bool {
-	var st, parent unix.Stat_t
-	if unix.Stat(path, &st) != nil || unix.Stat(filepath.Dir(path), &parent) != nil {
-		return false
-	}
-	return st.Dev != parent.Dev
 }

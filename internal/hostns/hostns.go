@@ -17,6 +17,7 @@ package hostns
 import (
 	"errors"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/mountinfo"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -227,7 +228,7 @@ func removeShadowed(name string) error {
 				if err := unix.Unmount(Dir, unix.MNT_DETACH); err != nil {
 					break // Dir is no longer a mount point
 				}
-				if !isMountPoint(Dir) {
+				if !mountinfo.IsMountPoint(Dir) {
 					break
 				}
 			}
@@ -243,16 +244,6 @@ func removeShadowed(name string) error {
 		}()
 	}()
 	return <-done
-}
-
-// isMountPoint tells whether path is the root of a mount in this thread's
-// mount namespace.
-func isMountPoint(path string) bool {
-	var st, parent unix.Stat_t
-	if unix.Stat(path, &st) != nil || unix.Stat(filepath.Dir(path), &parent) != nil {
-		return false
-	}
-	return st.Dev != parent.Dev || st.Ino == parent.Ino
 }
 
 // Sysctl writes value to key inside ns. key is dotted (net.ipv4.ip_forward)

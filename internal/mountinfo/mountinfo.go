@@ -29,6 +29,29 @@ func Read() ([]Mount, error) {
 	return Parse(f)
 }
 
+// IsMountPoint tells whether path is a mount point in the calling
+// thread's mount namespace (/proc/thread-self: a thread that unshared its
+// mount namespace sees its own table). Unlike comparing st_dev with the
+// parent's, it sees a bind mount of a directory onto itself, as
+// `ip netns` makes of /run/netns.
+func IsMountPoint(path string) bool {
+	f, err := os.Open("/proc/thread-self/mountinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	ms, err := Parse(f)
+	if err != nil {
+		return false
+	}
+	for _, m := range ms {
+		if m.Point == path {
+			return true
+		}
+	}
+	return false
+}
+
 // Parse parses mountinfo text; malformed lines are skipped.
 //
 //	36 25 0:31 / /sys/fs/cgroup/cpu rw,relatime shared:13 - cgroup cgroup rw,cpu,cpuacct
