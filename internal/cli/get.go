@@ -37,7 +37,10 @@ func newGetCmd() *cobra.Command {
 				}
 			})
 		}),
-		getCmd("servers", "List servers", "  corridor get servers", nil, func(c *cobra.Command, cl *api.Client, _ api.Filter, out string) error {
+		getCmd("servers", "List servers", "  corridor get servers\n  corridor get servers --wait-ready 3", []string{"ready"}, func(c *cobra.Command, cl *api.Client, _ api.Filter, out string) error {
+			if err := waitReadyFlag(c, cl); err != nil {
+				return err
+			}
 			ss, err := cl.ListServers(c.Context())
 			if err != nil {
 				return err
@@ -110,7 +113,6 @@ func newGetCmd() *cobra.Command {
 			})
 		}),
 	)
-	addReadyWait(cmd)
 	return cmd
 }
 
@@ -128,6 +130,9 @@ func getCmd(name, short, example string, filters []string, run func(*cobra.Comma
 			cmd.Flags().StringVar(&f.Server, "on", "", "only this server")
 		case "limit":
 			cmd.Flags().Int("limit", 100, "how many of the newest events")
+		case "ready":
+			cmd.Flags().Int("wait-ready", 0, "first wait until at least this many servers are ready")
+			cmd.Flags().Duration("timeout", time.Minute, "how long --wait-ready waits")
 		}
 	}
 	cmd.RunE = func(c *cobra.Command, _ []string) error {

@@ -14,47 +14,20 @@ import (
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
-// addReadyWait gives `get servers` --wait-ready N and --timeout: it first
-// waits until at least N servers have joined and are ready, then lists
-// them. A script that starts agents and then applies an app needs this:
-// an app applied before any server joined is refused (nothing fits).
-func addReadyWait(get *cobra.Command) {
-	servers, _, err := get.Find([]string{"servers"})
-	if err != nil || servers == get {
-		panic("cli: get has no servers subcommand")
+// waitReadyFlag honours `get servers --wait-ready N [--timeout D]`: it
+// first waits until at least N servers have joined and are ready. A script
+// that starts agents and then applies an app needs this: an app applied
+// before any server joined is refused (nothing fits).
+func waitReadyFlag(c *cobra.Command, cl *api.Client) error {
+	n, _ := c.Flags().GetInt("wait-ready")
+	timeout, _ := c.Flags().GetDuration("timeout")
+	if n < 0 {
+		return fmt.Errorf("--wait-ready: %d is not a number of servers", n)
 	}
-	var n int
-	var timeout time.Duration
-	servers.Flags().IntVar(&n, "wait-ready", 0, "first wait until at least this many servers are ready")
-	servers.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long --wait-ready waits")
-	list := servers.RunE
-	servers.RunE = func(c *cobra.Command, args []string) error {
-		if n < 0 {
-			return fmt.Errorf("--wait-ready: %d is not a number of servers", n)
-		}
-		if n > 0 {
-			cf := clientFlagsOf(c)
-			cl, err := cf.client()
-			if err != nil {
-				return err
-			}
-			if err := waitReady(c.Context(), cl, n, timeout, c.ErrOrStderr()); err != nil {
-				return explain(err)
-			}
-		}
-		return list(c, args)
+	if n == 0 {
+		return nil
 	}
-}
-
-// clientFlagsOf reads back the client flags that addClientFlags gave c.
-func clientFlagsOf(c *cobra.Command) *clientFlags {
-	get := func(name string) string {
-		if f := c.Flags().Lookup(name); f != nil {
-			return f.Value.String()
-		}
-		return ""
-	}
-	return &clientFlags{server: get("server"), token: get("token"), ca: get("ca")}
+	return waitReady(c.Context(), cl, n, timeout, c.ErrOrStderr())
 }
 
 // waitReady polls the server list until n servers are ready, saying on
