@@ -143,7 +143,7 @@ func Down(ctx context.Context, opts DownOptions) error {
 
 	for _, ns := range plan.Namespaces {
 		log.Info("deleting namespace", "namespace", ns)
-		if err := deleteNamespace(ns); err != nil {
+		if err := hostns.Delete(ns); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -213,7 +213,7 @@ func observe(l *Lab) observation {
 	}
 	obs.Procs, _ = listProcs("/proc")
 	for _, ns := range l.allNamespaces() {
-		if ino, err := namespaceInode(ns); err == nil {
+		if ino, err := hostns.Inode(ns); err == nil {
 			obs.Namespaces[ns] = ino
 		}
 	}
@@ -377,7 +377,7 @@ func unnamedGuests(l *Lab, procs []procInfo) map[uint64]string {
 	}
 	known := map[uint64]bool{}
 	for _, ns := range listNamespaces() {
-		if ino, err := namespaceInode(ns); err == nil {
+		if ino, err := hostns.Inode(ns); err == nil {
 			known[ino] = true
 		}
 	}
@@ -586,7 +586,7 @@ func pointsUnder(ms []mountinfo.Mount, dir string) []string {
 func (l *Lab) leftovers() []string {
 	var out []string
 	for _, ns := range l.allNamespaces() {
-		if namespaceExists(ns) {
+		if hostns.Exists(ns) {
 			out = append(out, "namespace "+ns)
 		}
 	}

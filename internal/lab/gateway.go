@@ -117,7 +117,7 @@ func (l *Lab) Gateway() GatewayStatus {
 }
 
 func readGatewayCounter(namespace string) (packets, bytes uint64, err error) {
-	if !namespaceExists(namespace) {
+	if !hostns.Exists(namespace) {
 		return 0, 0, fmt.Errorf("no underlay namespace %s", namespace)
 	}
 	ns, err := hostns.Open(namespace)

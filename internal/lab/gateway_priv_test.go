@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"net"
 	"os"
 	"os/exec"
@@ -45,7 +46,7 @@ func TestGatewayCountsWhatEscapes(t *testing.T) {
 		for _, ns := range listNamespaces() {
 			if strings.HasPrefix(ns, guestPrefix) {
 				t.Errorf("guest namespace %s left", ns)
-				_ = deleteNamespace(ns)
+				_ = hostns.Delete(ns)
 			}
 		}
 	})
@@ -65,7 +66,7 @@ func TestGatewayCountsWhatEscapes(t *testing.T) {
 	// address; its default route takes it to the gateway, which counts it.
 	s := l.Servers[0]
 	outside := "203.0.113.7:9" // TEST-NET-3: outside every lab address
-	if err := inNamespace(s.Namespace, func() error {
+	if err := hostns.Do(s.Namespace, func() error {
 		c, err := net.Dial("udp4", outside)
 		if err != nil {
 			return err

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -181,7 +182,7 @@ func TestNetworkAndDown(t *testing.T) {
 
 	// The network: MTU, forwarding, and traffic root <-> s1 <-> s2.
 	s1, s2 := &l.Servers[0], &l.Servers[1]
-	if err := inNamespace(s1.Namespace, func() error {
+	if err := hostns.Do(s1.Namespace, func() error {
 		link, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -216,7 +217,7 @@ func TestNetworkAndDown(t *testing.T) {
 	defer rootLn.Close()
 	go acceptAll(rootLn)
 	var s2Ln net.Listener
-	if err := inNamespace(s2.Namespace, func() error {
+	if err := hostns.Do(s2.Namespace, func() error {
 		var err error
 		s2Ln, err = net.Listen("tcp", net.JoinHostPort(s2.Address.String(), "0"))
 		return err
@@ -225,7 +226,7 @@ func TestNetworkAndDown(t *testing.T) {
 	}
 	defer s2Ln.Close()
 	go acceptAll(s2Ln)
-	if err := inNamespace(s1.Namespace, func() error {
+	if err := hostns.Do(s1.Namespace, func() error {
 		for _, addr := range []string{rootLn.Addr().String(), s2Ln.Addr().String()} {
 			c, err := net.DialTimeout("tcp", addr, 3*time.Second)
 			if err != nil {
@@ -261,9 +262,9 @@ func TestNetworkAndDown(t *testing.T) {
 	// each with a veth to s1 and a task process.
 	guestNS := fmt.Sprintf("cortst-lab-%d-g", os.Getpid())
 	unnamedNS := fmt.Sprintf("cortst-lab-%d-u", os.Getpid())
-	t.Cleanup(func() { _ = deleteNamespace(guestNS); _ = deleteNamespace(unnamedNS) })
+	t.Cleanup(func() { _ = hostns.Delete(guestNS); _ = hostns.Delete(unnamedNS) })
 	for i, g := range []string{guestNS, unnamedNS} {
-		if err := createNamespace(g); err != nil {
+		if err := hostns.Create(g); err != nil {
 			t.Fatal(err)
 		}
 		sh, err := openNamespace(s1.Namespace)
@@ -283,8 +284,8 @@ func TestNetworkAndDown(t *testing.T) {
 	// A third one the agent recorded in its state directory, no longer
 	// linked to anything (its veth already removed).
 	recordedNS := fmt.Sprintf("cortst-lab-%d-r", os.Getpid())
-	t.Cleanup(func() { _ = deleteNamespace(recordedNS) })
-	if err := createNamespace(recordedNS); err != nil {
+	t.Cleanup(func() { _ = hostns.Delete(recordedNS) })
+	if err := hostns.Create(recordedNS); err != nil {
 		t.Fatal(err)
 	}
 	recDir := guest.TaskDir(agent.GuestsDir(s2.StateDir), "shop/web/0")
@@ -296,7 +297,7 @@ func TestNetworkAndDown(t *testing.T) {
 	}
 	guestTask := startSleep(t, guestNS)
 	unnamedTask := startSleep(t, unnamedNS)
-	if err := deleteNamespace(unnamedNS); err != nil { // now held only by its task
+	if err := hostns.Delete(unnamedNS); err != nil { // now held only by its task
 		t.Fatal(err)
 	}
 	if err := l.save(); err != nil {
@@ -377,7 +378,7 @@ func TestDownWithoutRecord(t *testing.T) {
 	dir := t.TempDir()
 	cleanupPrefix(t, prefix, dir)
 	for _, ns := range []string{underlayNamespace(prefix), serverNamespace(prefix, 1)} {
-		if err := createNamespace(ns); err != nil {
+		if err := hostns.Create(ns); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -607,7 +608,7 @@ func TestDownAfterAgentsDie(t *testing.T) {
 	t.Cleanup(func() {
 		for _, ns := range listNamespaces() {
 			if strings.HasPrefix(ns, guestPrefix) {
-				_ = deleteNamespace(ns)
+				_ = hostns.Delete(ns)
 			}
 		}
 	})
@@ -657,7 +658,7 @@ classes:
 		inLab[ino] = true
 	}
 	for _, g := range guests {
-		ino, err := namespaceInode(g)
+		ino, err := hostns.Inode(g)
 		if err != nil {
 			t.Fatal(err)
 		}

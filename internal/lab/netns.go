@@ -13,13 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Named namespaces are hostns's: these are the lab's short names for it.
-func namespaceExists(name string) bool               { return hostns.Exists(name) }
-func namespaceInode(name string) (uint64, error)     { return hostns.Inode(name) }
-func inNamespace(name string, fn func() error) error { return hostns.Do(name, fn) }
-func createNamespace(name string) error              { return hostns.Create(name) }
-func deleteNamespace(name string) error              { return hostns.Delete(name) }
-
 // nsHandle is a netlink handle bound to a named namespace ("" is the root
 // namespace, that is, the caller's).
 type nsHandle struct {

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -49,7 +50,7 @@ func (l *Lab) makeOutside() error {
 	if err := l.addNamespace(o.Namespace); err != nil {
 		return err
 	}
-	if err := createNamespace(o.Namespace); err != nil {
+	if err := hostns.Create(o.Namespace); err != nil {
 		return err
 	}
 	ul, err := openNamespace(l.UnderlayNamespace)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"os"
 	"os/exec"
 	"strconv"
@@ -133,7 +134,7 @@ func startIn(namespace string, cmd *exec.Cmd) error {
 	if namespace == "" {
 		return cmd.Start()
 	}
-	return inNamespace(namespace, cmd.Start)
+	return hostns.Do(namespace, cmd.Start)
 }
 
 // spawn starts a long-lived lab process: in its own session (so that a

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
@@ -73,7 +74,7 @@ func (l *Lab) Status(ctx context.Context) Status {
 		ServerURL:    l.ServerURL,
 		CAFile:       l.CAFile,
 		ControlAlive: alive(l.Control),
-		Underlay:     NamespaceStatus{Name: l.UnderlayNamespace, Present: namespaceExists(l.UnderlayNamespace)},
+		Underlay:     NamespaceStatus{Name: l.UnderlayNamespace, Present: hostns.Exists(l.UnderlayNamespace)},
 		RootLink:     rootLinkExists(l.RootLink),
 		Gateway:      l.Gateway(),
 		CheckedAt:    time.Now().UTC(),
@@ -101,7 +102,7 @@ func (l *Lab) Status(ctx context.Context) Status {
 			Name:      s.Name,
 			Namespace: s.Namespace,
 			Address:   s.Address.String(),
-			Present:   namespaceExists(s.Namespace),
+			Present:   hostns.Exists(s.Namespace),
 			Log:       s.Log,
 		}
 		if s.Agent != nil {
@@ -115,7 +116,7 @@ func (l *Lab) Status(ctx context.Context) Status {
 		st.Servers = append(st.Servers, ss)
 	}
 	for _, g := range l.GuestNamespaces {
-		st.Guests = append(st.Guests, NamespaceStatus{Name: g, Present: namespaceExists(g)})
+		st.Guests = append(st.Guests, NamespaceStatus{Name: g, Present: hostns.Exists(g)})
 	}
 	return st
 }

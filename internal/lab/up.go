@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/corridor-dev/corridor/internal/hostns"
 	"io"
 	"net"
 	"net/netip"
@@ -124,7 +125,7 @@ func prepareDir(ctx context.Context, o Options) error {
 // lab still exists.
 func (l *Lab) anythingLeft() bool {
 	for _, ns := range l.allNamespaces() {
-		if namespaceExists(ns) {
+		if hostns.Exists(ns) {
 			return true
 		}
 	}
@@ -149,7 +150,7 @@ func checkConflicts(o Options) error {
 		names = append(names, serverNamespace(o.Prefix, i))
 	}
 	for _, ns := range names {
-		if namespaceExists(ns) {
+		if hostns.Exists(ns) {
 			return fmt.Errorf("lab: namespace %s already exists and is not this lab's (another lab with prefix %q? give another --prefix, or remove it with `ip netns del %s`)", ns, o.Prefix, ns)
 		}
 	}
@@ -211,7 +212,7 @@ func (l *Lab) makeUnderlay() error {
 	if err := l.addNamespace(l.UnderlayNamespace); err != nil {
 		return err
 	}
-	if err := createNamespace(l.UnderlayNamespace); err != nil {
+	if err := hostns.Create(l.UnderlayNamespace); err != nil {
 		return err
 	}
 	h, err := openNamespace(l.UnderlayNamespace)
@@ -245,7 +246,7 @@ func (l *Lab) makeServer(s *Server) error {
 	if err := l.addNamespace(s.Namespace); err != nil {
 		return err
 	}
-	if err := createNamespace(s.Namespace); err != nil {
+	if err := hostns.Create(s.Namespace); err != nil {
 		return err
 	}
 	ul, err := openNamespace(l.UnderlayNamespace)
