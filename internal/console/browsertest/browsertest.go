@@ -18,8 +18,8 @@ import (
 
 // ArtifactsEnv names the directory where screenshots are written (one
 // subdirectory per test); without it they go to the test's temporary
-// directory. `make all-tests` and `make unit` set it to test-artifacts/ in
-// the checkout, which CI keeps.
+// directory. The Makefile sets it to test-artifacts/ in the checkout, so
+// that after `make test` (what CI runs) the screenshots are there.
 const ArtifactsEnv = "CORRIDOR_TEST_ARTIFACTS"
 
 // Chromium finds the browser: Debian's chromium (scripts/deps.sh installs
