@@ -161,14 +161,14 @@ func New(cfg Config) (*Console, error) {
 // mount (each with its own metrics label) on the API's mux.
 func (c *Console) Routes() map[string]http.HandlerFunc {
 	return map[string]http.HandlerFunc{
-		"GET /ui":              c.redirectRoot,
-		"GET /ui/{$}":          c.index,
-		"GET /ui/login":        c.loginPage,
-		"POST /ui/login":       c.login,
-		"POST /ui/logout":      c.logout,
-		"GET /ui/static/":      c.assets,
-		"GET /ui/api/state":    c.authed(c.state),
-		"GET /ui/api/watch":    c.authed(c.watch),
+		"GET /ui":           c.redirectRoot,
+		"GET /ui/{$}":       c.index,
+		"GET /ui/login":     c.loginPage,
+		"POST /ui/login":    c.login,
+		"POST /ui/logout":   c.logout,
+		"GET /ui/static/":   c.assets,
+		"GET /ui/api/state": c.authed(c.state),
+		"GET /ui/api/watch": c.authed(c.watch),
 	}
 }
 
