@@ -238,10 +238,13 @@
     });
 
     if (force) force.stop();
+    // Edges long enough for their labels: a share of the canvas, fewer
+    // classes, longer edges.
+    var dist = Math.max(180, Math.min(w, h) * (m.nodes.length <= 4 ? 0.55 : 0.35));
     force = d3.layout.force().size([w, h]).nodes(m.nodes).links(m.edges)
-      .linkDistance(function (d) { return d.kind === 'denied' ? 260 : 200; })
-      .linkStrength(function (d) { return d.kind === 'denied' ? 0.05 : 0.6; })
-      .charge(-1200).gravity(0.06).friction(0.85)
+      .linkDistance(function (d) { return d.kind === 'denied' ? dist * 1.3 : dist; })
+      .linkStrength(function (d) { return d.kind === 'denied' ? 0.1 : 0.7; })
+      .charge(-2500).gravity(0.03).friction(0.85)
       .on('tick', function () { tick(node, edge, w, h); });
     force.start();
     force.alpha(firstDraw(app.name) ? 0.1 : 0.02);
