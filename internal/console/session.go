@@ -119,7 +119,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	}
 	tok := strings.TrimSpace(r.PostForm.Get("token"))
 	if tok == "" {
-		c.renderLogin(w, http.StatusUnauthorized, "enter the admin token (the file admin.token in the server's data directory; `corridor lab up` prints its path)")
+		c.renderLogin(w, http.StatusUnauthorized, "enter the admin token (the file admin.token in the server's data directory; `corridor lab up` prints the token, `corridor server` the file's path)")
 		return
 	}
 	want := c.cfg.Token()
