@@ -338,6 +338,11 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	if err != nil {
 		return err
 	}
+	perServer := map[string]int{}
+	for _, t := range plan.Tasks {
+		perServer[t.Server]++
+	}
+	c.noteDrained(ctx, sn, states, perServer)
 	if len(writes) > 0 || moved > 0 {
 		msg := fmt.Sprintf("%d tasks placed (%d new or moved), %d host desired states updated", len(plan.Tasks), moved, len(writes))
 		c.log.Info("placement updated", "tasks", len(plan.Tasks), "moved", moved, "hosts", len(writes))
