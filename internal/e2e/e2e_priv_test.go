@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,8 +52,8 @@ classes:
 type fleet struct {
 	lab *lab.Lab
 	c   *api.Client
-	// own are the apps applied under a name of this test process's own
-	// (applyOwn), whose guests assertNothingLeft looks for too.
+	// own are the apps applied (apply, applyOwn), whose guests
+	// assertNothingLeft looks for.
 	own []string
 }
 
@@ -129,11 +130,11 @@ func dumpLogs(t testing.TB, l *lab.Lab) {
 }
 
 // assertNothingLeft checks that lab down removed every namespace, link,
-// process and file of the lab; apps are the apps applied under a name of
-// the test's own (applyOwn), besides shop and blog.
+// process and file of the lab; apps are the apps the test applied. (Only
+// those: another lab on the machine may run a shop of its own.)
 func assertNothingLeft(t testing.TB, l *lab.Lab, apps ...string) {
 	t.Helper()
-	prefixes := []string{l.Prefix, guest.NetnsPrefix + "shop-", guest.NetnsPrefix + "blog-"}
+	prefixes := []string{l.Prefix}
 	for _, a := range apps {
 		prefixes = append(prefixes, guest.NetnsPrefix+a+"-")
 	}
@@ -187,7 +188,6 @@ func (f *fleet) applyOwn(t testing.TB, doc []byte) string {
 	name := fmt.Sprintf("%s%d", doc[m[2]:m[3]], os.Getpid())
 	own := append(append(append([]byte{}, doc[:m[2]]...), name...), doc[m[3]:]...)
 	f.apply(t, own)
-	f.own = append(f.own, name)
 	return name
 }
 
@@ -197,6 +197,9 @@ func (f *fleet) apply(t testing.TB, doc []byte) {
 	defer cancel()
 	if _, err := f.c.ApplyApp(ctx, doc, api.ApplyOptions{File: "e2e.yaml"}); err != nil {
 		t.Fatalf("apply: %v", err)
+	}
+	if m := appNameLine.FindSubmatch(doc); m != nil && !slices.Contains(f.own, string(m[1])) {
+		f.own = append(f.own, string(m[1]))
 	}
 }
 
