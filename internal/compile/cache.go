@@ -129,6 +129,12 @@ func (c *compiler) fingerprint(b []byte, a *app) ([]byte, bool) {
 		b, _ = t.addr.AppendBinary(b)
 		srv = append(srv, t.server)
 	}
+	// Pending tasks: their addresses are in the firewall rules and the
+	// peers' environment (pending.go).
+	b = binary.AppendUvarint(b, uint64(len(a.pending)))
+	for _, ti := range a.pending {
+		b, _ = c.tasks[ti].addr.AppendBinary(b)
+	}
 	slices.Sort(srv)
 	for _, si := range slices.Compact(srv) {
 		s := c.servers[si]

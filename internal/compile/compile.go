@@ -51,6 +51,7 @@ type app struct {
 	entry    *appEntry // what the cache has or gets for this app
 	netRank  int       // position in network order
 	mark     int32     // 1 + index of the last server found to run a task of the app
+	pending  []int32   // tasks no server takes, in plan order (pending.go)
 }
 
 // class is one task class of an app.
@@ -88,14 +89,17 @@ type task struct {
 	cur    *Assignment
 	moved  string // why the task left the server of cur, if it did
 	reason Reason
+	why    string // why no server takes it, when pending (pending.go)
 }
 
 type compiler struct {
-	servers     []*server
-	byName      map[string]*server
-	apps        []*app
-	tasks       []task // placement order: app name, class spec order, index
-	maxRejected int
+	servers      []*server
+	byName       map[string]*server
+	apps         []*app
+	tasks        []task // placement order: app name, class spec order, index
+	maxRejected  int
+	allowPending bool
+	pending      []int32 // tasks no server takes, in placement order (pending.go)
 }
 
 // Compile places every task of in.Apps on in.Servers, allocates networks and
@@ -113,7 +117,7 @@ func Compile(in Input) (*Plan, error) {
 
 // compile is Compile; with memo it reuses and updates k's entries.
 func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
-	c := &compiler{maxRejected: in.MaxRejected}
+	c := &compiler{maxRejected: in.MaxRejected, allowPending: in.Pending}
 	if c.maxRejected == 0 {
 		c.maxRejected = DefaultMaxRejected
 	}
@@ -139,6 +143,7 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 		return nil, err
 	}
 	c.group()
+	c.setAside()
 	// Nothing fails from here on: the cache is only changed by a compile
 	// that returns a plan.
 	k.prepare(c, memo)
@@ -148,6 +153,7 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 		Tasks:    c.planTasks(),
 		Paths:    c.paths(),
 		Hosts:    hosts,
+		Pending:  c.pendingTasks(),
 	}
 	if memo {
 		k.commit(c, entries)

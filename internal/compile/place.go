@@ -66,6 +66,8 @@ func (c *compiler) keep(ti int32) {
 	}
 	s, ok := c.byName[t.cur.Server]
 	switch {
+	case t.cur.Server == "":
+		t.moved = "was pending"
 	case !ok:
 		t.moved = "moved from " + t.cur.Server + " (no longer a server)"
 	case s.state == spec.ServerDown:
@@ -319,7 +321,7 @@ func (p *placer) placeTask(a *app, cl *class, ti int32, spread bool) error {
 		}
 	}
 	if len(p.top) == 0 {
-		return p.noFit(a, cl, t)
+		return p.pend(a, cl, ti, p.noFit(a, cl, t))
 	}
 	best := p.top[0]
 	s := c.servers[best.idx]

@@ -42,9 +42,16 @@ type Input struct {
 	// (the closest runners-up): zero means DefaultMaxRejected, negative
 	// means every other server.
 	MaxRejected int
+	// Pending, when true, makes a task that fits on no server pending
+	// (Plan.Pending, with the reason) instead of failing the whole compile
+	// with *PlacementError: everything else is placed as usual. The
+	// controller's recompiles set it, so that a host loss with too little
+	// room left never stops the rest of the fleet from converging.
+	Pending bool
 }
 
-// Assignment is one task's server and overlay address.
+// Assignment is one task's server and overlay address. A pending task's
+// assignment has no Server: it keeps its address until it is placed.
 type Assignment struct {
 	Task    string     `json:"task"` // task ID: "<app>/<class>/<index>"
 	Server  string     `json:"server"`
@@ -59,6 +66,10 @@ type Plan struct {
 	Tasks    []Task       `json:"tasks"`
 	Paths    Paths        `json:"paths"`
 	Hosts    []HostState  `json:"hosts"` // one per server in Input, sorted by name
+	// Pending are the tasks no server could take (only with
+	// Input.Pending), in the order of Tasks: no Server, no paths, no
+	// guest anywhere, but an Address kept for them.
+	Pending []Task `json:"pending,omitempty"`
 }
 
 // AppNetwork is the overlay network of one app.
@@ -76,6 +87,9 @@ type Task struct {
 	Server  string     `json:"server"`
 	Address netip.Addr `json:"address"`
 	Reason  Reason     `json:"reason"`
+	// Pending, for a task in Plan.Pending, says why no server takes it
+	// ("no server fits: needs cpu 2000m, ...").
+	Pending string `json:"pending,omitempty"`
 }
 
 // Reason explains a placement.
