@@ -182,6 +182,9 @@ func path(parts ...string) string {
 	return b.String()
 }
 
+// HeaderAllowPending is the request header of ApplyOptions.AllowPending.
+const HeaderAllowPending = "X-Corridor-Allow-Pending"
+
 // ApplyOptions refine ApplyApp.
 type ApplyOptions struct {
 	// File names the source in error messages ("app.yaml:12: ...").
@@ -189,6 +192,10 @@ type ApplyOptions struct {
 	// IfMatch, when not nil, applies only if the app is still at that
 	// revision (0: only if it does not exist): 409 otherwise.
 	IfMatch *int64
+	// AllowPending stores apps even when the apply makes tasks pending
+	// (no server can take them now); without it such an apply is refused
+	// (422) and nothing is stored.
+	AllowPending bool
 }
 
 // ApplyApp stores the app(s) of a YAML stream.
@@ -216,6 +223,9 @@ func (c *Client) appRequest(p string, doc []byte, opts []ApplyOptions) request {
 		}
 		if o.IfMatch != nil {
 			req.header.Set("If-Match", strconv.FormatInt(*o.IfMatch, 10))
+		}
+		if o.AllowPending {
+			req.header.Set(HeaderAllowPending, "true")
 		}
 	}
 	return req

@@ -191,6 +191,11 @@ type App struct {
 // ApplyResult is the answer to an apply: one entry per app of the body.
 type ApplyResult struct {
 	Apps []AppChange `json:"apps"`
+	// Pending are the tasks of the applied apps that no server can take
+	// now (Task.Pending says why): the apps are stored and these tasks
+	// are placed as soon as there is room. See docs/operations.md, "When
+	// there is too little room".
+	Pending []compile.Task `json:"pending,omitempty"`
 }
 
 // AppChange is what an apply did to one app.
@@ -280,7 +285,7 @@ type PlanChange struct {
 	// Kind: "task" or "host".
 	Kind string `json:"kind"`
 	Name string `json:"name"`
-	// Action: "add", "move", "remove" (tasks), "update" (hosts).
+	// Action: "add", "move", "remove", "pending" (tasks), "update" (hosts).
 	Action string `json:"action"`
 	Detail string `json:"detail,omitempty"`
 }

@@ -18,7 +18,7 @@ func init() { register(newApplyCmd) }
 func newApplyCmd() *cobra.Command {
 	var file string
 	var ifMatch int64
-	var wait bool
+	var wait, allowPending bool
 	var timeout time.Duration
 	var cf *clientFlags
 	var out *string
@@ -38,7 +38,14 @@ ask for is placed and running, every server's agent has applied its latest
 desired state without errors, and every encrypted path of the apps between two
 servers has had a WireGuard handshake. A line on stderr shows what it waits for
 and how far it got. If that takes longer than --timeout, apply exits 1 and
-lists what is still unsettled (the apps stay applied).`,
+lists what is still unsettled (the apps stay applied).
+
+An apply that would leave tasks pending (no server can take them now: too
+little room, no ready server with the class's labels) is refused and nothing
+is stored, unless --allow-pending: then the apps are stored, a warning on
+stderr names each pending task and why, and the tasks are placed as soon as a
+server joins, comes back up or frees room. --wait does not wait for pending
+tasks: once everything else has settled it lists them and exits 1.`,
 		Example: `  corridor apply -f examples/shop.yaml
   corridor apply -f shop.yaml --wait --timeout 5m
   corridor apply -f shop.yaml --if-match 42`,
@@ -59,6 +66,7 @@ lists what is still unsettled (the apps stay applied).`,
 			if cmd.Flags().Changed("if-match") {
 				opts.IfMatch = &ifMatch
 			}
+			opts.AllowPending = allowPending
 			res, err := c.ApplyApp(cmd.Context(), data, opts)
 			if err != nil {
 				return explain(err)
@@ -69,8 +77,14 @@ lists what is still unsettled (the apps stay applied).`,
 					t.Row(a.Name, a.Action, fmt.Sprint(a.Revision), revOrDash(a.PreviousRevision))
 				}
 			})
-			if err != nil || !wait {
+			if err != nil {
 				return err
+			}
+			for _, t := range res.Pending {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: task %s is pending: %s\n", t.ID, t.Pending)
+			}
+			if !wait {
+				return nil
 			}
 			names := make([]string, 0, len(res.Apps))
 			for _, a := range res.Apps {
@@ -83,6 +97,7 @@ lists what is still unsettled (the apps stay applied).`,
 	cmd.Flags().StringVarP(&file, "file", "f", "", "app spec file (YAML; - for stdin)")
 	cmd.Flags().Int64Var(&ifMatch, "if-match", 0, "apply only if the app is at this revision (0: must not exist)")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the apps' tasks run, every host applied its state and their encrypted paths have handshaken")
+	cmd.Flags().BoolVar(&allowPending, "allow-pending", false, "store the apps even if some tasks cannot be placed now (they wait, pending, for room)")
 	cmd.Flags().DurationVar(&timeout, "timeout", defaultWaitTimeout, "how long --wait waits before it gives up (exit 1)")
 	cf = addClientFlags(cmd)
 	out = addOutputFlag(cmd)

@@ -78,7 +78,7 @@ func describeApp(c *cobra.Command, cl *api.Client, name, out string) error {
 		t.Row("")
 		t.Header("task", "server", "address", "state", "why there")
 		for _, x := range d.Tasks {
-			t.Row(x.ID, x.Server, x.Address.String(), taskState(x), reasonLine(x))
+			t.Row(x.ID, dash(x.Server), x.Address.String(), taskState(x), reasonLine(x))
 		}
 		t.Row("")
 		writePaths(t, d.Paths)
@@ -118,7 +118,7 @@ func describeTask(c *cobra.Command, cl *api.Client, id, out string) error {
 	return printData(c.OutOrStdout(), out, d, func(t *Table) {
 		x := d.Task
 		t.Row("Task:", x.ID)
-		t.Row("Server:", x.Server)
+		t.Row("Server:", dash(x.Server))
 		t.Row("Address:", x.Address.String())
 		t.Row("State:", taskState(x))
 		if x.Status != nil {
@@ -128,7 +128,11 @@ func describeTask(c *cobra.Command, cl *api.Client, id, out string) error {
 				t.Row("Message:", x.Status.Message)
 			}
 		}
-		t.Row("Why here:", reasonLine(x))
+		if x.Pending != "" {
+			t.Row("Pending:", x.Pending)
+		} else {
+			t.Row("Why here:", reasonLine(x))
+		}
 		for _, r := range x.Reason.Rejected {
 			t.Row("Not "+r.Server+":", r.Why)
 		}
@@ -187,6 +191,9 @@ func describeServer(c *cobra.Command, cl *api.Client, name, out string) error {
 }
 
 func taskState(x api.TaskInfo) string {
+	if x.Pending != "" {
+		return "pending" // no server can take it (reasonLine says why)
+	}
 	if x.Status == nil {
 		return "unreported"
 	}
@@ -194,6 +201,9 @@ func taskState(x api.TaskInfo) string {
 }
 
 func reasonLine(x api.TaskInfo) string {
+	if x.Pending != "" {
+		return "no server yet: " + x.Pending
+	}
 	r := x.Reason.Chosen
 	if x.Reason.Kept {
 		r = "kept: " + r

@@ -64,7 +64,7 @@ func newGetCmd() *cobra.Command {
 				}
 			})
 		}),
-		getCmd("tasks", "List placed tasks with their live state", "  corridor get tasks --app shop", []string{"app", "server"}, func(c *cobra.Command, cl *api.Client, f api.Filter, out string) error {
+		getCmd("tasks", "List tasks with their live state (pending: no server can take them now, and why)", "  corridor get tasks --app shop", []string{"app", "server"}, func(c *cobra.Command, cl *api.Client, f api.Filter, out string) error {
 			ts, err := cl.ListTasks(c.Context(), f)
 			if err != nil {
 				return err
@@ -72,11 +72,14 @@ func newGetCmd() *cobra.Command {
 			return printData(c.OutOrStdout(), out, ts, func(t *Table) {
 				t.Header("task", "server", "address", "state", "restarts", "reason")
 				for _, x := range ts {
-					state, restarts := "unreported", "-"
+					state, restarts, reason := "unreported", "-", x.Reason.Chosen
 					if x.Status != nil {
 						state, restarts = x.Status.State, fmt.Sprint(x.Status.Restarts)
 					}
-					t.Row(x.ID, x.Server, x.Address.String(), state, restarts, x.Reason.Chosen)
+					if x.Pending != "" {
+						state, reason = "pending", x.Pending // no server can take it now
+					}
+					t.Row(x.ID, dash(x.Server), x.Address.String(), state, restarts, reason)
 				}
 			})
 		}),

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -48,6 +49,11 @@ func waitSettled(ctx context.Context, c *api.Client, apps []string, timeout time
 		} else {
 			fmt.Fprintln(talk) // keep the last counts in view
 		}
+	}
+	var pe *settle.PendingError
+	if errors.As(err, &pe) {
+		// Waiting longer would not place them: say so now.
+		return st, &exitError{code: 1, err: pe}
 	}
 	if err != nil {
 		return st, &exitError{code: 1, err: fmt.Errorf("%s did not settle within %s; still unsettled:%s", what, timeout, indentList(st.Unsettled))}

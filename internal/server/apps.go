@@ -204,12 +204,20 @@ func checkIfMatch(sn *store.Snapshot, name string, want int64) error {
 }
 
 // dryRun compiles apps as they would be with the snapshot's servers and
-// placement; a placement error means the change must not be stored.
-func (s *Server) dryRun(sn *store.Snapshot, apps []spec.App) (*compile.Plan, error) {
+// placement; a compile error means the change must not be stored. Tasks
+// no server can take are pending in the plan; unless allowPending, an
+// apply that makes tasks pending that are not pending now is refused
+// (pendingRefusal; docs/operations.md, "When there is too little room").
+func (s *Server) dryRun(sn *store.Snapshot, apps []spec.App, allowPending bool) (*compile.Plan, error) {
 	servers, _ := fleet(sn, s.hub.lastSeen(), time.Now(), s.started, s.cfg.HeartbeatTimeout)
 	plan, err := compile.Compile(compileInput(sn, apps, servers))
 	if err != nil {
 		return nil, fail(http.StatusUnprocessableEntity, "the apps do not compile with the current servers; nothing was stored", errorLines(err)...)
+	}
+	if !allowPending {
+		if err := pendingRefusal(sn, plan); err != nil {
+			return nil, err
+		}
 	}
 	return plan, nil
 }
@@ -261,7 +269,7 @@ func (s *Server) applyApps(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "If-Match applies to a body of exactly one app")
 		return
 	}
-	res, err := s.commitApply(r.Context(), who(r), in, want, hasIfMatch)
+	res, err := s.commitApply(r.Context(), who(r), in, want, hasIfMatch, allowPendingHeader(r))
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -275,7 +283,7 @@ func (s *Server) applyApps(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, code, res)
 }
 
-func (s *Server) commitApply(ctx context.Context, by string, in []incoming, want int64, hasIfMatch bool) (*api.ApplyResult, error) {
+func (s *Server) commitApply(ctx context.Context, by string, in []incoming, want int64, hasIfMatch, allowPending bool) (*api.ApplyResult, error) {
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		sn, err := s.st.Snapshot(ctx)
 		if err != nil {
@@ -290,10 +298,11 @@ func (s *Server) commitApply(ctx context.Context, by string, in []incoming, want
 		if errs := spec.ValidateApps(all); len(errs) > 0 {
 			return nil, fail(http.StatusUnprocessableEntity, "the apps conflict with stored apps", errorLines(errs)...)
 		}
-		if _, err := s.dryRun(sn, all); err != nil {
+		plan, err := s.dryRun(sn, all, allowPending)
+		if err != nil {
 			return nil, err
 		}
-		res := &api.ApplyResult{}
+		res := &api.ApplyResult{Pending: pendingOf(plan, in)}
 		var puts []store.AppRecord
 		var msgs []string
 		now := time.Now().UTC()
@@ -361,7 +370,7 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "the apps conflict with stored apps", errorLines(errs)...)
 		return
 	}
-	p, err := s.dryRun(sn, all)
+	p, err := s.dryRun(sn, all, allowPendingHeader(r))
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -392,6 +401,10 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request) {
 		case old != t.Server:
 			res.Changes = append(res.Changes, api.PlanChange{Kind: "task", Name: t.ID, Action: "move", Detail: old + " -> " + t.Server + ": " + t.Reason.Chosen})
 		}
+		delete(was, t.ID)
+	}
+	res.Changes = append(res.Changes, pendingChanges(sn, p)...)
+	for _, t := range p.Pending {
 		delete(was, t.ID)
 	}
 	gone := make([]string, 0, len(was))
@@ -510,7 +523,7 @@ func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusUnprocessableEntity, "invalid scale request", errorLines(errs)...)
 			return nil
 		}
-		if _, err := s.dryRun(sn, merged(sn, []incoming{{app: app}})); err != nil {
+		if _, err := s.dryRun(sn, merged(sn, []incoming{{app: app}}), allowPendingHeader(r)); err != nil {
 			return err
 		}
 		now := time.Now().UTC()

@@ -258,7 +258,9 @@ func fleet(sn *store.Snapshot, seen map[string]time.Time, now, since time.Time, 
 }
 
 func compileInput(sn *store.Snapshot, apps []spec.App, servers []spec.Server) compile.Input {
-	return compile.Input{Apps: apps, Servers: servers, Current: sn.Assignments(), Networks: sn.Networks()}
+	// Pending: a task that fits nowhere waits (pending.go) instead of
+	// failing the compile for every app and every host.
+	return compile.Input{Apps: apps, Servers: servers, Current: sn.Assignments(), Networks: sn.Networks(), Pending: true}
 }
 
 func specs(recs []store.AppRecord) []spec.App {
@@ -338,6 +340,7 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	if err != nil {
 		return err
 	}
+	c.notePending(ctx, sn, plan)
 	perServer := map[string]int{}
 	for _, t := range plan.Tasks {
 		perServer[t.Server]++
@@ -387,6 +390,10 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	for _, t := range plan.Tasks {
 		p := get(t.App)
 		p.Tasks = append(p.Tasks, t)
+	}
+	for _, t := range plan.Pending {
+		p := get(t.App)
+		p.Pending = append(p.Pending, t)
 	}
 	for _, ap := range plan.Paths.Apps() {
 		// Shared with the plan, which nothing changes.

@@ -17,6 +17,7 @@ type metrics struct {
 	hosts          *prometheus.GaugeVec
 	revisions      prometheus.Counter
 	waiters        prometheus.Gauge
+	pending        prometheus.Gauge
 }
 
 var hostStates = []string{spec.ServerReady, spec.ServerDraining, spec.ServerDown, api.ServerRevoked}
@@ -45,8 +46,12 @@ func newMetrics() *metrics {
 			Namespace: "corridor", Name: "long_poll_waiters",
 			Help: "Agents currently long-polling their desired state on this server.",
 		}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "corridor", Name: "tasks_pending",
+			Help: "Tasks no server can take (too little room, no server with the labels), at the leader's last compile.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.compileSeconds, m.hosts, m.revisions, m.waiters,
+	m.reg.MustRegister(m.requests, m.compileSeconds, m.hosts, m.revisions, m.waiters, m.pending,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -165,8 +165,9 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, taskInfos(sn, statuses, q.Get("app"), q.Get("server"), q.Get("task")))
 }
 
-// taskInfos are the placed tasks with their live status, filtered by app,
-// server and task when these are not empty.
+// taskInfos are the placed tasks with their live status, then each app's
+// pending tasks (Task.Pending says why; no server, no status), filtered by
+// app, server and task when these are not empty.
 func taskInfos(sn *store.Snapshot, statuses map[string]store.StatusRecord, app, server, task string) []api.TaskInfo {
 	live := map[string]api.TaskStatus{}
 	for _, st := range statuses {
@@ -188,6 +189,14 @@ func taskInfos(sn *store.Snapshot, statuses map[string]store.StatusRecord, app, 
 				ti.Status = &ts
 			}
 			out = append(out, ti)
+		}
+		if server != "" {
+			continue // pending tasks have no server
+		}
+		for _, t := range p.Pending {
+			if task == "" || t.ID == task {
+				out = append(out, api.TaskInfo{Task: t})
+			}
 		}
 	}
 	return out

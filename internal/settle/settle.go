@@ -5,6 +5,12 @@
 // and every encrypted path between two servers has had a WireGuard
 // handshake, as the agents report it.
 //
+// Pending tasks (no server can take them now: compile.Task.Pending) are
+// not waited for: they leave pending only when the fleet changes (a
+// server joins, comes back or frees room), which waiting does not bring.
+// Wait returns a *PendingError listing them as soon as everything else
+// has settled.
+//
 // It is the one definition of "settled" in Corridor: `corridor apply
 // --wait`, `corridor demo`, the end-to-end and lab tests and the
 // benchmarks all call Wait.
@@ -51,6 +57,9 @@ type Options struct {
 type State struct {
 	// Tasks are the placed tasks of the apps waited for, as last listed.
 	Tasks []api.TaskInfo
+	// Pending are their tasks no server can take now, with the reason
+	// (Task.Pending). They do not keep a state from being settled.
+	Pending []api.TaskInfo
 	// Want is the number of tasks the apps' specs ask for; Running how
 	// many of the placed tasks run.
 	Want, Running int
@@ -73,6 +82,9 @@ func (s State) Summary() string {
 	line := fmt.Sprintf("%d/%d tasks running, %d/%d hosts applied their state", s.Running, s.Want, s.Applied, s.Servers)
 	if s.Encrypted > 0 {
 		line += fmt.Sprintf(", %d/%d encrypted paths handshaken", s.Handshaken, s.Encrypted)
+	}
+	if len(s.Pending) > 0 {
+		line += fmt.Sprintf(", %d tasks pending", len(s.Pending))
 	}
 	return line
 }
@@ -101,8 +113,28 @@ func (e *NotSettledError) Error() string {
 
 func (e *NotSettledError) Unwrap() error { return e.Err }
 
+// PendingError is Wait's error when everything has settled but tasks are
+// pending: no server can take them now, and waiting will not change that.
+type PendingError struct {
+	State State
+}
+
+func (e *PendingError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "settled, but %d tasks are pending: no server can take them now (%s); they are placed when a server joins, comes back up or frees room", len(e.State.Pending), e.State.Summary())
+	const most = 20
+	for i, t := range e.State.Pending {
+		if i == most {
+			fmt.Fprintf(&b, "\n  ... and %d more", len(e.State.Pending)-most)
+			break
+		}
+		fmt.Fprintf(&b, "\n  task %s: %s", t.ID, t.Pending)
+	}
+	return b.String()
+}
+
 // Wait looks at the fleet every opts.Interval until it has settled, and
-// returns that state. If ctx ends first, it returns the last state and a
+// returns that state; with a *PendingError if tasks are pending then. If ctx ends first, it returns the last state and a
 // *NotSettledError that lists what is still unsettled. Failed list calls
 // (a server restarting) count as unsettled and are tried again.
 func Wait(ctx context.Context, c Client, opts Options) (State, error) {
@@ -127,6 +159,9 @@ func Wait(ctx context.Context, c Client, opts Options) (State, error) {
 			last = st.Summary()
 		}
 		if st.Settled() {
+			if len(st.Pending) > 0 {
+				return st, &PendingError{State: st}
+			}
 			return st, nil
 		}
 		t := time.NewTimer(every)
@@ -189,6 +224,13 @@ func Check(ctx context.Context, c Client, opts Options) State {
 	placed := map[string]bool{}
 	for _, t := range tasks {
 		if !inScope(t.App) {
+			continue
+		}
+		if t.Pending != "" {
+			if want[t.ID] {
+				st.Pending = append(st.Pending, t)
+				placed[t.ID] = true
+			}
 			continue
 		}
 		st.Tasks = append(st.Tasks, t)

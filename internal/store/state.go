@@ -85,10 +85,13 @@ func (r ServerRecord) KeySince() time.Time {
 
 // AppPlacement is the compiler's decision for one app.
 type AppPlacement struct {
-	App      string         `json:"app"`
-	Network  netip.Prefix   `json:"network"`
-	Tasks    []compile.Task `json:"tasks"`
-	Paths    []compile.Path `json:"paths"`
+	App     string         `json:"app"`
+	Network netip.Prefix   `json:"network"`
+	Tasks   []compile.Task `json:"tasks"`
+	Paths   []compile.Path `json:"paths"`
+	// Pending are the app's tasks no server could take at the last
+	// compile (compile.Plan.Pending): no server, an address kept.
+	Pending  []compile.Task `json:"pending,omitempty"`
 	Revision int64          `json:"-"`
 }
 
@@ -108,12 +111,17 @@ type Snapshot struct {
 	Placement []AppPlacement // sorted by app
 }
 
-// Assignments is the current placement reduced to the compiler's input.
+// Assignments is the current placement reduced to the compiler's input;
+// pending tasks have no Server.
 func (sn *Snapshot) Assignments() []compile.Assignment {
 	var out []compile.Assignment
 	for _, p := range sn.Placement {
 		for _, t := range p.Tasks {
 			out = append(out, compile.Assignment{Task: t.ID, Server: t.Server, Address: t.Address})
+		}
+		for _, t := range p.Pending {
+			// No server: the compiler places it again, at its address.
+			out = append(out, compile.Assignment{Task: t.ID, Address: t.Address})
 		}
 	}
 	return out
