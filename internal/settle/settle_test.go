@@ -256,3 +256,33 @@ func TestDownServerIsNotWaitedFor(t *testing.T) {
 		t.Errorf("s3 ready but behind is settled: %+v", st)
 	}
 }
+
+// A pending task (no server can take it) is not waited for: once the rest
+// has settled, Wait returns at once with a *PendingError naming it and
+// why; a task still starting is waited for first.
+func TestPendingIsReportedNotWaitedFor(t *testing.T) {
+	f := settled()
+	f.apps = []api.App{app("shop", map[string]int{"web": 1, "db": 2})}
+	pend := task("shop/db/1", "", "", "")
+	pend.Pending = "no server fits: needs cpu 2000m, memory 64Mi; the closest, s2, has cpu 1000m, memory 1Gi free (short cpu 1000m)"
+	f.tasks = append(f.tasks, pend)
+	f.tasks[0].Status.State = api.TaskStarting
+	f.step = func(f *fakeFleet, look int) {
+		if look == 3 {
+			f.tasks[0].Status.State = api.TaskRunning
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := Wait(ctx, f, Options{Interval: time.Millisecond})
+	var pe *PendingError
+	if !errors.As(err, &pe) {
+		t.Fatalf("err = %v, want a *PendingError", err)
+	}
+	if f.looks != 3 || ctx.Err() != nil || len(st.Pending) != 1 || st.Pending[0].ID != "shop/db/1" || st.Running != 2 || st.Want != 3 {
+		t.Fatalf("looks %d, state %+v", f.looks, st)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "task shop/db/1: no server fits") || !strings.Contains(msg, "1 tasks pending") {
+		t.Errorf("error %q does not name the pending task and why", msg)
+	}
+}
