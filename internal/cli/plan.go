@@ -165,6 +165,9 @@ func readCurrent(file string) ([]compile.Assignment, map[string]netip.Prefix, er
 	for i, t := range p.Tasks {
 		cur[i] = compile.Assignment{Task: t.ID, Server: t.Server, Address: t.Address}
 	}
+	for _, t := range p.Pending {
+		cur = append(cur, compile.Assignment{Task: t.ID, Address: t.Address})
+	}
 	nets := make(map[string]netip.Prefix, len(p.Networks))
 	for _, n := range p.Networks {
 		nets[n.App] = n.Network
