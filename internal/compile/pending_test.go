@@ -248,7 +248,16 @@ func TestPendingCache(t *testing.T) {
 	back.Servers = append([]spec.Server(nil), in.Servers...)
 	back.Servers[1].State = spec.ServerReady
 	back.Current = current(p)
-	steps = append(steps, back, in)
+	// A pending task's address is in its peers' environment: a new one
+	// must not be taken from the cache.
+	moved := in
+	moved.Current = current(p)
+	for i := range moved.Current {
+		if moved.Current[i].Task == "shop/db/0" {
+			moved.Current[i].Address = netip.MustParseAddr("100.64.0.9")
+		}
+	}
+	steps = append(steps, back, in, moved)
 	for i, s := range steps {
 		want, err := Compile(s)
 		if err != nil {
