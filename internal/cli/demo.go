@@ -127,6 +127,10 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 		if err != nil {
 			return explain(err)
 		}
+		// Published ports, from the lab's outside client.
+		if err := ingressChecks(ctx, c, l, rep, verify.Options{Timeout: 2 * time.Second}); err != nil {
+			return explain(err)
+		}
 		printDemoVerify(out, rep)
 		if !rep.OK() {
 			failed = append(failed, a.Name)
@@ -138,6 +142,11 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 		if err := demoShopRequest(ctx, out, c); err != nil {
 			fmt.Fprintf(talk, "the request to the web tier failed: %v\n", err)
 			failed = append(failed, "shop (web request)")
+		}
+		// And from outside Corridor: the shop publishes web on port 80.
+		if err := demoIngressRequest(ctx, out, l); err != nil {
+			fmt.Fprintf(talk, "the request from the outside client failed: %v\n", err)
+			failed = append(failed, "shop (outside request)")
 		}
 	}
 	if err := printDemoState(ctx, out, c, apps); err != nil {
