@@ -225,4 +225,3 @@ func (l *Lab) Request(ctx context.Context, r IngressRequest) (IngressResponse, e
 	}
 	return out, nil
 }
-
