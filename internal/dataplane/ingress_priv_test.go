@@ -58,28 +58,29 @@ func ask(t *testing.T, ns string, src netip.Addr, dst netip.AddrPort, timeout ti
 	return backend, seen, nil
 }
 
-// testIngress: host A publishes web on its underlay address, port 80, to
-// the class port 8080 of a1 (on A) and b1 (on B), for the clients of
-// 203.0.113.0/24. A client namespace behind A reaches both backends
-// (connections spread by the hash of their source port), a1 seeing the
-// client's own address and b1 A's source address in the app network
-// (SNAT), by the encrypted leg and then, re-applied, by the plain one; a
-// client outside the CIDR does not connect (after a positive control
-// that its packets reach A and return); a backend taken out of the entry
-// gets no more connections. Strict reverse-path filtering holds
-// throughout (newEnv).
-func testIngress(t *testing.T) {
+// ingressEnv is two hosts (newEnv), web guests a1 on A and b1 on B, and
+// an outside client behind B, routed to A by the underlay: A is the entry
+// host of port 80, published to the class port 8080.
+type ingressEnv struct {
+	t                       testing.TB
+	e                       *env
+	a1, b1                  *guest
+	cli                     string
+	allowed, denied, source netip.Addr
+	published               netip.AddrPort
+}
+
+func newIngressEnv(t testing.TB) *ingressEnv {
 	e := newEnv(t)
-	a1 := e.addGuest(e.a, "i1", "shop", "web", "100.64.0.1")
-	b1 := e.addGuest(e.b, "i2", "shop", "web", "100.64.0.2")
+	ie := &ingressEnv{t: t, e: e}
+	ie.a1 = e.addGuest(e.a, "i1", "shop", "web", "100.64.0.1")
+	ie.b1 = e.addGuest(e.b, "i2", "shop", "web", "100.64.0.2")
 	e.a.open(t)
 	e.b.open(t)
-	backendServer(t, a1, 8080)
-	backendServer(t, b1, 8080)
-
 	// The client, behind B on a link of its own: B routes it to A, where
 	// it arrives by the underlay device, as a client does.
 	cli := e.id + "cli"
+	ie.cli = cli
 	run(t, "ip", "netns", "add", cli)
 	t.Cleanup(func() { run(t, "ip", "netns", "del", cli) })
 	run(t, "ip", "-n", e.b.name, "link", "add", "coruc", "type", "veth", "peer", "name", "eth0", "netns", cli)
@@ -95,53 +96,79 @@ func testIngress(t *testing.T) {
 	run(t, "ip", "-n", cli, "addr", "add", "192.0.2.20/32", "dev", "eth0")
 	run(t, "ip", "-n", cli, "link", "set", "eth0", "up")
 	run(t, "ip", "-n", cli, "route", "add", "default", "via", "203.0.113.1")
-	allowed, denied := netip.MustParseAddr("203.0.113.10"), netip.MustParseAddr("192.0.2.20")
-	published := netip.AddrPortFrom(e.a.underlay, 80)
-	source := netip.MustParseAddr("100.64.0.254") // A's address in the app network
+	ie.allowed, ie.denied = netip.MustParseAddr("203.0.113.10"), netip.MustParseAddr("192.0.2.20")
+	ie.published = netip.AddrPortFrom(e.a.underlay, 80)
+	ie.source = netip.MustParseAddr("100.64.0.254") // A's address in the app network
+	return ie
+}
 
-	states := func(encrypt bool, backends ...*guest) (compile.HostState, compile.HostState) {
-		in := hoststate.IngressEntry{App: "shop", Class: "web", Network: netip.MustParsePrefix("100.64.0.0/24"),
-			Address: e.a.underlay, Port: 80, Protocol: "tcp", ToPort: 8080,
-			Clients: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}, Encrypt: encrypt, Source: source}
-		a := compile.HostState{Host: "a", Address: e.a.underlay, VTEPMAC: e.a.vtepMAC, WireGuardPort: 51820, Guests: hostGuests(e.a)}
-		b := compile.HostState{Host: "b", Address: e.b.underlay, VTEPMAC: e.b.vtepMAC, WireGuardPort: 51820, Guests: hostGuests(e.b)}
-		for _, g := range backends {
-			if g == a1 {
-				in.Backends = append(in.Backends, hoststate.Backend{Task: "shop/web/0", Address: a1.addr, Server: "a", Local: true})
-				continue
-			}
-			in.Backends = append(in.Backends, hoststate.Backend{Task: "shop/web/1", Address: g.addr, Server: "b", Encrypt: encrypt})
-			if encrypt {
-				a.Peers = []compile.Peer{{Server: "b", PublicKey: e.b.dp.PublicKey().String(),
-					Endpoint: netip.AddrPortFrom(e.b.underlay, 51820), AllowedIPs: []netip.Prefix{p32(g.addr)}}}
-				b.Peers = []compile.Peer{{Server: "a", PublicKey: e.a.dp.PublicKey().String(),
-					Endpoint: netip.AddrPortFrom(e.a.underlay, 51820), AllowedIPs: []netip.Prefix{p32(source)}}}
-			} else {
-				a.VXLAN = []compile.VXLANEntry{{Server: "b", Underlay: e.b.underlay, MAC: e.b.vtepMAC, Guests: []netip.Addr{g.addr}}}
-				b.VXLAN = []compile.VXLANEntry{{Server: "a", Underlay: e.a.underlay, MAC: e.a.vtepMAC, Guests: []netip.Addr{source}}}
-			}
-			b.Firewall = []compile.FirewallRule{{App: "shop", FromClass: hoststate.IngressClass, ToClass: "web", Direction: compile.Ingress,
-				Sources: []netip.Addr{source}, Dests: []netip.Addr{g.addr}, Protocol: "tcp", Ports: []int{8080}, Encrypt: encrypt,
-				RemoteSources: []netip.Addr{source}}}
+// states are A's and B's states publishing to backends, the legs
+// encrypted or plain.
+func (ie *ingressEnv) states(encrypt bool, backends ...*guest) (compile.HostState, compile.HostState) {
+	t, e, a1, source := ie.t, ie.e, ie.a1, ie.source
+	in := hoststate.IngressEntry{App: "shop", Class: "web", Network: netip.MustParsePrefix("100.64.0.0/24"),
+		Address: e.a.underlay, Port: 80, Protocol: "tcp", ToPort: 8080,
+		Clients: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}, Encrypt: encrypt, Source: source}
+	a := compile.HostState{Host: "a", Address: e.a.underlay, VTEPMAC: e.a.vtepMAC, WireGuardPort: 51820, Guests: hostGuests(e.a)}
+	b := compile.HostState{Host: "b", Address: e.b.underlay, VTEPMAC: e.b.vtepMAC, WireGuardPort: 51820, Guests: hostGuests(e.b)}
+	for _, g := range backends {
+		if g == a1 {
+			in.Backends = append(in.Backends, hoststate.Backend{Task: "shop/web/0", Address: a1.addr, Server: "a", Local: true})
+			continue
 		}
-		a.Ingress = []hoststate.IngressEntry{in}
-		for _, st := range []compile.HostState{a, b} {
-			if err := hoststate.Validate(st, hoststate.Options{}); err != nil {
-				t.Fatalf("state of %s: %v", st.Host, err)
-			}
+		in.Backends = append(in.Backends, hoststate.Backend{Task: "shop/web/1", Address: g.addr, Server: "b", Encrypt: encrypt})
+		if encrypt {
+			a.Peers = []compile.Peer{{Server: "b", PublicKey: e.b.dp.PublicKey().String(),
+				Endpoint: netip.AddrPortFrom(e.b.underlay, 51820), AllowedIPs: []netip.Prefix{p32(g.addr)}}}
+			b.Peers = []compile.Peer{{Server: "a", PublicKey: e.a.dp.PublicKey().String(),
+				Endpoint: netip.AddrPortFrom(e.a.underlay, 51820), AllowedIPs: []netip.Prefix{p32(source)}}}
+		} else {
+			a.VXLAN = []compile.VXLANEntry{{Server: "b", Underlay: e.b.underlay, MAC: e.b.vtepMAC, Guests: []netip.Addr{g.addr}}}
+			b.VXLAN = []compile.VXLANEntry{{Server: "a", Underlay: e.a.underlay, MAC: e.a.vtepMAC, Guests: []netip.Addr{source}}}
 		}
-		return a, b
+		b.Firewall = []compile.FirewallRule{{App: "shop", FromClass: hoststate.IngressClass, ToClass: "web", Direction: compile.Ingress,
+			Sources: []netip.Addr{source}, Dests: []netip.Addr{g.addr}, Protocol: "tcp", Ports: []int{8080}, Encrypt: encrypt,
+			RemoteSources: []netip.Addr{source}}}
 	}
-	apply := func(a, b compile.HostState) {
-		t.Helper()
-		ctx := context.Background()
-		if err := e.a.dp.Apply(ctx, a); err != nil {
-			t.Fatalf("Apply on A: %v", err)
-		}
-		if err := e.b.dp.Apply(ctx, b); err != nil {
-			t.Fatalf("Apply on B: %v", err)
+	a.Ingress = []hoststate.IngressEntry{in}
+	for _, st := range []compile.HostState{a, b} {
+		if err := hoststate.Validate(st, hoststate.Options{}); err != nil {
+			t.Fatalf("state of %s: %v", st.Host, err)
 		}
 	}
+	return a, b
+}
+
+// apply applies a and b.
+func (ie *ingressEnv) apply(a, b compile.HostState) {
+	t, e := ie.t, ie.e
+	t.Helper()
+	ctx := context.Background()
+	if err := e.a.dp.Apply(ctx, a); err != nil {
+		t.Fatalf("Apply on A: %v", err)
+	}
+	if err := e.b.dp.Apply(ctx, b); err != nil {
+		t.Fatalf("Apply on B: %v", err)
+	}
+}
+
+// testIngress: host A publishes web on its underlay address, port 80, to
+// the class port 8080 of a1 (on A) and b1 (on B), for the clients of
+// 203.0.113.0/24. A client namespace behind B (arriving at A by its underlay) reaches both backends
+// (connections spread by the hash of their source port), a1 seeing the
+// client's own address and b1 A's source address in the app network
+// (SNAT), by the encrypted leg and then, re-applied, by the plain one; a
+// client outside the CIDR does not connect (after a positive control
+// that its packets reach A and return); a backend taken out of the entry
+// gets no more connections. Strict reverse-path filtering holds
+// throughout (newEnv).
+func testIngress(t *testing.T) {
+	ie := newIngressEnv(t)
+	e, a1, b1, cli := ie.e, ie.a1, ie.b1, ie.cli
+	allowed, denied, published, source := ie.allowed, ie.denied, ie.published, ie.source
+	states, apply := ie.states, ie.apply
+	backendServer(t, a1, 8080)
+	backendServer(t, b1, 8080)
 	// spread connects from the allowed client until both backends have
 	// answered (the first legs to B may wait for a WireGuard handshake),
 	// and returns the source each saw.
