@@ -124,7 +124,7 @@ func validatePublish(w *where, a *App) {
 					continue
 				}
 				if why := OutsideConflict(pre, own, nil); why != "" {
-					w.errorf(fp, "client CIDR %s %s: clients are outside Corridor (list ranges that avoid the overlay, such as 0.0.0.0/2 and 128.0.0.0/1 for every public client)", pre, why)
+					w.errorf(fp, "client CIDR %s %s: clients are outside Corridor: name their networks (ranges around the overlay and the reserved ranges for every public client)", pre, why)
 					continue
 				}
 				if prev, dup := seen[pre]; dup {
