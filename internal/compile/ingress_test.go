@@ -1,6 +1,8 @@
 package compile
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -104,5 +106,30 @@ func TestIngressBackends(t *testing.T) {
 	}
 	if n := count(down); n["s3"] != 0 || n["s1"] != 2 {
 		t.Fatalf("with s3 down: backends %v", n)
+	}
+}
+
+// A Cache gives the plans Compile gives with published ports too, and
+// never lets ingress additions leak into the states it keeps: the same
+// input twice, then a scale-down, then the first input again.
+func TestIngressCache(t *testing.T) {
+	var k Cache
+	in := loadCase(t, "testdata/ingress")
+	small := loadCase(t, "testdata/ingress")
+	small.Apps[0].Classes[0].Tasks = 1
+	for i, input := range []Input{in, in, small, in} {
+		want, err := Compile(input)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := k.Compile(input)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wj, _ := json.Marshal(want)
+		gj, _ := json.Marshal(got)
+		if !bytes.Equal(wj, gj) {
+			t.Fatalf("compile %d: the cached plan differs from Compile's", i)
+		}
 	}
 }
