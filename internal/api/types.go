@@ -270,14 +270,55 @@ type PlanResult struct {
 	Apps    []AppChange    `json:"apps"`
 	Changes []PlanChange   `json:"changes"`
 	Tasks   []compile.Task `json:"tasks"`
+	// Paths are the paths added and removed, per app and class pair.
+	Paths []PathChange `json:"paths,omitempty"`
+	// Hosts are the servers whose desired state would change (sorted).
+	Hosts []string `json:"hosts,omitempty"`
+}
+
+// Changed reports whether applying would change anything: an app created
+// or updated, a task, path or host state changed.
+func (p PlanResult) Changed() bool {
+	for _, a := range p.Apps {
+		if a.Action != "unchanged" {
+			return true
+		}
+	}
+	return len(p.Changes) > 0 || len(p.Paths) > 0 || len(p.Hosts) > 0
 }
 
 // PlanChange is one change a dry run found.
 type PlanChange struct {
-	// Kind: "task" or "host".
+	// Kind: "task", "path" or "host".
 	Kind string `json:"kind"`
 	Name string `json:"name"`
-	// Action: "add", "move", "remove" (tasks), "update" (hosts).
+	// Action: "add", "move", "remove" (tasks), "update" (hosts, and the
+	// paths of one class pair).
 	Action string `json:"action"`
 	Detail string `json:"detail,omitempty"`
+	// Server is where a task goes (add, move) or the host updated; From
+	// the server a task leaves (move, remove).
+	Server string `json:"server,omitempty"`
+	From   string `json:"from,omitempty"`
+}
+
+// PathChange is what a dry run changes in the paths of one class pair of
+// an app. A path whose kind, ports or servers change is in both lists.
+type PathChange struct {
+	App       string    `json:"app"`
+	FromClass string    `json:"fromClass"`
+	ToClass   string    `json:"toClass"`
+	Added     []PathRef `json:"added,omitempty"`
+	Removed   []PathRef `json:"removed,omitempty"`
+}
+
+// PathRef names one path between two tasks.
+type PathRef struct {
+	From       string `json:"from"` // task ID
+	To         string `json:"to"`
+	FromServer string `json:"fromServer"`
+	ToServer   string `json:"toServer"`
+	// Kind: "encrypted", "plain" or "local" (both tasks on one server).
+	Kind  string `json:"kind"`
+	Ports string `json:"ports"` // "tcp/5432"
 }

@@ -132,7 +132,9 @@ func Main(args []string) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(os.Stderr, "error:", err)
+	if !errors.Is(err, errSilent) { // a status only: the output said why
+		fmt.Fprintln(os.Stderr, "error:", err)
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code
