@@ -35,6 +35,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/spec"
+	"github.com/corridor-dev/corridor/internal/version"
 )
 
 // DefaultStateDir is where `corridor agent` keeps its state unless told.
@@ -558,6 +559,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		Capacity:        a.cfg.Capacity,
 		Labels:          a.cfg.Labels,
 		AppliedRevision: applied,
+		Version:         version.Version,
 		AppliedDigest:   appliedDig,
 		APIAddr:         a.apiAddr(),
 		Errors:          errs,

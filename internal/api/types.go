@@ -3,6 +3,7 @@
 package api
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/compile"
@@ -105,6 +106,8 @@ type Status struct {
 	// shows such a host as ServerNotReady.
 	NotReady string    `json:"notReady,omitempty"`
 	Time     time.Time `json:"time"`
+	// Version is the agent's build version (internal/version).
+	Version string `json:"version,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.
@@ -321,4 +324,44 @@ type PathRef struct {
 	// Kind: "encrypted", "plain" or "local" (both tasks on one server).
 	Kind  string `json:"kind"`
 	Ports string `json:"ports"` // "tcp/5432"
+}
+
+// VerifyRun is one stored `corridor verify` run of an app. The server
+// keeps the newest MaxVerifyRuns per app.
+type VerifyRun struct {
+	App string `json:"app"`
+	// ID names the run (its time and a random tail); Time is when the
+	// server stored it, By who posted it.
+	ID         string    `json:"id"`
+	Time       time.Time `json:"time"`
+	By         string    `json:"by"`
+	Checks     int       `json:"checks"`
+	Passed     int       `json:"passed"`
+	Failed     int       `json:"failed"`
+	Incomplete int       `json:"incomplete"`
+	// OK: every check ran and matched the policy.
+	OK bool `json:"ok"`
+	// Report is the verify report as `corridor verify -o json` prints it
+	// (internal/verify.Report).
+	Report json.RawMessage `json:"report,omitempty"`
+}
+
+// MaxVerifyRuns is how many verify runs the server keeps per app.
+const MaxVerifyRuns = 20
+
+// SignedReport is an evidence report (internal/report.Report) in its
+// canonical JSON, as signed, with the control plane CA's signature.
+type SignedReport struct {
+	Report    json.RawMessage  `json:"report"`
+	Signature *ReportSignature `json:"signature"`
+}
+
+// ReportSignature is the CA's signature of a report's canonical JSON.
+type ReportSignature struct {
+	Alg    string `json:"alg"`    // ecdsa-sha256 or ed25519
+	Digest string `json:"digest"` // "sha256:" + hex of the canonical JSON
+	Value  []byte `json:"value"`  // base64 in JSON
+	// CA is the "sha256:" fingerprint of the DER of the CA certificate
+	// whose key signed (informative: verify against the CA you trust).
+	CA string `json:"ca"`
 }

@@ -464,6 +464,9 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
+		if err := s.st.DeleteVerifyRuns(r.Context(), name); err != nil {
+			s.log.Warn("delete verify runs", "app", name, "err", err)
+		}
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	})

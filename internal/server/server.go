@@ -332,6 +332,10 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/backup", authAdmin, s.backup)
 	h("POST /v1/servers/{name}/probe", authAdmin, s.probe)
 	h("GET /v1/tasks/{task...}", authAdmin, s.taskSub)
+	h("POST /v1/apps/{name}/verify-runs", authAdmin, s.postVerifyRun)
+	h("GET /v1/apps/{name}/verify-runs", authAdmin, s.listVerifyRuns)
+	h("GET /v1/verify-runs", authAdmin, s.lastVerifyRuns)
+	h("GET /v1/apps/{name}/report", authAdmin, s.appReport)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (see docs/api.md)", r.Method, r.URL.Path))
 	})
