@@ -85,6 +85,9 @@ func VerifySigned(s api.SignedReport, caPEM []byte) (*Report, error) {
 		return nil, fmt.Errorf("%w: the report carries no signature", ErrBadSignature)
 	}
 	c := []byte(s.Report)
+	if fp := Digest(cert.Raw); s.Signature.CA != fp {
+		return nil, fmt.Errorf("%w: the report says it was signed by CA %s, the CA given is %s", ErrBadSignature, s.Signature.CA, fp)
+	}
 	if d := Digest(c); d != s.Signature.Digest {
 		return nil, fmt.Errorf("%w: the report's digest is %s, the signature was made for %s (the report was edited after it was signed)",
 			ErrBadSignature, d, s.Signature.Digest)
