@@ -93,6 +93,9 @@ type Config struct {
 
 	// Listener, when set, serves the local API (mTLS, see APITLSConfig).
 	Listener net.Listener
+	// MetricsListener, when set, serves GET /metrics alone in plain HTTP,
+	// for Prometheus (docs/metrics.md).
+	MetricsListener net.Listener
 	// Logs and Probe back the local API; nil answers 501.
 	Logs  LogsFunc
 	Probe ProbeFunc
@@ -245,6 +248,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.taskWatch(ctx) })
 	if a.cfg.Listener != nil {
 		wg.Go(func() { a.serveAPI(ctx, id) })
+	}
+	if a.cfg.MetricsListener != nil {
+		wg.Go(func() { a.serveMetrics(ctx) })
 	}
 	<-ctx.Done()
 	a.log.Info("agent stopping; guests and data plane are left running")

@@ -72,8 +72,11 @@ type DropCount struct {
 	// Kind is the data plane's counter kind (pair, out, in, spoof, path,
 	// host, invalid; see internal/dataplane). Empty means pair. Only pair
 	// counters carry both classes; out has FromClass, in has ToClass, the
-	// others name no app.
+	// others name no app. Kind "allow" is no drop: it counts the
+	// connections the pair's egress rule allowed out of a local guest.
 	Kind string `json:"kind,omitempty"`
+	// Bytes the counter counted with its packets.
+	Bytes int64 `json:"bytes,omitempty"`
 }
 
 // Status is an agent's heartbeat and status report.
