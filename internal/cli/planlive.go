@@ -68,8 +68,8 @@ func livePlanSummary(res api.PlanResult) string {
 	if !res.Changed() {
 		return "plan: nothing would change (exit 0)"
 	}
-	return fmt.Sprintf("plan: %d tasks to add, %d to move, %d to remove; %d paths added, %d removed; %s touched (exit %d: changes)",
-		add, move, rm, padd, prm, count(len(res.Hosts), "host"), exitChanges)
+	return fmt.Sprintf("plan: %s to add, %d to move, %d to remove; %s added, %d removed; %s touched (exit %d: changes)",
+		count(add, "task"), move, rm, count(padd, "path"), prm, count(len(res.Hosts), "host"), exitChanges)
 }
 
 // printLivePlan prints a live plan: the apps, the task changes with their
