@@ -63,3 +63,35 @@ func TestFanoutObserved(t *testing.T) {
 		t.Errorf("apply latency observed %d times, want 1", n)
 	}
 }
+
+// A verify run posted for an app is what the console shows as its last
+// run, with a line per check that did not pass; an app without a run has
+// none.
+func TestConsoleShowsLastVerifyRun(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	ts.join(t, "s1", 0, nil)
+	for _, app := range []string{"v", "w"} {
+		if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp(app, 1, ""))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ok := range []bool{true, false} {
+		obs := "encrypted"
+		if !ok {
+			obs = "plain"
+		}
+		body := fmt.Sprintf(`{"app":"v","checks":[{"app":"v","fromTask":"v/a/0","toTask":"v/a/1","protocol":"tcp","port":80,"expect":"encrypted","observed":%q,"ok":%v}],"passed":0,"failed":0,"incomplete":0}`, obs, ok)
+		if _, err := ts.admin.PostVerifyRun(bg, "v", []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := consoleSource{ts.Server}.State(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Verify) != 1 || st.Verify[0].App != "v" || st.Verify[0].Passed || st.Verify[0].Checks != 1 || st.Verify[0].Failed != 1 ||
+		len(st.Verify[0].Summary) != 1 || st.Verify[0].Summary[0] != "v/a/0 -> v/a/1 tcp/80: expected encrypted, observed plain" {
+		t.Fatalf("console verify = %+v", st.Verify)
+	}
+}

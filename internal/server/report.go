@@ -100,9 +100,9 @@ func (s *Server) listVerifyRuns(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, runs)
 }
 
-// lastVerifyRuns: GET /v1/verify-runs[?report=1] → the newest run of every
+// listLastVerifyRuns: GET /v1/verify-runs[?report=1] → the newest run of every
 // app (for the console), without the reports unless asked.
-func (s *Server) lastVerifyRuns(w http.ResponseWriter, r *http.Request) {
+func (s *Server) listLastVerifyRuns(w http.ResponseWriter, r *http.Request) {
 	runs, err := s.st.LastVerifyRuns(r.Context(), r.URL.Query().Get("report") == "1")
 	if err != nil {
 		writeErr(w, err)
