@@ -335,6 +335,8 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/servers/{name}", authAdmin, s.getServer)
 	h("DELETE /v1/servers/{name}", authAdmin, s.removeServer)
 	h("POST /v1/servers/{name}/rotate-key", authAdmin, s.rotateKey)
+	h("POST /v1/servers/{name}/drain", authAdmin, s.drainServer)
+	h("POST /v1/servers/{name}/undrain", authAdmin, s.undrainServer)
 	h("GET /v1/tasks", authAdmin, s.listTasks)
 	h("GET /v1/paths", authAdmin, s.listPaths)
 	h("GET /v1/events", authAdmin, s.listEvents)
