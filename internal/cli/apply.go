@@ -18,7 +18,7 @@ func init() { register(newApplyCmd) }
 func newApplyCmd() *cobra.Command {
 	var file string
 	var ifMatch int64
-	var wait, allowPending bool
+	var wait, dryRun, allowPending bool
 	var timeout time.Duration
 	var cf *clientFlags
 	var out *string
@@ -45,7 +45,11 @@ little room, no ready server with the class's labels) is refused and nothing
 is stored, unless --allow-pending: then the apps are stored, a warning on
 stderr names each pending task and why, and the tasks are placed as soon as a
 server joins, comes back up or frees room. --wait does not wait for pending
-tasks: once everything else has settled it lists them and exits 1.`,
+tasks: once everything else has settled it lists them and exits 1.
+
+--dry-run stores nothing and shows what the apply would change, exactly as
+` + "`corridor plan -f FILE`" + ` does; it exits 2 when something would change, 0
+when nothing would, 1 on an error.`,
 		Example: `  corridor apply -f examples/shop.yaml
   corridor apply -f shop.yaml --wait --timeout 5m
   corridor apply -f shop.yaml --if-match 42`,
@@ -67,6 +71,12 @@ tasks: once everything else has settled it lists them and exits 1.`,
 				opts.IfMatch = &ifMatch
 			}
 			opts.AllowPending = allowPending
+			if dryRun {
+				if wait {
+					return fmt.Errorf("--dry-run stores nothing: there is nothing to --wait for")
+				}
+				return livePlan(cmd.Context(), cmd, c, data, name, *out, opts)
+			}
 			res, err := c.ApplyApp(cmd.Context(), data, opts)
 			if err != nil {
 				return explain(err)
@@ -96,6 +106,7 @@ tasks: once everything else has settled it lists them and exits 1.`,
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "app spec file (YAML; - for stdin)")
 	cmd.Flags().Int64Var(&ifMatch, "if-match", 0, "apply only if the app is at this revision (0: must not exist)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "store nothing: show what the apply would change, as `corridor plan -f FILE` does (exit 2 when something would change, 0 when nothing would)")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the apps' tasks run, every host applied its state and their encrypted paths have handshaken")
 	cmd.Flags().BoolVar(&allowPending, "allow-pending", false, "store the apps even if some tasks cannot be placed now (they wait, pending, for room)")
 	cmd.Flags().DurationVar(&timeout, "timeout", defaultWaitTimeout, "how long --wait waits before it gives up (exit 1)")
