@@ -53,8 +53,15 @@ certificate) serves the server's proxied requests: task logs, path probes for
 
   # remove every guest, device and rule the agent made on this host (the
   # WireGuard device is the one recorded in the state directory)
-  ip netns exec lab-s1 corridor agent --cleanup --state-dir /var/lib/lab/s1`,
+  ip netns exec lab-s1 corridor agent --cleanup --state-dir /var/lib/lab/s1
+
+  # flags from a file (keys are the flag names; the command line wins), as
+  # the package's corridor-agent.service does
+  corridor agent --config /etc/corridor/agent.yaml`,
 		Args: cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			return configFile(cmd, "cleanup")
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := levelLogger(cmd, logLevel)
 			if err != nil {
@@ -98,5 +105,6 @@ certificate) serves the server's proxied requests: task logs, path probes for
 	fl.StringVar(&cfg.VMImage, "vm-image", image.DefaultOut, "guest image for vm tasks that name no kernel or image (made by 'corridor image build --with-sample')")
 	fl.StringVar(&cfg.KVM, "kvm", vm.KVMAuto, "KVM for vm guests: auto (a probe boot decides), on or off (TCG)")
 	fl.DurationVar(&cfg.RepairInterval, "repair-interval", agent.DefaultRepairInterval, "how often the host's state is checked against the desired state and drift repaired")
+	addConfigFlag(cmd, "/etc/corridor/agent.yaml")
 	return cmd
 }
