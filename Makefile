@@ -18,7 +18,7 @@ build:
 # /etc/corridor/*.yaml, man pages), built with nFPM by tools/dist, a module
 # of its own: nFPM stays out of the corridor binary. See docs/install.md.
 dist: build
-	cd tools/dist && $(GO) run . --binary $(CURDIR)/$(BIN) --source $(CURDIR)/packaging --out $(CURDIR)/bin
+	cd tools/dist && $(GO) run . --binary $(CURDIR)/$(BIN) --root $(CURDIR) --out $(CURDIR)/bin
 
 # What the tests need (Debian packages, staticcheck): the one list is
 # scripts/deps.sh. Already-present packages are left alone.

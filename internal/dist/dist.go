@@ -26,15 +26,17 @@ const (
 	AgentStateDir  = StateDir + "/agent"
 )
 
-// Source files of the package in the repository, relative to its root.
-const (
-	SourceDir = "packaging"
-)
+// SourceDir holds the units, configuration files and maintainer scripts,
+// relative to the repository's root.
+const SourceDir = "packaging"
+
+// Example is the sample app the package ships for docs/install.md.
+const Example = DocDir + "/examples/shop.yaml"
 
 // File is one file the package installs from the repository (besides the
 // binary and the man pages, which are built).
 type File struct {
-	Source string // under SourceDir
+	Source string // relative to the repository's root
 	Dest   string
 	Mode   uint32
 	Config bool // a conffile: kept on remove, and never replaced when edited
@@ -42,13 +44,15 @@ type File struct {
 
 // Files are the package's files taken from SourceDir.
 var Files = []File{
-	{Source: ServerUnit, Dest: UnitDir + "/" + ServerUnit, Mode: 0o644},
-	{Source: AgentUnit, Dest: UnitDir + "/" + AgentUnit, Mode: 0o644},
-	{Source: "server.yaml", Dest: ServerConfig, Mode: 0o644, Config: true},
-	{Source: "agent.yaml", Dest: AgentConfig, Mode: 0o644, Config: true},
+	{Source: SourceDir + "/" + ServerUnit, Dest: UnitDir + "/" + ServerUnit, Mode: 0o644},
+	{Source: SourceDir + "/" + AgentUnit, Dest: UnitDir + "/" + AgentUnit, Mode: 0o644},
+	{Source: SourceDir + "/server.yaml", Dest: ServerConfig, Mode: 0o644, Config: true},
+	{Source: SourceDir + "/agent.yaml", Dest: AgentConfig, Mode: 0o644, Config: true},
+	{Source: "examples/shop.yaml", Dest: Example, Mode: 0o644},
+	{Source: "docs/install.md", Dest: DocDir + "/install.md", Mode: 0o644},
 }
 
-// Maintainer scripts, under SourceDir. They touch nothing but systemd's
+// Maintainer scripts, in SourceDir. They touch nothing but systemd's
 // view of the units (daemon-reload; disable and stop on remove), and
 // nothing at all when DPKG_ROOT is set (an install into another root).
 const (

@@ -52,7 +52,7 @@ func buildDeb(t *testing.T) string {
 		if deb.dir, deb.err = os.MkdirTemp("", "cortst-dist-"); deb.err != nil {
 			return
 		}
-		cmd := exec.Command("go", "run", ".", "--binary", bin, "--source", filepath.Join(root, SourceDir), "--out", deb.dir)
+		cmd := exec.Command("go", "run", ".", "--binary", bin, "--root", root, "--out", deb.dir)
 		cmd.Dir = filepath.Join(root, "tools", "dist")
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr

@@ -4,7 +4,7 @@
 // module of its own so that nFPM and its dependencies stay out of the main
 // module and the corridor binary. `make dist` runs it:
 //
-//	go run . --binary ../../bin/corridor --out ../../bin
+//	go run . --binary ../../bin/corridor --root ../.. --out ../../bin
 package main
 
 import (
@@ -40,7 +40,7 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("dist", flag.ContinueOnError)
 	binary := fs.String("binary", "bin/corridor", "the corridor binary to package (static, linux/amd64)")
-	src := fs.String("source", dist.SourceDir, "directory of the units, configuration files and maintainer scripts")
+	src := fs.String("root", "../..", "the repository's root (packaging/, examples/, docs/)")
 	out := fs.String("out", "bin", "directory to write corridor_VERSION_amd64.deb to")
 	ver := fs.String("version", version.Version, "package version (a build version such as 0.1.0-dev; '-' becomes '~')")
 	arch := fs.String("arch", "amd64", "Debian architecture of the binary")
@@ -123,7 +123,7 @@ func walk(c *cobra.Command, f func(*cobra.Command)) {
 	}
 }
 
-func build(binary, src string, mans []string, outDir, ver, arch string) (string, error) {
+func build(binary, root string, mans []string, outDir, ver, arch string) (string, error) {
 	mtime := time.Unix(0, 0).UTC()
 	if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
 		var sec int64
@@ -135,7 +135,7 @@ func build(binary, src string, mans []string, outDir, ver, arch string) (string,
 		{Source: binary, Destination: dist.Binary, FileInfo: &files.ContentFileInfo{Mode: 0o755, MTime: mtime}},
 	}
 	for _, f := range dist.Files {
-		c := &files.Content{Source: filepath.Join(src, f.Source), Destination: f.Dest,
+		c := &files.Content{Source: filepath.Join(root, f.Source), Destination: f.Dest,
 			FileInfo: &files.ContentFileInfo{Mode: os.FileMode(f.Mode), MTime: mtime}}
 		if f.Config {
 			c.Type = files.TypeConfigNoReplace
@@ -173,9 +173,9 @@ func build(binary, src string, mans []string, outDir, ver, arch string) (string,
 			Recommends: []string{"wireguard-tools", "nftables", "iproute2"},
 			Suggests:   []string{"qemu-system-x86"},
 			Scripts: nfpm.Scripts{
-				PostInstall: filepath.Join(src, dist.PostInst),
-				PreRemove:   filepath.Join(src, dist.PreRm),
-				PostRemove:  filepath.Join(src, dist.PostRm),
+				PostInstall: filepath.Join(root, dist.SourceDir, dist.PostInst),
+				PreRemove:   filepath.Join(root, dist.SourceDir, dist.PreRm),
+				PostRemove:  filepath.Join(root, dist.SourceDir, dist.PostRm),
 			},
 		},
 	}
