@@ -23,6 +23,13 @@ type JoinRequest struct {
 	WireGuardPort int               `json:"wireguardPort,omitempty"`
 }
 
+// RenewRequest is what an agent sends, authenticated by its current client
+// certificate, to obtain a new one before that expires: a CSR for its name
+// (the answer is a JoinResponse).
+type RenewRequest struct {
+	CSR string `json:"csr"` // PEM
+}
+
 // JoinResponse carries the agent's client certificate and the CA that
 // signs the server's certificate.
 type JoinResponse struct {
