@@ -83,7 +83,7 @@ certificate) serves the server's proxied requests: task logs, path probes for
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&cfg.Server, "server", "", "server URL, https://HOST:PORT, on the underlay (required)")
+	fl.StringSliceVar(&cfg.Servers, "server", nil, "control-plane server URL, https://HOST:PORT, on the underlay (required); several, comma-separated or repeated, for a control plane of several servers: the agent fails over between them")
 	fl.StringVar(&cfg.JoinToken, "join-token", "", "join token (first start only)")
 	fl.StringVar(&cfg.JoinTokenFile, "join-token-file", "", "file holding the join token (first start only)")
 	fl.StringVar(&cfg.CAFile, "ca", "", "the cluster CA certificate, to trust the server at join: the server's DATA_DIR/ca.crt")

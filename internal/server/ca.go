@@ -35,7 +35,7 @@ const DefaultClientCertLifetime = 365 * 24 * time.Hour
 
 // MinClientCertLifetime is the shortest lifetime the server accepts (tests
 // use it; an agent must have time to renew).
-const MinClientCertLifetime = 10 * time.Second
+const MinClientCertLifetime = 5 * time.Second
 
 type authority struct {
 	cert    *x509.Certificate

@@ -69,10 +69,10 @@ type ServerRecord struct {
 	// until it expires, so that an agent that lost the renewal's answer,
 	// or whose connections opened before it, is not locked out. A join
 	// clears it (a reinstalled host supersedes both).
-	PrevCertSerial string `json:"prevCertSerial,omitempty"`
-	Revoked    bool        `json:"revoked,omitempty"`
-	RevokedAt  time.Time   `json:"revokedAt,omitzero"`
-	RevokedBy  string      `json:"revokedBy,omitempty"`
+	PrevCertSerial string    `json:"prevCertSerial,omitempty"`
+	Revoked        bool      `json:"revoked,omitempty"`
+	RevokedAt      time.Time `json:"revokedAt,omitzero"`
+	RevokedBy      string    `json:"revokedBy,omitempty"`
 	// KeyChangedAt is when the server's WireGuard public key last changed
 	// after its join (a rotation); zero: it has the key it joined with.
 	KeyChangedAt time.Time `json:"keyChangedAt,omitzero"`
