@@ -24,7 +24,7 @@ classes:
 
 func TestArtifactAccepted(t *testing.T) {
 	for name, guest := range map[string]string{
-		"store": "      artifact:\n        url: corridor://" + artifactSHA + "\n        sha256: " + artifactSHA + "\n        args: [sample, web]\n",
+		"store":         "      artifact:\n        url: corridor://" + artifactSHA + "\n        sha256: " + artifactSHA + "\n        args: [sample, web]\n",
 		"https archive": "      artifact:\n        url: https://example.com/web.tar.gz\n        sha256: " + artifactSHA + "\n        run: bin/web\n",
 		"store archive": "      artifact: {url: corridor://" + artifactSHA + ", sha256: " + artifactSHA + ", archive: true, run: web}\n",
 	} {
