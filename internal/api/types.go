@@ -284,3 +284,12 @@ type PlanChange struct {
 	Action string `json:"action"`
 	Detail string `json:"detail,omitempty"`
 }
+
+// ArtifactInfo is an artifact in the control plane's store.
+type ArtifactInfo struct {
+	SHA256 string    `json:"sha256"`
+	Size   int64     `json:"size"`
+	Stored time.Time `json:"stored"`
+	// URL is what a class's guest.artifact.url names to use it.
+	URL string `json:"url"`
+}

@@ -65,6 +65,9 @@ type Config struct {
 	// server's WireGuard key once it is older than this, one server at a
 	// time (see docs/operations.md). Zero: only on request.
 	KeyRotation time.Duration
+	// ArtifactMaxSize bounds one artifact pushed to the store
+	// (DefaultArtifactMaxSize when 0; see artifacts.go).
+	ArtifactMaxSize int64
 	// ID names this server in the election (default host:pid).
 	ID     string
 	Logger *slog.Logger
@@ -338,6 +341,9 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/backup", authAdmin, s.backup)
 	h("POST /v1/servers/{name}/probe", authAdmin, s.probe)
 	h("GET /v1/tasks/{task...}", authAdmin, s.taskSub)
+	h("POST /v1/artifacts", authAdmin, s.pushArtifact)
+	h("GET /v1/artifacts", authAdmin, s.listArtifacts)
+	h("GET /v1/artifacts/{sha256}", authNone, s.getArtifact) // an agent's certificate or the admin token: see getArtifact
 	s.mountConsole(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (see docs/api.md)", r.Method, r.URL.Path))
