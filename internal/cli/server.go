@@ -80,6 +80,7 @@ On first start it makes the CA (DATA_DIR/ca.crt), the admin token
 	f.StringVar(&prefix, "etcd-prefix", store.DefaultPrefix, "key prefix in etcd")
 	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", server.DefaultHeartbeatTimeout, "a server silent for longer is down and its tasks move")
 	f.DurationVar(&cfg.KeyRotation, "key-rotation", 0, "rotate each server's WireGuard key once it is older than this, one server at a time (e.g. 720h; 0: only on request, with \"corridor server rotate-key\")")
+	f.Int64Var(&cfg.ArtifactMaxSize, "artifact-max-size", server.DefaultArtifactMaxSize, "largest artifact \"corridor artifact push\" may store, in bytes")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	_ = cmd.MarkFlagRequired("data-dir")
 	cmd.AddCommand(newServerRemoveCmd(), newServerRotateKeyCmd(), newServerBackupCmd(), newServerDrainCmd(true), newServerDrainCmd(false))
