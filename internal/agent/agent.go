@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/artifact"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
@@ -78,6 +79,9 @@ type Config struct {
 
 	Guests    Guests
 	Dataplane Dataplane
+	// Artifacts, when set, is the cache of task programs delivered as
+	// artifacts (artifacts.go); nil: a guest naming one is not started.
+	Artifacts *artifact.Cache
 
 	// ServerAddrs are the server's underlay addresses. A desired state
 	// that would send any of them into a tunnel is refused.
@@ -137,6 +141,9 @@ func (c *Config) defaults() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Artifacts != nil {
+		c.Guests = newArtifactGuests(c.Guests, c.Artifacts, c.Now)
 	}
 	return nil
 }
@@ -247,6 +254,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: control plane client: %w", err)
 	}
+	a.useArtifactStore(cp)
 	wg.Go(func() { a.pollLoop(ctx, cp) })
 	wg.Go(func() { a.statusLoop(ctx, cp) })
 	wg.Go(func() { a.taskWatch(ctx) })

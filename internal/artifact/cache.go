@@ -501,3 +501,16 @@ func (c *Cache) Run(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// TreeOf returns the unpacked tree that holds the program p, when p lies
+// in one (…/trees/SHA256/…): a runtime shows the guest the whole tree,
+// not the program alone, so that the program finds the files beside it.
+func TreeOf(p string) (string, bool) {
+	p = filepath.Clean(p)
+	for d := filepath.Dir(p); d != "/" && d != "."; d = filepath.Dir(d) {
+		if spec.ValidSHA256(filepath.Base(d)) && filepath.Base(filepath.Dir(d)) == "trees" {
+			return d, true
+		}
+	}
+	return "", false
+}

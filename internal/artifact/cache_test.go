@@ -385,3 +385,17 @@ func TestHTTPFetcher(t *testing.T) {
 		t.Errorf("503: %v (want transient)", err)
 	}
 }
+
+func TestTreeOf(t *testing.T) {
+	h := sum([]byte("x"))
+	for p, want := range map[string]string{
+		"/var/lib/corridor/agent/artifacts/trees/" + h + "/bin/web": "/var/lib/corridor/agent/artifacts/trees/" + h,
+		"/var/lib/corridor/agent/artifacts/blobs/" + h:              "",
+		"/usr/bin/web": "",
+	} {
+		got, ok := TreeOf(p)
+		if got != want || ok != (want != "") {
+			t.Errorf("TreeOf(%s) = %q, %v; want %q", p, got, ok, want)
+		}
+	}
+}
