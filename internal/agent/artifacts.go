@@ -48,7 +48,7 @@ func (g *artifactGuests) Ensure(ctx context.Context, cg compile.Guest) error {
 	}
 	prog, err := g.cache.Resolve(ctx, a)
 	if err != nil {
-		reason := fmt.Sprintf("artifact %s: %v", a.URL, err)
+		reason := err.Error() // names the URL and what went wrong
 		g.mu.Lock()
 		prev, had := g.failed[cg.Task]
 		since := g.now().UTC()

@@ -373,7 +373,10 @@ func (c *Cache) download(ctx context.Context, a spec.Artifact) error {
 		return fmt.Errorf("artifact: fetch %s: %w", a.URL, err)
 	}
 	defer body.Close()
-	return WriteVerified(c.blobs(), a.SHA256, body, c.cfg.MaxSize, 0o555)
+	if err := WriteVerified(c.blobs(), a.SHA256, body, c.cfg.MaxSize, 0o555); err != nil {
+		return fmt.Errorf("%w (from %s)", err, a.URL)
+	}
+	return nil
 }
 
 // WriteVerified copies r to dir/sum through a temporary file in dir,
