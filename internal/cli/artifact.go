@@ -134,4 +134,3 @@ func newArtifactLsCmd() *cobra.Command {
 	out = addOutputFlag(cmd)
 	return cmd
 }
-
