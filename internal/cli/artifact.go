@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/spf13/cobra"
 )
 
@@ -133,4 +134,14 @@ func newArtifactLsCmd() *cobra.Command {
 	cf = addClientFlags(cmd)
 	out = addOutputFlag(cmd)
 	return cmd
+}
+
+// taskReason is the reason column of `get tasks`: why a failed task
+// failed (a program that cannot be had, say: its artifact's hash did not
+// match), else why it was placed where it is.
+func taskReason(x api.TaskInfo) string {
+	if x.Status != nil && x.Status.State == api.TaskFailed && x.Status.Message != "" {
+		return x.Status.Message
+	}
+	return x.Reason.Chosen
 }
