@@ -384,3 +384,12 @@ type ReportSignature struct {
 	// whose key signed (informative: verify against the CA you trust).
 	CA string `json:"ca"`
 }
+
+// ArtifactInfo is an artifact in the control plane's store.
+type ArtifactInfo struct {
+	SHA256 string    `json:"sha256"`
+	Size   int64     `json:"size"`
+	Stored time.Time `json:"stored"`
+	// URL is what a class's guest.artifact.url names to use it.
+	URL string `json:"url"`
+}

@@ -79,6 +79,9 @@ type Guest struct {
 	// netns only: allow raw and packet sockets (the program keeps
 	// CAP_NET_RAW, in its own network namespace). Default false.
 	NetRaw bool `yaml:"netRaw,omitempty" json:"netRaw,omitempty"`
+	// Artifact, instead of Command, names a program the agent fetches,
+	// checks against its hash and runs (netns only; see artifact.go).
+	Artifact Artifact `yaml:"artifact,omitempty" json:"artifact,omitzero"`
 }
 
 // Resources a task reserves on its server. In YAML, cpu is "500m", "2" or

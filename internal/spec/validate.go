@@ -312,9 +312,14 @@ func validateGuest(w *where, g *Guest, p string) {
 	case "":
 		w.errorf(p+".runtime", "runtime is required: netns or vm")
 	case RuntimeNetns:
-		if len(g.Command) == 0 {
-			w.errorf(p+".command", "command is required for runtime netns: the program and its arguments, such as [corridor, sample, web]")
-		} else if g.Command[0] == "" {
+		switch {
+		case !g.Artifact.IsZero() && len(g.Command) > 0:
+			w.errorf(p+".artifact", "give either command (a program on the host) or artifact (a program the agent fetches), not both: an artifact's arguments go in artifact.args")
+		case !g.Artifact.IsZero():
+			validateArtifact(w, g.Artifact, p+".artifact")
+		case len(g.Command) == 0:
+			w.errorf(p+".command", "command is required for runtime netns: the program and its arguments, such as [corridor, sample, web] (or artifact: a program the agent fetches)")
+		case g.Command[0] == "":
 			w.errorf(p+".command[0]", "the program name is empty")
 		}
 		for _, f := range []struct{ field, val string }{{"kernel", g.Kernel}, {"initrd", g.Initrd}, {"image", g.Image}} {
@@ -331,6 +336,9 @@ func validateGuest(w *where, g *Guest, p string) {
 			}
 		}
 	case RuntimeVM:
+		if !g.Artifact.IsZero() {
+			w.errorf(p+".artifact", "artifact applies only to runtime netns for now: a VM's kernel, initrd and image are paths on the host")
+		}
 		// Neither kernel nor image: the host's default guest image (see
 		// docs/guests.md), whose init runs the command.
 		switch {
