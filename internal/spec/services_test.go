@@ -217,3 +217,22 @@ func TestImportOfMissingApp(t *testing.T) {
 		t.Fatalf("got %v", errs)
 	}
 }
+
+// examples/ledger.yaml and examples/shop-ledger.yaml are a consenting
+// pair; the shop variant alone is refused against a store without ledger.
+func TestExampleLedgerPair(t *testing.T) {
+	ledger, err := DecodeApps("examples/ledger.yaml", readExample(t, "ledger.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shop, err := DecodeApps("examples/shop-ledger.yaml", readExample(t, "shop-ledger.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := CheckImports(&shop[0], ledger); len(errs) > 0 {
+		t.Fatalf("shop-ledger against ledger: %v", errs)
+	}
+	if errs := CheckImports(&shop[0], nil); len(errs) != 1 || errs[0].Field != "imports[0].service" {
+		t.Fatalf("shop-ledger alone: %v", errs)
+	}
+}
