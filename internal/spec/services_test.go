@@ -112,7 +112,9 @@ func TestServicesErrors(t *testing.T) {
 		{name: "protocol not exported", shop: func(s string) string {
 			return strings.Replace(s, "ports: [7000]", "ports: [7000]\n    protocol: udp", 1)
 		}, field: "rules[1].protocol", lineOf: "protocol: udp", msg: "exported on tcp, not udp"},
-		{name: "import as from", shop: func(s string) string { return strings.Replace(s, "- from: app\n    to: accounts", "- from: accounts\n    to: app", 1) },
+		{name: "import as from", shop: func(s string) string {
+			return strings.Replace(s, "- from: app\n    to: accounts", "- from: accounts\n    to: app", 1)
+		},
 			field: "rules[1].from", lineOf: "from: accounts", msg: "imported service: it only accepts connections"},
 		{name: "alias is a class", shop: func(s string) string {
 			return strings.Replace(s, "- service: ledger/accounts", "- service: ledger/accounts\n    as: web", 1)
