@@ -112,7 +112,6 @@ func TestAppToApp(t *testing.T) {
 	}
 	f.apply(t, []byte(strings.Replace(ledgerDoc(true), "name: ledger", "name: "+ledger, 1)))
 	f.apply(t, []byte(doc))
-	f.own = append(f.own, store)
 	tasks := f.settle(t, 7)
 
 	rep := f.verifyWithin(t, store, 20*time.Second)
