@@ -100,6 +100,9 @@ func TestRulesetAcrossApps(t *testing.T) {
 	if !strings.Contains(text, `counter name "pair:shop:app:ledger/api" drop`) {
 		t.Errorf("no pair counter for the link")
 	}
+	if !strings.Contains(text, `counter name "allow:shop:app:ledger/api" return`) {
+		t.Errorf("no allow counter for the link")
+	}
 }
 
 func markHex(m uint32) string { return fmt.Sprintf("%#x", m) }

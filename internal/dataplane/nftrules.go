@@ -620,7 +620,7 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		}
 		ms := []match{addrSet(true, r.Sources), addrSet(false, r.Dests)}
 		ms = append(ms, l4(r.Protocol, r.Ports)...)
-		ms = append(ms, b.count(counterName(Allowed, r.App, r.FromClass, r.ToClass)))
+		ms = append(ms, b.count(counterName(Allowed, r.App, r.FromClass, pairTo(r))))
 		b.add(chainGuestOut, append(ms, ret)...)
 	}
 	for _, r := range egress {
