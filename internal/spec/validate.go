@@ -48,6 +48,7 @@ func SetAppDefaults(a *App) {
 		a.Egress[i].Protocol = Protocol(a.Egress[i].Protocol)
 	}
 	setServiceDefaults(a)
+	setPublishDefaults(a)
 }
 
 // Protocol is the protocol p means: tcp when empty. It is the one place
@@ -224,6 +225,7 @@ func validateApp(a *App, w *where) {
 		validateServices(w, a, classes)
 		validateRules(w, a.Rules, classes, importAliases(a))
 		validateEgress(w, a, classes)
+		validatePublish(w, a)
 	}
 	validateNetwork(w, a.Network, total)
 }
@@ -521,6 +523,7 @@ func validateAcross(apps []App, wheres []*where) {
 		nets = append(nets, net{i, p})
 	}
 	validateEgressAcross(apps, wheres)
+	validatePublishAcross(apps, wheres)
 }
 
 func validateServers(servers []Server, wheres []*where, paths []string) {
