@@ -202,6 +202,10 @@ type App struct {
 	// Placed is how many of its tasks have a server.
 	Placed  int    `json:"placed"`
 	Network string `json:"network,omitempty"`
+	// Unresolved says which of the app's imports, or rules to imported
+	// services, have no path now: the exporting app or its export is
+	// gone, or no longer offers the port ("field: why").
+	Unresolved []string `json:"unresolved,omitempty"`
 }
 
 // ApplyResult is the answer to an apply: one entry per app of the body.

@@ -45,6 +45,11 @@ type App struct {
 	// app's guests get in /etc/resolv.conf; every class may reach them on
 	// port 53, udp and tcp.
 	Resolvers []string `yaml:"resolvers,omitempty" json:"resolvers,omitempty"`
+	// Exports offer ports of a class to other apps as named services, and
+	// Imports take such services in as destinations of this app's rules
+	// (see services.go): app to app, with consent on both sides.
+	Exports []Export `yaml:"exports,omitempty" json:"exports,omitempty"`
+	Imports []Import `yaml:"imports,omitempty" json:"imports,omitempty"`
 }
 
 // Class is a task class: what its tasks run, with what resources, how many.

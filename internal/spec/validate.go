@@ -47,6 +47,7 @@ func SetAppDefaults(a *App) {
 	for i := range a.Egress {
 		a.Egress[i].Protocol = Protocol(a.Egress[i].Protocol)
 	}
+	setServiceDefaults(a)
 	setPublishDefaults(a)
 }
 
@@ -221,7 +222,8 @@ func validateApp(a *App, w *where) {
 	}
 	if len(a.Classes) > 0 {
 		// With no classes every rule would be wrong; one error says it.
-		validateRules(w, a.Rules, classes)
+		validateServices(w, a, classes)
+		validateRules(w, a.Rules, classes, importAliases(a))
 		validateEgress(w, a, classes)
 		validatePublish(w, a)
 	}
@@ -381,7 +383,7 @@ func validateGuest(w *where, g *Guest, p string) {
 	}
 }
 
-func validateRules(w *where, rules []Rule, classes map[string]int) {
+func validateRules(w *where, rules []Rule, classes map[string]int, imports map[string]int) {
 	type pairKey struct{ a, b string }
 	type ruleKey struct {
 		from, to, proto string
@@ -393,12 +395,17 @@ func validateRules(w *where, rules []Rule, classes map[string]int) {
 	}
 	slices.Sort(known)
 	checkClass := func(path, role, name string) bool {
+		_, imported := imports[name]
 		switch _, ok := classes[name]; {
+		case role == "to" && imported && !ok:
+			return true // an imported service: its ports are checked against the export (CheckImports)
+		case role == "from" && imported && !ok:
+			w.errorf(path, "%q is an imported service: it only accepts connections; a rule's from is a class of this app", truncate(name))
 		case name == "":
 			w.errorf(path, "%s is required: the class that %s", role, map[string]string{
 				"from": "opens connections", "to": "accepts connections"}[role])
 		case !ok:
-			w.errorf(path, "class %q is not defined in this app (classes: %s)", truncate(name), strings.Join(known, ", "))
+			w.errorf(path, "class %q is not defined in this app (classes: %s)%s", truncate(name), strings.Join(known, ", "), importHint(role, imports))
 		default:
 			return true
 		}
