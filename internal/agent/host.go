@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/artifact"
 	"github.com/corridor-dev/corridor/internal/dataplane"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/guest/nsguest"
@@ -32,6 +33,10 @@ import (
 // around the reconcile loop (guest runtimes, data plane, local API,
 // prober), from the values of its flags. The CLI parses the flags and
 // calls RunHost or CleanupHost.
+
+// artifactGCInterval is how often the agent removes the artifacts no
+// task has used for ArtifactUnusedFor (and once at start).
+const artifactGCInterval = 10 * time.Minute
 
 // GuestsDir is the netns guest runtime's directory in the agent's state
 // directory: one directory per task (guest.TaskDir), with its record and
@@ -83,7 +88,9 @@ func GuestMTU(underlay string, log *slog.Logger) int {
 
 // HostConfig is `corridor agent` on a host: the values of its flags.
 type HostConfig struct {
-	Server                           string // URL of `corridor server`, on the underlay
+	// Servers are the URLs of the control plane's servers, on the
+	// underlay: the agent uses one and fails over to the others.
+	Servers                          []string
 	JoinToken, JoinTokenFile, CAFile string
 	Name, StateDir                   string
 	UnderlayIface, Address           string
@@ -102,6 +109,11 @@ type HostConfig struct {
 	// default); FenceAfter, if > 0, fences the host's paths after that
 	// long without an acknowledged report (Config.FenceAfter).
 	StatusInterval, FenceAfter time.Duration
+	// ArtifactMaxSize bounds one artifact download (0: the cache's
+	// default); ArtifactUnusedFor is how long an artifact no task uses
+	// stays cached (0: the cache's default).
+	ArtifactMaxSize   int64
+	ArtifactUnusedFor time.Duration
 	// JoinTimeout bounds the first join (0: try until stopped).
 	JoinTimeout time.Duration
 	Logger      *slog.Logger
@@ -221,11 +233,13 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		log = slog.Default()
 		cfg.Logger = log
 	}
-	if cfg.Server == "" {
-		return errors.New("--server is required: the URL of `corridor server`, e.g. https://10.0.0.1:7443")
+	if len(cfg.Servers) == 0 {
+		return errors.New("--server is required: the URL of `corridor server`, e.g. https://10.0.0.1:7443 (several, comma-separated, for a control plane of several servers)")
 	}
-	if err := checkServerURL(cfg.Server); err != nil {
-		return err
+	for _, s := range cfg.Servers {
+		if err := checkServerURL(s); err != nil {
+			return err
+		}
 	}
 	if cfg.JoinTimeout < 0 {
 		return fmt.Errorf("--join-timeout: %s is negative (0 waits forever)", cfg.JoinTimeout)
@@ -256,9 +270,13 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	if err != nil {
 		return err
 	}
-	serverAddrs, err := serverAddresses(ctx, cfg.Server)
-	if err != nil {
-		return err
+	var serverAddrs []netip.Addr
+	for _, s := range cfg.Servers {
+		addrs, err := serverAddresses(ctx, s)
+		if err != nil {
+			return err
+		}
+		serverAddrs = append(serverAddrs, addrs...)
 	}
 	if err := CheckControlRoute(nil, serverAddrs, []string{cfg.WireGuardName, dataplane.VXLANName}); err != nil {
 		return err
@@ -277,6 +295,7 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		}
 		token = strings.TrimSpace(string(b))
 	}
+	choice := NewServerChoice(cfg.Servers, log)
 	var bootstrap ControlPlane
 	if token != "" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -290,19 +309,20 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 			}
 		}
 		// The token goes in the join request, not in a header.
-		c, err := api.NewClient(cfg.Server, "", tc)
+		c, err := NewFailover(choice, tc)
 		if err != nil {
-			return fmt.Errorf("--server: %w", err)
+			return err
 		}
 		bootstrap = c
 	}
-	server := cfg.Server
+	// One choice of server for the join and every identity after it: a
+	// renewed certificate keeps talking to the server in use.
 	connect := func(id *Identity) (ControlPlane, error) {
 		tc, err := api.AgentTLS(id.CertPEM, id.KeyPEM, id.CAPEM)
 		if err != nil {
 			return nil, err
 		}
-		return api.NewClient(server, "", tc)
+		return NewFailover(choice, tc)
 	}
 
 	if err := checkWireGuardName(cfg.WireGuardName); err != nil {
@@ -333,6 +353,16 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		}
 	}
 	stateDir := cfg.StateDir
+	artifacts, err := artifact.New(artifact.Config{
+		Dir: ArtifactsDir(stateDir), MaxSize: cfg.ArtifactMaxSize, UnusedFor: cfg.ArtifactUnusedFor,
+		Fetchers: map[string]artifact.Fetcher{"https": artifact.HTTPFetcher(nil)}, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	gcCtx, stopGC := context.WithCancel(ctx)
+	defer stopGC()
+	go artifacts.Run(gcCtx, artifactGCInterval)
 	prober := &Prober{
 		GuestNetns: guest.NetnsPath,
 		Channel:    func(task string) string { return vm.ProbeSocket(VMsDir(stateDir), task) },
@@ -343,7 +373,7 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		WireGuardPort: cfg.WireGuardPort,
 		Capacity:      capacity, Labels: labels,
 		JoinToken: token, Bootstrap: bootstrap, Connect: connect, Join: join,
-		Guests: GuestsOf(mgr), Dataplane: DataplaneOf(dp),
+		Guests: GuestsOf(mgr), Dataplane: DataplaneOf(dp), Artifacts: artifacts,
 		ServerAddrs:     serverAddrs,
 		Listener:        ln,
 		MetricsListener: mln,
@@ -364,7 +394,7 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	prober.LocalAddr = a.LocalGuest
 	prober.PeerUnderlay = a.PeerUnderlay
 	log.Info("corridor agent starting", "name", cfg.Name, "address", addr, "underlay", iface,
-		"server", cfg.Server, "stateDir", stateDir, "wireguard", cfg.WireGuardName, "publicKey", dp.PublicKey().String())
+		"servers", strings.Join(cfg.Servers, ","), "stateDir", stateDir, "wireguard", cfg.WireGuardName, "publicKey", dp.PublicKey().String())
 	// The data plane repairs itself as soon as the kernel reports a change
 	// behind its back (a flushed ruleset, a deleted route or rule, a dead
 	// datapath process: dataplane.Watch); the periodic repair stays.

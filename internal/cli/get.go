@@ -72,7 +72,7 @@ func newGetCmd() *cobra.Command {
 			return printData(c.OutOrStdout(), out, ts, func(t *Table) {
 				t.Header("task", "server", "address", "state", "restarts", "reason")
 				for _, x := range ts {
-					state, restarts, reason := "unreported", "-", x.Reason.Chosen
+					state, restarts, reason := "unreported", "-", taskReason(x)
 					if x.Status != nil {
 						state, restarts = x.Status.State, fmt.Sprint(x.Status.Restarts)
 					}

@@ -18,7 +18,16 @@ import (
 func mutate(r *rand.Rand, in Input) (Input, string) {
 	in.Apps = slices.Clone(in.Apps)
 	in.Servers = slices.Clone(in.Servers)
-	switch op := r.Intn(8); {
+	switch op := r.Intn(9); {
+	case op == 8 && len(in.Apps) > 0: // an export withdrawn or given again
+		ai := r.Intn(len(in.Apps))
+		a := &in.Apps[ai]
+		if len(a.Exports) > 0 {
+			a.Exports = nil
+			return in, "exports of " + a.Name + " withdrawn"
+		}
+		a.Exports = []spec.Export{{Name: "svc", Class: a.Classes[0].Name, Ports: []int{80, 7000}, Protocol: spec.ProtoTCP}}
+		return in, "export of " + a.Name
 	case op == 0 && len(in.Apps) > 0: // scale a class
 		ai := r.Intn(len(in.Apps))
 		a := &in.Apps[ai]

@@ -52,6 +52,9 @@ type app struct {
 	netRank  int       // position in network order
 	mark     int32     // 1 + index of the last server found to run a task of the app
 	pending  []int32   // tasks no server takes, in plan order (pending.go)
+	cross    []int     // indexes of the spec's rules to imported services (links.go)
+	links    []int     // indexes in compiler.links of the links from this app
+	imports  []importEnv
 	// Ingress (ingress.go): the entry hosts of the app's published
 	// ports, in server order, and each one's address in the network.
 	entries []int32
@@ -97,11 +100,15 @@ type task struct {
 }
 
 type compiler struct {
-	servers      []*server
-	byName       map[string]*server
-	apps         []*app
-	tasks        []task // placement order: app name, class spec order, index
-	maxRejected  int
+	servers     []*server
+	byName      map[string]*server
+	apps        []*app
+	tasks       []task // placement order: app name, class spec order, index
+	maxRejected int
+	// links are the rules across apps (app to app), resolved; unresolved
+	// the rules to imported services that have no path (links.go).
+	links        []link
+	unresolved   []Unresolved
 	allowPending bool
 	pending      []int32 // tasks no server takes, in placement order (pending.go)
 }
@@ -161,11 +168,12 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	hosts, entries := c.hosts(k, memo)
 	c.addIngress(hosts)
 	plan := &Plan{
-		Networks: c.networks(),
-		Tasks:    c.planTasks(),
-		Paths:    c.paths(),
-		Hosts:    hosts,
-		Pending:  c.pendingTasks(),
+		Networks:   c.networks(),
+		Tasks:      c.planTasks(),
+		Paths:      c.paths(),
+		Hosts:      hosts,
+		Unresolved: c.unresolved,
+		Pending:    c.pendingTasks(),
 	}
 	if memo {
 		k.commit(c, entries)
@@ -303,7 +311,13 @@ func (c *compiler) loadApps(in []spec.App) error {
 			ap.tasks = append(ap.tasks, cl.tasks...)
 		}
 	}
+	if err := c.resolveLinks(); err != nil {
+		return err
+	}
 	var paths int64
+	for _, l := range c.links {
+		paths += int64(len(l.from.tasks)) * int64(len(l.to.tasks))
+	}
 	for _, ap := range c.apps {
 		for _, r := range ap.rules {
 			n := int64(len(r.from.tasks)) * int64(len(r.to.tasks))
@@ -349,6 +363,10 @@ func (a *app) loadRules(field string) error {
 		from, to := a.class(r.From), a.class(r.To)
 		if from == nil {
 			return inputErr(rf+".from", "no class %q in app %s", r.From, a.name)
+		}
+		if to == nil && a.spec.ImportOf(r.To) != nil {
+			a.cross = append(a.cross, i) // resolved across apps by resolveLinks
+			continue
 		}
 		if to == nil {
 			return inputErr(rf+".to", "no class %q in app %s", r.To, a.name)

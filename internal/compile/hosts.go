@@ -79,6 +79,7 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 		for _, ha := range hb.apps {
 			gens = append(gens, ha.a.entry.gen)
 		}
+		gens = c.linkGens(gens, hb.apps)
 		if e := k.hosts[s.spec.Name]; memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && e.keyGen == s.spec.KeyGeneration && slices.Equal(e.gens, gens) {
 			out[i] = e.state
 			entries[s.spec.Name] = e
@@ -88,6 +89,7 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 			hb.mac[i] = VTEPMAC(s.addr)
 		}
 		out[i] = hb.build(s, memo)
+		c.addLinks(&out[i], s)
 		if memo {
 			entries[s.spec.Name] = &hostEntry{addr: s.addr, wgPort: s.wgPort, keyGen: s.spec.KeyGeneration, gens: slices.Clone(gens), state: out[i]}
 		}
@@ -501,6 +503,9 @@ func (c *compiler) guests(out []Guest, s *server, a *app) []Guest {
 		env[spec.EnvIndex] = strconv.Itoa(t.index)
 		env[spec.EnvAddr] = t.addr.String()
 		for _, v := range c.peersEnv(t.app, cl) {
+			env[v.key] = v.value
+		}
+		for _, v := range t.app.importEnv(cl) {
 			env[v.key] = v.value
 		}
 		out = append(out, Guest{Task: t.id, App: t.app.name, Class: cl.name, Index: t.index, Address: t.addr, Network: t.app.network,

@@ -136,7 +136,10 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 	if len(own) == 0 {
 		return nil, fmt.Errorf("verify: app %q has no placed tasks", app)
 	}
-	sortTasks(own)
+	for _, ts := range byApp {
+		sortTasks(ts)
+	}
+	links := across(crossLinks(apps))
 
 	type pairKey struct{ from, to, proto string }
 	allowed := map[pairKey]map[int]bool{}
@@ -205,7 +208,8 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 		}
 	}
 	// Isolation: one task of every other app to every task of this app, and
-	// back, on every port this app's classes are probed on.
+	// back, on every port this app's classes are probed on: denied, but
+	// where a rule to an imported service allows it (app to app).
 	others := make([]string, 0, len(byApp))
 	for a := range byApp {
 		if a != app {
@@ -221,7 +225,8 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 			for _, proto := range sortedKeys(classPorts[dst.Class]) {
 				for _, port := range sortedInts(classPorts[dst.Class][proto]) {
 					c := newCheck(app, o, stranger, dst, proto, port)
-					c.Expect = Denied
+					ok, enc := links.allowed(o, stranger.Class, app, dst.Class, proto, port)
+					c.Expect = expect(ok, enc, stranger, dst)
 					checks = append(checks, c)
 				}
 			}
@@ -230,12 +235,16 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 		// a timeout is expected, and a leak shows as connected or refused.
 		for _, src := range own {
 			c := newCheck(app, app, src, stranger, spec.ProtoTCP, 9)
-			c.Expect = Denied
+			ok, enc := links.allowed(app, src.Class, o, stranger.Class, spec.ProtoTCP, 9)
+			c.Expect = expect(ok, enc, src, stranger)
 			checks = append(checks, c)
 		}
 	}
+	// App to app: the links of this app with others, either way.
+	checks = append(checks, crossChecks(app, apps, byApp, links)...)
 	// Egress: to outside destinations, allowed and denied.
 	checks = append(checks, outsideChecks(app, target, own)...)
+	checks = dedupe(checks)
 	if len(checks) > maxChecks {
 		return nil, fmt.Errorf("verify: app %q needs %d checks, more than the limit %d: raise --max-checks", app, len(checks), maxChecks)
 	}

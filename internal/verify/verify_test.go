@@ -39,7 +39,10 @@ type fakeNet struct {
 	// noWG: class pairs that connect without the marker in plain but
 	// without WireGuard frames either (what a capture on the wrong
 	// interface, or traffic on some other path, looks like).
-	noWG  map[[2]string]bool
+	noWG map[[2]string]bool
+	// cross: what a correct network lets through across apps,
+	// "app/class>app/class:port" -> encrypted.
+	cross map[string]bool
 	mu    sync.Mutex
 	calls int
 }
@@ -86,6 +89,9 @@ func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) 
 				}
 			}
 		}
+	}
+	if e, ok := f.cross[fmt.Sprintf("%s/%s>%s/%s:%d", src.App, src.Class, dst.App, dst.Class, req.Port)]; ok && src.App != dst.App {
+		allowed, enc = true, e
 	}
 	if f.open[[2]string{src.Class, dst.Class}] {
 		allowed = true
