@@ -259,8 +259,9 @@ func (s *Server) Run(ctx context.Context) error {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.hub.run(rctx) }()
+	go func() { defer wg.Done(); s.ctrl.mirror.Run(rctx) }()
 	go func() { defer wg.Done(); s.ctrl.run(rctx) }()
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
