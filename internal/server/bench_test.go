@@ -219,7 +219,9 @@ func joinFleet(ctx context.Context, url string, caPEM []byte, token string, n in
 		failed   int
 		retried  = map[string]int{} // transient failures by message, for the log
 	)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	// A bound that catches a stuck run, not a measure: 10,000 hosts
+	// joining on a loaded 2-core machine may take more than 10 minutes.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute+time.Duration(n)*100*time.Millisecond)
 	defer cancel()
 	for w := 0; w < 16; w++ {
 		wg.Add(1)
