@@ -50,7 +50,6 @@ type app struct {
 	numTasks int
 	entry    *appEntry // what the cache has or gets for this app
 	netRank  int       // position in network order
-	mark     int32     // 1 + index of the last server found to run a task of the app
 }
 
 // class is one task class of an app.
