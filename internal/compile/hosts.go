@@ -160,20 +160,20 @@ type newPart struct {
 
 // hostBuilder holds the scratch space reused from host to host.
 type hostBuilder struct {
-	c       *compiler
-	mark    []int32 // per app (by netRank): 1 + index of the last server found to run a task of it
+	c    *compiler
+	mark []int32 // per app (by netRank): 1 + index of the last server found to run a task of it
 	// What this builder made for the cache, stored once every builder is
 	// done.
 	entries  []namedEntry
 	newParts []newPart
-	mac     []string // VTEPMAC per server, made when first needed
-	slot    []int32  // per server: 1 + its index in remotes, 0 if none
-	nEnc    []int32  // per server: remote tasks reached encrypted
-	nPlain  []int32  // per server: remote tasks reached in plain
-	touched []int32  // servers with a count, for resetting
-	remotes []remoteMerge
-	apps    []hostApp // the apps of the host being built, in network order
-	byName  []*hostPart
+	mac      []string // VTEPMAC per server, made when first needed
+	slot     []int32  // per server: 1 + its index in remotes, 0 if none
+	nEnc     []int32  // per server: remote tasks reached encrypted
+	nPlain   []int32  // per server: remote tasks reached in plain
+	touched  []int32  // servers with a count, for resetting
+	remotes  []remoteMerge
+	apps     []hostApp // the apps of the host being built, in network order
+	byName   []*hostPart
 	// Parts computed for the host being built keep their guests, firewall
 	// rules and routes here until they are copied into the host's state.
 	guests   []Guest
