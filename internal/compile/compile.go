@@ -50,6 +50,10 @@ type app struct {
 	numTasks int
 	entry    *appEntry // what the cache has or gets for this app
 	netRank  int       // position in network order
+	// Ingress (ingress.go): the entry hosts of the app's published
+	// ports, in server order, and each one's address in the network.
+	entries []int32
+	sources []netip.Addr
 }
 
 // class is one task class of an app.
@@ -125,16 +129,23 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	if err := c.loadCurrent(in.Current); err != nil {
 		return nil, err
 	}
+	c.entryHosts()
 	if err := c.allocateNetworks(in.Networks, in.Pool); err != nil {
 		return nil, err
 	}
 	if err := c.checkOutside(in.Pool); err != nil {
 		return nil, err
 	}
+	if err := c.checkPublish(in.Pool); err != nil {
+		return nil, err
+	}
 	if err := c.place(); err != nil {
 		return nil, err
 	}
 	if err := c.assignAddresses(); err != nil {
+		return nil, err
+	}
+	if err := c.assignIngressSources(); err != nil {
 		return nil, err
 	}
 	c.group()
@@ -153,6 +164,7 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 		paths = c.paths()
 	}()
 	hosts, entries := c.hosts(k, memo)
+	c.addIngress(hosts)
 	plan := &Plan{
 		Networks: c.networks(),
 		Tasks:    c.planTasks(),

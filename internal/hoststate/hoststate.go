@@ -22,10 +22,10 @@ import (
 // The schema version this build writes and reads.
 const (
 	SchemaMajor = 1
-	SchemaMinor = 1
+	SchemaMinor = 2
 	// Schema is SchemaMajor.SchemaMinor as states carry it. 1.1 adds
-	// Guest.Network.
-	Schema = "1.1"
+	// Guest.Network, 1.2 Ingress.
+	Schema = "1.2"
 )
 
 // Desired is a host's desired state at a revision, as the API serves it
@@ -87,6 +87,10 @@ type State struct {
 	// destinations (see outbound.go). Omitted when empty: a reader that
 	// does not know it denies all outside traffic, as before.
 	Outbound []Outbound `json:"outbound,omitempty"`
+	// Ingress are the published ports this host is an entry host of
+	// (schema 1.2, see ingress.go). Omitted when empty: a reader that
+	// does not know it publishes nothing, as before.
+	Ingress []IngressEntry `json:"ingress,omitempty"`
 }
 
 // Phases of a host's own key rotation (State.RotationPhase).

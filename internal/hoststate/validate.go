@@ -161,6 +161,9 @@ func Validate(st State, opt Options) error {
 	if err := checkOutboundServers(st, opt.ServerAddrs); err != nil {
 		return err
 	}
+	if err := checkIngressServers(st, opt.ServerAddrs); err != nil {
+		return err
+	}
 	if opt.Dataplane != nil {
 		return opt.Dataplane(st)
 	}
@@ -497,7 +500,10 @@ func CheckNetwork(st State) error {
 			return err
 		}
 	}
-	return checkOutbound(st)
+	if err := checkOutbound(st); err != nil {
+		return err
+	}
+	return checkIngress(st)
 }
 
 // checkName rejects names that cannot be part of a counter name: the data
