@@ -281,8 +281,9 @@ func (s *Server) Run(ctx context.Context) error {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); s.hub.run(rctx) }()
+	go func() { defer wg.Done(); s.ctrl.mirror.Run(rctx) }()
 	go func() { defer wg.Done(); s.revs.run(rctx, s.st, s.log) }()
 	go func() { defer wg.Done(); s.ctrl.run(rctx) }()
 	errc := make(chan error, 1)

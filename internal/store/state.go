@@ -227,6 +227,7 @@ func (s *Store) CommitApps(ctx context.Context, sn *Snapshot, puts []AppRecord, 
 	if !resp.Succeeded {
 		return 0, ErrConflict
 	}
+	s.noteWrite(resp.Header.Revision)
 	s.trimEvents(ctx)
 	return resp.Header.Revision, nil
 }
@@ -275,6 +276,7 @@ func (s *Store) PutServer(ctx context.Context, r ServerRecord, expect int64, ev 
 	if !resp.Succeeded {
 		return ErrConflict
 	}
+	s.noteWrite(resp.Header.Revision)
 	if ev != nil {
 		s.trimEvents(ctx)
 	}
@@ -453,6 +455,7 @@ func (s *Store) WriteDesired(ctx context.Context, guard []clientv3.Cmp, writes [
 		if !resp.Succeeded {
 			return done, ErrConflict
 		}
+		s.noteWrite(resp.Header.Revision)
 		done += end - start
 	}
 	return done, nil
@@ -481,6 +484,7 @@ func (s *Store) WritePlacement(ctx context.Context, guard []clientv3.Cmp, puts [
 		if !resp.Succeeded {
 			return ErrConflict
 		}
+		s.noteWrite(resp.Header.Revision)
 	}
 	return nil
 }

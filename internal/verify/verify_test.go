@@ -270,13 +270,13 @@ func TestRetryOnlyShortfalls(t *testing.T) {
 
 func TestPlanErrors(t *testing.T) {
 	apps, tasks := shop()
-	if _, err := Plan("nope", apps, tasks, 0); err == nil {
+	if _, _, err := Plan("nope", apps, tasks, Options{}); err == nil {
 		t.Fatal("unknown app accepted")
 	}
-	if _, err := Plan("shop", apps, nil, 0); err == nil {
+	if _, _, err := Plan("shop", apps, nil, Options{}); err == nil {
 		t.Fatal("app without tasks accepted")
 	}
-	if _, err := Plan("shop", apps, tasks, 3); err == nil || !strings.Contains(err.Error(), "--max-checks") {
+	if _, _, err := Plan("shop", apps, tasks, Options{MaxChecks: 3}); err == nil || !strings.Contains(err.Error(), "--max-checks") {
 		t.Fatalf("limit not enforced: %v", err)
 	}
 }
