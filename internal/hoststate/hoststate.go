@@ -22,10 +22,12 @@ import (
 // The schema version this build writes and reads.
 const (
 	SchemaMajor = 1
-	SchemaMinor = 1
+	SchemaMinor = 2
 	// Schema is SchemaMajor.SchemaMinor as states carry it. 1.1 adds
-	// Guest.Network.
-	Schema = "1.1"
+	// Guest.Network; 1.2 the hitless key rotation (RotationPhase,
+	// PublicKey, Peer.NextPublicKey), which a state of an older schema
+	// may not carry.
+	Schema = "1.2"
 )
 
 // Desired is a host's desired state at a revision, as the API serves it
@@ -53,8 +55,11 @@ type State struct {
 	// VTEPMAC is the MAC of this host's corv0 (see compile.VTEPMAC).
 	VTEPMAC       string `json:"vtepMAC"`
 	WireGuardPort int    `json:"wireguardPort"`
-	// KeyGeneration is the server's spec.Server.KeyGeneration: the agent
-	// rotates its WireGuard key when this exceeds its key's generation.
+	// KeyGeneration is the generation of the key rotation the control
+	// plane runs on this host (spec.KeyRotation.Generation; 0 or the
+	// generation of the last one when none is under way): the agent makes
+	// its next key (dataplane.PrepareKey) when this exceeds its key's
+	// generation.
 	KeyGeneration int64 `json:"keyGeneration,omitempty"`
 	// RotationPhase is where this host's own key rotation stands (see docs/architecture.md, "Hitless key rotation"): empty when
 	// none is under way (or the agent has made its next key and the
