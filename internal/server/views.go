@@ -117,10 +117,10 @@ func (s *Server) removeServer(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// rotateKey raises the server's key generation; the controller hands it
-// to the host in its desired state, the agent makes a new key pair there
-// and reports the new public key, and the host's peers get it with their
-// next states. The private key never leaves the host.
+// rotateKey raises the server's key generation; the controller runs the
+// hitless rotation to it (rotation.go): the agent makes the next key pair
+// on its host and reports the public key, the peers hold it beside the
+// current one, then it replaces it. The private key never leaves the host.
 func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	err := askKeyRotation(r.Context(), s.st, name, who(r), "")
@@ -136,6 +136,7 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("WireGuard key rotation asked", "server", name, "by", who(r))
+	s.ctrl.kickRotation()
 	s.getServer(w, r)
 }
 
