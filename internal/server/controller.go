@@ -37,12 +37,12 @@ type controller struct {
 	keyRotation     time.Duration
 	lastRotateCheck time.Time
 
-	leader    atomic.Bool
-	kick      chan struct{}
+	leader atomic.Bool
+	kick   chan struct{}
 	// rotKick asks for a key rotation step (rotation.go); rotating is set
 	// while a rotation is asked or under way, so that the tick looks.
-	rotKick  chan struct{}
-	rotating atomic.Bool
+	rotKick   chan struct{}
+	rotating  atomic.Bool
 	mu        sync.Mutex
 	lastDown  string // down set at the last compile, joined
 	lastError string // last compile error, to log it once
