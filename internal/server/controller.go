@@ -132,6 +132,10 @@ func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.
 				return fmt.Errorf("servers watch ended: %v", r.Err())
 			}
 			c.trigger()
+			// A rotation may have been asked through another server of
+			// the cluster: the tick looks (rotationStep clears the flag
+			// when there is nothing to do).
+			c.rotating.Store(true)
 		case now := <-tick.C:
 			c.tick(ctx, since, now)
 			if c.rotating.Load() {
