@@ -206,8 +206,10 @@ func (s *Server) listPaths(w http.ResponseWriter, r *http.Request) {
 			}
 			pi := api.PathInfo{Path: pa, HandshakeAge: -1}
 			if pa.Encrypt && !pa.Local {
+				// During a key rotation a peer is listed on both WireGuard
+				// devices: the one its routes take tells.
 				for _, peer := range statuses[pa.FromServer].Status.Peers {
-					if peer.Server == pa.ToServer {
+					if peer.Server == pa.ToServer && (pi.Peer == nil || peer.Routed) {
 						peer := peer
 						pi.Peer = &peer
 						if !peer.LastHandshake.IsZero() {
