@@ -133,7 +133,9 @@ func TestValidateNamesTheField(t *testing.T) {
 			s.Schema, s.RotationPhase, s.PublicKey = "1.1", hoststate.RotationAnnounce, s.Peers[0].PublicKey
 		}},
 		{"publicKey", func(s *hoststate.State) { s.Schema, s.PublicKey = "1.1", s.Peers[0].PublicKey }},
-		{"peers[0].nextPublicKey", func(s *hoststate.State) { s.Schema, s.Peers[0].NextPublicKey = "1.1", "bmV4dC1rZXktb2YtczItMDAwMDAwMDAwMDAwMDAwMDA=" }},
+		{"peers[0].nextPublicKey", func(s *hoststate.State) {
+			s.Schema, s.Peers[0].NextPublicKey = "1.1", "bmV4dC1rZXktb2YtczItMDAwMDAwMDAwMDAwMDAwMDA="
+		}},
 		{"peers[0].allowedIPs", func(s *hoststate.State) {
 			s.Peers[0].AllowedIPs = append(s.Peers[0].AllowedIPs, netip.MustParsePrefix("100.64.0.99/32"))
 		}},

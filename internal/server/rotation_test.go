@@ -36,12 +36,6 @@ func newSimAgent(a *testAgent) *simAgent {
 	return &simAgent{a: a, c: a.c, key: a.req.PublicKey, spareSeen: map[string]bool{}}
 }
 
-func (s *simAgent) setClient(c *api.Client) {
-	s.mu.Lock()
-	s.c = c
-	s.mu.Unlock()
-}
-
 func (s *simAgent) keys() (key string, gen int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -740,7 +740,9 @@ func TestScheduledKeyRotation(t *testing.T) {
 		})
 	}
 
-	deadline := time.Now().Add(20 * time.Second)
+	// Three rotations of four phases each, one after the other: generous
+	// for a loaded machine under -race.
+	deadline := time.Now().Add(90 * time.Second)
 	maxUnderWay := 0
 	for {
 		servers, err := ts.admin.ListServers(bg)
@@ -761,7 +763,7 @@ func TestScheduledKeyRotation(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 20 s, %d of %d servers have rotated their keys: %+v", done, len(names), servers)
+			t.Fatalf("after 90 s, %d of %d servers have rotated their keys: %+v", done, len(names), servers)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
