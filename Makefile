@@ -7,6 +7,11 @@ PKGS    := ./...
 
 .PHONY: build deps test unit all-tests lint bench-smoke fuzz-smoke mutation fmt clean
 
+# Screenshots of the browser tests (internal/console/browsertest), one
+# directory per test: after `make test` (what .ci/run runs) they are in
+# test-artifacts/ of the checkout (git-ignored).
+export CORRIDOR_TEST_ARTIFACTS ?= $(CURDIR)/test-artifacts
+
 STATICCHECK := $(shell command -v staticcheck 2>/dev/null || echo $$($(GO) env GOPATH)/bin/staticcheck)
 
 # Static (no cgo): the same binary runs on the host and inside VM guests

@@ -10,7 +10,8 @@ set -euo pipefail
 # qemu-system-x86, busybox-static, xz-utils, cpio: VM guests and their image;
 #   the image builder also fetches linux-image-amd64 with `apt-get download`.
 # postgresql: the sample's PostgreSQL db tier (examples/shop-pg.yaml).
-pkgs=(iproute2 nftables wireguard-tools iperf3 tcpdump qemu-system-x86 busybox-static xz-utils cpio postgresql)
+# chromium: the web console's browser tests (headless, driven by chromedp).
+pkgs=(iproute2 nftables wireguard-tools iperf3 tcpdump qemu-system-x86 busybox-static xz-utils cpio postgresql chromium)
 
 if ! command -v dpkg >/dev/null; then
 	echo "deps: not a Debian machine (no dpkg); install by hand: ${pkgs[*]}" >&2

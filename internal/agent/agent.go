@@ -99,8 +99,11 @@ type Config struct {
 	PollWait       time.Duration
 	RepairInterval time.Duration
 	StatusInterval time.Duration
-	BackoffMin     time.Duration
-	BackoffMax     time.Duration
+	// FenceAfter > 0 fences the host (fence.go) once no status report has
+	// been acknowledged for that long; 0 never fences (fail static).
+	FenceAfter time.Duration
+	BackoffMin time.Duration
+	BackoffMax time.Duration
 
 	Logger *slog.Logger
 	Now    func() time.Time
@@ -163,6 +166,9 @@ type Agent struct {
 	caKey      crypto.PublicKey  // verifies desired states (the cluster CA's key)
 	digest     string            // digest of target (verified)
 	appliedDig string            // digest of the state last applied without error
+	lastAck    time.Time         // last status report acknowledged (the lease)
+	fenced     string            // why the host is fenced ("": it is not)
+	fencedAt   time.Time
 }
 
 // New checks cfg and makes an agent.
@@ -191,6 +197,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	// anything, so that an agent restarted during a server outage puts the
 	// host back exactly as it was.
 	a.loadStateKey()
+	a.loadFence()
+	start := a.cfg.Now()
 	ds, ok, err := LoadDesired(a.cfg.StateDir)
 	var digest string
 	if ok && err == nil {
@@ -242,6 +250,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.pollLoop(ctx, cp) })
 	wg.Go(func() { a.statusLoop(ctx, cp) })
 	wg.Go(func() { a.taskWatch(ctx) })
+	if a.cfg.FenceAfter > 0 {
+		wg.Go(func() { a.fenceLoop(ctx, cp, start) })
+	}
 	if a.cfg.Listener != nil {
 		wg.Go(func() { a.serveAPI(ctx, id) })
 	}
@@ -285,25 +296,33 @@ func (a *Agent) pollLoop(ctx context.Context, cp ControlPlane) {
 			// store was replaced. Its answer is still the truth.
 			a.log.Warn("desired revision went backwards", "had", index, "got", ds.Revision)
 		}
-		digest, err := a.checkDesired(&ds, sourceServer)
-		if err != nil {
-			// Neither kept nor applied: the host stays on its last good
-			// state, says why in its status, and waits for a newer one.
-			a.log.Error("desired state refused; keeping the last good state", "revision", ds.Revision, "err", err)
-			a.refuse(ds.Revision, err)
+		if err := a.accept(ds); err != nil {
 			sleepCtx(ctx, bo.next())
 			continue
 		}
-		a.log.Info("new desired state", "revision", ds.Revision, "guests", len(ds.State.Guests), "peers", len(ds.State.Peers))
-		if err := SaveDesired(a.cfg.StateDir, ds); err != nil {
-			// Apply anyway: the server's newest state may revoke a path,
-			// and keeping it open because a disk is full is worse than
-			// restoring an older state after a restart.
-			a.log.Error("could not persist desired state; applying it anyway", "err", err, "revision", ds.Revision)
-		}
-		a.setTarget(ds, digest)
-		signal(a.wake)
 	}
+}
+
+// accept checks a desired state from the server, stores it and makes it
+// the target; a state that fails the checks is refused (the host stays on
+// its last good state, says why in its status, and waits for a newer one).
+func (a *Agent) accept(ds api.DesiredState) error {
+	digest, err := a.checkDesired(&ds, sourceServer)
+	if err != nil {
+		a.log.Error("desired state refused; keeping the last good state", "revision", ds.Revision, "err", err)
+		a.refuse(ds.Revision, err)
+		return err
+	}
+	a.log.Info("new desired state", "revision", ds.Revision, "guests", len(ds.State.Guests), "peers", len(ds.State.Peers))
+	if err := SaveDesired(a.cfg.StateDir, ds); err != nil {
+		// Apply anyway: the server's newest state may revoke a path,
+		// and keeping it open because a disk is full is worse than
+		// restoring an older state after a restart.
+		a.log.Error("could not persist desired state; applying it anyway", "err", err, "revision", ds.Revision)
+	}
+	a.setTarget(ds, digest)
+	signal(a.wake)
+	return nil
 }
 
 // reconcileLoop applies each new target, and the current one again every
@@ -367,7 +386,7 @@ func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 	a.reconcileMu.Lock()
 	defer a.reconcileMu.Unlock()
 	a.mu.Lock()
-	target, digest := a.target, a.digest
+	target, digest, fenced := a.target, a.digest, a.fenced != ""
 	a.mu.Unlock()
 	if target == nil {
 		return
@@ -375,8 +394,13 @@ func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reconcileTimeout)
 	defer cancel()
 
+	st := target.State
+	if fenced {
+		st = fencedState(st)
+		why += ", fenced"
+	}
 	start := time.Now()
-	errs := a.reconcile(ctx, target.State)
+	errs := a.reconcile(ctx, st)
 	elapsed := time.Since(start)
 	a.m.reconcileDuration.Observe(elapsed.Seconds())
 
@@ -489,9 +513,13 @@ func (a *Agent) statusLoop(ctx context.Context, cp ControlPlane) {
 	failing := false
 	for {
 		st := a.Status(ctx)
+		sent := a.cfg.Now()
 		rctx, cancel := context.WithTimeout(ctx, statusTimeout)
 		err := cp.ReportStatus(rctx, a.cfg.Name, st)
 		cancel()
+		if err == nil {
+			a.renewed(sent)
+		}
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
 			// Logged once per outage: the poll loop already says more.
@@ -554,6 +582,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	target := a.target
 	applied, appliedDig := a.applied, a.appliedDig
 	errs := slices.Clone(a.lastErrors)
+	fenced := a.fenced
 	if a.refusedErr != "" && (a.target == nil || a.target.Revision < a.refused) {
 		errs = append(errs, a.refusedErr)
 	}
@@ -576,6 +605,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		APIAddr:           a.apiAddr(),
 		Errors:            errs,
 		NotReady:          a.notReadyReason(),
+		Fenced:            fenced,
 		Time:              a.cfg.Now().UTC(),
 	}
 	if target != nil {

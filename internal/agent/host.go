@@ -95,6 +95,10 @@ type HostConfig struct {
 	Listen                           string // local API address; empty: none
 	VMImage, KVM                     string
 	RepairInterval                   time.Duration
+	// StatusInterval is the time between two status reports (0: the
+	// default); FenceAfter, if > 0, fences the host's paths after that
+	// long without an acknowledged report (Config.FenceAfter).
+	StatusInterval, FenceAfter time.Duration
 	// JoinTimeout bounds the first join (0: try until stopped).
 	JoinTimeout time.Duration
 	Logger      *slog.Logger
@@ -335,6 +339,8 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		},
 		Probe:             prober.Probe,
 		RepairInterval:    cfg.RepairInterval,
+		StatusInterval:    cfg.StatusInterval,
+		FenceAfter:        cfg.FenceAfter,
 		Runtimes:          mgr.Names(),
 		ValidateDataplane: dataplane.Validate,
 		Logger:            log,

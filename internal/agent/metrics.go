@@ -12,6 +12,7 @@ import (
 // metrics of one agent. Each agent has its own registry, so that several
 // agents can live in one process (tests, simulated fleets).
 type metrics struct {
+	fences            prometheus.Counter
 	reg               *prometheus.Registry
 	reconcileDuration prometheus.Histogram
 	reconcileErrors   prometheus.Counter
@@ -53,13 +54,17 @@ func newMetrics() *metrics {
 			Namespace: "corridor", Subsystem: "agent", Name: "desired_rejected_total",
 			Help: "Desired states refused (neither kept nor applied), by where they came from (server, disk) and why (unsigned, bad_signature, newer_schema, invalid).",
 		}, []string{"source", "reason"}),
+		fences: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "corridor", Subsystem: "agent", Name: "fences_total",
+			Help: "Times this host's paths were stopped because its lease with the control plane ran out (--fence-after).",
+		}),
 		guests: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "corridor", Subsystem: "agent", Name: "guests",
 			Help: "Guests of this host by state.",
 		}, []string{"state"}),
 	}
 	m.paths = &pathCollector{}
-	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.keyRotations, m.desiredRejected, m.guests, m.paths,
+	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.keyRotations, m.desiredRejected, m.guests, m.paths, m.fences,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -114,8 +114,11 @@ type Status struct {
 	// data plane could not be applied: a WireGuard device it cannot open,
 	// a name clash with another agent); empty when it can. The server
 	// shows such a host as ServerNotReady.
-	NotReady string    `json:"notReady,omitempty"`
-	Time     time.Time `json:"time"`
+	NotReady string `json:"notReady,omitempty"`
+	// Fenced says why the host's paths are stopped (its lease with the
+	// control plane ran out: agent --fence-after), "" when they are not.
+	Fenced string    `json:"fenced,omitempty"`
+	Time   time.Time `json:"time"`
 }
 
 // Error is the body of every non-2xx answer.

@@ -98,5 +98,7 @@ certificate) serves the server's proxied requests: task logs, path probes for
 	fl.StringVar(&cfg.VMImage, "vm-image", image.DefaultOut, "guest image for vm tasks that name no kernel or image (made by 'corridor image build --with-sample')")
 	fl.StringVar(&cfg.KVM, "kvm", vm.KVMAuto, "KVM for vm guests: auto (a probe boot decides), on or off (TCG)")
 	fl.DurationVar(&cfg.RepairInterval, "repair-interval", agent.DefaultRepairInterval, "how often the host's state is checked against the desired state and drift repaired")
+	fl.DurationVar(&cfg.StatusInterval, "status-interval", agent.DefaultStatusInterval, "time between two status reports (heartbeats); keep it well under the server's --heartbeat-timeout")
+	fl.DurationVar(&cfg.FenceAfter, "fence-after", 0, "stop this host's paths (guests keep running, cut off) after this long without an acknowledged status report, until the server answers again; set it under the server's --heartbeat-timeout (0: never fence, serve the last state through any outage)")
 	return cmd
 }

@@ -109,6 +109,7 @@ stderr). If a lab is already up in DIR it says so and fails, unless --force.`,
 type labAccess struct {
 	Dir       string   `json:"dir"`
 	ServerURL string   `json:"serverURL"`
+	Console   string   `json:"console"` // the web console: log in with Token
 	Token     string   `json:"token"`
 	CAFile    string   `json:"caFile"`
 	Servers   []string `json:"servers"`
@@ -119,7 +120,7 @@ func printLabAccess(cmd *cobra.Command, l *lab.Lab, format string) error {
 	if err != nil {
 		return err
 	}
-	a := labAccess{Dir: l.Dir, ServerURL: l.ServerURL, Token: tok, CAFile: l.CAFile}
+	a := labAccess{Dir: l.Dir, ServerURL: l.ServerURL, Console: l.ServerURL + "/ui/", Token: tok, CAFile: l.CAFile}
 	for _, s := range l.Servers {
 		a.Servers = append(a.Servers, s.Name)
 	}
@@ -132,6 +133,7 @@ func printLabAccess(cmd *cobra.Command, l *lab.Lab, format string) error {
 	if err := printData(out, format, a, func(t *Table) {
 		t.Row("server URL:", a.ServerURL)
 		t.Row("admin token:", a.Token)
+		t.Row("web console:", a.Console+" (log in with the admin token)")
 		t.Row("CA:", a.CAFile)
 		t.Row("servers:", strings.Join(a.Servers, " "))
 		t.Row("lab dir:", a.Dir)

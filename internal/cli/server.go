@@ -65,6 +65,7 @@ On first start it makes the CA (DATA_DIR/ca.crt), the admin token
 			fmt.Fprintf(w, "  admin token: %s\n", filepath.Join(cfg.DataDir, server.AdminTokenFile))
 			fmt.Fprintf(w, "  join token:  %s\n", filepath.Join(cfg.DataDir, server.JoinTokenFile))
 			fmt.Fprintf(w, "  CA:          %s\n", filepath.Join(cfg.DataDir, server.CACertFile))
+			fmt.Fprintf(w, "  console:     %s/ui/ (log in with the admin token)\n", s.PublicURL())
 			fmt.Fprintf(w, "log in with: corridor login --server %s --token \"$(cat %s)\" --ca %s\n",
 				s.PublicURL(), filepath.Join(cfg.DataDir, server.AdminTokenFile), filepath.Join(cfg.DataDir, server.CACertFile))
 			return s.Run(ctx)
@@ -83,7 +84,7 @@ On first start it makes the CA (DATA_DIR/ca.crt), the admin token
 	f.DurationVar(&cfg.KeyRotation, "key-rotation", 0, "rotate each server's WireGuard key once it is older than this, one server at a time (e.g. 720h; 0: only on request, with \"corridor server rotate-key\")")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	_ = cmd.MarkFlagRequired("data-dir")
-	cmd.AddCommand(newServerRemoveCmd(), newServerRotateKeyCmd(), newServerBackupCmd())
+	cmd.AddCommand(newServerRemoveCmd(), newServerRotateKeyCmd(), newServerBackupCmd(), newServerDrainCmd(true), newServerDrainCmd(false))
 	return cmd
 }
 

@@ -56,8 +56,8 @@ func (c *compiler) place() error {
 	return nil
 }
 
-// keep leaves t on its earlier server if that server is up, still carries
-// the class's labels and still has room; kept tasks are counted before any
+// keep leaves t on its earlier server if that server is up and not
+// draining, still carries the class's labels and still has room; kept tasks are counted before any
 // new task is placed.
 func (c *compiler) keep(ti int32) {
 	t := &c.tasks[ti]
@@ -70,6 +70,8 @@ func (c *compiler) keep(ti int32) {
 		t.moved = "moved from " + t.cur.Server + " (no longer a server)"
 	case s.state == spec.ServerDown:
 		t.moved = "moved from " + s.spec.Name + " (down)"
+	case s.state == spec.ServerDraining:
+		t.moved = "moved from " + s.spec.Name + " (draining)"
 	case labelMismatch(t.class, s) != "":
 		t.moved = "moved from " + s.spec.Name + " (" + labelMismatch(t.class, s) + ")"
 	case !fits(s, t.class):

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,8 +52,8 @@ classes:
 type fleet struct {
 	lab *lab.Lab
 	c   *api.Client
-	// own are the apps applied under a name of this test process's own
-	// (applyOwn), whose guests assertNothingLeft looks for too.
+	// own are the apps applied (apply, applyOwn), whose guests
+	// assertNothingLeft looks for.
 	own []string
 }
 
@@ -62,7 +63,13 @@ func upFleet(t *testing.T) *fleet {
 }
 
 // upFleetWith brings up a 3-server lab whose agents get extra arguments.
-func upFleetWith(t *testing.T, agentArgs ...string) *fleet {
+func upFleetWith(t testing.TB, agentArgs ...string) *fleet {
+	t.Helper()
+	return upFleetOpts(t, func(o *lab.Options) { o.AgentArgs = append(o.AgentArgs, agentArgs...) })
+}
+
+// upFleetOpts brings up a 3-server lab with options changed by edit.
+func upFleetOpts(t testing.TB, edit func(*lab.Options)) *fleet {
 	t.Helper()
 	testnet.NeedRoot(t, "builds a lab of network namespaces")
 	corridorBin := testnet.Binary(t, "server", "agent")
@@ -74,8 +81,9 @@ func upFleetWith(t *testing.T, agentArgs ...string) *fleet {
 		Underlay: netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/24", 100+pid%150)),
 		Binary:   corridorBin,
 		// Drift repair fast enough for the test to watch it.
-		AgentArgs: append([]string{"--repair-interval", "20s"}, agentArgs...),
+		AgentArgs: []string{"--repair-interval", "20s"},
 	}
+	edit(&opts)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, opts)
@@ -103,7 +111,7 @@ func upFleetWith(t *testing.T, agentArgs ...string) *fleet {
 	return f
 }
 
-func dumpLogs(t *testing.T, l *lab.Lab) {
+func dumpLogs(t testing.TB, l *lab.Lab) {
 	files, _ := filepath.Glob(filepath.Join(l.Dir, "logs", "*.log"))
 	more, _ := filepath.Glob(filepath.Join(l.Dir, "*", "cor*.log"))
 	files = append(files, more...)
@@ -122,11 +130,11 @@ func dumpLogs(t *testing.T, l *lab.Lab) {
 }
 
 // assertNothingLeft checks that lab down removed every namespace, link,
-// process and file of the lab; apps are the apps applied under a name of
-// the test's own (applyOwn), besides shop and blog.
-func assertNothingLeft(t *testing.T, l *lab.Lab, apps ...string) {
+// process and file of the lab; apps are the apps the test applied. (Only
+// those: another lab on the machine may run a shop of its own.)
+func assertNothingLeft(t testing.TB, l *lab.Lab, apps ...string) {
 	t.Helper()
-	prefixes := []string{l.Prefix, guest.NetnsPrefix + "shop-", guest.NetnsPrefix + "blog-"}
+	prefixes := []string{l.Prefix}
 	for _, a := range apps {
 		prefixes = append(prefixes, guest.NetnsPrefix+a+"-")
 	}
@@ -173,7 +181,7 @@ var appNameLine = regexp.MustCompile(`(?m)^name: *([a-z][a-z0-9]*) *$`)
 // what it finds in the task's cgroup before starting its program and
 // after it ends, and re-makes the guest's veth. A test that watches one
 // stream must not share its guests.
-func (f *fleet) applyOwn(t *testing.T, doc []byte) string {
+func (f *fleet) applyOwn(t testing.TB, doc []byte) string {
 	t.Helper()
 	m := appNameLine.FindSubmatchIndex(doc)
 	if m == nil {
@@ -182,16 +190,18 @@ func (f *fleet) applyOwn(t *testing.T, doc []byte) string {
 	name := fmt.Sprintf("%s%d", doc[m[2]:m[3]], os.Getpid())
 	own := append(append(append([]byte{}, doc[:m[2]]...), name...), doc[m[3]:]...)
 	f.apply(t, own)
-	f.own = append(f.own, name)
 	return name
 }
 
-func (f *fleet) apply(t *testing.T, doc []byte) {
+func (f *fleet) apply(t testing.TB, doc []byte) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := f.c.ApplyApp(ctx, doc, api.ApplyOptions{File: "e2e.yaml"}); err != nil {
 		t.Fatalf("apply: %v", err)
+	}
+	if m := appNameLine.FindSubmatch(doc); m != nil && !slices.Contains(f.own, string(m[1])) {
+		f.own = append(f.own, string(m[1]))
 	}
 }
 
@@ -199,7 +209,7 @@ func (f *fleet) apply(t *testing.T, doc []byte) {
 // specs ask for runs, every host applied its latest desired state, every
 // encrypted path between two servers had a handshake), then checks that
 // the placement holds exactly want tasks.
-func (f *fleet) settle(t *testing.T, want int) []api.TaskInfo {
+func (f *fleet) settle(t testing.TB, want int) []api.TaskInfo {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -213,12 +223,12 @@ func (f *fleet) settle(t *testing.T, want int) []api.TaskInfo {
 	return st.Tasks
 }
 
-func (f *fleet) verify(t *testing.T, app string) *verify.Report {
+func (f *fleet) verify(t testing.TB, app string) *verify.Report {
 	t.Helper()
 	return f.verifyOpt(t, app, verify.Options{Timeout: 1500 * time.Millisecond})
 }
 
-func (f *fleet) verifyOpt(t *testing.T, app string, opt verify.Options) *verify.Report {
+func (f *fleet) verifyOpt(t testing.TB, app string, opt verify.Options) *verify.Report {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -229,14 +239,14 @@ func (f *fleet) verifyOpt(t *testing.T, app string, opt verify.Options) *verify.
 	return rep
 }
 
-func (f *fleet) mustVerify(t *testing.T, app string) *verify.Report {
+func (f *fleet) mustVerify(t testing.TB, app string) *verify.Report {
 	t.Helper()
 	return f.verifyWithin(t, app, 0)
 }
 
 // verifyWithin runs verify until it passes or d has elapsed, and fails
 // the test with the last run's mismatches. d = 0 runs it once.
-func (f *fleet) verifyWithin(t *testing.T, app string, d time.Duration) *verify.Report {
+func (f *fleet) verifyWithin(t testing.TB, app string, d time.Duration) *verify.Report {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	rep := f.verify(t, app)
@@ -550,7 +560,7 @@ func appAndDB(tasks []api.TaskInfo, name string) (app, db api.TaskInfo, ok bool)
 // waitConnected dials addr over TCP from inside fromTask's guest every
 // step until a byte goes through, and fails the test (saying when) if none
 // does within d.
-func waitConnected(t *testing.T, fromTask, addr string, d, step time.Duration, when string) {
+func waitConnected(t testing.TB, fromTask, addr string, d, step time.Duration, when string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {

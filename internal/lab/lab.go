@@ -76,6 +76,8 @@ type Lab struct {
 	JoinTokenFile  string   `json:"joinTokenFile"`
 	CAFile         string   `json:"caFile"`
 	Control        *Process `json:"control,omitempty"`
+	// ServerArgs are extra arguments of the control plane (Options).
+	ServerArgs []string `json:"serverArgs,omitempty"`
 
 	Servers []Server `json:"servers"`
 

@@ -53,6 +53,9 @@ type Options struct {
 	JoinTimeout  time.Duration
 	// AgentArgs are added to every agent's command line.
 	AgentArgs []string
+	// ServerArgs are added to the control plane's command line (kept in
+	// lab.json: a restarted server gets them again).
+	ServerArgs []string
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
 }

@@ -187,6 +187,7 @@ func newLab(o Options) *Lab {
 		CAFile:            filepath.Join(data, caFile),
 		Namespaces:        []string{},
 		RootLinks:         []string{},
+		ServerArgs:        o.ServerArgs,
 	}
 	for i := 1; i <= o.Servers; i++ {
 		name := serverName(i)
@@ -312,10 +313,10 @@ func (l *Lab) makeRootLink() error {
 }
 
 func (l *Lab) controlArgs() []string {
-	return []string{l.Binary, "server",
+	return append([]string{l.Binary, "server",
 		"--data-dir", l.ServerDataDir,
 		"--listen", strings.TrimPrefix(l.ServerURL, "https://"),
-	}
+	}, l.ServerArgs...)
 }
 
 func (l *Lab) startControl(ctx context.Context, o Options) error {

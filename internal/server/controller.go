@@ -304,14 +304,17 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	if err != nil {
 		return err
 	}
-	servers, states := fleet(sn, c.hub.lastSeen(), time.Now(), since, c.timeout)
+	seen, now := c.hub.lastSeen(), time.Now()
+	servers, states := fleet(sn, seen, now, since, c.timeout)
 	c.m.setHostStates(states)
 	start := time.Now()
 	plan, err := c.cache.Compile(compileInput(sn, specs(sn.Apps), servers))
 	c.m.compileSeconds.Observe(time.Since(start).Seconds())
 	c.mu.Lock()
+	prevDown := c.lastDown
 	c.lastDown = downKey(states)
 	c.mu.Unlock()
+	c.noteDownChanges(ctx, prevDown, states, sn, seen, now, since)
 	if err != nil {
 		// Keep the last good state: agents go on with what they have.
 		c.noteCompileError(ctx, err)
@@ -359,6 +362,11 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	if err != nil {
 		return err
 	}
+	perServer := map[string]int{}
+	for _, t := range plan.Tasks {
+		perServer[t.Server]++
+	}
+	c.noteDrained(ctx, sn, states, perServer)
 	if len(writes) > 0 || moved > 0 {
 		msg := fmt.Sprintf("%d tasks placed (%d new or moved), %d host desired states updated", len(plan.Tasks), moved, len(writes))
 		c.log.Info("placement updated", "tasks", len(plan.Tasks), "moved", moved, "hosts", len(writes))

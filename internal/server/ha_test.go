@@ -105,9 +105,11 @@ func TestExternalEtcdLeaderFailover(t *testing.T) {
 	eventually(t, 10*time.Second, "3 tasks placed by the new leader", func() (bool, string) {
 		return len(tasksOf(t, follower.admin, api.Filter{})) == 3, ""
 	})
-	if follower.Reconciles() <= before {
-		t.Fatal("the new leader did not reconcile")
-	}
+	// The placement is written before the reconcile is counted (an event
+	// is appended in between): wait for the count, do not read it once.
+	eventually(t, 10*time.Second, "the new leader counted its reconcile", func() (bool, string) {
+		return follower.Reconciles() > before, fmt.Sprint(follower.Reconciles(), " <= ", before)
+	})
 	ds, err := ag.c.Desired(bg, "s1", 0, 0)
 	if err != nil || len(ds.State.Guests) != 3 {
 		t.Fatalf("agent's desired state via the new leader: %d guests, %v", len(ds.State.Guests), err)

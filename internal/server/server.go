@@ -81,6 +81,7 @@ type Server struct {
 	adminToken string
 	joinToken  string
 	hub        *hub
+	revs       *revWatch // the store's revision, for the web console
 	ctrl       *controller
 	m          *metrics
 	ln         net.Listener
@@ -178,6 +179,7 @@ func (s *Server) setup(ctx context.Context) error {
 		return err
 	}
 	s.hub = newHub(s.st, s.log)
+	s.revs = newRevWatch()
 	s.ctrl = newController(s.st, s.hub, s.m, s.log, s.cfg.ID, s.cfg.LeaderTTL, s.cfg.HeartbeatTimeout)
 	s.ctrl.keyRotation = s.cfg.KeyRotation
 	s.hub.onStatus = s.statusSeen
@@ -259,8 +261,9 @@ func (s *Server) Run(ctx context.Context) error {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.hub.run(rctx) }()
+	go func() { defer wg.Done(); s.revs.run(rctx, s.st, s.log) }()
 	go func() { defer wg.Done(); s.ctrl.run(rctx) }()
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
@@ -272,6 +275,7 @@ func (s *Server) Run(ctx context.Context) error {
 		err = fmt.Errorf("server: serve: %w", err)
 	}
 	s.hub.close()
+	s.revs.close()
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer scancel()
 	_ = s.http.Shutdown(sctx)
@@ -325,6 +329,8 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/servers/{name}", authAdmin, s.getServer)
 	h("DELETE /v1/servers/{name}", authAdmin, s.removeServer)
 	h("POST /v1/servers/{name}/rotate-key", authAdmin, s.rotateKey)
+	h("POST /v1/servers/{name}/drain", authAdmin, s.drainServer)
+	h("POST /v1/servers/{name}/undrain", authAdmin, s.undrainServer)
 	h("GET /v1/tasks", authAdmin, s.listTasks)
 	h("GET /v1/paths", authAdmin, s.listPaths)
 	h("GET /v1/events", authAdmin, s.listEvents)
@@ -332,6 +338,7 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/backup", authAdmin, s.backup)
 	h("POST /v1/servers/{name}/probe", authAdmin, s.probe)
 	h("GET /v1/tasks/{task...}", authAdmin, s.taskSub)
+	s.mountConsole(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (see docs/api.md)", r.Method, r.URL.Path))
 	})

@@ -162,13 +162,19 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	q := r.URL.Query()
+	writeJSON(w, http.StatusOK, taskInfos(sn, statuses, q.Get("app"), q.Get("server"), q.Get("task")))
+}
+
+// taskInfos are the placed tasks with their live status, filtered by app,
+// server and task when these are not empty.
+func taskInfos(sn *store.Snapshot, statuses map[string]store.StatusRecord, app, server, task string) []api.TaskInfo {
 	live := map[string]api.TaskStatus{}
 	for _, st := range statuses {
 		for _, ts := range st.Status.Tasks {
 			live[st.Status.Name+"\x00"+ts.Task] = ts
 		}
 	}
-	app, server, task := r.URL.Query().Get("app"), r.URL.Query().Get("server"), r.URL.Query().Get("task")
 	out := []api.TaskInfo{}
 	for _, p := range sn.Placement {
 		if app != "" && p.App != app {
@@ -185,7 +191,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 			out = append(out, ti)
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out
 }
 
 func (s *Server) listPaths(w http.ResponseWriter, r *http.Request) {
@@ -193,8 +199,14 @@ func (s *Server) listPaths(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	app, server := r.URL.Query().Get("app"), r.URL.Query().Get("server")
-	now := time.Now()
+	q := r.URL.Query()
+	writeJSON(w, http.StatusOK, pathInfos(sn, statuses, q.Get("app"), q.Get("server"), time.Now()))
+}
+
+// pathInfos are the compiled paths with the live state of the WireGuard
+// peer that carries each encrypted one, filtered by app and by server
+// (either end) when these are not empty.
+func pathInfos(sn *store.Snapshot, statuses map[string]store.StatusRecord, app, server string, now time.Time) []api.PathInfo {
 	out := []api.PathInfo{}
 	for _, p := range sn.Placement {
 		if app != "" && p.App != app {
@@ -221,7 +233,7 @@ func (s *Server) listPaths(w http.ResponseWriter, r *http.Request) {
 			out = append(out, pi)
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out
 }
 
 func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {

@@ -1,6 +1,7 @@
 // Package settle waits, over the API client, until a fleet has settled:
 // every task the apps' specs ask for is placed and running, every
-// server's agent has applied its latest desired state without errors,
+// server's agent (but those of servers down that hold no task) has applied its latest
+// desired state without errors,
 // and every encrypted path between two servers has had a WireGuard
 // handshake, as the agents report it.
 //
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/spec"
 )
 
 // Client is the part of the API client that Wait reads (*api.Client
@@ -212,9 +214,16 @@ func Check(ctx context.Context, c Client, opts Options) State {
 		}
 	}
 
-	// Hosts: the latest desired state applied, without errors.
+	// Hosts: the latest desired state applied, without errors. A server
+	// that is down and holds no task any more cannot apply anything and
+	// need not: its tasks were placed elsewhere, which the tasks above
+	// wait for.
+	holds := map[string]bool{}
+	for _, t := range tasks {
+		holds[t.Server] = true
+	}
 	for _, s := range servers {
-		if s.State == api.ServerRevoked {
+		if s.State == api.ServerRevoked || s.State == spec.ServerDown && !holds[s.Spec.Name] {
 			continue
 		}
 		st.Servers++

@@ -241,3 +241,18 @@ func TestRetriesFailedCalls(t *testing.T) {
 		t.Errorf("first progress: %+v", seen)
 	}
 }
+
+// A server that is down and holds no task is not waited for: its tasks
+// were placed elsewhere, and those are. One that still holds a task (TestTimeoutSaysWhatIsUnsettled) is.
+func TestDownServerIsNotWaitedFor(t *testing.T) {
+	f := settled()
+	f.servers = append(f.servers, api.Server{Spec: spec.Server{Name: "s3"}, State: spec.ServerDown, DesiredRevision: 9, AppliedRevision: 5})
+	st := Check(context.Background(), f, Options{})
+	if !st.Settled() || st.Servers != 2 {
+		t.Errorf("with s3 down: %+v", st)
+	}
+	f.servers[2].State = "ready"
+	if st := Check(context.Background(), f, Options{}); st.Settled() {
+		t.Errorf("s3 ready but behind is settled: %+v", st)
+	}
+}

@@ -1,0 +1,48 @@
+package compile
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/corridor-dev/corridor/internal/spec"
+)
+
+// A task on a draining server moves (keeping its address), and says so;
+// one on a ready server stays.
+func TestDrainingServerTasksMove(t *testing.T) {
+	in := Input{Servers: fleet(3), Apps: []spec.App{{Name: "a", Classes: []spec.Class{{Name: "x", Tasks: 2,
+		Resources: spec.Resources{CPU: 100, Memory: 1 << 20}}}}}}
+	p, err := Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range p.Tasks {
+		in.Current = append(in.Current, Assignment{Task: tk.ID, Server: tk.Server, Address: tk.Address})
+	}
+	drained := p.Tasks[0]
+	for i := range in.Servers {
+		if in.Servers[i].Name == drained.Server {
+			in.Servers[i].State = spec.ServerDraining
+		}
+	}
+	q, err := Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tk := range q.Tasks {
+		was := p.Tasks[i]
+		switch {
+		case tk.ID == drained.ID:
+			if tk.Server == drained.Server || tk.Address != drained.Address || !strings.Contains(tk.Reason.Chosen, "moved from "+drained.Server+" (draining)") {
+				t.Errorf("drained task: %+v, was on %s at %s", tk, drained.Server, drained.Address)
+			}
+		case tk.Server != was.Server || !tk.Reason.Kept:
+			t.Errorf("%s moved from %s to %s: only the drained server's tasks move", tk.ID, was.Server, tk.Server)
+		}
+	}
+	for _, hs := range q.Hosts {
+		if hs.Host == drained.Server && len(hs.Guests) != 0 {
+			t.Errorf("the draining server still has guests: %+v", hs.Guests)
+		}
+	}
+}
