@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/capture"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/hostns"
+	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/testnet"
@@ -106,12 +108,13 @@ type udpStream struct {
 	mu      sync.Mutex
 	got     map[uint64]bool
 	stop    chan struct{}
+	sending chan struct{} // closed when the sender has stopped
 	wg      sync.WaitGroup
 }
 
 func startUDPStream(t *testing.T, from, to api.TaskInfo, port int, marker string, every time.Duration) *udpStream {
 	t.Helper()
-	u := &udpStream{marker: marker, toNS: guest.NetnsPath(to.ID), got: map[uint64]bool{}, stop: make(chan struct{})}
+	u := &udpStream{marker: marker, toNS: guest.NetnsPath(to.ID), got: map[uint64]bool{}, stop: make(chan struct{}), sending: make(chan struct{})}
 	if err := nsrun.Do(u.toNS, func() (err error) {
 		u.in, err = net.ListenPacket("udp4", net.JoinHostPort(to.Address.String(), strconv.Itoa(port)))
 		return err
@@ -150,6 +153,7 @@ func startUDPStream(t *testing.T, from, to api.TaskInfo, port int, marker string
 	}()
 	go func() {
 		defer u.wg.Done()
+		defer close(u.sending)
 		tk := time.NewTicker(every)
 		defer tk.Stop()
 		for seq := uint64(0); ; seq++ {
@@ -194,6 +198,68 @@ func (u *udpStream) why() string {
 		snmpField(snmp, "Udp:", "InErrors"), snmpField(snmp, "Udp:", "RcvbufErrors"), u.lostRanges())
 }
 
+// lostWindows are the times of the first and last datagram of each run of
+// lost ones.
+func (u *udpStream) lostWindows() [][2]time.Time {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out [][2]time.Time
+	n := min(u.sent.Load(), uint64(len(u.sentAt)))
+	for seq := uint64(0); seq < n; seq++ {
+		if u.got[seq] {
+			continue
+		}
+		end := seq
+		for end+1 < n && !u.got[end+1] {
+			end++
+		}
+		out = append(out, [2]time.Time{u.sentAt[seq], u.sentAt[end]})
+		seq = end
+	}
+	return out
+}
+
+// logsAround gives the lab's log lines (agents, server, datapath
+// processes; not debug) within half a second of each window, for a loss
+// to be read against what the hosts did.
+func logsAround(l *lab.Lab, windows [][2]time.Time) string {
+	files, _ := filepath.Glob(filepath.Join(l.Dir, "logs", "*.log"))
+	more, _ := filepath.Glob(filepath.Join(l.Dir, "*", "cor*.log"))
+	files = append(files, more...)
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			i := strings.Index(line, "time=")
+			if i < 0 || strings.Contains(line, "level=DEBUG") {
+				continue
+			}
+			ts, _, _ := strings.Cut(line[i+len("time="):], " ")
+			at, err := time.Parse(time.RFC3339Nano, ts)
+			if err != nil {
+				continue
+			}
+			for _, w := range windows {
+				if !at.Before(w[0].Add(-500*time.Millisecond)) && !at.After(w[1].Add(500*time.Millisecond)) {
+					out = append(out, filepath.Base(f)+": "+line)
+					break
+				}
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int {
+		ta, tb := a[strings.Index(a, "time="):], b[strings.Index(b, "time="):]
+		return strings.Compare(ta, tb)
+	})
+	if len(out) > 300 {
+		out = out[:300]
+	}
+	return strings.Join(out, "\n")
+}
+
 // lostRanges lists the runs of lost datagrams with when they were sent.
 func (u *udpStream) lostRanges() string {
 	u.mu.Lock()
@@ -222,6 +288,9 @@ func (u *udpStream) finish() (sent, lost uint64) {
 	default:
 		close(u.stop)
 	}
+	// The sender stops before its socket is closed: a datagram it was
+	// about to send must not meet a closed socket (and count as lost).
+	<-u.sending
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) && uint64(u.received()) < u.sent.Load() {
 		time.Sleep(20 * time.Millisecond)
@@ -545,7 +614,7 @@ func TestHitlessRotationUnderLoad(t *testing.T) {
 	if res.Dropped != 0 {
 		t.Errorf("the capture dropped %d frames: a leak could hide there", res.Dropped)
 	}
-	checkRotationLoss(t, "UDP across the 10 rotations", sent, lost, udp)
+	checkRotationLoss(t, sf.lab, "UDP across the 10 rotations", sent, lost, udp)
 	if tsent == 0 || techo != tsent || bad != "" {
 		t.Errorf("TCP across the rotations: %d sent, %d echoed, %q", tsent, techo, bad)
 	}
@@ -619,7 +688,7 @@ func TestRotationAcrossControlPlaneRestart(t *testing.T) {
 	if res.Matches[encMark] != 0 || res.Matches[plainMark] == 0 || res.Dropped != 0 {
 		t.Errorf("capture: encrypted marker in clear %d times, plain control %d times, %d dropped", res.Matches[encMark], res.Matches[plainMark], res.Dropped)
 	}
-	checkRotationLoss(t, "UDP across the rotations with the control plane restarted", sent, lost, udp)
+	checkRotationLoss(t, sf.lab, "UDP across the rotations with the control plane restarted", sent, lost, udp)
 	if plost != 0 {
 		t.Errorf("plain UDP: %d of %d lost (%s)", plost, psent, plain.why())
 	}
@@ -633,10 +702,10 @@ func TestRotationAcrossControlPlaneRestart(t *testing.T) {
 // TestRotationLoss, whose bound this is). The rotation with a gap lost
 // about 60 datagrams per rotation of a 2 ms stream: a third of the stream
 // across 10 rotations, far above the bound.
-func checkRotationLoss(t *testing.T, what string, sent, lost uint64, u *udpStream) {
+func checkRotationLoss(t *testing.T, l *lab.Lab, what string, sent, lost uint64, u *udpStream) {
 	t.Helper()
 	if lost > 0 {
-		t.Logf("%s: lost %d of %d datagrams: %s", what, lost, sent, u.why())
+		t.Logf("%s: lost %d of %d datagrams: %s; the hosts' logs around:\n%s", what, lost, sent, u.why(), logsAround(l, u.lostWindows()))
 	}
 	if sent == 0 || lost > sent/200 {
 		t.Errorf("%s: %d of %d datagrams lost (bound 0.5%%): %s", what, lost, sent, u.why())
@@ -788,7 +857,8 @@ func TestAgentKillUnderLoad(t *testing.T) {
 	t.Logf("agent of %s killed with SIGKILL and restarted after %s: encrypted UDP every 2 ms %d sent, %d lost; plain UDP every 2 ms %d sent, %d lost",
 		srv.Name, time.Since(killed).Round(time.Millisecond), sent, lost, psent, plost)
 	if lost != 0 || plost != 0 || sent == 0 || psent == 0 {
-		t.Errorf("lost across the agent kill: encrypted %d of %d (%s), plain %d of %d (%s)", lost, sent, enc.why(), plost, psent, plain.why())
+		t.Errorf("lost across the agent kill: encrypted %d of %d (%s), plain %d of %d (%s); the hosts' logs around:\n%s", lost, sent, enc.why(), plost, psent, plain.why(),
+			logsAround(sf.lab, append(enc.lostWindows(), plain.lostWindows()...)))
 	}
 	if before != after {
 		t.Errorf("WireGuard device of %s changed across the agent kill:\nbefore:\n%s\nafter:\n%s", srv.Name, before, after)
