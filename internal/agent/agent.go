@@ -35,6 +35,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/spec"
+	"github.com/corridor-dev/corridor/internal/version"
 )
 
 // DefaultStateDir is where `corridor agent` keeps its state unless told.
@@ -92,6 +93,9 @@ type Config struct {
 
 	// Listener, when set, serves the local API (mTLS, see APITLSConfig).
 	Listener net.Listener
+	// MetricsListener, when set, serves GET /metrics alone in plain HTTP,
+	// for Prometheus (docs/metrics.md).
+	MetricsListener net.Listener
 	// Logs and Probe back the local API; nil answers 501.
 	Logs  LogsFunc
 	Probe ProbeFunc
@@ -255,6 +259,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.cfg.Listener != nil {
 		wg.Go(func() { a.serveAPI(ctx, id) })
+	}
+	if a.cfg.MetricsListener != nil {
+		wg.Go(func() { a.serveMetrics(ctx) })
 	}
 	<-ctx.Done()
 	a.log.Info("agent stopping; guests and data plane are left running")
@@ -601,6 +608,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		Capacity:          a.cfg.Capacity,
 		Labels:            a.cfg.Labels,
 		AppliedRevision:   applied,
+		Version:           version.Version,
 		AppliedDigest:     appliedDig,
 		APIAddr:           a.apiAddr(),
 		Errors:            errs,

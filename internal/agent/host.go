@@ -93,8 +93,11 @@ type HostConfig struct {
 	WireGuardName                    string
 	WireGuardUserspace               bool
 	Listen                           string // local API address; empty: none
-	VMImage, KVM                     string
-	RepairInterval                   time.Duration
+	// MetricsListen is the plain-HTTP address of /metrics for Prometheus
+	// (see docs/metrics.md); empty: none.
+	MetricsListen  string
+	VMImage, KVM   string
+	RepairInterval time.Duration
 	// StatusInterval is the time between two status reports (0: the
 	// default); FenceAfter, if > 0, fences the host's paths after that
 	// long without an acknowledged report (Config.FenceAfter).
@@ -320,6 +323,15 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 			return fmt.Errorf("--listen: %w", err)
 		}
 	}
+	var mln net.Listener
+	if cfg.MetricsListen != "" {
+		if mln, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+	}
 	stateDir := cfg.StateDir
 	prober := &Prober{
 		GuestNetns: guest.NetnsPath,
@@ -332,8 +344,9 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		Capacity:      capacity, Labels: labels,
 		JoinToken: token, Bootstrap: bootstrap, Connect: connect, Join: join,
 		Guests: GuestsOf(mgr), Dataplane: DataplaneOf(dp),
-		ServerAddrs: serverAddrs,
-		Listener:    ln,
+		ServerAddrs:     serverAddrs,
+		Listener:        ln,
+		MetricsListener: mln,
 		Logs: func(ctx context.Context, task string, lines int, follow bool, w io.Writer) error {
 			return TailTaskLog(ctx, stateDir, task, lines, follow, w)
 		},

@@ -85,6 +85,37 @@ func (a *Agent) serveAPI(ctx context.Context, id *Identity) {
 	}
 }
 
+// serveMetrics serves GET /metrics, and nothing else, in plain HTTP on the
+// metrics listener until ctx is done: what Prometheus scrapes. It holds
+// no secret and accepts no input; see docs/metrics.md for why it is a
+// listener of the agent's own, off unless asked for.
+func (a *Agent) serveMetrics(ctx context.Context) {
+	srv := &http.Server{
+		Handler:           a.MetricsHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx) //nolint:errcheck // best effort at exit
+	}()
+	a.log.Info("metrics listening (plain HTTP)", "addr", a.cfg.MetricsListener.Addr().String())
+	if err := srv.Serve(a.cfg.MetricsListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		a.log.Error("metrics listener stopped", "err", err)
+	}
+}
+
+// MetricsHandler serves GET /metrics alone.
+func (a *Agent) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
 // Handler is the local API, without TLS (APITLSConfig adds the auth):
 //
 //	GET  /v1/status                       the current api.Status

@@ -2,11 +2,13 @@ package agent
 
 import (
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/dataplane"
 )
 
 // metrics of one agent. Each agent has its own registry, so that several
@@ -63,6 +65,11 @@ func newMetrics() *metrics {
 			Help: "Guests of this host by state.",
 		}, []string{"state"}),
 	}
+	for _, src := range []string{sourceServer, sourceDisk} {
+		for _, why := range []string{"unsigned", "bad_signature", "newer_schema", "invalid"} {
+			m.desiredRejected.WithLabelValues(src, why) // every series at 0 from the first scrape
+		}
+	}
 	m.paths = &pathCollector{}
 	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.keyRotations, m.desiredRejected, m.guests, m.paths, m.fences,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -100,9 +107,20 @@ var (
 		"Bytes sent to a WireGuard peer.", []string{"peer"}, nil)
 	peerHandshakeDesc = prometheus.NewDesc("corridor_agent_peer_last_handshake_seconds",
 		"Unix time of the last WireGuard handshake with a peer (0: never).", []string{"peer"}, nil)
+	peerHandshakeAgeDesc = prometheus.NewDesc("corridor_agent_peer_handshake_age_seconds",
+		"Seconds since the last WireGuard handshake with a peer, at scrape time (no series until the first handshake). Every encrypted path between this host and the peer rides on it.", []string{"peer"}, nil)
 	dropDesc = prometheus.NewDesc("corridor_agent_firewall_dropped_packets_total",
 		"Packets the firewall dropped, by app, class pair and kind (pair: wrong port or path for an allowed pair; out/in: no rule; spoof, path, host, invalid).",
 		[]string{"app", "from_class", "to_class", "kind"}, nil)
+	dropBytesDesc = prometheus.NewDesc("corridor_agent_firewall_dropped_bytes_total",
+		"Bytes of the packets counted by corridor_agent_firewall_dropped_packets_total.",
+		[]string{"app", "from_class", "to_class", "kind"}, nil)
+	allowDesc = prometheus.NewDesc("corridor_agent_firewall_allowed_connections_total",
+		"Connections the firewall let out of a local guest, by app and class pair (the first packet of each; established traffic is accepted by conntrack and not counted per pair).",
+		[]string{"app", "from_class", "to_class"}, nil)
+	allowBytesDesc = prometheus.NewDesc("corridor_agent_firewall_allowed_bytes_total",
+		"Bytes of the first packets of the connections counted by corridor_agent_firewall_allowed_connections_total.",
+		[]string{"app", "from_class", "to_class"}, nil)
 )
 
 func (c *pathCollector) set(peers []api.PeerStatus, drops []api.DropCount) {
@@ -115,7 +133,11 @@ func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- peerRxDesc
 	ch <- peerTxDesc
 	ch <- peerHandshakeDesc
+	ch <- peerHandshakeAgeDesc
 	ch <- dropDesc
+	ch <- dropBytesDesc
+	ch <- allowDesc
+	ch <- allowBytesDesc
 }
 
 func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
@@ -127,6 +149,7 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 		hs := 0.0
 		if !p.LastHandshake.IsZero() {
 			hs = float64(p.LastHandshake.UnixNano()) / 1e9
+			ch <- prometheus.MustNewConstMetric(peerHandshakeAgeDesc, prometheus.GaugeValue, max(0, time.Since(p.LastHandshake).Seconds()), p.Server)
 		}
 		ch <- prometheus.MustNewConstMetric(peerHandshakeDesc, prometheus.GaugeValue, hs, p.Server)
 	}
@@ -141,6 +164,12 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		seen[k] = true
+		if kind == dataplane.Allowed {
+			ch <- prometheus.MustNewConstMetric(allowDesc, prometheus.CounterValue, float64(d.Packets), k[:3]...)
+			ch <- prometheus.MustNewConstMetric(allowBytesDesc, prometheus.CounterValue, float64(d.Bytes), k[:3]...)
+			continue
+		}
 		ch <- prometheus.MustNewConstMetric(dropDesc, prometheus.CounterValue, float64(d.Packets), k[:]...)
+		ch <- prometheus.MustNewConstMetric(dropBytesDesc, prometheus.CounterValue, float64(d.Bytes), k[:]...)
 	}
 }

@@ -81,6 +81,7 @@ func convertDataplaneStatus(st dataplane.Status) DataplaneStatus {
 		out.Drops = append(out.Drops, api.DropCount{
 			Kind: d.Kind, App: d.App, FromClass: d.FromClass, ToClass: d.ToClass,
 			Packets: int64(min(d.Packets, math.MaxInt64)),
+			Bytes:   int64(min(d.Bytes, math.MaxInt64)),
 		})
 	}
 	return out

@@ -436,3 +436,52 @@ func statusError(code int, data []byte) *StatusError {
 	}
 	return se
 }
+
+// PostVerifyRun stores the result of a verify run of app (rep: the verify
+// report as `corridor verify -o json` prints it).
+func (c *Client) PostVerifyRun(ctx context.Context, app string, rep []byte) (VerifyRun, error) {
+	var out VerifyRun
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "/v1/apps" + path(app, "verify-runs"), raw: rep, contentType: "application/json"}, &out)
+	return out, err
+}
+
+// VerifyRuns lists the stored verify runs of app, newest first (limit <=
+// 0: all the server keeps).
+func (c *Client) VerifyRuns(ctx context.Context, app string, limit int) ([]VerifyRun, error) {
+	var out []VerifyRun
+	req := request{method: http.MethodGet, path: "/v1/apps" + path(app, "verify-runs")}
+	if limit > 0 {
+		req.query = url.Values{"limit": {strconv.Itoa(limit)}}
+	}
+	_, err := c.do(ctx, req, &out)
+	return out, err
+}
+
+// LastVerifyRuns lists the newest verify run of every app (without their
+// reports).
+func (c *Client) LastVerifyRuns(ctx context.Context) ([]VerifyRun, error) {
+	var out []VerifyRun
+	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/verify-runs"}, &out)
+	return out, err
+}
+
+// Report asks for app's evidence report, signed by the control plane's CA;
+// since is an RFC 3339 time or a duration ("" for the server's default).
+func (c *Client) Report(ctx context.Context, app, since string) (SignedReport, error) {
+	var out SignedReport
+	req := request{method: http.MethodGet, path: "/v1/apps" + path(app, "report")}
+	if since != "" {
+		req.query = url.Values{"since": {since}}
+	}
+	if _, err := c.do(ctx, req, &out); err != nil {
+		return out, err
+	}
+	// The signature covers the compact encoding; an answer indented on
+	// the way compacts back to it.
+	var b bytes.Buffer
+	if err := json.Compact(&b, out.Report); err != nil {
+		return out, fmt.Errorf("api: report: %w", err)
+	}
+	out.Report = b.Bytes()
+	return out, nil
+}

@@ -3,6 +3,7 @@
 package api
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/compile"
@@ -77,8 +78,11 @@ type DropCount struct {
 	// Kind is the data plane's counter kind (pair, out, in, spoof, path,
 	// host, invalid; see internal/dataplane). Empty means pair. Only pair
 	// counters carry both classes; out has FromClass, in has ToClass, the
-	// others name no app.
+	// others name no app. Kind "allow" is no drop: it counts the
+	// connections the pair's egress rule allowed out of a local guest.
 	Kind string `json:"kind,omitempty"`
+	// Bytes the counter counted with its packets.
+	Bytes int64 `json:"bytes,omitempty"`
 }
 
 // Status is an agent's heartbeat and status report.
@@ -119,6 +123,8 @@ type Status struct {
 	// control plane ran out: agent --fence-after), "" when they are not.
 	Fenced string    `json:"fenced,omitempty"`
 	Time   time.Time `json:"time"`
+	// Version is the agent's build version (internal/version).
+	Version string `json:"version,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.
@@ -284,14 +290,95 @@ type PlanResult struct {
 	Apps    []AppChange    `json:"apps"`
 	Changes []PlanChange   `json:"changes"`
 	Tasks   []compile.Task `json:"tasks"`
+	// Paths are the paths added and removed, per app and class pair.
+	Paths []PathChange `json:"paths,omitempty"`
+	// Hosts are the servers whose desired state would change (sorted).
+	Hosts []string `json:"hosts,omitempty"`
+}
+
+// Changed reports whether applying would change anything: an app created
+// or updated, a task, path or host state changed.
+func (p PlanResult) Changed() bool {
+	for _, a := range p.Apps {
+		if a.Action != "unchanged" {
+			return true
+		}
+	}
+	return len(p.Changes) > 0 || len(p.Paths) > 0 || len(p.Hosts) > 0
 }
 
 // PlanChange is one change a dry run found.
 type PlanChange struct {
-	// Kind: "task" or "host".
+	// Kind: "task", "path" or "host".
 	Kind string `json:"kind"`
 	Name string `json:"name"`
-	// Action: "add", "move", "remove" (tasks), "update" (hosts).
+	// Action: "add", "move", "remove" (tasks), "update" (hosts, and the
+	// paths of one class pair).
 	Action string `json:"action"`
 	Detail string `json:"detail,omitempty"`
+	// Server is where a task goes (add, move) or the host updated; From
+	// the server a task leaves (move, remove).
+	Server string `json:"server,omitempty"`
+	From   string `json:"from,omitempty"`
+}
+
+// PathChange is what a dry run changes in the paths of one class pair of
+// an app. A path whose kind, ports or servers change is in both lists.
+type PathChange struct {
+	App       string    `json:"app"`
+	FromClass string    `json:"fromClass"`
+	ToClass   string    `json:"toClass"`
+	Added     []PathRef `json:"added,omitempty"`
+	Removed   []PathRef `json:"removed,omitempty"`
+}
+
+// PathRef names one path between two tasks.
+type PathRef struct {
+	From       string `json:"from"` // task ID
+	To         string `json:"to"`
+	FromServer string `json:"fromServer"`
+	ToServer   string `json:"toServer"`
+	// Kind: "encrypted", "plain" or "local" (both tasks on one server).
+	Kind  string `json:"kind"`
+	Ports string `json:"ports"` // "tcp/5432"
+}
+
+// VerifyRun is one stored `corridor verify` run of an app. The server
+// keeps the newest MaxVerifyRuns per app.
+type VerifyRun struct {
+	App string `json:"app"`
+	// ID names the run (its time and a random tail); Time is when the
+	// server stored it, By who posted it.
+	ID         string    `json:"id"`
+	Time       time.Time `json:"time"`
+	By         string    `json:"by"`
+	Checks     int       `json:"checks"`
+	Passed     int       `json:"passed"`
+	Failed     int       `json:"failed"`
+	Incomplete int       `json:"incomplete"`
+	// OK: every check ran and matched the policy.
+	OK bool `json:"ok"`
+	// Report is the verify report as `corridor verify -o json` prints it
+	// (internal/verify.Report).
+	Report json.RawMessage `json:"report,omitempty"`
+}
+
+// MaxVerifyRuns is how many verify runs the server keeps per app.
+const MaxVerifyRuns = 20
+
+// SignedReport is an evidence report (internal/report.Report) in its
+// canonical JSON, as signed, with the control plane CA's signature.
+type SignedReport struct {
+	Report    json.RawMessage  `json:"report"`
+	Signature *ReportSignature `json:"signature"`
+}
+
+// ReportSignature is the CA's signature of a report's canonical JSON.
+type ReportSignature struct {
+	Alg    string `json:"alg"`    // ecdsa-sha256 or ed25519
+	Digest string `json:"digest"` // "sha256:" + hex of the canonical JSON
+	Value  []byte `json:"value"`  // base64 in JSON
+	// CA is the "sha256:" fingerprint of the DER of the CA certificate
+	// whose key signed (informative: verify against the CA you trust).
+	CA string `json:"ca"`
 }

@@ -42,7 +42,10 @@ device it configures (a broken tunnel could then never be repaired).
 
 The local API on --listen (mTLS: only the cluster CA's "corridor-server"
 certificate) serves the server's proxied requests: task logs, path probes for
-` + "`corridor verify`" + `, status and Prometheus metrics.`,
+` + "`corridor verify`" + `, status and Prometheus metrics.
+
+--metrics-listen ADDR serves /metrics alone in plain HTTP, for a Prometheus
+that scrapes the agent directly (off by default; docs/metrics.md).`,
 		Example: `  # first start: join with the token from the server's data directory
   corridor agent --server https://10.0.0.1:7443 --join-token-file /etc/corridor/join.token \
     --ca /etc/corridor/ca.crt --labels zone=a,rack=r1
@@ -93,6 +96,7 @@ certificate) serves the server's proxied requests: task logs, path probes for
 	fl.StringVar(&cfg.WireGuardName, "wg-name", dataplane.DefaultWireGuardName, "WireGuard device name (unique on the machine when several agents share it)")
 	fl.BoolVar(&cfg.WireGuardUserspace, "wireguard-userspace", false, "use wireguard-go even where the kernel has WireGuard")
 	fl.StringVar(&cfg.Listen, "listen", ":7444", `local API address (mTLS); "" disables it`)
+	fl.StringVar(&cfg.MetricsListen, "metrics-listen", "", `plain-HTTP address serving only /metrics for Prometheus, e.g. 127.0.0.1:9464 (default: off; see docs/metrics.md)`)
 	fl.BoolVar(&cleanup, "cleanup", false, "remove every guest, device, rule and cgroup the agent made on this host (found through --state-dir), then exit; non-zero, naming them, when some are left")
 	fl.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&cfg.VMImage, "vm-image", image.DefaultOut, "guest image for vm tasks that name no kernel or image (made by 'corridor image build --with-sample')")

@@ -18,7 +18,7 @@ func init() { register(newApplyCmd) }
 func newApplyCmd() *cobra.Command {
 	var file string
 	var ifMatch int64
-	var wait bool
+	var wait, dryRun bool
 	var timeout time.Duration
 	var cf *clientFlags
 	var out *string
@@ -38,7 +38,11 @@ ask for is placed and running, every server's agent has applied its latest
 desired state without errors, and every encrypted path of the apps between two
 servers has had a WireGuard handshake. A line on stderr shows what it waits for
 and how far it got. If that takes longer than --timeout, apply exits 1 and
-lists what is still unsettled (the apps stay applied).`,
+lists what is still unsettled (the apps stay applied).
+
+--dry-run stores nothing and shows what the apply would change, exactly as
+` + "`corridor plan -f FILE`" + ` does; it exits 2 when something would change, 0
+when nothing would, 1 on an error.`,
 		Example: `  corridor apply -f examples/shop.yaml
   corridor apply -f shop.yaml --wait --timeout 5m
   corridor apply -f shop.yaml --if-match 42`,
@@ -58,6 +62,12 @@ lists what is still unsettled (the apps stay applied).`,
 			opts := api.ApplyOptions{File: name}
 			if cmd.Flags().Changed("if-match") {
 				opts.IfMatch = &ifMatch
+			}
+			if dryRun {
+				if wait {
+					return fmt.Errorf("--dry-run stores nothing: there is nothing to --wait for")
+				}
+				return livePlan(cmd.Context(), cmd, c, data, name, *out, opts)
 			}
 			res, err := c.ApplyApp(cmd.Context(), data, opts)
 			if err != nil {
@@ -82,6 +92,7 @@ lists what is still unsettled (the apps stay applied).`,
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "app spec file (YAML; - for stdin)")
 	cmd.Flags().Int64Var(&ifMatch, "if-match", 0, "apply only if the app is at this revision (0: must not exist)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "store nothing: show what the apply would change, as `corridor plan -f FILE` does (exit 2 when something would change, 0 when nothing would)")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the apps' tasks run, every host applied its state and their encrypted paths have handshaken")
 	cmd.Flags().DurationVar(&timeout, "timeout", defaultWaitTimeout, "how long --wait waits before it gives up (exit 1)")
 	cf = addClientFlags(cmd)

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
+	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
@@ -31,14 +32,29 @@ func newPlanCmd() *cobra.Command {
 		files   []string
 		servers string
 		current string
+		offline bool
 		output  *string
+		cf      *clientFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "plan -f APPS.yaml [-f MORE.yaml] --servers SERVERS.yaml",
-		Short: "Compile apps onto servers offline: where each task goes and why, and which paths exist",
-		Long: `Plan runs Corridor's compiler on local files, without a server and without
-root: it places every task of the apps on the servers, allocates networks and
-addresses, and derives the paths between tasks and each host's desired state.
+		Use:   "plan -f APP.yaml | plan --offline -f APPS.yaml [-f MORE.yaml] --servers SERVERS.yaml",
+		Short: "What applying would change on the running control plane, or an offline compile onto a servers file",
+		Long: `Live (the default): plan sends APP.yaml to the control plane you are logged in to
+(corridor login, or --server/--token/--ca) and shows what applying it would change
+there, compiled against the stored apps, servers and placement: the tasks that
+would be added, moved or removed with the reason for each, the paths added and
+removed per class pair (with their kind: encrypted, plain or local), and the
+hosts whose desired state would change, with what changes in them. Nothing is
+stored. ` + "`corridor apply --dry-run -f APP.yaml`" + ` is the same thing.
+
+Exit status of a live plan, for CI pipelines: 0 when nothing would change, 2
+when something would, 1 on any error (an invalid spec, one that does not fit,
+a server that does not answer).
+
+Offline (--offline, or --servers given): plan runs Corridor's compiler on local
+files, without a server and without root: it places every task of the apps on
+the servers, allocates networks and addresses, and derives the paths between
+tasks and each host's desired state.
 
 The table output shows the placement (each task's server, address and the
 reason for that server) and, per app, the path matrix: rows are the classes
@@ -51,9 +67,11 @@ With --current (a previous "corridor plan -o json", or a JSON list of
 addresses, as the server does on every change: the plan then shows what a
 change would move.
 
-Exit status: 2 when a file cannot be read, decoded or validated, 3 when some
-task fits on no server.`,
-		Example: `  corridor plan -f examples/shop.yaml --servers examples/servers.yaml
+Exit status offline: 2 when a file cannot be read, decoded or validated, 3 when
+some task fits on no server.`,
+		Example: `  corridor plan -f shop.yaml                      # live, against the control plane
+  corridor plan -f shop.yaml -o json || test $? -eq 2
+  corridor plan --offline -f examples/shop.yaml --servers examples/servers.yaml
   corridor plan -f shop.yaml -f blog.yaml --servers servers.yaml -o json > plan.json
   corridor plan -f shop.yaml --servers servers.yaml --current plan.json`,
 		Args: cobra.NoArgs,
@@ -61,8 +79,22 @@ task fits on no server.`,
 			if len(files) == 0 {
 				return &exitError{code: exitInvalid, err: errors.New("no apps: give at least one -f APPS.yaml")}
 			}
+			if !offline && servers == "" {
+				if len(files) > 1 || current != "" {
+					return errors.New("a live plan takes one -f file, as apply does (--offline --servers SERVERS.yaml compiles several files, or with --current, without a server)")
+				}
+				data, name, err := readSpecFile(cmd.InOrStdin(), files[0])
+				if err != nil {
+					return err
+				}
+				c, err := cf.client()
+				if err != nil {
+					return fmt.Errorf("%w\n(or plan without a server: corridor plan --offline -f APPS.yaml --servers SERVERS.yaml)", err)
+				}
+				return livePlan(cmd.Context(), cmd, c, data, name, *output, api.ApplyOptions{})
+			}
 			if servers == "" {
-				return &exitError{code: exitInvalid, err: errors.New("no servers: give --servers SERVERS.yaml")}
+				return &exitError{code: exitInvalid, err: errors.New("no servers: --offline needs --servers SERVERS.yaml")}
 			}
 			in, src, err := loadPlanInput(files, servers, current)
 			if err != nil {
@@ -82,6 +114,8 @@ task fits on no server.`,
 	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "app spec file (YAML, one or more App documents); repeat for more files")
 	cmd.Flags().StringVar(&servers, "servers", "", "servers file (YAML, kind: ServerList)")
 	cmd.Flags().StringVar(&current, "current", "", "current placement: a plan from -o json, or a JSON list of {task, server, address}")
+	cmd.Flags().BoolVar(&offline, "offline", false, "compile on local files (needs --servers), without a server")
+	cf = addClientFlags(cmd)
 	output = addOutputFlag(cmd)
 	return cmd
 }

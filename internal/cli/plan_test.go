@@ -61,7 +61,10 @@ func exitCode(err error) int {
 	if errors.As(err, &ee) {
 		return ee.code
 	}
-	return -1
+	if err != nil {
+		return 1 // as Main exits
+	}
+	return 0
 }
 
 func TestPlanTable(t *testing.T) {
@@ -152,12 +155,16 @@ func TestPlanErrors(t *testing.T) {
 		{"no fit", []string{"-f", f("huge.yaml"), "--servers", f("servers.yaml")}, 3,
 			[]string{"huge.yaml:9: app shop class db: no server fits task shop/db/0", "closest is s1", "short cpu"}},
 		{"duplicate app", []string{"-f", f("shop.yaml"), "-f", f("shop.yaml"), "--servers", f("servers.yaml")}, 2, []string{"also defined"}},
-		{"no servers flag", []string{"-f", f("shop.yaml")}, 2, []string{"--servers"}},
+		{"offline without servers", []string{"--offline", "-f", f("shop.yaml")}, 2, []string{"--servers"}},
+		{"live without a server", []string{"-f", f("shop.yaml")}, 1, []string{"no server configured", "--offline"}},
+		{"live with two files", []string{"-f", f("shop.yaml"), "-f", f("shop.yaml")}, 1, []string{"one -f file", "--offline"}},
 		{"no apps", []string{"--servers", f("servers.yaml")}, 2, []string{"-f"}},
 		{"missing file", []string{"-f", f("nope.yaml"), "--servers", f("servers.yaml")}, 2, []string{"nope.yaml"}},
 		{"bad current", []string{"-f", f("shop.yaml"), "--servers", f("servers.yaml"), "--current", f("cur.json")}, 2, []string{"cur.json", "not a plan"}},
 		{"bad output", []string{"-f", f("shop.yaml"), "--servers", f("servers.yaml"), "-o", "xml"}, 0, []string{"unknown output format"}},
 	}
+	t.Setenv("CORRIDOR_CONFIG", filepath.Join(t.TempDir(), "none.json"))
+	t.Setenv("CORRIDOR_SERVER", "")
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			out, _, err := runPlan(t, c.args...)

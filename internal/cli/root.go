@@ -64,6 +64,10 @@ encrypted (WireGuard, on the hosts) or plain (VXLAN), and nothing else.`,
 	return root
 }
 
+// positionalWithSubcommands annotates a command that takes positional
+// arguments of its own beside its subcommands (strictArgs leaves it be).
+const positionalWithSubcommands = "corridor/positional"
+
 // strictArgs makes every command that only groups others (get, delete,
 // server, lab...) fail on an unknown subcommand, with a suggestion, instead
 // of printing its help and exiting 0: a script's typo must not count as
@@ -74,6 +78,9 @@ func strictArgs(cmd *cobra.Command) {
 	}
 	if !cmd.HasSubCommands() {
 		return
+	}
+	if cmd.Annotations[positionalWithSubcommands] != "" {
+		return // `corridor report APP` and `corridor report verify FILE`
 	}
 	if cmd.Runnable() { // `corridor server` runs, and has subcommands
 		args := cmd.Args
@@ -132,7 +139,9 @@ func Main(args []string) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(os.Stderr, "error:", err)
+	if !errors.Is(err, errSilent) { // a status only: the output said why
+		fmt.Fprintln(os.Stderr, "error:", err)
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code

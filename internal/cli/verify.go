@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os/signal"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/verify"
 )
 
@@ -37,7 +40,8 @@ responder or whose probe port did not answer in time) or whose capture cannot
 vouch for what it did not see is "incomplete": never counted as a pass. The
 probes run through the agents, so verify needs only the admin token.
 It exits 1 on any mismatch, and on any incomplete check unless
---allow-incomplete is given.`,
+--allow-incomplete is given. The result is stored on the server (the newest 20
+runs per app; --no-record does not), where ` + "`corridor report APP`" + ` finds it.`,
 		Example: "  corridor verify shop\n  corridor verify shop -o json",
 		Args:    cobra.ExactArgs(1),
 	}
@@ -49,6 +53,8 @@ It exits 1 on any mismatch, and on any incomplete check unless
 	var allowIncomplete bool
 	cmd.Flags().BoolVar(&allowIncomplete, "allow-incomplete", false, "exit 0 when no check contradicts the policy even if some could not be run (they are still reported incomplete)")
 	cmd.Flags().BoolVar(&opt.NoRetry, "no-retry", false, "report each check's first probe, without running a shortfall (an allowed pair that timed out) once more")
+	var noRecord bool
+	cmd.Flags().BoolVar(&noRecord, "no-record", false, "do not store the result on the server (by default the server keeps the newest 20 runs per app, for `corridor report`)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		c, err := cf.client()
 		if err != nil {
@@ -63,9 +69,30 @@ It exits 1 on any mismatch, and on any incomplete check unless
 		if err := printVerify(cmd.OutOrStdout(), *out, rep); err != nil {
 			return err
 		}
+		if !noRecord {
+			recordVerifyRun(ctx, cmd.ErrOrStderr(), c, rep)
+		}
 		return verdict(cmd.ErrOrStderr(), rep, allowIncomplete)
 	}
 	return cmd
+}
+
+// recordVerifyRun stores the run on the server, for reports and the
+// console; a failure to store is said on stderr and does not change the
+// verdict (the run itself is printed).
+func recordVerifyRun(ctx context.Context, w io.Writer, c *api.Client, rep *verify.Report) {
+	if ctx.Err() != nil {
+		return
+	}
+	b, err := json.Marshal(rep)
+	if err == nil {
+		var run api.VerifyRun
+		if run, err = c.PostVerifyRun(ctx, rep.App, b); err == nil {
+			fmt.Fprintf(w, "verify %s: run %s stored on the server (corridor report %s shows it)\n", rep.App, run.ID, rep.App)
+			return
+		}
+	}
+	fmt.Fprintf(w, "warning: verify %s: the run was not stored on the server: %v\n", rep.App, err)
 }
 
 func printVerify(w io.Writer, format string, rep *verify.Report) error {

@@ -286,6 +286,18 @@ func testDataplane(t *testing.T, kernel bool) {
 		if drops["pair:shop:web:db"] == 0 || drops["out:shop:batch:"] == 0 || drops["pair:shop:web:cache"] == 0 {
 			t.Fatalf("drop counters: %v", drops)
 		}
+		// The connections a1 -> b1:5432 made above were let out by the
+		// web->db egress rule, which counts them (on A, their source's
+		// host); a bytes count goes with them.
+		var allowBytes uint64
+		for _, d := range stA.Drops {
+			if d.Kind == Allowed && d.App == "shop" && d.FromClass == "web" && d.ToClass == "db" {
+				allowBytes = d.Bytes
+			}
+		}
+		if drops["allow:shop:web:db"] == 0 || allowBytes == 0 {
+			t.Fatalf("allowed-connection counter of web->db: %v (bytes %d)", drops, allowBytes)
+		}
 	})
 	t.Run("encrypted-pair-refused-in-plain", func(t *testing.T) {
 		// Host A misroutes web->db in plain (as a stale or forged host

@@ -124,6 +124,11 @@
 //	                         VTEP of the state, or whose inner source is not
 //	                         a guest behind that VTEP (input chain)
 //
+// One named counter is no drop counter: allow:<app>:<from>:<to> counts the
+// first packet of each connection that the pair's egress rule lets out of
+// a local guest (packets of established connections are accepted by
+// conntrack before any class-pair rule and are not counted per pair).
+//
 // Interface names are matched one by one or in concatenations with the
 // guest's address ("iifname . ip saddr"): nft 1.0.6 prints the names of
 // such sets, where a set of names alone printed as "".

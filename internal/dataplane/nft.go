@@ -249,7 +249,7 @@ func (dp *Dataplane) dropCounters() ([]DropCounter, error) {
 		parts := strings.Split(c.Name, ":")
 		dc := DropCounter{Kind: parts[0], Packets: c.Packets, Bytes: c.Bytes}
 		switch {
-		case dc.Kind == DropPair && len(parts) == 4:
+		case (dc.Kind == DropPair || dc.Kind == Allowed) && len(parts) == 4:
 			dc.App, dc.FromClass, dc.ToClass = parts[1], parts[2], parts[3]
 		case dc.Kind == DropEgress && len(parts) == 3:
 			dc.App, dc.FromClass = parts[1], parts[2]

@@ -41,6 +41,9 @@ const (
 	DropStray   = "stray"
 	DropTunnel  = "tunnel"
 	DropVTEP    = "vtep"
+	// Allowed is not a drop: allow:<app>:<from>:<to> counts the
+	// connections a pair's egress rule let out of a local guest.
+	Allowed = "allow"
 )
 
 // fingerprintPrefix starts the comment of the first forward rule, which
@@ -608,6 +611,7 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		}
 		ms := []match{addrSet(true, r.Sources), addrSet(false, r.Dests)}
 		ms = append(ms, l4(r.Protocol, r.Ports)...)
+		ms = append(ms, b.count(counterName(Allowed, r.App, r.FromClass, r.ToClass)))
 		b.add(chainGuestOut, append(ms, ret)...)
 	}
 	for _, r := range egress {

@@ -93,7 +93,7 @@ func TestRulesetDeterministicAndComplete(t *testing.T) {
 	text := r1.text()
 	for _, want := range []string{
 		`iifname "corg1" ip saddr != 100.64.0.1`,
-		`ip saddr {100.64.0.1} ip daddr {100.64.1.1} meta l4proto tcp th dport {5432} return`,
+		`ip saddr {100.64.0.1} ip daddr {100.64.1.1} meta l4proto tcp th dport {5432} counter name "allow:shop:web:db" return`,
 		`100.64.0.1 . 100.64.1.1 : 0x1000000`,
 		`counter name "pair:shop:web:db" drop`,
 		`counter name "out:shop:web" drop`,

@@ -367,7 +367,9 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res := api.PlanResult{Tasks: p.Tasks}
+	inApps := map[string]bool{}
 	for _, a := range in {
+		inApps[a.app.Name] = true
 		ch := api.AppChange{Name: a.app.Name, Action: "created"}
 		if old, ok := sn.App(a.app.Name); ok {
 			ch.PreviousRevision, ch.Revision = old.Revision, old.Revision
@@ -378,41 +380,26 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request) {
 		}
 		res.Apps = append(res.Apps, ch)
 	}
-	was := map[string]string{}
-	for _, pl := range sn.Placement {
-		for _, t := range pl.Tasks {
-			was[t.ID] = t.Server
-		}
-	}
-	for _, t := range p.Tasks {
-		old, ok := was[t.ID]
-		switch {
-		case !ok:
-			res.Changes = append(res.Changes, api.PlanChange{Kind: "task", Name: t.ID, Action: "add", Detail: "on " + t.Server + ": " + t.Reason.Chosen})
-		case old != t.Server:
-			res.Changes = append(res.Changes, api.PlanChange{Kind: "task", Name: t.ID, Action: "move", Detail: old + " -> " + t.Server + ": " + t.Reason.Chosen})
-		}
-		delete(was, t.ID)
-	}
-	gone := make([]string, 0, len(was))
-	for id := range was {
-		gone = append(gone, id)
-	}
-	sort.Strings(gone)
-	for _, id := range gone {
-		res.Changes = append(res.Changes, api.PlanChange{Kind: "task", Name: id, Action: "remove", Detail: "from " + was[id]})
+	res.Changes = taskChanges(sn, p, inApps)
+	res.Paths = pathChanges(sn, p)
+	for _, pc := range res.Paths {
+		res.Changes = append(res.Changes, api.PlanChange{Kind: "path", Name: pc.App + ": " + pc.FromClass + " -> " + pc.ToClass,
+			Action: "update", Detail: fmt.Sprintf("%d added, %d removed", len(pc.Added), len(pc.Removed))})
 	}
 	hosts, err := s.st.Hosts(r.Context())
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	for _, hs := range p.Hosts {
-		b, _ := json.Marshal(hs)
-		if h := hosts[hs.Host]; h == nil || !bytes.Equal(h.Desired, b) {
-			res.Changes = append(res.Changes, api.PlanChange{Kind: "host", Name: hs.Host, Action: "update",
-				Detail: fmt.Sprintf("%d guests, %d peers, %d vxlan entries", len(hs.Guests), len(hs.Peers), len(hs.VXLAN))})
+	stored := make(map[string][]byte, len(hosts))
+	for name, h := range hosts {
+		if h != nil {
+			stored[name] = h.Desired
 		}
+	}
+	for _, hc := range hostChanges(p, stored) {
+		res.Changes = append(res.Changes, hc)
+		res.Hosts = append(res.Hosts, hc.Name)
 	}
 	writeJSON(w, http.StatusOK, res)
 }
@@ -476,6 +463,9 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 			Object: "app/" + name, Message: fmt.Sprintf("deleted %s (revision %d)", name, old.Revision)})
 		if err != nil {
 			return err
+		}
+		if err := s.st.DeleteVerifyRuns(r.Context(), name); err != nil {
+			s.log.Warn("delete verify runs", "app", name, "err", err)
 		}
 		w.WriteHeader(http.StatusNoContent)
 		return nil

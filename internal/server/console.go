@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -12,6 +14,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/console"
 	"github.com/corridor-dev/corridor/internal/store"
+	"github.com/corridor-dev/corridor/internal/verify"
 )
 
 // mountConsole adds the web console's routes (internal/console) to mux,
@@ -90,13 +93,36 @@ func (c consoleSource) Wait(ctx context.Context, rev int64) (int64, bool) {
 	return c.s.revs.wait(ctx, rev)
 }
 
-// lastVerifyRuns is the seam for the last verify run of each app: the
-// server keeps no verify runs yet (verify runs in the CLI, which probes
-// through the API), so there is none to show, and the console says "no
-// verify run recorded". Once verify runs are stored, read the newest per
-// app here.
-func (s *Server) lastVerifyRuns(context.Context, *store.Snapshot) ([]console.VerifyRun, error) {
-	return nil, nil
+// lastVerifyRuns is the newest stored verify run of each app of sn (see
+// report.go: `corridor verify` posts every run), with one summary line per
+// check that did not pass.
+func (s *Server) lastVerifyRuns(ctx context.Context, sn *store.Snapshot) ([]console.VerifyRun, error) {
+	runs, err := s.st.LastVerifyRuns(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	var out []console.VerifyRun
+	for _, run := range runs {
+		if _, ok := sn.App(run.App); !ok {
+			continue
+		}
+		v := console.VerifyRun{App: run.App, Time: run.Time, Passed: run.OK, Checks: run.Checks, Failed: run.Failed + run.Incomplete}
+		var rep verify.Report
+		if err := json.Unmarshal(run.Report, &rep); err == nil {
+			for _, c := range rep.Checks {
+				if c.OK {
+					continue
+				}
+				to := c.ToTask
+				if to == "" {
+					to = "outside " + c.ToAddr
+				}
+				v.Summary = append(v.Summary, fmt.Sprintf("%s -> %s %s/%d: expected %s, observed %s", c.FromTask, to, c.Protocol, c.Port, c.Expect, c.Observed))
+			}
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // revWatch follows the store's revision with one etcd watch on the whole

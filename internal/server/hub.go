@@ -29,6 +29,10 @@ type hub struct {
 	parked atomic.Int64
 	// onStatus is called (without mu) for every status the watch sees.
 	onStatus func(host string)
+	// fanout, when set, observes for each host the time from a new
+	// desired state seen by the watch to the host's status saying it
+	// applied that revision (or a later one).
+	fanout func(seconds float64)
 }
 
 type hostEntry struct {
@@ -39,6 +43,10 @@ type hostEntry struct {
 	lastSeen time.Time
 	applied  int64
 	keyGen   int64 // generation of the host's WireGuard key, as reported
+	// pendingRev is a desired revision written while this server watched
+	// and not yet reported applied, pendingSince when the watch saw it.
+	pendingRev   int64
+	pendingSince time.Time
 }
 
 func newHub(st *store.Store, log *slog.Logger) *hub {
@@ -124,6 +132,9 @@ func (h *hub) watch(ctx context.Context, rev int64) {
 				h.setDesired(host, nil, 0)
 			case store.IsDesired(kind):
 				h.setDesired(host, ev.Kv.Value, ev.Kv.ModRevision)
+				if e := h.entry(host); e.applied < ev.Kv.ModRevision {
+					e.pendingRev, e.pendingSince = ev.Kv.ModRevision, time.Now()
+				}
 			case ev.Type == clientv3.EventTypePut:
 				h.setStatus(host, ev.Kv.Value)
 				statusHosts = append(statusHosts, host)
@@ -164,6 +175,26 @@ func (h *hub) setStatus(host string, raw []byte) {
 	}
 	e := h.entry(host)
 	e.lastSeen, e.applied, e.keyGen = r.Received, r.Status.AppliedRevision, r.Status.KeyGeneration
+	if e.pendingRev != 0 && e.applied >= e.pendingRev {
+		if h.fanout != nil {
+			h.fanout(time.Since(e.pendingSince).Seconds())
+		}
+		e.pendingRev = 0
+	}
+}
+
+// pending counts the hosts whose desired state, written while this server
+// watched, they have not reported applied yet.
+func (h *hub) pending() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, e := range h.hosts {
+		if e.pendingRev != 0 && e.rev != 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // wait returns the host's desired state as soon as its revision differs

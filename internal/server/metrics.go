@@ -1,6 +1,9 @@
 package server
 
 import (
+	"net/http"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -17,6 +20,8 @@ type metrics struct {
 	hosts          *prometheus.GaugeVec
 	revisions      prometheus.Counter
 	waiters        prometheus.Gauge
+	applySeconds   *prometheus.HistogramVec
+	fanoutSeconds  prometheus.Histogram
 }
 
 var hostStates = []string{spec.ServerReady, spec.ServerDraining, spec.ServerDown, api.ServerRevoked}
@@ -46,6 +51,22 @@ func newMetrics() *metrics {
 			Help: "Agents currently long-polling their desired state on this server.",
 		}),
 	}
+	m.applySeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "corridor", Name: "apply_duration_seconds",
+		Help:    "Time to handle a change of apps through the API (validate, dry-run compile against the fleet, store), by operation (apply, scale, delete) and outcome (ok, error).",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+	}, []string{"op", "outcome"})
+	m.fanoutSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "corridor", Name: "fanout_duration_seconds",
+		Help:    "Per host, time from a new desired state being written to the host's agent reporting it applied (as seen by this server's watch).",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 16),
+	})
+	for _, op := range []string{"apply", "scale", "delete"} {
+		for _, o := range []string{"ok", "error"} {
+			m.applySeconds.WithLabelValues(op, o) // every series from the first scrape
+		}
+	}
+	m.reg.MustRegister(m.applySeconds, m.fanoutSeconds)
 	m.reg.MustRegister(m.requests, m.compileSeconds, m.hosts, m.revisions, m.waiters,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -58,5 +79,20 @@ func (m *metrics) setHostStates(states map[string]string) {
 	}
 	for _, s := range hostStates {
 		m.hosts.WithLabelValues(s).Set(float64(counts[s]))
+	}
+}
+
+// timed observes how long fn takes, as corridor_apply_duration_seconds of
+// op, with its outcome (ok below status 400, else error).
+func (s *Server) timed(op string, fn http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		fn(rec, r)
+		outcome := "ok"
+		if rec.code >= 400 {
+			outcome = "error"
+		}
+		s.m.applySeconds.WithLabelValues(op, outcome).Observe(time.Since(start).Seconds())
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/corridor-dev/corridor/internal/atomicfile"
@@ -183,6 +184,11 @@ func (s *Server) setup(ctx context.Context) error {
 	s.ctrl = newController(s.st, s.hub, s.m, s.log, s.cfg.ID, s.cfg.LeaderTTL, s.cfg.HeartbeatTimeout)
 	s.ctrl.keyRotation = s.cfg.KeyRotation
 	s.hub.onStatus = s.statusSeen
+	s.hub.fanout = s.m.fanoutSeconds.Observe
+	s.m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "corridor", Name: "fanout_pending_hosts",
+		Help: "Hosts whose newest desired state (written while this server watched) their agent has not reported applied yet.",
+	}, func() float64 { return float64(s.hub.pending()) }))
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{cert},
@@ -319,11 +325,11 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/agents/{name}/desired", authAgent, s.agentDesired)
 	h("POST /v1/agents/{name}/status", authAgent, s.agentStatus)
 
-	h("POST /v1/apps", authAdmin, s.applyApps)
+	h("POST /v1/apps", authAdmin, s.timed("apply", s.applyApps))
 	h("GET /v1/apps", authAdmin, s.listApps)
 	h("GET /v1/apps/{name}", authAdmin, s.getApp)
-	h("DELETE /v1/apps/{name}", authAdmin, s.deleteApp)
-	h("POST /v1/apps/{name}/scale", authAdmin, s.scaleApp)
+	h("DELETE /v1/apps/{name}", authAdmin, s.timed("delete", s.deleteApp))
+	h("POST /v1/apps/{name}/scale", authAdmin, s.timed("scale", s.scaleApp))
 	h("POST /v1/plan", authAdmin, s.plan)
 	h("GET /v1/servers", authAdmin, s.listServers)
 	h("GET /v1/servers/{name}", authAdmin, s.getServer)
@@ -338,6 +344,10 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/backup", authAdmin, s.backup)
 	h("POST /v1/servers/{name}/probe", authAdmin, s.probe)
 	h("GET /v1/tasks/{task...}", authAdmin, s.taskSub)
+	h("POST /v1/apps/{name}/verify-runs", authAdmin, s.postVerifyRun)
+	h("GET /v1/apps/{name}/verify-runs", authAdmin, s.listVerifyRuns)
+	h("GET /v1/verify-runs", authAdmin, s.listLastVerifyRuns)
+	h("GET /v1/apps/{name}/report", authAdmin, s.appReport)
 	s.mountConsole(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (see docs/api.md)", r.Method, r.URL.Path))

@@ -84,6 +84,12 @@ type Check struct {
 	// Retried: the first probe fell short of an allowed expectation and
 	// was run once more (see Run).
 	Retried bool `json:"retried,omitempty"`
+	// Time is when the (last) probe of the check started; MarkerSeen and
+	// WireGuardFrames are what the capture on the source host's underlay
+	// counted during it (the evidence report shows them).
+	Time            time.Time `json:"time,omitzero"`
+	MarkerSeen      bool      `json:"markerSeen,omitempty"`
+	WireGuardFrames uint64    `json:"wireGuardFrames,omitempty"`
 }
 
 // Report is the result of a run.
@@ -95,6 +101,9 @@ type Report struct {
 	// Incomplete checks proved nothing; they are neither passed nor
 	// failed.
 	Incomplete int `json:"incomplete"`
+	// Started and Finished bound the run.
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
 }
 
 // OK reports whether every check ran and matched.
@@ -275,6 +284,7 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 	if err != nil {
 		return nil, err
 	}
+	started := time.Now().UTC()
 	addrs := map[string]string{}
 	for _, t := range tasks {
 		addrs[t.ID] = t.Address.String()
@@ -322,7 +332,7 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 			c.Detail = strings.TrimSpace("observed " + first[c] + " at first, " + c.Expect + " on the retry; " + c.Detail)
 		}
 	}
-	rep := &Report{App: app, Checks: checks}
+	rep := &Report{App: app, Checks: checks, Started: started, Finished: time.Now().UTC()}
 	for _, c := range checks {
 		switch {
 		case c.Observed == Incomplete:
@@ -367,7 +377,9 @@ func runOne(ctx context.Context, p Prober, c *Check, toAddr string, timeout time
 		Marker:  []byte("corridor-verify-" + hex.EncodeToString(marker)),
 		Timeout: timeout,
 	}
+	c.Time = time.Now().UTC()
 	res, err := p.Probe(ctx, c.FromServer, req)
+	c.MarkerSeen, c.WireGuardFrames = res.MarkerSeen, res.WireGuardFrames
 	if c.ToClass == OutsideClass {
 		c.Observed, c.Detail = classifyOutside(res, err)
 		// Reached with a reset is reached: the destination is outside,
