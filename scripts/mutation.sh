@@ -25,6 +25,7 @@ device-check       encrypted-pair-refused-in-plain|injection
 fwmark-rule        encrypted
 vtep-source        vtep-spoof
 egress-snat        egress
+ingress-snat       ingress
 guest-routes       flush
 '
 echo "$cases" | while read -r guard subs; do

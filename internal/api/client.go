@@ -154,6 +154,21 @@ func (c *Client) do(ctx context.Context, req request, out any) (http.Header, err
 		hr.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(hr)
+	if err != nil && closedIdle(err) && (body == nil || hr.GetBody != nil) {
+		// The server had closed this pooled connection before it read the
+		// request: net/http's server applies its header timeout to a new
+		// connection's first request from the moment it is accepted, so a
+		// connection the transport dialed but parked idle dies after that
+		// timeout. Nothing reached the server, so sending it again on a
+		// new connection is safe whatever the method (the transport replays
+		// only GET-like requests by itself).
+		if hr.GetBody != nil {
+			hr.Body, err = hr.GetBody()
+		}
+		if err == nil {
+			resp, err = c.http.Do(hr)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("api: %s %s: %w", req.method, req.path, err)
 	}
@@ -484,4 +499,11 @@ func (c *Client) Report(ctx context.Context, app, since string) (SignedReport, e
 	}
 	out.Report = b.Bytes()
 	return out, nil
+}
+
+// closedIdle reports net/http's "server closed idle connection" error, which
+// the transport returns (unexported) when the server closed a reused
+// connection before reading the request on it.
+func closedIdle(err error) bool {
+	return strings.Contains(err.Error(), "http: server closed idle connection")
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"sort"
 	"strings"
@@ -59,6 +60,8 @@ The lab is removed when demo ends, or on Ctrl-C, unless --keep. Needs root.`,
 	f := cmd.Flags()
 	f.IntVar(&o.lab.Servers, "servers", lab.DefaultServers, "number of simulated servers")
 	f.StringVar(&o.lab.Dir, "dir", lab.DefaultDir(), "lab directory ($CORRIDOR_LAB_DIR)")
+	f.StringVar(&o.lab.Prefix, "prefix", lab.DefaultPrefix, "prefix of the lab's namespace names; two labs on one machine need two prefixes")
+	f.Var(prefixValue{&o.lab.Underlay}, "underlay", "underlay subnet of the lab (default "+lab.DefaultUnderlay.String()+")")
 	f.StringVar(&o.file, "file", "", "app spec to apply instead of the built-in examples/shop.yaml")
 	f.BoolVar(&o.keep, "keep", false, "leave the lab up at the end, to explore it")
 	f.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the app to settle")
@@ -127,6 +130,10 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 		if err != nil {
 			return explain(err)
 		}
+		// Published ports, from the lab's outside client.
+		if err := ingressChecks(ctx, c, l, rep, verify.Options{Timeout: 2 * time.Second}); err != nil {
+			return explain(err)
+		}
 		printDemoVerify(out, rep)
 		if !rep.OK() {
 			failed = append(failed, a.Name)
@@ -138,6 +145,11 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 		if err := demoShopRequest(ctx, out, c); err != nil {
 			fmt.Fprintf(talk, "the request to the web tier failed: %v\n", err)
 			failed = append(failed, "shop (web request)")
+		}
+		// And from outside Corridor: the shop publishes web on port 80.
+		if err := demoIngressRequest(ctx, out, l); err != nil {
+			fmt.Fprintf(talk, "the request from the outside client failed: %v\n", err)
+			failed = append(failed, "shop (outside request)")
 		}
 	}
 	if err := printDemoState(ctx, out, c, apps); err != nil {
@@ -388,3 +400,24 @@ func demoShopRequest(ctx context.Context, w io.Writer, c *api.Client) error {
 		guest.NetnsName(web.ID), sum.OrderCount, sum.ServedBy["web"], sum.ServedBy["app"], sum.ServedBy["db"])
 	return nil
 }
+
+// prefixValue is a flag holding an IP prefix.
+type prefixValue struct{ p *netip.Prefix }
+
+func (v prefixValue) String() string {
+	if v.p == nil || !v.p.IsValid() {
+		return ""
+	}
+	return v.p.String()
+}
+
+func (v prefixValue) Set(s string) error {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return err
+	}
+	*v.p = p
+	return nil
+}
+
+func (prefixValue) Type() string { return "prefix" }

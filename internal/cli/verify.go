@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/verify"
 )
 
@@ -53,6 +54,8 @@ runs per app; --no-record does not), where ` + "`corridor report APP`" + ` finds
 	var allowIncomplete bool
 	cmd.Flags().BoolVar(&allowIncomplete, "allow-incomplete", false, "exit 0 when no check contradicts the policy even if some could not be run (they are still reported incomplete)")
 	cmd.Flags().BoolVar(&opt.NoRetry, "no-retry", false, "report each check's first probe, without running a shortfall (an allowed pair that timed out) once more")
+	var labDir string
+	cmd.Flags().StringVar(&labDir, "lab", "", "lab directory whose outside client probes the app's published ports (ingress): allowed clients reach every task, others do not")
 	var noRecord bool
 	cmd.Flags().BoolVar(&noRecord, "no-record", false, "do not store the result on the server (by default the server keeps the newest 20 runs per app, for `corridor report`)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -65,6 +68,15 @@ runs per app; --no-record does not), where ` + "`corridor report APP`" + ` finds
 		rep, err := verify.RunFleet(ctx, c, args[0], opt)
 		if err != nil {
 			return explain(err)
+		}
+		if labDir != "" {
+			l, err := lab.Load(labDir)
+			if err != nil {
+				return err
+			}
+			if err := ingressChecks(ctx, c, l, rep, opt); err != nil {
+				return explain(err)
+			}
 		}
 		if err := printVerify(cmd.OutOrStdout(), *out, rep); err != nil {
 			return err
@@ -107,8 +119,13 @@ func printVerify(w io.Writer, format string, rep *verify.Report) error {
 				mark = "MISMATCH"
 			}
 			to := c.ToTask + "@" + c.ToServer
-			if c.ToClass == verify.OutsideClass {
+			switch {
+			case c.ToClass == verify.OutsideClass:
 				to = "outside " + c.ToAddr
+			case c.FromClass == verify.ClientClass && c.ToTask == "":
+				to = c.ToAddr
+			case c.FromClass == verify.ClientClass:
+				to = c.ToAddr + " -> " + to
 			}
 			t.Row(c.FromTask+"@"+c.FromServer, to, fmt.Sprintf("%s/%d", c.Protocol, c.Port), c.Expect, c.Observed, mark, c.Detail)
 		}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
@@ -257,6 +258,20 @@ func checkPlan(in Input, p *Plan) error {
 		}
 	}
 
+	// Ingress: what each entry host publishes, and what its legs add to
+	// the entry host's and the backend hosts' peers, VXLAN entries and
+	// (ingress.go) firewall rules.
+	ingressFW, err := checkIngress(in, p, servers, tasks, nets, func(enc bool, host, remote string, a netip.Addr) {
+		if enc {
+			add(peers, host, remote, a)
+		} else {
+			add(vx, host, remote, a)
+		}
+	})
+	if err != nil {
+		return err
+	}
+
 	if len(p.Hosts) != len(in.Servers) {
 		return fmt.Errorf("%d hosts for %d servers", len(p.Hosts), len(in.Servers))
 	}
@@ -368,11 +383,24 @@ func checkPlan(in Input, p *Plan) error {
 				return fmt.Errorf("host %s lacks route %v", h.Host, k)
 			}
 		}
-		// Firewall: one rule per (rule, direction) with a local end.
-		if len(h.Firewall) != len(fw[h.Host]) {
-			return fmt.Errorf("host %s has %d firewall rules, needs %d", h.Host, len(h.Firewall), len(fw[h.Host]))
+		// Firewall: one rule per (rule, direction) with a local end, and
+		// the ingress legs' rules.
+		var ing []FirewallRule
+		for _, f := range h.Firewall {
+			if f.FromClass == hoststate.IngressClass {
+				ing = append(ing, f)
+			}
+		}
+		if err := sameIngressRules(h.Host, ing, ingressFW[h.Host]); err != nil {
+			return err
+		}
+		if len(h.Firewall)-len(ing) != len(fw[h.Host]) {
+			return fmt.Errorf("host %s has %d firewall rules, needs %d", h.Host, len(h.Firewall)-len(ing), len(fw[h.Host]))
 		}
 		for _, f := range h.Firewall {
+			if f.FromClass == hoststate.IngressClass {
+				continue
+			}
 			pa := fw[h.Host][fwKey{f.App, f.FromClass, f.ToClass, f.Protocol, f.Direction}]
 			if pa == nil || f.Encrypt != pa.Encrypt || !slices.Equal(f.Ports, pa.Ports) {
 				return fmt.Errorf("host %s has unneeded or wrong firewall rule %+v", h.Host, f)
@@ -435,4 +463,139 @@ func cmpBool(x, y bool) int {
 		return -1
 	}
 	return 1
+}
+
+// checkIngress checks every host's ingress entries against the spec (the
+// entry hosts are the servers not down with the published port's labels;
+// each lists every task of the class, local ones as such, remote ones with
+// the published port's encryption; one source per entry host and app, in
+// the app's network and no task's), calls leg for what each remote
+// backend adds to the entry host's and the backend host's peers or VXLAN
+// entries, and returns the firewall rules each backend host needs, by
+// (app, class, protocol): sources and ports.
+func checkIngress(in Input, p *Plan, servers map[string]*spec.Server, tasks map[string]*Task, nets map[string]netip.Prefix,
+	leg func(enc bool, host, remote string, a netip.Addr)) (map[string]map[[3]string]*FirewallRule, error) {
+	type key struct{ host, app, class, proto string }
+	got := map[key][]IngressEntry{}
+	for _, h := range p.Hosts {
+		for _, e := range h.Ingress {
+			k := key{h.Host, e.App, e.Class, e.Protocol}
+			got[k] = append(got[k], e)
+		}
+	}
+	fw := map[string]map[[3]string]*FirewallRule{}
+	n := 0
+	for _, a := range in.Apps {
+		sources := map[string]netip.Addr{}
+		for _, cl := range a.Classes {
+			var classTasks []*Task
+			for _, t := range p.Tasks {
+				if t.App == a.Name && t.Class == cl.Name {
+					classTasks = append(classTasks, &t)
+				}
+			}
+			for _, pub := range cl.Publish {
+				for _, s := range in.Servers {
+					entry := s.State != spec.ServerDown
+					for k, v := range pub.On.Labels {
+						entry = entry && s.Labels[k] == v
+					}
+					if !entry {
+						continue
+					}
+					k := key{s.Name, a.Name, cl.Name, spec.Protocol(pub.Protocol)}
+					i := slices.IndexFunc(got[k], func(e IngressEntry) bool { return e.Port == pub.Port })
+					if i < 0 {
+						return nil, fmt.Errorf("host %s does not publish %s/%s port %d", s.Name, a.Name, cl.Name, pub.Port)
+					}
+					e := got[k][i]
+					got[k] = slices.Delete(got[k], i, i+1)
+					n++
+					wantAddr := pub.VirtualAddress()
+					if !wantAddr.IsValid() {
+						wantAddr = netip.MustParseAddr(s.Address)
+					}
+					if e.Address != wantAddr || e.ToPort != pub.ToPort() || e.Encrypt != pub.Encrypted() || e.Network != nets[a.Name] || len(e.Clients) != len(pub.From) {
+						return nil, fmt.Errorf("host %s ingress %+v does not say what %+v publishes", s.Name, e, pub)
+					}
+					if prev, ok := sources[s.Name]; ok && prev != e.Source {
+						return nil, fmt.Errorf("host %s has sources %s and %s in app %s", s.Name, prev, e.Source, a.Name)
+					}
+					sources[s.Name] = e.Source
+					if len(e.Backends) != len(classTasks) {
+						return nil, fmt.Errorf("host %s ingress %s/%s:%d has %d backends, the class %d tasks", s.Name, a.Name, cl.Name, pub.Port, len(e.Backends), len(classTasks))
+					}
+					for _, b := range e.Backends {
+						t := tasks[b.Task]
+						if t == nil || t.App != a.Name || t.Class != cl.Name || t.Address != b.Address || t.Server != b.Server ||
+							b.Local != (t.Server == s.Name) || b.Encrypt != (!b.Local && pub.Encrypted()) {
+							return nil, fmt.Errorf("host %s ingress backend %+v wrong", s.Name, b)
+						}
+						if b.Local {
+							continue
+						}
+						leg(b.Encrypt, s.Name, b.Server, b.Address)
+						leg(b.Encrypt, b.Server, s.Name, e.Source)
+						if fw[b.Server] == nil {
+							fw[b.Server] = map[[3]string]*FirewallRule{}
+						}
+						fk := [3]string{a.Name, cl.Name, e.Protocol}
+						r := fw[b.Server][fk]
+						if r == nil {
+							r = &FirewallRule{Encrypt: b.Encrypt}
+							fw[b.Server][fk] = r
+						}
+						r.Sources = append(r.Sources, e.Source)
+						r.Ports = append(r.Ports, pub.ToPort())
+						r.Dests = append(r.Dests, b.Address)
+					}
+				}
+			}
+		}
+		seen := map[netip.Addr]bool{}
+		for host, src := range sources {
+			n := nets[a.Name]
+			if seen[src] || !n.Contains(src) || src == n.Addr() || src == lastAddr(n) {
+				return nil, fmt.Errorf("host %s source %s in app %s repeated or not in %s", host, src, a.Name, n)
+			}
+			seen[src] = true
+			for _, t := range p.Tasks {
+				if t.Address == src && t.App == a.Name {
+					return nil, fmt.Errorf("host %s source %s is task %s's address", host, src, t.ID)
+				}
+			}
+		}
+	}
+	for k, left := range got {
+		if len(left) > 0 {
+			return nil, fmt.Errorf("host %s publishes %+v, which no spec asks", k.host, left[0])
+		}
+	}
+	return fw, nil
+}
+
+// sameIngressRules compares a host's @ingress firewall rules with the
+// sources, destinations and ports its backends need.
+func sameIngressRules(host string, got []FirewallRule, want map[[3]string]*FirewallRule) error {
+	if len(got) != len(want) {
+		return fmt.Errorf("host %s has %d ingress firewall rules, needs %d", host, len(got), len(want))
+	}
+	norm := func(a []netip.Addr) []netip.Addr {
+		a = slices.Clone(a)
+		slices.SortFunc(a, netip.Addr.Compare)
+		return slices.Compact(a)
+	}
+	for _, f := range got {
+		w := want[[3]string{f.App, f.ToClass, f.Protocol}]
+		if w == nil {
+			return fmt.Errorf("host %s has unneeded ingress rule %+v", host, f)
+		}
+		ports := slices.Clone(w.Ports)
+		slices.Sort(ports)
+		if f.Direction != Ingress || f.Encrypt != w.Encrypt || !slices.Equal(f.Ports, slices.Compact(ports)) ||
+			!slices.Equal(f.Sources, norm(w.Sources)) || !slices.Equal(f.RemoteSources, norm(w.Sources)) || !slices.Equal(norm(f.Dests), norm(w.Dests)) {
+			return fmt.Errorf("host %s ingress rule %+v, want %+v", host, f, *w)
+		}
+	}
+	return nil
 }

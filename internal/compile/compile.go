@@ -52,6 +52,10 @@ type app struct {
 	entry    *appEntry // what the cache has or gets for this app
 	netRank  int       // position in network order
 	mark     int32     // 1 + index of the last server found to run a task of the app
+	// Ingress (ingress.go): the entry hosts of the app's published
+	// ports, in server order, and each one's address in the network.
+	entries []int32
+	sources []netip.Addr
 }
 
 // class is one task class of an app.
@@ -127,10 +131,14 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	if err := c.loadCurrent(in.Current); err != nil {
 		return nil, err
 	}
+	c.entryHosts()
 	if err := c.allocateNetworks(in.Networks, in.Pool); err != nil {
 		return nil, err
 	}
 	if err := c.checkOutside(in.Pool); err != nil {
+		return nil, err
+	}
+	if err := c.checkPublish(in.Pool); err != nil {
 		return nil, err
 	}
 	if err := c.place(); err != nil {
@@ -139,11 +147,15 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	if err := c.assignAddresses(); err != nil {
 		return nil, err
 	}
+	if err := c.assignIngressSources(); err != nil {
+		return nil, err
+	}
 	c.group()
 	// Nothing fails from here on: the cache is only changed by a compile
 	// that returns a plan.
 	k.prepare(c, memo)
 	hosts, entries := c.hosts(k, memo)
+	c.addIngress(hosts)
 	plan := &Plan{
 		Networks: c.networks(),
 		Tasks:    c.planTasks(),

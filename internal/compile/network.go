@@ -31,7 +31,7 @@ func (c *compiler) allocateNetworks(prev map[string]netip.Prefix, pool netip.Pre
 				return inputErr(field, "%s has room for %d tasks, the app has %d: give it a larger network", p, n, a.numTasks)
 			}
 			a.network = p
-		} else if p, ok := prev[a.name]; ok && p.IsValid() && p == p.Masked() && usable(p) >= int64(a.numTasks) {
+		} else if p, ok := prev[a.name]; ok && p.IsValid() && p == p.Masked() && usable(p) >= int64(a.addrsNeeded()) {
 			// Kept from an earlier compile. One grown too small for the
 			// app is dropped and a larger one allocated: its tasks get new
 			// addresses, which beats failing.
@@ -73,12 +73,12 @@ func (c *compiler) allocateNetworks(prev map[string]netip.Prefix, pool netip.Pre
 	poolEnd := poolStart + 1<<(32-pool.Bits()) // exclusive
 	for _, a := range todo {
 		bits := 24
-		for bits > 0 && (int64(1)<<(32-bits))-6 < int64(a.numTasks) {
+		for bits > 0 && (int64(1)<<(32-bits))-6 < int64(a.addrsNeeded()) {
 			bits--
 		}
 		size := uint64(1) << (32 - bits)
 		if bits < pool.Bits() {
-			return inputErr("apps["+a.name+"]", "%d tasks need a /%d network, larger than the pool %s", a.numTasks, bits, pool)
+			return inputErr("apps["+a.name+"]", "%d addresses need a /%d network, larger than the pool %s", a.addrsNeeded(), bits, pool)
 		}
 		start := poolStart
 		for {

@@ -290,7 +290,7 @@ func (dp *Dataplane) Apply(ctx context.Context, st compile.HostState) error {
 	if err := dp.syncGuestTable(local, true); err != nil {
 		return err
 	}
-	if err := dp.syncRules(d.guests); err != nil {
+	if err := dp.syncRules(d); err != nil {
 		return err
 	}
 
@@ -466,7 +466,7 @@ func (dp *Dataplane) Remove(ctx context.Context) error {
 	if err := dp.removeRules(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, t := range []int{TableEncrypt, TablePlain} {
+	for _, t := range []int{TableEncrypt, TablePlain, TableIngress} {
 		if err := dp.syncRoutes(t, nil, nil); err != nil {
 			errs = append(errs, err)
 		}

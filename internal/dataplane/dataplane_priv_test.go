@@ -343,6 +343,7 @@ func testDataplane(t *testing.T, kernel bool) {
 		testDatapathKill(t, s, stA, stB)
 	})
 	t.Run("egress", testEgress)
+	t.Run("ingress", testIngress)
 	t.Run("idempotent", func(t *testing.T) {
 		testIdempotent(t, s, stA, stB)
 	})

@@ -55,6 +55,9 @@ type desired struct {
 
 	// outbound: local guests to outside destinations (egress.go).
 	outbound []compile.Outbound
+
+	// ingress: the published ports of this entry host (ingress.go).
+	ingress []hoststate.IngressEntry
 }
 
 type guestIf struct {
@@ -103,6 +106,7 @@ func buildDesired(st compile.HostState) (*desired, error) {
 		neigh:      map[netip.Addr]net.HardwareAddr{},
 		firewall:   append([]compile.FirewallRule(nil), st.Firewall...),
 		outbound:   st.Outbound,
+		ingress:    st.Ingress,
 	}
 	if d.listenPort == 0 {
 		d.listenPort = compile.DefaultWireGuardPort

@@ -27,9 +27,13 @@
 //	routing tables 5181, 5182     encrypted and plain paths (TableEncrypt,
 //	                              TablePlain)
 //	routing table 5183            guests' unmarked packets (TableGuest)
-//	ip rules 1079-1084            see below
+//	ip rules 1078-1084            see below
 //	nat_prerouting and            nat chains of table inet corridor:
-//	nat_postrouting               SNAT of egress (egress.go)
+//	nat_postrouting               SNAT of egress (egress.go); DNAT of
+//	                              published ports, SNAT of their legs
+//	chain ingress                 marks of published ports' connections
+//	                              (hook prerouting, after the DNAT)
+//	routing table 5184            legs to remote backends (TableIngress)
 //
 // # Firewall marks and routing
 //
@@ -62,6 +66,12 @@
 // MarkEgress 0x03000000 (both MarkMask bits) -> ip rule 1079 -> main
 // table; see egress.go, also for why its replies are marked and the
 // underlay has src_valid_mark=1 (strict reverse-path filtering).
+//
+// A published port (HostState.Ingress) is DNATed to a backend chosen by
+// a hash of the client's address and port; its connection's ct mark
+// carries MarkIngress 0x04000000 (outside MarkMask) with the leg's path,
+// and its packets are routed by ip rule 1078 (fwmark MarkIngress) through
+// table 5184; see ingress.go.
 //
 // Rules 1084, one per local guest interface ("iif corgX lookup 5183"),
 // catch every packet from a guest that no fwmark rule took: table 5183

@@ -110,9 +110,13 @@ func ctMarkCmp(op expr.CmpOp, sym string, mark uint32) match {
 }
 
 // egressSysctls: src_valid_mark on the underlay, so that the reverse-path
-// check of an egress reply uses its mark (see egressMarks).
+// check of an egress reply uses its mark (see egressMarks), and that of a
+// client's packet to a published port (ingress.go: forwarded to a local
+// backend, the check looks the client up as if it came from the guest
+// interface, where rule RulePrioGuest would refuse it; with the mark,
+// rules RulePrioIngress and RulePrioEgress answer from the main table).
 func egressSysctls(d *desired, underlay string) []sysctl {
-	if len(d.outbound) == 0 {
+	if len(d.outbound) == 0 && len(d.ingress) == 0 {
 		return nil
 	}
 	return []sysctl{{Key: "net/ipv4/conf/" + underlay + "/src_valid_mark", Value: "1"}}
@@ -163,9 +167,10 @@ func (b *rulesetBuilder) egressNAT(d *desired) {
 }
 
 // egressRule is the ip rule that takes marked egress to the main table,
-// ahead of the guests' rules to TableGuest; none without guests.
-func egressRule(guests []guestIf) []*netlink.Rule {
-	if len(guests) == 0 {
+// ahead of the guests' rules to TableGuest; none without guests or
+// ingress (whose packets it routes too, ingress.go).
+func egressRule(guests []guestIf, ingress bool) []*netlink.Rule {
+	if len(guests) == 0 && !ingress {
 		return nil
 	}
 	mask := MarkMask

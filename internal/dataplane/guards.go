@@ -35,7 +35,12 @@ const (
 	// address (egress.go); without it a guest's overlay address would
 	// appear on the underlay (and outside services could not answer).
 	GuardEgressSNAT = "egress-snat"
+	// GuardIngressSNAT: the source NAT of a published port's leg to a
+	// remote backend to the entry host's address in the app network
+	// (ingress.go); without it the backend's reply goes to the client's
+	// address, which its host does not route back through the entry host.
+	GuardIngressSNAT = "ingress-snat"
 )
 
 // Guards lists every guard, for the mutation driver.
-var Guards = []string{GuardForwardDrops, GuardUnreachableRoutes, GuardDeviceCheck, GuardFwmarkRule, GuardVTEPSource, GuardGuestRoutes, GuardEgressSNAT}
+var Guards = []string{GuardForwardDrops, GuardUnreachableRoutes, GuardDeviceCheck, GuardFwmarkRule, GuardVTEPSource, GuardGuestRoutes, GuardEgressSNAT, GuardIngressSNAT}

@@ -29,6 +29,7 @@ func chains() []*nftables.Chain {
 		{Name: chainGuestIn, Table: corridorTable},
 		natChains()[0],
 		natChains()[1],
+		ingressChain(),
 	}
 }
 

@@ -75,7 +75,7 @@ type ruleset struct {
 
 // ruleCount returns the number of rules per chain.
 func (rs *ruleset) ruleCount() map[string]int {
-	n := map[string]int{chainPrerouting: 0, chainPostrouting: 0, chainForward: 0, chainInput: 0, chainGuestOut: 0, chainGuestIn: 0}
+	n := map[string]int{chainPrerouting: 0, chainPostrouting: 0, chainForward: 0, chainInput: 0, chainGuestOut: 0, chainGuestIn: 0, chainIngress: 0}
 	for _, r := range rs.rules {
 		n[r.chain]++
 	}
@@ -421,10 +421,10 @@ func setMark(mark uint32, ctToo bool) match {
 }
 
 func clearMark() match {
-	return plain(fmt.Sprintf("meta mark set meta mark & %#x", ^MarkMask),
+	return plain(fmt.Sprintf("meta mark set meta mark & %#x", ^(MarkMask|MarkIngress)),
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(^MarkMask), Xor: make([]byte, 4)},
+			Mask: binaryutil.NativeEndian.PutUint32(^(MarkMask | MarkIngress)), Xor: make([]byte, 4)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
 }
 
@@ -560,6 +560,7 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		b.add(chainForward, fromGuest, markIs(MarkPlain), ifMatch(expr.MetaKeyOIFNAME, VXLANName, expr.CmpOpNeq), b.count(DropPath), drop)
 		b.add(chainForward, fromGuest, ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), markIs(0), b.count(DropPath), drop)
 	}
+	b.ingressForward(d, wgNames)
 	for _, t := range tunnels {
 		b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), b.count(DropPath), drop)
 	}
@@ -627,7 +628,9 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	b.add(chainGuestOut, b.count(DropStray), drop)
 
 	// guest_in: local sources from a guest interface, remote sources from
-	// the device of the pair's path.
+	// the device of the pair's path; clients of a published port to a
+	// local backend (ingress.go).
+	b.ingressAllow(d)
 	for _, r := range ingress {
 		if len(r.Dests) == 0 {
 			continue
@@ -705,6 +708,9 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	}
 
 	b.egressNAT(d)
+	b.ingressDNAT(d, wgNames)
+	b.ingressMarks(d, wgNames)
+	b.ingressSNAT(d)
 
 	for c := range b.counters {
 		b.rs.counters = append(b.rs.counters, c)

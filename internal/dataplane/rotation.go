@@ -335,7 +335,8 @@ func (dp *Dataplane) syncEncryptRoutes(d *desired, home, spare netlink.Link, now
 		}
 	}
 	dp.via = via
-	return nil
+	// The ingress legs follow the encrypted routes' device (ingress.go).
+	return dp.syncIngressTable(d, routes)
 }
 
 // switchRoutes re-chooses the encrypted routes of the last applied state

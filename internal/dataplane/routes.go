@@ -145,7 +145,11 @@ func keyOf(r netlink.Route) routeKey {
 
 // wantRules are our ip rules for the local guests; see the package
 // documentation.
-func (dp *Dataplane) wantRules(guests []guestIf) []*netlink.Rule {
+func (dp *Dataplane) wantRules(d *desired) []*netlink.Rule {
+	var guests []guestIf
+	if d != nil {
+		guests = d.guests
+	}
 	mask := MarkMask
 	mk := func(prio int) *netlink.Rule {
 		r := netlink.NewRule()
@@ -174,7 +178,8 @@ func (dp *Dataplane) wantRules(guests []guestIf) []*netlink.Rule {
 		rules = append(rules, enc)
 	}
 	rules = append(rules, pl)
-	rules = append(rules, egressRule(guests)...)
+	rules = append(rules, ingressRule(d)...)
+	rules = append(rules, egressRule(guests, d != nil && len(d.ingress) > 0)...)
 	if !guardOff(GuardGuestRoutes) {
 		for _, g := range guests {
 			r := mk(RulePrioGuest)
@@ -186,7 +191,7 @@ func (dp *Dataplane) wantRules(guests []guestIf) []*netlink.Rule {
 	return rules
 }
 
-func ourRulePrio(p int) bool { return p >= RulePrioEgress && p <= RulePrioGuest }
+func ourRulePrio(p int) bool { return p >= RulePrioIngress && p <= RulePrioGuest }
 
 func sameRule(a *netlink.Rule, b netlink.Rule) bool {
 	am, bm := uint32(0), uint32(0)
@@ -208,12 +213,12 @@ func sameRule(a *netlink.Rule, b netlink.Rule) bool {
 }
 
 // syncRules makes our priorities hold exactly our ip rules for guests.
-func (dp *Dataplane) syncRules(guests []guestIf) error {
+func (dp *Dataplane) syncRules(d *desired) error {
 	cur, err := retryDump(func() ([]netlink.Rule, error) { return dp.nl.RuleList(netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("list ip rules: %w", err)
 	}
-	want := dp.wantRules(guests)
+	want := dp.wantRules(d)
 	found := make([]bool, len(want))
 	for _, r := range cur {
 		if !ourRulePrio(r.Priority) {

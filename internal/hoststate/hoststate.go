@@ -22,12 +22,12 @@ import (
 // The schema version this build writes and reads.
 const (
 	SchemaMajor = 1
-	SchemaMinor = 2
+	SchemaMinor = 3
 	// Schema is SchemaMajor.SchemaMinor as states carry it. 1.1 adds
-	// Guest.Network; 1.2 the hitless key rotation (RotationPhase,
-	// PublicKey, Peer.NextPublicKey), which a state of an older schema
-	// may not carry.
-	Schema = "1.2"
+	// Guest.Network, 1.2 Ingress, 1.3 the hitless key rotation
+	// (RotationPhase, PublicKey, Peer.NextPublicKey), which a state of an
+	// older schema may not carry.
+	Schema = "1.3"
 )
 
 // Desired is a host's desired state at a revision, as the API serves it
@@ -92,6 +92,10 @@ type State struct {
 	// destinations (see outbound.go). Omitted when empty: a reader that
 	// does not know it denies all outside traffic, as before.
 	Outbound []Outbound `json:"outbound,omitempty"`
+	// Ingress are the published ports this host is an entry host of
+	// (schema 1.2, see ingress.go). Omitted when empty: a reader that
+	// does not know it publishes nothing, as before.
+	Ingress []IngressEntry `json:"ingress,omitempty"`
 }
 
 // Phases of a host's own key rotation (State.RotationPhase).

@@ -165,6 +165,9 @@ func Validate(st State, opt Options) error {
 	if err := checkOutboundServers(st, opt.ServerAddrs); err != nil {
 		return err
 	}
+	if err := checkIngressServers(st, opt.ServerAddrs); err != nil {
+		return err
+	}
 	if opt.Dataplane != nil {
 		return opt.Dataplane(st)
 	}
@@ -172,13 +175,13 @@ func Validate(st State, opt Options) error {
 }
 
 // checkRotationSchema refuses the fields of a hitless key rotation in a
-// state of a schema older than 1.2, which had none: a state that claims
+// state of a schema older than 1.3, which had none: a state that claims
 // an older schema carries only what that schema knew.
 func checkRotationSchema(st State) error {
-	if _, minor, _ := ParseSchema(st.Schema); minor >= 2 { // checked by CheckSchema
+	if _, minor, _ := ParseSchema(st.Schema); minor >= 3 { // checked by CheckSchema
 		return nil
 	}
-	why := "only a state of schema 1.2 or later carries a key rotation, this one is of schema " + cmp.Or(st.Schema, "1.0")
+	why := "only a state of schema 1.3 or later carries a key rotation, this one is of schema " + cmp.Or(st.Schema, "1.0")
 	if st.RotationPhase != "" {
 		return invalid("rotationPhase", "%s", why)
 	}
@@ -523,7 +526,10 @@ func CheckNetwork(st State) error {
 			return err
 		}
 	}
-	return checkOutbound(st)
+	if err := checkOutbound(st); err != nil {
+		return err
+	}
+	return checkIngress(st)
 }
 
 // checkName rejects names that cannot be part of a counter name: the data

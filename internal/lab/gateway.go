@@ -72,6 +72,13 @@ func makeGatewayCounter(namespace string, underlay netip.Prefix) error {
 		Name: "prerouting", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw, Policy: &policy,
 	})
+	// The outside client's networks (client.go) are lab destinations
+	// reached on the bridge, not through the gateway; where the machine
+	// has br_netfilter, frames bridged to the client pass this hook as if
+	// addressed to the gateway, and the rule below would drop them.
+	for _, n := range []netip.Prefix{ClientNetwork, clientDeniedNW} {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: clientRule(n)})
+	}
 	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: gatewayRule(underlay.Masked())})
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("lab: gateway counter in %s: %w", namespace, err)
@@ -99,6 +106,21 @@ func gatewayRule(underlay netip.Prefix) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: net4[:]},
 		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GatewayCounter},
 		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
+// clientRule is: ip daddr n accept.
+func clientRule(n netip.Prefix) []expr.Any {
+	m := make([]byte, 4)
+	for i := 0; i < n.Bits(); i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	a := n.Masked().Addr().As4()
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
+		&expr.Verdict{Kind: expr.VerdictAccept},
 	}
 }
 

@@ -65,7 +65,9 @@ func TestGatewayCountsWhatEscapes(t *testing.T) {
 	// Positive control: a server sends a plain packet to an outside
 	// address; its default route takes it to the gateway, which counts it.
 	s := l.Servers[0]
-	outside := "203.0.113.7:9" // TEST-NET-3: outside every lab address
+	// TEST-NET-2: outside every lab address (203.0.113.0/24 and
+	// 192.0.2.0/24 are the outside client's networks, client.go).
+	outside := "198.51.100.7:9"
 	if err := hostns.Do(s.Namespace, func() error {
 		c, err := net.Dial("udp4", outside)
 		if err != nil {

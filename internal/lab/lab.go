@@ -93,6 +93,8 @@ type Lab struct {
 
 	// Outside is the outside service on the underlay (outside.go).
 	Outside *Outside `json:"outside,omitempty"`
+	// OutsideClient is the outside client on the underlay (client.go).
+	OutsideClient *Client `json:"outsideClient,omitempty"`
 }
 
 // Server is one simulated server: a namespace plugged into the underlay

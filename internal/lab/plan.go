@@ -216,7 +216,7 @@ func recoverLab(dir, prefix string, present []string) *Lab {
 		case ns == underlayNamespace(prefix):
 			l.UnderlayNamespace = ns
 			l.Namespaces = append(l.Namespaces, ns)
-		case ns == outsideNamespace(prefix):
+		case ns == outsideNamespace(prefix), ns == clientNamespace(prefix):
 			l.Namespaces = append(l.Namespaces, ns)
 		case serverRe.MatchString(ns):
 			name := strings.TrimPrefix(ns, prefix)

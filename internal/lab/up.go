@@ -81,6 +81,10 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if err := l.makeOutside(); err != nil {
 		return l, err
 	}
+	log.Info("making the outside client", "namespace", clientNamespace(l.Prefix), "allowed", ClientAllowed, "denied", ClientDenied)
+	if err := l.makeClient(); err != nil {
+		return l, err
+	}
 
 	log.Info("starting the control plane", "url", l.ServerURL, "log", l.controlLog())
 	if err := l.startControl(ctx, o); err != nil {
@@ -145,7 +149,7 @@ func (l *Lab) anythingLeft() bool {
 // checkConflicts refuses names and addresses that something else on the
 // machine (often another lab with the same prefix) already uses.
 func checkConflicts(o Options) error {
-	names := []string{underlayNamespace(o.Prefix), outsideNamespace(o.Prefix)}
+	names := []string{underlayNamespace(o.Prefix), outsideNamespace(o.Prefix), clientNamespace(o.Prefix)}
 	for i := 1; i <= o.Servers; i++ {
 		names = append(names, serverNamespace(o.Prefix, i))
 	}

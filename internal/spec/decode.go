@@ -335,6 +335,12 @@ func decodeValue(w *where, n *yaml.Node, v reflect.Value, path string) {
 		v.Set(s)
 	case reflect.Map:
 		decodeMap(w, n, v, path)
+	case reflect.Pointer:
+		// An optional value whose absence means something else than its
+		// zero (publish's encrypt, true when left out).
+		e := reflect.New(v.Type().Elem())
+		decodeValue(w, n, e.Elem(), path)
+		v.Set(e)
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode {
 			w.fail(n, path, "expected a string, got "+describeNode(n))

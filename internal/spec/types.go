@@ -59,6 +59,9 @@ type Class struct {
 	// rules decide what is reachable).
 	Ports     []Port    `yaml:"ports,omitempty" json:"ports,omitempty"`
 	Placement Placement `yaml:"placement,omitempty" json:"placement,omitempty"`
+	// Publish makes class ports reachable from clients outside Corridor
+	// through entry hosts (see publish.go).
+	Publish []Publish `yaml:"publish,omitempty" json:"publish,omitempty"`
 }
 
 // Guest says what a task runs in and what it runs.

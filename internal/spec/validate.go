@@ -47,6 +47,7 @@ func SetAppDefaults(a *App) {
 	for i := range a.Egress {
 		a.Egress[i].Protocol = Protocol(a.Egress[i].Protocol)
 	}
+	setPublishDefaults(a)
 }
 
 // Protocol is the protocol p means: tcp when empty. It is the one place
@@ -222,6 +223,7 @@ func validateApp(a *App, w *where) {
 		// With no classes every rule would be wrong; one error says it.
 		validateRules(w, a.Rules, classes)
 		validateEgress(w, a, classes)
+		validatePublish(w, a)
 	}
 	validateNetwork(w, a.Network, total)
 }
@@ -514,6 +516,7 @@ func validateAcross(apps []App, wheres []*where) {
 		nets = append(nets, net{i, p})
 	}
 	validateEgressAcross(apps, wheres)
+	validatePublishAcross(apps, wheres)
 }
 
 func validateServers(servers []Server, wheres []*where, paths []string) {
