@@ -5,7 +5,7 @@ GO      ?= go
 BIN     ?= bin/corridor
 PKGS    := ./...
 
-.PHONY: build deps test unit all-tests lint bench-smoke fuzz-smoke mutation fmt clean
+.PHONY: build deps test unit all-tests lint bench-smoke fuzz-smoke mutation fmt clean dist
 
 # Screenshots of the browser tests (internal/console/browsertest), one
 # directory per test: after `make test` (what .ci/run runs) they are in
@@ -19,6 +19,12 @@ STATICCHECK := $(shell command -v staticcheck 2>/dev/null || echo $$($(GO) env G
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/corridor
 
+# The Debian package bin/corridor_VERSION_amd64.deb (binary, systemd units,
+# /etc/corridor/*.yaml, man pages), built with nFPM by tools/dist, a module
+# of its own: nFPM stays out of the corridor binary. See docs/install.md.
+dist: build
+	cd tools/dist && $(GO) run . --binary $(CURDIR)/$(BIN) --root $(CURDIR) --out $(CURDIR)/bin
+
 # What the tests need (Debian packages, staticcheck): the one list is
 # scripts/deps.sh. Already-present packages are left alone.
 deps:
@@ -28,6 +34,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(STATICCHECK) $(PKGS)
+	cd tools/dist && $(GO) vet ./... && $(STATICCHECK) ./...
 
 # Quick: the tests that need no root and no lab (privileged and end-to-end
 # tests skip under -short).

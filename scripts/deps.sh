@@ -11,7 +11,9 @@ set -euo pipefail
 #   the image builder also fetches linux-image-amd64 with `apt-get download`.
 # postgresql: the sample's PostgreSQL db tier (examples/shop-pg.yaml).
 # chromium: the web console's browser tests (headless, driven by chromedp).
-pkgs=(iproute2 nftables wireguard-tools iperf3 tcpdump qemu-system-x86 busybox-static xz-utils cpio postgresql chromium)
+# systemd, man-db: `systemd-analyze verify` checks the package's units and
+#   the man pages their Documentation= names (internal/dist).
+pkgs=(iproute2 nftables wireguard-tools iperf3 tcpdump qemu-system-x86 busybox-static xz-utils cpio postgresql chromium systemd man-db)
 
 if ! command -v dpkg >/dev/null; then
 	echo "deps: not a Debian machine (no dpkg); install by hand: ${pkgs[*]}" >&2

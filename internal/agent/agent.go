@@ -173,6 +173,21 @@ type Agent struct {
 	lastAck    time.Time         // last status report acknowledged (the lease)
 	fenced     string            // why the host is fenced ("": it is not)
 	fencedAt   time.Time
+	cp         ControlPlane // the mTLS client of the current identity
+	id         *Identity    // the current identity (renewed in place)
+}
+
+// controlPlane is the client of the current identity.
+func (a *Agent) controlPlane() ControlPlane {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cp
+}
+
+func (a *Agent) identity() *Identity {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id
 }
 
 // New checks cfg and makes an agent.
@@ -251,14 +266,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: control plane client: %w", err)
 	}
-	wg.Go(func() { a.pollLoop(ctx, cp) })
-	wg.Go(func() { a.statusLoop(ctx, cp) })
+	a.mu.Lock()
+	a.cp, a.id = cp, id
+	a.mu.Unlock()
+	wg.Go(func() { a.pollLoop(ctx) })
+	wg.Go(func() { a.statusLoop(ctx) })
 	wg.Go(func() { a.taskWatch(ctx) })
+	wg.Go(func() { a.renewLoop(ctx) })
 	if a.cfg.FenceAfter > 0 {
-		wg.Go(func() { a.fenceLoop(ctx, cp, start) })
+		wg.Go(func() { a.fenceLoop(ctx, start) })
 	}
 	if a.cfg.Listener != nil {
-		wg.Go(func() { a.serveAPI(ctx, id) })
+		wg.Go(func() { a.serveAPI(ctx) })
 	}
 	if a.cfg.MetricsListener != nil {
 		wg.Go(func() { a.serveMetrics(ctx) })
@@ -271,12 +290,12 @@ func (a *Agent) Run(ctx context.Context) error {
 // pollLoop long-polls the desired state. Every new revision is written to
 // disk before the reconcile loop is told about it, so that what the host
 // runs is always what a restart would restore.
-func (a *Agent) pollLoop(ctx context.Context, cp ControlPlane) {
+func (a *Agent) pollLoop(ctx context.Context) {
 	bo := backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
 	for ctx.Err() == nil {
 		index := a.targetRevision()
 		start := time.Now()
-		ds, err := cp.Desired(ctx, a.cfg.Name, index, a.cfg.PollWait)
+		ds, err := a.controlPlane().Desired(ctx, a.cfg.Name, index, a.cfg.PollWait)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -514,7 +533,7 @@ func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
 
 // statusLoop reports status every StatusInterval, right after each
 // reconcile pass, and when new WireGuard peers come up.
-func (a *Agent) statusLoop(ctx context.Context, cp ControlPlane) {
+func (a *Agent) statusLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.StatusInterval)
 	defer t.Stop()
 	failing := false
@@ -522,7 +541,7 @@ func (a *Agent) statusLoop(ctx context.Context, cp ControlPlane) {
 		st := a.Status(ctx)
 		sent := a.cfg.Now()
 		rctx, cancel := context.WithTimeout(ctx, statusTimeout)
-		err := cp.ReportStatus(rctx, a.cfg.Name, st)
+		err := a.controlPlane().ReportStatus(rctx, a.cfg.Name, st)
 		cancel()
 		if err == nil {
 			a.renewed(sent)

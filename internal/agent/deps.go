@@ -20,6 +20,13 @@ type ControlPlane interface {
 	ReportStatus(ctx context.Context, name string, st api.Status) error
 }
 
+// Renewer is a control plane that renews the agent's client certificate
+// over mTLS, authorised by the current one (no join token). *Failover is
+// one; a ControlPlane that is not leaves the certificate to expire.
+type Renewer interface {
+	Renew(ctx context.Context, name string, req api.RenewRequest) (api.JoinResponse, error)
+}
+
 // Guests is the guest runtime as the agent drives it. Ensure and Remove
 // must be idempotent: the agent calls them again on every repair pass.
 type Guests interface {

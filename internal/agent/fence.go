@@ -74,7 +74,7 @@ func (a *Agent) loadFence() {
 
 // fenceLoop fences the host when its lease runs out and lifts the fence
 // when the control plane answers again.
-func (a *Agent) fenceLoop(ctx context.Context, cp ControlPlane, start time.Time) {
+func (a *Agent) fenceLoop(ctx context.Context, start time.Time) {
 	a.mu.Lock()
 	if a.lastAck.IsZero() {
 		a.lastAck = start // the lease counts from the agent's start
@@ -88,7 +88,7 @@ func (a *Agent) fenceLoop(ctx context.Context, cp ControlPlane, start time.Time)
 			return
 		case <-t.C:
 		}
-		a.checkFence(ctx, cp, a.cfg.Now())
+		a.checkFence(ctx, a.controlPlane(), a.cfg.Now())
 	}
 }
 

@@ -83,7 +83,9 @@ func GuestMTU(underlay string, log *slog.Logger) int {
 
 // HostConfig is `corridor agent` on a host: the values of its flags.
 type HostConfig struct {
-	Server                           string // URL of `corridor server`, on the underlay
+	// Servers are the URLs of the control plane's servers, on the
+	// underlay: the agent uses one and fails over to the others.
+	Servers                          []string
 	JoinToken, JoinTokenFile, CAFile string
 	Name, StateDir                   string
 	UnderlayIface, Address           string
@@ -221,11 +223,13 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		log = slog.Default()
 		cfg.Logger = log
 	}
-	if cfg.Server == "" {
-		return errors.New("--server is required: the URL of `corridor server`, e.g. https://10.0.0.1:7443")
+	if len(cfg.Servers) == 0 {
+		return errors.New("--server is required: the URL of `corridor server`, e.g. https://10.0.0.1:7443 (several, comma-separated, for a control plane of several servers)")
 	}
-	if err := checkServerURL(cfg.Server); err != nil {
-		return err
+	for _, s := range cfg.Servers {
+		if err := checkServerURL(s); err != nil {
+			return err
+		}
 	}
 	if cfg.JoinTimeout < 0 {
 		return fmt.Errorf("--join-timeout: %s is negative (0 waits forever)", cfg.JoinTimeout)
@@ -256,9 +260,13 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	if err != nil {
 		return err
 	}
-	serverAddrs, err := serverAddresses(ctx, cfg.Server)
-	if err != nil {
-		return err
+	var serverAddrs []netip.Addr
+	for _, s := range cfg.Servers {
+		addrs, err := serverAddresses(ctx, s)
+		if err != nil {
+			return err
+		}
+		serverAddrs = append(serverAddrs, addrs...)
 	}
 	if err := CheckControlRoute(nil, serverAddrs, []string{cfg.WireGuardName, dataplane.VXLANName}); err != nil {
 		return err
@@ -277,6 +285,7 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		}
 		token = strings.TrimSpace(string(b))
 	}
+	choice := NewServerChoice(cfg.Servers, log)
 	var bootstrap ControlPlane
 	if token != "" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -290,19 +299,20 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 			}
 		}
 		// The token goes in the join request, not in a header.
-		c, err := api.NewClient(cfg.Server, "", tc)
+		c, err := NewFailover(choice, tc)
 		if err != nil {
-			return fmt.Errorf("--server: %w", err)
+			return err
 		}
 		bootstrap = c
 	}
-	server := cfg.Server
+	// One choice of server for the join and every identity after it: a
+	// renewed certificate keeps talking to the server in use.
 	connect := func(id *Identity) (ControlPlane, error) {
 		tc, err := api.AgentTLS(id.CertPEM, id.KeyPEM, id.CAPEM)
 		if err != nil {
 			return nil, err
 		}
-		return api.NewClient(server, "", tc)
+		return NewFailover(choice, tc)
 	}
 
 	if err := checkWireGuardName(cfg.WireGuardName); err != nil {
@@ -364,7 +374,7 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	prober.LocalAddr = a.LocalGuest
 	prober.PeerUnderlay = a.PeerUnderlay
 	log.Info("corridor agent starting", "name", cfg.Name, "address", addr, "underlay", iface,
-		"server", cfg.Server, "stateDir", stateDir, "wireguard", cfg.WireGuardName, "publicKey", dp.PublicKey().String())
+		"servers", strings.Join(cfg.Servers, ","), "stateDir", stateDir, "wireguard", cfg.WireGuardName, "publicKey", dp.PublicKey().String())
 	// The data plane repairs itself as soon as the kernel reports a change
 	// behind its back (a flushed ruleset, a deleted route or rule, a dead
 	// datapath process: dataplane.Watch); the periodic repair stays.

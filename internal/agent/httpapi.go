@@ -46,11 +46,21 @@ const (
 // CA signed for the Corridor server (CN "corridor-server"). The server
 // proxies user requests (logs, probes) to agents; nobody else may call.
 func APITLSConfig(id *Identity) *tls.Config {
+	return apiTLSConfig(func() *Identity { return id })
+}
+
+// apiTLSConfig serves the certificate of the identity current at each
+// handshake (a renewal replaces it).
+func apiTLSConfig(current func() *Identity) *tls.Config {
+	id := current()
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{id.TLSCertificate()},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    id.CAPool(),
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c := current().TLSCertificate()
+			return &c, nil
+		},
+		ClientAuth: tls.RequireAndVerifyClientCert,
+		ClientCAs:  id.CAPool(),
 		// Runs after the chain is verified against ClientCAs.
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
@@ -66,10 +76,10 @@ func APITLSConfig(id *Identity) *tls.Config {
 
 // serveAPI serves the local API on the configured listener until ctx is
 // done.
-func (a *Agent) serveAPI(ctx context.Context, id *Identity) {
+func (a *Agent) serveAPI(ctx context.Context) {
 	srv := &http.Server{
 		Handler:           a.Handler(),
-		TLSConfig:         APITLSConfig(id),
+		TLSConfig:         apiTLSConfig(a.identity),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}

@@ -119,7 +119,7 @@ func TestRunHostRefusesHTTP(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- agent.RunHost(context.Background(), agent.HostConfig{
-			Server: "http://198.18.99.1:7443", JoinToken: "x", WireGuardPort: 51820, StateDir: t.TempDir(),
+			Servers: []string{"http://198.18.99.1:7443"}, JoinToken: "x", WireGuardPort: 51820, StateDir: t.TempDir(),
 		})
 	}()
 	select {

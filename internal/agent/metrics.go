@@ -23,6 +23,8 @@ type metrics struct {
 	keyRotations      prometheus.Counter
 	desiredRejected   *prometheus.CounterVec
 	guests            *prometheus.GaugeVec
+	renewals          *prometheus.CounterVec
+	certNotAfter      prometheus.Gauge
 	paths             *pathCollector
 }
 
@@ -64,6 +66,14 @@ func newMetrics() *metrics {
 			Namespace: "corridor", Subsystem: "agent", Name: "guests",
 			Help: "Guests of this host by state.",
 		}, []string{"state"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "corridor", Subsystem: "agent", Name: "certificate_renewals_total",
+			Help: "Renewals of the agent's client certificate over mTLS, by result (ok, error).",
+		}, []string{"result"}),
+		certNotAfter: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "corridor", Subsystem: "agent", Name: "certificate_not_after_timestamp_seconds",
+			Help: "When the agent's client certificate expires (Unix time); it is renewed at two thirds of its lifetime.",
+		}),
 	}
 	for _, src := range []string{sourceServer, sourceDisk} {
 		for _, why := range []string{"unsigned", "bad_signature", "newer_schema", "invalid"} {
@@ -71,7 +81,7 @@ func newMetrics() *metrics {
 		}
 	}
 	m.paths = &pathCollector{}
-	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.keyRotations, m.desiredRejected, m.guests, m.paths, m.fences,
+	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.keyRotations, m.desiredRejected, m.guests, m.paths, m.fences, m.renewals, m.certNotAfter,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -351,6 +351,14 @@ func (c *Client) Join(ctx context.Context, req JoinRequest) (JoinResponse, error
 	return out, err
 }
 
+// Renew asks for a new client certificate for the agent name, over the
+// mTLS connection of its current one (no join token).
+func (c *Client) Renew(ctx context.Context, name string, req RenewRequest) (JoinResponse, error) {
+	var out JoinResponse
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "/v1/agents" + path(name, "renew"), body: req}, &out)
+	return out, err
+}
+
 // Desired long-polls a host's desired state: it returns as soon as the
 // revision differs from index, or after wait with the same revision (the
 // caller compares Revision with index). wait 0 answers at once.

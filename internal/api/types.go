@@ -24,6 +24,13 @@ type JoinRequest struct {
 	WireGuardPort int               `json:"wireguardPort,omitempty"`
 }
 
+// RenewRequest is what an agent sends, authenticated by its current client
+// certificate, to obtain a new one before that expires: a CSR for its name
+// (the answer is a JoinResponse).
+type RenewRequest struct {
+	CSR string `json:"csr"` // PEM
+}
+
 // JoinResponse carries the agent's client certificate and the CA that
 // signs the server's certificate.
 type JoinResponse struct {
@@ -108,10 +115,13 @@ type Status struct {
 	AppliedDigest string `json:"appliedDigest,omitempty"`
 	// APIAddr is host:port of the agent's local API (mTLS), through which
 	// the server relays logs and verify probes; empty when it has none.
-	APIAddr string       `json:"apiAddr,omitempty"`
-	Tasks   []TaskStatus `json:"tasks,omitempty"`
-	Peers   []PeerStatus `json:"peers,omitempty"`
-	Drops   []DropCount  `json:"drops,omitempty"`
+	APIAddr string `json:"apiAddr,omitempty"`
+	// ControlPlane is the URL of the control-plane server the agent talks
+	// to (one of its --server URLs: it fails over between them).
+	ControlPlane string       `json:"controlPlane,omitempty"`
+	Tasks        []TaskStatus `json:"tasks,omitempty"`
+	Peers        []PeerStatus `json:"peers,omitempty"`
+	Drops        []DropCount  `json:"drops,omitempty"`
 	// Errors from the last reconcile, if any.
 	Errors []string `json:"errors,omitempty"`
 	// NotReady says why the host cannot run tasks now and what to do (its
@@ -263,6 +273,9 @@ type Server struct {
 	DesiredDigest string `json:"desiredDigest,omitempty"`
 	AppliedDigest string `json:"appliedDigest,omitempty"`
 	Tampered      string `json:"tampered,omitempty"`
+	// ControlPlane is the control-plane server URL the agent last
+	// reported talking to (it fails over between its --server URLs).
+	ControlPlane string `json:"controlPlane,omitempty"`
 }
 
 // TaskInfo is a placed task with its live status, when its agent

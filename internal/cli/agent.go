@@ -56,8 +56,15 @@ that scrapes the agent directly (off by default; docs/metrics.md).`,
 
   # remove every guest, device and rule the agent made on this host (the
   # WireGuard device is the one recorded in the state directory)
-  ip netns exec lab-s1 corridor agent --cleanup --state-dir /var/lib/lab/s1`,
+  ip netns exec lab-s1 corridor agent --cleanup --state-dir /var/lib/lab/s1
+
+  # flags from a file (keys are the flag names; the command line wins), as
+  # the package's corridor-agent.service does
+  corridor agent --config /etc/corridor/agent.yaml`,
 		Args: cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			return configFile(cmd, "cleanup")
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := levelLogger(cmd, logLevel)
 			if err != nil {
@@ -79,7 +86,7 @@ that scrapes the agent directly (off by default; docs/metrics.md).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&cfg.Server, "server", "", "server URL, https://HOST:PORT, on the underlay (required)")
+	fl.StringSliceVar(&cfg.Servers, "server", nil, "control-plane server URL, https://HOST:PORT, on the underlay (required); several, comma-separated or repeated, for a control plane of several servers: the agent fails over between them")
 	fl.StringVar(&cfg.JoinToken, "join-token", "", "join token (first start only)")
 	fl.StringVar(&cfg.JoinTokenFile, "join-token-file", "", "file holding the join token (first start only)")
 	fl.StringVar(&cfg.CAFile, "ca", "", "the cluster CA certificate, to trust the server at join: the server's DATA_DIR/ca.crt")
@@ -104,5 +111,6 @@ that scrapes the agent directly (off by default; docs/metrics.md).`,
 	fl.DurationVar(&cfg.RepairInterval, "repair-interval", agent.DefaultRepairInterval, "how often the host's state is checked against the desired state and drift repaired")
 	fl.DurationVar(&cfg.StatusInterval, "status-interval", agent.DefaultStatusInterval, "time between two status reports (heartbeats); keep it well under the server's --heartbeat-timeout")
 	fl.DurationVar(&cfg.FenceAfter, "fence-after", 0, "stop this host's paths (guests keep running, cut off) after this long without an acknowledged status report, until the server answers again; set it under the server's --heartbeat-timeout (0: never fence, serve the last state through any outage)")
+	addConfigFlag(cmd, "/etc/corridor/agent.yaml")
 	return cmd
 }

@@ -128,12 +128,35 @@ func TestApplyWait(t *testing.T) {
 	admin, agents := serveFleet(t, "s1", "s2")
 	app := writeApp(t, "shop", 1)
 
-	out, errOut, err := run(t, "apply", "-f", app, "--wait", "--timeout", "1s")
+	// Created first and placed by the controller before the timed wait, so
+	// that the 1 s below times out on the agents alone (a loaded machine
+	// may take longer than that to place, and the error would then say
+	// "not placed yet" instead of naming the task's server).
+	out, errOut, err := run(t, "apply", "-f", app)
+	if err != nil || !strings.Contains(out, "shop") || !strings.Contains(out, "created") {
+		t.Fatalf("apply: %v\nstdout:\n%s\nstderr:\n%s", err, out, errOut)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ts, err := admin.ListTasks(context.Background(), api.Filter{App: "shop"})
+		placed := err == nil && len(ts) == 2
+		for _, ti := range ts {
+			placed = placed && ti.Server != ""
+		}
+		if placed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shop not placed after 30 s: %v %v", ts, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, errOut, err = run(t, "apply", "-f", app, "--wait", "--timeout", "1s")
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.code != 1 {
 		t.Fatalf("apply --wait with no agent: %v (%T), want exit 1\nstderr:\n%s", err, err, errOut)
 	}
-	if !strings.Contains(out, "shop") || !strings.Contains(out, "created") {
+	if !strings.Contains(out, "shop") || !strings.Contains(out, "unchanged") {
 		t.Errorf("the apply result is not on stdout:\n%s", out)
 	}
 	if !strings.Contains(errOut, "waiting for shop to settle: 0/2 tasks running, 0/2 hosts applied their state") {

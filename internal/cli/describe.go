@@ -177,6 +177,9 @@ func describeServer(c *cobra.Command, cl *api.Client, name, out string) error {
 		}
 		t.Row("Joined:", ago(s.JoinedAt))
 		t.Row("Last seen:", ago(s.LastSeen))
+		if s.ControlPlane != "" {
+			t.Row("Control plane:", s.ControlPlane)
+		}
 		t.Row("Revisions:", fmt.Sprintf("desired %d, applied %d", s.DesiredRevision, s.AppliedRevision))
 		for _, e := range s.Errors {
 			t.Row("Error:", e)

@@ -41,8 +41,14 @@ On first start it makes the CA (DATA_DIR/ca.crt), the admin token
 		Example: `  corridor server --data-dir /var/lib/corridor
   corridor server --data-dir /var/lib/corridor --listen 0.0.0.0:7443 --advertise cp1.example.net
   corridor server --data-dir /var/lib/corridor --etcd-endpoints https://e1:2379,https://e2:2379 \
-    --etcd-ca ca.pem --etcd-cert client.pem --etcd-key client-key.pem`,
+    --etcd-ca ca.pem --etcd-cert client.pem --etcd-key client-key.pem
+  # flags from a file (keys are the flag names; the command line wins), as
+  # the package's corridor-server.service does
+  corridor server --config /etc/corridor/server.yaml`,
 		Args: cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			return configFile(cmd)
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := levelLogger(cmd, logLevel)
 			if err != nil {
@@ -82,7 +88,9 @@ On first start it makes the CA (DATA_DIR/ca.crt), the admin token
 	f.StringVar(&prefix, "etcd-prefix", store.DefaultPrefix, "key prefix in etcd")
 	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", server.DefaultHeartbeatTimeout, "a server silent for longer is down and its tasks move")
 	f.DurationVar(&cfg.KeyRotation, "key-rotation", 0, "rotate each server's WireGuard key once it is older than this, one server at a time (e.g. 720h; 0: only on request, with \"corridor server rotate-key\")")
+	f.DurationVar(&cfg.ClientCertLifetime, "agent-cert-lifetime", server.DefaultClientCertLifetime, "lifetime of the agents' client certificates; agents renew theirs over mTLS at two thirds of it, without the join token")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	addConfigFlag(cmd, "/etc/corridor/server.yaml")
 	_ = cmd.MarkFlagRequired("data-dir")
 	cmd.AddCommand(newServerRemoveCmd(), newServerRotateKeyCmd(), newServerBackupCmd(), newServerDrainCmd(true), newServerDrainCmd(false))
 	return cmd

@@ -72,7 +72,7 @@ func (s *Server) authenticate(kind authKind, next http.HandlerFunc) http.Handler
 				writeError(w, http.StatusForbidden, "server "+name+" was removed by an operator")
 				return
 			}
-			if rec.CertSerial != "" && rec.CertSerial != cert.SerialNumber.Text(16) {
+			if sn := cert.SerialNumber.Text(16); rec.CertSerial != "" && rec.CertSerial != sn && rec.PrevCertSerial != sn {
 				writeError(w, http.StatusForbidden, "certificate of "+name+" was superseded by a later join")
 				return
 			}

@@ -25,15 +25,25 @@ import (
 // for users (`corridor login --ca`).
 const (
 	caValidity     = 10 * 365 * 24 * time.Hour
-	clientValidity = 365 * 24 * time.Hour
 	serverValidity = 365 * 24 * time.Hour
 )
+
+// DefaultClientCertLifetime is how long an agent's certificate is valid
+// unless the server is told otherwise (--agent-cert-lifetime); agents
+// renew it at two thirds of its lifetime, without the join token.
+const DefaultClientCertLifetime = 365 * 24 * time.Hour
+
+// MinClientCertLifetime is the shortest lifetime the server accepts (tests
+// use it; an agent must have time to renew).
+const MinClientCertLifetime = 5 * time.Second
 
 type authority struct {
 	cert    *x509.Certificate
 	certPEM []byte
 	key     crypto.Signer
 	pool    *x509.CertPool
+	// clientValidity is the lifetime of agents' certificates.
+	clientValidity time.Duration
 }
 
 type caMaterial struct {
@@ -173,11 +183,17 @@ func (a *authority) signClient(csrPEM, name string) (certPEM []byte, serial stri
 	}
 	now := time.Now()
 	sn := randomSerial()
+	validity := a.clientValidity
+	if validity <= 0 {
+		validity = DefaultClientCertLifetime
+	}
+	// Backdated for clocks a little behind, by at most a tenth of the
+	// lifetime: the agent renews at two thirds of NotAfter-NotBefore.
 	tmpl := &x509.Certificate{
 		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: name, Organization: []string{"corridor-agent"}},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(clientValidity),
+		NotBefore:    now.Add(-min(time.Hour, validity/10)),
+		NotAfter:     now.Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}

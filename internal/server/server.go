@@ -66,6 +66,10 @@ type Config struct {
 	// server's WireGuard key once it is older than this, one server at a
 	// time (see docs/operations.md). Zero: only on request.
 	KeyRotation time.Duration
+	// ClientCertLifetime is how long the agents' certificates issued at
+	// join and renewal are valid (default DefaultClientCertLifetime).
+	// Agents renew theirs over mTLS at two thirds of it.
+	ClientCertLifetime time.Duration
 	// ID names this server in the election (default host:pid).
 	ID     string
 	Logger *slog.Logger
@@ -122,6 +126,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LeaderTTL <= 0 {
 		cfg.LeaderTTL = 5
 	}
+	switch {
+	case cfg.ClientCertLifetime == 0:
+		cfg.ClientCertLifetime = DefaultClientCertLifetime
+	case cfg.ClientCertLifetime < MinClientCertLifetime:
+		return nil, fmt.Errorf("server: agent certificate lifetime %s is shorter than %s", cfg.ClientCertLifetime, MinClientCertLifetime)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -155,6 +165,7 @@ func (s *Server) setup(ctx context.Context) error {
 	if s.ca, err = loadOrCreateCA(ctx, s.st); err != nil {
 		return err
 	}
+	s.ca.clientValidity = s.cfg.ClientCertLifetime
 	s.signer = newStateSigner(s.ca.key, s.m.reg)
 	if err := atomicfile.Write(filepath.Join(s.cfg.DataDir, CACertFile), s.ca.certPEM, 0o644); err != nil {
 		return fmt.Errorf("server: write ca.crt: %w", err)
@@ -324,6 +335,7 @@ func (s *Server) routes() http.Handler {
 	h("POST /v1/join", authNone, s.join)
 	h("GET /v1/agents/{name}/desired", authAgent, s.agentDesired)
 	h("POST /v1/agents/{name}/status", authAgent, s.agentStatus)
+	h("POST /v1/agents/{name}/renew", authAgent, s.agentRenew)
 
 	h("POST /v1/apps", authAdmin, s.timed("apply", s.applyApps))
 	h("GET /v1/apps", authAdmin, s.listApps)

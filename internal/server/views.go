@@ -36,6 +36,7 @@ func (s *Server) serverViews(sn *store.Snapshot, statuses map[string]store.Statu
 			sv.KeyGeneration = st.Status.KeyGeneration
 			sv.LastSeen = st.Received
 			sv.AppliedDigest = st.Status.AppliedDigest
+			sv.ControlPlane = st.Status.ControlPlane
 			if sv.State == spec.ServerReady && st.Status.NotReady != "" {
 				sv.State = api.ServerNotReady
 			}

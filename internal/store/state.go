@@ -65,9 +65,14 @@ type ServerRecord struct {
 	Server     spec.Server `json:"server"`
 	JoinedAt   time.Time   `json:"joinedAt"`
 	CertSerial string      `json:"certSerial,omitempty"`
-	Revoked    bool        `json:"revoked,omitempty"`
-	RevokedAt  time.Time   `json:"revokedAt,omitzero"`
-	RevokedBy  string      `json:"revokedBy,omitempty"`
+	// PrevCertSerial is the certificate a renewal replaced: still accepted
+	// until it expires, so that an agent that lost the renewal's answer,
+	// or whose connections opened before it, is not locked out. A join
+	// clears it (a reinstalled host supersedes both).
+	PrevCertSerial string    `json:"prevCertSerial,omitempty"`
+	Revoked        bool      `json:"revoked,omitempty"`
+	RevokedAt      time.Time `json:"revokedAt,omitzero"`
+	RevokedBy      string    `json:"revokedBy,omitempty"`
 	// KeyChangedAt is when the server's WireGuard public key last changed
 	// after its join (a rotation); zero: it has the key it joined with.
 	KeyChangedAt time.Time `json:"keyChangedAt,omitzero"`
