@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/artifact"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/version"
@@ -79,6 +80,9 @@ type Config struct {
 
 	Guests    Guests
 	Dataplane Dataplane
+	// Artifacts, when set, is the cache of task programs delivered as
+	// artifacts (artifacts.go); nil: a guest naming one is not started.
+	Artifacts *artifact.Cache
 
 	// ServerAddrs are the server's underlay addresses. A desired state
 	// that would send any of them into a tunnel is refused.
@@ -141,6 +145,9 @@ func (c *Config) defaults() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Artifacts != nil {
+		c.Guests = newArtifactGuests(c.Guests, c.Artifacts, c.Now)
 	}
 	return nil
 }
@@ -269,6 +276,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.cp, a.id = cp, id
 	a.mu.Unlock()
+	a.useArtifactStore(cp)
 	wg.Go(func() { a.pollLoop(ctx) })
 	wg.Go(func() { a.statusLoop(ctx) })
 	wg.Go(func() { a.taskWatch(ctx) })

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/artifact"
 	"github.com/corridor-dev/corridor/internal/dataplane"
 	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/guest/nsguest"
@@ -32,6 +33,10 @@ import (
 // around the reconcile loop (guest runtimes, data plane, local API,
 // prober), from the values of its flags. The CLI parses the flags and
 // calls RunHost or CleanupHost.
+
+// artifactGCInterval is how often the agent removes the artifacts no
+// task has used for ArtifactUnusedFor (and once at start).
+const artifactGCInterval = 10 * time.Minute
 
 // GuestsDir is the netns guest runtime's directory in the agent's state
 // directory: one directory per task (guest.TaskDir), with its record and
@@ -104,6 +109,11 @@ type HostConfig struct {
 	// default); FenceAfter, if > 0, fences the host's paths after that
 	// long without an acknowledged report (Config.FenceAfter).
 	StatusInterval, FenceAfter time.Duration
+	// ArtifactMaxSize bounds one artifact download (0: the cache's
+	// default); ArtifactUnusedFor is how long an artifact no task uses
+	// stays cached (0: the cache's default).
+	ArtifactMaxSize   int64
+	ArtifactUnusedFor time.Duration
 	// JoinTimeout bounds the first join (0: try until stopped).
 	JoinTimeout time.Duration
 	Logger      *slog.Logger
@@ -343,6 +353,16 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		}
 	}
 	stateDir := cfg.StateDir
+	artifacts, err := artifact.New(artifact.Config{
+		Dir: ArtifactsDir(stateDir), MaxSize: cfg.ArtifactMaxSize, UnusedFor: cfg.ArtifactUnusedFor,
+		Fetchers: map[string]artifact.Fetcher{"https": artifact.HTTPFetcher(nil)}, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	gcCtx, stopGC := context.WithCancel(ctx)
+	defer stopGC()
+	go artifacts.Run(gcCtx, artifactGCInterval)
 	prober := &Prober{
 		GuestNetns: guest.NetnsPath,
 		Channel:    func(task string) string { return vm.ProbeSocket(VMsDir(stateDir), task) },
@@ -353,7 +373,7 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		WireGuardPort: cfg.WireGuardPort,
 		Capacity:      capacity, Labels: labels,
 		JoinToken: token, Bootstrap: bootstrap, Connect: connect, Join: join,
-		Guests: GuestsOf(mgr), Dataplane: DataplaneOf(dp),
+		Guests: GuestsOf(mgr), Dataplane: DataplaneOf(dp), Artifacts: artifacts,
 		ServerAddrs:     serverAddrs,
 		Listener:        ln,
 		MetricsListener: mln,

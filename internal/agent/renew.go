@@ -84,6 +84,9 @@ func (a *Agent) renew(ctx context.Context) error {
 	prev := a.cp
 	a.cp, a.id = cp, id
 	a.mu.Unlock()
+	// corridor:// artifacts are fetched with the agent's certificate:
+	// the renewed one from now on.
+	a.useArtifactStore(cp)
 	if c, ok := prev.(interface{ CloseIdleConnections() }); ok {
 		c.CloseIdleConnections()
 	}

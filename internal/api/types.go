@@ -213,6 +213,10 @@ type App struct {
 	// Placed is how many of its tasks have a server.
 	Placed  int    `json:"placed"`
 	Network string `json:"network,omitempty"`
+	// Unresolved says which of the app's imports, or rules to imported
+	// services, have no path now: the exporting app or its export is
+	// gone, or no longer offers the port ("field: why").
+	Unresolved []string `json:"unresolved,omitempty"`
 }
 
 // ApplyResult is the answer to an apply: one entry per app of the body.
@@ -394,4 +398,13 @@ type ReportSignature struct {
 	// CA is the "sha256:" fingerprint of the DER of the CA certificate
 	// whose key signed (informative: verify against the CA you trust).
 	CA string `json:"ca"`
+}
+
+// ArtifactInfo is an artifact in the control plane's store.
+type ArtifactInfo struct {
+	SHA256 string    `json:"sha256"`
+	Size   int64     `json:"size"`
+	Stored time.Time `json:"stored"`
+	// URL is what a class's guest.artifact.url names to use it.
+	URL string `json:"url"`
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"github.com/corridor-dev/corridor/internal/artifact"
 	"maps"
 
 	"github.com/spf13/cobra"
@@ -110,6 +111,8 @@ that scrapes the agent directly (off by default; docs/metrics.md).`,
 	fl.StringVar(&cfg.KVM, "kvm", vm.KVMAuto, "KVM for vm guests: auto (a probe boot decides), on or off (TCG)")
 	fl.DurationVar(&cfg.RepairInterval, "repair-interval", agent.DefaultRepairInterval, "how often the host's state is checked against the desired state and drift repaired")
 	fl.DurationVar(&cfg.StatusInterval, "status-interval", agent.DefaultStatusInterval, "time between two status reports (heartbeats); keep it well under the server's --heartbeat-timeout")
+	fl.Int64Var(&cfg.ArtifactMaxSize, "artifact-max-size", artifact.DefaultMaxSize, "largest task program (artifact) this agent downloads, in bytes")
+	fl.DurationVar(&cfg.ArtifactUnusedFor, "artifact-unused-for", artifact.DefaultUnusedFor, "remove a cached artifact once no task has used it for this long")
 	fl.DurationVar(&cfg.FenceAfter, "fence-after", 0, "stop this host's paths (guests keep running, cut off) after this long without an acknowledged status report, until the server answers again; set it under the server's --heartbeat-timeout (0: never fence, serve the last state through any outage)")
 	addConfigFlag(cmd, "/etc/corridor/agent.yaml")
 	return cmd

@@ -212,6 +212,7 @@ func printDemoVerify(w io.Writer, rep *verify.Report) {
 	}
 	t.Flush()
 	fmt.Fprintf(w, "%d of %d checks match the policy\n", rep.Passed, len(rep.Checks))
+	fmt.Fprintln(w, rep.Coverage)
 }
 
 // mergeVerdict joins the verdicts of several probes of one class pair:

@@ -72,6 +72,15 @@ func describeApp(c *cobra.Command, cl *api.Client, name, out string) error {
 		for _, r := range a.Spec.Rules {
 			t.Row("Rule:", fmt.Sprintf("%s -> %s %s/%s %s", r.From, r.To, dash(r.Protocol), joinInts(r.Ports), pathKind(r.Encrypt, false)))
 		}
+		for _, e := range a.Spec.Exports {
+			t.Row("Export:", fmt.Sprintf("%s: class %s %s/%s", e.Name, e.Class, dash(e.Protocol), joinInts(e.Ports)))
+		}
+		for _, im := range a.Spec.Imports {
+			t.Row("Import:", fmt.Sprintf("%s as %s", im.Service, im.Alias()))
+		}
+		for _, u := range a.Unresolved {
+			t.Row("Unresolved:", u)
+		}
 		for _, n := range a.Notes {
 			t.Row("Note:", n)
 		}

@@ -76,7 +76,7 @@ func newGetCmd() *cobra.Command {
 					if x.Status != nil {
 						state, restarts = x.Status.State, fmt.Sprint(x.Status.Restarts)
 					}
-					t.Row(x.ID, x.Server, x.Address.String(), state, restarts, x.Reason.Chosen)
+					t.Row(x.ID, x.Server, x.Address.String(), state, restarts, taskReason(x))
 				}
 			})
 		}),

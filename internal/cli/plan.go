@@ -131,23 +131,25 @@ func loadPlanInput(files []string, serversFile, currentFile string) (compile.Inp
 	var in compile.Input
 	src := map[string]appSource{}
 	var errs []error
+	locs := map[string]*spec.Locator{}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		apps, err := spec.DecodeApps(f, data)
+		apps, fileLocs, err := spec.DecodeAppsLocated(f, data)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		for _, a := range apps {
+		for i, a := range apps {
 			if prev, dup := src[a.Name]; dup {
 				errs = append(errs, fmt.Errorf("%s: app %s is also defined in %s", locate(f, data, a.Name, ""), a.Name, prev.file))
 				continue
 			}
 			src[a.Name] = appSource{f, data}
+			locs[a.Name] = fileLocs[i]
 			in.Apps = append(in.Apps, a)
 		}
 	}
@@ -155,6 +157,13 @@ func loadPlanInput(files []string, serversFile, currentFile string) (compile.Inp
 		// Across files: DecodeApps checked each file on its own.
 		for _, e := range spec.ValidateApps(in.Apps) {
 			errs = append(errs, fmt.Errorf("%s: %w", strings.Join(files, ", "), e))
+		}
+		// Imports, as the server checks them at apply: against the
+		// apps of all the files.
+		for i := range in.Apps {
+			if l := locs[in.Apps[i].Name].Locate(spec.CheckImports(&in.Apps[i], in.Apps)); len(l) > 0 {
+				errs = append(errs, l)
+			}
 		}
 	}
 	data, err := os.ReadFile(serversFile)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -162,6 +163,8 @@ func TestPlanErrors(t *testing.T) {
 		{"missing file", []string{"-f", f("nope.yaml"), "--servers", f("servers.yaml")}, 2, []string{"nope.yaml"}},
 		{"bad current", []string{"-f", f("shop.yaml"), "--servers", f("servers.yaml"), "--current", f("cur.json")}, 2, []string{"cur.json", "not a plan"}},
 		{"bad output", []string{"-f", f("shop.yaml"), "--servers", f("servers.yaml"), "-o", "xml"}, 0, []string{"unknown output format"}},
+		{"import of an app in no file", []string{"-f", exampleFile("shop-ledger.yaml"), "--servers", f("servers.yaml")}, 2,
+			[]string{"shop-ledger.yaml:" + lineWith(t, exampleFile("shop-ledger.yaml"), "service: ledger/accounts") + ":5: imports[0].service: no app \"ledger\""}},
 	}
 	t.Setenv("CORRIDOR_CONFIG", filepath.Join(t.TempDir(), "none.json"))
 	t.Setenv("CORRIDOR_SERVER", "")
@@ -180,5 +183,46 @@ func TestPlanErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func exampleFile(name string) string { return filepath.Join("..", "..", "examples", name) }
+
+// lineWith is the line number, as text, of the first line of file
+// holding sub.
+func lineWith(t *testing.T, file, sub string) string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(string(b), sub)
+	if i < 0 {
+		t.Fatalf("%s has no %q", file, sub)
+	}
+	return strconv.Itoa(1 + strings.Count(string(b)[:i], "\n"))
+}
+
+// The importer and its exporter planned together: the import resolves
+// and the plan has the paths across apps.
+func TestPlanAppToApp(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"servers.yaml": planServers})
+	out, _, err := runPlan(t, "-f", exampleFile("ledger.yaml"), "-f", exampleFile("shop-ledger.yaml"),
+		"--servers", filepath.Join(dir, "servers.yaml"), "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p compile.Plan
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for pa := range p.Paths.All() {
+		if pa.App == "shop" && pa.ToApp == "ledger" && pa.FromClass == "app" && pa.ToClass == "api" {
+			n++
+		}
+	}
+	if n != 4 || len(p.Unresolved) != 0 {
+		t.Fatalf("%d paths from shop's app to ledger's api (want 4), unresolved %+v", n, p.Unresolved)
 	}
 }

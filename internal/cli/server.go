@@ -89,6 +89,7 @@ On first start it makes the CA (DATA_DIR/ca.crt), the admin token
 	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", server.DefaultHeartbeatTimeout, "a server silent for longer is down and its tasks move")
 	f.DurationVar(&cfg.KeyRotation, "key-rotation", 0, "rotate each server's WireGuard key once it is older than this, one server at a time (e.g. 720h; 0: only on request, with \"corridor server rotate-key\")")
 	f.DurationVar(&cfg.ClientCertLifetime, "agent-cert-lifetime", server.DefaultClientCertLifetime, "lifetime of the agents' client certificates; agents renew theirs over mTLS at two thirds of it, without the join token")
+	f.Int64Var(&cfg.ArtifactMaxSize, "artifact-max-size", server.DefaultArtifactMaxSize, "largest artifact \"corridor artifact push\" may store, in bytes")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	addConfigFlag(cmd, "/etc/corridor/server.yaml")
 	_ = cmd.MarkFlagRequired("data-dir")

@@ -25,7 +25,12 @@ func newVerifyCmd() *cobra.Command {
 		Short: "Prove an app's policy with real traffic: allowed pairs connect, others do not, encrypted pairs show no plaintext",
 		Long: `verify connects, from inside the guest of every task of APP, to every other
 task on every port a rule names and one it does not, and sends a random marker.
-The agent of the source host captures its underlay interface meanwhile:
+What a check proves depends on the class pair, the port and the two hosts, so
+verify covers every (source class, destination class, port, source host,
+destination host) combination with a sample of its task pairs (--sample, drawn
+with --seed, printed), or every pair with --exhaustive; the summary says what
+was covered. The agent of the source host captures its underlay interface
+meanwhile:
 
   - allowed pairs must connect; every other pair and port must not;
   - an encrypted pair must never show the marker on the underlay, and must
@@ -43,7 +48,7 @@ probes run through the agents, so verify needs only the admin token.
 It exits 1 on any mismatch, and on any incomplete check unless
 --allow-incomplete is given. The result is stored on the server (the newest 20
 runs per app; --no-record does not), where ` + "`corridor report APP`" + ` finds it.`,
-		Example: "  corridor verify shop\n  corridor verify shop -o json",
+		Example: "  corridor verify shop\n  corridor verify shop -o json\n  corridor verify shop --seed 1234 --sample 5\n  corridor verify shop --exhaustive --max-checks 20000",
 		Args:    cobra.ExactArgs(1),
 	}
 	cf := addClientFlags(cmd)
@@ -51,6 +56,9 @@ runs per app; --no-record does not), where ` + "`corridor report APP`" + ` finds
 	cmd.Flags().DurationVar(&opt.Timeout, "timeout", 2*time.Second, "how long one connection attempt may take (a dropped packet shows as a timeout)")
 	cmd.Flags().IntVar(&opt.Parallel, "parallel", 8, "probes at once")
 	cmd.Flags().IntVar(&opt.MaxChecks, "max-checks", 5000, "refuse to run more checks than this")
+	cmd.Flags().IntVar(&opt.Sample, "sample", verify.DefaultSample, "task pairs probed per (class pair, port, host pair) combination")
+	cmd.Flags().BoolVar(&opt.Exhaustive, "exhaustive", false, "probe every task pair, not a sample of each combination (grows with the square of the tasks)")
+	cmd.Flags().Int64Var(&opt.Seed, "seed", 0, "seed of the sample, to repeat a run (0: draw one; the report prints it)")
 	var allowIncomplete bool
 	cmd.Flags().BoolVar(&allowIncomplete, "allow-incomplete", false, "exit 0 when no check contradicts the policy even if some could not be run (they are still reported incomplete)")
 	cmd.Flags().BoolVar(&opt.NoRetry, "no-retry", false, "report each check's first probe, without running a shortfall (an allowed pair that timed out) once more")
@@ -81,6 +89,7 @@ runs per app; --no-record does not), where ` + "`corridor report APP`" + ` finds
 		if err := printVerify(cmd.OutOrStdout(), *out, rep); err != nil {
 			return err
 		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "verify %s: %s\n", rep.App, rep.Coverage)
 		if !noRecord {
 			recordVerifyRun(ctx, cmd.ErrOrStderr(), c, rep)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -116,6 +117,29 @@ func (k *Cache) commit(c *compiler, hosts map[string]*hostEntry) {
 // hostBuilder.part read must be added here. ok is false when the spec
 // cannot be encoded; such an app is never reused.
 func (c *compiler) fingerprint(b []byte, a *app) ([]byte, bool) {
+	b, ok := c.ownFingerprint(b, a)
+	if !ok {
+		return b, false
+	}
+	// An importer's paths and guests' environment depend on the apps it
+	// imports from: their specs (exports), networks and tasks.
+	for _, im := range a.spec.Imports {
+		name, _, _ := strings.Cut(im.Service, "/")
+		other := c.appByName(name)
+		if other == nil {
+			b = append(b, 0)
+			continue
+		}
+		b = append(b, 1)
+		if b, ok = c.ownFingerprint(b, other); !ok {
+			return b, false
+		}
+	}
+	return b, true
+}
+
+// ownFingerprint is the part of app a's fingerprint that a alone gives.
+func (c *compiler) ownFingerprint(b []byte, a *app) ([]byte, bool) {
 	js, err := json.Marshal(a.spec)
 	if err != nil {
 		return b, false

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -18,7 +19,16 @@ import (
 func mutate(r *rand.Rand, in Input) (Input, string) {
 	in.Apps = slices.Clone(in.Apps)
 	in.Servers = slices.Clone(in.Servers)
-	switch op := r.Intn(8); {
+	switch op := r.Intn(9); {
+	case op == 8 && len(in.Apps) > 0: // an export withdrawn or given again
+		ai := r.Intn(len(in.Apps))
+		a := &in.Apps[ai]
+		if len(a.Exports) > 0 {
+			a.Exports = nil
+			return in, "exports of " + a.Name + " withdrawn"
+		}
+		a.Exports = []spec.Export{{Name: "svc", Class: a.Classes[0].Name, Ports: []int{80, 7000}, Protocol: spec.ProtoTCP}}
+		return in, "export of " + a.Name
 	case op == 0 && len(in.Apps) > 0: // scale a class
 		ai := r.Intn(len(in.Apps))
 		a := &in.Apps[ai]
@@ -253,6 +263,43 @@ func TestKeyGenerationReachesItsHostOnly(t *testing.T) {
 		bj, _ := json.Marshal(before.Hosts[i])
 		if changed := !bytes.Equal(hj, bj); changed != (want != 0) {
 			t.Errorf("host %s: state changed %v, want %v", h.Host, changed, want != 0)
+		}
+	}
+}
+
+// TestParallelHostsSameAsSequential: host states built by several builders
+// side by side (one range of servers each) are byte for byte those of one
+// builder, with and without a cache.
+func TestParallelHostsSameAsSequential(t *testing.T) {
+	in := benchFleet()
+	in.Servers, in.Apps = in.Servers[:400], in.Apps[:6]
+	compileWith := func(procs int, cached bool) []byte {
+		old := runtime.GOMAXPROCS(procs)
+		defer runtime.GOMAXPROCS(old)
+		var p *Plan
+		var err error
+		if cached {
+			var k Cache
+			if _, err = k.Compile(in); err == nil {
+				in2 := in
+				in2.Apps = slices.Clone(in.Apps)
+				in2.Apps[3].Classes = slices.Clone(in2.Apps[3].Classes)
+				in2.Apps[3].Classes[0].Tasks++
+				p, err = k.Compile(in2)
+			}
+		} else {
+			p, err = Compile(in)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(p)
+		return b
+	}
+	for _, cached := range []bool{false, true} {
+		one, four := compileWith(1, cached), compileWith(4, cached)
+		if !bytes.Equal(one, four) {
+			t.Fatalf("cached %v: plans differ between one and four builders: %s", cached, firstDiff(one, four))
 		}
 	}
 }

@@ -137,6 +137,9 @@ func checkPlan(in Input, p *Plan) error {
 		for _, r := range a.Rules {
 			proto := cmp.Or(r.Protocol, spec.ProtoTCP)
 			from, to := classOf[[2]string{a.Name, r.From}], classOf[[2]string{a.Name, r.To}]
+			if to == nil {
+				continue // a rule to an imported service: below
+			}
 			for x := 0; x < from.Tasks; x++ {
 				for y := 0; y < to.Tasks; y++ {
 					fid, tid := spec.TaskID(a.Name, r.From, x), spec.TaskID(a.Name, r.To, y)
@@ -150,6 +153,47 @@ func checkPlan(in Input, p *Plan) error {
 						wantPaths[k] = w
 					}
 					for _, port := range r.Ports {
+						w.ports[port] = true
+					}
+				}
+			}
+		}
+	}
+	// Across apps: rules to imported services, on the ports exported.
+	byApp := map[string]*spec.App{}
+	for i := range in.Apps {
+		byApp[in.Apps[i].Name] = &in.Apps[i]
+	}
+	for i := range in.Apps {
+		a := &in.Apps[i]
+		for _, r := range a.Rules {
+			im := a.ImportOf(r.To)
+			if im == nil || classOf[[2]string{a.Name, r.To}] != nil {
+				continue
+			}
+			oname, svc, _ := strings.Cut(im.Service, "/")
+			other := byApp[oname]
+			if other == nil || other.Export(svc) == nil {
+				continue
+			}
+			e := other.Export(svc)
+			proto := cmp.Or(r.Protocol, spec.ProtoTCP)
+			if cmp.Or(e.Protocol, spec.ProtoTCP) != proto {
+				continue
+			}
+			from, to := classOf[[2]string{a.Name, r.From}], classOf[[2]string{oname, e.Class}]
+			for x := 0; x < from.Tasks; x++ {
+				for y := 0; y < to.Tasks; y++ {
+					k := pathKey{spec.TaskID(a.Name, r.From, x), spec.TaskID(oname, e.Class, y), proto}
+					for _, port := range r.Ports {
+						if !slices.Contains(e.Ports, port) {
+							continue
+						}
+						w := wantPaths[k]
+						if w == nil {
+							w = &pathWant{encrypt: r.Encrypt, ports: map[int]bool{}}
+							wantPaths[k] = w
+						}
 						w.ports[port] = true
 					}
 				}
@@ -187,7 +231,8 @@ func checkPlan(in Input, p *Plan) error {
 		f, t := tasks[pa.From], tasks[pa.To]
 		if pa.Encrypt != w.encrypt || pa.FromServer != f.Server || pa.ToServer != t.Server ||
 			pa.FromAddr != f.Address || pa.ToAddr != t.Address || pa.Local != (f.Server == t.Server) ||
-			pa.App != f.App || pa.FromClass != f.Class || pa.ToClass != t.Class {
+			pa.App != f.App || pa.FromClass != f.Class || pa.ToClass != t.Class || (pa.ToApp == "") != (t.App == f.App) ||
+			(pa.ToApp != "" && pa.ToApp != t.App) {
 			return fmt.Errorf("path %s -> %s is wrong: %+v", pa.From, pa.To, pa)
 		}
 		if len(pa.Ports) != len(w.ports) || !slices.IsSorted(pa.Ports) {
@@ -213,7 +258,7 @@ func checkPlan(in Input, p *Plan) error {
 		src, dst netip.Addr
 		enc      bool
 	}
-	type fwKey struct{ app, from, to, proto, dir string }
+	type fwKey struct{ app, from, toApp, to, proto, dir string }
 	peers := map[string]map[string]map[netip.Addr]bool{}
 	vx := map[string]map[string]map[netip.Addr]bool{}
 	routes := map[string]map[route]bool{}
@@ -236,7 +281,7 @@ func checkPlan(in Input, p *Plan) error {
 			if fw[e.host] == nil {
 				fw[e.host] = map[fwKey]*Path{}
 			}
-			fw[e.host][fwKey{pa.App, pa.FromClass, pa.ToClass, pa.Protocol, e.dir}] = pa
+			fw[e.host][fwKey{pa.App, pa.FromClass, pa.ToApp, pa.ToClass, pa.Protocol, e.dir}] = pa
 		}
 		if pa.Local {
 			continue
@@ -401,16 +446,17 @@ func checkPlan(in Input, p *Plan) error {
 			if f.FromClass == hoststate.IngressClass {
 				continue
 			}
-			pa := fw[h.Host][fwKey{f.App, f.FromClass, f.ToClass, f.Protocol, f.Direction}]
+			pa := fw[h.Host][fwKey{f.App, f.FromClass, f.ToApp, f.ToClass, f.Protocol, f.Direction}]
 			if pa == nil || f.Encrypt != pa.Encrypt || !slices.Equal(f.Ports, pa.Ports) {
 				return fmt.Errorf("host %s has unneeded or wrong firewall rule %+v", h.Host, f)
 			}
-			from, to := [2]string{f.App, f.FromClass}, [2]string{f.App, f.ToClass}
+			toApp := cmp.Or(f.ToApp, f.App)
+			from, to := [2]string{f.App, f.FromClass}, [2]string{toApp, f.ToClass}
 			var src, dst, remote []netip.Addr
 			if f.Direction == Egress {
 				src, dst = classAddrsOn[[3]string{f.App, f.FromClass, h.Host}], classAddrs[to]
 			} else {
-				src, dst = classAddrs[from], classAddrsOn[[3]string{f.App, f.ToClass, h.Host}]
+				src, dst = classAddrs[from], classAddrsOn[[3]string{toApp, f.ToClass, h.Host}]
 				for _, a := range src {
 					if tasks[addrs[a]].Server != h.Host {
 						remote = append(remote, a)

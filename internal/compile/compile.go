@@ -51,7 +51,9 @@ type app struct {
 	numTasks int
 	entry    *appEntry // what the cache has or gets for this app
 	netRank  int       // position in network order
-	mark     int32     // 1 + index of the last server found to run a task of the app
+	cross    []int     // indexes of the spec's rules to imported services (links.go)
+	links    []int     // indexes in compiler.links of the links from this app
+	imports  []importEnv
 	// Ingress (ingress.go): the entry hosts of the app's published
 	// ports, in server order, and each one's address in the network.
 	entries []int32
@@ -101,6 +103,10 @@ type compiler struct {
 	apps        []*app
 	tasks       []task // placement order: app name, class spec order, index
 	maxRejected int
+	// links are the rules across apps (app to app), resolved; unresolved
+	// the rules to imported services that have no path (links.go).
+	links      []link
+	unresolved []Unresolved
 }
 
 // Compile places every task of in.Apps on in.Servers, allocates networks and
@@ -154,14 +160,27 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	// Nothing fails from here on: the cache is only changed by a compile
 	// that returns a plan.
 	k.prepare(c, memo)
+	// The paths and the host states are independent (paths writes only
+	// the app entries' paths, hosts their parts and its own scratch
+	// space; both only read the placement): on a machine with a second
+	// core they are made side by side, a third of the work of a full
+	// compile off the critical path.
+	var paths Paths
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		paths = c.paths()
+	}()
 	hosts, entries := c.hosts(k, memo)
 	c.addIngress(hosts)
 	plan := &Plan{
-		Networks: c.networks(),
-		Tasks:    c.planTasks(),
-		Paths:    c.paths(),
-		Hosts:    hosts,
+		Networks:   c.networks(),
+		Tasks:      c.planTasks(),
+		Hosts:      hosts,
+		Unresolved: c.unresolved,
 	}
+	<-done
+	plan.Paths = paths
 	if memo {
 		k.commit(c, entries)
 	}
@@ -302,7 +321,13 @@ func (c *compiler) loadApps(in []spec.App) error {
 			ap.tasks = append(ap.tasks, cl.tasks...)
 		}
 	}
+	if err := c.resolveLinks(); err != nil {
+		return err
+	}
 	var paths int64
+	for _, l := range c.links {
+		paths += int64(len(l.from.tasks)) * int64(len(l.to.tasks))
+	}
 	for _, ap := range c.apps {
 		for _, r := range ap.rules {
 			n := int64(len(r.from.tasks)) * int64(len(r.to.tasks))
@@ -348,6 +373,10 @@ func (a *app) loadRules(field string) error {
 		from, to := a.class(r.From), a.class(r.To)
 		if from == nil {
 			return inputErr(rf+".from", "no class %q in app %s", r.From, a.name)
+		}
+		if to == nil && a.spec.ImportOf(r.To) != nil {
+			a.cross = append(a.cross, i) // resolved across apps by resolveLinks
+			continue
 		}
 		if to == nil {
 			return inputErr(rf+".to", "no class %q in app %s", r.To, a.name)

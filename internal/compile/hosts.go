@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -58,19 +60,68 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 		a.netRank = i
 	}
 	n := len(c.servers)
-	hb := hostBuilder{c: c, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n)}
+	out := make([]HostState, n)
+	// The hosts are built by up to hostWorkers builders side by side, each
+	// on its own range of servers with its own scratch space. What they
+	// share is only read while they run: the apps' task lists by address
+	// and the classes' peer variables are made here first, and the parts
+	// they compute go into the cache's entries after they are done.
+	workers := min(runtime.GOMAXPROCS(0), hostWorkers, max(1, n/minHostsPerWorker))
+	for _, a := range c.apps {
+		a.byAddr = slices.Clone(a.tasks)
+		slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
+		if len(a.entry.parts) == 0 { // parts will be computed for it
+			for _, cl := range a.classes {
+				c.peersEnv(a, cl)
+			}
+		}
+	}
+	hbs := make([]*hostBuilder, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		hb := &hostBuilder{c: c, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n), mark: make([]int32, len(c.apps))}
+		hbs[w] = hb
+		lo, hi := w*n/workers, (w+1)*n/workers
+		if workers == 1 {
+			hb.run(k, memo, lo, hi, out)
+			break
+		}
+		wg.Go(func() { hb.run(k, memo, lo, hi, out) })
+	}
+	wg.Wait()
 	var entries map[string]*hostEntry
 	if memo {
 		entries = make(map[string]*hostEntry, n)
+		for _, hb := range hbs {
+			for _, e := range hb.entries {
+				entries[e.name] = e.entry
+			}
+			for _, np := range hb.newParts {
+				np.e.parts[np.server] = np.part
+			}
+		}
 	}
-	out := make([]HostState, n)
+	return out, entries
+}
+
+// hostWorkers bounds the builders that make host states side by side;
+// minHostsPerWorker keeps small fleets on one.
+const (
+	hostWorkers       = 4
+	minHostsPerWorker = 64
+)
+
+// run builds the states of servers [lo, hi) into out.
+func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
+	c := hb.c
 	var gens []uint64
-	for i, s := range c.servers {
+	for i := lo; i < hi; i++ {
+		s := c.servers[i]
 		// The apps of s, in network order.
 		hb.apps = hb.apps[:0]
 		for _, ti := range s.guestIdx {
-			if a := c.tasks[ti].app; a.mark != s.idx+1 {
-				a.mark = s.idx + 1
+			if a := c.tasks[ti].app; hb.mark[a.netRank] != s.idx+1 {
+				hb.mark[a.netRank] = s.idx + 1
 				hb.apps = append(hb.apps, hostApp{a: a})
 			}
 		}
@@ -79,33 +130,52 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 		for _, ha := range hb.apps {
 			gens = append(gens, ha.a.entry.gen)
 		}
+		gens = c.linkGens(gens, hb.apps)
 		if e := k.hosts[s.spec.Name]; memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && e.rot == s.rot && slices.Equal(e.gens, gens) {
 			out[i] = e.state
-			entries[s.spec.Name] = e
+			hb.entries = append(hb.entries, namedEntry{s.spec.Name, e})
 			continue
 		}
 		if hb.mac[i] == "" {
 			hb.mac[i] = VTEPMAC(s.addr)
 		}
 		out[i] = hb.build(s, memo)
+		c.addLinks(&out[i], s)
 		if memo {
-			entries[s.spec.Name] = &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens), state: out[i]}
+			hb.entries = append(hb.entries, namedEntry{s.spec.Name, &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens), state: out[i]}})
 		}
 	}
-	return out, entries
+}
+
+// namedEntry is a host's cache entry, made by a builder.
+type namedEntry struct {
+	name  string
+	entry *hostEntry
+}
+
+// newPart is a part a builder computed, for the cache's app entry.
+type newPart struct {
+	e      *appEntry
+	server int32
+	part   *hostPart
 }
 
 // hostBuilder holds the scratch space reused from host to host.
 type hostBuilder struct {
-	c       *compiler
-	mac     []string // VTEPMAC per server, made when first needed
-	slot    []int32  // per server: 1 + its index in remotes, 0 if none
-	nEnc    []int32  // per server: remote tasks reached encrypted
-	nPlain  []int32  // per server: remote tasks reached in plain
-	touched []int32  // servers with a count, for resetting
-	remotes []remoteMerge
-	apps    []hostApp // the apps of the host being built, in network order
-	byName  []*hostPart
+	c    *compiler
+	mark []int32 // per app (by netRank): 1 + index of the last server found to run a task of it
+	// What this builder made for the cache, stored once every builder is
+	// done.
+	entries  []namedEntry
+	newParts []newPart
+	mac      []string // VTEPMAC per server, made when first needed
+	slot     []int32  // per server: 1 + its index in remotes, 0 if none
+	nEnc     []int32  // per server: remote tasks reached encrypted
+	nPlain   []int32  // per server: remote tasks reached in plain
+	touched  []int32  // servers with a count, for resetting
+	remotes  []remoteMerge
+	apps     []hostApp // the apps of the host being built, in network order
+	byName   []*hostPart
 	// Parts computed for the host being built keep their guests, firewall
 	// rules and routes here until they are copied into the host's state.
 	guests   []Guest
@@ -181,7 +251,7 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 		if ha.part == nil {
 			ha.part = hb.part(s, ha.a)
 			if memo {
-				e.parts[s.idx] = ha.part
+				hb.newParts = append(hb.newParts, newPart{e, s.idx, ha.part})
 			}
 		}
 		p := ha.part
@@ -327,10 +397,6 @@ func (hb *hostBuilder) part(s *server, a *app) *hostPart {
 			strings.Compare(x.Protocol, y.Protocol), strings.Compare(x.Direction, y.Direction))
 	})
 
-	if a.byAddr == nil {
-		a.byAddr = slices.Clone(a.tasks)
-		slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
-	}
 	// Two passes over the remote tasks: count, then fill slices of the
 	// exact size. Tasks come by address, so each list comes out sorted.
 	hb.touched = hb.touched[:0]
@@ -504,6 +570,9 @@ func (c *compiler) guests(out []Guest, s *server, a *app) []Guest {
 		env[spec.EnvIndex] = strconv.Itoa(t.index)
 		env[spec.EnvAddr] = t.addr.String()
 		for _, v := range c.peersEnv(t.app, cl) {
+			env[v.key] = v.value
+		}
+		for _, v := range t.app.importEnv(cl) {
 			env[v.key] = v.value
 		}
 		out = append(out, Guest{Task: t.id, App: t.app.name, Class: cl.name, Index: t.index, Address: t.addr, Network: t.app.network,

@@ -57,6 +57,9 @@ func (c *compiler) paths() Paths {
 					n -= len(r.from.tasks)
 				}
 			}
+			for _, li := range a.links {
+				n += len(c.links[li].from.tasks) * len(c.links[li].to.tasks)
+			}
 			out := c.appPaths(make([]Path, 0, n), a)
 			e.paths, e.done = out[:len(out):len(out)], true
 		}
@@ -69,6 +72,7 @@ func (c *compiler) paths() Paths {
 func (c *compiler) appPaths(out []Path, a *app) []Path {
 	for _, fi := range a.tasks {
 		f := &c.tasks[fi]
+		start := len(out)
 		rules := f.class.out // sorted by (to class name, protocol)
 		for i := 0; i < len(rules); {
 			to := a.rules[rules[i]].to
@@ -92,6 +96,11 @@ func (c *compiler) appPaths(out []Path, a *app) []Path {
 				}
 			}
 			i = j
+		}
+		if n := len(out); len(a.links) > 0 {
+			if out = c.linkPaths(out, a, f); len(out) > n {
+				sortByDest(out[start:])
+			}
 		}
 	}
 	return out

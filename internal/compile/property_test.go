@@ -91,6 +91,22 @@ func randInput(r *rand.Rand) Input {
 		}
 		in.Apps = append(in.Apps, a)
 	}
+	// App to app: an app may import a service of an app before it (never
+	// the other way, so that no class pair is encrypted one way and plain
+	// the other).
+	for i := 1; i < len(in.Apps); i++ {
+		if r.Intn(2) == 0 {
+			continue
+		}
+		ex, im := &in.Apps[r.Intn(i)], &in.Apps[i]
+		ex.Exports = append(ex.Exports, spec.Export{Name: "svc", Class: ex.Classes[r.Intn(len(ex.Classes))].Name, Ports: []int{80, 7000}, Protocol: spec.ProtoTCP})
+		im.Imports = append(im.Imports, spec.Import{Service: ex.Name + "/svc", As: "svc"})
+		for _, c := range im.Classes {
+			if r.Intn(2) == 0 {
+				im.Rules = append(im.Rules, spec.Rule{From: c.Name, To: "svc", Ports: []int{7000, 80}[:1+r.Intn(2)], Protocol: spec.ProtoTCP, Encrypt: r.Intn(2) == 0})
+			}
+		}
+	}
 	return in
 }
 

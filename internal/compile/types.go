@@ -59,6 +59,10 @@ type Plan struct {
 	Tasks    []Task       `json:"tasks"`
 	Paths    Paths        `json:"paths"`
 	Hosts    []HostState  `json:"hosts"` // one per server in Input, sorted by name
+	// Unresolved are the rules to imported services (app to app) that
+	// give no path, or not on every port: the service's app or export is
+	// gone, or no longer exports the port. Sorted by app and rule.
+	Unresolved []Unresolved `json:"unresolved,omitempty"`
 }
 
 // AppNetwork is the overlay network of one app.
@@ -99,7 +103,10 @@ type Rejection struct {
 
 // Path is one realised rule between two tasks.
 type Path struct {
-	App        string     `json:"app"`
+	App string `json:"app"`
+	// ToApp is the app of To when it is not App: a path of a rule to a
+	// service App imports (app to app).
+	ToApp      string     `json:"toApp,omitempty"`
 	From       string     `json:"from"` // task ID
 	To         string     `json:"to"`   // task ID
 	FromClass  string     `json:"fromClass"`

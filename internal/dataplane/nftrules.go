@@ -91,6 +91,15 @@ func (rs *ruleset) text() string {
 	return b.String()
 }
 
+// pairTo names the destination class of a rule in its pair counter: the
+// class, or "app/class" for a rule to another app's service.
+func pairTo(r compile.FirewallRule) string {
+	if r.ToApp != "" {
+		return r.ToApp + "/" + r.ToClass
+	}
+	return r.ToClass
+}
+
 // counterName names a drop counter; parseCounterName reverses it.
 func counterName(kind string, labels ...string) string {
 	return strings.Join(append([]string{kind}, labels...), ":")
@@ -612,14 +621,14 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		}
 		ms := []match{addrSet(true, r.Sources), addrSet(false, r.Dests)}
 		ms = append(ms, l4(r.Protocol, r.Ports)...)
-		ms = append(ms, b.count(counterName(Allowed, r.App, r.FromClass, r.ToClass)))
+		ms = append(ms, b.count(counterName(Allowed, r.App, r.FromClass, pairTo(r))))
 		b.add(chainGuestOut, append(ms, ret)...)
 	}
 	for _, r := range egress {
 		if len(r.Sources) == 0 || len(r.Dests) == 0 {
 			continue
 		}
-		b.add(chainGuestOut, addrSet(true, r.Sources), addrSet(false, r.Dests), b.count(counterName(DropPair, r.App, r.FromClass, r.ToClass)), drop)
+		b.add(chainGuestOut, addrSet(true, r.Sources), addrSet(false, r.Dests), b.count(counterName(DropPair, r.App, r.FromClass, pairTo(r))), drop)
 	}
 	b.egressAllow(d)
 	for _, g := range d.guests {
@@ -674,7 +683,7 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		if len(srcs) == 0 || len(r.Dests) == 0 {
 			continue
 		}
-		b.add(chainGuestIn, addrSet(true, srcs), addrSet(false, r.Dests), b.count(counterName(DropPair, r.App, r.FromClass, r.ToClass)), drop)
+		b.add(chainGuestIn, addrSet(true, srcs), addrSet(false, r.Dests), b.count(counterName(DropPair, r.App, r.FromClass, pairTo(r))), drop)
 	}
 	for _, g := range d.guests {
 		b.add(chainGuestIn, ifMatch(expr.MetaKeyOIFNAME, g.name, expr.CmpOpEq), b.count(counterName(DropIngress, g.app, g.class)), drop)

@@ -26,7 +26,10 @@ const (
 	// Schema is SchemaMajor.SchemaMinor as states carry it. 1.1 adds
 	// Guest.Network, 1.2 Ingress, 1.3 the hitless key rotation
 	// (RotationPhase, PublicKey, Peer.NextPublicKey), which a state of an
-	// older schema may not carry.
+	// older schema may not carry. FirewallRule.ToApp came without a new
+	// minor version: a reader that does not know it refuses a state
+	// holding a rule across apps (the rule's dests are outside its App's
+	// network), so it fails closed rather than applying half of it.
 	Schema = "1.3"
 )
 
@@ -197,8 +200,12 @@ const (
 // FirewallRule allows new connections from Sources to Dests on Ports.
 // Everything else to and from guests is denied; replies pass by conntrack.
 type FirewallRule struct {
-	App       string       `json:"app"`
-	FromClass string       `json:"fromClass"`
+	App       string `json:"app"`
+	FromClass string `json:"fromClass"`
+	// ToApp is the app of ToClass when it is not App: a rule
+	// of App to a service it imports from ToApp (app to app). Sources
+	// are then App's tasks and Dests ToApp's.
+	ToApp     string       `json:"toApp,omitempty"`
 	ToClass   string       `json:"toClass"`
 	Direction string       `json:"direction"`
 	Sources   []netip.Addr `json:"sources"`

@@ -200,8 +200,9 @@ func checkRotationSchema(st State) error {
 // whatever signed the state: every guest's address is a task address of
 // its Network (neither the network's own address nor its broadcast), the
 // guests of one app agree on it, two apps' networks do not overlap, and
-// every address of a firewall rule of an app with a guest here is in that
-// app's network (rules never cross apps). A state of schema 1.0 carries
+// every address of a firewall rule is in the network of its app (sources
+// and remote sources in App's, dests in ToApp's for a rule across apps),
+// wherever that app has a guest here. A state of schema 1.0 carries
 // no networks; from 1.1 on every guest must.
 func checkAppNetworks(st State) error {
 	_, minor, _ := ParseSchema(st.Schema) // checked by CheckSchema
@@ -240,17 +241,25 @@ func checkAppNetworks(st State) error {
 		}
 	}
 	for i, r := range st.Firewall {
-		n, ok := nets[r.App]
-		if !ok {
-			continue
+		// Sources are App's tasks; Dests those of ToApp (App when empty).
+		// A network is known when the app has a guest here: the local
+		// side of every rule is always checked.
+		toApp := r.App
+		if r.ToApp != "" {
+			toApp = r.ToApp
 		}
 		for _, list := range []struct {
 			name  string
+			app   string
 			addrs []netip.Addr
-		}{{"sources", r.Sources}, {"dests", r.Dests}, {"remoteSources", r.RemoteSources}} {
+		}{{"sources", r.App, r.Sources}, {"dests", toApp, r.Dests}, {"remoteSources", r.App, r.RemoteSources}} {
+			n, ok := nets[list.app]
+			if !ok {
+				continue
+			}
 			for j, a := range list.addrs {
 				if !n.Contains(a.Unmap()) {
-					return invalid(fmt.Sprintf("firewall[%d].%s[%d]", i, list.name, j), "%s is outside app %s's network %s", a.Unmap(), r.App, n)
+					return invalid(fmt.Sprintf("firewall[%d].%s[%d]", i, list.name, j), "%s is outside app %s's network %s", a.Unmap(), list.app, n)
 				}
 			}
 		}
@@ -524,6 +533,11 @@ func CheckNetwork(st State) error {
 		}
 		if err := checkName(f+".toClass", r.ToClass); err != nil {
 			return err
+		}
+		if r.ToApp != "" {
+			if err := checkName(f+".toApp", r.ToApp); err != nil {
+				return err
+			}
 		}
 	}
 	if err := checkOutbound(st); err != nil {

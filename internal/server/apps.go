@@ -74,6 +74,9 @@ var fileNameRE = regexp.MustCompile(`^[^\x00-\x1f]{1,200}$`)
 type incoming struct {
 	app    spec.App
 	source string
+	// loc places errors found against the stored apps (imports) in the
+	// file; nil for JSON.
+	loc *spec.Locator
 }
 
 // parseApps reads the body of an apply or plan: YAML (any content type but
@@ -122,14 +125,14 @@ func (s *Server) parseApps(w http.ResponseWriter, r *http.Request) ([]incoming, 
 	if !fileNameRE.MatchString(file) {
 		file = "request"
 	}
-	apps, err := spec.DecodeApps(file, body)
+	apps, locs, err := spec.DecodeAppsLocated(file, body)
 	if err != nil {
 		return nil, fail(http.StatusUnprocessableEntity, "invalid app", errorLines(err)...)
 	}
 	sources := splitDocuments(body, len(apps))
 	out := make([]incoming, len(apps))
 	for i, a := range apps {
-		out[i] = incoming{app: a, source: sources[i]}
+		out[i] = incoming{app: a, source: sources[i], loc: locs[i]}
 	}
 	return out, nil
 }
@@ -290,6 +293,9 @@ func (s *Server) commitApply(ctx context.Context, by string, in []incoming, want
 		if errs := spec.ValidateApps(all); len(errs) > 0 {
 			return nil, fail(http.StatusUnprocessableEntity, "the apps conflict with stored apps", errorLines(errs)...)
 		}
+		if err := checkImports(in, all); err != nil {
+			return nil, err
+		}
 		if _, err := s.dryRun(sn, all); err != nil {
 			return nil, err
 		}
@@ -321,6 +327,7 @@ func (s *Server) commitApply(ctx context.Context, by string, in []incoming, want
 		if len(puts) == 0 {
 			return res, nil
 		}
+		msgs = append(msgs, unresolvedNotes(sn, all, in)...)
 		obj := ""
 		if len(in) == 1 {
 			obj = "app/" + in[0].app.Name
@@ -359,6 +366,10 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request) {
 	all := merged(sn, in)
 	if errs := spec.ValidateApps(all); len(errs) > 0 {
 		writeError(w, http.StatusUnprocessableEntity, "the apps conflict with stored apps", errorLines(errs)...)
+		return
+	}
+	if err := checkImports(in, all); err != nil {
+		writeErr(w, err)
 		return
 	}
 	p, err := s.dryRun(sn, all)
@@ -459,8 +470,16 @@ func (s *Server) updateApp(w http.ResponseWriter, r *http.Request, name, doing s
 func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	s.updateApp(w, r, name, "deleting", func(sn *store.Snapshot, old store.AppRecord) error {
+		var rest []spec.App
+		for _, a := range sn.Apps {
+			if a.App.Name != name {
+				rest = append(rest, a.App)
+			}
+		}
+		msg := strings.Join(append([]string{fmt.Sprintf("deleted %s (revision %d)", name, old.Revision)},
+			unresolvedNotes(sn, rest, []incoming{{app: spec.App{Name: name}}})...), "; ")
 		_, err := s.st.CommitApps(r.Context(), sn, nil, []string{name}, api.Event{Who: who(r), Action: "app.delete",
-			Object: "app/" + name, Message: fmt.Sprintf("deleted %s (revision %d)", name, old.Revision)})
+			Object: "app/" + name, Message: msg})
 		if err != nil {
 			return err
 		}
@@ -516,8 +535,14 @@ func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func appView(a store.AppRecord, placement []store.AppPlacement) api.App {
+func appView(a store.AppRecord, sn *store.Snapshot) api.App {
+	placement := sn.Placement
 	v := api.App{Name: a.App.Name, Spec: a.App, Revision: a.Revision, Source: a.Source, Notes: a.Notes, UpdatedBy: a.UpdatedBy, UpdatedAt: a.UpdatedAt}
+	if len(a.App.Imports) > 0 {
+		for _, e := range spec.CheckImports(&a.App, specs(sn.Apps)) {
+			v.Unresolved = append(v.Unresolved, e.Error())
+		}
+	}
 	for _, p := range placement {
 		if p.App == a.App.Name {
 			v.Placed = len(p.Tasks)
@@ -540,7 +565,7 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]api.App, 0, len(sn.Apps))
 	for _, a := range sn.Apps {
-		out = append(out, appView(a, sn.Placement))
+		out = append(out, appView(a, sn))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -551,5 +576,70 @@ func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("ETag", strconv.Quote(strconv.FormatInt(a.Revision, 10)))
-	writeJSON(w, http.StatusOK, appView(a, sn.Placement))
+	writeJSON(w, http.StatusOK, appView(a, sn))
+}
+
+// checkImports refuses an incoming app whose imports do not resolve
+// against all (the stored apps with the incoming ones): a missing app or
+// export, a port or protocol the service does not export. The importer is
+// checked when it is applied; an exporter may withdraw its export or be
+// deleted later (its consent is its own), which leaves the importer's
+// rules unresolved, without paths (see unresolvedNotes).
+func checkImports(in []incoming, all []spec.App) error {
+	var lines []string
+	for _, a := range in {
+		errs := spec.CheckImports(&a.app, all)
+		if len(errs) == 0 {
+			continue
+		}
+		if a.loc != nil {
+			a.loc.Locate(errs)
+		} else if len(in) > 1 {
+			for _, e := range errs {
+				e.Field = "app " + a.app.Name + ": " + e.Field
+			}
+		}
+		lines = append(lines, errorLines(errs)...)
+	}
+	if len(lines) > 0 {
+		return fail(http.StatusUnprocessableEntity, "imports do not resolve against the stored apps; nothing was stored", lines...)
+	}
+	return nil
+}
+
+// unresolvedNotes names, for the event of a change (after: the apps as
+// they will be), the stored apps other than the changed ones whose
+// imports of a changed app resolved before and do not after: their rules
+// to it lose their paths.
+func unresolvedNotes(sn *store.Snapshot, after []spec.App, changed []incoming) []string {
+	names := map[string]bool{}
+	for _, c := range changed {
+		names[c.app.Name] = true
+	}
+	before := specs(sn.Apps)
+	var out []string
+	for _, rec := range sn.Apps {
+		a := rec.App
+		if names[a.Name] {
+			continue
+		}
+		touches := false
+		for _, im := range a.Imports {
+			app, _, _ := strings.Cut(im.Service, "/")
+			touches = touches || names[app]
+		}
+		if !touches {
+			continue
+		}
+		was := map[string]bool{}
+		for _, e := range spec.CheckImports(&a, before) {
+			was[e.Error()] = true
+		}
+		for _, e := range spec.CheckImports(&a, after) {
+			if !was[e.Error()] {
+				out = append(out, fmt.Sprintf("app %s now unresolved (no paths): %s", a.Name, e.Error()))
+			}
+		}
+	}
+	return out
 }

@@ -69,7 +69,7 @@ func (c consoleSource) State(ctx context.Context) (*console.State, error) {
 		Events: evs,
 	}
 	for _, a := range sn.Apps {
-		st.Apps = append(st.Apps, appView(a, sn.Placement))
+		st.Apps = append(st.Apps, appView(a, sn))
 	}
 	keySince := map[string]time.Time{}
 	for _, rec := range sn.Servers {

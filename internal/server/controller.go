@@ -51,10 +51,13 @@ type controller struct {
 	cache compile.Cache
 	// reconciles counts completed reconciles, for tests.
 	reconciles atomic.Int64
+	// mirror holds apps, servers, placement and desired states from the
+	// watch: a reconcile reads them there, not from etcd.
+	mirror *store.Mirror
 }
 
 func newController(st *store.Store, h *hub, m *metrics, log *slog.Logger, id string, ttl int, timeout time.Duration) *controller {
-	return &controller{st: st, hub: h, m: m, log: log, id: id, ttl: ttl, timeout: timeout, kick: make(chan struct{}, 1), rotKick: make(chan struct{}, 1)}
+	return &controller{st: st, hub: h, m: m, log: log, id: id, ttl: ttl, timeout: timeout, kick: make(chan struct{}, 1), rotKick: make(chan struct{}, 1), mirror: store.NewMirror(st)}
 }
 
 // trigger asks for a reconcile soon; many triggers make one reconcile.
@@ -108,8 +111,9 @@ func (c *controller) campaignAndLead(ctx context.Context) error {
 }
 
 func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.Time) error {
-	wch := c.st.Client().Watch(clientv3.WithRequireLeader(ctx), c.st.AppsPrefix(), clientv3.WithPrefix())
-	sch := c.st.Client().Watch(clientv3.WithRequireLeader(ctx), c.st.ServersPrefix(), clientv3.WithPrefix())
+	// Changes of apps and servers come from the mirror, once it holds
+	// them (a watch of its own could wake a reconcile before).
+	changes := c.mirror.Changes()
 	tick := time.NewTicker(c.checkEvery())
 	defer tick.Stop()
 	c.trigger()
@@ -122,15 +126,7 @@ func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.
 		select {
 		case <-ctx.Done():
 			return nil
-		case r, ok := <-wch:
-			if !ok || r.Err() != nil {
-				return fmt.Errorf("apps watch ended: %v", r.Err())
-			}
-			c.trigger()
-		case r, ok := <-sch:
-			if !ok || r.Err() != nil {
-				return fmt.Errorf("servers watch ended: %v", r.Err())
-			}
+		case <-changes:
 			c.trigger()
 			// A rotation may have been asked through another server of
 			// the cluster: the tick looks (rotationStep clears the flag
@@ -166,7 +162,7 @@ func (c *controller) stepRotations(ctx context.Context, since time.Time) {
 // the down set is what needs a compile; scheduled key rotations are due by
 // time alone.
 func (c *controller) tick(ctx context.Context, since, now time.Time) {
-	sn, err := c.st.Snapshot(ctx)
+	sn, _, err := c.read(ctx)
 	if err != nil {
 		return
 	}
@@ -296,11 +292,7 @@ func specs(recs []store.AppRecord) []spec.App {
 // reconcile compiles the stored state and writes what changed: a host's
 // desired state gets a new revision only when its bytes differ.
 func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since time.Time) error {
-	sn, err := c.st.Snapshot(ctx)
-	if err != nil {
-		return err
-	}
-	hosts, err := c.st.Hosts(ctx)
+	sn, hosts, err := c.read(ctx)
 	if err != nil {
 		return err
 	}
@@ -376,6 +368,30 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	}
 	c.reconciles.Add(1)
 	return nil
+}
+
+// mirrorWait bounds how long a reconcile waits for the mirror to hold
+// this server's last write before it reads etcd instead.
+const mirrorWait = 5 * time.Second
+
+// read is the state a reconcile works from: the mirror's, or etcd's when
+// the mirror is behind (a broken watch), which is logged.
+func (c *controller) read(ctx context.Context) (*store.Snapshot, map[string]*store.HostKeys, error) {
+	sn, hosts, err := c.mirror.Read(ctx, mirrorWait)
+	if err == nil {
+		return sn, hosts, nil
+	}
+	if ctx.Err() != nil {
+		return nil, nil, ctx.Err()
+	}
+	c.log.Warn("reading the state from etcd: the mirror is behind", "err", err)
+	if sn, err = c.st.Snapshot(ctx); err != nil {
+		return nil, nil, err
+	}
+	if hosts, err = c.st.Hosts(ctx); err != nil {
+		return nil, nil, err
+	}
+	return sn, hosts, nil
 }
 
 func (c *controller) noteCompileError(ctx context.Context, err error) {

@@ -76,9 +76,13 @@ func pathChanges(sn *store.Snapshot, p *compile.Plan) []api.PathChange {
 	type pairKey struct{ app, from, to string }
 	pairs := map[pairKey]*api.PathChange{}
 	pair := func(pa compile.Path) *api.PathChange {
-		k := pairKey{pa.App, pa.FromClass, pa.ToClass}
+		to := pa.ToClass
+		if pa.ToApp != "" {
+			to = pa.ToApp + "/" + pa.ToClass // a path into another app (app to app)
+		}
+		k := pairKey{pa.App, pa.FromClass, to}
 		if pairs[k] == nil {
-			pairs[k] = &api.PathChange{App: pa.App, FromClass: pa.FromClass, ToClass: pa.ToClass}
+			pairs[k] = &api.PathChange{App: pa.App, FromClass: pa.FromClass, ToClass: to}
 		}
 		return pairs[k]
 	}

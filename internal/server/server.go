@@ -70,6 +70,9 @@ type Config struct {
 	// join and renewal are valid (default DefaultClientCertLifetime).
 	// Agents renew theirs over mTLS at two thirds of it.
 	ClientCertLifetime time.Duration
+	// ArtifactMaxSize bounds one artifact pushed to the store
+	// (DefaultArtifactMaxSize when 0; see artifacts.go).
+	ArtifactMaxSize int64
 	// ID names this server in the election (default host:pid).
 	ID     string
 	Logger *slog.Logger
@@ -278,8 +281,9 @@ func (s *Server) Run(ctx context.Context) error {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); s.hub.run(rctx) }()
+	go func() { defer wg.Done(); s.ctrl.mirror.Run(rctx) }()
 	go func() { defer wg.Done(); s.revs.run(rctx, s.st, s.log) }()
 	go func() { defer wg.Done(); s.ctrl.run(rctx) }()
 	errc := make(chan error, 1)
@@ -360,6 +364,9 @@ func (s *Server) routes() http.Handler {
 	h("GET /v1/apps/{name}/verify-runs", authAdmin, s.listVerifyRuns)
 	h("GET /v1/verify-runs", authAdmin, s.listLastVerifyRuns)
 	h("GET /v1/apps/{name}/report", authAdmin, s.appReport)
+	h("POST /v1/artifacts", authAdmin, s.pushArtifact)
+	h("GET /v1/artifacts", authAdmin, s.listArtifacts)
+	h("GET /v1/artifacts/{sha256}", authNone, s.getArtifact) // an agent's certificate or the admin token: see getArtifact
 	s.mountConsole(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (see docs/api.md)", r.Method, r.URL.Path))

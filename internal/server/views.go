@@ -210,10 +210,12 @@ func (s *Server) listPaths(w http.ResponseWriter, r *http.Request) {
 func pathInfos(sn *store.Snapshot, statuses map[string]store.StatusRecord, app, server string, now time.Time) []api.PathInfo {
 	out := []api.PathInfo{}
 	for _, p := range sn.Placement {
-		if app != "" && p.App != app {
-			continue
-		}
 		for _, pa := range p.Paths {
+			// An app's paths are its own and those into it from apps
+			// that import its services.
+			if app != "" && pa.App != app && pa.ToApp != app {
+				continue
+			}
 			if server != "" && pa.FromServer != server && pa.ToServer != server {
 				continue
 			}

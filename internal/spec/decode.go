@@ -30,22 +30,8 @@ const (
 // apps together (ValidateApp, ValidateApps), and returns every problem found
 // as an ErrorList whose entries name file, line, column and field.
 func DecodeApps(file string, data []byte) ([]App, error) {
-	var errs ErrorList
-	docs := parseStream(file, data, KindApp, &errs)
-	apps := make([]App, len(docs))
-	wheres := make([]*where, len(docs))
-	for i, d := range docs {
-		decodeValue(d.w, d.node, reflect.ValueOf(&apps[i]).Elem(), "")
-		SetAppDefaults(&apps[i])
-		validateApp(&apps[i], d.w)
-		wheres[i] = d.w
-	}
-	validateAcross(apps, wheres)
-	if len(errs) > 0 {
-		errs.sort()
-		return nil, errs
-	}
-	return apps, nil
+	apps, _, err := DecodeAppsLocated(file, data)
+	return apps, err
 }
 
 // DecodeServers reads a YAML stream of one or more `kind: ServerList`

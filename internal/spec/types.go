@@ -47,6 +47,11 @@ type App struct {
 	// app's guests get in /etc/resolv.conf; every class may reach them on
 	// port 53, udp and tcp.
 	Resolvers []string `yaml:"resolvers,omitempty" json:"resolvers,omitempty"`
+	// Exports offer ports of a class to other apps as named services, and
+	// Imports take such services in as destinations of this app's rules
+	// (see services.go): app to app, with consent on both sides.
+	Exports []Export `yaml:"exports,omitempty" json:"exports,omitempty"`
+	Imports []Import `yaml:"imports,omitempty" json:"imports,omitempty"`
 }
 
 // Class is a task class: what its tasks run, with what resources, how many.
@@ -81,6 +86,9 @@ type Guest struct {
 	// netns only: allow raw and packet sockets (the program keeps
 	// CAP_NET_RAW, in its own network namespace). Default false.
 	NetRaw bool `yaml:"netRaw,omitempty" json:"netRaw,omitempty"`
+	// Artifact, instead of Command, names a program the agent fetches,
+	// checks against its hash and runs (netns only; see artifact.go).
+	Artifact Artifact `yaml:"artifact,omitempty" json:"artifact,omitzero"`
 }
 
 // Resources a task reserves on its server. In YAML, cpu is "500m", "2" or

@@ -47,6 +47,7 @@ func SetAppDefaults(a *App) {
 	for i := range a.Egress {
 		a.Egress[i].Protocol = Protocol(a.Egress[i].Protocol)
 	}
+	setServiceDefaults(a)
 	setPublishDefaults(a)
 }
 
@@ -221,7 +222,8 @@ func validateApp(a *App, w *where) {
 	}
 	if len(a.Classes) > 0 {
 		// With no classes every rule would be wrong; one error says it.
-		validateRules(w, a.Rules, classes)
+		validateServices(w, a, classes)
+		validateRules(w, a.Rules, classes, importAliases(a))
 		validateEgress(w, a, classes)
 		validatePublish(w, a)
 	}
@@ -312,9 +314,14 @@ func validateGuest(w *where, g *Guest, p string) {
 	case "":
 		w.errorf(p+".runtime", "runtime is required: netns or vm")
 	case RuntimeNetns:
-		if len(g.Command) == 0 {
-			w.errorf(p+".command", "command is required for runtime netns: the program and its arguments, such as [corridor, sample, web]")
-		} else if g.Command[0] == "" {
+		switch {
+		case !g.Artifact.IsZero() && len(g.Command) > 0:
+			w.errorf(p+".artifact", "give either command (a program on the host) or artifact (a program the agent fetches), not both: an artifact's arguments go in artifact.args")
+		case !g.Artifact.IsZero():
+			validateArtifact(w, g.Artifact, p+".artifact")
+		case len(g.Command) == 0:
+			w.errorf(p+".command", "command is required for runtime netns: the program and its arguments, such as [corridor, sample, web] (or artifact: a program the agent fetches)")
+		case g.Command[0] == "":
 			w.errorf(p+".command[0]", "the program name is empty")
 		}
 		for _, f := range []struct{ field, val string }{{"kernel", g.Kernel}, {"initrd", g.Initrd}, {"image", g.Image}} {
@@ -331,6 +338,9 @@ func validateGuest(w *where, g *Guest, p string) {
 			}
 		}
 	case RuntimeVM:
+		if !g.Artifact.IsZero() {
+			w.errorf(p+".artifact", "artifact applies only to runtime netns for now: a VM's kernel, initrd and image are paths on the host")
+		}
 		// Neither kernel nor image: the host's default guest image (see
 		// docs/guests.md), whose init runs the command.
 		switch {
@@ -373,7 +383,7 @@ func validateGuest(w *where, g *Guest, p string) {
 	}
 }
 
-func validateRules(w *where, rules []Rule, classes map[string]int) {
+func validateRules(w *where, rules []Rule, classes map[string]int, imports map[string]int) {
 	type pairKey struct{ a, b string }
 	type ruleKey struct {
 		from, to, proto string
@@ -385,12 +395,17 @@ func validateRules(w *where, rules []Rule, classes map[string]int) {
 	}
 	slices.Sort(known)
 	checkClass := func(path, role, name string) bool {
+		_, imported := imports[name]
 		switch _, ok := classes[name]; {
+		case role == "to" && imported && !ok:
+			return true // an imported service: its ports are checked against the export (CheckImports)
+		case role == "from" && imported && !ok:
+			w.errorf(path, "%q is an imported service: it only accepts connections; a rule's from is a class of this app", truncate(name))
 		case name == "":
 			w.errorf(path, "%s is required: the class that %s", role, map[string]string{
 				"from": "opens connections", "to": "accepts connections"}[role])
 		case !ok:
-			w.errorf(path, "class %q is not defined in this app (classes: %s)", truncate(name), strings.Join(known, ", "))
+			w.errorf(path, "class %q is not defined in this app (classes: %s)%s", truncate(name), strings.Join(known, ", "), importHint(role, imports))
 		default:
 			return true
 		}

@@ -175,7 +175,7 @@ func TestAppErrors(t *testing.T) {
 				{lineRule1 + 1, "rules[1].to", `class "db" is not defined`},
 			}},
 		{"no classes", "classes:\n", "classes: []\nx:\n",
-			[]wantErr{{lineClasses + 1, "x", `unknown field "x" (known: apiVersion, classes, egress, kind, name, network, resolvers, rules)`}, {lineClasses, "classes", "at least one class"}}},
+			[]wantErr{{lineClasses + 1, "x", `unknown field "x" (known: apiVersion, classes, egress, exports, imports, kind, name, network, resolvers, rules)`}, {lineClasses, "classes", "at least one class"}}},
 		{"negative tasks", "tasks: 2\n    guest:\n      runtime: netns\n      command: [corridor, sample, web]", "tasks: -1\n    guest:\n      runtime: netns\n      command: [corridor, sample, web]",
 			[]wantErr{{lineWebTasks, "classes[0].tasks", "must not be negative"}}},
 		{"absurd tasks", "tasks: 1\n", "tasks: 1001\n",

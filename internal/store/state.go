@@ -219,6 +219,7 @@ func (s *Store) CommitApps(ctx context.Context, sn *Snapshot, puts []AppRecord, 
 	if !resp.Succeeded {
 		return 0, ErrConflict
 	}
+	s.noteWrite(resp.Header.Revision)
 	s.trimEvents(ctx)
 	return resp.Header.Revision, nil
 }
@@ -267,6 +268,7 @@ func (s *Store) PutServer(ctx context.Context, r ServerRecord, expect int64, ev 
 	if !resp.Succeeded {
 		return ErrConflict
 	}
+	s.noteWrite(resp.Header.Revision)
 	if ev != nil {
 		s.trimEvents(ctx)
 	}
@@ -445,6 +447,7 @@ func (s *Store) WriteDesired(ctx context.Context, guard []clientv3.Cmp, writes [
 		if !resp.Succeeded {
 			return done, ErrConflict
 		}
+		s.noteWrite(resp.Header.Revision)
 		done += end - start
 	}
 	return done, nil
@@ -473,6 +476,7 @@ func (s *Store) WritePlacement(ctx context.Context, guard []clientv3.Cmp, puts [
 		if !resp.Succeeded {
 			return ErrConflict
 		}
+		s.noteWrite(resp.Header.Revision)
 	}
 	return nil
 }

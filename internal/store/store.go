@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -68,6 +69,20 @@ type Store struct {
 	prefix    string
 	maxEvents int
 	log       *slog.Logger
+	// written is the highest etcd revision of a write of the controller's
+	// inputs or outputs made through this Store (apps, servers,
+	// placement, desired states): a Mirror read waits until it holds it.
+	written atomic.Int64
+}
+
+// noteWrite records a write at revision rev (see written).
+func (s *Store) noteWrite(rev int64) {
+	for {
+		cur := s.written.Load()
+		if rev <= cur || s.written.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
 }
 
 // Open connects to the external etcd of cfg, or starts the embedded one.

@@ -62,7 +62,7 @@ func shopWithEgress() ([]spec.App, []compile.Task) {
 
 func TestOutsidePlan(t *testing.T) {
 	apps, tasks := shopWithEgress()
-	checks, err := Plan("shop", apps, tasks, 0)
+	checks, _, err := Plan("shop", apps, tasks, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestOutsidePlan(t *testing.T) {
 	}
 	// Without egress or resolvers, no outside check.
 	plain, _ := shop()
-	cs, err := Plan("shop", plain, tasks, 0)
+	cs, _, err := Plan("shop", plain, tasks, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

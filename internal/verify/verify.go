@@ -17,6 +17,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -56,6 +57,13 @@ type Options struct {
 	Parallel int
 	// MaxChecks bounds the run on large apps (0: 5000).
 	MaxChecks int
+	// Sample is how many task pairs of each combination (see Plan) are
+	// probed (0: DefaultSample); Exhaustive probes every pair instead.
+	Sample     int
+	Exhaustive bool
+	// Seed draws the sample; Run picks one when it is 0 and reports it
+	// (Report.Coverage), so that a run can be repeated with --seed.
+	Seed int64
 	// NoRetry reports the first probe of every check as it is, without
 	// running shortfalls once more (see Run): for tests that must see a
 	// path broken before the agent repairs it.
@@ -101,6 +109,9 @@ type Report struct {
 	// Incomplete checks proved nothing; they are neither passed nor
 	// failed.
 	Incomplete int `json:"incomplete"`
+	// Coverage says which combinations the checks cover and how they
+	// were sampled.
+	Coverage Coverage `json:"coverage"`
 	// Started and Finished bound the run.
 	Started  time.Time `json:"started,omitzero"`
 	Finished time.Time `json:"finished,omitzero"`
@@ -114,11 +125,31 @@ func (r *Report) OK() bool { return r.Failed == 0 && r.Incomplete == 0 && r.Pass
 func (r *Report) NoMismatch() bool { return r.Failed == 0 && r.Passed > 0 }
 
 // Plan lists the checks that prove app's policy, given every app and task
-// of the fleet (other apps are used for isolation checks). It does no I/O.
-func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]Check, error) {
+// of the fleet (other apps are used for isolation checks), and says what
+// they cover. It does no I/O.
+//
+// What a check proves (connects or not, encrypted or not on the wire)
+// depends on the source and destination classes, the port and the two
+// hosts, not on which task of a class on a host it starts from. So the
+// checks are grouped into combinations of (source app and class,
+// destination class or outside address, protocol, port, source host,
+// destination host); every combination is covered, by opt.Sample task
+// pairs drawn from it with a seeded generator (by every pair with
+// opt.Exhaustive). The number of checks then grows with classes, ports
+// and hosts, not with the square of the tasks.
+func Plan(app string, apps []spec.App, tasks []compile.Task, opt Options) ([]Check, Coverage, error) {
+	maxChecks := opt.MaxChecks
 	if maxChecks <= 0 {
 		maxChecks = 5000
 	}
+	cov := Coverage{Exhaustive: opt.Exhaustive, Seed: opt.Seed}
+	if !opt.Exhaustive {
+		cov.Sample = opt.Sample
+		if cov.Sample <= 0 {
+			cov.Sample = DefaultSample
+		}
+	}
+	rng := mrand.New(mrand.NewPCG(uint64(opt.Seed), 0x636f72726964)) // "corrid"
 	var target *spec.App
 	for i := range apps {
 		if apps[i].Name == app {
@@ -126,7 +157,7 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 		}
 	}
 	if target == nil {
-		return nil, fmt.Errorf("verify: app %q not found", app)
+		return nil, cov, fmt.Errorf("verify: app %q not found", app)
 	}
 	byApp := map[string][]compile.Task{}
 	for _, t := range tasks {
@@ -134,9 +165,12 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 	}
 	own := byApp[app]
 	if len(own) == 0 {
-		return nil, fmt.Errorf("verify: app %q has no placed tasks", app)
+		return nil, cov, fmt.Errorf("verify: app %q has no placed tasks", app)
 	}
-	sortTasks(own)
+	for _, ts := range byApp {
+		sortTasks(ts)
+	}
+	links := across(crossLinks(apps))
 
 	type pairKey struct{ from, to, proto string }
 	allowed := map[pairKey]map[int]bool{}
@@ -171,16 +205,43 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 		}
 	}
 
-	var checks []Check
-	for _, src := range own {
-		for _, dst := range own {
-			if src.ID == dst.ID {
+	// The tasks of app by (class, server), in the order of their first
+	// task's ID; a task's index in own orders the checks as an exhaustive
+	// run would (source, then destination, then protocol and port).
+	type group struct {
+		class, server string
+		idx           []int // into own, ascending
+	}
+	var groups []*group
+	groupOf := map[[2]string]*group{}
+	for i, t := range own {
+		k := [2]string{t.Class, t.Server}
+		g := groupOf[k]
+		if g == nil {
+			g = &group{class: t.Class, server: t.Server}
+			groupOf[k] = g
+			groups = append(groups, g)
+		}
+		g.idx = append(g.idx, i)
+	}
+	type ordered struct {
+		src, dst int
+		c        Check
+	}
+	var pairs []ordered
+	for _, gs := range groups {
+		for _, gd := range groups {
+			n := len(gs.idx) * len(gd.idx)
+			if gs == gd {
+				n -= len(gs.idx) // not a task to itself
+			}
+			if n == 0 {
 				continue
 			}
-			protos := classPorts[dst.Class]
+			protos := classPorts[gd.class]
 			for _, proto := range sortedKeys(protos) {
 				ports := protos[proto]
-				rulePorts := allowed[pairKey{src.Class, dst.Class, proto}]
+				rulePorts := allowed[pairKey{gs.class, gd.class, proto}]
 				probe := sortedInts(ports)
 				// One port no rule of this pair names, to show that a
 				// rule opens only its own ports.
@@ -188,24 +249,54 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 					probe = append(probe, unusedPort(ports))
 				}
 				for _, port := range probe {
-					c := newCheck(app, app, src, dst, proto, port)
-					switch {
-					case !rulePorts[port]:
-						c.Expect = Denied
-					case src.Server == dst.Server:
-						c.Expect = Local
-					case encrypt[classPair(src.Class, dst.Class)]:
-						c.Expect = Encrypted
-					default:
-						c.Expect = Plain
+					cov.Combinations++
+					cov.Pairs += n
+					for _, k := range cov.pick(rng, n) {
+						si, di := k/len(gd.idx), k%len(gd.idx)
+						if gs == gd {
+							// n counts len-1 destinations per source:
+							// every task of the group but the source.
+							si, di = k/(len(gd.idx)-1), k%(len(gd.idx)-1)
+							if di >= si {
+								di++
+							}
+						}
+						src, dst := own[gs.idx[si]], own[gd.idx[di]]
+						c := newCheck(app, app, src, dst, proto, port)
+						switch {
+						case !rulePorts[port]:
+							c.Expect = Denied
+						case src.Server == dst.Server:
+							c.Expect = Local
+						case encrypt[classPair(src.Class, dst.Class)]:
+							c.Expect = Encrypted
+						default:
+							c.Expect = Plain
+						}
+						pairs = append(pairs, ordered{gs.idx[si], gd.idx[di], c})
 					}
-					checks = append(checks, c)
 				}
 			}
 		}
 	}
-	// Isolation: one task of every other app to every task of this app, and
-	// back, on every port this app's classes are probed on.
+	// In the order an exhaustive run lists them: by source task, then
+	// destination task; the ports of one pair stay in the order above.
+	sort.SliceStable(pairs, func(i, j int) bool {
+		if pairs[i].src != pairs[j].src {
+			return pairs[i].src < pairs[j].src
+		}
+		return pairs[i].dst < pairs[j].dst
+	})
+	checks := make([]Check, 0, len(pairs))
+	for _, p := range pairs {
+		checks = append(checks, p.c)
+	}
+
+	// Isolation: one task of every other app to the tasks of this app, and
+	// back, on every port this app's classes are probed on: denied, but
+	// where a rule to an imported service allows it (app to app). These
+	// grow with the tasks of app only, and are sampled like the pairs above.
+	var linear []Check
 	others := make([]string, 0, len(byApp))
 	for a := range byApp {
 		if a != app {
@@ -221,8 +312,9 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 			for _, proto := range sortedKeys(classPorts[dst.Class]) {
 				for _, port := range sortedInts(classPorts[dst.Class][proto]) {
 					c := newCheck(app, o, stranger, dst, proto, port)
-					c.Expect = Denied
-					checks = append(checks, c)
+					ok, enc := links.allowed(o, stranger.Class, app, dst.Class, proto, port)
+					c.Expect = expect(ok, enc, stranger, dst)
+					linear = append(linear, c)
 				}
 			}
 		}
@@ -230,16 +322,121 @@ func Plan(app string, apps []spec.App, tasks []compile.Task, maxChecks int) ([]C
 		// a timeout is expected, and a leak shows as connected or refused.
 		for _, src := range own {
 			c := newCheck(app, app, src, stranger, spec.ProtoTCP, 9)
-			c.Expect = Denied
-			checks = append(checks, c)
+			ok, enc := links.allowed(app, src.Class, o, stranger.Class, spec.ProtoTCP, 9)
+			c.Expect = expect(ok, enc, src, stranger)
+			linear = append(linear, c)
 		}
 	}
+	// App to app: the links of this app with others, either way.
+	linear = append(linear, crossChecks(app, apps, byApp, links)...)
 	// Egress: to outside destinations, allowed and denied.
-	checks = append(checks, outsideChecks(app, target, own)...)
+	linear = append(linear, outsideChecks(app, target, own)...)
+	checks = append(checks, cov.sampleChecks(rng, dedupe(linear))...)
+	cov.Checks = len(checks)
 	if len(checks) > maxChecks {
-		return nil, fmt.Errorf("verify: app %q needs %d checks, more than the limit %d: raise --max-checks", app, len(checks), maxChecks)
+		return nil, cov, fmt.Errorf("verify: app %q needs %d checks, more than the limit %d: raise --max-checks", app, len(checks), maxChecks)
 	}
-	return checks, nil
+	return checks, cov, nil
+}
+
+// DefaultSample is how many task pairs of each combination a run probes
+// unless told otherwise (Options.Sample).
+const DefaultSample = 3
+
+// Coverage says what a run's checks cover, and how they were chosen.
+type Coverage struct {
+	// Combinations is the number of distinct (source app and class,
+	// destination class or address, protocol, port, source host,
+	// destination host) combinations of the app; each has at least one
+	// check.
+	Combinations int `json:"combinations"`
+	// Pairs is the number of checks an exhaustive run would make: every
+	// task pair of every combination.
+	Pairs int `json:"pairs"`
+	// Checks is the number of checks planned.
+	Checks int `json:"checks"`
+	// Sample is the most task pairs probed per combination (0 when
+	// Exhaustive), drawn with Seed.
+	Sample     int   `json:"sample,omitempty"`
+	Exhaustive bool  `json:"exhaustive"`
+	Seed       int64 `json:"seed"`
+}
+
+// String is the line a report prints, e.g. "covered 45 of 45
+// class/port/host combinations with 120 of 21840 task-pair checks (up to 3
+// pairs each, seed 7)".
+func (c Coverage) String() string {
+	how := fmt.Sprintf("up to %d pairs each, seed %d; --exhaustive probes every pair", c.Sample, c.Seed)
+	if c.Exhaustive {
+		how = "every pair: exhaustive"
+	} else if c.Checks == c.Pairs {
+		how = fmt.Sprintf("every pair: none has more than %d", c.Sample)
+	}
+	return fmt.Sprintf("covered %d of %d class/port/host combinations with %d of %d task-pair checks (%s)", c.Combinations, c.Combinations, c.Checks, c.Pairs, how)
+}
+
+// pick returns the indices in [0, n) of the pairs to probe in a
+// combination of n: all of them when exhaustive or n is at most the
+// sample, else Sample distinct ones drawn from rng, ascending.
+func (c *Coverage) pick(rng *mrand.Rand, n int) []int {
+	k := c.Sample
+	if c.Exhaustive || n <= k {
+		k = n
+	}
+	out := make([]int, 0, k)
+	if k == n {
+		for i := range n {
+			out = append(out, i)
+		}
+		return out
+	}
+	// Floyd's algorithm: k distinct draws without building [0, n).
+	chosen := make(map[int]bool, k)
+	for j := n - k; j < n; j++ {
+		t := rng.IntN(j + 1)
+		if chosen[t] {
+			t = j
+		}
+		chosen[t] = true
+		out = append(out, t)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// sampleChecks groups checks by combination and keeps what pick chooses
+// of each, in their order; it counts the combinations and pairs.
+func (c *Coverage) sampleChecks(rng *mrand.Rand, checks []Check) []Check {
+	type key struct {
+		fromApp, fromClass, toClass, toAddr, proto string
+		port                                       int
+		fromServer, toServer                       string
+	}
+	members := map[key][]int{}
+	var order []key
+	for i, ch := range checks {
+		k := key{ch.FromApp, ch.FromClass, ch.ToClass, ch.ToAddr, ch.Protocol, ch.Port, ch.FromServer, ch.ToServer}
+		if members[k] == nil {
+			order = append(order, k)
+		}
+		members[k] = append(members[k], i)
+	}
+	keep := make([]bool, len(checks))
+	for _, k := range order {
+		m := members[k]
+		c.Combinations++
+		c.Pairs += len(m)
+		for _, j := range c.pick(rng, len(m)) {
+			keep[m[j]] = true
+		}
+	}
+	out := make([]Check, 0, len(checks))
+	for i, ch := range checks {
+		if keep[i] {
+			out = append(out, ch)
+		}
+	}
+	return out
 }
 
 // Fleet is a running fleet as verify reads it: its apps, its tasks, and
@@ -280,7 +477,10 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 	if opt.Parallel <= 0 {
 		opt.Parallel = 8
 	}
-	checks, err := Plan(app, apps, tasks, opt.MaxChecks)
+	for opt.Seed == 0 && !opt.Exhaustive {
+		opt.Seed = mrand.Int64N(1 << 31) // short enough to type back
+	}
+	checks, cov, err := Plan(app, apps, tasks, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -332,7 +532,7 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 			c.Detail = strings.TrimSpace("observed " + first[c] + " at first, " + c.Expect + " on the retry; " + c.Detail)
 		}
 	}
-	rep := &Report{App: app, Checks: checks, Started: started, Finished: time.Now().UTC()}
+	rep := &Report{App: app, Checks: checks, Coverage: cov, Started: started, Finished: time.Now().UTC()}
 	for _, c := range checks {
 		switch {
 		case c.Observed == Incomplete:

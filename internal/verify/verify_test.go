@@ -39,7 +39,10 @@ type fakeNet struct {
 	// noWG: class pairs that connect without the marker in plain but
 	// without WireGuard frames either (what a capture on the wrong
 	// interface, or traffic on some other path, looks like).
-	noWG  map[[2]string]bool
+	noWG map[[2]string]bool
+	// cross: what a correct network lets through across apps,
+	// "app/class>app/class:port" -> encrypted.
+	cross map[string]bool
 	mu    sync.Mutex
 	calls int
 }
@@ -86,6 +89,9 @@ func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) 
 				}
 			}
 		}
+	}
+	if e, ok := f.cross[fmt.Sprintf("%s/%s>%s/%s:%d", src.App, src.Class, dst.App, dst.Class, req.Port)]; ok && src.App != dst.App {
+		allowed, enc = true, e
 	}
 	if f.open[[2]string{src.Class, dst.Class}] {
 		allowed = true
@@ -264,13 +270,13 @@ func TestRetryOnlyShortfalls(t *testing.T) {
 
 func TestPlanErrors(t *testing.T) {
 	apps, tasks := shop()
-	if _, err := Plan("nope", apps, tasks, 0); err == nil {
+	if _, _, err := Plan("nope", apps, tasks, Options{}); err == nil {
 		t.Fatal("unknown app accepted")
 	}
-	if _, err := Plan("shop", apps, nil, 0); err == nil {
+	if _, _, err := Plan("shop", apps, nil, Options{}); err == nil {
 		t.Fatal("app without tasks accepted")
 	}
-	if _, err := Plan("shop", apps, tasks, 3); err == nil || !strings.Contains(err.Error(), "--max-checks") {
+	if _, _, err := Plan("shop", apps, tasks, Options{MaxChecks: 3}); err == nil || !strings.Contains(err.Error(), "--max-checks") {
 		t.Fatalf("limit not enforced: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/corridor-dev/corridor/internal/artifact"
 	"github.com/corridor-dev/corridor/internal/compile"
 	"golang.org/x/sys/unix"
 )
@@ -149,7 +150,16 @@ func buildRoot(sb sandbox) error {
 	}
 	// Last: the program, when no directory above shows it. Its parent
 	// directories are made in whichever tmpfs holds them (/ or /tmp).
-	if !visibleInGuest(sb.Exe) {
+	if tree, ok := artifact.TreeOf(sb.Exe); ok && !visibleInGuest(sb.Exe) {
+		// An archive's program: its whole unpacked tree, at its path.
+		dst := filepath.Join(r, tree)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return mountErr("create the artifact's directory", err)
+		}
+		if err := bindRO(tree, dst); err != nil {
+			return err
+		}
+	} else if !visibleInGuest(sb.Exe) {
 		dst := filepath.Join(r, sb.Exe)
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return mountErr("create the program's directory", err)
