@@ -225,7 +225,7 @@ func TestRotationResumesAfterRestart(t *testing.T) {
 	if _, err := ts.admin.RotateKey(bg, "s1"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "phase announce", func() (bool, string) {
+	eventually(t, 60*time.Second, "phase announce", func() (bool, string) {
 		srv, err := ts.admin.GetServer(bg, "s1")
 		return err == nil && srv.Spec.Rotation != nil && srv.Spec.Rotation.Phase == spec.RotationAnnounce, fmt.Sprint(srv.Spec.Rotation, err)
 	})
@@ -242,7 +242,7 @@ func TestRotationResumesAfterRestart(t *testing.T) {
 		t.Fatalf("after the restart: rotation %+v, %v; want phase announce kept", srv.Spec.Rotation, err)
 	}
 	s2.run(ctx, &wg)
-	waitRotated(t, ts2.admin, s1, 1, 20*time.Second)
+	waitRotated(t, ts2.admin, s1, 1, 60*time.Second)
 	if got, want := strings.Join(rotationPhases(t, ts2.admin, "s1", 1), " "), "prepare announce commit clear done"; got != want {
 		t.Errorf("phases %q, want %q", got, want)
 	}
