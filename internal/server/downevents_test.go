@@ -14,7 +14,7 @@ import (
 // tasks that leave it; when it reports again, one server.up event.
 func TestServerDownAndUpEvents(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t, Config{HeartbeatTimeout: 1500 * time.Millisecond})
+	ts := startServer(t, Config{HeartbeatTimeout: 3 * time.Second})
 	a1 := ts.join(t, "s1", 0, map[string]string{"zone": "a"})
 	a2 := ts.join(t, "s2", 1, map[string]string{"zone": "b"})
 	ctx, cancel := context.WithCancel(bg)
@@ -47,6 +47,8 @@ func TestServerDownAndUpEvents(t *testing.T) {
 		return len(tt) == 2 && onS2 != "", fmt.Sprint(tt)
 	})
 	close(stop2)
+	// Only s2's events count: on a loaded machine s1 (reporting every
+	// 200 ms) may miss a timeout too, which is not what this test is about.
 	events := func(action string) []api.Event {
 		all, err := ts.admin.ListEvents(bg, 0)
 		if err != nil {
@@ -54,7 +56,7 @@ func TestServerDownAndUpEvents(t *testing.T) {
 		}
 		var out []api.Event
 		for _, e := range all {
-			if e.Action == action {
+			if e.Action == action && e.Object == "server/s2" {
 				out = append(out, e)
 			}
 		}
@@ -62,9 +64,9 @@ func TestServerDownAndUpEvents(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "a server.down event for s2", func() (bool, string) {
 		ev := events(EventServerDown)
-		return len(ev) == 1 && ev[0].Object == "server/s2", fmt.Sprint(ev)
+		return len(ev) == 1, fmt.Sprint(ev)
 	})
-	if ev := events(EventServerDown)[0]; !strings.Contains(ev.Message, onS2) || !strings.Contains(ev.Message, "heartbeat timeout 1.5s") {
+	if ev := events(EventServerDown)[0]; !strings.Contains(ev.Message, onS2) || !strings.Contains(ev.Message, "heartbeat timeout 3s") {
 		t.Errorf("server.down message %q does not name the task %s and the timeout", ev.Message, onS2)
 	}
 	if ev := events(EventServerUp); len(ev) != 0 {
@@ -73,7 +75,7 @@ func TestServerDownAndUpEvents(t *testing.T) {
 	go report(a2, "s2", nil)
 	eventually(t, 10*time.Second, "a server.up event for s2", func() (bool, string) {
 		ev := events(EventServerUp)
-		return len(ev) == 1 && ev[0].Object == "server/s2", fmt.Sprint(ev)
+		return len(ev) == 1, fmt.Sprint(ev)
 	})
 	if ev := events(EventServerDown); len(ev) != 1 {
 		t.Errorf("server.down events: %v, want exactly one", ev)
