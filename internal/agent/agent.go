@@ -399,6 +399,12 @@ func (a *Agent) handshakeLoop(ctx context.Context) {
 				continue
 			}
 			a.m.handshakeRetries.Add(float64(len(hc.Retried)))
+			if len(hc.Moved) > 0 {
+				// A key rotation moved routes between the WireGuard
+				// devices: the server moves the rotation on once it knows.
+				a.log.Info("WireGuard routes moved (key rotation)", "servers", strings.Join(hc.Moved, ", "))
+				signal(a.kick)
+			}
 			if len(hc.Completed) > 0 {
 				// New paths are up: tell the server now, not at the
 				// next status tick, so that "get paths" shows them.
@@ -478,13 +484,18 @@ func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
 		return []error{err}
 	}
 	var errs []error
-	// A new key first, so that the peers this state adds start their
-	// handshakes under it.
+	// The next key of a hitless rotation first (made here, never sent:
+	// only its public half is reported), so that this Apply brings up the
+	// second device with it; the Apply of a state that holds it as the
+	// current key commits it.
 	if _, gen := a.cfg.Dataplane.Key(); st.KeyGeneration > gen {
-		if err := a.cfg.Dataplane.RotateKey(st.KeyGeneration); err != nil {
-			errs = append(errs, fmt.Errorf("rotate WireGuard key to generation %d: %w", st.KeyGeneration, err))
-		} else {
-			a.m.keyRotations.Inc() // the data plane logs the new key
+		_, nextGen, ok := a.cfg.Dataplane.NextKey()
+		if !ok || st.KeyGeneration > nextGen {
+			if err := a.cfg.Dataplane.PrepareKey(st.KeyGeneration); err != nil {
+				errs = append(errs, fmt.Errorf("make the next WireGuard key, generation %d: %w", st.KeyGeneration, err))
+			} else {
+				a.m.keyRotations.Inc() // the data plane logs the new key
+			}
 		}
 	}
 	existing := map[string]bool{}
@@ -612,22 +623,25 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	a.mu.Unlock()
 
 	pub, keyGen := a.cfg.Dataplane.Key()
+	nextPub, nextGen, _ := a.cfg.Dataplane.NextKey()
 	st := api.Status{
-		Name:            a.cfg.Name,
-		Address:         addrString(a.cfg.Address),
-		PublicKey:       pub,
-		KeyGeneration:   keyGen,
-		WireGuardPort:   a.cfg.WireGuardPort,
-		Capacity:        a.cfg.Capacity,
-		Labels:          a.cfg.Labels,
-		AppliedRevision: applied,
-		Version:         version.Version,
-		AppliedDigest:   appliedDig,
-		APIAddr:         a.apiAddr(),
-		Errors:          errs,
-		NotReady:        a.notReadyReason(),
-		Fenced:          fenced,
-		Time:            a.cfg.Now().UTC(),
+		NextPublicKey:     nextPub,
+		NextKeyGeneration: nextGen,
+		Name:              a.cfg.Name,
+		Address:           addrString(a.cfg.Address),
+		PublicKey:         pub,
+		KeyGeneration:     keyGen,
+		WireGuardPort:     a.cfg.WireGuardPort,
+		Capacity:          a.cfg.Capacity,
+		Labels:            a.cfg.Labels,
+		AppliedRevision:   applied,
+		Version:           version.Version,
+		AppliedDigest:     appliedDig,
+		APIAddr:           a.apiAddr(),
+		Errors:            errs,
+		NotReady:          a.notReadyReason(),
+		Fenced:            fenced,
+		Time:              a.cfg.Now().UTC(),
 	}
 	if target != nil {
 		for _, g := range target.State.Guests {

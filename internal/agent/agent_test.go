@@ -18,6 +18,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/agent/agenttest"
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/hoststate"
 )
 
 func TestJoinOnceThenReuseStoredCertificate(t *testing.T) {
@@ -541,9 +542,11 @@ func TestInvalidStateKeepsTheLastGoodState(t *testing.T) {
 	}
 }
 
-// A desired state with a higher key generation makes the agent rotate its
-// WireGuard key once, before it applies the state, and report the new
-// public key; repairs and the same state again do not rotate further.
+// A desired state with a higher key generation makes the agent make its
+// next key once (the current one stays), before it applies the state, and
+// report the next public key; repairs and the same state again make no
+// other. A state that holds the next key as the host's own (phase commit)
+// makes it the current key, reported with its generation.
 func TestKeyRotation(t *testing.T) {
 	h := newHarness(t)
 	h.cfg.RepairInterval = 20 * time.Millisecond
@@ -552,33 +555,42 @@ func TestKeyRotation(t *testing.T) {
 	if gen != 0 {
 		t.Fatalf("fresh key of generation %d", gen)
 	}
-	st := state("shop/web/0")
+	st := signedState("shop/web/0")
 	h.cp.SetDesired(st)
 	eventually(t, "state applied", func() bool { return h.dp.InSync(st) })
 
 	st.KeyGeneration = 1
-	h.apply(t, "rotated state applied", st)
-	second, gen := h.dp.Key()
-	if gen != 1 || second == first {
-		t.Fatalf("after a generation-1 state: key %s generation %d (was %s)", second, gen, first)
+	h.apply(t, "state of generation 1 applied", st)
+	if k, g := h.dp.Key(); k != first || g != 0 {
+		t.Fatalf("the current key changed before the commit: %s generation %d", k, g)
 	}
-	eventually(t, "new key reported", func() bool {
+	next, ngen, ok := h.dp.NextKey()
+	if !ok || ngen != 1 || next == first {
+		t.Fatalf("after a generation-1 state: next key %s generation %d %v", next, ngen, ok)
+	}
+	eventually(t, "next key reported", func() bool {
 		sts := h.cp.Statuses(host)
-		return len(sts) > 0 && sts[len(sts)-1].PublicKey == second && sts[len(sts)-1].KeyGeneration == 1
+		return len(sts) > 0 && sts[len(sts)-1].NextPublicKey == next && sts[len(sts)-1].NextKeyGeneration == 1 && sts[len(sts)-1].PublicKey == first
 	})
-	// The rotation comes before the apply of the same state.
+	// The next key comes before the apply of the same state.
 	evs := h.ev.List()
-	ri := slices.Index(evs, "rotate-key:1")
+	ri := slices.Index(evs, "prepare-key:1")
 	if ri < 0 || !slices.Contains(evs[ri+1:], "apply:1") {
-		t.Errorf("events %v: want rotate-key:1 then an apply", evs)
+		t.Errorf("events %v: want prepare-key:1 then an apply", evs)
 	}
-
 	applies := h.dp.Applies()
 	eventually(t, "3 repair passes", func() bool { return h.dp.Applies() >= applies+3 })
-	if k, g := h.dp.Key(); k != second || g != 1 {
-		t.Fatalf("key changed again without a new generation: %s generation %d", k, g)
+	if n := strings.Count(strings.Join(h.ev.List(), " "), "prepare-key"); n != 1 {
+		t.Fatalf("%d next keys for one generation", n)
 	}
-	if n := strings.Count(strings.Join(h.ev.List(), " "), "rotate-key"); n != 1 {
-		t.Fatalf("%d rotations for one generation", n)
+
+	st.RotationPhase, st.PublicKey = hoststate.RotationCommit, next
+	h.apply(t, "commit applied", st)
+	if k, g := h.dp.Key(); k != next || g != 1 {
+		t.Fatalf("after the commit: key %s generation %d, want %s 1", k, g, next)
 	}
+	eventually(t, "committed key reported", func() bool {
+		sts := h.cp.Statuses(host)
+		return len(sts) > 0 && sts[len(sts)-1].PublicKey == next && sts[len(sts)-1].KeyGeneration == 1 && sts[len(sts)-1].NextPublicKey == ""
+	})
 }

@@ -55,10 +55,15 @@ type Dataplane interface {
 	// Key is the host's WireGuard public key (base64) and the generation
 	// it was made for; only the public key ever leaves the host.
 	Key() (publicKey string, generation int64)
-	// RotateKey makes a new key pair for generation and puts it on the
-	// device (see dataplane.RotateKey); a generation not above the key's
-	// does nothing.
-	RotateKey(generation int64) error
+	// PrepareKey makes the next key pair of a hitless rotation to
+	// generation, on the host only (see dataplane.PrepareKey); a
+	// generation not above the current or next key's does nothing. The
+	// next Apply brings up the second device with it, and the Apply of a
+	// state whose PublicKey is the next key commits it.
+	PrepareKey(generation int64) error
+	// NextKey is the public key of the rotation under way and its
+	// generation; ok is false when there is none.
+	NextKey() (publicKey string, generation int64, ok bool)
 }
 
 // DataplaneStatus is the live part of the data plane the agent reports.

@@ -153,7 +153,7 @@ func (c *pathCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, p := range c.peers {
+	for _, p := range onePerServer(c.peers) {
 		ch <- prometheus.MustNewConstMetric(peerRxDesc, prometheus.CounterValue, float64(p.RxBytes), p.Server)
 		ch <- prometheus.MustNewConstMetric(peerTxDesc, prometheus.CounterValue, float64(p.TxBytes), p.Server)
 		hs := 0.0
@@ -182,4 +182,24 @@ func (c *pathCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(dropDesc, prometheus.CounterValue, float64(d.Packets), k[:]...)
 		ch <- prometheus.MustNewConstMetric(dropBytesDesc, prometheus.CounterValue, float64(d.Bytes), k[:]...)
 	}
+}
+
+// onePerServer keeps one entry per peer server, in order: during a key
+// rotation a peer is listed on both WireGuard devices, and the registry
+// refuses a scrape with two series of one label set. The entry kept is the
+// one the routes take, else the first device's.
+func onePerServer(peers []api.PeerStatus) []api.PeerStatus {
+	at := map[string]int{}
+	var out []api.PeerStatus
+	for _, p := range peers {
+		i, ok := at[p.Server]
+		switch {
+		case !ok:
+			at[p.Server] = len(out)
+			out = append(out, p)
+		case p.Routed || (!out[i].Routed && out[i].Spare && !p.Spare):
+			out[i] = p
+		}
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,7 +17,8 @@ import (
 // wireguard-go process in another network namespace is refused at start,
 // told to pick its own --wg-name (driving the device through the shared
 // UAPI socket would drive the other agent's); the agent whose own device
-// serves the socket (a restart) is not.
+// serves the socket (a restart) is not. The name of the second device of
+// a key rotation (name+"+") is checked the same way.
 func TestWireGuardNameServedElsewhereIsRefused(t *testing.T) {
 	testnet.NeedRoot(t, "a network namespace")
 	name := fmt.Sprintf("corw-t%d", os.Getpid()%100000)
@@ -56,5 +58,32 @@ func TestWireGuardNameServedElsewhereIsRefused(t *testing.T) {
 	}
 	if err := checkWireGuardName(name + "x"); err != nil {
 		t.Fatalf("check of a free name = %v", err)
+	}
+
+	// The second device of a key rotation (name+"+") served from ns: an
+	// agent whose own first device is free is refused all the same, since
+	// its rotations would drive the other host's second device.
+	other := name + "y"
+	spare := dataplane.UAPISocket(dataplane.SpareName(other))
+	var ln2 net.Listener
+	if err := nsrun.Do(testnet.Path(ns), func() (err error) {
+		ln2, err = net.Listen("unix", spare)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	go func() {
+		for {
+			c, err := ln2.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	err = checkWireGuardName(other)
+	if err == nil || !strings.Contains(err.Error(), "second WireGuard device") || !errors.Is(dataplane.ServedElsewhere(dataplane.SpareName(other)), dataplane.ErrServedElsewhere) {
+		t.Fatalf("check with the second device's socket served elsewhere = %v; want a refusal naming the second device", err)
 	}
 }

@@ -44,7 +44,15 @@ func (h hostDataplane) Key() (string, int64) {
 	return k.String(), gen
 }
 
-func (h hostDataplane) RotateKey(generation int64) error { return h.dp.RotateKey(generation) }
+func (h hostDataplane) PrepareKey(generation int64) error { return h.dp.PrepareKey(generation) }
+
+func (h hostDataplane) NextKey() (string, int64, bool) {
+	k, gen, ok := h.dp.NextKey()
+	if !ok {
+		return "", 0, false
+	}
+	return k.String(), gen, true
+}
 
 func (h hostDataplane) Status(ctx context.Context) (DataplaneStatus, error) {
 	st, err := h.dp.Status(ctx)
@@ -53,8 +61,10 @@ func (h hostDataplane) Status(ctx context.Context) (DataplaneStatus, error) {
 
 // convertDataplaneStatus keeps what the server is told: per peer its
 // server (the public key when the peer is not in the applied state: someone
-// added it by hand, which the next repair removes), handshake and bytes;
-// every drop counter with its kind.
+// added it by hand, which the next repair removes), key, handshake and
+// bytes, and during a key rotation its device and whether its routes take
+// it (the control plane moves the rotation on from these); every drop
+// counter with its kind.
 func convertDataplaneStatus(st dataplane.Status) DataplaneStatus {
 	var out DataplaneStatus
 	for _, p := range st.Peers {
@@ -63,7 +73,8 @@ func convertDataplaneStatus(st dataplane.Status) DataplaneStatus {
 			server = "unknown:" + p.PublicKey
 		}
 		out.Peers = append(out.Peers, api.PeerStatus{
-			Server: server, LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes,
+			Server: server, PublicKey: p.PublicKey, LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes,
+			Spare: p.Spare, Routed: p.Routed,
 		})
 	}
 	for _, d := range st.Drops {

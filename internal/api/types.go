@@ -64,10 +64,16 @@ type TaskStatus struct {
 
 // PeerStatus is the live state of one WireGuard peer of corw0.
 type PeerStatus struct {
-	Server        string    `json:"server"`
+	Server string `json:"server"`
+	// PublicKey is the key the peer is held under.
+	PublicKey     string    `json:"publicKey,omitempty"`
 	LastHandshake time.Time `json:"lastHandshake,omitempty"`
 	RxBytes       int64     `json:"rxBytes"`
 	TxBytes       int64     `json:"txBytes"`
+	// Spare: the peer is on the second WireGuard device of a key rotation
+	// (corw0+). Routed: the routes to the peer's guests take this device.
+	Spare  bool `json:"spare,omitempty"`
+	Routed bool `json:"routed,omitempty"`
 }
 
 // DropCount is the firewall's drop counter for one app and class pair.
@@ -93,11 +99,16 @@ type Status struct {
 	PublicKey string `json:"publicKey"`
 	// KeyGeneration is the generation of the host's WireGuard key: equal
 	// to the server's spec keyGeneration once a rotation is done.
-	KeyGeneration   int64             `json:"keyGeneration,omitempty"`
-	WireGuardPort   int               `json:"wireguardPort,omitempty"`
-	Capacity        spec.Resources    `json:"capacity"`
-	Labels          map[string]string `json:"labels,omitempty"`
-	AppliedRevision int64             `json:"appliedRevision"`
+	KeyGeneration int64 `json:"keyGeneration,omitempty"`
+	// NextPublicKey and NextKeyGeneration: the next key of a hitless
+	// rotation under way (made on the host; only its public half is
+	// reported), not yet committed.
+	NextPublicKey     string            `json:"nextPublicKey,omitempty"`
+	NextKeyGeneration int64             `json:"nextKeyGeneration,omitempty"`
+	WireGuardPort     int               `json:"wireguardPort,omitempty"`
+	Capacity          spec.Resources    `json:"capacity"`
+	Labels            map[string]string `json:"labels,omitempty"`
+	AppliedRevision   int64             `json:"appliedRevision"`
 	// AppliedDigest is the digest of the state applied at AppliedRevision
 	// ("sha256:..." of its canonical encoding, hoststate.Digest): the
 	// server flags a host whose digest differs from the state it serves.

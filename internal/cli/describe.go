@@ -175,8 +175,13 @@ func describeServer(c *cobra.Command, cl *api.Client, name, out string) error {
 		t.Row("Address:", s.Spec.Address)
 		t.Row("WireGuard:", fmt.Sprintf("%s port %d", dash(s.Spec.PublicKey), s.Spec.WireGuardPort))
 		key := fmt.Sprintf("generation %d", s.KeyGeneration)
-		if s.Spec.KeyGeneration > s.KeyGeneration {
-			key += fmt.Sprintf(", rotation to %d under way", s.Spec.KeyGeneration)
+		if r := s.Spec.Rotation; r != nil {
+			key += fmt.Sprintf(", rotation to %d in phase %s since %s", r.Generation, r.Phase, ago(r.PhaseSince))
+			if r.NextPublicKey != "" {
+				key += ", next key " + r.NextPublicKey
+			}
+		} else if s.Spec.KeyGeneration > s.KeyGeneration {
+			key += fmt.Sprintf(", rotation to %d asked (waits for its turn or its agent)", s.Spec.KeyGeneration)
 		}
 		t.Row("Key:", key)
 		t.Row("Capacity:", fmt.Sprintf("cpu %s, memory %s", s.Spec.Capacity.CPU, s.Spec.Capacity.Memory))

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/server"
+	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/store"
 )
 
@@ -136,14 +138,18 @@ func newServerRotateKeyCmd() *cobra.Command {
 		Use:   "rotate-key NAME... | --all",
 		Short: "Give servers new WireGuard key pairs, made on each host (the private key never leaves it)",
 		Long: `rotate-key asks the agent of each named server for a new WireGuard key pair.
-The agent makes it on its host, puts it on corw0 and reports the new public key;
-the server hands it to every host that shares an encrypted path with it.
+The rotation is hitless: the agent makes the next key on its host (the private
+key never leaves it) and reports the public key; the server announces it to
+every host that shares an encrypted path with it, which holds it beside the
+current one on a second WireGuard device (corw0+, port+1); once every side
+routes by that device the new key is committed, every side moves back to
+corw0, and the second devices go. No packet is lost and none leaves in plain.
+The server runs one rotation at a time in the fleet (the others wait their
+turn); a control plane that stops in the middle resumes it when it is back.
 
-Meanwhile the host's encrypted paths are down, never plain: packets of pairs
-that must be encrypted are dropped until both ends hold each other's current
-key, about one control-plane fan-out (see docs/operations.md). Rotate servers
-one at a time to keep that short; --all rotates every server at once.
-"corridor describe server NAME" shows the key and its generation.`,
+--wait follows each rotation phase by phase (prepare, announce, commit, clear)
+until it is done. "corridor describe server NAME" shows the key, its
+generation and the rotation under way; events record each phase.`,
 		Example: "  corridor server rotate-key s3 --wait\n  corridor server rotate-key --all",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if all == (len(args) > 0) {
@@ -172,7 +178,7 @@ one at a time to keep that short; --all rotates every server at once.
 					return explain(err)
 				}
 				asked[name] = s.Spec.KeyGeneration
-				fmt.Fprintf(cmd.ErrOrStderr(), "server %s: key rotation to generation %d asked; its agent makes the new key\n", name, s.Spec.KeyGeneration)
+				fmt.Fprintf(cmd.ErrOrStderr(), "server %s: key rotation to generation %d asked; its agent makes the next key\n", name, s.Spec.KeyGeneration)
 			}
 			if !wait {
 				return nil
@@ -182,18 +188,19 @@ one at a time to keep that short; --all rotates every server at once.
 	}
 	cf = addClientFlags(cmd)
 	cmd.Flags().BoolVar(&all, "all", false, "rotate the keys of every server that is not removed")
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until each agent reports its new key")
+	cmd.Flags().BoolVar(&wait, "wait", false, "follow each rotation, phase by phase, until it is done")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
 	return cmd
 }
 
-// waitKeys polls the servers until each reports a key of the generation
-// asked of it, and says when each did.
-// One list per round, whatever the number of servers.
+// waitKeys polls the servers until each has a key of the generation asked
+// of it in use and no rotation to it under way, saying when each phase of
+// each rotation began. One list per round, whatever the number of servers.
 func waitKeys(cmd *cobra.Command, c *api.Client, names []string, asked map[string]int64, start time.Time, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 	defer cancel()
 	pending := slices.Clone(names)
+	phase := map[string]string{}
 	for len(pending) > 0 {
 		servers, err := c.ListServers(ctx)
 		if err != nil && ctx.Err() == nil {
@@ -201,8 +208,21 @@ func waitKeys(cmd *cobra.Command, c *api.Client, names []string, asked map[strin
 		}
 		for _, s := range servers {
 			name := s.Spec.Name
-			if i := slices.Index(pending, name); i >= 0 && s.KeyGeneration >= asked[name] {
-				fmt.Fprintf(cmd.ErrOrStderr(), "server %s: new key in use (generation %d, %s), reported %s after the request\n",
+			i := slices.Index(pending, name)
+			if i < 0 {
+				continue
+			}
+			if r := s.Spec.Rotation; r != nil && r.Generation <= asked[name] && phase[name] != r.Phase {
+				phase[name] = r.Phase
+				detail := ""
+				if r.Phase == spec.RotationAnnounce {
+					detail = ", next key " + r.NextPublicKey
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "server %s: generation %d: %s%s (%s after the request)\n",
+					name, r.Generation, r.Phase, detail, time.Since(start).Round(time.Millisecond))
+			}
+			if s.KeyGeneration >= asked[name] && (s.Spec.Rotation == nil || s.Spec.Rotation.Generation > asked[name]) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "server %s: new key in use (generation %d, %s), rotation done %s after the request\n",
 					name, s.KeyGeneration, s.Spec.PublicKey, time.Since(start).Round(time.Millisecond))
 				pending = slices.Delete(pending, i, i+1)
 			}
@@ -212,8 +232,12 @@ func waitKeys(cmd *cobra.Command, c *api.Client, names []string, asked map[strin
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("no new key reported after %s by %s: is the agent running? (corridor get servers; the rotation still stands and happens when the agent is back)",
-				timeout, strings.Join(pending, ", "))
+			var where []string
+			for _, n := range pending {
+				where = append(where, n+" ("+cmp.Or(phase[n], "not started: waiting for its turn or its agent")+")")
+			}
+			return fmt.Errorf("key rotation not done after %s for %s: is the agent running? (corridor get servers, corridor get events; the rotation still stands and goes on when its hosts are back)",
+				timeout, strings.Join(where, ", "))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

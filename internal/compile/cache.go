@@ -52,7 +52,7 @@ type appEntry struct {
 type hostEntry struct {
 	addr   netip.Addr
 	wgPort int
-	keyGen int64
+	rot    rotation
 	gens   []uint64 // the apps it runs a task of, in network order
 	state  HostState
 }
@@ -113,7 +113,7 @@ func (k *Cache) commit(c *compiler, hosts map[string]*hostEntry) {
 // fingerprint appends to b everything app a's paths and host parts are
 // derived from: its spec, its network, every task's server and address,
 // and the fields of those servers that a host's state shows (name,
-// address, WireGuard port, public key). Anything added to what paths() or
+// address, WireGuard port, public key, next key of a rotation). Anything added to what paths() or
 // hostBuilder.part read must be added here. ok is false when the spec
 // cannot be encoded; such an app is never reused.
 func (c *compiler) fingerprint(b []byte, a *app) ([]byte, bool) {
@@ -166,6 +166,7 @@ func (c *compiler) ownFingerprint(b []byte, a *app) ([]byte, bool) {
 		b, _ = s.addr.AppendBinary(b)
 		b = binary.AppendUvarint(b, uint64(s.wgPort))
 		b = appendBytes(b, s.spec.PublicKey)
+		b = appendBytes(b, s.rot.next)
 	}
 	return b, true
 }

@@ -242,7 +242,10 @@ func TestKeyGenerationReachesItsHostOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	in.Servers = slices.Clone(in.Servers)
+	// A rotation to generation 2 started by the control plane (phase
+	// prepare): the generation reaches that host's state only.
 	in.Servers[1].KeyGeneration = 2
+	in.Servers[1].Rotation = &spec.KeyRotation{Generation: 2, Phase: spec.RotationPrepare}
 	in.Current, in.Networks = assignments(before)
 	after, err := k.Compile(in)
 	if err != nil {

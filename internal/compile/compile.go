@@ -29,6 +29,7 @@ type server struct {
 	addr     netip.Addr
 	state    string
 	wgPort   int
+	rot      rotation // the key rotation its states show
 	capCPU   int64
 	capMem   int64
 	usedCPU  int64
@@ -237,7 +238,11 @@ func (c *compiler) loadServers(in []spec.Server) error {
 		if s.KeyGeneration < 0 {
 			return inputErr(field+".keyGeneration", "%d is negative", s.KeyGeneration)
 		}
-		sv := &server{spec: s, addr: addr, state: state, wgPort: port,
+		rot, err := loadRotation(field, s)
+		if err != nil {
+			return err
+		}
+		sv := &server{spec: s, addr: addr, state: state, wgPort: port, rot: rot,
 			capCPU: int64(s.Capacity.CPU), capMem: int64(s.Capacity.Memory)}
 		c.servers = append(c.servers, sv)
 		c.byName[s.Name] = sv

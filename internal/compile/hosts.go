@@ -131,7 +131,7 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 			gens = append(gens, ha.a.entry.gen)
 		}
 		gens = c.linkGens(gens, hb.apps)
-		if e := k.hosts[s.spec.Name]; memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && e.keyGen == s.spec.KeyGeneration && slices.Equal(e.gens, gens) {
+		if e := k.hosts[s.spec.Name]; memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && e.rot == s.rot && slices.Equal(e.gens, gens) {
 			out[i] = e.state
 			hb.entries = append(hb.entries, namedEntry{s.spec.Name, e})
 			continue
@@ -142,7 +142,7 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 		out[i] = hb.build(s, memo)
 		c.addLinks(&out[i], s)
 		if memo {
-			hb.entries = append(hb.entries, namedEntry{s.spec.Name, &hostEntry{addr: s.addr, wgPort: s.wgPort, keyGen: s.spec.KeyGeneration, gens: slices.Clone(gens), state: out[i]}})
+			hb.entries = append(hb.entries, namedEntry{s.spec.Name, &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens), state: out[i]}})
 		}
 	}
 }
@@ -232,8 +232,11 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 	c := hb.c
 	hs := HostState{
 		Schema: hoststate.Schema, Host: s.spec.Name, Address: s.addr, VTEPMAC: hb.mac[s.idx], WireGuardPort: s.wgPort,
-		KeyGeneration: s.spec.KeyGeneration,
-		Guests:        []Guest{}, Peers: []Peer{}, VXLAN: []VXLANEntry{}, Routes: []Route{}, Firewall: []FirewallRule{},
+		KeyGeneration: s.rot.gen, RotationPhase: s.rot.phase,
+		Guests: []Guest{}, Peers: []Peer{}, VXLAN: []VXLANEntry{}, Routes: []Route{}, Firewall: []FirewallRule{},
+	}
+	if s.rot.phase != "" {
+		hs.PublicKey = s.spec.PublicKey
 	}
 	if len(s.guestIdx) == 0 {
 		return hs
@@ -352,7 +355,7 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 		hb.slot[si] = 0
 		rs := c.servers[si]
 		if len(r.enc) > 0 {
-			hs.Peers = append(hs.Peers, Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey,
+			hs.Peers = append(hs.Peers, Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
 				Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort)), AllowedIPs: r.enc})
 		}
 		if len(r.plain) > 0 {

@@ -92,9 +92,12 @@ type Dataplane struct {
 	// (see RetryStalledHandshakes); empty, nothing is read.
 	stalls map[stallKey]*stall
 	// lastDesired is the last applied state, indexed; via names, per
-	// peer server, the WireGuard device its routes take (rotation.go).
+	// peer server, the WireGuard device its routes take (rotation.go);
+	// moved the servers whose device changed since RetryStalledHandshakes
+	// last told.
 	lastDesired *desired
 	via         map[string]string
+	moved       []string
 }
 
 // New opens the host's namespace and its netlink, nftables and wgctrl

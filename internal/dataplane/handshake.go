@@ -102,6 +102,10 @@ type HandshakeCheck struct {
 	Completed []string
 	// Retried are peers whose handshake this host (re)started.
 	Retried []string
+	// Moved are peers whose routes moved from one WireGuard device to
+	// the other since the last call (a key rotation under way): the
+	// control plane moves the rotation on when it hears of it.
+	Moved []string
 }
 
 // RetryStalledHandshakes drives the first handshakes of new peers (see
@@ -130,6 +134,7 @@ func (dp *Dataplane) RetryStalledHandshakes(now time.Time) (HandshakeCheck, erro
 	if err := dp.switchRoutes(now); err != nil {
 		errs = append(errs, err)
 	}
+	hc.Moved, dp.moved = dp.moved, nil
 	return hc, errors.Join(errs...)
 }
 

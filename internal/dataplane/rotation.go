@@ -329,6 +329,11 @@ func (dp *Dataplane) syncEncryptRoutes(d *desired, home, spare netlink.Link, now
 	if err := dp.syncRoutesVia(TableEncrypt, routes); err != nil {
 		return err
 	}
+	for server, dev := range via {
+		if old, ok := dp.via[server]; ok && old != dev {
+			dp.moved = append(dp.moved, server)
+		}
+	}
 	dp.via = via
 	// The ingress legs follow the encrypted routes' device (ingress.go).
 	return dp.syncIngressTable(d, routes)

@@ -87,6 +87,12 @@ func (dp *Dataplane) ensureWireGuard(ctx context.Context, name string, mtu int) 
 			}
 		}
 		if !kernel {
+			// Never take the socket of another host's device of that name
+			// (the second device of a rotation is checked here only: the
+			// agent checks both names at start).
+			if err := nsrun.DoHandle(dp.ns, func() error { return ServedElsewhere(name) }); err != nil {
+				return nil, fmt.Errorf("start %s: %w", name, err)
+			}
 			if err := dp.startDatapath(ctx, name, mtu); err != nil {
 				return nil, err
 			}

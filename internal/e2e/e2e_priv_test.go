@@ -160,8 +160,10 @@ func assertNothingLeft(t testing.TB, l *lab.Lab, apps ...string) {
 		}
 	}
 	for _, s := range l.Servers {
-		if _, err := os.Stat("/var/run/wireguard/" + s.WireGuardName + ".sock"); err == nil {
-			t.Errorf("WireGuard socket of %s left behind", s.Name)
+		for _, n := range []string{s.WireGuardName, dataplane.SpareName(s.WireGuardName)} {
+			if _, err := os.Stat(dataplane.UAPISocket(n)); err == nil {
+				t.Errorf("WireGuard socket %s of %s left behind", n, s.Name)
+			}
 		}
 	}
 }

@@ -22,13 +22,15 @@ import (
 // The schema version this build writes and reads.
 const (
 	SchemaMajor = 1
-	SchemaMinor = 2
+	SchemaMinor = 3
 	// Schema is SchemaMajor.SchemaMinor as states carry it. 1.1 adds
-	// Guest.Network, 1.2 Ingress. FirewallRule.ToApp came without a new
+	// Guest.Network, 1.2 Ingress, 1.3 the hitless key rotation
+	// (RotationPhase, PublicKey, Peer.NextPublicKey), which a state of an
+	// older schema may not carry. FirewallRule.ToApp came without a new
 	// minor version: a reader that does not know it refuses a state
 	// holding a rule across apps (the rule's dests are outside its App's
 	// network), so it fails closed rather than applying half of it.
-	Schema = "1.2"
+	Schema = "1.3"
 )
 
 // Desired is a host's desired state at a revision, as the API serves it
@@ -56,8 +58,11 @@ type State struct {
 	// VTEPMAC is the MAC of this host's corv0 (see compile.VTEPMAC).
 	VTEPMAC       string `json:"vtepMAC"`
 	WireGuardPort int    `json:"wireguardPort"`
-	// KeyGeneration is the server's spec.Server.KeyGeneration: the agent
-	// rotates its WireGuard key when this exceeds its key's generation.
+	// KeyGeneration is the generation of the key rotation the control
+	// plane runs on this host (spec.KeyRotation.Generation; 0 or the
+	// generation of the last one when none is under way): the agent makes
+	// its next key (dataplane.PrepareKey) when this exceeds its key's
+	// generation.
 	KeyGeneration int64 `json:"keyGeneration,omitempty"`
 	// RotationPhase is where this host's own key rotation stands (see docs/architecture.md, "Hitless key rotation"): empty when
 	// none is under way (or the agent has made its next key and the

@@ -128,6 +128,14 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"guests[0].hostIf", func(s *hoststate.State) { s.Guests[0].HostIf = "" }},
 		{"vtepMAC", func(s *hoststate.State) { s.VTEPMAC = "01:00:00:00:00:01" }},
 		{"peers[0].publicKey", func(s *hoststate.State) { s.Peers[0].PublicKey = "nope" }},
+		// The fields of a key rotation exist from schema 1.3 on only.
+		{"rotationPhase", func(s *hoststate.State) {
+			s.Schema, s.RotationPhase, s.PublicKey = "1.2", hoststate.RotationAnnounce, s.Peers[0].PublicKey
+		}},
+		{"publicKey", func(s *hoststate.State) { s.Schema, s.PublicKey = "1.2", s.Peers[0].PublicKey }},
+		{"peers[0].nextPublicKey", func(s *hoststate.State) {
+			s.Schema, s.Peers[0].NextPublicKey = "1.2", "bmV4dC1rZXktb2YtczItMDAwMDAwMDAwMDAwMDAwMDA="
+		}},
 		{"peers[0].allowedIPs", func(s *hoststate.State) {
 			s.Peers[0].AllowedIPs = append(s.Peers[0].AllowedIPs, netip.MustParsePrefix("100.64.0.99/32"))
 		}},

@@ -1,6 +1,7 @@
 package hoststate
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -149,6 +150,9 @@ func Validate(st State, opt Options) error {
 		}
 		seenTask[g.Task] = true
 	}
+	if err := checkRotationSchema(st); err != nil {
+		return err
+	}
 	if err := CheckNetwork(st); err != nil {
 		return err
 	}
@@ -166,6 +170,28 @@ func Validate(st State, opt Options) error {
 	}
 	if opt.Dataplane != nil {
 		return opt.Dataplane(st)
+	}
+	return nil
+}
+
+// checkRotationSchema refuses the fields of a hitless key rotation in a
+// state of a schema older than 1.3, which had none: a state that claims
+// an older schema carries only what that schema knew.
+func checkRotationSchema(st State) error {
+	if _, minor, _ := ParseSchema(st.Schema); minor >= 3 { // checked by CheckSchema
+		return nil
+	}
+	why := "only a state of schema 1.3 or later carries a key rotation, this one is of schema " + cmp.Or(st.Schema, "1.0")
+	if st.RotationPhase != "" {
+		return invalid("rotationPhase", "%s", why)
+	}
+	if st.PublicKey != "" {
+		return invalid("publicKey", "%s", why)
+	}
+	for i, p := range st.Peers {
+		if p.NextPublicKey != "" {
+			return invalid(fmt.Sprintf("peers[%d].nextPublicKey", i), "%s", why)
+		}
 	}
 	return nil
 }

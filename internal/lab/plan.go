@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/corridor-dev/corridor/internal/dataplane"
 )
 
 // observation is what Down saw on the machine: the impure half of cleanup.
@@ -179,12 +181,14 @@ func sortedPresent(names []string, present map[string]uint64) []string {
 	return out
 }
 
-// wireGuardNames are the WireGuard device names of the lab's servers.
+// wireGuardNames are the WireGuard device names of the lab's servers,
+// each with that of its second device of a key rotation
+// (dataplane.SpareName), which a host left mid-rotation still has.
 func wireGuardNames(l *Lab) []string {
 	var out []string
 	for _, s := range l.Servers {
 		if s.WireGuardName != "" {
-			out = append(out, s.WireGuardName)
+			out = append(out, s.WireGuardName, dataplane.SpareName(s.WireGuardName))
 		}
 	}
 	return out

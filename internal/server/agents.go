@@ -195,6 +195,9 @@ func (s *Server) agentStatus(w http.ResponseWriter, r *http.Request) {
 	if err := s.followStatus(r.Context(), st); err != nil {
 		s.log.Warn("update server from status", "server", name, "err", err)
 	}
+	if s.ctrl.rotating.Load() || st.NextPublicKey != "" {
+		s.ctrl.kickRotation() // a key rotation moves on from reports
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -205,7 +208,10 @@ func (s *Server) followStatus(ctx context.Context, st api.Status) error {
 		if st.Address != "" {
 			next.Address = st.Address
 		}
-		if st.PublicKey != "" {
+		// During a key rotation the controller alone sets the key (at
+		// its commit): a report sent before the host took the new key
+		// must not bring the old one back.
+		if st.PublicKey != "" && rec.Server.Rotation == nil {
 			next.PublicKey = st.PublicKey
 		}
 		if next.PublicKey != rec.Server.PublicKey {

@@ -37,8 +37,12 @@ type controller struct {
 	keyRotation     time.Duration
 	lastRotateCheck time.Time
 
-	leader    atomic.Bool
-	kick      chan struct{}
+	leader atomic.Bool
+	kick   chan struct{}
+	// rotKick asks for a key rotation step (rotation.go); rotating is set
+	// while a rotation is asked or under way, so that the tick looks.
+	rotKick   chan struct{}
+	rotating  atomic.Bool
 	mu        sync.Mutex
 	lastDown  string // down set at the last compile, joined
 	lastError string // last compile error, to log it once
@@ -53,7 +57,7 @@ type controller struct {
 }
 
 func newController(st *store.Store, h *hub, m *metrics, log *slog.Logger, id string, ttl int, timeout time.Duration) *controller {
-	return &controller{st: st, hub: h, m: m, log: log, id: id, ttl: ttl, timeout: timeout, kick: make(chan struct{}, 1), mirror: store.NewMirror(st)}
+	return &controller{st: st, hub: h, m: m, log: log, id: id, ttl: ttl, timeout: timeout, kick: make(chan struct{}, 1), rotKick: make(chan struct{}, 1), mirror: store.NewMirror(st)}
 }
 
 // trigger asks for a reconcile soon; many triggers make one reconcile.
@@ -113,6 +117,9 @@ func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.
 	tick := time.NewTicker(c.checkEvery())
 	defer tick.Stop()
 	c.trigger()
+	// A rotation left half done by the last leader (or before an outage)
+	// resumes from its phase in etcd.
+	c.kickRotation()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	for {
@@ -121,8 +128,17 @@ func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.
 			return nil
 		case <-changes:
 			c.trigger()
+			// A rotation may have been asked through another server of
+			// the cluster: the tick looks (rotationStep clears the flag
+			// when there is nothing to do).
+			c.rotating.Store(true)
 		case now := <-tick.C:
 			c.tick(ctx, since, now)
+			if c.rotating.Load() {
+				c.stepRotations(ctx, since)
+			}
+		case <-c.rotKick:
+			c.stepRotations(ctx, since)
 		case <-retry.C:
 			c.trigger()
 		case <-c.kick:
@@ -131,6 +147,13 @@ func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.
 				retry.Reset(time.Second)
 			}
 		}
+	}
+}
+
+// stepRotations runs rotationStep, logging a failure (the tick retries).
+func (c *controller) stepRotations(ctx context.Context, since time.Time) {
+	if err := c.rotationStep(ctx, time.Now(), since); err != nil && ctx.Err() == nil {
+		c.log.Warn("key rotation step", "err", err)
 	}
 }
 
@@ -196,6 +219,7 @@ func (c *controller) rotateKeys(ctx context.Context, sn *store.Snapshot, states 
 		return
 	}
 	c.log.Info("scheduled key rotation", "server", oldest.Server.Name, "keyAge", age)
+	c.kickRotation()
 }
 
 func (c *controller) checkEvery() time.Duration {

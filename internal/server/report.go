@@ -215,8 +215,12 @@ func (s *Server) buildReport(sn *store.Snapshot, rec store.AppRecord, statuses m
 			p := report.Path{From: pa.From, To: pa.To, FromClass: pa.FromClass, ToClass: pa.ToClass,
 				FromServer: pa.FromServer, ToServer: pa.ToServer, Kind: ref.Kind, Ports: ref.Ports, HandshakeAge: -1}
 			if pa.Encrypt && !pa.Local {
+				// During a key rotation the peer is listed on both WireGuard
+				// devices: the one its routes take tells.
+				found := false
 				for _, peer := range statuses[pa.FromServer].Status.Peers {
-					if peer.Server == pa.ToServer {
+					if peer.Server == pa.ToServer && (!found || peer.Routed) {
+						found = true
 						p.RxBytes, p.TxBytes = peer.RxBytes, peer.TxBytes
 						if !peer.LastHandshake.IsZero() {
 							p.HandshakeAge = now.Sub(peer.LastHandshake).Round(time.Second).Seconds()

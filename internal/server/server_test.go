@@ -648,6 +648,11 @@ rules:
 	d1, _ := a1.c.Desired(bg, "s1", 0, 0)
 	d2, _ = a2.c.Desired(bg, "s2", 0, 0)
 
+	// The controller starts a rotation once the agent has reported (the
+	// generation of its key).
+	if err := a1.c.ReportStatus(bg, "s1", api.Status{Name: "s1", PublicKey: a1.req.PublicKey}); err != nil {
+		t.Fatal(err)
+	}
 	srv, err := ts.admin.RotateKey(bg, "s1")
 	if err != nil || srv.Spec.KeyGeneration != 1 {
 		t.Fatalf("rotate-key s1 = generation %d, %v; want 1", srv.Spec.KeyGeneration, err)
@@ -661,18 +666,24 @@ rules:
 		t.Errorf("s2 got revision %d (was %d) though nothing of it changed yet", got.Revision, d2.Revision)
 	}
 
-	// The agent reports its new key: the peers' states follow.
+	// The agent reports its next key (made on the host): the peers' states
+	// hold it beside the current one (announce), which stays s1's key.
 	newKey := wgKey()
-	if err := a1.c.ReportStatus(bg, "s1", api.Status{Name: "s1", PublicKey: newKey, KeyGeneration: 1}); err != nil {
+	if err := a1.c.ReportStatus(bg, "s1", api.Status{Name: "s1", PublicKey: a1.req.PublicKey, NextPublicKey: newKey, NextKeyGeneration: 1}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "s2 holds s1's new key", func() (bool, string) {
+	eventually(t, 10*time.Second, "s2 holds s1's next key", func() (bool, string) {
 		got, err := a2.c.Desired(bg, "s2", 0, 0)
-		return err == nil && peerKey(got) == newKey, fmt.Sprint(got.State.Peers, err)
+		for _, p := range got.State.Peers {
+			if p.Server == "s1" && p.PublicKey == a1.req.PublicKey && p.NextPublicKey == newKey {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(got.State.Peers, err)
 	})
 	srv, err = ts.admin.GetServer(bg, "s1")
-	if err != nil || srv.Spec.PublicKey != newKey || srv.KeyGeneration != 1 {
-		t.Errorf("s1 = key %s generation %d (spec %d), %v", srv.Spec.PublicKey, srv.KeyGeneration, srv.Spec.KeyGeneration, err)
+	if err != nil || srv.Spec.PublicKey != a1.req.PublicKey || srv.Spec.Rotation == nil || srv.Spec.Rotation.Phase != spec.RotationAnnounce {
+		t.Errorf("s1 = key %s rotation %+v, %v", srv.Spec.PublicKey, srv.Spec.Rotation, err)
 	}
 
 	// A re-join keeps the asked generation.
@@ -710,7 +721,7 @@ rules:
 // With a rotation interval, the controller rotates every server's key once
 // it is older than the interval, one server at a time: never two servers
 // with a rotation under way at once. The simulated agents rotate as real
-// ones do: a new key when their desired state asks for a newer generation.
+// ones do (simAgent).
 func TestScheduledKeyRotation(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, Config{KeyRotation: time.Second})
@@ -720,19 +731,18 @@ func TestScheduledKeyRotation(t *testing.T) {
 	defer func() { cancel(); wg.Wait() }()
 	for i, name := range names {
 		a := ts.join(t, name, i, nil)
+		sim := newSimAgent(a)
 		wg.Go(func() {
-			key, gen := a.req.PublicKey, int64(0)
 			for ctx.Err() == nil {
-				if ds, err := a.c.Desired(ctx, name, 0, 0); err == nil && ds.State.KeyGeneration > gen {
-					key, gen = wgKey(), ds.State.KeyGeneration
-				}
-				_ = a.c.ReportStatus(ctx, name, api.Status{Name: name, PublicKey: key, KeyGeneration: gen})
+				_ = sim.step(ctx)
 				sleepCtx(ctx, 50*time.Millisecond)
 			}
 		})
 	}
 
-	deadline := time.Now().Add(20 * time.Second)
+	// Three rotations of four phases each, one after the other: generous
+	// for a loaded machine under -race.
+	deadline := time.Now().Add(90 * time.Second)
 	maxUnderWay := 0
 	for {
 		servers, err := ts.admin.ListServers(bg)
@@ -753,7 +763,7 @@ func TestScheduledKeyRotation(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 20 s, %d of %d servers have rotated their keys: %+v", done, len(names), servers)
+			t.Fatalf("after 90 s, %d of %d servers have rotated their keys: %+v", done, len(names), servers)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

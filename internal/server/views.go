@@ -118,10 +118,10 @@ func (s *Server) removeServer(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// rotateKey raises the server's key generation; the controller hands it
-// to the host in its desired state, the agent makes a new key pair there
-// and reports the new public key, and the host's peers get it with their
-// next states. The private key never leaves the host.
+// rotateKey raises the server's key generation; the controller runs the
+// hitless rotation to it (rotation.go): the agent makes the next key pair
+// on its host and reports the public key, the peers hold it beside the
+// current one, then it replaces it. The private key never leaves the host.
 func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	err := askKeyRotation(r.Context(), s.st, name, who(r), "")
@@ -137,6 +137,7 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("WireGuard key rotation asked", "server", name, "by", who(r))
+	s.ctrl.kickRotation()
 	s.getServer(w, r)
 }
 
@@ -229,8 +230,10 @@ func pathInfos(sn *store.Snapshot, statuses map[string]store.StatusRecord, app, 
 			}
 			pi := api.PathInfo{Path: pa, HandshakeAge: -1}
 			if pa.Encrypt && !pa.Local {
+				// During a key rotation a peer is listed on both WireGuard
+				// devices: the one its routes take tells.
 				for _, peer := range statuses[pa.FromServer].Status.Peers {
-					if peer.Server == pa.ToServer {
+					if peer.Server == pa.ToServer && (pi.Peer == nil || peer.Routed) {
 						peer := peer
 						pi.Peer = &peer
 						if !peer.LastHandshake.IsZero() {

@@ -6,6 +6,8 @@
 // of the server's apply API and the files that `corridor plan` reads.
 package spec
 
+import "time"
+
 // APIVersion is the only document version this build understands.
 const APIVersion = "corridor/v1"
 
@@ -163,4 +165,40 @@ type Server struct {
 	// pair when its host's desired state carries a generation above the
 	// one its key was made for.
 	KeyGeneration int64 `yaml:"keyGeneration,omitempty" json:"keyGeneration,omitempty"`
+	// Rotation is the hitless key rotation under way on this server, as
+	// the control plane drives it (never read from a file): kept with the
+	// server record so that a control plane that stops mid-rotation
+	// resumes it where it was.
+	Rotation *KeyRotation `yaml:"-" json:"rotation,omitempty"`
+}
+
+// Phases of a hitless key rotation as the control plane runs it
+// (KeyRotation.Phase; docs/architecture.md, "Hitless key rotation").
+const (
+	// RotationPrepare: the host is asked for its next key (its state's
+	// keyGeneration); it makes it and reports the public half.
+	RotationPrepare = "prepare"
+	// RotationAnnounce: the peers hold the next key beside the current
+	// one and move their routes to the second device.
+	RotationAnnounce = "announce"
+	// RotationCommit: the next key is the server's key (PublicKey); every
+	// side moves its routes back to the first device.
+	RotationCommit = "commit"
+	// RotationClear: the rotation is over; the second devices go.
+	RotationClear = "clear"
+)
+
+// KeyRotation is one hitless WireGuard key rotation of a server.
+type KeyRotation struct {
+	// Generation is the key generation being made.
+	Generation int64  `json:"generation"`
+	Phase      string `json:"phase"`
+	// NextPublicKey is the public half of the next key, as the host
+	// reported it (the private half never leaves the host).
+	NextPublicKey string `json:"nextPublicKey,omitempty"`
+	// PreviousPublicKey is the key being replaced.
+	PreviousPublicKey string    `json:"previousPublicKey,omitempty"`
+	Started           time.Time `json:"started"`
+	// PhaseSince is when Phase began.
+	PhaseSince time.Time `json:"phaseSince"`
 }

@@ -501,6 +501,8 @@ type Dataplane struct {
 	removed bool
 	key     wgtypes.Key // private, as a real host's
 	keyGen  int64
+	next    *wgtypes.Key // the next key of a rotation under way
+	nextGen int64
 }
 
 // NewDataplane makes an empty data plane with a fresh WireGuard key.
@@ -519,20 +521,31 @@ func (d *Dataplane) Key() (string, int64) {
 	return d.key.PublicKey().String(), d.keyGen
 }
 
-// RotateKey makes a new key for a later generation, as the real one.
-func (d *Dataplane) RotateKey(generation int64) error {
+// PrepareKey makes the next key for a later generation, as the real one:
+// the current key stays until a state commits the next one.
+func (d *Dataplane) PrepareKey(generation int64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if generation <= d.keyGen {
+	if generation <= d.keyGen || (d.next != nil && generation <= d.nextGen) {
 		return nil
 	}
 	k, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return err
 	}
-	d.key, d.keyGen = k, generation
-	d.Events.Add("rotate-key:%d", generation)
+	d.next, d.nextGen = &k, generation
+	d.Events.Add("prepare-key:%d", generation)
 	return nil
+}
+
+// NextKey is the public half of the next key and its generation.
+func (d *Dataplane) NextKey() (string, int64, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.next == nil {
+		return "", 0, false
+	}
+	return d.next.PublicKey().String(), d.nextGen, true
 }
 
 // Apply replaces the kernel state with st.
@@ -542,6 +555,10 @@ func (d *Dataplane) Apply(_ context.Context, st compile.HostState) error {
 	d.applies++
 	if d.fail != nil {
 		return d.fail
+	}
+	if d.next != nil && st.PublicKey == d.next.PublicKey().String() {
+		d.key, d.keyGen, d.next, d.nextGen = *d.next, d.nextGen, nil, 0
+		d.Events.Add("commit-key:%d", d.keyGen)
 	}
 	d.kernel = clone(st)
 	d.removed = false
@@ -561,11 +578,28 @@ func (d *Dataplane) Status(context.Context) (agent.DataplaneStatus, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var st agent.DataplaneStatus
+	// During a key rotation the peers' routes are on the second device
+	// when the rotation moves them there (own rotation with a next key,
+	// or a peer's next key announced), on the first otherwise: fake
+	// handshakes are instant.
+	own := d.next != nil
+	spareUp := own || d.kernel.RotationPhase != ""
 	for _, p := range d.kernel.Peers {
-		st.Peers = append(st.Peers, api.PeerStatus{
-			Server: p.Server, LastHandshake: time.Now().Add(-3 * time.Second),
+		ps := api.PeerStatus{
+			Server: p.Server, PublicKey: p.PublicKey, LastHandshake: time.Now().Add(-3 * time.Second),
 			RxBytes: int64(1000 * d.applies), TxBytes: int64(2000 * d.applies),
-		})
+		}
+		toSpare := own || (p.NextPublicKey != "" && p.NextPublicKey != p.PublicKey)
+		ps.Routed = !toSpare
+		st.Peers = append(st.Peers, ps)
+		if spareUp || p.NextPublicKey != "" {
+			sp := ps
+			sp.Spare, sp.Routed = true, toSpare
+			if !spareUp {
+				sp.PublicKey = p.NextPublicKey
+			}
+			st.Peers = append(st.Peers, sp)
+		}
 	}
 	st.Drops = slices.Clone(d.Drops)
 	return st, nil
