@@ -227,6 +227,14 @@ func (dp *Dataplane) Apply(ctx context.Context, st compile.HostState) error {
 	}
 	dp.mu.Lock()
 	defer dp.mu.Unlock()
+	return dp.applyLocked(ctx, st, d)
+}
+
+// applyLocked is Apply with dp.mu held and st already built into d. Watch's
+// repair takes the last applied state and applies it under one hold of the
+// lock: read first and applied after, an Apply of a newer state in between
+// would be undone by the older one.
+func (dp *Dataplane) applyLocked(ctx context.Context, st compile.HostState, d *desired) error {
 	dp.changes = nil
 	start := time.Now()
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink/nl"
@@ -132,12 +133,18 @@ func (dp *Dataplane) Watch(ctx context.Context, onRepair func(Repair)) error {
 func (dp *Dataplane) repair(ctx context.Context, at time.Time) (Repair, bool) {
 	dp.mu.Lock()
 	st := dp.last
-	dp.mu.Unlock()
 	if st == nil {
+		dp.mu.Unlock()
 		return Repair{}, false
 	}
-	err := dp.Apply(ctx, *st)
-	r := Repair{Noticed: at, Took: time.Since(at), Changes: dp.LastChanges(), Err: err}
+	// Under the same hold as the apply: see applyLocked.
+	d, err := buildDesired(*st)
+	if err == nil {
+		err = dp.applyLocked(ctx, *st, d)
+	}
+	changes := slices.Clone(dp.changes)
+	dp.mu.Unlock()
+	r := Repair{Noticed: at, Took: time.Since(at), Changes: changes, Err: err}
 	switch {
 	case err != nil:
 		dp.log.Error("data plane repair failed; retrying at the next change or periodic repair", "err", err, "took", r.Took)
