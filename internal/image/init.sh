@@ -23,13 +23,14 @@ for m in $(cat /lib/modules/order); do
 	insmod "/lib/modules/$m.ko" || say "warning: insmod $m failed"
 done
 
-addr= gw=169.254.1.1 gwmac= mtu=1420 cmd=
+addr= gw=169.254.1.1 gwmac= mtu=1420 dns= cmd=
 for p in $(cat /proc/cmdline); do
 	case "$p" in
 	corridor.addr=*) addr="${p#corridor.addr=}" ;;
 	corridor.gw=*) gw="${p#corridor.gw=}" ;;
 	corridor.gwmac=*) gwmac="${p#corridor.gwmac=}" ;;
 	corridor.mtu=*) mtu="${p#corridor.mtu=}" ;;
+	corridor.dns=*) dns="${p#corridor.dns=}" ;;
 	corridor.cmd=*) cmd="${p#corridor.cmd=}" ;;
 	esac
 done
@@ -50,6 +51,15 @@ ip route add "$gw/32" dev eth0 scope link || die "route to $gw failed"
 # has a route to it, which a lab server namespace may lack.
 [ -n "$gwmac" ] && { arp -i eth0 -s "$gw" "$gwmac" || say "warning: arp entry for $gw failed"; }
 ip route add default via "$gw" dev eth0 onlink || die "default route failed"
+
+# The operator's resolvers (spec resolvers), reached through the host's
+# egress like any allowed outside destination.
+if [ -n "$dns" ]; then
+	: > /etc/resolv.conf
+	for r in $(echo "$dns" | tr ',' ' '); do
+		echo "nameserver $r" >> /etc/resolv.conf
+	done
+fi
 
 # The power button (QMP system_powerdown) ends the task gracefully.
 mkdir -p /etc/acpi/PWRF

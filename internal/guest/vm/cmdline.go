@@ -26,6 +26,9 @@ type bootParams struct {
 	Env     map[string]string
 	// Root is set for a disk-image guest ("/dev/vda").
 	Root string
+	// Resolvers are the task's DNS servers (hoststate.Guest.Resolvers):
+	// the init writes them to /etc/resolv.conf.
+	Resolvers []netip.Addr
 }
 
 // cmdline renders the kernel command line.
@@ -44,6 +47,13 @@ func (p bootParams) cmdline() (string, error) {
 	)
 	if len(p.GwMAC) > 0 {
 		parts = append(parts, "corridor.gwmac="+p.GwMAC.String())
+	}
+	if len(p.Resolvers) > 0 {
+		dns := make([]string, len(p.Resolvers))
+		for i, a := range p.Resolvers {
+			dns[i] = a.String()
+		}
+		parts = append(parts, "corridor.dns="+strings.Join(dns, ","))
 	}
 	parts = append(parts,
 		fmt.Sprintf("corridor.mtu=%d", p.MTU),

@@ -56,6 +56,14 @@ func TestCmdline(t *testing.T) {
 	if err != nil || !strings.Contains(string(script), "exec 'corridor' 'sample' 'db'") || !strings.Contains(string(script), "export CORRIDOR_TASK='a/b/0'") {
 		t.Fatalf("corridor.cmd decodes to %q, %v", script, err)
 	}
+	if _, ok := fields["corridor.dns"]; ok {
+		t.Errorf("corridor.dns with no resolvers: %q", cl)
+	}
+	p.Resolvers = []netip.Addr{netip.MustParseAddr("198.18.0.253"), netip.MustParseAddr("203.0.113.53")}
+	if cl, err = p.cmdline(); err != nil || !strings.Contains(" "+cl+" ", " corridor.dns=198.18.0.253,203.0.113.53 ") {
+		t.Errorf("resolvers not on the command line: %q, %v", cl, err)
+	}
+	p.Resolvers = nil
 	p.Env = map[string]string{"BIG": strings.Repeat("x", 3000)}
 	if _, err := p.cmdline(); err == nil || !strings.Contains(err.Error(), "spec.env") {
 		t.Fatalf("oversized command line: %v", err)

@@ -235,6 +235,7 @@ func (r *Runtime) qemuArgs(g compile.Guest, bf bootFiles, accel, dir string) ([]
 	cl, err := bootParams{
 		Addr: g.Address, Gateway: guest.GatewayAddr, GwMAC: hostMAC(g.Task), MTU: r.cfg.MTU,
 		Argv: g.Spec.Command, Env: guestEnv(g.Env), Root: map[bool]string{true: "/dev/vda"}[bf.Disk != "" && bf.Initrd == ""],
+		Resolvers: g.Resolvers,
 	}.cmdline()
 	if err != nil {
 		return nil, err
