@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -152,3 +153,30 @@ func (f *Failover) ReportStatus(ctx context.Context, name string, st api.Status)
 func (f *Failover) Renew(ctx context.Context, name string, req api.RenewRequest) (api.JoinResponse, error) {
 	return call(ctx, f, func(c *api.Client) (api.JoinResponse, error) { return c.Renew(ctx, name, req) })
 }
+
+// FetchArtifact implements artifactFetcher: corridor:// artifacts are
+// fetched with the agent's certificate from the server in use first, then
+// from the others. Unlike the calls above, a 4xx moves on too: each
+// control-plane server serves only what was pushed to it (docs/operations.md,
+// "Delivering task programs"), so a 404 from one is not the answer of all.
+func (f *Failover) FetchArtifact(ctx context.Context, sum string) (io.ReadCloser, error) {
+	n := len(f.clients)
+	start := f.choice.index()
+	var last error
+	for k := range n {
+		rc, err := f.clients[(start+k)%n].FetchArtifact(ctx, sum)
+		if err == nil {
+			return rc, nil
+		}
+		last = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, last
+}
+
+// The agent finds the artifact fetcher by this interface on its control
+// plane client (useArtifactStore): without it corridor:// programs could
+// never be fetched, and nothing else would say so.
+var _ artifactFetcher = (*Failover)(nil)

@@ -137,10 +137,12 @@ func (a *Agent) checkFence(ctx context.Context, cp ControlPlane, now time.Time) 
 }
 
 // fencedState is st without any path: its guests (and the host's own
-// settings), no peer, VXLAN entry, tunnel route, firewall allowance or
-// outside destination. The data plane's default deny then cuts every
-// guest off.
+// settings), no peer, VXLAN entry, tunnel route, firewall allowance,
+// outside destination or published port (an ingress entry names backends
+// reached through the peers and tunnels taken away, and a state holding
+// one without them is refused as invalid). The data plane's default deny
+// then cuts every guest off.
 func fencedState(st compile.HostState) compile.HostState {
-	st.Peers, st.VXLAN, st.Routes, st.Firewall, st.Outbound = nil, nil, nil, nil, nil
+	st.Peers, st.VXLAN, st.Routes, st.Firewall, st.Outbound, st.Ingress = nil, nil, nil, nil, nil, nil
 	return st
 }
