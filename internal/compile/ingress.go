@@ -299,7 +299,7 @@ func (c *compiler) applyAdd(hs *HostState, h *hostAdd) {
 			s := c.servers[rs]
 			i := slices.IndexFunc(peers, func(p Peer) bool { return p.Server == s.spec.Name })
 			if i < 0 {
-				peers = append(peers, Peer{Server: s.spec.Name, PublicKey: s.spec.PublicKey,
+				peers = append(peers, Peer{Server: s.spec.Name, PublicKey: s.spec.PublicKey, NextPublicKey: s.rot.next,
 					Endpoint: netip.AddrPortFrom(s.addr, uint16(s.wgPort))})
 				i = len(peers) - 1
 			}

@@ -342,7 +342,7 @@ func (c *compiler) addLinks(hs *HostState, s *server) {
 		rsv := c.servers[si]
 		i := slices.IndexFunc(peers, func(p Peer) bool { return p.Server == rsv.spec.Name })
 		if i < 0 {
-			peers = append(peers, Peer{Server: rsv.spec.Name, PublicKey: rsv.spec.PublicKey,
+			peers = append(peers, Peer{Server: rsv.spec.Name, PublicKey: rsv.spec.PublicKey, NextPublicKey: rsv.rot.next,
 				Endpoint: netip.AddrPortFrom(rsv.addr, uint16(rsv.wgPort))})
 			i = len(peers) - 1
 		}

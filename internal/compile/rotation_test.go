@@ -132,3 +132,39 @@ func assignmentsOf(p *Plan) []Assignment {
 	}
 	return out
 }
+
+// Peers that only ingress legs or app-to-app links give a host (added
+// after the host's own parts) carry a rotating server's next key too:
+// without it that host never holds the next key, its routes never move,
+// and the rotation waits on it (seen in the lab, where every server is an
+// entry host of the shop's web).
+func TestRotationReachesEveryPeer(t *testing.T) {
+	for _, dir := range []string{"testdata/ingress", "testdata/app-to-app"} {
+		in := loadCase(t, dir)
+		plan, err := Compile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for idx := range in.Servers {
+			k, _ := wgtypes.GeneratePrivateKey()
+			next := k.PublicKey().String()
+			servers := append([]spec.Server(nil), in.Servers...)
+			servers[idx].KeyGeneration = 2
+			servers[idx].Rotation = &spec.KeyRotation{Generation: 2, Phase: spec.RotationAnnounce, NextPublicKey: next, Started: time.Now(), PhaseSince: time.Now()}
+			in2 := in
+			in2.Servers = servers
+			in2.Current = assignmentsOf(plan)
+			p, err := Compile(in2)
+			if err != nil {
+				t.Fatalf("%s: %v", dir, err)
+			}
+			for _, hs := range p.Hosts {
+				for _, pe := range hs.Peers {
+					if pe.Server == servers[idx].Name && pe.NextPublicKey != next {
+						t.Errorf("%s: %s holds rotating %s without its next key", dir, hs.Host, pe.Server)
+					}
+				}
+			}
+		}
+	}
+}
