@@ -15,19 +15,6 @@ import (
 	"github.com/corridor-dev/corridor/internal/verify"
 )
 
-// labClient is the lab's outside client as verify sees it.
-type labClient struct{ l *lab.Lab }
-
-func (c labClient) Addresses() (netip.Addr, netip.Addr) {
-	return c.l.OutsideClient.Allowed, c.l.OutsideClient.Denied
-}
-
-func (c labClient) ProbeIngress(ctx context.Context, p verify.IngressProbe) (verify.IngressResult, error) {
-	r, err := c.l.Request(ctx, lab.IngressRequest{From: p.From, To: p.To, Path: "/healthz", Marker: p.Marker, Timeout: p.Timeout, Capture: p.Capture})
-	return verify.IngressResult{Connected: r.Connected, TimedOut: r.TimedOut, Refused: r.Refused, Body: r.Body, RTT: r.RTT,
-		MarkerSeen: r.MarkerSeen, WireGuard: r.WireGuard, Dropped: r.Dropped}, err
-}
-
 // ingressChecks runs app's published-port checks from the lab's outside
 // client and adds them to rep (nothing when the lab has no client).
 func ingressChecks(ctx context.Context, c *api.Client, l *lab.Lab, rep *verify.Report, opt verify.Options) error {
@@ -61,7 +48,7 @@ func ingressChecks(ctx context.Context, c *api.Client, l *lab.Lab, rep *verify.R
 			servers[i].State = spec.ServerDown
 		}
 	}
-	rep.AddChecks(verify.IngressChecks(ctx, labClient{l}, rep.App, specs, tasks, servers, opt))
+	rep.AddChecks(verify.IngressChecks(ctx, lab.VerifyClient{Lab: l}, rep.App, specs, tasks, servers, opt))
 	return nil
 }
 

@@ -15,19 +15,6 @@ import (
 	"github.com/corridor-dev/corridor/internal/verify"
 )
 
-// outsideClient is the lab's outside client as verify sees it.
-type outsideClient struct{ l *lab.Lab }
-
-func (c outsideClient) Addresses() (netip.Addr, netip.Addr) {
-	return c.l.OutsideClient.Allowed, c.l.OutsideClient.Denied
-}
-
-func (c outsideClient) ProbeIngress(ctx context.Context, p verify.IngressProbe) (verify.IngressResult, error) {
-	r, err := c.l.Request(ctx, lab.IngressRequest{From: p.From, To: p.To, Path: "/healthz", Marker: p.Marker, Timeout: p.Timeout, Capture: p.Capture})
-	return verify.IngressResult{Connected: r.Connected, TimedOut: r.TimedOut, Refused: r.Refused, Body: r.Body, RTT: r.RTT,
-		MarkerSeen: r.MarkerSeen, WireGuard: r.WireGuard, Dropped: r.Dropped}, err
-}
-
 // TestIngressFromOutside (issue 15): an app publishes its web class on
 // port 80 of every lab server for the lab's client network. From the
 // lab's outside client, on every server, requests are answered by both
@@ -87,7 +74,7 @@ classes:
 		}
 		return specs, tasks, servers
 	}
-	oc := outsideClient{f.lab}
+	oc := lab.VerifyClient{Lab: f.lab}
 	apps, tasks, servers := state()
 	var checks []verify.Check
 	// The published port is in every host's desired state once settled;
