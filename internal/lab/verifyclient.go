@@ -24,4 +24,5 @@ func (c VerifyClient) ProbeIngress(ctx context.Context, p verify.IngressProbe) (
 	return verify.IngressResult{Connected: r.Connected, TimedOut: r.TimedOut, Refused: r.Refused, Body: r.Body, RTT: r.RTT,
 		MarkerSeen: r.MarkerSeen, WireGuard: r.WireGuard, Dropped: r.Dropped}, err
 }
+
 var _ verify.OutsideClient = VerifyClient{}
