@@ -5,15 +5,12 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"reflect"
+
+	"github.com/corridor-dev/corridor/internal/casign"
 )
 
 // Signing. The control plane signs every host's desired state with the key
@@ -42,8 +39,8 @@ const SignContext = "corridor host-state signature v1\x00"
 
 // Signature algorithms, after the CA key's type.
 const (
-	AlgECDSASHA256 = "ecdsa-sha256" // ASN.1 DER signature of SHA-256(SignContext+state)
-	AlgEd25519     = "ed25519"      // over SignContext+state
+	AlgECDSASHA256 = casign.AlgECDSASHA256 // ASN.1 DER signature of SHA-256(SignContext+state)
+	AlgEd25519     = casign.AlgEd25519     // over SignContext+state
 )
 
 var (
@@ -124,32 +121,16 @@ func (d *Desired) Canonical() ([]byte, error) {
 
 // Digest is the digest of a canonical encoding, as Signature.Digest and
 // the agent's status carry it: "sha256:" and 64 hex digits.
-func Digest(canonical []byte) string {
-	sum := sha256.Sum256(canonical)
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
+func Digest(canonical []byte) string { return casign.Digest(canonical) }
 
 // SignBytes signs a state's canonical encoding (a compact JSON State, as
 // the server stores it) with key, an ECDSA or Ed25519 private key.
 func SignBytes(key crypto.Signer, canonical []byte) (*Signature, error) {
-	msg := append([]byte(SignContext), canonical...)
-	sig := &Signature{Digest: Digest(canonical)}
-	var err error
-	switch key.Public().(type) {
-	case *ecdsa.PublicKey:
-		h := sha256.Sum256(msg)
-		sig.Alg = AlgECDSASHA256
-		sig.Value, err = key.Sign(rand.Reader, h[:], crypto.SHA256)
-	case ed25519.PublicKey:
-		sig.Alg = AlgEd25519
-		sig.Value, err = key.Sign(rand.Reader, msg, crypto.Hash(0))
-	default:
-		return nil, fmt.Errorf("hoststate: cannot sign with a %T key: ECDSA or Ed25519 only", key.Public())
-	}
+	alg, v, err := casign.Sign(key, SignContext, canonical)
 	if err != nil {
 		return nil, fmt.Errorf("hoststate: sign state: %w", err)
 	}
-	return sig, nil
+	return &Signature{Digest: Digest(canonical), Alg: alg, Value: v}, nil
 }
 
 // Sign signs d's state with key and sets d.Signature.
@@ -182,18 +163,12 @@ func (d *Desired) Verify(pub crypto.PublicKey) (digest string, err error) {
 		return "", fmt.Errorf("%w: the state's digest is %s, the signature was made for %s (the state was changed after it was signed)",
 			ErrBadSignature, digest, d.Signature.Digest)
 	}
-	msg := append([]byte(SignContext), c...)
-	ok := false
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		h := sha256.Sum256(msg)
-		ok = d.Signature.Alg == AlgECDSASHA256 && ecdsa.VerifyASN1(k, h[:], d.Signature.Value)
-	case ed25519.PublicKey:
-		ok = d.Signature.Alg == AlgEd25519 && ed25519.Verify(k, msg, d.Signature.Value)
-	case nil:
+	if pub == nil {
 		return "", fmt.Errorf("%w: no cluster CA key to verify it with (ca.crt missing: the agent has not joined yet)", ErrBadSignature)
-	default:
-		return "", fmt.Errorf("%w: cannot verify with a %T key", ErrBadSignature, pub)
+	}
+	ok, err := casign.Verify(pub, SignContext, c, d.Signature.Alg, d.Signature.Value)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
 	if !ok {
 		return "", fmt.Errorf("%w: %s signature does not verify with the cluster CA's key (signed by another key, or changed after signing)",
@@ -205,24 +180,14 @@ func (d *Desired) Verify(pub crypto.PublicKey) (digest string, err error) {
 // PublicKeyFromCA is the key that verifies states: the public key of the
 // cluster CA certificate (PEM; the first certificate is used).
 func PublicKeyFromCA(caPEM []byte) (crypto.PublicKey, error) {
-	for rest := caPEM; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			return nil, errors.New("hoststate: no PEM certificate in the CA file")
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("hoststate: CA certificate: %w", err)
-		}
-		switch k := cert.PublicKey.(type) {
-		case *ecdsa.PublicKey, ed25519.PublicKey:
-			return k, nil
-		default:
-			return nil, fmt.Errorf("hoststate: the CA's %T key cannot verify states: ECDSA or Ed25519 only", k)
-		}
+	cert, err := casign.Certificate(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("hoststate: %w", err)
+	}
+	switch k := cert.PublicKey.(type) {
+	case *ecdsa.PublicKey, ed25519.PublicKey:
+		return k, nil
+	default:
+		return nil, fmt.Errorf("hoststate: the CA's %T key cannot verify states: ECDSA or Ed25519 only", k)
 	}
 }

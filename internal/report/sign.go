@@ -3,16 +3,12 @@ package report
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
+
+	"github.com/corridor-dev/corridor/internal/casign"
 
 	"github.com/corridor-dev/corridor/internal/api"
 )
@@ -23,8 +19,8 @@ const SignContext = "corridor evidence report v1\x00"
 
 // Signature algorithms, after the CA key's type.
 const (
-	AlgECDSASHA256 = "ecdsa-sha256"
-	AlgEd25519     = "ed25519"
+	AlgECDSASHA256 = casign.AlgECDSASHA256
+	AlgEd25519     = casign.AlgEd25519
 )
 
 // ErrBadSignature means a report's signature does not verify with the CA
@@ -42,10 +38,7 @@ func Canonical(r *Report) ([]byte, error) {
 }
 
 // Digest is "sha256:" + hex of b.
-func Digest(b []byte) string {
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
+func Digest(b []byte) string { return casign.Digest(b) }
 
 // Sign signs r's canonical JSON with key (the CA's: ECDSA or Ed25519);
 // caDER is the CA certificate, whose fingerprint the signature names.
@@ -54,20 +47,8 @@ func Sign(key crypto.Signer, caDER []byte, r *Report) (api.SignedReport, error) 
 	if err != nil {
 		return api.SignedReport{}, err
 	}
-	msg := append([]byte(SignContext), c...)
 	sig := &api.ReportSignature{Digest: Digest(c), CA: Digest(caDER)}
-	switch key.Public().(type) {
-	case *ecdsa.PublicKey:
-		h := sha256.Sum256(msg)
-		sig.Alg = AlgECDSASHA256
-		sig.Value, err = key.Sign(rand.Reader, h[:], crypto.SHA256)
-	case ed25519.PublicKey:
-		sig.Alg = AlgEd25519
-		sig.Value, err = key.Sign(rand.Reader, msg, crypto.Hash(0))
-	default:
-		return api.SignedReport{}, fmt.Errorf("report: cannot sign with a %T key: ECDSA or Ed25519 only", key.Public())
-	}
-	if err != nil {
+	if sig.Alg, sig.Value, err = casign.Sign(key, SignContext, c); err != nil {
 		return api.SignedReport{}, fmt.Errorf("report: sign: %w", err)
 	}
 	return api.SignedReport{Report: c, Signature: sig}, nil
@@ -92,16 +73,9 @@ func VerifySigned(s api.SignedReport, caPEM []byte) (*Report, error) {
 		return nil, fmt.Errorf("%w: the report's digest is %s, the signature was made for %s (the report was edited after it was signed)",
 			ErrBadSignature, d, s.Signature.Digest)
 	}
-	msg := append([]byte(SignContext), c...)
-	ok := false
-	switch k := cert.PublicKey.(type) {
-	case *ecdsa.PublicKey:
-		h := sha256.Sum256(msg)
-		ok = s.Signature.Alg == AlgECDSASHA256 && ecdsa.VerifyASN1(k, h[:], s.Signature.Value)
-	case ed25519.PublicKey:
-		ok = s.Signature.Alg == AlgEd25519 && ed25519.Verify(k, msg, s.Signature.Value)
-	default:
-		return nil, fmt.Errorf("%w: the CA's %T key cannot verify reports", ErrBadSignature, k)
+	ok, err := casign.Verify(cert.PublicKey, SignContext, c, s.Signature.Alg, s.Signature.Value)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the CA's key: %v", ErrBadSignature, err)
 	}
 	if !ok {
 		return nil, fmt.Errorf("%w: the %s signature does not verify with the key of the CA given (%s; the report names %s)",
@@ -120,21 +94,11 @@ func VerifySigned(s api.SignedReport, caPEM []byte) (*Report, error) {
 }
 
 func caCert(caPEM []byte) (*x509.Certificate, error) {
-	for rest := caPEM; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			return nil, errors.New("report: no PEM certificate in the CA file")
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("report: CA certificate: %w", err)
-		}
-		return cert, nil
+	cert, err := casign.Certificate(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("report: %w", err)
 	}
+	return cert, nil
 }
 
 // EncodeJSON is the JSON file form of a signed report: its one canonical
