@@ -200,12 +200,8 @@ func checkIngress(st State) error {
 // underlay address.
 func checkIngressServers(st State, servers []netip.Addr) error {
 	for i, in := range st.Ingress {
-		for j, c := range in.Clients {
-			for _, s := range servers {
-				if c.Contains(s.Unmap()) {
-					return invalid(fmt.Sprintf("ingress[%d].clients[%d]", i, j), "%s holds the server address %s", c, s)
-				}
-			}
+		if err := holdsServer(fmt.Sprintf("ingress[%d].clients", i), in.Clients, servers); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -104,11 +104,20 @@ func checkOutbound(st State) error {
 // server's underlay address: guests never reach the hosts themselves.
 func checkOutboundServers(st State, servers []netip.Addr) error {
 	for i, o := range st.Outbound {
-		for j, d := range o.Dests {
-			for _, s := range servers {
-				if d.Contains(s.Unmap()) {
-					return invalid(fmt.Sprintf("outbound[%d].dests[%d]", i, j), "%s holds the server address %s", d, s)
-				}
+		if err := holdsServer(fmt.Sprintf("outbound[%d].dests", i), o.Dests, servers); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// holdsServer refuses a prefix of list (the field named) that holds one of
+// the servers' underlay addresses.
+func holdsServer(field string, list []netip.Prefix, servers []netip.Addr) error {
+	for j, p := range list {
+		for _, s := range servers {
+			if p.Contains(s.Unmap()) {
+				return invalid(fmt.Sprintf("%s[%d]", field, j), "%s holds the server address %s", p, s)
 			}
 		}
 	}
