@@ -108,10 +108,19 @@ func (c *controller) startRotation(ctx context.Context, sn *store.Snapshot, host
 		c.log.Info("key rotation started", "server", name, "generation", r.Server.KeyGeneration)
 		return true, nil
 	}
-	// A rotation asked of a server whose agent is down or silent waits
-	// for it; the tick looks again.
+	// A rotation asked of a server whose agent is down, or has not
+	// reported yet, waits for it; the tick looks again. (Not looking
+	// again for an agent that has never reported left a rotation asked
+	// right after a join waiting for an unrelated change.)
 	for _, r := range sn.Servers {
-		if h := hosts[r.Server.Name]; !r.Revoked && h != nil && h.Status != nil && r.Server.KeyGeneration > h.Status.Status.KeyGeneration {
+		if r.Revoked {
+			continue
+		}
+		var reported int64
+		if h := hosts[r.Server.Name]; h != nil && h.Status != nil {
+			reported = h.Status.Status.KeyGeneration
+		}
+		if r.Server.KeyGeneration > reported {
 			return true, nil
 		}
 	}

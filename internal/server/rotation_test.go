@@ -247,3 +247,28 @@ func TestRotationResumesAfterRestart(t *testing.T) {
 		t.Errorf("phases %q, want %q", got, want)
 	}
 }
+
+// A rotation asked of a server whose agent has not reported yet (just
+// joined, or its first report is slow) starts once the agent reports:
+// the controller keeps looking for it rather than waiting for an
+// unrelated change. (This stalled TestRotationResumesAfterRestart when
+// the ask beat the agent's first report.)
+func TestRotationAskedBeforeFirstReport(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	s1, s2 := newSimAgent(ts.join(t, "s1", 0, nil)), newSimAgent(ts.join(t, "s2", 1, nil))
+	if _, err := ts.admin.ApplyApp(bg, []byte(rotationApp)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.admin.RotateKey(bg, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	// Let the controller look while neither agent has reported.
+	time.Sleep(300 * time.Millisecond)
+	ctx, cancel := context.WithCancel(bg)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	s1.run(ctx, &wg)
+	s2.run(ctx, &wg)
+	waitRotated(t, ts.admin, s1, 1, 15*time.Second)
+}
