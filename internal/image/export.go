@@ -46,6 +46,9 @@ type Kernel struct {
 // UnpackKernel unpacks the kernel package deb into dir and extracts its
 // ELF vmlinux to dir/vmlinux.
 func UnpackKernel(ctx context.Context, deb, dir string) (Kernel, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Kernel{}, fmt.Errorf("image: %w", err)
+	}
 	k, err := unpackDeb(ctx, deb, filepath.Join(dir, "deb"))
 	if err != nil {
 		return Kernel{}, err

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/corridor-dev/corridor/internal/vmhost"
 )
 
 // Files the control plane keeps in its data directory (see
@@ -443,6 +445,9 @@ func (l *Lab) waitJoined(ctx context.Context, timeout time.Duration) error {
 				if !alive(s.VM.QEMU) {
 					return fmt.Errorf("lab: the VM of %s is off (QEMU exited: %s); last lines of its console %s:\n%s", s.Name,
 						strings.TrimSpace(tail(filepath.Join(s.VM.Dir, "qemu.log"), 3)), s.Log, tail(s.Log, 20))
+				}
+				if n := vmhost.ConsoleCount(s.VM.Console, s.VM.ConsoleOffset, vmhost.AgentExitLine); n >= crashLooping {
+					return fmt.Errorf("lab: the agent of VM host %s exited %d times since it booted; last lines of its console %s:\n%s", s.Name, n, s.Log, tail(s.Log, 20))
 				}
 				continue
 			}

@@ -64,9 +64,16 @@ type VMHost struct {
 	// QEMU is the VM's process; Boots counts its starts (power-ons).
 	QEMU  *Process `json:"qemu,omitempty"`
 	Boots int      `json:"boots"`
-	// PoweredOn is when QEMU was last started.
-	PoweredOn time.Time `json:"poweredOn"`
+	// PoweredOn is when QEMU was last started; ConsoleOffset the size
+	// of the console log then (where this boot's lines start).
+	PoweredOn     time.Time `json:"poweredOn"`
+	ConsoleOffset int64     `json:"consoleOffset"`
 }
+
+// crashLooping is how many agent exits in one boot make waitJoined give
+// up (the init restarts it every 2 s: a broken agent would otherwise be
+// waited for until the join timeout).
+const crashLooping = 5
 
 func (o VMOptions) withDefaults() (VMOptions, error) {
 	if o.Package == "" {
@@ -92,6 +99,9 @@ func (o VMOptions) withDefaults() (VMOptions, error) {
 	return o, nil
 }
 
+// vmDir holds the VM hosts' directories in the lab directory.
+const vmDir = "vm"
+
 // vmTap is the tap of VM server i in the underlay namespace.
 func vmTap(i int) string { return "cor-vm" + strconv.Itoa(i) }
 
@@ -109,7 +119,7 @@ func (l *Lab) captureAt(s *Server) (namespace, iface string) {
 
 // layoutVM turns server i of a new lab into a VM host (nothing made yet).
 func layoutVM(s *Server, i int, o Options) {
-	dir := filepath.Join(o.Dir, "vm", s.Name)
+	dir := filepath.Join(o.Dir, vmDir, s.Name)
 	wg := vmhost.WireGuardKernel
 	if contains(o.VM.WireGuardGo, s.Name) {
 		wg = vmhost.WireGuardWithheld
@@ -217,6 +227,10 @@ func (l *Lab) startVMs(ctx context.Context, o Options) error {
 			continue
 		}
 		s.VM.Accel, s.VM.AccelWhy = accel, why
+		// A new host: no state disk of an earlier lab in this directory.
+		if err := os.RemoveAll(s.VM.Dir); err != nil {
+			return fmt.Errorf("lab: %w", err)
+		}
 		h, err := l.vmHost(s, o.VM.Memory)
 		if err != nil {
 			return err
@@ -238,6 +252,9 @@ func (l *Lab) powerOn(s *Server, h *vmhost.Host, im *vmhost.Image) error {
 	os.Remove(s.VM.QMP)
 	args := h.Command(l.VMQEMU, im, s.VM.Accel)
 	s.VM.PoweredOn = time.Now().UTC()
+	if st, err := os.Stat(s.VM.Console); err == nil {
+		s.VM.ConsoleOffset = st.Size()
+	}
 	p, err := spawn(RoleVMHost, s.Name, l.UnderlayNamespace, filepath.Join(s.VM.Dir, "qemu.log"), args)
 	if p != nil {
 		s.VM.QEMU = p

@@ -35,7 +35,25 @@ const (
 	AgentStartLine = ConsolePrefix + " starting agent"
 	// WithheldLine is printed when the wireguard module is withheld.
 	WithheldLine = ConsolePrefix + " wireguard module withheld"
+	// AgentExitLine starts the line printed when the agent exited.
+	AgentExitLine = ConsolePrefix + " agent exited"
 )
+
+// ConsoleCount counts the console lines after offset off that start
+// with prefix.
+func ConsoleCount(path string, off int64, prefix string) int {
+	b, err := os.ReadFile(path)
+	if err != nil || off > int64(len(b)) {
+		return 0
+	}
+	n := 0
+	for _, l := range strings.Split(string(b[off:]), "\n") {
+		if strings.HasPrefix(strings.TrimRight(l, "\r"), prefix) {
+			n++
+		}
+	}
+	return n
+}
 
 // WireGuard settings of a host.
 const (

@@ -41,6 +41,8 @@ const (
 var Modules = []string{
 	"virtio_pci", "virtio_net", "virtio_blk", "ext4", "crc32c_generic", "af_packet",
 	"tun", "veth", "vxlan", "bridge", "wireguard", "nf_tables", "nf_conntrack",
+	// netlink handles open an XFRM socket too.
+	"xfrm_user",
 }
 
 var netfilterDirs = []string{"kernel/net/netfilter", "kernel/net/ipv4/netfilter", "kernel/net/ipv6/netfilter"}

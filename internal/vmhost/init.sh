@@ -24,6 +24,7 @@ if [ ! -e /.switched ]; then
 	/bin/busybox touch /newroot/.switched
 	exec /bin/busybox switch_root /newroot /init
 fi
+/bin/busybox mkdir -p /sbin /usr/sbin /usr/bin
 /bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
