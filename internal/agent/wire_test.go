@@ -25,7 +25,7 @@ func TestConvertDataplaneStatus(t *testing.T) {
 	})
 	want := DataplaneStatus{
 		WireGuardMode: "kernel",
-		Peers: []api.PeerStatus{{Server: "s2", PublicKey: "k2", LastHandshake: hs, RxBytes: 10, TxBytes: 20, Spare: true, Routed: true}, {Server: "unknown:kx", PublicKey: "kx"}},
+		Peers:         []api.PeerStatus{{Server: "s2", PublicKey: "k2", LastHandshake: hs, RxBytes: 10, TxBytes: 20, Spare: true, Routed: true}, {Server: "unknown:kx", PublicKey: "kx"}},
 		Drops: []api.DropCount{
 			{Kind: "pair", App: "shop", FromClass: "web", ToClass: "db", Packets: 3},
 			{Kind: "out", App: "shop", FromClass: "web", Packets: 1<<63 - 1},
