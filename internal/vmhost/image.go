@@ -109,12 +109,12 @@ func (c *ImageConfig) defaults() error {
 			return fmt.Errorf("vmhost: %s: %w (a Debian machine has it)", t, err)
 		}
 	}
-	return staticELF(c.Busybox)
+	return StaticELF(c.Busybox)
 }
 
-// staticELF fails unless path is a statically linked executable: the VM
+// StaticELF fails unless path is a statically linked executable: the VM
 // host image has no C library.
-func staticELF(path string) error {
+func StaticELF(path string) error {
 	f, err := elf.Open(path)
 	if err != nil {
 		return fmt.Errorf("vmhost: %w", err)
@@ -204,7 +204,7 @@ func BuildImage(ctx context.Context, cfg ImageConfig) (*Image, error) {
 	if err := install(ctx, root, cfg.Package); err != nil {
 		return nil, err
 	}
-	if err := staticELF(filepath.Join(root, strings.TrimPrefix(dist.Binary, "/"))); err != nil {
+	if err := StaticELF(filepath.Join(root, strings.TrimPrefix(dist.Binary, "/"))); err != nil {
 		return nil, fmt.Errorf("%w (build the package from a static binary: `make dist` does, CGO_ENABLED=0)", err)
 	}
 	if err := os.WriteFile(filepath.Join(root, "init"), initScript, 0o755); err != nil {
