@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -180,23 +182,7 @@ func (l *Lab) vmHost(s *Server, memory int) (*vmhost.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
-	var labels []string
-	for k, v := range s.Labels {
-		labels = append(labels, k+": "+v)
-	}
-	// The package's agent.yaml, filled in as docs/install.md says.
-	conf := fmt.Sprintf(`# /etc/corridor/agent.yaml of lab VM host %s (docs/install.md, step 4)
-server: [%s]
-join-token-file: /etc/corridor/join.token
-ca: /etc/corridor/ca.crt
-state-dir: /var/lib/corridor/agent
-underlay-iface: eth0
-name: %s
-labels: {%s}
-wireguard-port: 51820
-listen: %q
-log-level: info
-`, s.Name, l.ServerURL, s.Name, strings.Join(labels, ", "), s.Listen)
+	conf := vmAgentConfig(s, l.ServerURL)
 	var routes []vmhost.Route
 	if l.OutsideClient != nil {
 		for _, n := range []netip.Prefix{ClientNetwork, clientDeniedNW} {
@@ -205,8 +191,29 @@ log-level: info
 	}
 	return &vmhost.Host{Name: s.Name, Dir: s.VM.Dir, Address: netip.PrefixFrom(s.Address, l.Underlay.Bits()),
 		Gateway: gatewayAddr(l.Underlay), Routes: routes, MTU: l.MTU, Tap: s.VM.Tap, MAC: s.VM.MAC,
-		WireGuard: s.VM.WireGuard, AgentConfig: []byte(conf),
+		WireGuard: s.VM.WireGuard, AgentConfig: conf,
 		Files: map[string][]byte{"ca.crt": ca, "join.token": tok}, Memory: memory}, nil
+}
+
+// vmAgentConfig is a VM host's /etc/corridor/agent.yaml: the one of
+// docs/install.md's step 4 (TestVMAgentConfigFollowsInstallPage), with
+// the lab's server URL and the host's labels, plus its name, underlay
+// interface and API address.
+func vmAgentConfig(s *Server, serverURL string) []byte {
+	var labels []string
+	for _, k := range slices.Sorted(maps.Keys(s.Labels)) {
+		labels = append(labels, k+": "+s.Labels[k])
+	}
+	return []byte(fmt.Sprintf(`# /etc/corridor/agent.yaml of lab VM host %s (docs/install.md, step 4)
+server: [%s]
+join-token-file: /etc/corridor/join.token
+ca: /etc/corridor/ca.crt
+state-dir: /var/lib/corridor/agent
+labels: {%s}
+underlay-iface: eth0
+name: %s
+listen: %q
+`, s.Name, serverURL, strings.Join(labels, ", "), s.Name, s.Listen))
 }
 
 // startVMs prepares every VM host and powers it on.
