@@ -191,6 +191,25 @@ func TestVMHostsKernelAndUserspaceWireGuard(t *testing.T) {
 
 	applied := time.Now()
 	f.apply(t, examples.Shop)
+	// The first WireGuard handshake of the encrypted pair between the two
+	// hosts: a kernel device and a wireguard-go one.
+	for deadline := time.Now().Add(5 * time.Minute); ; {
+		paths, err := f.c.ListPaths(ctx, api.Filter{App: "shop"})
+		hs := ""
+		for _, p := range paths {
+			if err == nil && p.Encrypt && !p.Local && p.HandshakeAge >= 0 {
+				hs = p.FromServer + " -> " + p.ToServer
+			}
+		}
+		if hs != "" {
+			t.Logf("figure: apply to first WireGuard handshake between the VM hosts (%s, kernel and wireguard-go): %s", hs, time.Since(applied).Round(100*time.Millisecond))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no WireGuard handshake between the VM hosts 5m after apply (%v)", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	f.settleWithin(t, 5, 5*time.Minute)
 	t.Logf("figure: apply to settled (5 tasks running, encrypted paths handshaken): %s", time.Since(applied).Round(100*time.Millisecond))
 	rep := f.verifyWithin(t, "shop", 2*time.Minute)
