@@ -218,11 +218,17 @@ listen: %q
 
 // startVMs prepares every VM host and powers it on.
 func (l *Lab) startVMs(ctx context.Context, o Options) error {
-	im, err := vmImage(ctx, o)
+	shared, err := vmImage(ctx, o)
 	if err != nil {
 		return err
 	}
-	accel, why, err := vmhost.Accel(ctx, o.VM.QEMU, im, o.VM.KVM)
+	accel, why, err := vmhost.Accel(ctx, o.VM.QEMU, shared, o.VM.KVM)
+	if err != nil {
+		return err
+	}
+	// The lab's own copy: a reboot must boot what the lab was made with,
+	// whatever another lab builds into the shared cache meanwhile.
+	im, err := shared.CopyTo(filepath.Join(l.Dir, vmDir, "image"))
 	if err != nil {
 		return err
 	}

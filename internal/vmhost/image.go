@@ -344,3 +344,23 @@ func writeArchiveTo(w io.Writer, root string) error {
 	}
 	return nil
 }
+
+// CopyTo gives dir an image of its own, the same as im: hard links where
+// dir is on im's file system, copies otherwise. A lab boots (and reboots)
+// from its own copy, whatever later builds do to the shared cache.
+func (im *Image) CopyTo(dir string) (*Image, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("vmhost: %w", err)
+	}
+	for _, name := range []string{image.KernelFile, baseInitrd, probeInitrd, manifestFile} {
+		src, dst := filepath.Join(im.Dir, name), filepath.Join(dir, name)
+		os.Remove(dst)
+		if err := os.Link(src, dst); err == nil {
+			continue
+		}
+		if err := copyFile(src, dst, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return LoadImage(dir)
+}
