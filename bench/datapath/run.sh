@@ -73,7 +73,7 @@ cleanup() {
 		kill -9 "$p" 2>/dev/null || true
 	done
 	pids=()
-	for d in "${cgdirs[@]}"; do rmdir "$d" 2>/dev/null || true; done
+	rm_cgroups
 	if [[ -n $labdir && -z ${KEEP:-} ]]; then
 		"$TOOLS/corridor" lab down --dir "$labdir" >/dev/null 2>&1 || log "lab down failed: remove with: corridor lab down --dir $labdir"
 	fi
@@ -141,6 +141,17 @@ guest_like_cgroup() {
 	fi
 	cgdirs+=("$dir")
 	echo "$dir"
+}
+
+# rm_cgroups removes the cgroups made here, once their last process (the
+# helper's iperf3 child ends just after the helper) has gone.
+rm_cgroups() {
+	local d
+	for d in "${cgdirs[@]}"; do
+		for _ in $(seq 50); do rmdir "$d" 2>/dev/null && break; sleep 0.1; done
+		[[ -d $d ]] && log "could not remove cgroup $d"
+	done
+	cgdirs=()
 }
 
 ns_run() { # ns_run NETNS cmd...: run in a named namespace
@@ -376,8 +387,7 @@ EOF
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	pids=()
-	for d in "${cgdirs[@]}"; do rmdir "$d" 2>/dev/null || true; done
-	cgdirs=()
+	rm_cgroups
 	if [[ -z ${KEEP:-} ]]; then
 		"$C" lab down --dir "$labdir" >/dev/null 2>&1
 		labdir=""
