@@ -121,7 +121,7 @@ proc_ticks() {
 
 # guest_like_cgroup PID NAME: make a cpu cgroup NAME beside the one PID
 # (a Corridor guest's process) runs in, with the same CPU weight and limit,
-# and print its directory. The Corridor cases' iperf3 servers run in their
+# and print its directory (the caller adds it to cgdirs). The Corridor cases' iperf3 servers run in their
 # guest's cgroup, below the agent's parent cgroup whose weight all guests
 # share; giving the other cases' servers the same place keeps the scheduler
 # out of the comparison (on a loaded machine it decides more than the path).
@@ -139,7 +139,6 @@ guest_like_cgroup() {
 		mkdir -p "$dir"
 		for f in cpu.weight cpu.max; do cat "$root$rel/$f" >"$dir/$f"; done
 	fi
-	cgdirs+=("$dir")
 	echo "$dir"
 }
 
@@ -284,6 +283,7 @@ suite() {
 		gpid=$(ip netns pids cor-bnplain-b-0 | head -n1)
 		[[ -n $gpid ]] || { log "no process in guest cor-bnplain-b-0"; return 1; }
 		cg=$(guest_like_cgroup "$gpid" "${PREFIX}bench-$mtu")
+		cgdirs+=("$cg") # here: guest_like_cgroup ran in a subshell
 		log "MTU $mtu: the non-Corridor cases' servers run in $cg"
 		# Join the cgroup before ip netns exec (it hides /sys/fs/cgroup).
 		sh -c 'echo $$ >"$0/cgroup.procs" && exec ip netns exec "$@"' "$cg" "$s2" \
