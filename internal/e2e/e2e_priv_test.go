@@ -174,15 +174,14 @@ func assertNothingLeft(t testing.TB, l *lab.Lab, apps ...string) {
 var appNameLine = regexp.MustCompile(`(?m)^name: *([a-z][a-z0-9]*) *$`)
 
 // applyOwn applies doc under an app name of this test process's own (its
-// name followed by the PID) and returns that name. A guest's network
-// namespace (/run/netns/cor-APP-CLASS-N) and cgroup (corridor/APP-CLASS-N
-// in each hierarchy) are named after its task ID alone, machine-wide: on
-// a machine shared with another Corridor (another test run's lab, the
-// try-* hosts of docs/operations.md) that runs an app of the same name,
-// the two agents take each other's guests for their own: each SIGKILLs
-// what it finds in the task's cgroup before starting its program and
-// after it ends, and re-makes the guest's veth. A test that watches one
-// stream must not share its guests.
+// name followed by the PID) and returns that name. Guests' machine-wide
+// names carry their agent's scope (guest.ScopedName; the lab's is the
+// server's namespace), so another lab running an app of the same name no
+// longer shares them (TestTwoLabsRunOneApp); an agent before scopes on the
+// machine (another branch's test run, the try-* hosts of
+// docs/operations.md started with an old binary) still would: it SIGKILLs
+// what it finds in the task's cgroup and re-makes the guest's veth. Tests
+// that watch one stream keep their own app names for that.
 func (f *fleet) applyOwn(t testing.TB, doc []byte) string {
 	t.Helper()
 	m := appNameLine.FindSubmatchIndex(doc)
