@@ -25,7 +25,6 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/capture"
-	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/hostns"
 	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/nsrun"
@@ -112,9 +111,9 @@ type udpStream struct {
 	wg      sync.WaitGroup
 }
 
-func startUDPStream(t *testing.T, from, to api.TaskInfo, port int, marker string, every time.Duration) *udpStream {
+func startUDPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, marker string, every time.Duration) *udpStream {
 	t.Helper()
-	u := &udpStream{marker: marker, toNS: guest.NetnsPath(to.ID), got: map[uint64]bool{}, stop: make(chan struct{}), sending: make(chan struct{})}
+	u := &udpStream{marker: marker, toNS: l.GuestNetnsOn(to.Server, to.ID), got: map[uint64]bool{}, stop: make(chan struct{}), sending: make(chan struct{})}
 	if err := nsrun.Do(u.toNS, func() (err error) {
 		u.in, err = net.ListenPacket("udp4", net.JoinHostPort(to.Address.String(), strconv.Itoa(port)))
 		return err
@@ -126,7 +125,7 @@ func startUDPStream(t *testing.T, from, to api.TaskInfo, port int, marker string
 	if err := u.in.(*net.UDPConn).SetReadBuffer(8 << 20); err != nil {
 		t.Fatal(err)
 	}
-	if err := nsrun.Do(guest.NetnsPath(from.ID), func() (err error) {
+	if err := nsrun.Do(l.GuestNetnsOn(from.Server, from.ID), func() (err error) {
 		u.out, err = net.Dial("udp4", net.JoinHostPort(to.Address.String(), strconv.Itoa(port)))
 		return err
 	}); err != nil {
@@ -319,11 +318,11 @@ type tcpStream struct {
 
 const tcpLine = 40
 
-func startTCPStream(t *testing.T, from, to api.TaskInfo, port int, marker string, every time.Duration) *tcpStream {
+func startTCPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, marker string, every time.Duration) *tcpStream {
 	t.Helper()
-	s := &tcpStream{marker: marker, fromNS: guest.NetnsPath(from.ID), stop: make(chan struct{}), written: make(chan struct{})}
+	s := &tcpStream{marker: marker, fromNS: l.GuestNetnsOn(from.Server, from.ID), stop: make(chan struct{}), written: make(chan struct{})}
 	addr := net.JoinHostPort(to.Address.String(), strconv.Itoa(port))
-	if err := nsrun.Do(guest.NetnsPath(to.ID), func() (err error) {
+	if err := nsrun.Do(l.GuestNetnsOn(to.Server, to.ID), func() (err error) {
 		s.ln, err = net.Listen("tcp4", addr)
 		return err
 	}); err != nil {
@@ -467,6 +466,27 @@ func underlayCapture(t *testing.T, sf *streamFleet, markers ...string) *capture.
 	return c
 }
 
+// keepPcap, with CORRIDOR_ROT_PCAP=DIR, captures every UDP packet on
+// every interface of the sender's and the receiver's host (128 bytes of
+// each) into DIR/<server>.pcap, to see where a lost datagram stopped.
+// Read it with tcpdump -r in a namespace where the lab's interface
+// indexes mean nothing: use the ifindex tcpdump -e prints.
+func keepPcap(t *testing.T, sf *streamFleet) {
+	t.Helper()
+	dir := os.Getenv("CORRIDOR_ROT_PCAP")
+	if dir == "" {
+		return
+	}
+	for _, srv := range []string{sf.src.Server, sf.enc.Server} {
+		cmd := exec.Command("nsenter", "--net="+hostns.Path(sf.lab.Server(srv).Namespace), "tcpdump", "-i", "any", "-n", "-w", filepath.Join(dir, srv+".pcap"), "-s", "128", "udp")
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("capture on %s: %v", srv, err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+	}
+	t.Logf("captures in %s: sender %s, receiver %s", dir, sf.src.Server, sf.enc.Server)
+}
+
 // waitPlainSeen is the capture's positive control.
 func waitPlainSeen(t *testing.T, c *capture.Capture, marker string) {
 	t.Helper()
@@ -546,11 +566,12 @@ func TestHitlessRotationUnderLoad(t *testing.T) {
 	pid := os.Getpid()
 	encMark, plainMark := fmt.Sprintf("ROTENC%d", pid), fmt.Sprintf("ROTPLN%d", pid)
 	cp := underlayCapture(t, sf, encMark, plainMark)
-	plain := startUDPStream(t, sf.src, sf.plain, 7000, plainMark, 10*time.Millisecond)
+	keepPcap(t, sf)
+	plain := startUDPStream(t, sf.lab, sf.src, sf.plain, 7000, plainMark, 10*time.Millisecond)
 	waitPlainSeen(t, cp, plainMark)
 
-	udp := startUDPStream(t, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
-	tcp := startTCPStream(t, sf.src, sf.enc, 7001, encMark, 2*time.Millisecond)
+	udp := startUDPStream(t, sf.lab, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
+	tcp := startTCPStream(t, sf.lab, sf.src, sf.enc, 7001, encMark, 2*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
 	for udp.received() < 100 || tcp.got.Load() < 100 {
 		if time.Now().After(deadline) {
@@ -634,9 +655,10 @@ func TestRotationAcrossControlPlaneRestart(t *testing.T) {
 	pid := os.Getpid()
 	encMark, plainMark := fmt.Sprintf("CPRENC%d", pid), fmt.Sprintf("CPRPLN%d", pid)
 	cp := underlayCapture(t, sf, encMark, plainMark)
-	plain := startUDPStream(t, sf.src, sf.plain, 7000, plainMark, 10*time.Millisecond)
+	keepPcap(t, sf)
+	plain := startUDPStream(t, sf.lab, sf.src, sf.plain, 7000, plainMark, 10*time.Millisecond)
 	waitPlainSeen(t, cp, plainMark)
-	udp := startUDPStream(t, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
+	udp := startUDPStream(t, sf.lab, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
 	for udp.received() < 100 {
 		if time.Now().After(deadline) {
@@ -694,23 +716,16 @@ func TestRotationAcrossControlPlaneRestart(t *testing.T) {
 	}
 }
 
-// checkRotationLoss fails the test when a stream lost more than 1% of its
-// datagrams across rotations, and logs any loss with what the sender and
-// the receiver's namespace know of it and the hosts' log lines around each
-// lost run. Many runs lose none; on a heavily loaded machine some lose one
-// to three bursts, each in phase commit: on the sender's second WireGuard
-// device, from shortly after the rotating host's commit until the sender's
-// routes move back to the first device (docs/architecture.md, "Hitless
-// key rotation": an open item). The rotation with a gap lost about 60
-// datagrams per rotation of a 2 ms stream, 3 % or more across 10
-// rotations: far above the bound.
+// checkRotationLoss fails the test when a stream lost any datagram
+// across rotations, with what the sender and the receiver's namespace know
+// of it and the hosts' log lines around each lost run. (Set
+// CORRIDOR_ROT_PCAP=DIR to keep a capture of both hosts, every interface,
+// for a lossy run: that is how the late packets of a loaded wireguard-go
+// were found; docs/architecture.md, "Hitless key rotation".)
 func checkRotationLoss(t *testing.T, l *lab.Lab, what string, sent, lost uint64, u *udpStream) {
 	t.Helper()
-	if lost > 0 {
-		t.Logf("%s: lost %d of %d datagrams: %s; the hosts' logs around:\n%s", what, lost, sent, u.why(), logsAround(l, u.lostWindows()))
-	}
-	if sent == 0 || lost > sent/100 {
-		t.Errorf("%s: %d of %d datagrams lost (bound 1%%): %s", what, lost, sent, u.why())
+	if sent == 0 || lost > 0 {
+		t.Errorf("%s: %d of %d datagrams lost: %s; the hosts' logs around:\n%s", what, lost, sent, u.why(), logsAround(l, u.lostWindows()))
 	}
 }
 
@@ -800,8 +815,8 @@ func TestAgentKillUnderLoad(t *testing.T) {
 	pid := os.Getpid()
 	encMark, plainMark := fmt.Sprintf("KILENC%d", pid), fmt.Sprintf("KILPLN%d", pid)
 	srv := sf.lab.Server(sf.src.Server)
-	enc := startUDPStream(t, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
-	plain := startUDPStream(t, sf.src, sf.plain, 7000, plainMark, 2*time.Millisecond)
+	enc := startUDPStream(t, sf.lab, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
+	plain := startUDPStream(t, sf.lab, sf.src, sf.plain, 7000, plainMark, 2*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
 	for enc.received() < 100 || plain.received() < 100 {
 		if time.Now().After(deadline) {

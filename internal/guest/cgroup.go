@@ -363,9 +363,16 @@ func DetectCgroups() (Cgroups, error) {
 // Cgroup.OpenDir); on v1 it is moved there after start (AddProc).
 func (cs Cgroups) Unified() bool { return cs.layout.Version == cgroupV2 }
 
-// Task is the cgroup of task under parent (CgroupRel); Ensure creates it.
+// Task is the cgroup of task under parent with its unscoped name
+// (CgroupRel(parent, Name(task))); Ensure creates it.
 func (cs Cgroups) Task(parent, task string) *Cgroup {
-	return &Cgroup{c: taskCgroup{layout: cs.layout, rel: CgroupRel(parent, Name(task))}}
+	return cs.Named(parent, Name(task))
+}
+
+// Named is the cgroup of the guest named name (Record.GuestName,
+// ScopedName) under parent; Ensure creates it.
+func (cs Cgroups) Named(parent, name string) *Cgroup {
+	return &Cgroup{c: taskCgroup{layout: cs.layout, rel: CgroupRel(parent, name)}}
 }
 
 // Cgroup is one task's cgroup, in every hierarchy that holds the cpu and
@@ -373,14 +380,15 @@ func (cs Cgroups) Task(parent, task string) *Cgroup {
 // program, the VM runtime for QEMU.
 type Cgroup struct{ c taskCgroup }
 
-// OpenCgroup detects the hierarchies and returns the cgroup of task under
-// parent; Ensure creates it.
-func OpenCgroup(parent, task string) (*Cgroup, error) {
+// OpenCgroup detects the hierarchies and returns the cgroup of the guest
+// named name (Record.GuestName, ScopedName) under parent; Ensure creates
+// it.
+func OpenCgroup(parent, name string) (*Cgroup, error) {
 	cs, err := DetectCgroups()
 	if err != nil {
 		return nil, err
 	}
-	return cs.Task(parent, task), nil
+	return cs.Named(parent, name), nil
 }
 
 // Ensure creates the cgroup if needed and sets its CPU, memory and pids
