@@ -270,18 +270,29 @@ suite() {
 	server_of() { jq -r --arg id "$1" '.[] | select(.id == $id) | .server' <<<"$tasks"; }
 	[[ $(server_of bnplain/a/0) != "$(server_of bnplain/b/0)" ]] || { log "bnplain a and b share a server"; return 1; }
 	[[ $(server_of bnenc/c/0) != "$(server_of bnenc/d/0)" ]] || { log "bnenc c and d share a server"; return 1; }
-	local pns=cor-bnplain-a-0 ens=cor-bnenc-c-0 paddr eaddr
+	# A guest's namespace: "cor-<scope>.<app>-<class>-<n>", the scope being
+	# its lab server's namespace (guest.NetnsNameIn, lab.GuestScope), or
+	# "cor-<app>-<class>-<n>" from agents before scoped names.
+	guest_ns() {
+		local task=$1 name=${1//\//-} scope n
+		scope=$PREFIX$(server_of "$task")
+		for n in "cor-$scope.$name" "cor-$name"; do
+			[[ -e /run/netns/$n ]] && { echo "$n"; return 0; }
+		done
+		log "no namespace for guest $task (looked for cor-$scope.$name and cor-$name)"
+		return 1
+	}
+	local pns ens bns paddr eaddr
+	pns=$(guest_ns bnplain/a/0) && ens=$(guest_ns bnenc/c/0) && bns=$(guest_ns bnplain/b/0) || return 1
 	paddr=$(addr_of bnplain/b/0) eaddr=$(addr_of bnenc/d/0)
-	[[ -e /run/netns/$pns ]] || { log "no namespace $pns"; return 1; }
-	[[ -e /run/netns/$ens ]] || { log "no namespace $ens"; return 1; }
 
 	# Our own servers for veth, vxlan, wggo and nebula: one helper in s2
 	# (iperf3 on 5301, echo on 5302 on every address of s2), in a cgroup
 	# made like the guests' (ENDPOINT_CGROUP=guest; see guest_like_cgroup).
 	if [[ $ENDPOINT_CGROUP == guest ]]; then
 		local gpid cg
-		gpid=$(ip netns pids cor-bnplain-b-0 | head -n1)
-		[[ -n $gpid ]] || { log "no process in guest cor-bnplain-b-0"; return 1; }
+		gpid=$(ip netns pids "$bns" | head -n1)
+		[[ -n $gpid ]] || { log "no process in guest $bns"; return 1; }
 		cg=$(guest_like_cgroup "$gpid" "${PREFIX}bench-$mtu")
 		cgdirs+=("$cg") # here: guest_like_cgroup ran in a subshell
 		log "MTU $mtu: the non-Corridor cases' servers run in $cg"
