@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -19,7 +20,6 @@ import (
 
 	"github.com/corridor-dev/corridor/examples"
 	"github.com/corridor-dev/corridor/internal/api"
-	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/probe"
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -143,13 +143,13 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 	if o.file == "" {
 		// The shop's web tier answers through both paths: web -> app in
 		// plain, app -> db encrypted.
-		shopRequest := demoShopRequest
+		shopRequest := func(ctx context.Context, w io.Writer) error { return demoShopRequest(ctx, w, c, l) }
 		if l.Hosts == lab.HostsVM {
 			// The web tasks run inside the VMs: the request enters
 			// from the lab's outside client instead (labhosts.go).
-			shopRequest = func(ctx context.Context, w io.Writer, _ *api.Client) error { return demoShopRequestVM(ctx, w, l) }
+			shopRequest = func(ctx context.Context, w io.Writer) error { return demoShopRequestVM(ctx, w, l) }
 		}
-		if err := shopRequest(ctx, out, c); err != nil {
+		if err := shopRequest(ctx, out); err != nil {
 			fmt.Fprintf(talk, "the request to the web tier failed: %v\n", err)
 			failed = append(failed, "shop (web request)")
 		}
@@ -356,7 +356,7 @@ func quietLogger(w io.Writer) *slog.Logger {
 
 // demoShopRequest sends one order through the web tier of the shop, from
 // inside a web task's own namespace, and shows which tasks served it.
-func demoShopRequest(ctx context.Context, w io.Writer, c *api.Client) error {
+func demoShopRequest(ctx context.Context, w io.Writer, c *api.Client, l *lab.Lab) error {
 	tasks, err := c.ListTasks(ctx, api.Filter{App: "shop"})
 	if err != nil {
 		return err
@@ -371,7 +371,7 @@ func demoShopRequest(ctx context.Context, w io.Writer, c *api.Client) error {
 	if web == nil {
 		return errors.New("no web task")
 	}
-	ns := guest.NetnsPath(web.ID)
+	ns := l.GuestNetnsOn(web.Server, web.ID)
 	hc := &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -405,7 +405,7 @@ func demoShopRequest(ctx context.Context, w io.Writer, c *api.Client) error {
 		return fmt.Errorf("GET /api/summary: %w", err)
 	}
 	fmt.Fprintf(w, "\na request to the web tier (inside %s): %d orders, served by web %s -> app %s (plain) -> db %s (encrypted)\n",
-		guest.NetnsName(web.ID), sum.OrderCount, sum.ServedBy["web"], sum.ServedBy["app"], sum.ServedBy["db"])
+		filepath.Base(ns), sum.OrderCount, sum.ServedBy["web"], sum.ServedBy["app"], sum.ServedBy["db"])
 	return nil
 }
 
