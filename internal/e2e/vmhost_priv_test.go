@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -284,6 +285,65 @@ func TestVMHostsKernelAndUserspaceWireGuard(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.verifyWithin(t, "shop", 3*time.Minute)
+	})
+
+	// A host that is off while the app changes gets the change when it is
+	// back: the control plane keeps its desired state, the agent started at
+	// boot fetches it.
+	t.Run("power-cycle while the app changes", func(t *testing.T) {
+		l := f.lab
+		srv := func() api.Server {
+			t.Helper()
+			s, err := f.c.GetServer(ctx, "s1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		before := srv().DesiredRevision
+		if err := l.PowerOff("s1"); err != nil {
+			t.Fatal(err)
+		}
+		// web -> app becomes encrypted: s1 must take new WireGuard peers
+		// and rules, and verify proves the pair encrypted on the wire.
+		changed := bytes.Replace(examples.Shop, []byte("    ports: [8080]\n    encrypt: false"), []byte("    ports: [8080]\n    encrypt: true"), 1)
+		if bytes.Equal(changed, examples.Shop) {
+			t.Fatal("the shop's web -> app rule is not where the test looks for it")
+		}
+		f.apply(t, changed)
+		var missed int64
+		for deadline := time.Now().Add(time.Minute); ; {
+			if s := srv(); s.DesiredRevision > before {
+				missed = s.DesiredRevision
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("s1's desired state did not change with the app (revision %d)", before)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		on, err := l.PowerOn(ctx, "s1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(5 * time.Minute); ; {
+			if s := srv(); s.AppliedRevision >= missed && s.AppliedRevision >= s.DesiredRevision {
+				break
+			}
+			if time.Now().After(deadline) {
+				s := srv()
+				t.Fatalf("s1 applied revision %d 5m after power-on; it missed %d, desired now %d", s.AppliedRevision, missed, s.DesiredRevision)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		t.Logf("figure: s1 power-on to the change it missed applied (control plane up): %s", time.Since(on).Round(100*time.Millisecond))
+		f.settleWithin(t, 5, 5*time.Minute)
+		rep := f.verifyWithin(t, "shop", 3*time.Minute)
+		for _, c := range rep.Checks {
+			if c.FromClass == "web" && c.ToClass == "app" && c.Port == 8080 && c.FromServer != c.ToServer && c.Expect != verify.Encrypted {
+				t.Errorf("web -> app across hosts after the change: expected %s, want encrypted", c.Expect)
+			}
+		}
 	})
 }
 
