@@ -13,9 +13,14 @@ import (
 // apps of 200 tasks each (10,000 tasks): half are web/api/cache/db, half
 // front/worker/store, with a mix of encrypted and plain rules, self-rules
 // included.
-func benchFleet() Input {
+func benchFleet() Input { return sizedFleet(1000, 50, 1) }
+
+// sizedFleet is benchFleet's shape with the given servers and apps, every
+// class's task count divided by div (at least one task): the tests that
+// run it under the race detector use a smaller one (race_test.go).
+func sizedFleet(servers, apps, div int) Input {
 	var in Input
-	for i := range 1000 {
+	for i := range servers {
 		s := spec.Server{
 			Name:      fmt.Sprintf("srv%04d", i),
 			Address:   fmt.Sprintf("198.18.%d.%d", i/250, 1+i%250),
@@ -30,9 +35,9 @@ func benchFleet() Input {
 	}
 	guest := spec.Guest{Runtime: spec.RuntimeNetns, Command: []string{"sleep", "infinity"}}
 	class := func(name string, tasks int, cpu spec.MilliCPU, mem spec.Bytes) spec.Class {
-		return spec.Class{Name: name, Tasks: tasks, Guest: guest, Resources: spec.Resources{CPU: cpu, Memory: mem}}
+		return spec.Class{Name: name, Tasks: max(1, tasks/div), Guest: guest, Resources: spec.Resources{CPU: cpu, Memory: mem}}
 	}
-	for i := range 50 {
+	for i := range apps {
 		a := spec.App{Name: fmt.Sprintf("app%02d", i)}
 		if i%2 == 0 {
 			db := class("db", 20, 1000, 4<<30)
