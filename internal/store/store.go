@@ -73,6 +73,8 @@ type Store struct {
 	// inputs or outputs made through this Store (apps, servers,
 	// placement, desired states): a Mirror read waits until it holds it.
 	written atomic.Int64
+	// statuses groups concurrent status writes (statusbatch.go).
+	statuses statusBatch
 }
 
 // noteWrite records a write at revision rev (see written).
