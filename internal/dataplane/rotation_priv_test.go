@@ -111,6 +111,11 @@ func (r *rotationDriver) rotate(gen int64, bFirst bool) [3]time.Duration {
 	r.sb.Peers[0].NextPublicKey = next.String()
 	both(r.sa, r.sb)
 	took[0] = r.waitRouted(true, next.String())
+	// The control plane lets the phase drain before the first devices'
+	// sessions go (server.DefaultRotationDrain; docs/architecture.md,
+	// "Hitless key rotation": a loaded wireguard-go sends what it holds
+	// hundreds of milliseconds late).
+	time.Sleep(rotationDrain)
 	// Commit.
 	r.sa.RotationPhase, r.sa.PublicKey = hoststate.RotationCommit, next.String()
 	r.sb.Peers = slices.Clone(r.sb.Peers)
@@ -120,6 +125,7 @@ func (r *rotationDriver) rotate(gen int64, bFirst bool) [3]time.Duration {
 		r.t.Fatalf("after the commit: key %s generation %d, want %s %d", k, g, next, gen)
 	}
 	took[1] = r.waitRouted(false, next.String())
+	time.Sleep(rotationDrain)
 	// Done: the second devices go.
 	t0 := time.Now()
 	r.sa.RotationPhase, r.sa.PublicKey = "", ""
@@ -229,12 +235,15 @@ func (ts *tcpStream) finish() (sent, echoed uint64, retrans uint32, err string) 
 	return ts.sent.Load(), ts.got.Load(), retrans, err
 }
 
+// rotationDrain is the control plane's drain of a rotation phase
+// (server.DefaultRotationDrain), which the test plays.
+const rotationDrain = time.Second
+
 // testRotationLoss rotates A's key `rotations` times in a row, the hitless
 // way, during a sequence-numbered UDP stream (a datagram every 2 ms) and a
 // TCP exchange (a numbered line every 2 ms, echoed) on the encrypted pair
 // a1 -> b1, with a capture on A's underlay (positive control first): no
-// more than 0.5% of the datagrams lost (0 on a quiet machine; see below),
-// every TCP line echoed in order, no plaintext. Half
+// datagram lost, every TCP line echoed in order, no plaintext. Half
 // the rotations have B apply each phase first. TCP retransmits are
 // reported beside those of a control window of the same streams without
 // rotation: on a loaded machine the sender retransmits now and then
@@ -278,17 +287,10 @@ func testRotationLoss(t *testing.T, s *scenario, stA, stB compile.HostState, rot
 	if leaks != 0 {
 		t.Fatalf("%d plaintext packets left A during the rotations", leaks)
 	}
-	// The design loses nothing, and a quiet run shows 0; on a heavily
-	// loaded machine under -race an occasional burst (15 of ~4,000 in one
-	// run of six, cause not found yet: no drop, reverse-path or socket
-	// counter moves) is lost. The bound still fails the old design by far
-	// (a third of the stream lost across 10 rotations); a lossy run logs
-	// every counter below. Open item: find the burst and assert 0.
-	maxLost := sent / 200 // 0.5%
-	if lost > 0 {
-		t.Logf("lost %d of %d datagrams (bound %d)", lost, sent, maxLost)
-	}
-	if sent == 0 || lost > maxLost {
+	// Nothing lost: the bursts once seen here under load were packets a
+	// lagging wireguard-go sent after the phase had moved on; the drain
+	// above covers them. A lossy run logs every counter below.
+	if sent == 0 || lost > 0 {
 		for _, h := range []*host{s.a, s.b} {
 			st, _ := h.dp.Status(ctx)
 			for _, d := range st.Drops {

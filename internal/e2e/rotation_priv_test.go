@@ -467,6 +467,27 @@ func underlayCapture(t *testing.T, sf *streamFleet, markers ...string) *capture.
 	return c
 }
 
+// keepPcap, with CORRIDOR_ROT_PCAP=DIR, captures every UDP packet on
+// every interface of the sender's and the receiver's host (128 bytes of
+// each) into DIR/<server>.pcap, to see where a lost datagram stopped.
+// Read it with tcpdump -r in a namespace where the lab's interface
+// indexes mean nothing: use the ifindex tcpdump -e prints.
+func keepPcap(t *testing.T, sf *streamFleet) {
+	t.Helper()
+	dir := os.Getenv("CORRIDOR_ROT_PCAP")
+	if dir == "" {
+		return
+	}
+	for _, srv := range []string{sf.src.Server, sf.enc.Server} {
+		cmd := exec.Command("nsenter", "--net="+hostns.Path(sf.lab.Server(srv).Namespace), "tcpdump", "-i", "any", "-n", "-w", filepath.Join(dir, srv+".pcap"), "-s", "128", "udp")
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("capture on %s: %v", srv, err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+	}
+	t.Logf("captures in %s: sender %s, receiver %s", dir, sf.src.Server, sf.enc.Server)
+}
+
 // waitPlainSeen is the capture's positive control.
 func waitPlainSeen(t *testing.T, c *capture.Capture, marker string) {
 	t.Helper()
@@ -546,6 +567,7 @@ func TestHitlessRotationUnderLoad(t *testing.T) {
 	pid := os.Getpid()
 	encMark, plainMark := fmt.Sprintf("ROTENC%d", pid), fmt.Sprintf("ROTPLN%d", pid)
 	cp := underlayCapture(t, sf, encMark, plainMark)
+	keepPcap(t, sf)
 	plain := startUDPStream(t, sf.src, sf.plain, 7000, plainMark, 10*time.Millisecond)
 	waitPlainSeen(t, cp, plainMark)
 
@@ -634,6 +656,7 @@ func TestRotationAcrossControlPlaneRestart(t *testing.T) {
 	pid := os.Getpid()
 	encMark, plainMark := fmt.Sprintf("CPRENC%d", pid), fmt.Sprintf("CPRPLN%d", pid)
 	cp := underlayCapture(t, sf, encMark, plainMark)
+	keepPcap(t, sf)
 	plain := startUDPStream(t, sf.src, sf.plain, 7000, plainMark, 10*time.Millisecond)
 	waitPlainSeen(t, cp, plainMark)
 	udp := startUDPStream(t, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
@@ -694,23 +717,16 @@ func TestRotationAcrossControlPlaneRestart(t *testing.T) {
 	}
 }
 
-// checkRotationLoss fails the test when a stream lost more than 1% of its
-// datagrams across rotations, and logs any loss with what the sender and
-// the receiver's namespace know of it and the hosts' log lines around each
-// lost run. Many runs lose none; on a heavily loaded machine some lose one
-// to three bursts, each in phase commit: on the sender's second WireGuard
-// device, from shortly after the rotating host's commit until the sender's
-// routes move back to the first device (docs/architecture.md, "Hitless
-// key rotation": an open item). The rotation with a gap lost about 60
-// datagrams per rotation of a 2 ms stream, 3 % or more across 10
-// rotations: far above the bound.
+// checkRotationLoss fails the test when a stream lost any datagram
+// across rotations, with what the sender and the receiver's namespace know
+// of it and the hosts' log lines around each lost run. (Set
+// CORRIDOR_ROT_PCAP=DIR to keep a capture of both hosts, every interface,
+// for a lossy run: that is how the late packets of a loaded wireguard-go
+// were found; docs/architecture.md, "Hitless key rotation".)
 func checkRotationLoss(t *testing.T, l *lab.Lab, what string, sent, lost uint64, u *udpStream) {
 	t.Helper()
-	if lost > 0 {
-		t.Logf("%s: lost %d of %d datagrams: %s; the hosts' logs around:\n%s", what, lost, sent, u.why(), logsAround(l, u.lostWindows()))
-	}
-	if sent == 0 || lost > sent/100 {
-		t.Errorf("%s: %d of %d datagrams lost (bound 1%%): %s", what, lost, sent, u.why())
+	if sent == 0 || lost > 0 {
+		t.Errorf("%s: %d of %d datagrams lost: %s; the hosts' logs around:\n%s", what, lost, sent, u.why(), logsAround(l, u.lostWindows()))
 	}
 }
 

@@ -91,7 +91,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.Login(ts.URL(), ts.AdminToken())
 	b.Do("open the shop app", 10*time.Second, chromedp.SetValue(chromedp.ID("app-select"), "shop"))
 	b.Eventually("shop graph drawn", 20*time.Second,
-		`document.querySelectorAll('#graph g.node').length === 3 && document.querySelector('#app-select').value === 'shop'`,
+		`document.querySelectorAll('#graph g.node:not(.external)').length === 3 && document.querySelector('#app-select').value === 'shop'`,
 		`document.querySelector('#graph').outerHTML.slice(0, 400)`)
 	b.Screenshot("shop-graph")
 
@@ -103,6 +103,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		{"web->app is plain without a lock", edge("web", "app") + `.getAttribute('data-state') === 'plain' && ` + edge("web", "app") + `.querySelector('.lock') === null`},
 		{"app->db label names its port", edge("app", "db") + `.textContent.includes('5432/tcp')`},
 		{"web and db: denied", edge("web", "db") + `.getAttribute('data-state') === 'denied'`},
+		{"web's published port 80: its clients drawn, the leg encrypted", edge("clients>web", "web") + `.querySelector('.lock') !== null && ` + edge("clients>web", "web") + `.textContent.includes(':80/tcp') && document.querySelector('#graph g.node.external.clients').textContent.includes('203.0.113.0/24')`},
 		{"drops shown on web", `document.querySelector('#graph g.node[data-class="web"]').textContent.includes('3 dropped')`},
 		{"no verify run recorded", `document.querySelector('#verify').textContent.includes('no verify run recorded')`},
 	}
@@ -153,4 +154,77 @@ func TestConsoleInBrowser(t *testing.T) {
 		  return enc.length > 0 && enc.every(r => r.getAttribute('data-state') === 'up' && !r.children[5].textContent.includes('never')); })()`,
 		`document.querySelector('#paths tbody').textContent`)
 	b.Screenshot("paths")
+}
+
+// consoleLedgerYAML exports a service; outsideYAML imports it, reaches outside
+// destinations and publishes a port: the console draws each of those ends
+// as a node of its own (a rule to an imported service had no node to end
+// on, and the graph of such an app did not draw).
+const consoleLedgerYAML = `apiVersion: corridor/v1
+kind: App
+name: ledger
+classes:
+  - {name: api, tasks: 1, guest: {runtime: netns, command: [sleep, "1000"]}, resources: {cpu: 100m, memory: 16Mi}, ports: [{port: 7000}]}
+exports:
+  - {name: accounts, class: api, ports: [7000]}
+`
+
+const outsideYAML = `apiVersion: corridor/v1
+kind: App
+name: store
+classes:
+  - name: front
+    tasks: 1
+    guest: {runtime: netns, command: [sleep, "1000"]}
+    resources: {cpu: 100m, memory: 16Mi}
+    publish:
+      - {port: 443, to: 8443, from: [198.51.100.0/24, 203.0.113.0/24, 192.0.2.0/24]}
+imports:
+  - {service: ledger/accounts, as: books}
+egress:
+  - {from: front, to: [192.0.2.53/32], ports: [443]}
+rules:
+  - {from: front, to: books, ports: [7000], encrypt: true}
+`
+
+func TestConsoleDrawsOutsideEnds(t *testing.T) {
+	b := browsertest.New(t)
+	ts := startServer(t, Config{})
+	ts.join(t, "s1", 0, nil)
+	for _, y := range []string{consoleLedgerYAML, outsideYAML} {
+		if _, err := ts.admin.ApplyApp(bg, []byte(y), api.ApplyOptions{File: "x.yaml"}); err != nil {
+			t.Fatalf("apply: %v", err)
+		}
+	}
+	b.Login(ts.URL(), ts.AdminToken())
+	b.Do("open the store app", 10*time.Second, chromedp.SetValue(chromedp.ID("app-select"), "store"))
+	b.Eventually("store graph drawn", 20*time.Second,
+		`document.querySelector('#app-select').value === 'store' && document.querySelectorAll('#graph g.node').length === 4`,
+		`document.querySelector('#graph').outerHTML.slice(0, 600)`)
+	b.Screenshot("store-graph")
+	edge := func(from, to string) string {
+		return fmt.Sprintf(`document.querySelector('#graph g.edge[data-from=%q][data-to=%q]')`, from, to)
+	}
+	checks := []struct{ what, cond string }{
+		{"the imported service is a node, named by the import", `document.querySelector('#graph g.node.external.service[data-class="books"]').textContent.includes('ledger/accounts')`},
+		{"front->books encrypted with a lock", edge("front", "books") + `.getAttribute('data-state') === 'encrypted' && ` + edge("front", "books") + `.querySelector('.lock') !== null`},
+		{"the published port's clients, port and target port", edge("clients>front", "front") + `.textContent.includes(':443→8443/tcp') && document.querySelector('#graph g.node.external.clients').textContent.includes('+1')`},
+		{"egress drawn apart, not encrypted", edge("front", "outside:192.0.2.53/32") + `.getAttribute('data-state') === 'egress' && ` + edge("front", "outside:192.0.2.53/32") + `.querySelector('.lock') === null`},
+		{"every edge has both ends placed", `Array.from(document.querySelectorAll('#graph g.edge line.wire')).every(l => !isNaN(parseFloat(l.getAttribute('x2'))))`},
+	}
+	for _, c := range checks {
+		ok, err := browsertest.Eval[bool](b, c.cond)
+		if err != nil || !ok {
+			b.Screenshot("failed-outside-check")
+			t.Errorf("%s: %v, %v", c.what, ok, err)
+		}
+	}
+	// A click as D3 receives it (the node moves while the layout settles,
+	// so a click at its position could miss).
+	if _, err := browsertest.Eval[bool](b, `document.querySelector('#graph g.node[data-class="books"]').dispatchEvent(new MouseEvent('click', {bubbles: true}))`); err != nil {
+		t.Fatalf("click the imported service: %v", err)
+	}
+	b.Eventually("its detail says what it is", 10*time.Second,
+		`document.querySelector('#detail').textContent.includes('imported service ledger/accounts')`,
+		`document.querySelector('#detail').textContent`)
 }

@@ -36,6 +36,12 @@ type controller struct {
 	// keyRotation > 0: rotate keys older than this (rotateKeys).
 	keyRotation     time.Duration
 	lastRotateCheck time.Time
+	// rotationDrain is how long a rotation phase that moved traffic off
+	// a device stays settled before the next phase takes that device's
+	// sessions away; drain tracks since when (rotation.go). Only the
+	// leader's loop uses drain.
+	rotationDrain time.Duration
+	drain         drainClock
 
 	leader atomic.Bool
 	kick   chan struct{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -271,4 +272,58 @@ func TestRotationAskedBeforeFirstReport(t *testing.T) {
 	s1.run(ctx, &wg)
 	s2.run(ctx, &wg)
 	waitRotated(t, ts.admin, s1, 1, 15*time.Second)
+}
+
+// The phases that move traffic off a device (announce: off the first
+// devices, whose sessions go at commit; commit: off the second devices,
+// which go at clear) stay settled for the drain before the rotation moves
+// on, even with agents that settle at once: packets a loaded user-space
+// WireGuard still holds on the device it left get out first.
+func TestRotationDrainsBeforeSessionsGo(t *testing.T) {
+	t.Parallel()
+	const drain = 700 * time.Millisecond
+	ts := startServer(t, Config{RotationDrain: drain})
+	s1, s2 := newSimAgent(ts.join(t, "s1", 0, nil)), newSimAgent(ts.join(t, "s2", 1, nil))
+	if _, err := ts.admin.ApplyApp(bg, []byte(rotationApp)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(bg)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	s1.run(ctx, &wg)
+	s2.run(ctx, &wg)
+	eventually(t, 10*time.Second, "s2 holds s1 as a peer", func() (bool, string) {
+		ds, err := s2.a.c.Desired(bg, "s2", 0, 0)
+		return err == nil && len(ds.State.Peers) == 1, fmt.Sprint(ds.State.Peers, err)
+	})
+	if _, err := ts.admin.RotateKey(bg, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	waitRotated(t, ts.admin, s1, 1, 20*time.Second)
+	evs, err := ts.admin.ListEvents(bg, 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := regexp.MustCompile(`\((announce|commit|clear|prepare) took ([0-9.]+[a-zµ]+)`)
+	seen := map[string]time.Duration{}
+	for _, e := range evs {
+		if m := took.FindStringSubmatch(e.Message); m != nil && e.Object == "server/s1" {
+			d, err := time.ParseDuration(m[2])
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[m[1]] = d
+			if (m[1] == "announce" || m[1] == "commit") && !strings.Contains(e.Message, "drained") {
+				t.Errorf("event %q does not say the phase drained", e.Message)
+			}
+		}
+	}
+	for _, ph := range []string{"announce", "commit"} {
+		if d, ok := seen[ph]; !ok || d < drain {
+			t.Errorf("phase %s took %s (seen %v), want at least the drain %s", ph, d, ok, drain)
+		}
+	}
+	if d := seen["clear"]; d >= drain {
+		t.Errorf("phase clear took %s: nothing to drain after it, want less than %s", d, drain)
+	}
 }

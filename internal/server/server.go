@@ -66,6 +66,11 @@ type Config struct {
 	// server's WireGuard key once it is older than this, one server at a
 	// time (see docs/operations.md). Zero: only on request.
 	KeyRotation time.Duration
+	// RotationDrain is how long a hitless key rotation waits, once every
+	// side routes by the device of the next phase, before it takes the
+	// sessions of the device they left away (DefaultRotationDrain when
+	// 0; see rotation.go).
+	RotationDrain time.Duration
 	// ClientCertLifetime is how long the agents' certificates issued at
 	// join and renewal are valid (default DefaultClientCertLifetime).
 	// Agents renew theirs over mTLS at two thirds of it.
@@ -116,6 +121,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.KeyRotation < 0 {
 		return nil, fmt.Errorf("server: key rotation interval %s is negative (0 turns scheduled rotation off)", cfg.KeyRotation)
+	}
+	if cfg.RotationDrain < 0 {
+		return nil, fmt.Errorf("server: key rotation drain %s is negative", cfg.RotationDrain)
+	}
+	if cfg.RotationDrain == 0 {
+		cfg.RotationDrain = DefaultRotationDrain
 	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = DefaultMaxWait
@@ -197,6 +208,7 @@ func (s *Server) setup(ctx context.Context) error {
 	s.revs = newRevWatch()
 	s.ctrl = newController(s.st, s.hub, s.m, s.log, s.cfg.ID, s.cfg.LeaderTTL, s.cfg.HeartbeatTimeout)
 	s.ctrl.keyRotation = s.cfg.KeyRotation
+	s.ctrl.rotationDrain = s.cfg.RotationDrain
 	s.hub.onStatus = s.statusSeen
 	s.hub.fanout = s.m.fanoutSeconds.Observe
 	s.m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -214,8 +214,10 @@ func newMarker() []byte {
 	return []byte("corridor-verify-" + hex.EncodeToString(b))
 }
 
-// AddChecks appends checks to rep and counts them.
+// AddChecks appends checks made from outside the fleet (a published
+// port's clients) to rep, and counts them, in the coverage too.
 func (r *Report) AddChecks(checks []Check) {
+	r.Coverage.Outside += len(checks)
 	for _, c := range checks {
 		r.Checks = append(r.Checks, c)
 		switch {

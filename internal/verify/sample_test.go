@@ -90,7 +90,7 @@ func TestSampledPlanCoversEveryCombination(t *testing.T) {
 		t.Fatalf("coverage %+v for %d checks", cov, len(sampled))
 	}
 	line := cov.String()
-	for _, w := range []string{fmt.Sprintf("covered %d of %d", cov.Combinations, cov.Combinations), fmt.Sprintf("%d of %d task-pair checks", len(sampled), len(all)), "up to 3 pairs each, seed 7"} {
+	for _, w := range []string{fmt.Sprintf("covered all %d class", cov.Combinations), fmt.Sprintf("%d of %d task-pair checks", len(sampled), len(all)), "up to 3 pairs each, seed 7"} {
 		if !strings.Contains(line, w) {
 			t.Errorf("coverage line %q lacks %q", line, w)
 		}
@@ -214,5 +214,18 @@ func TestExhaustiveRespectsLimit(t *testing.T) {
 	}
 	if _, _, err := Plan("big", apps, tasks, Options{}); err != nil {
 		t.Fatalf("sampled plan: %v", err)
+	}
+}
+
+// Checks from a published port's outside clients count in the report's
+// coverage line, so that it adds up with the checks the report lists.
+func TestCoverageCountsOutsideChecks(t *testing.T) {
+	rep := &Report{Coverage: Coverage{Combinations: 2, Checks: 2, Pairs: 2, Sample: 3}}
+	rep.AddChecks([]Check{{OK: true}, {OK: false}, {Observed: Incomplete}})
+	if rep.Coverage.Outside != 3 || rep.Passed != 1 || rep.Failed != 1 || rep.Incomplete != 1 {
+		t.Fatalf("coverage %+v, passed %d failed %d incomplete %d", rep.Coverage, rep.Passed, rep.Failed, rep.Incomplete)
+	}
+	if got, want := rep.Coverage.String(), "covered all 2 class/port/host combinations with 2 of 2 task-pair checks (every pair: none has more than 3), and 3 checks from outside clients of published ports"; got != want {
+		t.Fatalf("coverage line\n%s\nwant\n%s", got, want)
 	}
 }

@@ -360,9 +360,13 @@ type Coverage struct {
 	Sample     int   `json:"sample,omitempty"`
 	Exhaustive bool  `json:"exhaustive"`
 	Seed       int64 `json:"seed"`
+	// Outside is the number of checks made from outside the fleet (a
+	// published port's allowed and refused clients), beside the task
+	// pairs.
+	Outside int `json:"outside,omitempty"`
 }
 
-// String is the line a report prints, e.g. "covered 45 of 45
+// String is the line a report prints, e.g. "covered all 45
 // class/port/host combinations with 120 of 21840 task-pair checks (up to 3
 // pairs each, seed 7)".
 func (c Coverage) String() string {
@@ -372,7 +376,11 @@ func (c Coverage) String() string {
 	} else if c.Checks == c.Pairs {
 		how = fmt.Sprintf("every pair: none has more than %d", c.Sample)
 	}
-	return fmt.Sprintf("covered %d of %d class/port/host combinations with %d of %d task-pair checks (%s)", c.Combinations, c.Combinations, c.Checks, c.Pairs, how)
+	line := fmt.Sprintf("covered all %d class/port/host combinations with %d of %d task-pair checks (%s)", c.Combinations, c.Checks, c.Pairs, how)
+	if c.Outside > 0 {
+		line += fmt.Sprintf(", and %d checks from outside clients of published ports", c.Outside)
+	}
+	return line
 }
 
 // pick returns the indices in [0, n) of the pairs to probe in a

@@ -102,8 +102,51 @@
       e.ports.push(portsText(r.ports, r.protocol));
       if (r.encrypt) e.kind = 'encrypted';
     });
+    // What lies outside the app's classes: imported services (rules name
+    // them as a class), the clients of published ports, and egress
+    // destinations. Each is a node of its own, drawn apart, so that every
+    // edge has both ends (a rule to an import had none).
+    var known = {};
+    nodes.forEach(function (n) { known[n.id] = true; });
+    function external(id, label, sub, kind) {
+      if (known[id]) return;
+      known[id] = true;
+      nodes.push({ id: id, label: label, sub: sub, external: kind, desired: 0, tasks: [], drops: 0 });
+    }
+    (app.spec.imports || []).forEach(function (im) {
+      var as = im.as || im.service.split('/').pop();
+      external(as, as, 'service ' + im.service, 'service');
+    });
     edges.forEach(function (e) {
-      e.drops = pairDrops(app.name, e.from, e.to);
+      if (!known[e.to]) external(e.to, e.to, 'not a class of ' + app.name, 'service');
+    });
+    classes.forEach(function (c) {
+      (c.publish || []).forEach(function (p) {
+        var id = 'clients>' + c.name, from = p.from || [];
+        external(id, 'clients', from.slice(0, 2).join(' ') + (from.length > 2 ? ' +' + (from.length - 2) : ''), 'clients');
+        var eid = 'publish:' + c.name, e = byPair[eid];
+        if (!e) {
+          e = byPair[eid] = { id: eid, from: id, to: c.name, kind: p.encrypt === false ? 'plain' : 'encrypted', ports: [], published: true };
+          edges.push(e);
+        }
+        var to = p.to || p.port;
+        e.ports.push(':' + p.port + (to !== p.port ? '→' + to : '') + '/' + (p.protocol || 'tcp'));
+        if (p.encrypt !== false) e.kind = 'encrypted';
+      });
+    });
+    (app.spec.egress || []).forEach(function (g, i) {
+      var to = g.to || [];
+      var id = 'outside:' + to.join(',');
+      external(id, 'outside', to.slice(0, 2).join(' ') + (to.length > 2 ? ' +' + (to.length - 2) : ''), 'outside');
+      var eid = 'egress:' + g.from + '>' + id, e = byPair[eid];
+      if (!e) {
+        e = byPair[eid] = { id: eid, from: g.from, to: id, kind: 'egress', ports: [] };
+        edges.push(e);
+      }
+      e.ports.push(portsText(g.ports, g.protocol));
+    });
+    edges.forEach(function (e) {
+      e.drops = e.kind === 'egress' || e.published ? 0 : pairDrops(app.name, e.from, e.to);
       e.twoWay = !!byPair['rule:' + e.to + '>' + e.from];
     });
     if ($('show-denied').checked) {
@@ -150,7 +193,7 @@
     var root = d3.select(svg);
     if (root.select('defs').empty()) {
       var defs = root.append('defs');
-      ['encrypted', 'plain'].forEach(function (k) {
+      ['encrypted', 'plain', 'egress'].forEach(function (k) {
         defs.append('marker').attr('id', 'arrow-' + k).attr('viewBox', '0 -5 10 10')
           .attr('refX', 10).attr('refY', 0).attr('markerWidth', 7).attr('markerHeight', 7)
           .attr('orient', 'auto').append('path').attr('d', 'M0,-5L10,0L0,5');
@@ -172,7 +215,8 @@
       .on('keydown', function (d) { onKey(d3.event, { kind: 'class', name: d.id }); })
       .call(dragger());
     node.exit().remove();
-    node.attr('data-class', function (d) { return d.id; })
+    node.attr('class', function (d) { return 'node' + (d.external ? ' external ' + d.external : ''); })
+      .attr('data-class', function (d) { return d.id; })
       .attr('data-tasks', function (d) { return d.desired; })
       .attr('data-placed', function (d) { return d.tasks.length; })
       .attr('aria-label', function (d) {
@@ -180,8 +224,8 @@
           d.tasks.filter(function (t) { return taskState(t) === 'running'; }).length + ' running';
       })
       .classed('selected', function (d) { return selected && selected.kind === 'class' && selected.name === d.id; });
-    node.select('text.name').text(function (d) { return d.id; });
-    node.select('text.count').text(function (d) { return d.tasks.length + '/' + d.desired + ' tasks'; });
+    node.select('text.name').text(function (d) { return d.label || d.id; });
+    node.select('text.count').text(function (d) { return d.external ? d.sub : d.tasks.length + '/' + d.desired + ' tasks'; });
     node.select('text.drops').text(function (d) { return d.drops ? d.drops + ' dropped' : ''; });
     node.each(function (d) {
       var g = d3.select(this).select('g.tasks');
@@ -210,6 +254,8 @@
       .attr('data-state', function (d) { return d.kind; })
       .attr('aria-label', function (d) {
         if (d.kind === 'denied') return 'no rule between ' + d.from + ' and ' + d.to + ': denied' + (d.drops ? ', ' + d.drops + ' packets dropped' : '');
+        if (d.published) return 'published ports ' + d.ports.join(' ') + ' of ' + d.to + ' to outside clients, ' + d.kind + ' from the entry host';
+        if (d.kind === 'egress') return 'egress from ' + d.from + ' to outside destinations, ports ' + d.ports.join(' ') + ', through its host (not encrypted)';
         return 'rule ' + d.from + ' to ' + d.to + ', ports ' + d.ports.join(' ') + ', ' + d.kind + (d.drops ? ', ' + d.drops + ' packets dropped' : '');
       });
     edge.select('line.wire').attr('marker-end', function (d) { return d.kind === 'denied' ? null : 'url(#arrow-' + d.kind + ')'; });
@@ -362,6 +408,18 @@
     if (selected.kind === 'class') {
       var n = m.nodes.filter(function (x) { return x.id === selected.name; })[0];
       if (!n) { selected = null; return renderDetail(); }
+      if (n.external) {
+        box.appendChild(el('h2', '', n.label + (n.external === 'service' ? '' : ' (outside Corridor)')));
+        box.appendChild(el('p', '', n.external === 'service' ? 'An imported ' + n.sub + ': another app\'s class port, reached like one of this app\'s classes.' :
+          n.external === 'clients' ? 'Clients of published ports: ' + n.sub + ' (and the other allowed ranges of the spec).' :
+            'Destinations outside Corridor: ' + n.sub + ', reached through the task\'s own host.'));
+        var xl = el('ul');
+        m.edges.filter(function (e) { return e.from === n.id || e.to === n.id; }).forEach(function (e) {
+          xl.appendChild(el('li', '', e.from + ' → ' + e.to + ' ' + e.ports.join(' ') + ' ' + e.kind));
+        });
+        box.appendChild(xl);
+        return;
+      }
       box.appendChild(el('h2', '', 'class ' + n.id));
       box.appendChild(el('p', '', n.tasks.length + ' of ' + n.desired + ' tasks placed' + (n.drops ? ', ' + n.drops + ' packets dropped (no rule)' : '')));
       box.appendChild(el('h3', '', 'Tasks'));
@@ -387,6 +445,13 @@
       box.appendChild(el('h2', '', e.from + ' – ' + e.to + ': denied'));
       box.appendChild(el('p', '', 'No rule between these classes: the firewall drops their connections in both directions (default deny).'));
       box.appendChild(el('p', '', e.drops + ' packets of this pair dropped, as the hosts last reported.'));
+      return;
+    }
+    if (e.published || e.kind === 'egress') {
+      box.appendChild(el('h2', '', e.published ? 'published: clients → ' + e.to : 'egress: ' + e.from + ' → outside'));
+      box.appendChild(el('p', e.kind === 'encrypted' ? 'kind-encrypted' : '', e.published ?
+        e.ports.join(' ') + ' on the entry hosts, to a task of ' + e.to + (e.kind === 'encrypted' ? ': encrypted (WireGuard) from the entry host to the task\'s host' : ': plain (VXLAN) from the entry host to the task\'s host') :
+        e.ports.join(' ') + ' to ' + e.to.replace(/^outside:/, '') + ', through the task\'s own host (masqueraded; not encrypted: it leaves Corridor)'));
       return;
     }
     box.appendChild(el('h2', '', e.from + ' → ' + e.to));
