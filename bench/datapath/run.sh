@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Data-path benchmark: throughput (iperf3, 1 and 4 TCP streams), TCP
 # round-trip latency and machine CPU per GB between two simulated servers,
-# for five cases measured side by side and interleaved:
+# for six cases measured side by side and interleaved:
 #
 #   veth       raw veth: server namespace to server namespace over the lab's
 #              underlay bridge (no tunnel)
+#   vxlan      raw VXLAN between the same two server namespaces (a unicast
+#              VXLAN device made by hand: the plain path's encapsulation
+#              without Corridor's guest hop, marks and rules)
 #   plain      a Corridor plain path, guest to guest over VXLAN (corv0)
 #   encrypted  a Corridor encrypted path, guest to guest over WireGuard
 #              (corw0, wireguard-go in a `corridor datapath wireguard` process)
@@ -14,7 +17,11 @@
 # Usage (root):  bench/datapath/run.sh [--record]
 # Environment:   DURATION=10 (s per iperf3 run)  ROUNDS=5  MTUS="1500 9000"
 #                RR_COUNT=2000  TOOLS=/tmp/corridor-bench-tools
-#                PREFIX=corbn-  UNDERLAY=198.18.200.0/24  CASES="veth plain encrypted wggo nebula"
+#                PREFIX=corbn-  UNDERLAY=198.18.200.0/24
+#                CASES="veth vxlan plain encrypted wggo nebula"
+#                ENDPOINT_CGROUP=guest (the iperf3 server of the non-Corridor
+#                cases runs in a cgroup made like a Corridor guest's, beside
+#                them; "root": in the caller's cgroup, as before)
 #                KEEP=1 (leave the lab up at the end, for poking around)
 #                PROFILE=dir (perf record -a of each case's round-1 runs, with
 #                reports by command and by symbol, into dir; skews those runs)
@@ -31,7 +38,7 @@ record=0
 for a in "$@"; do
 	case $a in
 	--record) record=1 ;;
-	-h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,30p' "$0"; exit 0 ;;
 	*) echo "unknown argument $a (want --record)" >&2; exit 2 ;;
 	esac
 done
@@ -44,7 +51,8 @@ RR_COUNT=${RR_COUNT:-2000}
 TOOLS=${TOOLS:-/tmp/corridor-bench-tools}
 PREFIX=${PREFIX:-corbn-}
 UNDERLAY=${UNDERLAY:-198.18.200.0/24}
-CASES=${CASES:-veth plain encrypted wggo nebula}
+CASES=${CASES:-veth vxlan plain encrypted wggo nebula}
+ENDPOINT_CGROUP=${ENDPOINT_CGROUP:-guest}
 NEBULA_VERSION=v1.11.1
 
 work=$(mktemp -d /tmp/corridor-bench-dp.XXXXXX)
@@ -52,6 +60,7 @@ results=$work/results.tsv # mtu case round metric value
 : >"$results"
 pids=()
 labdir=""
+cgdirs=() # cgroups made here, removed at the end
 log() { echo "[$(date +%T)] $*" >&2; }
 
 cleanup() {
@@ -64,6 +73,7 @@ cleanup() {
 		kill -9 "$p" 2>/dev/null || true
 	done
 	pids=()
+	rm_cgroups
 	if [[ -n $labdir && -z ${KEEP:-} ]]; then
 		"$TOOLS/corridor" lab down --dir "$labdir" >/dev/null 2>&1 || log "lab down failed: remove with: corridor lab down --dir $labdir"
 	fi
@@ -98,6 +108,51 @@ H=$TOOLS/datapath
 busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 hz=$(getconf CLK_TCK)
 
+# proc_ticks PID...: user+system clock ticks the processes used so far
+# (all their threads); a PID that is gone counts 0.
+proc_ticks() {
+	local s=0 p t
+	for p in "$@"; do
+		t=$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null) || t=0
+		s=$((s + ${t:-0}))
+	done
+	echo "$s"
+}
+
+# guest_like_cgroup PID NAME: make a cpu cgroup NAME beside the one PID
+# (a Corridor guest's process) runs in, with the same CPU weight and limit,
+# and print its directory (the caller adds it to cgdirs). The Corridor cases' iperf3 servers run in their
+# guest's cgroup, below the agent's parent cgroup whose weight all guests
+# share; giving the other cases' servers the same place keeps the scheduler
+# out of the comparison (on a loaded machine it decides more than the path).
+guest_like_cgroup() {
+	local pid=$1 name=$2 rel root dir f
+	if rel=$(awk -F: '$2 ~ /(^|,)cpu(,|$)/ {print $3}' "/proc/$pid/cgroup") && [[ -n $rel ]]; then
+		root=/sys/fs/cgroup/cpu
+		dir=$root$(dirname "$rel")/$name
+		mkdir -p "$dir"
+		for f in cpu.shares cpu.cfs_period_us cpu.cfs_quota_us; do cat "$root$rel/$f" >"$dir/$f"; done
+	else
+		rel=$(awk -F: '$1 == "0" {print $3}' "/proc/$pid/cgroup")
+		root=/sys/fs/cgroup
+		dir=$root$(dirname "$rel")/$name
+		mkdir -p "$dir"
+		for f in cpu.weight cpu.max; do cat "$root$rel/$f" >"$dir/$f"; done
+	fi
+	echo "$dir"
+}
+
+# rm_cgroups removes the cgroups made here, once their last process (the
+# helper's iperf3 child ends just after the helper) has gone.
+rm_cgroups() {
+	local d
+	for d in "${cgdirs[@]}"; do
+		for _ in $(seq 50); do rmdir "$d" 2>/dev/null && break; sleep 0.1; done
+		[[ -d $d ]] && log "could not remove cgroup $d"
+	done
+	cgdirs=()
+}
+
 ns_run() { # ns_run NETNS cmd...: run in a named namespace
 	local ns=$1; shift
 	ip netns exec "$ns" "$@"
@@ -121,9 +176,14 @@ wait_rr() { # wait_rr NETNS ADDR:PORT: until one echo round trip succeeds
 	return 1
 }
 
-# measure MTU CASE ROUND NETNS ADDR IPERF_PORT ECHO_PORT
+# measure MTU CASE ROUND NETNS ADDR IPERF_PORT ECHO_PORT [TUNNEL_PID...]
+# TUNNEL_PIDs: the user-space tunnel processes of the case (both ends),
+# whose own CPU per GB is reported beside the machine's.
 measure() {
-	local mtu=$1 case=$2 round=$3 ns=$4 addr=$5 iport=$6 eport=$7 streams j0 j1 out bps bytes
+	local mtu=$1 case=$2 round=$3 ns=$4 addr=$5 iport=$6 eport=$7 streams j0 j1 t0 t1 out bps bytes
+	shift 7
+	local tpids=("$@")
+	printf '%s\t%s\t%s\tload1\t%s\n' "$mtu" "$case" "$round" "$(cut -d' ' -f1 /proc/loadavg)" >>"$results"
 	for streams in 1 4; do
 		local pp=""
 		if [[ -n ${PROFILE:-} && $round == 1 ]]; then
@@ -131,10 +191,10 @@ measure() {
 			perf record -q -e cpu-clock -F 999 -a -g -o "$PROFILE/$mtu-$case-p$streams.data" -- sleep "$DURATION" 2>/dev/null &
 			pp=$!
 		fi
-		j0=$(busy_jiffies)
+		j0=$(busy_jiffies) t0=$(proc_ticks "${tpids[@]}")
 		out=$(ns_run "$ns" iperf3 -c "$addr" -p "$iport" -t "$DURATION" -P "$streams" --json) || {
 			log "iperf3 $case P$streams failed"; continue; }
-		j1=$(busy_jiffies)
+		j1=$(busy_jiffies) t1=$(proc_ticks "${tpids[@]}")
 		if [[ -n $pp ]]; then
 			wait "$pp" || true
 			perf report -q -i "$PROFILE/$mtu-$case-p$streams.data" --no-children --sort comm,dso,sym --percent-limit 0.7 -g none \
@@ -149,6 +209,10 @@ measure() {
 		# anything else running) per GB received.
 		printf '%s\t%s\t%s\tcpu_s_per_gb_p%s\t%s\n' "$mtu" "$case" "$round" "$streams" \
 			"$(awk -v d=$((j1 - j0)) -v hz="$hz" -v by="$bytes" 'BEGIN{printf "%.3f", (d/hz)/(by/1e9)}')" >>"$results"
+		if ((${#tpids[@]})); then
+			printf '%s\t%s\t%s\ttun_s_per_gb_p%s\t%s\n' "$mtu" "$case" "$round" "$streams" \
+				"$(awk -v d=$((t1 - t0)) -v hz="$hz" -v by="$bytes" 'BEGIN{printf "%.3f", (d/hz)/(by/1e9)}')" >>"$results"
+		fi
 		printf '%s\t%s\t%s\tretr_p%s\t%s\n' "$mtu" "$case" "$round" "$streams" "$(jq '.end.sum_sent.retransmits // 0' <<<"$out")" >>"$results"
 	done
 	out=$(ns_run "$ns" "$H" rr --to "$addr:$eport" --count "$RR_COUNT") || { log "rr $case failed"; return 0; }
@@ -206,20 +270,57 @@ suite() {
 	server_of() { jq -r --arg id "$1" '.[] | select(.id == $id) | .server' <<<"$tasks"; }
 	[[ $(server_of bnplain/a/0) != "$(server_of bnplain/b/0)" ]] || { log "bnplain a and b share a server"; return 1; }
 	[[ $(server_of bnenc/c/0) != "$(server_of bnenc/d/0)" ]] || { log "bnenc c and d share a server"; return 1; }
-	local pns=cor-bnplain-a-0 ens=cor-bnenc-c-0 paddr eaddr
+	# A guest's namespace: "cor-<scope>.<app>-<class>-<n>", the scope being
+	# its lab server's namespace (guest.NetnsNameIn, lab.GuestScope), or
+	# "cor-<app>-<class>-<n>" from agents before scoped names.
+	guest_ns() {
+		local task=$1 name=${1//\//-} scope n
+		scope=$PREFIX$(server_of "$task")
+		for n in "cor-$scope.$name" "cor-$name"; do
+			[[ -e /run/netns/$n ]] && { echo "$n"; return 0; }
+		done
+		log "no namespace for guest $task (looked for cor-$scope.$name and cor-$name)"
+		return 1
+	}
+	local pns ens bns paddr eaddr
+	pns=$(guest_ns bnplain/a/0) && ens=$(guest_ns bnenc/c/0) && bns=$(guest_ns bnplain/b/0) || return 1
 	paddr=$(addr_of bnplain/b/0) eaddr=$(addr_of bnenc/d/0)
-	[[ -e /run/netns/$pns ]] || { log "no namespace $pns"; return 1; }
-	[[ -e /run/netns/$ens ]] || { log "no namespace $ens"; return 1; }
 
-	# Our own servers for veth, wggo and nebula: one helper in s2 (iperf3 on
-	# 5301, echo on 5302 on every address of s2).
-	start_bg "$s2" "$work/srv-$mtu.log" "$H" serve --iperf3-port 5301 --echo :5302
+	# Our own servers for veth, vxlan, wggo and nebula: one helper in s2
+	# (iperf3 on 5301, echo on 5302 on every address of s2), in a cgroup
+	# made like the guests' (ENDPOINT_CGROUP=guest; see guest_like_cgroup).
+	if [[ $ENDPOINT_CGROUP == guest ]]; then
+		local gpid cg
+		gpid=$(ip netns pids "$bns" | head -n1)
+		[[ -n $gpid ]] || { log "no process in guest $bns"; return 1; }
+		cg=$(guest_like_cgroup "$gpid" "${PREFIX}bench-$mtu")
+		cgdirs+=("$cg") # here: guest_like_cgroup ran in a subshell
+		log "MTU $mtu: the non-Corridor cases' servers run in $cg"
+		# Join the cgroup before ip netns exec (it hides /sys/fs/cgroup).
+		sh -c 'echo $$ >"$0/cgroup.procs" && exec ip netns exec "$@"' "$cg" "$s2" \
+			"$H" serve --iperf3-port 5301 --echo :5302 >"$work/srv-$mtu.log" 2>&1 &
+		pids+=($!)
+	else
+		start_bg "$s2" "$work/srv-$mtu.log" "$H" serve --iperf3-port 5301 --echo :5302
+	fi
+
+	# Raw VXLAN by hand between s1 and s2: unicast to the other's underlay
+	# address, the same options as corv0 (no learning) but its own VNI and
+	# UDP port; MTU as corv0's (underlay less 50).
+	local vni=4343 vport=4790
+	ns_run "$s1" ip link add corbnvx1 type vxlan id $vni local "$a1" remote "$a2" dstport $vport dev eth0 nolearning
+	ns_run "$s2" ip link add corbnvx2 type vxlan id $vni local "$a2" remote "$a1" dstport $vport dev eth0 nolearning
+	ns_run "$s1" ip link set corbnvx1 mtu $(($1 - 50)) up
+	ns_run "$s2" ip link set corbnvx2 mtu $(($1 - 50)) up
+	ns_run "$s1" ip addr add 100.127.252.1/24 dev corbnvx1
+	ns_run "$s2" ip addr add 100.127.252.2/24 dev corbnvx2
 
 	# Standalone wireguard-go, names unique on the machine (UAPI sockets).
 	local k1 k2
 	k1=$(wg genkey) k2=$(wg genkey)
 	start_bg "$s1" "$work/wg1.log" env WG_PROCESS_FOREGROUND=1 "$TOOLS/wireguard-go" -f corbnwg1
 	start_bg "$s2" "$work/wg2.log" env WG_PROCESS_FOREGROUND=1 "$TOOLS/wireguard-go" -f corbnwg2
+	local wgpids=("${pids[@]: -2}")
 	for i in $(seq 50); do [[ -S /var/run/wireguard/corbnwg1.sock && -S /var/run/wireguard/corbnwg2.sock ]] && break; sleep 0.1; done
 	ns_run "$s1" wg set corbnwg1 private-key <(echo "$k1") listen-port 51901 peer "$(wg pubkey <<<"$k2")" endpoint "$a2:51901" allowed-ips 100.127.250.2/32
 	ns_run "$s2" wg set corbnwg2 private-key <(echo "$k2") listen-port 51901 peer "$(wg pubkey <<<"$k1")" endpoint "$a1:51901" allowed-ips 100.127.250.1/32
@@ -254,9 +355,15 @@ EOF
 	done
 	start_bg "$s1" "$work/neb1.log" "$TOOLS/nebula" -config "$nd/s1.yaml"
 	start_bg "$s2" "$work/neb2.log" "$TOOLS/nebula" -config "$nd/s2.yaml"
+	local nebpids=("${pids[@]: -2}")
+	# Corridor's own tunnel processes: the lab's two datapath processes.
+	local encpids
+	mapfile -t encpids < <(pgrep -f -- "datapath wireguard --name ${PREFIX%-}w[0-9]+ ")
+	((${#encpids[@]} == 2)) || { log "want 2 datapath processes, found ${#encpids[@]}"; return 1; }
 
 	log "MTU $mtu: waiting for every path to echo"
 	wait_rr "$s1" "$a2:5302"
+	wait_rr "$s1" "100.127.252.2:5302"
 	wait_rr "$pns" "$paddr:5202"
 	wait_rr "$ens" "$eaddr:5202"
 	wait_rr "$s1" "100.127.250.2:5302"
@@ -268,6 +375,7 @@ EOF
 			"corv0 $(ns_run "$s1" cat /sys/class/net/corv0/mtu)," \
 			"corw0 ($wgdev) $(ns_run "$s1" cat "/sys/class/net/$wgdev/mtu")," \
 			"underlay eth0 $(ns_run "$s1" cat /sys/class/net/eth0/mtu)," \
+			"raw vxlan $(ns_run "$s1" cat /sys/class/net/corbnvx1/mtu)," \
 			"wggo $(ns_run "$s1" cat /sys/class/net/corbnwg1/mtu), nebula $(ns_run "$s1" cat /sys/class/net/corbneb1/mtu)"
 	} >>"$work/mtus.txt"
 
@@ -276,10 +384,11 @@ EOF
 		for c in $CASES; do
 			case $c in
 			veth) measure "$mtu" veth "$r" "$s1" "$a2" 5301 5302 ;;
+			vxlan) measure "$mtu" vxlan "$r" "$s1" 100.127.252.2 5301 5302 ;;
 			plain) measure "$mtu" plain "$r" "$pns" "$paddr" 5201 5202 ;;
-			encrypted) measure "$mtu" encrypted "$r" "$ens" "$eaddr" 5201 5202 ;;
-			wggo) measure "$mtu" wggo "$r" "$s1" 100.127.250.2 5301 5302 ;;
-			nebula) measure "$mtu" nebula "$r" "$s1" 100.127.251.2 5301 5302 ;;
+			encrypted) measure "$mtu" encrypted "$r" "$ens" "$eaddr" 5201 5202 "${encpids[@]}" ;;
+			wggo) measure "$mtu" wggo "$r" "$s1" 100.127.250.2 5301 5302 "${wgpids[@]}" ;;
+			nebula) measure "$mtu" nebula "$r" "$s1" 100.127.251.2 5301 5302 "${nebpids[@]}" ;;
 			*) log "unknown case $c"; return 1 ;;
 			esac
 		done
@@ -289,6 +398,7 @@ EOF
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	pids=()
+	rm_cgroups
 	if [[ -z ${KEEP:-} ]]; then
 		"$C" lab down --dir "$labdir" >/dev/null 2>&1
 		labdir=""
@@ -312,7 +422,7 @@ for line in open(path):
     except ValueError:
         pass
 mtus = sorted({k[0] for k in v}, key=int)
-cases = [c for c in ["veth", "plain", "encrypted", "wggo", "nebula"] if any(k[1] == c for k in v)]
+cases = [c for c in ["veth", "vxlan", "plain", "encrypted", "wggo", "nebula"] if any(k[1] == c for k in v)]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 def cell(xs, fmt):
     # n/rounds: how many runs the median covers (a failed iperf3 run is
@@ -324,15 +434,23 @@ def cell(xs, fmt):
 for mtu in mtus:
     print(f"#### Underlay MTU {mtu}\n")
     print(f"Median **bold** (min-max) of {rounds} interleaved rounds, iperf3 {duration} s per run; a cell whose median covers fewer runs (failed runs are left out) says how many.\n")
-    print("| case | Gbit/s, 1 stream | Gbit/s, 4 streams | TCP RR median µs | CPU s/GB, 1 stream | CPU s/GB, 4 streams | retransmits/run, 1 stream (median) |")
-    print("|---|---|---|---|---|---|---|")
+    print("Machine CPU s/GB: all busy CPU of the machine over the bytes received (both ends, the neighbours' work too); tunnel CPU s/GB: only the two user-space tunnel processes of the case.\n")
+    print("| case | Gbit/s, 1 stream | Gbit/s, 4 streams | TCP RR median µs | machine CPU s/GB, 1 stream | machine CPU s/GB, 4 streams | tunnel CPU s/GB, 1 stream | tunnel CPU s/GB, 4 streams | retransmits/run, 1 stream (median) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in cases:
         g = lambda m: v.get((mtu, c, m), [])
+        tun = lambda m: cell(g(m), '{:.2f}') if g(m) else "-"
         print(f"| {c} | {cell(g('gbps_p1'), '{:.2f}')} | {cell(g('gbps_p4'), '{:.2f}')} | {cell(g('rr_us'), '{:.0f}')} | "
-              f"{cell(g('cpu_s_per_gb_p1'), '{:.2f}')} | {cell(g('cpu_s_per_gb_p4'), '{:.2f}')} | {med(g('retr_p1')):.0f} |")
+              f"{cell(g('cpu_s_per_gb_p1'), '{:.2f}')} | {cell(g('cpu_s_per_gb_p4'), '{:.2f}')} | "
+              f"{tun('tun_s_per_gb_p1')} | {tun('tun_s_per_gb_p4')} | {med(g('retr_p1')):.0f} |")
     print()
-    ratios = [("plain / veth", "plain", "veth", "≥ 0.90"),
-              ("encrypted / wggo", "encrypted", "wggo", "≥ 1.00"),
+    loads = [x for k, xs in v.items() if k[0] == mtu and k[2] == "load1" for x in xs]
+    if loads:
+        print(f"1-minute load average at the start of each case's runs: median {med(loads):.1f}, min {min(loads):.1f}, max {max(loads):.1f} ({len(loads)} samples; the machine has 2 CPUs).\n")
+    ratios = [("plain / raw vxlan", "plain", "vxlan", "≥ 0.90"),
+              ("plain / veth", "plain", "veth", "(kept for reference)"),
+              ("raw vxlan / veth", "vxlan", "veth", "(reference)"),
+              ("encrypted / wggo", "encrypted", "wggo", "≥ 1.00 (stretch 1.25)"),
               ("encrypted / nebula", "encrypted", "nebula", "≥ 3.00")]
     print("| ratio of medians | 1 stream | 4 streams | target |")
     print("|---|---|---|---|")

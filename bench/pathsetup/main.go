@@ -157,7 +157,7 @@ func bench(args []string, log *slog.Logger) error {
 
 	var res []result
 	for i := 1; i <= *runs; i++ {
-		r, err := oneRun(ctx, c, fmt.Sprintf("ps%d", i), self, log)
+		r, err := oneRun(ctx, l, c, fmt.Sprintf("ps%d", i), self, log)
 		if err != nil {
 			return fmt.Errorf("run %d: %w", i, err)
 		}
@@ -183,7 +183,7 @@ func appDoc(name, self string) []byte {
 		name, cls("src"), cls("dst"), echoPort))
 }
 
-func oneRun(ctx context.Context, c *api.Client, app, self string, log *slog.Logger) (result, error) {
+func oneRun(ctx context.Context, l *lab.Lab, c *api.Client, app, self string, log *slog.Logger) (result, error) {
 	var r result
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
@@ -193,7 +193,7 @@ func oneRun(ctx context.Context, c *api.Client, app, self string, log *slog.Logg
 		if err := c.DeleteApp(dctx, app); err != nil {
 			log.Error("delete app", "app", app, "err", err)
 		}
-		waitGone(dctx, app)
+		waitGone(dctx, l, app)
 	}()
 
 	srcID, dstID := app+"/src/0", app+"/dst/0"
@@ -205,7 +205,7 @@ func oneRun(ctx context.Context, c *api.Client, app, self string, log *slog.Logg
 	if err != nil {
 		return r, err
 	}
-	if err := firstByte(ctx, guest.NetnsName(srcID), netip.AddrPortFrom(dst, echoPort)); err != nil {
+	if err := firstByte(ctx, func() string { return l.GuestNetns(srcID) }, netip.AddrPortFrom(dst, echoPort)); err != nil {
 		return r, err
 	}
 	r.applyFirstByte = time.Since(start)
@@ -235,7 +235,7 @@ func oneRun(ctx context.Context, c *api.Client, app, self string, log *slog.Logg
 	if err != nil {
 		return r, err
 	}
-	if err := firstByte(ctx, guest.NetnsName(srcID), netip.AddrPortFrom(dst2, echoPort)); err != nil {
+	if err := firstByte(ctx, func() string { return l.GuestNetns(srcID) }, netip.AddrPortFrom(dst2, echoPort)); err != nil {
 		return r, err
 	}
 	r.scaleFirstByte = time.Since(start)
@@ -279,7 +279,7 @@ func oneRun(ctx context.Context, c *api.Client, app, self string, log *slog.Logg
 		}
 	}
 	r.rotateReported = time.Since(start)
-	if err := firstByte(ctx, guest.NetnsName(srcID), netip.AddrPortFrom(dst, echoPort)); err != nil {
+	if err := firstByte(ctx, func() string { return l.GuestNetns(srcID) }, netip.AddrPortFrom(dst, echoPort)); err != nil {
 		return r, err
 	}
 	r.rotateFirstByte = time.Since(start)
@@ -305,22 +305,23 @@ func taskAddr(ctx context.Context, c *api.Client, id string) (netip.Addr, error)
 	}
 }
 
-// firstByte waits for the network namespace nsName, then, from inside
-// it, connects to to and echoes one byte, every pollStep until it works.
-// It runs on a thread of its own that enters the namespace and is never
+// firstByte waits for the network namespace nsPath gives (the lab's
+// GuestNetns: "" until a server holds the guest), then, from inside it,
+// connects to to and echoes one byte, every pollStep until it works. It
+// runs on a thread of its own that enters the namespace and is never
 // given back (the runtime ends a locked thread when its goroutine ends).
-func firstByte(ctx context.Context, nsName string, to netip.AddrPort) error {
+func firstByte(ctx context.Context, ns func() string, to netip.AddrPort) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		nsPath := hostns.Path(nsName)
+		var nsPath string
 		for {
-			if _, err := os.Stat(nsPath); err == nil {
+			if nsPath = ns(); nsPath != "" {
 				break
 			}
 			select {
 			case <-ctx.Done():
-				done <- fmt.Errorf("namespace %s never appeared: %w", nsName, ctx.Err())
+				done <- fmt.Errorf("guest namespace never appeared: %w", ctx.Err())
 				return
 			case <-time.After(pollStep):
 			}
@@ -343,7 +344,7 @@ func firstByte(ctx context.Context, nsName string, to netip.AddrPort) error {
 			}
 			select {
 			case <-ctx.Done():
-				done <- fmt.Errorf("no byte through %s from %s: %w", to, nsName, ctx.Err())
+				done <- fmt.Errorf("no byte through %s from %s: %w", to, nsPath, ctx.Err())
 				return
 			case <-time.After(time.Until(next)):
 			}
@@ -385,13 +386,13 @@ func verifyOnce(ctx context.Context, c *api.Client, app string) (bool, error) {
 
 // waitGone waits until no guest namespace of app is left, so that the
 // next run starts from a quiet fleet.
-func waitGone(ctx context.Context, app string) {
-	// Short plain task IDs map to cor-<app>-<class>-<index>.
-	prefix := guest.NetnsPrefix + app
+func waitGone(ctx context.Context, l *lab.Lab, app string) {
+	// The lab's guests are cor-<lab prefix>sN.<app>-<class>-<index> (short
+	// plain task IDs; guest.ScopedName with the server's GuestScope).
 	for ctx.Err() == nil {
 		left := false
 		for _, n := range hostns.List() {
-			if strings.HasPrefix(n, prefix+"-") {
+			if strings.HasPrefix(n, guest.NetnsPrefix+l.Prefix) && strings.Contains(n, guest.ScopeSep+app+"-") {
 				left = true
 			}
 		}

@@ -93,13 +93,17 @@ type HostConfig struct {
 	Servers                          []string
 	JoinToken, JoinTokenFile, CAFile string
 	Name, StateDir                   string
-	UnderlayIface, Address           string
-	CPU, Memory                      string // capacity as given; empty: the machine's
-	Labels                           map[string]string
-	WireGuardPort                    int
-	WireGuardName                    string
-	WireGuardUserspace               bool
-	Listen                           string // local API address; empty: none
+	// GuestScope keeps the machine-wide names of this agent's guests
+	// (network namespaces, cgroups) apart from other agents' on the same
+	// machine (guest.ScopedName); empty: the server name.
+	GuestScope             string
+	UnderlayIface, Address string
+	CPU, Memory            string // capacity as given; empty: the machine's
+	Labels                 map[string]string
+	WireGuardPort          int
+	WireGuardName          string
+	WireGuardUserspace     bool
+	Listen                 string // local API address; empty: none
 	// MetricsListen is the plain-HTTP address of /metrics for Prometheus
 	// (see docs/metrics.md); empty: none.
 	MetricsListen  string
@@ -127,7 +131,8 @@ func hostRuntimes(cfg HostConfig, underlay string) (*guest.Manager, *dataplane.D
 		return nil, nil, nil, fmt.Errorf("--state-dir: %w", err)
 	}
 	mtu := GuestMTU(underlay, log)
-	rt, err := nsguest.New(nsguest.Config{StateDir: GuestsDir(cfg.StateDir), MTU: mtu, Logger: log})
+	scope := GuestScope(cfg)
+	rt, err := nsguest.New(nsguest.Config{StateDir: GuestsDir(cfg.StateDir), Scope: scope, MTU: mtu, Logger: log})
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -136,7 +141,7 @@ func hostRuntimes(cfg HostConfig, underlay string) (*guest.Manager, *dataplane.D
 	closers := []func() error{rt.Close}
 	// VM guests need QEMU; a host without it still runs netns guests, and
 	// a vm task placed on it reports why it cannot start.
-	vmrt, err := vm.New(vm.Config{StateDir: VMsDir(cfg.StateDir), Image: cfg.VMImage, KVM: cfg.KVM, MTU: mtu, Logger: log})
+	vmrt, err := vm.New(vm.Config{StateDir: VMsDir(cfg.StateDir), Scope: scope, Image: cfg.VMImage, KVM: cfg.KVM, MTU: mtu, Logger: log})
 	if err != nil {
 		log.Warn("vm guests unavailable on this host", "err", err)
 	} else {
@@ -157,6 +162,22 @@ func hostRuntimes(cfg HostConfig, underlay string) (*guest.Manager, *dataplane.D
 		return nil, nil, nil, err
 	}
 	return mgr, dp, func() { dp.Close(); closeAll() }, nil
+}
+
+// GuestScope is the scope of the agent's guest names: --guest-scope, else
+// the server name, else the host name. Guests already recorded keep the
+// names they were made with (guest.Record.GuestName), so a change of
+// scope (or an upgrade from an agent before scopes) names only new
+// guests differently and interrupts none.
+func GuestScope(cfg HostConfig) string {
+	if cfg.GuestScope != "" {
+		return cfg.GuestScope
+	}
+	if cfg.Name != "" {
+		return cfg.Name
+	}
+	h, _ := os.Hostname()
+	return h
 }
 
 // CleanupHost removes every guest, device and rule the agent made on this
@@ -364,7 +385,7 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	defer stopGC()
 	go artifacts.Run(gcCtx, artifactGCInterval)
 	prober := &Prober{
-		GuestNetns: guest.NetnsPath,
+		GuestNetns: func(task string) string { return nsguest.NetnsPath(GuestsDir(stateDir), GuestScope(cfg), task) },
 		Channel:    func(task string) string { return vm.ProbeSocket(VMsDir(stateDir), task) },
 	}
 	a, err := New(Config{

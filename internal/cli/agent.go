@@ -93,6 +93,7 @@ that scrapes the agent directly (off by default; docs/metrics.md).`,
 	fl.StringVar(&cfg.CAFile, "ca", "", "the cluster CA certificate, to trust the server at join: the server's DATA_DIR/ca.crt")
 	fl.DurationVar(&cfg.JoinTimeout, "join-timeout", agent.DefaultJoinTimeout, "give up joining after this long, saying why (0: keep trying)")
 	fl.StringVar(&cfg.Name, "name", "", "server name (default: the host name)")
+	fl.StringVar(&cfg.GuestScope, "guest-scope", "", "scope of the guests' machine-wide names, network namespace cor-SCOPE.APP-CLASS-N and cgroup (default: the server name); guests already made keep their names")
 	fl.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "state directory: keys, certificate, desired state, guests")
 	fl.StringVar(&cfg.UnderlayIface, "underlay-iface", "", "underlay interface (default: the one holding the default route)")
 	fl.StringVar(&cfg.Address, "address", "", "underlay address (default: the underlay interface's address)")

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -19,7 +20,6 @@ import (
 
 	"github.com/corridor-dev/corridor/examples"
 	"github.com/corridor-dev/corridor/internal/api"
-	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/probe"
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -142,7 +142,7 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 	if o.file == "" {
 		// The shop's web tier answers through both paths: web -> app in
 		// plain, app -> db encrypted.
-		if err := demoShopRequest(ctx, out, c); err != nil {
+		if err := demoShopRequest(ctx, out, c, l); err != nil {
 			fmt.Fprintf(talk, "the request to the web tier failed: %v\n", err)
 			failed = append(failed, "shop (web request)")
 		}
@@ -349,7 +349,7 @@ func quietLogger(w io.Writer) *slog.Logger {
 
 // demoShopRequest sends one order through the web tier of the shop, from
 // inside a web task's own namespace, and shows which tasks served it.
-func demoShopRequest(ctx context.Context, w io.Writer, c *api.Client) error {
+func demoShopRequest(ctx context.Context, w io.Writer, c *api.Client, l *lab.Lab) error {
 	tasks, err := c.ListTasks(ctx, api.Filter{App: "shop"})
 	if err != nil {
 		return err
@@ -364,7 +364,7 @@ func demoShopRequest(ctx context.Context, w io.Writer, c *api.Client) error {
 	if web == nil {
 		return errors.New("no web task")
 	}
-	ns := guest.NetnsPath(web.ID)
+	ns := l.GuestNetnsOn(web.Server, web.ID)
 	hc := &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -398,7 +398,7 @@ func demoShopRequest(ctx context.Context, w io.Writer, c *api.Client) error {
 		return fmt.Errorf("GET /api/summary: %w", err)
 	}
 	fmt.Fprintf(w, "\na request to the web tier (inside %s): %d orders, served by web %s -> app %s (plain) -> db %s (encrypted)\n",
-		guest.NetnsName(web.ID), sum.OrderCount, sum.ServedBy["web"], sum.ServedBy["app"], sum.ServedBy["db"])
+		filepath.Base(ns), sum.OrderCount, sum.ServedBy["web"], sum.ServedBy["app"], sum.ServedBy["db"])
 	return nil
 }
 

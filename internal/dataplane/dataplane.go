@@ -98,6 +98,9 @@ type Dataplane struct {
 	lastDesired *desired
 	via         map[string]string
 	moved       []string
+	// flowtablesProbed: the first Apply probed for nftables flowtables
+	// and logged the answer (flowtable.go).
+	flowtablesProbed bool
 }
 
 // New opens the host's namespace and its netlink, nftables and wgctrl
@@ -237,6 +240,7 @@ func (dp *Dataplane) Apply(ctx context.Context, st compile.HostState) error {
 func (dp *Dataplane) applyLocked(ctx context.Context, st compile.HostState, d *desired) error {
 	dp.changes = nil
 	start := time.Now()
+	dp.noteFlowtables()
 
 	rs := buildRuleset(d, dp.cfg.WireGuardName)
 	changed, err := dp.applyFirewall(rs)

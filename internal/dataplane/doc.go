@@ -34,6 +34,10 @@
 //	chain ingress                 marks of published ports' connections
 //	                              (hook prerouting, after the DNAT)
 //	routing table 5184            legs to remote backends (TableIngress)
+//	table inet corftprobe         transient: the first Apply adds it with an
+//	                              empty flowtable and removes it, to learn
+//	                              whether the kernel has flowtables (logged;
+//	                              not used, see ProbeFlowtables)
 //
 // # Firewall marks and routing
 //

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
-	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/probe"
 	"github.com/corridor-dev/corridor/internal/verify"
 )
@@ -143,13 +143,13 @@ func TestAppToApp(t *testing.T) {
 		}
 	}
 	addr := netip.AddrPortFrom(to.Address, 7000).String()
-	waitConnected(t, from.ID, addr, 20*time.Second, 200*time.Millisecond, "while both consent")
+	waitConnected(t, f.lab.GuestNetns(from.ID), addr, 20*time.Second, 200*time.Millisecond, "while both consent")
 
 	// The exporter withdraws: the path goes (probe times out), the
 	// importer is marked unresolved, and verify of the importer, which
 	// now expects its rule's port denied, passes.
 	f.apply(t, []byte(strings.Replace(ledgerDoc(false), "name: ledger", "name: "+ledger, 1)))
-	waitDenied(t, from.ID, addr, 30*time.Second, "after the export was withdrawn")
+	waitDenied(t, f.lab.GuestNetns(from.ID), addr, 30*time.Second, "after the export was withdrawn")
 	app, err := f.c.GetApp(ctx, store)
 	if err != nil || len(app.Unresolved) != 1 || !strings.Contains(app.Unresolved[0], "does not export") {
 		t.Fatalf("%s after the export was withdrawn: unresolved %q, %v", store, app.Unresolved, err)
@@ -158,7 +158,7 @@ func TestAppToApp(t *testing.T) {
 
 	// Given again, then the exporter deleted.
 	f.apply(t, []byte(strings.Replace(ledgerDoc(true), "name: ledger", "name: "+ledger, 1)))
-	waitConnected(t, from.ID, addr, 30*time.Second, 200*time.Millisecond, "after the export was given again")
+	waitConnected(t, f.lab.GuestNetns(from.ID), addr, 30*time.Second, 200*time.Millisecond, "after the export was given again")
 	if err := f.c.DeleteApp(ctx, ledger); err != nil {
 		t.Fatal(err)
 	}
@@ -177,21 +177,22 @@ func detailsOf(se *api.StatusError) []string {
 	return se.Details
 }
 
-// waitDenied dials addr from inside fromTask's guest until a dial times
-// out (the firewall drops it), and fails the test if none does within d.
-// A positive control comes first in the callers (waitConnected).
-func waitDenied(t *testing.T, fromTask, addr string, d time.Duration, when string) {
+// waitDenied dials addr from inside the guest network namespace fromNS
+// until a dial times out (the firewall drops it), and fails the test if
+// none does within d. A positive control comes first in the callers
+// (waitConnected).
+func waitDenied(t *testing.T, fromNS, addr string, d time.Duration, when string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		res, err := probe.Dial(ctx, guest.NetnsPath(fromTask), "tcp", addr, []byte("PING\n"), 1500*time.Millisecond)
+		res, err := probe.Dial(ctx, fromNS, "tcp", addr, []byte("PING\n"), 1500*time.Millisecond)
 		cancel()
 		if err == nil && res.Outcome == probe.Timeout {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s -> %s still reachable %s after %s: %+v %v", fromTask, addr, when, d, res, err)
+			t.Fatalf("%s -> %s still reachable %s after %s: %+v %v", filepath.Base(fromNS), addr, when, d, res, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -134,7 +134,9 @@ func dumpLogs(t testing.TB, l *lab.Lab) {
 // those: another lab on the machine may run a shop of its own.)
 func assertNothingLeft(t testing.TB, l *lab.Lab, apps ...string) {
 	t.Helper()
-	prefixes := []string{l.Prefix}
+	// The lab's guests are cor-<prefix>sN.<app>-...; unscoped names of
+	// the apps too, in case an agent made one.
+	prefixes := []string{l.Prefix, guest.NetnsPrefix + l.Prefix}
 	for _, a := range apps {
 		prefixes = append(prefixes, guest.NetnsPrefix+a+"-")
 	}
@@ -172,15 +174,14 @@ func assertNothingLeft(t testing.TB, l *lab.Lab, apps ...string) {
 var appNameLine = regexp.MustCompile(`(?m)^name: *([a-z][a-z0-9]*) *$`)
 
 // applyOwn applies doc under an app name of this test process's own (its
-// name followed by the PID) and returns that name. A guest's network
-// namespace (/run/netns/cor-APP-CLASS-N) and cgroup (corridor/APP-CLASS-N
-// in each hierarchy) are named after its task ID alone, machine-wide: on
-// a machine shared with another Corridor (another test run's lab, the
-// try-* hosts of docs/operations.md) that runs an app of the same name,
-// the two agents take each other's guests for their own: each SIGKILLs
-// what it finds in the task's cgroup before starting its program and
-// after it ends, and re-makes the guest's veth. A test that watches one
-// stream must not share its guests.
+// name followed by the PID) and returns that name. Guests' machine-wide
+// names carry their agent's scope (guest.ScopedName; the lab's is the
+// server's namespace), so another lab running an app of the same name no
+// longer shares them (TestTwoLabsRunOneApp); an agent before scopes on the
+// machine (another branch's test run, the try-* hosts of
+// docs/operations.md started with an old binary) still would: it SIGKILLs
+// what it finds in the task's cgroup and re-makes the guest's veth. Tests
+// that watch one stream keep their own app names for that.
 func (f *fleet) applyOwn(t testing.TB, doc []byte) string {
 	t.Helper()
 	m := appNameLine.FindSubmatchIndex(doc)
@@ -421,7 +422,7 @@ func testDrift(t *testing.T, f *fleet, tasks []api.TaskInfo) {
 func assertHostClean(t *testing.T, s lab.Server, gone map[string]compile.Task) {
 	t.Helper()
 	for id := range gone {
-		if _, err := os.Stat(guest.NetnsPath(id)); err == nil {
+		if _, err := os.Stat(guest.NetnsPathIn(s.GuestScope(), id)); err == nil {
 			t.Errorf("%s: guest namespace of %s left", s.Name, id)
 		}
 	}
@@ -528,7 +529,7 @@ func testRotateKey(t *testing.T, f *fleet, tasks []api.TaskInfo) {
 		t.Fatalf("%s's device holds key %s, the server says %s", dbServer, dev.PublicKey, now.Spec.PublicKey)
 	}
 	// The app -> db path (encrypted) carries a byte again.
-	waitConnected(t, app.ID, net.JoinHostPort(db.Address.String(), "5432"), 30*time.Second, 20*time.Millisecond, "after the rotation")
+	waitConnected(t, f.lab.GuestNetns(app.ID), net.JoinHostPort(db.Address.String(), "5432"), 30*time.Second, 20*time.Millisecond, "after the rotation")
 	back := time.Since(start)
 	f.verifyWithin(t, "shop", 30*time.Second)
 	t.Logf("key rotation of %s: new key reported after %s, %s -> %s connected again after %s, verify passed after %s",
@@ -557,21 +558,21 @@ func appAndDB(tasks []api.TaskInfo, name string) (app, db api.TaskInfo, ok bool)
 	return app, db, false
 }
 
-// waitConnected dials addr over TCP from inside fromTask's guest every
-// step until a byte goes through, and fails the test (saying when) if none
-// does within d.
-func waitConnected(t testing.TB, fromTask, addr string, d, step time.Duration, when string) {
+// waitConnected dials addr over TCP from inside the guest network
+// namespace fromNS (lab.GuestNetns) every step until a byte goes through,
+// and fails the test (saying when) if none does within d.
+func waitConnected(t testing.TB, fromNS, addr string, d, step time.Duration, when string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		res, err := probe.Dial(ctx, guest.NetnsPath(fromTask), "tcp", addr, []byte("PING\n"), 500*time.Millisecond)
+		res, err := probe.Dial(ctx, fromNS, "tcp", addr, []byte("PING\n"), 500*time.Millisecond)
 		cancel()
 		if err == nil && res.Outcome == probe.Connected {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s -> %s not connected %s within %s: %+v %v", fromTask, addr, when, d, res, err)
+			t.Fatalf("%s -> %s not connected %s within %s: %+v %v", filepath.Base(fromNS), addr, when, d, res, err)
 		}
 		time.Sleep(step)
 	}

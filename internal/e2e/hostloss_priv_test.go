@@ -17,7 +17,6 @@ import (
 	"github.com/corridor-dev/corridor/examples"
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
-	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/hostns"
 	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/probe"
@@ -117,8 +116,8 @@ func runHostLoss(t testing.TB, timeout, every time.Duration) hostLossTimes {
 	want := expectedPlacement(t, f.c, victim)
 
 	dbAddr := net.JoinHostPort(db.Address.String(), "5432")
-	waitConnected(t, from.ID, dbAddr, 30*time.Second, 200*time.Millisecond, "before the cut")
-	loop := startRequestLoop(from.ID, dbAddr)
+	waitConnected(t, f.lab.GuestNetns(from.ID), dbAddr, 30*time.Second, 200*time.Millisecond, "before the cut")
+	loop := startRequestLoop(f.lab.GuestNetns(from.ID), dbAddr)
 	defer loop.stop()
 
 	cut := time.Now()
@@ -218,7 +217,7 @@ func cutOff(t testing.TB, l *lab.Lab, name string, tasks map[string]bool) {
 	inodes[ino] = true
 	var guests []string
 	for id := range tasks {
-		n := guest.NetnsName(id)
+		n := filepath.Base(l.GuestNetnsOn(name, id))
 		guests = append(guests, n)
 		if ino, err := hostns.Inode(n); err == nil {
 			inodes[ino] = true
@@ -317,7 +316,7 @@ type requestLoop struct {
 	wg   sync.WaitGroup
 }
 
-func startRequestLoop(fromTask, addr string) *requestLoop {
+func startRequestLoop(fromNS, addr string) *requestLoop {
 	l := &requestLoop{done: make(chan struct{})}
 	l.wg.Go(func() {
 		tick := time.NewTicker(100 * time.Millisecond)
@@ -330,7 +329,7 @@ func startRequestLoop(fromTask, addr string) *requestLoop {
 			}
 			began := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			res, err := probe.Dial(ctx, guest.NetnsPath(fromTask), "tcp", addr, []byte("PING\n"), 500*time.Millisecond)
+			res, err := probe.Dial(ctx, fromNS, "tcp", addr, []byte("PING\n"), 500*time.Millisecond)
 			cancel()
 			l.mu.Lock()
 			if err == nil && res.Outcome == probe.Connected {

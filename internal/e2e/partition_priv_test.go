@@ -15,7 +15,6 @@ import (
 	"github.com/corridor-dev/corridor/examples"
 	"github.com/corridor-dev/corridor/internal/agent"
 	"github.com/corridor-dev/corridor/internal/dataplane"
-	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/testnet"
 )
@@ -77,7 +76,7 @@ func TestPartitionFencesTheHost(t *testing.T) {
 	why, _ := os.ReadFile(fenceFile)
 	t.Logf("%s fenced %s after the partition: %s", victim, fenced.Round(time.Millisecond), why)
 	// The guests keep running, cut off.
-	if _, err := os.Stat(guest.NetnsPath(shop + "/app/1")); err != nil {
+	if _, err := os.Stat(f.lab.GuestNetnsOn(victim, shop+"/app/1")); err != nil {
 		t.Errorf("the fence removed the guest of %s/app/1: %v", shop, err)
 	}
 
@@ -99,7 +98,7 @@ func TestPartitionFencesTheHost(t *testing.T) {
 		t.Errorf("fence record left after the fence was lifted: %v", err)
 	}
 	f.settle(t, 4)
-	if _, err := os.Stat(guest.NetnsPath(shop + "/app/1")); !os.IsNotExist(err) {
+	if _, err := os.Stat(f.lab.GuestNetnsOn(victim, shop+"/app/1")); !os.IsNotExist(err) {
 		t.Errorf("the guest of %s/app/1 is still on %s after it came back: %v", shop, victim, err)
 	}
 	f.verifyWithin(t, shop, 30*time.Second)

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/corridor-dev/corridor/examples"
-	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/probe"
 	"github.com/corridor-dev/corridor/internal/sample"
 	"github.com/corridor-dev/corridor/internal/verify"
@@ -52,7 +51,7 @@ func TestShopWithPostgres(t *testing.T) {
 			web = ti.ID
 		}
 	}
-	ns := guest.NetnsPath(web)
+	ns := f.lab.GuestNetns(web)
 	hc := &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {

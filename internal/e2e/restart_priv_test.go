@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -18,7 +19,6 @@ import (
 
 	"github.com/corridor-dev/corridor/examples"
 	"github.com/corridor-dev/corridor/internal/dataplane"
-	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/probe"
 )
 
@@ -35,13 +35,13 @@ type pinger struct {
 	stopped chan struct{}
 }
 
-func startPinger(t *testing.T, fromTask, dbAddr string) *pinger {
+func startPinger(t *testing.T, fromNS, dbAddr string) *pinger {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := probe.DialContext(ctx, guest.NetnsPath(fromTask), "tcp", dbAddr)
+	c, err := probe.DialContext(ctx, fromNS, "tcp", dbAddr)
 	if err != nil {
-		t.Fatalf("connect %s -> %s: %v", fromTask, dbAddr, err)
+		t.Fatalf("connect %s -> %s: %v", filepath.Base(fromNS), dbAddr, err)
 	}
 	p := &pinger{stop: make(chan struct{}), stopped: make(chan struct{}), last: time.Now()}
 	go func() {
@@ -145,8 +145,8 @@ func TestRestartsDoNotInterruptTraffic(t *testing.T) {
 	}
 	dbAddr := net.JoinHostPort(db.Address.String(), "5432")
 	// Settled means running, not yet listening: wait for the db's port.
-	waitConnected(t, app.ID, dbAddr, 30*time.Second, 200*time.Millisecond, "before the stream starts")
-	p := startPinger(t, app.ID, dbAddr)
+	waitConnected(t, f.lab.GuestNetns(app.ID), dbAddr, 30*time.Second, 200*time.Millisecond, "before the stream starts")
+	p := startPinger(t, f.lab.GuestNetns(app.ID), dbAddr)
 
 	p.waitAnswers(t, 10, 10*time.Second, "before the restarts")
 	if err := f.lab.StopServer(10 * time.Second); err != nil {
@@ -215,7 +215,7 @@ func TestRestartsDoNotInterruptTraffic(t *testing.T) {
 	if err := f.lab.StartAgent(db.Server); err != nil {
 		t.Fatal(err)
 	}
-	waitConnected(t, app.ID, dbAddr, 20*time.Second, 200*time.Millisecond, "after the db's host came back from its stored state with the server down")
+	waitConnected(t, f.lab.GuestNetns(app.ID), dbAddr, 20*time.Second, 200*time.Millisecond, "after the db's host came back from its stored state with the server down")
 	if !hasTable(t, srv.Namespace) {
 		t.Fatal("the firewall table was not restored")
 	}

@@ -25,7 +25,6 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/capture"
-	"github.com/corridor-dev/corridor/internal/guest"
 	"github.com/corridor-dev/corridor/internal/hostns"
 	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/nsrun"
@@ -112,9 +111,9 @@ type udpStream struct {
 	wg      sync.WaitGroup
 }
 
-func startUDPStream(t *testing.T, from, to api.TaskInfo, port int, marker string, every time.Duration) *udpStream {
+func startUDPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, marker string, every time.Duration) *udpStream {
 	t.Helper()
-	u := &udpStream{marker: marker, toNS: guest.NetnsPath(to.ID), got: map[uint64]bool{}, stop: make(chan struct{}), sending: make(chan struct{})}
+	u := &udpStream{marker: marker, toNS: l.GuestNetnsOn(to.Server, to.ID), got: map[uint64]bool{}, stop: make(chan struct{}), sending: make(chan struct{})}
 	if err := nsrun.Do(u.toNS, func() (err error) {
 		u.in, err = net.ListenPacket("udp4", net.JoinHostPort(to.Address.String(), strconv.Itoa(port)))
 		return err
@@ -126,7 +125,7 @@ func startUDPStream(t *testing.T, from, to api.TaskInfo, port int, marker string
 	if err := u.in.(*net.UDPConn).SetReadBuffer(8 << 20); err != nil {
 		t.Fatal(err)
 	}
-	if err := nsrun.Do(guest.NetnsPath(from.ID), func() (err error) {
+	if err := nsrun.Do(l.GuestNetnsOn(from.Server, from.ID), func() (err error) {
 		u.out, err = net.Dial("udp4", net.JoinHostPort(to.Address.String(), strconv.Itoa(port)))
 		return err
 	}); err != nil {
@@ -319,11 +318,11 @@ type tcpStream struct {
 
 const tcpLine = 40
 
-func startTCPStream(t *testing.T, from, to api.TaskInfo, port int, marker string, every time.Duration) *tcpStream {
+func startTCPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, marker string, every time.Duration) *tcpStream {
 	t.Helper()
-	s := &tcpStream{marker: marker, fromNS: guest.NetnsPath(from.ID), stop: make(chan struct{}), written: make(chan struct{})}
+	s := &tcpStream{marker: marker, fromNS: l.GuestNetnsOn(from.Server, from.ID), stop: make(chan struct{}), written: make(chan struct{})}
 	addr := net.JoinHostPort(to.Address.String(), strconv.Itoa(port))
-	if err := nsrun.Do(guest.NetnsPath(to.ID), func() (err error) {
+	if err := nsrun.Do(l.GuestNetnsOn(to.Server, to.ID), func() (err error) {
 		s.ln, err = net.Listen("tcp4", addr)
 		return err
 	}); err != nil {
@@ -568,11 +567,11 @@ func TestHitlessRotationUnderLoad(t *testing.T) {
 	encMark, plainMark := fmt.Sprintf("ROTENC%d", pid), fmt.Sprintf("ROTPLN%d", pid)
 	cp := underlayCapture(t, sf, encMark, plainMark)
 	keepPcap(t, sf)
-	plain := startUDPStream(t, sf.src, sf.plain, 7000, plainMark, 10*time.Millisecond)
+	plain := startUDPStream(t, sf.lab, sf.src, sf.plain, 7000, plainMark, 10*time.Millisecond)
 	waitPlainSeen(t, cp, plainMark)
 
-	udp := startUDPStream(t, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
-	tcp := startTCPStream(t, sf.src, sf.enc, 7001, encMark, 2*time.Millisecond)
+	udp := startUDPStream(t, sf.lab, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
+	tcp := startTCPStream(t, sf.lab, sf.src, sf.enc, 7001, encMark, 2*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
 	for udp.received() < 100 || tcp.got.Load() < 100 {
 		if time.Now().After(deadline) {
@@ -657,9 +656,9 @@ func TestRotationAcrossControlPlaneRestart(t *testing.T) {
 	encMark, plainMark := fmt.Sprintf("CPRENC%d", pid), fmt.Sprintf("CPRPLN%d", pid)
 	cp := underlayCapture(t, sf, encMark, plainMark)
 	keepPcap(t, sf)
-	plain := startUDPStream(t, sf.src, sf.plain, 7000, plainMark, 10*time.Millisecond)
+	plain := startUDPStream(t, sf.lab, sf.src, sf.plain, 7000, plainMark, 10*time.Millisecond)
 	waitPlainSeen(t, cp, plainMark)
-	udp := startUDPStream(t, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
+	udp := startUDPStream(t, sf.lab, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
 	for udp.received() < 100 {
 		if time.Now().After(deadline) {
@@ -816,8 +815,8 @@ func TestAgentKillUnderLoad(t *testing.T) {
 	pid := os.Getpid()
 	encMark, plainMark := fmt.Sprintf("KILENC%d", pid), fmt.Sprintf("KILPLN%d", pid)
 	srv := sf.lab.Server(sf.src.Server)
-	enc := startUDPStream(t, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
-	plain := startUDPStream(t, sf.src, sf.plain, 7000, plainMark, 2*time.Millisecond)
+	enc := startUDPStream(t, sf.lab, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
+	plain := startUDPStream(t, sf.lab, sf.src, sf.plain, 7000, plainMark, 2*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
 	for enc.received() < 100 || plain.received() < 100 {
 		if time.Now().After(deadline) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,6 +139,49 @@ func cpuQuotaUS(m spec.MilliCPU) int64 {
 	return max(q, minCPUQuotaUS)
 }
 
+// CPU weights. Each task's cgroup weighs its CPU request against its
+// siblings' (one CPU = the kernel's default weight: cpu.shares 1024 on v1,
+// cpu.weight 100 on v2; a task with no request counts as one CPU), and
+// every cgroup of ours between the hierarchy's root and the tasks weighs
+// as many CPUs as the host has (parentShares), as Kubernetes does for its
+// pods' parent: at the default weight, all guests of a host together got
+// the share of one busy host thread, and on a loaded host (a WireGuard
+// process alone runs a dozen threads) that, more than the path, decided
+// what a guest could send (bench/RESULTS.md, "Data path, round 2").
+func cpuShares(m spec.MilliCPU) int64 {
+	if m <= 0 {
+		return 1024
+	}
+	return max(int64(m)*1024/1000, 2) // the kernel's minimum
+}
+
+func cpuWeight(m spec.MilliCPU) int64 {
+	if m <= 0 {
+		return 100
+	}
+	return min(max(int64(m)*100/1000, 1), 10000) // the kernel's range
+}
+
+// parentShares and parentWeight weigh the host's CPU count.
+func parentShares() int64 { return cpuShares(spec.MilliCPU(runtime.NumCPU() * 1000)) }
+func parentWeight() int64 { return cpuWeight(spec.MilliCPU(runtime.NumCPU() * 1000)) }
+
+// weighParents gives every cgroup of ours above the task (below the
+// hierarchy's root) the host's CPU count as its weight.
+func (c taskCgroup) weighParents() error {
+	root, file, val := c.layout.CPURoot, "cpu.shares", parentShares()
+	if c.layout.Version == cgroupV2 {
+		root, file, val = c.layout.V2Root, "cpu.weight", parentWeight()
+	}
+	for rel := filepath.Dir(c.rel); rel != "." && rel != "/" && rel != ""; rel = filepath.Dir(rel) {
+		p := filepath.Join(root, rel, file)
+		if err := os.WriteFile(p, []byte(strconv.FormatInt(val, 10)), 0o644); err != nil {
+			return fmt.Errorf("guest: set %s to %d: %w", p, val, err)
+		}
+	}
+	return nil
+}
+
 // pidsMax is the pids limit of r: spec.DefaultPids when unset.
 func pidsMax(r spec.Resources) string {
 	if r.Pids <= 0 {
@@ -157,6 +201,7 @@ func v1Limits(r spec.Resources, pids bool) []cgroupFile {
 	fs := []cgroupFile{
 		{"cpu", "cpu.cfs_period_us", strconv.Itoa(cpuPeriodUS)},
 		{"cpu", "cpu.cfs_quota_us", strconv.FormatInt(cpuQuotaUS(r.CPU), 10)},
+		{"cpu", "cpu.shares", strconv.FormatInt(cpuShares(r.CPU), 10)},
 		{"memory", "memory.limit_in_bytes", mem},
 	}
 	if pids {
@@ -178,6 +223,7 @@ func v2Limits(r spec.Resources, pids bool) []cgroupFile {
 	}
 	fs := []cgroupFile{
 		{"", "cpu.max", cpu},
+		{"", "cpu.weight", strconv.FormatInt(cpuWeight(r.CPU), 10)},
 		{"", "memory.max", mem},
 	}
 	if pids {
@@ -229,6 +275,9 @@ func (c taskCgroup) Ensure(r spec.Resources) error {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("guest: create cgroup: %w", err)
 		}
+	}
+	if err := c.weighParents(); err != nil {
+		return err
 	}
 	limits := v1Limits(r, c.layout.PidsRoot != "")
 	if c.layout.Version == cgroupV2 {
@@ -363,9 +412,16 @@ func DetectCgroups() (Cgroups, error) {
 // Cgroup.OpenDir); on v1 it is moved there after start (AddProc).
 func (cs Cgroups) Unified() bool { return cs.layout.Version == cgroupV2 }
 
-// Task is the cgroup of task under parent (CgroupRel); Ensure creates it.
+// Task is the cgroup of task under parent with its unscoped name
+// (CgroupRel(parent, Name(task))); Ensure creates it.
 func (cs Cgroups) Task(parent, task string) *Cgroup {
-	return &Cgroup{c: taskCgroup{layout: cs.layout, rel: CgroupRel(parent, Name(task))}}
+	return cs.Named(parent, Name(task))
+}
+
+// Named is the cgroup of the guest named name (Record.GuestName,
+// ScopedName) under parent; Ensure creates it.
+func (cs Cgroups) Named(parent, name string) *Cgroup {
+	return &Cgroup{c: taskCgroup{layout: cs.layout, rel: CgroupRel(parent, name)}}
 }
 
 // Cgroup is one task's cgroup, in every hierarchy that holds the cpu and
@@ -373,14 +429,15 @@ func (cs Cgroups) Task(parent, task string) *Cgroup {
 // program, the VM runtime for QEMU.
 type Cgroup struct{ c taskCgroup }
 
-// OpenCgroup detects the hierarchies and returns the cgroup of task under
-// parent; Ensure creates it.
-func OpenCgroup(parent, task string) (*Cgroup, error) {
+// OpenCgroup detects the hierarchies and returns the cgroup of the guest
+// named name (Record.GuestName, ScopedName) under parent; Ensure creates
+// it.
+func OpenCgroup(parent, name string) (*Cgroup, error) {
 	cs, err := DetectCgroups()
 	if err != nil {
 		return nil, err
 	}
-	return cs.Task(parent, task), nil
+	return cs.Named(parent, name), nil
 }
 
 // Ensure creates the cgroup if needed and sets its CPU, memory and pids

@@ -22,7 +22,11 @@ import (
 //	<stateDir>/<Name(task)>/guest.json RecordFile: what the guest was ensured as
 //	<stateDir>/<Name(task)>/task.log   LogFile: the program's output (a VM's console)
 //	<stateDir>/<Name(task)>/data/      DataDir: the program's CORRIDOR_DATA_DIR (netns)
-//	<cgroup mount>/<parent>/<Name(task)> CgroupRel: the task's cgroup in each hierarchy
+//	<cgroup mount>/<parent>/<ScopedName(scope, task)> CgroupRel: the task's cgroup in each hierarchy
+//
+// The state directory is the agent's own, so TaskDir needs no scope; the
+// cgroup and the network namespace are machine-wide and carry the
+// agent's scope (ScopedName; Record.GuestName for guests made before).
 //
 // A runtime keeps its own further files in TaskDir (the netns runtime's
 // pid.json, the VM runtime's vm.json, qemu.json and sockets). Every state
@@ -57,7 +61,7 @@ func DataDir(stateDir, task string) string {
 }
 
 // CgroupRel is the directory of the cgroup of the guest named name
-// (Name(task)), relative to each cgroup hierarchy's root.
+// (Record.GuestName, ScopedName), relative to each cgroup hierarchy's root.
 func CgroupRel(parent, name string) string { return filepath.Join(parent, name) }
 
 // Record is a runtime's record of one guest (RecordFile for netns, the
@@ -67,8 +71,38 @@ type Record struct {
 	Task    string `json:"task"`
 	Runtime string `json:"runtime"`
 	// Netns is the name of the guest's network namespace (netns guests).
-	Netns string        `json:"netns,omitempty"`
+	Netns string `json:"netns,omitempty"`
+	// Name is the guest's machine-wide name (ScopedName): its cgroup
+	// directory and, after NetnsPrefix, its network namespace. Records of
+	// agents before scopes have none (GuestName).
+	Name  string        `json:"name,omitempty"`
 	Guest compile.Guest `json:"guest"`
+}
+
+// GuestName is the machine-wide name the guest was made under: Name, or
+// for a record written before scoped names, the unscoped name its
+// namespace and cgroup then had. A guest keeps its name for its whole
+// life: an agent upgraded to scoped names adopts its running guests under
+// the names they were made with, and only guests it makes get scoped ones.
+func (r Record) GuestName() string {
+	if r.Name != "" {
+		return r.Name
+	}
+	if n, ok := strings.CutPrefix(r.Netns, NetnsPrefix); ok && n != "" {
+		return n
+	}
+	return Name(r.Task)
+}
+
+// GuestNameIn is the machine-wide name of task's guest for a runtime whose
+// records (in files named file) are in stateDir and whose scope is scope:
+// the recorded one (Record.GuestName) when the task has a record, the
+// scoped one (ScopedName) for a guest not made yet.
+func GuestNameIn(stateDir, file, scope, task string) string {
+	if rec, err := ReadRecord(TaskDir(stateDir, task), file); err == nil && rec.Task == task {
+		return rec.GuestName()
+	}
+	return ScopedName(scope, task)
 }
 
 // WriteJSON writes v as JSON to path, atomically.

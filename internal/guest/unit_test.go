@@ -11,6 +11,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -87,17 +89,17 @@ func TestCgroupLimits(t *testing.T) {
 		v1, v2 string
 	}{
 		{spec.Resources{CPU: 500, Memory: 256 << 20},
-			"cpu/cpu.cfs_period_us=100000 cpu/cpu.cfs_quota_us=50000 memory/memory.limit_in_bytes=268435456",
-			"/cpu.max=50000 100000 /memory.max=268435456"},
+			"cpu/cpu.cfs_period_us=100000 cpu/cpu.cfs_quota_us=50000 cpu/cpu.shares=512 memory/memory.limit_in_bytes=268435456",
+			"/cpu.max=50000 100000 /cpu.weight=50 /memory.max=268435456"},
 		{spec.Resources{CPU: 2000, Memory: 1 << 30},
-			"cpu/cpu.cfs_period_us=100000 cpu/cpu.cfs_quota_us=200000 memory/memory.limit_in_bytes=1073741824",
-			"/cpu.max=200000 100000 /memory.max=1073741824"},
+			"cpu/cpu.cfs_period_us=100000 cpu/cpu.cfs_quota_us=200000 cpu/cpu.shares=2048 memory/memory.limit_in_bytes=1073741824",
+			"/cpu.max=200000 100000 /cpu.weight=200 /memory.max=1073741824"},
 		{spec.Resources{CPU: 5}, // below the kernel's 1 ms minimum quota
-			"cpu/cpu.cfs_period_us=100000 cpu/cpu.cfs_quota_us=1000 memory/memory.limit_in_bytes=-1",
-			"/cpu.max=1000 100000 /memory.max=max"},
+			"cpu/cpu.cfs_period_us=100000 cpu/cpu.cfs_quota_us=1000 cpu/cpu.shares=5 memory/memory.limit_in_bytes=-1",
+			"/cpu.max=1000 100000 /cpu.weight=1 /memory.max=max"},
 		{spec.Resources{},
-			"cpu/cpu.cfs_period_us=100000 cpu/cpu.cfs_quota_us=-1 memory/memory.limit_in_bytes=-1",
-			"/cpu.max=max 100000 /memory.max=max"},
+			"cpu/cpu.cfs_period_us=100000 cpu/cpu.cfs_quota_us=-1 cpu/cpu.shares=1024 memory/memory.limit_in_bytes=-1",
+			"/cpu.max=max 100000 /cpu.weight=100 /memory.max=max"},
 	}
 	render := func(fs []cgroupFile) string {
 		var parts []string
@@ -180,11 +182,22 @@ func TestCgroupV2Files(t *testing.T) {
 			t.Errorf("%s/cgroup.subtree_control = %q, %v", d, b, err)
 		}
 	}
-	for file, want := range map[string]string{"cpu.max": "150000 100000", "memory.max": "134217728", "pids.max": "1024"} {
+	for file, want := range map[string]string{"cpu.max": "150000 100000", "cpu.weight": "150", "memory.max": "134217728", "pids.max": "1024"} {
 		b, err := os.ReadFile(filepath.Join(root, c.rel, file))
 		if err != nil || string(b) != want {
 			t.Errorf("%s = %q, %v; want %q", file, b, err, want)
 		}
+	}
+	// Our cgroups above the task weigh the host's CPUs; the root is not
+	// ours to weigh.
+	want := strconv.Itoa(100 * runtime.NumCPU())
+	for _, d := range []string{"corridor", "corridor/lab1"} {
+		if b, err := os.ReadFile(filepath.Join(root, d, "cpu.weight")); err != nil || string(b) != want {
+			t.Errorf("%s/cpu.weight = %q, %v; want %s (the host's %d CPUs)", d, b, err, want, runtime.NumCPU())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "cpu.weight")); err == nil {
+		t.Errorf("the hierarchy's root was weighed")
 	}
 }
 

@@ -410,6 +410,7 @@ func (l *Lab) runCleanup(ctx context.Context, s Server, fallback string, timeout
 	}
 	args := []string{bin, "agent", "--cleanup",
 		"--name", s.Name,
+		"--guest-scope", s.GuestScope(),
 		"--state-dir", s.StateDir,
 		"--underlay-iface", serverIface,
 	}

@@ -35,7 +35,6 @@ func TestGatewayCountsWhatEscapes(t *testing.T) {
 	cleanupPrefix(t, prefix, dir)
 	ctx := context.Background()
 	app := fmt.Sprintf("gw%d", os.Getpid())
-	guestPrefix := "cor-" + app + "-"
 	l, err := Up(ctx, Options{Dir: dir, Servers: 3, Prefix: prefix, Underlay: underlay, Binary: bin, Logger: testLogger(t), JoinTimeout: 60 * time.Second})
 	t.Cleanup(func() {
 		if l != nil {
@@ -44,7 +43,7 @@ func TestGatewayCountsWhatEscapes(t *testing.T) {
 			}
 		}
 		for _, ns := range listNamespaces() {
-			if strings.HasPrefix(ns, guestPrefix) {
+			if isLabGuest(ns, prefix, app) {
 				t.Errorf("guest namespace %s left", ns)
 				_ = hostns.Delete(ns)
 			}

@@ -604,10 +604,9 @@ func TestDownAfterAgentsDie(t *testing.T) {
 		t.Fatal(err)
 	}
 	app := fmt.Sprintf("labt%d", os.Getpid())
-	guestPrefix := "cor-" + app + "-"
 	t.Cleanup(func() {
 		for _, ns := range listNamespaces() {
-			if strings.HasPrefix(ns, guestPrefix) {
+			if isLabGuest(ns, prefix, app) {
 				_ = hostns.Delete(ns)
 			}
 		}
@@ -642,7 +641,7 @@ classes:
 	}
 	var guests []string
 	for _, ns := range listNamespaces() {
-		if strings.HasPrefix(ns, guestPrefix) {
+		if isLabGuest(ns, prefix, app) {
 			guests = append(guests, ns)
 		}
 	}

@@ -343,6 +343,7 @@ func (l *Lab) agentArgs(s *Server, o Options) []string {
 		"--join-token-file", l.JoinTokenFile,
 		"--ca", l.CAFile,
 		"--name", s.Name,
+		"--guest-scope", s.GuestScope(),
 		"--state-dir", s.StateDir,
 		"--underlay-iface", serverIface,
 		"--wg-name", s.WireGuardName,

@@ -21,17 +21,18 @@ func (r *Runtime) List(ctx context.Context) ([]guest.Info, error) {
 	}
 	var out []guest.Info
 	for _, rec := range recs {
-		in := guest.Info{Task: rec.Task, Runtime: rec.Runtime, Address: rec.Guest.Address, HostIf: rec.Guest.HostIf, Netns: rec.Netns}
+		netns := guest.NetnsPrefix + rec.GuestName()
+		in := guest.Info{Task: rec.Task, Runtime: rec.Runtime, Address: rec.Guest.Address, HostIf: rec.Guest.HostIf, Netns: netns}
 		if pr, err := readPidFile(rec.Dir); err == nil && pr.Alive() {
 			in.PID = pr.PID
 		}
-		if !hostns.Exists(rec.Netns) {
+		if !hostns.Exists(netns) {
 			in.Missing = append(in.Missing, "netns")
 		}
 		if _, err := r.host.Handle().LinkByName(rec.Guest.HostIf); err != nil {
 			in.Missing = append(in.Missing, "link")
 		}
-		for _, d := range r.cgroup(rec.Task).Dirs() {
+		for _, d := range r.cgroups.Named(r.cfg.CgroupParent, rec.GuestName()).Dirs() {
 			if _, err := os.Stat(d); err != nil {
 				in.Missing = append(in.Missing, "cgroup")
 				break

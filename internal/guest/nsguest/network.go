@@ -19,7 +19,7 @@ const GuestIf = "eth0"
 // ensureNetwork creates or repairs the guest's netns, veth pair,
 // addresses and routes, on both sides.
 func (r *Runtime) ensureNetwork(g compile.Guest) error {
-	ns, err := hostns.Ensure(guest.NetnsName(g.Task))
+	ns, err := hostns.Ensure(r.netnsName(g.Task))
 	if err != nil {
 		return err
 	}

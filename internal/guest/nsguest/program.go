@@ -182,7 +182,7 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(cgf.Fd())
 	}
-	ns, err := hostns.Open(guest.NetnsName(g.Task))
+	ns, err := hostns.Open(r.netnsName(g.Task))
 	if err != nil {
 		return nil, fmt.Errorf("open guest netns: %w", err)
 	}

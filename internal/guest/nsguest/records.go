@@ -17,8 +17,9 @@ func recordPath(dir string) string { return filepath.Join(dir, guest.RecordFile)
 
 // record is guest.json: what the guest is ensured as, so that List and
 // Remove work after a restart without the desired state.
-func record(g compile.Guest) guest.Record {
-	return guest.Record{Task: g.Task, Runtime: spec.RuntimeNetns, Netns: guest.NetnsName(g.Task), Guest: g}
+// name is the guest's machine-wide name (guest.Record.GuestName).
+func record(g compile.Guest, name string) guest.Record {
+	return guest.Record{Task: g.Task, Runtime: spec.RuntimeNetns, Netns: guest.NetnsPrefix + name, Name: name, Guest: g}
 }
 
 func writePidFile(dir string, rec guest.ProcRecord) error {

@@ -1,6 +1,6 @@
 // Package nsguest is the `runtime: netns` guest runtime: each task's
-// program runs in its own network namespace (named cor-<guest.Name(task)>,
-// visible to `ip netns`) and cgroup, linked to the host by a veth pair.
+// program runs in its own network namespace (named
+// cor-<guest.ScopedName(scope, task)>, visible to `ip netns`) and cgroup, linked to the host by a veth pair.
 // It sits beside internal/guest/vm and shares the kit of internal/guest
 // (supervisor, cgroups, host networking, names and state layout).
 //
@@ -54,12 +54,18 @@ type Config struct {
 	// which task cgroups are made. /run/netns and the cgroup tree are
 	// machine-wide: lab servers sharing a machine share them too.
 	CgroupParent string
-	Logger       *slog.Logger
-	MTU          int // of both veth ends; default guest.DefaultMTU
-	BackoffMin   time.Duration
-	BackoffMax   time.Duration
-	Grace        time.Duration // between SIGTERM and SIGKILL
-	LogMaxBytes  int64         // default guest.DefaultLogMaxBytes
+	// Scope keeps this runtime's machine-wide guest names (network
+	// namespaces, cgroups) apart from any other agent's on the machine
+	// (guest.ScopedName): the agent's --guest-scope, its server name by
+	// default. Empty: unscoped names, as agents before scopes made them.
+	// A guest already recorded keeps the name it was made with.
+	Scope       string
+	Logger      *slog.Logger
+	MTU         int // of both veth ends; default guest.DefaultMTU
+	BackoffMin  time.Duration
+	BackoffMax  time.Duration
+	Grace       time.Duration // between SIGTERM and SIGKILL
+	LogMaxBytes int64         // default guest.DefaultLogMaxBytes
 }
 
 // Runtime is the netns guest runtime. It implements guest.Runtime.
@@ -182,7 +188,10 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	r.ops.Lock()
 	defer r.ops.Unlock()
 
-	dir, err := guest.RecordGuest(r.cfg.StateDir, guest.RecordFile, record(g))
+	// Read before the record is rewritten: a guest made under another
+	// name (by an agent before scopes) keeps it.
+	name := r.name(g.Task)
+	dir, err := guest.RecordGuest(r.cfg.StateDir, guest.RecordFile, record(g, name))
 	if err != nil {
 		return err
 	}
@@ -267,7 +276,8 @@ func (r *Runtime) Remove(ctx context.Context, task string) error {
 		}
 	}
 	var errs []error
-	cg := r.cgroup(task)
+	name := r.name(task)
+	cg := r.cgroups.Named(r.cfg.CgroupParent, name)
 	if !cg.Kill(syscall.SIGKILL, 5*time.Second) {
 		errs = append(errs, fmt.Errorf("guest %s: processes left in cgroup after SIGKILL", task))
 	}
@@ -281,7 +291,7 @@ func (r *Runtime) Remove(ctx context.Context, task string) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := hostns.Delete(guest.NetnsName(task)); err != nil {
+	if err := hostns.Delete(guest.NetnsPrefix + name); err != nil {
 		errs = append(errs, err)
 	}
 	return guest.RemoveState(task, dir, errs, r.log)
@@ -302,7 +312,28 @@ func (r *Runtime) Status(task string) api.TaskStatus {
 }
 
 func (r *Runtime) cgroup(task string) *guest.Cgroup {
-	return r.cgroups.Task(r.cfg.CgroupParent, task)
+	return r.cgroups.Named(r.cfg.CgroupParent, r.name(task))
+}
+
+// name is task's machine-wide guest name: the one recorded in its state
+// directory (kept for the guest's life, even across an agent upgrade that
+// changed the naming), or the scoped one for a guest not made yet.
+func (r *Runtime) name(task string) string {
+	return guest.GuestNameIn(r.cfg.StateDir, guest.RecordFile, r.cfg.Scope, task)
+}
+
+func (r *Runtime) netnsName(task string) string { return guest.NetnsPrefix + r.name(task) }
+
+// NetnsPath is the file of task's guest network namespace on this
+// runtime: what a prober opens to run inside the guest.
+func (r *Runtime) NetnsPath(task string) string { return hostns.Path(r.netnsName(task)) }
+
+// NetnsPath is the file of the network namespace of task's guest on the
+// netns runtime whose state directory is stateDir and scope is scope (as
+// Config): the recorded name, or the scoped one for a guest not made yet.
+// The agent's prober and the lab's tests find guests with it.
+func NetnsPath(stateDir, scope, task string) string {
+	return hostns.Path(guest.NetnsPrefix + guest.GuestNameIn(stateDir, guest.RecordFile, scope, task))
 }
 
 // programStarted tells whether guest-init (p) has started the task's

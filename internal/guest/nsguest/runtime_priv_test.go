@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -313,9 +314,23 @@ func TestEnsureCreatesGuest(t *testing.T) {
 		if m := readTrim(t, filepath.Join(cg.Dir("memory"), "memory.limit_in_bytes")); m != "67108864" {
 			t.Errorf("memory.limit_in_bytes = %s", m)
 		}
+		// Its request weighs against its siblings'; their parent weighs
+		// the host's CPUs against the host's own threads.
+		if s := readTrim(t, filepath.Join(cg.Dir("cpu"), "cpu.shares")); s != "256" {
+			t.Errorf("cpu.shares = %s, want 256 (250m)", s)
+		}
+		if s, want := readTrim(t, filepath.Join(filepath.Dir(cg.Dir("cpu")), "cpu.shares")), strconv.Itoa(1024*runtime.NumCPU()); s != want {
+			t.Errorf("the parent's cpu.shares = %s, want %s", s, want)
+		}
 	} else {
 		if c := readTrim(t, filepath.Join(cg.Dir(""), "cpu.max")); c != "25000 100000" {
 			t.Errorf("cpu.max = %s", c)
+		}
+		if w := readTrim(t, filepath.Join(cg.Dir(""), "cpu.weight")); w != "25" {
+			t.Errorf("cpu.weight = %s, want 25 (250m)", w)
+		}
+		if w, want := readTrim(t, filepath.Join(filepath.Dir(cg.Dir("")), "cpu.weight")), strconv.Itoa(100*runtime.NumCPU()); w != want {
+			t.Errorf("the parent's cpu.weight = %s, want %s", w, want)
 		}
 		if m := readTrim(t, filepath.Join(cg.Dir(""), "memory.max")); m != "67108864" {
 			t.Errorf("memory.max = %s", m)

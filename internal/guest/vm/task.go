@@ -143,7 +143,7 @@ const QEMUOverhead spec.Bytes = 256 << 20
 // a memory limit of the guest's RAM plus QEMUOverhead. A host without
 // usable cgroups runs the VM unconfined, and says so.
 func (t *vmTask) confine(pid int, r spec.Resources) {
-	cg, err := guest.OpenCgroup(guest.DefaultCgroupParent, t.task)
+	cg, err := guest.OpenCgroup(guest.DefaultCgroupParent, t.r.name(t.task))
 	if err == nil {
 		if r.Memory > 0 {
 			r.Memory += QEMUOverhead
@@ -158,9 +158,10 @@ func (t *vmTask) confine(pid int, r spec.Resources) {
 	}
 }
 
-// unconfine removes the task's cgroup once QEMU is gone.
-func unconfine(task string) error {
-	cg, err := guest.OpenCgroup(guest.DefaultCgroupParent, task)
+// unconfine removes the cgroup of the guest named name (its
+// guest.Record.GuestName) once QEMU is gone.
+func unconfine(name string) error {
+	cg, err := guest.OpenCgroup(guest.DefaultCgroupParent, name)
 	if err != nil {
 		return nil // no cgroups here, so none was made
 	}

@@ -80,7 +80,12 @@ type Config struct {
 	BackoffMin   time.Duration
 	BackoffMax   time.Duration
 	Grace        time.Duration // between system_powerdown and SIGKILL
-	Logger       *slog.Logger
+	// Scope keeps the machine-wide names of this runtime's guests (their
+	// cgroups, QEMU's -name) apart from other agents' on the machine
+	// (guest.ScopedName), as nsguest.Config.Scope. A guest already
+	// recorded keeps the name it was made with.
+	Scope  string
+	Logger *slog.Logger
 }
 
 // Runtime is the VM guest runtime. It implements guest.Runtime.
@@ -249,7 +254,7 @@ func (r *Runtime) qemuArgs(g compile.Guest, bf bootFiles, accel, dir string) ([]
 		vcpus = 1
 	}
 	args := []string{
-		"-name", "corridor-" + guest.Name(g.Task),
+		"-name", "corridor-" + r.name(g.Task),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-machine", r.cfg.Machine,
 	}
@@ -308,7 +313,10 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	}
 	r.ops.Lock()
 	defer r.ops.Unlock()
-	dir, err := guest.RecordGuest(r.cfg.StateDir, recordFile, guest.Record{Task: g.Task, Runtime: spec.RuntimeVM, Guest: g})
+	// Read before the record is rewritten: a guest made under another
+	// name (by an agent before scopes) keeps it.
+	name := r.name(g.Task)
+	dir, err := guest.RecordGuest(r.cfg.StateDir, recordFile, guest.Record{Task: g.Task, Runtime: spec.RuntimeVM, Name: name, Guest: g})
 	if err != nil {
 		return err
 	}
@@ -431,7 +439,11 @@ func (r *Runtime) Remove(ctx context.Context, task string) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := unconfine(task); err != nil {
+	name := guest.ScopedName(r.cfg.Scope, task)
+	if err == nil {
+		name = rec.GuestName()
+	}
+	if err := unconfine(name); err != nil {
 		errs = append(errs, err)
 	}
 	return guest.RemoveState(task, dir, errs, r.log)
@@ -486,4 +498,10 @@ func guestEnv(env map[string]string) map[string]string {
 	}
 	out[spec.EnvDataDir] = GuestDataDir
 	return out
+}
+
+// name is task's machine-wide guest name: the recorded one, or the scoped
+// one for a guest not made yet (guest.GuestNameIn).
+func (r *Runtime) name(task string) string {
+	return guest.GuestNameIn(r.cfg.StateDir, recordFile, r.cfg.Scope, task)
 }
