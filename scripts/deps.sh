@@ -9,11 +9,12 @@ set -euo pipefail
 #   the kernel's state with the tools an operator would use.
 # qemu-system-x86, busybox-static, xz-utils, cpio: VM guests and their image;
 #   the image builder also fetches linux-image-amd64 with `apt-get download`.
+# e2fsprogs: mkfs.ext4 makes the VM hosts' state disks (internal/vmhost).
 # postgresql: the sample's PostgreSQL db tier (examples/shop-pg.yaml).
 # chromium: the web console's browser tests (headless, driven by chromedp).
 # systemd, man-db: `systemd-analyze verify` checks the package's units and
 #   the man pages their Documentation= names (internal/dist).
-pkgs=(iproute2 nftables wireguard-tools iperf3 tcpdump qemu-system-x86 busybox-static xz-utils cpio postgresql chromium systemd man-db)
+pkgs=(iproute2 nftables wireguard-tools iperf3 tcpdump qemu-system-x86 busybox-static xz-utils cpio postgresql chromium systemd man-db e2fsprogs)
 
 if ! command -v dpkg >/dev/null; then
 	echo "deps: not a Debian machine (no dpkg); install by hand: ${pkgs[*]}" >&2

@@ -655,7 +655,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	if err != nil {
 		st.Errors = append(st.Errors, fmt.Sprintf("data plane status: %v", err))
 	}
-	st.Peers, st.Drops = dp.Peers, dp.Drops
+	st.Peers, st.Drops, st.WireGuardMode = dp.Peers, dp.Drops, dp.WireGuardMode
 	a.m.paths.set(st.Peers, st.Drops)
 	return st
 }

@@ -70,4 +70,7 @@ type Dataplane interface {
 type DataplaneStatus struct {
 	Peers []api.PeerStatus
 	Drops []api.DropCount
+	// WireGuardMode is the WireGuard device's kind: kernel, userspace
+	// (wireguard-go) or absent (none yet).
+	WireGuardMode string
 }

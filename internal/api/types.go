@@ -135,6 +135,11 @@ type Status struct {
 	Time   time.Time `json:"time"`
 	// Version is the agent's build version (internal/version).
 	Version string `json:"version,omitempty"`
+
+	// WireGuardMode is the kind of the host's WireGuard device: kernel,
+	// userspace (wireguard-go, where the kernel has no WireGuard) or
+	// absent (not made yet: no encrypted path).
+	WireGuardMode string `json:"wireguardMode,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.
@@ -285,6 +290,9 @@ type Server struct {
 	// ControlPlane is the control-plane server URL the agent last
 	// reported talking to (it fails over between its --server URLs).
 	ControlPlane string `json:"controlPlane,omitempty"`
+	// WireGuardMode is the kind of WireGuard device the agent last
+	// reported: kernel, userspace (wireguard-go) or absent.
+	WireGuardMode string `json:"wireguardMode,omitempty"`
 }
 
 // TaskInfo is a placed task with its live status, when its agent

@@ -65,6 +65,7 @@ The lab is removed when demo ends, or on Ctrl-C, unless --keep. Needs root.`,
 	f.StringVar(&o.file, "file", "", "app spec to apply instead of the built-in examples/shop.yaml")
 	f.BoolVar(&o.keep, "keep", false, "leave the lab up at the end, to explore it")
 	f.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the app to settle")
+	addHostsFlags(cmd, &o.lab)
 	return cmd
 }
 
@@ -142,7 +143,13 @@ func runDemo(cmd *cobra.Command, o demoOptions) (err error) {
 	if o.file == "" {
 		// The shop's web tier answers through both paths: web -> app in
 		// plain, app -> db encrypted.
-		if err := demoShopRequest(ctx, out, c, l); err != nil {
+		shopRequest := func(ctx context.Context, w io.Writer) error { return demoShopRequest(ctx, w, c, l) }
+		if l.Hosts == lab.HostsVM {
+			// The web tasks run inside the VMs: the request enters
+			// from the lab's outside client instead (labhosts.go).
+			shopRequest = func(ctx context.Context, w io.Writer) error { return demoShopRequestVM(ctx, w, l) }
+		}
+		if err := shopRequest(ctx, out); err != nil {
 			fmt.Fprintf(talk, "the request to the web tier failed: %v\n", err)
 			failed = append(failed, "shop (web request)")
 		}

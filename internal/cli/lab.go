@@ -102,6 +102,7 @@ stderr). If a lab is already up in DIR it says so and fails, unless --force.`,
 	f.BoolVar(&opts.Force, "force", false, "remove a lab already up in DIR first")
 	f.DurationVar(&opts.JoinTimeout, "join-timeout", 0, "how long to wait for every agent to join (default 90s)")
 	output = f.StringP("output", "o", formatTable, "output format: table, env, json or yaml")
+	addHostsFlags(cmd, &opts)
 	return cmd
 }
 
@@ -264,6 +265,17 @@ func labStatusTable(t *Table, st lab.Status) {
 		detail := s.Address
 		if s.State != "" {
 			detail += " " + s.State
+		}
+		if s.WireGuard != "" {
+			detail += " wireguard " + s.WireGuard
+		}
+		if s.VM != nil {
+			// A VM host: its QEMU, and the agent inside it (heard from by
+			// the control plane).
+			if s.VM.QEMUPID != 0 {
+				pid = "qemu pid " + strconv.Itoa(s.VM.QEMUPID)
+			}
+			detail += fmt.Sprintf(" vm %s, %d boots, wireguard module %s, tap %s", s.VM.Accel, s.VM.Boots, s.VM.Module, s.VM.Tap)
 		}
 		t.Row(s.Name, s.Namespace, yes(s.Present), yes(s.AgentAlive)+" "+pid, yes(s.Joined), detail)
 	}

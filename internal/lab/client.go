@@ -89,6 +89,9 @@ func (l *Lab) makeClient() error {
 		}
 	}
 	for i := range l.Servers {
+		if l.Servers[i].IsVM() {
+			continue // a VM host's init routes them (vmhosts.go)
+		}
 		if err := routeClients(l.Servers[i].Namespace, c.Underlay); err != nil {
 			return err
 		}
@@ -159,7 +162,8 @@ func (l *Lab) Request(ctx context.Context, r IngressRequest) (IngressResponse, e
 			if s.Name != name {
 				continue
 			}
-			c, err := capture.Start(ctx, hostns.Path(s.Namespace), serverIface, r.Marker)
+			ns, iface := l.captureAt(&s)
+			c, err := capture.Start(ctx, hostns.Path(ns), iface, r.Marker)
 			if err != nil {
 				return out, fmt.Errorf("lab: capture on %s: %w", s.Name, err)
 			}

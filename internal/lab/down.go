@@ -507,7 +507,7 @@ func removeDir(dir string, keepLogs bool) error {
 // data and the servers' state.
 func labEntry(name string) bool {
 	switch name {
-	case StateFile, StateFile + ".tmp", "logs", "server", "bin", outsideDataDir:
+	case StateFile, StateFile + ".tmp", "logs", "server", "bin", outsideDataDir, vmDir:
 		return true
 	}
 	n, ok := strings.CutPrefix(name, "s")

@@ -95,6 +95,13 @@ type Lab struct {
 	Outside *Outside `json:"outside,omitempty"`
 	// OutsideClient is the outside client on the underlay (client.go).
 	OutsideClient *Client `json:"outsideClient,omitempty"`
+
+	// Hosts is what the servers are: "netns" (or empty) or "vm"
+	// (vmhosts.go). VMImage, VMQEMU and VMMemory are what VM hosts boot.
+	Hosts    string `json:"hosts,omitempty"`
+	VMImage  string `json:"vmImage,omitempty"`
+	VMQEMU   string `json:"vmQEMU,omitempty"`
+	VMMemory int    `json:"vmMemory,omitempty"`
 }
 
 // Server is one simulated server: a namespace plugged into the underlay
@@ -114,6 +121,10 @@ type Server struct {
 	Listen        string   `json:"listen"`
 	Log           string   `json:"log"`
 	Agent         *Process `json:"agent,omitempty"`
+	// VM is set when the server is a VM host (vmhosts.go): then it has no
+	// Namespace nor Agent process here (the agent runs inside the VM),
+	// and Log is the VM's console.
+	VM *VMHost `json:"vm,omitempty"`
 }
 
 // Process is a process the lab started. StartTime (clock ticks since boot,
@@ -235,6 +246,9 @@ func (l *Lab) processes() []Process {
 	for _, s := range l.Servers {
 		if s.Agent != nil {
 			out = append(out, *s.Agent)
+		}
+		if s.VM != nil && s.VM.QEMU != nil {
+			out = append(out, *s.VM.QEMU)
 		}
 	}
 	if l.Control != nil {

@@ -58,6 +58,10 @@ type Options struct {
 	ServerArgs []string
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
+	// Hosts is what each server is: HostsNetns (default, a namespace) or
+	// HostsVM (a QEMU VM with a kernel of its own, configured by VM).
+	Hosts string
+	VM    VMOptions
 }
 
 // withDefaults fills zero fields and checks the rest. Errors name the
@@ -104,9 +108,28 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.JoinTimeout == 0 {
 		o.JoinTimeout = 90 * time.Second
+		if o.Hosts == HostsVM {
+			// TCG boots on a busy machine take minutes.
+			o.JoinTimeout = 10 * time.Minute
+		}
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	switch o.Hosts {
+	case "", HostsNetns:
+		o.Hosts = HostsNetns
+	case HostsVM:
+		if o.VM, err = o.VM.withDefaults(); err != nil {
+			return o, err
+		}
+		for _, n := range o.VM.WireGuardGo {
+			if i, err := strconv.Atoi(strings.TrimPrefix(n, "s")); err != nil || !strings.HasPrefix(n, "s") || i < 1 || i > o.Servers {
+				return o, fmt.Errorf("lab: wireguard-go host %q: not a server of this lab (s1..s%d)", n, o.Servers)
+			}
+		}
+	default:
+		return o, fmt.Errorf("lab: hosts: %q: use %s or %s", o.Hosts, HostsNetns, HostsVM)
 	}
 
 	if o.Servers < 1 || o.Servers > 200 {

@@ -50,6 +50,24 @@ type ServerStatus struct {
 	Joined bool   `json:"joined"`
 	State  string `json:"state,omitempty"`
 	Log    string `json:"log"`
+	// Kind is netns or vm; VM is a VM host's state (Present: its QEMU
+	// runs; AgentAlive: the control plane hears from its agent).
+	Kind string          `json:"kind"`
+	VM   *VMServerStatus `json:"vm,omitempty"`
+	// WireGuard is the kind of WireGuard device its agent reports:
+	// kernel, userspace (wireguard-go) or absent.
+	WireGuard string `json:"wireguard,omitempty"`
+}
+
+// VMServerStatus is a VM host's state.
+type VMServerStatus struct {
+	QEMUPID int    `json:"qemuPID,omitempty"`
+	Accel   string `json:"accel"`
+	// Module is the wireguard module's fate at boot: kernel or withheld.
+	Module string `json:"module"`
+	Boots  int    `json:"boots"`
+	Tap    string `json:"tap"`
+	Disk   string `json:"disk"`
 }
 
 // Up reports whether every part of the lab is up.
@@ -105,6 +123,7 @@ func (l *Lab) Status(ctx context.Context) Status {
 			Present:   hostns.Exists(s.Namespace),
 			Log:       s.Log,
 		}
+		ss.Kind = HostsNetns
 		if s.Agent != nil {
 			ss.AgentPID = s.Agent.PID
 			ss.AgentAlive = alive(s.Agent)
@@ -112,6 +131,16 @@ func (l *Lab) Status(ctx context.Context) Status {
 		if v, ok := listed[s.Name]; ok {
 			ss.Joined = isJoined(v)
 			ss.State = v.State
+			ss.WireGuard = v.WireGuardMode
+		}
+		if s.IsVM() {
+			ss.Kind, ss.Namespace = HostsVM, s.VM.Tap
+			ss.Present = alive(s.VM.QEMU)
+			ss.AgentAlive = ss.Present && ss.Joined
+			ss.VM = &VMServerStatus{Accel: s.VM.Accel, Module: s.VM.WireGuard, Boots: s.VM.Boots, Tap: s.VM.Tap, Disk: s.VM.Disk}
+			if ss.Present {
+				ss.VM.QEMUPID = s.VM.QEMU.PID
+			}
 		}
 		st.Servers = append(st.Servers, ss)
 	}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/corridor-dev/corridor/internal/vmhost"
 )
 
 // Files the control plane keeps in its data directory (see
@@ -46,6 +48,14 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 
 	l := newLab(o)
+	if o.Hosts == HostsVM {
+		// The image first: a missing package or kernel fails before
+		// anything is made (a cached image costs nothing).
+		log.Info("building the VM host image", "package", o.VM.Package)
+		if _, err := vmImage(ctx, o); err != nil {
+			return nil, err
+		}
+	}
 	for _, d := range []string{l.Dir, filepath.Join(l.Dir, "logs"), filepath.Join(l.Dir, "bin"), l.ServerDataDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("lab: %w", err)
@@ -69,6 +79,13 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	for i := range l.Servers {
 		s := &l.Servers[i]
+		if s.IsVM() {
+			log.Info("making VM host tap", "server", s.Name, "tap", s.VM.Tap, "address", s.Address)
+			if err := l.makeVMTap(s); err != nil {
+				return l, err
+			}
+			continue
+		}
 		log.Info("making server namespace", "server", s.Name, "namespace", s.Namespace, "address", s.Address)
 		if err := l.makeServer(s); err != nil {
 			return l, err
@@ -92,8 +109,17 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	for i := range l.Servers {
 		s := &l.Servers[i]
+		if s.IsVM() {
+			continue
+		}
 		log.Info("starting agent", "server", s.Name, "log", s.Log)
 		if err := l.startAgent(s, o); err != nil {
+			return l, err
+		}
+	}
+	if l.Hosts == HostsVM {
+		log.Info("powering on the VM hosts", "servers", len(l.Servers))
+		if err := l.startVMs(ctx, o); err != nil {
 			return l, err
 		}
 	}
@@ -192,6 +218,7 @@ func newLab(o Options) *Lab {
 		Namespaces:        []string{},
 		RootLinks:         []string{},
 		ServerArgs:        o.ServerArgs,
+		Hosts:             o.Hosts,
 	}
 	for i := 1; i <= o.Servers; i++ {
 		name := serverName(i)
@@ -207,6 +234,9 @@ func newLab(o Options) *Lab {
 			Listen:        net.JoinHostPort(addr.String(), strconv.Itoa(o.AgentPort)),
 			Log:           filepath.Join(o.Dir, "logs", "agent-"+name+".log"),
 		})
+		if o.Hosts == HostsVM {
+			layoutVM(&l.Servers[i-1], i, o)
+		}
 	}
 	return l
 }
@@ -412,6 +442,16 @@ func (l *Lab) waitJoined(ctx context.Context, timeout time.Duration) error {
 			return nil
 		}
 		for _, s := range missing {
+			if s.IsVM() {
+				if !alive(s.VM.QEMU) {
+					return fmt.Errorf("lab: the VM of %s is off (QEMU exited: %s); last lines of its console %s:\n%s", s.Name,
+						strings.TrimSpace(tail(filepath.Join(s.VM.Dir, "qemu.log"), 3)), s.Log, tail(s.Log, 20))
+				}
+				if n := vmhost.ConsoleCount(s.VM.Console, s.VM.ConsoleOffset, vmhost.AgentExitLine); n >= crashLooping {
+					return fmt.Errorf("lab: the agent of VM host %s exited %d times since it booted; last lines of its console %s:\n%s", s.Name, n, s.Log, tail(s.Log, 20))
+				}
+				continue
+			}
 			if !alive(s.Agent) {
 				return fmt.Errorf("lab: the agent of %s exited; last lines of %s:\n%s", s.Name, s.Log, tail(s.Log, 20))
 			}

@@ -37,6 +37,7 @@ func (s *Server) serverViews(sn *store.Snapshot, statuses map[string]store.Statu
 			sv.LastSeen = st.Received
 			sv.AppliedDigest = st.Status.AppliedDigest
 			sv.ControlPlane = st.Status.ControlPlane
+			sv.WireGuardMode = st.Status.WireGuardMode
 			if sv.State == spec.ServerReady && st.Status.NotReady != "" {
 				sv.State = api.ServerNotReady
 			}

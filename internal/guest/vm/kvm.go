@@ -35,6 +35,15 @@ type probeVerdict struct {
 // ran. /dev/kvm existing is not enough: some hosts expose a /dev/kvm that
 // cannot run a stock guest kernel (QEMU aborts, or the guest hangs).
 func probeKVM(ctx context.Context, qemu, kernel, initrd string, timeout time.Duration) (bool, string) {
+	return ProbeKVM(ctx, qemu, kernel, initrd, "corridor-guest:", timeout)
+}
+
+// ProbeKVM boots kernel+initrd under KVM, without a network, and tells
+// whether the init printed a console line starting with line (and why
+// not). The image's init must print it and power off when it finds no
+// configuration (as internal/image's and internal/vmhost's do). Other
+// VM runners (internal/vmhost) use it to choose KVM or TCG.
+func ProbeKVM(ctx context.Context, qemu, kernel, initrd, line string, timeout time.Duration) (bool, string) {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return false, fmt.Sprintf("/dev/kvm: %v", err)
@@ -62,7 +71,7 @@ func probeKVM(ctx context.Context, qemu, kernel, initrd string, timeout time.Dur
 	}
 	cmd := exec.CommandContext(ctx, qemu, args...)
 	out, _ := cmd.CombinedOutput()
-	if consoleHas(con, 0, "corridor-guest:") {
+	if consoleHas(con, 0, line) {
 		return true, "guest booted under KVM"
 	}
 	why := strings.TrimSpace(string(out))

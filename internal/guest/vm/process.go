@@ -152,3 +152,8 @@ func createTap(ns netns.NsHandle, name string) error {
 		return nil
 	})
 }
+
+// CreateTap makes a persistent tap (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, as
+// QEMU's tap netdev expects) named name in the network namespace ns.
+// Other QEMU runners (internal/vmhost) use it for their taps.
+func CreateTap(ns netns.NsHandle, name string) error { return createTap(ns, name) }

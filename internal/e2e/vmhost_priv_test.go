@@ -1,0 +1,325 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/corridor-dev/corridor/examples"
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/guest/vm"
+	"github.com/corridor-dev/corridor/internal/image"
+	"github.com/corridor-dev/corridor/internal/lab"
+	"github.com/corridor-dev/corridor/internal/testnet"
+	"github.com/corridor-dev/corridor/internal/verify"
+	"github.com/corridor-dev/corridor/internal/vmhost"
+)
+
+// testCacheDir keeps the kernel package, the VM host image and the
+// package build across runs ($CORRIDOR_TEST_CACHE).
+func testCacheDir() string {
+	if d := os.Getenv("CORRIDOR_TEST_CACHE"); d != "" {
+		return d
+	}
+	return filepath.Join(os.TempDir(), "corridor-test-cache")
+}
+
+// buildPackage builds the corridor Debian package as `make dist` does: a
+// static binary, then tools/dist (nFPM). It returns the .deb's path.
+func buildPackage(t *testing.T) string {
+	t.Helper()
+	out := t.TempDir()
+	// CI's binary (make build, CORRIDOR_BIN) is static already.
+	bin := os.Getenv(testnet.BinaryEnv)
+	if bin == "" || vmhost.StaticELF(bin) != nil {
+		bin = filepath.Join(out, "corridor")
+		build := exec.Command("go", "build", "-o", bin, "github.com/corridor-dev/corridor/cmd/corridor")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("static build: %v\n%s", err, b)
+		}
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "run", ".", "--binary", bin, "--root", root, "--out", out)
+	cmd.Dir = filepath.Join(root, "tools", "dist")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	b, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tools/dist: %v\n%s", err, stderr.String())
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// upVMHosts brings up a lab of two VM hosts running the package: s1 with
+// kernel WireGuard, s2 with the wireguard module withheld (wireguard-go).
+func upVMHosts(t *testing.T) *fleet {
+	t.Helper()
+	testnet.NeedRoot(t, "boots VM hosts on a bridge in a namespace")
+	if _, err := exec.LookPath(vm.DefaultQEMU); err != nil {
+		t.Skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("no /dev/net/tun")
+	}
+	for _, tool := range []string{"mkfs.ext4", "dpkg", "busybox"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not installed: scripts/deps.sh installs it", tool)
+		}
+	}
+	corridorBin := testnet.Binary(t, "server")
+	built := time.Now()
+	deb := buildPackage(t)
+	t.Logf("package built in %s: %s", time.Since(built).Round(time.Second), filepath.Base(deb))
+	cache := testCacheDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	kdeb, _, err := image.FetchKernel(ctx, os.Getenv("CORRIDOR_TEST_KERNEL_DEB"), "", filepath.Join(cache, "debs"))
+	if err != nil {
+		t.Fatalf("kernel package: %v", err)
+	}
+	pid := os.Getpid()
+	opts := lab.Options{
+		Dir:         filepath.Join(t.TempDir(), "lab"),
+		Servers:     2,
+		Prefix:      fmt.Sprintf("corvh%d-", pid%1000),
+		Underlay:    netip.MustParsePrefix(fmt.Sprintf("198.19.%d.0/24", 100+pid%150)),
+		Binary:      corridorBin,
+		JoinTimeout: 10 * time.Minute,
+		Hosts:       lab.HostsVM,
+		VM: lab.VMOptions{Package: deb, KernelDeb: kdeb, ImageDir: filepath.Join(cache, "vmhost-image"),
+			WireGuardGo: []string{"s2"}},
+	}
+	start := time.Now()
+	l, err := lab.Up(ctx, opts)
+	f := &fleet{lab: l}
+	t.Cleanup(func() {
+		if l == nil {
+			return
+		}
+		if t.Failed() {
+			dumpVMLogs(t, l)
+		}
+		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer dcancel()
+		if err := lab.Down(dctx, lab.DownOptions{Dir: l.Dir, Binary: corridorBin}); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		// The guests lived inside the VMs: the apps' names say nothing
+		// about this machine's namespaces (another lab may run a shop).
+		assertNothingLeft(t, l)
+	})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Logf("figure: lab up of 2 VM hosts (%s), image cached or built, to every agent joined: %s", l.Servers[0].VM.Accel, time.Since(start).Round(time.Second))
+	for _, s := range l.Servers {
+		if d, ok := agentReady(s.VM.Console, s.VM.ConsoleOffset); ok {
+			t.Logf("figure: %s: VM boot (kernel start) to agent ready (joined): %s", s.Name, d)
+		}
+	}
+	if f.c, err = l.Client(); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// agentReady reads, from a console log after offset off, the guest
+// uptime at which the agent logged that it joined or restored its state
+// (the agent's log lines carry no uptime: the init's "starting agent ...
+// at Ns" line and the agent's own wall-clock time are combined).
+func agentReady(console string, off int64) (time.Duration, bool) {
+	b, err := os.ReadFile(console)
+	if err != nil || off > int64(len(b)) {
+		return 0, false
+	}
+	var startUp float64
+	var startWall, readyWall time.Time
+	for _, line := range strings.Split(string(b[off:]), "\n") {
+		line = strings.TrimRight(line, "\r")
+		if rest, ok := strings.CutPrefix(line, "corridor-vmhost: starting agent"); ok && startWall.IsZero() {
+			if i := strings.Index(rest, " at "); i >= 0 {
+				fmt.Sscanf(rest[i+4:], "%fs", &startUp)
+			}
+			continue
+		}
+		if startUp > 0 && startWall.IsZero() && strings.HasPrefix(line, "time=") {
+			startWall, _ = time.Parse(time.RFC3339Nano, strings.Fields(strings.TrimPrefix(line, "time="))[0])
+		}
+		if strings.Contains(line, `msg="joined the cluster"`) || strings.Contains(line, `msg="reconcile done"`) {
+			readyWall, _ = time.Parse(time.RFC3339Nano, strings.Fields(strings.TrimPrefix(line, "time="))[0])
+			break
+		}
+	}
+	if startUp == 0 || startWall.IsZero() || readyWall.IsZero() {
+		return 0, false
+	}
+	return (time.Duration(startUp*float64(time.Second)) + readyWall.Sub(startWall)).Round(100 * time.Millisecond), true
+}
+
+func dumpVMLogs(t *testing.T, l *lab.Lab) {
+	for _, f := range []string{filepath.Join(l.Dir, "logs", "server.log"), l.Servers[0].Log, l.Servers[1].Log} {
+		b, _ := os.ReadFile(f)
+		if len(b) > 8000 {
+			b = b[len(b)-8000:]
+		}
+		t.Logf("---- %s (tail)\n%s", f, b)
+	}
+}
+
+// TestVMHostsKernelAndUserspaceWireGuard runs the shop on two VM hosts
+// booting Debian's kernel and running the corridor package: s1's agent
+// takes the kernel's WireGuard, s2 (module withheld) runs wireguard-go,
+// and verify proves every pair on the wire, the encrypted pair crossing
+// between the two kinds in both directions. Then s1 loses power while
+// the control plane is down, and comes back on its own: the agent
+// started at boot, its guests and paths restored from the snapshot on
+// its state disk.
+func TestVMHostsKernelAndUserspaceWireGuard(t *testing.T) {
+	f := upVMHosts(t)
+	ctx := context.Background()
+
+	applied := time.Now()
+	f.apply(t, examples.Shop)
+	// The first WireGuard handshake of the encrypted pair between the two
+	// hosts: a kernel device and a wireguard-go one.
+	for deadline := time.Now().Add(5 * time.Minute); ; {
+		paths, err := f.c.ListPaths(ctx, api.Filter{App: "shop"})
+		hs := ""
+		for _, p := range paths {
+			if err == nil && p.Encrypt && !p.Local && p.HandshakeAge >= 0 {
+				hs = p.FromServer + " -> " + p.ToServer
+			}
+		}
+		if hs != "" {
+			t.Logf("figure: apply to first WireGuard handshake between the VM hosts (%s, kernel and wireguard-go): %s", hs, time.Since(applied).Round(100*time.Millisecond))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no WireGuard handshake between the VM hosts 5m after apply (%v)", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	f.settleWithin(t, 5, 5*time.Minute)
+	t.Logf("figure: apply to settled (5 tasks running, encrypted paths handshaken): %s", time.Since(applied).Round(100*time.Millisecond))
+	rep := f.verifyWithin(t, "shop", 2*time.Minute)
+
+	servers, err := f.c.ListServers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	modes := map[string]string{}
+	for _, s := range servers {
+		modes[s.Spec.Name] = s.WireGuardMode
+	}
+	if modes["s1"] != "kernel" || modes["s2"] != "userspace" {
+		t.Fatalf("WireGuard kinds %v: want s1 kernel (the VM's own module), s2 userspace (module withheld: wireguard-go)", modes)
+	}
+	// The encrypted pair (app -> db) crossed between the two kinds, and
+	// every check with a capture saw WireGuard, never the marker.
+	crossed := map[string]bool{}
+	for _, c := range rep.Checks {
+		if c.Expect == verify.Encrypted && c.OK && c.FromServer != c.ToServer {
+			crossed[c.FromServer+">"+c.ToServer] = true
+		}
+	}
+	if len(crossed) == 0 {
+		t.Fatalf("no encrypted check between the VM hosts: %+v", rep.Checks)
+	}
+	t.Logf("encrypted paths proved on the wire between %v (s1 kernel, s2 wireguard-go)", crossed)
+
+	t.Run("power-cycle with the control plane down", func(t *testing.T) {
+		l := f.lab
+		if err := l.StopServer(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.PowerOff("s1"); err != nil {
+			t.Fatal(err)
+		}
+		on, err := l.PowerOn(ctx, "s1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Paths up: a request from the outside client enters at s1's
+		// published port and goes web -> app (plain) -> db (encrypted),
+		// with no control plane to help.
+		s1 := l.Server("s1")
+		to := netip.AddrPortFrom(s1.Address, 80)
+		deadline := time.Now().Add(5 * time.Minute)
+		var last string
+		for {
+			r, err := l.Request(ctx, lab.IngressRequest{From: l.OutsideClient.Allowed, To: to, Path: "/api/summary",
+				Marker: []byte("corridor-e2e-reboot"), Timeout: 3 * time.Second})
+			if err == nil && r.Connected && strings.Contains(r.Status, "200") {
+				var sum struct {
+					ServedBy map[string]string `json:"servedBy"`
+				}
+				if json.Unmarshal([]byte(r.Body), &sum) == nil && sum.ServedBy["db"] != "" {
+					break
+				}
+				last = "answered without the db: " + r.Body
+			} else {
+				last = fmt.Sprintf("connected %v, %s, %v", r.Connected, r.Status, err)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("s1 did not come back with its paths within 5m of power-on: %s", last)
+			}
+			time.Sleep(time.Second)
+		}
+		t.Logf("figure: s1 power-on to paths up (request through s1's published port served by web, app and db), control plane down: %s", time.Since(on).Round(100*time.Millisecond))
+		if n := countLines(s1.VM.Console, s1.VM.ConsoleOffset, "corridor-vmhost: starting agent"); n == 0 {
+			t.Fatal("the init did not start the agent at boot")
+		}
+		if err := l.StartServer(ctx, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		f.verifyWithin(t, "shop", 3*time.Minute)
+	})
+}
+
+// settleWithin is settle with a deadline of its own (TCG VM hosts).
+func (f *fleet) settleWithin(t testing.TB, want int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		tasks, err := f.c.ListTasks(context.Background(), api.Filter{})
+		running := 0
+		for _, ti := range tasks {
+			if ti.Status != nil && ti.Status.State == api.TaskRunning {
+				running++
+			}
+		}
+		if err == nil && running == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d tasks running after %s (%v)", running, want, d, err)
+		}
+		time.Sleep(time.Second)
+	}
+	f.settle(t, want)
+}
+
+func countLines(path string, off int64, prefix string) int {
+	b, err := os.ReadFile(path)
+	if err != nil || off > int64(len(b)) {
+		return 0
+	}
+	n := 0
+	for _, l := range strings.Split(string(b[off:]), "\n") {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
+}
