@@ -13,9 +13,14 @@ import (
 // apps of 200 tasks each (10,000 tasks): half are web/api/cache/db, half
 // front/worker/store, with a mix of encrypted and plain rules, self-rules
 // included.
-func benchFleet() Input {
+func benchFleet() Input { return sizedFleet(1000, 50, 1) }
+
+// sizedFleet is benchFleet's shape with the given servers and apps, every
+// class's task count divided by div (at least one task): the tests that
+// run it under the race detector use a smaller one (race_test.go).
+func sizedFleet(servers, apps, div int) Input {
 	var in Input
-	for i := range 1000 {
+	for i := range servers {
 		s := spec.Server{
 			Name:      fmt.Sprintf("srv%04d", i),
 			Address:   fmt.Sprintf("198.18.%d.%d", i/250, 1+i%250),
@@ -30,9 +35,9 @@ func benchFleet() Input {
 	}
 	guest := spec.Guest{Runtime: spec.RuntimeNetns, Command: []string{"sleep", "infinity"}}
 	class := func(name string, tasks int, cpu spec.MilliCPU, mem spec.Bytes) spec.Class {
-		return spec.Class{Name: name, Tasks: tasks, Guest: guest, Resources: spec.Resources{CPU: cpu, Memory: mem}}
+		return spec.Class{Name: name, Tasks: max(1, tasks/div), Guest: guest, Resources: spec.Resources{CPU: cpu, Memory: mem}}
 	}
-	for i := range 50 {
+	for i := range apps {
 		a := spec.App{Name: fmt.Sprintf("app%02d", i)}
 		if i%2 == 0 {
 			db := class("db", 20, 1000, 4<<30)
@@ -146,4 +151,40 @@ func BenchmarkRecompileOneChangeCached(b *testing.B) {
 // compile changes a reused entry only to point it at equal contents.
 func (k *Cache) clone() *Cache {
 	return &Cache{servers: slices.Clone(k.servers), apps: maps.Clone(k.apps), hosts: maps.Clone(k.hosts), gen: k.gen}
+}
+
+// BenchmarkRecompileFanoutFleet is the control plane benchmark's fleet
+// (internal/server BenchmarkLongPollFanout at 10,000 hosts): 10,000
+// servers, one app of 10,000 tasks in 10 classes and no rules, recompiled
+// without a cache after the command changed (every task kept, every
+// host's state new), as the apply's dry run does.
+func BenchmarkRecompileFanoutFleet(b *testing.B) {
+	var in Input
+	for i := range 10000 {
+		in.Servers = append(in.Servers, spec.Server{Name: fmt.Sprintf("h%04d", i), Address: fmt.Sprintf("198.18.%d.%d", i/250, 1+i%250),
+			Capacity: spec.Resources{CPU: 4000, Memory: 8 << 30}})
+	}
+	app := func(gen int) []spec.App {
+		a := spec.App{Name: "fanout"}
+		for c := range 10 {
+			a.Classes = append(a.Classes, spec.Class{Name: fmt.Sprintf("c%d", c), Tasks: 1000, Resources: spec.Resources{CPU: 10, Memory: 4 << 20},
+				Guest: spec.Guest{Runtime: spec.RuntimeNetns, Command: []string{"sleep", fmt.Sprint("gen-", gen)}}})
+		}
+		return []spec.App{a}
+	}
+	in.Apps = app(0)
+	p, err := Compile(in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in.Current, in.Networks = assignments(p)
+	in.Apps = app(1)
+	cpu0 := cpuTime()
+	for b.Loop() {
+		if p, err = Compile(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportCPU(b, cpu0)
+	reportPlan(b, p)
 }

@@ -161,12 +161,15 @@ func TestCacheSameAsCompile(t *testing.T) {
 }
 
 // TestCacheFleet checks the cache on part of the benchmark fleet (600
-// servers, 8 apps): one class scaled up, then a server going down, give
+// servers, 8 apps; under the race detector 150 servers and 8 apps of a
+// fifth of the tasks): one class scaled up, then a server going down, give
 // Compile's bytes, and after the first change the hosts it did not touch
 // are reused (after the second, every app has a task that moved).
 func TestCacheFleet(t *testing.T) {
-	in := benchFleet()
-	in.Servers, in.Apps = in.Servers[:600], in.Apps[:8]
+	in := sizedFleet(600, 8, 1)
+	if raceDetector {
+		in = sizedFleet(150, 8, 5)
+	}
 	var k Cache
 	p, err := k.Compile(in)
 	if err != nil {
@@ -269,10 +272,17 @@ func TestKeyGenerationReachesItsHostOnly(t *testing.T) {
 
 // TestParallelHostsSameAsSequential: host states built by several builders
 // side by side (one range of servers each) are byte for byte those of one
-// builder, with and without a cache.
+// builder, with and without a cache. Under the race detector (where it
+// matters most: the builders share the compiler's data) the fleet is the
+// smallest that still gets hostWorkers builders, with a fifth of the tasks.
 func TestParallelHostsSameAsSequential(t *testing.T) {
-	in := benchFleet()
-	in.Servers, in.Apps = in.Servers[:400], in.Apps[:6]
+	in := sizedFleet(400, 6, 1)
+	if raceDetector {
+		in = sizedFleet(hostWorkers*minHostsPerWorker, 6, 5)
+	}
+	if w := len(in.Servers) / minHostsPerWorker; w < hostWorkers {
+		t.Fatalf("%d servers make %d builders, not %d: the test would compare one builder with itself", len(in.Servers), w, hostWorkers)
+	}
 	compileWith := func(procs int, cached bool) []byte {
 		old := runtime.GOMAXPROCS(procs)
 		defer runtime.GOMAXPROCS(old)

@@ -448,6 +448,13 @@ func (hb *hostBuilder) part(s *server, a *app) *hostPart {
 // task has a path with, once per encryption, in address order (plain
 // before encrypted). srcs are the sources by class and encryption.
 func (hb *hostBuilder) scan(s *server, a *app, srcs [][2][]netip.Addr, f func(t *task, enc bool, srcs []netip.Addr)) {
+	// No local task with a path to any class (an app without rules, or
+	// none from what runs here): nothing to find, and no need to walk all
+	// of a's tasks. Without this an app of 10,000 tasks on 10,000 hosts
+	// and no rules cost 2 x 10^8 steps per compile, nearly all of it.
+	if !slices.ContainsFunc(srcs, func(cs [2][]netip.Addr) bool { return len(cs[0]) > 0 || len(cs[1]) > 0 }) {
+		return
+	}
 	for _, ti := range a.byAddr {
 		t := &hb.c.tasks[ti]
 		if t.server == s.idx {

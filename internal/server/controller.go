@@ -157,10 +157,39 @@ func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.
 }
 
 // stepRotations runs rotationStep, logging a failure (the tick retries).
+// It first asks the mirror and the hub whether any rotation is under way
+// or asked (rotationAsked): every change of an app or a server, and then
+// every agent's report, asks for a step, and a step reads every server
+// record and every host's keys from etcd; at 10,000 hosts that read, made
+// again and again while the acknowledgements of one change came in, cost
+// more than the change itself.
 func (c *controller) stepRotations(ctx context.Context, since time.Time) {
+	if sn, _, err := c.mirror.Read(ctx, mirrorWait); err == nil && !rotationAsked(sn, c.hub.keyGenerations()) {
+		c.rotating.Store(false) // as rotationStep does when nothing is asked
+		return
+	}
 	if err := c.rotationStep(ctx, time.Now(), since); err != nil && ctx.Err() == nil {
 		c.log.Warn("key rotation step", "err", err)
 	}
+}
+
+// rotationAsked reports whether rotationStep may have something to do:
+// a server whose record holds a rotation, or whose asked key generation is
+// above the one its agent last reported (reported; a server missing from
+// it has reported none). It never says no when rotationStep would start
+// or advance a rotation: rotationStep starts one only for a server whose
+// generation is above its reported one, and advances only a recorded one.
+func rotationAsked(sn *store.Snapshot, reported map[string]int64) bool {
+	for i := range sn.Servers {
+		r := &sn.Servers[i]
+		if r.Revoked {
+			continue
+		}
+		if r.Server.Rotation != nil || r.Server.KeyGeneration > reported[r.Server.Name] {
+			return true
+		}
+	}
+	return false
 }
 
 // tick looks at the fleet between watch events, from one snapshot:

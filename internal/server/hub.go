@@ -256,6 +256,20 @@ func (h *hub) view(host string) hostView {
 	return hostView{DesiredRevision: e.rev, AppliedRevision: e.applied, LastSeen: e.lastSeen, KeyGeneration: e.keyGen}
 }
 
+// keyGenerations is every host's key generation as its last status
+// reported it (hosts that reported none, or generation 0, left out).
+func (h *hub) keyGenerations() map[string]int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]int64)
+	for name, e := range h.hosts {
+		if e.keyGen != 0 {
+			out[name] = e.keyGen
+		}
+	}
+	return out
+}
+
 // lastSeen is every host's last status time.
 func (h *hub) lastSeen() map[string]time.Time {
 	h.mu.Lock()

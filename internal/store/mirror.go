@@ -255,6 +255,19 @@ func (m *Mirror) Server(name string) (ServerRecord, bool) {
 	return r, ok && m.loaded
 }
 
+// FreshServer is Server, but ok only when the mirror holds every write
+// made through this Store so far (Store.written): a server record this
+// server just wrote (a join, a revocation) is never missed. Records
+// written through other servers of a cluster reach it one watch event
+// later.
+func (m *Mirror) FreshServer(name string) (ServerRecord, bool) {
+	want := m.st.written.Load()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.servers[name]
+	return r, ok && m.loaded && m.rev >= want
+}
+
 // Revision is the revision the mirror holds (0 before its first load).
 func (m *Mirror) Revision() int64 {
 	m.mu.Lock()

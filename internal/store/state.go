@@ -337,13 +337,16 @@ func (s *Store) ServersPrefix() string { return s.dir(dirServers) }
 // LeaderPrefix is the election prefix of the controller.
 func (s *Store) LeaderPrefix() string { return s.dir(dirLeader) }
 
-// PutStatus stores an agent's report.
+// PutStatus stores an agent's report. It returns once the report is in
+// etcd; concurrent reports share transactions.
 func (s *Store) PutStatus(ctx context.Context, r StatusRecord) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("store: encode status: %w", err)
 	}
-	if _, err := s.client.Put(ctx, s.hostKey(r.Status.Name, suffixStatus), string(b)); err != nil {
+	// Written together with the reports of other agents that arrive
+	// meanwhile (statusbatch.go).
+	if err := s.putStatusBatched(ctx, s.hostKey(r.Status.Name, suffixStatus), string(b)); err != nil {
 		return fmt.Errorf("store: write status of %s: %w", r.Status.Name, err)
 	}
 	return nil

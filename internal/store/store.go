@@ -73,6 +73,8 @@ type Store struct {
 	// inputs or outputs made through this Store (apps, servers,
 	// placement, desired states): a Mirror read waits until it holds it.
 	written atomic.Int64
+	// statuses groups concurrent status writes (statusbatch.go).
+	statuses statusBatch
 }
 
 // noteWrite records a write at revision rev (see written).
@@ -124,6 +126,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		Context:     context.WithoutCancel(ctx),
 		// Desired states of large fleets travel in one range read.
 		MaxCallRecvMsgSize: 256 << 20,
+		// An app's placement is one record: 10,000 tasks with their
+		// placement reasons are about 12.5 MB. The client's default (2
+		// MiB) refused it, and the controller then compiled and placed
+		// every task afresh once a second without ever storing it.
+		MaxCallSendMsgSize: maxRequestBytes,
 	})
 	if err != nil {
 		s.closeEmbedded()
@@ -197,7 +204,7 @@ func startEmbedded(dir string) (*embed.Etcd, error) {
 		QuietLogger(cfg)
 		// Large fleets write many desired states per transaction.
 		cfg.MaxTxnOps = 1024
-		cfg.MaxRequestBytes = 16 << 20
+		cfg.MaxRequestBytes = maxRequestBytes
 		cfg.AutoCompactionMode = "periodic"
 		cfg.AutoCompactionRetention = "1h"
 		e, err := embed.StartEtcd(cfg)
@@ -221,6 +228,11 @@ func startEmbedded(dir string) (*embed.Etcd, error) {
 	}
 	return nil, fmt.Errorf("store: start embedded etcd in %s: %w", dir, lastErr)
 }
+
+// maxRequestBytes bounds one etcd request: the embedded etcd accepts it,
+// and the client sends up to it (an external cluster has its own limit,
+// 1.5 MiB unless --max-request-bytes raises it).
+const maxRequestBytes = 16 << 20
 
 // QuietLogger quiets etcd's own logger, which reports a normal shutdown
 // at error level; Corridor logs what matters itself. Fatal errors still
