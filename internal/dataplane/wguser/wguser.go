@@ -75,8 +75,15 @@ func Serve(ctx context.Context, name string, mtu int, log *slog.Logger) error {
 	if real, err := tdev.Name(); err == nil {
 		name = real
 	}
+	// Verbose lines are formatted only when they are logged (wireguard-go
+	// itself discards them unless asked): keepalives and handshakes would
+	// otherwise cost a Sprintf each for nothing.
+	verbosef := device.DiscardLogf
+	if log.Enabled(ctx, slog.LevelDebug) {
+		verbosef = func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) }
+	}
 	dev := device.NewDevice(tdev, conn.NewDefaultBind(), &device.Logger{
-		Verbosef: func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) },
+		Verbosef: verbosef,
 		Errorf:   func(format string, args ...any) { log.Error(fmt.Sprintf(format, args...)) },
 	})
 	defer dev.Close()
