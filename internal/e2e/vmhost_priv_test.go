@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -62,9 +63,9 @@ func buildPackage(t *testing.T) string {
 	return strings.TrimSpace(string(b))
 }
 
-// upVMHosts brings up a lab of two VM hosts running the package: s1 with
-// kernel WireGuard, s2 with the wireguard module withheld (wireguard-go).
-func upVMHosts(t *testing.T) *fleet {
+// vmHostInputs checks what VM hosts need and gives the package they run
+// (built as make dist does), the kernel package and the test cache.
+func vmHostInputs(t *testing.T) (deb, kdeb, cache string) {
 	t.Helper()
 	testnet.NeedRoot(t, "boots VM hosts on a bridge in a namespace")
 	if _, err := exec.LookPath(vm.DefaultQEMU); err != nil {
@@ -78,17 +79,27 @@ func upVMHosts(t *testing.T) *fleet {
 			t.Fatalf("%s not installed: scripts/deps.sh installs it", tool)
 		}
 	}
-	corridorBin := testnet.Binary(t, "server")
 	built := time.Now()
-	deb := buildPackage(t)
+	deb = buildPackage(t)
 	t.Logf("package built in %s: %s", time.Since(built).Round(time.Second), filepath.Base(deb))
-	cache := testCacheDir()
+	cache = testCacheDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	kdeb, _, err := image.FetchKernel(ctx, os.Getenv("CORRIDOR_TEST_KERNEL_DEB"), "", filepath.Join(cache, "debs"))
 	if err != nil {
 		t.Fatalf("kernel package: %v", err)
 	}
+	return deb, kdeb, cache
+}
+
+// upVMHosts brings up a lab of two VM hosts running the package: s1 with
+// kernel WireGuard, s2 with the wireguard module withheld (wireguard-go).
+func upVMHosts(t *testing.T) *fleet {
+	t.Helper()
+	deb, kdeb, cache := vmHostInputs(t)
+	corridorBin := testnet.Binary(t, "server")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
 	pid := os.Getpid()
 	opts := lab.Options{
 		Dir:         filepath.Join(t.TempDir(), "lab"),
@@ -382,4 +393,41 @@ func countLines(path string, off int64, prefix string) int {
 		}
 	}
 	return n
+}
+
+// TestDemoOnVMHosts runs `corridor demo --hosts vm` as an operator would,
+// on two VM hosts running the package (the last one with the wireguard
+// module withheld, the demo's default, so one host runs kernel WireGuard
+// and the other wireguard-go): it passes verify, the outside client's
+// request through a published port is served, and it leaves nothing.
+func TestDemoOnVMHosts(t *testing.T) {
+	deb, kdeb, cache := vmHostInputs(t)
+	pid := os.Getpid()
+	prefix := fmt.Sprintf("corvd%d-", pid%1000)
+	cmd := exec.Command(testnet.Binary(t, "server", "agent"), "demo", "--hosts", "vm", "--servers", "2",
+		"--package", deb, "--kernel-deb", kdeb, "--vm-image-dir", filepath.Join(cache, "vmhost-image"),
+		"--prefix", prefix, "--dir", filepath.Join(t.TempDir(), "lab"),
+		"--underlay", fmt.Sprintf("198.19.%d.0/24", pid%100), "--timeout", "10m")
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	t.Logf("corridor demo --hosts vm: %s\n%s", time.Since(start).Round(100*time.Millisecond), out)
+	if err != nil {
+		t.Fatalf("corridor demo --hosts vm: %v", err)
+	}
+	m := regexp.MustCompile(`(?m)^(\d+) of (\d+) checks match the policy$`).FindSubmatch(out)
+	if m == nil || string(m[1]) != string(m[2]) || string(m[1]) == "0" {
+		t.Errorf("the demo's verify did not pass: %q", m)
+	}
+	if !bytes.Contains(out, []byte("from the outside client")) || !bytes.Contains(out, []byte("(encrypted)")) {
+		t.Errorf("the demo did not show the outside client's request served through the encrypted path")
+	}
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			t.Errorf("the demo left namespace %s", e.Name())
+		}
+	}
 }
