@@ -21,7 +21,6 @@ import (
 	"github.com/corridor-dev/corridor/internal/lab"
 	"github.com/corridor-dev/corridor/internal/testnet"
 	"github.com/corridor-dev/corridor/internal/verify"
-	"github.com/corridor-dev/corridor/internal/vmhost"
 )
 
 // testCacheDir keeps the kernel package, the VM host image and the
@@ -40,7 +39,7 @@ func buildPackage(t *testing.T) string {
 	out := t.TempDir()
 	// CI's binary (make build, CORRIDOR_BIN) is static already.
 	bin := os.Getenv(testnet.BinaryEnv)
-	if bin == "" || vmhost.StaticELF(bin) != nil {
+	if bin == "" || image.StaticELF(bin) != nil {
 		bin = filepath.Join(out, "corridor")
 		build := exec.Command("go", "build", "-o", bin, "github.com/corridor-dev/corridor/cmd/corridor")
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")

@@ -144,7 +144,7 @@ func (c *Config) defaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if err := checkStatic(c.Busybox); err != nil {
+	if err := StaticELF(c.Busybox); err != nil {
 		return fmt.Errorf("image: busybox: %w (install busybox-static)", err)
 	}
 	if c.WithSample {
@@ -155,16 +155,16 @@ func (c *Config) defaults() error {
 			}
 			c.SampleBinary = exe
 		}
-		if err := checkStatic(c.SampleBinary); err != nil {
+		if err := StaticELF(c.SampleBinary); err != nil {
 			return fmt.Errorf("image: sample binary: %w (build corridor with CGO_ENABLED=0, or pass a static one)", err)
 		}
 	}
 	return nil
 }
 
-// checkStatic fails unless path is a statically linked ELF executable:
-// the guest has no C library.
-func checkStatic(path string) error {
+// StaticELF fails unless path is a statically linked ELF executable: the
+// guest (and the VM host image, internal/vmhost) has no C library.
+func StaticELF(path string) error {
 	f, err := elf.Open(path)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)

@@ -111,13 +111,13 @@ func TestLoadOrder(t *testing.T) {
 }
 
 func TestCheckStatic(t *testing.T) {
-	if err := checkStatic("/bin/sh"); err == nil {
+	if err := StaticELF("/bin/sh"); err == nil {
 		// /bin/sh is dash or bash on Debian, dynamically linked.
 		if out, _ := exec.Command("file", "-L", "/bin/sh").Output(); !bytes.Contains(out, []byte("static")) {
 			t.Fatal("dynamic /bin/sh passed as static")
 		}
 	}
-	if err := checkStatic("/nonexistent"); err == nil {
+	if err := StaticELF("/nonexistent"); err == nil {
 		t.Fatal("missing file passed")
 	}
 }
@@ -133,7 +133,7 @@ func TestBuild(t *testing.T) {
 			t.Skipf("%s not installed", tool)
 		}
 	}
-	if checkStatic(DefaultBusybox) != nil {
+	if StaticELF(DefaultBusybox) != nil {
 		t.Skip("busybox-static not installed")
 	}
 	out := t.TempDir()

@@ -3,7 +3,6 @@ package vmhost
 import (
 	"context"
 	"crypto/sha256"
-	"debug/elf"
 	_ "embed"
 	"encoding/hex"
 	"encoding/json"
@@ -109,23 +108,7 @@ func (c *ImageConfig) defaults() error {
 			return fmt.Errorf("vmhost: %s: %w (a Debian machine has it)", t, err)
 		}
 	}
-	return StaticELF(c.Busybox)
-}
-
-// StaticELF fails unless path is a statically linked executable: the VM
-// host image has no C library.
-func StaticELF(path string) error {
-	f, err := elf.Open(path)
-	if err != nil {
-		return fmt.Errorf("vmhost: %w", err)
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("vmhost: %s is dynamically linked; the VM host image has no C library", path)
-		}
-	}
-	return nil
+	return image.StaticELF(c.Busybox)
 }
 
 // BuildImage builds the VM host image in cfg.Out, or returns the one there
@@ -204,7 +187,7 @@ func BuildImage(ctx context.Context, cfg ImageConfig) (*Image, error) {
 	if err := install(ctx, root, cfg.Package); err != nil {
 		return nil, err
 	}
-	if err := StaticELF(filepath.Join(root, strings.TrimPrefix(dist.Binary, "/"))); err != nil {
+	if err := image.StaticELF(filepath.Join(root, strings.TrimPrefix(dist.Binary, "/"))); err != nil {
 		return nil, fmt.Errorf("%w (build the package from a static binary: `make dist` does, CGO_ENABLED=0)", err)
 	}
 	if err := os.WriteFile(filepath.Join(root, "init"), initScript, 0o755); err != nil {
