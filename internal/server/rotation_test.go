@@ -153,20 +153,7 @@ func rotationPhases(t *testing.T, c *api.Client, name string, gen int64) []strin
 // each get a new key. Each phase is an event.
 func TestHitlessRotation(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t, Config{})
-	s1, s2 := newSimAgent(ts.join(t, "s1", 0, nil)), newSimAgent(ts.join(t, "s2", 1, nil))
-	if _, err := ts.admin.ApplyApp(bg, []byte(rotationApp)); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(bg)
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	s1.run(ctx, &wg)
-	s2.run(ctx, &wg)
-	eventually(t, 10*time.Second, "s2 holds s1 as a peer", func() (bool, string) {
-		ds, err := s2.a.c.Desired(bg, "s2", 0, 0)
-		return err == nil && len(ds.State.Peers) == 1, fmt.Sprint(ds.State.Peers, err)
-	})
+	ts, s1, s2 := rotationPair(t, Config{})
 	keys := map[string]bool{s1.a.req.PublicKey: true}
 	for gen := int64(1); gen <= 3; gen++ {
 		before, _ := s1.keys()
@@ -195,6 +182,28 @@ func TestHitlessRotation(t *testing.T) {
 		ok := err1 == nil && err2 == nil && d1.State.RotationPhase == "" && d1.State.PublicKey == "" && len(d2.State.Peers) == 1 && d2.State.Peers[0].NextPublicKey == ""
 		return ok && d2.State.Peers[0].PublicKey == mustKey(s1), fmt.Sprint(d1.State.RotationPhase, d2.State.Peers)
 	})
+}
+
+// rotationPair starts a server with cfg and two simulated agents, s1 and
+// s2, running until the test ends, with rotationApp applied: s2 holds s1
+// as the peer of an encrypted pair.
+func rotationPair(t *testing.T, cfg Config) (*testServer, *simAgent, *simAgent) {
+	t.Helper()
+	ts := startServer(t, cfg)
+	s1, s2 := newSimAgent(ts.join(t, "s1", 0, nil)), newSimAgent(ts.join(t, "s2", 1, nil))
+	if _, err := ts.admin.ApplyApp(bg, []byte(rotationApp)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(bg)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	s1.run(ctx, &wg)
+	s2.run(ctx, &wg)
+	eventually(t, 10*time.Second, "s2 holds s1 as a peer", func() (bool, string) {
+		ds, err := s2.a.c.Desired(bg, "s2", 0, 0)
+		return err == nil && len(ds.State.Peers) == 1, fmt.Sprint(ds.State.Peers, err)
+	})
+	return ts, s1, s2
 }
 
 func mustKey(s *simAgent) string {
@@ -282,20 +291,7 @@ func TestRotationAskedBeforeFirstReport(t *testing.T) {
 func TestRotationDrainsBeforeSessionsGo(t *testing.T) {
 	t.Parallel()
 	const drain = 700 * time.Millisecond
-	ts := startServer(t, Config{RotationDrain: drain})
-	s1, s2 := newSimAgent(ts.join(t, "s1", 0, nil)), newSimAgent(ts.join(t, "s2", 1, nil))
-	if _, err := ts.admin.ApplyApp(bg, []byte(rotationApp)); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(bg)
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	s1.run(ctx, &wg)
-	s2.run(ctx, &wg)
-	eventually(t, 10*time.Second, "s2 holds s1 as a peer", func() (bool, string) {
-		ds, err := s2.a.c.Desired(bg, "s2", 0, 0)
-		return err == nil && len(ds.State.Peers) == 1, fmt.Sprint(ds.State.Peers, err)
-	})
+	ts, s1, _ := rotationPair(t, Config{RotationDrain: drain})
 	if _, err := ts.admin.RotateKey(bg, "s1"); err != nil {
 		t.Fatal(err)
 	}
