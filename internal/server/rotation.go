@@ -327,7 +327,7 @@ func hasSpare(st api.Status) bool {
 // Moving a route off a WireGuard device does not move the packets the
 // device already took: a user-space WireGuard (wireguard-go) holds them
 // in its queues until it encrypts and sends them, and on a loaded host
-// that lags by hundreds of milliseconds (up to 290 ms measured on the lab
+// that lags by hundreds of milliseconds (up to 280 ms measured on the lab
 // at load 19 on 2 cores: TestHitlessRotationUnderLoad, with captures on
 // both hosts). The next phase then takes that device's sessions away (at
 // commit the first devices change keys and peers; at clear the second
