@@ -41,6 +41,9 @@ const (
 	DropStray   = "stray"
 	DropTunnel  = "tunnel"
 	DropVTEP    = "vtep"
+	// DropHold counts the new TCP connections held off a task about to
+	// move (hoststate.State.Hold): each is a SYN its client sends again.
+	DropHold = "hold"
 	// Allowed is not a drop: allow:<app>:<from>:<to> counts the
 	// connections a pair's egress rule let out of a local guest.
 	Allowed = "allow"
@@ -568,6 +571,13 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		b.add(chainForward, append(ms, b.count(DropPath), drop)...)
 		b.add(chainForward, fromGuest, markIs(MarkPlain), ifMatch(expr.MetaKeyOIFNAME, VXLANName, expr.CmpOpNeq), b.count(DropPath), drop)
 		b.add(chainForward, fromGuest, ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), markIs(0), b.count(DropPath), drop)
+	}
+	// A task about to move: no new TCP connection reaches it, so that
+	// none is in flight when its address switches hosts (the agent waits
+	// for the open ones to end). Its clients send their SYN again.
+	if len(d.hold) > 0 {
+		ms := append([]match{ipv4Only(), addrSet(false, d.hold)}, l4(spec.ProtoTCP, nil)...)
+		b.add(chainForward, append(ms, ctState(expr.CtStateBitNEW, "new", false), b.count(DropHold), drop)...)
 	}
 	b.ingressForward(d, wgNames)
 	for _, t := range tunnels {
