@@ -32,7 +32,8 @@ func tcpOpen(state uint8) bool {
 
 // OpenConns counts the TCP connections through this host that are still
 // open to one of addrs: those whose reply comes from it, which after a
-// published port's DNAT is the task, not the address the client dialled.
+// published port's DNAT is the task, not the address the client dialled;
+// not those from one of addrs (tasks that move together).
 // The agent waits for none to be left before a task's address moves to
 // another host (hoststate.State.Hold).
 func (dp *Dataplane) OpenConns(addrs []netip.Addr) (int, error) {
@@ -56,6 +57,11 @@ func countOpen(flows []*netlink.ConntrackFlow, addrs []netip.Addr) int {
 		}
 		tcp, ok := f.ProtoInfo.(*netlink.ProtoInfoTCP)
 		if !ok || !tcpOpen(tcp.State) {
+			continue
+		}
+		// Between two moving tasks (their old copies, which stop
+		// together): not counted, as the hold lets them through.
+		if src, ok := netip.AddrFromSlice(f.Forward.SrcIP); ok && slices.Contains(addrs, src.Unmap()) {
 			continue
 		}
 		from, ok := netip.AddrFromSlice(f.Reverse.SrcIP)

@@ -167,6 +167,10 @@ func TestCountOpen(t *testing.T) {
 	if n := countOpen(flows, []netip.Addr{held}); n != 3 {
 		t.Errorf("countOpen = %d, want 3", n)
 	}
+	// Two tasks moving together: the connection between them is theirs.
+	if n := countOpen(flows, []netip.Addr{held, netip.MustParseAddr("100.64.0.9")}); n != 0+1 {
+		t.Errorf("countOpen with the client moving too = %d, want 1 (the DNAT one)", n)
+	}
 	if n := countOpen(flows, nil); n != 0 {
 		t.Errorf("countOpen of nothing held = %d, want 0", n)
 	}
@@ -182,7 +186,7 @@ func TestRulesetHolds(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := buildRuleset(d, "corw0").text()
-	rule := `ip daddr {100.64.1.1} meta l4proto tcp ct state new counter name "hold" drop`
+	rule := `ip daddr {100.64.1.1} ip saddr != {100.64.1.1} meta l4proto tcp ct state new counter name "hold" drop`
 	hold, est := strings.Index(text, rule), strings.Index(text, "ct state established,related accept")
 	if hold < 0 || est < 0 || hold > est {
 		t.Fatalf("ruleset lacks %q before the conntrack accept:\n%s", rule, text)
