@@ -288,12 +288,19 @@ func killInNamespaces(t testing.TB, inodes map[uint64]bool) []int {
 // action about object, and returns it.
 func waitEvent(t testing.TB, c *api.Client, action, object string, d time.Duration) api.Event {
 	t.Helper()
+	return waitEventSince(t, c, action, object, time.Time{}, d)
+}
+
+// waitEventSince is waitEvent for an event recorded after since (a lab
+// that lived through earlier steps may hold older ones).
+func waitEventSince(t testing.TB, c *api.Client, action, object string, since time.Time, d time.Duration) api.Event {
+	t.Helper()
 	start := time.Now()
 	for {
 		evs, err := c.ListEvents(context.Background(), 200)
 		if err == nil {
 			for _, e := range evs {
-				if e.Action == action && e.Object == object {
+				if e.Action == action && e.Object == object && e.Time.After(since) {
 					t.Logf("event %s %s: %s", action, object, e.Message)
 					return e
 				}
@@ -306,8 +313,8 @@ func waitEvent(t testing.TB, c *api.Client, action, object string, d time.Durati
 	}
 }
 
-// requestLoop sends one request (connect, PING, answer) from a task's
-// guest to addr every 100 ms, recording when each that succeeded began.
+// requestLoop sends requests one after the other (startRequestLoop,
+// startLoop), recording when each that succeeded began.
 type requestLoop struct {
 	mu   sync.Mutex
 	ok   []time.Time
@@ -316,10 +323,23 @@ type requestLoop struct {
 	wg   sync.WaitGroup
 }
 
+// startRequestLoop sends one request (connect, PING, answer) from a
+// task's guest, network namespace fromNS, to addr every 100 ms.
 func startRequestLoop(fromNS, addr string) *requestLoop {
+	return startLoop(100*time.Millisecond, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		res, err := probe.Dial(ctx, fromNS, "tcp", addr, []byte("PING\n"), 500*time.Millisecond)
+		return err == nil && res.Outcome == probe.Connected
+	})
+}
+
+// startLoop runs request every interval (or, when one takes longer, right
+// after it), recording when each that succeeded began.
+func startLoop(every time.Duration, request func() bool) *requestLoop {
 	l := &requestLoop{done: make(chan struct{})}
 	l.wg.Go(func() {
-		tick := time.NewTicker(100 * time.Millisecond)
+		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
 			select {
@@ -328,11 +348,9 @@ func startRequestLoop(fromNS, addr string) *requestLoop {
 			case <-tick.C:
 			}
 			began := time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			res, err := probe.Dial(ctx, fromNS, "tcp", addr, []byte("PING\n"), 500*time.Millisecond)
-			cancel()
+			ok := request()
 			l.mu.Lock()
-			if err == nil && res.Outcome == probe.Connected {
+			if ok {
 				l.ok = append(l.ok, began)
 			} else {
 				l.fail++

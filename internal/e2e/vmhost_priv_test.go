@@ -109,7 +109,10 @@ func upVMHosts(t *testing.T) *fleet {
 		JoinTimeout: 10 * time.Minute,
 		Hosts:       lab.HostsVM,
 		VM: lab.VMOptions{Package: deb, KernelDeb: kdeb, ImageDir: filepath.Join(cache, "vmhost-image"),
-			WireGuardGo: []string{"s2"}},
+			WireGuardGo: []string{"s2"},
+			// Status every second: the host-loss step runs the control
+			// plane with a 5 s heartbeat timeout.
+			AgentConfig: map[string]string{"status-interval": "1s"}},
 	}
 	start := time.Now()
 	l, err := lab.Up(ctx, opts)
@@ -195,7 +198,10 @@ func dumpVMLogs(t *testing.T, l *lab.Lab) {
 // between the two kinds in both directions. Then s1 loses power while
 // the control plane is down, and comes back on its own: the agent
 // started at boot, its guests and paths restored from the snapshot on
-// its state disk.
+// its state disk. s1 is then off while the app changes, and gets the
+// change when back. Last, host loss: the host running the db loses power
+// during requests to it, and its tasks move to the other host
+// (testVMHostLoss).
 func TestVMHostsKernelAndUserspaceWireGuard(t *testing.T) {
 	f := upVMHosts(t)
 	ctx := context.Background()
@@ -355,10 +361,16 @@ func TestVMHostsKernelAndUserspaceWireGuard(t *testing.T) {
 			}
 		}
 	})
+
+	// Last: it restarts the control plane with a short heartbeat timeout,
+	// under which the power-offs above would move s1's tasks.
+	t.Run("host loss: power off during traffic", func(t *testing.T) {
+		testVMHostLoss(t, f)
+	})
 }
 
 // settleWithin is settle with a deadline of its own (TCG VM hosts).
-func (f *fleet) settleWithin(t testing.TB, want int, d time.Duration) {
+func (f *fleet) settleWithin(t testing.TB, want int, d time.Duration) []api.TaskInfo {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -377,7 +389,7 @@ func (f *fleet) settleWithin(t testing.TB, want int, d time.Duration) {
 		}
 		time.Sleep(time.Second)
 	}
-	f.settle(t, want)
+	return f.settle(t, want)
 }
 
 func countLines(path string, off int64, prefix string) int {

@@ -97,11 +97,14 @@ type Lab struct {
 	OutsideClient *Client `json:"outsideClient,omitempty"`
 
 	// Hosts is what the servers are: "netns" (or empty) or "vm"
-	// (vmhosts.go). VMImage, VMQEMU and VMMemory are what VM hosts boot.
+	// (vmhosts.go). VMImage, VMQEMU and VMMemory are what VM hosts boot,
+	// VMAgentConfig the extra keys of their agent.yaml.
 	Hosts    string `json:"hosts,omitempty"`
 	VMImage  string `json:"vmImage,omitempty"`
 	VMQEMU   string `json:"vmQEMU,omitempty"`
 	VMMemory int    `json:"vmMemory,omitempty"`
+
+	VMAgentConfig map[string]string `json:"vmAgentConfig,omitempty"`
 }
 
 // Server is one simulated server: a namespace plugged into the underlay

@@ -49,6 +49,11 @@ type VMOptions struct {
 	KVM    string
 	Memory int // MiB per host
 	QEMU   string
+	// AgentConfig holds more keys of every VM host's agent.yaml (flags
+	// of `corridor agent` without their dashes, as its --config file
+	// takes them), e.g. {"status-interval": "1s"}: what Options.AgentArgs
+	// are to namespace hosts. Kept in the lab for later power-ons.
+	AgentConfig map[string]string
 }
 
 // VMHost is a server that is a VM (Server.VM).
@@ -97,6 +102,11 @@ func (o VMOptions) withDefaults() (VMOptions, error) {
 	}
 	if o.Memory < 256 {
 		return o, fmt.Errorf("lab: vm memory: %d MiB is below the 256 MiB a VM host needs", o.Memory)
+	}
+	for k := range o.AgentConfig {
+		if slices.Contains(vmAgentKeys, k) || k == "" || strings.ContainsAny(k, ": \n") {
+			return o, fmt.Errorf("lab: vm agent config: key %q: the lab sets %s itself; give other flags of `corridor agent`", k, strings.Join(vmAgentKeys, ", "))
+		}
 	}
 	return o, nil
 }
@@ -182,7 +192,7 @@ func (l *Lab) vmHost(s *Server, memory int) (*vmhost.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
-	conf := vmAgentConfig(s, l.ServerURL)
+	conf := vmAgentConfig(s, l.ServerURL, l.VMAgentConfig)
 	var routes []vmhost.Route
 	if l.OutsideClient != nil {
 		for _, n := range []netip.Prefix{ClientNetwork, clientDeniedNW} {
@@ -195,11 +205,15 @@ func (l *Lab) vmHost(s *Server, memory int) (*vmhost.Host, error) {
 		Files: map[string][]byte{"ca.crt": ca, "join.token": tok}, Memory: memory}, nil
 }
 
+// vmAgentKeys are the keys of agent.yaml that vmAgentConfig writes.
+var vmAgentKeys = []string{"server", "join-token-file", "ca", "state-dir", "labels", "underlay-iface", "name", "listen"}
+
 // vmAgentConfig is a VM host's /etc/corridor/agent.yaml: the one of
 // docs/install.md's step 4 (TestVMAgentConfigFollowsInstallPage), with
 // the lab's server URL and the host's labels, plus its name, underlay
-// interface and API address.
-func vmAgentConfig(s *Server, serverURL string) []byte {
+// interface and API address, and then the keys of extra
+// (VMOptions.AgentConfig).
+func vmAgentConfig(s *Server, serverURL string, extra map[string]string) []byte {
 	var labels []string
 	for _, k := range slices.Sorted(maps.Keys(s.Labels)) {
 		labels = append(labels, k+": "+s.Labels[k])
@@ -213,7 +227,16 @@ labels: {%s}
 underlay-iface: eth0
 name: %s
 listen: %q
-`, s.Name, serverURL, strings.Join(labels, ", "), s.Name, s.Listen))
+%s`, s.Name, serverURL, strings.Join(labels, ", "), s.Name, s.Listen, moreKeys(extra)))
+}
+
+// moreKeys are the lines of extra's keys, sorted, their values quoted.
+func moreKeys(extra map[string]string) string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(extra)) {
+		fmt.Fprintf(&b, "%s: %s\n", k, strconv.Quote(extra[k]))
+	}
+	return b.String()
 }
 
 // startVMs prepares every VM host and powers it on.
@@ -233,7 +256,7 @@ func (l *Lab) startVMs(ctx context.Context, o Options) error {
 		return err
 	}
 	o.Logger.Info("VM hosts accelerator", "accel", accel, "why", why)
-	l.VMImage, l.VMQEMU, l.VMMemory = im.Dir, o.VM.QEMU, o.VM.Memory
+	l.VMImage, l.VMQEMU, l.VMMemory, l.VMAgentConfig = im.Dir, o.VM.QEMU, o.VM.Memory, o.VM.AgentConfig
 	for i := range l.Servers {
 		s := &l.Servers[i]
 		if !s.IsVM() {

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
@@ -31,7 +32,7 @@ func TestVMAgentConfigFollowsInstallPage(t *testing.T) {
 	}
 	s := &Server{Name: "s2", Labels: map[string]string{"zone": "b"}, Listen: "198.18.116.12:7444"}
 	var got map[string]any
-	if err := yaml.Unmarshal(vmAgentConfig(s, "https://198.18.116.1:7443"), &got); err != nil {
+	if err := yaml.Unmarshal(vmAgentConfig(s, "https://198.18.116.1:7443", nil), &got); err != nil {
 		t.Fatal(err)
 	}
 	for k, v := range page {
@@ -54,5 +55,31 @@ func TestVMAgentConfigFollowsInstallPage(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("%s: %v, want %v", k, got[k], v)
 		}
+	}
+}
+
+// The extra keys of VMOptions.AgentConfig follow the lab's own in every
+// VM host's agent.yaml, with their values as given; a key the lab sets
+// itself is refused, naming it.
+func TestVMAgentConfigExtraKeys(t *testing.T) {
+	s := &Server{Name: "s1", Listen: "198.18.116.11:7444"}
+	var got map[string]any
+	b := vmAgentConfig(s, "https://198.18.116.1:7443", map[string]string{"status-interval": "1s", "fence-after": "3s"})
+	if err := yaml.Unmarshal(b, &got); err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	if got["status-interval"] != "1s" || got["fence-after"] != "3s" || got["name"] != "s1" {
+		t.Errorf("agent.yaml with extra keys:\n%s", b)
+	}
+	deb := filepath.Join(t.TempDir(), "corridor.deb")
+	if err := os.WriteFile(deb, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (VMOptions{Package: deb, AgentConfig: map[string]string{"status-interval": "1s"}}).withDefaults(); err != nil {
+		t.Errorf("status-interval refused: %v", err)
+	}
+	_, err := VMOptions{Package: deb, AgentConfig: map[string]string{"listen": ":1"}}.withDefaults()
+	if err == nil || !strings.Contains(err.Error(), `"listen"`) {
+		t.Errorf("a key the lab sets itself: %v, want an error naming it", err)
 	}
 }
