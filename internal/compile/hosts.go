@@ -180,7 +180,6 @@ type hostBuilder struct {
 	// rules and routes here until they are copied into the host's state.
 	guests   []Guest
 	firewall []FirewallRule
-	routes   []Route
 }
 
 // remoteCount is how many remote guests of one server a part lists.
@@ -196,10 +195,16 @@ type remoteMerge struct {
 	plain                []netip.Addr
 }
 
-// hostApp is one app of the host being built and its part.
+// hostApp is one app of the host being built and its part. A part
+// computed for this host (fresh) has its remote lists and routes filled
+// only once the host's route slice is made (fill), so that its routes are
+// written once, in place, and not copied from scratch space.
 type hostApp struct {
-	a    *app
-	part *hostPart
+	a     *app
+	part  *hostPart
+	fresh bool
+	srcs  [][2][]netip.Addr // fresh: the local sources by class and encryption
+	n     int               // fresh: its routes
 }
 
 // hostPart is what one app contributes to one host's state. Its slices are
@@ -241,15 +246,16 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 	if len(s.guestIdx) == 0 {
 		return hs
 	}
-	hb.guests, hb.firewall, hb.routes = hb.guests[:0], hb.firewall[:0], hb.routes[:0]
+	hb.guests, hb.firewall = hb.guests[:0], hb.firewall[:0]
 	hb.byName = hb.byName[:0]
 	nGuests, nFirewall, nRoutes := 0, 0, 0
 	for i := range hb.apps {
 		ha := &hb.apps[i]
 		e := ha.a.entry
-		ha.part = e.parts[s.idx]
+		ha.part, ha.fresh = e.parts[s.idx], false
 		if ha.part == nil {
-			ha.part = hb.part(s, ha.a)
+			ha.part, ha.srcs, ha.n = hb.part(s, ha.a)
+			ha.fresh = true
 			if memo {
 				hb.newParts = append(hb.newParts, newPart{e, s.idx, ha.part})
 			}
@@ -257,7 +263,11 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 		p := ha.part
 		nGuests += len(p.guests)
 		nFirewall += len(p.firewall)
-		nRoutes += len(p.routes)
+		if ha.fresh {
+			nRoutes += ha.n
+		} else {
+			nRoutes += len(p.routes)
+		}
 		hb.byName = append(hb.byName, p)
 	}
 	// Guests and firewall rules sort by app name first, routes by address:
@@ -272,8 +282,16 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 		p.firewall = appendPart(&hs.Firewall, p.firewall)
 	}
 	hs.Routes = make([]Route, 0, nRoutes)
-	for _, ha := range hb.apps {
-		ha.part.routes = appendPart(&hs.Routes, ha.part.routes)
+	for i := range hb.apps {
+		ha := &hb.apps[i]
+		if !ha.fresh {
+			ha.part.routes = appendPart(&hs.Routes, ha.part.routes)
+			continue
+		}
+		r0 := len(hs.Routes)
+		hs.Routes = hb.fill(hs.Routes, s, ha.a, ha.srcs, ha.part)
+		ha.part.routes = hs.Routes[r0:len(hs.Routes):len(hs.Routes)]
+		ha.srcs = nil
 	}
 
 	// Peers and VXLAN entries: per remote server, the remote guests of
@@ -379,9 +397,11 @@ func appendPart[T any](dst *[]T, part []T) []T {
 }
 
 // part computes app a's contribution to host s, which runs at least one
-// task of a. Guests, firewall rules and routes are left in the builder's
+// task of a, but for its remote lists and routes: it sizes those, and
+// returns the local sources by class and encryption and the number of
+// routes, for fill. Guests and firewall rules are left in the builder's
 // scratch space until build copies them.
-func (hb *hostBuilder) part(s *server, a *app) *hostPart {
+func (hb *hostBuilder) part(s *server, a *app) (*hostPart, [][2][]netip.Addr, int) {
 	c := hb.c
 	p := &hostPart{}
 	g0 := len(hb.guests)
@@ -397,8 +417,9 @@ func (hb *hostBuilder) part(s *server, a *app) *hostPart {
 			strings.Compare(x.Protocol, y.Protocol), strings.Compare(x.Direction, y.Direction))
 	})
 
-	// Two passes over the remote tasks: count, then fill slices of the
-	// exact size. Tasks come by address, so each list comes out sorted.
+	// Two passes over the remote tasks: count here, then fill slices of
+	// the exact size (fill). Tasks come by address, so each list comes
+	// out sorted.
 	hb.touched = hb.touched[:0]
 	nEnc, nPlain := 0, 0
 	hb.scan(s, a, srcs, func(t *task, enc bool, _ []netip.Addr) {
@@ -417,16 +438,24 @@ func (hb *hostBuilder) part(s *server, a *app) *hostPart {
 	p.enc = make([]netip.Prefix, nEnc)
 	p.plain = make([]netip.Addr, nPlain)
 	p.remotes = make([]remoteCount, len(hb.touched))
-	// From here nEnc and nPlain are each server's next free position.
-	var oe, op int32
 	for i, rs := range hb.touched {
-		ne, np := hb.nEnc[rs], hb.nPlain[rs]
-		p.remotes[i] = remoteCount{server: rs, nEnc: ne, nPlain: np}
-		hb.nEnc[rs], hb.nPlain[rs] = oe, op
-		oe += ne
-		op += np
+		p.remotes[i] = remoteCount{server: rs, nEnc: hb.nEnc[rs], nPlain: hb.nPlain[rs]}
+		hb.nEnc[rs], hb.nPlain[rs] = 0, 0
 	}
-	r0 := len(hb.routes)
+	return p, srcs, nEnc + nPlain
+}
+
+// fill appends to routes the routes of part p (app a's on host s, made by
+// part with the sources srcs) and fills its remote lists.
+func (hb *hostBuilder) fill(routes []Route, s *server, a *app, srcs [][2][]netip.Addr, p *hostPart) []Route {
+	c := hb.c
+	// nEnc and nPlain are each server's next free position.
+	var oe, op int32
+	for _, r := range p.remotes {
+		hb.nEnc[r.server], hb.nPlain[r.server] = oe, op
+		oe += r.nEnc
+		op += r.nPlain
+	}
 	hb.scan(s, a, srcs, func(t *task, enc bool, src []netip.Addr) {
 		if enc {
 			p.enc[hb.nEnc[t.server]] = netip.PrefixFrom(t.addr, t.addr.BitLen())
@@ -435,13 +464,12 @@ func (hb *hostBuilder) part(s *server, a *app) *hostPart {
 			p.plain[hb.nPlain[t.server]] = t.addr
 			hb.nPlain[t.server]++
 		}
-		hb.routes = append(hb.routes, Route{Sources: src, Dest: t.addr, Server: c.servers[t.server].spec.Name, Encrypt: enc})
+		routes = append(routes, Route{Sources: src, Dest: t.addr, Server: c.servers[t.server].spec.Name, Encrypt: enc})
 	})
-	p.routes = hb.routes[r0:]
-	for _, rs := range hb.touched {
-		hb.nEnc[rs], hb.nPlain[rs] = 0, 0
+	for _, r := range p.remotes {
+		hb.nEnc[r.server], hb.nPlain[r.server] = 0, 0
 	}
-	return p
+	return routes
 }
 
 // scan calls f for every task of a on another server than s that a local
