@@ -3,6 +3,7 @@ package compile
 import (
 	"fmt"
 	"math/bits"
+	"strconv"
 	"slices"
 	"strings"
 
@@ -207,7 +208,17 @@ func usage(s *server, cl *class, after bool) string {
 	if after {
 		dc, dm = cl.cpu, cl.mem
 	}
-	return fmt.Sprintf("cpu %d%%, mem %d%%", ratio(s.usedCPU+dc, s.capCPU).pct(), ratio(s.usedMem+dm, s.capMem).pct())
+	return string(appendUsage(make([]byte, 0, 24), s, dc, dm))
+}
+
+// appendUsage appends "cpu N%, mem M%" of s with dc and dm added to b
+// (usage without fmt: it is written for every runner-up of every task).
+func appendUsage(b []byte, s *server, dc, dm int64) []byte {
+	b = append(b, "cpu "...)
+	b = strconv.AppendInt(b, int64(ratio(s.usedCPU+dc, s.capCPU).pct()), 10)
+	b = append(b, "%, mem "...)
+	b = strconv.AppendInt(b, int64(ratio(s.usedMem+dm, s.capMem).pct()), 10)
+	return append(b, '%')
 }
 
 func (a *cand) less(b *cand) bool {
@@ -342,8 +353,7 @@ func (p *placer) placeTask(a *app, cl *class, ti int32, spread bool) error {
 		why = append(why, "every server that fits already runs a task of "+a.name)
 	}
 	if spread {
-		why = append(why, fmt.Sprintf("%s=%s has the fewest tasks of %s (%d)",
-			cl.spec.Placement.SpreadBy, p.gnames[p.group[best.idx]], cl.name, best.group))
+		why = append(why, cl.spec.Placement.SpreadBy+"="+p.gnames[p.group[best.idx]]+" has the fewest tasks of "+cl.name+" ("+strconv.Itoa(int(best.group))+")")
 	}
 	// s already holds the task: its usage now is its usage after placement.
 	why = append(why, "least loaded that fits ("+usage(s, cl, false)+")")
@@ -371,9 +381,11 @@ func (p *placer) loserWhy(a *app, cl *class, l, w *cand) string {
 	case l.runs && !w.runs:
 		return "already runs a task of " + a.name
 	case l.group > w.group:
-		return fmt.Sprintf("%s=%s already has %d tasks of %s", cl.spec.Placement.SpreadBy, p.gnames[p.group[l.idx]], l.group, cl.name)
+		return cl.spec.Placement.SpreadBy + "=" + p.gnames[p.group[l.idx]] + " already has " + strconv.Itoa(int(l.group)) + " tasks of " + cl.name
 	case l.load.cmp(w.load) > 0:
-		return "more loaded (" + usage(p.c.servers[l.idx], cl, true) + ")"
+		b := append(make([]byte, 0, 40), "more loaded ("...)
+		b = appendUsage(b, p.c.servers[l.idx], cl.cpu, cl.mem)
+		return string(append(b, ')'))
 	default:
 		return "as loaded; " + p.c.servers[w.idx].spec.Name + " comes first by name"
 	}
