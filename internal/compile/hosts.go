@@ -131,7 +131,8 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 			gens = append(gens, ha.a.entry.gen)
 		}
 		gens = c.linkGens(gens, hb.apps)
-		if e := k.hosts[s.spec.Name]; memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && e.rot == s.rot && slices.Equal(e.gens, gens) {
+		e := k.hosts[s.spec.Name]
+		if memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && e.rot == s.rot && slices.Equal(e.gens, gens) {
 			out[i] = e.state
 			hb.entries = append(hb.entries, namedEntry{s.spec.Name, e})
 			continue
@@ -139,7 +140,11 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 		if hb.mac[i] == "" {
 			hb.mac[i] = VTEPMAC(s.addr)
 		}
-		out[i] = hb.build(s, memo)
+		var prev *HostState // the host's last state, whose unchanged lists are kept
+		if e != nil && memo {
+			prev = &e.state
+		}
+		out[i] = hb.build(s, memo, prev)
 		c.addLinks(&out[i], s)
 		if memo {
 			hb.entries = append(hb.entries, namedEntry{s.spec.Name, &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens), state: out[i]}})
@@ -180,6 +185,14 @@ type hostBuilder struct {
 	// rules and routes here until they are copied into the host's state.
 	guests   []Guest
 	firewall []FirewallRule
+	// Scratch space for a host rebuilt over its cached state (build's
+	// prev): merged remote lists, peers and VXLAN entries, and which of
+	// those point into the merged lists.
+	encBuf                 []netip.Prefix
+	plainBuf               []netip.Addr
+	peers                  []Peer
+	vxlan                  []VXLANEntry
+	encMerged, plainMerged []bool
 }
 
 // remoteCount is how many remote guests of one server a part lists.
@@ -233,7 +246,12 @@ func (p *hostPart) each(f func(server int32, enc []netip.Prefix, plain []netip.A
 	}
 }
 
-func (hb *hostBuilder) build(s *server, memo bool) HostState {
+// build makes host s's state. With prev (the host's state in the cache,
+// which this one replaces), the merged remote lists, peers and VXLAN
+// entries are made in scratch space first, and those equal to prev's are
+// taken from prev (shared, read-only) instead of allocated anew: after a
+// one-class change most of a rebuilt host's peers are those it had.
+func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 	c := hb.c
 	hs := HostState{
 		Schema: hoststate.Schema, Host: s.spec.Name, Address: s.addr, VTEPMAC: hb.mac[s.idx], WireGuardPort: s.wgPort,
@@ -332,8 +350,16 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 		}
 	}
 	if nEnc+nPlain > 0 {
-		encBuf := make([]netip.Prefix, nEnc)
-		plainBuf := make([]netip.Addr, nPlain)
+		var encBuf []netip.Prefix
+		var plainBuf []netip.Addr
+		if prev != nil {
+			hb.encBuf = slices.Grow(hb.encBuf[:0], nEnc)
+			hb.plainBuf = slices.Grow(hb.plainBuf[:0], nPlain)
+			encBuf, plainBuf = hb.encBuf[:nEnc], hb.plainBuf[:nPlain]
+		} else {
+			encBuf = make([]netip.Prefix, nEnc)
+			plainBuf = make([]netip.Addr, nPlain)
+		}
 		for i := range hb.remotes {
 			m := &hb.remotes[i]
 			if m.encParts > 1 {
@@ -366,8 +392,13 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 			nVX++
 		}
 	}
-	hs.Peers = make([]Peer, 0, nPeers)
-	hs.VXLAN = make([]VXLANEntry, 0, nVX)
+	if prev != nil {
+		hs.Peers, hs.VXLAN = hb.peers[:0], hb.vxlan[:0]
+		hb.encMerged, hb.plainMerged = hb.encMerged[:0], hb.plainMerged[:0]
+	} else {
+		hs.Peers = make([]Peer, 0, nPeers)
+		hs.VXLAN = make([]VXLANEntry, 0, nVX)
+	}
 	for _, si := range hb.touched {
 		r := &hb.remotes[hb.slot[si]-1]
 		hb.slot[si] = 0
@@ -375,6 +406,7 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 		if len(r.enc) > 0 {
 			hs.Peers = append(hs.Peers, Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
 				Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort)), AllowedIPs: r.enc})
+			hb.encMerged = append(hb.encMerged, r.encParts > 1)
 		}
 		if len(r.plain) > 0 {
 			if hb.mac[si] == "" {
@@ -382,10 +414,74 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 			}
 			hs.VXLAN = append(hs.VXLAN, VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr,
 				MAC: hb.mac[si], Guests: r.plain})
+			hb.plainMerged = append(hb.plainMerged, r.plainParts > 1)
 		}
+	}
+	if prev != nil {
+		hb.peers, hb.vxlan = hs.Peers, hs.VXLAN
+		hs.Peers = keepPeers(prev.Peers, hs.Peers, hb.encMerged)
+		hs.VXLAN = keepVXLAN(prev.VXLAN, hs.VXLAN, hb.plainMerged)
 	}
 	hs.Outbound = c.outbound(hs.Guests)
 	return hs
+}
+
+// keepPeers is cur, made in scratch space, as a slice of its own: prev
+// itself when cur equals it, else a copy whose allowed IPs are prev's
+// where equal (for the same server). merged says which of cur's allowed
+// IPs are in scratch space (the others belong to a part, and are kept).
+// Both lists are sorted by server name.
+func keepPeers(prev, cur []Peer, merged []bool) []Peer {
+	same := len(prev) == len(cur)
+	j := 0
+	for i := range cur {
+		p := &cur[i]
+		for j < len(prev) && prev[j].Server < p.Server {
+			j++
+		}
+		if j < len(prev) && prev[j].Server == p.Server && slices.Equal(prev[j].AllowedIPs, p.AllowedIPs) {
+			p.AllowedIPs = prev[j].AllowedIPs
+			same = same && i == j && prev[j].PublicKey == p.PublicKey && prev[j].NextPublicKey == p.NextPublicKey && prev[j].Endpoint == p.Endpoint
+			continue
+		}
+		same = false
+		if merged[i] {
+			p.AllowedIPs = slices.Clone(p.AllowedIPs)
+		}
+	}
+	if same {
+		return prev
+	}
+	out := make([]Peer, len(cur))
+	copy(out, cur)
+	return out
+}
+
+// keepVXLAN is keepPeers for VXLAN entries and their guests.
+func keepVXLAN(prev, cur []VXLANEntry, merged []bool) []VXLANEntry {
+	same := len(prev) == len(cur)
+	j := 0
+	for i := range cur {
+		v := &cur[i]
+		for j < len(prev) && prev[j].Server < v.Server {
+			j++
+		}
+		if j < len(prev) && prev[j].Server == v.Server && slices.Equal(prev[j].Guests, v.Guests) {
+			v.Guests = prev[j].Guests
+			same = same && i == j && prev[j].Underlay == v.Underlay && prev[j].MAC == v.MAC
+			continue
+		}
+		same = false
+		if merged[i] {
+			v.Guests = slices.Clone(v.Guests)
+		}
+	}
+	if same {
+		return prev
+	}
+	out := make([]VXLANEntry, len(cur))
+	copy(out, cur)
+	return out
 }
 
 // appendPart appends part to *dst, which has room for it, and returns the
