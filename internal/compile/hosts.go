@@ -193,6 +193,7 @@ type hostBuilder struct {
 	peers                  []Peer
 	vxlan                  []VXLANEntry
 	encMerged, plainMerged []bool
+	arena                  []remoteCount // the remote counts of the parts of the host being built, without memo
 }
 
 // remoteCount is how many remote guests of one server a part lists.
@@ -266,13 +267,14 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 	}
 	hb.guests, hb.firewall = hb.guests[:0], hb.firewall[:0]
 	hb.byName = hb.byName[:0]
+	hb.arena = hb.arena[:0]
 	nGuests, nFirewall, nRoutes := 0, 0, 0
 	for i := range hb.apps {
 		ha := &hb.apps[i]
 		e := ha.a.entry
 		ha.part, ha.fresh = e.parts[s.idx], false
 		if ha.part == nil {
-			ha.part, ha.srcs, ha.n = hb.part(s, ha.a)
+			ha.part, ha.srcs, ha.n = hb.part(s, ha.a, memo)
 			ha.fresh = true
 			if memo {
 				hb.newParts = append(hb.newParts, newPart{e, s.idx, ha.part})
@@ -299,6 +301,29 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 		p.guests = appendPart(&hs.Guests, p.guests)
 		p.firewall = appendPart(&hs.Firewall, p.firewall)
 	}
+	// Peers and VXLAN entries: per remote server, the remote guests of
+	// every app, in network order (so by address). Without memo no part
+	// outlives this host, and its remote guests are written straight into
+	// the host's lists, one buffer per host sized from the parts' counts
+	// (direct). With memo each part keeps lists of its own, to be reused by
+	// later compiles: a host's list made by one part only is that part's
+	// slice, the others are merged into one buffer per host.
+	direct := !memo
+	if direct {
+		hb.countRemotes()
+		var nEnc, nPlain int
+		for i := range hb.remotes {
+			nEnc += hb.remotes[i].nEnc
+			nPlain += hb.remotes[i].nPlain
+		}
+		encBuf := make([]netip.Prefix, nEnc)
+		plainBuf := make([]netip.Addr, nPlain)
+		for i := range hb.remotes {
+			m := &hb.remotes[i]
+			m.enc, encBuf = encBuf[:0:m.nEnc], encBuf[m.nEnc:]
+			m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
+		}
+	}
 	hs.Routes = make([]Route, 0, nRoutes)
 	for i := range hb.apps {
 		ha := &hb.apps[i]
@@ -307,79 +332,12 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 			continue
 		}
 		r0 := len(hs.Routes)
-		hs.Routes = hb.fill(hs.Routes, s, ha.a, ha.srcs, ha.part)
+		hs.Routes = hb.fill(hs.Routes, s, ha.a, ha.srcs, ha.part, direct)
 		ha.part.routes = hs.Routes[r0:len(hs.Routes):len(hs.Routes)]
 		ha.srcs = nil
 	}
-
-	// Peers and VXLAN entries: per remote server, the remote guests of
-	// every app, in network order (so by address). A list made by one
-	// part only is that part's slice; the others are filled from one
-	// buffer per host, sized in a first pass.
-	hb.touched = hb.touched[:0]
-	hb.remotes = hb.remotes[:0]
-	for _, ha := range hb.apps {
-		ha.part.each(func(rs int32, enc []netip.Prefix, plain []netip.Addr) {
-			sl := hb.slot[rs]
-			if sl == 0 {
-				hb.remotes = append(hb.remotes, remoteMerge{server: rs})
-				sl = int32(len(hb.remotes))
-				hb.slot[rs] = sl
-				hb.touched = append(hb.touched, rs)
-			}
-			m := &hb.remotes[sl-1]
-			if len(enc) > 0 {
-				m.encParts++
-				m.nEnc += len(enc)
-				m.enc = enc
-			}
-			if len(plain) > 0 {
-				m.plainParts++
-				m.nPlain += len(plain)
-				m.plain = plain
-			}
-		})
-	}
-	var nEnc, nPlain int
-	for i := range hb.remotes {
-		if m := &hb.remotes[i]; m.encParts > 1 {
-			nEnc += m.nEnc
-		}
-		if m := &hb.remotes[i]; m.plainParts > 1 {
-			nPlain += m.nPlain
-		}
-	}
-	if nEnc+nPlain > 0 {
-		var encBuf []netip.Prefix
-		var plainBuf []netip.Addr
-		if prev != nil {
-			hb.encBuf = slices.Grow(hb.encBuf[:0], nEnc)
-			hb.plainBuf = slices.Grow(hb.plainBuf[:0], nPlain)
-			encBuf, plainBuf = hb.encBuf[:nEnc], hb.plainBuf[:nPlain]
-		} else {
-			encBuf = make([]netip.Prefix, nEnc)
-			plainBuf = make([]netip.Addr, nPlain)
-		}
-		for i := range hb.remotes {
-			m := &hb.remotes[i]
-			if m.encParts > 1 {
-				m.enc, encBuf = encBuf[:0:m.nEnc], encBuf[m.nEnc:]
-			}
-			if m.plainParts > 1 {
-				m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
-			}
-		}
-		for _, ha := range hb.apps {
-			ha.part.each(func(rs int32, enc []netip.Prefix, plain []netip.Addr) {
-				m := &hb.remotes[hb.slot[rs]-1]
-				if m.encParts > 1 {
-					m.enc = append(m.enc, enc...)
-				}
-				if m.plainParts > 1 {
-					m.plain = append(m.plain, plain...)
-				}
-			})
-		}
+	if !direct {
+		hb.merge(prev)
 	}
 	slices.Sort(hb.touched)
 	nPeers, nVX := 0, 0
@@ -484,6 +442,88 @@ func keepVXLAN(prev, cur []VXLANEntry, merged []bool) []VXLANEntry {
 	return out
 }
 
+// countRemotes lists in hb.remotes (and hb.touched, hb.slot) the remote
+// servers of the host's parts, with how many remote guests each reaches
+// encrypted and in plain, over all parts.
+func (hb *hostBuilder) countRemotes() {
+	hb.touched = hb.touched[:0]
+	hb.remotes = hb.remotes[:0]
+	for _, ha := range hb.apps {
+		for _, r := range ha.part.remotes {
+			sl := hb.slot[r.server]
+			if sl == 0 {
+				hb.remotes = append(hb.remotes, remoteMerge{server: r.server})
+				sl = int32(len(hb.remotes))
+				hb.slot[r.server] = sl
+				hb.touched = append(hb.touched, r.server)
+			}
+			m := &hb.remotes[sl-1]
+			if r.nEnc > 0 {
+				m.encParts++
+				m.nEnc += int(r.nEnc)
+			}
+			if r.nPlain > 0 {
+				m.plainParts++
+				m.nPlain += int(r.nPlain)
+			}
+		}
+	}
+}
+
+// merge makes hb.remotes' lists from the parts' own lists: a list made by
+// one part only is that part's slice; the others are filled from one
+// buffer per host (scratch space with prev, see build).
+func (hb *hostBuilder) merge(prev *HostState) {
+	hb.countRemotes()
+	var nEnc, nPlain int
+	for i := range hb.remotes {
+		if m := &hb.remotes[i]; m.encParts > 1 {
+			nEnc += m.nEnc
+		}
+		if m := &hb.remotes[i]; m.plainParts > 1 {
+			nPlain += m.nPlain
+		}
+	}
+	var encBuf []netip.Prefix
+	var plainBuf []netip.Addr
+	if prev != nil {
+		hb.encBuf = slices.Grow(hb.encBuf[:0], nEnc)
+		hb.plainBuf = slices.Grow(hb.plainBuf[:0], nPlain)
+		encBuf, plainBuf = hb.encBuf[:nEnc], hb.plainBuf[:nPlain]
+	} else if nEnc+nPlain > 0 {
+		encBuf = make([]netip.Prefix, nEnc)
+		plainBuf = make([]netip.Addr, nPlain)
+	}
+	for i := range hb.remotes {
+		m := &hb.remotes[i]
+		if m.encParts > 1 {
+			m.enc, encBuf = encBuf[:0:m.nEnc], encBuf[m.nEnc:]
+		}
+		if m.plainParts > 1 {
+			m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
+		}
+	}
+	for _, ha := range hb.apps {
+		ha.part.each(func(rs int32, enc []netip.Prefix, plain []netip.Addr) {
+			m := &hb.remotes[hb.slot[rs]-1]
+			if len(enc) > 0 {
+				if m.encParts > 1 {
+					m.enc = append(m.enc, enc...)
+				} else {
+					m.enc = enc
+				}
+			}
+			if len(plain) > 0 {
+				if m.plainParts > 1 {
+					m.plain = append(m.plain, plain...)
+				} else {
+					m.plain = plain
+				}
+			}
+		})
+	}
+}
+
 // appendPart appends part to *dst, which has room for it, and returns the
 // copy, full.
 func appendPart[T any](dst *[]T, part []T) []T {
@@ -497,7 +537,7 @@ func appendPart[T any](dst *[]T, part []T) []T {
 // returns the local sources by class and encryption and the number of
 // routes, for fill. Guests and firewall rules are left in the builder's
 // scratch space until build copies them.
-func (hb *hostBuilder) part(s *server, a *app) (*hostPart, [][2][]netip.Addr, int) {
+func (hb *hostBuilder) part(s *server, a *app, memo bool) (*hostPart, [][2][]netip.Addr, int) {
 	c := hb.c
 	p := &hostPart{}
 	g0 := len(hb.guests)
@@ -531,9 +571,18 @@ func (hb *hostBuilder) part(s *server, a *app) (*hostPart, [][2][]netip.Addr, in
 		}
 	})
 	slices.Sort(hb.touched)
-	p.enc = make([]netip.Prefix, nEnc)
-	p.plain = make([]netip.Addr, nPlain)
-	p.remotes = make([]remoteCount, len(hb.touched))
+	if memo {
+		p.enc = make([]netip.Prefix, nEnc)
+		p.plain = make([]netip.Addr, nPlain)
+		p.remotes = make([]remoteCount, len(hb.touched))
+	} else {
+		// The part lives as long as the host being built: its counts go
+		// in scratch space, and fill writes its remote guests into the
+		// host's lists.
+		n := len(hb.arena)
+		hb.arena = slices.Grow(hb.arena, len(hb.touched))[:n+len(hb.touched)]
+		p.remotes = hb.arena[n:len(hb.arena):len(hb.arena)]
+	}
 	for i, rs := range hb.touched {
 		p.remotes[i] = remoteCount{server: rs, nEnc: hb.nEnc[rs], nPlain: hb.nPlain[rs]}
 		hb.nEnc[rs], hb.nPlain[rs] = 0, 0
@@ -542,9 +591,22 @@ func (hb *hostBuilder) part(s *server, a *app) (*hostPart, [][2][]netip.Addr, in
 }
 
 // fill appends to routes the routes of part p (app a's on host s, made by
-// part with the sources srcs) and fills its remote lists.
-func (hb *hostBuilder) fill(routes []Route, s *server, a *app, srcs [][2][]netip.Addr, p *hostPart) []Route {
+// part with the sources srcs) and fills its remote lists; direct, it
+// appends its remote guests to the host's lists in hb.remotes instead.
+func (hb *hostBuilder) fill(routes []Route, s *server, a *app, srcs [][2][]netip.Addr, p *hostPart, direct bool) []Route {
 	c := hb.c
+	if direct {
+		hb.scan(s, a, srcs, func(t *task, enc bool, src []netip.Addr) {
+			m := &hb.remotes[hb.slot[t.server]-1]
+			if enc {
+				m.enc = append(m.enc, netip.PrefixFrom(t.addr, t.addr.BitLen()))
+			} else {
+				m.plain = append(m.plain, t.addr)
+			}
+			routes = append(routes, Route{Sources: src, Dest: t.addr, Server: c.servers[t.server].spec.Name, Encrypt: enc})
+		})
+		return routes
+	}
 	// nEnc and nPlain are each server's next free position.
 	var oe, op int32
 	for _, r := range p.remotes {

@@ -3,8 +3,8 @@ package compile
 import (
 	"fmt"
 	"math/bits"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/corridor-dev/corridor/internal/spec"
