@@ -30,12 +30,13 @@ func (c *compiler) place() error {
 	}
 	n := len(c.servers)
 	p := placer{
-		c:        c,
-		appCount: make([]int32, n),
-		elig:     make([]uint8, n),
-		ok:       make([]bool, n),
-		load:     make([]frac, n),
-		group:    make([]int32, n),
+		c:          c,
+		appCount:   make([]int32, n),
+		elig:       make([]uint8, n),
+		ok:         make([]bool, n),
+		load:       make([]frac, n),
+		group:      make([]int32, n),
+		moreLoaded: make([]string, n),
 	}
 	for _, a := range c.apps {
 		for _, ti := range a.tasks {
@@ -127,6 +128,13 @@ type placer struct {
 	gnames   []string
 	top      []cand // best candidates so far, best first
 	unfit    []int32
+	// moreLoaded is, per server, loserWhy's "more loaded (...)" for the
+	// current class, made when first needed and dropped by update: the
+	// same runners-up come back task after task.
+	moreLoaded []string
+	// asLoaded is loserWhy's "as loaded; <winner> comes first by name"
+	// for the task being placed.
+	asLoaded string
 }
 
 // frac is an exact non-negative fraction; loads are compared with integer
@@ -189,6 +197,7 @@ func (p *placer) update(i int32, cl *class) {
 	s := p.c.servers[i]
 	p.ok[i] = p.elig[i] == eligible && fits(s, cl)
 	p.load[i] = loadAfter(s, cl)
+	p.moreLoaded[i] = ""
 }
 
 // loadAfter is the larger of the cpu and memory fractions of s once a task
@@ -360,7 +369,8 @@ func (p *placer) placeTask(a *app, cl *class, ti int32, spread bool) error {
 	t.reason.Chosen = strings.Join(why, "; ")
 
 	// The runners-up first, then servers that cannot take the task.
-	var rej []Rejection
+	p.asLoaded = ""
+	rej := make([]Rejection, 0, min(keepTop-1, len(p.top)-1+len(p.unfit)))
 	for i := 1; i < len(p.top); i++ {
 		rej = append(rej, Rejection{c.servers[p.top[i].idx].spec.Name, p.loserWhy(a, cl, &p.top[i], &best)})
 	}
@@ -371,6 +381,9 @@ func (p *placer) placeTask(a *app, cl *class, ti int32, spread bool) error {
 		rej = append(rej, Rejection{c.servers[i].spec.Name, p.unfitWhy(cl, c.servers[i])})
 	}
 	slices.SortFunc(rej, func(x, y Rejection) int { return strings.Compare(x.Server, y.Server) })
+	if len(rej) == 0 {
+		rej = nil
+	}
 	t.reason.Rejected = rej
 	t.reason.Omitted = len(c.servers) - 1 - len(rej)
 	return nil
@@ -383,11 +396,17 @@ func (p *placer) loserWhy(a *app, cl *class, l, w *cand) string {
 	case l.group > w.group:
 		return cl.spec.Placement.SpreadBy + "=" + p.gnames[p.group[l.idx]] + " already has " + strconv.Itoa(int(l.group)) + " tasks of " + cl.name
 	case l.load.cmp(w.load) > 0:
-		b := append(make([]byte, 0, 40), "more loaded ("...)
-		b = appendUsage(b, p.c.servers[l.idx], cl.cpu, cl.mem)
-		return string(append(b, ')'))
+		if p.moreLoaded[l.idx] == "" {
+			b := append(make([]byte, 0, 40), "more loaded ("...)
+			b = appendUsage(b, p.c.servers[l.idx], cl.cpu, cl.mem)
+			p.moreLoaded[l.idx] = string(append(b, ')'))
+		}
+		return p.moreLoaded[l.idx]
 	default:
-		return "as loaded; " + p.c.servers[w.idx].spec.Name + " comes first by name"
+		if p.asLoaded == "" {
+			p.asLoaded = "as loaded; " + p.c.servers[w.idx].spec.Name + " comes first by name"
+		}
+		return p.asLoaded
 	}
 }
 
