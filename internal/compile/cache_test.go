@@ -322,7 +322,10 @@ func TestParallelHostsSameAsSequential(t *testing.T) {
 // WireGuard port or address changes, every plan is still byte for byte
 // Compile's.
 func TestRebuiltHostKeepsUnchangedPeers(t *testing.T) {
-	in := sizedFleet(120, 6, 4)
+	in := sizedFleet(100, 6, 5)
+	if raceDetector {
+		in = sizedFleet(40, 4, 10)
+	}
 	var k Cache
 	p, err := k.Compile(in)
 	if err != nil {
