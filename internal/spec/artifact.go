@@ -69,7 +69,8 @@ const maxArtifactURL = 2048
 // init runs command) or a single disk image (raw or qcow2, booted by the
 // host's default kernel as the image field's is). It stands in place of
 // the kernel, initrd and image paths, and takes neither run nor args:
-// the program is command.
+// the program is command, which it needs (the VM runtime hands it to the
+// guest's init).
 func validateVMArtifact(w *where, g *Guest, p string) {
 	for _, f := range []struct{ field, val string }{{"kernel", g.Kernel}, {"initrd", g.Initrd}, {"image", g.Image}} {
 		if f.val != "" {
@@ -84,8 +85,8 @@ func validateVMArtifact(w *where, g *Guest, p string) {
 	if len(a.Args) > 0 {
 		w.errorf(p+".artifact.args", "args applies only to runtime netns: a VM's program and its arguments are command, run by the image's init")
 	}
-	if a.IsArchive() && len(g.Command) == 0 {
-		w.errorf(p+".command", "runtime vm with a guest image archive needs a command: the program its init runs")
+	if len(g.Command) == 0 {
+		w.errorf(p+".command", "runtime vm with an artifact needs a command: the program the image's init runs")
 	}
 	a.Run, a.Args = "", nil
 	validateArtifact(w, a, p+".artifact", RuntimeVM)

@@ -79,7 +79,7 @@ func TestVMArtifactAccepted(t *testing.T) {
 	for name, guest := range map[string]string{
 		"image archive": "      command: [corridor, sample, web]\n      artifact: {url: corridor://" + artifactSHA + ", sha256: " + artifactSHA + ", archive: true}\n",
 		"https archive": "      command: [corridor, sample, web]\n      artifact:\n        url: https://example.com/guest.tgz\n        sha256: " + artifactSHA + "\n",
-		"disk":          "      artifact:\n        url: https://example.com/disk.qcow2\n        sha256: " + artifactSHA + "\n",
+		"disk":          "      command: [web]\n      artifact:\n        url: https://example.com/disk.qcow2\n        sha256: " + artifactSHA + "\n",
 		"disk, command": "      command: [web]\n      artifact: {url: corridor://" + artifactSHA + ", sha256: " + artifactSHA + "}\n      vcpus: 2\n",
 	} {
 		apps, err := DecodeApps("app.yaml", []byte(vmArtifactApp(guest)))
@@ -108,10 +108,12 @@ func TestVMArtifactErrors(t *testing.T) {
 			"app.yaml:11:7: classes[0].guest.artifact: give either artifact (a guest image the agent fetches) or initrd"},
 		{"run", "      command: [web]\n      artifact:\n        url: https://example.com/guest.tgz\n        sha256: " + artifactSHA + "\n        run: bin/web\n",
 			"app.yaml:13:9: classes[0].guest.artifact.run: run applies only to runtime netns"},
-		{"args", "      artifact:\n        url: https://example.com/disk.img\n        sha256: " + artifactSHA + "\n        args: [serve]\n",
-			"app.yaml:12:9: classes[0].guest.artifact.args: args applies only to runtime netns"},
+		{"args", "      command: [web]\n      artifact:\n        url: https://example.com/disk.img\n        sha256: " + artifactSHA + "\n        args: [serve]\n",
+			"app.yaml:13:9: classes[0].guest.artifact.args: args applies only to runtime netns"},
 		{"archive without command", "      artifact: {url: corridor://" + artifactSHA + ", sha256: " + artifactSHA + ", archive: true}\n",
-			"classes[0].guest.command: runtime vm with a guest image archive needs a command"},
+			"classes[0].guest.command: runtime vm with an artifact needs a command"},
+		{"disk without command", "      artifact: {url: corridor://" + artifactSHA + ", sha256: " + artifactSHA + "}\n",
+			"classes[0].guest.command: runtime vm with an artifact needs a command"},
 		{"bad sha", "      artifact:\n        url: https://example.com/disk.img\n        sha256: abc\n",
 			"app.yaml:11:9: classes[0].guest.artifact.sha256: sha256 must be 64 lower-case hex digits"},
 		{"http", "      artifact:\n        url: http://example.com/disk.img\n        sha256: " + artifactSHA + "\n",
