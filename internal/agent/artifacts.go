@@ -144,7 +144,6 @@ func (g *artifactGuests) Status(task string) api.TaskStatus {
 	return g.Guests.Status(task)
 }
 
-
 // artifactFetcher is the control plane client's artifact download
 // (api.Client.FetchArtifact, with the agent's certificate).
 type artifactFetcher interface {

@@ -34,7 +34,6 @@ import (
 // prober), from the values of its flags. The CLI parses the flags and
 // calls RunHost or CleanupHost.
 
-
 // GuestsDir is the netns guest runtime's directory in the agent's state
 // directory: one directory per task (guest.TaskDir), with its record and
 // its log.
