@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/corridor-dev/corridor/internal/api"
@@ -194,7 +193,7 @@ func (u *udpStream) why() string {
 	})
 	last, _ := u.lastErr.Load().(string)
 	return fmt.Sprintf("%d sends failed (last: %q); receiver's namespace: UDP InErrors %d, RcvbufErrors %d; lost: %s", u.sendErr.Load(), last,
-		snmpField(snmp, "Udp:", "InErrors"), snmpField(snmp, "Udp:", "RcvbufErrors"), u.lostRanges())
+		testnet.SNMPField(snmp, "Udp:", "InErrors"), testnet.SNMPField(snmp, "Udp:", "RcvbufErrors"), u.lostRanges())
 }
 
 // lostWindows are the times of the first and last datagram of each run of
@@ -301,26 +300,18 @@ func (u *udpStream) finish() (sent, lost uint64) {
 	return sent, sent - uint64(u.received())
 }
 
-// tcpStream is a sequence-numbered TCP exchange: a fixed-size numbered
-// line every interval from one guest, echoed by a listener the test runs
-// in the other guest; each echo must come back in order.
+// tcpStream is a sequence-numbered TCP exchange (testnet.EchoStream)
+// from one guest, echoed by a listener the test runs in the other guest.
 type tcpStream struct {
-	marker    string
-	c         net.Conn
-	ln        net.Listener
-	fromNS    string
-	sent, got atomic.Uint64
-	bad       atomic.Value
-	stop      chan struct{}
-	written   chan struct{}
-	wg        sync.WaitGroup
+	*testnet.EchoStream
+	ln     net.Listener
+	fromNS string
+	echo   sync.WaitGroup
 }
-
-const tcpLine = 40
 
 func startTCPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, marker string, every time.Duration) *tcpStream {
 	t.Helper()
-	s := &tcpStream{marker: marker, fromNS: l.GuestNetnsOn(from.Server, from.ID), stop: make(chan struct{}), written: make(chan struct{})}
+	s := &tcpStream{fromNS: l.GuestNetnsOn(from.Server, from.ID)}
 	addr := net.JoinHostPort(to.Address.String(), strconv.Itoa(port))
 	if err := nsrun.Do(l.GuestNetnsOn(to.Server, to.ID), func() (err error) {
 		s.ln, err = net.Listen("tcp4", addr)
@@ -328,9 +319,9 @@ func startTCPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, m
 	}); err != nil {
 		t.Fatalf("listen in %s: %v", to.ID, err)
 	}
-	s.wg.Add(1)
+	s.echo.Add(1)
 	go func() { // the echo server
-		defer s.wg.Done()
+		defer s.echo.Done()
 		c, err := s.ln.Accept()
 		if err != nil {
 			return
@@ -338,45 +329,15 @@ func startTCPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, m
 		defer c.Close()
 		_, _ = io.Copy(c, c)
 	}()
+	var c net.Conn
 	if err := nsrun.Do(s.fromNS, func() (err error) {
-		s.c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
+		c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
 		return err
 	}); err != nil {
+		s.ln.Close()
 		t.Fatalf("connect %s -> %s: %v", from.ID, addr, err)
 	}
-	s.wg.Add(2)
-	go func() {
-		defer s.wg.Done()
-		buf := make([]byte, tcpLine)
-		for {
-			if _, err := io.ReadFull(s.c, buf); err != nil {
-				return
-			}
-			want := fmt.Sprintf("%s-%0*d", s.marker, tcpLine-len(s.marker)-1, s.got.Load())
-			if string(buf) != want {
-				s.bad.Store(fmt.Sprintf("echo %q, want %q", buf, want))
-			}
-			s.got.Add(1)
-		}
-	}()
-	go func() {
-		defer s.wg.Done()
-		defer close(s.written)
-		tk := time.NewTicker(every)
-		defer tk.Stop()
-		for seq := uint64(0); ; seq++ {
-			select {
-			case <-s.stop:
-				return
-			case <-tk.C:
-			}
-			if _, err := fmt.Fprintf(s.c, "%s-%0*d", s.marker, tcpLine-len(s.marker)-1, seq); err != nil {
-				s.bad.Store("write: " + err.Error())
-				return
-			}
-			s.sent.Store(seq + 1)
-		}
-	}()
+	s.EchoStream = testnet.StartEchoStream(t, c, marker, every)
 	t.Cleanup(func() { s.finish() })
 	return s
 }
@@ -385,65 +346,26 @@ func startTCPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, m
 // (TCP_INFO) and in its guest's whole namespace (RetransSegs of
 // /proc/net/snmp, as nstat or ss would show them there).
 func (s *tcpStream) retrans() (conn uint32, netns uint64) {
-	if rc, err := s.c.(*net.TCPConn).SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) {
-			if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-				conn = info.Total_retrans
-			}
-		})
-	}
+	conn = s.Retrans()
 	_ = nsrun.Do(s.fromNS, func() error {
 		b, err := os.ReadFile("/proc/thread-self/net/snmp")
 		if err != nil {
 			return err
 		}
-		netns = snmpField(string(b), "Tcp:", "RetransSegs")
+		netns = testnet.SNMPField(string(b), "Tcp:", "RetransSegs")
 		return nil
 	})
 	return conn, netns
 }
 
-// snmpField reads one counter of /proc/net/snmp: a header line and a value
-// line per protocol.
-func snmpField(snmp, proto, field string) uint64 {
-	var head []string
-	for _, line := range strings.Split(snmp, "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != proto {
-			continue
-		}
-		if head == nil {
-			head = f
-			continue
-		}
-		if i := slices.Index(head, field); i > 0 && i < len(f) {
-			n, _ := strconv.ParseUint(f[i], 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
 // finish stops sending, waits for every echo, and gives what was sent and
 // echoed, and the first error seen.
 func (s *tcpStream) finish() (sent, echoed uint64, bad string) {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	<-s.written
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && s.got.Load() < s.sent.Load() {
-		time.Sleep(20 * time.Millisecond)
-	}
-	s.c.Close()
+	sent, echoed = s.Drain(5 * time.Second)
+	bad = s.Close()
 	s.ln.Close()
-	s.wg.Wait()
-	if v := s.bad.Load(); v != nil {
-		bad = v.(string)
-	}
-	return s.sent.Load(), s.got.Load(), bad
+	s.echo.Wait()
+	return sent, echoed, bad
 }
 
 // underlayCapture watches the underlay of the sender's server for the
@@ -573,9 +495,9 @@ func TestHitlessRotationUnderLoad(t *testing.T) {
 	udp := startUDPStream(t, sf.lab, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
 	tcp := startTCPStream(t, sf.lab, sf.src, sf.enc, 7001, encMark, 2*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
-	for udp.received() < 100 || tcp.got.Load() < 100 {
+	for udp.received() < 100 || tcp.Echoed() < 100 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the streams do not flow: %d datagrams, %d echoes", udp.received(), tcp.got.Load())
+			t.Fatalf("the streams do not flow: %d datagrams, %d echoes", udp.received(), tcp.Echoed())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -605,10 +527,10 @@ func TestHitlessRotationUnderLoad(t *testing.T) {
 	rotSent := udp.sent.Load() - rot0
 	// A control window as long as the rotations took, without rotation.
 	ctl0, _ := tcp.retrans()
-	ctlSent0 := tcp.sent.Load()
+	ctlSent0 := tcp.Sent()
 	time.Sleep(min(took, 10*time.Second))
 	ctl1, _ := tcp.retrans()
-	ctlSent := tcp.sent.Load() - ctlSent0
+	ctlSent := tcp.Sent() - ctlSent0
 
 	sent, lost := udp.finish()
 	tsent, techo, bad := tcp.finish()
