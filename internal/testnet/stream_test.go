@@ -94,3 +94,69 @@ func TestSNMPField(t *testing.T) {
 		}
 	}
 }
+
+func TestUDPStream(t *testing.T) {
+	in, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := net.Dial("udp4", in.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Foreign datagrams on the port are not counted.
+	other, err := net.Dial("udp4", in.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	u := StartUDPStream(t, out, in, "unit", time.Millisecond)
+	other.Write([]byte("other-5"))
+	deadline := time.Now().Add(20 * time.Second)
+	for u.Received() < 50 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d arrived within 20 s", u.Received(), u.Sent())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	sent, lost := u.Finish(10 * time.Second)
+	if sent < 50 || lost != 0 || len(u.LostRuns()) != 0 {
+		t.Fatalf("sent %d, lost %d (%+v) on loopback", sent, lost, u.LostRuns())
+	}
+	if n, _ := u.SendErrors(); n != 0 {
+		t.Fatalf("%d sends failed", n)
+	}
+	if s2, l2 := u.Finish(0); s2 != sent || l2 != lost {
+		t.Fatal("a second Finish changed the result")
+	}
+}
+
+// Datagrams that never arrive are counted lost, in runs.
+func TestUDPStreamLoss(t *testing.T) {
+	in, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := net.ListenPacket("udp4", "127.0.0.1:0") // nobody reads what the stream counts
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	out, err := net.Dial("udp4", sink.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := StartUDPStream(t, out, in, "unit", time.Millisecond)
+	deadline := time.Now().Add(20 * time.Second)
+	for u.Sent() < 10 {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing sent within 20 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	sent, lost := u.Finish(0)
+	runs := u.LostRuns()
+	if lost != sent || len(runs) != 1 || runs[0].First != 0 || runs[0].Last != sent-1 {
+		t.Fatalf("sent %d, lost %d, runs %+v: want all lost in one run", sent, lost, runs)
+	}
+}
