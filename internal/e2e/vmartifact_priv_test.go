@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -44,15 +42,7 @@ func TestVMImageArtifact(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	push := func(b []byte) string {
-		t.Helper()
-		sum := sha256.Sum256(b)
-		hexSum := hex.EncodeToString(sum[:])
-		if _, err := f.c.PushArtifact(ctx, hexSum, bytes.NewReader(b), int64(len(b))); err != nil {
-			t.Fatalf("push: %v", err)
-		}
-		return hexSum
-	}
+	push := func(b []byte) string { return pushArtifact(ctx, t, f.c, b) }
 	tgz := packDir(t, imgDir)
 	imgSum := push(tgz)
 	t.Logf("image %s packed and pushed (%d bytes) %s after the lab was asked for", imgSum[:12], len(tgz), time.Since(start).Round(time.Millisecond))
