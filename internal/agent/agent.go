@@ -184,6 +184,9 @@ type Agent struct {
 	// reconcileMu serialises reconcile passes (updates, repairs, the
 	// fail-static pass at start).
 	reconcileMu sync.Mutex
+	// held are the addresses of moving tasks the last applied state held
+	// (State.Hold); reconcileMu guards it.
+	held []netip.Addr
 
 	mu         sync.Mutex
 	target     *api.DesiredState // the newest state received or loaded
@@ -461,6 +464,9 @@ func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 	if len(errs) == 0 && len(st.Hold) > 0 && target.Revision != a.AppliedRevision() {
 		a.awaitHold(ctx, st.Hold)
 	}
+	if len(errs) == 0 {
+		a.releaseHold(st.Hold)
+	}
 	elapsed := time.Since(start)
 	a.m.reconcileDuration.Observe(elapsed.Seconds())
 
@@ -620,6 +626,37 @@ func (a *Agent) awaitHold(ctx context.Context, hold []netip.Addr) {
 		case <-time.After(holdPoll):
 		}
 	}
+}
+
+// connFlusher is a data plane that forgets the connections tracked to or
+// from some addresses (dataplane.FlushConns).
+type connFlusher interface {
+	FlushConns(addrs []netip.Addr) (uint, error)
+}
+
+// releaseHold forgets, once a state that no longer holds a moving task's
+// address is applied (its routes now lead to the new copy), every
+// connection tracked for that address: conntrack recorded each with the
+// old path, along which a retried SYN would be answered and lost.
+// reconcileMu held.
+func (a *Agent) releaseHold(hold []netip.Addr) {
+	var released []netip.Addr
+	for _, h := range a.held {
+		if !slices.Contains(hold, h) {
+			released = append(released, h)
+		}
+	}
+	a.held = slices.Clone(hold)
+	cf, ok := a.cfg.Dataplane.(connFlusher)
+	if len(released) == 0 || !ok {
+		return
+	}
+	n, err := cf.FlushConns(released)
+	if err != nil {
+		a.log.Warn("forget the connections of moved tasks", "err", err)
+		return
+	}
+	a.log.Info("moved tasks switched: their tracked connections forgotten", "addresses", len(released), "connections", n)
 }
 
 // holdPoll is how often awaitHold counts the open connections.
