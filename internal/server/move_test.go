@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -250,4 +251,47 @@ func TestMoveOffMovesInOneStep(t *testing.T) {
 	if got := eventActions(t, ts, "task/"+moving.ID); len(got) != 0 {
 		t.Errorf("move events %v", got)
 	}
+}
+
+// A move under way when the control plane stops resumes from its record
+// when it starts again: the copy that starts later is switched to, and
+// the move's events come once each.
+func TestMoveResumesAfterRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ts, agents := moveFleet(t, Config{DataDir: dir, MoveTimeout: time.Minute})
+	moving, from := firstTask(t, ts)
+	for _, m := range agents {
+		m.mu.Lock()
+		m.noStart[moving.ID] = true // the copy does not start yet
+		m.mu.Unlock()
+	}
+	if _, err := ts.admin.DrainServer(bg, from, true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the move in phase stage", func() (bool, string) {
+		rec, err := ts.st.GetMove(bg)
+		return err == nil && rec != nil && rec.Phase == "stage", fmt.Sprint(rec, err)
+	})
+	addr := strings.TrimPrefix(ts.URL(), "https://")
+	ts.stop()
+	ts2 := startServer(t, Config{DataDir: dir, Listen: addr, MoveTimeout: time.Minute})
+	for _, m := range agents {
+		m.mu.Lock()
+		delete(m.noStart, moving.ID)
+		m.mu.Unlock()
+	}
+	want := []string{EventTaskMoving, EventTaskHeld, EventTaskMoved, EventTaskStopped}
+	eventually(t, 30*time.Second, "the move done", func() (bool, string) {
+		got := eventActions(t, ts2, "task/"+moving.ID)
+		return slices.Equal(got, want), fmt.Sprint(got)
+	})
+	eventually(t, 10*time.Second, "the task off "+from, func() (bool, string) {
+		for _, x := range tasksOf(t, ts2.admin, api.Filter{}) {
+			if x.ID == moving.ID {
+				return x.Server != from, x.Server
+			}
+		}
+		return false, "gone"
+	})
 }
