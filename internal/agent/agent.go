@@ -54,6 +54,9 @@ const (
 	DefaultMoveGrace  = 2 * time.Second
 	DefaultBackoffMin = 500 * time.Millisecond
 	DefaultBackoffMax = 30 * time.Second
+	// DefaultArtifactGCInterval: how often the artifacts no guest uses
+	// and none has used for the cache's UnusedFor are removed.
+	DefaultArtifactGCInterval = 10 * time.Minute
 
 	// reconcileTimeout bounds one reconcile pass. A pass is not cut short
 	// by shutdown: a half-applied data plane is worse than a late exit.
@@ -87,7 +90,11 @@ type Config struct {
 	Dataplane Dataplane
 	// Artifacts, when set, is the cache of task programs delivered as
 	// artifacts (artifacts.go); nil: a guest naming one is not started.
-	Artifacts *artifact.Cache
+	// Run removes the artifacts no guest uses every ArtifactGCInterval
+	// (DefaultArtifactGCInterval when 0), and once once the stored state
+	// is loaded.
+	Artifacts          *artifact.Cache
+	ArtifactGCInterval time.Duration
 
 	// ServerAddrs are the server's underlay addresses. A desired state
 	// that would send any of them into a tunnel is refused.
@@ -147,6 +154,7 @@ func (c *Config) defaults() error {
 	set(&c.MoveGrace, DefaultMoveGrace)
 	set(&c.BackoffMin, DefaultBackoffMin)
 	set(&c.BackoffMax, DefaultBackoffMax)
+	set(&c.ArtifactGCInterval, DefaultArtifactGCInterval)
 	if c.WireGuardPort == 0 {
 		c.WireGuardPort = compile.DefaultWireGuardPort
 	}
@@ -176,6 +184,9 @@ type Agent struct {
 	// reconcileMu serialises reconcile passes (updates, repairs, the
 	// fail-static pass at start).
 	reconcileMu sync.Mutex
+	// held are the addresses of moving tasks the last applied state held
+	// (State.Hold); reconcileMu guards it.
+	held []netip.Addr
 
 	mu         sync.Mutex
 	target     *api.DesiredState // the newest state received or loaded
@@ -268,6 +279,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	wg.Go(func() { a.reconcileLoop(ctx) })
 	wg.Go(func() { a.handshakeLoop(ctx) })
+	// Started after the stored state is loaded: what it names is in use
+	// (a VM adopted from an earlier agent still boots from its image).
+	if a.cfg.Artifacts != nil {
+		wg.Go(func() { a.cfg.Artifacts.Run(ctx, a.cfg.ArtifactGCInterval, a.artifactsInUse) })
+	}
 
 	id, err := a.ensureIdentity(ctx)
 	if err != nil {
@@ -448,6 +464,9 @@ func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 	if len(errs) == 0 && len(st.Hold) > 0 && target.Revision != a.AppliedRevision() {
 		a.awaitHold(ctx, st.Hold)
 	}
+	if len(errs) == 0 {
+		a.releaseHold(st.Hold)
+	}
 	elapsed := time.Since(start)
 	a.m.reconcileDuration.Observe(elapsed.Seconds())
 
@@ -607,6 +626,37 @@ func (a *Agent) awaitHold(ctx context.Context, hold []netip.Addr) {
 		case <-time.After(holdPoll):
 		}
 	}
+}
+
+// connFlusher is a data plane that forgets the connections tracked to or
+// from some addresses (dataplane.FlushConns).
+type connFlusher interface {
+	FlushConns(addrs []netip.Addr) (uint, error)
+}
+
+// releaseHold forgets, once a state that no longer holds a moving task's
+// address is applied (its routes now lead to the new copy), every
+// connection tracked for that address: conntrack recorded each with the
+// old path, along which a retried SYN would be answered and lost.
+// reconcileMu held.
+func (a *Agent) releaseHold(hold []netip.Addr) {
+	var released []netip.Addr
+	for _, h := range a.held {
+		if !slices.Contains(hold, h) {
+			released = append(released, h)
+		}
+	}
+	a.held = slices.Clone(hold)
+	cf, ok := a.cfg.Dataplane.(connFlusher)
+	if len(released) == 0 || !ok {
+		return
+	}
+	n, err := cf.FlushConns(released)
+	if err != nil {
+		a.log.Warn("forget the connections of moved tasks", "err", err)
+		return
+	}
+	a.log.Info("moved tasks switched: their tracked connections forgotten", "addresses", len(released), "connections", n)
 }
 
 // holdPoll is how often awaitHold counts the open connections.

@@ -109,3 +109,27 @@ func moveState(st hoststate.State) hoststate.State {
 	}
 	return st
 }
+
+// Once a state that no longer holds an address is applied (the address
+// switched hosts), the connections tracked for it are forgotten, once;
+// not while it is held.
+func TestSwitchForgetsConnections(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.MoveGrace = 100 * time.Millisecond
+	h.start()
+	st := state("shop/web/0")
+	h.apply(t, "first state", st)
+	db := st.Routes[0].Dest
+	held := moveState(st)
+	held.Hold = []netip.Addr{db}
+	h.apply(t, "held state", held)
+	if n := countEvents(h, "flush:"+db.String()); n != 0 {
+		t.Fatalf("connections forgotten while held (%d)", n)
+	}
+	switched := moveState(state("shop/web/0"))
+	switched.Routes[0].Server = "s3"
+	h.apply(t, "switched state", switched)
+	if n := countEvents(h, "flush:"+db.String()); n != 1 {
+		t.Fatalf("connections of the switched address forgotten %d times, want once", n)
+	}
+}

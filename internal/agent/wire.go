@@ -38,6 +38,8 @@ func (h hostDataplane) Apply(ctx context.Context, st compile.HostState) error {
 
 func (h hostDataplane) OpenConns(addrs []netip.Addr) (int, error) { return h.dp.OpenConns(addrs) }
 
+func (h hostDataplane) FlushConns(addrs []netip.Addr) (uint, error) { return h.dp.FlushConns(addrs) }
+
 func (h hostDataplane) RetryStalledHandshakes(now time.Time) (dataplane.HandshakeCheck, error) {
 	return h.dp.RetryStalledHandshakes(now)
 }

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -70,4 +71,34 @@ func countOpen(flows []*netlink.ConntrackFlow, addrs []netip.Addr) int {
 		}
 	}
 	return n
+}
+
+// FlushConns deletes every connection tracked to or from one of addrs
+// (of any protocol and state), and says how many. The agent calls it once
+// a moving task's address has switched hosts: whatever conntrack still
+// holds for it recorded the old path (its mark, and so the device its
+// replies take), and a client's retried SYN of a connection tracked
+// before the switch would be answered along that old path and lost.
+func (dp *Dataplane) FlushConns(addrs []netip.Addr) (uint, error) {
+	if len(addrs) == 0 {
+		return 0, nil
+	}
+	n, err := dp.nl.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, connsOf(addrs))
+	if err != nil {
+		return n, fmt.Errorf("dataplane: delete conntrack entries of moved tasks: %w", err)
+	}
+	return n, nil
+}
+
+// connsOf matches the flows whose original destination, reply source or
+// original source is one of its addresses.
+type connsOf []netip.Addr
+
+func (c connsOf) MatchConntrackFlow(f *netlink.ConntrackFlow) bool {
+	for _, ip := range []net.IP{f.Forward.DstIP, f.Reverse.SrcIP, f.Forward.SrcIP} {
+		if a, ok := netip.AddrFromSlice(ip); ok && slices.Contains(c, a.Unmap()) {
+			return true
+		}
+	}
+	return false
 }

@@ -582,9 +582,16 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	// none is in flight when its address switches hosts (the agent waits
 	// for the open ones to end). Its clients send their SYN again. The
 	// old copies of tasks moving together still reach each other: a
-	// request in flight through them must be able to finish.
+	// request in flight through them must be able to finish. Only where a
+	// connection starts (from a local guest, or a published port's client
+	// on the underlay): one that arrives by a tunnel was let through by
+	// its client's host before that host held it, and is in flight.
 	if len(d.hold) > 0 {
-		ms := append([]match{ipv4Only(), addrSet(false, d.hold), addrSetOp(true, d.hold, true)}, l4(spec.ProtoTCP, nil)...)
+		ms := []match{ipv4Only(), addrSet(false, d.hold), addrSetOp(true, d.hold, true)}
+		for _, t := range tunnels {
+			ms = append(ms, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpNeq))
+		}
+		ms = append(ms, l4(spec.ProtoTCP, nil)...)
 		b.add(chainForward, append(ms, ctState(expr.CtStateBitNEW, "new", false), b.count(DropHold), drop)...)
 	}
 	b.ingressForward(d, wgNames)

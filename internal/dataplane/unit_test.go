@@ -186,7 +186,7 @@ func TestRulesetHolds(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := buildRuleset(d, "corw0").text()
-	rule := `ip daddr {100.64.1.1} ip saddr != {100.64.1.1} meta l4proto tcp ct state new counter name "hold" drop`
+	rule := `ip daddr {100.64.1.1} ip saddr != {100.64.1.1} iifname != "corw0" iifname != "corw0+" iifname != "corv0" meta l4proto tcp ct state new counter name "hold" drop`
 	hold, est := strings.Index(text, rule), strings.Index(text, "ct state established,related accept")
 	if hold < 0 || est < 0 || hold > est {
 		t.Fatalf("ruleset lacks %q before the conntrack accept:\n%s", rule, text)
@@ -195,5 +195,29 @@ func TestRulesetHolds(t *testing.T) {
 	d, _ = buildDesired(st)
 	if text := buildRuleset(d, "corw0").text(); strings.Contains(text, `"hold"`) {
 		t.Fatalf("hold rule left without a hold:\n%s", text)
+	}
+}
+
+// connsOf matches a moved task's connections whichever side it is on, and
+// none of another task's.
+func TestConnsOfMatches(t *testing.T) {
+	f := func(src, dst, replySrc string) *netlink.ConntrackFlow {
+		fl := &netlink.ConntrackFlow{}
+		fl.Forward.SrcIP, fl.Forward.DstIP, fl.Reverse.SrcIP = net.ParseIP(src).To4(), net.ParseIP(dst).To4(), net.ParseIP(replySrc).To4()
+		return fl
+	}
+	m := connsOf{a("100.64.0.5")}
+	for _, c := range []struct {
+		fl   *netlink.ConntrackFlow
+		want bool
+	}{
+		{f("100.64.0.9", "100.64.0.5", "100.64.0.5"), true},
+		{f("203.0.113.10", "198.18.0.1", "100.64.0.5"), true}, // DNAT to it
+		{f("100.64.0.5", "100.64.0.9", "100.64.0.9"), true},   // from it
+		{f("100.64.0.9", "100.64.0.6", "100.64.0.6"), false},
+	} {
+		if got := m.MatchConntrackFlow(c.fl); got != c.want {
+			t.Errorf("%v -> %v: match %v, want %v", c.fl.Forward.SrcIP, c.fl.Forward.DstIP, got, c.want)
+		}
 	}
 }

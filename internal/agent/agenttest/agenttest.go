@@ -685,6 +685,19 @@ func (d *Dataplane) SetOpenConns(addr netip.Addr, n int) {
 	d.open[addr] = n
 }
 
+// FlushConns forgets the open connections of addrs, and records it.
+func (d *Dataplane) FlushConns(addrs []netip.Addr) (uint, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := uint(0)
+	for _, a := range addrs {
+		n += uint(d.open[a])
+		delete(d.open, a)
+		d.Events.Add("flush:%s", a)
+	}
+	return n, nil
+}
+
 // OpenConns counts what SetOpenConns set for addrs.
 func (d *Dataplane) OpenConns(addrs []netip.Addr) (int, error) {
 	d.mu.Lock()
