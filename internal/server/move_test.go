@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -53,13 +54,23 @@ func (m *moveAgent) states() []hoststate.State {
 // tasks of one class, on two of the three servers.
 func moveFleet(t *testing.T, cfg Config, noStart ...string) (*testServer, map[string]*moveAgent) {
 	t.Helper()
+	return moveFleetWith(t, cfg, nil, noStart...)
+}
+
+// moveFleetWith is moveFleet, with before called on the server once it
+// runs, before the agents join.
+func moveFleetWith(t *testing.T, cfg Config, before func(*testServer), noStart ...string) (*testServer, map[string]*moveAgent) {
+	t.Helper()
 	ts := startServer(t, cfg)
+	if before != nil {
+		before(ts)
+	}
 	agents := map[string]*moveAgent{}
 	ctx, cancel := context.WithCancel(bg)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	for i, n := range []string{"s1", "s2", "s3"} {
-		m := &moveAgent{a: ts.join(t, n, i, nil), noStart: map[string]bool{}}
+		m := &moveAgent{a: ts.join(t, n, i, map[string]string{"zone": "a"}), noStart: map[string]bool{}}
 		for _, task := range noStart {
 			m.noStart[task] = true
 		}
@@ -71,7 +82,7 @@ func moveFleet(t *testing.T, cfg Config, noStart ...string) (*testServer, map[st
 			}
 		})
 	}
-	if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp("mv", 2, ""))); err != nil {
+	if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp("mv", 2, "a"))); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "two tasks placed and running", func() (bool, string) {
@@ -250,4 +261,66 @@ func TestMoveOffMovesInOneStep(t *testing.T) {
 	if got := eventActions(t, ts, "task/"+moving.ID); len(got) != 0 {
 		t.Errorf("move events %v", got)
 	}
+}
+
+// A move under way when the control plane stops resumes from its record
+// when it starts again: the copy that starts later is switched to, and
+// the move's events come once each.
+func TestMoveResumesAfterRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ts, agents := moveFleet(t, Config{DataDir: dir, MoveTimeout: time.Minute})
+	moving, from := firstTask(t, ts)
+	for _, m := range agents {
+		m.mu.Lock()
+		m.noStart[moving.ID] = true // the copy does not start yet
+		m.mu.Unlock()
+	}
+	if _, err := ts.admin.DrainServer(bg, from, true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the move in phase stage", func() (bool, string) {
+		rec, err := ts.st.GetMove(bg)
+		return err == nil && rec != nil && rec.Phase == "stage", fmt.Sprint(rec, err)
+	})
+	addr := strings.TrimPrefix(ts.URL(), "https://")
+	ts.stop()
+	ts2 := startServer(t, Config{DataDir: dir, Listen: addr, MoveTimeout: time.Minute})
+	for _, m := range agents {
+		m.mu.Lock()
+		delete(m.noStart, moving.ID)
+		m.mu.Unlock()
+	}
+	want := []string{EventTaskMoving, EventTaskHeld, EventTaskMoved, EventTaskStopped}
+	eventually(t, 30*time.Second, "the move done", func() (bool, string) {
+		got := eventActions(t, ts2, "task/"+moving.ID)
+		return slices.Equal(got, want), fmt.Sprint(got)
+	})
+	eventually(t, 10*time.Second, "the task off "+from, func() (bool, string) {
+		for _, x := range tasksOf(t, ts2.admin, api.Filter{}) {
+			if x.ID == moving.ID {
+				return x.Server != from, x.Server
+			}
+		}
+		return false, "gone"
+	})
+}
+
+// A host the move does not concern (it runs nothing of the app and routes
+// to none of its tasks) does not hold the move back, even one that never
+// applies its state.
+func TestMoveNotHeldBackByAnotherHost(t *testing.T) {
+	t.Parallel()
+	ts, _ := moveFleetWith(t, Config{MoveTimeout: time.Minute}, func(ts *testServer) {
+		ts.join(t, "s9", 8, map[string]string{"zone": "z"}) // joins, never reports
+	})
+	moving, from := firstTask(t, ts)
+	if _, err := ts.admin.DrainServer(bg, from, true); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{EventTaskMoving, EventTaskHeld, EventTaskMoved, EventTaskStopped}
+	eventually(t, 30*time.Second, "the move done", func() (bool, string) {
+		got := eventActions(t, ts, "task/"+moving.ID)
+		return slices.Equal(got, want), fmt.Sprint(got)
+	})
 }
