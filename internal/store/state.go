@@ -276,6 +276,7 @@ func (s *Store) PutServer(ctx context.Context, r ServerRecord, expect int64, ev 
 	if !resp.Succeeded {
 		return ErrConflict
 	}
+	raise(&s.serversWritten, resp.Header.Revision)
 	s.noteWrite(resp.Header.Revision)
 	if ev != nil {
 		s.trimEvents(ctx)
