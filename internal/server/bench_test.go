@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -156,10 +157,38 @@ func benchFanout(b *testing.B, n int) {
 		}
 		b.Logf("first apply: %v; sending it again", err)
 	}
+	// The first app places n new tasks, each looking at every server,
+	// twice (the apply's dry run and the controller): on a loaded machine
+	// that alone may take minutes at 10,000 hosts.
 	for _, stage := range []string{fleetGot, fleetAcked} {
-		if err := fl.wait(stage, bound); err != nil {
+		if err := fl.wait(stage, 3*bound); err != nil {
 			b.Fatalf("first app: %v", err)
 		}
+	}
+	// The controller writes an app's placement after the hosts' desired
+	// states: at 10,000 tasks (a record of megabytes) the hosts may have
+	// acknowledged before it is stored. A timed apply whose dry run read
+	// the state before that would place every task afresh (10,000 x
+	// 10,000 servers looked at), a cost of the previous change's tail,
+	// not of this one.
+	for deadline := time.Now().Add(bound); ; {
+		sn, err := ts.st.Snapshot(bg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		placed := 0
+		for _, p := range sn.Placement {
+			if p.App == "fanout" {
+				placed = len(p.Tasks)
+			}
+		}
+		if placed == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("first app: %d of %d tasks in the stored placement", placed, n)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	// CORRIDOR_BENCH_CPUPROFILE=file profiles this process during the
 	// timed part only (the joins and the first apply left out).
@@ -174,6 +203,26 @@ func benchFanout(b *testing.B, n int) {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	// CORRIDOR_BENCH_MEMPROFILE=prefix writes this process's allocation
+	// profile before (prefix.before) and after (prefix.after) the timed
+	// part: go tool pprof -sample_index=alloc_space -base prefix.before
+	// <test binary> prefix.after shows what the timed part allocated.
+	memProfile := func(suffix string) {
+		prefix := os.Getenv("CORRIDOR_BENCH_MEMPROFILE")
+		if prefix == "" {
+			return
+		}
+		f, err := os.Create(prefix + "." + suffix)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	memProfile("before")
+	defer memProfile("after")
 	var fanout, ack, apply, cpu, agentsCPU time.Duration
 	b.ResetTimer()
 	for i := 1; i <= b.N; i++ {
@@ -494,6 +543,14 @@ func TestFanoutFleetHelper(t *testing.T) {
 	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
 		t.Fatalf("%s: %v", fleetEnv, err)
 	}
+	// One process simulates thousands of agents (each a real one's
+	// connections, decoding and reports) with one heap: its garbage
+	// collector marks all of them, thousands of goroutine stacks, at every
+	// cycle, work that real agents, each a process with a heap of its
+	// own, do not share. A rarer collection keeps that simulation cost
+	// from taking the cores the server is measured on. The server's
+	// process keeps the default.
+	debug.SetGCPercent(400)
 	var outMu sync.Mutex
 	say := func(format string, args ...any) {
 		outMu.Lock()
@@ -520,7 +577,17 @@ func TestFanoutFleetHelper(t *testing.T) {
 				continue
 			}
 			f.arm(gen)
+			// CORRIDOR_BENCH_AGENTS_CPUPROFILE=file profiles this process
+			// over the first timed change (the first app's generation is
+			// 1<<20, the timed ones count from 1).
+			stopProfile := func() {}
+			if path := os.Getenv("CORRIDOR_BENCH_AGENTS_CPUPROFILE"); path != "" && gen == 1 {
+				if pf, err := os.Create(path); err == nil && pprof.StartCPUProfile(pf) == nil {
+					stopProfile = func() { pprof.StopCPUProfile(); pf.Close() }
+				}
+			}
 			go func() {
+				defer stopProfile()
 				for _, stage := range []string{fleetGot, fleetAcked} {
 					// The parent has its own bound; this one only ends the
 					// goroutine of a run the parent gave up on.
