@@ -47,8 +47,13 @@ const (
 	DefaultPollWait       = 60 * time.Second
 	DefaultRepairInterval = 30 * time.Second
 	DefaultStatusInterval = 5 * time.Second
-	DefaultBackoffMin     = 500 * time.Millisecond
-	DefaultBackoffMax     = 30 * time.Second
+	// DefaultMoveGrace is long enough for the requests in flight to a
+	// moving task to end, and short enough that a client whose SYN is
+	// held sends it again to the new copy on its second try (Linux sends
+	// the first retry after 1 s, the second 2 s later).
+	DefaultMoveGrace  = 2 * time.Second
+	DefaultBackoffMin = 500 * time.Millisecond
+	DefaultBackoffMax = 30 * time.Second
 
 	// reconcileTimeout bounds one reconcile pass. A pass is not cut short
 	// by shutdown: a half-applied data plane is worse than a late exit.
@@ -110,6 +115,10 @@ type Config struct {
 	// FenceAfter > 0 fences the host (fence.go) once no status report has
 	// been acknowledged for that long; 0 never fences (fail static).
 	FenceAfter time.Duration
+	// MoveGrace bounds how long a state that holds addresses of moving
+	// tasks (hoststate.State.Hold) waits for the TCP connections still
+	// open to them before it is reported applied; DefaultMoveGrace when 0.
+	MoveGrace  time.Duration
 	BackoffMin time.Duration
 	BackoffMax time.Duration
 
@@ -135,6 +144,7 @@ func (c *Config) defaults() error {
 	set(&c.PollWait, DefaultPollWait)
 	set(&c.RepairInterval, DefaultRepairInterval)
 	set(&c.StatusInterval, DefaultStatusInterval)
+	set(&c.MoveGrace, DefaultMoveGrace)
 	set(&c.BackoffMin, DefaultBackoffMin)
 	set(&c.BackoffMax, DefaultBackoffMax)
 	if c.WireGuardPort == 0 {
@@ -166,6 +176,9 @@ type Agent struct {
 	// reconcileMu serialises reconcile passes (updates, repairs, the
 	// fail-static pass at start).
 	reconcileMu sync.Mutex
+	// held are the addresses of moving tasks the last applied state held
+	// (State.Hold); reconcileMu guards it.
+	held []netip.Addr
 
 	mu         sync.Mutex
 	target     *api.DesiredState // the newest state received or loaded
@@ -435,6 +448,12 @@ func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 	}
 	start := time.Now()
 	errs := a.reconcile(ctx, st)
+	if len(errs) == 0 && len(st.Hold) > 0 && target.Revision != a.AppliedRevision() {
+		a.awaitHold(ctx, st.Hold)
+	}
+	if len(errs) == 0 {
+		a.releaseHold(st.Hold)
+	}
 	elapsed := time.Since(start)
 	a.m.reconcileDuration.Observe(elapsed.Seconds())
 
@@ -506,8 +525,11 @@ func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
 	for _, t := range tasks {
 		existing[t] = true
 	}
-	desired := make(map[string]bool, len(st.Guests))
+	desired := make(map[string]bool, len(st.Guests)+len(st.Staged))
 	for _, g := range st.Guests {
+		desired[g.Task] = true
+	}
+	for _, g := range st.Staged {
 		desired[g.Task] = true
 	}
 
@@ -536,8 +558,96 @@ func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
 			errs = append(errs, fmt.Errorf("guest %s: %w", g.Task, err))
 		}
 	}
+	// Staged copies of moving tasks start like any guest, but the data
+	// plane was given none of them: their interfaces are strays to its
+	// firewall (every packet dropped), and no route leads to them. The
+	// state that makes one a guest routes it without restarting it (the
+	// runtime's program hash does not cover being staged).
+	for _, g := range st.Staged {
+		if dpErr != nil && !existing[g.Task] {
+			errs = append(errs, fmt.Errorf("staged guest %s not started: the data plane is not in place", g.Task))
+			continue
+		}
+		if err := a.cfg.Guests.Ensure(ctx, g); err != nil {
+			errs = append(errs, fmt.Errorf("staged guest %s: %w", g.Task, err))
+		}
+	}
 	return errs
 }
+
+// connCounter is a data plane that counts the TCP connections still open
+// to some addresses (dataplane.OpenConns).
+type connCounter interface {
+	OpenConns(addrs []netip.Addr) (int, error)
+}
+
+// awaitHold waits, after applying a state that holds the addresses of
+// moving tasks, until no TCP connection to them is open through this host
+// any more, or the move grace has passed: the control plane switches the
+// addresses to their new hosts once every host has reported the state
+// applied, so that no request is in flight when they switch. New
+// connections to them are dropped meanwhile (their clients try again).
+func (a *Agent) awaitHold(ctx context.Context, hold []netip.Addr) {
+	cc, ok := a.cfg.Dataplane.(connCounter)
+	if !ok {
+		return
+	}
+	start := time.Now()
+	deadline := start.Add(a.cfg.MoveGrace)
+	for {
+		n, err := cc.OpenConns(hold)
+		switch {
+		case err != nil:
+			a.log.Warn("count the connections to moving tasks", "err", err)
+			return
+		case n == 0:
+			a.log.Info("no connection left to moving tasks", "addresses", len(hold), "waited", time.Since(start).Round(time.Millisecond))
+			return
+		case !time.Now().Before(deadline):
+			a.log.Info("move grace over: connections to moving tasks will be cut", "open", n, "grace", a.cfg.MoveGrace)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(holdPoll):
+		}
+	}
+}
+
+// connFlusher is a data plane that forgets the connections tracked to or
+// from some addresses (dataplane.FlushConns).
+type connFlusher interface {
+	FlushConns(addrs []netip.Addr) (uint, error)
+}
+
+// releaseHold forgets, once a state that no longer holds a moving task's
+// address is applied (its routes now lead to the new copy), every
+// connection tracked for that address: conntrack recorded each with the
+// old path, along which a retried SYN would be answered and lost.
+// reconcileMu held.
+func (a *Agent) releaseHold(hold []netip.Addr) {
+	var released []netip.Addr
+	for _, h := range a.held {
+		if !slices.Contains(hold, h) {
+			released = append(released, h)
+		}
+	}
+	a.held = slices.Clone(hold)
+	cf, ok := a.cfg.Dataplane.(connFlusher)
+	if len(released) == 0 || !ok {
+		return
+	}
+	n, err := cf.FlushConns(released)
+	if err != nil {
+		a.log.Warn("forget the connections of moved tasks", "err", err)
+		return
+	}
+	a.log.Info("moved tasks switched: their tracked connections forgotten", "addresses", len(released), "connections", n)
+}
+
+// holdPoll is how often awaitHold counts the open connections.
+const holdPoll = 20 * time.Millisecond
 
 // statusLoop reports status every StatusInterval, right after each
 // reconcile pass, and when new WireGuard peers come up.
@@ -597,7 +707,7 @@ func (a *Agent) taskWatch(ctx context.Context) {
 			continue
 		}
 		var b strings.Builder
-		for _, g := range target.State.Guests {
+		for _, g := range slices.Concat(target.State.Guests, target.State.Staged) {
 			ts := a.cfg.Guests.Status(g.Task)
 			fmt.Fprintf(&b, "%s=%s/%d;", g.Task, ts.State, ts.Restarts)
 		}
@@ -647,6 +757,11 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		for _, g := range target.State.Guests {
 			ts := a.cfg.Guests.Status(g.Task)
 			ts.Task = g.Task // the runtime may not know a guest it has not started
+			st.Tasks = append(st.Tasks, ts)
+		}
+		for _, g := range target.State.Staged {
+			ts := a.cfg.Guests.Status(g.Task)
+			ts.Task, ts.Staged = g.Task, true
 			st.Tasks = append(st.Tasks, ts)
 		}
 	}

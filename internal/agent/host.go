@@ -113,6 +113,9 @@ type HostConfig struct {
 	// default); FenceAfter, if > 0, fences the host's paths after that
 	// long without an acknowledged report (Config.FenceAfter).
 	StatusInterval, FenceAfter time.Duration
+	// MoveGrace bounds the wait for connections to moving tasks
+	// (Config.MoveGrace).
+	MoveGrace time.Duration
 	// ArtifactMaxSize bounds one artifact download (0: the cache's
 	// default); ArtifactUnusedFor is how long an artifact no task uses
 	// stays cached (0: the cache's default).
@@ -405,6 +408,7 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		RepairInterval:    cfg.RepairInterval,
 		StatusInterval:    cfg.StatusInterval,
 		FenceAfter:        cfg.FenceAfter,
+		MoveGrace:         cfg.MoveGrace,
 		Runtimes:          mgr.Names(),
 		ValidateDataplane: dataplane.Validate,
 		Logger:            log,

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"math"
+	"net/netip"
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
@@ -34,6 +35,10 @@ type hostDataplane struct{ dp *dataplane.Dataplane }
 func (h hostDataplane) Apply(ctx context.Context, st compile.HostState) error {
 	return h.dp.Apply(ctx, st)
 }
+
+func (h hostDataplane) OpenConns(addrs []netip.Addr) (int, error) { return h.dp.OpenConns(addrs) }
+
+func (h hostDataplane) FlushConns(addrs []netip.Addr) (uint, error) { return h.dp.FlushConns(addrs) }
 
 func (h hostDataplane) RetryStalledHandshakes(now time.Time) (dataplane.HandshakeCheck, error) {
 	return h.dp.RetryStalledHandshakes(now)

@@ -60,6 +60,9 @@ type TaskStatus struct {
 	Restarts int       `json:"restarts"`
 	Message  string    `json:"message,omitempty"`
 	Since    time.Time `json:"since"`
+	// Staged: a copy of a task moving to this host, started but not
+	// routed yet (hoststate.State.Staged).
+	Staged bool `json:"staged,omitempty"`
 }
 
 // PeerStatus is the live state of one WireGuard peer of corw0.

@@ -87,6 +87,7 @@ On first start it makes the CA (DATA_DIR/ca.crt), the admin token
 	f.StringVar(&etcdKey, "etcd-key", "", "client key file for the external etcd")
 	f.StringVar(&prefix, "etcd-prefix", store.DefaultPrefix, "key prefix in etcd")
 	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", server.DefaultHeartbeatTimeout, "a server silent for longer is down and its tasks move")
+	f.DurationVar(&cfg.MoveTimeout, "move-timeout", server.DefaultMoveTimeout, "tasks leave a draining server make-before-break (a copy starts on the new server, connections are held and drained, then every host switches to it); each step not done within this moves them in one step instead; 0 always moves them in one step")
 	f.DurationVar(&cfg.RotationDrain, "rotation-drain", server.DefaultRotationDrain, "during a hitless key rotation, how long every side must route by its new device before the old one's sessions go (covers packets a loaded user-space WireGuard still holds)")
 	f.DurationVar(&cfg.KeyRotation, "key-rotation", 0, "rotate each server's WireGuard key once it is older than this, one server at a time (e.g. 720h; 0: only on request, with \"corridor server rotate-key\")")
 	f.DurationVar(&cfg.ClientCertLifetime, "agent-cert-lifetime", server.DefaultClientCertLifetime, "lifetime of the agents' client certificates; agents renew theirs over mTLS at two thirds of it, without the join token")

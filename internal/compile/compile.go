@@ -36,6 +36,8 @@ type server struct {
 	usedMem  int64
 	guestIdx []int32 // tasks placed here, in task order
 	keptWhy  string  // Reason.Chosen of a task kept here, made once
+	// keep: draining, but its tasks stay this compile (Input.Keep).
+	keep bool
 }
 
 // app is the compiler's working view of one spec.App.
@@ -134,6 +136,11 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	}
 	if err := c.loadServers(in.Servers); err != nil {
 		return nil, err
+	}
+	for _, name := range in.Keep {
+		if s := c.byName[name]; s != nil {
+			s.keep = true
+		}
 	}
 	if err := c.loadApps(in.Apps); err != nil {
 		return nil, err

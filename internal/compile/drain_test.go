@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -44,5 +45,50 @@ func TestDrainingServerTasksMove(t *testing.T) {
 		if hs.Host == drained.Server && len(hs.Guests) != 0 {
 			t.Errorf("the draining server still has guests: %+v", hs.Guests)
 		}
+	}
+}
+
+// With Keep, a draining server keeps its tasks (the fleet before a
+// make-before-break move): the plan is the one before the drain, host for
+// host, but for the draining server taking no new task.
+func TestKeepDrainingServer(t *testing.T) {
+	in := Input{Servers: fleet(3), Apps: []spec.App{{Name: "a", Classes: []spec.Class{{Name: "x", Tasks: 2,
+		Resources: spec.Resources{CPU: 100, Memory: 1 << 20}}}}}}
+	p, err := Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range p.Tasks {
+		in.Current = append(in.Current, Assignment{Task: tk.ID, Server: tk.Server, Address: tk.Address})
+	}
+	drained := p.Tasks[0].Server
+	for i := range in.Servers {
+		if in.Servers[i].Name == drained {
+			in.Servers[i].State = spec.ServerDraining
+		}
+	}
+	in.Keep = []string{drained}
+	q, err := Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tk := range q.Tasks {
+		if tk.Server != p.Tasks[i].Server {
+			t.Errorf("%s moved from %s to %s although its server is kept", tk.ID, p.Tasks[i].Server, tk.Server)
+		}
+	}
+	for i, hs := range q.Hosts {
+		if !slices.EqualFunc(hs.Guests, p.Hosts[i].Guests, func(a, b Guest) bool { return a.Task == b.Task }) {
+			t.Errorf("%s: guests %v, want those before the drain", hs.Host, hs.Guests)
+		}
+	}
+	// A new task does not land on it.
+	in.Apps[0].Classes[0].Tasks = 3
+	r, err := Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Tasks[2].Server == drained {
+		t.Errorf("a new task was placed on the kept draining server %s", drained)
 	}
 }

@@ -72,7 +72,7 @@ func (c *compiler) keep(ti int32) {
 		t.moved = "moved from " + t.cur.Server + " (no longer a server)"
 	case s.state == spec.ServerDown:
 		t.moved = "moved from " + s.spec.Name + " (down)"
-	case s.state == spec.ServerDraining:
+	case s.state == spec.ServerDraining && !s.keep:
 		t.moved = "moved from " + s.spec.Name + " (draining)"
 	case labelMismatch(t.class, s) != "":
 		t.moved = "moved from " + s.spec.Name + " (" + labelMismatch(t.class, s) + ")"

@@ -48,6 +48,11 @@ type Input struct {
 	// controller's recompiles set it, so that a host loss with too little
 	// room left never stops the rest of the fleet from converging.
 	Pending bool
+	// Keep names draining servers whose tasks stay where they are in this
+	// compile (they still take no new task): the controller compiles the
+	// fleet as it is before a make-before-break move with it, beside the
+	// fleet after the move (docs/architecture.md, "Moving a task").
+	Keep []string
 }
 
 // Assignment is one task's server and overlay address. A pending task's

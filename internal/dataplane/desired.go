@@ -58,6 +58,9 @@ type desired struct {
 
 	// ingress: the published ports of this entry host (ingress.go).
 	ingress []hoststate.IngressEntry
+
+	// hold: addresses of tasks about to move, sorted (State.Hold).
+	hold []netip.Addr
 }
 
 type guestIf struct {
@@ -117,6 +120,10 @@ func buildDesired(st compile.HostState) (*desired, error) {
 		d.hasPublicKey = true
 	}
 	d.vtepMAC, _ = hoststate.ParseMAC(st.VTEPMAC)
+	for _, a := range st.Hold {
+		d.hold = append(d.hold, a.Unmap())
+	}
+	d.hold = sortedUnique(d.hold)
 
 	for _, g := range st.Guests {
 		d.guests = append(d.guests, guestIf{name: g.HostIf, addr: g.Address.Unmap(), app: g.App, class: g.Class})

@@ -41,6 +41,9 @@ const (
 	DropStray   = "stray"
 	DropTunnel  = "tunnel"
 	DropVTEP    = "vtep"
+	// DropHold counts the new TCP connections held off a task about to
+	// move (hoststate.State.Hold): each is a SYN its client sends again.
+	DropHold = "hold"
 	// Allowed is not a drop: allow:<app>:<from>:<to> counts the
 	// connections a pair's egress rule let out of a local guest.
 	Allowed = "allow"
@@ -340,8 +343,14 @@ func addrIs(src bool, a netip.Addr, op expr.CmpOp) match {
 		&expr.Cmp{Op: op, Register: 1, Data: b[:]})
 }
 
-func addrSet(src bool, addrs []netip.Addr) match {
+func addrSet(src bool, addrs []netip.Addr) match { return addrSetOp(src, addrs, false) }
+
+// addrSetOp is addrSet, or with invert its negation (not in the set).
+func addrSetOp(src bool, addrs []netip.Addr, invert bool) match {
 	off, word := addrOffset(src)
+	if invert {
+		word += " !="
+	}
 	addrs = sortedUnique(addrs)
 	s := &anonSet{set: nftables.Set{Anonymous: true, Constant: true, KeyType: nftables.TypeIPAddr}}
 	var ds []string
@@ -356,7 +365,7 @@ func addrSet(src bool, addrs []netip.Addr) match {
 		exprs: func(set *nftables.Set) []expr.Any {
 			return []expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
-				&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+				&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: invert},
 			}
 		},
 	}
@@ -568,6 +577,22 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		b.add(chainForward, append(ms, b.count(DropPath), drop)...)
 		b.add(chainForward, fromGuest, markIs(MarkPlain), ifMatch(expr.MetaKeyOIFNAME, VXLANName, expr.CmpOpNeq), b.count(DropPath), drop)
 		b.add(chainForward, fromGuest, ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), markIs(0), b.count(DropPath), drop)
+	}
+	// A task about to move: no new TCP connection reaches it, so that
+	// none is in flight when its address switches hosts (the agent waits
+	// for the open ones to end). Its clients send their SYN again. The
+	// old copies of tasks moving together still reach each other: a
+	// request in flight through them must be able to finish. Only where a
+	// connection starts (from a local guest, or a published port's client
+	// on the underlay): one that arrives by a tunnel was let through by
+	// its client's host before that host held it, and is in flight.
+	if len(d.hold) > 0 {
+		ms := []match{ipv4Only(), addrSet(false, d.hold), addrSetOp(true, d.hold, true)}
+		for _, t := range tunnels {
+			ms = append(ms, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpNeq))
+		}
+		ms = append(ms, l4(spec.ProtoTCP, nil)...)
+		b.add(chainForward, append(ms, ctState(expr.CtStateBitNEW, "new", false), b.count(DropHold), drop)...)
 	}
 	b.ingressForward(d, wgNames)
 	for _, t := range tunnels {

@@ -2,12 +2,15 @@ package dataplane
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/corridor-dev/corridor/internal/compile"
@@ -133,5 +136,88 @@ func TestLoadOrCreateKey(t *testing.T) {
 	}
 	if _, err := LoadOrCreateKey(""); err == nil {
 		t.Fatal("empty dir accepted")
+	}
+}
+
+// countOpen counts the open TCP connections whose reply comes from a held
+// address (the task behind a DNAT too), and nothing else: not one that is
+// closing for good, not UDP, not one from the task.
+func TestCountOpen(t *testing.T) {
+	held := netip.MustParseAddr("100.64.0.5")
+	ip := func(s string) net.IP { return net.ParseIP(s).To4() }
+	flow := func(proto uint8, state uint8, src, dst, replySrc string) *netlink.ConntrackFlow {
+		f := &netlink.ConntrackFlow{}
+		f.Forward.Protocol, f.Forward.SrcIP, f.Forward.DstIP = proto, ip(src), ip(dst)
+		f.Reverse.Protocol, f.Reverse.SrcIP, f.Reverse.DstIP = proto, ip(replySrc), ip(src)
+		if proto == unix.IPPROTO_TCP {
+			f.ProtoInfo = &netlink.ProtoInfoTCP{State: state}
+		}
+		return f
+	}
+	flows := []*netlink.ConntrackFlow{
+		flow(unix.IPPROTO_TCP, tcpEstab, "100.64.0.9", "100.64.0.5", "100.64.0.5"),     // counted
+		flow(unix.IPPROTO_TCP, tcpSynSent, "100.64.0.9", "100.64.0.5", "100.64.0.5"),   // counted
+		flow(unix.IPPROTO_TCP, tcpFinWait, "203.0.113.10", "198.18.0.1", "100.64.0.5"), // counted: DNAT to it
+		flow(unix.IPPROTO_TCP, 7, "100.64.0.9", "100.64.0.5", "100.64.0.5"),            // TIME_WAIT
+		flow(unix.IPPROTO_TCP, 8, "100.64.0.9", "100.64.0.5", "100.64.0.5"),            // CLOSE
+		flow(unix.IPPROTO_UDP, 0, "100.64.0.9", "100.64.0.5", "100.64.0.5"),            // UDP
+		flow(unix.IPPROTO_TCP, tcpEstab, "100.64.0.5", "100.64.0.9", "100.64.0.9"),     // from it
+		flow(unix.IPPROTO_TCP, tcpEstab, "100.64.0.9", "100.64.0.6", "100.64.0.6"),     // another task
+	}
+	if n := countOpen(flows, []netip.Addr{held}); n != 3 {
+		t.Errorf("countOpen = %d, want 3", n)
+	}
+	// Two tasks moving together: the connection between them is theirs.
+	if n := countOpen(flows, []netip.Addr{held, netip.MustParseAddr("100.64.0.9")}); n != 0+1 {
+		t.Errorf("countOpen with the client moving too = %d, want 1 (the DNAT one)", n)
+	}
+	if n := countOpen(flows, nil); n != 0 {
+		t.Errorf("countOpen of nothing held = %d, want 0", n)
+	}
+}
+
+// A held address gets a rule that drops new TCP connections to it, before
+// the conntrack accept, and the rule goes when the hold does.
+func TestRulesetHolds(t *testing.T) {
+	st := validState(t)
+	st.Schema, st.Hold = "1.4", []netip.Addr{a("100.64.1.1")}
+	d, err := buildDesired(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := buildRuleset(d, "corw0").text()
+	rule := `ip daddr {100.64.1.1} ip saddr != {100.64.1.1} iifname != "corw0" iifname != "corw0+" iifname != "corv0" meta l4proto tcp ct state new counter name "hold" drop`
+	hold, est := strings.Index(text, rule), strings.Index(text, "ct state established,related accept")
+	if hold < 0 || est < 0 || hold > est {
+		t.Fatalf("ruleset lacks %q before the conntrack accept:\n%s", rule, text)
+	}
+	st.Hold = nil
+	d, _ = buildDesired(st)
+	if text := buildRuleset(d, "corw0").text(); strings.Contains(text, `"hold"`) {
+		t.Fatalf("hold rule left without a hold:\n%s", text)
+	}
+}
+
+// connsOf matches a moved task's connections whichever side it is on, and
+// none of another task's.
+func TestConnsOfMatches(t *testing.T) {
+	f := func(src, dst, replySrc string) *netlink.ConntrackFlow {
+		fl := &netlink.ConntrackFlow{}
+		fl.Forward.SrcIP, fl.Forward.DstIP, fl.Reverse.SrcIP = net.ParseIP(src).To4(), net.ParseIP(dst).To4(), net.ParseIP(replySrc).To4()
+		return fl
+	}
+	m := connsOf{a("100.64.0.5")}
+	for _, c := range []struct {
+		fl   *netlink.ConntrackFlow
+		want bool
+	}{
+		{f("100.64.0.9", "100.64.0.5", "100.64.0.5"), true},
+		{f("203.0.113.10", "198.18.0.1", "100.64.0.5"), true}, // DNAT to it
+		{f("100.64.0.5", "100.64.0.9", "100.64.0.9"), true},   // from it
+		{f("100.64.0.9", "100.64.0.6", "100.64.0.6"), false},
+	} {
+		if got := m.MatchConntrackFlow(c.fl); got != c.want {
+			t.Errorf("%v -> %v: match %v, want %v", c.fl.Forward.SrcIP, c.fl.Forward.DstIP, got, c.want)
+		}
 	}
 }

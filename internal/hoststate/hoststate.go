@@ -22,7 +22,7 @@ import (
 // The schema version this build writes and reads.
 const (
 	SchemaMajor = 1
-	SchemaMinor = 3
+	SchemaMinor = 4
 	// Schema is SchemaMajor.SchemaMinor as states carry it. 1.1 adds
 	// Guest.Network, 1.2 Ingress, 1.3 the hitless key rotation
 	// (RotationPhase, PublicKey, Peer.NextPublicKey), which a state of an
@@ -31,6 +31,14 @@ const (
 	// holding a rule across apps (the rule's dests are outside its App's
 	// network), so it fails closed rather than applying half of it.
 	Schema = "1.3"
+	// SchemaMove is the schema of a state that carries a task move
+	// (Staged, Hold: docs/architecture.md, "Moving a task: make before
+	// break"). Only such states are written in it, so that every other
+	// state stays byte for byte what an agent of schema 1.3 reads; one
+	// that does not know the fields ignores them, which fails safe: it
+	// starts no staged copy (the move waits, then falls back to moving
+	// the task in one step) and holds nothing.
+	SchemaMove = "1.4"
 )
 
 // Desired is a host's desired state at a revision, as the API serves it
@@ -99,6 +107,20 @@ type State struct {
 	// (schema 1.2, see ingress.go). Omitted when empty: a reader that
 	// does not know it publishes nothing, as before.
 	Ingress []IngressEntry `json:"ingress,omitempty"`
+
+	// Staged are copies of tasks moving to this host (schema 1.4): the
+	// agent starts them, but the data plane knows nothing of them (no
+	// route, no firewall allowance, no WireGuard or VXLAN entry), so
+	// nothing reaches them and whatever they send is dropped as a stray
+	// guest's. The task still runs, and is routed, on the host it leaves.
+	Staged []Guest `json:"staged,omitempty"`
+	// Hold are the addresses of tasks about to move between hosts
+	// (schema 1.4): the data plane drops new TCP connections to them
+	// (their clients send the SYN again a second later), and the agent
+	// reports the state applied only once no TCP connection to them is
+	// open here any more, or its move grace has passed. When every host
+	// has, no connection is left in flight to switch.
+	Hold []netip.Addr `json:"hold,omitempty"`
 }
 
 // Phases of a host's own key rotation (State.RotationPhase).

@@ -28,8 +28,13 @@ func TestSchema(t *testing.T) {
 			t.Errorf("schema %q: got %v, want an ErrInvalid naming schema", s, err)
 		}
 	}
-	if ma, mi, err := hoststate.ParseSchema(hoststate.Schema); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor {
-		t.Errorf("Schema %q parses as %d.%d (%v), want %d.%d", hoststate.Schema, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor)
+	// The newest schema is the one of a task move; every other state is
+	// written in the one before it.
+	if ma, mi, err := hoststate.ParseSchema(hoststate.SchemaMove); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor {
+		t.Errorf("SchemaMove %q parses as %d.%d (%v), want %d.%d", hoststate.SchemaMove, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor)
+	}
+	if ma, mi, err := hoststate.ParseSchema(hoststate.Schema); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor-1 {
+		t.Errorf("Schema %q parses as %d.%d (%v), want %d.%d", hoststate.Schema, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor-1)
 	}
 }
 
@@ -109,6 +114,24 @@ func valid() hoststate.State {
 	}
 }
 
+// staged is a copy of a task moving to s's host: the task its route
+// leads to, on an interface of its own.
+func staged(s *hoststate.State) hoststate.Guest {
+	g := s.Guests[0]
+	g.Task, g.Class, g.HostIf, g.Address = "shop/db/0", "db", "corg9", s.Routes[0].Dest
+	return g
+}
+
+// A state of schema 1.4 may hold a staged copy of a task whose address
+// its routes still send to the host the task leaves, and hold addresses.
+func TestValidateMove(t *testing.T) {
+	st := valid()
+	st.Schema, st.Staged, st.Hold = hoststate.SchemaMove, []hoststate.Guest{staged(&st)}, []netip.Addr{st.Routes[0].Dest}
+	if err := hoststate.Validate(st, hoststate.Options{Host: "s1"}); err != nil {
+		t.Fatalf("state of a move refused: %v", err)
+	}
+}
+
 func TestValidateNamesTheField(t *testing.T) {
 	opt := hoststate.Options{Host: "s1", Runtimes: []string{spec.RuntimeNetns}, ServerAddrs: []netip.Addr{netip.MustParseAddr("100.64.0.99")}}
 	if err := hoststate.Validate(valid(), opt); err != nil {
@@ -156,6 +179,31 @@ func TestValidateNamesTheField(t *testing.T) {
 			g.Task, g.App, g.HostIf, g.Address, g.Network = "blog/web/0", "blog", "corg1", netip.MustParseAddr("100.64.0.130"), netip.MustParsePrefix("100.64.0.128/25")
 			s.Guests = append(s.Guests, g)
 		}},
+		// The fields of a task move exist from schema 1.4 on only, and a
+		// staged copy is checked as a guest is.
+		{"staged", func(s *hoststate.State) { s.Staged = []hoststate.Guest{staged(s)} }},
+		{"hold", func(s *hoststate.State) { s.Hold = []netip.Addr{s.Routes[0].Dest} }},
+		{"staged[0].task", func(s *hoststate.State) {
+			g := staged(s)
+			g.Task = s.Guests[0].Task
+			s.Schema, s.Staged = hoststate.SchemaMove, []hoststate.Guest{g}
+		}},
+		{"staged[0].hostIf", func(s *hoststate.State) {
+			g := staged(s)
+			g.HostIf = s.Guests[0].HostIf
+			s.Schema, s.Staged = hoststate.SchemaMove, []hoststate.Guest{g}
+		}},
+		{"staged[0].address", func(s *hoststate.State) {
+			g := staged(s)
+			g.Address = netip.MustParseAddr("100.64.9.9")
+			s.Schema, s.Staged = hoststate.SchemaMove, []hoststate.Guest{g}
+		}},
+		{"staged[0].spec.runtime", func(s *hoststate.State) {
+			g := staged(s)
+			g.Spec.Runtime = spec.RuntimeVM
+			s.Schema, s.Staged = hoststate.SchemaMove, []hoststate.Guest{g}
+		}},
+		{"hold[0]", func(s *hoststate.State) { s.Schema, s.Hold = hoststate.SchemaMove, []netip.Addr{{}} }},
 	}
 	for _, c := range cases {
 		st := valid()

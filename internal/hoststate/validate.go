@@ -153,6 +153,9 @@ func Validate(st State, opt Options) error {
 	if err := checkRotationSchema(st); err != nil {
 		return err
 	}
+	if err := checkMove(st, runtimes, seenTask); err != nil {
+		return err
+	}
 	if err := CheckNetwork(st); err != nil {
 		return err
 	}
@@ -191,6 +194,55 @@ func checkRotationSchema(st State) error {
 	for i, p := range st.Peers {
 		if p.NextPublicKey != "" {
 			return invalid(fmt.Sprintf("peers[%d].nextPublicKey", i), "%s", why)
+		}
+	}
+	return nil
+}
+
+// checkMove checks the fields of a task move (Staged, Hold): only a state
+// of schema 1.4 or later carries them; a staged copy is a guest like
+// another (a runtime this host runs, an IPv4 task address of its app's
+// network, an interface of its own) of a task this host does not also run;
+// a held address is an IPv4 overlay address.
+func checkMove(st State, runtimes []string, tasks map[string]bool) error {
+	if len(st.Staged) == 0 && len(st.Hold) == 0 {
+		return nil
+	}
+	if _, minor, _ := ParseSchema(st.Schema); minor < 4 {
+		field := "staged"
+		if len(st.Staged) == 0 {
+			field = "hold"
+		}
+		return invalid(field, "only a state of schema 1.4 or later carries a task move, this one is of schema %s", cmp.Or(st.Schema, "1.0"))
+	}
+	ifs := map[string]bool{}
+	for _, g := range st.Guests {
+		ifs[g.HostIf] = true
+	}
+	for i, g := range st.Staged {
+		f := fmt.Sprintf("staged[%d]", i)
+		switch {
+		case g.Task == "" || tasks[g.Task]:
+			return invalid(f+".task", "%q is empty or given twice", g.Task)
+		case !slices.Contains(runtimes, g.Spec.RuntimeName()):
+			return invalid(f+".spec.runtime", "%q is not a runtime this host runs (%v)", g.Spec.Runtime, runtimes)
+		case !g.Address.Is4() || g.Address == st.Address:
+			return invalid(f+".address", "%q is not an IPv4 guest address", g.Address)
+		case g.HostIf == "" || len(g.HostIf) > 15 || ifs[g.HostIf]:
+			return invalid(f+".hostIf", "%q is empty, longer than 15 characters or used by another guest", g.HostIf)
+		case !g.Network.IsValid() || !g.Network.Contains(g.Address) || g.Address == g.Network.Addr() || g.Address == lastAddr(g.Network):
+			return invalid(f+".address", "%s is not a task address of app %s's network %s", g.Address, g.App, g.Network)
+		}
+		for _, p := range overlayGuard {
+			if p.Contains(g.Address) {
+				return invalid(f+".address", "%s is in %s, which no guest may use", g.Address, p)
+			}
+		}
+		tasks[g.Task], ifs[g.HostIf] = true, true
+	}
+	for i, a := range st.Hold {
+		if err := overlayAddr(fmt.Sprintf("hold[%d]", i), a); err != nil {
+			return err
 		}
 	}
 	return nil

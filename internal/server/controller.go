@@ -62,6 +62,15 @@ type controller struct {
 	mirror *store.Mirror
 	// placed holds the encoded placement records (writePlacement).
 	placed placedCache
+	// moving is set while a make-before-break move is under way
+	// (move.go): agents' reports and the tick then ask for a reconcile,
+	// which moves it on. moveTimeout bounds each of its phases
+	// (DefaultMoveTimeout when 0; negative: tasks move in one step).
+	moving      atomic.Bool
+	moveTimeout time.Duration
+	// moveChecked: this leader has read the move record from etcd once
+	// (one left by another leader resumes); only the leader's loop uses it.
+	moveChecked bool
 }
 
 func newController(st *store.Store, h *hub, m *metrics, log *slog.Logger, id string, ttl int, timeout time.Duration) *controller {
@@ -119,6 +128,7 @@ func (c *controller) campaignAndLead(ctx context.Context) error {
 }
 
 func (c *controller) lead(ctx context.Context, guard []clientv3.Cmp, since time.Time) error {
+	c.moveChecked = false // a move the last leader left resumes
 	// Changes of apps and servers come from the mirror, once it holds
 	// them (a watch of its own could wake a reconcile before).
 	changes := c.mirror.Changes()
@@ -207,7 +217,7 @@ func (c *controller) tick(ctx context.Context, since, now time.Time) {
 	c.mu.Lock()
 	downChanged := downKey(states) != c.lastDown
 	c.mu.Unlock()
-	if downChanged {
+	if downChanged || c.moving.Load() {
 		c.trigger()
 	}
 	if c.keyRotation > 0 && now.Sub(c.lastRotateCheck) >= c.rotateCheckEvery() {
@@ -356,9 +366,18 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	c.lastError = ""
 	c.mu.Unlock()
 
+	// Tasks leaving a draining server move make-before-break: until the
+	// move is done the hosts get the states of its phase and the
+	// placement keeps the tasks where they run.
+	mv, err := c.stepMove(ctx, guard, sn, hosts, states, compileInput(sn, specs(sn.Apps), servers), plan)
+	if err != nil {
+		return err
+	}
+	plan = mv.place
+
 	var writes []store.DesiredWrite
 	inPlan := map[string]bool{}
-	for _, hs := range plan.Hosts {
+	for _, hs := range mv.hosts {
 		inPlan[hs.Host] = true
 		b, err := json.Marshal(hs)
 		if err != nil {

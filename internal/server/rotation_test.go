@@ -309,8 +309,8 @@ func TestRotationDrainsBeforeSessionsGo(t *testing.T) {
 				t.Fatal(err)
 			}
 			seen[m[1]] = d
-			if (m[1] == "announce" || m[1] == "commit") && !strings.Contains(e.Message, "drained") {
-				t.Errorf("event %q does not say the phase drained", e.Message)
+			if drains := m[1] == "announce" || m[1] == "commit"; drains != strings.Contains(e.Message, "drained") {
+				t.Errorf("event %q: says it drained %v, want %v", e.Message, !drains, drains)
 			}
 		}
 	}
@@ -319,7 +319,9 @@ func TestRotationDrainsBeforeSessionsGo(t *testing.T) {
 			t.Errorf("phase %s took %s (seen %v), want at least the drain %s", ph, d, ok, drain)
 		}
 	}
-	if d := seen["clear"]; d >= drain {
-		t.Errorf("phase clear took %s: nothing to drain after it, want less than %s", d, drain)
+	// Phase clear has nothing to drain after it: its event says so (a
+	// bound on its time would fail on a loaded machine).
+	if _, ok := seen["clear"]; !ok {
+		t.Errorf("no event of phase clear (seen %v)", seen)
 	}
 }

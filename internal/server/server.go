@@ -71,6 +71,11 @@ type Config struct {
 	// sessions of the device they left away (DefaultRotationDrain when
 	// 0; see rotation.go).
 	RotationDrain time.Duration
+	// MoveTimeout, when positive, moves the tasks of a draining server
+	// make-before-break (move.go), each phase of a move bounded by it; 0
+	// moves them in one step (their old copy stops as the new one
+	// starts). `corridor server` sets DefaultMoveTimeout.
+	MoveTimeout time.Duration
 	// ClientCertLifetime is how long the agents' certificates issued at
 	// join and renewal are valid (default DefaultClientCertLifetime).
 	// Agents renew theirs over mTLS at two thirds of it.
@@ -209,6 +214,10 @@ func (s *Server) setup(ctx context.Context) error {
 	s.ctrl = newController(s.st, s.hub, s.m, s.log, s.cfg.ID, s.cfg.LeaderTTL, s.cfg.HeartbeatTimeout)
 	s.ctrl.keyRotation = s.cfg.KeyRotation
 	s.ctrl.rotationDrain = s.cfg.RotationDrain
+	s.ctrl.moveTimeout = s.cfg.MoveTimeout
+	if s.cfg.MoveTimeout == 0 {
+		s.ctrl.moveTimeout = -1
+	}
 	s.hub.onStatus = s.statusSeen
 	s.hub.fanout = s.m.fanoutSeconds.Observe
 	s.m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -334,7 +343,7 @@ func (s *Server) Close() error {
 // statusSeen is the hub's callback for each status: a host that comes
 // back after being down needs a compile now, not at the next tick.
 func (s *Server) statusSeen(string) {
-	if s.ctrl.leader.Load() && s.ctrl.anyDown() {
+	if s.ctrl.leader.Load() && (s.ctrl.anyDown() || s.ctrl.moving.Load()) {
 		s.ctrl.trigger()
 	}
 }

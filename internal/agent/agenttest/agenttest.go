@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net/netip"
 	"reflect"
 	"slices"
 	"sync"
@@ -503,6 +504,7 @@ type Dataplane struct {
 	keyGen  int64
 	next    *wgtypes.Key // the next key of a rotation under way
 	nextGen int64
+	open    map[netip.Addr]int // OpenConns
 }
 
 // NewDataplane makes an empty data plane with a fresh WireGuard key.
@@ -662,12 +664,49 @@ func (d *Dataplane) Removed() bool {
 func (d *Dataplane) covers(g compile.Guest) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, k := range d.kernel.Guests {
+	// A staged copy is covered by the state that stages it: the real
+	// data plane treats its interface as a stray's and drops everything.
+	for _, k := range slices.Concat(d.kernel.Guests, d.kernel.Staged) {
 		if k.Task == g.Task && k.Address == g.Address {
 			return true
 		}
 	}
 	return false
+}
+
+// SetOpenConns sets how many TCP connections OpenConns reports open to
+// each address (a moving task's), until changed.
+func (d *Dataplane) SetOpenConns(addr netip.Addr, n int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.open == nil {
+		d.open = map[netip.Addr]int{}
+	}
+	d.open[addr] = n
+}
+
+// FlushConns forgets the open connections of addrs, and records it.
+func (d *Dataplane) FlushConns(addrs []netip.Addr) (uint, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := uint(0)
+	for _, a := range addrs {
+		n += uint(d.open[a])
+		delete(d.open, a)
+		d.Events.Add("flush:%s", a)
+	}
+	return n, nil
+}
+
+// OpenConns counts what SetOpenConns set for addrs.
+func (d *Dataplane) OpenConns(addrs []netip.Addr) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, a := range addrs {
+		n += d.open[a]
+	}
+	return n, nil
 }
 
 // clone deep-copies a state through JSON, as the wire does, so that the
