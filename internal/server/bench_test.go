@@ -480,8 +480,17 @@ func (f *localFleet) poll(ctx context.Context, a *testAgent) {
 		req := a.req
 		st := api.Status{Name: a.name, Address: req.Address, PublicKey: req.PublicKey, WireGuardPort: req.WireGuardPort,
 			Capacity: req.Capacity, Labels: req.Labels, AppliedRevision: rev, Time: time.Now()}
-		if err := a.c.ReportStatus(ctx, a.name, st); err == nil && f.acked.Add(1) == int64(f.n) {
-			f.allAckd <- struct{}{}
+		// A report that fails (a timeout on a loaded machine) is sent
+		// again, as a real agent's next periodic report would carry it:
+		// otherwise one lost acknowledgement stalls the whole run.
+		for delay := 50 * time.Millisecond; ctx.Err() == nil; delay = min(2*delay, 2*time.Second) {
+			if err := a.c.ReportStatus(ctx, a.name, st); err == nil {
+				if f.acked.Add(1) == int64(f.n) {
+					f.allAckd <- struct{}{}
+				}
+				break
+			}
+			sleepCtx(ctx, delay)
 		}
 	}
 }
@@ -577,6 +586,7 @@ func TestFanoutFleetHelper(t *testing.T) {
 				continue
 			}
 			f.arm(gen)
+			say("armed %d", gen)
 			// CORRIDOR_BENCH_AGENTS_CPUPROFILE=file profiles this process
 			// over the first timed change (the first app's generation is
 			// 1<<20, the timed ones count from 1).
@@ -683,10 +693,14 @@ func (rf *remoteFleet) expectPrefix(want string, bound time.Duration) (string, e
 	}
 }
 
+// arm returns once the child has armed gen: a host that got the change
+// before would not count it.
 func (rf *remoteFleet) arm(gen int64) error {
 	rf.gen = gen
-	_, err := fmt.Fprintf(rf.in, "arm %d\n", gen)
-	return err
+	if _, err := fmt.Fprintf(rf.in, "arm %d\n", gen); err != nil {
+		return err
+	}
+	return rf.expect(fmt.Sprintf("armed %d", gen), time.Minute)
 }
 
 func (rf *remoteFleet) wait(stage string, bound time.Duration) error {
