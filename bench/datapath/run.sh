@@ -22,6 +22,9 @@
 #                ENDPOINT_CGROUP=guest (the iperf3 server of the non-Corridor
 #                cases runs in a cgroup made like a Corridor guest's, beside
 #                them; "root": in the caller's cgroup, as before)
+#                RATE=1G (also one 1-stream run per case and round at this fixed
+#                offered rate, iperf3 -b: CPU per GB compared at equal
+#                throughput; empty, the default: no such run)
 #                KEEP=1 (leave the lab up at the end, for poking around)
 #                PROFILE=dir (perf record -a of each case's round-1 runs, with
 #                reports by command and by symbol, into dir; skews those runs)
@@ -38,7 +41,7 @@ record=0
 for a in "$@"; do
 	case $a in
 	--record) record=1 ;;
-	-h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,32p' "$0"; exit 0 ;;
 	*) echo "unknown argument $a (want --record)" >&2; exit 2 ;;
 	esac
 done
@@ -53,6 +56,7 @@ PREFIX=${PREFIX:-corbn-}
 UNDERLAY=${UNDERLAY:-198.18.200.0/24}
 CASES=${CASES:-veth vxlan plain encrypted wggo nebula}
 ENDPOINT_CGROUP=${ENDPOINT_CGROUP:-guest}
+RATE=${RATE:-}
 NEBULA_VERSION=v1.11.1
 
 work=$(mktemp -d /tmp/corridor-bench-dp.XXXXXX)
@@ -215,6 +219,27 @@ measure() {
 		fi
 		printf '%s\t%s\t%s\tretr_p%s\t%s\n' "$mtu" "$case" "$round" "$streams" "$(jq '.end.sum_sent.retransmits // 0' <<<"$out")" >>"$results"
 	done
+	if [[ -n $RATE ]]; then
+		# One stream at a fixed offered rate: CPU per GB at equal
+		# throughput. A path's CPU per GB falls as its throughput rises
+		# (fuller batches, fewer wake-ups per byte), so the saturated
+		# runs above cannot tell a costlier process from a slower path.
+		j0=$(busy_jiffies) t0=$(proc_ticks "${tpids[@]}")
+		if out=$(ns_run "$ns" iperf3 -c "$addr" -p "$iport" -t "$DURATION" -b "$RATE" --json); then
+			j1=$(busy_jiffies) t1=$(proc_ticks "${tpids[@]}")
+			bps=$(jq '.end.sum_received.bits_per_second' <<<"$out")
+			bytes=$(jq '.end.sum_received.bytes' <<<"$out")
+			printf '%s\t%s\t%s\tgbps_rate\t%s\n' "$mtu" "$case" "$round" "$(awk -v b="$bps" 'BEGIN{printf "%.3f", b/1e9}')" >>"$results"
+			printf '%s\t%s\t%s\tcpu_s_per_gb_rate\t%s\n' "$mtu" "$case" "$round" \
+				"$(awk -v d=$((j1 - j0)) -v hz="$hz" -v by="$bytes" 'BEGIN{printf "%.3f", (d/hz)/(by/1e9)}')" >>"$results"
+			if ((${#tpids[@]})); then
+				printf '%s\t%s\t%s\ttun_s_per_gb_rate\t%s\n' "$mtu" "$case" "$round" \
+					"$(awk -v d=$((t1 - t0)) -v hz="$hz" -v by="$bytes" 'BEGIN{printf "%.3f", (d/hz)/(by/1e9)}')" >>"$results"
+			fi
+		else
+			log "iperf3 $case at $RATE failed"
+		fi
+	fi
 	out=$(ns_run "$ns" "$H" rr --to "$addr:$eport" --count "$RR_COUNT") || { log "rr $case failed"; return 0; }
 	printf '%s\t%s\t%s\trr_us\t%s\n' "$mtu" "$case" "$round" "$(sed -n 's/.*median=\([0-9.]*\).*/\1/p' <<<"$out")" >>"$results"
 	log "  $case round $round: $(grep -P "^$mtu\t$case\t$round\t(gbps|rr)" "$results" | cut -f4,5 | tr '\t\n' '= ')"
@@ -411,9 +436,9 @@ load1=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- report ----------------------------------------------------------------
 report=$work/report.md
-python3 - "$results" "$DURATION" "$ROUNDS" >"$report" <<'EOF'
+python3 - "$results" "$DURATION" "$ROUNDS" "$RATE" >"$report" <<'EOF'
 import sys, statistics, collections
-path, duration, rounds = sys.argv[1], sys.argv[2], sys.argv[3]
+path, duration, rounds, rate = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 v = collections.defaultdict(list)
 for line in open(path):
     mtu, case, rnd, metric, val = line.rstrip("\n").split("\t")
@@ -461,6 +486,20 @@ for mtu in mtus:
             row.append(f"{med(x)/med(y):.2f}" if x and y and med(y) > 0 else "-")
         print(f"| {name} | {row[0]} | {row[1]} | {target} |")
     print()
+    if rate and any(k[0] == mtu and k[2] == "gbps_rate" for k in v):
+        print(f"At a fixed offered rate ({rate}bit/s, 1 stream, iperf3 -b): CPU per GB at equal throughput (a case that could not reach the rate shows a lower Gbit/s).\n")
+        print("| case | Gbit/s reached | machine CPU s/GB | tunnel CPU s/GB |")
+        print("|---|---|---|---|")
+        for c in cases:
+            g = lambda m: v.get((mtu, c, m), [])
+            if not g("gbps_rate"):
+                continue
+            tun = cell(g("tun_s_per_gb_rate"), '{:.2f}') if g("tun_s_per_gb_rate") else "-"
+            print(f"| {c} | {cell(g('gbps_rate'), '{:.2f}')} | {cell(g('cpu_s_per_gb_rate'), '{:.2f}')} | {tun} |")
+        x, y = v.get((mtu, "encrypted", "tun_s_per_gb_rate")), v.get((mtu, "wggo", "tun_s_per_gb_rate"))
+        if x and y:
+            print(f"\nTunnel CPU per GB at {rate}bit/s, encrypted / wggo: {med(x)/med(y):.2f} (1.00: the same work per byte).")
+        print()
 EOF
 {
 	echo "Load average (1, 5, 15 min) before: $load0; after: $load1."

@@ -54,6 +54,9 @@ const (
 	DefaultMoveGrace  = 2 * time.Second
 	DefaultBackoffMin = 500 * time.Millisecond
 	DefaultBackoffMax = 30 * time.Second
+	// DefaultArtifactGCInterval: how often the artifacts no guest uses
+	// and none has used for the cache's UnusedFor are removed.
+	DefaultArtifactGCInterval = 10 * time.Minute
 
 	// reconcileTimeout bounds one reconcile pass. A pass is not cut short
 	// by shutdown: a half-applied data plane is worse than a late exit.
@@ -87,7 +90,11 @@ type Config struct {
 	Dataplane Dataplane
 	// Artifacts, when set, is the cache of task programs delivered as
 	// artifacts (artifacts.go); nil: a guest naming one is not started.
-	Artifacts *artifact.Cache
+	// Run removes the artifacts no guest uses every ArtifactGCInterval
+	// (DefaultArtifactGCInterval when 0), and once once the stored state
+	// is loaded.
+	Artifacts          *artifact.Cache
+	ArtifactGCInterval time.Duration
 
 	// ServerAddrs are the server's underlay addresses. A desired state
 	// that would send any of them into a tunnel is refused.
@@ -147,6 +154,7 @@ func (c *Config) defaults() error {
 	set(&c.MoveGrace, DefaultMoveGrace)
 	set(&c.BackoffMin, DefaultBackoffMin)
 	set(&c.BackoffMax, DefaultBackoffMax)
+	set(&c.ArtifactGCInterval, DefaultArtifactGCInterval)
 	if c.WireGuardPort == 0 {
 		c.WireGuardPort = compile.DefaultWireGuardPort
 	}
@@ -271,6 +279,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	wg.Go(func() { a.reconcileLoop(ctx) })
 	wg.Go(func() { a.handshakeLoop(ctx) })
+	// Started after the stored state is loaded: what it names is in use
+	// (a VM adopted from an earlier agent still boots from its image).
+	if a.cfg.Artifacts != nil {
+		wg.Go(func() { a.cfg.Artifacts.Run(ctx, a.cfg.ArtifactGCInterval, a.artifactsInUse) })
+	}
 
 	id, err := a.ensureIdentity(ctx)
 	if err != nil {

@@ -34,10 +34,6 @@ import (
 // prober), from the values of its flags. The CLI parses the flags and
 // calls RunHost or CleanupHost.
 
-// artifactGCInterval is how often the agent removes the artifacts no
-// task has used for ArtifactUnusedFor (and once at start).
-const artifactGCInterval = 10 * time.Minute
-
 // GuestsDir is the netns guest runtime's directory in the agent's state
 // directory: one directory per task (guest.TaskDir), with its record and
 // its log.
@@ -384,9 +380,6 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	if err != nil {
 		return err
 	}
-	gcCtx, stopGC := context.WithCancel(ctx)
-	defer stopGC()
-	go artifacts.Run(gcCtx, artifactGCInterval)
 	prober := &Prober{
 		GuestNetns: func(task string) string { return nsguest.NetnsPath(GuestsDir(stateDir), GuestScope(cfg), task) },
 		Channel:    func(task string) string { return vm.ProbeSocket(VMsDir(stateDir), task) },

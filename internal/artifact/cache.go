@@ -223,9 +223,34 @@ type Program struct {
 // again before a backoff has passed: it returns the last error, saying
 // when the next try is.
 func (c *Cache) Resolve(ctx context.Context, a spec.Artifact) (Program, error) {
+	e, err := c.Fetch(ctx, a)
+	if err != nil {
+		return Program{}, err
+	}
+	if e.Tree == "" {
+		return Program{Path: e.Blob}, nil
+	}
+	p, err := programIn(e.Tree, a.Run)
+	if err != nil {
+		return Program{}, err
+	}
+	return Program{Path: p, Root: e.Tree}, nil
+}
+
+// Entry is a verified artifact in the cache: its file and, for an
+// archive, the directory it was unpacked into.
+type Entry struct {
+	Blob string
+	Tree string // "" unless the artifact is an archive
+}
+
+// Fetch returns the cache entry of a, fetching, verifying and unpacking
+// it as Resolve does, without looking for a program in it (a VM's boot
+// image is used whole). It fails as Resolve does.
+func (c *Cache) Fetch(ctx context.Context, a spec.Artifact) (Entry, error) {
 	sum := a.SHA256
 	if !spec.ValidSHA256(sum) {
-		return Program{}, Permanent(fmt.Errorf("artifact: sha256 %q is not 64 lower-case hex digits", sum))
+		return Entry{}, Permanent(fmt.Errorf("artifact: sha256 %q is not 64 lower-case hex digits", sum))
 	}
 	c.mu.Lock()
 	c.using[sum]++
@@ -238,18 +263,14 @@ func (c *Cache) Resolve(ctx context.Context, a spec.Artifact) (Program, error) {
 		c.mu.Unlock()
 	}()
 	if err := c.ensure(ctx, a); err != nil {
-		return Program{}, err
+		return Entry{}, err
 	}
 	c.touch(sum)
-	if !a.IsArchive() {
-		return Program{Path: c.BlobPath(sum)}, nil
+	e := Entry{Blob: c.BlobPath(sum)}
+	if a.IsArchive() {
+		e.Tree = c.TreePath(sum)
 	}
-	root := c.TreePath(sum)
-	p, err := programIn(root, a.Run)
-	if err != nil {
-		return Program{}, err
-	}
-	return Program{Path: p, Root: root}, nil
+	return e, nil
 }
 
 // ensure makes the blob (and the tree of an archive) exist, sharing the
@@ -489,12 +510,19 @@ func (c *Cache) Prune(keep map[string]bool) ([]string, error) {
 	return removed, errors.Join(errs...)
 }
 
-// Run prunes every interval until ctx ends (and once at once).
-func (c *Cache) Run(ctx context.Context, interval time.Duration) {
+// Run prunes every interval until ctx ends (and once at once), keeping
+// the hashes keep returns (those of the guests the host runs or must
+// run: an artifact in use is never removed, however long ago it was
+// fetched); keep may be nil.
+func (c *Cache) Run(ctx context.Context, interval time.Duration, keep func() map[string]bool) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if _, err := c.Prune(nil); err != nil {
+		var k map[string]bool
+		if keep != nil {
+			k = keep()
+		}
+		if _, err := c.Prune(k); err != nil {
 			c.log.Warn("artifact garbage collection", "err", err)
 		}
 		select {

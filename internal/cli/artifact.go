@@ -43,11 +43,13 @@ func newArtifactPushCmd() *cobra.Command {
 	var cf *clientFlags
 	var out *string
 	var run string
+	var vmImage bool
 	cmd := &cobra.Command{
 		Use:   "push FILE",
 		Short: "Upload a program (or a .tar.gz of one) and print its sha256 and the spec lines that run it",
 		Example: `  corridor artifact push ./web
-  corridor artifact push ./web.tar.gz --run bin/web`,
+  corridor artifact push ./web.tar.gz --run bin/web
+  corridor artifact push ./guest.tgz --vm   # tar -C DIR -czf guest.tgz . of a corridor image build --out DIR`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
@@ -87,6 +89,19 @@ func newArtifactPushCmd() *cobra.Command {
 			w := cmd.OutOrStdout()
 			fmt.Fprintln(w, info.SHA256)
 			archive := strings.HasSuffix(file, ".tar.gz") || strings.HasSuffix(file, ".tgz")
+			if vmImage {
+				what := "disk image"
+				if archive {
+					what = "guest image"
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "\nIn a class of your app (runtime vm), instead of kernel, initrd and image (the %s the VM boots):\n", what)
+				fmt.Fprintf(w, "    artifact:\n      url: %s\n      sha256: %s\n", info.URL, info.SHA256)
+				if archive {
+					fmt.Fprintf(w, "      archive: true\n")
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "(with command: [...], the program the image's init runs)\n")
+				return nil
+			}
 			if run == "" && archive {
 				run = "PROGRAM-IN-THE-ARCHIVE"
 			}
@@ -102,6 +117,7 @@ func newArtifactPushCmd() *cobra.Command {
 	cf = addClientFlags(cmd)
 	out = addOutputFlag(cmd)
 	cmd.Flags().StringVar(&run, "run", "", "for a .tar.gz: the program inside it, for the printed spec lines")
+	cmd.Flags().BoolVar(&vmImage, "vm", false, "FILE is a VM's boot image (a .tar.gz of an image directory, or a disk image): print the spec lines for a runtime vm class")
 	return cmd
 }
 

@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -311,5 +312,71 @@ func TestParallelHostsSameAsSequential(t *testing.T) {
 		if !bytes.Equal(one, four) {
 			t.Fatalf("cached %v: plans differ between one and four builders: %s", cached, firstDiff(one, four))
 		}
+	}
+}
+
+// TestRebuiltHostKeepsUnchangedPeers: a host rebuilt after a change keeps
+// (shares) the peers and VXLAN entries of its cached state that did not
+// change, and only those: after one class is scaled some rebuilt host
+// shares its previous Peers or VXLAN slice, and after a server's key,
+// WireGuard port or address changes, every plan is still byte for byte
+// Compile's.
+func TestRebuiltHostKeepsUnchangedPeers(t *testing.T) {
+	in := sizedFleet(100, 6, 5)
+	if raceDetector {
+		in = sizedFleet(40, 4, 10)
+	}
+	var k Cache
+	p, err := k.Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Current, in.Networks = assignments(p)
+	same := func(x, y []Peer) bool { return len(x) > 0 && len(y) > 0 && &x[0] == &y[0] }
+	sameVX := func(x, y []VXLANEntry) bool { return len(x) > 0 && len(y) > 0 && &x[0] == &y[0] }
+	steps := []struct {
+		what   string
+		change func(in *Input)
+	}{
+		{"scale app01/worker", func(in *Input) {
+			in.Apps[1].Classes = slices.Clone(in.Apps[1].Classes)
+			in.Apps[1].Classes[1].Tasks++
+		}},
+		{"key of srv0007", func(in *Input) { in.Servers[7].PublicKey = "key-new" }},
+		{"port of srv0011", func(in *Input) { in.Servers[11].WireGuardPort = 51999 }},
+		{"address of srv0013", func(in *Input) { in.Servers[13].Address = "198.19.0.13" }},
+		{"scale app02/api", func(in *Input) {
+			in.Apps[2].Classes = slices.Clone(in.Apps[2].Classes)
+			in.Apps[2].Classes[1].Tasks--
+		}},
+	}
+	for _, st := range steps {
+		in.Apps = slices.Clone(in.Apps)
+		in.Servers = slices.Clone(in.Servers)
+		st.change(&in)
+		got, err := k.Compile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := Compile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g, w := mustJSON(t, got), mustJSON(t, want); !bytes.Equal(g, w) {
+			t.Fatalf("%s: cached plan differs from Compile: %s", st.what, firstDiff(g, w))
+		}
+		kept := 0
+		for i := range got.Hosts {
+			g, q := &got.Hosts[i], &p.Hosts[i]
+			rebuilt := len(g.Routes) > 0 && len(q.Routes) > 0 && &g.Routes[0] != &q.Routes[0]
+			if rebuilt && (same(g.Peers, q.Peers) || sameVX(g.VXLAN, q.VXLAN)) {
+				kept++
+			}
+		}
+		if strings.HasPrefix(st.what, "scale") && kept == 0 {
+			t.Errorf("%s: no rebuilt host kept its previous peers or VXLAN entries", st.what)
+		}
+		p = got
+		in.Current, in.Networks = assignments(got)
 	}
 }

@@ -11,21 +11,8 @@ import (
 // A task on a draining server moves (keeping its address), and says so;
 // one on a ready server stays.
 func TestDrainingServerTasksMove(t *testing.T) {
-	in := Input{Servers: fleet(3), Apps: []spec.App{{Name: "a", Classes: []spec.Class{{Name: "x", Tasks: 2,
-		Resources: spec.Resources{CPU: 100, Memory: 1 << 20}}}}}}
-	p, err := Compile(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tk := range p.Tasks {
-		in.Current = append(in.Current, Assignment{Task: tk.ID, Server: tk.Server, Address: tk.Address})
-	}
+	in, p := drainFixture(t)
 	drained := p.Tasks[0]
-	for i := range in.Servers {
-		if in.Servers[i].Name == drained.Server {
-			in.Servers[i].State = spec.ServerDraining
-		}
-	}
 	q, err := Compile(in)
 	if err != nil {
 		t.Fatal(err)
@@ -52,21 +39,8 @@ func TestDrainingServerTasksMove(t *testing.T) {
 // make-before-break move): the plan is the one before the drain, host for
 // host, but for the draining server taking no new task.
 func TestKeepDrainingServer(t *testing.T) {
-	in := Input{Servers: fleet(3), Apps: []spec.App{{Name: "a", Classes: []spec.Class{{Name: "x", Tasks: 2,
-		Resources: spec.Resources{CPU: 100, Memory: 1 << 20}}}}}}
-	p, err := Compile(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tk := range p.Tasks {
-		in.Current = append(in.Current, Assignment{Task: tk.ID, Server: tk.Server, Address: tk.Address})
-	}
+	in, p := drainFixture(t)
 	drained := p.Tasks[0].Server
-	for i := range in.Servers {
-		if in.Servers[i].Name == drained {
-			in.Servers[i].State = spec.ServerDraining
-		}
-	}
 	in.Keep = []string{drained}
 	q, err := Compile(in)
 	if err != nil {
@@ -91,4 +65,26 @@ func TestKeepDrainingServer(t *testing.T) {
 	if r.Tasks[2].Server == drained {
 		t.Errorf("a new task was placed on the kept draining server %s", drained)
 	}
+}
+
+// drainFixture is two tasks placed on a fleet of three (p, the plan), and
+// the input of the next compile: the same placement, the server of the
+// first task draining.
+func drainFixture(t *testing.T) (Input, *Plan) {
+	t.Helper()
+	in := Input{Servers: fleet(3), Apps: []spec.App{{Name: "a", Classes: []spec.Class{{Name: "x", Tasks: 2,
+		Resources: spec.Resources{CPU: 100, Memory: 1 << 20}}}}}}
+	p, err := Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range p.Tasks {
+		in.Current = append(in.Current, Assignment{Task: tk.ID, Server: tk.Server, Address: tk.Address})
+	}
+	for i := range in.Servers {
+		if in.Servers[i].Name == p.Tasks[0].Server {
+			in.Servers[i].State = spec.ServerDraining
+		}
+	}
+	return in, p
 }

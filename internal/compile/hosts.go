@@ -131,7 +131,8 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 			gens = append(gens, ha.a.entry.gen)
 		}
 		gens = c.linkGens(gens, hb.apps)
-		if e := k.hosts[s.spec.Name]; memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && e.rot == s.rot && slices.Equal(e.gens, gens) {
+		e := k.hosts[s.spec.Name]
+		if memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && e.rot == s.rot && slices.Equal(e.gens, gens) {
 			out[i] = e.state
 			hb.entries = append(hb.entries, namedEntry{s.spec.Name, e})
 			continue
@@ -139,7 +140,11 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 		if hb.mac[i] == "" {
 			hb.mac[i] = VTEPMAC(s.addr)
 		}
-		out[i] = hb.build(s, memo)
+		var prev *HostState // the host's last state, whose unchanged lists are kept
+		if e != nil && memo {
+			prev = &e.state
+		}
+		out[i] = hb.build(s, memo, prev)
 		c.addLinks(&out[i], s)
 		if memo {
 			hb.entries = append(hb.entries, namedEntry{s.spec.Name, &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens), state: out[i]}})
@@ -180,7 +185,15 @@ type hostBuilder struct {
 	// rules and routes here until they are copied into the host's state.
 	guests   []Guest
 	firewall []FirewallRule
-	routes   []Route
+	// Scratch space for a host rebuilt over its cached state (build's
+	// prev): merged remote lists, peers and VXLAN entries, and which of
+	// those point into the merged lists.
+	encBuf                 []netip.Prefix
+	plainBuf               []netip.Addr
+	peers                  []Peer
+	vxlan                  []VXLANEntry
+	encMerged, plainMerged []bool
+	arena                  []remoteCount // the remote counts of the parts of the host being built, without memo
 }
 
 // remoteCount is how many remote guests of one server a part lists.
@@ -196,10 +209,16 @@ type remoteMerge struct {
 	plain                []netip.Addr
 }
 
-// hostApp is one app of the host being built and its part.
+// hostApp is one app of the host being built and its part. A part
+// computed for this host (fresh) has its remote lists and routes filled
+// only once the host's route slice is made (fill), so that its routes are
+// written once, in place, and not copied from scratch space.
 type hostApp struct {
-	a    *app
-	part *hostPart
+	a     *app
+	part  *hostPart
+	fresh bool
+	srcs  [][2][]netip.Addr // fresh: the local sources by class and encryption
+	n     int               // fresh: its routes
 }
 
 // hostPart is what one app contributes to one host's state. Its slices are
@@ -228,7 +247,12 @@ func (p *hostPart) each(f func(server int32, enc []netip.Prefix, plain []netip.A
 	}
 }
 
-func (hb *hostBuilder) build(s *server, memo bool) HostState {
+// build makes host s's state. With prev (the host's state in the cache,
+// which this one replaces), the merged remote lists, peers and VXLAN
+// entries are made in scratch space first, and those equal to prev's are
+// taken from prev (shared, read-only) instead of allocated anew: after a
+// one-class change most of a rebuilt host's peers are those it had.
+func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 	c := hb.c
 	hs := HostState{
 		Schema: hoststate.Schema, Host: s.spec.Name, Address: s.addr, VTEPMAC: hb.mac[s.idx], WireGuardPort: s.wgPort,
@@ -241,15 +265,17 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 	if len(s.guestIdx) == 0 {
 		return hs
 	}
-	hb.guests, hb.firewall, hb.routes = hb.guests[:0], hb.firewall[:0], hb.routes[:0]
+	hb.guests, hb.firewall = hb.guests[:0], hb.firewall[:0]
 	hb.byName = hb.byName[:0]
+	hb.arena = hb.arena[:0]
 	nGuests, nFirewall, nRoutes := 0, 0, 0
 	for i := range hb.apps {
 		ha := &hb.apps[i]
 		e := ha.a.entry
-		ha.part = e.parts[s.idx]
+		ha.part, ha.fresh = e.parts[s.idx], false
 		if ha.part == nil {
-			ha.part = hb.part(s, ha.a)
+			ha.part, ha.srcs, ha.n = hb.part(s, ha.a, memo)
+			ha.fresh = true
 			if memo {
 				hb.newParts = append(hb.newParts, newPart{e, s.idx, ha.part})
 			}
@@ -257,7 +283,11 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 		p := ha.part
 		nGuests += len(p.guests)
 		nFirewall += len(p.firewall)
-		nRoutes += len(p.routes)
+		if ha.fresh {
+			nRoutes += ha.n
+		} else {
+			nRoutes += len(p.routes)
+		}
 		hb.byName = append(hb.byName, p)
 	}
 	// Guests and firewall rules sort by app name first, routes by address:
@@ -271,71 +301,43 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 		p.guests = appendPart(&hs.Guests, p.guests)
 		p.firewall = appendPart(&hs.Firewall, p.firewall)
 	}
-	hs.Routes = make([]Route, 0, nRoutes)
-	for _, ha := range hb.apps {
-		ha.part.routes = appendPart(&hs.Routes, ha.part.routes)
-	}
-
 	// Peers and VXLAN entries: per remote server, the remote guests of
-	// every app, in network order (so by address). A list made by one
-	// part only is that part's slice; the others are filled from one
-	// buffer per host, sized in a first pass.
-	hb.touched = hb.touched[:0]
-	hb.remotes = hb.remotes[:0]
-	for _, ha := range hb.apps {
-		ha.part.each(func(rs int32, enc []netip.Prefix, plain []netip.Addr) {
-			sl := hb.slot[rs]
-			if sl == 0 {
-				hb.remotes = append(hb.remotes, remoteMerge{server: rs})
-				sl = int32(len(hb.remotes))
-				hb.slot[rs] = sl
-				hb.touched = append(hb.touched, rs)
-			}
-			m := &hb.remotes[sl-1]
-			if len(enc) > 0 {
-				m.encParts++
-				m.nEnc += len(enc)
-				m.enc = enc
-			}
-			if len(plain) > 0 {
-				m.plainParts++
-				m.nPlain += len(plain)
-				m.plain = plain
-			}
-		})
-	}
-	var nEnc, nPlain int
-	for i := range hb.remotes {
-		if m := &hb.remotes[i]; m.encParts > 1 {
-			nEnc += m.nEnc
+	// every app, in network order (so by address). Without memo no part
+	// outlives this host, and its remote guests are written straight into
+	// the host's lists, one buffer per host sized from the parts' counts
+	// (direct). With memo each part keeps lists of its own, to be reused by
+	// later compiles: a host's list made by one part only is that part's
+	// slice, the others are merged into one buffer per host.
+	direct := !memo
+	if direct {
+		hb.countRemotes()
+		var nEnc, nPlain int
+		for i := range hb.remotes {
+			nEnc += hb.remotes[i].nEnc
+			nPlain += hb.remotes[i].nPlain
 		}
-		if m := &hb.remotes[i]; m.plainParts > 1 {
-			nPlain += m.nPlain
-		}
-	}
-	if nEnc+nPlain > 0 {
 		encBuf := make([]netip.Prefix, nEnc)
 		plainBuf := make([]netip.Addr, nPlain)
 		for i := range hb.remotes {
 			m := &hb.remotes[i]
-			if m.encParts > 1 {
-				m.enc, encBuf = encBuf[:0:m.nEnc], encBuf[m.nEnc:]
-			}
-			if m.plainParts > 1 {
-				m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
-			}
+			m.enc, encBuf = encBuf[:0:m.nEnc], encBuf[m.nEnc:]
+			m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
 		}
-		for _, ha := range hb.apps {
-			ha.part.each(func(rs int32, enc []netip.Prefix, plain []netip.Addr) {
-				m := &hb.remotes[hb.slot[rs]-1]
-				if m.encParts > 1 {
-					m.enc = append(m.enc, enc...)
-				}
-				if m.plainParts > 1 {
-					m.plain = append(m.plain, plain...)
-				}
-			})
+	}
+	hs.Routes = make([]Route, 0, nRoutes)
+	for i := range hb.apps {
+		ha := &hb.apps[i]
+		if !ha.fresh {
+			ha.part.routes = appendPart(&hs.Routes, ha.part.routes)
+			continue
 		}
+		r0 := len(hs.Routes)
+		hs.Routes = hb.fill(hs.Routes, s, ha.a, ha.srcs, ha.part, direct)
+		ha.part.routes = hs.Routes[r0:len(hs.Routes):len(hs.Routes)]
+		ha.srcs = nil
+	}
+	if !direct {
+		hb.merge(prev)
 	}
 	slices.Sort(hb.touched)
 	nPeers, nVX := 0, 0
@@ -348,8 +350,13 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 			nVX++
 		}
 	}
-	hs.Peers = make([]Peer, 0, nPeers)
-	hs.VXLAN = make([]VXLANEntry, 0, nVX)
+	if prev != nil {
+		hs.Peers, hs.VXLAN = hb.peers[:0], hb.vxlan[:0]
+		hb.encMerged, hb.plainMerged = hb.encMerged[:0], hb.plainMerged[:0]
+	} else {
+		hs.Peers = make([]Peer, 0, nPeers)
+		hs.VXLAN = make([]VXLANEntry, 0, nVX)
+	}
 	for _, si := range hb.touched {
 		r := &hb.remotes[hb.slot[si]-1]
 		hb.slot[si] = 0
@@ -357,6 +364,7 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 		if len(r.enc) > 0 {
 			hs.Peers = append(hs.Peers, Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
 				Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort)), AllowedIPs: r.enc})
+			hb.encMerged = append(hb.encMerged, r.encParts > 1)
 		}
 		if len(r.plain) > 0 {
 			if hb.mac[si] == "" {
@@ -364,10 +372,156 @@ func (hb *hostBuilder) build(s *server, memo bool) HostState {
 			}
 			hs.VXLAN = append(hs.VXLAN, VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr,
 				MAC: hb.mac[si], Guests: r.plain})
+			hb.plainMerged = append(hb.plainMerged, r.plainParts > 1)
 		}
+	}
+	if prev != nil {
+		hb.peers, hb.vxlan = hs.Peers, hs.VXLAN
+		hs.Peers = keepPeers(prev.Peers, hs.Peers, hb.encMerged)
+		hs.VXLAN = keepVXLAN(prev.VXLAN, hs.VXLAN, hb.plainMerged)
 	}
 	hs.Outbound = c.outbound(hs.Guests)
 	return hs
+}
+
+// keepPeers is cur, made in scratch space, as a slice of its own: prev
+// itself when cur equals it, else a copy whose allowed IPs are prev's
+// where equal (for the same server). merged says which of cur's allowed
+// IPs are in scratch space (the others belong to a part, and are kept).
+// Both lists are sorted by server name.
+func keepPeers(prev, cur []Peer, merged []bool) []Peer {
+	same := len(prev) == len(cur)
+	j := 0
+	for i := range cur {
+		p := &cur[i]
+		for j < len(prev) && prev[j].Server < p.Server {
+			j++
+		}
+		if j < len(prev) && prev[j].Server == p.Server && slices.Equal(prev[j].AllowedIPs, p.AllowedIPs) {
+			p.AllowedIPs = prev[j].AllowedIPs
+			same = same && i == j && prev[j].PublicKey == p.PublicKey && prev[j].NextPublicKey == p.NextPublicKey && prev[j].Endpoint == p.Endpoint
+			continue
+		}
+		same = false
+		if merged[i] {
+			p.AllowedIPs = slices.Clone(p.AllowedIPs)
+		}
+	}
+	if same {
+		return prev
+	}
+	out := make([]Peer, len(cur))
+	copy(out, cur)
+	return out
+}
+
+// keepVXLAN is keepPeers for VXLAN entries and their guests.
+func keepVXLAN(prev, cur []VXLANEntry, merged []bool) []VXLANEntry {
+	same := len(prev) == len(cur)
+	j := 0
+	for i := range cur {
+		v := &cur[i]
+		for j < len(prev) && prev[j].Server < v.Server {
+			j++
+		}
+		if j < len(prev) && prev[j].Server == v.Server && slices.Equal(prev[j].Guests, v.Guests) {
+			v.Guests = prev[j].Guests
+			same = same && i == j && prev[j].Underlay == v.Underlay && prev[j].MAC == v.MAC
+			continue
+		}
+		same = false
+		if merged[i] {
+			v.Guests = slices.Clone(v.Guests)
+		}
+	}
+	if same {
+		return prev
+	}
+	out := make([]VXLANEntry, len(cur))
+	copy(out, cur)
+	return out
+}
+
+// countRemotes lists in hb.remotes (and hb.touched, hb.slot) the remote
+// servers of the host's parts, with how many remote guests each reaches
+// encrypted and in plain, over all parts.
+func (hb *hostBuilder) countRemotes() {
+	hb.touched = hb.touched[:0]
+	hb.remotes = hb.remotes[:0]
+	for _, ha := range hb.apps {
+		for _, r := range ha.part.remotes {
+			sl := hb.slot[r.server]
+			if sl == 0 {
+				hb.remotes = append(hb.remotes, remoteMerge{server: r.server})
+				sl = int32(len(hb.remotes))
+				hb.slot[r.server] = sl
+				hb.touched = append(hb.touched, r.server)
+			}
+			m := &hb.remotes[sl-1]
+			if r.nEnc > 0 {
+				m.encParts++
+				m.nEnc += int(r.nEnc)
+			}
+			if r.nPlain > 0 {
+				m.plainParts++
+				m.nPlain += int(r.nPlain)
+			}
+		}
+	}
+}
+
+// merge makes hb.remotes' lists from the parts' own lists: a list made by
+// one part only is that part's slice; the others are filled from one
+// buffer per host (scratch space with prev, see build).
+func (hb *hostBuilder) merge(prev *HostState) {
+	hb.countRemotes()
+	var nEnc, nPlain int
+	for i := range hb.remotes {
+		if m := &hb.remotes[i]; m.encParts > 1 {
+			nEnc += m.nEnc
+		}
+		if m := &hb.remotes[i]; m.plainParts > 1 {
+			nPlain += m.nPlain
+		}
+	}
+	var encBuf []netip.Prefix
+	var plainBuf []netip.Addr
+	if prev != nil {
+		hb.encBuf = slices.Grow(hb.encBuf[:0], nEnc)
+		hb.plainBuf = slices.Grow(hb.plainBuf[:0], nPlain)
+		encBuf, plainBuf = hb.encBuf[:nEnc], hb.plainBuf[:nPlain]
+	} else if nEnc+nPlain > 0 {
+		encBuf = make([]netip.Prefix, nEnc)
+		plainBuf = make([]netip.Addr, nPlain)
+	}
+	for i := range hb.remotes {
+		m := &hb.remotes[i]
+		if m.encParts > 1 {
+			m.enc, encBuf = encBuf[:0:m.nEnc], encBuf[m.nEnc:]
+		}
+		if m.plainParts > 1 {
+			m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
+		}
+	}
+	for _, ha := range hb.apps {
+		ha.part.each(func(rs int32, enc []netip.Prefix, plain []netip.Addr) {
+			m := &hb.remotes[hb.slot[rs]-1]
+			if len(enc) > 0 {
+				if m.encParts > 1 {
+					m.enc = append(m.enc, enc...)
+				} else {
+					m.enc = enc
+				}
+			}
+			if len(plain) > 0 {
+				if m.plainParts > 1 {
+					m.plain = append(m.plain, plain...)
+				} else {
+					m.plain = plain
+				}
+			}
+		})
+	}
 }
 
 // appendPart appends part to *dst, which has room for it, and returns the
@@ -379,9 +533,11 @@ func appendPart[T any](dst *[]T, part []T) []T {
 }
 
 // part computes app a's contribution to host s, which runs at least one
-// task of a. Guests, firewall rules and routes are left in the builder's
+// task of a, but for its remote lists and routes: it sizes those, and
+// returns the local sources by class and encryption and the number of
+// routes, for fill. Guests and firewall rules are left in the builder's
 // scratch space until build copies them.
-func (hb *hostBuilder) part(s *server, a *app) *hostPart {
+func (hb *hostBuilder) part(s *server, a *app, memo bool) (*hostPart, [][2][]netip.Addr, int) {
 	c := hb.c
 	p := &hostPart{}
 	g0 := len(hb.guests)
@@ -397,8 +553,9 @@ func (hb *hostBuilder) part(s *server, a *app) *hostPart {
 			strings.Compare(x.Protocol, y.Protocol), strings.Compare(x.Direction, y.Direction))
 	})
 
-	// Two passes over the remote tasks: count, then fill slices of the
-	// exact size. Tasks come by address, so each list comes out sorted.
+	// Two passes over the remote tasks: count here, then fill slices of
+	// the exact size (fill). Tasks come by address, so each list comes
+	// out sorted.
 	hb.touched = hb.touched[:0]
 	nEnc, nPlain := 0, 0
 	hb.scan(s, a, srcs, func(t *task, enc bool, _ []netip.Addr) {
@@ -414,19 +571,49 @@ func (hb *hostBuilder) part(s *server, a *app) *hostPart {
 		}
 	})
 	slices.Sort(hb.touched)
-	p.enc = make([]netip.Prefix, nEnc)
-	p.plain = make([]netip.Addr, nPlain)
-	p.remotes = make([]remoteCount, len(hb.touched))
-	// From here nEnc and nPlain are each server's next free position.
-	var oe, op int32
-	for i, rs := range hb.touched {
-		ne, np := hb.nEnc[rs], hb.nPlain[rs]
-		p.remotes[i] = remoteCount{server: rs, nEnc: ne, nPlain: np}
-		hb.nEnc[rs], hb.nPlain[rs] = oe, op
-		oe += ne
-		op += np
+	if memo {
+		p.enc = make([]netip.Prefix, nEnc)
+		p.plain = make([]netip.Addr, nPlain)
+		p.remotes = make([]remoteCount, len(hb.touched))
+	} else {
+		// The part lives as long as the host being built: its counts go
+		// in scratch space, and fill writes its remote guests into the
+		// host's lists.
+		n := len(hb.arena)
+		hb.arena = slices.Grow(hb.arena, len(hb.touched))[:n+len(hb.touched)]
+		p.remotes = hb.arena[n:len(hb.arena):len(hb.arena)]
 	}
-	r0 := len(hb.routes)
+	for i, rs := range hb.touched {
+		p.remotes[i] = remoteCount{server: rs, nEnc: hb.nEnc[rs], nPlain: hb.nPlain[rs]}
+		hb.nEnc[rs], hb.nPlain[rs] = 0, 0
+	}
+	return p, srcs, nEnc + nPlain
+}
+
+// fill appends to routes the routes of part p (app a's on host s, made by
+// part with the sources srcs) and fills its remote lists; direct, it
+// appends its remote guests to the host's lists in hb.remotes instead.
+func (hb *hostBuilder) fill(routes []Route, s *server, a *app, srcs [][2][]netip.Addr, p *hostPart, direct bool) []Route {
+	c := hb.c
+	if direct {
+		hb.scan(s, a, srcs, func(t *task, enc bool, src []netip.Addr) {
+			m := &hb.remotes[hb.slot[t.server]-1]
+			if enc {
+				m.enc = append(m.enc, netip.PrefixFrom(t.addr, t.addr.BitLen()))
+			} else {
+				m.plain = append(m.plain, t.addr)
+			}
+			routes = append(routes, Route{Sources: src, Dest: t.addr, Server: c.servers[t.server].spec.Name, Encrypt: enc})
+		})
+		return routes
+	}
+	// nEnc and nPlain are each server's next free position.
+	var oe, op int32
+	for _, r := range p.remotes {
+		hb.nEnc[r.server], hb.nPlain[r.server] = oe, op
+		oe += r.nEnc
+		op += r.nPlain
+	}
 	hb.scan(s, a, srcs, func(t *task, enc bool, src []netip.Addr) {
 		if enc {
 			p.enc[hb.nEnc[t.server]] = netip.PrefixFrom(t.addr, t.addr.BitLen())
@@ -435,13 +622,12 @@ func (hb *hostBuilder) part(s *server, a *app) *hostPart {
 			p.plain[hb.nPlain[t.server]] = t.addr
 			hb.nPlain[t.server]++
 		}
-		hb.routes = append(hb.routes, Route{Sources: src, Dest: t.addr, Server: c.servers[t.server].spec.Name, Encrypt: enc})
+		routes = append(routes, Route{Sources: src, Dest: t.addr, Server: c.servers[t.server].spec.Name, Encrypt: enc})
 	})
-	p.routes = hb.routes[r0:]
-	for _, rs := range hb.touched {
-		hb.nEnc[rs], hb.nPlain[rs] = 0, 0
+	for _, r := range p.remotes {
+		hb.nEnc[r.server], hb.nPlain[r.server] = 0, 0
 	}
-	return p
+	return routes
 }
 
 // scan calls f for every task of a on another server than s that a local

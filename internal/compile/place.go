@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/bits"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -29,12 +30,13 @@ func (c *compiler) place() error {
 	}
 	n := len(c.servers)
 	p := placer{
-		c:        c,
-		appCount: make([]int32, n),
-		elig:     make([]uint8, n),
-		ok:       make([]bool, n),
-		load:     make([]frac, n),
-		group:    make([]int32, n),
+		c:          c,
+		appCount:   make([]int32, n),
+		elig:       make([]uint8, n),
+		ok:         make([]bool, n),
+		load:       make([]frac, n),
+		group:      make([]int32, n),
+		moreLoaded: make([]string, n),
 	}
 	for _, a := range c.apps {
 		for _, ti := range a.tasks {
@@ -126,6 +128,13 @@ type placer struct {
 	gnames   []string
 	top      []cand // best candidates so far, best first
 	unfit    []int32
+	// moreLoaded is, per server, loserWhy's "more loaded (...)" for the
+	// current class, made when first needed and dropped by update: the
+	// same runners-up come back task after task.
+	moreLoaded []string
+	// asLoaded is loserWhy's "as loaded; <winner> comes first by name"
+	// for the task being placed.
+	asLoaded string
 }
 
 // frac is an exact non-negative fraction; loads are compared with integer
@@ -188,6 +197,7 @@ func (p *placer) update(i int32, cl *class) {
 	s := p.c.servers[i]
 	p.ok[i] = p.elig[i] == eligible && fits(s, cl)
 	p.load[i] = loadAfter(s, cl)
+	p.moreLoaded[i] = ""
 }
 
 // loadAfter is the larger of the cpu and memory fractions of s once a task
@@ -207,7 +217,17 @@ func usage(s *server, cl *class, after bool) string {
 	if after {
 		dc, dm = cl.cpu, cl.mem
 	}
-	return fmt.Sprintf("cpu %d%%, mem %d%%", ratio(s.usedCPU+dc, s.capCPU).pct(), ratio(s.usedMem+dm, s.capMem).pct())
+	return string(appendUsage(make([]byte, 0, 24), s, dc, dm))
+}
+
+// appendUsage appends "cpu N%, mem M%" of s with dc and dm added to b
+// (usage without fmt: it is written for every runner-up of every task).
+func appendUsage(b []byte, s *server, dc, dm int64) []byte {
+	b = append(b, "cpu "...)
+	b = strconv.AppendInt(b, int64(ratio(s.usedCPU+dc, s.capCPU).pct()), 10)
+	b = append(b, "%, mem "...)
+	b = strconv.AppendInt(b, int64(ratio(s.usedMem+dm, s.capMem).pct()), 10)
+	return append(b, '%')
 }
 
 func (a *cand) less(b *cand) bool {
@@ -342,15 +362,15 @@ func (p *placer) placeTask(a *app, cl *class, ti int32, spread bool) error {
 		why = append(why, "every server that fits already runs a task of "+a.name)
 	}
 	if spread {
-		why = append(why, fmt.Sprintf("%s=%s has the fewest tasks of %s (%d)",
-			cl.spec.Placement.SpreadBy, p.gnames[p.group[best.idx]], cl.name, best.group))
+		why = append(why, cl.spec.Placement.SpreadBy+"="+p.gnames[p.group[best.idx]]+" has the fewest tasks of "+cl.name+" ("+strconv.Itoa(int(best.group))+")")
 	}
 	// s already holds the task: its usage now is its usage after placement.
 	why = append(why, "least loaded that fits ("+usage(s, cl, false)+")")
 	t.reason.Chosen = strings.Join(why, "; ")
 
 	// The runners-up first, then servers that cannot take the task.
-	var rej []Rejection
+	p.asLoaded = ""
+	rej := make([]Rejection, 0, min(keepTop-1, len(p.top)-1+len(p.unfit)))
 	for i := 1; i < len(p.top); i++ {
 		rej = append(rej, Rejection{c.servers[p.top[i].idx].spec.Name, p.loserWhy(a, cl, &p.top[i], &best)})
 	}
@@ -361,6 +381,9 @@ func (p *placer) placeTask(a *app, cl *class, ti int32, spread bool) error {
 		rej = append(rej, Rejection{c.servers[i].spec.Name, p.unfitWhy(cl, c.servers[i])})
 	}
 	slices.SortFunc(rej, func(x, y Rejection) int { return strings.Compare(x.Server, y.Server) })
+	if len(rej) == 0 {
+		rej = nil
+	}
 	t.reason.Rejected = rej
 	t.reason.Omitted = len(c.servers) - 1 - len(rej)
 	return nil
@@ -371,11 +394,19 @@ func (p *placer) loserWhy(a *app, cl *class, l, w *cand) string {
 	case l.runs && !w.runs:
 		return "already runs a task of " + a.name
 	case l.group > w.group:
-		return fmt.Sprintf("%s=%s already has %d tasks of %s", cl.spec.Placement.SpreadBy, p.gnames[p.group[l.idx]], l.group, cl.name)
+		return cl.spec.Placement.SpreadBy + "=" + p.gnames[p.group[l.idx]] + " already has " + strconv.Itoa(int(l.group)) + " tasks of " + cl.name
 	case l.load.cmp(w.load) > 0:
-		return "more loaded (" + usage(p.c.servers[l.idx], cl, true) + ")"
+		if p.moreLoaded[l.idx] == "" {
+			b := append(make([]byte, 0, 40), "more loaded ("...)
+			b = appendUsage(b, p.c.servers[l.idx], cl.cpu, cl.mem)
+			p.moreLoaded[l.idx] = string(append(b, ')'))
+		}
+		return p.moreLoaded[l.idx]
 	default:
-		return "as loaded; " + p.c.servers[w.idx].spec.Name + " comes first by name"
+		if p.asLoaded == "" {
+			p.asLoaded = "as loaded; " + p.c.servers[w.idx].spec.Name + " comes first by name"
+		}
+		return p.asLoaded
 	}
 }
 

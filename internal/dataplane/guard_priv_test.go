@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 // The guards of issue 13: injection into an encrypted flow, a plain-pair
@@ -71,18 +72,9 @@ func (s *scenario) applyStream(t *testing.T, a, b compile.HostState) (sa, sb com
 	}
 }
 
-// stream is a sequence-numbered UDP stream from one guest to another.
-type stream struct {
-	sent     atomic.Uint64
-	mu       sync.Mutex
-	got      map[uint64]bool
-	last     time.Time
-	maxGap   time.Duration
-	stop     chan struct{}
-	wg       sync.WaitGroup
-	sender   net.Conn
-	receiver net.PacketConn
-}
+// stream is a sequence-numbered UDP stream (testnet.UDPStream) from one
+// guest to another.
+type stream struct{ *testnet.UDPStream }
 
 // startStream sends one datagram every interval from src to dst:portStream.
 func startStream(t *testing.T, src, dst *guest, interval time.Duration) *stream {
@@ -92,10 +84,11 @@ func startStream(t *testing.T, src, dst *guest, interval time.Duration) *stream 
 // startStreamTo sends one datagram every interval from src to dst:port.
 func startStreamTo(t *testing.T, src, dst *guest, port uint16, interval time.Duration) *stream {
 	t.Helper()
-	st := &stream{got: map[uint64]bool{}, stop: make(chan struct{})}
+	var in net.PacketConn
+	var out net.Conn
 	err := inNS(t, dst.ns, func() error {
 		var err error
-		st.receiver, err = net.ListenPacket("udp4", netip.AddrPortFrom(dst.addr, port).String())
+		in, err = net.ListenPacket("udp4", netip.AddrPortFrom(dst.addr, port).String())
 		return err
 	})
 	if err != nil {
@@ -103,83 +96,20 @@ func startStreamTo(t *testing.T, src, dst *guest, port uint16, interval time.Dur
 	}
 	err = inNS(t, src.ns, func() error {
 		var err error
-		st.sender, err = net.Dial("udp4", netip.AddrPortFrom(dst.addr, port).String())
+		out, err = net.Dial("udp4", netip.AddrPortFrom(dst.addr, port).String())
 		return err
 	})
 	if err != nil {
+		in.Close()
 		t.Fatal(err)
 	}
-	st.wg.Add(2)
-	go func() {
-		defer st.wg.Done()
-		buf := make([]byte, 64)
-		for {
-			n, _, err := st.receiver.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if n < 8 {
-				continue
-			}
-			now := time.Now()
-			st.mu.Lock()
-			st.got[binary.BigEndian.Uint64(buf)] = true
-			if !st.last.IsZero() && now.Sub(st.last) > st.maxGap {
-				st.maxGap = now.Sub(st.last)
-			}
-			st.last = now
-			st.mu.Unlock()
-		}
-	}()
-	go func() {
-		defer st.wg.Done()
-		tk := time.NewTicker(interval)
-		defer tk.Stop()
-		buf := make([]byte, 32)
-		for seq := uint64(0); ; seq++ {
-			select {
-			case <-st.stop:
-				return
-			case <-tk.C:
-			}
-			binary.BigEndian.PutUint64(buf, seq)
-			st.sender.Write(buf) // a refused send is a loss, counted below
-			st.sent.Store(seq + 1)
-		}
-	}()
-	t.Cleanup(st.close)
-	return st
-}
-
-func (st *stream) close() {
-	select {
-	case <-st.stop:
-	default:
-		close(st.stop)
-	}
-	st.sender.Close()
-	time.Sleep(50 * time.Millisecond)
-	st.receiver.Close()
-	st.wg.Wait()
+	return &stream{testnet.StartUDPStream(t, out, in, "stream", interval)}
 }
 
 // result stops the stream and gives sent, lost and the longest silence.
 func (st *stream) result() (sent, lost uint64, gap time.Duration) {
-	select {
-	case <-st.stop:
-	default:
-		close(st.stop)
-	}
-	time.Sleep(300 * time.Millisecond) // the last ones in flight
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	sent = st.sent.Load()
-	for i := range sent {
-		if !st.got[i] {
-			lost++
-		}
-	}
-	return sent, lost, st.maxGap
+	sent, lost = st.Finish(2 * time.Second)
+	return sent, lost, st.MaxGap()
 }
 
 // capture counts, on h's underlay interface, what would be plaintext of a

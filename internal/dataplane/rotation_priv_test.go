@@ -2,22 +2,16 @@ package dataplane
 
 import (
 	"context"
-	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/hoststate"
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 // rotationDriver plays the control plane of a hitless rotation of A's key
@@ -141,98 +135,15 @@ func (r *rotationDriver) rotate(gen int64, bFirst bool) [3]time.Duration {
 	return took
 }
 
-// tcpStream is a sequence-numbered TCP exchange (a line every interval,
-// echoed back) from src to dst:port, with the sender's retransmits.
-type tcpStream struct {
-	c         net.Conn
-	sent, got atomic.Uint64
-	stop      chan struct{}
-	wg        sync.WaitGroup
-	err       atomic.Value
-	written   chan struct{} // closed when the writer has stopped
-}
-
-func startTCPStream(t *testing.T, src, dst *guest, port int, interval time.Duration) *tcpStream {
+// startTCPStream is a sequence-numbered TCP exchange (testnet.EchoStream:
+// a line every interval, echoed back) from src to dst:port.
+func startTCPStream(t *testing.T, src, dst *guest, port int, interval time.Duration) *testnet.EchoStream {
 	t.Helper()
 	c, err := dial(t, src, dst, port, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &tcpStream{c: c, stop: make(chan struct{}), written: make(chan struct{})}
-	ts.wg.Add(2)
-	go func() {
-		defer ts.wg.Done()
-		buf := make([]byte, 16)
-		for {
-			if _, err := io.ReadFull(c, buf); err != nil {
-				return
-			}
-			var n uint64
-			fmt.Sscanf(string(buf), "%016d", &n)
-			if n != ts.got.Load() {
-				ts.err.Store(fmt.Sprintf("echo %d after %d", n, ts.got.Load()))
-			}
-			ts.got.Add(1)
-		}
-	}()
-	go func() {
-		defer ts.wg.Done()
-		defer close(ts.written)
-		tk := time.NewTicker(interval)
-		defer tk.Stop()
-		for seq := uint64(0); ; seq++ {
-			select {
-			case <-ts.stop:
-				return
-			case <-tk.C:
-			}
-			if _, err := fmt.Fprintf(c, "%016d", seq); err != nil {
-				ts.err.Store(err.Error())
-				return
-			}
-			ts.sent.Store(seq + 1)
-		}
-	}()
-	t.Cleanup(func() { ts.finish() })
-	return ts
-}
-
-// finish stops sending, waits for the echoes, and gives what was sent,
-// echoed, and retransmitted by the sender.
-func (ts *tcpStream) retrans() uint32 {
-	var n uint32
-	if rc, e := ts.c.(*net.TCPConn).SyscallConn(); e == nil {
-		rc.Control(func(fd uintptr) {
-			if info, e := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); e == nil {
-				n = info.Total_retrans
-			}
-		})
-	}
-	return n
-}
-
-func (ts *tcpStream) finish() (sent, echoed uint64, retrans uint32, err string) {
-	select {
-	case <-ts.stop:
-	default:
-		close(ts.stop)
-	}
-	// The writer ends before the connection is closed: a line it was
-	// about to send must not meet a closed socket.
-	<-ts.written
-	for range 100 {
-		if ts.got.Load() >= ts.sent.Load() {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	retrans = ts.retrans()
-	ts.c.Close()
-	ts.wg.Wait()
-	if v := ts.err.Load(); v != nil {
-		err = v.(string)
-	}
-	return ts.sent.Load(), ts.got.Load(), retrans, err
+	return testnet.StartEchoStream(t, c, "rotation", interval)
 }
 
 // rotationDrain is the control plane's drain of a rotation phase
@@ -258,11 +169,11 @@ func testRotationLoss(t *testing.T, s *scenario, stA, stB compile.HostState, rot
 	st := startStream(t, s.a1, s.b1, 2*time.Millisecond)
 	tcp := startTCPStream(t, s.a1, s.b1, portDB, 2*time.Millisecond)
 	time.Sleep(300 * time.Millisecond)
-	ctlSent, ctlRetrans := tcp.sent.Load(), tcp.retrans()
+	ctlSent, ctlRetrans := tcp.Sent(), tcp.Retrans()
 	time.Sleep(3 * time.Second)
-	ctlSent, ctlRetrans = tcp.sent.Load()-ctlSent, tcp.retrans()-ctlRetrans
+	ctlSent, ctlRetrans = tcp.Sent()-ctlSent, tcp.Retrans()-ctlRetrans
 	_, gen := s.a.dp.Key()
-	rotSent, rotRetrans := tcp.sent.Load(), tcp.retrans()
+	rotSent, rotRetrans := tcp.Sent(), tcp.Retrans()
 	r := &rotationDriver{t: t, s: s, sa: sa, sb: sb}
 	var phases [][3]time.Duration
 	keys := map[string]bool{s.a.dp.PublicKey().String(): true}
@@ -274,9 +185,10 @@ func testRotationLoss(t *testing.T, s *scenario, stA, stB compile.HostState, rot
 		time.Sleep(100 * time.Millisecond)
 	}
 	total := time.Since(t0)
-	rotSent, rotRetrans = tcp.sent.Load()-rotSent, tcp.retrans()-rotRetrans
+	rotSent, rotRetrans = tcp.Sent()-rotSent, tcp.Retrans()-rotRetrans
 	sent, lost, gap := st.result()
-	tsent, techo, _, terr := tcp.finish()
+	tsent, techo := tcp.Drain(2 * time.Second)
+	terr := tcp.Close()
 	leaks := cap.leaks() - leaksBefore
 	t.Logf("%d hitless key rotations in a row in %s (announce->moved, commit->back, clear): %v", rotations, total.Round(time.Millisecond), phases)
 	t.Logf("UDP every 2 ms: %d sent, %d lost, longest silence %s; TCP every 2 ms: %d sent, %d echoed; TCP retransmits: %d of %d lines during the rotations, %d of %d in a 3 s control window without rotation; plaintext on A's underlay: %d",

@@ -33,19 +33,7 @@ func TestArtifactDelivery(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	push := func(b []byte) string {
-		t.Helper()
-		sum := sha256.Sum256(b)
-		hexSum := hex.EncodeToString(sum[:])
-		info, err := f.c.PushArtifact(ctx, hexSum, bytes.NewReader(b), int64(len(b)))
-		if err != nil {
-			t.Fatalf("push: %v", err)
-		}
-		if info.SHA256 != hexSum {
-			t.Fatalf("pushed %s, store says %s", hexSum, info.SHA256)
-		}
-		return hexSum
-	}
+	push := func(b []byte) string { return pushArtifact(ctx, t, f.c, b) }
 	bin, err := os.ReadFile(testnet.Binary(t, "sample"))
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +106,22 @@ classes:
 	}
 	// The good app still runs.
 	waitTasks(t, f.c, name, 3, func(st *api.TaskStatus) bool { return st.State == api.TaskRunning }, "running")
+}
+
+// pushArtifact pushes b to the control plane's store and gives its
+// sha256.
+func pushArtifact(ctx context.Context, t testing.TB, c *api.Client, b []byte) string {
+	t.Helper()
+	sum := sha256.Sum256(b)
+	hexSum := hex.EncodeToString(sum[:])
+	info, err := c.PushArtifact(ctx, hexSum, bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	if info.SHA256 != hexSum {
+		t.Fatalf("pushed %s, store says %s", hexSum, info.SHA256)
+	}
+	return hexSum
 }
 
 // waitTasks waits until app has n tasks and every one's status passes ok.

@@ -15,12 +15,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/corridor-dev/corridor/internal/api"
@@ -93,94 +91,34 @@ func upStreamFleet(t *testing.T) *streamFleet {
 	return sf
 }
 
-// udpStream is a sequence-numbered UDP stream from one guest to another:
-// a datagram every interval, each carrying marker and its number.
+// udpStream is a sequence-numbered UDP stream (testnet.UDPStream) from
+// one guest to another: a datagram every interval, each carrying marker
+// and its number.
 type udpStream struct {
-	marker  string
-	out     net.Conn
-	in      net.PacketConn
-	toNS    string
-	sent    atomic.Uint64
-	sendErr atomic.Uint64 // sends that failed (counted as sent, hence lost)
-	lastErr atomic.Value
-	sentAt  []time.Time // by sequence number; written by the sender only before sent moves
-	mu      sync.Mutex
-	got     map[uint64]bool
-	stop    chan struct{}
-	sending chan struct{} // closed when the sender has stopped
-	wg      sync.WaitGroup
+	*testnet.UDPStream
+	toNS string
 }
 
 func startUDPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, marker string, every time.Duration) *udpStream {
 	t.Helper()
-	u := &udpStream{marker: marker, toNS: l.GuestNetnsOn(to.Server, to.ID), got: map[uint64]bool{}, stop: make(chan struct{}), sending: make(chan struct{})}
+	u := &udpStream{toNS: l.GuestNetnsOn(to.Server, to.ID)}
+	var in net.PacketConn
+	var out net.Conn
 	if err := nsrun.Do(u.toNS, func() (err error) {
-		u.in, err = net.ListenPacket("udp4", net.JoinHostPort(to.Address.String(), strconv.Itoa(port)))
+		in, err = net.ListenPacket("udp4", net.JoinHostPort(to.Address.String(), strconv.Itoa(port)))
 		return err
 	}); err != nil {
 		t.Fatalf("listen in %s: %v", to.ID, err)
 	}
-	// A receive queue that a reader starved by a loaded machine does not
-	// overflow: a loss counted here is one of the path.
-	if err := u.in.(*net.UDPConn).SetReadBuffer(8 << 20); err != nil {
-		t.Fatal(err)
-	}
 	if err := nsrun.Do(l.GuestNetnsOn(from.Server, from.ID), func() (err error) {
-		u.out, err = net.Dial("udp4", net.JoinHostPort(to.Address.String(), strconv.Itoa(port)))
+		out, err = net.Dial("udp4", net.JoinHostPort(to.Address.String(), strconv.Itoa(port)))
 		return err
 	}); err != nil {
+		in.Close()
 		t.Fatalf("dial from %s: %v", from.ID, err)
 	}
-	u.wg.Add(2)
-	go func() {
-		defer u.wg.Done()
-		buf := make([]byte, 256)
-		for {
-			n, _, err := u.in.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			s := string(buf[:n])
-			if i := strings.LastIndexByte(s, '-'); i > 0 && s[:i] == u.marker {
-				if seq, err := strconv.ParseUint(s[i+1:], 10, 64); err == nil {
-					u.mu.Lock()
-					u.got[seq] = true
-					u.mu.Unlock()
-				}
-			}
-		}
-	}()
-	go func() {
-		defer u.wg.Done()
-		defer close(u.sending)
-		tk := time.NewTicker(every)
-		defer tk.Stop()
-		for seq := uint64(0); ; seq++ {
-			select {
-			case <-u.stop:
-				return
-			case <-tk.C:
-			}
-			// A send error (none expected: the path is routed throughout)
-			// still counts the datagram as sent, hence lost.
-			u.mu.Lock()
-			u.sentAt = append(u.sentAt, time.Now())
-			u.mu.Unlock()
-			if _, err := fmt.Fprintf(u.out, "%s-%d", u.marker, seq); err != nil {
-				u.sendErr.Add(1)
-				u.lastErr.Store(err.Error())
-			}
-			u.sent.Store(seq + 1)
-		}
-	}()
-	t.Cleanup(func() { u.finish() })
+	u.UDPStream = testnet.StartUDPStream(t, out, in, marker, every)
 	return u
-}
-
-func (u *udpStream) received() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.got)
 }
 
 // why says what the sender and the receiver's namespace know of lost
@@ -192,28 +130,17 @@ func (u *udpStream) why() string {
 		snmp = string(b)
 		return err
 	})
-	last, _ := u.lastErr.Load().(string)
-	return fmt.Sprintf("%d sends failed (last: %q); receiver's namespace: UDP InErrors %d, RcvbufErrors %d; lost: %s", u.sendErr.Load(), last,
-		snmpField(snmp, "Udp:", "InErrors"), snmpField(snmp, "Udp:", "RcvbufErrors"), u.lostRanges())
+	failed, last := u.SendErrors()
+	return fmt.Sprintf("%d sends failed (last: %q); receiver's namespace: UDP InErrors %d, RcvbufErrors %d; lost: %s", failed, last,
+		testnet.SNMPField(snmp, "Udp:", "InErrors"), testnet.SNMPField(snmp, "Udp:", "RcvbufErrors"), u.lostRanges())
 }
 
 // lostWindows are the times of the first and last datagram of each run of
 // lost ones.
 func (u *udpStream) lostWindows() [][2]time.Time {
-	u.mu.Lock()
-	defer u.mu.Unlock()
 	var out [][2]time.Time
-	n := min(u.sent.Load(), uint64(len(u.sentAt)))
-	for seq := uint64(0); seq < n; seq++ {
-		if u.got[seq] {
-			continue
-		}
-		end := seq
-		for end+1 < n && !u.got[end+1] {
-			end++
-		}
-		out = append(out, [2]time.Time{u.sentAt[seq], u.sentAt[end]})
-		seq = end
+	for _, r := range u.LostRuns() {
+		out = append(out, [2]time.Time{r.From, r.To})
 	}
 	return out
 }
@@ -261,66 +188,29 @@ func logsAround(l *lab.Lab, windows [][2]time.Time) string {
 
 // lostRanges lists the runs of lost datagrams with when they were sent.
 func (u *udpStream) lostRanges() string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
 	var out []string
-	n := u.sent.Load()
-	for seq := uint64(0); seq < n; seq++ {
-		if u.got[seq] {
-			continue
-		}
-		end := seq
-		for end+1 < n && !u.got[end+1] {
-			end++
-		}
-		out = append(out, fmt.Sprintf("%d-%d at %s", seq, end, u.sentAt[seq].Format("15:04:05.000")))
-		seq = end
+	for _, r := range u.LostRuns() {
+		out = append(out, fmt.Sprintf("%d-%d at %s", r.First, r.Last, r.From.Format("15:04:05.000")))
 	}
 	return strings.Join(out, ", ")
 }
 
 // finish stops sending, waits for the datagrams in flight, and gives how
 // many were sent and lost.
-func (u *udpStream) finish() (sent, lost uint64) {
-	select {
-	case <-u.stop:
-	default:
-		close(u.stop)
-	}
-	// The sender stops before its socket is closed: a datagram it was
-	// about to send must not meet a closed socket (and count as lost).
-	<-u.sending
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) && uint64(u.received()) < u.sent.Load() {
-		time.Sleep(20 * time.Millisecond)
-	}
-	u.out.Close()
-	u.in.Close()
-	u.wg.Wait()
-	sent = u.sent.Load()
-	return sent, sent - uint64(u.received())
-}
+func (u *udpStream) finish() (sent, lost uint64) { return u.Finish(2 * time.Second) }
 
-// tcpStream is a sequence-numbered TCP exchange: a fixed-size numbered
-// line every interval from one guest, echoed by a listener the test runs
-// in the other guest; each echo must come back in order.
+// tcpStream is a sequence-numbered TCP exchange (testnet.EchoStream)
+// from one guest, echoed by a listener the test runs in the other guest.
 type tcpStream struct {
-	marker    string
-	c         net.Conn
-	ln        net.Listener
-	fromNS    string
-	sent, got atomic.Uint64
-	bad       atomic.Value
-	stop      chan struct{}
-	written   chan struct{}
-	wg        sync.WaitGroup
+	*testnet.EchoStream
+	ln     net.Listener
+	fromNS string
+	echo   sync.WaitGroup
 }
-
-const tcpLine = 40
 
 func startTCPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, marker string, every time.Duration) *tcpStream {
 	t.Helper()
-	s := &tcpStream{marker: marker, fromNS: l.GuestNetnsOn(from.Server, from.ID), stop: make(chan struct{}), written: make(chan struct{})}
+	s := &tcpStream{fromNS: l.GuestNetnsOn(from.Server, from.ID)}
 	addr := net.JoinHostPort(to.Address.String(), strconv.Itoa(port))
 	if err := nsrun.Do(l.GuestNetnsOn(to.Server, to.ID), func() (err error) {
 		s.ln, err = net.Listen("tcp4", addr)
@@ -328,9 +218,9 @@ func startTCPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, m
 	}); err != nil {
 		t.Fatalf("listen in %s: %v", to.ID, err)
 	}
-	s.wg.Add(1)
+	s.echo.Add(1)
 	go func() { // the echo server
-		defer s.wg.Done()
+		defer s.echo.Done()
 		c, err := s.ln.Accept()
 		if err != nil {
 			return
@@ -338,45 +228,15 @@ func startTCPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, m
 		defer c.Close()
 		_, _ = io.Copy(c, c)
 	}()
+	var c net.Conn
 	if err := nsrun.Do(s.fromNS, func() (err error) {
-		s.c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
+		c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
 		return err
 	}); err != nil {
+		s.ln.Close()
 		t.Fatalf("connect %s -> %s: %v", from.ID, addr, err)
 	}
-	s.wg.Add(2)
-	go func() {
-		defer s.wg.Done()
-		buf := make([]byte, tcpLine)
-		for {
-			if _, err := io.ReadFull(s.c, buf); err != nil {
-				return
-			}
-			want := fmt.Sprintf("%s-%0*d", s.marker, tcpLine-len(s.marker)-1, s.got.Load())
-			if string(buf) != want {
-				s.bad.Store(fmt.Sprintf("echo %q, want %q", buf, want))
-			}
-			s.got.Add(1)
-		}
-	}()
-	go func() {
-		defer s.wg.Done()
-		defer close(s.written)
-		tk := time.NewTicker(every)
-		defer tk.Stop()
-		for seq := uint64(0); ; seq++ {
-			select {
-			case <-s.stop:
-				return
-			case <-tk.C:
-			}
-			if _, err := fmt.Fprintf(s.c, "%s-%0*d", s.marker, tcpLine-len(s.marker)-1, seq); err != nil {
-				s.bad.Store("write: " + err.Error())
-				return
-			}
-			s.sent.Store(seq + 1)
-		}
-	}()
+	s.EchoStream = testnet.StartEchoStream(t, c, marker, every)
 	t.Cleanup(func() { s.finish() })
 	return s
 }
@@ -385,65 +245,26 @@ func startTCPStream(t *testing.T, l *lab.Lab, from, to api.TaskInfo, port int, m
 // (TCP_INFO) and in its guest's whole namespace (RetransSegs of
 // /proc/net/snmp, as nstat or ss would show them there).
 func (s *tcpStream) retrans() (conn uint32, netns uint64) {
-	if rc, err := s.c.(*net.TCPConn).SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) {
-			if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-				conn = info.Total_retrans
-			}
-		})
-	}
+	conn = s.Retrans()
 	_ = nsrun.Do(s.fromNS, func() error {
 		b, err := os.ReadFile("/proc/thread-self/net/snmp")
 		if err != nil {
 			return err
 		}
-		netns = snmpField(string(b), "Tcp:", "RetransSegs")
+		netns = testnet.SNMPField(string(b), "Tcp:", "RetransSegs")
 		return nil
 	})
 	return conn, netns
 }
 
-// snmpField reads one counter of /proc/net/snmp: a header line and a value
-// line per protocol.
-func snmpField(snmp, proto, field string) uint64 {
-	var head []string
-	for _, line := range strings.Split(snmp, "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != proto {
-			continue
-		}
-		if head == nil {
-			head = f
-			continue
-		}
-		if i := slices.Index(head, field); i > 0 && i < len(f) {
-			n, _ := strconv.ParseUint(f[i], 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
 // finish stops sending, waits for every echo, and gives what was sent and
 // echoed, and the first error seen.
 func (s *tcpStream) finish() (sent, echoed uint64, bad string) {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	<-s.written
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && s.got.Load() < s.sent.Load() {
-		time.Sleep(20 * time.Millisecond)
-	}
-	s.c.Close()
+	sent, echoed = s.Drain(5 * time.Second)
+	bad = s.Close()
 	s.ln.Close()
-	s.wg.Wait()
-	if v := s.bad.Load(); v != nil {
-		bad = v.(string)
-	}
-	return s.sent.Load(), s.got.Load(), bad
+	s.echo.Wait()
+	return sent, echoed, bad
 }
 
 // underlayCapture watches the underlay of the sender's server for the
@@ -573,15 +394,15 @@ func TestHitlessRotationUnderLoad(t *testing.T) {
 	udp := startUDPStream(t, sf.lab, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
 	tcp := startTCPStream(t, sf.lab, sf.src, sf.enc, 7001, encMark, 2*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
-	for udp.received() < 100 || tcp.got.Load() < 100 {
+	for udp.Received() < 100 || tcp.Echoed() < 100 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the streams do not flow: %d datagrams, %d echoes", udp.received(), tcp.got.Load())
+			t.Fatalf("the streams do not flow: %d datagrams, %d echoes", udp.Received(), tcp.Echoed())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	conn0, ns0 := tcp.retrans()
 	servers := []string{sf.src.Server, sf.enc.Server}
-	rot0 := udp.sent.Load()
+	rot0 := udp.Sent()
 	keys := map[string]bool{}
 	ctx := context.Background()
 	t0 := time.Now()
@@ -602,13 +423,13 @@ func TestHitlessRotationUnderLoad(t *testing.T) {
 	}
 	took := time.Since(t0)
 	conn1, ns1 := tcp.retrans()
-	rotSent := udp.sent.Load() - rot0
+	rotSent := udp.Sent() - rot0
 	// A control window as long as the rotations took, without rotation.
 	ctl0, _ := tcp.retrans()
-	ctlSent0 := tcp.sent.Load()
+	ctlSent0 := tcp.Sent()
 	time.Sleep(min(took, 10*time.Second))
 	ctl1, _ := tcp.retrans()
-	ctlSent := tcp.sent.Load() - ctlSent0
+	ctlSent := tcp.Sent() - ctlSent0
 
 	sent, lost := udp.finish()
 	tsent, techo, bad := tcp.finish()
@@ -660,9 +481,9 @@ func TestRotationAcrossControlPlaneRestart(t *testing.T) {
 	waitPlainSeen(t, cp, plainMark)
 	udp := startUDPStream(t, sf.lab, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
-	for udp.received() < 100 {
+	for udp.Received() < 100 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the stream does not flow: %d datagrams", udp.received())
+			t.Fatalf("the stream does not flow: %d datagrams", udp.Received())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -682,8 +503,8 @@ func TestRotationAcrossControlPlaneRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		down := time.Now()
-		before := udp.received()
-		for udp.received() < before+250 { // half a second of stream with no control plane
+		before := udp.Received()
+		for udp.Received() < before+250 { // half a second of stream with no control plane
 			time.Sleep(20 * time.Millisecond)
 		}
 		if err := sf.lab.StartServer(ctx, 30*time.Second); err != nil {
@@ -818,9 +639,9 @@ func TestAgentKillUnderLoad(t *testing.T) {
 	enc := startUDPStream(t, sf.lab, sf.src, sf.enc, 7000, encMark, 2*time.Millisecond)
 	plain := startUDPStream(t, sf.lab, sf.src, sf.plain, 7000, plainMark, 2*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
-	for enc.received() < 100 || plain.received() < 100 {
+	for enc.Received() < 100 || plain.Received() < 100 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the streams do not flow: %d encrypted, %d plain", enc.received(), plain.received())
+			t.Fatalf("the streams do not flow: %d encrypted, %d plain", enc.Received(), plain.Received())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -843,10 +664,10 @@ func TestAgentKillUnderLoad(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// Half a second of both streams with no agent at all.
-	e0, p0 := enc.received(), plain.received()
-	for enc.received() < e0+250 || plain.received() < p0+250 {
+	e0, p0 := enc.Received(), plain.Received()
+	for enc.Received() < e0+250 || plain.Received() < p0+250 {
 		if time.Since(killed) > 10*time.Second {
-			t.Fatalf("the streams stopped with the agent killed: %d encrypted, %d plain since", enc.received()-e0, plain.received()-p0)
+			t.Fatalf("the streams stopped with the agent killed: %d encrypted, %d plain since", enc.Received()-e0, plain.Received()-p0)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -861,8 +682,8 @@ func TestAgentKillUnderLoad(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	// And the stream goes on after it.
-	e1 := enc.received()
-	for enc.received() < e1+250 {
+	e1 := enc.Received()
+	for enc.Received() < e1+250 {
 		if time.Now().After(deadline) {
 			t.Fatalf("the encrypted stream stopped after the restart")
 		}

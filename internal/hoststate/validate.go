@@ -130,25 +130,9 @@ func Validate(st State, opt Options) error {
 	}
 	seenTask := map[string]bool{}
 	for i, g := range st.Guests {
-		field := fmt.Sprintf("guests[%d]", i)
-		switch {
-		case g.Task == "" || seenTask[g.Task]:
-			return invalid(field+".task", "%q is empty or given twice", g.Task)
-		case !slices.Contains(runtimes, g.Spec.RuntimeName()):
-			return invalid(field+".spec.runtime", "%q is not a runtime this host runs (%v)", g.Spec.Runtime, runtimes)
-		case !g.Address.Is4():
-			return invalid(field+".address", "%q is not an IPv4 address", g.Address)
-		case g.Address == st.Address:
-			return invalid(field+".address", "%s is the host's own underlay address", g.Address)
-		case g.Resources.CPU < 0 || g.Resources.Memory < 0:
-			return invalid(field+".resources", "negative request")
+		if err := checkGuest(fmt.Sprintf("guests[%d]", i), g, st, runtimes, seenTask); err != nil {
+			return err
 		}
-		for _, p := range overlayGuard {
-			if p.Contains(g.Address) {
-				return invalid(field+".address", "%s is in %s, which no guest may use", g.Address, p)
-			}
-		}
-		seenTask[g.Task] = true
 	}
 	if err := checkRotationSchema(st); err != nil {
 		return err
@@ -199,11 +183,37 @@ func checkRotationSchema(st State) error {
 	return nil
 }
 
+// checkGuest checks what every guest of a state must be, staged or not:
+// a task given once (tasks records it), of a runtime this host runs, at an
+// IPv4 address that is neither the host's nor reserved, requesting no
+// negative resources.
+func checkGuest(field string, g Guest, st State, runtimes []string, tasks map[string]bool) error {
+	switch {
+	case g.Task == "" || tasks[g.Task]:
+		return invalid(field+".task", "%q is empty or given twice", g.Task)
+	case !slices.Contains(runtimes, g.Spec.RuntimeName()):
+		return invalid(field+".spec.runtime", "%q is not a runtime this host runs (%v)", g.Spec.Runtime, runtimes)
+	case !g.Address.Is4():
+		return invalid(field+".address", "%q is not an IPv4 address", g.Address)
+	case g.Address == st.Address:
+		return invalid(field+".address", "%s is the host's own underlay address", g.Address)
+	case g.Resources.CPU < 0 || g.Resources.Memory < 0:
+		return invalid(field+".resources", "negative request")
+	}
+	for _, p := range overlayGuard {
+		if p.Contains(g.Address) {
+			return invalid(field+".address", "%s is in %s, which no guest may use", g.Address, p)
+		}
+	}
+	tasks[g.Task] = true
+	return nil
+}
+
 // checkMove checks the fields of a task move (Staged, Hold): only a state
 // of schema 1.4 or later carries them; a staged copy is a guest like
-// another (a runtime this host runs, an IPv4 task address of its app's
-// network, an interface of its own) of a task this host does not also run;
-// a held address is an IPv4 overlay address.
+// another (checkGuest, a task address of its app's network, an interface
+// of its own) of a task this host does not also run; a held address is an
+// IPv4 overlay address.
 func checkMove(st State, runtimes []string, tasks map[string]bool) error {
 	if len(st.Staged) == 0 && len(st.Hold) == 0 {
 		return nil
@@ -221,24 +231,16 @@ func checkMove(st State, runtimes []string, tasks map[string]bool) error {
 	}
 	for i, g := range st.Staged {
 		f := fmt.Sprintf("staged[%d]", i)
+		if err := checkGuest(f, g, st, runtimes, tasks); err != nil {
+			return err
+		}
 		switch {
-		case g.Task == "" || tasks[g.Task]:
-			return invalid(f+".task", "%q is empty or given twice", g.Task)
-		case !slices.Contains(runtimes, g.Spec.RuntimeName()):
-			return invalid(f+".spec.runtime", "%q is not a runtime this host runs (%v)", g.Spec.Runtime, runtimes)
-		case !g.Address.Is4() || g.Address == st.Address:
-			return invalid(f+".address", "%q is not an IPv4 guest address", g.Address)
 		case g.HostIf == "" || len(g.HostIf) > 15 || ifs[g.HostIf]:
 			return invalid(f+".hostIf", "%q is empty, longer than 15 characters or used by another guest", g.HostIf)
 		case !g.Network.IsValid() || !g.Network.Contains(g.Address) || g.Address == g.Network.Addr() || g.Address == lastAddr(g.Network):
 			return invalid(f+".address", "%s is not a task address of app %s's network %s", g.Address, g.App, g.Network)
 		}
-		for _, p := range overlayGuard {
-			if p.Contains(g.Address) {
-				return invalid(f+".address", "%s is in %s, which no guest may use", g.Address, p)
-			}
-		}
-		tasks[g.Task], ifs[g.HostIf] = true, true
+		ifs[g.HostIf] = true
 	}
 	for i, a := range st.Hold {
 		if err := overlayAddr(fmt.Sprintf("hold[%d]", i), a); err != nil {

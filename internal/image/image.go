@@ -109,6 +109,10 @@ func Load(dir string) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image: %s: %w (build one with `corridor image build --out %s`)", dir, err, dir)
 	}
+	return loadManifest(dir, b)
+}
+
+func loadManifest(dir string, b []byte) (*Image, error) {
 	var im Image
 	if err := json.Unmarshal(b, &im); err != nil {
 		return nil, fmt.Errorf("image: %s: %w", filepath.Join(dir, ManifestFile), err)
@@ -347,4 +351,35 @@ func fileSHA256(path string) (string, error) {
 		return "", fmt.Errorf("%s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// LoadUnpacked reads an image directory that came from elsewhere (a VM
+// image delivered as an artifact and unpacked by the agent): as Load, and
+// the kernel and initramfs its manifest names must be plain file names of
+// regular files in dir, so that a manifest cannot point QEMU at a file of
+// the host.
+func LoadUnpacked(dir string) (*Image, error) {
+	st, err := os.Lstat(filepath.Join(dir, ManifestFile))
+	if err != nil || !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("image: not a guest image: no %s at the archive's top (pack an image directory with `tar -C DIR -czf image.tgz .`)", ManifestFile)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	var names struct{ Kernel, Initrd string }
+	if err := json.Unmarshal(b, &names); err != nil {
+		return nil, fmt.Errorf("image: %s: %w", ManifestFile, err)
+	}
+	// Checked before anything is looked up by these names.
+	for _, f := range []struct{ what, name string }{{"kernel", names.Kernel}, {"initrd", names.Initrd}} {
+		if f.name == "" || f.name != filepath.Base(f.name) || !filepath.IsLocal(f.name) {
+			return nil, fmt.Errorf("image: %s: %s %q is not a file name in the image", ManifestFile, f.what, f.name)
+		}
+		st, err := os.Lstat(filepath.Join(dir, f.name))
+		if err != nil || !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("image: %s: %s %q is not a regular file in the image", ManifestFile, f.what, f.name)
+		}
+	}
+	return loadManifest(dir, b)
 }

@@ -153,7 +153,7 @@ func (c *controller) stepMove(ctx context.Context, guard []clientv3.Cmp, sn *sto
 	}
 
 	// Move on when the phase is done.
-	done, why := c.movePhaseDone(ctx, rec, hosts, states)
+	done, why := c.movePhaseDone(ctx, rec, hosts, states, involved(rec, old, next))
 	switch {
 	case done && rec.Phase == store.MoveSwitch:
 		if err := c.st.PutMove(ctx, guard, nil); err != nil {
@@ -208,7 +208,7 @@ func nextMovePhase(p string) string {
 
 // movePhaseDone tells whether the move's phase is done, and why or, when
 // it is not, what it waits for.
-func (c *controller) movePhaseDone(ctx context.Context, rec *store.MoveRecord, hosts map[string]*store.HostKeys, states map[string]string) (bool, string) {
+func (c *controller) movePhaseDone(ctx context.Context, rec *store.MoveRecord, hosts map[string]*store.HostKeys, states map[string]string, involved map[string]bool) (bool, string) {
 	if rec.Phase == store.MoveStage {
 		sts, err := c.st.Statuses(ctx)
 		if err != nil {
@@ -224,10 +224,14 @@ func (c *controller) movePhaseDone(ctx context.Context, rec *store.MoveRecord, h
 		}
 		return true, "its copy runs"
 	}
-	// hold and switch: every host that is up has applied its state.
-	names := make([]string, 0, len(hosts))
-	for name := range hosts {
-		names = append(names, name)
+	// hold and switch: every host of the move that is up has applied its
+	// state (a host the move does not concern, broken or slow, does not
+	// hold it back).
+	names := make([]string, 0, len(involved))
+	for name := range involved {
+		if hosts[name] != nil {
+			names = append(names, name)
+		}
 	}
 	sort.Strings(names)
 	for _, name := range names {
@@ -304,6 +308,26 @@ func moveStates(rec *store.MoveRecord, old, next *compile.Plan) []compile.HostSt
 			hs.Schema = hoststate.SchemaMove
 		}
 		out[i] = hs
+	}
+	return out
+}
+
+// involved are the hosts a move concerns: those it leaves and reaches,
+// and those whose state before or after it routes, runs or publishes one
+// of its tasks.
+func involved(rec *store.MoveRecord, old, next *compile.Plan) map[string]bool {
+	out := map[string]bool{}
+	addrs := make([]netip.Addr, 0, len(rec.Tasks))
+	for _, m := range rec.Tasks {
+		out[m.From], out[m.To] = true, true
+		addrs = append(addrs, m.Address)
+	}
+	for _, p := range []*compile.Plan{old, next} {
+		for _, hs := range p.Hosts {
+			if len(mentioned(hs, addrs)) > 0 {
+				out[hs.Host] = true
+			}
+		}
 	}
 	return out
 }

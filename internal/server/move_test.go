@@ -54,13 +54,23 @@ func (m *moveAgent) states() []hoststate.State {
 // tasks of one class, on two of the three servers.
 func moveFleet(t *testing.T, cfg Config, noStart ...string) (*testServer, map[string]*moveAgent) {
 	t.Helper()
+	return moveFleetWith(t, cfg, nil, noStart...)
+}
+
+// moveFleetWith is moveFleet, with before called on the server once it
+// runs, before the agents join.
+func moveFleetWith(t *testing.T, cfg Config, before func(*testServer), noStart ...string) (*testServer, map[string]*moveAgent) {
+	t.Helper()
 	ts := startServer(t, cfg)
+	if before != nil {
+		before(ts)
+	}
 	agents := map[string]*moveAgent{}
 	ctx, cancel := context.WithCancel(bg)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	for i, n := range []string{"s1", "s2", "s3"} {
-		m := &moveAgent{a: ts.join(t, n, i, nil), noStart: map[string]bool{}}
+		m := &moveAgent{a: ts.join(t, n, i, map[string]string{"zone": "a"}), noStart: map[string]bool{}}
 		for _, task := range noStart {
 			m.noStart[task] = true
 		}
@@ -72,7 +82,7 @@ func moveFleet(t *testing.T, cfg Config, noStart ...string) (*testServer, map[st
 			}
 		})
 	}
-	if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp("mv", 2, ""))); err != nil {
+	if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp("mv", 2, "a"))); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "two tasks placed and running", func() (bool, string) {
@@ -293,5 +303,24 @@ func TestMoveResumesAfterRestart(t *testing.T) {
 			}
 		}
 		return false, "gone"
+	})
+}
+
+// A host the move does not concern (it runs nothing of the app and routes
+// to none of its tasks) does not hold the move back, even one that never
+// applies its state.
+func TestMoveNotHeldBackByAnotherHost(t *testing.T) {
+	t.Parallel()
+	ts, _ := moveFleetWith(t, Config{MoveTimeout: time.Minute}, func(ts *testServer) {
+		ts.join(t, "s9", 8, map[string]string{"zone": "z"}) // joins, never reports
+	})
+	moving, from := firstTask(t, ts)
+	if _, err := ts.admin.DrainServer(bg, from, true); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{EventTaskMoving, EventTaskHeld, EventTaskMoved, EventTaskStopped}
+	eventually(t, 30*time.Second, "the move done", func() (bool, string) {
+		got := eventActions(t, ts, "task/"+moving.ID)
+		return slices.Equal(got, want), fmt.Sprint(got)
 	})
 }

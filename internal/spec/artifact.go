@@ -9,7 +9,9 @@ import (
 
 // Artifact is a task program delivered to the hosts instead of being
 // installed on each of them: a single executable, or a .tar.gz archive
-// of which Run names the program to start. The agent fetches it into a
+// of which Run names the program to start. For runtime vm it is the
+// guest's boot image instead: a .tar.gz of an image directory (as
+// `corridor image build` writes it) or a single disk image. The agent fetches it into a
 // content-addressed cache, checks it against SHA256 before it ever runs,
 // and unpacks archives (internal/artifact).
 type Artifact struct {
@@ -61,7 +63,36 @@ func ValidSHA256(s string) bool { return sha256RE.MatchString(s) }
 // maxArtifactURL bounds an artifact URL's length.
 const maxArtifactURL = 2048
 
-func validateArtifact(w *where, a Artifact, p string) {
+// validateVMArtifact checks the artifact of a runtime vm guest: its boot
+// image, either an archive of a guest image directory (as `corridor image
+// build` writes it: image.json, the kernel and the initramfs; the image's
+// init runs command) or a single disk image (raw or qcow2, booted by the
+// host's default kernel as the image field's is). It stands in place of
+// the kernel, initrd and image paths, and takes neither run nor args:
+// the program is command, which it needs (the VM runtime hands it to the
+// guest's init).
+func validateVMArtifact(w *where, g *Guest, p string) {
+	for _, f := range []struct{ field, val string }{{"kernel", g.Kernel}, {"initrd", g.Initrd}, {"image", g.Image}} {
+		if f.val != "" {
+			w.errorf(p+".artifact", "give either artifact (a guest image the agent fetches) or %s (a path on the host), not both", f.field)
+			break
+		}
+	}
+	a := g.Artifact
+	if a.Run != "" {
+		w.errorf(p+".artifact.run", "run applies only to runtime netns: a VM boots the whole image (an archive's image.json names its kernel and initramfs), whose init runs command")
+	}
+	if len(a.Args) > 0 {
+		w.errorf(p+".artifact.args", "args applies only to runtime netns: a VM's program and its arguments are command, run by the image's init")
+	}
+	if len(g.Command) == 0 {
+		w.errorf(p+".command", "runtime vm with an artifact needs a command: the program the image's init runs")
+	}
+	a.Run, a.Args = "", nil
+	validateArtifact(w, a, p+".artifact", RuntimeVM)
+}
+
+func validateArtifact(w *where, a Artifact, p, runtime string) {
 	switch {
 	case a.URL == "":
 		w.errorf(p+".url", "url is required: https://... or corridor://SHA256 (the control plane's store, see `corridor artifact push`)")
@@ -90,7 +121,8 @@ func validateArtifact(w *where, a Artifact, p string) {
 	if !ValidSHA256(a.SHA256) {
 		w.errorf(p+".sha256", "sha256 must be 64 lower-case hex digits (sha256sum FILE), got %q", truncate(a.SHA256))
 	}
-	if a.IsArchive() {
+	// A VM's archive is a whole image, with no run (validateVMArtifact).
+	if a.IsArchive() && runtime != RuntimeVM {
 		switch {
 		case a.Run == "":
 			w.errorf(p+".run", "run is required for an archive: the program inside it, such as bin/web")

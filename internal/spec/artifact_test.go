@@ -67,8 +67,61 @@ func TestArtifactErrors(t *testing.T) {
 			t.Errorf("%s: got %v, want %q", tc.name, err, tc.want)
 		}
 	}
-	vm := strings.Replace(artifactApp("      artifact: {url: corridor://"+artifactSHA+", sha256: "+artifactSHA+"}\n"), "runtime: netns", "runtime: vm", 1)
-	if _, err := DecodeApps("app.yaml", []byte(vm)); err == nil || !strings.Contains(err.Error(), "artifact applies only to runtime netns") {
-		t.Errorf("vm: got %v", err)
+}
+
+func vmArtifactApp(guest string) string {
+	return strings.Replace(artifactApp(guest), "runtime: netns", "runtime: vm", 1)
+}
+
+// TestVMArtifactAccepted: a VM's boot image as an artifact, an archive of
+// an image directory (with the command its init runs) or a disk image.
+func TestVMArtifactAccepted(t *testing.T) {
+	for name, guest := range map[string]string{
+		"image archive": "      command: [corridor, sample, web]\n      artifact: {url: corridor://" + artifactSHA + ", sha256: " + artifactSHA + ", archive: true}\n",
+		"https archive": "      command: [corridor, sample, web]\n      artifact:\n        url: https://example.com/guest.tgz\n        sha256: " + artifactSHA + "\n",
+		"disk":          "      command: [web]\n      artifact:\n        url: https://example.com/disk.qcow2\n        sha256: " + artifactSHA + "\n",
+		"disk, command": "      command: [web]\n      artifact: {url: corridor://" + artifactSHA + ", sha256: " + artifactSHA + "}\n      vcpus: 2\n",
+	} {
+		apps, err := DecodeApps("app.yaml", []byte(vmArtifactApp(guest)))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if a := apps[0].Classes[0].Guest.Artifact; a.SHA256 != artifactSHA {
+			t.Errorf("%s: artifact not decoded: %+v", name, a)
+		}
+	}
+}
+
+// TestVMArtifactErrors: what a VM's artifact cannot be combined with,
+// each error located at its line and column.
+func TestVMArtifactErrors(t *testing.T) {
+	store := "      artifact: {url: corridor://" + artifactSHA + ", sha256: " + artifactSHA + "}\n"
+	for _, tc := range []struct {
+		name, guest, want string
+	}{
+		{"and image", "      image: /var/lib/corridor/disk.img\n" + store,
+			"app.yaml:10:7: classes[0].guest.artifact: give either artifact (a guest image the agent fetches) or image (a path on the host), not both"},
+		{"and kernel", "      command: [web]\n      kernel: /boot/vmlinux\n      initrd: /boot/initrd\n" + store,
+			"app.yaml:12:7: classes[0].guest.artifact: give either artifact (a guest image the agent fetches) or kernel (a path on the host), not both"},
+		{"and initrd", "      command: [web]\n      initrd: /boot/initrd\n" + store,
+			"app.yaml:11:7: classes[0].guest.artifact: give either artifact (a guest image the agent fetches) or initrd"},
+		{"run", "      command: [web]\n      artifact:\n        url: https://example.com/guest.tgz\n        sha256: " + artifactSHA + "\n        run: bin/web\n",
+			"app.yaml:13:9: classes[0].guest.artifact.run: run applies only to runtime netns"},
+		{"args", "      command: [web]\n      artifact:\n        url: https://example.com/disk.img\n        sha256: " + artifactSHA + "\n        args: [serve]\n",
+			"app.yaml:13:9: classes[0].guest.artifact.args: args applies only to runtime netns"},
+		{"archive without command", "      artifact: {url: corridor://" + artifactSHA + ", sha256: " + artifactSHA + ", archive: true}\n",
+			"classes[0].guest.command: runtime vm with an artifact needs a command"},
+		{"disk without command", "      artifact: {url: corridor://" + artifactSHA + ", sha256: " + artifactSHA + "}\n",
+			"classes[0].guest.command: runtime vm with an artifact needs a command"},
+		{"bad sha", "      artifact:\n        url: https://example.com/disk.img\n        sha256: abc\n",
+			"app.yaml:11:9: classes[0].guest.artifact.sha256: sha256 must be 64 lower-case hex digits"},
+		{"http", "      artifact:\n        url: http://example.com/disk.img\n        sha256: " + artifactSHA + "\n",
+			"app.yaml:10:9: classes[0].guest.artifact.url: url must start with https:// or corridor://"},
+	} {
+		_, err := DecodeApps("app.yaml", []byte(vmArtifactApp(tc.guest)))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want %q", tc.name, err, tc.want)
+		}
 	}
 }

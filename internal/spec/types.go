@@ -87,7 +87,8 @@ type Guest struct {
 	// CAP_NET_RAW, in its own network namespace). Default false.
 	NetRaw bool `yaml:"netRaw,omitempty" json:"netRaw,omitempty"`
 	// Artifact, instead of Command, names a program the agent fetches,
-	// checks against its hash and runs (netns only; see artifact.go).
+	// checks against its hash and runs; for runtime vm, instead of
+	// Kernel, Initrd and Image, the guest's boot image (see artifact.go).
 	Artifact Artifact `yaml:"artifact,omitempty" json:"artifact,omitzero"`
 }
 

@@ -318,7 +318,7 @@ func validateGuest(w *where, g *Guest, p string) {
 		case !g.Artifact.IsZero() && len(g.Command) > 0:
 			w.errorf(p+".artifact", "give either command (a program on the host) or artifact (a program the agent fetches), not both: an artifact's arguments go in artifact.args")
 		case !g.Artifact.IsZero():
-			validateArtifact(w, g.Artifact, p+".artifact")
+			validateArtifact(w, g.Artifact, p+".artifact", RuntimeNetns)
 		case len(g.Command) == 0:
 			w.errorf(p+".command", "command is required for runtime netns: the program and its arguments, such as [corridor, sample, web] (or artifact: a program the agent fetches)")
 		case g.Command[0] == "":
@@ -338,12 +338,15 @@ func validateGuest(w *where, g *Guest, p string) {
 			}
 		}
 	case RuntimeVM:
+		// An artifact is the VM's boot image, delivered (see
+		// validateVMArtifact): in place of kernel, initrd and image.
 		if !g.Artifact.IsZero() {
-			w.errorf(p+".artifact", "artifact applies only to runtime netns for now: a VM's kernel, initrd and image are paths on the host")
+			validateVMArtifact(w, g, p)
 		}
 		// Neither kernel nor image: the host's default guest image (see
 		// docs/guests.md), whose init runs the command.
 		switch {
+		case !g.Artifact.IsZero():
 		case g.Kernel == "" && g.Image == "" && len(g.Command) == 0:
 			w.errorf(p+".command", "runtime vm with the default guest image needs a command: the program its init runs")
 		case g.Kernel != "" && g.Image != "":

@@ -21,7 +21,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -185,6 +184,12 @@ func validate(g compile.Guest) error {
 	if g.Spec.Initrd != "" && g.Spec.Kernel == "" {
 		errs = append(errs, errors.New("spec.initrd needs spec.kernel"))
 	}
+	// The agent resolves an artifact into the boot files it names
+	// (kernel and initrd, or image): never boot the default image in
+	// place of one it did not resolve.
+	if !g.Spec.Artifact.IsZero() && g.Spec.Kernel == "" && g.Spec.Image == "" {
+		errs = append(errs, errors.New("spec.artifact was not resolved to boot files (the agent has no artifact cache)"))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("guest %s: %w", g.Task, err)
 	}
@@ -281,10 +286,7 @@ func (r *Runtime) qemuArgs(g compile.Guest, bf bootFiles, accel, dir string) ([]
 		args = append(args, "-initrd", bf.Initrd)
 	}
 	if bf.Disk != "" {
-		format := "raw"
-		if strings.HasSuffix(bf.Disk, ".qcow2") {
-			format = "qcow2"
-		}
+		format := diskFormat(bf.Disk)
 		// snapshot=on: the task's writes go to a temporary overlay, so
 		// that one image serves every task of a class.
 		args = append(args, "-drive", "file="+bf.Disk+",if=virtio,format="+format+",snapshot=on")
