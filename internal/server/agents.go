@@ -2,9 +2,9 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"strconv"
@@ -154,21 +154,22 @@ func (s *Server) serveDesired(w http.ResponseWriter, r *http.Request, name strin
 	if r.Context().Err() != nil {
 		return
 	}
-	data, sig, err := s.signer.state(name, rev, data)
+	c, err := s.signer.signed(name, rev, data)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "sign desired state: "+err.Error())
 		return
 	}
-	sigJSON, err := json.Marshal(sig)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "encode signature: "+err.Error())
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Corridor-Index", strconv.FormatInt(rev, 10))
+	idx := strconv.FormatInt(rev, 10)
+	h := w.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["X-Corridor-Index"] = []string{idx}
+	h["Content-Length"] = []string{strconv.Itoa(len(`{"revision":,"state":`) + len(idx) + len(c.data) + len(c.tail))}
 	// The stored bytes are the state, and what is signed: no decode and
-	// encode per waiter.
-	fmt.Fprintf(w, `{"revision":%d,"state":%s,"signature":%s}`+"\n", rev, data, sigJSON)
+	// encode per waiter; the signature's JSON is encoded once per
+	// revision (signedState.tail).
+	_, _ = io.WriteString(w, `{"revision":`+idx+`,"state":`)
+	_, _ = w.Write(c.data)
+	_, _ = w.Write(c.tail)
 }
 
 // agentStatus stores a heartbeat. When the agent reports a new address,

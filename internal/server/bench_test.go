@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -156,10 +157,38 @@ func benchFanout(b *testing.B, n int) {
 		}
 		b.Logf("first apply: %v; sending it again", err)
 	}
+	// The first app places n new tasks, each looking at every server,
+	// twice (the apply's dry run and the controller): on a loaded machine
+	// that alone may take minutes at 10,000 hosts.
 	for _, stage := range []string{fleetGot, fleetAcked} {
-		if err := fl.wait(stage, bound); err != nil {
+		if err := fl.wait(stage, 3*bound); err != nil {
 			b.Fatalf("first app: %v", err)
 		}
+	}
+	// The controller writes an app's placement after the hosts' desired
+	// states: at 10,000 tasks (a record of megabytes) the hosts may have
+	// acknowledged before it is stored. A timed apply whose dry run read
+	// the state before that would place every task afresh (10,000 x
+	// 10,000 servers looked at), a cost of the previous change's tail,
+	// not of this one.
+	for deadline := time.Now().Add(bound); ; {
+		sn, err := ts.st.Snapshot(bg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		placed := 0
+		for _, p := range sn.Placement {
+			if p.App == "fanout" {
+				placed = len(p.Tasks)
+			}
+		}
+		if placed == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("first app: %d of %d tasks in the stored placement", placed, n)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	// CORRIDOR_BENCH_CPUPROFILE=file profiles this process during the
 	// timed part only (the joins and the first apply left out).
@@ -174,7 +203,27 @@ func benchFanout(b *testing.B, n int) {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	var fanout, ack, apply, cpu time.Duration
+	// CORRIDOR_BENCH_MEMPROFILE=prefix writes this process's allocation
+	// profile before (prefix.before) and after (prefix.after) the timed
+	// part: go tool pprof -sample_index=alloc_space -base prefix.before
+	// <test binary> prefix.after shows what the timed part allocated.
+	memProfile := func(suffix string) {
+		prefix := os.Getenv("CORRIDOR_BENCH_MEMPROFILE")
+		if prefix == "" {
+			return
+		}
+		f, err := os.Create(prefix + "." + suffix)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	memProfile("before")
+	defer memProfile("after")
+	var fanout, ack, apply, cpu, agentsCPU time.Duration
 	b.ResetTimer()
 	for i := 1; i <= b.N; i++ {
 		b.StopTimer()
@@ -185,7 +234,7 @@ func benchFanout(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		cpu0 := processCPU()
+		cpu0, acpu0 := processCPU(), fleetCPU(fl)
 		start := time.Now()
 		if _, err := ts.admin.ApplyApp(bg, []byte(fanoutApp(n, i))); err != nil {
 			b.Fatal(err)
@@ -200,6 +249,7 @@ func benchFanout(b *testing.B, n int) {
 		}
 		ack += time.Since(start)
 		cpu += processCPU() - cpu0
+		agentsCPU += fleetCPU(fl) - acpu0
 	}
 	b.StopTimer()
 	parkAll()
@@ -230,6 +280,10 @@ func benchFanout(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(heap, "agents-heap-MB")
+		// The simulated hosts' CPU over the same span: on one machine
+		// they compete with the server for the cores, so the wall times
+		// are about (server CPU + this) / cores at best.
+		b.ReportMetric(float64(agentsCPU.Microseconds())/float64(b.N)/float64(n), "agents-cpu-us/host")
 		b.ReportMetric(float64(gr), "agents-goroutines")
 	}
 }
@@ -242,6 +296,29 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// fleetCPU is the CPU time the simulated hosts' child process used so far
+// (0 for hosts in this process, whose CPU processCPU counts), from
+// /proc/<pid>/stat (utime and stime, in USER_HZ ticks of 10 ms).
+func fleetCPU(fl fanoutFleet) time.Duration {
+	rf, ok := fl.(*remoteFleet)
+	if !ok || rf.cmd.Process == nil {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", rf.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// The command name may hold spaces: fields count from after its ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 // peakRSSKB is this process's peak resident set size (VmHWM), 0 if
@@ -403,8 +480,17 @@ func (f *localFleet) poll(ctx context.Context, a *testAgent) {
 		req := a.req
 		st := api.Status{Name: a.name, Address: req.Address, PublicKey: req.PublicKey, WireGuardPort: req.WireGuardPort,
 			Capacity: req.Capacity, Labels: req.Labels, AppliedRevision: rev, Time: time.Now()}
-		if err := a.c.ReportStatus(ctx, a.name, st); err == nil && f.acked.Add(1) == int64(f.n) {
-			f.allAckd <- struct{}{}
+		// A report that fails (a timeout on a loaded machine) is sent
+		// again, as a real agent's next periodic report would carry it:
+		// otherwise one lost acknowledgement stalls the whole run.
+		for delay := 50 * time.Millisecond; ctx.Err() == nil; delay = min(2*delay, 2*time.Second) {
+			if err := a.c.ReportStatus(ctx, a.name, st); err == nil {
+				if f.acked.Add(1) == int64(f.n) {
+					f.allAckd <- struct{}{}
+				}
+				break
+			}
+			sleepCtx(ctx, delay)
 		}
 	}
 }
@@ -466,6 +552,14 @@ func TestFanoutFleetHelper(t *testing.T) {
 	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
 		t.Fatalf("%s: %v", fleetEnv, err)
 	}
+	// One process simulates thousands of agents (each a real one's
+	// connections, decoding and reports) with one heap: its garbage
+	// collector marks all of them, thousands of goroutine stacks, at every
+	// cycle, work that real agents, each a process with a heap of its
+	// own, do not share. A rarer collection keeps that simulation cost
+	// from taking the cores the server is measured on. The server's
+	// process keeps the default.
+	debug.SetGCPercent(400)
 	var outMu sync.Mutex
 	say := func(format string, args ...any) {
 		outMu.Lock()
@@ -492,7 +586,18 @@ func TestFanoutFleetHelper(t *testing.T) {
 				continue
 			}
 			f.arm(gen)
+			say("armed %d", gen)
+			// CORRIDOR_BENCH_AGENTS_CPUPROFILE=file profiles this process
+			// over the first timed change (the first app's generation is
+			// 1<<20, the timed ones count from 1).
+			stopProfile := func() {}
+			if path := os.Getenv("CORRIDOR_BENCH_AGENTS_CPUPROFILE"); path != "" && gen == 1 {
+				if pf, err := os.Create(path); err == nil && pprof.StartCPUProfile(pf) == nil {
+					stopProfile = func() { pprof.StopCPUProfile(); pf.Close() }
+				}
+			}
 			go func() {
+				defer stopProfile()
 				for _, stage := range []string{fleetGot, fleetAcked} {
 					// The parent has its own bound; this one only ends the
 					// goroutine of a run the parent gave up on.
@@ -588,10 +693,14 @@ func (rf *remoteFleet) expectPrefix(want string, bound time.Duration) (string, e
 	}
 }
 
+// arm returns once the child has armed gen: a host that got the change
+// before would not count it.
 func (rf *remoteFleet) arm(gen int64) error {
 	rf.gen = gen
-	_, err := fmt.Fprintf(rf.in, "arm %d\n", gen)
-	return err
+	if _, err := fmt.Fprintf(rf.in, "arm %d\n", gen); err != nil {
+		return err
+	}
+	return rf.expect(fmt.Sprintf("armed %d", gen), time.Minute)
 }
 
 func (rf *remoteFleet) wait(stage string, bound time.Duration) error {

@@ -60,6 +60,8 @@ type controller struct {
 	// mirror holds apps, servers, placement and desired states from the
 	// watch: a reconcile reads them there, not from etcd.
 	mirror *store.Mirror
+	// placed holds the encoded placement records (writePlacement).
+	placed placedCache
 	// moving is set while a make-before-break move is under way
 	// (move.go): agents' reports and the tick then ask for a reconcile,
 	// which moves it on. moveTimeout bounds each of its phases
@@ -507,17 +509,16 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 			moved++
 		}
 	}
-	var puts []store.AppPlacement
+	var puts []store.EncodedPlacement
 	for app, p := range byApp {
-		o, ok := old[app]
-		if ok {
-			ob, _ := json.Marshal(o)
-			nb, _ := json.Marshal(p)
-			if bytes.Equal(ob, nb) {
-				continue
-			}
+		nb, err := json.Marshal(p)
+		if err != nil {
+			return moved, fmt.Errorf("encode placement of %s: %w", app, err)
 		}
-		puts = append(puts, *p)
+		if o, ok := old[app]; ok && bytes.Equal(c.placed.encoded(o), nb) {
+			continue
+		}
+		puts = append(puts, store.EncodedPlacement{App: app, Data: nb})
 	}
 	sort.Slice(puts, func(i, j int) bool { return puts[i].App < puts[j].App })
 	var deletes []string
@@ -527,11 +528,63 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 		}
 	}
 	sort.Strings(deletes)
-	if err := c.st.WritePlacement(ctx, guard, puts, deletes); err != nil {
+	rev, err := c.st.WriteEncodedPlacement(ctx, guard, puts, deletes)
+	if err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return moved, fmt.Errorf("placement write refused (leadership lost?): %w", err)
 		}
 		return moved, err
 	}
+	if len(puts)+len(deletes) <= store.MaxOpsPerTxn {
+		// One transaction: rev is each written record's mod revision.
+		for _, p := range puts {
+			c.placed.remember(p.App, rev, p.Data)
+		}
+	}
 	return moved, nil
+}
+
+// placedCache keeps, per app, the JSON of the placement record at one
+// mod revision, as the controller wrote or last encoded it: comparing a
+// new placement with the stored one then encodes only the new one (an
+// app of 10,000 tasks has a placement record of megabytes, compared on
+// every reconcile). An entry is used only for the record at its own
+// revision: a record written by anyone else (another leader) has another
+// revision and is encoded afresh.
+type placedCache struct {
+	mu    sync.Mutex
+	byApp map[string]placedEntry
+}
+
+type placedEntry struct {
+	rev  int64
+	data []byte
+}
+
+// encoded is the JSON of o, the stored record at o.Revision.
+func (p *placedCache) encoded(o store.AppPlacement) []byte {
+	p.mu.Lock()
+	e, ok := p.byApp[o.App]
+	p.mu.Unlock()
+	if ok && e.rev == o.Revision && o.Revision != 0 {
+		return e.data
+	}
+	b, err := json.Marshal(o)
+	if err != nil {
+		return nil // compares unequal: written again
+	}
+	p.remember(o.App, o.Revision, b)
+	return b
+}
+
+func (p *placedCache) remember(app string, rev int64, data []byte) {
+	if rev == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.byApp == nil {
+		p.byApp = map[string]placedEntry{}
+	}
+	p.byApp[app] = placedEntry{rev: rev, data: data}
 }

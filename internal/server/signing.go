@@ -35,6 +35,10 @@ type signedState struct {
 	rev  int64
 	data []byte // the state as served
 	sig  *hoststate.Signature
+	// tail is the end of the long-poll's answer after the state:
+	// `,"signature":<sig JSON>}` and a newline, encoded once per
+	// host and revision however many times it is served.
+	tail []byte
 }
 
 func newStateSigner(key crypto.Signer, reg prometheus.Registerer) *stateSigner {
@@ -54,33 +58,48 @@ func newStateSigner(key crypto.Signer, reg prometheus.Registerer) *stateSigner {
 // state is host's desired state as served (data, the stored bytes; nil for
 // none: the empty state) with its signature.
 func (s *stateSigner) state(host string, rev int64, data []byte) ([]byte, *hoststate.Signature, error) {
+	c, err := s.signed(host, rev, data)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.data, c.sig, nil
+}
+
+// signed is state's cache entry for host at rev: the state as served, its
+// signature, and the answer's tail.
+func (s *stateSigner) signed(host string, rev int64, data []byte) (signedState, error) {
 	s.mu.Lock()
 	c, ok := s.cache[host]
 	s.mu.Unlock()
 	if ok && c.rev == rev && (rev != 0 || data == nil) {
-		return c.data, c.sig, nil
+		return c, nil
 	}
 	if data == nil {
 		empty, err := json.Marshal(hoststate.Empty(host))
 		if err != nil {
-			return nil, nil, err
+			return signedState{}, err
 		}
 		data = empty
 	}
 	var canon bytes.Buffer
 	if err := json.Compact(&canon, data); err != nil {
-		return nil, nil, fmt.Errorf("stored desired state of %s: %w", host, err)
+		return signedState{}, fmt.Errorf("stored desired state of %s: %w", host, err)
 	}
 	sig, err := hoststate.SignBytes(s.key, canon.Bytes())
 	if err != nil {
-		return nil, nil, err
+		return signedState{}, err
 	}
+	sigJSON, err := json.Marshal(sig)
+	if err != nil {
+		return signedState{}, fmt.Errorf("encode signature: %w", err)
+	}
+	c = signedState{rev: rev, data: data, sig: sig, tail: append(append([]byte(`,"signature":`), sigJSON...), "}\n"...)}
 	s.mu.Lock()
-	if c, ok := s.cache[host]; !ok || c.rev <= rev {
-		s.cache[host] = signedState{rev: rev, data: data, sig: sig}
+	if old, ok := s.cache[host]; !ok || old.rev <= rev {
+		s.cache[host] = c
 	}
 	s.mu.Unlock()
-	return data, sig, nil
+	return c, nil
 }
 
 // check compares the digest an agent reports applied with the digest of

@@ -121,3 +121,55 @@ func TestSignedDesiredAndTamperedHost(t *testing.T) {
 		t.Fatalf("an agent without digest flagged: %s", s.Tampered)
 	}
 }
+
+// The long-poll's answer reuses the signature's encoding per host and
+// revision (signedState.tail): after a change the host gets the new state
+// with a signature over that state, never the last revision's signature,
+// and the admin's view agrees with what the agent was served.
+func TestServedSignatureFollowsChanges(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	a := ts.join(t, "s1", 0, nil)
+	key, err := hoststate.PublicKeyFromCA(ts.CACert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var digests []string
+	var rev int64
+	for i, n := range []int{1, 2, 1} {
+		if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp("sig", n, ""))); err != nil {
+			t.Fatal(err)
+		}
+		ts.settle(t)
+		// Twice per revision: the second answer comes from the cache.
+		for range 2 {
+			ds, err := a.c.Desired(bg, "s1", 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ds.State.Guests) != n {
+				t.Fatalf("change %d: %d guests served, want %d", i, len(ds.State.Guests), n)
+			}
+			d, err := ds.Verify(key)
+			if err != nil {
+				t.Fatalf("change %d (revision %d): served state does not verify: %v", i, ds.Revision, err)
+			}
+			if ds.Revision != rev {
+				if len(digests) > 0 && d == digests[len(digests)-1] {
+					t.Fatalf("change %d: the new revision %d carries the last one's digest", i, ds.Revision)
+				}
+				digests, rev = append(digests, d), ds.Revision
+			}
+			view, err := ts.admin.HostDesired(bg, "s1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if view.Signature == nil || view.Signature.Digest != d {
+				t.Fatalf("change %d: admin view signature %+v, served digest %s", i, view.Signature, d)
+			}
+		}
+	}
+	if len(digests) != 3 {
+		t.Fatalf("digests %v: want one per change", digests)
+	}
+}

@@ -255,13 +255,16 @@ func (m *Mirror) Server(name string) (ServerRecord, bool) {
 	return r, ok && m.loaded
 }
 
-// FreshServer is Server, but ok only when the mirror holds every write
-// made through this Store so far (Store.written): a server record this
-// server just wrote (a join, a revocation) is never missed. Records
-// written through other servers of a cluster reach it one watch event
-// later.
+// FreshServer is Server, but ok only when the mirror holds every server
+// record written through this Store so far (Store.serversWritten): a
+// server record this server just wrote (a join, a revocation) is never
+// missed. Other writes (desired states, placement) do not count: while a
+// change's thousands of desired states stream into etcd the mirror is
+// always a little behind them, and agent requests checked against it
+// would all go to etcd. Records written through other servers of a
+// cluster reach it one watch event later.
 func (m *Mirror) FreshServer(name string) (ServerRecord, bool) {
-	want := m.st.written.Load()
+	want := m.st.serversWritten.Load()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r, ok := m.servers[name]

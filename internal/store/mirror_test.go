@@ -160,3 +160,51 @@ func TestMirrorSignalsOthersChanges(t *testing.T) {
 		t.Fatalf("signalled before the change was applied: %+v", msn.Apps)
 	}
 }
+
+// FreshServer passes on the mirror's copy only while the mirror holds
+// every server record written through this Store: a write of another kind
+// (desired states, which stream in by the thousand during a change) does
+// not send agent requests to etcd, a server record write (a revocation,
+// a new join) does until the mirror holds it. The mirror here is loaded
+// once and never watches, so it lags every later write.
+func TestFreshServerWaitsForServerWritesOnly(t *testing.T) {
+	t.Parallel()
+	s := open(t, t.TempDir(), 0)
+	defer s.Close()
+	if err := s.PutServer(bg, ServerRecord{Server: spec.Server{Name: "s1", Address: "198.18.0.1"}, CertSerial: "a"}, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	m := NewMirror(s)
+	if _, err := m.load(bg); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := m.FreshServer("s1"); !ok || r.CertSerial != "a" {
+		t.Fatalf("after load: FreshServer = %+v, %v; want the record, ok", r, ok)
+	}
+	if _, err := s.WriteDesired(bg, nil, []DesiredWrite{{Host: "s1", Data: []byte(`{"host":"s1"}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	if m.Revision() >= s.written.Load() {
+		t.Fatalf("the mirror (at %d) should lag the desired write (at %d)", m.Revision(), s.written.Load())
+	}
+	if _, ok := m.FreshServer("s1"); !ok {
+		t.Fatal("a desired-state write the mirror has not seen made FreshServer refuse: every agent request would read etcd during a fan-out")
+	}
+	rec, err := s.GetServer(bg, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Revoked = true
+	if err := s.PutServer(bg, *rec, rec.Revision, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := m.FreshServer("s1"); ok {
+		t.Fatalf("after a revocation the mirror has not seen: FreshServer = %+v, ok; want not ok (check etcd)", r)
+	}
+	if _, err := m.load(bg); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := m.FreshServer("s1"); !ok || !r.Revoked {
+		t.Fatalf("after reload: FreshServer = %+v, %v; want the revoked record, ok", r, ok)
+	}
+}

@@ -47,6 +47,10 @@ const (
 // operations, so that an external cluster with stock settings works.
 const maxOpsPerTxn = 100
 
+// MaxOpsPerTxn is the most puts and deletes one transaction of this
+// package carries.
+const MaxOpsPerTxn = maxOpsPerTxn
+
 // AppRecord is a stored app.
 type AppRecord struct {
 	App spec.App `json:"app"`
@@ -276,6 +280,7 @@ func (s *Store) PutServer(ctx context.Context, r ServerRecord, expect int64, ev 
 	if !resp.Succeeded {
 		return ErrConflict
 	}
+	raise(&s.serversWritten, resp.Header.Revision)
 	s.noteWrite(resp.Header.Revision)
 	if ev != nil {
 		s.trimEvents(ctx)
@@ -467,29 +472,51 @@ func (s *Store) WriteDesired(ctx context.Context, guard []clientv3.Cmp, writes [
 // WritePlacement writes and deletes app placements, guarded like
 // WriteDesired.
 func (s *Store) WritePlacement(ctx context.Context, guard []clientv3.Cmp, puts []AppPlacement, deletes []string) error {
-	var ops []clientv3.Op
+	enc := make([]EncodedPlacement, 0, len(puts))
 	for _, p := range puts {
 		b, err := json.Marshal(p)
 		if err != nil {
 			return fmt.Errorf("store: encode placement of %s: %w", p.App, err)
 		}
-		ops = append(ops, clientv3.OpPut(s.key(dirPlacement, p.App), string(b)))
+		enc = append(enc, EncodedPlacement{App: p.App, Data: b})
+	}
+	_, err := s.WriteEncodedPlacement(ctx, guard, enc, deletes)
+	return err
+}
+
+// EncodedPlacement is an app's AppPlacement as JSON (json.Marshal's).
+type EncodedPlacement struct {
+	App  string
+	Data []byte
+}
+
+// WriteEncodedPlacement is WritePlacement for placements the caller
+// encoded already (the controller encodes each app's placement once, to
+// compare it with the stored one). It returns the revision of the last
+// transaction, which is each written record's mod revision when one
+// transaction took them all (up to maxOpsPerTxn puts and deletes).
+func (s *Store) WriteEncodedPlacement(ctx context.Context, guard []clientv3.Cmp, puts []EncodedPlacement, deletes []string) (int64, error) {
+	var ops []clientv3.Op
+	for _, p := range puts {
+		ops = append(ops, clientv3.OpPut(s.key(dirPlacement, p.App), string(p.Data)))
 	}
 	for _, a := range deletes {
 		ops = append(ops, clientv3.OpDelete(s.key(dirPlacement, a)))
 	}
+	var rev int64
 	for start := 0; start < len(ops); start += maxOpsPerTxn {
 		end := min(start+maxOpsPerTxn, len(ops))
 		resp, err := s.client.Txn(ctx).If(guard...).Then(ops[start:end]...).Commit()
 		if err != nil {
-			return fmt.Errorf("store: write placement: %w", err)
+			return rev, fmt.Errorf("store: write placement: %w", err)
 		}
 		if !resp.Succeeded {
-			return ErrConflict
+			return rev, ErrConflict
 		}
-		s.noteWrite(resp.Header.Revision)
+		rev = resp.Header.Revision
+		s.noteWrite(rev)
 	}
-	return nil
+	return rev, nil
 }
 
 // EnsureSecret returns the secret called name, making it with gen if no

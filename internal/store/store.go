@@ -73,15 +73,24 @@ type Store struct {
 	// inputs or outputs made through this Store (apps, servers,
 	// placement, desired states): a Mirror read waits until it holds it.
 	written atomic.Int64
+	// serversWritten is the highest revision of a server record written
+	// through this Store (PutServer): Mirror.FreshServer waits for this
+	// one alone, so that a stream of desired-state writes, which no agent
+	// request depends on, does not send every agent request to etcd while
+	// the mirror catches up with them.
+	serversWritten atomic.Int64
 	// statuses groups concurrent status writes (statusbatch.go).
 	statuses statusBatch
 }
 
 // noteWrite records a write at revision rev (see written).
-func (s *Store) noteWrite(rev int64) {
+func (s *Store) noteWrite(rev int64) { raise(&s.written, rev) }
+
+// raise sets v to rev unless it already holds a later revision.
+func raise(v *atomic.Int64, rev int64) {
 	for {
-		cur := s.written.Load()
-		if rev <= cur || s.written.CompareAndSwap(cur, rev) {
+		cur := v.Load()
+		if rev <= cur || v.CompareAndSwap(cur, rev) {
 			return
 		}
 	}
