@@ -71,6 +71,9 @@ type controller struct {
 	// moveChecked: this leader has read the move record from etcd once
 	// (one left by another leader resumes); only the leader's loop uses it.
 	moveChecked bool
+	// moveHosts are the hosts the move under way concerns (mu): only
+	// their reports ask for a reconcile.
+	moveHosts map[string]bool
 }
 
 func newController(st *store.Store, h *hub, m *metrics, log *slog.Logger, id string, ttl int, timeout time.Duration) *controller {
@@ -349,7 +352,8 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	servers, states := fleet(sn, seen, now, since, c.timeout)
 	c.m.setHostStates(states)
 	start := time.Now()
-	plan, err := c.cache.Compile(compileInput(sn, specs(sn.Apps), servers))
+	in := compileInput(sn, specs(sn.Apps), servers)
+	plan, err := c.cache.Compile(in)
 	c.m.compileSeconds.Observe(time.Since(start).Seconds())
 	c.mu.Lock()
 	prevDown := c.lastDown
@@ -369,7 +373,7 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	// Tasks leaving a draining server move make-before-break: until the
 	// move is done the hosts get the states of its phase and the
 	// placement keeps the tasks where they run.
-	mv, err := c.stepMove(ctx, guard, sn, hosts, states, compileInput(sn, specs(sn.Apps), servers), plan)
+	mv, err := c.stepMove(ctx, guard, sn, hosts, states, in, plan)
 	if err != nil {
 		return err
 	}

@@ -84,7 +84,7 @@ func (c *controller) stepMove(ctx context.Context, guard []clientv3.Cmp, sn *sto
 	}
 	c.moveChecked = true
 	if rec == nil && len(cands) == 0 {
-		c.moving.Store(false)
+		c.stopMoving()
 		return direct, nil
 	}
 	now := time.Now()
@@ -106,7 +106,7 @@ func (c *controller) stepMove(ctx context.Context, guard []clientv3.Cmp, sn *sto
 			}
 			rec = nil
 			if len(cands) == 0 {
-				c.moving.Store(false)
+				c.stopMoving()
 				return direct, nil
 			}
 		} else {
@@ -153,7 +153,11 @@ func (c *controller) stepMove(ctx context.Context, guard []clientv3.Cmp, sn *sto
 	}
 
 	// Move on when the phase is done.
-	done, why := c.movePhaseDone(ctx, rec, hosts, states, involved(rec, old, next))
+	concerned := involved(rec, old, next)
+	c.mu.Lock()
+	c.moveHosts = concerned
+	c.mu.Unlock()
+	done, why := c.movePhaseDone(ctx, rec, hosts, states, concerned)
 	switch {
 	case done && rec.Phase == store.MoveSwitch:
 		if err := c.st.PutMove(ctx, guard, nil); err != nil {
@@ -190,6 +194,25 @@ func (c *controller) stepMove(ctx context.Context, guard []clientv3.Cmp, sn *sto
 	return moveView{hosts: moveStates(rec, old, next), place: old}, nil
 }
 
+// stopMoving records that no move is under way.
+func (c *controller) stopMoving() {
+	c.moving.Store(false)
+	c.mu.Lock()
+	c.moveHosts = nil
+	c.mu.Unlock()
+}
+
+// moveConcerns tells whether a report of host may move the move under way
+// on: one of the hosts it concerns reported.
+func (c *controller) moveConcerns(host string) bool {
+	if !c.moving.Load() {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.moveHosts == nil || c.moveHosts[host]
+}
+
 func (c *controller) timeoutOfMove() time.Duration {
 	if c.moveTimeout > 0 {
 		return c.moveTimeout
@@ -210,13 +233,14 @@ func nextMovePhase(p string) string {
 // it is not, what it waits for.
 func (c *controller) movePhaseDone(ctx context.Context, rec *store.MoveRecord, hosts map[string]*store.HostKeys, states map[string]string, involved map[string]bool) (bool, string) {
 	if rec.Phase == store.MoveStage {
-		sts, err := c.st.Statuses(ctx)
-		if err != nil {
-			return false, err.Error()
-		}
+		// The new hosts' reports only: reading every host's at each
+		// report of a large fleet would be most of the move's cost.
 		for _, m := range rec.Tasks {
-			st, ok := sts[m.To]
-			if !ok || !slices.ContainsFunc(st.Status.Tasks, func(t api.TaskStatus) bool {
+			st, err := c.st.StatusOf(ctx, m.To)
+			if err != nil {
+				return false, err.Error()
+			}
+			if st == nil || !slices.ContainsFunc(st.Status.Tasks, func(t api.TaskStatus) bool {
 				return t.Task == m.Task && t.State == api.TaskRunning
 			}) {
 				return false, fmt.Sprintf("the copy of %s on %s is not running yet", m.Task, m.To)

@@ -342,8 +342,8 @@ func (s *Server) Close() error {
 
 // statusSeen is the hub's callback for each status: a host that comes
 // back after being down needs a compile now, not at the next tick.
-func (s *Server) statusSeen(string) {
-	if s.ctrl.leader.Load() && (s.ctrl.anyDown() || s.ctrl.moving.Load()) {
+func (s *Server) statusSeen(host string) {
+	if s.ctrl.leader.Load() && (s.ctrl.anyDown() || s.ctrl.moveConcerns(host)) {
 		s.ctrl.trigger()
 	}
 }

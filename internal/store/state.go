@@ -358,6 +358,23 @@ func (s *Store) PutStatus(ctx context.Context, r StatusRecord) error {
 }
 
 // Statuses reads every agent's last report, by host.
+// StatusOf reads one host's last status; nil when it has reported none.
+func (s *Store) StatusOf(ctx context.Context, host string) (*StatusRecord, error) {
+	resp, err := s.client.Get(ctx, s.hostKey(host, suffixStatus))
+	if err != nil {
+		return nil, fmt.Errorf("store: read the status of %s: %w", host, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	var r StatusRecord
+	if err := json.Unmarshal(resp.Kvs[0].Value, &r); err != nil {
+		return nil, fmt.Errorf("store: decode the status of %s: %w", host, err)
+	}
+	r.Revision = resp.Kvs[0].ModRevision
+	return &r, nil
+}
+
 func (s *Store) Statuses(ctx context.Context) (map[string]StatusRecord, error) {
 	hosts, err := s.Hosts(ctx)
 	if err != nil {
