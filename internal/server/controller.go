@@ -74,6 +74,12 @@ type controller struct {
 	// moveHosts are the hosts the move under way concerns (mu): only
 	// their reports ask for a reconcile.
 	moveHosts map[string]bool
+	// moveLook is when the tick next looks at the move under way (unix
+	// nanoseconds): its phase's timeout, or a while later when reports
+	// should have moved it on. The reports of the hosts it concerns are
+	// what moves it (statusSeen); a reconcile at every tick compiled the
+	// fleet three times a second for the whole move.
+	moveLook atomic.Int64
 }
 
 func newController(st *store.Store, h *hub, m *metrics, log *slog.Logger, id string, ttl int, timeout time.Duration) *controller {
@@ -220,7 +226,7 @@ func (c *controller) tick(ctx context.Context, since, now time.Time) {
 	c.mu.Lock()
 	downChanged := downKey(states) != c.lastDown
 	c.mu.Unlock()
-	if downChanged || c.moving.Load() {
+	if downChanged || c.moveDue(now) {
 		c.trigger()
 	}
 	if c.keyRotation > 0 && now.Sub(c.lastRotateCheck) >= c.rotateCheckEvery() {
