@@ -479,7 +479,7 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	get := func(app string) *store.AppPlacement {
 		p := byApp[app]
 		if p == nil {
-			p = &store.AppPlacement{App: app, Tasks: []compile.Task{}, Paths: []compile.Path{}}
+			p = &store.AppPlacement{App: app, Tasks: []compile.Task{}}
 			byApp[app] = p
 		}
 		return p
@@ -497,7 +497,7 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	}
 	for _, ap := range plan.Paths.Apps() {
 		// Shared with the plan, which nothing changes.
-		get(ap.App).Paths = ap.Paths
+		get(ap.App).Paths = ap
 	}
 	old := map[string]store.AppPlacement{}
 	where := map[string]string{}

@@ -97,7 +97,9 @@ type AppPlacement struct {
 	App     string         `json:"app"`
 	Network netip.Prefix   `json:"network"`
 	Tasks   []compile.Task `json:"tasks"`
-	Paths   []compile.Path `json:"paths"`
+	// Paths are the app's paths, one list in JSON; as the controller
+	// writes it, derived from the plan while it is encoded.
+	Paths compile.AppPaths `json:"paths"`
 	// Pending are the app's tasks no server could take at the last
 	// compile (compile.Plan.Pending): no server, an address kept.
 	Pending  []compile.Task `json:"pending,omitempty"`
