@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -96,6 +97,41 @@ func BenchmarkCompile(b *testing.B) {
 	}
 	reportCPU(b, cpu0)
 	reportPlan(b, p)
+}
+
+// BenchmarkCompileEncode is what the server does with a full compile of
+// benchFleet: compile, then encode every host's desired state (the JSON
+// written to etcd and sent to the agents) and every path (the placement
+// records, one list per app), so that work the compiler no longer does
+// but its consumers must is counted too.
+func BenchmarkCompileEncode(b *testing.B) {
+	in := benchFleet()
+	var p *Plan
+	var hostBytes, pathBytes int
+	cpu0 := cpuTime()
+	for b.Loop() {
+		var err error
+		if p, err = Compile(in); err != nil {
+			b.Fatal(err)
+		}
+		hostBytes, pathBytes = 0, 0
+		for _, h := range p.Hosts {
+			js, err := json.Marshal(h)
+			if err != nil {
+				b.Fatal(err)
+			}
+			hostBytes += len(js)
+		}
+		js, err := json.Marshal(p.Paths)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pathBytes = len(js)
+	}
+	reportCPU(b, cpu0)
+	reportPlan(b, p)
+	b.ReportMetric(float64(hostBytes), "host-bytes")
+	b.ReportMetric(float64(pathBytes), "path-bytes")
 }
 
 // BenchmarkRecompileOneChange is the controller's usual case: the previous

@@ -1,10 +1,10 @@
 package compile
 
 import (
-	"bytes"
 	"encoding/json"
 	"iter"
 	"net/netip"
+	"strconv"
 )
 
 // Paths are a plan's paths, app by app in the plan's app order, each app's
@@ -215,21 +215,97 @@ func (a AppPaths) each(yield func(Path) bool) bool {
 
 // marshalPaths writes n paths as one JSON list.
 func marshalPaths(n int, all iter.Seq[Path]) ([]byte, error) {
-	var b bytes.Buffer
-	b.Grow(2 + n*400)
-	b.WriteByte('[')
+	return appendPaths(make([]byte, 0, 2+n*360), all), nil
+}
+
+// AppendJSON appends the app's paths as one JSON list to b: the bytes
+// json.Marshal writes for them, without going through reflection and
+// without the check json.Marshal makes of what a MarshalJSON returns
+// (the server encodes every app's paths at each reconcile, hundreds of
+// megabytes in a large fleet).
+func (a AppPaths) AppendJSON(b []byte) []byte { return appendPaths(b, a.All()) }
+
+func appendPaths(b []byte, all iter.Seq[Path]) []byte {
+	b = append(b, '[')
 	first := true
-	enc := json.NewEncoder(&b)
 	for p := range all {
 		if !first {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
 		first = false
-		if err := enc.Encode(&p); err != nil {
-			return nil, err
-		}
-		b.Truncate(b.Len() - 1) // Encode's newline
+		b = appendPath(b, &p)
 	}
-	b.WriteByte(']')
-	return b.Bytes(), nil
+	return append(b, ']')
+}
+
+// appendPath appends p as json.Marshal writes it (field order, omitempty,
+// escaping): TestPathJSON compares the two.
+func appendPath(b []byte, p *Path) []byte {
+	b = append(b, `{"app":`...)
+	b = appendString(b, p.App)
+	if p.ToApp != "" {
+		b = append(b, `,"toApp":`...)
+		b = appendString(b, p.ToApp)
+	}
+	b = append(b, `,"from":`...)
+	b = appendString(b, p.From)
+	b = append(b, `,"to":`...)
+	b = appendString(b, p.To)
+	b = append(b, `,"fromClass":`...)
+	b = appendString(b, p.FromClass)
+	b = append(b, `,"toClass":`...)
+	b = appendString(b, p.ToClass)
+	b = append(b, `,"fromServer":`...)
+	b = appendString(b, p.FromServer)
+	b = append(b, `,"toServer":`...)
+	b = appendString(b, p.ToServer)
+	b = append(b, `,"fromAddr":`...)
+	b = appendAddr(b, p.FromAddr)
+	b = append(b, `,"toAddr":`...)
+	b = appendAddr(b, p.ToAddr)
+	b = append(b, `,"protocol":`...)
+	b = appendString(b, p.Protocol)
+	b = append(b, `,"ports":`...)
+	if p.Ports == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '[')
+		for i, port := range p.Ports {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, int64(port), 10)
+		}
+		b = append(b, ']')
+	}
+	b = append(b, `,"encrypt":`...)
+	b = strconv.AppendBool(b, p.Encrypt)
+	b = append(b, `,"local":`...)
+	b = strconv.AppendBool(b, p.Local)
+	return append(b, '}')
+}
+
+// appendString appends s as a JSON string; anything json.Marshal would
+// escape (quotes, backslashes, control characters, <, >, &, non-ASCII)
+// is left to it.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			js, _ := json.Marshal(s) // a string always encodes
+			return append(b, js...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// appendAddr appends a as json.Marshal writes a netip.Addr (its text, ""
+// for the zero Addr).
+func appendAddr(b []byte, a netip.Addr) []byte {
+	b = append(b, '"')
+	if a.IsValid() {
+		b = a.AppendTo(b)
+	}
+	return append(b, '"')
 }

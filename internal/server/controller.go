@@ -515,7 +515,7 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	}
 	var puts []store.EncodedPlacement
 	for app, p := range byApp {
-		nb, err := json.Marshal(p)
+		nb, err := p.Encode()
 		if err != nil {
 			return moved, fmt.Errorf("encode placement of %s: %w", app, err)
 		}
@@ -573,7 +573,7 @@ func (p *placedCache) encoded(o store.AppPlacement) []byte {
 	if ok && e.rev == o.Revision && o.Revision != 0 {
 		return e.data
 	}
-	b, err := json.Marshal(o)
+	b, err := o.Encode()
 	if err != nil {
 		return nil // compares unequal: written again
 	}
