@@ -65,3 +65,45 @@ func TestPathJSON(t *testing.T) {
 	})
 	same(t, "escaped", odd.Apps()[0])
 }
+
+// BenchmarkPathsEncode is the server's encoding of every app's paths
+// (the placement records) for benchFleet: "derived" writes them from a
+// plan as the controller does now (AppendJSON per app), "flat" is what it
+// did before round 4 of issue 19, json.Marshal of each app's []Path
+// already made by the compiler (only the encoding is timed).
+func BenchmarkPathsEncode(b *testing.B) {
+	p, err := Compile(benchFleet())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("derived", func(b *testing.B) {
+		cpu0 := cpuTime()
+		for b.Loop() {
+			for _, ap := range p.Paths.Apps() {
+				// Sized as store.AppPlacement.Encode sizes it.
+				_ = ap.AppendJSON(make([]byte, 0, 360*ap.Len()))
+			}
+		}
+		reportCPU(b, cpu0)
+	})
+	b.Run("flat", func(b *testing.B) {
+		var flat [][]Path
+		for _, ap := range p.Paths.Apps() {
+			var f []Path
+			for pa := range ap.All() {
+				f = append(f, pa)
+			}
+			flat = append(flat, f)
+		}
+		b.ResetTimer()
+		cpu0 := cpuTime()
+		for b.Loop() {
+			for _, f := range flat {
+				if _, err := json.Marshal(f); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		reportCPU(b, cpu0)
+	})
+}
