@@ -215,7 +215,7 @@ func (a AppPaths) each(yield func(Path) bool) bool {
 
 // marshalPaths writes n paths as one JSON list.
 func marshalPaths(n int, all iter.Seq[Path]) ([]byte, error) {
-	return appendPaths(make([]byte, 0, 2+n*360), all), nil
+	return appendPaths(make([]byte, 0, 2+n*280), all), nil
 }
 
 // AppendJSON appends the app's paths as one JSON list to b: the bytes

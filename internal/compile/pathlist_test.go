@@ -81,7 +81,7 @@ func BenchmarkPathsEncode(b *testing.B) {
 		for b.Loop() {
 			for _, ap := range p.Paths.Apps() {
 				// Sized as store.AppPlacement.Encode sizes it.
-				_ = ap.AppendJSON(make([]byte, 0, 360*ap.Len()))
+				_ = ap.AppendJSON(make([]byte, 0, 280*ap.Len()))
 			}
 		}
 		reportCPU(b, cpu0)

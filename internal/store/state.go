@@ -110,7 +110,7 @@ type AppPlacement struct {
 // faster: the paths, most of a large app's record, are written by their
 // own encoder and not checked again by encoding/json.
 func (p AppPlacement) Encode() ([]byte, error) {
-	b := make([]byte, 0, 256+200*len(p.Tasks)+360*p.Paths.Len())
+	b := make([]byte, 0, 256+200*len(p.Tasks)+280*p.Paths.Len())
 	b = append(b, `{"app":`...)
 	for _, f := range []struct {
 		sep string
