@@ -485,7 +485,7 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	get := func(app string) *store.AppPlacement {
 		p := byApp[app]
 		if p == nil {
-			p = &store.AppPlacement{App: app, Tasks: []compile.Task{}, Paths: []compile.Path{}}
+			p = &store.AppPlacement{App: app, Tasks: []compile.Task{}}
 			byApp[app] = p
 		}
 		return p
@@ -503,7 +503,7 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	}
 	for _, ap := range plan.Paths.Apps() {
 		// Shared with the plan, which nothing changes.
-		get(ap.App).Paths = ap.Paths
+		get(ap.App).Paths = ap
 	}
 	old := map[string]store.AppPlacement{}
 	where := map[string]string{}
@@ -521,7 +521,7 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	}
 	var puts []store.EncodedPlacement
 	for app, p := range byApp {
-		nb, err := json.Marshal(p)
+		nb, err := p.Encode()
 		if err != nil {
 			return moved, fmt.Errorf("encode placement of %s: %w", app, err)
 		}
@@ -579,7 +579,7 @@ func (p *placedCache) encoded(o store.AppPlacement) []byte {
 	if ok && e.rev == o.Revision && o.Revision != 0 {
 		return e.data
 	}
-	b, err := json.Marshal(o)
+	b, err := o.Encode()
 	if err != nil {
 		return nil // compares unequal: written again
 	}
