@@ -3,10 +3,14 @@ package store
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"iter"
 	"net/netip"
+	"reflect"
 	"testing"
 
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/spec"
 )
 
 // TestPlacementEncode: AppPlacement.Encode writes json.Marshal's bytes,
@@ -40,5 +44,55 @@ func TestPlacementEncode(t *testing.T) {
 		if again, _ := back.Encode(); !bytes.Equal(again, want) {
 			t.Errorf("%s: decoded and encoded again = %s\nwant %s", name, again, want)
 		}
+	}
+}
+
+// Paths a compile made go to etcd in their path-set form: a record of an
+// app of two classes of 500 tasks and one rule between them (250,000
+// paths, 62 MB as a list) stays far below etcd's request limit, and reads
+// back with every path.
+func TestPlacementPathSet(t *testing.T) {
+	class := func(name string) spec.Class {
+		return spec.Class{Name: name, Tasks: 500, Guest: spec.Guest{Runtime: "netns", Command: []string{"x"}},
+			Resources: spec.Resources{CPU: 1, Memory: 1 << 20}}
+	}
+	app := spec.App{Name: "big", Classes: []spec.Class{class("front"), class("back")},
+		Rules: []spec.Rule{{From: "front", To: "back", Ports: []int{5432}, Encrypt: true}}}
+	var servers []spec.Server
+	for i := range 3 {
+		servers = append(servers, spec.Server{Name: fmt.Sprintf("s%d", i), Address: fmt.Sprintf("198.18.0.%d", i+1),
+			Capacity: spec.Resources{CPU: 4000, Memory: 8 << 30}})
+	}
+	plan, err := compile.Compile(compile.Input{Apps: []spec.App{app}, Servers: servers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := AppPlacement{App: "big", Network: plan.Networks[0].Network, Tasks: plan.Tasks, Paths: plan.Paths.Apps()[0]}
+	b, err := p.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 1<<20 || !bytes.Contains(b, []byte(`"paths":[],`)) || !bytes.Contains(b, []byte(`"pathSet":{`)) {
+		t.Fatalf("record of %d bytes (want the path-set form, under 1 MiB): %.300s", len(b), b)
+	}
+	var back AppPlacement
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Paths.Len() != 250000 || len(back.Tasks) != 1000 {
+		t.Fatalf("read back %d paths and %d tasks", back.Paths.Len(), len(back.Tasks))
+	}
+	i := 0
+	next, stop := iter.Pull(back.Paths.All())
+	defer stop()
+	for want := range p.Paths.All() {
+		got, ok := next()
+		if !ok || !reflect.DeepEqual(got, want) {
+			t.Fatalf("path %d: got %+v, want %+v", i, got, want)
+		}
+		i++
+	}
+	if again, err := back.Encode(); err != nil || !bytes.Equal(again, b) {
+		t.Errorf("decoded and encoded again: %d bytes, %v; want the same %d bytes", len(again), err, len(b))
 	}
 }
