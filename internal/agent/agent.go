@@ -230,9 +230,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{
-		cfg:  cfg,
-		log:  cfg.Logger.With("agent", cfg.Name),
-		m:    newMetrics(),
+		cfg:   cfg,
+		log:   cfg.Logger.With("agent", cfg.Name),
+		m:     newMetrics(),
 		wake:  make(chan struct{}, 1),
 		kick:  make(chan struct{}, 1),
 		acked: make(chan struct{}, 1),
