@@ -8,7 +8,8 @@
 # Environment: CORRIDOR_BIN (default: build into $TMPDIR), PREFIX (lab
 # namespace prefix, default corvs<pid>-), UNDERLAY (default 198.18.119.0/24),
 # SERVERS (default 3), SEED (default 1), EXTRA (more verify flags, e.g.
-# "--exhaustive --max-checks 100000").
+# "--exhaustive --max-checks 100000"), CPU and MEMORY (each task's resources,
+# default 10m and 16Mi: lower them so that 1,000 tasks fit three servers).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sizes=("${@:-5 50 60}")
@@ -17,6 +18,8 @@ UNDERLAY=${UNDERLAY:-198.18.119.0/24}
 SERVERS=${SERVERS:-3}
 SEED=${SEED:-1}
 EXTRA=${EXTRA:-}
+CPU=${CPU:-10m}
+MEMORY=${MEMORY:-16Mi}
 work=$(mktemp -d /tmp/verifyscale.XXXXXX)
 bin=${CORRIDOR_BIN:-$work/corridor}
 [ -x "$bin" ] || go build -o "$bin" ./cmd/corridor
@@ -35,12 +38,12 @@ classes:
   - name: front
     tasks: $n
     guest: {runtime: netns, command: [corridor, sample, db, --listen, ":80"]}
-    resources: {cpu: 10m, memory: 16Mi}
+    resources: {cpu: $CPU, memory: $MEMORY}
     ports: [{name: http, port: 80}]
   - name: back
     tasks: $n
     guest: {runtime: netns, command: [corridor, sample, db, --listen, ":5432"]}
-    resources: {cpu: 10m, memory: 16Mi}
+    resources: {cpu: $CPU, memory: $MEMORY}
     ports: [{name: sql, port: 5432}]
 rules:
   - {from: front, to: back, ports: [5432], encrypt: true}

@@ -42,8 +42,11 @@
 // # Firewall marks and routing
 //
 // The path of a packet from a local guest to a remote guest is chosen per
-// (source, destination) pair by a mark set in the prerouting chain from a
-// concatenated map "ip saddr . ip daddr -> mark" built from HostState.Routes:
+// (source, destination) pair by a mark set in the prerouting chain from
+// HostState.Routes, one rule per group of routes with the same sources and
+// path ("ip saddr {sources} ip daddr {destinations} meta mark set M": a
+// class pair's routes share their sources, so the rules grow with the
+// class pairs and the sets with the tasks, not with the task pairs):
 //
 //	MarkEncrypt 0x01000000 / MarkMask 0x03000000 -> ip rule 1082 -> table 5181
 //	MarkPlain   0x02000000 / MarkMask 0x03000000 -> ip rule 1083 -> table 5182

@@ -84,14 +84,17 @@ func TestRulesetAcrossApps(t *testing.T) {
 			t.Errorf("shop's db reaches ledger: %s", l)
 		}
 	}
-	for _, m := range []string{
-		"100.64.1.4 . 100.64.0.2 : " + markHex(MarkEncrypt), // app/1 -> api/1: encrypted
-		"100.64.1.1 . 100.64.0.2 : " + markHex(MarkPlain),   // web/0 -> api/1: plain
-		"100.64.0.1 . 100.64.1.3 : " + markHex(MarkEncrypt), // api/0's replies to app/0
-		"100.64.0.1 . 100.64.1.2 : " + markHex(MarkPlain),   // api/0's replies to web/1
+	for _, m := range []struct {
+		src, dst string
+		mark     uint32
+	}{
+		{"100.64.1.4", "100.64.0.2", MarkEncrypt}, // app/1 -> api/1: encrypted
+		{"100.64.1.1", "100.64.0.2", MarkPlain},   // web/0 -> api/1: plain
+		{"100.64.0.1", "100.64.1.3", MarkEncrypt}, // api/0's replies to app/0
+		{"100.64.0.1", "100.64.1.2", MarkPlain},   // api/0's replies to web/1
 	} {
-		if !strings.Contains(text, m) {
-			t.Errorf("mark map lacks %s", m)
+		if got := pairMark(text, m.src, m.dst); got != markHex(m.mark) {
+			t.Errorf("mark of %s -> %s: %q, want %s", m.src, m.dst, got, markHex(m.mark))
 		}
 	}
 	if !strings.Contains(text, "!= {198.18.0.12 . 100.64.0.2, 198.18.0.12 . 100.64.1.2, 198.18.0.13 . 100.64.1.3} counter name \"vtep\" drop") {

@@ -169,7 +169,7 @@ func (dp *Dataplane) applyFirewall(rs *ruleset) (bool, error) {
 			s := as.set // a copy: IDs are given anew for every batch
 			s.Table = corridorTable
 			s.ID = 0
-			if err := c.AddSet(&s, as.elems); err != nil {
+			if err := addSet(c, &s, as.elems); err != nil {
 				return false, fmt.Errorf("nftables set for %s rule %q: %w", r.chain, r.desc, err)
 			}
 			sets = append(sets, &s)
@@ -193,6 +193,49 @@ func (dp *Dataplane) applyFirewall(rs *ruleset) (bool, error) {
 		return false, fmt.Errorf("apply nftables table inet %s: %w", NFTTable, err)
 	}
 	return true, nil
+}
+
+// setElemsPerMessage bounds the elements sent in one netlink message. A
+// message carries its elements in one nested attribute, whose length is
+// 16 bits: past 64 KiB it wraps, and the kernel refuses the whole batch
+// (ENOENT: the rule then names a set that was never made). An element of
+// our largest kind (two IPv4 addresses and a mark, or an interval with its
+// end) takes under 100 bytes, so 256 of them stay well inside. An app of
+// thousands of tasks gives sets of thousands of addresses.
+const setElemsPerMessage = 256
+
+// addSet adds s to the batch with its elements, in messages of at most
+// setElemsPerMessage elements. The kernel takes further elements of an
+// anonymous, constant set while no rule is bound to it yet, which is the
+// case until the rule that follows in the same batch: nft does the same
+// for large sets. (The library refuses SetAddElements on a set marked
+// anonymous, though its message is the one AddSet sends for the first
+// elements: hence the copy that is not marked.)
+func addSet(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) error {
+	first := elems[:min(len(elems), setElemsPerMessage)]
+	if len(first) < len(elems) && s.Constant {
+		// The library sizes a constant set by the elements AddSet is
+		// given; the kernel refuses more than that (ENFILE). Size gives
+		// it the whole count (its description comes last, and wins).
+		s.Size = uint32(len(elems))
+	}
+	if err := c.AddSet(s, first); err != nil {
+		return err
+	}
+	rest := elems[len(first):]
+	if len(rest) == 0 {
+		return nil
+	}
+	more := *s
+	more.Anonymous = false
+	for len(rest) > 0 {
+		n := min(len(rest), setElemsPerMessage)
+		if err := c.SetAddElements(&more, rest[:n]); err != nil {
+			return err
+		}
+		rest = rest[n:]
+	}
+	return nil
 }
 
 // isFirstOf reports whether rule i is the first of its chain.

@@ -466,39 +466,6 @@ func markFromCt() match {
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
 }
 
-// markMap sets the mark from the map "ip saddr . ip daddr : mark".
-func markMap(marks []pairMark) match {
-	s := &anonSet{set: nftables.Set{
-		Anonymous: true, Constant: true, IsMap: true, Concatenation: true,
-		KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr),
-		DataType: nftables.TypeMark,
-	}}
-	var ds []string
-	for _, m := range marks {
-		src, dst := m.src.As4(), m.dst.As4()
-		s.elems = append(s.elems, nftables.SetElement{
-			Key: append(src[:], dst[:]...),
-			Val: binaryutil.NativeEndian.PutUint32(m.mark),
-		})
-		ds = append(ds, fmt.Sprintf("%s . %s : %#x", m.src, m.dst, m.mark))
-	}
-	return match{
-		desc: fmt.Sprintf("meta mark set ip saddr . ip daddr map {%s}", strings.Join(ds, ", ")),
-		set:  s,
-		exprs: func(set *nftables.Set) []expr.Any {
-			return []expr.Any{
-				// The two addresses go into consecutive 32-bit registers
-				// (NFT_REG32_00 and NFT_REG32_01), which is how the kernel
-				// reads a concatenated key.
-				&expr.Payload{DestRegister: unix.NFT_REG32_00, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-				&expr.Payload{DestRegister: unix.NFT_REG32_01, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-				&expr.Lookup{SourceRegister: unix.NFT_REG32_00, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
-				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-			}
-		},
-	}
-}
-
 func (b *rulesetBuilder) count(name string) match {
 	b.counters[name] = true
 	return plain(fmt.Sprintf("counter name %q", name),
@@ -550,7 +517,10 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	// guests; and the replies of egress from the underlay (egress.go).
 	b.egressMarks(d, wgNames)
 	if len(d.marks) > 0 {
-		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), ctOriginal(), ipv4Only(), markMap(d.marks))
+		for _, g := range d.marks {
+			b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), ctOriginal(), ipv4Only(),
+				addrSet(true, g.srcs), addrSet(false, g.dsts), setMark(g.mark, false))
+		}
 		// A new connection from a guest keeps its path in conntrack, as
 		// one arriving on a tunnel does: the forward chain accepts a
 		// packet from a tunnel only for a connection of that tunnel's path.

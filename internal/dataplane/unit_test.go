@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -97,13 +98,15 @@ func TestRulesetDeterministicAndComplete(t *testing.T) {
 	for _, want := range []string{
 		`iifname "corg1" ip saddr != 100.64.0.1`,
 		`ip saddr {100.64.0.1} ip daddr {100.64.1.1} meta l4proto tcp th dport {5432} counter name "allow:shop:web:db" return`,
-		`100.64.0.1 . 100.64.1.1 : 0x1000000`,
 		`counter name "pair:shop:web:db" drop`,
 		`counter name "out:shop:web" drop`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, text)
 		}
+	}
+	if m := pairMark(text, "100.64.0.1", "100.64.1.1"); m != markHex(MarkEncrypt) {
+		t.Errorf("mark of 100.64.0.1 -> 100.64.1.1: %q, want %s", m, markHex(MarkEncrypt))
 	}
 	counts := r1.ruleCount()
 	if counts[chainGuestIn] == 0 || counts[chainForward] == 0 || counts[chainPrerouting] == 0 {
@@ -218,6 +221,79 @@ func TestConnsOfMatches(t *testing.T) {
 	} {
 		if got := m.MatchConntrackFlow(c.fl); got != c.want {
 			t.Errorf("%v -> %v: match %v, want %v", c.fl.Forward.SrcIP, c.fl.Forward.DstIP, got, c.want)
+		}
+	}
+}
+
+// pairMark is the mark the prerouting chain of text (ruleset.text) gives
+// a new packet from guest src to dst, or "" if none: the mark rules read
+// "ct direction original ... ip saddr {S} ip daddr {D} meta mark set M".
+func pairMark(text, src, dst string) string {
+	set := func(l, word string) []string {
+		i := strings.Index(l, word+" {")
+		if i < 0 {
+			return nil
+		}
+		rest := l[i+len(word)+2:]
+		return strings.Split(rest[:strings.Index(rest, "}")], ",")
+	}
+	mark := ""
+	for _, l := range strings.Split(text, "\n") {
+		l = strings.TrimSpace(l)
+		if !strings.HasPrefix(l, "prerouting: ") || !strings.Contains(l, "ct direction original") {
+			continue
+		}
+		i := strings.Index(l, "meta mark set ")
+		if i < 0 || !slices.Contains(set(l, "ip saddr"), src) || !slices.Contains(set(l, "ip daddr"), dst) {
+			continue
+		}
+		mark = l[i+len("meta mark set "):] // the last rule that matches wins
+	}
+	return mark
+}
+
+// The marks of a host's routes come in groups of sources and destinations
+// (one rule per class pair and path), not one element per pair: each pair
+// gets its route's mark, a pair of no route none, and a class pair of many
+// tasks gives one rule of two sets, linear in the tasks.
+func TestMarksGrouped(t *testing.T) {
+	var web, db, cache []netip.Addr
+	for i := range 300 {
+		web = append(web, netip.AddrFrom4([4]byte{100, 64, 0, byte(i%250 + 1)}))
+		if i >= 250 {
+			web[i] = netip.AddrFrom4([4]byte{100, 64, 3, byte(i - 249)})
+		}
+		db = append(db, netip.AddrFrom4([4]byte{100, 64, 1, byte(i%250 + 1)}))
+		if i >= 250 {
+			db[i] = netip.AddrFrom4([4]byte{100, 64, 4, byte(i - 249)})
+		}
+	}
+	cache = []netip.Addr{a("100.64.2.1"), a("100.64.2.2")}
+	var routes []compile.Route
+	for _, d := range db {
+		routes = append(routes, compile.Route{Sources: web, Dest: d, Server: "b", Encrypt: true})
+	}
+	for _, d := range cache {
+		routes = append(routes, compile.Route{Sources: web[:1], Dest: d, Server: "b"})
+	}
+	groups := groupMarks(routes)
+	if len(groups) != 2 {
+		t.Fatalf("%d groups, want 2 (web->db encrypted, web/0->cache plain)", len(groups))
+	}
+	if g := groups[0]; len(g.srcs) != 300 || len(g.dsts) != 300 || g.mark != MarkEncrypt {
+		t.Fatalf("first group: %d sources, %d destinations, mark %#x", len(g.srcs), len(g.dsts), g.mark)
+	}
+	d := &desired{marks: groups}
+	text := buildRuleset(d, "corw0").text()
+	for _, c := range []struct{ src, dst, want string }{
+		{"100.64.0.7", "100.64.4.50", markHex(MarkEncrypt)},
+		{"100.64.3.50", "100.64.1.1", markHex(MarkEncrypt)},
+		{"100.64.0.1", "100.64.2.2", markHex(MarkPlain)},
+		{"100.64.0.2", "100.64.2.2", ""}, // web/1 has no route to cache
+		{"100.64.1.1", "100.64.0.1", ""}, // no route that way
+	} {
+		if got := pairMark(text, c.src, c.dst); got != c.want {
+			t.Errorf("mark of %s -> %s: %q, want %q", c.src, c.dst, got, c.want)
 		}
 	}
 }
