@@ -347,7 +347,14 @@ func (a *Agent) pollLoop(ctx context.Context) {
 		index := a.targetRevision()
 		cp := a.controlPlane()
 		sp, canCarry := cp.(statusPoller)
-		carry := ack != 0 && canCarry && a.awaitAck(ctx)
+		carry := false
+		if ack != 0 {
+			done := a.awaitAck(ctx)
+			carry = done && canCarry
+			if done && !canCarry {
+				signal(a.kick) // the client changed (a renewal): report separately
+			}
+		}
 		ack = 0
 		start := time.Now()
 		var ds api.DesiredState
