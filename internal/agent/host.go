@@ -119,8 +119,16 @@ type HostConfig struct {
 	ArtifactUnusedFor time.Duration
 	// JoinTimeout bounds the first join (0: try until stopped).
 	JoinTimeout time.Duration
+	// MaxStarting bounds the guests starting at once (guest.Gate): 0 is
+	// DefaultMaxStarting, negative is no bound.
+	MaxStarting int
 	Logger      *slog.Logger
 }
+
+// DefaultMaxStarting is how many guests an agent starts at once by
+// default: twice the machine's CPUs, at least 4. A guest holds its slot
+// from its start until it is ready.
+func DefaultMaxStarting() int { return max(4, 2*runtime.NumCPU()) }
 
 // hostRuntimes opens the guest runtimes and the data plane of this host.
 // close releases their handles; guests and kernel state stay.
@@ -131,7 +139,12 @@ func hostRuntimes(cfg HostConfig, underlay string) (*guest.Manager, *dataplane.D
 	}
 	mtu := GuestMTU(underlay, log)
 	scope := GuestScope(cfg)
-	rt, err := nsguest.New(nsguest.Config{StateDir: GuestsDir(cfg.StateDir), Scope: scope, MTU: mtu, Logger: log})
+	n := cfg.MaxStarting
+	if n == 0 {
+		n = DefaultMaxStarting()
+	}
+	gate := guest.NewGate(n)
+	rt, err := nsguest.New(nsguest.Config{StateDir: GuestsDir(cfg.StateDir), Scope: scope, MTU: mtu, Logger: log, Gate: gate})
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -140,7 +153,7 @@ func hostRuntimes(cfg HostConfig, underlay string) (*guest.Manager, *dataplane.D
 	closers := []func() error{rt.Close}
 	// VM guests need QEMU; a host without it still runs netns guests, and
 	// a vm task placed on it reports why it cannot start.
-	vmrt, err := vm.New(vm.Config{StateDir: VMsDir(cfg.StateDir), Scope: scope, Image: cfg.VMImage, KVM: cfg.KVM, MTU: mtu, Logger: log})
+	vmrt, err := vm.New(vm.Config{StateDir: VMsDir(cfg.StateDir), Scope: scope, Image: cfg.VMImage, KVM: cfg.KVM, MTU: mtu, Logger: log, Gate: gate})
 	if err != nil {
 		log.Warn("vm guests unavailable on this host", "err", err)
 	} else {

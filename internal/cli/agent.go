@@ -114,6 +114,7 @@ that scrapes the agent directly (off by default; docs/metrics.md).`,
 	fl.DurationVar(&cfg.StatusInterval, "status-interval", agent.DefaultStatusInterval, "time between two status reports (heartbeats); keep it well under the server's --heartbeat-timeout")
 	fl.Int64Var(&cfg.ArtifactMaxSize, "artifact-max-size", artifact.DefaultMaxSize, "largest task program (artifact) this agent downloads, in bytes")
 	fl.DurationVar(&cfg.ArtifactUnusedFor, "artifact-unused-for", artifact.DefaultUnusedFor, "remove a cached artifact once no task has used it for this long")
+	fl.IntVar(&cfg.MaxStarting, "max-starting", 0, "guests started at once, each holding its turn until it is ready; more wait (default: twice the CPUs, at least 4; -1: no bound)")
 	fl.DurationVar(&cfg.MoveGrace, "move-grace", agent.DefaultMoveGrace, "how long the connections still open to a task about to move off a server (drain) may go on before its address switches to the new copy; new connections to it wait meanwhile (their clients send the SYN again)")
 	fl.DurationVar(&cfg.FenceAfter, "fence-after", 0, "stop this host's paths (guests keep running, cut off) after this long without an acknowledged status report, until the server answers again; set it under the server's --heartbeat-timeout (0: never fence, serve the last state through any outage)")
 	addConfigFlag(cmd, "/etc/corridor/agent.yaml")

@@ -43,7 +43,7 @@ type appEntry struct {
 	gen   uint64
 	fp    []byte // nil when not memoised
 	done  bool   // paths and parts hold this fingerprint's results
-	paths []Path
+	paths *pathGen
 	parts map[int32]*hostPart // by server index
 }
 

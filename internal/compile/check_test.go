@@ -203,15 +203,20 @@ func checkPlan(in Input, p *Plan) error {
 	paths := p.Paths.Flat()
 	n := 0
 	for i, g := range p.Paths.Apps() {
-		if len(g.Paths) == 0 || (i > 0 && p.Paths.Apps()[i-1].App >= g.App) {
-			return fmt.Errorf("path group %d (app %q, %d paths) is empty or out of order", i, g.App, len(g.Paths))
+		if g.Len() == 0 || (i > 0 && p.Paths.Apps()[i-1].App >= g.App) {
+			return fmt.Errorf("path group %d (app %q, %d paths) is empty or out of order", i, g.App, g.Len())
 		}
-		for _, pa := range g.Paths {
+		m := 0
+		for pa := range g.All() {
 			if pa.App != g.App {
 				return fmt.Errorf("path %s -> %s of app %s in the group of app %s", pa.From, pa.To, pa.App, g.App)
 			}
+			m++
 		}
-		n += len(g.Paths)
+		if m != g.Len() {
+			return fmt.Errorf("path group of app %s: Len() = %d, but it yields %d paths", g.App, g.Len(), m)
+		}
+		n += m
 	}
 	if n != p.Paths.Len() {
 		return fmt.Errorf("Paths.Len() = %d, but the groups hold %d", p.Paths.Len(), n)

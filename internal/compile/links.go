@@ -202,24 +202,33 @@ func (a *app) importEnv(cl *class) []envVar {
 	return out
 }
 
-// linkPaths appends the paths of app a's links from task f.
-func (c *compiler) linkPaths(out []Path, a *app, f *task) []Path {
+// linkTargets appends to targets (the destinations of class cl's own
+// rules, in class name order) those of app a's links from cl, one per
+// class of an imported service with its links by protocol (c.links is
+// sorted so), and orders them all by (app, class): the order of paths
+// within an app, where the paths to another app's tasks fall among the
+// app's own by app name.
+func (c *compiler) linkTargets(targets []pathTarget, a *app, cl *class, ptasks func(*class) []pathTask) []pathTarget {
+	own := len(targets)
 	for _, li := range a.links {
 		l := &c.links[li]
-		if l.from != f.class {
+		if l.from != cl || len(l.to.tasks) == 0 {
 			continue
 		}
-		for _, ti := range l.to.tasks {
-			t := &c.tasks[ti]
-			out = append(out, Path{
-				App: a.name, ToApp: l.toApp.name, From: f.id, To: t.id, FromClass: f.class.name, ToClass: l.to.name,
-				FromServer: c.servers[f.server].spec.Name, ToServer: c.servers[t.server].spec.Name,
-				FromAddr: f.addr, ToAddr: t.addr, Protocol: l.protocol, Ports: l.ports,
-				Encrypt: l.encrypt, Local: f.server == t.server,
-			})
+		r := pathRule{protocol: l.protocol, ports: l.ports, encrypt: l.encrypt}
+		if n := len(targets); n > own && targets[n-1].toApp == l.toApp.name && targets[n-1].class == l.to.name {
+			targets[n-1].rules = append(targets[n-1].rules, r)
+			continue
 		}
+		targets = append(targets, pathTarget{toApp: l.toApp.name, class: l.to.name, tasks: ptasks(l.to), rules: []pathRule{r}})
 	}
-	return out
+	if len(targets) > own {
+		app := func(t *pathTarget) string { return cmp.Or(t.toApp, a.name) }
+		slices.SortStableFunc(targets, func(x, y pathTarget) int {
+			return cmp.Or(strings.Compare(app(&x), app(&y)), strings.Compare(x.class, y.class))
+		})
+	}
+	return targets
 }
 
 // linkGens extends a host's cache key (the generations of its apps) with
@@ -364,23 +373,4 @@ func (c *compiler) addLinks(hs *HostState, s *server) {
 	}
 	slices.SortFunc(vx, func(x, y VXLANEntry) int { return strings.Compare(x.Server, y.Server) })
 	hs.VXLAN = vx
-}
-
-// sortByDest sorts the paths of one source task by destination task (app,
-// class, index) and protocol, the order of paths within an app: the
-// paths to another app's tasks fall among the app's own by app name.
-func sortByDest(ps []Path) {
-	key := func(p *Path) (string, string, int) {
-		app := p.App
-		if p.ToApp != "" {
-			app = p.ToApp
-		}
-		i, _ := strconv.Atoi(p.To[strings.LastIndexByte(p.To, '/')+1:])
-		return app, p.ToClass, i
-	}
-	slices.SortStableFunc(ps, func(x, y Path) int {
-		xa, xc, xi := key(&x)
-		ya, yc, yi := key(&y)
-		return cmp.Or(strings.Compare(xa, ya), strings.Compare(xc, yc), cmp.Compare(xi, yi), strings.Compare(x.Protocol, y.Protocol))
-	})
 }

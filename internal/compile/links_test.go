@@ -31,7 +31,7 @@ func crossPaths(p *Plan) []Path {
 	var out []Path
 	for pa := range p.Paths.All() {
 		if pa.ToApp != "" {
-			out = append(out, *pa)
+			out = append(out, pa)
 		}
 	}
 	return out

@@ -40,68 +40,76 @@ func (c *compiler) planTasks() []Task {
 	return out
 }
 
-// paths lists one Path per rule and pair of distinct tasks, in the order
-// of the tasks (app, class name, index) and then of the protocol. They come
-// out sorted by construction: sorting half a million paths would cost more
-// than making them. An app whose cache entry already holds its paths
-// hands them over as they are, shared, not copied.
+// paths gives each app its paths: not the paths themselves (one per rule
+// and pair of distinct tasks, half a million in a large fleet) but what
+// they are derived from (pathGen), in the order of the tasks (app, class
+// name, index) and then of the destination and the protocol. An app whose
+// cache entry already holds its paths hands them over as they are.
 func (c *compiler) paths() Paths {
 	ps := Paths{apps: make([]AppPaths, 0, len(c.apps))}
+	var ptasks map[*class][]pathTask
 	for _, a := range c.apps {
 		e := a.entry
 		if !e.done {
-			n := 0
-			for _, r := range a.rules {
-				n += len(r.from.tasks) * len(r.to.tasks)
-				if r.from == r.to {
-					n -= len(r.from.tasks)
-				}
+			if ptasks == nil {
+				ptasks = map[*class][]pathTask{}
 			}
-			for _, li := range a.links {
-				n += len(c.links[li].from.tasks) * len(c.links[li].to.tasks)
-			}
-			out := c.appPaths(make([]Path, 0, n), a)
-			e.paths, e.done = out[:len(out):len(out)], true
+			e.paths, e.done = c.pathGen(a, ptasks), true
 		}
-		ps.add(a.name, e.paths)
+		ps.addGen(e.paths)
 	}
 	return ps
 }
 
-// appPaths appends app a's paths to out.
-func (c *compiler) appPaths(out []Path, a *app) []Path {
-	for _, fi := range a.tasks {
-		f := &c.tasks[fi]
-		start := len(out)
-		rules := f.class.out // sorted by (to class name, protocol)
+// pathGen captures what app a's paths are derived from. tasks memoises
+// each class's pathTasks, shared by every app's targets in this compile.
+func (c *compiler) pathGen(a *app, tasks map[*class][]pathTask) *pathGen {
+	ptasks := func(cl *class) []pathTask {
+		if pt, ok := tasks[cl]; ok {
+			return pt
+		}
+		pt := make([]pathTask, len(cl.tasks))
+		for i, ti := range cl.tasks {
+			t := &c.tasks[ti]
+			pt[i] = pathTask{id: t.id, server: c.servers[t.server].spec.Name, addr: t.addr}
+		}
+		tasks[cl] = pt
+		return pt
+	}
+	g := &pathGen{app: a.name}
+	for _, cl := range a.byName {
+		if len(cl.tasks) == 0 {
+			continue
+		}
+		var targets []pathTarget
+		rules := cl.out // sorted by (to class name, protocol)
 		for i := 0; i < len(rules); {
 			to := a.rules[rules[i]].to
 			j := i
-			for j < len(rules) && a.rules[rules[j]].to == to {
-				j++
+			tg := pathTarget{class: to.name, tasks: ptasks(to)}
+			for ; j < len(rules) && a.rules[rules[j]].to == to; j++ {
+				r := &a.rules[rules[j]]
+				tg.rules = append(tg.rules, pathRule{protocol: r.protocol, ports: r.ports, encrypt: r.encrypt, self: to == cl})
 			}
-			for _, ti := range to.tasks {
-				if ti == fi {
-					continue
-				}
-				t := &c.tasks[ti]
-				for _, ri := range rules[i:j] {
-					r := &a.rules[ri]
-					out = append(out, Path{
-						App: a.name, From: f.id, To: t.id, FromClass: f.class.name, ToClass: to.name,
-						FromServer: c.servers[f.server].spec.Name, ToServer: c.servers[t.server].spec.Name,
-						FromAddr: f.addr, ToAddr: t.addr, Protocol: r.protocol, Ports: r.ports,
-						Encrypt: r.encrypt, Local: f.server == t.server,
-					})
-				}
-			}
+			targets = append(targets, tg)
 			i = j
 		}
-		if n := len(out); len(a.links) > 0 {
-			if out = c.linkPaths(out, a, f); len(out) > n {
-				sortByDest(out[start:])
+		targets = c.linkTargets(targets, a, cl, ptasks)
+		n := 0
+		for _, tg := range targets {
+			for _, r := range tg.rules {
+				m := len(tg.tasks)
+				if r.self {
+					m--
+				}
+				n += m
 			}
 		}
+		if n == 0 {
+			continue
+		}
+		g.sources = append(g.sources, pathSource{class: cl.name, tasks: ptasks(cl), targets: targets})
+		g.n += n * len(cl.tasks)
 	}
-	return out
+	return g
 }

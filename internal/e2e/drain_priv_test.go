@@ -142,7 +142,7 @@ func TestDrainMakeBeforeBreak(t *testing.T) {
 	t.Logf("ingress loop: %s", ingress)
 	for _, l := range []*heldLoop{direct, ingress} {
 		if l.failed() > 0 {
-			t.Errorf("%d requests failed during the drain (%s); first: %v", l.failed(), l, l.firstErr())
+			t.Errorf("%d requests failed during the drain (%s); drain asked at %s; failures: %v", l.failed(), l, start.Format("15:04:05.000"), l.allErrs())
 		}
 	}
 	for _, ti := range after {
@@ -189,7 +189,8 @@ func startHeldLoop(req func(ctx context.Context) error) *heldLoop {
 			took := time.Since(began)
 			l.mu.Lock()
 			if err != nil {
-				l.errs = append(l.errs, err)
+				// When, to set against the move's events.
+				l.errs = append(l.errs, fmt.Errorf("sent %s, failed after %s: %w", began.Format("15:04:05.000"), took.Round(time.Millisecond), err))
 			} else {
 				l.ok++
 				l.slowest = max(l.slowest, took)
@@ -222,6 +223,12 @@ func (l *heldLoop) failed() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.errs)
+}
+
+func (l *heldLoop) allErrs() []error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.errs)
 }
 
 func (l *heldLoop) firstErr() error {

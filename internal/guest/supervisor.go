@@ -114,6 +114,10 @@ type SupervisorConfig struct {
 	// Ready, if set, makes a started program "starting" until it is
 	// ready; without it a started program is running.
 	Ready *Readiness
+	// Gate, if set, bounds the programs starting at once (shared by the
+	// agent's supervisors): this one waits for a slot before it starts
+	// its program and holds it until the program is ready or ends.
+	Gate *Gate
 }
 
 // Supervisor keeps one task's program running: it starts it, restarts it
@@ -266,9 +270,27 @@ func (s *Supervisor) Run(p Program) {
 			s.afterExit()
 			p, delay = nil, c.Policy.BackoffMin
 		}
+		var sl slot
 		if p == nil {
+			if c.Gate.Size() > 0 && c.Gate.Starting() >= c.Gate.Size() {
+				s.set(api.TaskStarting, fmt.Sprintf("waiting to start: %d programs are starting on this host (at most %d at once)", c.Gate.Starting(), c.Gate.Size()), 0)
+				// The start is queued: whoever waits for the first
+				// attempt (the agent's reconcile, guest by guest) goes
+				// on; the status says how it ends.
+				s.markFirst(nil)
+			}
+			if !c.Gate.acquire(s.stopc, s.detachc) {
+				select {
+				case <-s.stopc:
+					s.set(api.TaskStopped, "", 0)
+				default:
+				}
+				return
+			}
+			sl = slot{g: c.Gate, held: c.Gate != nil}
 			np, err := c.Start()
 			if err != nil {
+				sl.release()
 				log.Warn(c.Noun+" did not start", "task", c.Task, "err", err, "retry_in", delay)
 				s.set(api.TaskFailed, fmt.Sprintf("start failed: %v; retrying in %s", err, delay), 0)
 				s.markFirst(err)
@@ -283,6 +305,7 @@ func (s *Supervisor) Run(p Program) {
 		}
 		ready := c.Ready == nil || c.Ready.Check(p)
 		if ready {
+			sl.release()
 			s.set(api.TaskRunning, "", p.Record().PID)
 		} else {
 			msg := c.Ready.Waiting
@@ -292,7 +315,8 @@ func (s *Supervisor) Run(p Program) {
 			s.set(api.TaskStarting, msg, p.Record().PID)
 		}
 		s.markFirst(nil)
-		ended, killed, ok := s.watch(p, ready)
+		ended, killed, ok := s.watch(p, ready, sl.release)
+		sl.release()
 		if !ok {
 			return
 		}
@@ -327,7 +351,7 @@ func (s *Supervisor) Run(p Program) {
 // not), to end, for a change of what it should run, or for Stop or
 // Detach. ended says the program is gone (killed: why, when the
 // supervisor killed it); ok is false when Run must return.
-func (s *Supervisor) watch(p Program, ready bool) (ended bool, killed string, ok bool) {
+func (s *Supervisor) watch(p Program, ready bool, onReady func()) (ended bool, killed string, ok bool) {
 	c := s.cfg
 	var poll <-chan time.Time
 	var deadline time.Time
@@ -356,6 +380,7 @@ func (s *Supervisor) watch(p Program, ready bool) (ended bool, killed string, ok
 			rec := p.Record()
 			if c.Ready.Check(p) {
 				poll = nil
+				onReady()
 				s.set(api.TaskRunning, "", rec.PID)
 				c.Log.Info(c.Noun+" ready", "task", c.Task, "pid", rec.PID, "boot", time.Since(rec.Started).Round(time.Millisecond))
 				continue

@@ -74,6 +74,12 @@ type controller struct {
 	// moveHosts are the hosts the move under way concerns (mu): only
 	// their reports ask for a reconcile.
 	moveHosts map[string]bool
+	// moveLook is when the tick next looks at the move under way (unix
+	// nanoseconds): its phase's timeout, or a while later when reports
+	// should have moved it on. The reports of the hosts it concerns are
+	// what moves it (statusSeen); a reconcile at every tick compiled the
+	// fleet three times a second for the whole move.
+	moveLook atomic.Int64
 }
 
 func newController(st *store.Store, h *hub, m *metrics, log *slog.Logger, id string, ttl int, timeout time.Duration) *controller {
@@ -220,7 +226,7 @@ func (c *controller) tick(ctx context.Context, since, now time.Time) {
 	c.mu.Lock()
 	downChanged := downKey(states) != c.lastDown
 	c.mu.Unlock()
-	if downChanged || c.moving.Load() {
+	if downChanged || c.moveDue(now) {
 		c.trigger()
 	}
 	if c.keyRotation > 0 && now.Sub(c.lastRotateCheck) >= c.rotateCheckEvery() {
@@ -479,7 +485,7 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	get := func(app string) *store.AppPlacement {
 		p := byApp[app]
 		if p == nil {
-			p = &store.AppPlacement{App: app, Tasks: []compile.Task{}, Paths: []compile.Path{}}
+			p = &store.AppPlacement{App: app, Tasks: []compile.Task{}}
 			byApp[app] = p
 		}
 		return p
@@ -497,7 +503,7 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	}
 	for _, ap := range plan.Paths.Apps() {
 		// Shared with the plan, which nothing changes.
-		get(ap.App).Paths = ap.Paths
+		get(ap.App).Paths = ap
 	}
 	old := map[string]store.AppPlacement{}
 	where := map[string]string{}
@@ -515,7 +521,7 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	}
 	var puts []store.EncodedPlacement
 	for app, p := range byApp {
-		nb, err := json.Marshal(p)
+		nb, err := p.Encode()
 		if err != nil {
 			return moved, fmt.Errorf("encode placement of %s: %w", app, err)
 		}
@@ -573,7 +579,7 @@ func (p *placedCache) encoded(o store.AppPlacement) []byte {
 	if ok && e.rev == o.Revision && o.Revision != 0 {
 		return e.data
 	}
-	b, err := json.Marshal(o)
+	b, err := o.Encode()
 	if err != nil {
 		return nil // compares unequal: written again
 	}

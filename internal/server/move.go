@@ -36,6 +36,12 @@ import (
 //	        ones end (hoststate.State.Hold; the agent reports the state
 //	        applied when none is left, or after its --move-grace). Done
 //	        when every host has applied it: no request is in flight.
+//	route   the new hosts route the tasks to their copies (their own
+//	        guests reach them at once); every other host still holds. Done
+//	        when the new hosts have applied it: a copy is routed on its own
+//	        host before any other host sends it a packet, which without
+//	        this phase could arrive first and be answered "no route to
+//	        host" (a refused connection instead of a held one).
 //	switch  every host but the old ones routes the tasks to their new
 //	        copies; the held SYNs, sent again, reach them. Done when every
 //	        host has applied it; then the old hosts drop the old copies and
@@ -173,10 +179,16 @@ func (c *controller) stepMove(ctx context.Context, guard []clientv3.Cmp, sn *sto
 		if err := c.st.PutMove(ctx, guard, rec); err != nil {
 			return direct, err
 		}
+		if rec.Phase == store.MoveRoute {
+			c.log.Info("task move: the new hosts route the copies", "tasks", moveSummary(rec), "why", why)
+		}
 		for _, m := range rec.Tasks {
 			msg := fmt.Sprintf("%s: new connections to it are held on every host while the open ones end", why)
 			action := EventTaskHeld
-			if rec.Phase == store.MoveSwitch {
+			switch rec.Phase {
+			case store.MoveRoute:
+				continue // logged above; the next event is the switch
+			case store.MoveSwitch:
 				action, msg = EventTaskMoved, fmt.Sprintf("%s: every host but %s routes it to its copy on %s", why, m.From, m.To)
 			}
 			c.event(ctx, action, "task/"+m.Task, msg)
@@ -191,7 +203,18 @@ func (c *controller) stepMove(ctx context.Context, guard []clientv3.Cmp, sn *sto
 		c.log.Warn("task move timed out; moving in one step", "phase", rec.Phase, "why", why)
 		return moveView{hosts: next.Hosts, place: next}, nil
 	}
+	c.moveLook.Store(min(rec.Since.Add(c.timeoutOfMove()).UnixNano(), now.Add(moveRecheck).UnixNano()))
 	return moveView{hosts: moveStates(rec, old, next), place: old}, nil
+}
+
+// moveRecheck is how often the tick looks at a move under way between
+// its reports: a report seen before the reconcile that could use it (an
+// etcd write racing the watch) is picked up then.
+const moveRecheck = 5 * time.Second
+
+// moveDue tells the tick whether to look at the move under way now.
+func (c *controller) moveDue(now time.Time) bool {
+	return c.moving.Load() && now.UnixNano() >= c.moveLook.Load()
 }
 
 // stopMoving records that no move is under way.
@@ -224,6 +247,8 @@ func nextMovePhase(p string) string {
 	switch p {
 	case store.MoveStage:
 		return store.MoveHold
+	case store.MoveHold:
+		return store.MoveRoute
 	default:
 		return store.MoveSwitch
 	}
@@ -271,8 +296,11 @@ func (c *controller) movePhaseDone(ctx context.Context, rec *store.MoveRecord, h
 			return false, fmt.Sprintf("%s has not applied revision %d yet", name, h.DesiredRevision)
 		}
 	}
-	if rec.Phase == store.MoveHold {
+	switch rec.Phase {
+	case store.MoveHold:
 		return true, "no connection left to it in flight"
+	case store.MoveRoute:
+		return true, "the new hosts route to their copies"
 	}
 	return true, "every host routes to the copy"
 }
@@ -309,10 +337,30 @@ func moveStates(rec *store.MoveRecord, old, next *compile.Plan) []compile.HostSt
 		addrs = append(addrs, m.Address)
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
+	to := map[string]bool{}
+	for _, m := range rec.Tasks {
+		to[m.To] = true
+	}
 	out := make([]compile.HostState, len(old.Hosts))
 	for i, hs := range old.Hosts {
-		if rec.Phase == store.MoveSwitch && !from[hs.Host] {
+		switch {
+		case rec.Phase == store.MoveSwitch && !from[hs.Host]:
 			out[i] = next.Hosts[i]
+			continue
+		case rec.Phase == store.MoveRoute && to[hs.Host] && !from[hs.Host]:
+			// The state after the move, holding the moving tasks it
+			// does not run (their new hosts may not route them yet).
+			hs = next.Hosts[i]
+			var held []netip.Addr
+			for _, a := range mentioned(hs, addrs) {
+				if !slices.ContainsFunc(hs.Guests, func(g compile.Guest) bool { return g.Address == a }) {
+					held = append(held, a)
+				}
+			}
+			if len(held) > 0 {
+				hs.Hold, hs.Schema = held, hoststate.SchemaMove
+			}
+			out[i] = hs
 			continue
 		}
 		// Staged copies of the tasks moving here, as the fleet after the

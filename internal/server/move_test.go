@@ -22,6 +22,7 @@ type moveAgent struct {
 	mu      sync.Mutex
 	noStart map[string]bool
 	seen    []hoststate.State
+	seenAt  []time.Time // when each of seen was received
 	lastRev int64
 }
 
@@ -33,6 +34,7 @@ func (m *moveAgent) step(ctx context.Context) error {
 	m.mu.Lock()
 	if ds.Revision != m.lastRev {
 		m.seen, m.lastRev = append(m.seen, ds.State), ds.Revision
+		m.seenAt = append(m.seenAt, time.Now())
 	}
 	var tasks []api.TaskStatus
 	for _, g := range slices.Concat(ds.State.Guests, ds.State.Staged) {
@@ -42,6 +44,19 @@ func (m *moveAgent) step(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 	return m.a.c.ReportStatus(ctx, m.a.name, api.Status{Name: m.a.name, AppliedRevision: ds.Revision, Tasks: tasks})
+}
+
+// firstAt is when the agent first received a state for which f holds
+// (zero if never), and that state's index.
+func (m *moveAgent) firstAt(f func(hoststate.State) bool) (time.Time, int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, st := range m.seen {
+		if f(st) {
+			return m.seenAt[i], i
+		}
+	}
+	return time.Time{}, -1
 }
 
 func (m *moveAgent) states() []hoststate.State {
@@ -82,7 +97,10 @@ func moveFleetWith(t *testing.T, cfg Config, before func(*testServer), noStart .
 			}
 		})
 	}
-	if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp("mv", 2, "a"))); err != nil {
+	// The tasks reach each other: every host of the app routes to the
+	// moving task.
+	app := oneClassApp("mv", 2, "a") + "rules:\n  - {from: c, to: c, ports: [80], encrypt: true}\n"
+	if _, err := ts.admin.ApplyApp(bg, []byte(app)); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "two tasks placed and running", func() (bool, string) {
@@ -174,6 +192,26 @@ func TestMoveMakeBeforeBreak(t *testing.T) {
 	// no guest of the app here.)
 	if len(phases) < 2 || phases[0] != "staged" || phases[len(phases)-1] != "guest" || slices.Index(phases, "guest") != len(phases)-1 {
 		t.Errorf("the new host %s went through %v, want staged first, then guest", to, phases)
+	}
+	// The new host routed its copy (and applied that state: the agent
+	// asks for the next state only after reporting this one) before any
+	// other host was told to send to it there.
+	routed, _ := agents[to].firstAt(func(st hoststate.State) bool {
+		return slices.ContainsFunc(st.Guests, func(g hoststate.Guest) bool { return g.Task == moving.ID })
+	})
+	for name, m := range agents {
+		if name == to || name == from {
+			continue
+		}
+		sent, i := m.firstAt(func(st hoststate.State) bool {
+			return slices.ContainsFunc(st.Routes, func(r hoststate.Route) bool { return r.Dest == moving.Address && r.Server == to })
+		})
+		if i < 0 {
+			t.Fatalf("%s never routed %s to %s", name, moving.Address, to)
+		}
+		if routed.IsZero() || sent.Before(routed) {
+			t.Errorf("%s was told to send %s to %s at %s, before %s routed its copy (%s)", name, moving.Address, to, sent.Format("15:04:05.000"), to, routed.Format("15:04:05.000"))
+		}
 	}
 	// The old host held the task, and kept its copy until every other
 	// host had switched: its last state with the task is a held one.

@@ -72,7 +72,7 @@ type pathKey struct{ app, from, to, proto string }
 func pathChanges(sn *store.Snapshot, p *compile.Plan) []api.PathChange {
 	old := map[pathKey]compile.Path{}
 	for _, pl := range sn.Placement {
-		for _, pa := range pl.Paths {
+		for pa := range pl.Paths.All() {
 			old[pathKey{pa.App, pa.From, pa.To, pa.Protocol}] = pa
 		}
 	}
@@ -89,8 +89,7 @@ func pathChanges(sn *store.Snapshot, p *compile.Plan) []api.PathChange {
 		}
 		return pairs[k]
 	}
-	for pp := range p.Paths.All() {
-		pa := *pp
+	for pa := range p.Paths.All() {
 		k := pathKey{pa.App, pa.From, pa.To, pa.Protocol}
 		prev, ok := old[k]
 		delete(old, k)

@@ -210,7 +210,7 @@ func (s *Server) buildReport(sn *store.Snapshot, rec store.AppRecord, statuses m
 			rep.Tasks = append(rep.Tasks, rt)
 			servers[t.Server] = true
 		}
-		for _, pa := range pl.Paths {
+		for pa := range pl.Paths.All() {
 			ref := pathRef(pa)
 			p := report.Path{From: pa.From, To: pa.To, FromClass: pa.FromClass, ToClass: pa.ToClass,
 				FromServer: pa.FromServer, ToServer: pa.ToServer, Kind: ref.Kind, Ports: ref.Ports, HandshakeAge: -1}

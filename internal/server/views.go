@@ -220,7 +220,7 @@ func (s *Server) listPaths(w http.ResponseWriter, r *http.Request) {
 func pathInfos(sn *store.Snapshot, statuses map[string]store.StatusRecord, app, server string, now time.Time) []api.PathInfo {
 	out := []api.PathInfo{}
 	for _, p := range sn.Placement {
-		for _, pa := range p.Paths {
+		for pa := range p.Paths.All() {
 			// An app's paths are its own and those into it from apps
 			// that import its services.
 			if app != "" && pa.App != app && pa.ToApp != app {

@@ -16,7 +16,7 @@ import (
 func TestLargePlacementStored(t *testing.T) {
 	s := open(t, t.TempDir(), 0)
 	defer s.Close()
-	p := AppPlacement{App: "big", Network: netip.MustParsePrefix("100.64.0.0/16"), Paths: []compile.Path{}}
+	p := AppPlacement{App: "big", Network: netip.MustParsePrefix("100.64.0.0/16")}
 	for i := range 5000 {
 		tk := compile.Task{ID: fmt.Sprintf("big/c/%d", i), App: "big", Class: "c", Index: i, Server: fmt.Sprintf("h%04d", i)}
 		for j := range 16 {

@@ -69,7 +69,7 @@ func TestMirrorFollowsWrites(t *testing.T) {
 	if _, err := s.WriteDesired(bg, nil, []DesiredWrite{{Host: "s1", Data: []byte(`{"host":"s1"}`)}, {Host: "s2", Data: []byte(`{"host":"s2"}`)}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.WritePlacement(bg, nil, []AppPlacement{{App: "a", Tasks: []compile.Task{{ID: "a/c/0", Server: "s1"}}, Paths: []compile.Path{}}}, nil); err != nil {
+	if err := s.WritePlacement(bg, nil, []AppPlacement{{App: "a", Tasks: []compile.Task{{ID: "a/c/0", Server: "s1"}}}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	// A status is no input of the controller's: not mirrored, no harm.

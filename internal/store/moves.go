@@ -18,6 +18,7 @@ const keyMove = "move"
 const (
 	MoveStage  = "stage"  // the new hosts run staged copies, unrouted
 	MoveHold   = "hold"   // every host holds new connections to the tasks and lets open ones end
+	MoveRoute  = "route"  // the new hosts route the tasks to their copies; every other host still holds
 	MoveSwitch = "switch" // every host but the old ones routes the tasks to their new copies
 )
 

@@ -97,11 +97,83 @@ type AppPlacement struct {
 	App     string         `json:"app"`
 	Network netip.Prefix   `json:"network"`
 	Tasks   []compile.Task `json:"tasks"`
-	Paths   []compile.Path `json:"paths"`
+	// Paths are the app's paths, one list in JSON; as the controller
+	// writes it, derived from the plan while it is encoded.
+	Paths compile.AppPaths `json:"paths"`
 	// Pending are the app's tasks no server could take at the last
 	// compile (compile.Plan.Pending): no server, an address kept.
 	Pending  []compile.Task `json:"pending,omitempty"`
 	Revision int64          `json:"-"`
+}
+
+// Encode is the record as etcd keeps it. Paths a compile made are written
+// in their path-set form ("pathSet", compile.PathSet: each class's tasks
+// and the rules between classes, linear in the tasks), with "paths" left
+// an empty list: a rule between two classes of 500 tasks is 250,000 paths,
+// 62 MB as a list, more than etcd takes in one request. (A server of an
+// earlier version reads such a record as one without paths.) Paths read
+// from a flat list (an earlier record) are written as they came, and the
+// record is then json.Marshal(p) byte for byte (TestPlacementEncode).
+func (p AppPlacement) Encode() ([]byte, error) {
+	if p.Paths.Compact() {
+		set, err := json.Marshal(compile.PathSet{Paths: p.Paths})
+		if err != nil {
+			return nil, err
+		}
+		flat := p
+		flat.Paths = compile.AppPaths{}
+		b, err := flat.encode(0)
+		if err != nil {
+			return nil, err
+		}
+		b = b[:len(b)-1]
+		return append(append(append(b, `,"pathSet":`...), set...), '}'), nil
+	}
+	return p.encode(p.Paths.Len())
+}
+
+// UnmarshalJSON reads a record of either form (Encode).
+func (p *AppPlacement) UnmarshalJSON(b []byte) error {
+	type plain AppPlacement // without this method
+	var x struct {
+		plain
+		PathSet *compile.PathSet `json:"pathSet"`
+	}
+	if err := json.Unmarshal(b, &x); err != nil {
+		return err
+	}
+	*p = AppPlacement(x.plain)
+	if x.PathSet != nil {
+		p.Paths = x.PathSet.Paths
+	}
+	return nil
+}
+
+// encode is json.Marshal(p), made faster: the paths are written by their
+// own encoder and not checked again by encoding/json. n sizes the buffer.
+func (p AppPlacement) encode(n int) ([]byte, error) {
+	b := make([]byte, 0, 256+200*len(p.Tasks)+280*n)
+	b = append(b, `{"app":`...)
+	for _, f := range []struct {
+		sep string
+		v   any
+	}{{"", p.App}, {`,"network":`, p.Network}, {`,"tasks":`, p.Tasks}} {
+		js, err := json.Marshal(f.v)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(b, f.sep...), js...)
+	}
+	b = append(b, `,"paths":`...)
+	b = p.Paths.AppendJSON(b)
+	if len(p.Pending) > 0 {
+		js, err := json.Marshal(p.Pending)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(b, `,"pending":`...), js...)
+	}
+	return append(b, '}'), nil
 }
 
 // StatusRecord is an agent's last report and when the server got it.
@@ -491,7 +563,7 @@ func (s *Store) WriteDesired(ctx context.Context, guard []clientv3.Cmp, writes [
 func (s *Store) WritePlacement(ctx context.Context, guard []clientv3.Cmp, puts []AppPlacement, deletes []string) error {
 	enc := make([]EncodedPlacement, 0, len(puts))
 	for _, p := range puts {
-		b, err := json.Marshal(p)
+		b, err := p.Encode()
 		if err != nil {
 			return fmt.Errorf("store: encode placement of %s: %w", p.App, err)
 		}

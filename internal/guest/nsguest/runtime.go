@@ -66,6 +66,9 @@ type Config struct {
 	BackoffMax  time.Duration
 	Grace       time.Duration // between SIGTERM and SIGKILL
 	LogMaxBytes int64         // default guest.DefaultLogMaxBytes
+	// Gate bounds the programs starting at once (guest.Gate), shared
+	// with the agent's other runtimes; nil: no bound.
+	Gate *guest.Gate
 }
 
 // Runtime is the netns guest runtime. It implements guest.Runtime.
@@ -237,6 +240,7 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 		// guest-init), not when guest-init is, so that "running" (and
 		// `apply --wait`) never reports a program that has not started.
 		Ready: &guest.Readiness{Check: programStarted, Every: 20 * time.Millisecond, Timeout: 30 * time.Second, Waiting: "sealing the guest, starting the program"},
+		Gate:  r.cfg.Gate,
 	})
 	// An agent restart finds the program of the agent before still
 	// running: watch it instead of starting a second copy.

@@ -220,14 +220,18 @@ func contains(list []string, s string) bool {
 func programPID(t testing.TB, pid int) int {
 	t.Helper()
 	var child int
-	waitFor(t, "guest-init's child", 5*time.Second, func() bool {
+	initExe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	// The child exists from guest-init's fork; until it has exec'd the
+	// program it is a copy of guest-init (its environment too).
+	waitFor(t, "guest-init's child, the program", 5*time.Second, func() bool {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 		f := strings.Fields(string(b))
 		if err != nil || len(f) == 0 {
 			return false
 		}
 		child, err = strconv.Atoi(f[0])
-		return err == nil
+		exe, xerr := os.Readlink(fmt.Sprintf("/proc/%d/exe", child))
+		return err == nil && xerr == nil && exe != initExe
 	})
 	return child
 }

@@ -65,6 +65,7 @@ func newTask(r *Runtime, task, dir string, want launch, adopted *qemuProc) *vmTa
 		},
 		WantHash:  func() string { return t.wanted().hash },
 		AfterExit: func() { os.Remove(filepath.Join(dir, pidFile)) },
+		Gate:      r.cfg.Gate,
 		Detail: func(p guest.Program) string {
 			return "console: " + consoleTail(t.logPath(), p.(*qemuProc).LogOffset, consoleLines)
 		},

@@ -85,6 +85,10 @@ type Config struct {
 	// recorded keeps the name it was made with.
 	Scope  string
 	Logger *slog.Logger
+	// Gate bounds the programs starting at once (guest.Gate), shared
+	// with the agent's other runtimes: a VM holds a slot until it is
+	// ready. nil: no bound.
+	Gate *guest.Gate
 }
 
 // Runtime is the VM guest runtime. It implements guest.Runtime.
