@@ -310,6 +310,12 @@ func (c *Client) RotateKey(ctx context.Context, name string) (Server, error) {
 // Filter narrows ListTasks and ListPaths; empty fields match everything.
 type Filter struct {
 	App, Server, Task string
+	// ServerPairs asks ListPaths for the encrypted paths between two
+	// servers only, one per (app, source server, destination server)
+	// with its Count: what a wait for handshakes needs, without listing
+	// the 250,000 paths of two classes of 500 tasks. A server of an
+	// earlier version lists every path (Count 0).
+	ServerPairs bool
 }
 
 func (f Filter) query() url.Values {
@@ -322,6 +328,9 @@ func (f Filter) query() url.Values {
 	}
 	if f.Task != "" {
 		q.Set("task", f.Task)
+	}
+	if f.ServerPairs {
+		q.Set("pairs", "1")
 	}
 	return q
 }

@@ -316,6 +316,9 @@ type PathInfo struct {
 	// HandshakeAge is the time since the last WireGuard handshake, in
 	// seconds (-1: never, or not reported).
 	HandshakeAge float64 `json:"handshakeAge"`
+	// Count, in a list asked for with Filter.ServerPairs, is how many
+	// paths this one stands for (0 in a list of every path: one).
+	Count int `json:"count,omitempty"`
 }
 
 // PlanResult is a dry run: what an apply would change.

@@ -260,6 +260,9 @@ func testDataplane(t *testing.T, kernel bool) {
 		s.mustConnect(t, s.a2, s.b1, portDB, false)
 		s.mustConnect(t, s.a1, s.b1, portDB, true)
 	})
+	t.Run("underlay-untracked", func(t *testing.T) {
+		testUnderlayUntracked(t, s)
+	})
 	t.Run("denied", func(t *testing.T) {
 		s.mustNotConnect(t, s.a1, s.b1, portSSH)   // port not in the rule
 		s.mustNotConnect(t, s.a2, s.b2, portCache) // no rule for the pair

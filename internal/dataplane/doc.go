@@ -21,7 +21,10 @@
 //	table inet corridor           nftables: prerouting (marks), postrouting
 //	                              (clears our mark bits on the tunnels), forward,
 //	                              guest_out, guest_in and input (firewall)
-//	                              chains, named drop counters
+//	                              chains, raw_prerouting and raw_output
+//	                              (notrack of the tunnels' underlay packets
+//	                              with known peers, notrack.go), named drop
+//	                              counters
 //	169.254.1.1/32 on corv0       the guests' default gateway (GatewayAddr), so
 //	                              the host answers their ARP for it
 //	routing tables 5181, 5182     encrypted and plain paths (TableEncrypt,
@@ -140,6 +143,9 @@
 //	vtep                     VXLAN frames from an underlay address that is no
 //	                         VTEP of the state, or whose inner source is not
 //	                         a guest behind that VTEP (input chain)
+//	tunnel-peer              packets to the WireGuard ports (the device's
+//	                         and port+1) from an underlay address that is no
+//	                         peer of the state (input chain; notrack.go)
 //
 // One named counter is no drop counter: allow:<app>:<from>:<to> counts the
 // first packet of each connection that the pair's egress rule lets out of

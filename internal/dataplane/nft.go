@@ -30,6 +30,8 @@ func chains() []*nftables.Chain {
 		natChains()[0],
 		natChains()[1],
 		ingressChain(),
+		rawChains()[0],
+		rawChains()[1],
 	}
 }
 

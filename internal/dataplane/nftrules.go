@@ -78,7 +78,8 @@ type ruleset struct {
 
 // ruleCount returns the number of rules per chain.
 func (rs *ruleset) ruleCount() map[string]int {
-	n := map[string]int{chainPrerouting: 0, chainPostrouting: 0, chainForward: 0, chainInput: 0, chainGuestOut: 0, chainGuestIn: 0, chainIngress: 0}
+	n := map[string]int{chainPrerouting: 0, chainPostrouting: 0, chainForward: 0, chainInput: 0, chainGuestOut: 0, chainGuestIn: 0, chainIngress: 0,
+		chainRawPrerouting: 0, chainRawOutput: 0}
 	for _, r := range rs.rules {
 		n[r.chain]++
 	}
@@ -710,6 +711,10 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 			b.add(chainInput, append(vxlanFrame(v6), vtepSources(pairs, v6), b.count(DropVTEP), drop)...)
 		}
 	}
+
+	// raw_prerouting, raw_output: the tunnels' underlay packets with
+	// known peers go untracked; input: WireGuard's ports from peers only.
+	b.underlayLegs(d)
 
 	b.egressNAT(d)
 	b.ingressDNAT(d, wgNames)

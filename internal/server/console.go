@@ -65,7 +65,7 @@ func (c consoleSource) State(ctx context.Context) (*console.State, error) {
 		Revision: max(rev, sn.Revision), Now: now.UTC(),
 		Apps:   make([]api.App, 0, len(sn.Apps)),
 		Tasks:  taskInfos(sn, statuses, "", "", ""),
-		Paths:  pathInfos(sn, statuses, "", "", now),
+		Paths:  pathInfos(sn, statuses, "", "", now, false),
 		Events: evs,
 	}
 	for _, a := range sn.Apps {

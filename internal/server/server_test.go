@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -66,6 +67,29 @@ func TestAppCRUD(t *testing.T) {
 	paths, err := ts.admin.ListPaths(bg, api.Filter{App: "shop"})
 	if err != nil || len(paths) == 0 {
 		t.Fatalf("paths = %v, %v", paths, err)
+	}
+	// By server pair: one entry per encrypted (app, source server,
+	// destination server), counting every encrypted path between them.
+	pairs, err := ts.admin.ListPaths(bg, api.Filter{App: "shop", ServerPairs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPairs := map[string]int{}
+	for _, p := range paths {
+		if p.Encrypt && !p.Local {
+			wantPairs[p.App+" "+p.FromServer+" "+p.ToServer]++
+		}
+	}
+	gotPairs := map[string]int{}
+	for _, p := range pairs {
+		k := p.App + " " + p.FromServer + " " + p.ToServer
+		if _, dup := gotPairs[k]; dup || !p.Encrypt || p.Local {
+			t.Errorf("server-pair list: %s listed twice, or not an encrypted path between servers: %+v", k, p)
+		}
+		gotPairs[k] = p.Count
+	}
+	if len(wantPairs) == 0 || !maps.Equal(gotPairs, wantPairs) {
+		t.Errorf("server pairs %v, want %v", gotPairs, wantPairs)
 	}
 
 	if _, err := ts.admin.Scale(bg, "shop", "web", 3); err != nil {

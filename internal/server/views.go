@@ -211,16 +211,46 @@ func (s *Server) listPaths(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	writeJSON(w, http.StatusOK, pathInfos(sn, statuses, q.Get("app"), q.Get("server"), time.Now()))
+	if q.Get("pairs") == "1" {
+		writeJSON(w, http.StatusOK, serverPairs(pathInfos(sn, statuses, q.Get("app"), q.Get("server"), time.Now(), true)))
+		return
+	}
+	writeJSON(w, http.StatusOK, pathInfos(sn, statuses, q.Get("app"), q.Get("server"), time.Now(), false))
+}
+
+// serverPairs keeps the first path of each (app, source server,
+// destination server), counting the paths each stands for (api.Filter.
+// ServerPairs): ps holds the encrypted paths between servers only.
+func serverPairs(ps []api.PathInfo) []api.PathInfo {
+	type key struct{ app, from, to string }
+	at := map[key]int{}
+	out := []api.PathInfo{}
+	for _, p := range ps {
+		k := key{p.App, p.FromServer, p.ToServer}
+		if i, ok := at[k]; ok {
+			out[i].Count++
+			continue
+		}
+		p.Count = 1
+		at[k] = len(out)
+		out = append(out, p)
+	}
+	return out
 }
 
 // pathInfos are the compiled paths with the live state of the WireGuard
 // peer that carries each encrypted one, filtered by app and by server
 // (either end) when these are not empty.
-func pathInfos(sn *store.Snapshot, statuses map[string]store.StatusRecord, app, server string, now time.Time) []api.PathInfo {
+//
+// With encryptedOnly, only the encrypted paths between two servers are
+// listed; their peers are looked up once per server pair.
+func pathInfos(sn *store.Snapshot, statuses map[string]store.StatusRecord, app, server string, now time.Time, encryptedOnly bool) []api.PathInfo {
 	out := []api.PathInfo{}
 	for _, p := range sn.Placement {
 		for pa := range p.Paths.All() {
+			if encryptedOnly && (!pa.Encrypt || pa.Local) {
+				continue
+			}
 			// An app's paths are its own and those into it from apps
 			// that import its services.
 			if app != "" && pa.App != app && pa.ToApp != app {

@@ -286,3 +286,21 @@ func TestPendingIsReportedNotWaitedFor(t *testing.T) {
 		t.Errorf("error %q does not name the pending task and why", msg)
 	}
 }
+
+// Paths listed by server pair count for every path each stands for: the
+// counts, and the unsettled line, say how many paths wait.
+func TestServerPairCounts(t *testing.T) {
+	f := settled()
+	done := path("shop", "shop/web/0", "shop/db/0", "s1", "s2", true, 1.5)
+	done.Count = 250
+	waiting := path("shop", "shop/web/1", "shop/db/0", "s3", "s2", true, -1)
+	waiting.Count = 40
+	f.paths = []api.PathInfo{done, waiting}
+	st := Check(context.Background(), f, Options{})
+	if st.Encrypted != 290 || st.Handshaken != 250 {
+		t.Fatalf("encrypted %d, handshaken %d; want 290 and 250", st.Encrypted, st.Handshaken)
+	}
+	if len(st.Unsettled) != 1 || !strings.Contains(st.Unsettled[0], "40 paths of shop") || !strings.Contains(st.Unsettled[0], "between s3 and s2") {
+		t.Fatalf("unsettled: %q", st.Unsettled)
+	}
+}
