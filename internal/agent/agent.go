@@ -203,6 +203,12 @@ type Agent struct {
 	fencedAt   time.Time
 	cp         ControlPlane // the mTLS client of the current identity
 	id         *Identity    // the current identity (renewed in place)
+	// ackWant is the revision whose first completed reconcile pass the
+	// poll loop reports itself, in its next long-poll (0: none); ackDone
+	// says that pass completed, and acked carries the news.
+	ackWant int64
+	ackDone bool
+	acked   chan struct{}
 }
 
 // controlPlane is the client of the current identity.
@@ -224,11 +230,12 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{
-		cfg:  cfg,
-		log:  cfg.Logger.With("agent", cfg.Name),
-		m:    newMetrics(),
-		wake: make(chan struct{}, 1),
-		kick: make(chan struct{}, 1),
+		cfg:   cfg,
+		log:   cfg.Logger.With("agent", cfg.Name),
+		m:     newMetrics(),
+		wake:  make(chan struct{}, 1),
+		kick:  make(chan struct{}, 1),
+		acked: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -324,12 +331,52 @@ func (a *Agent) Run(ctx context.Context) error {
 // pollLoop long-polls the desired state. Every new revision is written to
 // disk before the reconcile loop is told about it, so that what the host
 // runs is always what a restart would restore.
+//
+// The report that a new revision is applied rides on the next long-poll
+// when the server takes it (statusPoller, POST .../desired): after
+// accepting a state the loop waits, at most ackWait, for its reconcile
+// pass, then polls with the status, so that a change costs the server two
+// requests per host, not three. Against a server that does not know that
+// request (an older one) it polls as before for carryRetry, and the status
+// loop reports.
 func (a *Agent) pollLoop(ctx context.Context) {
 	bo := backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
+	var carryOff time.Time // no status on the long-poll until then
+	var ack int64          // the revision whose report the next poll carries
 	for ctx.Err() == nil {
 		index := a.targetRevision()
+		cp := a.controlPlane()
+		sp, canCarry := cp.(statusPoller)
+		carry := false
+		if ack != 0 {
+			done := a.awaitAck(ctx)
+			carry = done && canCarry
+			if done && !canCarry {
+				signal(a.kick) // the client changed (a renewal): report separately
+			}
+		}
+		ack = 0
 		start := time.Now()
-		ds, err := a.controlPlane().Desired(ctx, a.cfg.Name, index, a.cfg.PollWait)
+		var ds api.DesiredState
+		var err error
+		if carry {
+			st := a.Status(ctx)
+			stored := false
+			ds, err = sp.DesiredWithStatus(ctx, a.cfg.Name, index, a.cfg.PollWait, st, func() {
+				stored = true
+				a.renewed(start)
+			})
+			if !stored {
+				signal(a.kick) // the status loop reports it
+			}
+			if errors.Is(err, api.ErrPollStatusUnsupported) {
+				carryOff = time.Now().Add(carryRetry)
+				a.log.Info("the server does not take the status with the long-poll (an older server): reporting separately", "err", err)
+				continue
+			}
+		} else {
+			ds, err = cp.Desired(ctx, a.cfg.Name, index, a.cfg.PollWait)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -356,11 +403,66 @@ func (a *Agent) pollLoop(ctx context.Context) {
 			// store was replaced. Its answer is still the truth.
 			a.log.Warn("desired revision went backwards", "had", index, "got", ds.Revision)
 		}
+		if canCarry && time.Now().After(carryOff) {
+			// Before the reconcile loop hears of the state: its pass
+			// must find the wish.
+			a.wantAck(ds.Revision)
+			ack = ds.Revision
+		}
 		if err := a.accept(ds); err != nil {
+			a.wantAck(0)
+			ack = 0
 			sleepCtx(ctx, bo.next())
 			continue
 		}
 	}
+}
+
+// statusPoller is a control plane whose long-poll can carry the agent's
+// status (*api.Client, *Failover): see pollLoop.
+type statusPoller interface {
+	DesiredWithStatus(ctx context.Context, name string, index int64, wait time.Duration, st api.Status, stored func()) (api.DesiredState, error)
+}
+
+const (
+	// ackWait bounds how long the poll loop waits for a new state's
+	// reconcile pass to carry its report; a longer pass is reported by
+	// the status loop, and the poll goes on without it.
+	ackWait = 10 * time.Second
+	// carryRetry is how long the agent reports separately after a server
+	// refused a status on the long-poll, before it tries again (the
+	// server may have been upgraded, or another one answers).
+	carryRetry = 10 * time.Minute
+)
+
+// wantAck makes rev the revision whose reconcile pass the poll loop
+// reports (0: none).
+func (a *Agent) wantAck(rev int64) {
+	a.mu.Lock()
+	a.ackWant, a.ackDone = rev, false
+	a.mu.Unlock()
+	select {
+	case <-a.acked: // an old signal
+	default:
+	}
+}
+
+// awaitAck waits, at most ackWait, for the pass wantAck asked for, and
+// reports whether it completed; either way the wish is withdrawn, so a
+// pass that ends later is reported by the status loop.
+func (a *Agent) awaitAck(ctx context.Context) bool {
+	t := time.NewTimer(ackWait)
+	defer t.Stop()
+	select {
+	case <-a.acked:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	a.mu.Lock()
+	done := a.ackDone
+	a.ackWant, a.ackDone = 0, false
+	a.mu.Unlock()
+	return done && ctx.Err() == nil
 }
 
 // accept checks a desired state from the server, stores it and makes it
@@ -479,6 +581,12 @@ func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 	if len(errs) == 0 {
 		a.applied, a.appliedDig = target.Revision, digest
 	}
+	// The poll loop reports this pass with its next long-poll when it
+	// waits for it; otherwise the status loop reports.
+	carried := a.ackWant != 0 && a.ackWant == target.Revision && !a.ackDone
+	if carried {
+		a.ackDone = true
+	}
 	a.mu.Unlock()
 	if len(errs) > 0 {
 		a.m.reconcileErrors.Inc()
@@ -491,7 +599,11 @@ func (a *Agent) reconcileTarget(ctx context.Context, why string) {
 		}
 		a.log.Log(ctx, level, "reconciled", "why", why, "revision", target.Revision, "took", elapsed)
 	}
-	signal(a.kick)
+	if carried {
+		signal(a.acked)
+	} else {
+		signal(a.kick)
+	}
 }
 
 // reconcile drives guests and data plane to st and returns every error met;

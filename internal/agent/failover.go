@@ -140,6 +140,15 @@ func (f *Failover) Desired(ctx context.Context, name string, index int64, wait t
 	return call(ctx, f, func(c *api.Client) (api.DesiredState, error) { return c.Desired(ctx, name, index, wait) })
 }
 
+// DesiredWithStatus implements statusPoller: the long-poll that carries
+// the status, to the server in use (or the next that answers).
+func (f *Failover) DesiredWithStatus(ctx context.Context, name string, index int64, wait time.Duration, st api.Status, stored func()) (api.DesiredState, error) {
+	return call(ctx, f, func(c *api.Client) (api.DesiredState, error) {
+		st.ControlPlane = c.BaseURL()
+		return c.DesiredWithStatus(ctx, name, index, wait, st, stored)
+	})
+}
+
 // ReportStatus implements ControlPlane.
 func (f *Failover) ReportStatus(ctx context.Context, name string, st api.Status) error {
 	_, err := call(ctx, f, func(c *api.Client) (struct{}, error) {
@@ -180,3 +189,6 @@ func (f *Failover) FetchArtifact(ctx context.Context, sum string) (io.ReadCloser
 // plane client (useArtifactStore): without it corridor:// programs could
 // never be fetched, and nothing else would say so.
 var _ artifactFetcher = (*Failover)(nil)
+
+// Likewise for the status carried by the long-poll.
+var _ statusPoller = (*Failover)(nil)

@@ -112,6 +112,9 @@ type request struct {
 	contentType  string
 	header       http.Header
 	timeout      time.Duration
+	// answered, when set, is called with the answer's status code and
+	// headers as soon as they arrive, before its body is read.
+	answered func(code int, h http.Header)
 }
 
 // do sends req and decodes a 2xx answer into out (if not nil). It returns
@@ -173,6 +176,9 @@ func (c *Client) do(ctx context.Context, req request, out any) (http.Header, err
 		return nil, fmt.Errorf("api: %s %s: %w", req.method, req.path, err)
 	}
 	defer resp.Body.Close()
+	if req.answered != nil {
+		req.answered(resp.StatusCode, resp.Header)
+	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
 		return resp.Header, fmt.Errorf("api: %s %s: read answer: %w", req.method, req.path, err)
@@ -387,6 +393,49 @@ func (c *Client) Desired(ctx context.Context, name string, index int64, wait tim
 	q.Set("wait", wait.String())
 	var out DesiredState
 	_, err := c.do(ctx, request{method: http.MethodGet, path: "/v1/agents" + path(name, "desired"), query: q, timeout: wait + DefaultTimeout}, &out)
+	return out, err
+}
+
+// HeaderStatus is the header of a long-poll answer that says the status
+// the request carried is stored (value "stored"). The server sends it
+// before the long-poll waits.
+const HeaderStatus = "X-Corridor-Status"
+
+// ErrPollStatusUnsupported: the server does not take a status with the
+// long-poll (a server older than this protocol answers 404 or 405 to a
+// POST there). Nothing was stored: report the status with ReportStatus
+// and poll with Desired.
+var ErrPollStatusUnsupported = errors.New("api: the server does not take a status with the long-poll (an older server); report it separately")
+
+// DesiredWithStatus is Desired carrying the host's status: the server
+// stores st as ReportStatus would, then long-polls. stored, if not nil, is
+// called once the server has said that st is stored, which it does before
+// it waits: a long-poll cut short after that still delivered the report.
+// A server that does not know this request gives an error matching
+// ErrPollStatusUnsupported.
+func (c *Client) DesiredWithStatus(ctx context.Context, name string, index int64, wait time.Duration, st Status, stored func()) (DesiredState, error) {
+	q := url.Values{}
+	q.Set("index", strconv.FormatInt(index, 10))
+	q.Set("wait", wait.String())
+	var out DesiredState
+	said := false
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "/v1/agents" + path(name, "desired"), query: q, body: st,
+		timeout: wait + DefaultTimeout, answered: func(code int, h http.Header) {
+			if code == http.StatusOK && h.Get(HeaderStatus) == "stored" {
+				said = true
+				if stored != nil {
+					stored()
+				}
+			}
+		}}, &out)
+	if code := HTTPStatus(err); code == http.StatusNotFound || code == http.StatusMethodNotAllowed {
+		return out, fmt.Errorf("%w: %w", ErrPollStatusUnsupported, err)
+	}
+	if err == nil && !said {
+		// A 2xx without the header: something between agent and server
+		// that answered for a server it does not understand.
+		return out, fmt.Errorf("%w: the answer does not say the status was stored", ErrPollStatusUnsupported)
+	}
 	return out, err
 }
 

@@ -90,6 +90,28 @@ func (s *Server) agentDesired(w http.ResponseWriter, r *http.Request) {
 	s.serveDesired(w, r, r.PathValue("name"), true)
 }
 
+// agentDesiredWithStatus is the long-poll that carries the agent's status
+// (POST with the status as the body): the status is stored as POST
+// .../status would store it, the answer's headers (X-Corridor-Status:
+// stored) are sent at once, then the request waits as a GET would. An
+// agent acknowledging a revision with its next long-poll makes a change
+// cost two requests per host instead of three. A status that cannot be
+// stored is answered with the error, before any wait: the agent sends it
+// again.
+func (s *Server) agentDesiredWithStatus(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var st api.Status
+	if err := decodeJSON(w, r, s.cfg.MaxBody, &st); err != nil {
+		return
+	}
+	if code, err := s.storeStatus(r.Context(), name, &st); err != nil {
+		writeError(w, code, err.Error())
+		return
+	}
+	w.Header().Set(api.HeaderStatus, "stored")
+	s.serveDesired(w, r, name, true)
+}
+
 // hostDesired is the admin's view: never waits.
 func (s *Server) hostDesired(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
@@ -148,6 +170,20 @@ func (s *Server) serveDesired(w http.ResponseWriter, r *http.Request, name strin
 	case <-r.Context().Done():
 		return
 	}
+	// An answer that says a carried status is stored says so before it
+	// waits: the agent knows its report is in without waiting for the
+	// next revision. The revision then comes in the body and in a
+	// trailer.
+	flushed := false
+	if w.Header().Get(api.HeaderStatus) != "" && wait > 0 {
+		w.Header()["Content-Type"] = []string{"application/json"}
+		w.Header()["Trailer"] = []string{"X-Corridor-Index"}
+		w.WriteHeader(http.StatusOK)
+		if err := http.NewResponseController(w).Flush(); err != nil {
+			return
+		}
+		flushed = true
+	}
 	s.m.waiters.Inc()
 	data, rev := s.hub.wait(r.Context(), name, index, wait)
 	s.m.waiters.Dec()
@@ -156,14 +192,22 @@ func (s *Server) serveDesired(w http.ResponseWriter, r *http.Request, name strin
 	}
 	c, err := s.signer.signed(name, rev, data)
 	if err != nil {
+		if flushed {
+			// The headers are gone: cut the answer, the agent polls again.
+			panic(http.ErrAbortHandler)
+		}
 		writeError(w, http.StatusInternalServerError, "sign desired state: "+err.Error())
 		return
 	}
 	idx := strconv.FormatInt(rev, 10)
 	h := w.Header()
-	h["Content-Type"] = []string{"application/json"}
-	h["X-Corridor-Index"] = []string{idx}
-	h["Content-Length"] = []string{strconv.Itoa(len(`{"revision":,"state":`) + len(idx) + len(c.data) + len(c.tail))}
+	if flushed {
+		h[http.TrailerPrefix+"X-Corridor-Index"] = []string{idx}
+	} else {
+		h["Content-Type"] = []string{"application/json"}
+		h["X-Corridor-Index"] = []string{idx}
+		h["Content-Length"] = []string{strconv.Itoa(len(`{"revision":,"state":`) + len(idx) + len(c.data) + len(c.tail))}
+	}
 	// The stored bytes are the state, and what is signed: no decode and
 	// encode per waiter; the signature's JSON is encoded once per
 	// revision (signedState.tail).
@@ -176,30 +220,40 @@ func (s *Server) serveDesired(w http.ResponseWriter, r *http.Request, name strin
 // WireGuard key or port, capacity or labels, the server record follows
 // (key rotation), which recompiles.
 func (s *Server) agentStatus(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
 	var st api.Status
 	if err := decodeJSON(w, r, s.cfg.MaxBody, &st); err != nil {
 		return
 	}
+	if code, err := s.storeStatus(r.Context(), r.PathValue("name"), &st); err != nil {
+		writeError(w, code, err.Error())
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// storeStatus stores the status of agent name and does what a report
+// sets off; it returns once the status is committed (a report answered
+// without error is never lost), or the HTTP code and error to answer.
+// Both ways of reporting (POST .../status, and the long-poll that
+// carries a status) go through it.
+func (s *Server) storeStatus(ctx context.Context, name string, st *api.Status) (int, error) {
 	if st.Name == "" {
 		st.Name = name
 	}
 	if st.Name != name {
-		writeError(w, http.StatusForbidden, fmt.Sprintf("status names server %q; an agent may report only its own (%s)", st.Name, name))
-		return
+		return http.StatusForbidden, fmt.Errorf("status names server %q; an agent may report only its own (%s)", st.Name, name)
 	}
-	if err := s.st.PutStatus(r.Context(), store.StatusRecord{Status: st, Received: time.Now().UTC()}); err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
-		return
+	if err := s.st.PutStatus(ctx, store.StatusRecord{Status: *st, Received: time.Now().UTC()}); err != nil {
+		return http.StatusServiceUnavailable, err
 	}
-	s.noteApplied(r.Context(), st)
-	if err := s.followStatus(r.Context(), st); err != nil {
+	s.noteApplied(ctx, *st)
+	if err := s.followStatus(ctx, *st); err != nil {
 		s.log.Warn("update server from status", "server", name, "err", err)
 	}
 	if s.ctrl.rotating.Load() || st.NextPublicKey != "" {
 		s.ctrl.kickRotation() // a key rotation moves on from reports
 	}
-	w.WriteHeader(http.StatusNoContent)
+	return 0, nil
 }
 
 func (s *Server) followStatus(ctx context.Context, st api.Status) error {

@@ -458,9 +458,37 @@ func startFleet(agents []*testAgent) *localFleet {
 func (f *localFleet) poll(ctx context.Context, a *testAgent) {
 	defer f.loops.Done()
 	var rev int64
+	// pending is the acknowledgement the next long-poll carries, as a
+	// real agent's does (POST .../desired with its status); separate
+	// reports (POST .../status) only against a server without it, or
+	// with CORRIDOR_BENCH_SEPARATE_ACK=1.
+	var pending *api.Status
+	separate := os.Getenv("CORRIDOR_BENCH_SEPARATE_ACK") == "1"
+	acked := func() {
+		if f.acked.Add(1) == int64(f.n) {
+			f.allAckd <- struct{}{}
+		}
+	}
 	for ctx.Err() == nil {
-		ds, err := a.c.Desired(ctx, a.name, rev, time.Minute)
+		var ds api.DesiredState
+		var err error
+		if pending != nil {
+			st := *pending
+			ds, err = a.c.DesiredWithStatus(ctx, a.name, rev, time.Minute, st, func() {
+				pending = nil
+				acked()
+			})
+			if errors.Is(err, api.ErrPollStatusUnsupported) {
+				separate = true
+				continue
+			}
+		} else {
+			ds, err = a.c.Desired(ctx, a.name, rev, time.Minute)
+		}
 		if err != nil {
+			// A report that fails (a timeout on a loaded machine) is sent
+			// again with the next poll: one lost acknowledgement would
+			// stall the whole run.
 			sleepCtx(ctx, 50*time.Millisecond)
 			continue
 		}
@@ -480,14 +508,13 @@ func (f *localFleet) poll(ctx context.Context, a *testAgent) {
 		req := a.req
 		st := api.Status{Name: a.name, Address: req.Address, PublicKey: req.PublicKey, WireGuardPort: req.WireGuardPort,
 			Capacity: req.Capacity, Labels: req.Labels, AppliedRevision: rev, Time: time.Now()}
-		// A report that fails (a timeout on a loaded machine) is sent
-		// again, as a real agent's next periodic report would carry it:
-		// otherwise one lost acknowledgement stalls the whole run.
+		if !separate {
+			pending = &st
+			continue
+		}
 		for delay := 50 * time.Millisecond; ctx.Err() == nil; delay = min(2*delay, 2*time.Second) {
 			if err := a.c.ReportStatus(ctx, a.name, st); err == nil {
-				if f.acked.Add(1) == int64(f.n) {
-					f.allAckd <- struct{}{}
-				}
+				acked()
 				break
 			}
 			sleepCtx(ctx, delay)

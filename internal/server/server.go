@@ -359,6 +359,7 @@ func (s *Server) routes() http.Handler {
 
 	h("POST /v1/join", authNone, s.join)
 	h("GET /v1/agents/{name}/desired", authAgent, s.agentDesired)
+	h("POST /v1/agents/{name}/desired", authAgent, s.agentDesiredWithStatus)
 	h("POST /v1/agents/{name}/status", authAgent, s.agentStatus)
 	h("POST /v1/agents/{name}/renew", authAgent, s.agentRenew)
 

@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -87,5 +88,73 @@ func TestStatusesGroupCommit(t *testing.T) {
 	// Idle again: a lone report goes at once, in a transaction of its own.
 	if err := s.PutStatus(bg, StatusRecord{Status: api.Status{Name: "h001", AppliedRevision: 3}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStatusBatchFailureAnswersEveryReport: when a group commit's
+// transaction fails (here: one report of the batch is larger than etcd
+// takes in a request), every report of that batch is answered with the
+// error and none is stored, so that no agent counts a lost report as
+// delivered; the next report goes through.
+func TestStatusBatchFailureAnswersEveryReport(t *testing.T) {
+	s := open(t, t.TempDir(), 0)
+	defer s.Close()
+	const n = 20
+	s.statuses.mu.Lock()
+	s.statuses.running = true // hold the writer until all are queued
+	s.statuses.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("h%03d", i)
+			value := fmt.Sprintf(`{"status":{"name":%q,"appliedRevision":1}}`, name)
+			if i == n/2 {
+				// Queued as it is: encoding 17 MiB under -race on a
+				// loaded machine took longer than the queueing bound.
+				value = `{"status":{"name":"` + name + `","errors":["` + strings.Repeat("x", 17<<20) + `"]}}`
+			}
+			errs <- s.putStatusBatched(bg, s.hostKey(name, suffixStatus), value)
+		}()
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		s.statuses.mu.Lock()
+		q := len(s.statuses.queue)
+		s.statuses.mu.Unlock()
+		if q == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d reports queued", q, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	go s.writeStatuses()
+	wg.Wait()
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if err != nil {
+			failed++
+		}
+	}
+	if failed != n {
+		t.Fatalf("%d of %d reports of a failed batch were answered with an error, want all", failed, n)
+	}
+	resp, err := s.client.Get(bg, s.dir(dirHosts), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != 0 {
+		t.Fatalf("%d statuses stored from a failed batch", resp.Count)
+	}
+	if err := s.PutStatus(bg, StatusRecord{Status: api.Status{Name: "h000", AppliedRevision: 2}, Received: time.Now()}); err != nil {
+		t.Fatalf("a report after the failed batch: %v", err)
+	}
+	if st, err := s.StatusOf(bg, "h000"); err != nil || st == nil || st.Status.AppliedRevision != 2 {
+		t.Fatalf("StatusOf(h000) = %+v, %v; want revision 2", st, err)
 	}
 }
