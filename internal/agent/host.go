@@ -127,11 +127,11 @@ type HostConfig struct {
 
 // DefaultMaxStarting is how many guests an agent starts at once by
 // default: four times the machine's CPUs, at least 8. A guest holds its
-// slot from its start until it is ready, and much of a start is waiting
-// (mounts, cgroups, the program's exec), not CPU: with 4 slots on two
-// CPUs an app of 100 netns tasks on three lab hosts took 99 s to settle
-// against 30 s unbounded (both at load 15 to 30); unbounded, 333 per host
-// never settled.
+// slot from its start until it is ready, and a start is not always busy
+// with the machine's CPUs: a task's own CPU quota paces its guest-init
+// (at 1m, 7 s for 70 ms of CPU). With 4 slots, an app of 100 such tasks
+// on three lab hosts took 99 s to settle against 30 s unbounded (both at
+// load 15 to 30); unbounded, 333 per host never settled.
 func DefaultMaxStarting() int { return max(8, 4*runtime.NumCPU()) }
 
 // hostRuntimes opens the guest runtimes and the data plane of this host.
