@@ -348,16 +348,12 @@ func moveStates(rec *store.MoveRecord, old, next *compile.Plan) []compile.HostSt
 			out[i] = next.Hosts[i]
 			continue
 		case rec.Phase == store.MoveRoute && to[hs.Host] && !from[hs.Host]:
-			// The state after the move, holding the moving tasks it
-			// does not run (their new hosts may not route them yet).
+			// The state after the move, still holding every moving
+			// task it routes or runs: its own copies too, since a SYN
+			// that arrived while this host's routes change would be
+			// refused, not held. The switch then only lifts the hold.
 			hs = next.Hosts[i]
-			var held []netip.Addr
-			for _, a := range mentioned(hs, addrs) {
-				if !slices.ContainsFunc(hs.Guests, func(g compile.Guest) bool { return g.Address == a }) {
-					held = append(held, a)
-				}
-			}
-			if len(held) > 0 {
+			if held := mentioned(hs, addrs); len(held) > 0 {
 				hs.Hold, hs.Schema = held, hoststate.SchemaMove
 			}
 			out[i] = hs
