@@ -34,27 +34,7 @@ func TestPathJSON(t *testing.T) {
 			t.Errorf("%s: json.Marshal(AppPaths) = %s, %v\nwant %s", name, got, err, want)
 		}
 	}
-	cases, err := os.ReadDir("testdata")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, c := range cases {
-		if !c.IsDir() || c.Name() == "fuzz" {
-			continue
-		}
-		p, err := Compile(loadCase(t, filepath.Join("testdata", c.Name())))
-		if err != nil {
-			continue // a case of an input error: no plan
-		}
-		for _, ap := range p.Paths.Apps() {
-			same(t, c.Name()+"/"+ap.App, ap)
-			n += ap.Len()
-		}
-	}
-	if n == 0 {
-		t.Fatal("no golden case has a path")
-	}
+	eachGoldenAppPaths(t, func(name string, ap AppPaths) { same(t, name, ap) })
 	same(t, "empty", AppPaths{})
 	odd := NewPaths([]Path{
 		{App: "a<b>&c", ToApp: "ü\"\\\n\x7f", From: "a/x/0", To: "b/y/1", FromClass: "\u2028", ToClass: "\t",
@@ -106,4 +86,32 @@ func BenchmarkPathsEncode(b *testing.B) {
 		}
 		reportCPU(b, cpu0)
 	})
+}
+
+// eachGoldenAppPaths calls f with every app's paths of every golden case
+// that compiles (a case of an input error has no plan), named case/app,
+// and fails if no case has a path.
+func eachGoldenAppPaths(t *testing.T, f func(name string, ap AppPaths)) {
+	t.Helper()
+	cases, err := os.ReadDir("testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range cases {
+		if !c.IsDir() || c.Name() == "fuzz" {
+			continue
+		}
+		p, err := Compile(loadCase(t, filepath.Join("testdata", c.Name())))
+		if err != nil {
+			continue
+		}
+		for _, ap := range p.Paths.Apps() {
+			f(c.Name()+"/"+ap.App, ap)
+			n += ap.Len()
+		}
+	}
+	if n == 0 {
+		t.Fatal("no golden case has a path")
+	}
 }

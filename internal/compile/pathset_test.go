@@ -3,8 +3,6 @@ package compile
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
@@ -14,40 +12,21 @@ import (
 // Every golden case's paths come back from their PathSet form the same,
 // path for path.
 func TestPathSetRoundTrip(t *testing.T) {
-	cases, err := os.ReadDir("testdata")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, c := range cases {
-		if !c.IsDir() || c.Name() == "fuzz" {
-			continue
-		}
-		p, err := Compile(loadCase(t, filepath.Join("testdata", c.Name())))
+	eachGoldenAppPaths(t, func(name string, ap AppPaths) {
+		b, err := json.Marshal(PathSet{Paths: ap})
 		if err != nil {
-			continue
+			t.Fatalf("%s: %v", name, err)
 		}
-		for _, ap := range p.Paths.Apps() {
-			b, err := json.Marshal(PathSet{Paths: ap})
-			if err != nil {
-				t.Fatalf("%s/%s: %v", c.Name(), ap.App, err)
-			}
-			var back PathSet
-			if err := json.Unmarshal(b, &back); err != nil {
-				t.Fatalf("%s/%s: %v\n%s", c.Name(), ap.App, err, b)
-			}
-			want, got := slices.Collect(ap.All()), slices.Collect(back.Paths.All())
-			wj, _ := json.Marshal(want)
-			gj, _ := json.Marshal(got)
-			if string(wj) != string(gj) || back.Paths.Len() != ap.Len() || back.Paths.App != ap.App {
-				t.Errorf("%s/%s: after the path-set form\n got %s\nwant %s", c.Name(), ap.App, gj, wj)
-			}
-			n += len(got)
+		var back PathSet
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, b)
 		}
-	}
-	if n == 0 {
-		t.Fatal("no golden case has paths")
-	}
+		wj, _ := json.Marshal(slices.Collect(ap.All()))
+		gj, _ := json.Marshal(slices.Collect(back.Paths.All()))
+		if string(wj) != string(gj) || back.Paths.Len() != ap.Len() || back.Paths.App != ap.App {
+			t.Errorf("%s: after the path-set form\n got %s\nwant %s", name, gj, wj)
+		}
+	})
 }
 
 // A rule between two classes of 500 tasks is 250,000 paths, about 62 MB
