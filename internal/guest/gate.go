@@ -46,9 +46,10 @@ func (g *Gate) Waiting() int {
 	return int(g.waiting.Load())
 }
 
-// acquire waits for a slot; it returns false, without one, when any of
-// stop is closed first. A nil Gate always has room.
-func (g *Gate) acquire(stop ...<-chan struct{}) bool {
+// acquire waits for a slot; it returns false, without one, when stop or
+// detach is closed first (a nil channel never is). A nil Gate always has
+// room.
+func (g *Gate) acquire(stop, detach <-chan struct{}) bool {
 	if g == nil {
 		return true
 	}
@@ -59,18 +60,11 @@ func (g *Gate) acquire(stop ...<-chan struct{}) bool {
 	}
 	g.waiting.Add(1)
 	defer g.waiting.Add(-1)
-	var s0, s1 <-chan struct{}
-	if len(stop) > 0 {
-		s0 = stop[0]
-	}
-	if len(stop) > 1 {
-		s1 = stop[1]
-	}
 	select {
 	case g.slots <- struct{}{}:
 		return true
-	case <-s0:
-	case <-s1:
+	case <-stop:
+	case <-detach:
 	}
 	return false
 }

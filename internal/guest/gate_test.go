@@ -112,7 +112,7 @@ func TestGateBoundsStartingPrograms(t *testing.T) {
 // starting anything.
 func TestGateWaitStops(t *testing.T) {
 	gate := NewGate(1)
-	if !gate.acquire() {
+	if !gate.acquire(nil, nil) {
 		t.Fatal("an empty gate refused")
 	}
 	started := atomic.Bool{}
