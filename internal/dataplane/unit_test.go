@@ -257,18 +257,15 @@ func pairMark(text, src, dst string) string {
 // gets its route's mark, a pair of no route none, and a class pair of many
 // tasks gives one rule of two sets, linear in the tasks.
 func TestMarksGrouped(t *testing.T) {
-	var web, db, cache []netip.Addr
-	for i := range 300 {
-		web = append(web, netip.AddrFrom4([4]byte{100, 64, 0, byte(i%250 + 1)}))
-		if i >= 250 {
-			web[i] = netip.AddrFrom4([4]byte{100, 64, 3, byte(i - 249)})
-		}
-		db = append(db, netip.AddrFrom4([4]byte{100, 64, 1, byte(i%250 + 1)}))
-		if i >= 250 {
-			db[i] = netip.AddrFrom4([4]byte{100, 64, 4, byte(i - 249)})
-		}
+	// web in 100.64.0.1-250 and 100.64.3.1-50, db in 100.64.1.x and 4.x.
+	addr := func(third byte, i int) netip.Addr {
+		return netip.AddrFrom4([4]byte{100, 64, third + 3*byte(i/250), byte(i%250 + 1)})
 	}
-	cache = []netip.Addr{a("100.64.2.1"), a("100.64.2.2")}
+	var web, db []netip.Addr
+	for i := range 300 {
+		web, db = append(web, addr(0, i)), append(db, addr(1, i))
+	}
+	cache := []netip.Addr{a("100.64.2.1"), a("100.64.2.2")}
 	var routes []compile.Route
 	for _, d := range db {
 		routes = append(routes, compile.Route{Sources: web, Dest: d, Server: "b", Encrypt: true})
