@@ -387,9 +387,10 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 
 	var writes []store.DesiredWrite
 	inPlan := map[string]bool{}
-	for _, hs := range mv.hosts {
+	for i := range mv.hosts {
+		hs := &mv.hosts[i]
 		inPlan[hs.Host] = true
-		b, err := json.Marshal(hs)
+		b, err := hs.Encode() // json.Marshal(hs), byte for byte
 		if err != nil {
 			return fmt.Errorf("encode desired state of %s: %w", hs.Host, err)
 		}
