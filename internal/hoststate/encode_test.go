@@ -79,14 +79,18 @@ func TestEncodeSameAsMarshal(t *testing.T) {
 	// Each optional part on its own, and nil lists where the compiler
 	// writes empty ones.
 	for name, f := range map[string]func(*hoststate.State){
-		"no schema":   func(s *hoststate.State) { s.Schema = "" },
-		"nil lists":   func(s *hoststate.State) { s.Guests, s.Peers, s.VXLAN, s.Routes, s.Firewall = nil, nil, nil, nil, nil },
-		"empty lists": func(s *hoststate.State) { s.Guests, s.Peers, s.VXLAN, s.Routes, s.Firewall = []hoststate.Guest{}, []hoststate.Peer{}, nil, []hoststate.Route{}, []hoststate.FirewallRule{} },
-		"no extras":   func(s *hoststate.State) { s.Outbound, s.Ingress, s.Staged, s.Hold = nil, nil, nil, nil },
+		"no schema": func(s *hoststate.State) { s.Schema = "" },
+		"nil lists": func(s *hoststate.State) { s.Guests, s.Peers, s.VXLAN, s.Routes, s.Firewall = nil, nil, nil, nil, nil },
+		"empty lists": func(s *hoststate.State) {
+			s.Guests, s.Peers, s.VXLAN, s.Routes, s.Firewall = []hoststate.Guest{}, []hoststate.Peer{}, nil, []hoststate.Route{}, []hoststate.FirewallRule{}
+		},
+		"no extras": func(s *hoststate.State) { s.Outbound, s.Ingress, s.Staged, s.Hold = nil, nil, nil, nil },
 		"empty extras": func(s *hoststate.State) {
 			s.Outbound, s.Ingress, s.Staged, s.Hold = []hoststate.Outbound{}, []hoststate.IngressEntry{}, []hoststate.Guest{}, []netip.Addr{}
 		},
-		"odd host": func(s *hoststate.State) { s.Host, s.VTEPMAC, s.RotationPhase, s.PublicKey = "h<1>", "m&", "\x01", "\u2029" },
+		"odd host": func(s *hoststate.State) {
+			s.Host, s.VTEPMAC, s.RotationPhase, s.PublicKey = "h<1>", "m&", "\x01", "\u2029"
+		},
 		"ipv6":     func(s *hoststate.State) { s.Address = netip.MustParseAddr("fd00::1"); s.WireGuardPort = -1 },
 		"zero ids": func(s *hoststate.State) { s.Address, s.KeyGeneration = netip.Addr{}, -7 },
 	} {
