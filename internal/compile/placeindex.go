@@ -37,7 +37,7 @@ type candTree struct {
 type candNode struct {
 	group int32
 	node  int32
-	best  int32
+	k     cand // the node's best server, ranked
 }
 
 // reset makes the index for the current class from p's per-server state
@@ -171,36 +171,35 @@ func (x *candIndex) top(keepTop int, spread bool) {
 	x.heap = x.heap[:0]
 	for g := range x.trees {
 		if b := x.trees[g].best[1]; b >= 0 {
-			x.push(candNode{int32(g), 1, b}, spread)
+			x.push(candNode{int32(g), 1, x.cand(b, spread)})
 		}
 	}
 	for len(p.top) < keepTop && len(x.heap) > 0 {
-		nd := x.pop(spread)
+		// The node's best server is the next best overall: go down to
+		// its leaf, leaving the other child at each level to the walk.
+		nd := x.pop()
 		t := &x.trees[nd.group]
-		if int(nd.node) >= t.size {
-			p.top = append(p.top, x.cand(nd.best, spread))
-			continue
-		}
-		for _, ch := range [2]int32{2 * nd.node, 2*nd.node + 1} {
-			if b := t.best[ch]; b >= 0 {
-				x.push(candNode{nd.group, ch, b}, spread)
+		for j := int(nd.node); j < t.size; {
+			l := 2 * j
+			next, other := l, l+1
+			if t.best[l] != nd.k.idx {
+				next, other = l+1, l
 			}
+			if b := t.best[other]; b >= 0 {
+				x.push(candNode{nd.group, int32(other), x.cand(b, spread)})
+			}
+			j = next
 		}
+		p.top = append(p.top, nd.k)
 	}
 }
 
-// lessNode orders the walk's nodes by their best servers, as cand.less.
-func (x *candIndex) lessNode(a, b candNode, spread bool) bool {
-	ka, kb := x.cand(a.best, spread), x.cand(b.best, spread)
-	return ka.less(&kb)
-}
-
-func (x *candIndex) push(nd candNode, spread bool) {
+func (x *candIndex) push(nd candNode) {
 	x.heap = append(x.heap, nd)
 	j := len(x.heap) - 1
 	for j > 0 {
 		parent := (j - 1) / 2
-		if !x.lessNode(x.heap[j], x.heap[parent], spread) {
+		if !x.heap[j].k.less(&x.heap[parent].k) {
 			break
 		}
 		x.heap[j], x.heap[parent] = x.heap[parent], x.heap[j]
@@ -208,7 +207,7 @@ func (x *candIndex) push(nd candNode, spread bool) {
 	}
 }
 
-func (x *candIndex) pop(spread bool) candNode {
+func (x *candIndex) pop() candNode {
 	h := x.heap
 	top := h[0]
 	last := len(h) - 1
@@ -217,10 +216,10 @@ func (x *candIndex) pop(spread bool) candNode {
 	j := 0
 	for {
 		l, r, m := 2*j+1, 2*j+2, j
-		if l < len(h) && x.lessNode(h[l], h[m], spread) {
+		if l < len(h) && h[l].k.less(&h[m].k) {
 			m = l
 		}
-		if r < len(h) && x.lessNode(h[r], h[m], spread) {
+		if r < len(h) && h[r].k.less(&h[m].k) {
 			m = r
 		}
 		if m == j {
