@@ -312,3 +312,26 @@ func appendPrefixes(b []byte, ps []netip.Prefix) []byte {
 	}
 	return append(b, ']')
 }
+
+// Same reports whether a and b are the same state by construction: equal
+// scalar fields and the very same lists (one backing array and length,
+// nil where the other is nil), not merely equal ones; lists equal in
+// content but made apart are not the same. The compiler's states are
+// read-only once made, and its cache hands an unchanged host's state out
+// again as it was, so two states that are the same encode to the same
+// bytes: the server encodes a host's state again only when it is not the
+// same as the one it encoded last.
+func Same(a, b *State) bool {
+	return a.Schema == b.Schema && a.Host == b.Host && a.Address == b.Address && a.VTEPMAC == b.VTEPMAC &&
+		a.WireGuardPort == b.WireGuardPort && a.KeyGeneration == b.KeyGeneration &&
+		a.RotationPhase == b.RotationPhase && a.PublicKey == b.PublicKey &&
+		sameList(a.Guests, b.Guests) && sameList(a.Peers, b.Peers) && sameList(a.VXLAN, b.VXLAN) &&
+		sameList(a.Routes, b.Routes) && sameList(a.Firewall, b.Firewall) && sameList(a.Outbound, b.Outbound) &&
+		sameList(a.Ingress, b.Ingress) && sameList(a.Staged, b.Staged) && sameList(a.Hold, b.Hold)
+}
+
+// sameList reports whether x and y are one list: the same length and
+// backing array, or both nil, or both empty and not nil.
+func sameList[T any](x, y []T) bool {
+	return len(x) == len(y) && (x == nil) == (y == nil) && (len(x) == 0 || &x[0] == &y[0])
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/corridor-dev/corridor/internal/hoststate"
@@ -97,5 +98,56 @@ func TestEncodeSameAsMarshal(t *testing.T) {
 		s := st
 		f(&s)
 		sameAsMarshal(t, name, s)
+	}
+}
+
+// Same holds for a state and its copy (the same lists), and for nothing
+// that may encode otherwise: any scalar changed, any list replaced by an
+// equal copy, shortened, or nil against empty.
+func TestSame(t *testing.T) {
+	a := valid()
+	a.Outbound = []hoststate.Outbound{{App: "shop"}}
+	a.Ingress = []hoststate.IngressEntry{{App: "shop"}}
+	a.Staged, a.Hold = []hoststate.Guest{staged(&a)}, []netip.Addr{a.Routes[0].Dest}
+	a.VXLAN = []hoststate.VXLANEntry{{Server: "s2"}}
+	b := a
+	if !hoststate.Same(&a, &b) {
+		t.Fatal("a state and its copy are not the same")
+	}
+	e := hoststate.Empty("s1")
+	if e2 := e; !hoststate.Same(&e, &e2) {
+		t.Fatal("two empty states are not the same")
+	}
+	for name, f := range map[string]func(*hoststate.State){
+		"schema":        func(s *hoststate.State) { s.Schema = hoststate.SchemaMove },
+		"host":          func(s *hoststate.State) { s.Host = "s9" },
+		"address":       func(s *hoststate.State) { s.Address = netip.MustParseAddr("198.18.0.9") },
+		"vtepMAC":       func(s *hoststate.State) { s.VTEPMAC = "02:00:00:00:00:09" },
+		"wireguardPort": func(s *hoststate.State) { s.WireGuardPort++ },
+		"keyGeneration": func(s *hoststate.State) { s.KeyGeneration++ },
+		"rotationPhase": func(s *hoststate.State) { s.RotationPhase = hoststate.RotationCommit },
+		"publicKey":     func(s *hoststate.State) { s.PublicKey = "k" },
+		"guests":        func(s *hoststate.State) { s.Guests = slices.Clone(s.Guests) },
+		"peers":         func(s *hoststate.State) { s.Peers = slices.Clone(s.Peers) },
+		"vxlan":         func(s *hoststate.State) { s.VXLAN = slices.Clone(s.VXLAN) },
+		"routes":        func(s *hoststate.State) { s.Routes = slices.Clone(s.Routes) },
+		"firewall":      func(s *hoststate.State) { s.Firewall = slices.Clone(s.Firewall) },
+		"outbound":      func(s *hoststate.State) { s.Outbound = slices.Clone(s.Outbound) },
+		"ingress":       func(s *hoststate.State) { s.Ingress = slices.Clone(s.Ingress) },
+		"staged":        func(s *hoststate.State) { s.Staged = slices.Clone(s.Staged) },
+		"hold":          func(s *hoststate.State) { s.Hold = slices.Clone(s.Hold) },
+		"routes cut":    func(s *hoststate.State) { s.Routes = s.Routes[:0] },
+		"peers nil":     func(s *hoststate.State) { s.Peers = nil },
+	} {
+		c := a
+		f(&c)
+		if hoststate.Same(&a, &c) || hoststate.Same(&c, &a) {
+			t.Errorf("%s changed: still the same", name)
+		}
+	}
+	n1, n2 := hoststate.Empty("s1"), hoststate.Empty("s1")
+	n1.Routes, n2.Routes = nil, []hoststate.Route{}
+	if hoststate.Same(&n1, &n2) {
+		t.Error("nil and empty routes (null and []) are the same")
 	}
 }
