@@ -194,6 +194,53 @@ func BenchmarkRecompileOneChangeCached(b *testing.B) {
 	reportPlan(b, p)
 }
 
+// BenchmarkRecompileOneChangeCachedEncode is what the controller does
+// with BenchmarkRecompileOneChangeCached's change: the compile through
+// the cache, then the encoding of every host state that needs it (all of
+// them in a tree whose states have no Same method, before round 5 of issue
+// 19; since, only those not the same as the last compile's).
+func BenchmarkRecompileOneChangeCachedEncode(b *testing.B) {
+	in := benchFleet()
+	p, err := Compile(in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in.Current, in.Networks = assignments(p)
+	var warm Cache
+	p0, err := warm.Compile(in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in.Apps = slices.Clone(in.Apps)
+	in.Apps[7].Classes = slices.Clone(in.Apps[7].Classes)
+	in.Apps[7].Classes[1].Tasks++
+	encoded, hostBytes := 0, 0
+	cpu0 := cpuTime()
+	for b.Loop() {
+		k := warm.clone()
+		if p, err = k.Compile(in); err != nil {
+			b.Fatal(err)
+		}
+		encoded, hostBytes = 0, 0
+		for i := range p.Hosts {
+			h := &p.Hosts[i]
+			if s, ok := any(h).(interface{ Same(*HostState) bool }); ok && i < len(p0.Hosts) && s.Same(&p0.Hosts[i]) {
+				continue
+			}
+			js, err := encodeHost(h)
+			if err != nil {
+				b.Fatal(err)
+			}
+			encoded++
+			hostBytes += len(js)
+		}
+	}
+	reportCPU(b, cpu0)
+	reportPlan(b, p)
+	b.ReportMetric(float64(encoded), "hosts-encoded")
+	b.ReportMetric(float64(hostBytes), "host-bytes")
+}
+
 // clone is a copy of k that can go on separately. Entries are shared: a
 // compile changes a reused entry only to point it at equal contents.
 func (k *Cache) clone() *Cache {

@@ -313,7 +313,7 @@ func appendPrefixes(b []byte, ps []netip.Prefix) []byte {
 	return append(b, ']')
 }
 
-// Same reports whether a and b are the same state by construction: equal
+// Same reports whether st and o are the same state by construction: equal
 // scalar fields and the very same lists (one backing array and length,
 // nil where the other is nil), not merely equal ones; lists equal in
 // content but made apart are not the same. The compiler's states are
@@ -321,7 +321,8 @@ func appendPrefixes(b []byte, ps []netip.Prefix) []byte {
 // again as it was, so two states that are the same encode to the same
 // bytes: the server encodes a host's state again only when it is not the
 // same as the one it encoded last.
-func Same(a, b *State) bool {
+func (st *State) Same(o *State) bool {
+	a, b := st, o
 	return a.Schema == b.Schema && a.Host == b.Host && a.Address == b.Address && a.VTEPMAC == b.VTEPMAC &&
 		a.WireGuardPort == b.WireGuardPort && a.KeyGeneration == b.KeyGeneration &&
 		a.RotationPhase == b.RotationPhase && a.PublicKey == b.PublicKey &&

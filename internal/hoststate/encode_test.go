@@ -111,11 +111,11 @@ func TestSame(t *testing.T) {
 	a.Staged, a.Hold = []hoststate.Guest{staged(&a)}, []netip.Addr{a.Routes[0].Dest}
 	a.VXLAN = []hoststate.VXLANEntry{{Server: "s2"}}
 	b := a
-	if !hoststate.Same(&a, &b) {
+	if !a.Same(&b) {
 		t.Fatal("a state and its copy are not the same")
 	}
 	e := hoststate.Empty("s1")
-	if e2 := e; !hoststate.Same(&e, &e2) {
+	if e2 := e; !e.Same(&e2) {
 		t.Fatal("two empty states are not the same")
 	}
 	for name, f := range map[string]func(*hoststate.State){
@@ -141,13 +141,13 @@ func TestSame(t *testing.T) {
 	} {
 		c := a
 		f(&c)
-		if hoststate.Same(&a, &c) || hoststate.Same(&c, &a) {
+		if a.Same(&c) || c.Same(&a) {
 			t.Errorf("%s changed: still the same", name)
 		}
 	}
 	n1, n2 := hoststate.Empty("s1"), hoststate.Empty("s1")
 	n1.Routes, n2.Routes = nil, []hoststate.Route{}
-	if hoststate.Same(&n1, &n2) {
+	if n1.Same(&n2) {
 		t.Error("nil and empty routes (null and []) are the same")
 	}
 }

@@ -70,7 +70,7 @@ type controller struct {
 	// placed holds the encoded placement records (writePlacement).
 	placed placedCache
 	// encoded holds, per host, the state the last reconcile encoded and
-	// its JSON: a state that is the same (hoststate.Same: the cache handed
+	// its JSON: a state that is the same (hoststate.State.Same: the cache handed
 	// it out again) is not encoded again. Only reconcile uses it;
 	// hostEncodes counts the states it encoded, for tests.
 	encoded     map[string]encodedHost
@@ -405,7 +405,7 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 		hs := &mv.hosts[i]
 		inPlan[hs.Host] = true
 		var b []byte
-		if e, ok := c.encoded[hs.Host]; ok && hoststate.Same(&e.state, hs) {
+		if e, ok := c.encoded[hs.Host]; ok && e.state.Same(hs) {
 			b = e.data
 		} else {
 			if b, err = hs.Encode(); err != nil { // json.Marshal(hs), byte for byte

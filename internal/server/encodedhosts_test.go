@@ -13,7 +13,7 @@ import (
 
 // The controller encodes a host's desired state only when the compile
 // made it anew: a reconcile that changes nothing encodes none (the cache
-// hands out the same states, hoststate.Same). What it compares with is
+// hands out the same states, hoststate.State.Same). What it compares with is
 // still the stored bytes: a state overwritten in etcd by another writer is
 // written back although it was not encoded again.
 func TestUnchangedHostStatesNotEncodedAgain(t *testing.T) {
