@@ -29,6 +29,10 @@ func (st *State) sizeHint() int {
 	for i := range st.Routes {
 		n += 80 + 16*len(st.Routes[i].Sources)
 	}
+	for i := range st.RouteGroups {
+		g := &st.RouteGroups[i]
+		n += 80 + 16*len(g.Sources) + 60*len(g.Dests)
+	}
 	for i := range st.Firewall {
 		f := &st.Firewall[i]
 		n += 16 * (len(f.Sources) + len(f.Dests) + len(f.RemoteSources))
@@ -38,6 +42,13 @@ func (st *State) sizeHint() int {
 
 // AppendJSON appends json.Marshal(st) to b.
 func (st *State) AppendJSON(b []byte) ([]byte, error) {
+	return st.appendJSON(b, false)
+}
+
+// appendJSON appends json.Marshal(st) to b, or with expand
+// json.Marshal(st.Expanded()): the routes of st's groups written into
+// routes, and no routeGroups.
+func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 	var err error
 	b = append(b, '{')
 	if st.Schema != "" {
@@ -121,7 +132,7 @@ func (st *State) AppendJSON(b []byte) ([]byte, error) {
 	}
 
 	b = append(b, `,"routes":`...)
-	if st.Routes == nil {
+	if st.Routes == nil && (!expand || len(st.RouteGroups) == 0) {
 		b = append(b, "null"...)
 	} else {
 		b = append(b, '[')
@@ -130,11 +141,12 @@ func (st *State) AppendJSON(b []byte) ([]byte, error) {
 		// and copied.
 		var lastSrc []netip.Addr // the last sources written, and their JSON
 		var lastJSON []byte
-		for i := range st.Routes {
-			r := &st.Routes[i]
-			if i > 0 {
+		first := true
+		write := func(r Route, _, _ int) bool {
+			if !first {
 				b = append(b, ',')
 			}
+			first = false
 			b = append(b, `{"sources":`...)
 			if len(r.Sources) > 0 && len(r.Sources) == len(lastSrc) && &r.Sources[0] == &lastSrc[0] {
 				b = append(b, lastJSON...)
@@ -149,6 +161,50 @@ func (st *State) AppendJSON(b []byte) ([]byte, error) {
 			b = appendString(b, r.Server)
 			b = append(b, `,"encrypt":`...)
 			b = strconv.AppendBool(b, r.Encrypt)
+			b = append(b, '}')
+			return true
+		}
+		if expand {
+			st.eachGroupRoute(write)
+		}
+		for j, r := range st.Routes {
+			write(r, -1, j)
+		}
+		b = append(b, ']')
+	}
+	if !expand && len(st.RouteGroups) > 0 {
+		b = append(b, `,"routeGroups":[`...)
+		for i := range st.RouteGroups {
+			g := &st.RouteGroups[i]
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"app":`...)
+			b = appendString(b, g.App)
+			b = append(b, `,"class":`...)
+			b = appendString(b, g.Class)
+			b = append(b, `,"sources":`...)
+			b = appendAddrs(b, g.Sources)
+			b = append(b, `,"dests":`...)
+			if g.Dests == nil {
+				b = append(b, "null"...)
+			} else {
+				b = append(b, '[')
+				for j := range g.Dests {
+					d := &g.Dests[j]
+					if j > 0 {
+						b = append(b, ',')
+					}
+					b = append(b, `{"addr":`...)
+					b = appendAddr(b, d.Addr)
+					b = append(b, `,"server":`...)
+					b = appendString(b, d.Server)
+					b = append(b, '}')
+				}
+				b = append(b, ']')
+			}
+			b = append(b, `,"encrypt":`...)
+			b = strconv.AppendBool(b, g.Encrypt)
 			b = append(b, '}')
 		}
 		b = append(b, ']')
@@ -327,7 +383,7 @@ func (st *State) Same(o *State) bool {
 		a.WireGuardPort == b.WireGuardPort && a.KeyGeneration == b.KeyGeneration &&
 		a.RotationPhase == b.RotationPhase && a.PublicKey == b.PublicKey &&
 		sameList(a.Guests, b.Guests) && sameList(a.Peers, b.Peers) && sameList(a.VXLAN, b.VXLAN) &&
-		sameList(a.Routes, b.Routes) && sameList(a.Firewall, b.Firewall) && sameList(a.Outbound, b.Outbound) &&
+		sameList(a.Routes, b.Routes) && sameList(a.RouteGroups, b.RouteGroups) && sameList(a.Firewall, b.Firewall) && sameList(a.Outbound, b.Outbound) &&
 		sameList(a.Ingress, b.Ingress) && sameList(a.Staged, b.Staged) && sameList(a.Hold, b.Hold)
 }
 

@@ -22,7 +22,7 @@ import (
 // The schema version this build writes and reads.
 const (
 	SchemaMajor = 1
-	SchemaMinor = 4
+	SchemaMinor = 5
 	// Schema is SchemaMajor.SchemaMinor as states carry it. 1.1 adds
 	// Guest.Network, 1.2 Ingress, 1.3 the hitless key rotation
 	// (RotationPhase, PublicKey, Peer.NextPublicKey), which a state of an
@@ -39,6 +39,12 @@ const (
 	// starts no staged copy (the move waits, then falls back to moving
 	// the task in one step) and holds nothing.
 	SchemaMove = "1.4"
+	// SchemaGroups is the schema of a state that holds its routes as
+	// groups (RouteGroups, see routegroups.go). The control plane writes
+	// it only to a host whose agent reported it reads it
+	// (api.Status.Schema); every other host gets the same routes
+	// expanded, in the schema it reads (EncodeFor).
+	SchemaGroups = "1.5"
 )
 
 // Desired is a host's desired state at a revision, as the API serves it
@@ -97,6 +103,11 @@ type State struct {
 	// address may appear twice with different sources: the decision is per
 	// (source class, destination class) pair.
 	Routes []Route `json:"routes"`
+	// RouteGroups are routes held as groups (schema 1.5, see
+	// routegroups.go): a state's routes are the expansion of its groups
+	// followed by Routes (AllRoutes). Omitted when empty: a state of an
+	// older schema never carries them.
+	RouteGroups []RouteGroup `json:"routeGroups,omitempty"`
 	// Firewall rules for this host's guests (egress and ingress).
 	Firewall []FirewallRule `json:"firewall"`
 	// Outbound are the connections local guests may open to outside

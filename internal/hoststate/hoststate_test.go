@@ -28,13 +28,16 @@ func TestSchema(t *testing.T) {
 			t.Errorf("schema %q: got %v, want an ErrInvalid naming schema", s, err)
 		}
 	}
-	// The newest schema is the one of a task move; every other state is
-	// written in the one before it.
-	if ma, mi, err := hoststate.ParseSchema(hoststate.SchemaMove); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor {
-		t.Errorf("SchemaMove %q parses as %d.%d (%v), want %d.%d", hoststate.SchemaMove, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor)
+	// The newest schema is the one of route groups, then that of a task
+	// move; every other state is written in the one before it.
+	if ma, mi, err := hoststate.ParseSchema(hoststate.SchemaGroups); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor {
+		t.Errorf("SchemaGroups %q parses as %d.%d (%v), want %d.%d", hoststate.SchemaGroups, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor)
 	}
-	if ma, mi, err := hoststate.ParseSchema(hoststate.Schema); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor-1 {
-		t.Errorf("Schema %q parses as %d.%d (%v), want %d.%d", hoststate.Schema, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor-1)
+	if ma, mi, err := hoststate.ParseSchema(hoststate.SchemaMove); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor-1 {
+		t.Errorf("SchemaMove %q parses as %d.%d (%v), want %d.%d", hoststate.SchemaMove, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor-1)
+	}
+	if ma, mi, err := hoststate.ParseSchema(hoststate.Schema); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor-2 {
+		t.Errorf("Schema %q parses as %d.%d (%v), want %d.%d", hoststate.Schema, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor-2)
 	}
 }
 

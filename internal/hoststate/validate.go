@@ -120,9 +120,12 @@ func Validate(st State, opt Options) error {
 	if st.KeyGeneration < 0 {
 		return invalid("keyGeneration", "%d is negative", st.KeyGeneration)
 	}
-	if len(st.Guests) > MaxGuests || len(st.Peers) > MaxPeers || len(st.Routes) > MaxRoutes {
+	if nr := st.NumRoutes(); len(st.Guests) > MaxGuests || len(st.Peers) > MaxPeers || nr > MaxRoutes {
 		return fmt.Errorf("%w: state too large: %d guests (max %d), %d peers (max %d), %d routes (max %d)",
-			ErrInvalid, len(st.Guests), MaxGuests, len(st.Peers), MaxPeers, len(st.Routes), MaxRoutes)
+			ErrInvalid, len(st.Guests), MaxGuests, len(st.Peers), MaxPeers, nr, MaxRoutes)
+	}
+	if err := checkGroups(st); err != nil {
+		return err
 	}
 	runtimes := opt.Runtimes
 	if runtimes == nil {
@@ -349,10 +352,15 @@ func checkServerAddrs(st State, servers []netip.Addr) error {
 				return bad(fmt.Sprintf("vxlan[%d].guests", i), "VXLAN entry for "+v.Server)
 			}
 		}
-		for i, r := range st.Routes {
+		var err error
+		st.eachRouteAt(func(r Route, k, j int) bool {
 			if r.Dest == s {
-				return bad(fmt.Sprintf("routes[%d].dest", i), "route to "+r.Server)
+				err = bad(routeField(k, j)+".dest", "route to "+r.Server)
 			}
+			return err == nil
+		})
+		if err != nil {
+			return err
 		}
 		for i, g := range st.Guests {
 			if g.Address == s {
@@ -536,22 +544,30 @@ func CheckNetwork(st State) error {
 	}
 
 	pairs := map[[2]netip.Addr]bool{} // -> encrypt
-	for i, r := range st.Routes {
-		f := fmt.Sprintf("routes[%d]", i)
+	var rerr error
+	st.eachRouteAt(func(r Route, gk, gj int) bool {
+		f := routeField(gk, gj)
 		if err := overlayAddr(f+".dest", r.Dest); err != nil {
-			return err
+			rerr = err
+			return false
 		}
 		for j, s := range r.Sources {
 			ff := fmt.Sprintf("%s.sources[%d]", f, j)
 			if err := overlayAddr(ff, s); err != nil {
-				return err
+				rerr = err
+				return false
 			}
 			k := [2]netip.Addr{s.Unmap(), r.Dest.Unmap()}
 			if prev, ok := pairs[k]; ok && prev != r.Encrypt {
-				return invalid(ff, "pair %s -> %s is both encrypted and plain", k[0], k[1])
+				rerr = invalid(ff, "pair %s -> %s is both encrypted and plain", k[0], k[1])
+				return false
 			}
 			pairs[k] = r.Encrypt
 		}
+		return true
+	})
+	if rerr != nil {
+		return rerr
 	}
 
 	for i, r := range st.Firewall {
@@ -608,6 +624,58 @@ func checkName(field, s string) error {
 	}
 	if strings.ContainsAny(s, ":\x00") || len(s) > 63 {
 		return invalid(field, "%q must have at most 63 characters and no ':'", s)
+	}
+	return nil
+}
+
+// routeField names a route of a state: Routes[j] (k < 0), or the
+// destination j of route group k.
+func routeField(k, j int) string {
+	if k < 0 {
+		return fmt.Sprintf("routes[%d]", j)
+	}
+	return fmt.Sprintf("routeGroups[%d].dests[%d]", k, j)
+}
+
+// checkGroups checks what the expansion of st's route groups relies on:
+// each group names its app and class, an app's groups are consecutive,
+// and a group's destinations are overlay addresses in increasing order,
+// each with its server.
+func checkGroups(st State) error {
+	seen := map[string]bool{}
+	for k := range st.RouteGroups {
+		g := &st.RouteGroups[k]
+		f := fmt.Sprintf("routeGroups[%d]", k)
+		if g.App == "" {
+			return invalid(f+".app", "missing app")
+		}
+		if g.Class == "" {
+			return invalid(f+".class", "missing class")
+		}
+		if k == 0 || st.RouteGroups[k-1].App != g.App {
+			if seen[g.App] {
+				return invalid(f+".app", "groups of app %q are not consecutive", g.App)
+			}
+			seen[g.App] = true
+		}
+		for j, s := range g.Sources {
+			if err := overlayAddr(fmt.Sprintf("%s.sources[%d]", f, j), s); err != nil {
+				return err
+			}
+		}
+		for j := range g.Dests {
+			d := &g.Dests[j]
+			ff := fmt.Sprintf("%s.dests[%d]", f, j)
+			if err := overlayAddr(ff+".addr", d.Addr); err != nil {
+				return err
+			}
+			if d.Server == "" {
+				return invalid(ff+".server", "missing server")
+			}
+			if j > 0 && !g.Dests[j-1].Addr.Less(d.Addr) {
+				return invalid(ff+".addr", "%s is not after %s: destinations go by address, once each", d.Addr, g.Dests[j-1].Addr)
+			}
+		}
 	}
 	return nil
 }
