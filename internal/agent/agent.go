@@ -35,6 +35,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/artifact"
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/version"
 )
@@ -871,6 +872,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		Labels:            a.cfg.Labels,
 		AppliedRevision:   applied,
 		Version:           version.Version,
+		Schema:            hoststate.ReadSchema,
 		AppliedDigest:     appliedDig,
 		APIAddr:           a.apiAddr(),
 		Errors:            errs,

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"net"
 	"net/netip"
 	"slices"
@@ -168,7 +169,7 @@ func buildDesired(st compile.HostState) (*desired, error) {
 	})
 	d.vtepGuests = slices.Compact(d.vtepGuests)
 
-	d.marks = groupMarks(st.Routes)
+	d.marks = groupMarks(st.EachRoute()) // a state's routes, its route groups expanded
 	return d, nil
 }
 
@@ -181,11 +182,11 @@ func buildDesired(st compile.HostState) (*desired, error) {
 // Groups come in the order of their first route; a pair is in one group
 // only, since a route names one destination and the compiler gives a
 // (source, destination) pair one path.
-func groupMarks(routes []compile.Route) []markGroup {
+func groupMarks(routes iter.Seq[compile.Route]) []markGroup {
 	var groups []markGroup
 	index := map[string]int{}
 	var key strings.Builder
-	for _, r := range routes {
+	for r := range routes {
 		mark := MarkPlain
 		if r.Encrypt {
 			mark = MarkEncrypt

@@ -273,7 +273,7 @@ func TestMarksGrouped(t *testing.T) {
 	for _, d := range cache {
 		routes = append(routes, compile.Route{Sources: web[:1], Dest: d, Server: "b"})
 	}
-	groups := groupMarks(routes)
+	groups := groupMarks(slices.Values(routes))
 	if len(groups) != 2 {
 		t.Fatalf("%d groups, want 2 (web->db encrypted, web/0->cache plain)", len(groups))
 	}

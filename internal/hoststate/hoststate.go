@@ -45,6 +45,9 @@ const (
 	// (api.Status.Schema); every other host gets the same routes
 	// expanded, in the schema it reads (EncodeFor).
 	SchemaGroups = "1.5"
+	// ReadSchema is the newest schema this build reads, as its agent
+	// reports it (api.Status.Schema).
+	ReadSchema = SchemaGroups
 )
 
 // Desired is a host's desired state at a revision, as the API serves it

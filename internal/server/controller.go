@@ -26,6 +26,9 @@ import (
 type encodedHost struct {
 	state hoststate.State
 	data  []byte
+	// groups: data holds route groups (schema 1.5), written so for an
+	// agent that reported it reads them; else today's expanded routes.
+	groups bool
 }
 
 // controller turns stored apps and servers into placement and per-host
@@ -231,7 +234,7 @@ func rotationAsked(sn *store.Snapshot, reported map[string]int64) bool {
 // the down set is what needs a compile; scheduled key rotations are due by
 // time alone.
 func (c *controller) tick(ctx context.Context, since, now time.Time) {
-	sn, _, err := c.read(ctx)
+	sn, hosts, err := c.read(ctx)
 	if err != nil {
 		return
 	}
@@ -239,13 +242,35 @@ func (c *controller) tick(ctx context.Context, since, now time.Time) {
 	c.mu.Lock()
 	downChanged := downKey(states) != c.lastDown
 	c.mu.Unlock()
-	if downChanged || c.moveDue(now) {
+	if downChanged || c.moveDue(now) || c.schemaChanged(hosts) {
 		c.trigger()
 	}
 	if c.keyRotation > 0 && now.Sub(c.lastRotateCheck) >= c.rotateCheckEvery() {
 		c.lastRotateCheck = now
 		c.rotateKeys(ctx, sn, states, now)
 	}
+}
+
+// reportedSchema is the host-state schema h's agent last reported it
+// reads, "" when it reported none (or h is nil).
+func reportedSchema(h *store.HostKeys) string {
+	if h == nil || h.Status == nil {
+		return ""
+	}
+	return h.Status.Status.Schema
+}
+
+// schemaChanged reports whether an agent's reported schema now asks for
+// another encoding of its host's state than the one last written (an
+// agent upgraded to read route groups, or replaced by an older one): the
+// reconcile then writes it again.
+func (c *controller) schemaChanged(hosts map[string]*store.HostKeys) bool {
+	for name, e := range c.encoded {
+		if len(e.state.RouteGroups) > 0 && hoststate.ReadsGroups(reportedSchema(hosts[name])) != e.groups {
+			return true
+		}
+	}
+	return false
 }
 
 // rotateCheckEvery is how often scheduled key rotations are looked for.
@@ -404,23 +429,29 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	for i := range mv.hosts {
 		hs := &mv.hosts[i]
 		inPlan[hs.Host] = true
+		old := hosts[hs.Host]
+		// Route groups (schema 1.5) only to an agent that reported it
+		// reads them; today's expanded routes to every other (fail
+		// closed: an older agent would ignore the groups and route
+		// nothing).
+		schema := reportedSchema(old)
+		groups := hoststate.ReadsGroups(schema) && len(hs.RouteGroups) > 0
 		var b []byte
-		if e, ok := c.encoded[hs.Host]; ok && e.state.Same(hs) {
+		if e, ok := c.encoded[hs.Host]; ok && e.state.Same(hs) && e.groups == groups {
 			b = e.data
 		} else {
-			if b, err = hs.Encode(); err != nil { // json.Marshal(hs), byte for byte
+			if b, err = hs.EncodeFor(schema); err != nil { // json.Marshal(hs or its expansion), byte for byte
 				return fmt.Errorf("encode desired state of %s: %w", hs.Host, err)
 			}
 			c.hostEncodes.Add(1)
 		}
-		old := hosts[hs.Host]
 		if old != nil && bytes.Equal(old.Desired, b) {
 			// Keep the stored bytes (the same): the next comparison is
 			// then of one slice with itself.
-			encoded[hs.Host] = encodedHost{*hs, old.Desired}
+			encoded[hs.Host] = encodedHost{*hs, old.Desired, groups}
 			continue
 		}
-		encoded[hs.Host] = encodedHost{*hs, b}
+		encoded[hs.Host] = encodedHost{*hs, b, groups}
 		var prev int64
 		if old != nil {
 			prev = old.DesiredRevision

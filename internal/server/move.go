@@ -400,12 +400,22 @@ func involved(rec *store.MoveRecord, old, next *compile.Plan) map[string]bool {
 	return out
 }
 
+// routesTo reports whether st routes to a (its route groups expanded).
+func routesTo(st *compile.HostState, a netip.Addr) bool {
+	for r := range st.EachRoute() {
+		if r.Dest == a {
+			return true
+		}
+	}
+	return false
+}
+
 // mentioned are the addresses of addrs that st routes, runs or publishes.
 func mentioned(st compile.HostState, addrs []netip.Addr) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range addrs {
 		if slices.ContainsFunc(st.Guests, func(g compile.Guest) bool { return g.Address == a }) ||
-			slices.ContainsFunc(st.Routes, func(r compile.Route) bool { return r.Dest == a }) ||
+			routesTo(&st, a) ||
 			slices.ContainsFunc(st.Ingress, func(e hoststate.IngressEntry) bool {
 				return slices.ContainsFunc(e.Backends, func(b hoststate.Backend) bool { return b.Address == a })
 			}) {

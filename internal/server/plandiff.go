@@ -156,13 +156,20 @@ func hostChanges(p *compile.Plan, stored map[string][]byte) []api.PlanChange {
 	var out []api.PlanChange
 	for i := range p.Hosts {
 		hs := &p.Hosts[i]
-		b, err := hs.Encode() // json.Marshal(hs), byte for byte
+		// The stored bytes are today's (expanded) form for most agents,
+		// the route groups of schema 1.5 for those that read them.
+		b, err := hs.EncodeFor("")
 		if err != nil {
 			continue
 		}
 		raw := stored[hs.Host]
 		if bytes.Equal(raw, b) {
 			continue
+		}
+		if len(hs.RouteGroups) > 0 {
+			if b, err = hs.EncodeFor(hoststate.SchemaGroups); err == nil && bytes.Equal(raw, b) {
+				continue
+			}
 		}
 		var prev hoststate.State
 		if raw != nil {
@@ -195,8 +202,8 @@ func hostDiff(a, b hoststate.State) string {
 	if !jsonEqual(a.VXLAN, b.VXLAN) && !slices.ContainsFunc(parts, func(s string) bool { return strings.HasPrefix(s, "VXLAN") }) {
 		parts = append(parts, "VXLAN entries change")
 	}
-	if !jsonEqual(a.Routes, b.Routes) {
-		parts = append(parts, countChange("routes", len(a.Routes), len(b.Routes)))
+	if ar, br := a.AllRoutes(), b.AllRoutes(); !jsonEqual(ar, br) {
+		parts = append(parts, countChange("routes", len(ar), len(br)))
 	}
 	if !jsonEqual(a.Firewall, b.Firewall) {
 		parts = append(parts, countChange("firewall rules", len(a.Firewall), len(b.Firewall)))
