@@ -68,7 +68,7 @@ func sizedFleet(servers, apps, div int) Input {
 func reportPlan(b *testing.B, p *Plan) {
 	routes, peers := 0, 0
 	for _, h := range p.Hosts {
-		routes += len(h.Routes)
+		routes += h.NumRoutes()
 		peers += len(h.Peers)
 	}
 	b.ReportMetric(float64(len(p.Tasks)), "tasks")
@@ -321,6 +321,7 @@ func copyPlanSlices(p *Plan) *Plan {
 			h.VXLAN[j].Guests = slices.Clone(h.VXLAN[j].Guests)
 		}
 		h.Routes = slices.Clone(h.Routes)
+		h.RouteGroups = slices.Clone(h.RouteGroups)
 		h.Firewall = slices.Clone(h.Firewall)
 		q.Hosts[i] = h
 	}

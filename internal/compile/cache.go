@@ -45,6 +45,11 @@ type appEntry struct {
 	done  bool   // paths and parts hold this fingerprint's results
 	paths *pathGen
 	parts map[int32]*hostPart // by server index
+	// dests are the destination lists of the app's classes (class.dests)
+	// by class name: a later entry of the app takes those that are
+	// unchanged, so that a class's list stays one slice, shared by every
+	// host's route groups, across recompiles that do not change it.
+	dests map[string][]RouteDest
 }
 
 // hostEntry is one host's state at the last compile and what it was built

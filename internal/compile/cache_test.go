@@ -195,7 +195,7 @@ func TestCacheFleet(t *testing.T) {
 		}
 		reused := 0
 		for i := range got.Hosts {
-			if g, q := got.Hosts[i].Routes, p.Hosts[i].Routes; len(g) > 0 && len(q) > 0 && &g[0] == &q[0] {
+			if g, q := got.Hosts[i].RouteGroups, p.Hosts[i].RouteGroups; len(g) > 0 && len(q) > 0 && &g[0] == &q[0] {
 				reused++
 			}
 		}
@@ -368,7 +368,7 @@ func TestRebuiltHostKeepsUnchangedPeers(t *testing.T) {
 		kept := 0
 		for i := range got.Hosts {
 			g, q := &got.Hosts[i], &p.Hosts[i]
-			rebuilt := len(g.Routes) > 0 && len(q.Routes) > 0 && &g.Routes[0] != &q.Routes[0]
+			rebuilt := len(g.RouteGroups) > 0 && len(q.RouteGroups) > 0 && &g.RouteGroups[0] != &q.RouteGroups[0]
 			if rebuilt && (same(g.Peers, q.Peers) || sameVX(g.VXLAN, q.VXLAN)) {
 				kept++
 			}

@@ -406,8 +406,9 @@ func checkPlan(in Input, p *Plan) error {
 		// for one (source, dest).
 		gotRoutes := map[route]bool{}
 		way := map[[2]netip.Addr]bool{}
-		for j, r := range h.Routes {
-			if j > 0 && cmp.Or(h.Routes[j-1].Dest.Compare(r.Dest), cmpBool(h.Routes[j-1].Encrypt, r.Encrypt)) >= 0 {
+		hr := h.AllRoutes() // route groups expanded
+		for j, r := range hr {
+			if j > 0 && cmp.Or(hr[j-1].Dest.Compare(r.Dest), cmpBool(hr[j-1].Encrypt, r.Encrypt)) >= 0 {
 				return fmt.Errorf("host %s routes not sorted or repeated at %s", h.Host, r.Dest)
 			}
 			if d := tasks[addrs[r.Dest]]; d == nil || d.Server != r.Server || r.Server == h.Host {

@@ -74,6 +74,9 @@ type class struct {
 	tasks    []int32      // by index
 	out      []int        // rules from this class, in rule order
 	peersEnv []envVar     // CORRIDOR_PEERS_* this class's tasks get
+	// dests are the class's tasks by address with their servers: the
+	// destinations of every host's route groups to this class (hosts.go).
+	dests []RouteDest
 	addrs    []netip.Addr // addresses of all tasks, sorted
 }
 

@@ -151,8 +151,9 @@ func TestPerPairDecision(t *testing.T) {
 	}
 	h := hostOf(t, p, "s1")
 	var enc, plain *Route
-	for i := range h.Routes {
-		r := &h.Routes[i]
+	hr := h.AllRoutes()
+	for i := range hr {
+		r := &hr[i]
 		if r.Dest != d.Address {
 			continue
 		}
@@ -163,7 +164,7 @@ func TestPerPairDecision(t *testing.T) {
 		}
 	}
 	if enc == nil || plain == nil {
-		t.Fatalf("s1 routes to %s: %+v", d.Address, h.Routes)
+		t.Fatalf("s1 routes to %s: %+v", d.Address, hr)
 	}
 	if !sameAddrs(enc.Sources, []netip.Addr{x.Address}) {
 		t.Errorf("encrypted route sources %v, want x %s", enc.Sources, x.Address)
@@ -185,8 +186,8 @@ func TestPerPairDecision(t *testing.T) {
 	if len(h2.VXLAN) != 1 || !sameAddrs(h2.VXLAN[0].Guests, []netip.Addr{y0.Address, y1.Address}) {
 		t.Errorf("s2 vxlan %+v", h2.VXLAN)
 	}
-	if got := len(h2.Routes); got != 3 {
-		t.Errorf("s2 has %d routes, want 3 (to x encrypted, to each y plain): %+v", got, h2.Routes)
+	if got := h2.AllRoutes(); len(got) != 3 {
+		t.Errorf("s2 has %d routes, want 3 (to x encrypted, to each y plain): %+v", len(got), got)
 	}
 }
 
@@ -203,7 +204,7 @@ func TestTwoAppsIsolated(t *testing.T) {
 		}
 	}
 	for _, h := range p.Hosts {
-		for _, r := range h.Routes {
+		for r := range h.EachRoute() {
 			for _, s := range r.Sources {
 				if appOf[s] != appOf[r.Dest] {
 					t.Errorf("%s: route from %s (%s) to %s (%s)", h.Host, s, appOf[s], r.Dest, appOf[r.Dest])

@@ -75,6 +75,7 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 				c.peersEnv(a, cl)
 			}
 		}
+		c.classDests(k, a, memo)
 	}
 	hbs := make([]*hostBuilder, workers)
 	var wg sync.WaitGroup
@@ -102,6 +103,48 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 		}
 	}
 	return out, entries
+}
+
+// classDests gives each class of a its destination list (class.dests):
+// its tasks by address, with their servers. With memo the lists of the
+// app's last entry that are unchanged are taken as they were (one slice
+// per class, shared by every host's groups and by recompiles that do not
+// change the class), and the entry keeps this compile's.
+func (c *compiler) classDests(k *Cache, a *app, memo bool) {
+	var prev map[string][]RouteDest
+	if memo {
+		if a.entry.dests != nil { // the entry is the last compile's
+			prev = a.entry.dests
+		} else if e := k.apps[a.name]; e != nil {
+			prev = e.dests
+		}
+	}
+	n := make([]int, len(a.classes))
+	for _, ti := range a.byAddr {
+		n[c.tasks[ti].class.pos]++
+	}
+	for _, cl := range a.classes {
+		cl.dests = make([]RouteDest, 0, n[cl.pos])
+	}
+	for _, ti := range a.byAddr {
+		t := &c.tasks[ti]
+		t.class.dests = append(t.class.dests, RouteDest{Addr: t.addr, Server: c.servers[t.server].spec.Name})
+	}
+	var keep map[string][]RouteDest
+	if memo {
+		keep = make(map[string][]RouteDest, len(a.classes))
+	}
+	for _, cl := range a.classes {
+		if old, ok := prev[cl.name]; ok && slices.Equal(old, cl.dests) {
+			cl.dests = old
+		}
+		if memo {
+			keep[cl.name] = cl.dests
+		}
+	}
+	if memo {
+		a.entry.dests = keep
+	}
 }
 
 // hostWorkers bounds the builders that make host states side by side;
@@ -218,7 +261,7 @@ type hostApp struct {
 	part  *hostPart
 	fresh bool
 	srcs  [][2][]netip.Addr // fresh: the local sources by class and encryption
-	n     int               // fresh: its routes
+	n     int               // fresh: its route groups
 }
 
 // hostPart is what one app contributes to one host's state. Its slices are
@@ -228,7 +271,7 @@ type hostApp struct {
 type hostPart struct {
 	guests   []Guest        // in plan order
 	firewall []FirewallRule // in the host's firewall order
-	routes   []Route        // by destination address, plain first
+	groups   []RouteGroup   // by class (spec order), plain first
 	// Remote guests reached encrypted and in plain, by server index and
 	// then address; remotes says how many of each belong to which server.
 	enc     []netip.Prefix
@@ -268,7 +311,7 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 	hb.guests, hb.firewall = hb.guests[:0], hb.firewall[:0]
 	hb.byName = hb.byName[:0]
 	hb.arena = hb.arena[:0]
-	nGuests, nFirewall, nRoutes := 0, 0, 0
+	nGuests, nFirewall, nGroups := 0, 0, 0
 	for i := range hb.apps {
 		ha := &hb.apps[i]
 		e := ha.a.entry
@@ -284,9 +327,9 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 		nGuests += len(p.guests)
 		nFirewall += len(p.firewall)
 		if ha.fresh {
-			nRoutes += ha.n
+			nGroups += ha.n
 		} else {
-			nRoutes += len(p.routes)
+			nGroups += len(p.groups)
 		}
 		hb.byName = append(hb.byName, p)
 	}
@@ -324,16 +367,22 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 			m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
 		}
 	}
-	hs.Routes = make([]Route, 0, nRoutes)
+	// Routes: as groups (hoststate.RouteGroup), per app in network order,
+	// each to one class's shared destination list. hs.Routes stays empty
+	// (and not nil: a state's expansion writes "routes":[...]).
+	if nGroups > 0 {
+		hs.RouteGroups = make([]RouteGroup, 0, nGroups)
+	}
 	for i := range hb.apps {
 		ha := &hb.apps[i]
 		if !ha.fresh {
-			ha.part.routes = appendPart(&hs.Routes, ha.part.routes)
+			ha.part.groups = appendPart(&hs.RouteGroups, ha.part.groups)
 			continue
 		}
-		r0 := len(hs.Routes)
-		hs.Routes = hb.fill(hs.Routes, s, ha.a, ha.srcs, ha.part, direct)
-		ha.part.routes = hs.Routes[r0:len(hs.Routes):len(hs.Routes)]
+		hb.fill(s, ha.a, ha.srcs, ha.part, direct)
+		g0 := len(hs.RouteGroups)
+		hs.RouteGroups = appendGroups(hs.RouteGroups, ha.a, ha.srcs)
+		ha.part.groups = hs.RouteGroups[g0:len(hs.RouteGroups):len(hs.RouteGroups)]
 		ha.srcs = nil
 	}
 	if !direct {
@@ -587,14 +636,35 @@ func (hb *hostBuilder) part(s *server, a *app, memo bool) (*hostPart, [][2][]net
 		p.remotes[i] = remoteCount{server: rs, nEnc: hb.nEnc[rs], nPlain: hb.nPlain[rs]}
 		hb.nEnc[rs], hb.nPlain[rs] = 0, 0
 	}
-	return p, srcs, nEnc + nPlain
+	nGroups := 0
+	for _, cs := range srcs {
+		for _, src := range cs {
+			if len(src) > 0 {
+				nGroups++
+			}
+		}
+	}
+	return p, srcs, nGroups
 }
 
-// fill appends to routes the routes of part p (app a's on host s, made by
-// part with the sources srcs) and fills its remote lists; direct, it
-// appends its remote guests to the host's lists in hb.remotes instead.
-func (hb *hostBuilder) fill(routes []Route, s *server, a *app, srcs [][2][]netip.Addr, p *hostPart, direct bool) []Route {
-	c := hb.c
+// appendGroups appends app a's route groups from the local sources srcs
+// (by class and encryption): one per class and encryption with sources,
+// to the class's destination list.
+func appendGroups(gs []RouteGroup, a *app, srcs [][2][]netip.Addr) []RouteGroup {
+	for _, cl := range a.classes {
+		for e, src := range srcs[cl.pos] {
+			if len(src) > 0 {
+				gs = append(gs, RouteGroup{App: a.name, Class: cl.name, Sources: src, Dests: cl.dests, Encrypt: e == 1})
+			}
+		}
+	}
+	return gs
+}
+
+// fill fills the remote lists of part p (app a's on host s, made by part
+// with the sources srcs); direct, it appends its remote guests to the
+// host's lists in hb.remotes instead.
+func (hb *hostBuilder) fill(s *server, a *app, srcs [][2][]netip.Addr, p *hostPart, direct bool) {
 	if direct {
 		hb.scan(s, a, srcs, func(t *task, enc bool, src []netip.Addr) {
 			m := &hb.remotes[hb.slot[t.server]-1]
@@ -603,9 +673,8 @@ func (hb *hostBuilder) fill(routes []Route, s *server, a *app, srcs [][2][]netip
 			} else {
 				m.plain = append(m.plain, t.addr)
 			}
-			routes = append(routes, Route{Sources: src, Dest: t.addr, Server: c.servers[t.server].spec.Name, Encrypt: enc})
 		})
-		return routes
+		return
 	}
 	// nEnc and nPlain are each server's next free position.
 	var oe, op int32
@@ -622,12 +691,10 @@ func (hb *hostBuilder) fill(routes []Route, s *server, a *app, srcs [][2][]netip
 			p.plain[hb.nPlain[t.server]] = t.addr
 			hb.nPlain[t.server]++
 		}
-		routes = append(routes, Route{Sources: src, Dest: t.addr, Server: c.servers[t.server].spec.Name, Encrypt: enc})
 	})
 	for _, r := range p.remotes {
 		hb.nEnc[r.server], hb.nPlain[r.server] = 0, 0
 	}
-	return routes
 }
 
 // scan calls f for every task of a on another server than s that a local

@@ -329,7 +329,9 @@ func (c *compiler) addLinks(hs *HostState, s *server) {
 	})
 
 	// Routes: one per destination and encryption, sources merged.
-	rs := slices.Clone(hs.Routes)
+	// A host with links holds its routes expanded (app-to-app routes
+	// merge their sources into the app's own).
+	rs := slices.Clone(hs.AllRoutes())
 	for i := range rs {
 		if r := routes[rkey{rs[i].Dest, rs[i].Encrypt}]; r != nil {
 			rs[i].Sources = sortAddrs(append(slices.Clone(rs[i].Sources), r.Sources...))
@@ -343,7 +345,7 @@ func (c *compiler) addLinks(hs *HostState, s *server) {
 	slices.SortStableFunc(rs, func(x, y Route) int {
 		return cmp.Or(x.Dest.Compare(y.Dest), cmp.Compare(b2i(x.Encrypt), b2i(y.Encrypt)))
 	})
-	hs.Routes = rs
+	hs.Routes, hs.RouteGroups = rs, nil
 
 	// Peers and VXLAN entries: merged per remote server, by name.
 	peers := slices.Clone(hs.Peers)

@@ -97,7 +97,7 @@ func assertNowhere(t *testing.T, p *Plan, addrs ...string) {
 					t.Errorf("host %s runs a guest at pending address %s", h.Host, a)
 				}
 			}
-			for _, r := range h.Routes {
+			for r := range h.EachRoute() {
 				if r.Dest.String() == a {
 					t.Errorf("host %s routes pending address %s", h.Host, a)
 				}

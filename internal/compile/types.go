@@ -6,7 +6,9 @@
 package compile
 
 import (
+	"encoding/json"
 	"net/netip"
+	"slices"
 
 	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -81,6 +83,22 @@ type Plan struct {
 	Pending []Task `json:"pending,omitempty"`
 }
 
+// MarshalJSON writes p with each host's route groups expanded into its
+// routes (hoststate.State.Expanded): a plan's JSON (`corridor plan -o
+// json`, the goldens) shows every route, as the states of schema 1.3
+// hold them, whatever form the compiler keeps them in.
+func (p Plan) MarshalJSON() ([]byte, error) {
+	type plain Plan // no methods: no recursion
+	x := plain(p)
+	if slices.ContainsFunc(p.Hosts, func(h HostState) bool { return len(h.RouteGroups) > 0 }) {
+		x.Hosts = make([]HostState, len(p.Hosts))
+		for i := range p.Hosts {
+			x.Hosts[i] = p.Hosts[i].Expanded()
+		}
+	}
+	return json.Marshal(x)
+}
+
 // AppNetwork is the overlay network of one app.
 type AppNetwork struct {
 	App     string       `json:"app"`
@@ -151,6 +169,8 @@ type (
 	Peer         = hoststate.Peer
 	VXLANEntry   = hoststate.VXLANEntry
 	Route        = hoststate.Route
+	RouteGroup   = hoststate.RouteGroup
+	RouteDest    = hoststate.RouteDest
 	FirewallRule = hoststate.FirewallRule
 )
 
