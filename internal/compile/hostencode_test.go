@@ -27,6 +27,15 @@ func TestHostStateEncode(t *testing.T) {
 			if err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("%s, host %s: Encode (%v) differs from json.Marshal:\n got %.300s\nwant %.300s", name, h.Host, err, got, want)
 			}
+			// What an agent of schema 1.3/1.4 gets: the state with its
+			// route groups expanded, as the goldens show it.
+			want, err = json.Marshal(h.Expanded())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err = h.EncodeFor("1.3"); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("%s, host %s: EncodeFor(1.3) (%v) differs from the expanded state:\n got %.300s\nwant %.300s", name, h.Host, err, got, want)
+			}
 		}
 	}
 	cases, err := os.ReadDir("testdata")
@@ -65,6 +74,72 @@ func TestHostStateEncode(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("fleet, recompiled", p)
+}
+
+// TestRouteGroupsShared: every host's route groups to one class hold the
+// class's one destination list (the same slice), and a recompile through
+// the cache that changes one class gives that class a new list and keeps
+// every other class's, on the hosts it rebuilds too. Hosts with routes
+// hold them as groups (a positive control for the tests that expand them).
+func TestRouteGroupsShared(t *testing.T) {
+	servers, apps, div := 60, 8, 10
+	if raceDetector {
+		servers, apps, div = 24, 4, 20
+	}
+	in := sizedFleet(servers, apps, div)
+	var k Cache
+	p, err := k.Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lists := func(p *Plan) map[[2]string]*RouteDest {
+		t.Helper()
+		m := map[[2]string]*RouteDest{}
+		groups := 0
+		for _, h := range p.Hosts {
+			if len(h.Routes) != 0 {
+				t.Fatalf("host %s holds %d routes outside groups", h.Host, len(h.Routes))
+			}
+			for _, g := range h.RouteGroups {
+				groups++
+				key := [2]string{g.App, g.Class}
+				if q, ok := m[key]; ok && q != &g.Dests[0] {
+					t.Fatalf("host %s: groups to %s/%s hold another list than other hosts'", h.Host, g.App, g.Class)
+				}
+				m[key] = &g.Dests[0]
+			}
+		}
+		if groups == 0 {
+			t.Fatal("no route group in the fleet")
+		}
+		return m
+	}
+	before := lists(p)
+	in.Current, in.Networks = assignments(p)
+	changed := in.Apps[0]
+	changed.Classes[0].Tasks++
+	in.Apps[0] = changed
+	if p, err = k.Compile(in); err != nil {
+		t.Fatal(err)
+	}
+	after := lists(p)
+	kept, renewed := 0, 0
+	for key, q := range after {
+		if key == [2]string{changed.Name, changed.Classes[0].Name} {
+			if q == before[key] {
+				t.Errorf("class %s/%s changed but kept its destination list", key[0], key[1])
+			}
+			renewed++
+			continue
+		}
+		if q != before[key] {
+			t.Errorf("class %s/%s did not change but got a new destination list", key[0], key[1])
+		}
+		kept++
+	}
+	if renewed != 1 || kept == 0 {
+		t.Errorf("renewed %d lists, kept %d", renewed, kept)
+	}
 }
 
 // BenchmarkHostStatesEncode is the server's encoding of every host state
