@@ -234,7 +234,7 @@ func rotationAsked(sn *store.Snapshot, reported map[string]int64) bool {
 // the down set is what needs a compile; scheduled key rotations are due by
 // time alone.
 func (c *controller) tick(ctx context.Context, since, now time.Time) {
-	sn, hosts, err := c.read(ctx)
+	sn, _, err := c.read(ctx)
 	if err != nil {
 		return
 	}
@@ -242,7 +242,7 @@ func (c *controller) tick(ctx context.Context, since, now time.Time) {
 	c.mu.Lock()
 	downChanged := downKey(states) != c.lastDown
 	c.mu.Unlock()
-	if downChanged || c.moveDue(now) || c.schemaChanged(hosts) {
+	if downChanged || c.moveDue(now) || c.schemaChanged(c.hub.schemas()) {
 		c.trigger()
 	}
 	if c.keyRotation > 0 && now.Sub(c.lastRotateCheck) >= c.rotateCheckEvery() {
@@ -251,22 +251,13 @@ func (c *controller) tick(ctx context.Context, since, now time.Time) {
 	}
 }
 
-// reportedSchema is the host-state schema h's agent last reported it
-// reads, "" when it reported none (or h is nil).
-func reportedSchema(h *store.HostKeys) string {
-	if h == nil || h.Status == nil {
-		return ""
-	}
-	return h.Status.Status.Schema
-}
-
 // schemaChanged reports whether an agent's reported schema now asks for
 // another encoding of its host's state than the one last written (an
 // agent upgraded to read route groups, or replaced by an older one): the
 // reconcile then writes it again.
-func (c *controller) schemaChanged(hosts map[string]*store.HostKeys) bool {
+func (c *controller) schemaChanged(schemas map[string]string) bool {
 	for name, e := range c.encoded {
-		if len(e.state.RouteGroups) > 0 && hoststate.ReadsGroups(reportedSchema(hosts[name])) != e.groups {
+		if len(e.state.RouteGroups) > 0 && hoststate.ReadsGroups(schemas[name]) != e.groups {
 			return true
 		}
 	}
@@ -426,6 +417,7 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	var writes []store.DesiredWrite
 	inPlan := map[string]bool{}
 	encoded := make(map[string]encodedHost, len(mv.hosts))
+	schemas := c.hub.schemas() // as the agents reported them
 	for i := range mv.hosts {
 		hs := &mv.hosts[i]
 		inPlan[hs.Host] = true
@@ -434,7 +426,7 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 		// reads them; today's expanded routes to every other (fail
 		// closed: an older agent would ignore the groups and route
 		// nothing).
-		schema := reportedSchema(old)
+		schema := schemas[hs.Host]
 		groups := hoststate.ReadsGroups(schema) && len(hs.RouteGroups) > 0
 		var b []byte
 		if e, ok := c.encoded[hs.Host]; ok && e.state.Same(hs) && e.groups == groups {

@@ -48,6 +48,9 @@ type hostEntry struct {
 	applied  int64
 	keyGen   int64  // generation of the host's WireGuard key, as reported
 	tasks    uint64 // FNV-1a of the reported task list's JSON
+	// schema is the host-state schema the agent reported it reads
+	// (api.Status.Schema), "" when it reported none.
+	schema string
 	// pendingRev is a desired revision written while this server watched
 	// and not yet reported applied, pendingSince when the watch saw it.
 	pendingRev   int64
@@ -176,6 +179,7 @@ func (h *hub) setStatus(host string, raw []byte) (news bool) {
 			AppliedRevision int64           `json:"appliedRevision"`
 			KeyGeneration   int64           `json:"keyGeneration"`
 			Tasks           json.RawMessage `json:"tasks"`
+			Schema          string          `json:"schema"`
 		} `json:"status"`
 		Received time.Time `json:"received"`
 	}
@@ -188,6 +192,7 @@ func (h *hub) setStatus(host string, raw []byte) (news bool) {
 	tasks := f.Sum64()
 	news = e.applied != r.Status.AppliedRevision || e.keyGen != r.Status.KeyGeneration || e.tasks != tasks
 	e.lastSeen, e.applied, e.keyGen, e.tasks = r.Received, r.Status.AppliedRevision, r.Status.KeyGeneration, tasks
+	e.schema = r.Status.Schema
 	if e.pendingRev != 0 && e.applied >= e.pendingRev {
 		if h.fanout != nil {
 			h.fanout(time.Since(e.pendingSince).Seconds())
@@ -279,6 +284,20 @@ func (h *hub) keyGenerations() map[string]int64 {
 	for name, e := range h.hosts {
 		if e.keyGen != 0 {
 			out[name] = e.keyGen
+		}
+	}
+	return out
+}
+
+// schemas is, per host whose agent reported one, the host-state schema
+// it reads.
+func (h *hub) schemas() map[string]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]string{}
+	for name, e := range h.hosts {
+		if e.schema != "" {
+			out[name] = e.schema
 		}
 	}
 	return out

@@ -1,0 +1,128 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/hoststate"
+)
+
+const groupsApp = `apiVersion: corridor/v1
+kind: App
+name: rg
+classes:
+  - name: a
+    tasks: 2
+    guest: {runtime: netns, command: [sleep, infinity]}
+    resources: {cpu: 10m, memory: 4Mi}
+  - name: b
+    tasks: 2
+    guest: {runtime: netns, command: [sleep, infinity]}
+    resources: {cpu: 10m, memory: 4Mi}
+  - name: c
+    tasks: 2
+    guest: {runtime: netns, command: [sleep, infinity]}
+    resources: {cpu: 10m, memory: 4Mi}
+rules:
+  - {from: a, to: b, ports: [80], encrypt: true}
+  - {from: c, to: a, ports: [81], encrypt: false}
+`
+
+// TestDesiredStateForAgentSchema: the controller writes a host's routes
+// as groups (schema 1.5) only once its agent reported it reads 1.5, and
+// today's bytes (schema 1.3, routes expanded: what json.Marshal writes
+// for the state an older agent decodes) to every other host; an agent
+// that reports 1.5 gets its state written again in groups, with the same
+// routes, and one that reports an older schema again (a downgrade) gets
+// the old bytes back.
+func TestDesiredStateForAgentSchema(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	a1 := ts.join(t, "s1", 0, nil)
+	ts.join(t, "s2", 1, nil)
+	if _, err := ts.admin.ApplyApp(bg, []byte(groupsApp)); err != nil {
+		t.Fatal(err)
+	}
+	desired := func(host string) ([]byte, int64) {
+		t.Helper()
+		hosts, err := ts.st.Hosts(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := hosts[host]; h != nil {
+			return h.Desired, h.DesiredRevision
+		}
+		return nil, 0
+	}
+	decode := func(b []byte) hoststate.State {
+		t.Helper()
+		var st hoststate.State
+		if err := json.Unmarshal(b, &st); err != nil {
+			t.Fatalf("%v: %s", err, b)
+		}
+		return st
+	}
+	// Old form: schema 1.3, routes, no groups, json.Marshal's bytes.
+	oldForm := func(host string) (bool, string) {
+		b, _ := desired(host)
+		if b == nil {
+			return false, "no state"
+		}
+		st := decode(b)
+		again, _ := json.Marshal(st)
+		return st.Schema == hoststate.Schema && len(st.Routes) > 0 && len(st.RouteGroups) == 0 &&
+			!bytes.Contains(b, []byte("routeGroups")) && bytes.Equal(again, b), string(b)
+	}
+	eventually(t, 20*time.Second, "both hosts have today's states, with routes", func() (bool, string) {
+		ok1, b1 := oldForm("s1")
+		ok2, b2 := oldForm("s2")
+		return ok1 && ok2, b1 + "\n" + b2
+	})
+	old1, _ := desired("s1")
+	old2, rev2 := desired("s2")
+	routes1 := decode(old1).Routes
+
+	report := func(schema string) {
+		t.Helper()
+		if err := a1.c.ReportStatus(bg, "s1", api.Status{Name: "s1", Schema: schema, Time: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report(hoststate.ReadSchema)
+	var groups []byte
+	eventually(t, 20*time.Second, "s1's state written in groups", func() (bool, string) {
+		b, _ := desired("s1")
+		groups = b
+		return bytes.Contains(b, []byte(`"schema":"1.5"`)) && bytes.Contains(b, []byte(`"routeGroups":[`)), string(b)
+	})
+	st := decode(groups)
+	if again, _ := json.Marshal(st); !bytes.Equal(again, groups) {
+		t.Errorf("the 1.5 state is not json.Marshal's bytes:\n%s\n%s", groups, again)
+	}
+	if len(st.Routes) != 0 || len(st.RouteGroups) == 0 {
+		t.Errorf("the 1.5 state holds %d routes and %d groups", len(st.Routes), len(st.RouteGroups))
+	}
+	if got, want := mustJSON(st.AllRoutes()), mustJSON(routes1); !bytes.Equal(got, want) {
+		t.Errorf("the 1.5 state's routes differ from the old state's:\n got %s\nwant %s", got, want)
+	}
+	if x := st.Expanded(); !bytes.Equal(mustJSON(x.Routes), mustJSON(routes1)) {
+		t.Errorf("expansion differs")
+	}
+	if err := hoststate.Validate(st, hoststate.Options{Host: "s1"}); err != nil {
+		t.Errorf("the 1.5 state is invalid: %v", err)
+	}
+	if b, rev := desired("s2"); !bytes.Equal(b, old2) || rev != rev2 {
+		t.Errorf("s2's agent reported no schema, but its state changed:\n%s", b)
+	}
+
+	// An older agent again: the old bytes come back.
+	report("1.3")
+	eventually(t, 20*time.Second, "s1's state back in today's form", func() (bool, string) {
+		b, _ := desired("s1")
+		return bytes.Equal(b, old1), fmt.Sprintf("%s\nwant\n%s", b, old1)
+	})
+}
