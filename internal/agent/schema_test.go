@@ -2,8 +2,10 @@ package agent_test
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -100,5 +102,54 @@ func TestLoadDesiredBeforeSchema(t *testing.T) {
 	h.apply(t, "the server's signed state applied", ds.State)
 	if !h.dp.InSync(ds.State) || !h.guests.Running("shop/web/0") {
 		t.Fatal("the data plane does not hold the signed state")
+	}
+}
+
+// The agent reports the newest host-state schema it reads, and applies
+// both a state of route groups (schema 1.5, what the control plane
+// writes to it once it reported that) and a state of today's expanded
+// routes (what a control plane writes to it before it reported, or one
+// that predates route groups), handing the data plane each as it came:
+// the data plane expands the groups (dataplane's
+// TestRouteGroupsSameDataplane).
+func TestAgentReadsRouteGroupsAndRoutes(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	old := state("shop/web/0", "shop/web/1")
+	h.apply(t, "a state of expanded routes applied", old)
+	if !h.dp.InSync(old) {
+		t.Fatal("the data plane does not hold the state of routes")
+	}
+	eventually(t, "a status reporting the schema read", func() bool {
+		sts := h.cp.Statuses(host)
+		return len(sts) > 0 && sts[len(sts)-1].Schema == hoststate.ReadSchema
+	})
+	if !hoststate.ReadsGroups(hoststate.ReadSchema) {
+		t.Fatalf("the agent reports schema %s, which does not read route groups", hoststate.ReadSchema)
+	}
+
+	groups := old
+	groups.Schema = hoststate.SchemaGroups
+	groups.Routes = []hoststate.Route{}
+	groups.Guests = slices.Clone(old.Guests)
+	for i := range groups.Guests {
+		groups.Guests[i].Network = netip.MustParsePrefix("100.64.0.0/24") // required since 1.1
+	}
+	groups.RouteGroups = []hoststate.RouteGroup{
+		{App: "shop", Class: "db", Sources: old.Routes[0].Sources, Encrypt: true,
+			Dests: []hoststate.RouteDest{{Addr: old.Routes[0].Dest, Server: "s2"}}},
+		{App: "shop", Class: "cache", Sources: old.Routes[1].Sources,
+			Dests: []hoststate.RouteDest{{Addr: old.Routes[1].Dest, Server: "s3"}}},
+	}
+	if got, want := groups.AllRoutes(), old.Routes; len(got) != len(want) || got[0].Dest != want[0].Dest || got[1].Dest != want[1].Dest {
+		t.Fatalf("the groups expand to %v, want %v", got, want)
+	}
+	h.apply(t, "a state of route groups applied", groups)
+	if !h.dp.InSync(groups) {
+		t.Fatal("the data plane does not hold the state of route groups")
+	}
+	ds, _, err := agent.LoadDesired(h.dir)
+	if err != nil || ds.State.Schema != hoststate.SchemaGroups || len(ds.State.RouteGroups) != 2 {
+		t.Fatalf("desired.json holds schema %q, %d groups (%v)", ds.State.Schema, len(ds.State.RouteGroups), err)
 	}
 }

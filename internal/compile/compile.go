@@ -70,14 +70,14 @@ type class struct {
 	spec     *spec.Class
 	envName  string // spec.PeersEnvName
 	cpu, mem int64
-	labels   []string     // sorted keys of Placement.Labels
-	tasks    []int32      // by index
-	out      []int        // rules from this class, in rule order
-	peersEnv []envVar     // CORRIDOR_PEERS_* this class's tasks get
+	labels   []string // sorted keys of Placement.Labels
+	tasks    []int32  // by index
+	out      []int    // rules from this class, in rule order
+	peersEnv []envVar // CORRIDOR_PEERS_* this class's tasks get
 	// dests are the class's tasks by address with their servers: the
 	// destinations of every host's route groups to this class (hosts.go).
 	dests []RouteDest
-	addrs    []netip.Addr // addresses of all tasks, sorted
+	addrs []netip.Addr // addresses of all tasks, sorted
 }
 
 type envVar struct{ key, value string }
