@@ -68,7 +68,7 @@ func sizedFleet(servers, apps, div int) Input {
 func reportPlan(b *testing.B, p *Plan) {
 	routes, peers := 0, 0
 	for _, h := range p.Hosts {
-		routes += h.NumRoutes()
+		routes += numRoutes(&h)
 		peers += len(h.Peers)
 	}
 	b.ReportMetric(float64(len(p.Tasks)), "tasks")
@@ -104,7 +104,17 @@ func BenchmarkCompile(b *testing.B) {
 // written to etcd and sent to the agents) and every path (the placement
 // records, one list per app), so that work the compiler no longer does
 // but its consumers must is counted too.
+//
+// agents=1.3: the agents report no schema (they predate route groups, or
+// have not reported yet) and get today's expanded routes; agents=1.5:
+// they read route groups (the same in a tree that predates them).
 func BenchmarkCompileEncode(b *testing.B) {
+	for _, schema := range []string{"1.3", "1.5"} {
+		b.Run("agents="+schema, func(b *testing.B) { benchCompileEncode(b, schema) })
+	}
+}
+
+func benchCompileEncode(b *testing.B, schema string) {
 	in := benchFleet()
 	var p *Plan
 	var hostBytes, pathBytes int
@@ -116,7 +126,7 @@ func BenchmarkCompileEncode(b *testing.B) {
 		}
 		hostBytes, pathBytes = 0, 0
 		for i := range p.Hosts {
-			js, err := encodeHost(&p.Hosts[i])
+			js, err := encodeHost(&p.Hosts[i], schema)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -134,11 +144,29 @@ func BenchmarkCompileEncode(b *testing.B) {
 	b.ReportMetric(float64(pathBytes), "path-bytes")
 }
 
-// encodeHost encodes a host's state as the server of this tree does:
-// with the state's own encoder where it has one (hoststate.State.Encode,
-// since round 5 of issue 19), else json.Marshal. bench/compile/run.sh
-// runs this file in a base tree too, which may predate Encode.
-func encodeHost(h *HostState) ([]byte, error) {
+// numRoutes is the number of routes of h, its route groups expanded
+// where the tree has them (round 6 of issue 19).
+func numRoutes(h *HostState) int {
+	if n, ok := any(h).(interface{ NumRoutes() int }); ok {
+		return n.NumRoutes()
+	}
+	return len(h.Routes)
+}
+
+// encodeHost encodes a host's state as the server of this tree does for
+// an agent that reported it reads schema ("": none, an agent that
+// predates route groups): for that agent (hoststate.State.EncodeFor,
+// since round 6 of issue 19: route groups to an agent of 1.5, today's
+// expanded routes to the others), with the state's own encoder where it
+// has one (hoststate.State.Encode, since round 5), else json.Marshal.
+// bench/compile/run.sh runs this file in a base tree too, which may
+// predate both.
+func encodeHost(h *HostState, schema string) ([]byte, error) {
+	if e, ok := any(h).(interface {
+		EncodeFor(string) ([]byte, error)
+	}); ok {
+		return e.EncodeFor(schema)
+	}
 	if e, ok := any(h).(interface{ Encode() ([]byte, error) }); ok {
 		return e.Encode()
 	}
@@ -227,7 +255,7 @@ func BenchmarkRecompileOneChangeCachedEncode(b *testing.B) {
 			if s, ok := any(h).(interface{ Same(*HostState) bool }); ok && i < len(p0.Hosts) && s.Same(&p0.Hosts[i]) {
 				continue
 			}
-			js, err := encodeHost(h)
+			js, err := encodeHost(h, "")
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -321,7 +349,6 @@ func copyPlanSlices(p *Plan) *Plan {
 			h.VXLAN[j].Guests = slices.Clone(h.VXLAN[j].Guests)
 		}
 		h.Routes = slices.Clone(h.Routes)
-		h.RouteGroups = slices.Clone(h.RouteGroups)
 		h.Firewall = slices.Clone(h.Firewall)
 		q.Hosts[i] = h
 	}

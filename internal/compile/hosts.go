@@ -113,9 +113,15 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 func (c *compiler) classDests(k *Cache, a *app, memo bool) {
 	var prev map[string][]RouteDest
 	if memo {
-		if a.entry.dests != nil { // the entry is the last compile's
-			prev = a.entry.dests
-		} else if e := k.apps[a.name]; e != nil {
+		if a.entry.dests != nil {
+			// The entry is the last compile's, unchanged: so are its
+			// tasks, their addresses and servers (the fingerprint).
+			for _, cl := range a.classes {
+				cl.dests = a.entry.dests[cl.name]
+			}
+			return
+		}
+		if e := k.apps[a.name]; e != nil {
 			prev = e.dests
 		}
 	}
