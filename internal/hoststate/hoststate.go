@@ -10,6 +10,15 @@
 // version only adds fields an older reader may ignore), and refuses a newer
 // major version (ErrNewerSchema). A state without a schema is of the
 // format written before the schema existed, which is 1.0.
+//
+// A minor version whose fields an older reader must not ignore is written
+// only to hosts that read it: schema 1.5 holds the routes as route groups
+// (routegroups.go), which an agent of 1.3/1.4 would ignore and then route
+// nothing to remote guests. The agent reports the newest schema it reads
+// (ReadSchema, in api.Status.Schema), and the control plane writes each
+// host's state for it (State.EncodeFor): groups to a 1.5 agent, the
+// expanded routes of 1.3 (1.4 during a move), byte for byte as before,
+// to every other.
 package hoststate
 
 import (
