@@ -30,13 +30,14 @@ func histCount(t testing.TB, ts *testServer, name string) uint64 {
 	return n
 }
 
-// A new desired state counts as pending until the host reports it
-// applied; then its fan-out time is observed once.
-func TestFanoutObserved(t *testing.T) {
-	t.Parallel()
+// pendingHost starts a server with one joined host, s1, applies a
+// one-task app and waits until s1 has its desired state and the fan-out
+// of it is pending: the start of every fan-out and status test.
+func pendingHost(t *testing.T, app string) (*testServer, *testAgent, int64) {
+	t.Helper()
 	ts := startServer(t, Config{})
 	a := ts.join(t, "s1", 0, nil)
-	if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp("f", 1, ""))); err != nil {
+	if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp(app, 1, ""))); err != nil {
 		t.Fatal(err)
 	}
 	var rev int64
@@ -47,6 +48,14 @@ func TestFanoutObserved(t *testing.T) {
 		}
 		return err == nil && len(ds.State.Guests) == 1 && ts.hub.pending() == 1, fmt.Sprint(rev, err, ts.hub.pending())
 	})
+	return ts, a, rev
+}
+
+// A new desired state counts as pending until the host reports it
+// applied; then its fan-out time is observed once.
+func TestFanoutObserved(t *testing.T) {
+	t.Parallel()
+	ts, a, rev := pendingHost(t, "f")
 	before := histCount(t, ts, "corridor_fanout_duration_seconds")
 	// A status of an older revision does not end the fan-out.
 	if err := a.c.ReportStatus(context.Background(), "s1", api.Status{Name: "s1", AppliedRevision: rev - 1, Time: time.Now()}); err != nil {

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"encoding/json"
+	"hash/fnv"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -27,8 +29,10 @@ type hub struct {
 	ready  chan struct{}
 	// parked counts long-polls waiting now.
 	parked atomic.Int64
-	// onStatus is called (without mu) for every status the watch sees.
-	onStatus func(host string)
+	// onStatus is called (without mu) for every status the watch sees;
+	// news tells whether it says more than "still here": another applied
+	// revision, key generation or task list than the host's last status.
+	onStatus func(host string, news bool)
 	// fanout, when set, observes for each host the time from a new
 	// desired state seen by the watch to the host's status saying it
 	// applied that revision (or a later one).
@@ -43,6 +47,7 @@ type hostEntry struct {
 	lastSeen time.Time
 	applied  int64
 	keyGen   int64 // generation of the host's WireGuard key, as reported
+	tasks    uint64 // FNV-1a of the reported task list's JSON
 	// pendingRev is a desired revision written while this server watched
 	// and not yet reported applied, pendingSince when the watch saw it.
 	pendingRev   int64
@@ -120,7 +125,11 @@ func (h *hub) watch(ctx context.Context, rev int64) {
 			h.log.Warn("host watch broken; reloading", "err", err)
 			return
 		}
-		var statusHosts []string
+		type seen struct {
+			host string
+			news bool
+		}
+		var statuses []seen
 		h.mu.Lock()
 		for _, ev := range resp.Events {
 			host, kind, ok := h.st.ParseHostKey(string(ev.Kv.Key))
@@ -136,15 +145,14 @@ func (h *hub) watch(ctx context.Context, rev int64) {
 					e.pendingRev, e.pendingSince = ev.Kv.ModRevision, time.Now()
 				}
 			case ev.Type == clientv3.EventTypePut:
-				h.setStatus(host, ev.Kv.Value)
-				statusHosts = append(statusHosts, host)
+				statuses = append(statuses, seen{host, h.setStatus(host, ev.Kv.Value)})
 			}
 		}
 		cb := h.onStatus
 		h.mu.Unlock()
 		if cb != nil {
-			for _, host := range statusHosts {
-				cb(host)
+			for _, s := range statuses {
+				cb(s.host, s.news)
 			}
 		}
 	}
@@ -162,25 +170,31 @@ func (h *hub) setDesired(host string, data []byte, rev int64) {
 	e.changed = make(chan struct{})
 }
 
-func (h *hub) setStatus(host string, raw []byte) {
+func (h *hub) setStatus(host string, raw []byte) (news bool) {
 	var r struct {
 		Status struct {
-			AppliedRevision int64 `json:"appliedRevision"`
-			KeyGeneration   int64 `json:"keyGeneration"`
+			AppliedRevision int64           `json:"appliedRevision"`
+			KeyGeneration   int64           `json:"keyGeneration"`
+			Tasks           json.RawMessage `json:"tasks"`
 		} `json:"status"`
 		Received time.Time `json:"received"`
 	}
 	if err := jsonUnmarshal(raw, &r); err != nil {
-		return
+		return false
 	}
 	e := h.entry(host)
-	e.lastSeen, e.applied, e.keyGen = r.Received, r.Status.AppliedRevision, r.Status.KeyGeneration
+	f := fnv.New64a()
+	f.Write(r.Status.Tasks)
+	tasks := f.Sum64()
+	news = e.applied != r.Status.AppliedRevision || e.keyGen != r.Status.KeyGeneration || e.tasks != tasks
+	e.lastSeen, e.applied, e.keyGen, e.tasks = r.Received, r.Status.AppliedRevision, r.Status.KeyGeneration, tasks
 	if e.pendingRev != 0 && e.applied >= e.pendingRev {
 		if h.fanout != nil {
 			h.fanout(time.Since(e.pendingSince).Seconds())
 		}
 		e.pendingRev = 0
 	}
+	return news
 }
 
 // pending counts the hosts whose desired state, written while this server

@@ -19,19 +19,7 @@ import (
 // comes back as ErrPollStatusUnsupported.
 func TestLongPollCarriesStatus(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t, Config{})
-	a := ts.join(t, "s1", 0, nil)
-	if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp("c", 1, ""))); err != nil {
-		t.Fatal(err)
-	}
-	var rev int64
-	eventually(t, 20*time.Second, "s1 has a desired state and is pending", func() (bool, string) {
-		ds, err := ts.admin.HostDesired(bg, "s1")
-		if err == nil {
-			rev = ds.Revision
-		}
-		return err == nil && len(ds.State.Guests) == 1 && ts.hub.pending() == 1, fmt.Sprint(rev, err, ts.hub.pending())
-	})
+	ts, a, rev := pendingHost(t, "c")
 	ctx, cancel := context.WithCancel(bg)
 	defer cancel()
 	stored := make(chan struct{})

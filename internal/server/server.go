@@ -341,9 +341,13 @@ func (s *Server) Close() error {
 }
 
 // statusSeen is the hub's callback for each status: a host that comes
-// back after being down needs a compile now, not at the next tick.
-func (s *Server) statusSeen(host string) {
-	if s.ctrl.leader.Load() && (s.ctrl.anyDown() || s.ctrl.moveConcerns(host)) {
+// back after being down needs a compile now, not at the next tick, and a
+// host a move waits for may have done what the move waits for. Only a
+// report with news (another applied revision or task list) can move a
+// move on: a large fleet's heartbeats during a move do not each cost a
+// reconcile.
+func (s *Server) statusSeen(host string, news bool) {
+	if s.ctrl.leader.Load() && (s.ctrl.anyDown() || news && s.ctrl.moveConcerns(host)) {
 		s.ctrl.trigger()
 	}
 }
