@@ -711,10 +711,14 @@ func b2i(b bool) int {
 }
 
 // without is all minus drop, both sorted, drop a subset of all; nil when
-// nothing is left.
+// nothing is left, all itself (clipped, shared: both are read-only) when
+// drop is empty, as it is on most hosts.
 func without(all, drop []netip.Addr) []netip.Addr {
 	if len(all) == len(drop) {
 		return nil
+	}
+	if len(drop) == 0 {
+		return slices.Clip(all)
 	}
 	out := make([]netip.Addr, 0, len(all)-len(drop))
 	j := 0

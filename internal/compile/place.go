@@ -132,6 +132,7 @@ type placer struct {
 	// current class, made when first needed and dropped by update: the
 	// same runners-up come back task after task.
 	moreLoaded []string
+	idx        candIndex // the servers by rank for the current class
 	// asLoaded is loserWhy's "as loaded; <winner> comes first by name"
 	// for the task being placed.
 	asLoaded string
@@ -292,6 +293,7 @@ func (p *placer) placeClass(a *app, cl *class) error {
 			}
 		}
 	}
+	p.idx.reset(p, spread != "")
 	for _, ti := range cl.tasks {
 		if c.tasks[ti].server >= 0 {
 			continue
@@ -313,31 +315,10 @@ func (p *placer) placeTask(a *app, cl *class, ti int32, spread bool) error {
 	keepTop = max(keepTop, 1)
 	p.top = p.top[:0]
 	p.unfit = p.unfit[:0]
-	for i := range c.servers {
-		if !p.ok[i] {
-			if len(p.unfit) < keepTop {
-				p.unfit = append(p.unfit, int32(i))
-			}
-			continue
-		}
-		k := cand{idx: int32(i), runs: p.appCount[i] > 0, load: p.load[i]}
-		if spread {
-			k.group = p.groups[p.group[i]]
-		}
-		if len(p.top) == keepTop && !k.less(&p.top[len(p.top)-1]) {
-			continue
-		}
-		// Insert in order; the list is short (MaxRejected+1).
-		j := len(p.top)
-		for j > 0 && k.less(&p.top[j-1]) {
-			j--
-		}
-		if len(p.top) < keepTop {
-			p.top = append(p.top, cand{})
-		}
-		if j < len(p.top) {
-			copy(p.top[j+1:], p.top[j:len(p.top)-1])
-			p.top[j] = k
+	p.idx.top(keepTop, spread)
+	if scanCheck {
+		if err := p.checkScan(keepTop, spread); err != nil {
+			return err
 		}
 	}
 	if len(p.top) == 0 {
@@ -348,6 +329,7 @@ func (p *placer) placeTask(a *app, cl *class, ti int32, spread bool) error {
 	c.put(ti, s)
 	p.update(best.idx, cl)
 	p.appCount[best.idx]++
+	p.idx.update(best.idx)
 	if spread {
 		p.groups[p.group[best.idx]]++
 	}
@@ -386,6 +368,43 @@ func (p *placer) placeTask(a *app, cl *class, ti int32, spread bool) error {
 	}
 	t.reason.Rejected = rej
 	t.reason.Omitted = len(c.servers) - 1 - len(rej)
+	return nil
+}
+
+// scanCheck makes placeTask check the index against a scan of every
+// server (checkScan), for the tests.
+var scanCheck = false
+
+// checkScan is what placeTask did before candIndex: a scan of every server
+// for the keepTop best that can take a task and the first keepTop that
+// cannot. It returns an error if p.top and p.unfit, made by the index,
+// differ from what it finds.
+func (p *placer) checkScan(keepTop int, spread bool) error {
+	var top []cand
+	var unfit []int32
+	for i := range p.c.servers {
+		if !p.ok[i] {
+			if len(unfit) < keepTop {
+				unfit = append(unfit, int32(i))
+			}
+			continue
+		}
+		k := cand{idx: int32(i), runs: p.appCount[i] > 0, load: p.load[i]}
+		if spread {
+			k.group = p.groups[p.group[i]]
+		}
+		j := len(top)
+		for j > 0 && k.less(&top[j-1]) {
+			j--
+		}
+		top = slices.Insert(top, j, k)
+		if len(top) > keepTop {
+			top = top[:keepTop]
+		}
+	}
+	if !slices.Equal(top, p.top) || !slices.Equal(unfit, p.unfit) {
+		return fmt.Errorf("placement index: top %v unfit %v, the scan finds top %v unfit %v", p.top, p.unfit, top, unfit)
+	}
 	return nil
 }
 

@@ -200,7 +200,7 @@ func v1Limits(r spec.Resources, pids bool) []cgroupFile {
 	}
 	fs := []cgroupFile{
 		{"cpu", "cpu.cfs_period_us", strconv.Itoa(cpuPeriodUS)},
-		{"cpu", "cpu.cfs_quota_us", strconv.FormatInt(cpuQuotaUS(r.CPU), 10)},
+		cpuQuotaFile(false, cpuQuotaUS(r.CPU)),
 		{"cpu", "cpu.shares", strconv.FormatInt(cpuShares(r.CPU), 10)},
 		{"memory", "memory.limit_in_bytes", mem},
 	}
@@ -213,16 +213,12 @@ func v1Limits(r spec.Resources, pids bool) []cgroupFile {
 // v2Limits are the control files of a v2 task cgroup; pids says whether
 // the pids controller is available.
 func v2Limits(r spec.Resources, pids bool) []cgroupFile {
-	cpu := "max " + strconv.Itoa(cpuPeriodUS)
-	if q := cpuQuotaUS(r.CPU); q > 0 {
-		cpu = fmt.Sprintf("%d %d", q, cpuPeriodUS)
-	}
 	mem := "max"
 	if r.Memory > 0 {
 		mem = strconv.FormatInt(int64(r.Memory), 10)
 	}
 	fs := []cgroupFile{
-		{"", "cpu.max", cpu},
+		cpuQuotaFile(true, cpuQuotaUS(r.CPU)),
 		{"", "cpu.weight", strconv.FormatInt(cpuWeight(r.CPU), 10)},
 		{"", "memory.max", mem},
 	}
@@ -288,6 +284,33 @@ func (c taskCgroup) Ensure(r spec.Resources) error {
 		if err := os.WriteFile(p, []byte(l.Value), 0o644); err != nil {
 			return fmt.Errorf("guest: set %s to %s: %w", p, l.Value, err)
 		}
+	}
+	return nil
+}
+
+// cpuQuotaFile is the control file of a CPU quota of q microseconds per
+// cpuPeriodUS (q < 0: none) on cgroup v2 or v1.
+func cpuQuotaFile(v2 bool, q int64) cgroupFile {
+	if v2 {
+		v := "max " + strconv.Itoa(cpuPeriodUS)
+		if q >= 0 {
+			v = fmt.Sprintf("%d %d", q, cpuPeriodUS)
+		}
+		return cgroupFile{"", "cpu.max", v}
+	}
+	return cgroupFile{"cpu", "cpu.cfs_quota_us", strconv.FormatInt(q, 10)}
+}
+
+// SetCPUQuota writes the CFS quota of r's CPU, or none (unlimited).
+func (c taskCgroup) SetCPUQuota(r spec.Resources, unlimited bool) error {
+	q := cpuQuotaUS(r.CPU)
+	if unlimited {
+		q = -1
+	}
+	l := cpuQuotaFile(c.layout.Version == cgroupV2, q)
+	p := filepath.Join(c.dir(l.Ctrl), l.File)
+	if err := os.WriteFile(p, []byte(l.Value), 0o644); err != nil {
+		return fmt.Errorf("guest: set %s to %s: %w", p, l.Value, err)
 	}
 	return nil
 }
@@ -443,6 +466,16 @@ func OpenCgroup(parent, name string) (*Cgroup, error) {
 // Ensure creates the cgroup if needed and sets its CPU, memory and pids
 // limits (pids: resources.pids, default spec.DefaultPids).
 func (g *Cgroup) Ensure(r spec.Resources) error { return g.c.Ensure(r) }
+
+// Unthrottle lifts the cgroup's CPU quota; its weight stays. The netns
+// runtime does so while guest-init seals a guest, before any of the
+// task's code runs, and while a removed task's program ends: neither is
+// the task's work, and at a request of a few millicpu each would take
+// seconds (guest-init needs about 70 ms of CPU).
+func (g *Cgroup) Unthrottle() error { return g.c.SetCPUQuota(spec.Resources{}, true) }
+
+// Throttle sets the cgroup's CPU quota back to r's.
+func (g *Cgroup) Throttle(r spec.Resources) error { return g.c.SetCPUQuota(r, false) }
 
 // AddProc moves a process into the cgroup (v1: in every hierarchy).
 func (g *Cgroup) AddProc(pid int) error { return g.c.AddProc(pid) }

@@ -17,9 +17,16 @@ import (
 
 	"github.com/corridor-dev/corridor/internal/api"
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/hoststate"
 	"github.com/corridor-dev/corridor/internal/spec"
 	"github.com/corridor-dev/corridor/internal/store"
 )
+
+// encodedHost is a host state and its JSON (controller.encoded).
+type encodedHost struct {
+	state hoststate.State
+	data  []byte
+}
 
 // controller turns stored apps and servers into placement and per-host
 // desired state. Only the elected leader among the servers sharing an
@@ -62,6 +69,12 @@ type controller struct {
 	mirror *store.Mirror
 	// placed holds the encoded placement records (writePlacement).
 	placed placedCache
+	// encoded holds, per host, the state the last reconcile encoded and
+	// its JSON: a state that is the same (hoststate.State.Same: the cache handed
+	// it out again) is not encoded again. Only reconcile uses it;
+	// hostEncodes counts the states it encoded, for tests.
+	encoded     map[string]encodedHost
+	hostEncodes atomic.Int64
 	// moving is set while a make-before-break move is under way
 	// (move.go): agents' reports and the tick then ask for a reconcile,
 	// which moves it on. moveTimeout bounds each of its phases
@@ -387,16 +400,27 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 
 	var writes []store.DesiredWrite
 	inPlan := map[string]bool{}
-	for _, hs := range mv.hosts {
+	encoded := make(map[string]encodedHost, len(mv.hosts))
+	for i := range mv.hosts {
+		hs := &mv.hosts[i]
 		inPlan[hs.Host] = true
-		b, err := json.Marshal(hs)
-		if err != nil {
-			return fmt.Errorf("encode desired state of %s: %w", hs.Host, err)
+		var b []byte
+		if e, ok := c.encoded[hs.Host]; ok && e.state.Same(hs) {
+			b = e.data
+		} else {
+			if b, err = hs.Encode(); err != nil { // json.Marshal(hs), byte for byte
+				return fmt.Errorf("encode desired state of %s: %w", hs.Host, err)
+			}
+			c.hostEncodes.Add(1)
 		}
 		old := hosts[hs.Host]
 		if old != nil && bytes.Equal(old.Desired, b) {
+			// Keep the stored bytes (the same): the next comparison is
+			// then of one slice with itself.
+			encoded[hs.Host] = encodedHost{*hs, old.Desired}
 			continue
 		}
+		encoded[hs.Host] = encodedHost{*hs, b}
 		var prev int64
 		if old != nil {
 			prev = old.DesiredRevision
@@ -413,6 +437,7 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 			writes = append(writes, store.DesiredWrite{Host: name, Prev: h.DesiredRevision})
 		}
 	}
+	c.encoded = encoded
 	n, err := c.st.WriteDesired(ctx, guard, writes)
 	c.m.revisions.Add(float64(n))
 	if err != nil {

@@ -46,7 +46,7 @@ type hostEntry struct {
 	// lastSeen is when the server last got a status from the host.
 	lastSeen time.Time
 	applied  int64
-	keyGen   int64 // generation of the host's WireGuard key, as reported
+	keyGen   int64  // generation of the host's WireGuard key, as reported
 	tasks    uint64 // FNV-1a of the reported task list's JSON
 	// pendingRev is a desired revision written while this server watched
 	// and not yet reported applied, pendingSince when the watch saw it.

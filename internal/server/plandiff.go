@@ -154,8 +154,9 @@ func cmpRef(a, b api.PathRef) int {
 // firewall rules). stored is each host's stored desired state (raw JSON).
 func hostChanges(p *compile.Plan, stored map[string][]byte) []api.PlanChange {
 	var out []api.PlanChange
-	for _, hs := range p.Hosts {
-		b, err := json.Marshal(hs)
+	for i := range p.Hosts {
+		hs := &p.Hosts[i]
+		b, err := hs.Encode() // json.Marshal(hs), byte for byte
 		if err != nil {
 			continue
 		}
@@ -169,7 +170,7 @@ func hostChanges(p *compile.Plan, stored map[string][]byte) []api.PlanChange {
 				prev = hoststate.State{}
 			}
 		}
-		detail := hostDiff(prev, hs)
+		detail := hostDiff(prev, *hs)
 		if detail == "" {
 			continue // the same state, encoded otherwise (an older schema's bytes)
 		}

@@ -21,7 +21,8 @@ import (
 // its own, sets the hostname, builds the guest's root and pivots into it,
 // drops to the task's uid and gid with no supplementary groups and no
 // capabilities (bounding set included), sets no_new_privs and installs the
-// seccomp filters. Then it starts the program and stays as the PID
+// seccomp filters. Then, once the agent has set the task's CPU quota
+// (awaitLimits), it starts the program and stays as the PID
 // namespace's init, unprivileged like it: it forwards SIGTERM and the
 // other stop signals to the program, reaps orphans, and exits with the
 // program's status (128+signal if it was killed) — the namespace, and
@@ -40,7 +41,28 @@ func InitMain() int {
 	if err := seal(sb); err != nil {
 		return initFail(err)
 	}
+	if os.Getenv(limitsEnv) != "" {
+		if err := awaitLimits(os.NewFile(limitsFD, "limits")); err != nil {
+			return initFail(err)
+		}
+	}
 	return runInit(sb)
+}
+
+// awaitLimits tells the agent on f that the guest is sealed, waits until
+// the agent says the task's CPU quota is set, and closes f (the program
+// must not inherit it). Anything else (the agent gone, the quota not set)
+// is an error: the program does not start.
+func awaitLimits(f *os.File) error {
+	defer f.Close()
+	if _, err := f.Write([]byte{sealedByte}); err != nil {
+		return fmt.Errorf("tell the agent the guest is sealed: %w", err)
+	}
+	var b [1]byte
+	if n, err := f.Read(b[:]); n != 1 || b[0] != limitedByte {
+		return fmt.Errorf("the agent did not set the task's CPU limit (%q, %v): not starting the program", b[:n], err)
+	}
+	return nil
 }
 
 func initFail(err error) int {

@@ -18,6 +18,7 @@ import (
 	"github.com/corridor-dev/corridor/internal/hostns"
 	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/spec"
+	"golang.org/x/sys/unix"
 )
 
 // logCheck is how often running programs' logs are checked for size.
@@ -109,8 +110,9 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 	g, hash := t.wanted()
 	dir := guest.TaskDir(r.cfg.StateDir, g.Task)
 	cg := r.cgroup(g.Task)
-	// Processes forked by an earlier run that outlived it.
-	cg.Kill(syscall.SIGKILL, 2*time.Second)
+	// Processes forked by an earlier run that outlived it. Any left
+	// (stuck in the kernel) keep the task's quota on through sealing.
+	emptied := cg.Kill(syscall.SIGKILL, 2*time.Second)
 
 	uid, gid, err := taskUser(g)
 	if err != nil {
@@ -161,10 +163,29 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 	}
 	defer sbr.Close()
 	defer sbw.Close()
+	limits, initLimits, err := socketPair()
+	if err != nil {
+		return nil, fmt.Errorf("guest: limits socket pair: %w", err)
+	}
+	defer initLimits.Close()
+	started := false
+	defer func() {
+		if !started {
+			limits.Close()
+		}
+	}()
+	// guest-init seals the guest unthrottled; the quota is back before
+	// the program starts (setLimits below, awaitLimits in guest-init).
+	if emptied {
+		if err := cg.Unthrottle(); err != nil {
+			return nil, err
+		}
+	}
 	cmd := &exec.Cmd{
 		// One P: guest-init's threads count against the task's pids.
-		Path: r.cfg.InitBinary, Args: []string{r.cfg.InitBinary, InitArg}, Env: []string{"GOMAXPROCS=1"}, Dir: "/",
-		Stdout: lf, Stderr: lf, ExtraFiles: []*os.File{sbr}, // fd 3: sandboxFD
+		Path: r.cfg.InitBinary, Args: []string{r.cfg.InitBinary, InitArg}, Dir: "/",
+		Env:    []string{"GOMAXPROCS=1", fmt.Sprintf("%s=%d", limitsEnv, limitsFD)},
+		Stdout: lf, Stderr: lf, ExtraFiles: []*os.File{sbr, initLimits}, // fd 3: sandboxFD, fd 4: limitsFD
 		SysProcAttr: &syscall.SysProcAttr{
 			// Own session: the task outlives the agent, and its
 			// process group can be signalled as one.
@@ -209,6 +230,8 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 		return fail(fmt.Errorf("guest: send the sandbox to guest-init: %w", err))
 	}
 	sbw.Close()
+	started = true
+	go r.setLimits(g, cg, limits)
 	// A program that has already exited has no start time; recording 0
 	// keeps the next agent from adopting it.
 	rec := guest.ProcRecord{ProcID: guest.ProcIDOf(pid), Hash: hash, Started: time.Now()}
@@ -216,6 +239,36 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 		r.log.Warn("pidfile not written: an agent restart will not find the program", "task", g.Task, "err", err)
 	}
 	return watchChild(cmd, rec), nil
+}
+
+// setLimits answers guest-init's handshake on conn: once the guest is
+// sealed, the task's CPU quota goes back on, and only then may guest-init
+// start the program. When the quota cannot be set, conn closes unanswered
+// and guest-init exits without starting it (the supervisor retries).
+// guest-init's end (its exit included) ends the wait.
+func (r *Runtime) setLimits(g compile.Guest, cg *guest.Cgroup, conn *os.File) {
+	defer conn.Close()
+	var b [1]byte
+	if n, _ := conn.Read(b[:]); n != 1 || b[0] != sealedByte {
+		return // guest-init failed before the program; its log says why
+	}
+	if err := cg.Throttle(g.Resources); err != nil {
+		r.log.Error("guest CPU limit not set: the program is not started", "task", g.Task, "err", err)
+		return
+	}
+	if _, err := conn.Write([]byte{limitedByte}); err != nil {
+		r.log.Warn("guest-init gone before it could start the program", "task", g.Task, "err", err)
+	}
+}
+
+// socketPair returns the two ends of a connected Unix stream socket pair,
+// close-on-exec (exec.Cmd's ExtraFiles clears that on the child's copy).
+func socketPair() (*os.File, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(fds[0]), "limits"), os.NewFile(uintptr(fds[1]), "limits-init"), nil
 }
 
 // rotateLogs keeps the logs of running programs under LogMaxBytes.

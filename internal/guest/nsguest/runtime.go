@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"strings"
@@ -267,6 +268,13 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 func (r *Runtime) Remove(ctx context.Context, task string) error {
 	r.ops.Lock()
 	defer r.ops.Unlock()
+	// A removed task ends at full speed: under a quota of a few
+	// millicpu its program's exit (and guest-init's) took a second or
+	// more, and removals of a large app queue behind each other. It has
+	// its grace period at most, as before.
+	if err := r.cgroup(task).Unthrottle(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		r.log.Warn("guest CPU quota not lifted for its end", "task", task, "err", err)
+	}
 	if t, ok := r.tasks.Take(task); ok {
 		t.sup.Stop()
 	}

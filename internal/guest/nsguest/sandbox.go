@@ -51,6 +51,19 @@ const (
 	rootDirName = "root"
 	// sandboxFD is the descriptor on which guest-init reads its sandbox.
 	sandboxFD = 3
+	// limitsFD is guest-init's end of a socket pair on which it tells the
+	// agent that the guest is sealed ("sealed" byte) and waits for the
+	// agent to have set the task's CPU quota ("limited" byte) before it
+	// starts the program: guest-init seals unthrottled, the program never
+	// runs so. The agent names it in limitsEnv; a guest-init started by
+	// an agent of before the handshake (an upgrade under way) finds no
+	// limitsEnv and starts the program at once, throttled from birth as
+	// that agent left it.
+	limitsFD  = 4
+	limitsEnv = "CORRIDOR_LIMITS_FD"
+	// The handshake's two bytes.
+	sealedByte  = 's'
+	limitedByte = 'l'
 	// sealVersion names the sealing in the program hash: a change of it
 	// restarts programs sealed the older way (or not at all).
 	sealVersion = "sealed-1"
