@@ -270,6 +270,9 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 		log = slog.Default()
 		cfg.Logger = log
 	}
+	if err := closeInheritedOnExec(); err != nil {
+		log.Warn("inherited descriptors may pass to the processes the agent starts", "err", err)
+	}
 	if len(cfg.Servers) == 0 {
 		return errors.New("--server is required: the URL of `corridor server`, e.g. https://10.0.0.1:7443 (several, comma-separated, for a control plane of several servers)")
 	}
