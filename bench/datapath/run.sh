@@ -46,6 +46,16 @@ for a in "$@"; do
 	esac
 done
 [[ $(id -u) == 0 ]] || { echo "run.sh needs root: it makes network namespaces" >&2; exit 1; }
+# Close every descriptor inherited beyond stdin, stdout and stderr: the lab's
+# server, agents and datapath processes started below would inherit them and
+# keep them open as long as they live. `flock /tmp/corridor-bench.lock
+# run.sh` passes its lock this way, so a lab left up with KEEP=1 held the
+# machine-wide bench lock until it was taken down (flock keeps its own copy,
+# so the lock is still held while this script runs).
+for fd in /proc/$$/fd/*; do
+	fd=${fd##*/}
+	if ((fd > 2 && fd != 255)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
 
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-5}

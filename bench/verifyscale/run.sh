@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Verify time against app size (issue 19): on a lab of its own, apply one app
 # of two classes (front -> back on 5432, encrypted) with TASKS tasks each,
-# wait until it settles, and time `corridor verify` (sampled, fixed seed).
+# wait until it settles, and time `corridor verify` (sampled, fixed seed),
+# then `corridor delete app` until the last guest's namespace is gone.
 #
 #   sudo bench/verifyscale/run.sh 5 50 60      # apps of 10, 100 and 120 tasks
 #
@@ -28,7 +29,7 @@ cleanup() { "$bin" lab down --dir "$dir" >/dev/null 2>&1 || true; rm -rf "$work"
 trap cleanup EXIT
 
 eval "$("$bin" lab up --dir "$dir" --prefix "$PREFIX" --underlay "$UNDERLAY" --servers "$SERVERS" -o env)"
-printf '| tasks | servers | apply to settled | verify | checks | coverage |\n|---|---|---|---|---|---|\n'
+printf '| tasks | servers | apply to settled | verify | delete to gone | checks | coverage |\n|---|---|---|---|---|---|---|\n'
 for n in ${sizes[@]}; do
 	cat >"$work/app.yaml" <<YAML
 apiVersion: corridor/v1
@@ -56,6 +57,10 @@ YAML
 	t2=$(date +%s.%N)
 	cov=$(grep covered "$work/verify.err" | sed "s/^verify big$n: //")
 	checks=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(len(r["checks"]))' "$work/verify.json")
-	printf '| %d | %d | %.1f s | %.1f s | %s | %s |\n' $((2 * n)) "$SERVERS" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" "$checks" "$cov"
 	"$bin" delete app "big$n" >/dev/null
+	# The guests' namespaces are /run/netns/cor-<lab prefix>...: gone when
+	# every agent has stopped and removed its guests of the app.
+	while compgen -G "/run/netns/cor-${PREFIX}*" >/dev/null; do sleep 0.2; done
+	t3=$(date +%s.%N)
+	printf '| %d | %d | %.1f s | %.1f s | %.1f s | %s | %s |\n' $((2 * n)) "$SERVERS" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" "$(echo "$t3 - $t2" | bc)" "$checks" "$cov"
 done

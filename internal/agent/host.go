@@ -99,7 +99,10 @@ type HostConfig struct {
 	WireGuardPort          int
 	WireGuardName          string
 	WireGuardUserspace     bool
-	Listen                 string // local API address; empty: none
+	// WireGuardProcs is the wireguard-go process's GOMAXPROCS; 0: its
+	// default (half the CPUs).
+	WireGuardProcs int
+	Listen         string // local API address; empty: none
 	// MetricsListen is the plain-HTTP address of /metrics for Prometheus
 	// (see docs/metrics.md); empty: none.
 	MetricsListen  string
@@ -171,7 +174,7 @@ func hostRuntimes(cfg HostConfig, underlay string) (*guest.Manager, *dataplane.D
 	}
 	dp, err := dataplane.New(dataplane.Config{
 		StateDir: cfg.StateDir, Underlay: underlay, WireGuardName: cfg.WireGuardName,
-		Userspace: cfg.WireGuardUserspace, Logger: log,
+		Userspace: cfg.WireGuardUserspace, Procs: cfg.WireGuardProcs, Logger: log,
 	})
 	if err != nil {
 		closeAll()
@@ -269,6 +272,12 @@ func RunHost(ctx context.Context, cfg HostConfig) error {
 	if log == nil {
 		log = slog.Default()
 		cfg.Logger = log
+	}
+	if err := closeInheritedOnExec(); err != nil {
+		log.Warn("inherited descriptors may pass to the processes the agent starts", "err", err)
+	}
+	if cfg.WireGuardProcs < 0 {
+		return fmt.Errorf("--wireguard-procs %d: must be 0 (half the CPUs) or more", cfg.WireGuardProcs)
 	}
 	if len(cfg.Servers) == 0 {
 		return errors.New("--server is required: the URL of `corridor server`, e.g. https://10.0.0.1:7443 (several, comma-separated, for a control plane of several servers)")

@@ -29,7 +29,7 @@ func newDatapathCmd() *cobra.Command {
 
 func newDatapathWireGuardCmd() *cobra.Command {
 	var nsPath, name, logLevel string
-	var mtu int
+	var mtu, procs int
 	cmd := &cobra.Command{
 		Use:   "wireguard",
 		Short: "Serve a userspace WireGuard device (wireguard-go) for a host without kernel WireGuard",
@@ -51,9 +51,14 @@ when the process ends (SIGTERM or SIGINT). The agent starts one per host.`,
 				return errors.New("--log-level must be debug, info, warn or error")
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})).With("device", name)
+			if procs < 0 {
+				return errors.New("--procs must be 0 (automatic) or more")
+			}
 			if err := wguser.EnterNetNS(nsPath); err != nil {
 				return err
 			}
+			cpus, inEffect := wguser.SetProcs(procs)
+			log.Info("datapath threads", "cpus", cpus, "gomaxprocs", inEffect)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			// SIGHUP would end us when the agent's terminal goes away; we
@@ -65,6 +70,7 @@ when the process ends (SIGTERM or SIGINT). The agent starts one per host.`,
 	cmd.Flags().StringVar(&nsPath, "netns", "", "network namespace path to run in (default: the current one)")
 	cmd.Flags().StringVar(&name, "name", "corw0", "WireGuard device name, unique on the machine")
 	cmd.Flags().IntVar(&mtu, "mtu", 1420, "device MTU")
+	cmd.Flags().IntVar(&procs, "procs", 0, "threads running Go code (GOMAXPROCS); 0: half the CPUs, at least one, unless the GOMAXPROCS environment variable is set")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd
 }

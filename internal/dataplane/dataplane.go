@@ -47,6 +47,9 @@ type Config struct {
 	Binary string
 	// Userspace forces wireguard-go even where the kernel has WireGuard.
 	Userspace bool
+	// Procs is the wireguard-go process's GOMAXPROCS (its --procs);
+	// 0: its default, half the CPUs (wguser.DefaultProcs).
+	Procs int
 	// Logger receives what the data plane changes. Nil: slog.Default().
 	Logger *slog.Logger
 }

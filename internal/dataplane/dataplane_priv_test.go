@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/dataplane/wguser"
 	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
@@ -254,6 +257,12 @@ func testDataplane(t *testing.T, kernel bool) {
 		if st.Mode != s.mode() || len(st.Peers) != 1 || st.Peers[0].Server != "b" || st.Peers[0].LastHandshake.IsZero() || st.Peers[0].TxBytes == 0 {
 			t.Fatalf("status after an encrypted exchange: %+v", st)
 		}
+	})
+	t.Run("datapath-threads", func(t *testing.T) {
+		if s.a.kernel {
+			t.Skip("kernel WireGuard: no datapath process")
+		}
+		testDatapathThreads(t, s.a)
 	})
 	t.Run("per-pair", func(t *testing.T) {
 		// b1 is reached encrypted from a1 and in plain from a2.
@@ -680,5 +689,31 @@ func testRemove(t *testing.T, s *scenario) {
 	// Remove twice is fine.
 	if err := s.a.dp.Remove(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// testDatapathThreads reads back the GOMAXPROCS of host h's datapath
+// process from the line it logs when it starts (its runtime's own value):
+// half the CPUs its runtime saw, at least one (wguser.DefaultProcs), unless
+// the environment it inherited sets GOMAXPROCS.
+func testDatapathThreads(t *testing.T, h *host) {
+	t.Helper()
+	b, err := os.ReadFile(h.dp.logFile(h.wgName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`msg="datapath threads" .*cpus=(\d+) gomaxprocs=(\d+)`).FindAllStringSubmatch(string(b), -1)
+	if len(m) == 0 {
+		t.Fatalf("the datapath log has no \"datapath threads\" line:\n%s", b)
+	}
+	last := m[len(m)-1]
+	cpus, _ := strconv.Atoi(last[1])
+	got, _ := strconv.Atoi(last[2])
+	want := wguser.DefaultProcs(cpus)
+	if env := os.Getenv("GOMAXPROCS"); env != "" {
+		want, _ = strconv.Atoi(env)
+	}
+	if got != want {
+		t.Fatalf("datapath process runs Go code on %d threads (GOMAXPROCS), want %d (its runtime saw %d CPUs)", got, want, cpus)
 	}
 }

@@ -294,3 +294,20 @@ func TestMarksGrouped(t *testing.T) {
 		}
 	}
 }
+
+// The agent's --wireguard-procs reaches the datapath process as --procs;
+// 0 leaves the process its default.
+func TestDatapathArgsProcs(t *testing.T) {
+	for _, c := range []struct {
+		procs int
+		want  string
+	}{
+		{0, "datapath wireguard --name corw0 --mtu 1420"},
+		{3, "datapath wireguard --name corw0 --mtu 1420 --procs 3"},
+	} {
+		dp := &Dataplane{cfg: Config{Procs: c.procs}}
+		if got := strings.Join(dp.datapathArgs("corw0", 1420), " "); got != c.want {
+			t.Errorf("Procs %d: %q, want %q", c.procs, got, c.want)
+		}
+	}
+}

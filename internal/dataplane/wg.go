@@ -124,6 +124,18 @@ func (dp *Dataplane) ensureWireGuard(ctx context.Context, name string, mtu int) 
 	return l, nil
 }
 
+// datapathArgs are the arguments of the datapath process of device name.
+func (dp *Dataplane) datapathArgs(name string, mtu int) []string {
+	args := []string{"datapath", "wireguard", "--name", name, "--mtu", strconv.Itoa(mtu)}
+	if dp.cfg.NetNS != "" {
+		args = append(args, "--netns", dp.cfg.NetNS)
+	}
+	if dp.cfg.Procs > 0 {
+		args = append(args, "--procs", strconv.Itoa(dp.cfg.Procs))
+	}
+	return args
+}
+
 // startDatapath starts "corridor datapath wireguard" inside the host's
 // namespace, in a session of its own so that it outlives the agent, and
 // waits until its device answers on the UAPI socket.
@@ -143,11 +155,7 @@ func (dp *Dataplane) startDatapath(ctx context.Context, name string, mtu int) er
 		return fmt.Errorf("open datapath log: %w", err)
 	}
 	defer logf.Close()
-	args := []string{"datapath", "wireguard", "--name", name, "--mtu", strconv.Itoa(mtu)}
-	if dp.cfg.NetNS != "" {
-		args = append(args, "--netns", dp.cfg.NetNS)
-	}
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(bin, dp.datapathArgs(name, mtu)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/"

@@ -64,6 +64,37 @@ func EnterNetNS(path string) error {
 	return fmt.Errorf("re-execute in network namespace: %w", syscall.Exec(exe, os.Args, env))
 }
 
+// DefaultProcs is the number of threads a datapath process runs Go code on
+// (GOMAXPROCS) when nothing else is asked, for a process whose runtime sees
+// cpus CPUs: half of them, at least one. The process shares the host's CPUs
+// with the kernel's side of the same packets (the TUN, forwarding to the
+// guests' veths, the guests' TCP), which costs about as much per byte as
+// the tunnel itself; wireguard-go hands every batch from goroutine to
+// goroutine (TUN reader, encryption workers, sender), and with a P for each
+// CPU those handoffs wake idle threads, which spin and take the CPU the
+// kernel's side needs. On the 2-CPU benchmark machine one P gave the
+// encrypted path less CPU per byte and more throughput (bench/RESULTS.md,
+// "Data path, round 5"); larger machines were not measured.
+func DefaultProcs(cpus int) int {
+	return max(1, cpus/2)
+}
+
+// SetProcs sets the process's GOMAXPROCS: to procs when it is positive;
+// otherwise, unless the GOMAXPROCS environment variable asks for a value
+// (the runtime then has it already), to DefaultProcs of the CPUs the
+// runtime sees (its cgroup-aware default). It returns that default and the
+// value in effect.
+func SetProcs(procs int) (cpus, inEffect int) {
+	cpus = runtime.GOMAXPROCS(0)
+	switch {
+	case procs > 0:
+		runtime.GOMAXPROCS(procs)
+	case os.Getenv("GOMAXPROCS") == "":
+		runtime.GOMAXPROCS(DefaultProcs(cpus))
+	}
+	return cpus, runtime.GOMAXPROCS(0)
+}
+
 // Serve creates the TUN device name with the MTU, serves it with
 // wireguard-go and its UAPI socket until ctx ends or the device closes, then
 // tears both down (which removes the TUN device and the socket).

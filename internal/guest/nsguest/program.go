@@ -110,8 +110,9 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 	g, hash := t.wanted()
 	dir := guest.TaskDir(r.cfg.StateDir, g.Task)
 	cg := r.cgroup(g.Task)
-	// Processes forked by an earlier run that outlived it.
-	cg.Kill(syscall.SIGKILL, 2*time.Second)
+	// Processes forked by an earlier run that outlived it. Any left
+	// (stuck in the kernel) keep the task's quota on through sealing.
+	emptied := cg.Kill(syscall.SIGKILL, 2*time.Second)
 
 	uid, gid, err := taskUser(g)
 	if err != nil {
@@ -174,9 +175,11 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 		}
 	}()
 	// guest-init seals the guest unthrottled; the quota is back before
-	// the program starts (awaitLimits below and in guest-init).
-	if err := cg.Unthrottle(); err != nil {
-		return nil, err
+	// the program starts (setLimits below, awaitLimits in guest-init).
+	if emptied {
+		if err := cg.Unthrottle(); err != nil {
+			return nil, err
+		}
 	}
 	cmd := &exec.Cmd{
 		// One P: guest-init's threads count against the task's pids.
