@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/corridor-dev/corridor/internal/api"
+	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/hoststate"
+	"github.com/corridor-dev/corridor/internal/spec"
 )
 
 const groupsApp = `apiVersion: corridor/v1
@@ -125,4 +128,55 @@ func TestDesiredStateForAgentSchema(t *testing.T) {
 		b, _ := desired("s1")
 		return bytes.Equal(b, old1), fmt.Sprintf("%s\nwant\n%s", b, old1)
 	})
+}
+
+// TestPlanDiffReadsRouteGroups: the plan's host changes find no change in
+// a host whose stored state is the plan's state in either encoding
+// (groups for a 1.5 agent, expanded routes for an older one), and name
+// the routes when a stored state's routes differ.
+func TestPlanDiffReadsRouteGroups(t *testing.T) {
+	apps, err := spec.DecodeApps("apps.yaml", []byte(groupsApp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	servers := []spec.Server{
+		{Name: "s1", Address: "198.18.0.1", Capacity: spec.Resources{CPU: 1000, Memory: 1 << 30}},
+		{Name: "s2", Address: "198.18.0.2", Capacity: spec.Resources{CPU: 1000, Memory: 1 << 30}},
+	}
+	p, err := compile.Compile(compile.Input{Apps: apps, Servers: servers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups := 0
+	for _, schema := range []string{"", hoststate.SchemaGroups} {
+		stored := map[string][]byte{}
+		for i := range p.Hosts {
+			groups += len(p.Hosts[i].RouteGroups)
+			b, err := p.Hosts[i].EncodeFor(schema)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored[p.Hosts[i].Host] = b
+		}
+		if ch := hostChanges(p, stored); len(ch) != 0 {
+			t.Errorf("stored for agents of schema %q: changes %+v", schema, ch)
+		}
+	}
+	if groups == 0 {
+		t.Fatal("no route group in the plan")
+	}
+	// A stored state with one route less: the routes change.
+	h := p.Hosts[0].Expanded()
+	h.Routes = h.Routes[1:]
+	b, _ := json.Marshal(h)
+	ch := hostChanges(p, map[string][]byte{h.Host: b})
+	found := false
+	for _, c := range ch {
+		if c.Name == h.Host && strings.Contains(c.Detail, "routes") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("a stored state with a route less: changes %+v", ch)
+	}
 }
