@@ -179,4 +179,13 @@ func TestPlanDiffReadsRouteGroups(t *testing.T) {
 	if !found {
 		t.Errorf("a stored state with a route less: changes %+v", ch)
 	}
+	// A stored state (expanded) with a firewall rule less: the firewall
+	// changes, the routes (the plan's groups, expanded) do not.
+	h = p.Hosts[0].Expanded()
+	h.Firewall = h.Firewall[1:]
+	b, _ = json.Marshal(h)
+	ch = hostChanges(p, map[string][]byte{h.Host: b})
+	if len(ch) != 1 || !strings.Contains(ch[0].Detail, "firewall") || strings.Contains(ch[0].Detail, "routes") {
+		t.Errorf("a stored state with a firewall rule less: changes %+v", ch)
+	}
 }
