@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,6 +186,7 @@ func TestPlanDiffReadsRouteGroups(t *testing.T) {
 	h.Firewall = h.Firewall[1:]
 	b, _ = json.Marshal(h)
 	ch = hostChanges(p, map[string][]byte{h.Host: b})
+	ch = slices.DeleteFunc(ch, func(c api.PlanChange) bool { return c.Name != h.Host }) // the other has no stored state
 	if len(ch) != 1 || !strings.Contains(ch[0].Detail, "firewall") || strings.Contains(ch[0].Detail, "routes") {
 		t.Errorf("a stored state with a firewall rule less: changes %+v", ch)
 	}
