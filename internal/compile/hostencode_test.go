@@ -3,8 +3,6 @@ package compile
 import (
 	"bytes"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"testing"
 )
 
@@ -38,25 +36,7 @@ func TestHostStateEncode(t *testing.T) {
 			}
 		}
 	}
-	cases, err := os.ReadDir("testdata")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, c := range cases {
-		if !c.IsDir() || c.Name() == "fuzz" {
-			continue
-		}
-		p, err := Compile(loadCase(t, filepath.Join("testdata", c.Name())))
-		if err != nil {
-			continue
-		}
-		check(c.Name(), p)
-		n++
-	}
-	if n == 0 {
-		t.Fatal("no golden case compiled")
-	}
+	eachGoldenPlan(t, check)
 	servers, apps, div := 60, 8, 10
 	if raceDetector {
 		servers, apps, div = 24, 4, 20

@@ -88,10 +88,10 @@ func BenchmarkPathsEncode(b *testing.B) {
 	})
 }
 
-// eachGoldenAppPaths calls f with every app's paths of every golden case
-// that compiles (a case of an input error has no plan), named case/app,
-// and fails if no case has a path.
-func eachGoldenAppPaths(t *testing.T, f func(name string, ap AppPaths)) {
+// eachGoldenPlan calls f with the plan of every golden case that
+// compiles (a case of an input error has no plan), named by its case, and
+// fails if none does.
+func eachGoldenPlan(t *testing.T, f func(name string, p *Plan)) {
 	t.Helper()
 	cases, err := os.ReadDir("testdata")
 	if err != nil {
@@ -106,11 +106,25 @@ func eachGoldenAppPaths(t *testing.T, f func(name string, ap AppPaths)) {
 		if err != nil {
 			continue
 		}
+		f(c.Name(), p)
+		n++
+	}
+	if n == 0 {
+		t.Fatal("no golden case compiled")
+	}
+}
+
+// eachGoldenAppPaths calls f with every app's paths of every golden case
+// that compiles, named case/app, and fails if no case has a path.
+func eachGoldenAppPaths(t *testing.T, f func(name string, ap AppPaths)) {
+	t.Helper()
+	n := 0
+	eachGoldenPlan(t, func(name string, p *Plan) {
 		for _, ap := range p.Paths.Apps() {
-			f(c.Name()+"/"+ap.App, ap)
+			f(name+"/"+ap.App, ap)
 			n += ap.Len()
 		}
-	}
+	})
 	if n == 0 {
 		t.Fatal("no golden case has a path")
 	}
