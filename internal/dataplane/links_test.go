@@ -11,11 +11,11 @@ import (
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
-// linkedHost compiles the compiler's app-to-app case and returns host's
-// ruleset text.
-func linkedHost(t *testing.T, host string) string {
+// compileCase compiles the compiler's golden case name (its apps.yaml
+// and servers.yaml under internal/compile/testdata).
+func compileCase(t *testing.T, name string) *compile.Plan {
 	t.Helper()
-	dir := filepath.Join("..", "compile", "testdata", "app-to-app")
+	dir := filepath.Join("..", "compile", "testdata", name)
 	read := func(n string) []byte {
 		b, err := os.ReadFile(filepath.Join(dir, n))
 		if err != nil {
@@ -35,6 +35,14 @@ func linkedHost(t *testing.T, host string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// linkedHost compiles the compiler's app-to-app case and returns host's
+// ruleset text.
+func linkedHost(t *testing.T, host string) string {
+	t.Helper()
+	p := compileCase(t, "app-to-app")
 	for _, h := range p.Hosts {
 		if h.Host == host {
 			d, err := buildDesired(h)

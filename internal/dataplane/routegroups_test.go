@@ -2,14 +2,11 @@ package dataplane
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"reflect"
 	"testing"
 
 	"github.com/corridor-dev/corridor/internal/compile"
 	"github.com/corridor-dev/corridor/internal/hoststate"
-	"github.com/corridor-dev/corridor/internal/spec"
 )
 
 // TestRouteGroupsSameDataplane: a host's state as an agent of schema 1.5
@@ -20,26 +17,7 @@ import (
 func TestRouteGroupsSameDataplane(t *testing.T) {
 	groups := 0
 	for _, c := range []string{"per-pair", "shop-3-servers", "two-apps", "self-rule", "spread-zones"} {
-		dir := filepath.Join("..", "compile", "testdata", c)
-		read := func(n string) []byte {
-			b, err := os.ReadFile(filepath.Join(dir, n))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		}
-		apps, err := spec.DecodeApps("apps.yaml", read("apps.yaml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		servers, err := spec.DecodeServers("servers.yaml", read("servers.yaml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := compile.Compile(compile.Input{Apps: apps, Servers: servers})
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := compileCase(t, c)
 		for i := range p.Hosts {
 			h := &p.Hosts[i]
 			groups += len(h.RouteGroups)
