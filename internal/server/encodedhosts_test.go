@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"testing"
 	"time"
 
@@ -24,27 +23,16 @@ func TestUnchangedHostStatesNotEncodedAgain(t *testing.T) {
 	if _, err := ts.admin.ApplyApp(bg, []byte(oneClassApp("p", 2, ""))); err != nil {
 		t.Fatal(err)
 	}
-	desired := func(host string) ([]byte, int64) {
-		t.Helper()
-		hosts, err := ts.st.Hosts(bg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if h := hosts[host]; h != nil {
-			return h.Desired, h.DesiredRevision
-		}
-		return nil, 0
-	}
 	eventually(t, 20*time.Second, "both hosts have a desired state with a guest", func() (bool, string) {
-		b1, _ := desired("s1")
-		b2, _ := desired("s2")
+		b1, _ := ts.storedDesired(t, "s1")
+		b2, _ := ts.storedDesired(t, "s2")
 		return bytes.Contains(b1, []byte(`"task":"p/c/`)) && bytes.Contains(b2, []byte(`"task":"p/c/`)), string(b1) + "\n" + string(b2)
 	})
 	// A stored state is what json.Marshal writes for it, and runs a task
 	// of p: not some other bytes remembered for it.
 	stored := func(host string) {
 		t.Helper()
-		b, _ := desired(host)
+		b, _ := ts.storedDesired(t, host)
 		var st hoststate.State
 		if err := json.Unmarshal(b, &st); err != nil {
 			t.Fatalf("%s: %v", host, err)
@@ -53,44 +41,36 @@ func TestUnchangedHostStatesNotEncodedAgain(t *testing.T) {
 			t.Fatalf("%s's stored state is not a state of p's tasks as json.Marshal writes it (%v):\n%s", host, err, b)
 		}
 	}
-	reconcile := func() {
-		t.Helper()
-		before := ts.ctrl.reconciles.Load()
-		ts.ctrl.trigger()
-		eventually(t, 20*time.Second, "a reconcile", func() (bool, string) {
-			return ts.ctrl.reconciles.Load() > before, fmt.Sprint(ts.ctrl.reconciles.Load())
-		})
-	}
 	// The first reconciles after placing may change states (placed ->
 	// kept); then nothing changes.
-	reconcile()
-	reconcile()
-	want, _ := desired("s1")
+	ts.reconcileOnce(t)
+	ts.reconcileOnce(t)
+	want, _ := ts.storedDesired(t, "s1")
 	n := ts.ctrl.hostEncodes.Load()
 	if n == 0 {
 		t.Fatal("no host state was ever encoded")
 	}
-	reconcile()
-	reconcile()
+	ts.reconcileOnce(t)
+	ts.reconcileOnce(t)
 	if got := ts.ctrl.hostEncodes.Load(); got != n {
 		t.Fatalf("reconciles that changed nothing encoded %d host states", got-n)
 	}
 	stored("s1")
 	stored("s2")
 
-	_, rev := desired("s1")
+	_, rev := ts.storedDesired(t, "s1")
 	if _, err := ts.st.WriteDesired(bg, nil, []store.DesiredWrite{{Host: "s1", Data: []byte(`{"host":"s1"}`), Prev: rev}}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "the controller writes s1's state back", func() (bool, string) {
 		ts.ctrl.trigger()
-		got, _ := desired("s1")
+		got, _ := ts.storedDesired(t, "s1")
 		return bytes.Equal(got, want), string(got)
 	})
 	if got := ts.ctrl.hostEncodes.Load(); got != n {
 		t.Errorf("writing back an unchanged state encoded %d host states", got-n)
 	}
-	reconcile()
+	ts.reconcileOnce(t)
 	stored("s1")
 	stored("s2")
 
@@ -99,8 +79,8 @@ func TestUnchangedHostStatesNotEncodedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "a host's state runs q", func() (bool, string) {
-		b1, _ := desired("s1")
-		b2, _ := desired("s2")
+		b1, _ := ts.storedDesired(t, "s1")
+		b2, _ := ts.storedDesired(t, "s2")
 		return bytes.Contains(b1, []byte(`"task":"q/c/0"`)) || bytes.Contains(b2, []byte(`"task":"q/c/0"`)), string(b1) + "\n" + string(b2)
 	})
 	if got := ts.ctrl.hostEncodes.Load(); got == n {

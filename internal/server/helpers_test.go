@@ -293,3 +293,28 @@ func (ts *testServer) settle(t testing.TB) {
 		return time.Since(since) >= 400*time.Millisecond, fmt.Sprint(last, " reconciles")
 	})
 }
+
+// reconcileOnce asks the controller for a reconcile and waits until one
+// more has run.
+func (ts *testServer) reconcileOnce(t *testing.T) {
+	t.Helper()
+	before := ts.ctrl.reconciles.Load()
+	ts.ctrl.trigger()
+	eventually(t, 20*time.Second, "a reconcile", func() (bool, string) {
+		return ts.ctrl.reconciles.Load() > before, fmt.Sprint(ts.ctrl.reconciles.Load())
+	})
+}
+
+// storedDesired is host's desired state as stored in etcd, and its
+// revision; nil and 0 when it has none.
+func (ts *testServer) storedDesired(t *testing.T, host string) ([]byte, int64) {
+	t.Helper()
+	hosts, err := ts.st.Hosts(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := hosts[host]; h != nil {
+		return h.Desired, h.DesiredRevision
+	}
+	return nil, 0
+}

@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"testing"
 	"time"
 
@@ -50,20 +49,12 @@ func TestPlacementRewrittenAfterForeignWrite(t *testing.T) {
 		_ = json.Unmarshal([]byte(want), &p)
 		return len(p.Tasks) == 2, want
 	})
-	reconcile := func() {
-		t.Helper()
-		before := ts.ctrl.reconciles.Load()
-		ts.ctrl.trigger()
-		eventually(t, 20*time.Second, "a reconcile", func() (bool, string) {
-			return ts.ctrl.reconciles.Load() > before, fmt.Sprint(ts.ctrl.reconciles.Load())
-		})
-	}
 	// The first reconcile after placing rewrites the reasons (placed ->
 	// kept); after that, a reconcile with nothing changed leaves the
 	// record as it is (same revision), compared through the cache.
-	reconcile()
+	ts.reconcileOnce(t)
 	want, rev := placementJSON(t, ts, "p")
-	reconcile()
+	ts.reconcileOnce(t)
 	if got, r := placementJSON(t, ts, "p"); got != want || r != rev {
 		t.Fatalf("an unchanged placement was written again (revision %d -> %d)", rev, r)
 	}

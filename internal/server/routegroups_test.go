@@ -51,17 +51,6 @@ func TestDesiredStateForAgentSchema(t *testing.T) {
 	if _, err := ts.admin.ApplyApp(bg, []byte(groupsApp)); err != nil {
 		t.Fatal(err)
 	}
-	desired := func(host string) ([]byte, int64) {
-		t.Helper()
-		hosts, err := ts.st.Hosts(bg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if h := hosts[host]; h != nil {
-			return h.Desired, h.DesiredRevision
-		}
-		return nil, 0
-	}
 	decode := func(b []byte) hoststate.State {
 		t.Helper()
 		var st hoststate.State
@@ -72,7 +61,7 @@ func TestDesiredStateForAgentSchema(t *testing.T) {
 	}
 	// Old form: schema 1.3, routes, no groups, json.Marshal's bytes.
 	oldForm := func(host string) (bool, string) {
-		b, _ := desired(host)
+		b, _ := ts.storedDesired(t, host)
 		if b == nil {
 			return false, "no state"
 		}
@@ -86,8 +75,8 @@ func TestDesiredStateForAgentSchema(t *testing.T) {
 		ok2, b2 := oldForm("s2")
 		return ok1 && ok2, b1 + "\n" + b2
 	})
-	old1, _ := desired("s1")
-	old2, rev2 := desired("s2")
+	old1, _ := ts.storedDesired(t, "s1")
+	old2, rev2 := ts.storedDesired(t, "s2")
 	routes1 := decode(old1).Routes
 
 	report := func(schema string) {
@@ -99,7 +88,7 @@ func TestDesiredStateForAgentSchema(t *testing.T) {
 	report(hoststate.ReadSchema)
 	var groups []byte
 	eventually(t, 20*time.Second, "s1's state written in groups", func() (bool, string) {
-		b, _ := desired("s1")
+		b, _ := ts.storedDesired(t, "s1")
 		groups = b
 		return bytes.Contains(b, []byte(`"schema":"1.5"`)) && bytes.Contains(b, []byte(`"routeGroups":[`)), string(b)
 	})
@@ -119,14 +108,14 @@ func TestDesiredStateForAgentSchema(t *testing.T) {
 	if err := hoststate.Validate(st, hoststate.Options{Host: "s1"}); err != nil {
 		t.Errorf("the 1.5 state is invalid: %v", err)
 	}
-	if b, rev := desired("s2"); !bytes.Equal(b, old2) || rev != rev2 {
+	if b, rev := ts.storedDesired(t, "s2"); !bytes.Equal(b, old2) || rev != rev2 {
 		t.Errorf("s2's agent reported no schema, but its state changed:\n%s", b)
 	}
 
 	// An older agent again: the old bytes come back.
 	report("1.3")
 	eventually(t, 20*time.Second, "s1's state back in today's form", func() (bool, string) {
-		b, _ := desired("s1")
+		b, _ := ts.storedDesired(t, "s1")
 		return bytes.Equal(b, old1), fmt.Sprintf("%s\nwant\n%s", b, old1)
 	})
 }
