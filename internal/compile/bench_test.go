@@ -198,19 +198,8 @@ func BenchmarkRecompileOneChange(b *testing.B) {
 // same Current, before the class was scaled). Each iteration starts from a
 // copy of that warm cache, so every compile sees the same one change.
 func BenchmarkRecompileOneChangeCached(b *testing.B) {
-	in := benchFleet()
-	p, err := Compile(in)
-	if err != nil {
-		b.Fatal(err)
-	}
-	in.Current, in.Networks = assignments(p)
-	var warm Cache
-	if _, err := warm.Compile(in); err != nil {
-		b.Fatal(err)
-	}
-	in.Apps = slices.Clone(in.Apps)
-	in.Apps[7].Classes = slices.Clone(in.Apps[7].Classes)
-	in.Apps[7].Classes[1].Tasks++
+	in, warm, p := warmOneChange(b)
+	var err error
 	cpu0 := cpuTime()
 	for b.Loop() {
 		k := warm.clone()
@@ -228,20 +217,9 @@ func BenchmarkRecompileOneChangeCached(b *testing.B) {
 // them in a tree whose states have no Same method, before round 5 of issue
 // 19; since, only those not the same as the last compile's).
 func BenchmarkRecompileOneChangeCachedEncode(b *testing.B) {
-	in := benchFleet()
-	p, err := Compile(in)
-	if err != nil {
-		b.Fatal(err)
-	}
-	in.Current, in.Networks = assignments(p)
-	var warm Cache
-	p0, err := warm.Compile(in)
-	if err != nil {
-		b.Fatal(err)
-	}
-	in.Apps = slices.Clone(in.Apps)
-	in.Apps[7].Classes = slices.Clone(in.Apps[7].Classes)
-	in.Apps[7].Classes[1].Tasks++
+	in, warm, p0 := warmOneChange(b)
+	var p *Plan
+	var err error
 	encoded, hostBytes := 0, 0
 	cpu0 := cpuTime()
 	for b.Loop() {
@@ -267,6 +245,29 @@ func BenchmarkRecompileOneChangeCachedEncode(b *testing.B) {
 	reportPlan(b, p)
 	b.ReportMetric(float64(encoded), "hosts-encoded")
 	b.ReportMetric(float64(hostBytes), "host-bytes")
+}
+
+// warmOneChange is the one-class change of the cached recompile
+// benchmarks: the sized fleet with its placement as Current, a Cache that
+// compiled it (and that compile's plan), and the input with one class of
+// app 7 scaled up by a task.
+func warmOneChange(b *testing.B) (Input, *Cache, *Plan) {
+	b.Helper()
+	in := benchFleet()
+	p, err := Compile(in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in.Current, in.Networks = assignments(p)
+	warm := &Cache{}
+	p0, err := warm.Compile(in)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in.Apps = slices.Clone(in.Apps)
+	in.Apps[7].Classes = slices.Clone(in.Apps[7].Classes)
+	in.Apps[7].Classes[1].Tasks++
+	return in, warm, p0
 }
 
 // clone is a copy of k that can go on separately. Entries are shared: a
