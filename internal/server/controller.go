@@ -242,7 +242,7 @@ func (c *controller) tick(ctx context.Context, since, now time.Time) {
 	c.mu.Lock()
 	downChanged := downKey(states) != c.lastDown
 	c.mu.Unlock()
-	if downChanged || c.moveDue(now) || c.schemaChanged(c.hub.schemas()) {
+	if downChanged || c.moveDue(now) || c.hub.schemaNews.Swap(false) && c.schemaChanged(c.hub.schemas()) {
 		c.trigger()
 	}
 	if c.keyRotation > 0 && now.Sub(c.lastRotateCheck) >= c.rotateCheckEvery() {

@@ -29,6 +29,11 @@ type hub struct {
 	ready  chan struct{}
 	// parked counts long-polls waiting now.
 	parked atomic.Int64
+	// schemaNews is set when an agent reports another host-state schema
+	// than before (its first report included): the controller then looks
+	// whether a state must be written in the other form (schemaChanged),
+	// instead of comparing every host's at each tick.
+	schemaNews atomic.Bool
 	// onStatus is called (without mu) for every status the watch sees;
 	// news tells whether it says more than "still here": another applied
 	// revision, key generation or task list than the host's last status.
@@ -192,7 +197,10 @@ func (h *hub) setStatus(host string, raw []byte) (news bool) {
 	tasks := f.Sum64()
 	news = e.applied != r.Status.AppliedRevision || e.keyGen != r.Status.KeyGeneration || e.tasks != tasks
 	e.lastSeen, e.applied, e.keyGen, e.tasks = r.Received, r.Status.AppliedRevision, r.Status.KeyGeneration, tasks
-	e.schema = r.Status.Schema
+	if e.schema != r.Status.Schema {
+		e.schema = r.Status.Schema
+		h.schemaNews.Store(true)
+	}
 	if e.pendingRev != 0 && e.applied >= e.pendingRev {
 		if h.fanout != nil {
 			h.fanout(time.Since(e.pendingSince).Seconds())
