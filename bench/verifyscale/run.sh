@@ -60,7 +60,11 @@ YAML
 	"$bin" delete app "big$n" >/dev/null
 	# The guests' namespaces are /run/netns/cor-<lab prefix>...: gone when
 	# every agent has stopped and removed its guests of the app.
-	while compgen -G "/run/netns/cor-${PREFIX}*" >/dev/null; do sleep 0.2; done
+	gone_by=$(($(date +%s) + 900))
+	while compgen -G "/run/netns/cor-${PREFIX}*" >/dev/null; do
+		[ "$(date +%s)" -lt "$gone_by" ] || { echo "guests of big$n still there 15 min after delete:" /run/netns/cor-"${PREFIX}"* >&2; exit 1; }
+		sleep 0.2
+	done
 	t3=$(date +%s.%N)
 	printf '| %d | %d | %.1f s | %.1f s | %.1f s | %s | %s |\n' $((2 * n)) "$SERVERS" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" "$(echo "$t3 - $t2" | bc)" "$checks" "$cov"
 done
