@@ -5,6 +5,8 @@ import (
 	"iter"
 	"net/netip"
 	"strconv"
+
+	"github.com/corridor-dev/corridor/internal/hoststate"
 )
 
 // Paths are a plan's paths, app by app in the plan's app order, each app's
@@ -242,29 +244,29 @@ func appendPaths(b []byte, all iter.Seq[Path]) []byte {
 // escaping): TestPathJSON compares the two.
 func appendPath(b []byte, p *Path) []byte {
 	b = append(b, `{"app":`...)
-	b = appendString(b, p.App)
+	b = hoststate.AppendString(b, p.App)
 	if p.ToApp != "" {
 		b = append(b, `,"toApp":`...)
-		b = appendString(b, p.ToApp)
+		b = hoststate.AppendString(b, p.ToApp)
 	}
 	b = append(b, `,"from":`...)
-	b = appendString(b, p.From)
+	b = hoststate.AppendString(b, p.From)
 	b = append(b, `,"to":`...)
-	b = appendString(b, p.To)
+	b = hoststate.AppendString(b, p.To)
 	b = append(b, `,"fromClass":`...)
-	b = appendString(b, p.FromClass)
+	b = hoststate.AppendString(b, p.FromClass)
 	b = append(b, `,"toClass":`...)
-	b = appendString(b, p.ToClass)
+	b = hoststate.AppendString(b, p.ToClass)
 	b = append(b, `,"fromServer":`...)
-	b = appendString(b, p.FromServer)
+	b = hoststate.AppendString(b, p.FromServer)
 	b = append(b, `,"toServer":`...)
-	b = appendString(b, p.ToServer)
+	b = hoststate.AppendString(b, p.ToServer)
 	b = append(b, `,"fromAddr":`...)
-	b = appendAddr(b, p.FromAddr)
+	b = hoststate.AppendAddr(b, p.FromAddr)
 	b = append(b, `,"toAddr":`...)
-	b = appendAddr(b, p.ToAddr)
+	b = hoststate.AppendAddr(b, p.ToAddr)
 	b = append(b, `,"protocol":`...)
-	b = appendString(b, p.Protocol)
+	b = hoststate.AppendString(b, p.Protocol)
 	b = append(b, `,"ports":`...)
 	if p.Ports == nil {
 		b = append(b, "null"...)
@@ -283,29 +285,4 @@ func appendPath(b []byte, p *Path) []byte {
 	b = append(b, `,"local":`...)
 	b = strconv.AppendBool(b, p.Local)
 	return append(b, '}')
-}
-
-// appendString appends s as a JSON string; anything json.Marshal would
-// escape (quotes, backslashes, control characters, <, >, &, non-ASCII)
-// is left to it.
-func appendString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			js, _ := json.Marshal(s) // a string always encodes
-			return append(b, js...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
-}
-
-// appendAddr appends a as json.Marshal writes a netip.Addr (its text, ""
-// for the zero Addr).
-func appendAddr(b []byte, a netip.Addr) []byte {
-	b = append(b, '"')
-	if a.IsValid() {
-		b = a.AppendTo(b)
-	}
-	return append(b, '"')
 }

@@ -53,15 +53,15 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 	b = append(b, '{')
 	if st.Schema != "" {
 		b = append(b, `"schema":`...)
-		b = appendString(b, st.Schema)
+		b = AppendString(b, st.Schema)
 		b = append(b, ',')
 	}
 	b = append(b, `"host":`...)
-	b = appendString(b, st.Host)
+	b = AppendString(b, st.Host)
 	b = append(b, `,"address":`...)
-	b = appendAddr(b, st.Address)
+	b = AppendAddr(b, st.Address)
 	b = append(b, `,"vtepMAC":`...)
-	b = appendString(b, st.VTEPMAC)
+	b = AppendString(b, st.VTEPMAC)
 	b = append(b, `,"wireguardPort":`...)
 	b = strconv.AppendInt(b, int64(st.WireGuardPort), 10)
 	if st.KeyGeneration != 0 {
@@ -70,11 +70,11 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 	}
 	if st.RotationPhase != "" {
 		b = append(b, `,"rotationPhase":`...)
-		b = appendString(b, st.RotationPhase)
+		b = AppendString(b, st.RotationPhase)
 	}
 	if st.PublicKey != "" {
 		b = append(b, `,"publicKey":`...)
-		b = appendString(b, st.PublicKey)
+		b = AppendString(b, st.PublicKey)
 	}
 	b = append(b, `,"guests":`...)
 	if b, err = appendMarshal(b, st.Guests); err != nil {
@@ -92,12 +92,12 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 				b = append(b, ',')
 			}
 			b = append(b, `{"server":`...)
-			b = appendString(b, p.Server)
+			b = AppendString(b, p.Server)
 			b = append(b, `,"publicKey":`...)
-			b = appendString(b, p.PublicKey)
+			b = AppendString(b, p.PublicKey)
 			if p.NextPublicKey != "" {
 				b = append(b, `,"nextPublicKey":`...)
-				b = appendString(b, p.NextPublicKey)
+				b = AppendString(b, p.NextPublicKey)
 			}
 			b = append(b, `,"endpoint":`...)
 			b = appendAddrPort(b, p.Endpoint)
@@ -119,11 +119,11 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 				b = append(b, ',')
 			}
 			b = append(b, `{"server":`...)
-			b = appendString(b, v.Server)
+			b = AppendString(b, v.Server)
 			b = append(b, `,"underlay":`...)
-			b = appendAddr(b, v.Underlay)
+			b = AppendAddr(b, v.Underlay)
 			b = append(b, `,"mac":`...)
-			b = appendString(b, v.MAC)
+			b = AppendString(b, v.MAC)
 			b = append(b, `,"guests":`...)
 			b = appendAddrs(b, v.Guests)
 			b = append(b, '}')
@@ -156,9 +156,9 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 				lastSrc, lastJSON = r.Sources, b[n:len(b):len(b)]
 			}
 			b = append(b, `,"dest":`...)
-			b = appendAddr(b, r.Dest)
+			b = AppendAddr(b, r.Dest)
 			b = append(b, `,"server":`...)
-			b = appendString(b, r.Server)
+			b = AppendString(b, r.Server)
 			b = append(b, `,"encrypt":`...)
 			b = strconv.AppendBool(b, r.Encrypt)
 			b = append(b, '}')
@@ -180,9 +180,9 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 				b = append(b, ',')
 			}
 			b = append(b, `{"app":`...)
-			b = appendString(b, g.App)
+			b = AppendString(b, g.App)
 			b = append(b, `,"class":`...)
-			b = appendString(b, g.Class)
+			b = AppendString(b, g.Class)
 			b = append(b, `,"sources":`...)
 			b = appendAddrs(b, g.Sources)
 			b = append(b, `,"dests":`...)
@@ -196,9 +196,9 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 						b = append(b, ',')
 					}
 					b = append(b, `{"addr":`...)
-					b = appendAddr(b, d.Addr)
+					b = AppendAddr(b, d.Addr)
 					b = append(b, `,"server":`...)
-					b = appendString(b, d.Server)
+					b = AppendString(b, d.Server)
 					b = append(b, '}')
 				}
 				b = append(b, ']')
@@ -221,23 +221,23 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 				b = append(b, ',')
 			}
 			b = append(b, `{"app":`...)
-			b = appendString(b, f.App)
+			b = AppendString(b, f.App)
 			b = append(b, `,"fromClass":`...)
-			b = appendString(b, f.FromClass)
+			b = AppendString(b, f.FromClass)
 			if f.ToApp != "" {
 				b = append(b, `,"toApp":`...)
-				b = appendString(b, f.ToApp)
+				b = AppendString(b, f.ToApp)
 			}
 			b = append(b, `,"toClass":`...)
-			b = appendString(b, f.ToClass)
+			b = AppendString(b, f.ToClass)
 			b = append(b, `,"direction":`...)
-			b = appendString(b, f.Direction)
+			b = AppendString(b, f.Direction)
 			b = append(b, `,"sources":`...)
 			b = appendAddrs(b, f.Sources)
 			b = append(b, `,"dests":`...)
 			b = appendAddrs(b, f.Dests)
 			b = append(b, `,"protocol":`...)
-			b = appendString(b, f.Protocol)
+			b = AppendString(b, f.Protocol)
 			b = append(b, `,"ports":`...)
 			if f.Ports == nil {
 				b = append(b, "null"...)
@@ -292,10 +292,10 @@ func appendMarshal(b []byte, v any) ([]byte, error) {
 	return append(b, js...), nil
 }
 
-// appendString appends s as json.Marshal writes it. Strings with anything
+// AppendString appends s as json.Marshal writes it. Strings with anything
 // to escape (or outside ASCII) are left to json.Marshal: names, keys and
-// MACs have none.
-func appendString(b []byte, s string) []byte {
+// MACs have none. The compiler's path encoder writes its strings with it.
+func AppendString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
 			js, _ := json.Marshal(s) // a string always encodes
@@ -310,18 +310,20 @@ func appendString(b []byte, s string) []byte {
 // closeText ends a JSON string opened at b[n] ('"') whose text a netip
 // value's AppendText has just written (what json.Marshal writes for a
 // TextMarshaler). Those texts never fail; one with anything to escape (an
-// IPv6 zone may hold any byte) is written again by appendString.
+// IPv6 zone may hold any byte) is written again by AppendString.
 func closeText(b []byte, n int) []byte {
 	for i := n + 1; i < len(b); i++ {
 		if c := b[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
 			s := string(b[n+1:])
-			return appendString(b[:n], s)
+			return AppendString(b[:n], s)
 		}
 	}
 	return append(b, '"')
 }
 
-func appendAddr(b []byte, a netip.Addr) []byte {
+// AppendAddr appends a as json.Marshal writes a netip.Addr (its text, ""
+// for the zero Addr).
+func AppendAddr(b []byte, a netip.Addr) []byte {
 	n := len(b)
 	b, _ = a.AppendText(append(b, '"'))
 	return closeText(b, n)
@@ -349,7 +351,7 @@ func appendAddrs(b []byte, as []netip.Addr) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendAddr(b, a)
+		b = AppendAddr(b, a)
 	}
 	return append(b, ']')
 }
