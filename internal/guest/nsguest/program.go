@@ -167,13 +167,10 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("guest: limits socket pair: %w", err)
 	}
+	// Ours of guest-init's end closes on return: setLimits then reads
+	// guest-init's end, or its absence when it did not start.
 	defer initLimits.Close()
-	started := false
-	defer func() {
-		if !started {
-			limits.Close()
-		}
-	}()
+	go r.setLimits(g, cg, limits)
 	// guest-init seals the guest unthrottled; the quota is back before
 	// the program starts (setLimits below, awaitLimits in guest-init).
 	if emptied {
@@ -230,8 +227,6 @@ func (r *Runtime) startProgram(t *task) (*proc, error) {
 		return fail(fmt.Errorf("guest: send the sandbox to guest-init: %w", err))
 	}
 	sbw.Close()
-	started = true
-	go r.setLimits(g, cg, limits)
 	// A program that has already exited has no start time; recording 0
 	// keeps the next agent from adopting it.
 	rec := guest.ProcRecord{ProcID: guest.ProcIDOf(pid), Hash: hash, Started: time.Now()}
