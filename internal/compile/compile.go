@@ -117,6 +117,10 @@ type compiler struct {
 	unresolved   []Unresolved
 	allowPending bool
 	pending      []int32 // tasks no server takes, in placement order (pending.go)
+	// With a cache (hosts.go, reach.go): each server's meta, and the
+	// differences from earlier compiles' reaches and metas.
+	meta  []serverMeta
+	diffs reachDiffs
 }
 
 // Compile places every task of in.Apps on in.Servers, allocates networks and

@@ -77,10 +77,16 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 		}
 		c.classDests(k, a, memo)
 	}
+	if memo {
+		c.meta = make([]serverMeta, n)
+		for i, s := range c.servers {
+			c.meta[i] = serverMeta{addr: s.addr, wgPort: s.wgPort, key: s.spec.PublicKey, next: s.rot.next}
+		}
+	}
 	hbs := make([]*hostBuilder, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
-		hb := &hostBuilder{c: c, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n), mark: make([]int32, len(c.apps))}
+		hb := &hostBuilder{c: c, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n), peerT: make([]Peer, n), vxT: make([]VXLANEntry, n), mark: make([]int32, len(c.apps))}
 		hbs[w] = hb
 		lo, hi := w*n/workers, (w+1)*n/workers
 		if workers == 1 {
@@ -189,14 +195,19 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 		if hb.mac[i] == "" {
 			hb.mac[i] = VTEPMAC(s.addr)
 		}
-		var prev *HostState // the host's last state, whose unchanged lists are kept
+		var prev *hostEntry // the host's last state, whose unchanged lists are kept
 		if e != nil && memo {
-			prev = &e.state
+			prev = e
 		}
 		out[i] = hb.build(s, memo, prev)
-		c.addLinks(&out[i], s)
+		linked := c.addLinks(&out[i], s)
 		if memo {
-			hb.entries = append(hb.entries, namedEntry{s.spec.Name, &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens), state: out[i]}})
+			parts := make([]*hostPart, len(hb.apps))
+			for j, ha := range hb.apps {
+				parts[j] = ha.part
+			}
+			hb.entries = append(hb.entries, namedEntry{s.spec.Name, &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens),
+				state: out[i], parts: parts, linked: linked, meta: c.meta}})
 		}
 	}
 }
@@ -223,13 +234,17 @@ type hostBuilder struct {
 	entries  []namedEntry
 	newParts []newPart
 	mac      []string // VTEPMAC per server, made when first needed
-	slot     []int32  // per server: 1 + its index in remotes, 0 if none
-	nEnc     []int32  // per server: remote tasks reached encrypted
-	nPlain   []int32  // per server: remote tasks reached in plain
-	touched  []int32  // servers with a count, for resetting
-	remotes  []remoteMerge
-	apps     []hostApp // the apps of the host being built, in network order
-	byName   []*hostPart
+	// Per server, its peer and VXLAN entry without their lists, made
+	// when first needed.
+	peerT   []Peer
+	vxT     []VXLANEntry
+	slot    []int32 // per server: 1 + its index in remotes, 0 if none
+	nEnc    []int32 // per server: remote tasks reached encrypted
+	nPlain  []int32 // per server: remote tasks reached in plain
+	touched []int32 // servers with a count, for resetting
+	remotes []remoteMerge
+	apps    []hostApp // the apps of the host being built, in network order
+	byName  []*hostPart
 	// Parts computed for the host being built keep their guests, firewall
 	// rules and routes here until they are copied into the host's state.
 	guests   []Guest
@@ -245,8 +260,9 @@ type hostBuilder struct {
 	key                    []byte // a reach's key (reach.go)
 }
 
-// remoteCount is how many remote guests of one server a part lists.
-type remoteCount struct{ server, nEnc, nPlain int32 }
+// remoteCount is how many remote guests of one server a reach lists, and
+// where they start in its lists.
+type remoteCount struct{ server, nEnc, nPlain, oEnc, oPlain int32 }
 
 // remoteMerge is what the host being built reaches on one remote server,
 // over all its apps.
@@ -275,6 +291,7 @@ type hostApp struct {
 // slices (guests, firewall, routes) or are shared with its peers and VXLAN
 // entries (the reach's lists, shared with other hosts too).
 type hostPart struct {
+	app      string         // the app's name
 	guests   []Guest        // in plan order
 	firewall []FirewallRule // in the host's firewall order
 	groups   []RouteGroup   // by class (spec order), plain first
@@ -289,7 +306,11 @@ type hostPart struct {
 // entries are made in scratch space first, and those equal to prev's are
 // taken from prev (shared, read-only) instead of allocated anew: after a
 // one-class change most of a rebuilt host's peers are those it had.
-func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
+func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
+	var prev *HostState
+	if pe != nil {
+		prev = &pe.state
+	}
 	c := hb.c
 	hs := HostState{
 		Schema: hoststate.Schema, Host: s.spec.Name, Address: s.addr, VTEPMAC: hb.mac[s.idx], WireGuardPort: s.wgPort,
@@ -359,6 +380,14 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 		ha.part.groups = hs.RouteGroups[g0:len(hs.RouteGroups):len(hs.RouteGroups)]
 		ha.srcs = nil
 	}
+	if pe != nil && pe.parts != nil && !pe.linked {
+		// Only the remote servers where a changed part reaches other
+		// guests than before can have other lists: the rest of prev's
+		// peers and VXLAN entries are kept as they are.
+		hs.Peers, hs.VXLAN = hb.patch(s, pe)
+		hs.Outbound = c.outbound(hs.Guests)
+		return hs
+	}
 	hb.merge(prev)
 	slices.Sort(hb.touched)
 	nPeers, nVX := 0, 0
@@ -382,17 +411,28 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 		r := &hb.remotes[hb.slot[si]-1]
 		hb.slot[si] = 0
 		rs := c.servers[si]
+		// Each server's peer and VXLAN entry are made once per builder
+		// and copied: a server is a peer of hundreds of hosts.
 		if len(r.enc) > 0 {
-			hs.Peers = append(hs.Peers, Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
-				Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort)), AllowedIPs: r.enc})
+			pt := &hb.peerT[si]
+			if pt.Server == "" {
+				*pt = Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
+					Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort))}
+			}
+			hs.Peers = append(hs.Peers, *pt)
+			hs.Peers[len(hs.Peers)-1].AllowedIPs = r.enc
 			hb.encMerged = append(hb.encMerged, r.encParts > 1)
 		}
 		if len(r.plain) > 0 {
-			if hb.mac[si] == "" {
-				hb.mac[si] = VTEPMAC(rs.addr)
+			vt := &hb.vxT[si]
+			if vt.Server == "" {
+				if hb.mac[si] == "" {
+					hb.mac[si] = VTEPMAC(rs.addr)
+				}
+				*vt = VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr, MAC: hb.mac[si]}
 			}
-			hs.VXLAN = append(hs.VXLAN, VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr,
-				MAC: hb.mac[si], Guests: r.plain})
+			hs.VXLAN = append(hs.VXLAN, *vt)
+			hs.VXLAN[len(hs.VXLAN)-1].Guests = r.plain
 			hb.plainMerged = append(hb.plainMerged, r.plainParts > 1)
 		}
 	}
@@ -558,14 +598,10 @@ func (hb *hostBuilder) merge(prev *HostState) {
 			}
 			m := &hb.remotes[hb.slot[rc.server]-1]
 			if m.encParts > 1 {
-				for _, x := range r.enc[e0:oe] {
-					m.enc = append(m.enc, x)
-				}
+				m.enc = append(m.enc, r.enc[e0:oe]...)
 			}
 			if m.plainParts > 1 {
-				for _, x := range r.plain[p0:op] {
-					m.plain = append(m.plain, x)
-				}
+				m.plain = append(m.plain, r.plain[p0:op]...)
 			}
 		}
 	}
@@ -587,7 +623,7 @@ func appendPart[T any](dst *[]T, part []T) []T {
 // tasks have routes to.
 func (hb *hostBuilder) part(s *server, a *app) (*hostPart, [][2][]netip.Addr, int) {
 	c := hb.c
-	p := &hostPart{}
+	p := &hostPart{app: a.name}
 	g0 := len(hb.guests)
 	hb.guests = c.guests(hb.guests, s, a)
 	p.guests = hb.guests[g0:]
