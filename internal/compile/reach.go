@@ -66,6 +66,13 @@ func (hb *hostBuilder) reach(a *app, srcs [][2][]netip.Addr) *reach {
 // the exact size; each server's lists come out sorted.
 func (hb *hostBuilder) makeReach(a *app, key []byte) *reach {
 	c := hb.c
+	if a.byAddr == nil {
+		// Left out by hosts() for an unchanged cached app, whose parts
+		// are all the entry's; made here, under a.reaches' lock, should a
+		// part be wanted all the same.
+		a.byAddr = slices.Clone(a.tasks)
+		slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
+	}
 	touched := hb.touched[:0]
 	nEnc, nPlain := 0, 0
 	for _, ti := range a.byAddr {
