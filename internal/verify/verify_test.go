@@ -435,3 +435,59 @@ func TestRunFleetReadsTheFleet(t *testing.T) {
 		t.Fatalf("RunFleet with a failing ListApps: %v", err)
 	}
 }
+
+// gatedNet holds each probe until as many are under way as the pools
+// allow (or a short wait has passed), counting the peaks of denied probes
+// and of the others.
+type gatedNet struct {
+	*fakeNet
+	target int
+
+	mu                   sync.Mutex
+	denied, others       int
+	peakDenied, peakRest int
+}
+
+func (g *gatedNet) Probe(ctx context.Context, server string, req api.ProbeRequest) (api.ProbeResult, error) {
+	res, err := g.fakeNet.Probe(ctx, server, req)
+	denied := res.TimedOut
+	g.mu.Lock()
+	if denied {
+		g.denied++
+	} else {
+		g.others++
+	}
+	g.peakDenied, g.peakRest = max(g.peakDenied, g.denied), max(g.peakRest, g.others)
+	g.mu.Unlock()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		g.mu.Lock()
+		full := g.denied+g.others >= g.target
+		g.mu.Unlock()
+		if full {
+			break
+		}
+	}
+	g.mu.Lock()
+	if denied {
+		g.denied--
+	} else {
+		g.others--
+	}
+	g.mu.Unlock()
+	return res, err
+}
+
+func TestDeniedChecksRunInTheirOwnWiderPool(t *testing.T) {
+	apps, tasks := shop()
+	g := &gatedNet{fakeNet: newFakeNet(apps, tasks), target: 2 + 6}
+	rep, err := Run(context.Background(), g, "shop", apps, tasks, Options{Timeout: time.Second, Parallel: 2, DeniedParallel: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Fatalf("report %d passed of %d", rep.Passed, len(rep.Checks))
+	}
+	if g.peakDenied != 6 || g.peakRest != 2 {
+		t.Fatalf("at most %d denied and %d other probes at once, want 6 and 2", g.peakDenied, g.peakRest)
+	}
+}
