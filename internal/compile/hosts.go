@@ -91,7 +91,7 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 	hbs := make([]*hostBuilder, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
-		hb := &hostBuilder{c: c, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n), peerT: make([]Peer, n), vxT: make([]VXLANEntry, n), mark: make([]int32, len(c.apps))}
+		hb := &hostBuilder{c: c, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n), mark: make([]int32, len(c.apps))}
 		hbs[w] = hb
 		lo, hi := w*n/workers, (w+1)*n/workers
 		if workers == 1 {
@@ -239,17 +239,13 @@ type hostBuilder struct {
 	entries  []namedEntry
 	newParts []newPart
 	mac      []string // VTEPMAC per server, made when first needed
-	// Per server, its peer and VXLAN entry without their lists, made
-	// when first needed.
-	peerT   []Peer
-	vxT     []VXLANEntry
-	slot    []int32 // per server: 1 + its index in remotes, 0 if none
-	nEnc    []int32 // per server: remote tasks reached encrypted
-	nPlain  []int32 // per server: remote tasks reached in plain
-	touched []int32 // servers with a count, for resetting
-	remotes []remoteMerge
-	apps    []hostApp // the apps of the host being built, in network order
-	byName  []*hostPart
+	slot     []int32  // per server: 1 + its index in remotes, 0 if none
+	nEnc     []int32  // per server: remote tasks reached encrypted
+	nPlain   []int32  // per server: remote tasks reached in plain
+	touched  []int32  // servers with a count, for resetting
+	remotes  []remoteMerge
+	apps     []hostApp // the apps of the host being built, in network order
+	byName   []*hostPart
 	// Parts computed for the host being built keep their guests, firewall
 	// rules and routes here until they are copied into the host's state.
 	guests   []Guest
@@ -306,11 +302,12 @@ type hostPart struct {
 	self  int32
 }
 
-// build makes host s's state. With prev (the host's state in the cache,
-// which this one replaces), the merged remote lists, peers and VXLAN
-// entries are made in scratch space first, and those equal to prev's are
-// taken from prev (shared, read-only) instead of allocated anew: after a
-// one-class change most of a rebuilt host's peers are those it had.
+// build makes host s's state. With pe (the host's entry in the cache,
+// whose state this one replaces), its peers and VXLAN entries are pe's,
+// patched where the parts changed (patch); when pe's state is not only
+// its parts' (links), the merged remote lists, peers and VXLAN entries are
+// made in scratch space first, and those equal to pe's are taken from pe
+// (shared, read-only) instead of allocated anew.
 func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
 	var prev *HostState
 	if pe != nil {
@@ -363,11 +360,6 @@ func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
 		p.guests = appendPart(&hs.Guests, p.guests)
 		p.firewall = appendPart(&hs.Firewall, p.firewall)
 	}
-	// Peers and VXLAN entries: per remote server, the remote guests of
-	// every app, in network order (so by address). Each part's lists are
-	// its reach's (reach.go), shared by every host of the app whose local
-	// tasks reach the same classes: a host's list made by one part only is
-	// that part's slice, the others are merged into one buffer per host.
 	// Routes: as groups (hoststate.RouteGroup), per app in network order,
 	// each to one class's shared destination list. hs.Routes stays empty
 	// (and not nil: a state's expansion writes "routes":[...]).
@@ -385,6 +377,11 @@ func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
 		ha.part.groups = hs.RouteGroups[g0:len(hs.RouteGroups):len(hs.RouteGroups)]
 		ha.srcs = nil
 	}
+	// Peers and VXLAN entries: per remote server, the remote guests of
+	// every app, in network order (so by address). Each part's lists are
+	// its reach's (reach.go), shared by every host of the app whose local
+	// tasks reach the same classes: a host's list made by one part only is
+	// that part's slice, the others are merged into one buffer per host.
 	if pe != nil && pe.parts != nil && !pe.linked {
 		// Only the remote servers where a changed part reaches other
 		// guests than before can have other lists: the rest of prev's
@@ -416,28 +413,17 @@ func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
 		r := &hb.remotes[hb.slot[si]-1]
 		hb.slot[si] = 0
 		rs := c.servers[si]
-		// Each server's peer and VXLAN entry are made once per builder
-		// and copied: a server is a peer of hundreds of hosts.
 		if len(r.enc) > 0 {
-			pt := &hb.peerT[si]
-			if pt.Server == "" {
-				*pt = Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
-					Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort))}
-			}
-			hs.Peers = append(hs.Peers, *pt)
-			hs.Peers[len(hs.Peers)-1].AllowedIPs = r.enc
+			hs.Peers = append(hs.Peers, Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
+				Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort)), AllowedIPs: r.enc})
 			hb.encMerged = append(hb.encMerged, r.encParts > 1)
 		}
 		if len(r.plain) > 0 {
-			vt := &hb.vxT[si]
-			if vt.Server == "" {
-				if hb.mac[si] == "" {
-					hb.mac[si] = VTEPMAC(rs.addr)
-				}
-				*vt = VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr, MAC: hb.mac[si]}
+			if hb.mac[si] == "" {
+				hb.mac[si] = VTEPMAC(rs.addr)
 			}
-			hs.VXLAN = append(hs.VXLAN, *vt)
-			hs.VXLAN[len(hs.VXLAN)-1].Guests = r.plain
+			hs.VXLAN = append(hs.VXLAN, VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr,
+				MAC: hb.mac[si], Guests: r.plain})
 			hb.plainMerged = append(hb.plainMerged, r.plainParts > 1)
 		}
 	}
