@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/corridor-dev/corridor/internal/hoststate"
@@ -92,5 +93,85 @@ func TestRemoteListsShared(t *testing.T) {
 	}
 	if g, w := mustJSON(t, p), mustJSON(t, fresh); !bytes.Equal(g, w) {
 		t.Fatalf("the plan changed under its readers: %s", firstDiff(g, w))
+	}
+}
+
+// TestReachDiff checks the servers a patched host makes again
+// (reachDiffs): those whose lists differ between an app's old and new
+// reach, in either list, or that only one of them has; none for equal
+// lists; every server of a reach against none; and the servers whose
+// meta changed, all of them against a meta of another length.
+func TestReachDiff(t *testing.T) {
+	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	p := func(s string) netip.Prefix { return netip.PrefixFrom(a(s), 32) }
+	// mk makes a reach from per-server lists (server: enc, plain).
+	type lists struct {
+		enc   []netip.Prefix
+		plain []netip.Addr
+	}
+	mk := func(by map[int32]lists) *reach {
+		r := &reach{}
+		for s := range int32(10) {
+			l, ok := by[s]
+			if !ok {
+				continue
+			}
+			r.remotes = append(r.remotes, remoteCount{server: s, nEnc: int32(len(l.enc)), nPlain: int32(len(l.plain)),
+				oEnc: int32(len(r.enc)), oPlain: int32(len(r.plain))})
+			r.enc = append(r.enc, l.enc...)
+			r.plain = append(r.plain, l.plain...)
+		}
+		return r
+	}
+	old := mk(map[int32]lists{
+		1: {enc: []netip.Prefix{p("100.64.0.1")}},
+		2: {plain: []netip.Addr{a("100.64.0.2")}},
+		3: {enc: []netip.Prefix{p("100.64.0.3")}, plain: []netip.Addr{a("100.64.0.4")}},
+		4: {enc: []netip.Prefix{p("100.64.0.5")}},
+		6: {plain: []netip.Addr{a("100.64.0.9")}},
+	})
+	new := mk(map[int32]lists{
+		1: {enc: []netip.Prefix{p("100.64.0.1")}},                                       // same
+		2: {plain: []netip.Addr{a("100.64.0.2"), a("100.64.0.7")}},                      // a guest more
+		3: {enc: []netip.Prefix{p("100.64.0.3")}, plain: []netip.Addr{a("100.64.0.8")}}, // another plain guest
+		5: {enc: []netip.Prefix{p("100.64.0.6")}},                                       // new server
+		6: {plain: []netip.Addr{a("100.64.0.9")}},                                       // same
+	}) // 4 is gone
+	var d reachDiffs
+	got := d.diff(old, new)
+	if want := []int32{2, 3, 4, 5}; !slices.Equal(got, want) {
+		t.Errorf("diff(old, new) = %v, want %v", got, want)
+	}
+	if again := d.diff(old, new); &again[0] != &got[0] {
+		t.Error("the same pair of reaches is compared again")
+	}
+	if got := d.diff(new, new); len(got) != 0 {
+		t.Errorf("diff(new, new) = %v, want none", got)
+	}
+	if got, want := d.diff(old, nil), []int32{1, 2, 3, 4, 6}; !slices.Equal(got, want) {
+		t.Errorf("diff(old, nil) = %v, want %v", got, want)
+	}
+	if got, want := d.diff(nil, new), []int32{1, 2, 3, 5, 6}; !slices.Equal(got, want) {
+		t.Errorf("diff(nil, new) = %v, want %v", got, want)
+	}
+	if l, _ := new.lists(2); len(l) != 0 {
+		t.Errorf("lists(2) gives allowed IPs %v for a server reached in plain only", l)
+	}
+	if e, pl := new.lists(3); !slices.Equal(e, []netip.Prefix{p("100.64.0.3")}) || !slices.Equal(pl, []netip.Addr{a("100.64.0.8")}) || cap(pl) != len(pl) {
+		t.Errorf("lists(3) = %v, %v (cap %d)", e, pl, cap(pl))
+	}
+
+	m0 := []serverMeta{{addr: a("198.18.0.1"), wgPort: 51820, key: "k0"}, {addr: a("198.18.0.2"), wgPort: 51820, key: "k1"}, {addr: a("198.18.0.3"), wgPort: 51820, key: "k2"}}
+	m1 := slices.Clone(m0)
+	m1[1].next = "k1-next"
+	m1[2].wgPort = 51821
+	if got, want := d.metaDiff(m0, m1), []int32{1, 2}; !slices.Equal(got, want) {
+		t.Errorf("metaDiff = %v, want %v", got, want)
+	}
+	if got := d.metaDiff(m1, m1); len(got) != 0 {
+		t.Errorf("metaDiff of the same meta = %v, want none", got)
+	}
+	if got, want := d.metaDiff(m0[:2], m1), []int32{0, 1, 2}; !slices.Equal(got, want) {
+		t.Errorf("metaDiff against a shorter list = %v, want %v", got, want)
 	}
 }
