@@ -27,7 +27,7 @@ type slowGuests struct {
 
 func (g *slowGuests) Ensure(context.Context, compile.Guest) error { return nil }
 func (g *slowGuests) List(context.Context) ([]string, error)      { return nil, nil }
-func (g *slowGuests) Status(task string) api.TaskStatus          { return api.TaskStatus{Task: task} }
+func (g *slowGuests) Status(task string) api.TaskStatus           { return api.TaskStatus{Task: task} }
 
 func (g *slowGuests) Remove(_ context.Context, task string) error {
 	g.mu.Lock()

@@ -70,10 +70,20 @@ type Options struct {
 	// (Report.Coverage), so that a run can be repeated with --seed.
 	Seed int64
 	// NoRetry reports the first probe of every check as it is, without
-	// running shortfalls once more (see Run): for tests that must see a
-	// path broken before the agent repairs it.
+	// running shortfalls again (see Run): for tests that must see a path
+	// broken before the agent repairs it.
 	NoRetry bool
+	// RetryFor is how long after the first pass shortfalls keep being
+	// run again, with growing pauses (0: DefaultRetryFor). The first
+	// retry comes at once, whatever RetryFor.
+	RetryFor time.Duration
 }
+
+// DefaultRetryFor is Options.RetryFor's default: long enough for a
+// program of a small CPU request to open its port after its task shows
+// running (a `cpu: 1m` sample took about 2 s), short enough that a port
+// nothing will ever listen on fails the run soon.
+const DefaultRetryFor = 10 * time.Second
 
 // Check is one probe: what the policy says and what the wire showed.
 type Check struct {
@@ -493,6 +503,9 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 	if opt.DeniedParallel <= 0 {
 		opt.DeniedParallel = 4 * opt.Parallel
 	}
+	if opt.RetryFor <= 0 {
+		opt.RetryFor = DefaultRetryFor
+	}
 	for opt.Seed == 0 && !opt.Exhaustive {
 		opt.Seed = mrand.Int64N(1 << 31) // short enough to type back
 	}
@@ -543,23 +556,46 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 	runAll(all)
 	// A check that failed short of its expectation (an allowed pair that
 	// timed out or found its service not listening yet, a plain marker the
-	// capture missed) is run once more: one lost SYN on a busy host, or a
-	// service still starting, is not a policy failure. A check that
-	// failed the other way (a denied pair that connected, an encrypted
-	// pair whose marker was on the wire) is a leak and stands as it is.
-	var again []*Check
+	// capture missed) is run again: one lost SYN on a busy host, or a
+	// service still starting, is not a policy failure. The first retry
+	// comes at once (a lost packet); later ones, for RetryFor, after
+	// growing pauses (a program still starting: a task is running once
+	// its program is, which may be a while before its port is open). A
+	// check that failed the other way (a denied pair that connected, an
+	// encrypted pair whose marker was on the wire) is a leak and stands
+	// as it is, whatever an earlier or later probe saw.
 	first := map[*Check]string{}
-	for _, c := range all {
-		if !opt.NoRetry && !c.OK && mayRetry(c.Expect, c.Observed) && ctx.Err() == nil {
-			again = append(again, c)
-			first[c] = c.Observed
+	deadline := time.Now().Add(opt.RetryFor)
+	pause := 250 * time.Millisecond
+	for round := 0; !opt.NoRetry && ctx.Err() == nil; round++ {
+		var again []*Check
+		for _, c := range all {
+			// An incomplete check (a VM without a probe responder, an
+			// agent not answering) is run once more only: waiting
+			// does not bring a responder.
+			if !c.OK && mayRetry(c.Expect, c.Observed) && (round == 0 || c.Observed != Incomplete) {
+				again = append(again, c)
+				if _, ok := first[c]; !ok {
+					first[c] = c.Observed
+				}
+			}
 		}
-	}
-	runAll(again)
-	for _, c := range again {
-		c.Retried = true
-		if c.OK {
-			c.Detail = strings.TrimSpace("observed " + first[c] + " at first, " + c.Expect + " on the retry; " + c.Detail)
+		if len(again) == 0 || (round > 0 && !time.Now().Before(deadline)) {
+			break
+		}
+		if round > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, 2*time.Second)
+		}
+		runAll(again)
+		for _, c := range again {
+			c.Retried = true
+			if c.OK {
+				c.Detail = strings.TrimSpace("observed " + first[c] + " at first, " + c.Expect + " on a retry; " + c.Detail)
+			}
 		}
 	}
 	rep := &Report{App: app, Checks: checks, Coverage: cov, Started: started, Finished: time.Now().UTC()}
