@@ -60,6 +60,14 @@ type hostEntry struct {
 	rot    rotation
 	gens   []uint64 // the apps it runs a task of, in network order
 	state  HostState
+	// parts are the parts state was built from, in network order (nil
+	// for a host without tasks); linked says that links added to it
+	// (addLinks), so that its lists are not only its parts'.
+	parts  []*hostPart
+	linked bool
+	// meta is every server's meta at the compile that made state (one
+	// slice shared by that compile's entries), by index as servers.
+	meta []serverMeta
 }
 
 // Compile is Compile(in), reusing what the previous compiles through c

@@ -50,6 +50,7 @@ type app struct {
 	rules    []rule   // merged per (from, to, protocol), sorted by class names
 	tasks    []int32  // in plan order: class name, then index
 	byAddr   []int32  // tasks by address, for building hosts
+	reaches  reachSet // the remote lists of its hosts' parts (reach.go)
 	numTasks int
 	entry    *appEntry // what the cache has or gets for this app
 	netRank  int       // position in network order
@@ -116,6 +117,10 @@ type compiler struct {
 	unresolved   []Unresolved
 	allowPending bool
 	pending      []int32 // tasks no server takes, in placement order (pending.go)
+	// With a cache (hosts.go, reach.go): each server's meta, and the
+	// differences from earlier compiles' reaches and metas.
+	meta  []serverMeta
+	diffs reachDiffs
 }
 
 // Compile places every task of in.Apps on in.Servers, allocates networks and

@@ -68,14 +68,25 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 	// they compute go into the cache's entries after they are done.
 	workers := min(runtime.GOMAXPROCS(0), hostWorkers, max(1, n/minHostsPerWorker))
 	for _, a := range c.apps {
-		a.byAddr = slices.Clone(a.tasks)
-		slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
+		// The tasks by address make the classes' destination lists and the
+		// reaches: an app whose entry the cache has, unchanged, needs
+		// neither (its lists and parts are the entry's).
+		if !memo || len(a.entry.parts) == 0 || a.entry.dests == nil {
+			a.byAddr = slices.Clone(a.tasks)
+			slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
+		}
 		if len(a.entry.parts) == 0 { // parts will be computed for it
 			for _, cl := range a.classes {
 				c.peersEnv(a, cl)
 			}
 		}
 		c.classDests(k, a, memo)
+	}
+	if memo {
+		c.meta = make([]serverMeta, n)
+		for i, s := range c.servers {
+			c.meta[i] = serverMeta{addr: s.addr, wgPort: s.wgPort, key: s.spec.PublicKey, next: s.rot.next}
+		}
 	}
 	hbs := make([]*hostBuilder, workers)
 	var wg sync.WaitGroup
@@ -189,14 +200,19 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 		if hb.mac[i] == "" {
 			hb.mac[i] = VTEPMAC(s.addr)
 		}
-		var prev *HostState // the host's last state, whose unchanged lists are kept
+		var prev *hostEntry // the host's last state, whose unchanged lists are kept
 		if e != nil && memo {
-			prev = &e.state
+			prev = e
 		}
 		out[i] = hb.build(s, memo, prev)
-		c.addLinks(&out[i], s)
+		linked := c.addLinks(&out[i], s)
 		if memo {
-			hb.entries = append(hb.entries, namedEntry{s.spec.Name, &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens), state: out[i]}})
+			parts := make([]*hostPart, len(hb.apps))
+			for j, ha := range hb.apps {
+				parts[j] = ha.part
+			}
+			hb.entries = append(hb.entries, namedEntry{s.spec.Name, &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens),
+				state: out[i], parts: parts, linked: linked, meta: c.meta}})
 		}
 	}
 }
@@ -242,11 +258,12 @@ type hostBuilder struct {
 	peers                  []Peer
 	vxlan                  []VXLANEntry
 	encMerged, plainMerged []bool
-	arena                  []remoteCount // the remote counts of the parts of the host being built, without memo
+	key                    []byte // a reach's key (reach.go)
 }
 
-// remoteCount is how many remote guests of one server a part lists.
-type remoteCount struct{ server, nEnc, nPlain int32 }
+// remoteCount is how many remote guests of one server a reach lists, and
+// where they start in its lists.
+type remoteCount struct{ server, nEnc, nPlain, oEnc, oPlain int32 }
 
 // remoteMerge is what the host being built reaches on one remote server,
 // over all its apps.
@@ -273,35 +290,29 @@ type hostApp struct {
 // hostPart is what one app contributes to one host's state. Its slices are
 // read-only: once the host is assembled they point into the host's own
 // slices (guests, firewall, routes) or are shared with its peers and VXLAN
-// entries (remotes).
+// entries (the reach's lists, shared with other hosts too).
 type hostPart struct {
+	app      string         // the app's name
 	guests   []Guest        // in plan order
 	firewall []FirewallRule // in the host's firewall order
 	groups   []RouteGroup   // by class (spec order), plain first
-	// Remote guests reached encrypted and in plain, by server index and
-	// then address; remotes says how many of each belong to which server.
-	enc     []netip.Prefix
-	plain   []netip.Addr
-	remotes []remoteCount
+	// Remote guests reached encrypted and in plain: reach's, but for
+	// those on the host itself (self, its server index). nil: none.
+	reach *reach
+	self  int32
 }
 
-// each calls f with every remote server of p and its guests reached
-// encrypted and in plain (full slices: appending to them copies).
-func (p *hostPart) each(f func(server int32, enc []netip.Prefix, plain []netip.Addr)) {
-	var oe, op int32
-	for _, r := range p.remotes {
-		f(r.server, p.enc[oe:oe+r.nEnc:oe+r.nEnc], p.plain[op:op+r.nPlain:op+r.nPlain])
-		oe += r.nEnc
-		op += r.nPlain
+// build makes host s's state. With pe (the host's entry in the cache,
+// whose state this one replaces), its peers and VXLAN entries are pe's,
+// patched where the parts changed (patch); when pe's state is not only
+// its parts' (links), the merged remote lists, peers and VXLAN entries are
+// made in scratch space first, and those equal to pe's are taken from pe
+// (shared, read-only) instead of allocated anew.
+func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
+	var prev *HostState
+	if pe != nil {
+		prev = &pe.state
 	}
-}
-
-// build makes host s's state. With prev (the host's state in the cache,
-// which this one replaces), the merged remote lists, peers and VXLAN
-// entries are made in scratch space first, and those equal to prev's are
-// taken from prev (shared, read-only) instead of allocated anew: after a
-// one-class change most of a rebuilt host's peers are those it had.
-func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 	c := hb.c
 	hs := HostState{
 		Schema: hoststate.Schema, Host: s.spec.Name, Address: s.addr, VTEPMAC: hb.mac[s.idx], WireGuardPort: s.wgPort,
@@ -316,14 +327,13 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 	}
 	hb.guests, hb.firewall = hb.guests[:0], hb.firewall[:0]
 	hb.byName = hb.byName[:0]
-	hb.arena = hb.arena[:0]
 	nGuests, nFirewall, nGroups := 0, 0, 0
 	for i := range hb.apps {
 		ha := &hb.apps[i]
 		e := ha.a.entry
 		ha.part, ha.fresh = e.parts[s.idx], false
 		if ha.part == nil {
-			ha.part, ha.srcs, ha.n = hb.part(s, ha.a, memo)
+			ha.part, ha.srcs, ha.n = hb.part(s, ha.a)
 			ha.fresh = true
 			if memo {
 				hb.newParts = append(hb.newParts, newPart{e, s.idx, ha.part})
@@ -350,29 +360,6 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 		p.guests = appendPart(&hs.Guests, p.guests)
 		p.firewall = appendPart(&hs.Firewall, p.firewall)
 	}
-	// Peers and VXLAN entries: per remote server, the remote guests of
-	// every app, in network order (so by address). Without memo no part
-	// outlives this host, and its remote guests are written straight into
-	// the host's lists, one buffer per host sized from the parts' counts
-	// (direct). With memo each part keeps lists of its own, to be reused by
-	// later compiles: a host's list made by one part only is that part's
-	// slice, the others are merged into one buffer per host.
-	direct := !memo
-	if direct {
-		hb.countRemotes()
-		var nEnc, nPlain int
-		for i := range hb.remotes {
-			nEnc += hb.remotes[i].nEnc
-			nPlain += hb.remotes[i].nPlain
-		}
-		encBuf := make([]netip.Prefix, nEnc)
-		plainBuf := make([]netip.Addr, nPlain)
-		for i := range hb.remotes {
-			m := &hb.remotes[i]
-			m.enc, encBuf = encBuf[:0:m.nEnc], encBuf[m.nEnc:]
-			m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
-		}
-	}
 	// Routes: as groups (hoststate.RouteGroup), per app in network order,
 	// each to one class's shared destination list. hs.Routes stays empty
 	// (and not nil: a state's expansion writes "routes":[...]).
@@ -385,15 +372,25 @@ func (hb *hostBuilder) build(s *server, memo bool, prev *HostState) HostState {
 			ha.part.groups = appendPart(&hs.RouteGroups, ha.part.groups)
 			continue
 		}
-		hb.fill(s, ha.a, ha.srcs, ha.part, direct)
 		g0 := len(hs.RouteGroups)
 		hs.RouteGroups = appendGroups(hs.RouteGroups, ha.a, ha.srcs)
 		ha.part.groups = hs.RouteGroups[g0:len(hs.RouteGroups):len(hs.RouteGroups)]
 		ha.srcs = nil
 	}
-	if !direct {
-		hb.merge(prev)
+	// Peers and VXLAN entries: per remote server, the remote guests of
+	// every app, in network order (so by address). Each part's lists are
+	// its reach's (reach.go), shared by every host of the app whose local
+	// tasks reach the same classes: a host's list made by one part only is
+	// that part's slice, the others are merged into one buffer per host.
+	if pe != nil && pe.parts != nil && !pe.linked {
+		// Only the remote servers where a changed part reaches other
+		// guests than before can have other lists: the rest of prev's
+		// peers and VXLAN entries are kept as they are.
+		hs.Peers, hs.VXLAN = hb.patch(s, pe)
+		hs.Outbound = c.outbound(hs.Guests)
+		return hs
 	}
+	hb.merge(prev)
 	slices.Sort(hb.touched)
 	nPeers, nVX := 0, 0
 	for _, rs := range hb.touched {
@@ -497,39 +494,53 @@ func keepVXLAN(prev, cur []VXLANEntry, merged []bool) []VXLANEntry {
 	return out
 }
 
-// countRemotes lists in hb.remotes (and hb.touched, hb.slot) the remote
-// servers of the host's parts, with how many remote guests each reaches
-// encrypted and in plain, over all parts.
-func (hb *hostBuilder) countRemotes() {
+// merge lists in hb.remotes (and hb.touched, hb.slot) the remote servers
+// of the host's parts, with the remote guests each reaches encrypted and in
+// plain over all parts, in network order: a list made by one part only is
+// that part's slice (its reach's, shared); the others are filled from one
+// buffer per host (scratch space with prev, see build).
+func (hb *hostBuilder) merge(prev *HostState) {
 	hb.touched = hb.touched[:0]
 	hb.remotes = hb.remotes[:0]
+	// First pass: count, and take each server's first list.
 	for _, ha := range hb.apps {
-		for _, r := range ha.part.remotes {
-			sl := hb.slot[r.server]
+		p := ha.part
+		r := p.reach
+		if r == nil {
+			continue
+		}
+		var oe, op int32
+		for _, rc := range r.remotes {
+			e0, p0 := oe, op
+			oe += rc.nEnc
+			op += rc.nPlain
+			if rc.server == p.self {
+				continue
+			}
+			sl := hb.slot[rc.server]
 			if sl == 0 {
-				hb.remotes = append(hb.remotes, remoteMerge{server: r.server})
+				hb.remotes = append(hb.remotes, remoteMerge{server: rc.server})
 				sl = int32(len(hb.remotes))
-				hb.slot[r.server] = sl
-				hb.touched = append(hb.touched, r.server)
+				hb.slot[rc.server] = sl
+				hb.touched = append(hb.touched, rc.server)
 			}
 			m := &hb.remotes[sl-1]
-			if r.nEnc > 0 {
+			if rc.nEnc > 0 {
+				if m.encParts == 0 {
+					m.enc = r.enc[e0:oe:oe]
+				}
 				m.encParts++
-				m.nEnc += int(r.nEnc)
+				m.nEnc += int(rc.nEnc)
 			}
-			if r.nPlain > 0 {
+			if rc.nPlain > 0 {
+				if m.plainParts == 0 {
+					m.plain = r.plain[p0:op:op]
+				}
 				m.plainParts++
-				m.nPlain += int(r.nPlain)
+				m.nPlain += int(rc.nPlain)
 			}
 		}
 	}
-}
-
-// merge makes hb.remotes' lists from the parts' own lists: a list made by
-// one part only is that part's slice; the others are filled from one
-// buffer per host (scratch space with prev, see build).
-func (hb *hostBuilder) merge(prev *HostState) {
-	hb.countRemotes()
 	var nEnc, nPlain int
 	for i := range hb.remotes {
 		if m := &hb.remotes[i]; m.encParts > 1 {
@@ -539,13 +550,16 @@ func (hb *hostBuilder) merge(prev *HostState) {
 			nPlain += m.nPlain
 		}
 	}
+	if nEnc+nPlain == 0 {
+		return
+	}
 	var encBuf []netip.Prefix
 	var plainBuf []netip.Addr
 	if prev != nil {
 		hb.encBuf = slices.Grow(hb.encBuf[:0], nEnc)
 		hb.plainBuf = slices.Grow(hb.plainBuf[:0], nPlain)
 		encBuf, plainBuf = hb.encBuf[:nEnc], hb.plainBuf[:nPlain]
-	} else if nEnc+nPlain > 0 {
+	} else {
 		encBuf = make([]netip.Prefix, nEnc)
 		plainBuf = make([]netip.Addr, nPlain)
 	}
@@ -558,24 +572,29 @@ func (hb *hostBuilder) merge(prev *HostState) {
 			m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
 		}
 	}
+	// Second pass: the merged lists, part after part (network order).
 	for _, ha := range hb.apps {
-		ha.part.each(func(rs int32, enc []netip.Prefix, plain []netip.Addr) {
-			m := &hb.remotes[hb.slot[rs]-1]
-			if len(enc) > 0 {
-				if m.encParts > 1 {
-					m.enc = append(m.enc, enc...)
-				} else {
-					m.enc = enc
-				}
+		p := ha.part
+		r := p.reach
+		if r == nil {
+			continue
+		}
+		var oe, op int32
+		for _, rc := range r.remotes {
+			e0, p0 := oe, op
+			oe += rc.nEnc
+			op += rc.nPlain
+			if rc.server == p.self {
+				continue
 			}
-			if len(plain) > 0 {
-				if m.plainParts > 1 {
-					m.plain = append(m.plain, plain...)
-				} else {
-					m.plain = plain
-				}
+			m := &hb.remotes[hb.slot[rc.server]-1]
+			if m.encParts > 1 {
+				m.enc = append(m.enc, r.enc[e0:oe]...)
 			}
-		})
+			if m.plainParts > 1 {
+				m.plain = append(m.plain, r.plain[p0:op]...)
+			}
+		}
 	}
 }
 
@@ -588,13 +607,14 @@ func appendPart[T any](dst *[]T, part []T) []T {
 }
 
 // part computes app a's contribution to host s, which runs at least one
-// task of a, but for its remote lists and routes: it sizes those, and
-// returns the local sources by class and encryption and the number of
-// routes, for fill. Guests and firewall rules are left in the builder's
-// scratch space until build copies them.
-func (hb *hostBuilder) part(s *server, a *app, memo bool) (*hostPart, [][2][]netip.Addr, int) {
+// task of a, but for its route groups: it returns the local sources by
+// class and encryption and the number of groups, for appendGroups. Guests
+// and firewall rules are left in the builder's scratch space until build
+// copies them; the remote lists are the reach of the classes the local
+// tasks have routes to.
+func (hb *hostBuilder) part(s *server, a *app) (*hostPart, [][2][]netip.Addr, int) {
 	c := hb.c
-	p := &hostPart{}
+	p := &hostPart{app: a.name}
 	g0 := len(hb.guests)
 	hb.guests = c.guests(hb.guests, s, a)
 	p.guests = hb.guests[g0:]
@@ -608,40 +628,7 @@ func (hb *hostBuilder) part(s *server, a *app, memo bool) (*hostPart, [][2][]net
 			strings.Compare(x.Protocol, y.Protocol), strings.Compare(x.Direction, y.Direction))
 	})
 
-	// Two passes over the remote tasks: count here, then fill slices of
-	// the exact size (fill). Tasks come by address, so each list comes
-	// out sorted.
-	hb.touched = hb.touched[:0]
-	nEnc, nPlain := 0, 0
-	hb.scan(s, a, srcs, func(t *task, enc bool, _ []netip.Addr) {
-		if hb.nEnc[t.server] == 0 && hb.nPlain[t.server] == 0 {
-			hb.touched = append(hb.touched, t.server)
-		}
-		if enc {
-			hb.nEnc[t.server]++
-			nEnc++
-		} else {
-			hb.nPlain[t.server]++
-			nPlain++
-		}
-	})
-	slices.Sort(hb.touched)
-	if memo {
-		p.enc = make([]netip.Prefix, nEnc)
-		p.plain = make([]netip.Addr, nPlain)
-		p.remotes = make([]remoteCount, len(hb.touched))
-	} else {
-		// The part lives as long as the host being built: its counts go
-		// in scratch space, and fill writes its remote guests into the
-		// host's lists.
-		n := len(hb.arena)
-		hb.arena = slices.Grow(hb.arena, len(hb.touched))[:n+len(hb.touched)]
-		p.remotes = hb.arena[n:len(hb.arena):len(hb.arena)]
-	}
-	for i, rs := range hb.touched {
-		p.remotes[i] = remoteCount{server: rs, nEnc: hb.nEnc[rs], nPlain: hb.nPlain[rs]}
-		hb.nEnc[rs], hb.nPlain[rs] = 0, 0
-	}
+	p.reach, p.self = hb.reach(a, srcs), s.idx
 	nGroups := 0
 	for _, cs := range srcs {
 		for _, src := range cs {
@@ -665,66 +652,6 @@ func appendGroups(gs []RouteGroup, a *app, srcs [][2][]netip.Addr) []RouteGroup 
 		}
 	}
 	return gs
-}
-
-// fill fills the remote lists of part p (app a's on host s, made by part
-// with the sources srcs); direct, it appends its remote guests to the
-// host's lists in hb.remotes instead.
-func (hb *hostBuilder) fill(s *server, a *app, srcs [][2][]netip.Addr, p *hostPart, direct bool) {
-	if direct {
-		hb.scan(s, a, srcs, func(t *task, enc bool, src []netip.Addr) {
-			m := &hb.remotes[hb.slot[t.server]-1]
-			if enc {
-				m.enc = append(m.enc, netip.PrefixFrom(t.addr, t.addr.BitLen()))
-			} else {
-				m.plain = append(m.plain, t.addr)
-			}
-		})
-		return
-	}
-	// nEnc and nPlain are each server's next free position.
-	var oe, op int32
-	for _, r := range p.remotes {
-		hb.nEnc[r.server], hb.nPlain[r.server] = oe, op
-		oe += r.nEnc
-		op += r.nPlain
-	}
-	hb.scan(s, a, srcs, func(t *task, enc bool, src []netip.Addr) {
-		if enc {
-			p.enc[hb.nEnc[t.server]] = netip.PrefixFrom(t.addr, t.addr.BitLen())
-			hb.nEnc[t.server]++
-		} else {
-			p.plain[hb.nPlain[t.server]] = t.addr
-			hb.nPlain[t.server]++
-		}
-	})
-	for _, r := range p.remotes {
-		hb.nEnc[r.server], hb.nPlain[r.server] = 0, 0
-	}
-}
-
-// scan calls f for every task of a on another server than s that a local
-// task has a path with, once per encryption, in address order (plain
-// before encrypted). srcs are the sources by class and encryption.
-func (hb *hostBuilder) scan(s *server, a *app, srcs [][2][]netip.Addr, f func(t *task, enc bool, srcs []netip.Addr)) {
-	// No local task with a path to any class (an app without rules, or
-	// none from what runs here): nothing to find, and no need to walk all
-	// of a's tasks. Without this an app of 10,000 tasks on 10,000 hosts
-	// and no rules cost 2 x 10^8 steps per compile, nearly all of it.
-	if !slices.ContainsFunc(srcs, func(cs [2][]netip.Addr) bool { return len(cs[0]) > 0 || len(cs[1]) > 0 }) {
-		return
-	}
-	for _, ti := range a.byAddr {
-		t := &hb.c.tasks[ti]
-		if t.server == s.idx {
-			continue
-		}
-		for e, src := range srcs[t.class.pos] {
-			if len(src) > 0 {
-				f(t, e == 1, src)
-			}
-		}
-	}
 }
 
 // appRules appends host s's firewall rules for app a to fw and returns,

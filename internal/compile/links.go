@@ -269,10 +269,10 @@ func (c *compiler) localAddrs(cl *class, s *server) []netip.Addr {
 // allowed IPs or VXLAN guests; on the exporter's side an ingress rule,
 // routes back to the importer's remote tasks and those as peers or VXLAN
 // guests. Every list it changes is made anew: the state's slices may be
-// shared with the cache's parts.
-func (c *compiler) addLinks(hs *HostState, s *server) {
+// shared with the cache's parts. It says whether it changed hs.
+func (c *compiler) addLinks(hs *HostState, s *server) bool {
 	if len(c.links) == 0 || len(s.guestIdx) == 0 {
-		return
+		return false
 	}
 	var fw []FirewallRule
 	type rkey struct {
@@ -320,7 +320,7 @@ func (c *compiler) addLinks(hs *HostState, s *server) {
 		}
 	}
 	if len(fw) == 0 {
-		return
+		return false
 	}
 	hs.Firewall = append(slices.Clone(hs.Firewall), fw...)
 	slices.SortStableFunc(hs.Firewall, func(x, y FirewallRule) int {
@@ -375,4 +375,5 @@ func (c *compiler) addLinks(hs *HostState, s *server) {
 	}
 	slices.SortFunc(vx, func(x, y VXLANEntry) int { return strings.Compare(x.Server, y.Server) })
 	hs.VXLAN = vx
+	return true
 }

@@ -1,0 +1,399 @@
+package compile
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// reach is what the hosts of one app whose local tasks have routes to the
+// same (class, encryption) pairs reach on every server: the app's tasks of
+// those classes, grouped by server, as peers' allowed IPs (encrypted) and
+// VXLAN guests (plain). A host's part takes every server's lists but its
+// own (hostPart.each), so one reach serves every host with that set of
+// pairs, wherever it is: an app of 200 tasks on 200 hosts has a handful
+// of reaches, not 200 copies of nearly the same lists. Its slices are
+// read-only, shared by the parts and the host states that take them.
+type reach struct {
+	remotes []remoteCount // servers with a task in the lists, by index
+	// The guests by server (in remotes' order), then by address.
+	enc   []netip.Prefix
+	plain []netip.Addr
+}
+
+// reachSet is an app's reaches in one compile, by key (hostBuilder.reach).
+// Host builders run side by side: the first that needs a reach makes it.
+type reachSet struct {
+	mu sync.Mutex
+	m  map[string]*reach
+}
+
+// reach is app a's reach for the local sources srcs (by class and
+// encryption, from appRules): the tasks of every class and encryption with
+// a source. nil when there is none (no local task has a route).
+func (hb *hostBuilder) reach(a *app, srcs [][2][]netip.Addr) *reach {
+	key, any := hb.key[:0], false
+	for _, cs := range srcs {
+		for _, src := range cs {
+			key = append(key, b2byte(len(src) > 0))
+			any = any || len(src) > 0
+		}
+	}
+	hb.key = key
+	if !any {
+		// Without this an app of 10,000 tasks on 10,000 hosts and no
+		// rules would walk all of its tasks for nothing.
+		return nil
+	}
+	rs := &a.reaches
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if r, ok := rs.m[string(key)]; ok {
+		return r
+	}
+	r := hb.makeReach(a, key)
+	if rs.m == nil {
+		rs.m = make(map[string]*reach)
+	}
+	rs.m[string(key)] = r
+	return r
+}
+
+// makeReach makes app a's reach of the (class, encryption) pairs set in
+// key (two bytes per class in spec order: plain, encrypted). Two passes
+// over the app's tasks by address: count per server, then fill lists of
+// the exact size; each server's lists come out sorted.
+func (hb *hostBuilder) makeReach(a *app, key []byte) *reach {
+	c := hb.c
+	if a.byAddr == nil {
+		// Left out by hosts() for an unchanged cached app, whose parts
+		// are all the entry's; made here, under a.reaches' lock, should a
+		// part be wanted all the same.
+		a.byAddr = slices.Clone(a.tasks)
+		slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
+	}
+	touched := hb.touched[:0]
+	nEnc, nPlain := 0, 0
+	for _, ti := range a.byAddr {
+		t := &c.tasks[ti]
+		k := key[2*t.class.pos:]
+		if k[0] == 0 && k[1] == 0 {
+			continue
+		}
+		if hb.nEnc[t.server] == 0 && hb.nPlain[t.server] == 0 {
+			touched = append(touched, t.server)
+		}
+		if k[0] != 0 {
+			hb.nPlain[t.server]++
+			nPlain++
+		}
+		if k[1] != 0 {
+			hb.nEnc[t.server]++
+			nEnc++
+		}
+	}
+	slices.Sort(touched)
+	r := &reach{enc: make([]netip.Prefix, nEnc), plain: make([]netip.Addr, nPlain), remotes: make([]remoteCount, len(touched))}
+	// nEnc and nPlain become each server's next free position.
+	var oe, op int32
+	for i, s := range touched {
+		r.remotes[i] = remoteCount{server: s, nEnc: hb.nEnc[s], nPlain: hb.nPlain[s], oEnc: oe, oPlain: op}
+		hb.nEnc[s], hb.nPlain[s] = oe, op
+		oe += r.remotes[i].nEnc
+		op += r.remotes[i].nPlain
+	}
+	for _, ti := range a.byAddr {
+		t := &c.tasks[ti]
+		k := key[2*t.class.pos:]
+		if k[0] != 0 {
+			r.plain[hb.nPlain[t.server]] = t.addr
+			hb.nPlain[t.server]++
+		}
+		if k[1] != 0 {
+			r.enc[hb.nEnc[t.server]] = netip.PrefixFrom(t.addr, t.addr.BitLen())
+			hb.nEnc[t.server]++
+		}
+	}
+	for _, s := range touched {
+		hb.nEnc[s], hb.nPlain[s] = 0, 0
+	}
+	hb.touched = touched[:0]
+	return r
+}
+
+func b2byte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// lists are r's guests on server si, encrypted and in plain (full slices).
+func (r *reach) lists(si int32) ([]netip.Prefix, []netip.Addr) {
+	i, ok := slices.BinarySearchFunc(r.remotes, si, func(rc remoteCount, si int32) int { return int(rc.server - si) })
+	if !ok {
+		return nil, nil
+	}
+	rc := r.remotes[i]
+	e, p := rc.oEnc+rc.nEnc, rc.oPlain+rc.nPlain
+	return r.enc[rc.oEnc:e:e], r.plain[rc.oPlain:p:p]
+}
+
+// reachDiffs remembers, per pair of reaches (old, new) of one app, the
+// servers whose lists differ between them: every rebuilt host with the
+// same pair of parts asks for the same difference; likewise per earlier
+// compile's meta, the servers whose meta differs from this compile's.
+type reachDiffs struct {
+	mu   sync.Mutex
+	m    map[[2]*reach][]int32
+	meta map[*serverMeta][]int32
+}
+
+// metaDiff is the servers whose meta in old (an earlier compile's, by
+// server index) is not now's: all of them when the lists differ in length.
+func (d *reachDiffs) metaDiff(old, now []serverMeta) []int32 {
+	if len(old) == 0 || len(old) != len(now) {
+		out := make([]int32, len(now))
+		for i := range out {
+			out[i] = int32(i)
+		}
+		return out
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if out, ok := d.meta[&old[0]]; ok {
+		return out
+	}
+	out := []int32{}
+	for i := range old {
+		if old[i] != now[i] {
+			out = append(out, int32(i))
+		}
+	}
+	if d.meta == nil {
+		d.meta = make(map[*serverMeta][]int32)
+	}
+	d.meta[&old[0]] = out
+	return out
+}
+
+// diff is the servers whose lists differ between old and new (either may
+// be nil: no lists), in increasing order.
+func (d *reachDiffs) diff(old, new *reach) []int32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := [2]*reach{old, new}
+	if out, ok := d.m[k]; ok {
+		return out
+	}
+	var a, b []remoteCount
+	if old != nil {
+		a = old.remotes
+	}
+	if new != nil {
+		b = new.remotes
+	}
+	out := []int32{}
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i].server < b[j].server):
+			out = append(out, a[i].server)
+			i++
+		case i == len(a) || b[j].server < a[i].server:
+			out = append(out, b[j].server)
+			j++
+		default:
+			x, y := a[i], b[j]
+			if !slices.Equal(old.enc[x.oEnc:x.oEnc+x.nEnc], new.enc[y.oEnc:y.oEnc+y.nEnc]) ||
+				!slices.Equal(old.plain[x.oPlain:x.oPlain+x.nPlain], new.plain[y.oPlain:y.oPlain+y.nPlain]) {
+				out = append(out, x.server)
+			}
+			i++
+			j++
+		}
+	}
+	if d.m == nil {
+		d.m = make(map[[2]*reach][]int32)
+	}
+	d.m[k] = out
+	return out
+}
+
+// serverMeta is what a server's peer and VXLAN entry show of it besides
+// the guests: a server whose meta changed since the cache's last compile
+// has its entries made again in every rebuilt host (patch).
+type serverMeta struct {
+	addr      netip.Addr
+	wgPort    int
+	key, next string
+}
+
+// patch makes the peers and VXLAN entries of host s, rebuilt over its
+// cache entry pe (built from parts, without links), from pe's: the
+// servers where a part that changed (new, gone or other) reaches other
+// guests than before, or whose meta changed, get their entries made again
+// from the host's parts (hb.apps); every other entry is pe's, unchanged.
+// A list that is pe's again is pe's slice, and a whole list that is pe's
+// again is pe's.
+func (hb *hostBuilder) patch(s *server, pe *hostEntry) ([]Peer, []VXLANEntry) {
+	c := hb.c
+	dirty := hb.touched[:0]
+	mark := func(list []int32) {
+		for _, si := range list {
+			if si != s.idx && hb.slot[si] == 0 {
+				hb.slot[si] = 1
+				dirty = append(dirty, si)
+			}
+		}
+	}
+	for _, ha := range hb.apps {
+		np := ha.part
+		var op *hostPart
+		for _, q := range pe.parts {
+			if q.app == np.app {
+				op = q
+				break
+			}
+		}
+		if op == np {
+			continue
+		}
+		var old *reach
+		if op != nil {
+			old = op.reach
+		}
+		mark(c.diffs.diff(old, np.reach))
+	}
+	for _, op := range pe.parts {
+		if !slices.ContainsFunc(hb.apps, func(ha hostApp) bool { return ha.part.app == op.app }) {
+			mark(c.diffs.diff(op.reach, nil))
+		}
+	}
+	mark(c.diffs.metaDiff(pe.meta, c.meta))
+	slices.Sort(dirty)
+	for _, si := range dirty {
+		hb.slot[si] = 0
+	}
+	hb.touched = dirty
+	// The dirty servers' lists, from the host's parts in network order.
+	hb.remotes = hb.remotes[:0]
+	for _, si := range dirty {
+		m := remoteMerge{server: si}
+		for _, ha := range hb.apps {
+			if ha.part.reach == nil {
+				continue
+			}
+			enc, plain := ha.part.reach.lists(si)
+			if len(enc) > 0 {
+				m.encParts++
+				if m.encParts == 1 {
+					m.enc = enc
+				} else {
+					m.enc = append(m.enc, enc...) // a copy: enc is full
+				}
+			}
+			if len(plain) > 0 {
+				m.plainParts++
+				if m.plainParts == 1 {
+					m.plain = plain
+				} else {
+					m.plain = append(m.plain, plain...)
+				}
+			}
+		}
+		hb.remotes = append(hb.remotes, m)
+	}
+	return hb.patchPeers(pe.state.Peers), hb.patchVXLAN(pe.state.VXLAN)
+}
+
+// patchPeers is prev with the entries of the dirty servers (hb.touched,
+// their lists in hb.remotes) made again: prev itself when they are all
+// as they were, else a new slice of prev's entries and the new ones.
+func (hb *hostBuilder) patchPeers(prev []Peer) []Peer {
+	c := hb.c
+	return patchList(hb, prev, func(p *Peer) string { return p.Server }, func(m *remoteMerge, old *Peer) (Peer, bool, bool) {
+		if len(m.enc) == 0 {
+			return Peer{}, false, old == nil
+		}
+		rs := c.servers[m.server]
+		p := Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
+			Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort)), AllowedIPs: m.enc}
+		if old == nil || !slices.Equal(old.AllowedIPs, p.AllowedIPs) {
+			return p, true, false
+		}
+		p.AllowedIPs = old.AllowedIPs
+		return p, true, old.PublicKey == p.PublicKey && old.NextPublicKey == p.NextPublicKey && old.Endpoint == p.Endpoint
+	})
+}
+
+// patchVXLAN is patchPeers for VXLAN entries.
+func (hb *hostBuilder) patchVXLAN(prev []VXLANEntry) []VXLANEntry {
+	c := hb.c
+	return patchList(hb, prev, func(v *VXLANEntry) string { return v.Server }, func(m *remoteMerge, old *VXLANEntry) (VXLANEntry, bool, bool) {
+		if len(m.plain) == 0 {
+			return VXLANEntry{}, false, old == nil
+		}
+		rs := c.servers[m.server]
+		if hb.mac[m.server] == "" {
+			hb.mac[m.server] = VTEPMAC(rs.addr)
+		}
+		v := VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr, MAC: hb.mac[m.server], Guests: m.plain}
+		if old == nil || !slices.Equal(old.Guests, v.Guests) {
+			return v, true, false
+		}
+		v.Guests = old.Guests
+		return v, true, old.Underlay == v.Underlay && old.MAC == v.MAC
+	})
+}
+
+// patchList is patchPeers and patchVXLAN: prev's entries (sorted by
+// server name, given by name) with those of the dirty servers made again
+// by entry (from the server's lists and its entry in prev, if any: the new
+// entry, whether there is one, and whether it is the same as old). The
+// untouched runs of prev are copied whole.
+func patchList[T any](hb *hostBuilder, prev []T, name func(*T) string, entry func(m *remoteMerge, old *T) (T, bool, bool)) []T {
+	c := hb.c
+	type edit struct {
+		pos   int  // where the server's entry is or would be in prev
+		found bool // prev has an entry for it
+		has   bool // there is a new entry
+		v     T
+	}
+	edits := make([]edit, len(hb.touched))
+	same, n := true, len(prev)
+	for j, si := range hb.touched {
+		srv := c.servers[si].spec.Name
+		e := &edits[j]
+		e.pos, e.found = slices.BinarySearchFunc(prev, srv, func(x T, srv string) int { return strings.Compare(name(&x), srv) })
+		var old *T
+		if e.found {
+			old = &prev[e.pos]
+			n--
+		}
+		var ok bool
+		e.v, e.has, ok = entry(&hb.remotes[j], old)
+		same = same && ok
+		if e.has {
+			n++
+		}
+	}
+	if same {
+		return prev
+	}
+	out := make([]T, 0, n)
+	i := 0
+	for j := range edits {
+		e := &edits[j]
+		out = append(out, prev[i:e.pos]...)
+		if e.has {
+			out = append(out, e.v)
+		}
+		i = e.pos
+		if e.found {
+			i++
+		}
+	}
+	return append(out, prev[i:]...)
+}
