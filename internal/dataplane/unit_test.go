@@ -226,7 +226,8 @@ func TestConnsOfMatches(t *testing.T) {
 }
 
 // pairMark is the mark the prerouting chain of text (ruleset.text) gives
-// a new packet from guest src to dst, or "" if none: the mark rules read
+// a new packet from guest src to dst, or "" if none: the mark rules (in
+// the guests' dispatch chain) read
 // "ct direction original ... ip saddr {S} ip daddr {D} meta mark set M".
 func pairMark(text, src, dst string) string {
 	set := func(l, word string) []string {
@@ -240,7 +241,7 @@ func pairMark(text, src, dst string) string {
 	mark := ""
 	for _, l := range strings.Split(text, "\n") {
 		l = strings.TrimSpace(l)
-		if !strings.HasPrefix(l, "prerouting: ") || !strings.Contains(l, "ct direction original") {
+		if !strings.HasPrefix(l, chainPreGuest+": ") || !strings.Contains(l, "ct direction original") {
 			continue
 		}
 		i := strings.Index(l, "meta mark set ")
@@ -309,5 +310,56 @@ func TestDatapathArgsProcs(t *testing.T) {
 		if got := strings.Join(dp.datapathArgs("corw0", 1420), " "); got != c.want {
 			t.Errorf("Procs %d: %q, want %q", c.procs, got, c.want)
 		}
+	}
+}
+
+// Dispatch (issue 19): the prerouting and forward chains hand a packet
+// from a guest or a tunnel to the chain of its input device's kind, so
+// that a packet meets only the rules that can match it. The main chains
+// hold jumps (and the rules of underlay packets); the dispatch chains
+// match no input device (their jump did); the prerouting ones end with
+// accept, so a guest's or a tunnel's packet leaves the chain there.
+func TestRulesetDispatch(t *testing.T) {
+	d, err := buildDesired(validState(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := buildRuleset(d, "corw0")
+	last := map[string]string{}
+	sawAccept := false
+	for _, r := range rs.rules {
+		last[r.chain] = r.desc
+		switch r.chain {
+		case chainPrerouting:
+			if !strings.HasSuffix(r.desc, " jump "+chainPreGuest) && !strings.HasSuffix(r.desc, " jump "+chainPrePlain) &&
+				!strings.HasSuffix(r.desc, " jump "+chainPreEnc) {
+				t.Errorf("prerouting rule is no dispatch jump: %s", r.desc)
+			}
+		case chainForward:
+			if r.desc == "ct state established,related accept" {
+				sawAccept = true
+			}
+			if !sawAccept && !strings.Contains(r.desc, "jump ") {
+				t.Errorf("forward rule before the conntrack accept is no dispatch jump: %s", r.desc)
+			}
+		case chainPreGuest, chainPrePlain, chainPreEnc, chainFwdGuest, chainFwdPlain, chainFwdEnc:
+			if strings.Contains(r.desc, "iifname") {
+				t.Errorf("%s matches the input device again: %s", r.chain, r.desc)
+			}
+		}
+	}
+	if !sawAccept {
+		t.Fatal("forward has no conntrack accept")
+	}
+	for _, c := range []string{chainPreGuest, chainPrePlain, chainPreEnc} {
+		if !strings.HasSuffix(last[c], "accept") {
+			t.Errorf("%s does not end with accept: %q", c, last[c])
+		}
+	}
+	n := rs.ruleCount()
+	// One jump for the guests and one per tunnel device (corv0, corw0 and
+	// its rotation spare).
+	if n[chainPrerouting] != 4 {
+		t.Errorf("prerouting has %d rules, want 4 (the dispatch jumps):\n%s", n[chainPrerouting], rs.text())
 	}
 }
