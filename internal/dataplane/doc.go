@@ -24,7 +24,12 @@
 //	                              chains, raw_prerouting and raw_output
 //	                              (notrack of the tunnels' underlay packets
 //	                              with known peers, notrack.go), named drop
-//	                              counters
+//	                              counters; prerouting and forward jump a
+//	                              guest's, a VXLAN and a WireGuard packet to
+//	                              a chain of their kind (prerouting_guest,
+//	                              _plain, _encrypt; forward_guest, _plain,
+//	                              _encrypt), so that a packet meets only the
+//	                              rules that can match it
 //	169.254.1.1/32 on corv0       the guests' default gateway (GatewayAddr), so
 //	                              the host answers their ARP for it
 //	routing tables 5181, 5182     encrypted and plain paths (TableEncrypt,
