@@ -33,6 +33,7 @@ func chains() []*nftables.Chain {
 		{Name: chainFwdGuest, Table: corridorTable},
 		{Name: chainFwdPlain, Table: corridorTable},
 		{Name: chainFwdEnc, Table: corridorTable},
+		{Name: chainPreSource, Table: corridorTable},
 		natChains()[0],
 		natChains()[1],
 		ingressChain(),

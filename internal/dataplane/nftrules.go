@@ -36,6 +36,9 @@ const (
 	chainFwdGuest = "forward_guest"
 	chainFwdPlain = "forward_plain"
 	chainFwdEnc   = "forward_encrypt"
+	// chainPreSource counts and drops a guest's IPv4 packet whose source
+	// is not the guest's address (see guestSource).
+	chainPreSource = "prerouting_source"
 )
 
 // Drop counter kinds; see the package documentation.
@@ -89,7 +92,7 @@ type ruleset struct {
 func (rs *ruleset) ruleCount() map[string]int {
 	n := map[string]int{chainPrerouting: 0, chainPostrouting: 0, chainForward: 0, chainInput: 0, chainGuestOut: 0, chainGuestIn: 0, chainIngress: 0,
 		chainRawPrerouting: 0, chainRawOutput: 0,
-		chainPreGuest: 0, chainPrePlain: 0, chainPreEnc: 0, chainFwdGuest: 0, chainFwdPlain: 0, chainFwdEnc: 0}
+		chainPreGuest: 0, chainPrePlain: 0, chainPreEnc: 0, chainFwdGuest: 0, chainFwdPlain: 0, chainFwdEnc: 0, chainPreSource: 0}
 	for _, r := range rs.rules {
 		n[r.chain]++
 	}
@@ -535,6 +538,7 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		b.add(c, ctState(expr.CtStateBitNEW, "new", false), setMark(mk, true), accept)
 		b.add(c, setMark(mk, false), accept)
 	}
+	b.guestSource(d)
 	// A reply is never new and never of the original direction: no
 	// later rule of the guest chain applies to it.
 	b.add(chainPreGuest, ctReply(), markFromCt(), accept)
@@ -768,6 +772,31 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 
 // tunnelChain names the dispatch chain of a tunnel's path: plain for
 // MarkPlain (VXLAN), enc for MarkEncrypt (the WireGuard devices).
+// guestSource is the first check of a guest's packet, before anything
+// accepts it, for packets to the host as well as forwarded ones: an IPv4
+// packet from a guest interface carries the address of that interface's
+// guest as its source, or is dropped (counted as spoof on a guest
+// interface of the state, as stray on any other). One lookup of
+// "iifname . ip saddr" per packet; only a failing packet goes on to
+// prerouting_source. It stands in for the kernel's reverse-path check,
+// which the guest interfaces skip (accept_local=1, see doc.go and
+// guestSysctls): with it, a guest can neither spoof another guest's
+// address nor one of the host's own.
+func (b *rulesetBuilder) guestSource(d *desired) {
+	if guardOff(GuardGuestSource) {
+		return
+	}
+	if len(d.guests) > 0 {
+		b.add(chainPreGuest, ipv4Only(), ifAddrSet(expr.MetaKeyIIFNAME, d.guests, true), jump(chainPreSource))
+	} else {
+		b.add(chainPreGuest, ipv4Only(), jump(chainPreSource))
+	}
+	for _, g := range d.guests {
+		b.add(chainPreSource, ifMatch(expr.MetaKeyIIFNAME, g.name, expr.CmpOpEq), b.count(DropSpoof), drop)
+	}
+	b.add(chainPreSource, b.count(DropStray), drop)
+}
+
 func tunnelChain(mark uint32, plain, enc string) string {
 	if mark == MarkPlain {
 		return plain

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -343,7 +344,9 @@ func TestRulesetDispatch(t *testing.T) {
 				t.Errorf("forward rule before the conntrack accept is no dispatch jump: %s", r.desc)
 			}
 		case chainPreGuest, chainPrePlain, chainPreEnc, chainFwdGuest, chainFwdPlain, chainFwdEnc:
-			if strings.Contains(r.desc, "iifname") {
+			// The guest's source check pairs the interface with its
+			// guest's address (guestSource): it is no dispatch.
+			if strings.Contains(r.desc, "iifname") && !strings.HasSuffix(r.desc, " jump "+chainPreSource) {
 				t.Errorf("%s matches the input device again: %s", r.chain, r.desc)
 			}
 		}
@@ -361,5 +364,64 @@ func TestRulesetDispatch(t *testing.T) {
 	// its rotation spare).
 	if n[chainPrerouting] != 4 {
 		t.Errorf("prerouting has %d rules, want 4 (the dispatch jumps):\n%s", n[chainPrerouting], rs.text())
+	}
+}
+
+// The source check of a guest's packet (guestSource) is the first rule a
+// guest's packet meets in prerouting, before any accept: the guest
+// interfaces skip the kernel's reverse-path lookup (accept_local=1), so
+// this rule is what keeps a guest from sending as another guest or as
+// the host, for packets to the host too. A failing packet is counted as
+// spoof on a guest interface of the state and as stray on another one.
+func TestRulesetGuestSource(t *testing.T) {
+	d, err := buildDesired(validState(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := buildRuleset(d, "corw0")
+	var pre, src []string
+	for _, r := range rs.rules {
+		switch r.chain {
+		case chainPreGuest:
+			pre = append(pre, r.desc)
+		case chainPreSource:
+			src = append(src, r.desc)
+		}
+	}
+	if len(d.guests) == 0 {
+		t.Fatal("the test state has no guests")
+	}
+	var elems []string
+	for _, g := range d.guests {
+		elems = append(elems, fmt.Sprintf("%s . %s", g.name, g.addr))
+	}
+	want := "meta nfproto ipv4 iifname . ip saddr != {" + strings.Join(elems, ", ") + "} jump " + chainPreSource
+	if len(pre) == 0 || pre[0] != want {
+		t.Fatalf("first prerouting_guest rule:\n got %q\nwant %q\nruleset:\n%s", pre, want, rs.text())
+	}
+	var wantSrc []string
+	for _, g := range d.guests {
+		wantSrc = append(wantSrc, fmt.Sprintf(`iifname "%s" counter name "spoof" drop`, g.name))
+	}
+	wantSrc = append(wantSrc, `counter name "stray" drop`)
+	if !slices.Equal(src, wantSrc) {
+		t.Errorf("prerouting_source:\n got %q\nwant %q", src, wantSrc)
+	}
+
+	// No guest at all: every IPv4 packet from a guest interface is stray.
+	d.guests = nil
+	rs = buildRuleset(d, "corw0")
+	var first string
+	var srcN []string
+	for _, r := range rs.rules {
+		if r.chain == chainPreGuest && first == "" {
+			first = r.desc
+		}
+		if r.chain == chainPreSource {
+			srcN = append(srcN, r.desc)
+		}
+	}
+	if first != "meta nfproto ipv4 jump "+chainPreSource || !slices.Equal(srcN, []string{`counter name "stray" drop`}) {
+		t.Errorf("without guests: first prerouting_guest rule %q, prerouting_source %q", first, srcN)
 	}
 }
