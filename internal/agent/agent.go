@@ -659,15 +659,13 @@ func (a *Agent) reconcile(ctx context.Context, st compile.HostState) []error {
 		desired[g.Task] = true
 	}
 
+	var gone []string
 	for _, t := range tasks {
-		if desired[t] {
-			continue
-		}
-		a.log.Info("removing guest no longer desired", "task", t)
-		if err := a.cfg.Guests.Remove(ctx, t); err != nil {
-			errs = append(errs, fmt.Errorf("remove guest %s: %w", t, err))
+		if !desired[t] {
+			gone = append(gone, t)
 		}
 	}
+	errs = append(errs, removeGuests(ctx, a.cfg.Guests, gone, "removing guest no longer desired", a.log)...)
 
 	dpErr := a.cfg.Dataplane.Apply(ctx, st)
 	if dpErr != nil {

@@ -32,7 +32,9 @@ type Renewer interface {
 type Guests interface {
 	// Ensure makes the guest exist and its program run, as g says.
 	Ensure(ctx context.Context, g compile.Guest) error
-	// Remove stops the guest and removes everything made for it.
+	// Remove stops the guest and removes everything made for it. The
+	// agent removes several guests at once: Remove must be safe to call
+	// concurrently for different tasks.
 	Remove(ctx context.Context, task string) error
 	// List gives the task IDs of the guests that exist on this host,
 	// whether or not they are desired.

@@ -38,8 +38,9 @@ meanwhile:
   - a plain pair must show it (the control that proves the capture works);
   - tasks of every other app must not reach APP's tasks, nor be reached.
 
-A check that fell short of the policy (an allowed pair that timed out) is run
-once more before it counts; a leak (a denied pair that connected, plaintext of
+A check that fell short of the policy (an allowed pair that timed out, or whose
+port is not open yet) is run again, at once and then for --retry-for (10 s)
+after growing pauses, before it counts; a leak (a denied pair that connected, plaintext of
 an encrypted pair) is never retried. --no-retry reports first probes as they
 are. A probe that could not run (an agent not answering, a VM without a probe
 responder or whose probe port did not answer in time) or whose capture cannot
@@ -54,14 +55,16 @@ runs per app; --no-record does not), where ` + "`corridor report APP`" + ` finds
 	cf := addClientFlags(cmd)
 	out := addOutputFlag(cmd)
 	cmd.Flags().DurationVar(&opt.Timeout, "timeout", 2*time.Second, "how long one connection attempt may take (a dropped packet shows as a timeout)")
-	cmd.Flags().IntVar(&opt.Parallel, "parallel", 8, "probes at once")
+	cmd.Flags().IntVar(&opt.Parallel, "parallel", 8, "probes at once of checks expected to connect")
+	cmd.Flags().IntVar(&opt.DeniedParallel, "parallel-denied", 0, "probes at once of checks expected to be denied, beside the others: each mostly waits out --timeout (0: 4 times --parallel)")
 	cmd.Flags().IntVar(&opt.MaxChecks, "max-checks", 5000, "refuse to run more checks than this")
 	cmd.Flags().IntVar(&opt.Sample, "sample", verify.DefaultSample, "task pairs probed per (class pair, port, host pair) combination")
 	cmd.Flags().BoolVar(&opt.Exhaustive, "exhaustive", false, "probe every task pair, not a sample of each combination (grows with the square of the tasks)")
 	cmd.Flags().Int64Var(&opt.Seed, "seed", 0, "seed of the sample, to repeat a run (0: draw one; the report prints it)")
 	var allowIncomplete bool
 	cmd.Flags().BoolVar(&allowIncomplete, "allow-incomplete", false, "exit 0 when no check contradicts the policy even if some could not be run (they are still reported incomplete)")
-	cmd.Flags().BoolVar(&opt.NoRetry, "no-retry", false, "report each check's first probe, without running a shortfall (an allowed pair that timed out) once more")
+	cmd.Flags().BoolVar(&opt.NoRetry, "no-retry", false, "report each check's first probe, without running a shortfall (an allowed pair that timed out) again")
+	cmd.Flags().DurationVar(&opt.RetryFor, "retry-for", verify.DefaultRetryFor, "how long shortfalls (an allowed pair that timed out or found nothing listening yet) are run again after the first pass; the first retry is at once")
 	var labDir string
 	cmd.Flags().StringVar(&labDir, "lab", "", "lab directory whose outside client probes the app's published ports (ingress): allowed clients reach every task, others do not")
 	var noRecord bool

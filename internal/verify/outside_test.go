@@ -167,7 +167,7 @@ func TestOutsideRun(t *testing.T) {
 	// Allowed but unreachable (egress not applied): a mismatch.
 	o = newOutsideNet(apps, tasks)
 	delete(o.allow, "web 198.18.0.250/tcp/443")
-	rep, _ = Run(context.Background(), o, "shop", apps, tasks, Options{Timeout: time.Second})
+	rep, _ = Run(context.Background(), o, "shop", apps, tasks, Options{Timeout: time.Second, RetryFor: 100 * time.Millisecond})
 	if rep.OK() {
 		t.Fatal("an allowed outside destination that did not answer passed")
 	}

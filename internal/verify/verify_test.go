@@ -32,6 +32,9 @@ type fakeNet struct {
 	dropped  map[string]bool
 	// refuseOnce: like dropOnce, but refused (a service not up yet).
 	refuseOnce map[[2]string]bool
+	// refuseUntil: class pairs refused until then (a program slow to
+	// open its port after its task shows running).
+	refuseUntil map[[2]string]time.Time
 	// mute: classes whose guests cannot probe (VMs without a responder).
 	mute map[string]bool
 	// muteLeak: mute sources whose marker nonetheless crossed in plain.
@@ -49,7 +52,8 @@ type fakeNet struct {
 
 func newFakeNet(apps []spec.App, tasks []compile.Task) *fakeNet {
 	f := &fakeNet{apps: apps, tasks: map[string]compile.Task{}, byID: map[string]compile.Task{}, leak: map[[2]string]bool{}, open: map[[2]string]bool{},
-		dropOnce: map[[2]string]bool{}, dropped: map[string]bool{}, mute: map[string]bool{}, refuseOnce: map[[2]string]bool{}, noWG: map[[2]string]bool{}}
+		dropOnce: map[[2]string]bool{}, dropped: map[string]bool{}, mute: map[string]bool{}, refuseOnce: map[[2]string]bool{}, noWG: map[[2]string]bool{},
+		refuseUntil: map[[2]string]time.Time{}}
 	for _, t := range tasks {
 		f.tasks[t.Address.String()] = t
 		f.byID[t.ID] = t
@@ -100,6 +104,9 @@ func (f *fakeNet) Probe(_ context.Context, server string, req api.ProbeRequest) 
 		return api.ProbeResult{TimedOut: true}, nil
 	}
 	if f.refuseOnce[[2]string{src.Class, dst.Class}] && f.first(src, dst, req.Port) {
+		return api.ProbeResult{Refused: true}, nil
+	}
+	if time.Now().Before(f.refuseUntil[[2]string{src.Class, dst.Class}]) {
 		return api.ProbeResult{Refused: true}, nil
 	}
 	listens := false
@@ -433,5 +440,90 @@ func TestRunFleetReadsTheFleet(t *testing.T) {
 	boom := errors.New("server down")
 	if _, err := RunFleet(ctx, fakeFleet{fakeNet: newFakeNet(apps, tasks), apps: apps, tasks: tasks, err: boom}, "shop", Options{}); !errors.Is(err, boom) {
 		t.Fatalf("RunFleet with a failing ListApps: %v", err)
+	}
+}
+
+// gatedNet holds each probe until as many are under way as the pools
+// allow (or a short wait has passed), counting the peaks of denied probes
+// and of the others.
+type gatedNet struct {
+	*fakeNet
+	target int
+
+	mu                   sync.Mutex
+	denied, others       int
+	peakDenied, peakRest int
+}
+
+func (g *gatedNet) Probe(ctx context.Context, server string, req api.ProbeRequest) (api.ProbeResult, error) {
+	res, err := g.fakeNet.Probe(ctx, server, req)
+	denied := res.TimedOut
+	g.mu.Lock()
+	if denied {
+		g.denied++
+	} else {
+		g.others++
+	}
+	g.peakDenied, g.peakRest = max(g.peakDenied, g.denied), max(g.peakRest, g.others)
+	g.mu.Unlock()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		g.mu.Lock()
+		full := g.denied+g.others >= g.target
+		g.mu.Unlock()
+		if full {
+			break
+		}
+	}
+	g.mu.Lock()
+	if denied {
+		g.denied--
+	} else {
+		g.others--
+	}
+	g.mu.Unlock()
+	return res, err
+}
+
+func TestDeniedChecksRunInTheirOwnWiderPool(t *testing.T) {
+	apps, tasks := shop()
+	g := &gatedNet{fakeNet: newFakeNet(apps, tasks), target: 2 + 6}
+	rep, err := Run(context.Background(), g, "shop", apps, tasks, Options{Timeout: time.Second, Parallel: 2, DeniedParallel: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Fatalf("report %d passed of %d", rep.Passed, len(rep.Checks))
+	}
+	if g.peakDenied != 6 || g.peakRest != 2 {
+		t.Fatalf("at most %d denied and %d other probes at once, want 6 and 2", g.peakDenied, g.peakRest)
+	}
+}
+
+// A service that opens its port a while after the first probes (a
+// program of a small CPU request) passes once it does, within RetryFor;
+// one that never opens fails once RetryFor has passed, not before.
+func TestRetryShortfallsForAWhile(t *testing.T) {
+	apps, tasks := shop()
+	f := newFakeNet(apps, tasks)
+	f.refuseUntil[[2]string{"web", "app"}] = time.Now().Add(1500 * time.Millisecond)
+	rep, err := Run(context.Background(), f, "shop", apps, tasks, Options{Timeout: time.Second})
+	if err != nil || !rep.OK() {
+		t.Fatalf("a service up 1.5 s late failed the run: %v, %d of %d passed", err, rep.Passed, len(rep.Checks))
+	}
+	for _, c := range rep.Checks {
+		if c.FromClass == "web" && c.ToClass == "app" && c.Expect != Denied && (!c.Retried || !strings.Contains(c.Detail, "open at first")) {
+			t.Errorf("check %+v: want retried, open at first", c)
+		}
+	}
+
+	f = newFakeNet(apps, tasks)
+	f.refuseUntil[[2]string{"web", "app"}] = time.Now().Add(time.Hour)
+	start := time.Now()
+	rep, _ = Run(context.Background(), f, "shop", apps, tasks, Options{Timeout: time.Second, RetryFor: 600 * time.Millisecond})
+	if rep.OK() {
+		t.Fatal("a port never opened passed")
+	}
+	if d := time.Since(start); d < 600*time.Millisecond {
+		t.Fatalf("gave up after %s, before RetryFor", d)
 	}
 }

@@ -80,7 +80,7 @@ type Runtime struct {
 	host    *guest.HostNet
 	cgroups guest.Cgroups
 
-	ops   sync.Mutex // serialises Ensure and Remove
+	ops   guest.TaskLocks // serialise Ensure and Remove of one task; other tasks' run at once
 	tasks guest.Tasks[*task]
 
 	quit      chan struct{}
@@ -189,8 +189,7 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	if err := validate(g); err != nil {
 		return err
 	}
-	r.ops.Lock()
-	defer r.ops.Unlock()
+	defer r.ops.Lock(g.Task)()
 
 	// Read before the record is rewritten: a guest made under another
 	// name (by an agent before scopes) keeps it.
@@ -266,8 +265,7 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 
 // Remove implements guest.Runtime.
 func (r *Runtime) Remove(ctx context.Context, task string) error {
-	r.ops.Lock()
-	defer r.ops.Unlock()
+	defer r.ops.Lock(task)()
 	// A removed task ends at full speed: under a quota of a few
 	// millicpu its program's exit (and guest-init's) took a second or
 	// more, and removals of a large app queue behind each other. It has

@@ -785,3 +785,40 @@ func BenchmarkEnsureRemove(b *testing.B) {
 		}
 	}
 }
+
+// TestRemoveOfOtherTaskDoesNotWait: one guest's removal, waiting out
+// the grace of a program that ignores SIGTERM, does not hold up another
+// guest's (the agent removes an app's guests several at once).
+func TestRemoveOfOtherTaskDoesNotWait(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Grace = 10 * time.Second })
+	slow := e.guest("slow", "sh", "-c", `trap 'echo got-term' TERM; echo ready; while :; do sleep 0.05; done`)
+	quick := e.guest("quick", "sh", "-c", `echo ready; while :; do sleep 0.05; done`)
+	e.ensure(slow)
+	e.ensure(quick)
+	for _, g := range []compile.Guest{slow, quick} {
+		waitFor(t, g.Task+" ready", 5*time.Second, func() bool {
+			return bytes.Contains(mustRead(t, guest.LogPath(e.cfg.StateDir, g.Task)), []byte("\nready\n"))
+		})
+	}
+	slowGone := make(chan error, 1)
+	go func() { slowGone <- e.r.Remove(context.Background(), slow.Task) }()
+	// The slow removal is under way (its program got SIGTERM) before the
+	// quick one starts.
+	waitFor(t, "SIGTERM to the slow program", 5*time.Second, func() bool {
+		b, err := os.ReadFile(guest.LogPath(e.cfg.StateDir, slow.Task))
+		return err == nil && bytes.Contains(b, []byte("\ngot-term\n"))
+	})
+	if err := e.r.Remove(context.Background(), quick.Task); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-slowGone:
+		t.Fatalf("the quick guest's removal waited for the slow one's grace (slow: %v)", err)
+	default:
+	}
+	checkGone(t, e, quick)
+	if err := <-slowGone; err != nil {
+		t.Fatal(err)
+	}
+	checkGone(t, e, slow)
+}

@@ -102,8 +102,8 @@ type Runtime struct {
 	accelName string
 	accelWhy  string
 
-	ops   sync.Mutex // serialises Ensure and Remove
-	mu    sync.Mutex // guards accelName and accelWhy
+	ops   guest.TaskLocks // serialise Ensure and Remove of one task; other tasks' run at once
+	mu    sync.Mutex      // guards accelName and accelWhy
 	tasks guest.Tasks[*vmTask]
 }
 
@@ -317,8 +317,7 @@ func (r *Runtime) Ensure(ctx context.Context, g compile.Guest) error {
 	if err := validate(g); err != nil {
 		return err
 	}
-	r.ops.Lock()
-	defer r.ops.Unlock()
+	defer r.ops.Lock(g.Task)()
 	// Read before the record is rewritten: a guest made under another
 	// name (by an agent before scopes) keeps it.
 	name := r.name(g.Task)
@@ -421,8 +420,7 @@ func (r *Runtime) ensureTap(g compile.Guest) (int, error) {
 
 // Remove implements guest.Runtime.
 func (r *Runtime) Remove(ctx context.Context, task string) error {
-	r.ops.Lock()
-	defer r.ops.Unlock()
+	defer r.ops.Lock(task)()
 	if t, ok := r.tasks.Take(task); ok {
 		t.sup.Stop()
 	}
