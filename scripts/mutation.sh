@@ -27,6 +27,7 @@ vtep-source        vtep-spoof
 egress-snat        egress
 ingress-snat       ingress
 guest-routes       flush
+guest-source       guest-source
 '
 echo "$cases" | while read -r guard subs; do
 	[ -n "$guard" ] || continue

@@ -311,6 +311,10 @@ func (dp *Dataplane) applyLocked(ctx context.Context, st compile.HostState, d *d
 
 	want := []sysctl{
 		{Key: "net/ipv4/conf/" + VXLANName + "/src_valid_mark", Value: "1"},
+		// No reverse-path lookup per packet where rp_filter is 0 (see
+		// doc.go, "Reverse-path check"): the input chain's vtep rule
+		// admits only inner sources behind a known VTEP.
+		{Key: "net/ipv4/conf/" + VXLANName + "/accept_local", Value: "1"},
 	}
 	want = append(want, egressSysctls(d, under.Attrs().Name)...)
 	links, err := retryDump(func() ([]netlink.Link, error) { return dp.nl.LinkList() })
@@ -326,6 +330,9 @@ func (dp *Dataplane) applyLocked(ctx context.Context, st compile.HostState, d *d
 		// of its veth answers its ARP requests by proxy.
 		if present[g.name] {
 			want = append(want, sysctl{Key: "net/ipv4/conf/" + g.name + "/proxy_arp", Value: "1"})
+			// After the ruleset, whose prerouting checks the guest's
+			// source first (guestSource): see doc.go, "Reverse-path check".
+			want = append(want, sysctl{Key: "net/ipv4/conf/" + g.name + "/accept_local", Value: "1"})
 		}
 	}
 	want = append(want, sysctl{Key: "net/ipv4/ip_forward", Value: "1"})

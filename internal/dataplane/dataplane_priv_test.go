@@ -311,6 +311,9 @@ func testDataplane(t *testing.T, kernel bool) {
 			t.Fatalf("allowed-connection counter of web->db: %v (bytes %d)", drops, allowBytes)
 		}
 	})
+	t.Run("guest-source", func(t *testing.T) {
+		testGuestSource(t, s)
+	})
 	t.Run("encrypted-pair-refused-in-plain", func(t *testing.T) {
 		// Host A misroutes web->db in plain (as a stale or forged host
 		// would): B accepts web->db only from corw.

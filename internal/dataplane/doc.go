@@ -24,7 +24,14 @@
 //	                              chains, raw_prerouting and raw_output
 //	                              (notrack of the tunnels' underlay packets
 //	                              with known peers, notrack.go), named drop
-//	                              counters
+//	                              counters; prerouting and forward jump a
+//	                              guest's, a VXLAN and a WireGuard packet to
+//	                              a chain of their kind (prerouting_guest,
+//	                              _plain, _encrypt; forward_guest, _plain,
+//	                              _encrypt), so that a packet meets only the
+//	                              rules that can match it; prerouting_source
+//	                              drops a guest's packet with a source not
+//	                              its own (see "Reverse-path check")
 //	169.254.1.1/32 on corv0       the guests' default gateway (GatewayAddr), so
 //	                              the host answers their ARP for it
 //	routing tables 5181, 5182     encrypted and plain paths (TableEncrypt,
@@ -102,6 +109,33 @@
 // underlay address is unreachable: the postrouting chain clears our mark
 // bits on packets leaving by corw0 or corv0, after the inner routing
 // decision and the forward checks are done.
+//
+// # Reverse-path check
+//
+// With policy rules in the namespace, the kernel checks the source of
+// every forwarded or delivered packet by a second full route lookup
+// (fib_validate_source: a walk of the rules from the local table on), even
+// with rp_filter 0, where that lookup only refuses sources that are the
+// host's own addresses. The guest interfaces and corv0 therefore have
+// accept_local=1: where the effective rp_filter (the larger of "all" and
+// the device's) is 0, the kernel skips the lookup; where it is 1 or 2 the
+// check is made as before. What the lookup guarded is checked by the
+// ruleset instead, once per packet and before anything accepts it:
+//
+//   - from a guest: the first rule of prerouting_guest drops every IPv4
+//     packet whose "iifname . ip saddr" is not a guest of the state with
+//     its address (counter spoof; stray on an interface of no guest), for
+//     packets to the host as well as forwarded ones, so a guest can send
+//     neither as another guest nor as the host (GuardGuestSource,
+//     TestDataplane/guest-source);
+//   - from corv0: the input chain admits a VXLAN frame only from a known
+//     VTEP and with an inner source behind that VTEP (vtep), never one of
+//     this host's addresses.
+//
+// Strict reverse-path filtering where the host has it (rp_filter 1, as in
+// the tests) keeps working as described above: src_valid_mark on the
+// tunnels makes the lookup use the table of the path. Measured in
+// bench/RESULTS.md, "Data path, round 6".
 //
 // The marks use bits 24 and 25 only, away from those used by kube-proxy
 // (0x4000, 0x8000), Calico (0xffff0000 is configurable there) and Tailscale

@@ -82,10 +82,11 @@ func (b *rulesetBuilder) egressMarks(d *desired, wgNames []string) {
 	}
 	for _, o := range d.outbound {
 		for _, dst := range o.Dests {
-			ms := []match{ifMatch(expr.MetaKeyIIFNAME, GuestIfPrefix+"*", expr.CmpOpEq), ctOriginal(),
-				addrSet(true, o.Sources), prefixIs(false, dst.Masked())}
+			// In the guests' dispatch chain: the jump to it matched
+			// the input device.
+			ms := []match{ctOriginal(), addrSet(true, o.Sources), prefixIs(false, dst.Masked())}
 			ms = append(ms, l4(o.Protocol, o.Ports)...)
-			b.add(chainPrerouting, append(ms, setMark(MarkEgress, true))...)
+			b.add(chainPreGuest, append(ms, setMark(MarkEgress, true))...)
 		}
 	}
 	ms := []match{ifMatch(expr.MetaKeyIIFNAME, GuestIfPrefix+"*", expr.CmpOpNeq), ifMatch(expr.MetaKeyIIFNAME, VXLANName, expr.CmpOpNeq)}

@@ -40,7 +40,13 @@ const (
 	// (ingress.go); without it the backend's reply goes to the client's
 	// address, which its host does not route back through the entry host.
 	GuardIngressSNAT = "ingress-snat"
+	// GuardGuestSource: a guest's IPv4 packet whose source is not the
+	// guest's address is dropped in prerouting, before anything accepts
+	// it (nftrules.go guestSource); the kernel's reverse-path check is
+	// skipped on guest interfaces (accept_local=1), so without this guard
+	// a guest could send as another guest or as the host.
+	GuardGuestSource = "guest-source"
 )
 
 // Guards lists every guard, for the mutation driver.
-var Guards = []string{GuardForwardDrops, GuardUnreachableRoutes, GuardDeviceCheck, GuardFwmarkRule, GuardVTEPSource, GuardGuestRoutes, GuardEgressSNAT, GuardIngressSNAT}
+var Guards = []string{GuardForwardDrops, GuardUnreachableRoutes, GuardDeviceCheck, GuardFwmarkRule, GuardVTEPSource, GuardGuestRoutes, GuardEgressSNAT, GuardIngressSNAT, GuardGuestSource}

@@ -145,24 +145,14 @@ func (b *rulesetBuilder) ingressMarks(d *desired, wgNames []string) {
 // ingressForward lets the replies of legs to remote backends out of the
 // tunnel they came by (to the client): a tunnel's packet otherwise only
 // reaches a guest. The connection's ct mark says the tunnel.
-func (b *rulesetBuilder) ingressForward(d *desired, wgNames []string) {
+func (b *rulesetBuilder) ingressForward(d *desired, chain string, mark uint32) {
 	if len(d.ingress) == 0 {
 		return
 	}
-	devs := []struct {
-		dev  string
-		mark uint32
-	}{{VXLANName, MarkPlain}}
-	for _, n := range wgNames {
-		devs = append(devs, struct {
-			dev  string
-			mark uint32
-		}{n, MarkEncrypt})
-	}
-	for _, t := range devs {
-		b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ctReply(),
-			ctMarkMasked(MarkMask|MarkIngress, t.mark|MarkIngress), ifMatch(expr.MetaKeyOIFNAME, GuestIfPrefix+"*", expr.CmpOpNeq), accept)
-	}
+	// chain is the forward dispatch chain of the tunnels of mark's path:
+	// the input device is matched by the jump to it.
+	b.add(chain, ctReply(), ctMarkMasked(MarkMask|MarkIngress, mark|MarkIngress),
+		ifMatch(expr.MetaKeyOIFNAME, GuestIfPrefix+"*", expr.CmpOpNeq), accept)
 }
 
 // ingressAllow accepts, in guest_in, a connection to a local backend from

@@ -27,6 +27,18 @@ const (
 	chainInput       = "input"
 	chainGuestOut    = "guest_out"
 	chainGuestIn     = "guest_in"
+	// Dispatch chains (issue 19): prerouting and forward jump by the
+	// input device to the rules of its kind, so that a packet is checked
+	// only against the rules that can match it.
+	chainPreGuest = "prerouting_guest"
+	chainPrePlain = "prerouting_plain"
+	chainPreEnc   = "prerouting_encrypt"
+	chainFwdGuest = "forward_guest"
+	chainFwdPlain = "forward_plain"
+	chainFwdEnc   = "forward_encrypt"
+	// chainPreSource counts and drops a guest's IPv4 packet whose source
+	// is not the guest's address (see guestSource).
+	chainPreSource = "prerouting_source"
 )
 
 // Drop counter kinds; see the package documentation.
@@ -79,7 +91,8 @@ type ruleset struct {
 // ruleCount returns the number of rules per chain.
 func (rs *ruleset) ruleCount() map[string]int {
 	n := map[string]int{chainPrerouting: 0, chainPostrouting: 0, chainForward: 0, chainInput: 0, chainGuestOut: 0, chainGuestIn: 0, chainIngress: 0,
-		chainRawPrerouting: 0, chainRawOutput: 0}
+		chainRawPrerouting: 0, chainRawOutput: 0,
+		chainPreGuest: 0, chainPrePlain: 0, chainPreEnc: 0, chainFwdGuest: 0, chainFwdPlain: 0, chainFwdEnc: 0, chainPreSource: 0}
 	for _, r := range rs.rules {
 		n[r.chain]++
 	}
@@ -509,24 +522,40 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	// prerouting: marks. Packets from the tunnels carry the mark of their
 	// path (for strict reverse-path filtering, see doc.go) and new
 	// connections keep it in conntrack so that replies leave the same way.
+	//
+	// Dispatch: a packet from a guest or a tunnel jumps to the chain of
+	// its kind, which ends with accept (for this chain only: the other
+	// base chains of the hook still see it). The rules of one kind match
+	// packets of that device only, so each packet meets exactly the
+	// rules it met before in the same order, without the others' (issue
+	// 19: every rule is evaluated per packet).
+	b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), jump(chainPreGuest))
 	for _, t := range tunnels {
-		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), setMark(t.mark, false))
-		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ctState(expr.CtStateBitNEW, "new", false), setMark(t.mark, true))
+		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), jump(tunnelChain(t.mark, chainPrePlain, chainPreEnc)))
 	}
-	b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), ctReply(), markFromCt())
+	for _, mk := range []uint32{MarkPlain, MarkEncrypt} {
+		c := tunnelChain(mk, chainPrePlain, chainPreEnc)
+		b.add(c, ctState(expr.CtStateBitNEW, "new", false), setMark(mk, true), accept)
+		b.add(c, setMark(mk, false), accept)
+	}
+	b.guestSource(d)
+	// A reply is never new and never of the original direction: no
+	// later rule of the guest chain applies to it.
+	b.add(chainPreGuest, ctReply(), markFromCt(), accept)
 	// Egress marks first: the pair map below overrides them for remote
 	// guests; and the replies of egress from the underlay (egress.go).
 	b.egressMarks(d, wgNames)
 	if len(d.marks) > 0 {
 		for _, g := range d.marks {
-			b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), ctOriginal(), ipv4Only(),
+			b.add(chainPreGuest, ctOriginal(), ipv4Only(),
 				addrSet(true, g.srcs), addrSet(false, g.dsts), setMark(g.mark, false))
 		}
 		// A new connection from a guest keeps its path in conntrack, as
 		// one arriving on a tunnel does: the forward chain accepts a
 		// packet from a tunnel only for a connection of that tunnel's path.
-		b.add(chainPrerouting, ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq), ctState(expr.CtStateBitNEW, "new", false), markIsNot0(), ctMarkFromMeta())
+		b.add(chainPreGuest, ctState(expr.CtStateBitNEW, "new", false), markIsNot0(), ctMarkFromMeta())
 	}
+	b.add(chainPreGuest, accept)
 
 	// postrouting: the tunnel devices route their outer packets with the
 	// inner packet's mark; without clearing it the outer packet to the
@@ -537,17 +566,24 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	}
 
 	// forward: path checks come before the conntrack accept so that they
-	// hold for replies too.
+	// hold for replies too. A guest's packet jumps to forward_guest (the
+	// path checks), a tunnel's to the chain of its path (the device
+	// checks), and comes back (nothing there accepts, except the replies
+	// of ingress legs, which were accepted first before as well): each
+	// packet meets the checks of its input device, in the order it met
+	// them before, and not the other devices' (issue 19).
 	fromGuest := ifMatch(expr.MetaKeyIIFNAME, guestAny, expr.CmpOpEq)
 	toGuest := ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpEq)
+	b.add(chainForward, fromGuest, jump(chainFwdGuest))
 	if !guardOff(GuardForwardDrops) {
-		ms := []match{fromGuest, markIs(MarkEncrypt)}
+		var ms []match
+		ms = append(ms, markIs(MarkEncrypt))
 		for _, n := range wgNames {
 			ms = append(ms, ifMatch(expr.MetaKeyOIFNAME, n, expr.CmpOpNeq))
 		}
-		b.add(chainForward, append(ms, b.count(DropPath), drop)...)
-		b.add(chainForward, fromGuest, markIs(MarkPlain), ifMatch(expr.MetaKeyOIFNAME, VXLANName, expr.CmpOpNeq), b.count(DropPath), drop)
-		b.add(chainForward, fromGuest, ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), markIs(0), b.count(DropPath), drop)
+		b.add(chainFwdGuest, append(ms, b.count(DropPath), drop)...)
+		b.add(chainFwdGuest, markIs(MarkPlain), ifMatch(expr.MetaKeyOIFNAME, VXLANName, expr.CmpOpNeq), b.count(DropPath), drop)
+		b.add(chainFwdGuest, ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), markIs(0), b.count(DropPath), drop)
 	}
 	// A task about to move: no new TCP connection reaches it, so that
 	// none is in flight when its address switches hosts (the agent waits
@@ -565,22 +601,25 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		ms = append(ms, l4(spec.ProtoTCP, nil)...)
 		b.add(chainForward, append(ms, ctState(expr.CtStateBitNEW, "new", false), b.count(DropHold), drop)...)
 	}
-	b.ingressForward(d, wgNames)
 	for _, t := range tunnels {
-		b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), b.count(DropPath), drop)
+		b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), jump(tunnelChain(t.mark, chainFwdPlain, chainFwdEnc)))
 	}
-	b.egressForward(d)
-	// The device check, for every packet and before the conntrack accept:
-	// a packet from a tunnel reaches a guest only for a connection whose
-	// path (its ct mark, recorded when it was made: by the mark map for a
-	// guest's connection, by the arrival device for a remote one) is that
-	// tunnel's. An injected VXLAN frame carrying the 4-tuple of an
-	// encrypted connection is dropped here, whatever its sequence numbers.
-	if !guardOff(GuardDeviceCheck) {
-		for _, t := range tunnels {
-			b.add(chainForward, ifMatch(expr.MetaKeyIIFNAME, t.dev, expr.CmpOpEq), ctMarkIsNot(t.mark), b.count(DropTunnel), drop)
+	for _, mk := range []uint32{MarkPlain, MarkEncrypt} {
+		c := tunnelChain(mk, chainFwdPlain, chainFwdEnc)
+		b.ingressForward(d, c, mk)
+		b.add(c, ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpNeq), b.count(DropPath), drop)
+		// The device check, for every packet and before the conntrack
+		// accept: a packet from a tunnel reaches a guest only for a
+		// connection whose path (its ct mark, recorded when it was made:
+		// by the mark map for a guest's connection, by the arrival device
+		// for a remote one) is that tunnel's. An injected VXLAN frame
+		// carrying the 4-tuple of an encrypted connection is dropped
+		// here, whatever its sequence numbers.
+		if !guardOff(GuardDeviceCheck) {
+			b.add(c, ctMarkIsNot(mk), b.count(DropTunnel), drop)
 		}
 	}
+	b.egressForward(d)
 	b.add(chainForward, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related", false), accept)
 	b.add(chainForward, fromGuest, ctState(expr.CtStateBitINVALID, "invalid", false), b.count(DropInvalid), drop)
 	b.add(chainForward, toGuest, ctState(expr.CtStateBitINVALID, "invalid", false), b.count(DropInvalid), drop)
@@ -729,6 +768,40 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	h.Write([]byte(wgName + "\n" + b.rs.text()))
 	b.rs.hash = hex.EncodeToString(h.Sum(nil))[:32]
 	return &b.rs
+}
+
+// tunnelChain names the dispatch chain of a tunnel's path: plain for
+// MarkPlain (VXLAN), enc for MarkEncrypt (the WireGuard devices).
+// guestSource is the first check of a guest's packet, before anything
+// accepts it, for packets to the host as well as forwarded ones: an IPv4
+// packet from a guest interface carries the address of that interface's
+// guest as its source, or is dropped (counted as spoof on a guest
+// interface of the state, as stray on any other). One lookup of
+// "iifname . ip saddr" per packet; only a failing packet goes on to
+// prerouting_source. It stands in for the kernel's reverse-path check,
+// which the guest interfaces skip (accept_local=1, see doc.go and
+// guestSysctls): with it, a guest can neither spoof another guest's
+// address nor one of the host's own.
+func (b *rulesetBuilder) guestSource(d *desired) {
+	if guardOff(GuardGuestSource) {
+		return
+	}
+	if len(d.guests) > 0 {
+		b.add(chainPreGuest, ipv4Only(), ifAddrSet(expr.MetaKeyIIFNAME, d.guests, true), jump(chainPreSource))
+	} else {
+		b.add(chainPreGuest, ipv4Only(), jump(chainPreSource))
+	}
+	for _, g := range d.guests {
+		b.add(chainPreSource, ifMatch(expr.MetaKeyIIFNAME, g.name, expr.CmpOpEq), b.count(DropSpoof), drop)
+	}
+	b.add(chainPreSource, b.count(DropStray), drop)
+}
+
+func tunnelChain(mark uint32, plain, enc string) string {
+	if mark == MarkPlain {
+		return plain
+	}
+	return enc
 }
 
 func sortedUnique(addrs []netip.Addr) []netip.Addr {

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -226,7 +227,8 @@ func TestConnsOfMatches(t *testing.T) {
 }
 
 // pairMark is the mark the prerouting chain of text (ruleset.text) gives
-// a new packet from guest src to dst, or "" if none: the mark rules read
+// a new packet from guest src to dst, or "" if none: the mark rules (in
+// the guests' dispatch chain) read
 // "ct direction original ... ip saddr {S} ip daddr {D} meta mark set M".
 func pairMark(text, src, dst string) string {
 	set := func(l, word string) []string {
@@ -240,7 +242,7 @@ func pairMark(text, src, dst string) string {
 	mark := ""
 	for _, l := range strings.Split(text, "\n") {
 		l = strings.TrimSpace(l)
-		if !strings.HasPrefix(l, "prerouting: ") || !strings.Contains(l, "ct direction original") {
+		if !strings.HasPrefix(l, chainPreGuest+": ") || !strings.Contains(l, "ct direction original") {
 			continue
 		}
 		i := strings.Index(l, "meta mark set ")
@@ -309,5 +311,117 @@ func TestDatapathArgsProcs(t *testing.T) {
 		if got := strings.Join(dp.datapathArgs("corw0", 1420), " "); got != c.want {
 			t.Errorf("Procs %d: %q, want %q", c.procs, got, c.want)
 		}
+	}
+}
+
+// Dispatch (issue 19): the prerouting and forward chains hand a packet
+// from a guest or a tunnel to the chain of its input device's kind, so
+// that a packet meets only the rules that can match it. The main chains
+// hold jumps (and the rules of underlay packets); the dispatch chains
+// match no input device (their jump did); the prerouting ones end with
+// accept, so a guest's or a tunnel's packet leaves the chain there.
+func TestRulesetDispatch(t *testing.T) {
+	d, err := buildDesired(validState(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := buildRuleset(d, "corw0")
+	last := map[string]string{}
+	sawAccept := false
+	for _, r := range rs.rules {
+		last[r.chain] = r.desc
+		switch r.chain {
+		case chainPrerouting:
+			if !strings.HasSuffix(r.desc, " jump "+chainPreGuest) && !strings.HasSuffix(r.desc, " jump "+chainPrePlain) &&
+				!strings.HasSuffix(r.desc, " jump "+chainPreEnc) {
+				t.Errorf("prerouting rule is no dispatch jump: %s", r.desc)
+			}
+		case chainForward:
+			if r.desc == "ct state established,related accept" {
+				sawAccept = true
+			}
+			if !sawAccept && !strings.Contains(r.desc, "jump ") {
+				t.Errorf("forward rule before the conntrack accept is no dispatch jump: %s", r.desc)
+			}
+		case chainPreGuest, chainPrePlain, chainPreEnc, chainFwdGuest, chainFwdPlain, chainFwdEnc:
+			// The guest's source check pairs the interface with its
+			// guest's address (guestSource): it is no dispatch.
+			if strings.Contains(r.desc, "iifname") && !strings.HasSuffix(r.desc, " jump "+chainPreSource) {
+				t.Errorf("%s matches the input device again: %s", r.chain, r.desc)
+			}
+		}
+	}
+	if !sawAccept {
+		t.Fatal("forward has no conntrack accept")
+	}
+	for _, c := range []string{chainPreGuest, chainPrePlain, chainPreEnc} {
+		if !strings.HasSuffix(last[c], "accept") {
+			t.Errorf("%s does not end with accept: %q", c, last[c])
+		}
+	}
+	n := rs.ruleCount()
+	// One jump for the guests and one per tunnel device (corv0, corw0 and
+	// its rotation spare).
+	if n[chainPrerouting] != 4 {
+		t.Errorf("prerouting has %d rules, want 4 (the dispatch jumps):\n%s", n[chainPrerouting], rs.text())
+	}
+}
+
+// The source check of a guest's packet (guestSource) is the first rule a
+// guest's packet meets in prerouting, before any accept: the guest
+// interfaces skip the kernel's reverse-path lookup (accept_local=1), so
+// this rule is what keeps a guest from sending as another guest or as
+// the host, for packets to the host too. A failing packet is counted as
+// spoof on a guest interface of the state and as stray on another one.
+func TestRulesetGuestSource(t *testing.T) {
+	d, err := buildDesired(validState(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := buildRuleset(d, "corw0")
+	var pre, src []string
+	for _, r := range rs.rules {
+		switch r.chain {
+		case chainPreGuest:
+			pre = append(pre, r.desc)
+		case chainPreSource:
+			src = append(src, r.desc)
+		}
+	}
+	if len(d.guests) == 0 {
+		t.Fatal("the test state has no guests")
+	}
+	var elems []string
+	for _, g := range d.guests {
+		elems = append(elems, fmt.Sprintf("%s . %s", g.name, g.addr))
+	}
+	want := "meta nfproto ipv4 iifname . ip saddr != {" + strings.Join(elems, ", ") + "} jump " + chainPreSource
+	if len(pre) == 0 || pre[0] != want {
+		t.Fatalf("first prerouting_guest rule:\n got %q\nwant %q\nruleset:\n%s", pre, want, rs.text())
+	}
+	var wantSrc []string
+	for _, g := range d.guests {
+		wantSrc = append(wantSrc, fmt.Sprintf(`iifname "%s" counter name "spoof" drop`, g.name))
+	}
+	wantSrc = append(wantSrc, `counter name "stray" drop`)
+	if !slices.Equal(src, wantSrc) {
+		t.Errorf("prerouting_source:\n got %q\nwant %q", src, wantSrc)
+	}
+
+	// No guest at all: every IPv4 packet from a guest interface is stray.
+	d.guests = nil
+	rs = buildRuleset(d, "corw0")
+	var first string
+	var srcN []string
+	for _, r := range rs.rules {
+		if r.chain == chainPreGuest && first == "" {
+			first = r.desc
+		}
+		if r.chain == chainPreSource {
+			srcN = append(srcN, r.desc)
+		}
+	}
+	if first != "meta nfproto ipv4 jump "+chainPreSource || !slices.Equal(srcN, []string{`counter name "stray" drop`}) {
+		t.Errorf("without guests: first prerouting_guest rule %q, prerouting_source %q", first, srcN)
 	}
 }
