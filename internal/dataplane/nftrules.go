@@ -770,8 +770,6 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	return &b.rs
 }
 
-// tunnelChain names the dispatch chain of a tunnel's path: plain for
-// MarkPlain (VXLAN), enc for MarkEncrypt (the WireGuard devices).
 // guestSource is the first check of a guest's packet, before anything
 // accepts it, for packets to the host as well as forwarded ones: an IPv4
 // packet from a guest interface carries the address of that interface's
@@ -797,6 +795,8 @@ func (b *rulesetBuilder) guestSource(d *desired) {
 	b.add(chainPreSource, b.count(DropStray), drop)
 }
 
+// tunnelChain names the dispatch chain of a tunnel's path: plain for
+// MarkPlain (VXLAN), enc for MarkEncrypt (the WireGuard devices).
 func tunnelChain(mark uint32, plain, enc string) string {
 	if mark == MarkPlain {
 		return plain
