@@ -121,6 +121,8 @@ type compiler struct {
 	// differences from earlier compiles' reaches and metas.
 	meta  []serverMeta
 	diffs reachDiffs
+	// scratch is space reused from compile to compile (scratch.go).
+	scratch *scratch
 }
 
 // Compile places every task of in.Apps on in.Servers, allocates networks and
@@ -139,6 +141,9 @@ func Compile(in Input) (*Plan, error) {
 // compile is Compile; with memo it reuses and updates k's entries.
 func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	c := &compiler{maxRejected: in.MaxRejected, allowPending: in.Pending}
+	sc := getScratch()
+	defer sc.put(c)
+	c.scratch = sc
 	if c.maxRejected == 0 {
 		c.maxRejected = DefaultMaxRejected
 	}
@@ -185,23 +190,27 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	// space; both only read the placement): on a machine with a second
 	// core they are made side by side, a third of the work of a full
 	// compile off the critical path.
+	// The plan's task list (only read from the tasks) is made there too:
+	// after a small change through the cache the paths are little work,
+	// and the task list is then off the critical path as well.
 	var paths Paths
+	var tasks []Task
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		paths = c.paths()
+		tasks = c.planTasks()
 	}()
 	hosts, entries := c.hosts(k, memo)
 	c.addIngress(hosts)
 	plan := &Plan{
 		Networks:   c.networks(),
-		Tasks:      c.planTasks(),
 		Hosts:      hosts,
 		Unresolved: c.unresolved,
 		Pending:    c.pendingTasks(),
 	}
 	<-done
-	plan.Paths = paths
+	plan.Paths, plan.Tasks = paths, tasks
 	if memo {
 		k.commit(c, entries)
 	}
@@ -328,13 +337,16 @@ func (c *compiler) loadApps(in []spec.App) error {
 	slices.SortFunc(c.apps, func(x, y *app) int { return strings.Compare(x.name, y.name) })
 
 	// Tasks in placement order; plan order is computed per app.
-	c.tasks = make([]task, 0, total)
+	c.tasks = c.scratch.taskSlice(total)
+	var ids []string
 	for _, ap := range c.apps {
 		for _, cl := range ap.classes {
+			ids = taskIDs(ids[:0], ap.name, cl.name, cl.spec.Tasks)
+			cl.tasks = make([]int32, 0, cl.spec.Tasks)
 			for k := 0; k < cl.spec.Tasks; k++ {
 				cl.tasks = append(cl.tasks, int32(len(c.tasks)))
 				c.tasks = append(c.tasks, task{
-					id: spec.TaskID(ap.name, cl.name, k), app: ap, class: cl, index: k, server: -1,
+					id: ids[k], app: ap, class: cl, index: k, server: -1,
 				})
 			}
 		}
@@ -454,7 +466,7 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 	if len(cur) == 0 {
 		return nil
 	}
-	byID := make(map[string]int32, len(c.tasks))
+	byID := c.scratch.byID
 	for i := range c.tasks {
 		byID[c.tasks[i].id] = int32(i)
 	}
