@@ -466,13 +466,10 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 	if len(cur) == 0 {
 		return nil
 	}
-	byID := c.scratch.byID
-	for i := range c.tasks {
-		byID[c.tasks[i].id] = int32(i)
-	}
+	var last idCursor
 	for i := range cur {
 		a := &cur[i]
-		ti, ok := byID[a.Task]
+		ti, ok := c.taskByID(a.Task, &last)
 		if !ok {
 			continue
 		}
@@ -488,6 +485,49 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 		t.cur = a
 	}
 	return nil
+}
+
+// taskByID is the task whose ID is id. IDs are "app/class/index" and
+// names hold no '/' (checkName), so the ID names the app, the class and
+// the index; the task found must have that very ID ("07" is not index 7).
+// Unlike a map from ID to task it needs nothing built first and
+// allocates nothing. last is the class of the previous look-up: Current
+// lists tasks in plan order, one class after the other.
+func (c *compiler) taskByID(id string, last *idCursor) (int32, bool) {
+	an, rest, ok := strings.Cut(id, "/")
+	if !ok {
+		return 0, false
+	}
+	cn, idx, ok := strings.Cut(rest, "/")
+	if !ok {
+		return 0, false
+	}
+	cl := last.cl
+	if cl == nil || an != last.app || cn != cl.name {
+		ai, ok := slices.BinarySearchFunc(c.apps, an, func(a *app, name string) int { return strings.Compare(a.name, name) })
+		if !ok {
+			return 0, false
+		}
+		if cl = c.apps[ai].class(cn); cl == nil {
+			return 0, false
+		}
+		*last = idCursor{app: c.apps[ai].name, cl: cl}
+	}
+	k, err := strconv.Atoi(idx)
+	if err != nil || k < 0 || k >= len(cl.tasks) {
+		return 0, false
+	}
+	ti := cl.tasks[k]
+	if c.tasks[ti].id != id {
+		return 0, false
+	}
+	return ti, true
+}
+
+// idCursor is the app name and class of taskByID's last look-up.
+type idCursor struct {
+	app string
+	cl  *class
 }
 
 func cmpAssignment(x, y *Assignment) int {

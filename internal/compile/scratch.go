@@ -8,8 +8,7 @@ import (
 )
 
 // scratch is working space of a compile that no plan keeps: the tasks
-// being compiled, the map from task ID to task, the addresses taken in
-// an app's network. A fleet of 10,000 tasks makes about 2.5 MB of them,
+// being compiled, the addresses taken in an app's network. A fleet of 10,000 tasks makes about 2.5 MB of them,
 // all holding pointers; a recompile after a small change allocates
 // little else besides what changed, so giving them back for the next
 // compile (instead of leaving them to the collector) makes the collector
@@ -18,12 +17,11 @@ import (
 // the cache's entries keep task indexes, never tasks.
 type scratch struct {
 	tasks []task
-	byID  map[string]int32
 	used  map[netip.Addr]struct{}
 }
 
 var scratchPool = sync.Pool{New: func() any {
-	return &scratch{byID: map[string]int32{}, used: map[netip.Addr]struct{}{}}
+	return &scratch{used: map[netip.Addr]struct{}{}}
 }}
 
 // getScratch gives a compile its scratch space; a variable so that a test
@@ -47,7 +45,6 @@ func (sc *scratch) put(c *compiler) {
 	}
 	clear(sc.tasks[:cap(sc.tasks)])
 	sc.tasks = sc.tasks[:0]
-	clear(sc.byID)
 	clear(sc.used)
 	c.tasks, c.scratch = nil, nil
 	scratchPool.Put(sc)

@@ -26,12 +26,11 @@ func TestTaskIDs(t *testing.T) {
 	}
 }
 
-// TestScratchPut: scratch given back holds no task, ID or address of the
+// TestScratchPut: scratch given back holds no task or address of the
 // compile that used it (the tasks would keep specs and assignments alive
-// in the pool; a stale ID would map a later compile's assignment to a
-// task that is not its own), and the compiler no longer refers to it.
+// in the pool), and the compiler no longer refers to it.
 func TestScratchPut(t *testing.T) {
-	sc := &scratch{byID: map[string]int32{"a/x/0": 3}, used: map[netip.Addr]struct{}{netip.MustParseAddr("100.64.0.1"): {}}}
+	sc := &scratch{used: map[netip.Addr]struct{}{netip.MustParseAddr("100.64.0.1"): {}}}
 	c := &compiler{scratch: sc}
 	c.tasks = sc.taskSlice(4)
 	app := &app{name: "a"}
@@ -42,8 +41,8 @@ func TestScratchPut(t *testing.T) {
 	if c.tasks != nil || c.scratch != nil {
 		t.Error("the compiler still refers to the scratch space")
 	}
-	if len(sc.byID) != 0 || len(sc.used) != 0 {
-		t.Errorf("maps not cleared: %d IDs, %d addresses", len(sc.byID), len(sc.used))
+	if len(sc.used) != 0 {
+		t.Errorf("addresses not cleared: %d", len(sc.used))
 	}
 	if len(sc.tasks) != 0 || cap(sc.tasks) < 4 {
 		t.Errorf("tasks: len %d cap %d, want an empty list with its room kept", len(sc.tasks), cap(sc.tasks))
@@ -58,8 +57,8 @@ func TestScratchPut(t *testing.T) {
 // TestCompileAfterLargerCompile: compiles that reuse the scratch space of
 // a larger one (the same goroutine gets it back from the pool) give the
 // plans of compiles that do not: a class scaled down and an app removed,
-// their assignments still in Current (dropped, not matched to a task by
-// an earlier compile's ID), then the first input again.
+// their assignments still in Current (dropped), then the first input
+// again.
 func TestCompileAfterLargerCompile(t *testing.T) {
 	big := sizedFleet(40, 6, 4)
 	pBig, err := Compile(big)
@@ -75,7 +74,7 @@ func TestCompileAfterLargerCompile(t *testing.T) {
 	// The expected plans, each from a compile whose scratch space is new.
 	want := func(in Input) []byte {
 		t.Helper()
-		sc := &scratch{byID: map[string]int32{}, used: map[netip.Addr]struct{}{}}
+		sc := &scratch{used: map[netip.Addr]struct{}{}}
 		old := getScratch
 		getScratch = func() *scratch { return sc }
 		defer func() { getScratch = old }()
@@ -124,6 +123,45 @@ func TestTaskAddressesSkipLast(t *testing.T) {
 		for _, tk := range p.Tasks {
 			if tk.Address == last || tk.Address == netip.MustParseAddr("100.64.0.0") {
 				t.Errorf("Current %v: task %s has address %s", cur != nil, tk.ID, tk.Address)
+			}
+		}
+	}
+}
+
+// TestTaskByID: loadCurrent's lookup finds every task by its ID, and
+// nothing for a string that is no task's ID, as a map from ID to task
+// does.
+func TestTaskByID(t *testing.T) {
+	in := sizedFleet(20, 4, 10)
+	c := &compiler{scratch: &scratch{}}
+	if err := c.loadServers(in.Servers); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.loadApps(in.Apps); err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]int32{}
+	for i := range c.tasks {
+		byID[c.tasks[i].id] = int32(i)
+	}
+	ids := []string{"", "/", "//", "app00", "app00/web", "app00/web/", "app00/web/07", "app00/web/+7", "app00/web/-1",
+		"app00/web/ 1", "app00/web/1 ", "app00/web/999999", "app00/web/99999999999999999999", "app00/nope/1", "zzz/web/1",
+		"app00/web/1/2", "app00//1", "/web/1", " app00/web/1", "app00/web/0x1", "app00/web/1e0"}
+	for id := range byID {
+		ids = append(ids, id)
+	}
+	if len(byID) < 20 {
+		t.Fatalf("only %d tasks", len(byID))
+	}
+	// Each ID after every other (the cursor at every class, or none).
+	for _, prev := range ids {
+		for _, id := range ids {
+			var last idCursor
+			c.taskByID(prev, &last)
+			want, wantOK := byID[id]
+			got, ok := c.taskByID(id, &last)
+			if ok != wantOK || got != want {
+				t.Fatalf("taskByID(%q) after %q = %d, %v; want %d, %v", id, prev, got, ok, want, wantOK)
 			}
 		}
 	}
