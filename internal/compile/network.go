@@ -162,9 +162,9 @@ func taskAddrOKLast(p netip.Prefix, last, a netip.Addr) bool {
 // so they follow the task, and its peers' configuration stays the same),
 // then gives the others the lowest free addresses.
 func (c *compiler) assignAddresses() error {
-	used := c.scratch.used
+	used := &c.scratch.used
 	for _, a := range c.apps {
-		clear(used)
+		used.reset(a.network)
 		last := lastAddr(a.network) // once per app, not per task
 		addrOK := func(x netip.Addr) bool { return taskAddrOKLast(a.network, last, x) }
 		for _, cl := range a.classes {
@@ -173,11 +173,11 @@ func (c *compiler) assignAddresses() error {
 				if t.cur == nil || !addrOK(t.cur.Address) {
 					continue
 				}
-				if _, dup := used[t.cur.Address]; dup {
+				if used.has(t.cur.Address) {
 					continue
 				}
 				t.addr = t.cur.Address
-				used[t.addr] = struct{}{}
+				used.add(t.addr)
 			}
 		}
 		next := a.network.Addr().Next()
@@ -191,13 +191,13 @@ func (c *compiler) assignAddresses() error {
 					if !next.IsValid() || !addrOK(next) {
 						return inputErr("apps["+a.name+"].network", "%s has no free address for task %s: give the app a larger network", a.network, t.id)
 					}
-					if _, busy := used[next]; !busy {
+					if !used.has(next) {
 						break
 					}
 					next = next.Next()
 				}
 				t.addr = next
-				used[next] = struct{}{}
+				used.add(next)
 				next = next.Next()
 			}
 		}

@@ -17,11 +17,11 @@ import (
 // the cache's entries keep task indexes, never tasks.
 type scratch struct {
 	tasks []task
-	used  map[netip.Addr]struct{}
+	used  addrSet
 }
 
 var scratchPool = sync.Pool{New: func() any {
-	return &scratch{used: map[netip.Addr]struct{}{}}
+	return &scratch{}
 }}
 
 // getScratch gives a compile its scratch space; a variable so that a test
@@ -45,7 +45,7 @@ func (sc *scratch) put(c *compiler) {
 	}
 	clear(sc.tasks[:cap(sc.tasks)])
 	sc.tasks = sc.tasks[:0]
-	clear(sc.used)
+	sc.used.reset(netip.Prefix{})
 	c.tasks, c.scratch = nil, nil
 	scratchPool.Put(sc)
 }
@@ -90,4 +90,52 @@ func digits(k int) int {
 		n++
 	}
 	return n
+}
+
+// addrSet is the addresses taken in one network (assignAddresses): a bit
+// per address for an IPv4 network of up to 65,536 addresses (the app
+// networks the default pool gives), a map for any other. Only addresses
+// in the network are given to it.
+type addrSet struct {
+	base uint32   // the network's first address, while bits is in use
+	bits []uint64 // nil: m is in use
+	buf  []uint64 // bits' room, kept across networks and compiles
+	m    map[netip.Addr]struct{}
+}
+
+// reset empties s for the addresses of p.
+func (s *addrSet) reset(p netip.Prefix) {
+	clear(s.m)
+	s.bits = nil
+	if !p.IsValid() || !p.Addr().Is4() || p.Bits() < 16 {
+		if s.m == nil {
+			s.m = map[netip.Addr]struct{}{}
+		}
+		return
+	}
+	n := (1<<(32-p.Bits()) + 63) / 64
+	if cap(s.buf) < n {
+		s.buf = make([]uint64, n)
+	}
+	s.bits = s.buf[:n]
+	clear(s.bits)
+	s.base = u32(p.Addr())
+}
+
+func (s *addrSet) has(a netip.Addr) bool {
+	if s.bits == nil {
+		_, ok := s.m[a]
+		return ok
+	}
+	i := u32(a) - s.base
+	return s.bits[i/64]&(1<<(i%64)) != 0
+}
+
+func (s *addrSet) add(a netip.Addr) {
+	if s.bits == nil {
+		s.m[a] = struct{}{}
+		return
+	}
+	i := u32(a) - s.base
+	s.bits[i/64] |= 1 << (i % 64)
 }

@@ -3,6 +3,7 @@ package compile
 import (
 	"bytes"
 	"encoding/json"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"testing"
@@ -30,7 +31,9 @@ func TestTaskIDs(t *testing.T) {
 // compile that used it (the tasks would keep specs and assignments alive
 // in the pool), and the compiler no longer refers to it.
 func TestScratchPut(t *testing.T) {
-	sc := &scratch{used: map[netip.Addr]struct{}{netip.MustParseAddr("100.64.0.1"): {}}}
+	sc := &scratch{}
+	sc.used.reset(netip.MustParsePrefix("100.64.0.0/15")) // the map
+	sc.used.add(netip.MustParseAddr("100.64.0.1"))
 	c := &compiler{scratch: sc}
 	c.tasks = sc.taskSlice(4)
 	app := &app{name: "a"}
@@ -41,8 +44,8 @@ func TestScratchPut(t *testing.T) {
 	if c.tasks != nil || c.scratch != nil {
 		t.Error("the compiler still refers to the scratch space")
 	}
-	if len(sc.used) != 0 {
-		t.Errorf("addresses not cleared: %d", len(sc.used))
+	if len(sc.used.m) != 0 || sc.used.bits != nil {
+		t.Errorf("addresses not cleared: %d in the map, bits %v", len(sc.used.m), sc.used.bits != nil)
 	}
 	if len(sc.tasks) != 0 || cap(sc.tasks) < 4 {
 		t.Errorf("tasks: len %d cap %d, want an empty list with its room kept", len(sc.tasks), cap(sc.tasks))
@@ -74,7 +77,7 @@ func TestCompileAfterLargerCompile(t *testing.T) {
 	// The expected plans, each from a compile whose scratch space is new.
 	want := func(in Input) []byte {
 		t.Helper()
-		sc := &scratch{used: map[netip.Addr]struct{}{}}
+		sc := &scratch{}
 		old := getScratch
 		getScratch = func() *scratch { return sc }
 		defer func() { getScratch = old }()
@@ -162,6 +165,42 @@ func TestTaskByID(t *testing.T) {
 			got, ok := c.taskByID(id, &last)
 			if ok != wantOK || got != want {
 				t.Fatalf("taskByID(%q) after %q = %d, %v; want %d, %v", id, prev, got, ok, want, wantOK)
+			}
+		}
+	}
+}
+
+// TestAddrSet: the set of taken addresses is a set, as a map is, in bit
+// form (IPv4 networks of /16 to /32) and in map form (larger or IPv6
+// ones), and reset empties it, for the same network too.
+func TestAddrSet(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	var s addrSet
+	for round := range 3 {
+		for _, p := range []string{"100.64.0.0/16", "100.64.7.0/24", "100.64.7.8/29", "100.64.7.8/30", "100.64.7.9/32",
+			"100.64.0.0/15", "100.64.7.0/24", "fd00::/120", "100.127.255.0/24"} {
+			pfx := netip.MustParsePrefix(p)
+			s.reset(pfx)
+			if bits := pfx.Addr().Is4() && pfx.Bits() >= 16; (s.bits != nil) != bits {
+				t.Fatalf("%s: bits in use %v, want %v", p, s.bits != nil, bits)
+			}
+			want := map[netip.Addr]bool{}
+			size := 1 << min(pfx.Addr().BitLen()-pfx.Bits(), 12)
+			for range 3*size + 8 {
+				a := pfx.Addr()
+				for range r.IntN(size) {
+					a = a.Next()
+				}
+				if got := s.has(a); got != want[a] {
+					t.Fatalf("round %d, %s: has(%s) = %v, want %v", round, p, a, got, want[a])
+				}
+				if r.IntN(2) == 0 {
+					s.add(a)
+					want[a] = true
+				}
+			}
+			if len(want) == 0 {
+				t.Fatalf("%s: nothing added", p)
 			}
 		}
 	}
