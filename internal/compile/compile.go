@@ -504,14 +504,14 @@ func (c *compiler) taskByID(id string, last *idCursor) (int32, bool) {
 	}
 	cl := last.cl
 	if cl == nil || an != last.app || cn != cl.name {
-		ai, ok := slices.BinarySearchFunc(c.apps, an, func(a *app, name string) int { return strings.Compare(a.name, name) })
-		if !ok {
+		a := c.appByName(an)
+		if a == nil {
 			return 0, false
 		}
-		if cl = c.apps[ai].class(cn); cl == nil {
+		if cl = a.class(cn); cl == nil {
 			return 0, false
 		}
-		*last = idCursor{app: c.apps[ai].name, cl: cl}
+		*last = idCursor{app: a.name, cl: cl}
 	}
 	k, err := strconv.Atoi(idx)
 	if err != nil || k < 0 || k >= len(cl.tasks) {
