@@ -75,6 +75,8 @@ func TestCompileAfterLargerCompile(t *testing.T) {
 	small.Apps[2].Classes[1].Tasks = 1
 	small.Apps = append(small.Apps[:4], small.Apps[5:]...)
 	// The expected plans, each from a compile whose scratch space is new.
+	// (getScratch is swapped for it: no test of this package runs in
+	// parallel with another.)
 	want := func(in Input) []byte {
 		t.Helper()
 		sc := &scratch{}
