@@ -277,12 +277,17 @@ func TestKeyGenerationReachesItsHostOnly(t *testing.T) {
 // matters most: the builders share the compiler's data) the fleet is the
 // smallest that still gets hostWorkers builders, with a fifth of the tasks.
 func TestParallelHostsSameAsSequential(t *testing.T) {
-	in := sizedFleet(400, 6, 1)
+	// Server counts that are no multiple of hostChunk: the last chunk
+	// builders take is a short one.
+	in := sizedFleet(400+hostChunk/2, 6, 1)
 	if raceDetector {
-		in = sizedFleet(hostWorkers*minHostsPerWorker, 6, 5)
+		in = sizedFleet(hostWorkers*minHostsPerWorker+hostChunk/2, 6, 5)
 	}
 	if w := len(in.Servers) / minHostsPerWorker; w < hostWorkers {
 		t.Fatalf("%d servers make %d builders, not %d: the test would compare one builder with itself", len(in.Servers), w, hostWorkers)
+	}
+	if len(in.Servers)%hostChunk == 0 {
+		t.Fatalf("%d servers are whole chunks of %d", len(in.Servers), hostChunk)
 	}
 	compileWith := func(procs int, cached bool) []byte {
 		old := runtime.GOMAXPROCS(procs)

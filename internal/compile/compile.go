@@ -121,6 +121,8 @@ type compiler struct {
 	// differences from earlier compiles' reaches and metas.
 	meta  []serverMeta
 	diffs reachDiffs
+	// scratch is space reused from compile to compile (scratch.go).
+	scratch *scratch
 }
 
 // Compile places every task of in.Apps on in.Servers, allocates networks and
@@ -139,6 +141,9 @@ func Compile(in Input) (*Plan, error) {
 // compile is Compile; with memo it reuses and updates k's entries.
 func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	c := &compiler{maxRejected: in.MaxRejected, allowPending: in.Pending}
+	sc := getScratch()
+	defer sc.put(c)
+	c.scratch = sc
 	if c.maxRejected == 0 {
 		c.maxRejected = DefaultMaxRejected
 	}
@@ -185,23 +190,27 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	// space; both only read the placement): on a machine with a second
 	// core they are made side by side, a third of the work of a full
 	// compile off the critical path.
+	// The plan's task list (only read from the tasks) is made there too:
+	// after a small change through the cache the paths are little work,
+	// and the task list is then off the critical path as well.
 	var paths Paths
+	var tasks []Task
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		paths = c.paths()
+		tasks = c.planTasks()
 	}()
 	hosts, entries := c.hosts(k, memo)
 	c.addIngress(hosts)
 	plan := &Plan{
 		Networks:   c.networks(),
-		Tasks:      c.planTasks(),
 		Hosts:      hosts,
 		Unresolved: c.unresolved,
 		Pending:    c.pendingTasks(),
 	}
 	<-done
-	plan.Paths = paths
+	plan.Paths, plan.Tasks = paths, tasks
 	if memo {
 		k.commit(c, entries)
 	}
@@ -328,13 +337,16 @@ func (c *compiler) loadApps(in []spec.App) error {
 	slices.SortFunc(c.apps, func(x, y *app) int { return strings.Compare(x.name, y.name) })
 
 	// Tasks in placement order; plan order is computed per app.
-	c.tasks = make([]task, 0, total)
+	c.tasks = c.scratch.taskSlice(total)
+	var ids []string
 	for _, ap := range c.apps {
 		for _, cl := range ap.classes {
+			ids = taskIDs(ids[:0], ap.name, cl.name, cl.spec.Tasks)
+			cl.tasks = make([]int32, 0, cl.spec.Tasks)
 			for k := 0; k < cl.spec.Tasks; k++ {
 				cl.tasks = append(cl.tasks, int32(len(c.tasks)))
 				c.tasks = append(c.tasks, task{
-					id: spec.TaskID(ap.name, cl.name, k), app: ap, class: cl, index: k, server: -1,
+					id: ids[k], app: ap, class: cl, index: k, server: -1,
 				})
 			}
 		}
@@ -454,13 +466,10 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 	if len(cur) == 0 {
 		return nil
 	}
-	byID := make(map[string]int32, len(c.tasks))
-	for i := range c.tasks {
-		byID[c.tasks[i].id] = int32(i)
-	}
+	var last idCursor
 	for i := range cur {
 		a := &cur[i]
-		ti, ok := byID[a.Task]
+		ti, ok := c.taskByID(a.Task, &last)
 		if !ok {
 			continue
 		}
@@ -476,6 +485,49 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 		t.cur = a
 	}
 	return nil
+}
+
+// taskByID is the task whose ID is id. IDs are "app/class/index" and
+// names hold no '/' (checkName), so the ID names the app, the class and
+// the index; the task found must have that very ID ("07" is not index 7).
+// Unlike a map from ID to task it needs nothing built first and
+// allocates nothing. last is the class of the previous look-up: Current
+// lists tasks in plan order, one class after the other.
+func (c *compiler) taskByID(id string, last *idCursor) (int32, bool) {
+	an, rest, ok := strings.Cut(id, "/")
+	if !ok {
+		return 0, false
+	}
+	cn, idx, ok := strings.Cut(rest, "/")
+	if !ok {
+		return 0, false
+	}
+	cl := last.cl
+	if cl == nil || an != last.app || cn != cl.name {
+		a := c.appByName(an)
+		if a == nil {
+			return 0, false
+		}
+		if cl = a.class(cn); cl == nil {
+			return 0, false
+		}
+		*last = idCursor{app: a.name, cl: cl}
+	}
+	k, err := strconv.Atoi(idx)
+	if err != nil || k < 0 || k >= len(cl.tasks) {
+		return 0, false
+	}
+	ti := cl.tasks[k]
+	if c.tasks[ti].id != id {
+		return 0, false
+	}
+	return ti, true
+}
+
+// idCursor is the app name and class of taskByID's last look-up.
+type idCursor struct {
+	app string
+	cl  *class
 }
 
 func cmpAssignment(x, y *Assignment) int {

@@ -38,6 +38,10 @@ type IngressEntry = hoststate.IngressEntry
 func (c *compiler) entryHosts() {
 	for _, a := range c.apps {
 		a.entries = nil
+		// Most apps publish nothing: they need no look at the servers.
+		if !slices.ContainsFunc(a.classes, func(cl *class) bool { return len(cl.spec.Publish) > 0 }) {
+			continue
+		}
 		for _, s := range c.servers {
 			for _, cl := range a.classes {
 				if slices.ContainsFunc(cl.spec.Publish, func(p spec.Publish) bool { return isEntry(s, p) }) {

@@ -146,10 +146,15 @@ func addr4(v uint32) netip.Addr {
 
 // taskAddrOK says whether a may be a task address in p.
 func taskAddrOK(p netip.Prefix, a netip.Addr) bool {
+	return taskAddrOKLast(p, lastAddr(p), a)
+}
+
+// taskAddrOKLast is taskAddrOK given p's last address (lastAddr(p)).
+func taskAddrOKLast(p netip.Prefix, last, a netip.Addr) bool {
 	if !p.Contains(a) || a == p.Addr() {
 		return false
 	}
-	return !p.Addr().Is4() || a != lastAddr(p)
+	return !p.Addr().Is4() || a != last
 }
 
 // assignAddresses keeps every task's earlier address while it is still in
@@ -157,19 +162,22 @@ func taskAddrOK(p netip.Prefix, a netip.Addr) bool {
 // so they follow the task, and its peers' configuration stays the same),
 // then gives the others the lowest free addresses.
 func (c *compiler) assignAddresses() error {
+	used := &c.scratch.used
 	for _, a := range c.apps {
-		used := make(map[netip.Addr]struct{}, a.numTasks)
+		used.reset(a.network)
+		last := lastAddr(a.network) // once per app, not per task
+		addrOK := func(x netip.Addr) bool { return taskAddrOKLast(a.network, last, x) }
 		for _, cl := range a.classes {
 			for _, ti := range cl.tasks {
 				t := &c.tasks[ti]
-				if t.cur == nil || !taskAddrOK(a.network, t.cur.Address) {
+				if t.cur == nil || !addrOK(t.cur.Address) {
 					continue
 				}
-				if _, dup := used[t.cur.Address]; dup {
+				if used.has(t.cur.Address) {
 					continue
 				}
 				t.addr = t.cur.Address
-				used[t.addr] = struct{}{}
+				used.add(t.addr)
 			}
 		}
 		next := a.network.Addr().Next()
@@ -180,16 +188,16 @@ func (c *compiler) assignAddresses() error {
 					continue
 				}
 				for {
-					if !next.IsValid() || !taskAddrOK(a.network, next) {
+					if !next.IsValid() || !addrOK(next) {
 						return inputErr("apps["+a.name+"].network", "%s has no free address for task %s: give the app a larger network", a.network, t.id)
 					}
-					if _, busy := used[next]; !busy {
+					if !used.has(next) {
 						break
 					}
 					next = next.Next()
 				}
 				t.addr = next
-				used[next] = struct{}{}
+				used.add(next)
 				next = next.Next()
 			}
 		}

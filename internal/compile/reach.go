@@ -3,7 +3,7 @@ package compile
 import (
 	"net/netip"
 	"slices"
-	"strings"
+	"sort"
 	"sync"
 )
 
@@ -366,7 +366,10 @@ func patchList[T any](hb *hostBuilder, prev []T, name func(*T) string, entry fun
 	for j, si := range hb.touched {
 		srv := c.servers[si].spec.Name
 		e := &edits[j]
-		e.pos, e.found = slices.BinarySearchFunc(prev, srv, func(x T, srv string) int { return strings.Compare(name(&x), srv) })
+		// By index: a comparison that took the entry by value copied it
+		// (a Peer is 104 bytes).
+		e.pos = sort.Search(len(prev), func(i int) bool { return name(&prev[i]) >= srv })
+		e.found = e.pos < len(prev) && name(&prev[e.pos]) == srv
 		var old *T
 		if e.found {
 			old = &prev[e.pos]
