@@ -17,7 +17,8 @@ import (
 // read-only, shared by the parts and the host states that take them.
 type reach struct {
 	remotes []remoteCount // servers with a task in the lists, by index
-	// The guests by server (in remotes' order), then by address.
+	// The guests by server (in remotes' order), then by address: nil
+	// with deriveLists (only the counts are kept).
 	enc   []netip.Prefix
 	plain []netip.Addr
 }
@@ -94,7 +95,18 @@ func (hb *hostBuilder) makeReach(a *app, key []byte) *reach {
 		}
 	}
 	slices.Sort(touched)
-	r := &reach{enc: make([]netip.Prefix, nEnc), plain: make([]netip.Addr, nPlain), remotes: make([]remoteCount, len(touched))}
+	r := &reach{remotes: make([]remoteCount, len(touched))}
+	if deriveLists {
+		// Derived states (schema 1.6) take only the servers reached and
+		// their counts: the lists are the route groups'.
+		for i, s := range touched {
+			r.remotes[i] = remoteCount{server: s, nEnc: hb.nEnc[s], nPlain: hb.nPlain[s]}
+			hb.nEnc[s], hb.nPlain[s] = 0, 0
+		}
+		hb.touched = touched[:0]
+		return r
+	}
+	r.enc, r.plain = make([]netip.Prefix, nEnc), make([]netip.Addr, nPlain)
 	// nEnc and nPlain become each server's next free position.
 	var oe, op int32
 	for i, s := range touched {

@@ -29,7 +29,11 @@ func TestRemoteListsShared(t *testing.T) {
 		k[0], k[1] = byte(i), byte(i>>8)
 		in.Servers[i].PublicKey = base64.StdEncoding.EncodeToString(k[:])
 	}
-	p, err := Compile(in)
+	// The lists made in full (deriveLists off: the reference of
+	// TestDerivedListsSameAsFull); derived states share none.
+	var p *Plan
+	var err error
+	withFullLists(func() { p, err = Compile(in) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +91,8 @@ func TestRemoteListsShared(t *testing.T) {
 	for j := range h.VXLAN {
 		_ = append(h.VXLAN[j].Guests, extraA)
 	}
-	fresh, err := Compile(in)
+	var fresh *Plan
+	withFullLists(func() { fresh, err = Compile(in) })
 	if err != nil {
 		t.Fatal(err)
 	}
