@@ -405,7 +405,14 @@ func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
 		// change only when the servers reached or their meta change.
 		// addLinks and addIngress fill them in for a host whose lists
 		// are more than that.
-		hs.Peers, hs.VXLAN = hb.derivedEntries(s, prev)
+		if pe != nil && pe.parts != nil && !pe.linked && (pe.state.Derived || len(pe.state.Peers)+len(pe.state.VXLAN) == 0) {
+			// Only the servers that a changed part reaches otherwise
+			// (another way, or no longer), or whose meta changed, can
+			// have other entries than the last state's.
+			hs.Peers, hs.VXLAN = hb.patchDerived(s, pe)
+		} else {
+			hs.Peers, hs.VXLAN = hb.derivedEntries(s, prev)
+		}
 		hs.Derived = len(hs.Peers)+len(hs.VXLAN) > 0
 		hs.Outbound = c.outbound(hs.Guests)
 		return hs
