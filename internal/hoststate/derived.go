@@ -80,55 +80,109 @@ func (st *State) Filled() State {
 	return x
 }
 
-// derive makes the lists of a derived state, by entry: one pass over the
-// route groups, each destination on another server added to the entry of
-// its server, then each list sorted by address. A destination whose
-// server has no entry is left out (CheckDerived refuses such a state).
+// derive makes the lists of a derived state, by entry: each destination
+// of a group on another server goes to the entry of its server, then each
+// list is sorted by address. Two passes over the groups (count, fill), so
+// that all the lists of one kind share one backing array of the exact
+// size (each list full: an append copies): the server encodes every
+// derived host's state filled for an agent of 1.5 or older. A destination
+// whose server has no entry is left out (CheckDerived refuses such a
+// state).
 func (st *State) derive(wantEnc, wantPlain bool) ([][]netip.Prefix, [][]netip.Addr) {
 	var enc [][]netip.Prefix
 	var plain [][]netip.Addr
-	peerAt := map[string]int{}
-	vxAt := map[string]int{}
+	var peerAt, vxAt map[string]int
 	if wantEnc {
 		enc = make([][]netip.Prefix, len(st.Peers))
+		peerAt = make(map[string]int, len(st.Peers))
 		for i := range st.Peers {
 			peerAt[st.Peers[i].Server] = i
 		}
 	}
 	if wantPlain {
 		plain = make([][]netip.Addr, len(st.VXLAN))
+		vxAt = make(map[string]int, len(st.VXLAN))
 		for i := range st.VXLAN {
 			vxAt[st.VXLAN[i].Server] = i
 		}
 	}
-	for k := range st.RouteGroups {
-		g := &st.RouteGroups[k]
-		if len(g.Sources) == 0 || (g.Encrypt && !wantEnc) || (!g.Encrypt && !wantPlain) {
-			continue
-		}
-		for j := range g.Dests {
-			d := &g.Dests[j]
-			if d.Server == st.Host {
+	// each calls f with every destination of a wanted group on another
+	// server that has an entry of the group's kind, and its entry.
+	each := func(f func(enc bool, i int, a netip.Addr)) {
+		for k := range st.RouteGroups {
+			g := &st.RouteGroups[k]
+			if len(g.Sources) == 0 || (g.Encrypt && !wantEnc) || (!g.Encrypt && !wantPlain) {
 				continue
 			}
+			at := vxAt
 			if g.Encrypt {
-				if i, ok := peerAt[d.Server]; ok {
-					enc[i] = append(enc[i], netip.PrefixFrom(d.Addr, d.Addr.BitLen()))
+				at = peerAt
+			}
+			last, li := "", -1 // destinations come in runs on one server
+			for j := range g.Dests {
+				d := &g.Dests[j]
+				if d.Server == st.Host {
+					continue
 				}
-			} else if i, ok := vxAt[d.Server]; ok {
-				plain[i] = append(plain[i], d.Addr)
+				if d.Server != last || li < 0 {
+					i, ok := at[d.Server]
+					if !ok {
+						i = -1
+					}
+					last, li = d.Server, i
+				}
+				if li >= 0 {
+					f(g.Encrypt, li, d.Addr)
+				}
 			}
 		}
 	}
+	nEnc, nPlain := make([]int, len(enc)), make([]int, len(plain))
+	totEnc, totPlain := 0, 0
+	each(func(e bool, i int, _ netip.Addr) {
+		if e {
+			nEnc[i]++
+			totEnc++
+		} else {
+			nPlain[i]++
+			totPlain++
+		}
+	})
+	encBuf, plainBuf := make([]netip.Prefix, totEnc), make([]netip.Addr, totPlain)
+	for i, n := range nEnc {
+		if n > 0 {
+			enc[i], encBuf = encBuf[:0:n], encBuf[n:]
+		}
+	}
+	for i, n := range nPlain {
+		if n > 0 {
+			plain[i], plainBuf = plainBuf[:0:n], plainBuf[n:]
+		}
+	}
+	each(func(e bool, i int, a netip.Addr) {
+		if e {
+			enc[i] = append(enc[i], netip.PrefixFrom(a, a.BitLen()))
+		} else {
+			plain[i] = append(plain[i], a)
+		}
+	})
 	for i := range enc {
-		slices.SortFunc(enc[i], func(x, y netip.Prefix) int { return cmp.Or(x.Addr().Compare(y.Addr()), x.Bits()-y.Bits()) })
+		if !slices.IsSortedFunc(enc[i], comparePrefix) {
+			slices.SortFunc(enc[i], comparePrefix)
+		}
 		enc[i] = slices.Clip(slices.Compact(enc[i]))
 	}
 	for i := range plain {
-		slices.SortFunc(plain[i], netip.Addr.Compare)
+		if !slices.IsSortedFunc(plain[i], netip.Addr.Compare) {
+			slices.SortFunc(plain[i], netip.Addr.Compare)
+		}
 		plain[i] = slices.Clip(slices.Compact(plain[i]))
 	}
 	return enc, plain
+}
+
+func comparePrefix(x, y netip.Prefix) int {
+	return cmp.Or(x.Addr().Compare(y.Addr()), x.Bits()-y.Bits())
 }
 
 // CheckDerived refuses a derived state that cannot be derived, so that no
