@@ -144,6 +144,6 @@ func (a *Agent) checkFence(ctx context.Context, cp ControlPlane, now time.Time) 
 // then cuts every guest off.
 func fencedState(st compile.HostState) compile.HostState {
 	st.Peers, st.VXLAN, st.Routes, st.Firewall, st.Outbound, st.Ingress = nil, nil, nil, nil, nil, nil
-	st.RouteGroups = nil
+	st.RouteGroups, st.Derived = nil, false
 	return st
 }

@@ -268,17 +268,20 @@ func (a *Agent) PeerUnderlay(addr netip.Addr) (netip.Addr, bool) {
 	if a.target == nil {
 		return netip.Addr{}, false
 	}
-	for _, p := range a.target.State.Peers {
-		for _, pfx := range p.AllowedIPs {
+	// The lists as the state gives them: a derived state's (schema 1.6)
+	// from its route groups.
+	st := &a.target.State
+	for i, ips := range st.PeerLists() {
+		for _, pfx := range ips {
 			if pfx.Contains(addr) {
-				return p.Endpoint.Addr(), true
+				return st.Peers[i].Endpoint.Addr(), true
 			}
 		}
 	}
-	for _, v := range a.target.State.VXLAN {
-		for _, g := range v.Guests {
+	for i, gs := range st.VXLANLists() {
+		for _, g := range gs {
 			if g == addr {
-				return v.Underlay, true
+				return st.VXLAN[i].Underlay, true
 			}
 		}
 	}

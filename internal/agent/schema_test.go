@@ -153,3 +153,81 @@ func TestAgentReadsRouteGroupsAndRoutes(t *testing.T) {
 		t.Fatalf("desired.json holds schema %q, %d groups (%v)", ds.State.Schema, len(ds.State.RouteGroups), err)
 	}
 }
+
+// derivedState is state(tasks...) as the control plane writes it to an
+// agent of schema 1.6: its routes as groups, and its peers and VXLAN
+// entries without their lists, which the groups give (State.Derived).
+func derivedState(tasks ...string) hoststate.State {
+	old := state(tasks...)
+	st := old
+	st.Schema = hoststate.SchemaDerived
+	st.Derived = true
+	st.Routes = []hoststate.Route{}
+	st.Guests = slices.Clone(old.Guests)
+	for i := range st.Guests {
+		st.Guests[i].Network = netip.MustParsePrefix("100.64.0.0/24")
+	}
+	st.RouteGroups = []hoststate.RouteGroup{
+		{App: "shop", Class: "db", Sources: old.Routes[0].Sources, Encrypt: true,
+			Dests: []hoststate.RouteDest{{Addr: old.Routes[0].Dest, Server: "s2"}}},
+		{App: "shop", Class: "cache", Sources: old.Routes[1].Sources,
+			Dests: []hoststate.RouteDest{{Addr: old.Routes[1].Dest, Server: "s3"}}},
+	}
+	st.Peers = slices.Clone(old.Peers)
+	st.Peers[0].AllowedIPs = nil
+	st.VXLAN = slices.Clone(old.VXLAN)
+	st.VXLAN[0].Guests = nil
+	return st
+}
+
+// The agent reads a derived state (schema 1.6): it validates and applies
+// it, hands the data plane the state as it came (the data plane fills the
+// lists: dataplane's TestRouteGroupsSameDataplane), and its prober finds
+// a remote guest's host through the derived lists. A derived state whose
+// lists cannot be derived (a server reached that has no peer) is refused
+// and not applied.
+func TestAgentReadsDerivedState(t *testing.T) {
+	if !hoststate.ReadsDerived(hoststate.ReadSchema) {
+		t.Fatalf("the agent reports schema %s, which does not read derived states", hoststate.ReadSchema)
+	}
+	h := newHarness(t)
+	h.start()
+	st := derivedState("shop/web/0", "shop/web/1")
+	h.apply(t, "a derived state applied", st)
+	if !h.dp.InSync(st) {
+		t.Fatal("the data plane does not hold the derived state")
+	}
+	full := state("shop/web/0", "shop/web/1")
+	for _, r := range full.Routes {
+		want := full.VXLAN[0].Underlay
+		if r.Encrypt {
+			want = full.Peers[0].Endpoint.Addr()
+		}
+		if got, ok := h.agent.PeerUnderlay(r.Dest); !ok || got != want {
+			t.Errorf("PeerUnderlay(%s) = %s, %v; want %s", r.Dest, got, ok, want)
+		}
+	}
+	if _, ok := h.agent.PeerUnderlay(netip.MustParseAddr("100.64.0.99")); ok {
+		t.Error("PeerUnderlay finds a host for an address no list holds")
+	}
+	applies := h.dp.Applies()
+
+	bad := derivedState("shop/web/0", "shop/web/1", "shop/web/2")
+	bad.Peers = nil // s2 is reached encrypted, and has no peer
+	h.cp.SetDesired(bad)
+	eventually(t, "a status naming the refusal", func() bool {
+		sts := h.cp.Statuses(host)
+		if len(sts) == 0 {
+			return false
+		}
+		for _, e := range sts[len(sts)-1].Errors {
+			if strings.Contains(e, "no WireGuard peer") {
+				return true
+			}
+		}
+		return false
+	})
+	if h.dp.Applies() != applies || h.guests.Running("shop/web/2") {
+		t.Fatal("the state that cannot be derived reached the host")
+	}
+}

@@ -139,10 +139,12 @@ type Status struct {
 	// Version is the agent's build version (internal/version).
 	Version string `json:"version,omitempty"`
 	// Schema is the newest host-state schema the agent reads
-	// (hoststate.SchemaGroups and later: "1.5"); empty for an agent that
-	// predates the field. The control plane writes a host's state in
-	// route groups (schema 1.5) only when its agent reported 1.5 or
-	// newer, and today's expanded routes otherwise.
+	// (hoststate.SchemaGroups and later: "1.5", "1.6"); empty for an
+	// agent that predates the field. The control plane writes a host's
+	// state in route groups (schema 1.5) only when its agent reported 1.5
+	// or newer, and today's expanded routes otherwise; its peers and
+	// VXLAN entries without their lists (1.6, hoststate.State.Derived)
+	// only when it reported 1.6 or newer.
 	Schema string `json:"schema,omitempty"`
 
 	// WireGuardMode is the kind of the host's WireGuard device: kernel,

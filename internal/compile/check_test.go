@@ -358,7 +358,13 @@ func checkPlan(in Input, p *Plan) error {
 			}
 		}
 		// Peers and VXLAN: exactly the remote guests of encrypted, resp.
-		// plain, non-local paths with a local end.
+		// plain, non-local paths with a local end; a derived state's
+		// (schema 1.6) as its route groups give them, and none of its own.
+		if err := hoststate.CheckDerived(h); err != nil {
+			return fmt.Errorf("host %s: %w", h.Host, err)
+		}
+		filled := h.Filled()
+		h = &filled
 		got := map[string]map[netip.Addr]bool{}
 		for j, pe := range h.Peers {
 			if j > 0 && h.Peers[j-1].Server >= pe.Server {

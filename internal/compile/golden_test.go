@@ -127,6 +127,14 @@ func hostOf(t *testing.T, p *Plan, name string) *HostState {
 	return nil
 }
 
+// filledHost is hostOf with its peers' and VXLAN entries' lists filled
+// (a copy, for a derived state: hoststate.State.Filled).
+func filledHost(t *testing.T, p *Plan, name string) *HostState {
+	t.Helper()
+	h := hostOf(t, p, name).Filled()
+	return &h
+}
+
 func taskOf(t *testing.T, p *Plan, id string) *Task {
 	t.Helper()
 	for i := range p.Tasks {
@@ -149,7 +157,7 @@ func TestPerPairDecision(t *testing.T) {
 	if x.Server != "s1" || y0.Server != "s1" || y1.Server != "s1" || d.Server != "s2" {
 		t.Fatalf("placement: x %s, y %s %s, d %s", x.Server, y0.Server, y1.Server, d.Server)
 	}
-	h := hostOf(t, p, "s1")
+	h := filledHost(t, p, "s1")
 	var enc, plain *Route
 	hr := h.AllRoutes()
 	for i := range hr {
@@ -179,7 +187,7 @@ func TestPerPairDecision(t *testing.T) {
 		t.Errorf("s1 vxlan %+v", h.VXLAN)
 	}
 	// The far side: d's host reaches x encrypted and y in plain.
-	h2 := hostOf(t, p, "s2")
+	h2 := filledHost(t, p, "s2")
 	if len(h2.Peers) != 1 || !sameAddrs([]netip.Addr{h2.Peers[0].AllowedIPs[0].Addr()}, []netip.Addr{x.Address}) {
 		t.Errorf("s2 peers %+v", h2.Peers)
 	}
@@ -221,6 +229,7 @@ func TestTwoAppsIsolated(t *testing.T) {
 	}
 	// blog has no encrypted rule: no peer may list a blog address.
 	for _, h := range p.Hosts {
+		h = h.Filled()
 		for _, pe := range h.Peers {
 			for _, ip := range pe.AllowedIPs {
 				if appOf[ip.Addr()] != "shop" {

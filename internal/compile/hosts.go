@@ -399,6 +399,24 @@ func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
 	// its reach's (reach.go), shared by every host of the app whose local
 	// tasks reach the same classes: a host's list made by one part only is
 	// that part's slice, the others are merged into one buffer per host.
+	if deriveLists {
+		// Schema 1.6: the peers and VXLAN entries without their lists,
+		// which are the route groups' (hoststate.State.Derived). They
+		// change only when the servers reached or their meta change.
+		// addLinks and addIngress fill them in for a host whose lists
+		// are more than that.
+		if pe != nil && pe.parts != nil && !pe.linked && (pe.state.Derived || len(pe.state.Peers)+len(pe.state.VXLAN) == 0) {
+			// Only the servers that a changed part reaches otherwise
+			// (another way, or no longer), or whose meta changed, can
+			// have other entries than the last state's.
+			hs.Peers, hs.VXLAN = hb.patchDerived(s, pe)
+		} else {
+			hs.Peers, hs.VXLAN = hb.derivedEntries(s, prev)
+		}
+		hs.Derived = len(hs.Peers)+len(hs.VXLAN) > 0
+		hs.Outbound = c.outbound(hs.Guests)
+		return hs
+	}
 	if pe != nil && pe.parts != nil && !pe.linked {
 		// Only the remote servers where a changed part reaches other
 		// guests than before can have other lists: the rest of prev's
@@ -451,6 +469,92 @@ func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
 	}
 	hs.Outbound = c.outbound(hs.Guests)
 	return hs
+}
+
+// deriveLists makes the compiler leave out the lists of peers and VXLAN
+// entries that the route groups give (hoststate.State.Derived). Only
+// tests turn it off, to compare with the lists made in full.
+var deriveLists = true
+
+// Flags of a server in hostBuilder.slot while derivedEntries runs.
+const (
+	slotSeen  = 1 << iota // in hb.touched
+	slotEnc               // reached encrypted: a peer
+	slotPlain             // reached in plain: a VXLAN entry
+)
+
+// derivedEntries are host s's peers and VXLAN entries without their
+// lists: one per remote server its parts' reaches list guests on,
+// encrypted or in plain (the servers of its route groups' destinations),
+// by name. prev's lists when they are the same entries (prev derived
+// too), so that an unchanged list stays the one slice.
+func (hb *hostBuilder) derivedEntries(s *server, prev *HostState) ([]Peer, []VXLANEntry) {
+	c := hb.c
+	touched := hb.touched[:0]
+	for _, ha := range hb.apps {
+		r := ha.part.reach
+		if r == nil {
+			continue
+		}
+		for _, rc := range r.remotes {
+			if rc.server == s.idx {
+				continue
+			}
+			f := hb.slot[rc.server]
+			if f == 0 {
+				touched = append(touched, rc.server)
+				f = slotSeen
+			}
+			if rc.nEnc > 0 {
+				f |= slotEnc
+			}
+			if rc.nPlain > 0 {
+				f |= slotPlain
+			}
+			hb.slot[rc.server] = f
+		}
+	}
+	slices.Sort(touched) // servers are by name: the entries' order
+	peers, vxlan := hb.peers[:0], hb.vxlan[:0]
+	for _, si := range touched {
+		f := hb.slot[si]
+		hb.slot[si] = 0
+		rs := c.servers[si]
+		if f&slotEnc != 0 {
+			peers = append(peers, Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
+				Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort))})
+		}
+		if f&slotPlain != 0 {
+			if hb.mac[si] == "" {
+				hb.mac[si] = VTEPMAC(rs.addr)
+			}
+			vxlan = append(vxlan, VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr, MAC: hb.mac[si]})
+		}
+	}
+	hb.touched, hb.peers, hb.vxlan = touched[:0], peers, vxlan
+	var outP []Peer
+	var outV []VXLANEntry
+	if prev != nil && prev.Derived && slices.EqualFunc(prev.Peers, peers, func(x, y Peer) bool {
+		return x.Server == y.Server && x.PublicKey == y.PublicKey && x.NextPublicKey == y.NextPublicKey && x.Endpoint == y.Endpoint && len(x.AllowedIPs) == 0
+	}) {
+		outP = prev.Peers
+	} else {
+		outP = slices.Clone(peers)
+		if outP == nil {
+			outP = []Peer{}
+		}
+	}
+	if prev != nil && prev.Derived && slices.EqualFunc(prev.VXLAN, vxlan, func(x, y VXLANEntry) bool {
+		return x.Server == y.Server && x.Underlay == y.Underlay && x.MAC == y.MAC && len(x.Guests) == 0
+	}) {
+		outV = prev.VXLAN
+	} else {
+		outV = slices.Clone(vxlan)
+		if outV == nil {
+			outV = []VXLANEntry{}
+		}
+	}
+	return outP, outV
 }
 
 // keepPeers is cur, made in scratch space, as a slice of its own: prev

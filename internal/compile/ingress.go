@@ -293,6 +293,11 @@ func (c *compiler) addIngress(out []HostState) {
 
 // applyAdd merges h into hs, copying every slice it changes.
 func (c *compiler) applyAdd(hs *HostState, h *hostAdd) {
+	if len(h.enc) > 0 || len(h.plain) > 0 {
+		// The backends reached through this entry host are in no route
+		// group of it: its lists are held in full.
+		*hs = hs.Filled()
+	}
 	hs.Ingress = h.ingress
 	if len(h.firewall) > 0 {
 		hs.Firewall = append(slices.Clip(hs.Firewall), h.firewall...)

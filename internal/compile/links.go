@@ -322,6 +322,9 @@ func (c *compiler) addLinks(hs *HostState, s *server) bool {
 	if len(fw) == 0 {
 		return false
 	}
+	// The links' guests are in no route group: the peers and VXLAN
+	// entries of a linked host hold their lists in full.
+	*hs = hs.Filled()
 	hs.Firewall = append(slices.Clone(hs.Firewall), fw...)
 	slices.SortStableFunc(hs.Firewall, func(x, y FirewallRule) int {
 		return cmp.Or(strings.Compare(x.App, y.App), strings.Compare(x.FromClass, y.FromClass), strings.Compare(x.ToApp, y.ToApp),

@@ -102,6 +102,7 @@ func assertNowhere(t *testing.T, p *Plan, addrs ...string) {
 					t.Errorf("host %s routes pending address %s", h.Host, a)
 				}
 			}
+			h = h.Filled()
 			for _, pe := range h.Peers {
 				for _, ip := range pe.AllowedIPs {
 					if ip.Addr().String() == a {

@@ -17,7 +17,8 @@ import (
 // read-only, shared by the parts and the host states that take them.
 type reach struct {
 	remotes []remoteCount // servers with a task in the lists, by index
-	// The guests by server (in remotes' order), then by address.
+	// The guests by server (in remotes' order), then by address: nil
+	// with deriveLists (only the counts are kept).
 	enc   []netip.Prefix
 	plain []netip.Addr
 }
@@ -94,7 +95,18 @@ func (hb *hostBuilder) makeReach(a *app, key []byte) *reach {
 		}
 	}
 	slices.Sort(touched)
-	r := &reach{enc: make([]netip.Prefix, nEnc), plain: make([]netip.Addr, nPlain), remotes: make([]remoteCount, len(touched))}
+	r := &reach{remotes: make([]remoteCount, len(touched))}
+	if deriveLists {
+		// Derived states (schema 1.6) take only the servers reached and
+		// their counts: the lists are the route groups'.
+		for i, s := range touched {
+			r.remotes[i] = remoteCount{server: s, nEnc: hb.nEnc[s], nPlain: hb.nPlain[s]}
+			hb.nEnc[s], hb.nPlain[s] = 0, 0
+		}
+		hb.touched = touched[:0]
+		return r
+	}
+	r.enc, r.plain = make([]netip.Prefix, nEnc), make([]netip.Addr, nPlain)
 	// nEnc and nPlain become each server's next free position.
 	var oe, op int32
 	for i, s := range touched {
@@ -147,6 +159,7 @@ func (r *reach) lists(si int32) ([]netip.Prefix, []netip.Addr) {
 type reachDiffs struct {
 	mu   sync.Mutex
 	m    map[[2]*reach][]int32
+	sets map[[2]*reach][]int32 // setDiff's
 	meta map[*serverMeta][]int32
 }
 
@@ -219,6 +232,146 @@ func (d *reachDiffs) diff(old, new *reach) []int32 {
 	}
 	d.m[k] = out
 	return out
+}
+
+// setDiff is the servers reached another way by old and new (either may
+// be nil: nothing reached): reached by one only, or encrypted or in plain
+// by one only. The lists themselves are not compared (derived states,
+// schema 1.6, hold none), in increasing order.
+func (d *reachDiffs) setDiff(old, new *reach) []int32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := [2]*reach{old, new}
+	if out, ok := d.sets[k]; ok {
+		return out
+	}
+	var a, b []remoteCount
+	if old != nil {
+		a = old.remotes
+	}
+	if new != nil {
+		b = new.remotes
+	}
+	out := []int32{}
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i].server < b[j].server):
+			out = append(out, a[i].server)
+			i++
+		case i == len(a) || b[j].server < a[i].server:
+			out = append(out, b[j].server)
+			j++
+		default:
+			x, y := a[i], b[j]
+			if (x.nEnc > 0) != (y.nEnc > 0) || (x.nPlain > 0) != (y.nPlain > 0) {
+				out = append(out, x.server)
+			}
+			i++
+			j++
+		}
+	}
+	if d.sets == nil {
+		d.sets = make(map[[2]*reach][]int32)
+	}
+	d.sets[k] = out
+	return out
+}
+
+// reaches says whether r reaches server si encrypted and in plain.
+func (r *reach) reaches(si int32) (enc, plain bool) {
+	i, ok := slices.BinarySearchFunc(r.remotes, si, func(rc remoteCount, si int32) int { return int(rc.server - si) })
+	if !ok {
+		return false, false
+	}
+	return r.remotes[i].nEnc > 0, r.remotes[i].nPlain > 0
+}
+
+// patchDerived is patch for a derived state (schema 1.6): host s's peers
+// and VXLAN entries, without their lists, from those of its cache entry
+// pe (derived too, or with none): the servers a changed part reaches
+// otherwise, or whose meta changed, get their entries made again from the
+// host's parts; every other entry is pe's. pe's slices themselves when
+// nothing changed, as after a change that places a task on a server the
+// host already reaches.
+func (hb *hostBuilder) patchDerived(s *server, pe *hostEntry) ([]Peer, []VXLANEntry) {
+	c := hb.c
+	dirty := hb.touched[:0]
+	mark := func(list []int32) {
+		for _, si := range list {
+			if si != s.idx && hb.slot[si] == 0 {
+				hb.slot[si] = 1
+				dirty = append(dirty, si)
+			}
+		}
+	}
+	for _, ha := range hb.apps {
+		np := ha.part
+		var op *hostPart
+		for _, q := range pe.parts {
+			if q.app == np.app {
+				op = q
+				break
+			}
+		}
+		if op == np {
+			continue
+		}
+		var old *reach
+		if op != nil {
+			old = op.reach
+		}
+		mark(c.diffs.setDiff(old, np.reach))
+	}
+	for _, op := range pe.parts {
+		if !slices.ContainsFunc(hb.apps, func(ha hostApp) bool { return ha.part.app == op.app }) {
+			mark(c.diffs.setDiff(op.reach, nil))
+		}
+	}
+	mark(c.diffs.metaDiff(pe.meta, c.meta))
+	slices.Sort(dirty)
+	hb.remotes = hb.remotes[:0]
+	for _, si := range dirty {
+		hb.slot[si] = 0
+		m := remoteMerge{server: si}
+		for _, ha := range hb.apps {
+			if r := ha.part.reach; r != nil {
+				e, p := r.reaches(si)
+				m.encParts += b2i(e)
+				m.plainParts += b2i(p)
+			}
+		}
+		hb.remotes = append(hb.remotes, m)
+	}
+	hb.touched = dirty
+	peers := patchList(hb, pe.state.Peers, func(p *Peer) string { return p.Server }, func(m *remoteMerge, old *Peer) (Peer, bool, bool) {
+		if m.encParts == 0 {
+			return Peer{}, false, old == nil
+		}
+		rs := c.servers[m.server]
+		p := Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
+			Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort))}
+		return p, true, old != nil && len(old.AllowedIPs) == 0 && old.PublicKey == p.PublicKey && old.NextPublicKey == p.NextPublicKey && old.Endpoint == p.Endpoint
+	})
+	vxlan := patchList(hb, pe.state.VXLAN, func(v *VXLANEntry) string { return v.Server }, func(m *remoteMerge, old *VXLANEntry) (VXLANEntry, bool, bool) {
+		if m.plainParts == 0 {
+			return VXLANEntry{}, false, old == nil
+		}
+		rs := c.servers[m.server]
+		if hb.mac[m.server] == "" {
+			hb.mac[m.server] = VTEPMAC(rs.addr)
+		}
+		v := VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr, MAC: hb.mac[m.server]}
+		return v, true, old != nil && len(old.Guests) == 0 && old.Underlay == v.Underlay && old.MAC == v.MAC
+	})
+	hb.touched = hb.touched[:0]
+	if peers == nil {
+		peers = []Peer{}
+	}
+	if vxlan == nil {
+		vxlan = []VXLANEntry{}
+	}
+	return peers, vxlan
 }
 
 // serverMeta is what a server's peer and VXLAN entry show of it besides

@@ -29,7 +29,11 @@ func TestRemoteListsShared(t *testing.T) {
 		k[0], k[1] = byte(i), byte(i>>8)
 		in.Servers[i].PublicKey = base64.StdEncoding.EncodeToString(k[:])
 	}
-	p, err := Compile(in)
+	// The lists made in full (deriveLists off: the reference of
+	// TestDerivedListsSameAsFull); derived states share none.
+	var p *Plan
+	var err error
+	withFullLists(func() { p, err = Compile(in) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +91,8 @@ func TestRemoteListsShared(t *testing.T) {
 	for j := range h.VXLAN {
 		_ = append(h.VXLAN[j].Guests, extraA)
 	}
-	fresh, err := Compile(in)
+	var fresh *Plan
+	withFullLists(func() { fresh, err = Compile(in) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,5 +178,55 @@ func TestReachDiff(t *testing.T) {
 	}
 	if got, want := d.metaDiff(m0[:2], m1), []int32{0, 1, 2}; !slices.Equal(got, want) {
 		t.Errorf("metaDiff against a shorter list = %v, want %v", got, want)
+	}
+}
+
+// TestReachSetDiff checks the servers a patched derived host (schema 1.6)
+// makes again (reachDiffs.setDiff): those reached by one reach only, or
+// by both but another way (encrypted, in plain), not those whose guests
+// differ only; memoised per pair; and what reaches says of a server.
+func TestReachSetDiff(t *testing.T) {
+	mk := func(by map[int32][2]int32) *reach {
+		r := &reach{}
+		for s := range int32(10) {
+			if c, ok := by[s]; ok {
+				r.remotes = append(r.remotes, remoteCount{server: s, nEnc: c[0], nPlain: c[1]})
+			}
+		}
+		return r
+	}
+	old := mk(map[int32][2]int32{1: {1, 0}, 2: {0, 1}, 3: {1, 1}, 4: {2, 0}, 6: {0, 3}, 7: {1, 0}})
+	new := mk(map[int32][2]int32{
+		1: {1, 0}, // same
+		2: {0, 2}, // a guest more, still in plain only
+		3: {1, 0}, // no longer in plain
+		5: {1, 0}, // new server
+		6: {0, 1}, // a guest less
+		7: {1, 1}, // now in plain too
+	}) // 4 is gone
+	var d reachDiffs
+	got := d.setDiff(old, new)
+	if want := []int32{3, 4, 5, 7}; !slices.Equal(got, want) {
+		t.Errorf("setDiff(old, new) = %v, want %v", got, want)
+	}
+	if again := d.setDiff(old, new); &again[0] != &got[0] {
+		t.Error("the same pair of reaches is compared again")
+	}
+	if got := d.setDiff(new, new); len(got) != 0 {
+		t.Errorf("setDiff(new, new) = %v, want none", got)
+	}
+	if got, want := d.setDiff(old, nil), []int32{1, 2, 3, 4, 6, 7}; !slices.Equal(got, want) {
+		t.Errorf("setDiff(old, nil) = %v, want %v", got, want)
+	}
+	if got, want := d.setDiff(nil, new), []int32{1, 2, 3, 5, 6, 7}; !slices.Equal(got, want) {
+		t.Errorf("setDiff(nil, new) = %v, want %v", got, want)
+	}
+	for _, c := range []struct {
+		s          int32
+		enc, plain bool
+	}{{1, true, false}, {2, false, true}, {7, true, true}, {4, false, false}, {9, false, false}} {
+		if e, p := new.reaches(c.s); e != c.enc || p != c.plain {
+			t.Errorf("reaches(%d) = %v, %v; want %v, %v", c.s, e, p, c.enc, c.plain)
+		}
 	}
 }

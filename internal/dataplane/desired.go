@@ -99,6 +99,10 @@ func buildDesired(st compile.HostState) (*desired, error) {
 	if err := hoststate.CheckNetwork(st); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidState, err)
 	}
+	// A derived state (schema 1.6) has its peers' allowed IPs and VXLAN
+	// entries' guests in its route groups: indexed as it fills them
+	// (CheckNetwork refused one that cannot be derived).
+	st = st.Filled()
 	for i, g := range st.Guests {
 		if !strings.HasPrefix(g.HostIf, GuestIfPrefix) {
 			return nil, invalid(fmt.Sprintf("guests[%d].hostIf", i), "%q must start with %q and have at most 15 characters", g.HostIf, GuestIfPrefix)

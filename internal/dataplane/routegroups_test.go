@@ -13,9 +13,11 @@ import (
 // receives it (route groups, through the wire) and as an older one does
 // (the routes expanded) give the data plane exactly the same desired
 // state: the same marks, routes, peers and ruleset, for every host of
-// the compiler's cases with several classes, plain and encrypted pairs.
+// the compiler's cases with several classes, plain and encrypted pairs;
+// so does the derived state an agent of schema 1.6 receives (its peers'
+// and VXLAN entries' lists taken from the groups).
 func TestRouteGroupsSameDataplane(t *testing.T) {
-	groups := 0
+	groups, nDerived := 0, 0
 	for _, c := range []string{"per-pair", "shop-3-servers", "two-apps", "self-rule", "spread-zones"} {
 		p := compileCase(t, c)
 		for i := range p.Hosts {
@@ -53,9 +55,31 @@ func TestRouteGroupsSameDataplane(t *testing.T) {
 			if err := Validate(newer); err != nil {
 				t.Errorf("%s/%s: the 1.5 state is refused: %v", c, h.Host, err)
 			}
+			// A 1.6 agent's derived state (no lists in its peers and
+			// VXLAN entries) gives the very desired state of the 1.5
+			// one, whose lists are in full.
+			derived := decode(hoststate.SchemaDerived)
+			if derived.Derived {
+				nDerived++
+				for _, pe := range derived.Peers {
+					if len(pe.AllowedIPs) != 0 {
+						t.Fatalf("%s/%s: the 1.6 state's peer %s holds allowed IPs", c, h.Host, pe.Server)
+					}
+				}
+			}
+			dd, err := buildDesired(derived)
+			if err != nil {
+				t.Fatalf("%s/%s, 1.6: %v", c, h.Host, err)
+			}
+			if !reflect.DeepEqual(dd, dn) {
+				t.Errorf("%s/%s: the 1.6 state's desired state differs from the 1.5 one's:\n1.6 %+v\n1.5 %+v", c, h.Host, dd, dn)
+			}
+			if err := Validate(derived); err != nil {
+				t.Errorf("%s/%s: the 1.6 state is refused: %v", c, h.Host, err)
+			}
 		}
 	}
-	if groups == 0 {
-		t.Fatal("no host holds route groups")
+	if groups == 0 || nDerived == 0 {
+		t.Fatalf("%d hosts hold route groups, %d are derived", groups, nDerived)
 	}
 }

@@ -40,16 +40,32 @@ func (st *State) sizeHint() int {
 	return n
 }
 
-// AppendJSON appends json.Marshal(st) to b.
+// AppendJSON appends json.Marshal(st) to b: a derived state (schema 1.6,
+// derived.go) with its lists filled, as the compiler wrote it before
+// (Filled), so that a plan's JSON, its goldens and its diffs do not
+// depend on the form the compiler keeps a state in.
 func (st *State) AppendJSON(b []byte) ([]byte, error) {
-	return st.appendJSON(b, false)
+	return st.appendJSON(b, false, false)
 }
 
-// appendJSON appends json.Marshal(st) to b, or with expand
-// json.Marshal(st.Expanded()): the routes of st's groups written into
-// routes, and no routeGroups.
-func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
+// MarshalJSON is AppendJSON: every JSON of a state but EncodeFor's for an
+// agent of schema 1.6 is the filled form.
+func (st State) MarshalJSON() ([]byte, error) {
+	return st.appendJSON(make([]byte, 0, st.sizeHint()), false, false)
+}
+
+// appendJSON appends json.Marshal(st.Filled()) to b, or with expand
+// json.Marshal(st.Filled().Expanded()): the routes of st's groups written
+// into routes, and no routeGroups. With derived, a derived state is
+// written as it is: "derived":true and no lists.
+func (st *State) appendJSON(b []byte, expand, derived bool) ([]byte, error) {
 	var err error
+	var encLists [][]netip.Prefix
+	var plainLists [][]netip.Addr
+	fill := st.Derived && !derived
+	if fill {
+		encLists, plainLists = st.derive(true, true)
+	}
 	b = append(b, '{')
 	if st.Schema != "" {
 		b = append(b, `"schema":`...)
@@ -75,6 +91,9 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 	if st.PublicKey != "" {
 		b = append(b, `,"publicKey":`...)
 		b = AppendString(b, st.PublicKey)
+	}
+	if st.Derived && derived {
+		b = append(b, `,"derived":true`...)
 	}
 	b = append(b, `,"guests":`...)
 	if b, err = appendMarshal(b, st.Guests); err != nil {
@@ -102,7 +121,11 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 			b = append(b, `,"endpoint":`...)
 			b = appendAddrPort(b, p.Endpoint)
 			b = append(b, `,"allowedIPs":`...)
-			b = appendPrefixes(b, p.AllowedIPs)
+			if fill {
+				b = appendPrefixes(b, encLists[i])
+			} else {
+				b = appendPrefixes(b, p.AllowedIPs)
+			}
 			b = append(b, '}')
 		}
 		b = append(b, ']')
@@ -125,7 +148,11 @@ func (st *State) appendJSON(b []byte, expand bool) ([]byte, error) {
 			b = append(b, `,"mac":`...)
 			b = AppendString(b, v.MAC)
 			b = append(b, `,"guests":`...)
-			b = appendAddrs(b, v.Guests)
+			if fill {
+				b = appendAddrs(b, plainLists[i])
+			} else {
+				b = appendAddrs(b, v.Guests)
+			}
 			b = append(b, '}')
 		}
 		b = append(b, ']')
@@ -382,7 +409,7 @@ func appendPrefixes(b []byte, ps []netip.Prefix) []byte {
 func (st *State) Same(o *State) bool {
 	a, b := st, o
 	return a.Schema == b.Schema && a.Host == b.Host && a.Address == b.Address && a.VTEPMAC == b.VTEPMAC &&
-		a.WireGuardPort == b.WireGuardPort && a.KeyGeneration == b.KeyGeneration &&
+		a.WireGuardPort == b.WireGuardPort && a.KeyGeneration == b.KeyGeneration && a.Derived == b.Derived &&
 		a.RotationPhase == b.RotationPhase && a.PublicKey == b.PublicKey &&
 		sameList(a.Guests, b.Guests) && sameList(a.Peers, b.Peers) && sameList(a.VXLAN, b.VXLAN) &&
 		sameList(a.Routes, b.Routes) && sameList(a.RouteGroups, b.RouteGroups) && sameList(a.Firewall, b.Firewall) && sameList(a.Outbound, b.Outbound) &&

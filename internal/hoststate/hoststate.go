@@ -18,7 +18,9 @@
 // (ReadSchema, in api.Status.Schema), and the control plane writes each
 // host's state for it (State.EncodeFor): groups to a 1.5 agent, the
 // expanded routes of 1.3 (1.4 during a move), byte for byte as before,
-// to every other.
+// to every other. Schema 1.6 (derived.go) leaves out the peers' and VXLAN
+// entries' lists, which the route groups give, and is written the same
+// way: only to an agent that reports it reads 1.6.
 package hoststate
 
 import (
@@ -31,7 +33,7 @@ import (
 // The schema version this build writes and reads.
 const (
 	SchemaMajor = 1
-	SchemaMinor = 5
+	SchemaMinor = 6
 	// Schema is SchemaMajor.SchemaMinor as states carry it. 1.1 adds
 	// Guest.Network, 1.2 Ingress, 1.3 the hitless key rotation
 	// (RotationPhase, PublicKey, Peer.NextPublicKey), which a state of an
@@ -54,9 +56,14 @@ const (
 	// (api.Status.Schema); every other host gets the same routes
 	// expanded, in the schema it reads (EncodeFor).
 	SchemaGroups = "1.5"
+	// SchemaDerived is the schema of a state whose peers and VXLAN
+	// entries carry no lists (State.Derived, see derived.go): the reader
+	// derives them from the route groups. Written, like SchemaGroups,
+	// only to a host whose agent reported it reads it (EncodeFor).
+	SchemaDerived = "1.6"
 	// ReadSchema is the newest schema this build reads, as its agent
 	// reports it (api.Status.Schema).
-	ReadSchema = SchemaGroups
+	ReadSchema = SchemaDerived
 )
 
 // Desired is a host's desired state at a revision, as the API serves it
@@ -101,6 +108,12 @@ type State struct {
 	// PublicKey is, while RotationPhase is set, the key the control plane
 	// holds as this host's current one.
 	PublicKey string `json:"publicKey,omitempty"`
+	// Derived (schema 1.6, see derived.go) says that Peers' AllowedIPs
+	// and VXLAN's Guests are left empty: they are what the route groups
+	// give, and every reader takes them from PeerLists and VXLANLists
+	// (or Filled), never from the fields. Only the compiler sets it, and
+	// only EncodeFor writes it, to an agent that reads 1.6.
+	Derived bool `json:"derived,omitempty"`
 
 	Guests []Guest `json:"guests"`
 	// Peers are the WireGuard peers of corw0: only servers with which this

@@ -28,16 +28,19 @@ func TestSchema(t *testing.T) {
 			t.Errorf("schema %q: got %v, want an ErrInvalid naming schema", s, err)
 		}
 	}
-	// The newest schema is the one of route groups, then that of a task
-	// move; every other state is written in the one before it.
-	if ma, mi, err := hoststate.ParseSchema(hoststate.SchemaGroups); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor {
-		t.Errorf("SchemaGroups %q parses as %d.%d (%v), want %d.%d", hoststate.SchemaGroups, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor)
+	// The newest schema is the one of derived states, then that of route
+	// groups, then that of a task move; every other state is written in
+	// the one before it.
+	for _, c := range []struct {
+		name, schema string
+		back         int
+	}{{"SchemaDerived", hoststate.SchemaDerived, 0}, {"SchemaGroups", hoststate.SchemaGroups, 1}, {"SchemaMove", hoststate.SchemaMove, 2}, {"Schema", hoststate.Schema, 3}} {
+		if ma, mi, err := hoststate.ParseSchema(c.schema); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor-c.back {
+			t.Errorf("%s %q parses as %d.%d (%v), want %d.%d", c.name, c.schema, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor-c.back)
+		}
 	}
-	if ma, mi, err := hoststate.ParseSchema(hoststate.SchemaMove); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor-1 {
-		t.Errorf("SchemaMove %q parses as %d.%d (%v), want %d.%d", hoststate.SchemaMove, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor-1)
-	}
-	if ma, mi, err := hoststate.ParseSchema(hoststate.Schema); err != nil || ma != hoststate.SchemaMajor || mi != hoststate.SchemaMinor-2 {
-		t.Errorf("Schema %q parses as %d.%d (%v), want %d.%d", hoststate.Schema, ma, mi, err, hoststate.SchemaMajor, hoststate.SchemaMinor-2)
+	if hoststate.ReadSchema != hoststate.SchemaDerived {
+		t.Errorf("ReadSchema %s, want %s", hoststate.ReadSchema, hoststate.SchemaDerived)
 	}
 }
 

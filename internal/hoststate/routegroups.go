@@ -83,12 +83,13 @@ func (st *State) NumRoutes() int {
 
 // Expanded is st with its route groups expanded into Routes (AllRoutes),
 // as a reader of schema 1.3 or 1.4 reads it; st itself when it has none.
-// Its lists are st's (read-only) but Routes.
+// Its lists are st's (read-only) but Routes (and, for a derived state,
+// its peers and VXLAN entries: Filled).
 func (st *State) Expanded() State {
 	if len(st.RouteGroups) == 0 {
 		return *st
 	}
-	x := *st
+	x := st.Filled()
 	x.Routes, x.RouteGroups = st.AllRoutes(), nil
 	return x
 }
@@ -145,12 +146,20 @@ func (st *State) eachGroupRoute(yield func(r Route, k, j int) bool) bool {
 }
 
 // EncodeFor is the encoding of st for an agent that reported it reads
-// schema (api.Status.Schema; empty for an agent that reports none): st
-// with its route groups, in SchemaGroups, when the agent reads 1.5 or
-// newer; else the bytes of today's states, byte for byte those of
-// st.Expanded() (routes written straight from the groups, in st's own
-// schema). A state without groups encodes as it is for every agent.
+// schema (api.Status.Schema; empty for an agent that reports none): a
+// derived state (derived.go) as it is, in SchemaDerived, when the agent
+// reads 1.6 or newer; else st with its route groups, in SchemaGroups,
+// when the agent reads 1.5 or newer (a derived state's lists filled);
+// else the bytes of today's states, byte for byte those of
+// st.Filled().Expanded() (lists filled, routes written straight from the
+// groups, in st's own schema). A state without groups encodes as it is
+// for every agent (filled).
 func (st *State) EncodeFor(schema string) ([]byte, error) {
+	if st.Derived && ReadsDerived(schema) {
+		x := *st
+		x.Schema = SchemaDerived
+		return x.appendJSON(make([]byte, 0, st.sizeHint()), false, true)
+	}
 	if len(st.RouteGroups) == 0 {
 		return st.Encode()
 	}
@@ -159,7 +168,21 @@ func (st *State) EncodeFor(schema string) ([]byte, error) {
 		x.Schema = SchemaGroups
 		return x.Encode()
 	}
-	return st.appendJSON(make([]byte, 0, st.sizeHint()), true)
+	return st.appendJSON(make([]byte, 0, st.sizeHint()), true, false)
+}
+
+// WrittenAs is the form EncodeFor writes st in for an agent that reads
+// schema: SchemaDerived, SchemaGroups, or "" for the lists and routes
+// in full (in st's own schema). Two agents for which it is the same get
+// the same bytes.
+func (st *State) WrittenAs(schema string) string {
+	switch {
+	case st.Derived && ReadsDerived(schema):
+		return SchemaDerived
+	case len(st.RouteGroups) > 0 && ReadsGroups(schema):
+		return SchemaGroups
+	}
+	return ""
 }
 
 // ReadsGroups reports whether an agent that reads schema (as it reported

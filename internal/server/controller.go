@@ -26,9 +26,11 @@ import (
 type encodedHost struct {
 	state hoststate.State
 	data  []byte
-	// groups: data holds route groups (schema 1.5), written so for an
-	// agent that reported it reads them; else today's expanded routes.
-	groups bool
+	// form is the form data is written in (State.WrittenAs): route
+	// groups (schema 1.5) or a derived state (1.6), written so for an
+	// agent that reported it reads them; else today's expanded routes and
+	// full lists.
+	form string
 }
 
 // controller turns stored apps and servers into placement and per-host
@@ -257,7 +259,7 @@ func (c *controller) tick(ctx context.Context, since, now time.Time) {
 // reconcile then writes it again.
 func (c *controller) schemaChanged(schemas map[string]string) bool {
 	for name, e := range c.encoded {
-		if len(e.state.RouteGroups) > 0 && hoststate.ReadsGroups(schemas[name]) != e.groups {
+		if e.state.WrittenAs(schemas[name]) != e.form {
 			return true
 		}
 	}
@@ -427,9 +429,12 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 		// closed: an older agent would ignore the groups and route
 		// nothing).
 		schema := schemas[hs.Host]
-		groups := hoststate.ReadsGroups(schema) && len(hs.RouteGroups) > 0
+		// Likewise a derived state (schema 1.6: peers and VXLAN entries
+		// without their lists) only to an agent that reads 1.6; the lists
+		// in full to every other.
+		form := hs.WrittenAs(schema)
 		var b []byte
-		if e, ok := c.encoded[hs.Host]; ok && e.state.Same(hs) && e.groups == groups {
+		if e, ok := c.encoded[hs.Host]; ok && e.state.Same(hs) && e.form == form {
 			b = e.data
 		} else {
 			if b, err = hs.EncodeFor(schema); err != nil { // json.Marshal(hs or its expansion), byte for byte
@@ -440,10 +445,10 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 		if old != nil && bytes.Equal(old.Desired, b) {
 			// Keep the stored bytes (the same): the next comparison is
 			// then of one slice with itself.
-			encoded[hs.Host] = encodedHost{*hs, old.Desired, groups}
+			encoded[hs.Host] = encodedHost{*hs, old.Desired, form}
 			continue
 		}
-		encoded[hs.Host] = encodedHost{*hs, b, groups}
+		encoded[hs.Host] = encodedHost{*hs, b, form}
 		var prev int64
 		if old != nil {
 			prev = old.DesiredRevision

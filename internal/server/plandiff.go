@@ -157,7 +157,8 @@ func hostChanges(p *compile.Plan, stored map[string][]byte) []api.PlanChange {
 	for i := range p.Hosts {
 		hs := &p.Hosts[i]
 		// The stored bytes are today's (expanded) form for most agents,
-		// the route groups of schema 1.5 for those that read them.
+		// the route groups of schema 1.5 or the derived state of 1.6 for
+		// those that read them.
 		b, err := hs.EncodeFor("")
 		if err != nil {
 			continue
@@ -171,13 +172,20 @@ func hostChanges(p *compile.Plan, stored map[string][]byte) []api.PlanChange {
 				continue
 			}
 		}
+		if hs.Derived {
+			if b, err = hs.EncodeFor(hoststate.SchemaDerived); err == nil && bytes.Equal(raw, b) {
+				continue
+			}
+		}
 		var prev hoststate.State
 		if raw != nil {
 			if err := json.Unmarshal(raw, &prev); err != nil {
 				prev = hoststate.State{}
 			}
 		}
-		detail := hostDiff(prev, *hs)
+		// Both with their lists filled: a derived state's (schema 1.6)
+		// lists are its route groups'.
+		detail := hostDiff(prev.Filled(), hs.Filled())
 		if detail == "" {
 			continue // the same state, encoded otherwise (an older schema's bytes)
 		}

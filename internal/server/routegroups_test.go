@@ -85,7 +85,7 @@ func TestDesiredStateForAgentSchema(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	report(hoststate.ReadSchema)
+	report(hoststate.SchemaGroups)
 	var groups []byte
 	eventually(t, 20*time.Second, "s1's state written in groups", func() (bool, string) {
 		b, _ := ts.storedDesired(t, "s1")
@@ -107,6 +107,35 @@ func TestDesiredStateForAgentSchema(t *testing.T) {
 	}
 	if err := hoststate.Validate(st, hoststate.Options{Host: "s1"}); err != nil {
 		t.Errorf("the 1.5 state is invalid: %v", err)
+	}
+	if b, rev := ts.storedDesired(t, "s2"); !bytes.Equal(b, old2) || rev != rev2 {
+		t.Errorf("s2's agent reported no schema, but its state changed:\n%s", b)
+	}
+
+	// An agent of 1.6: the derived state, peers and VXLAN entries
+	// without their lists, which its groups give as the old state had
+	// them.
+	report(hoststate.ReadSchema)
+	var derived []byte
+	eventually(t, 20*time.Second, "s1's state written derived", func() (bool, string) {
+		b, _ := ts.storedDesired(t, "s1")
+		derived = b
+		return bytes.Contains(b, []byte(`"schema":"1.6"`)) && bytes.Contains(b, []byte(`"derived":true`)), string(b)
+	})
+	dst := decode(derived)
+	if !dst.Derived || len(dst.Peers) == 0 || len(dst.Peers[0].AllowedIPs) != 0 {
+		t.Fatalf("the 1.6 state: %s", derived)
+	}
+	oldSt := decode(old1)
+	filled := dst.Filled()
+	if got, want := mustJSON(filled.Peers), mustJSON(oldSt.Peers); !bytes.Equal(got, want) {
+		t.Errorf("the 1.6 state's peers, filled:\n got %s\nwant %s", got, want)
+	}
+	if got, want := mustJSON(filled.VXLAN), mustJSON(oldSt.VXLAN); !bytes.Equal(got, want) {
+		t.Errorf("the 1.6 state's VXLAN entries, filled:\n got %s\nwant %s", got, want)
+	}
+	if err := hoststate.Validate(dst, hoststate.Options{Host: "s1"}); err != nil {
+		t.Errorf("the 1.6 state is invalid: %v", err)
 	}
 	if b, rev := ts.storedDesired(t, "s2"); !bytes.Equal(b, old2) || rev != rev2 {
 		t.Errorf("s2's agent reported no schema, but its state changed:\n%s", b)
@@ -138,7 +167,7 @@ func TestPlanDiffReadsRouteGroups(t *testing.T) {
 		t.Fatal(err)
 	}
 	groups := 0
-	for _, schema := range []string{"", hoststate.SchemaGroups} {
+	for _, schema := range []string{"", hoststate.SchemaGroups, hoststate.SchemaDerived} {
 		stored := map[string][]byte{}
 		for i := range p.Hosts {
 			groups += len(p.Hosts[i].RouteGroups)
