@@ -586,6 +586,9 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 		if round > 0 {
 			select {
 			case <-ctx.Done():
+				// Cancelled while waiting: the checks keep what
+				// their last probe saw, none is run cancelled.
+				continue
 			case <-time.After(pause):
 			}
 			pause = min(2*pause, 2*time.Second)

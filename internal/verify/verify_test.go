@@ -527,3 +527,35 @@ func TestRetryShortfallsForAWhile(t *testing.T) {
 		t.Fatalf("gave up after %s, before RetryFor", d)
 	}
 }
+
+// TestRetryStopsWhenCancelled: a run cancelled while it waits to retry
+// returns at once and probes nothing more (a probe made with a cancelled
+// context would be recorded as what the wire showed).
+func TestRetryStopsWhenCancelled(t *testing.T) {
+	apps, tasks := shop()
+	f := newFakeNet(apps, tasks)
+	f.refuseUntil[[2]string{"web", "app"}] = time.Now().Add(time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	atCancel := -1
+	// The retries come at once, then after 250 ms, then 500 ms later:
+	// 400 ms is within the second pause.
+	time.AfterFunc(400*time.Millisecond, func() {
+		f.mu.Lock()
+		atCancel = f.calls
+		f.mu.Unlock()
+		cancel()
+	})
+	start := time.Now()
+	rep, _ := Run(ctx, f, "shop", apps, tasks, Options{Timeout: time.Second, RetryFor: time.Hour})
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("a cancelled run took %s", d)
+	}
+	if rep != nil && rep.OK() {
+		t.Fatal("a port never opened passed")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if atCancel < 0 || f.calls != atCancel {
+		t.Fatalf("%d probes after the run was cancelled (at %d)", f.calls-atCancel, atCancel)
+	}
+}
