@@ -287,14 +287,13 @@ func (r *reach) reaches(si int32) (enc, plain bool) {
 	return r.remotes[i].nEnc > 0, r.remotes[i].nPlain > 0
 }
 
-// patchDerived is patch for a derived state (schema 1.6): host s's peers
-// and VXLAN entries, without their lists, from those of its cache entry
-// pe (derived too, or with none): the servers a changed part reaches
-// otherwise, or whose meta changed, get their entries made again from the
-// host's parts; every other entry is pe's. pe's slices themselves when
-// nothing changed, as after a change that places a task on a server the
-// host already reaches.
-func (hb *hostBuilder) patchDerived(s *server, pe *hostEntry) ([]Peer, []VXLANEntry) {
+// dirty lists, in server order, the remote servers whose entries in host
+// s, rebuilt over its cache entry pe, can differ from pe's: those that
+// diff (reachDiffs.diff for lists, setDiff for derived states) gives for
+// a part that changed (new, gone or other), and those whose meta changed.
+// It uses hb.touched's array and leaves hb.slot of each listed server at 1:
+// the caller clears them.
+func (hb *hostBuilder) dirty(s *server, pe *hostEntry, diff func(old, new *reach) []int32) []int32 {
 	c := hb.c
 	dirty := hb.touched[:0]
 	mark := func(list []int32) {
@@ -321,15 +320,28 @@ func (hb *hostBuilder) patchDerived(s *server, pe *hostEntry) ([]Peer, []VXLANEn
 		if op != nil {
 			old = op.reach
 		}
-		mark(c.diffs.setDiff(old, np.reach))
+		mark(diff(old, np.reach))
 	}
 	for _, op := range pe.parts {
 		if !slices.ContainsFunc(hb.apps, func(ha hostApp) bool { return ha.part.app == op.app }) {
-			mark(c.diffs.setDiff(op.reach, nil))
+			mark(diff(op.reach, nil))
 		}
 	}
 	mark(c.diffs.metaDiff(pe.meta, c.meta))
 	slices.Sort(dirty)
+	return dirty
+}
+
+// patchDerived is patch for a derived state (schema 1.6): host s's peers
+// and VXLAN entries, without their lists, from those of its cache entry
+// pe (derived too, or with none): the servers a changed part reaches
+// otherwise, or whose meta changed, get their entries made again from the
+// host's parts; every other entry is pe's. pe's slices themselves when
+// nothing changed, as after a change that places a task on a server the
+// host already reaches.
+func (hb *hostBuilder) patchDerived(s *server, pe *hostEntry) ([]Peer, []VXLANEntry) {
+	c := hb.c
+	dirty := hb.dirty(s, pe, c.diffs.setDiff)
 	hb.remotes = hb.remotes[:0]
 	for _, si := range dirty {
 		hb.slot[si] = 0
@@ -392,40 +404,7 @@ type serverMeta struct {
 // again is pe's.
 func (hb *hostBuilder) patch(s *server, pe *hostEntry) ([]Peer, []VXLANEntry) {
 	c := hb.c
-	dirty := hb.touched[:0]
-	mark := func(list []int32) {
-		for _, si := range list {
-			if si != s.idx && hb.slot[si] == 0 {
-				hb.slot[si] = 1
-				dirty = append(dirty, si)
-			}
-		}
-	}
-	for _, ha := range hb.apps {
-		np := ha.part
-		var op *hostPart
-		for _, q := range pe.parts {
-			if q.app == np.app {
-				op = q
-				break
-			}
-		}
-		if op == np {
-			continue
-		}
-		var old *reach
-		if op != nil {
-			old = op.reach
-		}
-		mark(c.diffs.diff(old, np.reach))
-	}
-	for _, op := range pe.parts {
-		if !slices.ContainsFunc(hb.apps, func(ha hostApp) bool { return ha.part.app == op.app }) {
-			mark(c.diffs.diff(op.reach, nil))
-		}
-	}
-	mark(c.diffs.metaDiff(pe.meta, c.meta))
-	slices.Sort(dirty)
+	dirty := hb.dirty(s, pe, c.diffs.diff)
 	for _, si := range dirty {
 		hb.slot[si] = 0
 	}
