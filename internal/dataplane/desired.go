@@ -96,13 +96,17 @@ func invalid(field, format string, args ...any) error {
 // The checks are the host-state contract's (hoststate.CheckNetwork), and
 // the data plane's own rule for guest interface names.
 func buildDesired(st compile.HostState) (*desired, error) {
-	if err := hoststate.CheckNetwork(st); err != nil {
+	// A derived state (schema 1.6) has its peers' allowed IPs and VXLAN
+	// entries' guests in its route groups: filled in once, here, and
+	// refused when they cannot be derived; CheckNetwork then checks the
+	// filled state as any other.
+	st, err := st.CheckedFilled()
+	if err == nil {
+		err = hoststate.CheckNetwork(st)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidState, err)
 	}
-	// A derived state (schema 1.6) has its peers' allowed IPs and VXLAN
-	// entries' guests in its route groups: indexed as it fills them
-	// (CheckNetwork refused one that cannot be derived).
-	st = st.Filled()
 	for i, g := range st.Guests {
 		if !strings.HasPrefix(g.HostIf, GuestIfPrefix) {
 			return nil, invalid(fmt.Sprintf("guests[%d].hostIf", i), "%q must start with %q and have at most 15 characters", g.HostIf, GuestIfPrefix)

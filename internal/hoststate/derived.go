@@ -66,9 +66,26 @@ func (st *State) Filled() State {
 	if !st.Derived {
 		return *st
 	}
+	enc, plain := st.derive(true, true)
+	return st.filledWith(enc, plain)
+}
+
+// CheckedFilled is Filled for a state CheckDerived accepts, and
+// CheckDerived's error otherwise: the lists derived once for both.
+func (st *State) CheckedFilled() (State, error) {
+	if !st.Derived {
+		return *st, nil
+	}
+	enc, plain, err := st.checkDerived()
+	if err != nil {
+		return State{}, err
+	}
+	return st.filledWith(enc, plain), nil
+}
+
+func (st *State) filledWith(enc [][]netip.Prefix, plain [][]netip.Addr) State {
 	x := *st
 	x.Derived = false
-	enc, plain := st.derive(true, true)
 	x.Peers = slices.Clone(st.Peers)
 	for i := range x.Peers {
 		x.Peers[i].AllowedIPs = enc[i]
@@ -195,18 +212,25 @@ func CheckDerived(st *State) error {
 	if !st.Derived {
 		return nil
 	}
+	_, _, err := st.checkDerived()
+	return err
+}
+
+// checkDerived is CheckDerived for a derived state, with the lists it
+// derived on the way.
+func (st *State) checkDerived() ([][]netip.Prefix, [][]netip.Addr, error) {
 	if len(st.Routes) > 0 {
 		// Routes outside groups name destinations no list would hold.
-		return invalid("routes", "a derived state holds its routes as route groups only")
+		return nil, nil, invalid("routes", "a derived state holds its routes as route groups only")
 	}
 	for i := range st.Peers {
 		if len(st.Peers[i].AllowedIPs) > 0 {
-			return invalid(fmt.Sprintf("peers[%d].allowedIPs", i), "a derived state's peers carry no allowed IPs")
+			return nil, nil, invalid(fmt.Sprintf("peers[%d].allowedIPs", i), "a derived state's peers carry no allowed IPs")
 		}
 	}
 	for i := range st.VXLAN {
 		if len(st.VXLAN[i].Guests) > 0 {
-			return invalid(fmt.Sprintf("vxlan[%d].guests", i), "a derived state's VXLAN entries carry no guests")
+			return nil, nil, invalid(fmt.Sprintf("vxlan[%d].guests", i), "a derived state's VXLAN entries carry no guests")
 		}
 	}
 	peers := map[string]bool{}
@@ -228,23 +252,23 @@ func CheckDerived(st *State) error {
 				continue
 			}
 			if g.Encrypt && !peers[d.Server] {
-				return invalid(fmt.Sprintf("routeGroups[%d].dests[%d].server", k, j), "derived state: no WireGuard peer for server %q", d.Server)
+				return nil, nil, invalid(fmt.Sprintf("routeGroups[%d].dests[%d].server", k, j), "derived state: no WireGuard peer for server %q", d.Server)
 			}
 			if !g.Encrypt && !vx[d.Server] {
-				return invalid(fmt.Sprintf("routeGroups[%d].dests[%d].server", k, j), "derived state: no VXLAN entry for server %q", d.Server)
+				return nil, nil, invalid(fmt.Sprintf("routeGroups[%d].dests[%d].server", k, j), "derived state: no VXLAN entry for server %q", d.Server)
 			}
 		}
 	}
 	enc, plain := st.derive(true, true)
 	for i := range enc {
 		if len(enc[i]) == 0 {
-			return invalid(fmt.Sprintf("peers[%d]", i), "derived state: no route group gives allowed IPs for server %q", st.Peers[i].Server)
+			return nil, nil, invalid(fmt.Sprintf("peers[%d]", i), "derived state: no route group gives allowed IPs for server %q", st.Peers[i].Server)
 		}
 	}
 	for i := range plain {
 		if len(plain[i]) == 0 {
-			return invalid(fmt.Sprintf("vxlan[%d]", i), "derived state: no route group gives guests for server %q", st.VXLAN[i].Server)
+			return nil, nil, invalid(fmt.Sprintf("vxlan[%d]", i), "derived state: no route group gives guests for server %q", st.VXLAN[i].Server)
 		}
 	}
-	return nil
+	return enc, plain, nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -226,6 +227,7 @@ func TestCheckDerived(t *testing.T) {
 		}{
 			{"Validate", func(s hoststate.State) error { return hoststate.Validate(s, hoststate.Options{Host: "h1"}) }},
 			{"CheckNetwork", hoststate.CheckNetwork},
+			{"CheckedFilled", func(s hoststate.State) error { _, err := s.CheckedFilled(); return err }},
 		} {
 			err := check.f(d)
 			if !errors.Is(err, hoststate.ErrInvalid) || !strings.Contains(err.Error(), c.field) {
@@ -237,5 +239,14 @@ func TestCheckDerived(t *testing.T) {
 		if err := hoststate.CheckDerived(&full); err != nil {
 			t.Fatalf("CheckDerived of a full state: %v", err)
 		}
+	}
+	// What CheckedFilled fills is what Filled does, and the full state.
+	d := derivedOf(full)
+	got, err := d.CheckedFilled()
+	if err != nil {
+		t.Fatalf("CheckedFilled of a derivable state: %v", err)
+	}
+	if want := d.Filled(); !reflect.DeepEqual(got, want) || !reflect.DeepEqual(got.Peers, full.Peers) || !reflect.DeepEqual(got.VXLAN, full.VXLAN) || got.Derived {
+		t.Fatalf("CheckedFilled:\n%+v\nwant Filled's, the full lists:\n%+v", got, want)
 	}
 }

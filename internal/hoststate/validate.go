@@ -129,10 +129,10 @@ func Validate(st State, opt Options) error {
 	}
 	// A derived state (schema 1.6) is checked with its lists as its
 	// groups give them, and refused when they cannot be derived.
-	if err := CheckDerived(&st); err != nil {
+	st, err := st.CheckedFilled()
+	if err != nil {
 		return err
 	}
-	st = st.Filled()
 	runtimes := opt.Runtimes
 	if runtimes == nil {
 		runtimes = []string{spec.RuntimeNetns, spec.RuntimeVM}
@@ -418,10 +418,11 @@ func UnmapPrefix(p netip.Prefix) (netip.Prefix, error) {
 // rules, each unique where it must be. The data plane calls it on every
 // state it applies; Validate calls it too.
 func CheckNetwork(st State) error {
-	if err := CheckDerived(&st); err != nil {
+	// The lists of a derived state, as its groups give them.
+	st, err := st.CheckedFilled()
+	if err != nil {
 		return err
 	}
-	st = st.Filled() // the lists of a derived state, as its groups give them
 	switch st.RotationPhase {
 	case "", RotationAnnounce, RotationCommit:
 	default:
