@@ -2,6 +2,7 @@ package compile
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"math/rand"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/corridor-dev/corridor/internal/hoststate"
+	"github.com/corridor-dev/corridor/internal/spec"
 )
 
 // withFullLists runs f with the compiler making every peer's and VXLAN
@@ -24,10 +26,17 @@ func withFullLists(f func()) {
 // its peers and VXLAN entries with their lists as the route groups give
 // them (Filled) equal to full's, and the same bytes for an agent of every
 // schema before 1.6. It returns how many hosts of derived are derived.
-func sameAsFull(t *testing.T, name string, derived, full *Plan) int {
+func sameAsFull(t *testing.T, name string, in Input, derived, full *Plan) int {
 	t.Helper()
 	if len(derived.Hosts) != len(full.Hosts) {
 		t.Fatalf("%s: %d hosts against %d", name, len(derived.Hosts), len(full.Hosts))
+	}
+	// The independent reference (fullLists), from the derived plan's
+	// paths and ingress entries, must agree with the lists made in full
+	// before it replaces them.
+	oracle := fullLists(t, in, derived)
+	if len(oracle) != len(full.Hosts) {
+		t.Fatalf("%s: the reference has %d hosts, the plan %d", name, len(oracle), len(full.Hosts))
 	}
 	n := 0
 	for i := range derived.Hosts {
@@ -58,6 +67,22 @@ func sameAsFull(t *testing.T, name string, derived, full *Plan) int {
 		wv, _ := json.Marshal(f.VXLAN)
 		if !bytes.Equal(gp, wp) || !bytes.Equal(gv, wv) {
 			t.Fatalf("%s, host %s: derived lists differ from the full ones:\npeers %s\n want %s\nvxlan %s\n want %s", name, d.Host, gp, wp, gv, wv)
+		}
+		ref := oracle[f.Host]
+		rp, _ := json.Marshal(ref.peers)
+		rv, _ := json.Marshal(ref.vxlan)
+		if !bytes.Equal(rp, wp) || !bytes.Equal(rv, wv) {
+			t.Fatalf("%s, host %s: the reference lists differ from the full ones:\npeers %s\n full %s\nvxlan %s\n full %s", name, d.Host, rp, wp, rv, wv)
+		}
+		oracled.hosts++
+		if !d.Derived && len(f.Peers)+len(f.VXLAN) > 0 {
+			oracled.full++
+		}
+		for _, pe := range ref.peers {
+			oracled.ips += len(pe.AllowedIPs)
+		}
+		for _, v := range ref.vxlan {
+			oracled.guests += len(v.Guests)
 		}
 		for _, schema := range []string{"", "1.3", "1.4", "1.5"} {
 			got, err1 := d.EncodeFor(schema)
@@ -95,6 +120,10 @@ func sameAsFull(t *testing.T, name string, derived, full *Plan) int {
 	return n
 }
 
+// oracled counts what sameAsFull compared with the reference: hosts, those
+// with lists held in full (links, ingress), allowed IPs, VXLAN guests.
+var oracled struct{ hosts, full, ips, guests int }
+
 // TestDerivedListsSameAsFull: the peers and VXLAN entries the compiler
 // leaves without lists (schema 1.6) are, filled from the route groups,
 // those it made in full before, on every host of every golden case
@@ -113,7 +142,7 @@ func TestDerivedListsSameAsFull(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
-		derived += sameAsFull(t, name, p, full)
+		derived += sameAsFull(t, name, in, p, full)
 	})
 	r := rand.New(rand.NewSource(6))
 	for it := range 60 {
@@ -131,7 +160,7 @@ func TestDerivedListsSameAsFull(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		derived += sameAsFull(t, "random "+itoa(it), p, full)
+		derived += sameAsFull(t, "random "+itoa(it), in, p, full)
 	}
 
 	servers, apps, div := 120, 8, 5
@@ -151,7 +180,7 @@ func TestDerivedListsSameAsFull(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n := sameAsFull(t, name, p, full)
+		n := sameAsFull(t, name, in, p, full)
 		if n == 0 {
 			t.Fatalf("%s: no derived host: the test guards nothing", name)
 		}
@@ -172,7 +201,24 @@ func TestDerivedListsSameAsFull(t *testing.T) {
 	// A server's meta changes: its entries on every host change.
 	in.Servers[3].PublicKey = "key-rotated"
 	step("fleet, new key")
+	// A hitless key rotation: its peers hold the next key beside the
+	// current one (announce), then as the current one (commit).
+	cur, next := wgKey(1), wgKey(2)
+	in.Servers[5].PublicKey = cur
+	in.Servers[5].Rotation = &spec.KeyRotation{Generation: 1, Phase: spec.RotationAnnounce, NextPublicKey: next}
+	step("fleet, rotation announced")
+	in.Servers[5].PublicKey, in.Servers[5].Rotation.Phase = next, spec.RotationCommit
+	step("fleet, rotation committed")
 	if derived == 0 {
 		t.Fatal("no derived host")
 	}
+	t.Logf("reference = full = derived, filled: %d hosts (%d derived, %d holding lists in full), %d allowed IPs, %d VXLAN guests",
+		oracled.hosts, derived, oracled.full, oracled.ips, oracled.guests)
+}
+
+// wgKey is a WireGuard public key (base64 of 32 bytes) made from b.
+func wgKey(b byte) string {
+	var k [32]byte
+	k[0] = b
+	return base64.StdEncoding.EncodeToString(k[:])
 }
