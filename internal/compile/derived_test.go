@@ -185,6 +185,13 @@ func TestDerivedListsSameAsFull(t *testing.T) {
 			t.Fatalf("%s: no derived host: the test guards nothing", name)
 		}
 		derived += n
+		// Afresh (every host made whole), against the full lists made
+		// through the cache.
+		fresh, err := Compile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		derived += sameAsFull(t, name+", afresh", in, fresh, full)
 		in.Current, in.Networks = assignments(p)
 	}
 	step("fleet")
@@ -198,6 +205,22 @@ func TestDerivedListsSameAsFull(t *testing.T) {
 		}
 		step("fleet, change " + itoa(i))
 	}
+	// A class (worker) on every server, then its rules' encryption
+	// flipped one by one: the hosts of its tasks reach a server that also
+	// runs a front task both ways, or one way only, and the way changes
+	// with one kind staying (patchDerived, reachDiffs.setDiff).
+	a1 := &in.Apps[1]
+	if r0, r2 := a1.Rules[0], a1.Rules[2]; r0.From != "front" || r0.To != "worker" || !r0.Encrypt || r2.From != "worker" || r2.To != "worker" || r2.Encrypt {
+		t.Fatalf("app %s: rules 0 and 2 are not front to worker, encrypted, and worker to itself, in plain: %+v", a1.Name, a1.Rules)
+	}
+	a1.Classes[1].Tasks = 2 * servers
+	step("fleet, a class on every server")
+	a1.Rules[0].Encrypt = false // front's servers: plain only
+	step("fleet, a rule in plain")
+	a1.Rules[2].Encrypt = true // front's servers: both ways
+	step("fleet, a self-rule encrypted")
+	a1.Rules[0].Encrypt = true // front's servers: encrypted only
+	step("fleet, the rule encrypted again")
 	// A server's meta changes: its entries on every host change.
 	in.Servers[3].PublicKey = "key-rotated"
 	step("fleet, new key")
