@@ -13,42 +13,30 @@ import (
 	"github.com/corridor-dev/corridor/internal/spec"
 )
 
-// withFullLists runs f with the compiler making every peer's and VXLAN
-// entry's list in full (deriveLists off), as it did before schema 1.6.
-func withFullLists(f func()) {
-	deriveLists = false
-	defer func() { deriveLists = true }()
-	f()
-}
+// listCounts is what sameAsReference compared: hosts, derived ones, those
+// holding lists in full (links, ingress), allowed IPs and VXLAN guests.
+type listCounts struct{ hosts, derived, full, ips, guests int }
 
-// sameAsFull fails t unless every host of derived (a plan made with
-// deriveLists) holds what the same host of full (made without) holds:
-// its peers and VXLAN entries with their lists as the route groups give
-// them (Filled) equal to full's, and the same bytes for an agent of every
-// schema before 1.6. It returns how many hosts of derived are derived.
-func sameAsFull(t *testing.T, name string, in Input, derived, full *Plan) int {
+// sameAsReference fails t unless every host of p holds the peers and
+// VXLAN entries that fullLists gives from in and p's paths and ingress
+// entries: with their lists as the route groups give them (Filled) for a
+// derived host, its own for another; and unless every encoding of a
+// derived host (json.Marshal, for an agent of every schema before 1.6,
+// and the 1.6 form filled back) gives the bytes of the same state with
+// the reference's lists written in. It adds what it compared to n.
+func sameAsReference(t *testing.T, name string, in Input, p *Plan, n *listCounts) {
 	t.Helper()
-	if len(derived.Hosts) != len(full.Hosts) {
-		t.Fatalf("%s: %d hosts against %d", name, len(derived.Hosts), len(full.Hosts))
+	ref := fullLists(t, in, p)
+	if len(ref) != len(p.Hosts) {
+		t.Fatalf("%s: the reference has %d hosts, the plan %d", name, len(ref), len(p.Hosts))
 	}
-	// The independent reference (fullLists), from the derived plan's
-	// paths and ingress entries, must agree with the lists made in full
-	// before it replaces them.
-	oracle := fullLists(t, in, derived)
-	if len(oracle) != len(full.Hosts) {
-		t.Fatalf("%s: the reference has %d hosts, the plan %d", name, len(oracle), len(full.Hosts))
-	}
-	n := 0
-	for i := range derived.Hosts {
-		d, f := &derived.Hosts[i], &full.Hosts[i]
-		if f.Derived {
-			t.Fatalf("%s, host %s: derived without deriveLists", name, f.Host)
-		}
+	for i := range p.Hosts {
+		d := &p.Hosts[i]
 		if d.Derived {
-			n++
-			for _, p := range d.Peers {
-				if p.AllowedIPs != nil {
-					t.Fatalf("%s, host %s: derived, but peer %s holds allowed IPs", name, d.Host, p.Server)
+			n.derived++
+			for _, pe := range d.Peers {
+				if pe.AllowedIPs != nil {
+					t.Fatalf("%s, host %s: derived, but peer %s holds allowed IPs", name, d.Host, pe.Server)
 				}
 			}
 			for _, v := range d.VXLAN {
@@ -59,42 +47,45 @@ func sameAsFull(t *testing.T, name string, in Input, derived, full *Plan) int {
 			if err := hoststate.CheckDerived(d); err != nil {
 				t.Fatalf("%s, host %s: %v", name, d.Host, err)
 			}
+		} else if len(d.Peers)+len(d.VXLAN) > 0 {
+			n.full++
 		}
-		x := d.Filled()
-		gp, _ := json.Marshal(x.Peers)
+		n.hosts++
+		r, ok := ref[d.Host]
+		if !ok {
+			t.Fatalf("%s, host %s: not in the reference", name, d.Host)
+		}
+		for _, pe := range r.peers {
+			n.ips += len(pe.AllowedIPs)
+		}
+		for _, v := range r.vxlan {
+			n.guests += len(v.Guests)
+		}
+		// f is the host as it would be with the reference's lists held in
+		// full.
+		f := d.Filled()
+		f.Peers, f.VXLAN = r.peers, r.vxlan
+		gp, _ := json.Marshal(d.Filled().Peers)
 		wp, _ := json.Marshal(f.Peers)
-		gv, _ := json.Marshal(x.VXLAN)
+		gv, _ := json.Marshal(d.Filled().VXLAN)
 		wv, _ := json.Marshal(f.VXLAN)
 		if !bytes.Equal(gp, wp) || !bytes.Equal(gv, wv) {
-			t.Fatalf("%s, host %s: derived lists differ from the full ones:\npeers %s\n want %s\nvxlan %s\n want %s", name, d.Host, gp, wp, gv, wv)
+			t.Fatalf("%s, host %s (derived %v): the lists differ from the reference's:\npeers %s\n want %s\nvxlan %s\n want %s", name, d.Host, d.Derived, gp, wp, gv, wv)
 		}
-		ref := oracle[f.Host]
-		rp, _ := json.Marshal(ref.peers)
-		rv, _ := json.Marshal(ref.vxlan)
-		if !bytes.Equal(rp, wp) || !bytes.Equal(rv, wv) {
-			t.Fatalf("%s, host %s: the reference lists differ from the full ones:\npeers %s\n full %s\nvxlan %s\n full %s", name, d.Host, rp, wp, rv, wv)
-		}
-		oracled.hosts++
-		if !d.Derived && len(f.Peers)+len(f.VXLAN) > 0 {
-			oracled.full++
-		}
-		for _, pe := range ref.peers {
-			oracled.ips += len(pe.AllowedIPs)
-		}
-		for _, v := range ref.vxlan {
-			oracled.guests += len(v.Guests)
+		if !d.Derived {
+			continue
 		}
 		for _, schema := range []string{"", "1.3", "1.4", "1.5"} {
 			got, err1 := d.EncodeFor(schema)
 			want, err2 := f.EncodeFor(schema)
 			if err1 != nil || err2 != nil || !bytes.Equal(got, want) {
-				t.Fatalf("%s, host %s: EncodeFor(%q) differs from the full state's (%v, %v):\n got %.400s\nwant %.400s", name, d.Host, schema, err1, err2, got, want)
+				t.Fatalf("%s, host %s: EncodeFor(%q) differs from the state with the reference's lists (%v, %v):\n got %.400s\nwant %.400s", name, d.Host, schema, err1, err2, got, want)
 			}
 		}
 		got, _ := json.Marshal(d)
-		want, _ := json.Marshal(f)
+		want, _ := json.Marshal(&f)
 		if !bytes.Equal(got, want) {
-			t.Fatalf("%s, host %s: json.Marshal differs from the full state's", name, d.Host)
+			t.Fatalf("%s, host %s: json.Marshal differs from the state with the reference's lists", name, d.Host)
 		}
 		// An agent of 1.6 gets the derived form, which it fills into
 		// the same lists.
@@ -106,7 +97,7 @@ func sameAsFull(t *testing.T, name string, in Input, derived, full *Plan) int {
 		if err := json.Unmarshal(b, &back); err != nil {
 			t.Fatal(err)
 		}
-		if back.Derived != d.Derived || (d.Derived && back.Schema != hoststate.SchemaDerived) {
+		if !back.Derived || back.Schema != hoststate.SchemaDerived {
 			t.Fatalf("%s, host %s: EncodeFor(1.6) gives derived %v, schema %s", name, d.Host, back.Derived, back.Schema)
 		}
 		bx := back.Filled()
@@ -117,32 +108,24 @@ func sameAsFull(t *testing.T, name string, in Input, derived, full *Plan) int {
 			t.Fatalf("%s, host %s: the 1.6 form's VXLAN entries, filled: %s\nwant %s", name, d.Host, g, wv)
 		}
 	}
-	return n
 }
 
-// oracled counts what sameAsFull compared with the reference: hosts, those
-// with lists held in full (links, ingress), allowed IPs, VXLAN guests.
-var oracled struct{ hosts, full, ips, guests int }
-
-// TestDerivedListsSameAsFull: the peers and VXLAN entries the compiler
-// leaves without lists (schema 1.6) are, filled from the route groups,
-// those it made in full before, on every host of every golden case
-// (links, ingress, egress, pending tasks, key rotation, drains), of
-// random inputs (links between apps among them), of a sized fleet and of
-// recompiles through the cache after one-class changes; and every agent
-// of an older schema gets byte for byte the bytes it got before.
-func TestDerivedListsSameAsFull(t *testing.T) {
-	derived := 0
+// TestDerivedListsSameAsReference: the peers and VXLAN entries the
+// compiler leaves without lists (schema 1.6) are, filled from the route
+// groups, those the plan's paths and ingress entries give (fullLists), and
+// so are the lists of the hosts that hold them in full (links, ingress),
+// on every host of every golden case (links, ingress, egress, pending
+// tasks, drains), of random inputs (links between apps among them), of a
+// sized fleet and of recompiles through the cache after one-class
+// changes, a server's new key and a key rotation; and every agent of an
+// older schema gets the bytes of the state with those lists written in.
+// (Until schema 1.6's derived form had been checked against it on all of
+// these, fullLists was checked equal to the lists the compiler then made
+// in full.)
+func TestDerivedListsSameAsReference(t *testing.T) {
+	var n listCounts
 	eachGoldenPlan(t, func(name string, p *Plan) {
-		in := loadCase(t, filepath.Join("testdata", name))
-		var full *Plan
-		withFullLists(func() {
-			var err error
-			if full, err = Compile(in); err != nil {
-				t.Fatal(err)
-			}
-		})
-		derived += sameAsFull(t, name, in, p, full)
+		sameAsReference(t, name, loadCase(t, filepath.Join("testdata", name)), p, &n)
 	})
 	r := rand.New(rand.NewSource(6))
 	for it := range 60 {
@@ -155,12 +138,7 @@ func TestDerivedListsSameAsFull(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var full *Plan
-		withFullLists(func() { full, err = Compile(in) })
-		if err != nil {
-			t.Fatal(err)
-		}
-		derived += sameAsFull(t, "random "+itoa(it), in, p, full)
+		sameAsReference(t, "random "+itoa(it), in, p, &n)
 	}
 
 	servers, apps, div := 120, 8, 5
@@ -168,30 +146,25 @@ func TestDerivedListsSameAsFull(t *testing.T) {
 		servers, apps, div = 30, 4, 20
 	}
 	in := sizedFleet(servers, apps, div)
-	var kd, kf Cache
+	var k Cache
+	// Each step compiles through the cache (most hosts patched over their
+	// last state) and afresh (every host made whole).
 	step := func(name string) {
 		t.Helper()
-		p, err := kd.Compile(in)
+		p, err := k.Compile(in)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var full *Plan
-		withFullLists(func() { full, err = kf.Compile(in) })
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := sameAsFull(t, name, in, p, full)
-		if n == 0 {
+		d0 := n.derived
+		sameAsReference(t, name, in, p, &n)
+		if n.derived == d0 {
 			t.Fatalf("%s: no derived host: the test guards nothing", name)
 		}
-		derived += n
-		// Afresh (every host made whole), against the full lists made
-		// through the cache.
 		fresh, err := Compile(in)
 		if err != nil {
 			t.Fatal(err)
 		}
-		derived += sameAsFull(t, name+", afresh", in, fresh, full)
+		sameAsReference(t, name+", afresh", in, fresh, &n)
 		in.Current, in.Networks = assignments(p)
 	}
 	step("fleet")
@@ -232,11 +205,10 @@ func TestDerivedListsSameAsFull(t *testing.T) {
 	step("fleet, rotation announced")
 	in.Servers[5].PublicKey, in.Servers[5].Rotation.Phase = next, spec.RotationCommit
 	step("fleet, rotation committed")
-	if derived == 0 {
-		t.Fatal("no derived host")
+	if n.derived == 0 || n.full == 0 {
+		t.Fatalf("%d derived hosts, %d holding lists in full: the test guards too little", n.derived, n.full)
 	}
-	t.Logf("reference = full = derived, filled: %d hosts (%d derived, %d holding lists in full), %d allowed IPs, %d VXLAN guests",
-		oracled.hosts, derived, oracled.full, oracled.ips, oracled.guests)
+	t.Logf("%d hosts (%d derived, %d holding lists in full), %d allowed IPs, %d VXLAN guests", n.hosts, n.derived, n.full, n.ips, n.guests)
 }
 
 // wgKey is a WireGuard public key (base64 of 32 bytes) made from b.
