@@ -69,10 +69,10 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 	// they compute go into the cache's entries after they are done.
 	workers := min(runtime.GOMAXPROCS(0), hostWorkers, max(1, n/minHostsPerWorker))
 	for _, a := range c.apps {
-		// The tasks by address make the classes' destination lists and the
-		// reaches: an app whose entry the cache has, unchanged, needs
-		// neither (its lists and parts are the entry's).
-		if !memo || len(a.entry.parts) == 0 || a.entry.dests == nil {
+		// The tasks by address make the classes' destination lists: an
+		// app whose entry the cache has, unchanged, needs none (its lists
+		// are the entry's, classDests).
+		if !memo || a.entry.dests == nil {
 			a.byAddr = slices.Clone(a.tasks)
 			slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
 		}

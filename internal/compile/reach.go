@@ -59,18 +59,11 @@ func (hb *hostBuilder) reach(a *app, srcs [][2][]netip.Addr) *reach {
 
 // makeReach makes app a's reach of the (class, encryption) pairs set in
 // key (two bytes per class in spec order: plain, encrypted): one pass
-// over the app's tasks, counting per server.
+// over the app's tasks, in any order, counting per server.
 func (hb *hostBuilder) makeReach(a *app, key []byte) *reach {
 	c := hb.c
-	if a.byAddr == nil {
-		// Left out by hosts() for an unchanged cached app, whose parts
-		// are all the entry's; made here, under a.reaches' lock, should a
-		// part be wanted all the same.
-		a.byAddr = slices.Clone(a.tasks)
-		slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
-	}
 	touched := hb.touched[:0]
-	for _, ti := range a.byAddr {
+	for _, ti := range a.tasks {
 		t := &c.tasks[ti]
 		k := key[2*t.class.pos:]
 		if k[0] == 0 && k[1] == 0 {
@@ -95,6 +88,7 @@ func (hb *hostBuilder) makeReach(a *app, key []byte) *reach {
 	hb.touched = touched[:0]
 	return r
 }
+
 func b2byte(b bool) byte {
 	if b {
 		return 1
