@@ -69,10 +69,10 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 	// they compute go into the cache's entries after they are done.
 	workers := min(runtime.GOMAXPROCS(0), hostWorkers, max(1, n/minHostsPerWorker))
 	for _, a := range c.apps {
-		// The tasks by address make the classes' destination lists and the
-		// reaches: an app whose entry the cache has, unchanged, needs
-		// neither (its lists and parts are the entry's).
-		if !memo || len(a.entry.parts) == 0 || a.entry.dests == nil {
+		// The tasks by address make the classes' destination lists: an
+		// app whose entry the cache has, unchanged, needs none (its lists
+		// are the entry's, classDests).
+		if !memo || a.entry.dests == nil {
 			a.byAddr = slices.Clone(a.tasks)
 			slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
 		}
@@ -256,7 +256,7 @@ type hostBuilder struct {
 	entries  []namedEntry
 	newParts []newPart
 	mac      []string // VTEPMAC per server, made when first needed
-	slot     []int32  // per server: 1 + its index in remotes, 0 if none
+	slot     []int32  // per server: its slot flags in derivedEntries, 1 if dirty (hostBuilder.dirty), else 0
 	nEnc     []int32  // per server: remote tasks reached encrypted
 	nPlain   []int32  // per server: remote tasks reached in plain
 	touched  []int32  // servers with a count, for resetting
@@ -267,35 +267,28 @@ type hostBuilder struct {
 	// rules and routes here until they are copied into the host's state.
 	guests   []Guest
 	firewall []FirewallRule
-	// Scratch space for a host rebuilt over its cached state (build's
-	// prev): merged remote lists, peers and VXLAN entries, and which of
-	// those point into the merged lists.
-	encBuf                 []netip.Prefix
-	plainBuf               []netip.Addr
-	peers                  []Peer
-	vxlan                  []VXLANEntry
-	encMerged, plainMerged []bool
-	key                    []byte // a reach's key (reach.go)
+	// derivedEntries' peers and VXLAN entries, before they are compared
+	// with the last state's.
+	peers []Peer
+	vxlan []VXLANEntry
+	key   []byte // a reach's key (reach.go)
 }
 
-// remoteCount is how many remote guests of one server a reach lists, and
-// where they start in its lists.
-type remoteCount struct{ server, nEnc, nPlain, oEnc, oPlain int32 }
+// remoteCount is how many guests of one server a reach reaches encrypted
+// and in plain.
+type remoteCount struct{ server, nEnc, nPlain int32 }
 
-// remoteMerge is what the host being built reaches on one remote server,
-// over all its apps.
+// remoteMerge is how the host being built reaches one remote server, over
+// all its apps (patchDerived).
 type remoteMerge struct {
 	server               int32
-	encParts, plainParts int // parts with a non-empty list
-	nEnc, nPlain         int
-	enc                  []netip.Prefix
-	plain                []netip.Addr
+	encParts, plainParts int // parts that reach it encrypted, in plain
 }
 
 // hostApp is one app of the host being built and its part. A part
-// computed for this host (fresh) has its remote lists and routes filled
-// only once the host's route slice is made (fill), so that its routes are
-// written once, in place, and not copied from scratch space.
+// computed for this host (fresh) has its route groups made only once the
+// host's slice of them is (appendGroups), so that they are written once,
+// in place, and not copied from scratch space.
 type hostApp struct {
 	a     *app
 	part  *hostPart
@@ -306,25 +299,22 @@ type hostApp struct {
 
 // hostPart is what one app contributes to one host's state. Its slices are
 // read-only: once the host is assembled they point into the host's own
-// slices (guests, firewall, routes) or are shared with its peers and VXLAN
-// entries (the reach's lists, shared with other hosts too).
+// slices (guests, firewall, routes).
 type hostPart struct {
 	app      string         // the app's name
 	guests   []Guest        // in plan order
 	firewall []FirewallRule // in the host's firewall order
 	groups   []RouteGroup   // by class (spec order), plain first
-	// Remote guests reached encrypted and in plain: reach's, but for
-	// those on the host itself (self, its server index). nil: none.
+	// The servers whose guests the app's route groups reach, the host's
+	// own among them. nil: none.
 	reach *reach
-	self  int32
 }
 
 // build makes host s's state. With pe (the host's entry in the cache,
 // whose state this one replaces), its peers and VXLAN entries are pe's,
-// patched where the parts changed (patch); when pe's state is not only
-// its parts' (links), the merged remote lists, peers and VXLAN entries are
-// made in scratch space first, and those equal to pe's are taken from pe
-// (shared, read-only) instead of allocated anew.
+// patched where the parts changed (patchDerived); when pe's state is not
+// only its parts' (links, or not derived), they are made again and taken
+// from pe where equal (derivedEntries).
 func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
 	var prev *HostState
 	if pe != nil {
@@ -394,87 +384,22 @@ func (hb *hostBuilder) build(s *server, memo bool, pe *hostEntry) HostState {
 		ha.part.groups = hs.RouteGroups[g0:len(hs.RouteGroups):len(hs.RouteGroups)]
 		ha.srcs = nil
 	}
-	// Peers and VXLAN entries: per remote server, the remote guests of
-	// every app, in network order (so by address). Each part's lists are
-	// its reach's (reach.go), shared by every host of the app whose local
-	// tasks reach the same classes: a host's list made by one part only is
-	// that part's slice, the others are merged into one buffer per host.
-	if deriveLists {
-		// Schema 1.6: the peers and VXLAN entries without their lists,
-		// which are the route groups' (hoststate.State.Derived). They
-		// change only when the servers reached or their meta change.
-		// addLinks and addIngress fill them in for a host whose lists
-		// are more than that.
-		if pe != nil && pe.parts != nil && !pe.linked && (pe.state.Derived || len(pe.state.Peers)+len(pe.state.VXLAN) == 0) {
-			// Only the servers that a changed part reaches otherwise
-			// (another way, or no longer), or whose meta changed, can
-			// have other entries than the last state's.
-			hs.Peers, hs.VXLAN = hb.patchDerived(s, pe)
-		} else {
-			hs.Peers, hs.VXLAN = hb.derivedEntries(s, prev)
-		}
-		hs.Derived = len(hs.Peers)+len(hs.VXLAN) > 0
-		hs.Outbound = c.outbound(hs.Guests)
-		return hs
-	}
-	if pe != nil && pe.parts != nil && !pe.linked {
-		// Only the remote servers where a changed part reaches other
-		// guests than before can have other lists: the rest of prev's
-		// peers and VXLAN entries are kept as they are.
-		hs.Peers, hs.VXLAN = hb.patch(s, pe)
-		hs.Outbound = c.outbound(hs.Guests)
-		return hs
-	}
-	hb.merge(prev)
-	slices.Sort(hb.touched)
-	nPeers, nVX := 0, 0
-	for _, rs := range hb.touched {
-		r := &hb.remotes[hb.slot[rs]-1]
-		if len(r.enc) > 0 {
-			nPeers++
-		}
-		if len(r.plain) > 0 {
-			nVX++
-		}
-	}
-	if prev != nil {
-		hs.Peers, hs.VXLAN = hb.peers[:0], hb.vxlan[:0]
-		hb.encMerged, hb.plainMerged = hb.encMerged[:0], hb.plainMerged[:0]
+	// Schema 1.6: the peers and VXLAN entries without their lists, which
+	// are the route groups' (hoststate.State.Derived). They change only
+	// when the servers reached or their meta change. addLinks and
+	// addIngress fill them in for a host whose lists are more than that.
+	if pe != nil && pe.parts != nil && !pe.linked && (pe.state.Derived || len(pe.state.Peers)+len(pe.state.VXLAN) == 0) {
+		// Only the servers that a changed part reaches otherwise
+		// (another way, or no longer), or whose meta changed, can have
+		// other entries than the last state's.
+		hs.Peers, hs.VXLAN = hb.patchDerived(s, pe)
 	} else {
-		hs.Peers = make([]Peer, 0, nPeers)
-		hs.VXLAN = make([]VXLANEntry, 0, nVX)
+		hs.Peers, hs.VXLAN = hb.derivedEntries(s, prev)
 	}
-	for _, si := range hb.touched {
-		r := &hb.remotes[hb.slot[si]-1]
-		hb.slot[si] = 0
-		rs := c.servers[si]
-		if len(r.enc) > 0 {
-			hs.Peers = append(hs.Peers, Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
-				Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort)), AllowedIPs: r.enc})
-			hb.encMerged = append(hb.encMerged, r.encParts > 1)
-		}
-		if len(r.plain) > 0 {
-			if hb.mac[si] == "" {
-				hb.mac[si] = VTEPMAC(rs.addr)
-			}
-			hs.VXLAN = append(hs.VXLAN, VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr,
-				MAC: hb.mac[si], Guests: r.plain})
-			hb.plainMerged = append(hb.plainMerged, r.plainParts > 1)
-		}
-	}
-	if prev != nil {
-		hb.peers, hb.vxlan = hs.Peers, hs.VXLAN
-		hs.Peers = keepPeers(prev.Peers, hs.Peers, hb.encMerged)
-		hs.VXLAN = keepVXLAN(prev.VXLAN, hs.VXLAN, hb.plainMerged)
-	}
+	hs.Derived = len(hs.Peers)+len(hs.VXLAN) > 0
 	hs.Outbound = c.outbound(hs.Guests)
 	return hs
 }
-
-// deriveLists makes the compiler leave out the lists of peers and VXLAN
-// entries that the route groups give (hoststate.State.Derived). Only
-// tests turn it off, to compare with the lists made in full.
-var deriveLists = true
 
 // Flags of a server in hostBuilder.slot while derivedEntries runs.
 const (
@@ -557,168 +482,6 @@ func (hb *hostBuilder) derivedEntries(s *server, prev *HostState) ([]Peer, []VXL
 	return outP, outV
 }
 
-// keepPeers is cur, made in scratch space, as a slice of its own: prev
-// itself when cur equals it, else a copy whose allowed IPs are prev's
-// where equal (for the same server). merged says which of cur's allowed
-// IPs are in scratch space (the others belong to a part, and are kept).
-// Both lists are sorted by server name.
-func keepPeers(prev, cur []Peer, merged []bool) []Peer {
-	same := len(prev) == len(cur)
-	j := 0
-	for i := range cur {
-		p := &cur[i]
-		for j < len(prev) && prev[j].Server < p.Server {
-			j++
-		}
-		if j < len(prev) && prev[j].Server == p.Server && slices.Equal(prev[j].AllowedIPs, p.AllowedIPs) {
-			p.AllowedIPs = prev[j].AllowedIPs
-			same = same && i == j && prev[j].PublicKey == p.PublicKey && prev[j].NextPublicKey == p.NextPublicKey && prev[j].Endpoint == p.Endpoint
-			continue
-		}
-		same = false
-		if merged[i] {
-			p.AllowedIPs = slices.Clone(p.AllowedIPs)
-		}
-	}
-	if same {
-		return prev
-	}
-	out := make([]Peer, len(cur))
-	copy(out, cur)
-	return out
-}
-
-// keepVXLAN is keepPeers for VXLAN entries and their guests.
-func keepVXLAN(prev, cur []VXLANEntry, merged []bool) []VXLANEntry {
-	same := len(prev) == len(cur)
-	j := 0
-	for i := range cur {
-		v := &cur[i]
-		for j < len(prev) && prev[j].Server < v.Server {
-			j++
-		}
-		if j < len(prev) && prev[j].Server == v.Server && slices.Equal(prev[j].Guests, v.Guests) {
-			v.Guests = prev[j].Guests
-			same = same && i == j && prev[j].Underlay == v.Underlay && prev[j].MAC == v.MAC
-			continue
-		}
-		same = false
-		if merged[i] {
-			v.Guests = slices.Clone(v.Guests)
-		}
-	}
-	if same {
-		return prev
-	}
-	out := make([]VXLANEntry, len(cur))
-	copy(out, cur)
-	return out
-}
-
-// merge lists in hb.remotes (and hb.touched, hb.slot) the remote servers
-// of the host's parts, with the remote guests each reaches encrypted and in
-// plain over all parts, in network order: a list made by one part only is
-// that part's slice (its reach's, shared); the others are filled from one
-// buffer per host (scratch space with prev, see build).
-func (hb *hostBuilder) merge(prev *HostState) {
-	hb.touched = hb.touched[:0]
-	hb.remotes = hb.remotes[:0]
-	// First pass: count, and take each server's first list.
-	for _, ha := range hb.apps {
-		p := ha.part
-		r := p.reach
-		if r == nil {
-			continue
-		}
-		var oe, op int32
-		for _, rc := range r.remotes {
-			e0, p0 := oe, op
-			oe += rc.nEnc
-			op += rc.nPlain
-			if rc.server == p.self {
-				continue
-			}
-			sl := hb.slot[rc.server]
-			if sl == 0 {
-				hb.remotes = append(hb.remotes, remoteMerge{server: rc.server})
-				sl = int32(len(hb.remotes))
-				hb.slot[rc.server] = sl
-				hb.touched = append(hb.touched, rc.server)
-			}
-			m := &hb.remotes[sl-1]
-			if rc.nEnc > 0 {
-				if m.encParts == 0 {
-					m.enc = r.enc[e0:oe:oe]
-				}
-				m.encParts++
-				m.nEnc += int(rc.nEnc)
-			}
-			if rc.nPlain > 0 {
-				if m.plainParts == 0 {
-					m.plain = r.plain[p0:op:op]
-				}
-				m.plainParts++
-				m.nPlain += int(rc.nPlain)
-			}
-		}
-	}
-	var nEnc, nPlain int
-	for i := range hb.remotes {
-		if m := &hb.remotes[i]; m.encParts > 1 {
-			nEnc += m.nEnc
-		}
-		if m := &hb.remotes[i]; m.plainParts > 1 {
-			nPlain += m.nPlain
-		}
-	}
-	if nEnc+nPlain == 0 {
-		return
-	}
-	var encBuf []netip.Prefix
-	var plainBuf []netip.Addr
-	if prev != nil {
-		hb.encBuf = slices.Grow(hb.encBuf[:0], nEnc)
-		hb.plainBuf = slices.Grow(hb.plainBuf[:0], nPlain)
-		encBuf, plainBuf = hb.encBuf[:nEnc], hb.plainBuf[:nPlain]
-	} else {
-		encBuf = make([]netip.Prefix, nEnc)
-		plainBuf = make([]netip.Addr, nPlain)
-	}
-	for i := range hb.remotes {
-		m := &hb.remotes[i]
-		if m.encParts > 1 {
-			m.enc, encBuf = encBuf[:0:m.nEnc], encBuf[m.nEnc:]
-		}
-		if m.plainParts > 1 {
-			m.plain, plainBuf = plainBuf[:0:m.nPlain], plainBuf[m.nPlain:]
-		}
-	}
-	// Second pass: the merged lists, part after part (network order).
-	for _, ha := range hb.apps {
-		p := ha.part
-		r := p.reach
-		if r == nil {
-			continue
-		}
-		var oe, op int32
-		for _, rc := range r.remotes {
-			e0, p0 := oe, op
-			oe += rc.nEnc
-			op += rc.nPlain
-			if rc.server == p.self {
-				continue
-			}
-			m := &hb.remotes[hb.slot[rc.server]-1]
-			if m.encParts > 1 {
-				m.enc = append(m.enc, r.enc[e0:oe]...)
-			}
-			if m.plainParts > 1 {
-				m.plain = append(m.plain, r.plain[p0:op]...)
-			}
-		}
-	}
-}
-
 // appendPart appends part to *dst, which has room for it, and returns the
 // copy, full.
 func appendPart[T any](dst *[]T, part []T) []T {
@@ -749,7 +512,7 @@ func (hb *hostBuilder) part(s *server, a *app) (*hostPart, [][2][]netip.Addr, in
 			strings.Compare(x.Protocol, y.Protocol), strings.Compare(x.Direction, y.Direction))
 	})
 
-	p.reach, p.self = hb.reach(a, srcs), s.idx
+	p.reach = hb.reach(a, srcs)
 	nGroups := 0
 	for _, cs := range srcs {
 		for _, src := range cs {

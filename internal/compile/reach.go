@@ -8,19 +8,15 @@ import (
 )
 
 // reach is what the hosts of one app whose local tasks have routes to the
-// same (class, encryption) pairs reach on every server: the app's tasks of
-// those classes, grouped by server, as peers' allowed IPs (encrypted) and
-// VXLAN guests (plain). A host's part takes every server's lists but its
-// own (hostPart.each), so one reach serves every host with that set of
-// pairs, wherever it is: an app of 200 tasks on 200 hosts has a handful
-// of reaches, not 200 copies of nearly the same lists. Its slices are
-// read-only, shared by the parts and the host states that take them.
+// same (class, encryption) pairs reach on every server: how many of the
+// app's tasks of those classes each server runs, encrypted (a peer) and
+// in plain (a VXLAN entry). The lists themselves are the route groups'
+// (derived states, schema 1.6). A host takes every server but its own, so
+// one reach serves every host with that set of pairs, wherever it is: an
+// app of 200 tasks on 200 hosts has a handful of reaches, not 200. It is
+// read-only, shared by the parts that take it.
 type reach struct {
-	remotes []remoteCount // servers with a task in the lists, by index
-	// The guests by server (in remotes' order), then by address: nil
-	// with deriveLists (only the counts are kept).
-	enc   []netip.Prefix
-	plain []netip.Addr
+	remotes []remoteCount // servers with a task reached, by index
 }
 
 // reachSet is an app's reaches in one compile, by key (hostBuilder.reach).
@@ -62,21 +58,12 @@ func (hb *hostBuilder) reach(a *app, srcs [][2][]netip.Addr) *reach {
 }
 
 // makeReach makes app a's reach of the (class, encryption) pairs set in
-// key (two bytes per class in spec order: plain, encrypted). Two passes
-// over the app's tasks by address: count per server, then fill lists of
-// the exact size; each server's lists come out sorted.
+// key (two bytes per class in spec order: plain, encrypted): one pass
+// over the app's tasks, in any order, counting per server.
 func (hb *hostBuilder) makeReach(a *app, key []byte) *reach {
 	c := hb.c
-	if a.byAddr == nil {
-		// Left out by hosts() for an unchanged cached app, whose parts
-		// are all the entry's; made here, under a.reaches' lock, should a
-		// part be wanted all the same.
-		a.byAddr = slices.Clone(a.tasks)
-		slices.SortFunc(a.byAddr, func(x, y int32) int { return c.tasks[x].addr.Compare(c.tasks[y].addr) })
-	}
 	touched := hb.touched[:0]
-	nEnc, nPlain := 0, 0
-	for _, ti := range a.byAddr {
+	for _, ti := range a.tasks {
 		t := &c.tasks[ti]
 		k := key[2*t.class.pos:]
 		if k[0] == 0 && k[1] == 0 {
@@ -87,47 +74,15 @@ func (hb *hostBuilder) makeReach(a *app, key []byte) *reach {
 		}
 		if k[0] != 0 {
 			hb.nPlain[t.server]++
-			nPlain++
 		}
 		if k[1] != 0 {
 			hb.nEnc[t.server]++
-			nEnc++
 		}
 	}
 	slices.Sort(touched)
 	r := &reach{remotes: make([]remoteCount, len(touched))}
-	if deriveLists {
-		// Derived states (schema 1.6) take only the servers reached and
-		// their counts: the lists are the route groups'.
-		for i, s := range touched {
-			r.remotes[i] = remoteCount{server: s, nEnc: hb.nEnc[s], nPlain: hb.nPlain[s]}
-			hb.nEnc[s], hb.nPlain[s] = 0, 0
-		}
-		hb.touched = touched[:0]
-		return r
-	}
-	r.enc, r.plain = make([]netip.Prefix, nEnc), make([]netip.Addr, nPlain)
-	// nEnc and nPlain become each server's next free position.
-	var oe, op int32
 	for i, s := range touched {
-		r.remotes[i] = remoteCount{server: s, nEnc: hb.nEnc[s], nPlain: hb.nPlain[s], oEnc: oe, oPlain: op}
-		hb.nEnc[s], hb.nPlain[s] = oe, op
-		oe += r.remotes[i].nEnc
-		op += r.remotes[i].nPlain
-	}
-	for _, ti := range a.byAddr {
-		t := &c.tasks[ti]
-		k := key[2*t.class.pos:]
-		if k[0] != 0 {
-			r.plain[hb.nPlain[t.server]] = t.addr
-			hb.nPlain[t.server]++
-		}
-		if k[1] != 0 {
-			r.enc[hb.nEnc[t.server]] = netip.PrefixFrom(t.addr, t.addr.BitLen())
-			hb.nEnc[t.server]++
-		}
-	}
-	for _, s := range touched {
+		r.remotes[i] = remoteCount{server: s, nEnc: hb.nEnc[s], nPlain: hb.nPlain[s]}
 		hb.nEnc[s], hb.nPlain[s] = 0, 0
 	}
 	hb.touched = touched[:0]
@@ -141,24 +96,13 @@ func b2byte(b bool) byte {
 	return 0
 }
 
-// lists are r's guests on server si, encrypted and in plain (full slices).
-func (r *reach) lists(si int32) ([]netip.Prefix, []netip.Addr) {
-	i, ok := slices.BinarySearchFunc(r.remotes, si, func(rc remoteCount, si int32) int { return int(rc.server - si) })
-	if !ok {
-		return nil, nil
-	}
-	rc := r.remotes[i]
-	e, p := rc.oEnc+rc.nEnc, rc.oPlain+rc.nPlain
-	return r.enc[rc.oEnc:e:e], r.plain[rc.oPlain:p:p]
-}
-
 // reachDiffs remembers, per pair of reaches (old, new) of one app, the
-// servers whose lists differ between them: every rebuilt host with the
-// same pair of parts asks for the same difference; likewise per earlier
-// compile's meta, the servers whose meta differs from this compile's.
+// servers reached another way by them (setDiff): every rebuilt host with
+// the same pair of parts asks for the same difference; likewise per
+// earlier compile's meta, the servers whose meta differs from this
+// compile's.
 type reachDiffs struct {
 	mu   sync.Mutex
-	m    map[[2]*reach][]int32
 	sets map[[2]*reach][]int32 // setDiff's
 	meta map[*serverMeta][]int32
 }
@@ -191,53 +135,10 @@ func (d *reachDiffs) metaDiff(old, now []serverMeta) []int32 {
 	return out
 }
 
-// diff is the servers whose lists differ between old and new (either may
-// be nil: no lists), in increasing order.
-func (d *reachDiffs) diff(old, new *reach) []int32 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	k := [2]*reach{old, new}
-	if out, ok := d.m[k]; ok {
-		return out
-	}
-	var a, b []remoteCount
-	if old != nil {
-		a = old.remotes
-	}
-	if new != nil {
-		b = new.remotes
-	}
-	out := []int32{}
-	i, j := 0, 0
-	for i < len(a) || j < len(b) {
-		switch {
-		case j == len(b) || (i < len(a) && a[i].server < b[j].server):
-			out = append(out, a[i].server)
-			i++
-		case i == len(a) || b[j].server < a[i].server:
-			out = append(out, b[j].server)
-			j++
-		default:
-			x, y := a[i], b[j]
-			if !slices.Equal(old.enc[x.oEnc:x.oEnc+x.nEnc], new.enc[y.oEnc:y.oEnc+y.nEnc]) ||
-				!slices.Equal(old.plain[x.oPlain:x.oPlain+x.nPlain], new.plain[y.oPlain:y.oPlain+y.nPlain]) {
-				out = append(out, x.server)
-			}
-			i++
-			j++
-		}
-	}
-	if d.m == nil {
-		d.m = make(map[[2]*reach][]int32)
-	}
-	d.m[k] = out
-	return out
-}
-
 // setDiff is the servers reached another way by old and new (either may
 // be nil: nothing reached): reached by one only, or encrypted or in plain
-// by one only. The lists themselves are not compared (derived states,
-// schema 1.6, hold none), in increasing order.
+// by one only, in increasing order. The guests reached are not compared:
+// derived states (schema 1.6) hold no lists.
 func (d *reachDiffs) setDiff(old, new *reach) []int32 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -289,12 +190,12 @@ func (r *reach) reaches(si int32) (enc, plain bool) {
 
 // dirty lists, in server order, the remote servers whose entries in host
 // s, rebuilt over its cache entry pe, can differ from pe's: those that
-// diff (reachDiffs.diff for lists, setDiff for derived states) gives for
-// a part that changed (new, gone or other), and those whose meta changed.
-// It uses hb.touched's array and leaves hb.slot of each listed server at 1:
-// the caller clears them.
-func (hb *hostBuilder) dirty(s *server, pe *hostEntry, diff func(old, new *reach) []int32) []int32 {
+// reachDiffs.setDiff gives for a part that changed (new, gone or other),
+// and those whose meta changed. It uses hb.touched's array and leaves
+// hb.slot of each listed server at 1: the caller clears them.
+func (hb *hostBuilder) dirty(s *server, pe *hostEntry) []int32 {
 	c := hb.c
+	diff := c.diffs.setDiff
 	dirty := hb.touched[:0]
 	mark := func(list []int32) {
 		for _, si := range list {
@@ -332,16 +233,16 @@ func (hb *hostBuilder) dirty(s *server, pe *hostEntry, diff func(old, new *reach
 	return dirty
 }
 
-// patchDerived is patch for a derived state (schema 1.6): host s's peers
-// and VXLAN entries, without their lists, from those of its cache entry
-// pe (derived too, or with none): the servers a changed part reaches
+// patchDerived makes host s's peers and VXLAN entries, without their
+// lists (schema 1.6), from those of its cache entry pe (derived too, or
+// with none): the servers a changed part reaches
 // otherwise, or whose meta changed, get their entries made again from the
 // host's parts; every other entry is pe's. pe's slices themselves when
 // nothing changed, as after a change that places a task on a server the
 // host already reaches.
 func (hb *hostBuilder) patchDerived(s *server, pe *hostEntry) ([]Peer, []VXLANEntry) {
 	c := hb.c
-	dirty := hb.dirty(s, pe, c.diffs.setDiff)
+	dirty := hb.dirty(s, pe)
 	hb.remotes = hb.remotes[:0]
 	for _, si := range dirty {
 		hb.slot[si] = 0
@@ -388,102 +289,19 @@ func (hb *hostBuilder) patchDerived(s *server, pe *hostEntry) ([]Peer, []VXLANEn
 
 // serverMeta is what a server's peer and VXLAN entry show of it besides
 // the guests: a server whose meta changed since the cache's last compile
-// has its entries made again in every rebuilt host (patch).
+// has its entries made again in every rebuilt host (patchDerived).
 type serverMeta struct {
 	addr      netip.Addr
 	wgPort    int
 	key, next string
 }
 
-// patch makes the peers and VXLAN entries of host s, rebuilt over its
-// cache entry pe (built from parts, without links), from pe's: the
-// servers where a part that changed (new, gone or other) reaches other
-// guests than before, or whose meta changed, get their entries made again
-// from the host's parts (hb.apps); every other entry is pe's, unchanged.
-// A list that is pe's again is pe's slice, and a whole list that is pe's
-// again is pe's.
-func (hb *hostBuilder) patch(s *server, pe *hostEntry) ([]Peer, []VXLANEntry) {
-	c := hb.c
-	dirty := hb.dirty(s, pe, c.diffs.diff)
-	for _, si := range dirty {
-		hb.slot[si] = 0
-	}
-	hb.touched = dirty
-	// The dirty servers' lists, from the host's parts in network order.
-	hb.remotes = hb.remotes[:0]
-	for _, si := range dirty {
-		m := remoteMerge{server: si}
-		for _, ha := range hb.apps {
-			if ha.part.reach == nil {
-				continue
-			}
-			enc, plain := ha.part.reach.lists(si)
-			if len(enc) > 0 {
-				m.encParts++
-				if m.encParts == 1 {
-					m.enc = enc
-				} else {
-					m.enc = append(m.enc, enc...) // a copy: enc is full
-				}
-			}
-			if len(plain) > 0 {
-				m.plainParts++
-				if m.plainParts == 1 {
-					m.plain = plain
-				} else {
-					m.plain = append(m.plain, plain...)
-				}
-			}
-		}
-		hb.remotes = append(hb.remotes, m)
-	}
-	return hb.patchPeers(pe.state.Peers), hb.patchVXLAN(pe.state.VXLAN)
-}
-
-// patchPeers is prev with the entries of the dirty servers (hb.touched,
-// their lists in hb.remotes) made again: prev itself when they are all
-// as they were, else a new slice of prev's entries and the new ones.
-func (hb *hostBuilder) patchPeers(prev []Peer) []Peer {
-	c := hb.c
-	return patchList(hb, prev, func(p *Peer) string { return p.Server }, func(m *remoteMerge, old *Peer) (Peer, bool, bool) {
-		if len(m.enc) == 0 {
-			return Peer{}, false, old == nil
-		}
-		rs := c.servers[m.server]
-		p := Peer{Server: rs.spec.Name, PublicKey: rs.spec.PublicKey, NextPublicKey: rs.rot.next,
-			Endpoint: netip.AddrPortFrom(rs.addr, uint16(rs.wgPort)), AllowedIPs: m.enc}
-		if old == nil || !slices.Equal(old.AllowedIPs, p.AllowedIPs) {
-			return p, true, false
-		}
-		p.AllowedIPs = old.AllowedIPs
-		return p, true, old.PublicKey == p.PublicKey && old.NextPublicKey == p.NextPublicKey && old.Endpoint == p.Endpoint
-	})
-}
-
-// patchVXLAN is patchPeers for VXLAN entries.
-func (hb *hostBuilder) patchVXLAN(prev []VXLANEntry) []VXLANEntry {
-	c := hb.c
-	return patchList(hb, prev, func(v *VXLANEntry) string { return v.Server }, func(m *remoteMerge, old *VXLANEntry) (VXLANEntry, bool, bool) {
-		if len(m.plain) == 0 {
-			return VXLANEntry{}, false, old == nil
-		}
-		rs := c.servers[m.server]
-		if hb.mac[m.server] == "" {
-			hb.mac[m.server] = VTEPMAC(rs.addr)
-		}
-		v := VXLANEntry{Server: rs.spec.Name, Underlay: rs.addr, MAC: hb.mac[m.server], Guests: m.plain}
-		if old == nil || !slices.Equal(old.Guests, v.Guests) {
-			return v, true, false
-		}
-		v.Guests = old.Guests
-		return v, true, old.Underlay == v.Underlay && old.MAC == v.MAC
-	})
-}
-
-// patchList is patchPeers and patchVXLAN: prev's entries (sorted by
-// server name, given by name) with those of the dirty servers made again
-// by entry (from the server's lists and its entry in prev, if any: the new
-// entry, whether there is one, and whether it is the same as old). The
+// patchList is patchDerived's, for peers and for VXLAN entries: prev's
+// entries (sorted by server name, given by name) with those of the dirty
+// servers (hb.touched, how the host reaches them in hb.remotes) made again
+// by entry (from how the host reaches the server and its entry in prev,
+// if any: the new entry, whether there is one, and whether it is the same
+// as old). The
 // untouched runs of prev are copied whole.
 func patchList[T any](hb *hostBuilder, prev []T, name func(*T) string, entry func(m *remoteMerge, old *T) (T, bool, bool)) []T {
 	c := hb.c

@@ -2,7 +2,6 @@ package compile
 
 import (
 	"bytes"
-	"encoding/base64"
 	"net/netip"
 	"slices"
 	"testing"
@@ -10,58 +9,59 @@ import (
 	"github.com/corridor-dev/corridor/internal/hoststate"
 )
 
-// TestRemoteListsShared checks the remote lists that hosts share
-// (reach.go): hosts of one app with the same classes reached hold the
-// very same allowed IPs and VXLAN guests of a server (a positive control),
-// every such list is full (len == cap), so that a reader that appends to
-// one host's list gets a copy and cannot write into another host's, and
-// neither the readers of host states (validation, encoders, expansion) nor
-// an append to one host's lists change any other host's: the plan stays
-// byte for byte a fresh compile's.
-func TestRemoteListsShared(t *testing.T) {
+// TestSharedListsStayPut checks the lists that hosts share: every host's
+// route groups to one class hold the class's one destination list (a
+// positive control; TestRouteGroupsShared checks which), every such list
+// is full (len == cap), and so is every list a derived host's lists are
+// filled into, so that a reader that appends to one host's list gets a
+// copy and cannot write into another host's; and neither the readers of
+// host states (validation, encoders, expansion, filling) nor an append to
+// one host's lists change any other host's: the plan stays byte for byte
+// a fresh compile's.
+func TestSharedListsStayPut(t *testing.T) {
 	servers, apps, div := 60, 8, 10
 	if raceDetector {
 		servers, apps, div = 24, 4, 20
 	}
 	in := sizedFleet(servers, apps, div)
 	for i := range in.Servers { // keys that validate
-		var k [32]byte
-		k[0], k[1] = byte(i), byte(i>>8)
-		in.Servers[i].PublicKey = base64.StdEncoding.EncodeToString(k[:])
+		in.Servers[i].PublicKey = wgKey(byte(i))
 	}
-	// The lists made in full (deriveLists off: the reference of
-	// TestDerivedListsSameAsFull); derived states share none.
-	var p *Plan
-	var err error
-	withFullLists(func() { p, err = Compile(in) })
+	p, err := Compile(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	enc := map[*netip.Prefix]string{}
-	plain := map[*netip.Addr]string{}
-	sharedEnc, sharedPlain := 0, 0
-	for _, h := range p.Hosts {
-		for _, pe := range h.Peers {
-			if len(pe.AllowedIPs) != cap(pe.AllowedIPs) {
-				t.Fatalf("host %s: peer %s's allowed IPs have room to grow (%d of %d)", h.Host, pe.Server, len(pe.AllowedIPs), cap(pe.AllowedIPs))
+	dests := map[*RouteDest]string{}
+	shared, derived := 0, 0
+	for i := range p.Hosts {
+		h := &p.Hosts[i]
+		for _, g := range h.RouteGroups {
+			if len(g.Dests) != cap(g.Dests) {
+				t.Fatalf("host %s: the group to %s/%s has room to grow (%d of %d)", h.Host, g.App, g.Class, len(g.Dests), cap(g.Dests))
 			}
-			if o, ok := enc[&pe.AllowedIPs[0]]; ok && o != h.Host {
-				sharedEnc++
+			if o, ok := dests[&g.Dests[0]]; ok && o != h.Host {
+				shared++
 			}
-			enc[&pe.AllowedIPs[0]] = h.Host
+			dests[&g.Dests[0]] = h.Host
 		}
-		for _, v := range h.VXLAN {
+		if !h.Derived {
+			continue
+		}
+		derived++
+		f := h.Filled()
+		for _, pe := range f.Peers {
+			if len(pe.AllowedIPs) != cap(pe.AllowedIPs) {
+				t.Fatalf("host %s: peer %s's allowed IPs, filled, have room to grow (%d of %d)", h.Host, pe.Server, len(pe.AllowedIPs), cap(pe.AllowedIPs))
+			}
+		}
+		for _, v := range f.VXLAN {
 			if len(v.Guests) != cap(v.Guests) {
-				t.Fatalf("host %s: VXLAN entry %s's guests have room to grow (%d of %d)", h.Host, v.Server, len(v.Guests), cap(v.Guests))
+				t.Fatalf("host %s: VXLAN entry %s's guests, filled, have room to grow (%d of %d)", h.Host, v.Server, len(v.Guests), cap(v.Guests))
 			}
-			if o, ok := plain[&v.Guests[0]]; ok && o != h.Host {
-				sharedPlain++
-			}
-			plain[&v.Guests[0]] = h.Host
 		}
 	}
-	if sharedEnc == 0 || sharedPlain == 0 {
-		t.Fatalf("no list shared between hosts (%d allowed IPs, %d VXLAN guests): the test guards nothing", sharedEnc, sharedPlain)
+	if shared == 0 || derived == 0 {
+		t.Fatalf("%d destination lists shared between hosts, %d derived hosts: the test guards nothing", shared, derived)
 	}
 	// The readers of host states, on every host.
 	for i := range p.Hosts {
@@ -69,12 +69,15 @@ func TestRemoteListsShared(t *testing.T) {
 		if err := hoststate.Validate(*h, hoststate.Options{Host: h.Host}); err != nil {
 			t.Fatalf("host %s: %v", h.Host, err)
 		}
-		for _, schema := range []string{"", "1.3", "1.5"} {
+		for _, schema := range []string{"", "1.3", "1.5", hoststate.SchemaDerived} {
 			if _, err := h.EncodeFor(schema); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if _, err := h.Encode(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.CheckedFilled(); err != nil {
 			t.Fatal(err)
 		}
 		_ = h.Expanded()
@@ -85,14 +88,17 @@ func TestRemoteListsShared(t *testing.T) {
 	h := &p.Hosts[1]
 	extraP := netip.MustParsePrefix("100.127.255.254/32")
 	extraA := extraP.Addr()
-	for j := range h.Peers {
-		_ = append(h.Peers[j].AllowedIPs, extraP)
+	f := h.Filled()
+	for j := range f.Peers {
+		_ = append(f.Peers[j].AllowedIPs, extraP)
 	}
-	for j := range h.VXLAN {
-		_ = append(h.VXLAN[j].Guests, extraA)
+	for j := range f.VXLAN {
+		_ = append(f.VXLAN[j].Guests, extraA)
 	}
-	var fresh *Plan
-	withFullLists(func() { fresh, err = Compile(in) })
+	for _, g := range h.RouteGroups {
+		_ = append(g.Dests, RouteDest{Addr: extraA, Server: "elsewhere"})
+	}
+	fresh, err := Compile(in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,71 +107,12 @@ func TestRemoteListsShared(t *testing.T) {
 	}
 }
 
-// TestReachDiff checks the servers a patched host makes again
-// (reachDiffs): those whose lists differ between an app's old and new
-// reach, in either list, or that only one of them has; none for equal
-// lists; every server of a reach against none; and the servers whose
-// meta changed, all of them against a meta of another length.
-func TestReachDiff(t *testing.T) {
+// TestMetaDiff checks the servers whose meta changed since an earlier
+// compile (reachDiffs.metaDiff), whose entries a patched host makes
+// again: all of them against a meta of another length.
+func TestMetaDiff(t *testing.T) {
 	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
-	p := func(s string) netip.Prefix { return netip.PrefixFrom(a(s), 32) }
-	// mk makes a reach from per-server lists (server: enc, plain).
-	type lists struct {
-		enc   []netip.Prefix
-		plain []netip.Addr
-	}
-	mk := func(by map[int32]lists) *reach {
-		r := &reach{}
-		for s := range int32(10) {
-			l, ok := by[s]
-			if !ok {
-				continue
-			}
-			r.remotes = append(r.remotes, remoteCount{server: s, nEnc: int32(len(l.enc)), nPlain: int32(len(l.plain)),
-				oEnc: int32(len(r.enc)), oPlain: int32(len(r.plain))})
-			r.enc = append(r.enc, l.enc...)
-			r.plain = append(r.plain, l.plain...)
-		}
-		return r
-	}
-	old := mk(map[int32]lists{
-		1: {enc: []netip.Prefix{p("100.64.0.1")}},
-		2: {plain: []netip.Addr{a("100.64.0.2")}},
-		3: {enc: []netip.Prefix{p("100.64.0.3")}, plain: []netip.Addr{a("100.64.0.4")}},
-		4: {enc: []netip.Prefix{p("100.64.0.5")}},
-		6: {plain: []netip.Addr{a("100.64.0.9")}},
-	})
-	new := mk(map[int32]lists{
-		1: {enc: []netip.Prefix{p("100.64.0.1")}},                                       // same
-		2: {plain: []netip.Addr{a("100.64.0.2"), a("100.64.0.7")}},                      // a guest more
-		3: {enc: []netip.Prefix{p("100.64.0.3")}, plain: []netip.Addr{a("100.64.0.8")}}, // another plain guest
-		5: {enc: []netip.Prefix{p("100.64.0.6")}},                                       // new server
-		6: {plain: []netip.Addr{a("100.64.0.9")}},                                       // same
-	}) // 4 is gone
 	var d reachDiffs
-	got := d.diff(old, new)
-	if want := []int32{2, 3, 4, 5}; !slices.Equal(got, want) {
-		t.Errorf("diff(old, new) = %v, want %v", got, want)
-	}
-	if again := d.diff(old, new); &again[0] != &got[0] {
-		t.Error("the same pair of reaches is compared again")
-	}
-	if got := d.diff(new, new); len(got) != 0 {
-		t.Errorf("diff(new, new) = %v, want none", got)
-	}
-	if got, want := d.diff(old, nil), []int32{1, 2, 3, 4, 6}; !slices.Equal(got, want) {
-		t.Errorf("diff(old, nil) = %v, want %v", got, want)
-	}
-	if got, want := d.diff(nil, new), []int32{1, 2, 3, 5, 6}; !slices.Equal(got, want) {
-		t.Errorf("diff(nil, new) = %v, want %v", got, want)
-	}
-	if l, _ := new.lists(2); len(l) != 0 {
-		t.Errorf("lists(2) gives allowed IPs %v for a server reached in plain only", l)
-	}
-	if e, pl := new.lists(3); !slices.Equal(e, []netip.Prefix{p("100.64.0.3")}) || !slices.Equal(pl, []netip.Addr{a("100.64.0.8")}) || cap(pl) != len(pl) {
-		t.Errorf("lists(3) = %v, %v (cap %d)", e, pl, cap(pl))
-	}
-
 	m0 := []serverMeta{{addr: a("198.18.0.1"), wgPort: 51820, key: "k0"}, {addr: a("198.18.0.2"), wgPort: 51820, key: "k1"}, {addr: a("198.18.0.3"), wgPort: 51820, key: "k2"}}
 	m1 := slices.Clone(m0)
 	m1[1].next = "k1-next"
