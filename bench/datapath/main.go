@@ -6,6 +6,9 @@
 //
 //	datapath serve --iperf3-port 5201 --echo :5202
 //	datapath rr --to 100.64.0.3:5202 --count 2000
+//	datapath chart --results results.tsv -o datapath.svg
+//
+// chart draws run.sh's results (CHART=file.svg) as a bar chart.
 package main
 
 import (
@@ -27,7 +30,7 @@ import (
 func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: datapath serve|rr [flags]")
+		fmt.Fprintln(os.Stderr, "usage: datapath serve|rr|chart [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -36,8 +39,10 @@ func main() {
 		err = serve(os.Args[2:], log)
 	case "rr":
 		err = rr(os.Args[2:])
+	case "chart":
+		err = chartCmd(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown subcommand %q: want serve or rr", os.Args[1])
+		err = fmt.Errorf("unknown subcommand %q: want serve, rr or chart", os.Args[1])
 	}
 	if err != nil {
 		log.Error("datapath helper failed", "err", err)

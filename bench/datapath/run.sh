@@ -29,6 +29,8 @@
 #                PROFILE=dir (perf record -a of each case's round-1 runs, with
 #                reports by command and by symbol, into dir; skews those runs)
 #                CORRIDOR_BIN=path (default: build ./cmd/corridor, else bin/corridor)
+#                CHART=file.svg (also draw the Gbit/s of every case as a bar
+#                chart, one panel per MTU, with the ratios under each)
 # --record appends the markdown report to bench/RESULTS.md.
 #
 # Everything made here (a lab, processes, namespaces, devices) is removed at
@@ -41,7 +43,7 @@ record=0
 for a in "$@"; do
 	case $a in
 	--record) record=1 ;;
-	-h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,34p' "$0"; exit 0 ;;
 	*) echo "unknown argument $a (want --record)" >&2; exit 2 ;;
 	esac
 done
@@ -520,6 +522,11 @@ EOF
 	echo
 } >>"$report"
 cat "$report"
+if [[ -n ${CHART:-} ]]; then
+	"$TOOLS/datapath" chart --results "$results" -o "$CHART" \
+		--title "Guest to guest between two servers: $(uname -r), $(date -u +'%Y-%m-%d %H:%M UTC'), $ROUNDS rounds of ${DURATION} s" &&
+		log "chart written to $CHART"
+fi
 if [[ $record == 1 ]]; then
 	{
 		echo
