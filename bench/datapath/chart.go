@@ -116,11 +116,17 @@ func writeChart(w io.Writer, res map[resultKey][]float64, title string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", chartWidth, height, chartWidth, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%d" y="24" font-size="16" font-weight="bold">%s</text>`+"\n", chartLeft, html.EscapeString(title))
+	fmt.Fprintf(&b, `<text x="%d" y="24" font-size="15" font-weight="bold">%s</text>`+"\n", chartLeft, html.EscapeString(title))
 	// Legend.
 	fmt.Fprintf(&b, `<rect x="%d" y="38" width="12" height="12" fill="#4a7ab5"/><text x="%d" y="49">1 stream</text>`+"\n", chartLeft, chartLeft+16)
 	fmt.Fprintf(&b, `<rect x="%d" y="38" width="12" height="12" fill="#e08a3c"/><text x="%d" y="49">4 streams</text>`+"\n", chartLeft+90, chartLeft+106)
-	fmt.Fprintf(&b, `<text x="%d" y="49" fill="#555">bar: median Gbit/s; line: min to max of the rounds</text>`+"\n", chartLeft+200)
+	runs := 0
+	for k, xs := range res {
+		if k.metric == "gbps_p1" || k.metric == "gbps_p4" {
+			runs = max(runs, len(xs))
+		}
+	}
+	fmt.Fprintf(&b, `<text x="%d" y="49" fill="#555">bar: median Gbit/s of up to %d interleaved runs; line: their min to max</text>`+"\n", chartLeft+200, runs)
 	plotW := chartWidth - chartLeft - chartRight
 	slot := float64(plotW) / float64(len(chartCases))
 	for i, mtu := range mtus {

@@ -30,7 +30,8 @@
 #                reports by command and by symbol, into dir; skews those runs)
 #                CORRIDOR_BIN=path (default: build ./cmd/corridor, else bin/corridor)
 #                CHART=file.svg (also draw the Gbit/s of every case as a bar
-#                chart, one panel per MTU, with the ratios under each)
+#                chart, one panel per MTU, with the ratios under each; the
+#                results it is drawn from are written to file.tsv)
 # --record appends the markdown report to bench/RESULTS.md.
 #
 # Everything made here (a lab, processes, namespaces, devices) is removed at
@@ -43,7 +44,7 @@ record=0
 for a in "$@"; do
 	case $a in
 	--record) record=1 ;;
-	-h | --help) sed -n '2,34p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,35p' "$0"; exit 0 ;;
 	*) echo "unknown argument $a (want --record)" >&2; exit 2 ;;
 	esac
 done
@@ -523,9 +524,11 @@ EOF
 } >>"$report"
 cat "$report"
 if [[ -n ${CHART:-} ]]; then
+	# The results go beside the chart, to draw it again (datapath chart).
+	cp "$results" "${CHART%.svg}.tsv"
 	"$TOOLS/datapath" chart --results "$results" -o "$CHART" \
-		--title "Guest to guest between two servers: $(uname -r), $(date -u +'%Y-%m-%d %H:%M UTC'), $ROUNDS rounds of ${DURATION} s" &&
-		log "chart written to $CHART"
+		--title "Guest to guest, two servers: $(uname -r), $(date -u +'%Y-%m-%d %H:%M UTC'), iperf3 ${DURATION} s" &&
+		log "chart written to $CHART, its results to ${CHART%.svg}.tsv"
 fi
 if [[ $record == 1 ]]; then
 	{
