@@ -49,7 +49,7 @@ type app struct {
 	byName   []*class // name order
 	rules    []rule   // merged per (from, to, protocol), sorted by class names
 	tasks    []int32  // in plan order: class name, then index
-	byAddr   []int32  // tasks by address, for building hosts
+	byAddr   []int32  // tasks by address: the classes' destination lists (classDests)
 	reaches  reachSet // the remote lists of its hosts' parts (reach.go)
 	numTasks int
 	entry    *appEntry // what the cache has or gets for this app
