@@ -44,6 +44,9 @@ func main() {
 	default:
 		err = fmt.Errorf("unknown subcommand %q: want serve, rr or chart", os.Args[1])
 	}
+	if errors.Is(err, flag.ErrHelp) {
+		return // -h: the flag set printed the usage
+	}
 	if err != nil {
 		log.Error("datapath helper failed", "err", err)
 		os.Exit(1)
