@@ -155,18 +155,20 @@ func (st *State) eachGroupRoute(yield func(r Route, k, j int) bool) bool {
 // groups, in st's own schema). A state without groups encodes as it is
 // for every agent (filled).
 func (st *State) EncodeFor(schema string) ([]byte, error) {
-	if st.Derived && ReadsDerived(schema) {
+	// One decision, WrittenAs's, so that the controller's comparison of
+	// forms and the bytes written cannot disagree.
+	switch st.WrittenAs(schema) {
+	case SchemaDerived:
 		x := *st
 		x.Schema = SchemaDerived
 		return x.appendJSON(make([]byte, 0, st.sizeHint()), false, true)
-	}
-	if len(st.RouteGroups) == 0 {
-		return st.Encode()
-	}
-	if ReadsGroups(schema) {
+	case SchemaGroups:
 		x := *st
 		x.Schema = SchemaGroups
 		return x.Encode()
+	}
+	if len(st.RouteGroups) == 0 {
+		return st.Encode()
 	}
 	return st.appendJSON(make([]byte, 0, st.sizeHint()), true, false)
 }
