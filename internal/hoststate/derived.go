@@ -42,7 +42,7 @@ func (st *State) PeerLists() [][]netip.Prefix {
 		}
 		return out
 	}
-	enc, _ := st.derive(true, false)
+	enc, _, _ := st.derive(true, false)
 	return enc
 }
 
@@ -55,7 +55,7 @@ func (st *State) VXLANLists() [][]netip.Addr {
 		}
 		return out
 	}
-	_, plain := st.derive(false, true)
+	_, plain, _ := st.derive(false, true)
 	return plain
 }
 
@@ -66,7 +66,7 @@ func (st *State) Filled() State {
 	if !st.Derived {
 		return *st
 	}
-	enc, plain := st.derive(true, true)
+	enc, plain, _ := st.derive(true, true)
 	return st.filledWith(enc, plain)
 }
 
@@ -103,11 +103,9 @@ func (st *State) filledWith(enc [][]netip.Prefix, plain [][]netip.Addr) State {
 // that all the lists of one kind share one backing array of the exact
 // size (each list full: an append copies): the server encodes every
 // derived host's state filled for an agent of 1.5 or older. A destination
-// whose server has no entry is left out (CheckDerived refuses such a
-// state).
-func (st *State) derive(wantEnc, wantPlain bool) ([][]netip.Prefix, [][]netip.Addr) {
-	var enc [][]netip.Prefix
-	var plain [][]netip.Addr
+// whose server has no entry of its group's kind is left out, and the
+// first one is returned as miss (CheckDerived refuses such a state).
+func (st *State) derive(wantEnc, wantPlain bool) (enc [][]netip.Prefix, plain [][]netip.Addr, miss *derivedMiss) {
 	var peerAt, vxAt map[string]int
 	if wantEnc {
 		enc = make([][]netip.Prefix, len(st.Peers))
@@ -145,6 +143,9 @@ func (st *State) derive(wantEnc, wantPlain bool) ([][]netip.Prefix, [][]netip.Ad
 					i, ok := at[d.Server]
 					if !ok {
 						i = -1
+						if miss == nil {
+							miss = &derivedMiss{group: k, dest: j, encrypt: g.Encrypt, server: d.Server}
+						}
 					}
 					last, li = d.Server, i
 				}
@@ -195,7 +196,15 @@ func (st *State) derive(wantEnc, wantPlain bool) ([][]netip.Prefix, [][]netip.Ad
 		}
 		plain[i] = slices.Clip(slices.Compact(plain[i]))
 	}
-	return enc, plain
+	return enc, plain, miss
+}
+
+// derivedMiss is a destination of route group group that derive left out:
+// its server has no entry of the group's kind.
+type derivedMiss struct {
+	group, dest int
+	encrypt     bool
+	server      string
 }
 
 func comparePrefix(x, y netip.Prefix) int {
@@ -233,33 +242,14 @@ func (st *State) checkDerived() ([][]netip.Prefix, [][]netip.Addr, error) {
 			return nil, nil, invalid(fmt.Sprintf("vxlan[%d].guests", i), "a derived state's VXLAN entries carry no guests")
 		}
 	}
-	peers := map[string]bool{}
-	for i := range st.Peers {
-		peers[st.Peers[i].Server] = true
-	}
-	vx := map[string]bool{}
-	for i := range st.VXLAN {
-		vx[st.VXLAN[i].Server] = true
-	}
-	for k := range st.RouteGroups {
-		g := &st.RouteGroups[k]
-		if len(g.Sources) == 0 {
-			continue
+	enc, plain, miss := st.derive(true, true)
+	if miss != nil {
+		kind := "VXLAN entry"
+		if miss.encrypt {
+			kind = "WireGuard peer"
 		}
-		for j := range g.Dests {
-			d := &g.Dests[j]
-			if d.Server == st.Host {
-				continue
-			}
-			if g.Encrypt && !peers[d.Server] {
-				return nil, nil, invalid(fmt.Sprintf("routeGroups[%d].dests[%d].server", k, j), "derived state: no WireGuard peer for server %q", d.Server)
-			}
-			if !g.Encrypt && !vx[d.Server] {
-				return nil, nil, invalid(fmt.Sprintf("routeGroups[%d].dests[%d].server", k, j), "derived state: no VXLAN entry for server %q", d.Server)
-			}
-		}
+		return nil, nil, invalid(fmt.Sprintf("routeGroups[%d].dests[%d].server", miss.group, miss.dest), "derived state: no %s for server %q", kind, miss.server)
 	}
-	enc, plain := st.derive(true, true)
 	for i := range enc {
 		if len(enc[i]) == 0 {
 			return nil, nil, invalid(fmt.Sprintf("peers[%d]", i), "derived state: no route group gives allowed IPs for server %q", st.Peers[i].Server)

@@ -64,7 +64,7 @@ func (st *State) appendJSON(b []byte, expand, derived bool) ([]byte, error) {
 	var plainLists [][]netip.Addr
 	fill := st.Derived && !derived
 	if fill {
-		encLists, plainLists = st.derive(true, true)
+		encLists, plainLists, _ = st.derive(true, true)
 	}
 	b = append(b, '{')
 	if st.Schema != "" {
