@@ -88,11 +88,14 @@ type ruleset struct {
 	hash     string
 }
 
-// ruleCount returns the number of rules per chain.
+// ruleCount returns the number of rules per chain: every chain of the
+// table (chains), so that one the ruleset leaves empty is checked to be
+// empty too.
 func (rs *ruleset) ruleCount() map[string]int {
-	n := map[string]int{chainPrerouting: 0, chainPostrouting: 0, chainForward: 0, chainInput: 0, chainGuestOut: 0, chainGuestIn: 0, chainIngress: 0,
-		chainRawPrerouting: 0, chainRawOutput: 0,
-		chainPreGuest: 0, chainPrePlain: 0, chainPreEnc: 0, chainFwdGuest: 0, chainFwdPlain: 0, chainFwdEnc: 0, chainPreSource: 0}
+	n := map[string]int{}
+	for _, c := range chains() {
+		n[c.Name] = 0
+	}
 	for _, r := range rs.rules {
 		n[r.chain]++
 	}
@@ -576,8 +579,7 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 	toGuest := ifMatch(expr.MetaKeyOIFNAME, guestAny, expr.CmpOpEq)
 	b.add(chainForward, fromGuest, jump(chainFwdGuest))
 	if !guardOff(GuardForwardDrops) {
-		var ms []match
-		ms = append(ms, markIs(MarkEncrypt))
+		ms := []match{markIs(MarkEncrypt)}
 		for _, n := range wgNames {
 			ms = append(ms, ifMatch(expr.MetaKeyOIFNAME, n, expr.CmpOpNeq))
 		}

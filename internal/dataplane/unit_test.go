@@ -113,6 +113,14 @@ func TestRulesetDeterministicAndComplete(t *testing.T) {
 	if counts[chainGuestIn] == 0 || counts[chainForward] == 0 || counts[chainPrerouting] == 0 {
 		t.Fatalf("rule counts %v", counts)
 	}
+	// Every chain of the table is counted, the empty ones too: the NAT
+	// chains of a state without egress hold no rule, and firewallCurrent
+	// must find them empty.
+	for _, c := range chains() {
+		if _, ok := counts[c.Name]; !ok {
+			t.Errorf("rule counts lack chain %s: %v", c.Name, counts)
+		}
+	}
 }
 
 func TestLoadOrCreateKey(t *testing.T) {
