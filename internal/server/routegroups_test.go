@@ -208,7 +208,4 @@ func TestPlanDiffReadsRouteGroups(t *testing.T) {
 	if len(ch) != 1 || !strings.Contains(ch[0].Detail, "firewall") || strings.Contains(ch[0].Detail, "routes") {
 		t.Errorf("a stored state with a firewall rule less: changes %+v", ch)
 	}
-	if len(ch) == 1 {
-		t.Logf("PROBE detail %q", ch[0].Detail)
-	}
 }
