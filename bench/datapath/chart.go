@@ -225,17 +225,24 @@ func chartCmd(args []string) error {
 	if err != nil {
 		return fmt.Errorf("chart: %s: %w", *in, err)
 	}
-	var w io.Writer = os.Stdout
-	if *out != "" {
-		g, err := os.Create(*out)
-		if err != nil {
+	if *out == "" {
+		if err := writeChart(os.Stdout, res, *title); err != nil {
 			return fmt.Errorf("chart: %w", err)
 		}
-		defer g.Close()
-		w = g
+		return nil
 	}
-	if err := writeChart(w, res, *title); err != nil {
+	g, err := os.Create(*out)
+	if err != nil {
 		return fmt.Errorf("chart: %w", err)
+	}
+	// A chart cut short by a failed write or close is an error, not a
+	// file that looks written.
+	err = writeChart(g, res, *title)
+	if cerr := g.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("chart: %s: %w", *out, err)
 	}
 	return nil
 }
