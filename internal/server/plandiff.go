@@ -158,24 +158,16 @@ func hostChanges(p *compile.Plan, stored map[string][]byte) []api.PlanChange {
 		hs := &p.Hosts[i]
 		// The stored bytes are today's (expanded) form for most agents,
 		// the route groups of schema 1.5 or the derived state of 1.6 for
-		// those that read them.
-		b, err := hs.EncodeFor("")
+		// those that read them: the new state is encoded once, in the
+		// form of the stored one's schema (a guess that only saves work:
+		// bytes that differ are compared field by field below).
+		raw := stored[hs.Host]
+		b, err := hs.EncodeFor(storedSchema(raw))
 		if err != nil {
 			continue
 		}
-		raw := stored[hs.Host]
 		if bytes.Equal(raw, b) {
 			continue
-		}
-		if len(hs.RouteGroups) > 0 {
-			if b, err = hs.EncodeFor(hoststate.SchemaGroups); err == nil && bytes.Equal(raw, b) {
-				continue
-			}
-		}
-		if hs.Derived {
-			if b, err = hs.EncodeFor(hoststate.SchemaDerived); err == nil && bytes.Equal(raw, b) {
-				continue
-			}
 		}
 		var prev hoststate.State
 		if raw != nil {
@@ -192,6 +184,22 @@ func hostChanges(p *compile.Plan, stored map[string][]byte) []api.PlanChange {
 		out = append(out, api.PlanChange{Kind: "host", Name: hs.Host, Action: "update", Server: hs.Host, Detail: detail})
 	}
 	return out
+}
+
+// storedSchema is the schema a stored state says it is written in, read
+// from its first field (every writer of a state puts "schema" first) with
+// a JSON tokenizer that stops there; "" when it has none.
+func storedSchema(raw []byte) string {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := d.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	if k, err := d.Token(); err != nil || k != "schema" {
+		return ""
+	}
+	v, _ := d.Token()
+	s, _ := v.(string)
+	return s
 }
 
 // hostDiff says in one line what differs between two states of a host,

@@ -209,3 +209,22 @@ func TestPlanDiffReadsRouteGroups(t *testing.T) {
 		t.Errorf("a stored state with a firewall rule less: changes %+v", ch)
 	}
 }
+
+// TestStoredSchema: hostChanges encodes the new state once, in the form
+// the stored one names in its first field; anything else reads as "".
+func TestStoredSchema(t *testing.T) {
+	for raw, want := range map[string]string{
+		`{"schema":"1.6","host":"s1","derived":true}`: "1.6",
+		` { "schema" : "1.5", "host":"s1"}`:           "1.5",
+		`{"schema":"1.3"}`:                            "1.3",
+		`{"host":"s1","schema":"1.6"}`:                "",
+		`{"schema":16}`:                               "",
+		`[1]`:                                         "",
+		``:                                            "",
+		`{"sch`:                                       "",
+	} {
+		if got := storedSchema([]byte(raw)); got != want {
+			t.Errorf("storedSchema(%q) = %q, want %q", raw, got, want)
+		}
+	}
+}
