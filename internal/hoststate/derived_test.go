@@ -218,26 +218,29 @@ func TestCheckDerived(t *testing.T) {
 			s.Routes = []hoststate.Route{{Sources: []netip.Addr{addr("100.64.0.4")}, Dest: addr("100.64.0.9"), Server: "h2", Encrypt: true}}
 		}},
 	}
+	checks := []struct {
+		name string
+		f    func(hoststate.State) error
+	}{
+		{"Validate", func(s hoststate.State) error { return hoststate.Validate(s, hoststate.Options{Host: "h1"}) }},
+		{"CheckNetwork", hoststate.CheckNetwork},
+		{"CheckedFilled", func(s hoststate.State) error { _, err := s.CheckedFilled(); return err }},
+	}
+	// The positive control: the derived state unedited passes every check,
+	// so that what the cases below refuse is their edit.
+	for _, check := range checks {
+		if err := check.f(derivedOf(full)); err != nil {
+			t.Fatalf("%s of the unedited derived state: %v", check.name, err)
+		}
+	}
 	for _, c := range cases {
 		d := derivedOf(full)
 		c.edit(&d)
-		for _, check := range []struct {
-			name string
-			f    func(hoststate.State) error
-		}{
-			{"Validate", func(s hoststate.State) error { return hoststate.Validate(s, hoststate.Options{Host: "h1"}) }},
-			{"CheckNetwork", hoststate.CheckNetwork},
-			{"CheckedFilled", func(s hoststate.State) error { _, err := s.CheckedFilled(); return err }},
-		} {
+		for _, check := range checks {
 			err := check.f(d)
 			if !errors.Is(err, hoststate.ErrInvalid) || !strings.Contains(err.Error(), c.field) {
 				t.Errorf("%s of a derived state, %s edited: %v, want ErrInvalid naming %s", check.name, c.field, err, c.field)
 			}
-		}
-		// The same edit on a state that is not derived is no derivation
-		// error (a positive control of the cases above).
-		if err := hoststate.CheckDerived(&full); err != nil {
-			t.Fatalf("CheckDerived of a full state: %v", err)
 		}
 	}
 	// What CheckedFilled fills is what Filled does, and the full state.
