@@ -165,6 +165,13 @@ func TestDerivedLists(t *testing.T) {
 		t.Fatalf("groupsState reaches %d peers, %d VXLAN hosts: the test guards nothing", len(full.Peers), len(full.VXLAN))
 	}
 	checkDerived(t, "groupsState", full)
+	// A destination in two groups of one kind (the same class reached
+	// from two sets of sources) is in its entry's list once.
+	twice := groupsState()
+	g := twice.RouteGroups[0]
+	g.Sources = []netip.Addr{addr("100.64.0.8")}
+	twice.RouteGroups = append(twice.RouteGroups, g)
+	checkDerived(t, "a destination in two encrypted groups", withLists(twice))
 	d := derivedOf(full)
 	if err := hoststate.Validate(d, hoststate.Options{Host: "h1"}); err != nil {
 		t.Fatalf("Validate of the derived groupsState: %v", err)
