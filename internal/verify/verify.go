@@ -492,6 +492,10 @@ func RunFleet(ctx context.Context, f Fleet, app string, opt Options) (*Report, e
 	return Run(ctx, f, app, specs, tasks, opt)
 }
 
+// retryPause is the wait before a round of retries; a variable so that a
+// test can end a run exactly while it waits.
+var retryPause = time.After
+
 // Run plans and runs the checks through p.
 func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []compile.Task, opt Options) (*Report, error) {
 	if opt.Timeout <= 0 {
@@ -589,7 +593,7 @@ func Run(ctx context.Context, p Prober, app string, apps []spec.App, tasks []com
 				// Cancelled while waiting: the checks keep what
 				// their last probe saw, none is run cancelled.
 				continue
-			case <-time.After(pause):
+			case <-retryPause(pause):
 			}
 			pause = min(2*pause, 2*time.Second)
 		}
