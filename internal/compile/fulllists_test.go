@@ -105,10 +105,5 @@ func fullLists(t *testing.T, in Input, p *Plan) map[string]hostLists {
 
 // sortedSet is the addresses of set, sorted.
 func sortedSet(set map[netip.Addr]bool) []netip.Addr {
-	out := make([]netip.Addr, 0, len(set))
-	for a := range set {
-		out = append(out, a)
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return out
+	return slices.SortedFunc(maps.Keys(set), netip.Addr.Compare)
 }

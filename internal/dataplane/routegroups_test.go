@@ -66,6 +66,11 @@ func TestRouteGroupsSameDataplane(t *testing.T) {
 						t.Fatalf("%s/%s: the 1.6 state's peer %s holds allowed IPs", c, h.Host, pe.Server)
 					}
 				}
+				for _, v := range derived.VXLAN {
+					if len(v.Guests) != 0 {
+						t.Fatalf("%s/%s: the 1.6 state's VXLAN entry %s holds guests", c, h.Host, v.Server)
+					}
+				}
 			}
 			dd, err := buildDesired(derived)
 			if err != nil {
