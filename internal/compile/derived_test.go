@@ -218,8 +218,8 @@ func TestDerivedListsSameAsReference(t *testing.T) {
 	step("fleet, rotation announced")
 	in.Servers[5].PublicKey, in.Servers[5].Rotation.Phase = next, spec.RotationCommit
 	step("fleet, rotation committed")
-	if n.derived == 0 || n.full == 0 {
-		t.Fatalf("%d derived hosts, %d holding lists in full: the test guards too little", n.derived, n.full)
+	if n.derived == 0 || n.full == 0 || n.ips == 0 || n.guests == 0 {
+		t.Fatalf("%d derived hosts, %d holding lists in full, %d allowed IPs, %d VXLAN guests compared: the test guards too little", n.derived, n.full, n.ips, n.guests)
 	}
 	t.Logf("%d hosts (%d derived, %d holding lists in full), %d allowed IPs, %d VXLAN guests", n.hosts, n.derived, n.full, n.ips, n.guests)
 }
