@@ -34,6 +34,9 @@ type Cache struct {
 	apps    map[string]*appEntry
 	hosts   map[string]*hostEntry
 	gen     uint64 // last appEntry.gen given out
+	// ids are the task IDs of the last compile, by "app/class"
+	// (compiler.taskIDs).
+	ids map[string][]string
 }
 
 // appEntry is what one app contributed to the last plan it was part of.
@@ -51,6 +54,9 @@ type appEntry struct {
 	// unchanged, so that a class's list stays one slice, shared by every
 	// host's route groups, across recompiles that do not change it.
 	dests map[string][]RouteDest
+	// addrs are the classes' sorted task addresses (class.addrs) by
+	// class name, taken whole by a later compile that hits the entry.
+	addrs map[string][]netip.Addr
 }
 
 // hostEntry is one host's state at the last compile and what it was built
@@ -150,6 +156,7 @@ func (k *Cache) commit(c *compiler, hosts map[string]*hostEntry) {
 		}
 	}
 	k.hosts = hosts
+	k.ids = c.ids
 }
 
 // fingerprint appends to b everything app a's paths and host parts are

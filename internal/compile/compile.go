@@ -3,9 +3,11 @@ package compile
 import (
 	"cmp"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/corridor-dev/corridor/internal/spec"
 )
@@ -100,7 +102,8 @@ type task struct {
 	server int32 // -1 until placed
 	addr   netip.Addr
 	cur    *Assignment
-	moved  string // why the task left the server of cur, if it did
+	curSrv *server // cur's server, nil if no longer one (loadCurrent)
+	moved  string  // why the task left the server of cur, if it did
 	reason Reason
 	why    string // why no server takes it, when pending (pending.go)
 }
@@ -123,6 +126,10 @@ type compiler struct {
 	diffs reachDiffs
 	// scratch is space reused from compile to compile (scratch.go).
 	scratch *scratch
+	// ids are the task IDs of each class ("app/class/" to the IDs of
+	// tasks 0..n-1): with a cache, the last compile's, and this compile's
+	// for the cache to keep (nil without one).
+	oldIDs, ids map[string][]string
 }
 
 // Compile places every task of in.Apps on in.Servers, allocates networks and
@@ -141,22 +148,30 @@ func Compile(in Input) (*Plan, error) {
 // compile is Compile; with memo it reuses and updates k's entries.
 func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	c := &compiler{maxRejected: in.MaxRejected, allowPending: in.Pending}
+	if memo {
+		c.oldIDs, c.ids = k.ids, make(map[string][]string, len(k.ids))
+	}
 	sc := getScratch()
 	defer sc.put(c)
 	c.scratch = sc
 	if c.maxRejected == 0 {
 		c.maxRejected = DefaultMaxRejected
 	}
-	if err := c.loadServers(in.Servers); err != nil {
+	// Servers and apps are loaded side by side (neither reads the
+	// other); a servers error is reported first, as when loaded in turn.
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- c.loadServers(in.Servers) }()
+	appErr := c.loadApps(in.Apps)
+	if err := <-srvErr; err != nil {
 		return nil, err
+	}
+	if appErr != nil {
+		return nil, appErr
 	}
 	for _, name := range in.Keep {
 		if s := c.byName[name]; s != nil {
 			s.keep = true
 		}
-	}
-	if err := c.loadApps(in.Apps); err != nil {
-		return nil, err
 	}
 	if err := c.loadCurrent(in.Current); err != nil {
 		return nil, err
@@ -180,11 +195,11 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	if err := c.assignIngressSources(); err != nil {
 		return nil, err
 	}
-	c.group()
 	c.setAside()
 	// Nothing fails from here on: the cache is only changed by a compile
 	// that returns a plan.
 	k.prepare(c, memo)
+	c.group(memo)
 	// The paths and the host states are independent (paths writes only
 	// the app entries' paths, hosts their parts and its own scratch
 	// space; both only read the placement): on a machine with a second
@@ -338,10 +353,9 @@ func (c *compiler) loadApps(in []spec.App) error {
 
 	// Tasks in placement order; plan order is computed per app.
 	c.tasks = c.scratch.taskSlice(total)
-	var ids []string
 	for _, ap := range c.apps {
 		for _, cl := range ap.classes {
-			ids = taskIDs(ids[:0], ap.name, cl.name, cl.spec.Tasks)
+			ids := c.taskIDs(ap.name, cl.name, cl.spec.Tasks)
 			cl.tasks = make([]int32, 0, cl.spec.Tasks)
 			for k := 0; k < cl.spec.Tasks; k++ {
 				cl.tasks = append(cl.tasks, int32(len(c.tasks)))
@@ -460,20 +474,47 @@ func (a *app) loadRules(field string) error {
 	return nil
 }
 
-// loadCurrent attaches each earlier assignment to its task. Assignments of
-// tasks that no longer exist are dropped.
+// loadCurrent attaches each earlier assignment to its task, and its
+// server (if still one) for keep. Assignments of tasks that no longer
+// exist are dropped.
 func (c *compiler) loadCurrent(cur []Assignment) error {
 	if len(cur) == 0 {
 		return nil
 	}
-	var last idCursor
+	// Finding the tasks and servers by name only reads the compiler: on
+	// a large list (10,000 tasks, a tenth of a recompile's serial part)
+	// the two halves are found side by side, and attached in order after.
+	type found struct {
+		ti  int32 // -1: no such task
+		srv *server
+	}
+	res := make([]found, len(cur))
+	find := func(lo, hi int) {
+		var last idCursor
+		for i := lo; i < hi; i++ {
+			ti, ok := c.taskByID(cur[i].Task, &last)
+			if !ok {
+				res[i].ti = -1
+				continue
+			}
+			res[i] = found{ti, c.byName[cur[i].Server]}
+		}
+	}
+	n := len(cur)
+	if n < minSideBySide || runtime.GOMAXPROCS(0) < 2 {
+		find(0, n)
+	} else {
+		var wg sync.WaitGroup
+		wg.Go(func() { find(0, n/2) })
+		find(n/2, n)
+		wg.Wait()
+	}
 	for i := range cur {
-		a := &cur[i]
-		ti, ok := c.taskByID(a.Task, &last)
-		if !ok {
+		if res[i].ti < 0 {
 			continue
 		}
-		t := &c.tasks[ti]
+		a := &cur[i]
+		t := &c.tasks[res[i].ti]
 		if t.cur != nil {
 			// Report the same pair whatever the order of Current.
 			x, y := t.cur, a
@@ -482,10 +523,14 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 			}
 			return inputErr("current", "task %s is assigned twice (to %s and to %s)", a.Task, x.Server, y.Server)
 		}
-		t.cur = a
+		t.cur, t.curSrv = a, res[i].srv
 	}
 	return nil
 }
+
+// minSideBySide is the length of a list below which loadCurrent does not
+// split it: a goroutine costs more than a small list's look-ups.
+const minSideBySide = 512
 
 // taskByID is the task whose ID is id. IDs are "app/class/index" and
 // names hold no '/' (checkName), so the ID names the app, the class and
@@ -494,6 +539,16 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 // allocates nothing. last is the class of the previous look-up: Current
 // lists tasks in plan order, one class after the other.
 func (c *compiler) taskByID(id string, last *idCursor) (int32, bool) {
+	// Most look-ups are of the class of the one before: then only the
+	// index is left to read.
+	if cl := last.cl; cl != nil {
+		if k, ok := indexAfter(id, last.app, cl.name); ok {
+			if k < len(cl.tasks) && c.tasks[cl.tasks[k]].id == id {
+				return cl.tasks[k], true
+			}
+			return 0, false
+		}
+	}
 	an, rest, ok := strings.Cut(id, "/")
 	if !ok {
 		return 0, false
@@ -502,17 +557,15 @@ func (c *compiler) taskByID(id string, last *idCursor) (int32, bool) {
 	if !ok {
 		return 0, false
 	}
-	cl := last.cl
-	if cl == nil || an != last.app || cn != cl.name {
-		a := c.appByName(an)
-		if a == nil {
-			return 0, false
-		}
-		if cl = a.class(cn); cl == nil {
-			return 0, false
-		}
-		*last = idCursor{app: a.name, cl: cl}
+	a := c.appByName(an)
+	if a == nil {
+		return 0, false
 	}
+	cl := a.class(cn)
+	if cl == nil {
+		return 0, false
+	}
+	*last = idCursor{app: a.name, cl: cl}
 	k, err := strconv.Atoi(idx)
 	if err != nil || k < 0 || k >= len(cl.tasks) {
 		return 0, false
@@ -522,6 +575,25 @@ func (c *compiler) taskByID(id string, last *idCursor) (int32, bool) {
 		return 0, false
 	}
 	return ti, true
+}
+
+// indexAfter reads id as "<app>/<class>/<digits>" and gives the number;
+// ok is false when id is not of that form or the number is too long for
+// an index (the caller then compares the task's ID, so "07" is not 7).
+func indexAfter(id, app, class string) (int, bool) {
+	n := len(app) + len(class) + 2
+	if len(id) <= n || len(id) > n+9 || id[len(app)] != '/' || id[n-1] != '/' ||
+		id[:len(app)] != app || id[len(app)+1:n-1] != class {
+		return 0, false
+	}
+	k := 0
+	for _, d := range []byte(id[n:]) {
+		if d < '0' || d > '9' {
+			return 0, false
+		}
+		k = k*10 + int(d-'0')
+	}
+	return k, true
 }
 
 // idCursor is the app name and class of taskByID's last look-up.

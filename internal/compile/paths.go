@@ -6,15 +6,37 @@ import (
 )
 
 // group records each class's task addresses, sorted, once placement and
-// addresses are final.
-func (c *compiler) group() {
+// addresses are final and the pending tasks set aside. An app whose cache entry is the last compile's,
+// unchanged, takes the entry's lists: its fingerprint covers every task's
+// address, pending ones too. With memo a new entry keeps this compile's.
+func (c *compiler) group(memo bool) {
 	for _, a := range c.apps {
+		if memo && a.entry.addrs != nil {
+			for _, cl := range a.classes {
+				cl.addrs = a.entry.addrs[cl.name]
+			}
+			continue
+		}
 		for _, cl := range a.classes {
-			cl.addrs = make([]netip.Addr, len(cl.tasks))
+			// Pending tasks (set aside) have addresses too, in the
+			// firewall rules and the peers' environment.
+			cl.addrs = make([]netip.Addr, len(cl.tasks), len(cl.tasks)+len(a.pending))
 			for i, ti := range cl.tasks {
 				cl.addrs[i] = c.tasks[ti].addr
 			}
+			for _, ti := range a.pending {
+				if t := &c.tasks[ti]; t.class == cl {
+					cl.addrs = append(cl.addrs, t.addr)
+				}
+			}
+			cl.addrs = slices.Clip(cl.addrs)
 			slices.SortFunc(cl.addrs, netip.Addr.Compare)
+		}
+		if memo {
+			a.entry.addrs = make(map[string][]netip.Addr, len(a.classes))
+			for _, cl := range a.classes {
+				a.entry.addrs[cl.name] = cl.addrs
+			}
 		}
 	}
 }

@@ -66,11 +66,11 @@ func (c *compiler) keep(ti int32) {
 	if t.cur == nil {
 		return
 	}
-	s, ok := c.byName[t.cur.Server]
+	s := t.curSrv
 	switch {
 	case t.cur.Server == "":
 		t.moved = "was pending"
-	case !ok:
+	case s == nil:
 		t.moved = "moved from " + t.cur.Server + " (no longer a server)"
 	case s.state == spec.ServerDown:
 		t.moved = "moved from " + s.spec.Name + " (down)"

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/corridor-dev/corridor/internal/spec"
@@ -211,6 +212,77 @@ func TestAddrSet(t *testing.T) {
 			if len(want) == 0 {
 				t.Fatalf("%s: nothing added", p)
 			}
+		}
+	}
+}
+
+// TestCurrentTwiceSideBySide: a task assigned twice in a Current long
+// enough to be looked up in two halves side by side (loadCurrent) is
+// reported as the one pair, whichever halves the two assignments are in
+// and in whichever order, and an unknown task or server changes nothing.
+func TestCurrentTwiceSideBySide(t *testing.T) {
+	in := sizedFleet(60, 6, 1)
+	p, err := Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := assignments(p)
+	if len(cur) < 2*minSideBySide {
+		t.Fatalf("only %d assignments: not split", len(cur))
+	}
+	orig := cur[3]
+	dup := orig
+	dup.Server = in.Servers[0].Name
+	if dup.Server == orig.Server {
+		dup.Server = in.Servers[1].Name
+	}
+	x, y := orig.Server, dup.Server
+	if x > y {
+		x, y = y, x
+	}
+	want := "current: task " + orig.Task + " is assigned twice (to " + x + " and to " + y + ")"
+	for _, at := range []int{0, 4, len(cur) / 2, len(cur) - 1, len(cur)} {
+		for _, swap := range []bool{false, true} {
+			c := slices.Clone(cur)
+			c = slices.Insert(c, at, dup)
+			if swap { // the duplicate first, the original where it was put
+				i := slices.IndexFunc(c, func(a Assignment) bool { return a == orig })
+				j := slices.IndexFunc(c, func(a Assignment) bool { return a == dup })
+				c[i], c[j] = c[j], c[i]
+			}
+			in.Current = c
+			_, err := Compile(in)
+			if err == nil || err.Error() != want {
+				t.Fatalf("duplicate at %d (swap %v): error %v, want %q", at, swap, err, want)
+			}
+		}
+	}
+	// Assignments of no task, or to no server, are dropped or move the
+	// task; the plan is the one the plain list gives.
+	in.Current = slices.Clone(cur)
+	base, err := Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := slices.Clone(cur)
+	extra = slices.Insert(extra, len(extra)/2, Assignment{Task: "nope/web/1", Server: orig.Server, Address: orig.Address})
+	extra[len(extra)-1].Server = "gone"
+	in.Current = extra
+	got, err := Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := extra[len(extra)-1].Task
+	for i := range got.Tasks {
+		g, b := got.Tasks[i], base.Tasks[i]
+		if g.ID == last {
+			if g.Reason.Kept || !strings.Contains(g.Reason.Chosen, "moved from gone (no longer a server)") {
+				t.Fatalf("task %s on a server that is gone was kept: %+v", g.ID, g.Reason)
+			}
+			continue
+		}
+		if g.Server != b.Server || g.Address != b.Address {
+			t.Fatalf("task %s: %s %s, want %s %s", g.ID, g.Server, g.Address, b.Server, b.Address)
 		}
 	}
 }
