@@ -37,6 +37,7 @@ type server struct {
 	usedCPU  int64
 	usedMem  int64
 	guestIdx []int32 // tasks placed here, in task order
+	nCur     int32   // tasks Current has here (loadCurrent): guestIdx's room
 	keptWhy  string  // Reason.Chosen of a task kept here, made once
 	// keep: draining, but its tasks stay this compile (Input.Keep).
 	keep bool
@@ -351,22 +352,47 @@ func (c *compiler) loadApps(in []spec.App) error {
 	}
 	slices.SortFunc(c.apps, func(x, y *app) int { return strings.Compare(x.name, y.name) })
 
-	// Tasks in placement order; plan order is computed per app.
-	c.tasks = c.scratch.taskSlice(total)
+	// Tasks in placement order; plan order is computed per app. Each
+	// app's tasks have their place in the list from the counts, so that
+	// the two halves of the apps (by tasks) are filled side by side.
+	c.tasks = c.scratch.taskSlice(total)[:total]
+	ids := make([][]string, 0, len(c.apps)*4)
 	for _, ap := range c.apps {
 		for _, cl := range ap.classes {
-			ids := c.taskIDs(ap.name, cl.name, cl.spec.Tasks)
-			cl.tasks = make([]int32, 0, cl.spec.Tasks)
-			for k := 0; k < cl.spec.Tasks; k++ {
-				cl.tasks = append(cl.tasks, int32(len(c.tasks)))
-				c.tasks = append(c.tasks, task{
-					id: ids[k], app: ap, class: cl, index: k, server: -1,
-				})
+			ids = append(ids, c.taskIDs(ap.name, cl.name, cl.spec.Tasks))
+		}
+	}
+	fill := func(apps []*app, ti int32, ids [][]string) {
+		for _, ap := range apps {
+			for _, cl := range ap.classes {
+				cl.tasks = make([]int32, cl.spec.Tasks)
+				for k, id := range ids[0][:cl.spec.Tasks] {
+					cl.tasks[k] = ti
+					c.tasks[ti] = task{id: id, app: ap, class: cl, index: k, server: -1}
+					ti++
+				}
+				ids = ids[1:]
+			}
+			ap.tasks = make([]int32, 0, ap.numTasks)
+			for _, cl := range ap.byName {
+				ap.tasks = append(ap.tasks, cl.tasks...)
 			}
 		}
-		for _, cl := range ap.byName {
-			ap.tasks = append(ap.tasks, cl.tasks...)
-		}
+	}
+	// The first app of the second half, its first task and class.
+	mid, midTask, midClass := 0, 0, 0
+	for mid < len(c.apps) && 2*(midTask+c.apps[mid].numTasks) <= total {
+		midTask += c.apps[mid].numTasks
+		midClass += len(c.apps[mid].classes)
+		mid++
+	}
+	if total < minSideBySide || runtime.GOMAXPROCS(0) < 2 {
+		fill(c.apps, 0, ids)
+	} else {
+		var wg sync.WaitGroup
+		wg.Go(func() { fill(c.apps[:mid], 0, ids[:midClass]) })
+		fill(c.apps[mid:], int32(midTask), ids[midClass:])
+		wg.Wait()
 	}
 	if err := c.resolveLinks(); err != nil {
 		return err
@@ -524,6 +550,9 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 			return inputErr("current", "task %s is assigned twice (to %s and to %s)", a.Task, x.Server, y.Server)
 		}
 		t.cur, t.curSrv = a, res[i].srv
+		if t.curSrv != nil {
+			t.curSrv.nCur++
+		}
 	}
 	return nil
 }

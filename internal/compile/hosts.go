@@ -60,6 +60,13 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 	for i, a := range byNet {
 		a.netRank = i
 	}
+	// Each task's app by network rank, in a small array: the builders
+	// read it for every task of every server, and the tasks themselves
+	// are 2 MB to walk at random.
+	rank := make([]int32, len(c.tasks))
+	for i := range c.tasks {
+		rank[i] = int32(c.tasks[i].app.netRank)
+	}
 	n := len(c.servers)
 	out := make([]HostState, n)
 	// The hosts are built by up to hostWorkers builders side by side, each
@@ -98,7 +105,7 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for w := range workers {
-		hb := &hostBuilder{c: c, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n), mark: make([]int32, len(c.apps))}
+		hb := &hostBuilder{c: c, rank: rank, byNet: byNet, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n), mark: make([]int32, len(c.apps))}
 		hbs[w] = hb
 		if workers == 1 {
 			hb.run(k, memo, 0, n, out)
@@ -197,9 +204,9 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 		// The apps of s, in network order.
 		hb.apps = hb.apps[:0]
 		for _, ti := range s.guestIdx {
-			if a := c.tasks[ti].app; hb.mark[a.netRank] != s.idx+1 {
-				hb.mark[a.netRank] = s.idx + 1
-				hb.apps = append(hb.apps, hostApp{a: a})
+			if r := hb.rank[ti]; hb.mark[r] != s.idx+1 {
+				hb.mark[r] = s.idx + 1
+				hb.apps = append(hb.apps, hostApp{a: hb.byNet[r]})
 			}
 		}
 		slices.SortFunc(hb.apps, func(x, y hostApp) int { return x.a.netRank - y.a.netRank })
@@ -249,8 +256,10 @@ type newPart struct {
 
 // hostBuilder holds the scratch space reused from host to host.
 type hostBuilder struct {
-	c    *compiler
-	mark []int32 // per app (by netRank): 1 + index of the last server found to run a task of it
+	rank  []int32 // each task's app's rank in network order
+	byNet []*app  // the apps in network order
+	c     *compiler
+	mark  []int32 // per app (by netRank): 1 + index of the last server found to run a task of it
 	// What this builder made for the cache, stored once every builder is
 	// done.
 	entries  []namedEntry

@@ -3,8 +3,10 @@ package compile
 import (
 	"math"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // allocateNetworks gives every app its network: the one its spec names,
@@ -162,8 +164,33 @@ func taskAddrOKLast(p netip.Prefix, last, a netip.Addr) bool {
 // so they follow the task, and its peers' configuration stays the same),
 // then gives the others the lowest free addresses.
 func (c *compiler) assignAddresses() error {
-	used := &c.scratch.used
-	for _, a := range c.apps {
+	// Apps have networks of their own: the two halves of the apps (by
+	// tasks) are assigned side by side, each with its own set of taken
+	// addresses. An error of the first half is the one a run in turn
+	// would meet first.
+	total := len(c.tasks)
+	mid, n := 0, 0
+	for mid < len(c.apps) && 2*(n+c.apps[mid].numTasks) <= total {
+		n += c.apps[mid].numTasks
+		mid++
+	}
+	if total < minSideBySide || runtime.GOMAXPROCS(0) < 2 {
+		return c.assignApps(c.apps, &c.scratch.used)
+	}
+	var first error
+	var wg sync.WaitGroup
+	wg.Go(func() { first = c.assignApps(c.apps[:mid], &c.scratch.used2) })
+	second := c.assignApps(c.apps[mid:], &c.scratch.used)
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return second
+}
+
+// assignApps is assignAddresses for apps, with used as its space.
+func (c *compiler) assignApps(apps []*app, used *addrSet) error {
+	for _, a := range apps {
 		used.reset(a.network)
 		last := lastAddr(a.network) // once per app, not per task
 		addrOK := func(x netip.Addr) bool { return taskAddrOKLast(a.network, last, x) }

@@ -21,6 +21,16 @@ const (
 // place keeps the tasks that may stay where they run, then places the
 // others one by one: apps by name, classes in spec order, indexes up.
 func (c *compiler) place() error {
+	// The servers' task lists get the room of the tasks Current has on
+	// them, from one array, before the tasks that stay are put there.
+	total := 0
+	for _, s := range c.servers {
+		total += int(s.nCur)
+	}
+	room := make([]int32, total)
+	for _, s := range c.servers {
+		s.guestIdx, room = room[:0:s.nCur], room[s.nCur:]
+	}
 	for _, a := range c.apps {
 		for _, cl := range a.classes {
 			for _, ti := range cl.tasks {

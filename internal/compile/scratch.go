@@ -16,8 +16,8 @@ import (
 // point into them: Plans copy what they show of a task (planTasks), and
 // the cache's entries keep task indexes, never tasks.
 type scratch struct {
-	tasks []task
-	used  addrSet
+	tasks       []task
+	used, used2 addrSet // used2: for the second half (assignAddresses)
 }
 
 var scratchPool = sync.Pool{New: func() any {
@@ -46,6 +46,7 @@ func (sc *scratch) put(c *compiler) {
 	clear(sc.tasks[:cap(sc.tasks)])
 	sc.tasks = sc.tasks[:0]
 	sc.used.reset(netip.Prefix{})
+	sc.used2.reset(netip.Prefix{})
 	c.tasks, c.scratch = nil, nil
 	scratchPool.Put(sc)
 }

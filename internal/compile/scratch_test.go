@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -284,5 +285,68 @@ func TestCurrentTwiceSideBySide(t *testing.T) {
 		if g.Server != b.Server || g.Address != b.Address {
 			t.Fatalf("task %s: %s %s, want %s %s", g.ID, g.Server, g.Address, b.Server, b.Address)
 		}
+	}
+}
+
+// TestSideBySideSameAsInTurn: the steps that split a large fleet in two
+// halves side by side (loading the tasks, finding Current's tasks and
+// servers, assigning addresses) give the plan that one processor, doing
+// them in turn, gives: a first compile, and a recompile through the cache
+// after a class grew. (An address error of assignApps cannot be reached
+// from input: allocateNetworks checks every network's room first.)
+func TestSideBySideSameAsInTurn(t *testing.T) {
+	in := sizedFleet(100, 6, 1)
+	if n := 6 * 200; n < 2*minSideBySide {
+		t.Fatalf("%d tasks: not split", n)
+	}
+	run := func(procs int, in Input, k *Cache) ([]byte, error) {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+		p, err := k.Compile(in)
+		if err != nil {
+			return nil, err
+		}
+		// The plan but its paths (they are made from the tasks and
+		// their addresses, which are compared): their JSON is most of a
+		// plan's and takes seconds.
+		b, err := json.Marshal([]any{p.Tasks, p.Networks, p.Hosts, p.Pending, p.Paths.Len()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b, nil
+	}
+	var k1, k2 Cache
+	one, err1 := run(1, in, &k1)
+	two, err2 := run(2, in, &k2)
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	if !bytes.Equal(one, two) {
+		t.Fatalf("first compile: side by side differs from in turn: %s", firstDiff(two, one))
+	}
+	var p struct {
+		Tasks    []Task
+		Networks []AppNetwork
+	}
+	var parts []json.RawMessage
+	if err := json.Unmarshal(one, &parts); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(parts[0], &p.Tasks); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(parts[1], &p.Networks); err != nil {
+		t.Fatal(err)
+	}
+	in.Current, in.Networks = assignments(&Plan{Tasks: p.Tasks, Networks: p.Networks})
+	in.Apps = slices.Clone(in.Apps)
+	in.Apps[4].Classes = slices.Clone(in.Apps[4].Classes)
+	in.Apps[4].Classes[1].Tasks += 3
+	one, err1 = run(1, in, &k1)
+	two, err2 = run(2, in, &k2)
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	if !bytes.Equal(one, two) {
+		t.Fatalf("recompile: side by side differs from in turn: %s", firstDiff(two, one))
 	}
 }
