@@ -276,7 +276,7 @@ func warmOneChange(b *testing.B) (Input, *Cache, *Plan) {
 // clone is a copy of k that can go on separately. Entries are shared: a
 // compile changes a reused entry only to point it at equal contents.
 func (k *Cache) clone() *Cache {
-	return &Cache{servers: slices.Clone(k.servers), apps: maps.Clone(k.apps), hosts: maps.Clone(k.hosts), gen: k.gen, ids: k.ids}
+	return &Cache{servers: slices.Clone(k.servers), apps: maps.Clone(k.apps), hosts: maps.Clone(k.hosts), gen: k.gen, ids: k.ids, meta: k.meta}
 }
 
 // BenchmarkRecompileFanoutFleet is the control plane benchmark's fleet

@@ -37,6 +37,11 @@ type Cache struct {
 	// ids are the task IDs of the last compile, by "app/class"
 	// (compiler.taskIDs).
 	ids map[string][]string
+	// meta is every server's meta at the last compile, by index as
+	// servers: fingerprints leave the servers' metas out, and an app
+	// whose tasks run on a server whose meta changed since is not
+	// reused (prepare).
+	meta []serverMeta
 }
 
 // appEntry is what one app contributed to the last plan it was part of.
@@ -89,7 +94,7 @@ func (c *Cache) Compile(in Input) (*Plan, error) {
 // fingerprint is unchanged, else a new, empty one. Without memo every
 // entry is new and no fingerprint is computed.
 func (k *Cache) prepare(c *compiler, memo bool) {
-	if memo && !slices.EqualFunc(k.servers, c.servers, func(n string, s *server) bool { return n == s.spec.Name }) {
+	if memo && (len(k.meta) != len(c.servers) || !slices.EqualFunc(k.servers, c.servers, func(n string, s *server) bool { return n == s.spec.Name })) {
 		k.apps, k.hosts = nil, nil
 	}
 	// The fingerprints (a tenth of a cached recompile's serial part in
@@ -101,6 +106,19 @@ func (k *Cache) prepare(c *compiler, memo bool) {
 	}
 	var res []result
 	if memo {
+		// The servers whose meta changed since the last compile (the
+		// server list is the same, or the cache is empty).
+		c.meta = make([]serverMeta, len(c.servers))
+		var changed []bool
+		for i, s := range c.servers {
+			c.meta[i] = serverMeta{addr: s.addr, wgPort: s.wgPort, key: s.spec.PublicKey, next: s.rot.next}
+			if k.apps != nil && k.meta[i] != c.meta[i] {
+				if changed == nil {
+					changed = make([]bool, len(c.servers))
+				}
+				changed[i] = true
+			}
+		}
 		res = make([]result, len(c.apps))
 		each := func(lo, hi int) {
 			var buf []byte
@@ -108,7 +126,7 @@ func (k *Cache) prepare(c *compiler, memo bool) {
 				a := c.apps[i]
 				var ok bool
 				buf, ok = c.fingerprint(buf[:0], a)
-				if e := k.apps[a.name]; ok && e != nil && e.done && bytes.Equal(e.fp, buf) {
+				if e := k.apps[a.name]; ok && e != nil && e.done && bytes.Equal(e.fp, buf) && !c.onChanged(a, changed) {
 					res[i].hit = true
 				} else if ok {
 					res[i].fp = bytes.Clone(buf)
@@ -157,14 +175,28 @@ func (k *Cache) commit(c *compiler, hosts map[string]*hostEntry) {
 	}
 	k.hosts = hosts
 	k.ids = c.ids
+	k.meta = c.meta
+}
+
+// onChanged says whether a task of app a runs on a server whose meta
+// changed since the last compile. The fingerprint does not show the
+// servers' metas, and a host running a task of a reaches those servers:
+// its peer and VXLAN entries must be made again, which a new entry for a
+// makes happen (the host's key names its apps' entries). A host linked to
+// an app that a imports has that app's entry in its key too (linkGens).
+func (c *compiler) onChanged(a *app, changed []bool) bool {
+	return changed != nil && slices.ContainsFunc(a.tasks, func(ti int32) bool { return changed[c.tasks[ti].server] })
 }
 
 // fingerprint appends to b everything app a's paths and host parts are
-// derived from: its spec, its network, every task's server and address,
-// and the fields of those servers that a host's state shows (name,
-// address, WireGuard port, public key, next key of a rotation). Anything added to what paths() or
-// hostBuilder.part read must be added here. ok is false when the spec
-// cannot be encoded; such an app is never reused.
+// derived from: its spec, its network, every task's server (by index:
+// the cache is dropped when the server list changes) and address, but
+// the fields of those servers that a host's state shows (address,
+// WireGuard port, public key, next key of a rotation): those are
+// compared once per compile for all apps (serverMeta, onChanged).
+// Anything added to what paths() or hostBuilder.part read must be added
+// here. ok is false when the spec cannot be encoded; such an app is never
+// reused.
 func (c *compiler) fingerprint(b []byte, a *app) ([]byte, bool) {
 	b, ok := c.ownFingerprint(b, a)
 	if !ok {
@@ -195,27 +227,16 @@ func (c *compiler) ownFingerprint(b []byte, a *app) ([]byte, bool) {
 	}
 	b = appendBytes(b, js)
 	b, _ = a.network.AppendBinary(b)
-	var srv []int32
 	for _, ti := range a.tasks {
 		t := &c.tasks[ti]
 		b = binary.AppendUvarint(b, uint64(t.server))
 		b, _ = t.addr.AppendBinary(b)
-		srv = append(srv, t.server)
 	}
 	// Pending tasks: their addresses are in the firewall rules and the
 	// peers' environment (pending.go).
 	b = binary.AppendUvarint(b, uint64(len(a.pending)))
 	for _, ti := range a.pending {
 		b, _ = c.tasks[ti].addr.AppendBinary(b)
-	}
-	slices.Sort(srv)
-	for _, si := range slices.Compact(srv) {
-		s := c.servers[si]
-		b = appendBytes(b, s.spec.Name)
-		b, _ = s.addr.AppendBinary(b)
-		b = binary.AppendUvarint(b, uint64(s.wgPort))
-		b = appendBytes(b, s.spec.PublicKey)
-		b = appendBytes(b, s.rot.next)
 	}
 	return b, true
 }

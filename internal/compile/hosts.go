@@ -90,12 +90,6 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 		}
 		c.classDests(k, a, memo)
 	}
-	if memo {
-		c.meta = make([]serverMeta, n)
-		for i, s := range c.servers {
-			c.meta[i] = serverMeta{addr: s.addr, wgPort: s.wgPort, key: s.spec.PublicKey, next: s.rot.next}
-		}
-	}
 	hbs := make([]*hostBuilder, workers)
 	// The builders take the servers in chunks, the next free one each:
 	// after a small change through the cache the rebuilt hosts are those
