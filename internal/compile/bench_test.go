@@ -276,7 +276,9 @@ func warmOneChange(b *testing.B) (Input, *Cache, *Plan) {
 // clone is a copy of k that can go on separately. Entries are shared: a
 // compile changes a reused entry only to point it at equal contents.
 func (k *Cache) clone() *Cache {
-	return &Cache{servers: slices.Clone(k.servers), apps: maps.Clone(k.apps), hosts: maps.Clone(k.hosts), gen: k.gen, ids: k.ids, meta: k.meta}
+	c := &Cache{cacheState: k.cacheState}
+	c.servers, c.apps, c.hosts = slices.Clone(k.servers), maps.Clone(k.apps), maps.Clone(k.hosts)
+	return c
 }
 
 // BenchmarkRecompileFanoutFleet is the control plane benchmark's fleet

@@ -27,6 +27,12 @@ import (
 // related compiles (a controller's loop), not one per request.
 type Cache struct {
 	mu sync.Mutex
+	cacheState
+}
+
+// cacheState is what a Cache remembers (a struct of its own so that a
+// benchmark's copy of a cache copies every field, new ones too).
+type cacheState struct {
 	// servers are the server names, in name order, of the last compile:
 	// entries refer to servers by index, so a change of the list drops
 	// everything.
