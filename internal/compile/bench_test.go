@@ -277,7 +277,7 @@ func warmOneChange(b *testing.B) (Input, *Cache, *Plan) {
 // compile changes a reused entry only to point it at equal contents.
 func (k *Cache) clone() *Cache {
 	c := &Cache{cacheState: k.cacheState}
-	c.servers, c.apps, c.hosts = slices.Clone(k.servers), maps.Clone(k.apps), maps.Clone(k.hosts)
+	c.servers, c.apps, c.hosts = slices.Clone(k.servers), maps.Clone(k.apps), slices.Clone(k.hosts)
 	return c
 }
 

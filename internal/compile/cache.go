@@ -38,8 +38,8 @@ type cacheState struct {
 	// everything.
 	servers []string
 	apps    map[string]*appEntry
-	hosts   map[string]*hostEntry
-	gen     uint64 // last appEntry.gen given out
+	hosts   []*hostEntry // by server index, as servers
+	gen     uint64       // last appEntry.gen given out
 	// ids are the task IDs of the last compile, by "app/class"
 	// (compiler.taskIDs).
 	ids map[string][]string
@@ -168,7 +168,7 @@ func (k *Cache) prepare(c *compiler, memo bool) {
 
 // commit makes the entries of this compile the cache's, dropping those of
 // apps and servers that are gone.
-func (k *Cache) commit(c *compiler, hosts map[string]*hostEntry) {
+func (k *Cache) commit(c *compiler, hosts []*hostEntry) {
 	k.servers = k.servers[:0]
 	for _, s := range c.servers {
 		k.servers = append(k.servers, s.spec.Name)

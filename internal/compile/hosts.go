@@ -52,7 +52,7 @@ func HostIf(taskID string) string {
 // taken as it was; a host that changed reuses the parts of its unchanged
 // apps and computes only the others. hosts returns the host entries for the
 // cache (nil without memo).
-func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntry) {
+func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, []*hostEntry) {
 	// Apps in the order of their networks, which do not overlap: scanning
 	// each app's tasks by address then yields routes sorted by address.
 	byNet := slices.Clone(c.apps)
@@ -91,6 +91,12 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 		c.classDests(k, a, memo)
 	}
 	hbs := make([]*hostBuilder, workers)
+	// The hosts' cache entries, by server index: each builder writes its
+	// own servers'.
+	var entries []*hostEntry
+	if memo {
+		entries = make([]*hostEntry, n)
+	}
 	// The builders take the servers in chunks, the next free one each:
 	// after a small change through the cache the rebuilt hosts are those
 	// of one app, which may sit mostly in one part of the server list
@@ -102,7 +108,7 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 		hb := &hostBuilder{c: c, rank: rank, byNet: byNet, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n), mark: make([]int32, len(c.apps))}
 		hbs[w] = hb
 		if workers == 1 {
-			hb.run(k, memo, 0, n, out)
+			hb.run(k, memo, 0, n, out, entries)
 			break
 		}
 		wg.Go(func() {
@@ -112,18 +118,13 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, map[string]*hostEntr
 				if lo >= n {
 					return
 				}
-				hb.run(k, memo, lo, min(hi, n), out)
+				hb.run(k, memo, lo, min(hi, n), out, entries)
 			}
 		})
 	}
 	wg.Wait()
-	var entries map[string]*hostEntry
 	if memo {
-		entries = make(map[string]*hostEntry, n)
 		for _, hb := range hbs {
-			for _, e := range hb.entries {
-				entries[e.name] = e.entry
-			}
 			for _, np := range hb.newParts {
 				np.e.parts[np.server] = np.part
 			}
@@ -190,7 +191,7 @@ const (
 )
 
 // run builds the states of servers [lo, hi) into out.
-func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
+func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState, entries []*hostEntry) {
 	c := hb.c
 	var gens []uint64
 	for i := lo; i < hi; i++ {
@@ -209,10 +210,13 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 			gens = append(gens, ha.a.entry.gen)
 		}
 		gens = c.linkGens(gens, hb.apps)
-		e := k.hosts[s.spec.Name]
+		var e *hostEntry
+		if i < len(k.hosts) {
+			e = k.hosts[i]
+		}
 		if memo && e != nil && e.addr == s.addr && e.wgPort == s.wgPort && e.rot == s.rot && slices.Equal(e.gens, gens) {
 			out[i] = e.state
-			hb.entries = append(hb.entries, namedEntry{s.spec.Name, e})
+			entries[i] = e
 			continue
 		}
 		if hb.mac[i] == "" {
@@ -229,16 +233,10 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState) {
 			for j, ha := range hb.apps {
 				parts[j] = ha.part
 			}
-			hb.entries = append(hb.entries, namedEntry{s.spec.Name, &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens),
-				state: out[i], parts: parts, linked: linked, meta: c.meta}})
+			entries[i] = &hostEntry{addr: s.addr, wgPort: s.wgPort, rot: s.rot, gens: slices.Clone(gens),
+				state: out[i], parts: parts, linked: linked, meta: c.meta}
 		}
 	}
-}
-
-// namedEntry is a host's cache entry, made by a builder.
-type namedEntry struct {
-	name  string
-	entry *hostEntry
 }
 
 // newPart is a part a builder computed, for the cache's app entry.
@@ -256,7 +254,6 @@ type hostBuilder struct {
 	mark  []int32 // per app (by netRank): 1 + index of the last server found to run a task of it
 	// What this builder made for the cache, stored once every builder is
 	// done.
-	entries  []namedEntry
 	newParts []newPart
 	mac      []string // VTEPMAC per server, made when first needed
 	slot     []int32  // per server: its slot flags in derivedEntries, 1 if dirty (hostBuilder.dirty), else 0
