@@ -511,8 +511,7 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 	// a large list (10,000 tasks, a tenth of a recompile's serial part)
 	// the two halves are found side by side, and attached in order after.
 	type found struct {
-		ti  int32 // -1: no such task
-		srv *server
+		ti, si int32 // the task (-1: none) and its server (-1: none)
 	}
 	res := make([]found, len(cur))
 	find := func(lo, hi int) {
@@ -523,7 +522,10 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 				res[i].ti = -1
 				continue
 			}
-			res[i] = found{ti, c.byName[cur[i].Server]}
+			res[i] = found{ti, -1}
+			if s := c.byName[cur[i].Server]; s != nil {
+				res[i].si = s.idx
+			}
 		}
 	}
 	n := len(cur)
@@ -549,8 +551,9 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 			}
 			return inputErr("current", "task %s is assigned twice (to %s and to %s)", a.Task, x.Server, y.Server)
 		}
-		t.cur, t.curSrv = a, res[i].srv
-		if t.curSrv != nil {
+		t.cur = a
+		if si := res[i].si; si >= 0 {
+			t.curSrv = c.servers[si]
 			t.curSrv.nCur++
 		}
 	}
