@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -140,14 +139,7 @@ func (k *Cache) prepare(c *compiler, memo bool) {
 			}
 		}
 		n := len(c.apps)
-		if n < 2 || runtime.GOMAXPROCS(0) < 2 {
-			each(0, n)
-		} else {
-			var wg sync.WaitGroup
-			wg.Go(func() { each(0, n/2) })
-			each(n/2, n)
-			wg.Wait()
-		}
+		sideBySide(n < 2, func() { each(0, n/2) }, func() { each(n/2, n) })
 	}
 	for i, a := range c.apps {
 		var fp []byte

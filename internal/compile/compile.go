@@ -379,21 +379,10 @@ func (c *compiler) loadApps(in []spec.App) error {
 			}
 		}
 	}
-	// The first app of the second half, its first task and class.
-	mid, midTask, midClass := 0, 0, 0
-	for mid < len(c.apps) && 2*(midTask+c.apps[mid].numTasks) <= total {
-		midTask += c.apps[mid].numTasks
-		midClass += len(c.apps[mid].classes)
-		mid++
-	}
-	if total < minSideBySide || runtime.GOMAXPROCS(0) < 2 {
-		fill(c.apps, 0, ids)
-	} else {
-		var wg sync.WaitGroup
-		wg.Go(func() { fill(c.apps[:mid], 0, ids[:midClass]) })
-		fill(c.apps[mid:], int32(midTask), ids[midClass:])
-		wg.Wait()
-	}
+	mid, midTask, midClass := c.splitApps()
+	sideBySide(total < minSideBySide,
+		func() { fill(c.apps[:mid], 0, ids[:midClass]) },
+		func() { fill(c.apps[mid:], int32(midTask), ids[midClass:]) })
 	if err := c.resolveLinks(); err != nil {
 		return err
 	}
@@ -529,14 +518,7 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 		}
 	}
 	n := len(cur)
-	if n < minSideBySide || runtime.GOMAXPROCS(0) < 2 {
-		find(0, n)
-	} else {
-		var wg sync.WaitGroup
-		wg.Go(func() { find(0, n/2) })
-		find(n/2, n)
-		wg.Wait()
-	}
+	sideBySide(n < minSideBySide, func() { find(0, n/2) }, func() { find(n/2, n) })
 	for i := range cur {
 		if res[i].ti < 0 {
 			continue
@@ -560,9 +542,36 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 	return nil
 }
 
-// minSideBySide is the length of a list below which loadCurrent does not
-// split it: a goroutine costs more than a small list's look-ups.
+// minSideBySide is the length of a list below which it is not split in
+// halves side by side: a goroutine costs more than a small list's work.
 const minSideBySide = 512
+
+// sideBySide runs first and second side by side, first on a goroutine of
+// its own, unless inTurn or there is one processor: then one after the
+// other. Both must write only what the other does not read.
+func sideBySide(inTurn bool, first, second func()) {
+	if inTurn || runtime.GOMAXPROCS(0) < 2 {
+		first()
+		second()
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Go(first)
+	second()
+	wg.Wait()
+}
+
+// splitApps splits the apps in two halves of about as many tasks: mid is
+// the first app of the second half, tasks and classes are how many the
+// first half has.
+func (c *compiler) splitApps() (mid, tasks, classes int) {
+	for mid < len(c.apps) && 2*(tasks+c.apps[mid].numTasks) <= len(c.tasks) {
+		tasks += c.apps[mid].numTasks
+		classes += len(c.apps[mid].classes)
+		mid++
+	}
+	return mid, tasks, classes
+}
 
 // taskByID is the task whose ID is id. IDs are "app/class/index" and
 // names hold no '/' (checkName), so the ID names the app, the class and

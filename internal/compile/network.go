@@ -3,10 +3,8 @@ package compile
 import (
 	"math"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
 )
 
 // allocateNetworks gives every app its network: the one its spec names,
@@ -168,20 +166,11 @@ func (c *compiler) assignAddresses() error {
 	// tasks) are assigned side by side, each with its own set of taken
 	// addresses. An error of the first half is the one a run in turn
 	// would meet first.
-	total := len(c.tasks)
-	mid, n := 0, 0
-	for mid < len(c.apps) && 2*(n+c.apps[mid].numTasks) <= total {
-		n += c.apps[mid].numTasks
-		mid++
-	}
-	if total < minSideBySide || runtime.GOMAXPROCS(0) < 2 {
-		return c.assignApps(c.apps, &c.scratch.used)
-	}
-	var first error
-	var wg sync.WaitGroup
-	wg.Go(func() { first = c.assignApps(c.apps[:mid], &c.scratch.used2) })
-	second := c.assignApps(c.apps[mid:], &c.scratch.used)
-	wg.Wait()
+	mid, _, _ := c.splitApps()
+	var first, second error
+	sideBySide(len(c.tasks) < minSideBySide,
+		func() { first = c.assignApps(c.apps[:mid], &c.scratch.used2) },
+		func() { second = c.assignApps(c.apps[mid:], &c.scratch.used) })
 	if first != nil {
 		return first
 	}
