@@ -117,11 +117,25 @@ func mutate(r *rand.Rand, in Input) (Input, string) {
 // Cache, feeding each plan back as the next Current, and checks that every
 // plan is byte for byte the one a fresh Compile gives.
 func TestCacheSameAsCompile(t *testing.T) {
-	sequences, steps := 150, 12
+	sequences := 150
 	if testing.Short() {
 		sequences = 40
 	}
-	r := rand.New(rand.NewSource(3))
+	cacheSameAsCompile(t, 3, sequences, 12)
+}
+
+// TestCacheSameAsCompileInHalves is TestCacheSameAsCompile with every list
+// of two or more split in halves side by side (sideBySide), as only large
+// fleets are otherwise, and the sequences run with two processors.
+func TestCacheSameAsCompileInHalves(t *testing.T) {
+	defer func(n int) { minSideBySide = n }(minSideBySide)
+	minSideBySide = 2
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	cacheSameAsCompile(t, 4, 40, 12)
+}
+
+func cacheSameAsCompile(t *testing.T, seed int64, sequences, steps int) {
+	r := rand.New(rand.NewSource(seed))
 	var compared, failed int
 	for sq := range sequences {
 		var k Cache

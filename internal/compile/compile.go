@@ -543,8 +543,9 @@ func (c *compiler) loadCurrent(cur []Assignment) error {
 }
 
 // minSideBySide is the length of a list below which it is not split in
-// halves side by side: a goroutine costs more than a small list's work.
-const minSideBySide = 512
+// halves side by side: a goroutine costs more than a small list's work. A
+// variable so that tests can split small inputs too.
+var minSideBySide = 512
 
 // sideBySide runs first and second side by side, first on a goroutine of
 // its own, unless inTurn or there is one processor: then one after the
