@@ -6,9 +6,10 @@ import (
 )
 
 // group records each class's task addresses, sorted, once placement and
-// addresses are final and the pending tasks set aside. An app whose cache entry is the last compile's,
-// unchanged, takes the entry's lists: its fingerprint covers every task's
-// address, pending ones too. With memo a new entry keeps this compile's.
+// addresses are final and the pending tasks set aside. An app whose cache
+// entry is the last compile's, unchanged, takes the entry's lists: its
+// fingerprint covers every task's address, pending ones too. With memo a
+// new entry keeps this compile's.
 func (c *compiler) group(memo bool) {
 	for _, a := range c.apps {
 		if memo && a.entry.addrs != nil {
