@@ -125,6 +125,10 @@ type compiler struct {
 	// differences from earlier compiles' reaches and metas.
 	meta  []serverMeta
 	diffs reachDiffs
+	// The apps in network order, and each task's app's rank in it, for
+	// the host builders (hosts.go).
+	byNet []*app
+	rank  []int32
 	// scratch is space reused from compile to compile (scratch.go).
 	scratch *scratch
 	// ids are the task IDs of each class ("app/class/" to the IDs of

@@ -55,17 +55,17 @@ func HostIf(taskID string) string {
 func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, []*hostEntry) {
 	// Apps in the order of their networks, which do not overlap: scanning
 	// each app's tasks by address then yields routes sorted by address.
-	byNet := slices.Clone(c.apps)
-	slices.SortFunc(byNet, func(x, y *app) int { return x.network.Addr().Compare(y.network.Addr()) })
-	for i, a := range byNet {
+	c.byNet = slices.Clone(c.apps)
+	slices.SortFunc(c.byNet, func(x, y *app) int { return x.network.Addr().Compare(y.network.Addr()) })
+	for i, a := range c.byNet {
 		a.netRank = i
 	}
 	// Each task's app by network rank, in a small array: the builders
 	// read it for every task of every server, and the tasks themselves
 	// are 2 MB to walk at random.
-	rank := make([]int32, len(c.tasks))
+	c.rank = make([]int32, len(c.tasks))
 	for i := range c.tasks {
-		rank[i] = int32(c.tasks[i].app.netRank)
+		c.rank[i] = int32(c.tasks[i].app.netRank)
 	}
 	n := len(c.servers)
 	out := make([]HostState, n)
@@ -105,7 +105,7 @@ func (c *compiler) hosts(k *Cache, memo bool) ([]HostState, []*hostEntry) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for w := range workers {
-		hb := &hostBuilder{c: c, rank: rank, byNet: byNet, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n), mark: make([]int32, len(c.apps))}
+		hb := &hostBuilder{c: c, slot: make([]int32, n), nEnc: make([]int32, n), nPlain: make([]int32, n), mac: make([]string, n), mark: make([]int32, len(c.apps))}
 		hbs[w] = hb
 		if workers == 1 {
 			hb.run(k, memo, 0, n, out, entries)
@@ -199,9 +199,9 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState, ent
 		// The apps of s, in network order.
 		hb.apps = hb.apps[:0]
 		for _, ti := range s.guestIdx {
-			if r := hb.rank[ti]; hb.mark[r] != s.idx+1 {
+			if r := c.rank[ti]; hb.mark[r] != s.idx+1 {
 				hb.mark[r] = s.idx + 1
-				hb.apps = append(hb.apps, hostApp{a: hb.byNet[r]})
+				hb.apps = append(hb.apps, hostApp{a: c.byNet[r]})
 			}
 		}
 		slices.SortFunc(hb.apps, func(x, y hostApp) int { return x.a.netRank - y.a.netRank })
@@ -222,11 +222,9 @@ func (hb *hostBuilder) run(k *Cache, memo bool, lo, hi int, out []HostState, ent
 		if hb.mac[i] == "" {
 			hb.mac[i] = VTEPMAC(s.addr)
 		}
-		var prev *hostEntry // the host's last state, whose unchanged lists are kept
-		if e != nil && memo {
-			prev = e
-		}
-		out[i] = hb.build(s, memo, prev)
+		// e (nil without memo: the cache is new) is the host's last
+		// state, whose unchanged lists are kept.
+		out[i] = hb.build(s, memo, e)
 		linked := c.addLinks(&out[i], s)
 		if memo {
 			parts := make([]*hostPart, len(hb.apps))
@@ -248,10 +246,8 @@ type newPart struct {
 
 // hostBuilder holds the scratch space reused from host to host.
 type hostBuilder struct {
-	rank  []int32 // each task's app's rank in network order
-	byNet []*app  // the apps in network order
-	c     *compiler
-	mark  []int32 // per app (by netRank): 1 + index of the last server found to run a task of it
+	c    *compiler
+	mark []int32 // per app (by netRank): 1 + index of the last server found to run a task of it
 	// What this builder made for the cache, stored once every builder is
 	// done.
 	newParts []newPart
