@@ -164,11 +164,12 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	}
 	// Servers and apps are loaded side by side (neither reads the
 	// other); a servers error is reported first, as when loaded in turn.
-	srvErr := make(chan error, 1)
-	go func() { srvErr <- c.loadServers(in.Servers) }()
-	appErr := c.loadApps(in.Apps)
-	if err := <-srvErr; err != nil {
-		return nil, err
+	var srvErr, appErr error
+	sideBySide(len(in.Servers) < minSideBySide,
+		func() { srvErr = c.loadServers(in.Servers) },
+		func() { appErr = c.loadApps(in.Apps) })
+	if srvErr != nil {
+		return nil, srvErr
 	}
 	if appErr != nil {
 		return nil, appErr
