@@ -53,8 +53,9 @@ func (sc *scratch) put(c *compiler) {
 
 // taskIDs are the IDs of tasks 0..n-1 of class cl of app a. With a
 // cache they are the last compile's when it had as many or more: an ID is
-// made of names and an index only, and formatting 10,000 of them was a
-// tenth of the serial part of a recompile after a small change.
+// made of names and an index only, and formatting 10,000 of them took
+// 0.23 of the 3.85 ms of CPU that a recompile after a small change spent
+// outside the host builders (issue 19, thirteenth session).
 func (c *compiler) taskIDs(a, cl string, n int) []string {
 	if c.ids == nil {
 		return taskIDs(nil, a, cl, n)

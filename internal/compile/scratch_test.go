@@ -296,8 +296,14 @@ func TestCurrentTwiceSideBySide(t *testing.T) {
 // from input: allocateNetworks checks every network's room first.)
 func TestSideBySideSameAsInTurn(t *testing.T) {
 	in := sizedFleet(100, 6, 1)
-	if n := 6 * 200; n < 2*minSideBySide {
-		t.Fatalf("%d tasks: not split", n)
+	n := 0
+	for _, a := range in.Apps {
+		for _, cl := range a.Classes {
+			n += cl.Tasks
+		}
+	}
+	if n < 2*minSideBySide {
+		t.Fatalf("%d tasks: too few to be split", n)
 	}
 	run := func(procs int, in Input, k *Cache) ([]byte, error) {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
