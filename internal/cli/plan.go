@@ -201,12 +201,17 @@ func readCurrent(file string) ([]compile.Assignment, map[string]netip.Prefix, er
 	if err := json.Unmarshal(data, &p); err != nil {
 		return nil, nil, fmt.Errorf("%s: not a plan (corridor plan -o json) nor a list of assignments: %w", file, err)
 	}
-	if p.Tasks == nil {
+	// A plan's task list reads the same whether empty or missing: the
+	// key itself tells a plan from another JSON object.
+	var probe struct {
+		Tasks json.RawMessage `json:"tasks"`
+	}
+	if json.Unmarshal(data, &probe) != nil || probe.Tasks == nil || string(probe.Tasks) == "null" {
 		return nil, nil, fmt.Errorf("%s: no \"tasks\": not a plan from corridor plan -o json", file)
 	}
-	cur := make([]compile.Assignment, len(p.Tasks))
-	for i, t := range p.Tasks {
-		cur[i] = compile.Assignment{Task: t.ID, Server: t.Server, Address: t.Address}
+	cur := make([]compile.Assignment, 0, p.Tasks.Len())
+	for t := range p.Tasks.All() {
+		cur = append(cur, compile.Assignment{Task: t.ID, Server: t.Server, Address: t.Address})
 	}
 	for _, t := range p.Pending {
 		cur = append(cur, compile.Assignment{Task: t.ID, Address: t.Address})
@@ -315,13 +320,13 @@ func summarize(w io.Writer, in compile.Input, p *compile.Plan) {
 			plain++
 		}
 	}
-	for _, t := range p.Tasks {
+	for t := range p.Tasks.All() {
 		if t.Reason.Kept {
 			kept++
 		}
 	}
 	fmt.Fprintf(w, "planned %s of %s on %s (%d kept where they run); %s: %d encrypted, %d plain, %d within a host\n",
-		count(len(p.Tasks), "task"), count(len(in.Apps), "app"), count(len(in.Servers), "server"), kept,
+		count(p.Tasks.Len(), "task"), count(len(in.Apps), "app"), count(len(in.Servers), "server"), kept,
 		count(p.Paths.Len(), "path"), enc, plain, local)
 }
 
@@ -329,7 +334,7 @@ func summarize(w io.Writer, in compile.Input, p *compile.Plan) {
 func printPlanTables(w io.Writer, apps []spec.App, p *compile.Plan) error {
 	t := NewTable(w)
 	t.Header("task", "server", "address", "reason")
-	for _, tk := range p.Tasks {
+	for tk := range p.Tasks.All() {
 		t.Row(tk.ID, tk.Server, tk.Address.String(), tk.Reason.Chosen)
 	}
 	if err := t.Flush(); err != nil {

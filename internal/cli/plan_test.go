@@ -103,8 +103,8 @@ func TestPlanJSONAndCurrent(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &p); err != nil {
 		t.Fatal(err)
 	}
-	if len(p.Tasks) != 3 || len(p.Hosts) != 2 || p.Paths.Len() != 4 {
-		t.Fatalf("plan: %d tasks, %d hosts, %d paths", len(p.Tasks), len(p.Hosts), p.Paths.Len())
+	if p.Tasks.Len() != 3 || len(p.Hosts) != 2 || p.Paths.Len() != 4 {
+		t.Fatalf("plan: %d tasks, %d hosts, %d paths", p.Tasks.Len(), len(p.Hosts), p.Paths.Len())
 	}
 	// Feeding the plan back as --current keeps every task.
 	cur := filepath.Join(dir, "plan.json")
@@ -119,8 +119,9 @@ func TestPlanJSONAndCurrent(t *testing.T) {
 	if err := json.Unmarshal([]byte(out2), &p2); err != nil {
 		t.Fatal(err)
 	}
-	for i, tk := range p2.Tasks {
-		if !tk.Reason.Kept || tk.Server != p.Tasks[i].Server || tk.Address != p.Tasks[i].Address {
+	was := p.Tasks.Flat()
+	for i, tk := range p2.Tasks.Flat() {
+		if !tk.Reason.Kept || tk.Server != was[i].Server || tk.Address != was[i].Address {
 			t.Errorf("%s not kept: %+v", tk.ID, tk)
 		}
 	}

@@ -71,7 +71,7 @@ func reportPlan(b *testing.B, p *Plan) {
 		routes += numRoutes(&h)
 		peers += len(h.Peers)
 	}
-	b.ReportMetric(float64(len(p.Tasks)), "tasks")
+	b.ReportMetric(float64(p.Tasks.Len()), "tasks")
 	b.ReportMetric(float64(p.Paths.Len()), "paths")
 	b.ReportMetric(float64(routes), "routes")
 	b.ReportMetric(float64(peers), "peers")
@@ -341,7 +341,7 @@ func BenchmarkPlanOutputFloor(b *testing.B) {
 // copyPlanSlices copies p's slices, down to the lists each element holds
 // that the compiler makes per host (allowed IPs, VXLAN guests).
 func copyPlanSlices(p *Plan) *Plan {
-	q := &Plan{Networks: slices.Clone(p.Networks), Tasks: slices.Clone(p.Tasks), Hosts: make([]HostState, len(p.Hosts))}
+	q := &Plan{Networks: slices.Clone(p.Networks), Tasks: NewTaskList(p.Tasks.Flat()), Hosts: make([]HostState, len(p.Hosts))}
 	// The paths are not copied: since round 4 (issue 19) a plan holds what
 	// they are derived from, not the paths (BenchmarkPathsAll derives them).
 	for i, h := range p.Hosts {

@@ -17,7 +17,8 @@ import (
 // compile through a Cache gives exactly the Plan that Compile gives for the
 // same Input, byte for byte: placement, networks, addresses and tasks are
 // computed in full every time (they depend on the whole fleet), and only
-// what is provably the same is reused.
+// what is provably the same is reused (an app's task list when every task
+// compares equal to the last plan's).
 //
 // Plans returned by one Cache share backing arrays with each other, so
 // they must be treated as read-only, as every Plan must. The zero Cache is
@@ -47,6 +48,9 @@ type cacheState struct {
 	// whose tasks run on a server whose meta changed since is not
 	// reused (prepare).
 	meta []serverMeta
+	// tasks are the last plan's task lists, by app (TaskList): an app
+	// whose tasks come out the same keeps its list (planTasks).
+	tasks map[string][]Task
 }
 
 // appEntry is what one app contributed to the last plan it was part of.
@@ -160,7 +164,7 @@ func (k *Cache) prepare(c *compiler, memo bool) {
 
 // commit makes the entries of this compile the cache's, dropping those of
 // apps and servers that are gone.
-func (k *Cache) commit(c *compiler, hosts []*hostEntry) {
+func (k *Cache) commit(c *compiler, hosts []*hostEntry, tasks TaskList) {
 	k.servers = k.servers[:0]
 	for _, s := range c.servers {
 		k.servers = append(k.servers, s.spec.Name)
@@ -174,6 +178,10 @@ func (k *Cache) commit(c *compiler, hosts []*hostEntry) {
 	k.hosts = hosts
 	k.ids = c.ids
 	k.meta = c.meta
+	k.tasks = make(map[string][]Task, len(tasks.apps))
+	for _, ts := range tasks.apps {
+		k.tasks[ts[0].App] = ts
+	}
 }
 
 // onChanged says whether a task of app a runs on a server whose meta

@@ -65,8 +65,8 @@ func checkPlan(in Input, p *Plan) error {
 
 	// Tasks: exactly the wanted ones, sorted, each on a server that may
 	// hold it, with a unique address in its app's network.
-	if len(p.Tasks) != len(want) {
-		return fmt.Errorf("%d tasks, want %d", len(p.Tasks), len(want))
+	if p.Tasks.Len() != len(want) {
+		return fmt.Errorf("%d tasks, want %d", p.Tasks.Len(), len(want))
 	}
 	tasks := map[string]*Task{}
 	addrs := map[netip.Addr]string{}
@@ -74,10 +74,11 @@ func checkPlan(in Input, p *Plan) error {
 	usedMem := map[string]int64{}
 	classAddrs := map[[2]string][]netip.Addr{}
 	classAddrsOn := map[[3]string][]netip.Addr{}
-	for i := range p.Tasks {
-		t := &p.Tasks[i]
+	flat := p.Tasks.Flat()
+	for i := range flat {
+		t := &flat[i]
 		if i > 0 {
-			q := &p.Tasks[i-1]
+			q := &flat[i-1]
 			if cmp.Or(strings.Compare(q.App, t.App), strings.Compare(q.Class, t.Class), cmp.Compare(q.Index, t.Index)) >= 0 {
 				return fmt.Errorf("tasks not sorted at %s", t.ID)
 			}
@@ -341,7 +342,7 @@ func checkPlan(in Input, p *Plan) error {
 		}
 		// Guests: exactly the tasks placed here.
 		nGuests := 0
-		for _, t := range p.Tasks {
+		for t := range p.Tasks.All() {
 			if t.Server == h.Host {
 				nGuests++
 			}
@@ -547,7 +548,7 @@ func checkIngress(in Input, p *Plan, servers map[string]*spec.Server, tasks map[
 		sources := map[string]netip.Addr{}
 		for _, cl := range a.Classes {
 			var classTasks []*Task
-			for _, t := range p.Tasks {
+			for t := range p.Tasks.All() {
 				if t.App == a.Name && t.Class == cl.Name {
 					classTasks = append(classTasks, &t)
 				}
@@ -617,7 +618,7 @@ func checkIngress(in Input, p *Plan, servers map[string]*spec.Server, tasks map[
 				return nil, fmt.Errorf("host %s source %s in app %s repeated or not in %s", host, src, a.Name, n)
 			}
 			seen[src] = true
-			for _, t := range p.Tasks {
+			for t := range p.Tasks.All() {
 				if t.Address == src && t.App == a.Name {
 					return nil, fmt.Errorf("host %s source %s is task %s's address", host, src, t.ID)
 				}

@@ -38,8 +38,16 @@ func TestCheckerCatches(t *testing.T) {
 			flat[0].Encrypt = !flat[0].Encrypt
 			p.Paths = NewPaths(flat)
 		},
-		"address reused":        func(p *Plan) { p.Tasks[1].Address = p.Tasks[0].Address },
-		"task on unknown":       func(p *Plan) { p.Tasks[0].Server = "s9" },
+		"address reused": func(p *Plan) {
+			ts := p.Tasks.Flat()
+			ts[1].Address = ts[0].Address
+			p.Tasks = NewTaskList(ts)
+		},
+		"task on unknown": func(p *Plan) {
+			ts := p.Tasks.Flat()
+			ts[0].Server = "s9"
+			p.Tasks = NewTaskList(ts)
+		},
 		"remote sources wrong":  func(p *Plan) { p.Hosts[1].Firewall[0].RemoteSources = nil },
 		"guest missing":         func(p *Plan) { p.Hosts[0].Guests = p.Hosts[0].Guests[1:] },
 		"nil slice":             func(p *Plan) { p.Hosts[1].Peers = nil },

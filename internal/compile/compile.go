@@ -215,12 +215,16 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	// after a small change through the cache the paths are little work,
 	// and the task list is then off the critical path as well.
 	var paths Paths
-	var tasks []Task
+	var tasks TaskList
+	var oldTasks map[string][]Task
+	if memo {
+		oldTasks = k.tasks
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		paths = c.paths()
-		tasks = c.planTasks()
+		tasks = c.planTasks(oldTasks)
 	}()
 	hosts, entries := c.hosts(k, memo)
 	c.addIngress(hosts)
@@ -233,7 +237,7 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	<-done
 	plan.Paths, plan.Tasks = paths, tasks
 	if memo {
-		k.commit(c, entries)
+		k.commit(c, entries, tasks)
 	}
 	return plan, nil
 }

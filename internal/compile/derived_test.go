@@ -193,7 +193,7 @@ func TestDerivedListsSameAsReference(t *testing.T) {
 	}
 	a1.Classes[1].Tasks = servers
 	both := map[string]int{} // server -> 1 front, 2 worker, 3 both
-	for _, tk := range step("fleet, a class on most servers").Tasks {
+	for tk := range step("fleet, a class on most servers").Tasks.All() {
 		if tk.App == a1.Name && (tk.Class == "front" || tk.Class == "worker") {
 			both[tk.Server] |= 1 + b2i(tk.Class == "worker")
 		}

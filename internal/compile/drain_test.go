@@ -12,13 +12,14 @@ import (
 // one on a ready server stays.
 func TestDrainingServerTasksMove(t *testing.T) {
 	in, p := drainFixture(t)
-	drained := p.Tasks[0]
+	drained := p.Tasks.Flat()[0]
 	q, err := Compile(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, tk := range q.Tasks {
-		was := p.Tasks[i]
+	before := p.Tasks.Flat()
+	for i, tk := range q.Tasks.Flat() {
+		was := before[i]
 		switch {
 		case tk.ID == drained.ID:
 			if tk.Server == drained.Server || tk.Address != drained.Address || !strings.Contains(tk.Reason.Chosen, "moved from "+drained.Server+" (draining)") {
@@ -40,15 +41,16 @@ func TestDrainingServerTasksMove(t *testing.T) {
 // host, but for the draining server taking no new task.
 func TestKeepDrainingServer(t *testing.T) {
 	in, p := drainFixture(t)
-	drained := p.Tasks[0].Server
+	drained := p.Tasks.Flat()[0].Server
 	in.Keep = []string{drained}
 	q, err := Compile(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, tk := range q.Tasks {
-		if tk.Server != p.Tasks[i].Server {
-			t.Errorf("%s moved from %s to %s although its server is kept", tk.ID, p.Tasks[i].Server, tk.Server)
+	before := p.Tasks.Flat()
+	for i, tk := range q.Tasks.Flat() {
+		if tk.Server != before[i].Server {
+			t.Errorf("%s moved from %s to %s although its server is kept", tk.ID, before[i].Server, tk.Server)
 		}
 	}
 	for i, hs := range q.Hosts {
@@ -62,7 +64,7 @@ func TestKeepDrainingServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Tasks[2].Server == drained {
+	if r.Tasks.Flat()[2].Server == drained {
 		t.Errorf("a new task was placed on the kept draining server %s", drained)
 	}
 }
@@ -78,11 +80,11 @@ func drainFixture(t *testing.T) (Input, *Plan) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tk := range p.Tasks {
+	for tk := range p.Tasks.All() {
 		in.Current = append(in.Current, Assignment{Task: tk.ID, Server: tk.Server, Address: tk.Address})
 	}
 	for i := range in.Servers {
-		if in.Servers[i].Name == p.Tasks[0].Server {
+		if in.Servers[i].Name == p.Tasks.Flat()[0].Server {
 			in.Servers[i].State = spec.ServerDraining
 		}
 	}

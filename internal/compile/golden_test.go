@@ -137,9 +137,9 @@ func filledHost(t *testing.T, p *Plan, name string) *HostState {
 
 func taskOf(t *testing.T, p *Plan, id string) *Task {
 	t.Helper()
-	for i := range p.Tasks {
-		if p.Tasks[i].ID == id {
-			return &p.Tasks[i]
+	for tk := range p.Tasks.All() {
+		if tk.ID == id {
+			return &tk
 		}
 	}
 	t.Fatalf("no task %s", id)
@@ -203,7 +203,7 @@ func TestPerPairDecision(t *testing.T) {
 func TestTwoAppsIsolated(t *testing.T) {
 	_, p := compileCase(t, "two-apps")
 	appOf := map[netip.Addr]string{}
-	for _, tk := range p.Tasks {
+	for tk := range p.Tasks.All() {
 		appOf[tk.Address] = tk.App
 	}
 	for pa := range p.Paths.All() {
@@ -246,7 +246,7 @@ func TestKeptAndMoved(t *testing.T) {
 	for _, a := range in.Current {
 		cur[a.Task] = a
 	}
-	for _, tk := range p.Tasks {
+	for tk := range p.Tasks.All() {
 		c := cur[tk.ID]
 		if tk.Address != c.Address {
 			t.Errorf("%s changed address %s -> %s", tk.ID, c.Address, tk.Address)

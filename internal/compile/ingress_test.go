@@ -71,7 +71,7 @@ func TestIngressBackends(t *testing.T) {
 		t.Fatalf("backends per entry host %v, want 2 on each of s1, s2, s3", n)
 	}
 	var cur []Assignment
-	for _, t := range plan.Tasks {
+	for t := range plan.Tasks.All() {
 		cur = append(cur, Assignment{Task: t.ID, Server: t.Server, Address: t.Address})
 	}
 	in.Current = cur

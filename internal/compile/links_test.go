@@ -66,7 +66,7 @@ func TestLinkStatesValidate(t *testing.T) {
 		t.Fatalf("%d paths across apps, want 8 (web and app, 2 tasks each, to ledger's 2 api tasks)", n)
 	}
 	addrOf := map[string][]string{}
-	for _, tk := range p.Tasks {
+	for tk := range p.Tasks.All() {
 		addrOf[tk.App+"/"+tk.Class] = append(addrOf[tk.App+"/"+tk.Class], tk.Address.String())
 	}
 	for _, h := range p.Hosts {

@@ -50,17 +50,40 @@ func (c *compiler) networks() []AppNetwork {
 	return out
 }
 
-// planTasks lists the tasks by app, class name and index.
-func (c *compiler) planTasks() []Task {
-	out := make([]Task, 0, len(c.tasks))
+// planTasks lists the tasks by app, class name and index. An app whose
+// tasks compare equal, one by one, to its list in old (the last plan's,
+// by app name; nil without a cache) keeps that list, so that an
+// unchanged app allocates nothing.
+func (c *compiler) planTasks(old map[string][]Task) TaskList {
+	l := TaskList{apps: make([][]Task, 0, len(c.apps))}
 	for _, a := range c.apps {
-		for _, ti := range a.tasks {
+		if prev := old[a.name]; len(prev) == len(a.tasks) && c.sameTasks(a, prev) {
+			l.add(prev)
+			continue
+		}
+		out := make([]Task, len(a.tasks))
+		for i, ti := range a.tasks {
 			t := &c.tasks[ti]
-			out = append(out, Task{ID: t.id, App: a.name, Class: t.class.name, Index: t.index,
-				Server: c.servers[t.server].spec.Name, Address: t.addr, Reason: t.reason})
+			out[i] = Task{ID: t.id, App: a.name, Class: t.class.name, Index: t.index,
+				Server: c.servers[t.server].spec.Name, Address: t.addr, Reason: t.reason}
+		}
+		l.add(out)
+	}
+	return l
+}
+
+// sameTasks says whether prev is the list planTasks would make for app a.
+func (c *compiler) sameTasks(a *app, prev []Task) bool {
+	for i, ti := range a.tasks {
+		t, p := &c.tasks[ti], &prev[i]
+		if p.ID != t.id || p.Class != t.class.name || p.Index != t.index || p.Address != t.addr ||
+			p.Server != c.servers[t.server].spec.Name || p.App != a.name || p.Pending != "" ||
+			p.Reason.Kept != t.reason.Kept || p.Reason.Chosen != t.reason.Chosen || p.Reason.Omitted != t.reason.Omitted ||
+			!slices.Equal(p.Reason.Rejected, t.reason.Rejected) {
+			return false
 		}
 	}
-	return out
+	return true
 }
 
 // paths gives each app its paths: not the paths themselves (one per rule

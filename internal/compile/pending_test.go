@@ -63,10 +63,10 @@ func TestPendingGolden(t *testing.T) {
 			t.Errorf("pending %s: server %q, address %s, why %q; want address %s, why %q", pt.ID, pt.Server, pt.Address, pt.Pending, wantAddr[pt.ID], wantWhy[pt.ID])
 		}
 	}
-	if len(p.Tasks) != 2 {
+	if p.Tasks.Len() != 2 {
 		t.Fatalf("placed %+v, want the two web tasks", p.Tasks)
 	}
-	for _, tk := range p.Tasks {
+	for tk := range p.Tasks.All() {
 		if tk.Server != "s1" {
 			t.Errorf("%s on %q, want s1", tk.ID, tk.Server)
 		}
@@ -125,7 +125,7 @@ func assertNowhere(t *testing.T, p *Plan, addrs ...string) {
 // their server, pending ones without.
 func current(p *Plan) []Assignment {
 	var out []Assignment
-	for _, tk := range p.Tasks {
+	for tk := range p.Tasks.All() {
 		out = append(out, Assignment{Task: tk.ID, Server: tk.Server, Address: tk.Address})
 	}
 	for _, tk := range p.Pending {
@@ -165,7 +165,7 @@ func TestPendingPlacedWhenRoomComes(t *testing.T) {
 				t.Fatalf("invariant: %v", err)
 			}
 			byID := map[string]Task{}
-			for _, tk := range q.Tasks {
+			for tk := range q.Tasks.All() {
 				byID[tk.ID] = tk
 			}
 			for id, addr := range map[string]string{"shop/db/0": "100.64.0.1", "shop/cache/0": "100.64.0.4"} {
@@ -207,7 +207,7 @@ func TestPendingFreedRoom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(p.Tasks) != 1 || p.Tasks[0].ID != "a/x/0" || len(p.Pending) != 2 {
+	if p.Tasks.Len() != 1 || p.Tasks.Flat()[0].ID != "a/x/0" || len(p.Pending) != 2 {
 		t.Fatalf("tasks %+v, pending %+v", p.Tasks, p.Pending)
 	}
 	in.Apps = in.Apps[1:]
@@ -220,11 +220,11 @@ func TestPendingFreedRoom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(q.Tasks) != 1 || q.Tasks[0].ID != "b/x/0" || q.Tasks[0].Server != "s1" || len(q.Pending) != 1 || q.Pending[0].ID != "b/x/1" {
+	if q.Tasks.Len() != 1 || q.Tasks.Flat()[0].ID != "b/x/0" || q.Tasks.Flat()[0].Server != "s1" || len(q.Pending) != 1 || q.Pending[0].ID != "b/x/1" {
 		t.Fatalf("tasks %+v, pending %+v", q.Tasks, q.Pending)
 	}
-	if q.Tasks[0].Address != p.Pending[0].Address {
-		t.Errorf("b/x/0 got %s, had %s while pending", q.Tasks[0].Address, p.Pending[0].Address)
+	if q.Tasks.Flat()[0].Address != p.Pending[0].Address {
+		t.Errorf("b/x/0 got %s, had %s while pending", q.Tasks.Flat()[0].Address, p.Pending[0].Address)
 	}
 }
 

@@ -31,9 +31,9 @@ func TestRejectedCapped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := p.Tasks[0].Reason
-	if p.Tasks[0].Server != "s29" || len(r.Rejected) != DefaultMaxRejected || r.Omitted != 29-DefaultMaxRejected {
-		t.Fatalf("on %s, %d rejected, %d omitted", p.Tasks[0].Server, len(r.Rejected), r.Omitted)
+	r := p.Tasks.Flat()[0].Reason
+	if p.Tasks.Flat()[0].Server != "s29" || len(r.Rejected) != DefaultMaxRejected || r.Omitted != 29-DefaultMaxRejected {
+		t.Fatalf("on %s, %d rejected, %d omitted", p.Tasks.Flat()[0].Server, len(r.Rejected), r.Omitted)
 	}
 	// The runners-up are the next least loaded: s13..s28.
 	for i, rj := range r.Rejected {
@@ -46,7 +46,7 @@ func TestRejectedCapped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r = p.Tasks[0].Reason
+	r = p.Tasks.Flat()[0].Reason
 	if len(r.Rejected) != 29 || r.Omitted != 0 || r.Rejected[3].Why != "down" {
 		t.Errorf("uncapped: %d rejected, %d omitted, s03: %+v", len(r.Rejected), r.Omitted, r.Rejected[3])
 	}
@@ -64,7 +64,7 @@ func TestRejectionWhys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tk := p.Tasks[0]
+	tk := p.Tasks.Flat()[0]
 	want := map[string]string{
 		"s00": "draining",
 		"s01": "has zone=b, needs zone=a",
@@ -103,7 +103,7 @@ func TestDoesNotFitWhy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := p.Tasks[0].Reason.Rejected; len(r) != 1 || r[0].Why != "does not fit: needs 500m cpu, 100m free" {
+	if r := p.Tasks.Flat()[0].Reason.Rejected; len(r) != 1 || r[0].Why != "does not fit: needs 500m cpu, 100m free" {
 		t.Errorf("%+v", r)
 	}
 }

@@ -112,8 +112,8 @@ func randInput(r *rand.Rand) Input {
 
 // assignments reduces a plan to what the next compile is given.
 func assignments(p *Plan) ([]Assignment, map[string]netip.Prefix) {
-	cur := make([]Assignment, len(p.Tasks))
-	for i, t := range p.Tasks {
+	cur := make([]Assignment, p.Tasks.Len())
+	for i, t := range p.Tasks.Flat() {
 		cur[i] = Assignment{Task: t.ID, Server: t.Server, Address: t.Address}
 	}
 	nets := map[string]netip.Prefix{}
@@ -176,9 +176,10 @@ func TestProperties(t *testing.T) {
 		if err := checkPlan(in, p2); err != nil {
 			t.Fatalf("iteration %d: recompile: %v", it, err)
 		}
-		for i, tk := range p2.Tasks {
-			if tk.Server != p.Tasks[i].Server || tk.Address != p.Tasks[i].Address || !tk.Reason.Kept {
-				t.Fatalf("iteration %d: recompile moved %s: %s %s -> %s %s", it, tk.ID, p.Tasks[i].Server, p.Tasks[i].Address, tk.Server, tk.Address)
+		was := p.Tasks.Flat()
+		for i, tk := range p2.Tasks.Flat() {
+			if tk.Server != was[i].Server || tk.Address != was[i].Address || !tk.Reason.Kept {
+				t.Fatalf("iteration %d: recompile moved %s: %s %s -> %s %s", it, tk.ID, was[i].Server, was[i].Address, tk.Server, tk.Address)
 			}
 		}
 		again := mustJSON(t, p2)
@@ -219,10 +220,10 @@ func TestProperties(t *testing.T) {
 		}
 		scaled++
 		before := map[string]Task{}
-		for _, tk := range p.Tasks {
+		for tk := range p.Tasks.All() {
 			before[tk.ID] = tk
 		}
-		for _, tk := range p5.Tasks {
+		for tk := range p5.Tasks.All() {
 			b, ok := before[tk.ID]
 			if ok && (b.Server != tk.Server || b.Address != tk.Address) {
 				t.Fatalf("iteration %d: scaling %s/%s moved %s", it, a.Name, a.Classes[ci].Name, tk.ID)

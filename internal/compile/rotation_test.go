@@ -24,7 +24,7 @@ func TestRotationInHostStates(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := ""
-	for _, tk := range plan.Tasks {
+	for tk := range plan.Tasks.All() {
 		if tk.Class == "db" {
 			db = tk.Server
 		}
@@ -127,7 +127,7 @@ func TestRotationInHostStates(t *testing.T) {
 
 func assignmentsOf(p *Plan) []Assignment {
 	var out []Assignment
-	for _, t := range p.Tasks {
+	for t := range p.Tasks.All() {
 		out = append(out, Assignment{Task: t.ID, Server: t.Server, Address: t.Address})
 	}
 	return out

@@ -134,7 +134,7 @@ func TestTaskAddressesSkipLast(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, tk := range p.Tasks {
+		for tk := range p.Tasks.All() {
 			if tk.Address == last || tk.Address == netip.MustParseAddr("100.64.0.0") {
 				t.Errorf("Current %v: task %s has address %s", cur != nil, tk.ID, tk.Address)
 			}
@@ -274,8 +274,9 @@ func TestCurrentTwiceSideBySide(t *testing.T) {
 		t.Fatal(err)
 	}
 	last := extra[len(extra)-1].Task
-	for i := range got.Tasks {
-		g, b := got.Tasks[i], base.Tasks[i]
+	gots, bases := got.Tasks.Flat(), base.Tasks.Flat()
+	for i := range gots {
+		g, b := gots[i], bases[i]
 		if g.ID == last {
 			if g.Reason.Kept || !strings.Contains(g.Reason.Chosen, "moved from gone (no longer a server)") {
 				t.Fatalf("task %s on a server that is gone was kept: %+v", g.ID, g.Reason)
@@ -343,7 +344,7 @@ func TestSideBySideSameAsInTurn(t *testing.T) {
 	if err := json.Unmarshal(parts[1], &p.Networks); err != nil {
 		t.Fatal(err)
 	}
-	in.Current, in.Networks = assignments(&Plan{Tasks: p.Tasks, Networks: p.Networks})
+	in.Current, in.Networks = assignments(&Plan{Tasks: NewTaskList(p.Tasks), Networks: p.Networks})
 	in.Apps = slices.Clone(in.Apps)
 	in.Apps[4].Classes = slices.Clone(in.Apps[4].Classes)
 	in.Apps[4].Classes[1].Tasks += 3

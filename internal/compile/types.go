@@ -70,7 +70,7 @@ type Assignment struct {
 // its slices may share backing arrays.
 type Plan struct {
 	Networks []AppNetwork `json:"networks"`
-	Tasks    []Task       `json:"tasks"`
+	Tasks    TaskList     `json:"tasks"`
 	Paths    Paths        `json:"paths"`
 	Hosts    []HostState  `json:"hosts"` // one per server in Input, sorted by name
 	// Unresolved are the rules to imported services (app to app) that

@@ -196,7 +196,7 @@ func expectedPlacement(t testing.TB, c *api.Client, victim string) map[string]st
 		t.Fatalf("compile without %s: %v", victim, err)
 	}
 	out := map[string]string{}
-	for _, ti := range plan.Tasks {
+	for ti := range plan.Tasks.All() {
 		out[ti.ID] = ti.Server
 	}
 	return out

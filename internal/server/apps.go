@@ -386,7 +386,7 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	res := api.PlanResult{Tasks: p.Tasks}
+	res := api.PlanResult{Tasks: p.Tasks.Flat()}
 	inApps := map[string]bool{}
 	for _, a := range in {
 		inApps[a.app.Name] = true

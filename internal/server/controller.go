@@ -477,13 +477,13 @@ func (c *controller) reconcile(ctx context.Context, guard []clientv3.Cmp, since 
 	}
 	c.notePending(ctx, sn, plan)
 	perServer := map[string]int{}
-	for _, t := range plan.Tasks {
+	for t := range plan.Tasks.All() {
 		perServer[t.Server]++
 	}
 	c.noteDrained(ctx, sn, states, perServer)
 	if len(writes) > 0 || moved > 0 {
-		msg := fmt.Sprintf("%d tasks placed (%d new or moved), %d host desired states updated", len(plan.Tasks), moved, len(writes))
-		c.log.Info("placement updated", "tasks", len(plan.Tasks), "moved", moved, "hosts", len(writes))
+		msg := fmt.Sprintf("%d tasks placed (%d new or moved), %d host desired states updated", plan.Tasks.Len(), moved, len(writes))
+		c.log.Info("placement updated", "tasks", plan.Tasks.Len(), "moved", moved, "hosts", len(writes))
 		if err := c.st.AppendEvent(ctx, api.Event{Who: "controller", Action: "placement.update", Message: msg}); err != nil {
 			c.log.Warn("record event", "err", err)
 		}
@@ -546,9 +546,10 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 	for _, n := range plan.Networks {
 		get(n.App).Network = n.Network
 	}
-	for _, t := range plan.Tasks {
-		p := get(t.App)
-		p.Tasks = append(p.Tasks, t)
+	for _, ts := range plan.Tasks.Apps() {
+		// Shared with the plan, which nothing changes (an unchanged
+		// app's list is the last plan's, through the compiler's cache).
+		get(ts[0].App).Tasks = ts
 	}
 	for _, t := range plan.Pending {
 		p := get(t.App)
@@ -567,7 +568,7 @@ func (c *controller) writePlacement(ctx context.Context, guard []clientv3.Cmp, s
 		}
 	}
 	moved := 0
-	for _, t := range plan.Tasks {
+	for t := range plan.Tasks.All() {
 		if where[t.ID] != t.Server {
 			moved++
 		}

@@ -315,7 +315,7 @@ func moveCandidates(sn *store.Snapshot, states map[string]string, plan *compile.
 		}
 	}
 	var out []store.MoveTask
-	for _, t := range plan.Tasks {
+	for t := range plan.Tasks.All() {
 		from := where[t.ID]
 		if from == "" || from == t.Server || states[from] != spec.ServerDraining || states[t.Server] == spec.ServerDown {
 			continue

@@ -62,7 +62,7 @@ func (c *controller) notePending(ctx context.Context, sn *store.Snapshot, plan *
 		}
 		pend = append(pend, t.ID)
 	}
-	for _, t := range plan.Tasks {
+	for t := range plan.Tasks.All() {
 		if _, ok := was[t.ID]; !ok {
 			continue
 		}

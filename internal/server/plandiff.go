@@ -31,7 +31,7 @@ func taskChanges(sn *store.Snapshot, p *compile.Plan, inApps map[string]bool) []
 		}
 	}
 	var out []api.PlanChange
-	for _, t := range p.Tasks {
+	for t := range p.Tasks.All() {
 		old, ok := was[t.ID]
 		switch {
 		case !ok:

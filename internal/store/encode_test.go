@@ -67,7 +67,7 @@ func TestPlacementPathSet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := AppPlacement{App: "big", Network: plan.Networks[0].Network, Tasks: plan.Tasks, Paths: plan.Paths.Apps()[0]}
+	p := AppPlacement{App: "big", Network: plan.Networks[0].Network, Tasks: plan.Tasks.Flat(), Paths: plan.Paths.Apps()[0]}
 	b, err := p.Encode()
 	if err != nil {
 		t.Fatal(err)
