@@ -13,23 +13,46 @@ import (
 // Outbound is the host-state type of a class's outside destinations.
 type Outbound = hoststate.Outbound
 
+// fleetRanges are what an outside destination or a published address
+// must not meet: the overlay (the pool and every app's network) and the
+// servers' underlay addresses. Each list is made when first asked for:
+// most fleets have no egress rule or published port, and 1,000 servers
+// made 0.1 MB of lists on every compile for nothing.
+type fleetRanges struct {
+	over  []netip.Prefix
+	under []netip.Addr
+}
+
+func (f *fleetRanges) overlay(c *compiler, pool netip.Prefix) []netip.Prefix {
+	if f.over == nil {
+		if !pool.IsValid() {
+			pool = DefaultPool
+		}
+		f.over = append(make([]netip.Prefix, 0, 1+len(c.apps)), pool)
+		for _, a := range c.apps {
+			f.over = append(f.over, a.network)
+		}
+	}
+	return f.over
+}
+
+func (f *fleetRanges) underlay(c *compiler) []netip.Addr {
+	if f.under == nil {
+		f.under = make([]netip.Addr, 0, len(c.servers))
+		for _, s := range c.servers {
+			f.under = append(f.under, s.addr)
+		}
+	}
+	return f.under
+}
+
 // checkOutside refuses an app's outside destination (egress or resolver)
 // that overlaps the overlay (the pool, any app's network) or holds a
 // server's underlay address. spec validation has already refused the
 // ranges it can see from the app alone, with file and line; this is the
 // check against the fleet.
 func (c *compiler) checkOutside(pool netip.Prefix) error {
-	if !pool.IsValid() {
-		pool = DefaultPool
-	}
-	overlay := []netip.Prefix{pool}
-	for _, a := range c.apps {
-		overlay = append(overlay, a.network)
-	}
-	var underlay []netip.Addr
-	for _, s := range c.servers {
-		underlay = append(underlay, s.addr)
-	}
+	var f fleetRanges
 	for _, a := range c.apps {
 		for i, e := range a.spec.Egress {
 			for j, d := range e.To {
@@ -38,7 +61,7 @@ func (c *compiler) checkOutside(pool netip.Prefix) error {
 				if err != nil {
 					return inputErr(field, "%v", err)
 				}
-				if why := spec.OutsideConflict(p, overlay, underlay); why != "" {
+				if why := spec.OutsideConflict(p, f.overlay(c, pool), f.underlay(c)); why != "" {
 					return inputErr(field, "destination %s %s", p, why)
 				}
 			}
@@ -52,7 +75,7 @@ func (c *compiler) checkOutside(pool netip.Prefix) error {
 			if err != nil || !ad.Is4() {
 				return inputErr(field, "%q is not an IPv4 address", r)
 			}
-			if why := spec.OutsideConflict(netip.PrefixFrom(ad, 32), overlay, underlay); why != "" {
+			if why := spec.OutsideConflict(netip.PrefixFrom(ad, 32), f.overlay(c, pool), f.underlay(c)); why != "" {
 				return inputErr(field, "resolver %s %s", ad, why)
 			}
 		}
