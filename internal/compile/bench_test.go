@@ -256,20 +256,27 @@ func BenchmarkRecompileOneChangeCachedEncode(b *testing.B) {
 // app 7 scaled up by a task.
 func warmOneChange(b *testing.B) (Input, *Cache, *Plan) {
 	b.Helper()
-	in := benchFleet()
+	return oneChange(b, benchFleet(), 7)
+}
+
+// oneChange compiles in, makes its placement Current, compiles that
+// through a new Cache (returned, with its plan) and returns the input
+// with class 1 of app ai scaled up by a task.
+func oneChange(tb testing.TB, in Input, ai int) (Input, *Cache, *Plan) {
+	tb.Helper()
 	p, err := Compile(in)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	in.Current, in.Networks = assignments(p)
 	warm := &Cache{}
 	p0, err := warm.Compile(in)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	in.Apps = slices.Clone(in.Apps)
-	in.Apps[7].Classes = slices.Clone(in.Apps[7].Classes)
-	in.Apps[7].Classes[1].Tasks++
+	in.Apps[ai].Classes = slices.Clone(in.Apps[ai].Classes)
+	in.Apps[ai].Classes[1].Tasks++
 	return in, warm, p0
 }
 

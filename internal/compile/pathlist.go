@@ -77,16 +77,26 @@ type pathRule struct {
 // path have no group, in Paths from the compiler too.
 func NewPaths(flat []Path) Paths {
 	var ps Paths
-	for i := 0; i < len(flat); {
-		j := i + 1
-		for j < len(flat) && flat[j].App == flat[i].App {
-			j++
-		}
-		ps.apps = append(ps.apps, AppPaths{App: flat[i].App, flat: flat[i:j:j]})
-		i = j
+	for _, run := range byApp(flat, func(p *Path) string { return p.App }) {
+		ps.apps = append(ps.apps, AppPaths{App: run[0].App, flat: run})
 	}
 	ps.n = len(flat)
 	return ps
+}
+
+// byApp splits a flat, app-ordered list into its runs of one app each,
+// each full (appending to one copies it).
+func byApp[T any](flat []T, app func(*T) string) [][]T {
+	var runs [][]T
+	for i := 0; i < len(flat); {
+		j := i + 1
+		for j < len(flat) && app(&flat[j]) == app(&flat[i]) {
+			j++
+		}
+		runs = append(runs, flat[i:j:j])
+		i = j
+	}
+	return runs
 }
 
 // addGen appends one app's derived paths; an app without paths is left

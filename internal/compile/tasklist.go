@@ -22,17 +22,7 @@ type TaskList struct {
 
 // NewTaskList groups a flat, app-ordered list of tasks by app.
 func NewTaskList(flat []Task) TaskList {
-	var l TaskList
-	for i := 0; i < len(flat); {
-		j := i + 1
-		for j < len(flat) && flat[j].App == flat[i].App {
-			j++
-		}
-		l.apps = append(l.apps, flat[i:j:j])
-		i = j
-	}
-	l.n = len(flat)
-	return l
+	return TaskList{apps: byApp(flat, func(t *Task) string { return t.App }), n: len(flat)}
 }
 
 // add appends one app's tasks; an app without tasks is left out.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
-	"slices"
 	"testing"
 )
 
@@ -52,20 +51,7 @@ func TestTaskListJSON(t *testing.T) {
 // Through a Cache, a one-class change makes a new task list for the
 // changed app only: every other app's is the last plan's, the same slice.
 func TestCacheKeepsUnchangedTaskLists(t *testing.T) {
-	in := sizedFleet(40, 6, 10)
-	p, err := Compile(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in.Current, in.Networks = assignments(p)
-	var k Cache
-	p0, err := k.Compile(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in.Apps = slices.Clone(in.Apps)
-	in.Apps[3].Classes = slices.Clone(in.Apps[3].Classes)
-	in.Apps[3].Classes[1].Tasks++
+	in, k, p0 := oneChange(t, sizedFleet(40, 6, 10), 3)
 	p1, err := k.Compile(in)
 	if err != nil {
 		t.Fatal(err)
