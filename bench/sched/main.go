@@ -48,22 +48,19 @@ func wake() {
 	fmt.Printf("goroutine start on an idle CPU: p10 %v, p50 %v, p90 %v, p99 %v\n", lat[200], lat[1000], lat[1800], lat[1980])
 }
 
-var sink []byte
-
 // work hashes n times, allocating 512 bytes per hash when alloc is set.
-func work(n int, alloc bool) {
+// It returns the last allocation, so that every one is made on the heap.
+func work(n int, alloc bool) (last []byte) {
 	var b [64]byte
-	for i := range n {
+	for range n {
 		h := sha256.Sum256(b[:])
 		b[0] = h[0]
 		if alloc {
-			s := make([]byte, 512)
-			s[0] = b[0]
-			if i%1000 == 0 {
-				sink = s
-			}
+			last = make([]byte, 512)
+			last[0] = b[0]
 		}
 	}
+	return last
 }
 
 // split times the same work on one goroutine and in halves on two.
