@@ -36,8 +36,9 @@ func (l *TaskList) add(tasks []Task) {
 // Len is the number of tasks.
 func (l TaskList) Len() int { return l.n }
 
-// Apps are the tasks app by app, in the plan's app order: shared, not
-// copied, and so read-only.
+// Apps are the tasks app by app, in the plan's app order, one list per
+// app (a list made by NewTaskList from tasks not grouped by app has one
+// per run): shared, not copied, and so read-only.
 func (l TaskList) Apps() [][]Task { return l.apps }
 
 // All yields every task in order.
