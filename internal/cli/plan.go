@@ -197,20 +197,22 @@ func readCurrent(file string) ([]compile.Assignment, map[string]netip.Prefix, er
 		}
 		return cur, nil, nil
 	}
-	var p compile.Plan
+	// Only what the next compile is given: a plan's paths and host
+	// states are most of its bytes, and decoding them was wasted. A
+	// missing or null task list tells another JSON object from a plan.
+	var p struct {
+		Tasks    *[]compile.Task      `json:"tasks"`
+		Pending  []compile.Task       `json:"pending"`
+		Networks []compile.AppNetwork `json:"networks"`
+	}
 	if err := json.Unmarshal(data, &p); err != nil {
 		return nil, nil, fmt.Errorf("%s: not a plan (corridor plan -o json) nor a list of assignments: %w", file, err)
 	}
-	// A plan's task list reads the same whether empty or missing: the
-	// key itself tells a plan from another JSON object.
-	var probe struct {
-		Tasks json.RawMessage `json:"tasks"`
-	}
-	if json.Unmarshal(data, &probe) != nil || probe.Tasks == nil || string(probe.Tasks) == "null" {
+	if p.Tasks == nil {
 		return nil, nil, fmt.Errorf("%s: no \"tasks\": not a plan from corridor plan -o json", file)
 	}
-	cur := make([]compile.Assignment, 0, p.Tasks.Len())
-	for t := range p.Tasks.All() {
+	cur := make([]compile.Assignment, 0, len(*p.Tasks)+len(p.Pending))
+	for _, t := range *p.Tasks {
 		cur = append(cur, compile.Assignment{Task: t.ID, Server: t.Server, Address: t.Address})
 	}
 	for _, t := range p.Pending {
