@@ -51,9 +51,9 @@ func (c *compiler) networks() []AppNetwork {
 }
 
 // planTasks lists the tasks by app, class name and index. An app whose
-// tasks compare equal, one by one, to its list in old (the last plan's,
-// by app name; nil without a cache) keeps that list, so that an
-// unchanged app allocates nothing.
+// tasks are, one by one, those of its list in old (the last plan's, by
+// app name; nil without a cache) keeps that list, so that an unchanged app
+// allocates nothing.
 func (c *compiler) planTasks(old map[string][]Task) TaskList {
 	l := TaskList{apps: make([][]Task, 0, len(c.apps))}
 	for _, a := range c.apps {
@@ -63,23 +63,24 @@ func (c *compiler) planTasks(old map[string][]Task) TaskList {
 		}
 		out := make([]Task, len(a.tasks))
 		for i, ti := range a.tasks {
-			t := &c.tasks[ti]
-			out[i] = Task{ID: t.id, App: a.name, Class: t.class.name, Index: t.index,
-				Server: c.servers[t.server].spec.Name, Address: t.addr, Reason: t.reason}
+			out[i] = c.planTask(a, ti)
 		}
 		l.add(out)
 	}
 	return l
 }
 
+// planTask is task ti of app a as the plan shows it.
+func (c *compiler) planTask(a *app, ti int32) Task {
+	t := &c.tasks[ti]
+	return Task{ID: t.id, App: a.name, Class: t.class.name, Index: t.index,
+		Server: c.servers[t.server].spec.Name, Address: t.addr, Reason: t.reason}
+}
+
 // sameTasks says whether prev is the list planTasks would make for app a.
 func (c *compiler) sameTasks(a *app, prev []Task) bool {
 	for i, ti := range a.tasks {
-		t, p := &c.tasks[ti], &prev[i]
-		if p.ID != t.id || p.Class != t.class.name || p.Index != t.index || p.Address != t.addr ||
-			p.Server != c.servers[t.server].spec.Name || p.App != a.name || p.Pending != "" ||
-			p.Reason.Kept != t.reason.Kept || p.Reason.Chosen != t.reason.Chosen || p.Reason.Omitted != t.reason.Omitted ||
-			!slices.Equal(p.Reason.Rejected, t.reason.Rejected) {
+		if t := c.planTask(a, ti); !t.equal(&prev[i]) {
 			return false
 		}
 	}

@@ -119,6 +119,12 @@ type Task struct {
 	Pending string `json:"pending,omitempty"`
 }
 
+// equal says whether t and u are the same task, field by field.
+func (t *Task) equal(u *Task) bool {
+	return t.ID == u.ID && t.App == u.App && t.Class == u.Class && t.Index == u.Index &&
+		t.Server == u.Server && t.Address == u.Address && t.Pending == u.Pending && t.Reason.equal(&u.Reason)
+}
+
 // Reason explains a placement.
 type Reason struct {
 	// Kept is true when the task stayed where an earlier compile put it.
@@ -130,6 +136,11 @@ type Reason struct {
 	// are listed, and Omitted counts the others.
 	Rejected []Rejection `json:"rejected,omitempty"`
 	Omitted  int         `json:"omitted,omitempty"`
+}
+
+// equal says whether r and q are the same reason, field by field.
+func (r *Reason) equal(q *Reason) bool {
+	return r.Kept == q.Kept && r.Chosen == q.Chosen && r.Omitted == q.Omitted && slices.Equal(r.Rejected, q.Rejected)
 }
 
 // Rejection is why one server was not chosen.
