@@ -214,28 +214,27 @@ func (k *Cache) compile(in Input, memo bool) (*Plan, error) {
 	// The plan's task list (only read from the tasks) is made there too:
 	// after a small change through the cache the paths are little work,
 	// and the task list is then off the critical path as well.
+	// Without memo k is new, and has no task lists to keep.
 	var paths Paths
 	var tasks TaskList
-	var oldTasks map[string][]Task
-	if memo {
-		oldTasks = k.tasks
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		paths = c.paths()
-		tasks = c.planTasks(oldTasks)
-	}()
-	hosts, entries := c.hosts(k, memo)
-	c.addIngress(hosts)
+	var hosts []HostState
+	var entries []*hostEntry
+	sideBySide(len(c.tasks) < minSideBySide,
+		func() {
+			paths, tasks = c.paths(), c.planTasks(k.tasks)
+		},
+		func() {
+			hosts, entries = c.hosts(k, memo)
+			c.addIngress(hosts)
+		})
 	plan := &Plan{
 		Networks:   c.networks(),
+		Tasks:      tasks,
+		Paths:      paths,
 		Hosts:      hosts,
 		Unresolved: c.unresolved,
 		Pending:    c.pendingTasks(),
 	}
-	<-done
-	plan.Paths, plan.Tasks = paths, tasks
 	if memo {
 		k.commit(c, entries, tasks)
 	}
