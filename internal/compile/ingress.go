@@ -77,7 +77,7 @@ func (a *app) addrsNeeded() int { return a.numTasks + len(a.entries) }
 // listening on one address and port of one entry host. spec validation
 // has refused what it could see from the apps alone, with file and line.
 func (c *compiler) checkPublish(pool netip.Prefix) error {
-	var fr fleetRanges
+	fr := fleetRanges{c: c, pool: pool}
 	type listen struct {
 		host  int32
 		addr  netip.Addr
@@ -98,7 +98,7 @@ func (c *compiler) checkPublish(pool netip.Prefix) error {
 					if err != nil {
 						return inputErr(field+".from["+strconv.Itoa(j)+"]", "%v", err)
 					}
-					if why := spec.OutsideConflict(pre, fr.overlay(c, pool), fr.underlay(c)); why != "" {
+					if why := fr.conflict(pre); why != "" {
 						return inputErr(field+".from["+strconv.Itoa(j)+"]", "client CIDR %s %s", pre, why)
 					}
 				}

@@ -14,36 +14,34 @@ import (
 type Outbound = hoststate.Outbound
 
 // fleetRanges are what an outside destination or a published address
-// must not meet: the overlay (the pool and every app's network) and the
-// servers' underlay addresses. Each list is made when first asked for:
-// most fleets have no egress rule or published port, and 1,000 servers
-// made 0.1 MB of lists on every compile for nothing.
+// must not meet: the overlay (the pool, or DefaultPool, and every app's
+// network) and the servers' underlay addresses. The lists are made when
+// first asked for: most fleets have no egress rule or published port, and
+// 1,000 servers made 0.1 MB of lists on every compile for nothing.
 type fleetRanges struct {
-	over  []netip.Prefix
-	under []netip.Addr
+	c       *compiler
+	pool    netip.Prefix
+	overlay []netip.Prefix
+	under   []netip.Addr
 }
 
-func (f *fleetRanges) overlay(c *compiler, pool netip.Prefix) []netip.Prefix {
-	if f.over == nil {
+// conflict is spec.OutsideConflict of p with the fleet's ranges.
+func (f *fleetRanges) conflict(p netip.Prefix) string {
+	if f.overlay == nil {
+		pool := f.pool
 		if !pool.IsValid() {
 			pool = DefaultPool
 		}
-		f.over = append(make([]netip.Prefix, 0, 1+len(c.apps)), pool)
-		for _, a := range c.apps {
-			f.over = append(f.over, a.network)
+		f.overlay = append(make([]netip.Prefix, 0, 1+len(f.c.apps)), pool)
+		for _, a := range f.c.apps {
+			f.overlay = append(f.overlay, a.network)
 		}
-	}
-	return f.over
-}
-
-func (f *fleetRanges) underlay(c *compiler) []netip.Addr {
-	if f.under == nil {
-		f.under = make([]netip.Addr, 0, len(c.servers))
-		for _, s := range c.servers {
+		f.under = make([]netip.Addr, 0, len(f.c.servers))
+		for _, s := range f.c.servers {
 			f.under = append(f.under, s.addr)
 		}
 	}
-	return f.under
+	return spec.OutsideConflict(p, f.overlay, f.under)
 }
 
 // checkOutside refuses an app's outside destination (egress or resolver)
@@ -52,7 +50,7 @@ func (f *fleetRanges) underlay(c *compiler) []netip.Addr {
 // ranges it can see from the app alone, with file and line; this is the
 // check against the fleet.
 func (c *compiler) checkOutside(pool netip.Prefix) error {
-	var f fleetRanges
+	fr := fleetRanges{c: c, pool: pool}
 	for _, a := range c.apps {
 		for i, e := range a.spec.Egress {
 			for j, d := range e.To {
@@ -61,7 +59,7 @@ func (c *compiler) checkOutside(pool netip.Prefix) error {
 				if err != nil {
 					return inputErr(field, "%v", err)
 				}
-				if why := spec.OutsideConflict(p, f.overlay(c, pool), f.underlay(c)); why != "" {
+				if why := fr.conflict(p); why != "" {
 					return inputErr(field, "destination %s %s", p, why)
 				}
 			}
@@ -75,7 +73,7 @@ func (c *compiler) checkOutside(pool netip.Prefix) error {
 			if err != nil || !ad.Is4() {
 				return inputErr(field, "%q is not an IPv4 address", r)
 			}
-			if why := spec.OutsideConflict(netip.PrefixFrom(ad, 32), f.overlay(c, pool), f.underlay(c)); why != "" {
+			if why := fr.conflict(netip.PrefixFrom(ad, 32)); why != "" {
 				return inputErr(field, "resolver %s %s", ad, why)
 			}
 		}
