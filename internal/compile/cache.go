@@ -103,11 +103,14 @@ func (c *Cache) Compile(in Input) (*Plan, error) {
 // fingerprint is unchanged, else a new, empty one. Without memo every
 // entry is new and no fingerprint is computed.
 func (k *Cache) prepare(c *compiler, memo bool) {
-	if memo && (len(k.meta) != len(c.servers) || !slices.EqualFunc(k.servers, c.servers, func(n string, s *server) bool { return n == s.spec.Name })) {
+	// commit sets the names and the metas together: the same names mean
+	// metas to compare, one per server.
+	if memo && !slices.EqualFunc(k.servers, c.servers, func(n string, s *server) bool { return n == s.spec.Name }) {
 		k.apps, k.hosts = nil, nil
 	}
-	// The fingerprints (a tenth of a cached recompile's serial part in
-	// benchFleet) are made in two halves side by side; they only read the
+	// The fingerprints (0.27 to 0.29 ms of the 1.8 ms that a one-class
+	// change of benchFleet spends before the host states, fourteenth
+	// session) are made in two halves side by side; they only read the
 	// compiler and the cache.
 	type result struct {
 		fp  []byte // the new entry's fingerprint; nil: none
