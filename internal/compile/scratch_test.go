@@ -306,11 +306,11 @@ func TestSideBySideSameAsInTurn(t *testing.T) {
 	if n < 2*minSideBySide {
 		t.Fatalf("%d tasks: too few to be split", n)
 	}
-	run := func(procs int, in Input, k *Cache) ([]byte, error) {
+	run := func(procs int, in Input, k *Cache) (*Plan, []byte) {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
 		p, err := k.Compile(in)
 		if err != nil {
-			return nil, err
+			t.Fatal(err)
 		}
 		// The plan but its paths (they are made from the tasks and
 		// their addresses, which are compared): their JSON is most of a
@@ -319,40 +319,20 @@ func TestSideBySideSameAsInTurn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return b, nil
+		return p, b
 	}
 	var k1, k2 Cache
-	one, err1 := run(1, in, &k1)
-	two, err2 := run(2, in, &k2)
-	if err1 != nil || err2 != nil {
-		t.Fatal(err1, err2)
-	}
+	p, one := run(1, in, &k1)
+	_, two := run(2, in, &k2)
 	if !bytes.Equal(one, two) {
 		t.Fatalf("first compile: side by side differs from in turn: %s", firstDiff(two, one))
 	}
-	var p struct {
-		Tasks    []Task
-		Networks []AppNetwork
-	}
-	var parts []json.RawMessage
-	if err := json.Unmarshal(one, &parts); err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(parts[0], &p.Tasks); err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(parts[1], &p.Networks); err != nil {
-		t.Fatal(err)
-	}
-	in.Current, in.Networks = assignments(&Plan{Tasks: NewTaskList(p.Tasks), Networks: p.Networks})
+	in.Current, in.Networks = assignments(p)
 	in.Apps = slices.Clone(in.Apps)
 	in.Apps[4].Classes = slices.Clone(in.Apps[4].Classes)
 	in.Apps[4].Classes[1].Tasks += 3
-	one, err1 = run(1, in, &k1)
-	two, err2 = run(2, in, &k2)
-	if err1 != nil || err2 != nil {
-		t.Fatal(err1, err2)
-	}
+	_, one = run(1, in, &k1)
+	_, two = run(2, in, &k2)
 	if !bytes.Equal(one, two) {
 		t.Fatalf("recompile: side by side differs from in turn: %s", firstDiff(two, one))
 	}
