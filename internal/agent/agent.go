@@ -896,6 +896,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		st.Errors = append(st.Errors, fmt.Sprintf("data plane status: %v", err))
 	}
 	st.Peers, st.Drops, st.WireGuardMode = dp.Peers, dp.Drops, dp.WireGuardMode
+	st.FlowOffload, st.OffloadedFlows = dp.FlowOffload, dp.OffloadedFlows
 	a.m.paths.set(st.Peers, st.Drops)
 	return st
 }

@@ -75,4 +75,7 @@ type DataplaneStatus struct {
 	// WireGuardMode is the WireGuard device's kind: kernel, userspace
 	// (wireguard-go) or absent (none yet).
 	WireGuardMode string
+	// FlowOffload and OffloadedFlows: dataplane.Status's.
+	FlowOffload    string
+	OffloadedFlows int
 }

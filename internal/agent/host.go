@@ -102,7 +102,10 @@ type HostConfig struct {
 	// WireGuardProcs is the wireguard-go process's GOMAXPROCS; 0: its
 	// default (half the CPUs).
 	WireGuardProcs int
-	Listen         string // local API address; empty: none
+	// NoFlowOffload keeps plain flows off nftables flowtables even where
+	// the kernel has them (dataplane.Config.NoFlowOffload).
+	NoFlowOffload bool
+	Listen        string // local API address; empty: none
 	// MetricsListen is the plain-HTTP address of /metrics for Prometheus
 	// (see docs/metrics.md); empty: none.
 	MetricsListen  string
@@ -174,7 +177,7 @@ func hostRuntimes(cfg HostConfig, underlay string) (*guest.Manager, *dataplane.D
 	}
 	dp, err := dataplane.New(dataplane.Config{
 		StateDir: cfg.StateDir, Underlay: underlay, WireGuardName: cfg.WireGuardName,
-		Userspace: cfg.WireGuardUserspace, Procs: cfg.WireGuardProcs, Logger: log,
+		Userspace: cfg.WireGuardUserspace, Procs: cfg.WireGuardProcs, NoFlowOffload: cfg.NoFlowOffload, Logger: log,
 	})
 	if err != nil {
 		closeAll()

@@ -151,6 +151,13 @@ type Status struct {
 	// userspace (wireguard-go, where the kernel has no WireGuard) or
 	// absent (not made yet: no encrypted path).
 	WireGuardMode string `json:"wireguardMode,omitempty"`
+	// FlowOffload says whether the host offloads established plain flows
+	// to an nftables flowtable: on, off (agent --flow-offload=false) or
+	// unavailable (its kernel has no flowtables); empty before the
+	// agent's first apply. OffloadedFlows counts the connections
+	// offloaded when the agent last reported.
+	FlowOffload    string `json:"flowOffload,omitempty"`
+	OffloadedFlows int    `json:"offloadedFlows,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.
@@ -304,6 +311,10 @@ type Server struct {
 	// WireGuardMode is the kind of WireGuard device the agent last
 	// reported: kernel, userspace (wireguard-go) or absent.
 	WireGuardMode string `json:"wireguardMode,omitempty"`
+	// FlowOffload and OffloadedFlows: what the agent last reported
+	// (Status.FlowOffload).
+	FlowOffload    string `json:"flowOffload,omitempty"`
+	OffloadedFlows int    `json:"offloadedFlows,omitempty"`
 }
 
 // TaskInfo is a placed task with its live status, when its agent

@@ -20,6 +20,7 @@ func newAgentCmd() *cobra.Command {
 		cfg           agent.HostConfig
 		labels, label map[string]string
 		cleanup       bool
+		flowOffload   bool
 		logLevel      string
 	)
 	cmd := &cobra.Command{
@@ -72,6 +73,7 @@ that scrapes the agent directly (off by default; docs/metrics.md).`,
 				return err
 			}
 			cfg.Logger = log
+			cfg.NoFlowOffload = !flowOffload
 			cfg.Labels = map[string]string{}
 			maps.Copy(cfg.Labels, labels)
 			maps.Copy(cfg.Labels, label)
@@ -105,6 +107,7 @@ that scrapes the agent directly (off by default; docs/metrics.md).`,
 	fl.StringVar(&cfg.WireGuardName, "wg-name", dataplane.DefaultWireGuardName, "WireGuard device name (unique on the machine when several agents share it)")
 	fl.BoolVar(&cfg.WireGuardUserspace, "wireguard-userspace", false, "use wireguard-go even where the kernel has WireGuard")
 	fl.IntVar(&cfg.WireGuardProcs, "wireguard-procs", 0, "threads running wireguard-go's Go code (its GOMAXPROCS) where WireGuard runs in user space; 0: half the CPUs, at least one (it shares them with the kernel's forwarding of the same packets)")
+	fl.BoolVar(&flowOffload, "flow-offload", true, "where the kernel has nftables flowtables, let established plain flows skip the forwarding path (the firewall's checks made, and made again on every policy change; see docs/operations.md)")
 	fl.StringVar(&cfg.Listen, "listen", ":7444", `local API address (mTLS); "" disables it`)
 	fl.StringVar(&cfg.MetricsListen, "metrics-listen", "", `plain-HTTP address serving only /metrics for Prometheus, e.g. 127.0.0.1:9464 (default: off; see docs/metrics.md)`)
 	fl.BoolVar(&cleanup, "cleanup", false, "remove every guest, device, rule and cgroup the agent made on this host (found through --state-dir), then exit; non-zero, naming them, when some are left")

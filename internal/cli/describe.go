@@ -194,6 +194,9 @@ func describeServer(c *cobra.Command, cl *api.Client, name, out string) error {
 			t.Row("Control plane:", s.ControlPlane)
 		}
 		t.Row("Revisions:", fmt.Sprintf("desired %d, applied %d", s.DesiredRevision, s.AppliedRevision))
+		if s.FlowOffload != "" {
+			t.Row("Flow offload:", flowOffloadLine(s.FlowOffload, s.OffloadedFlows))
+		}
 		for _, e := range s.Errors {
 			t.Row("Error:", e)
 		}
@@ -205,6 +208,19 @@ func describeServer(c *cobra.Command, cl *api.Client, name, out string) error {
 		t.Row("")
 		writePaths(t, d.Paths)
 	})
+}
+
+// flowOffloadLine says what a server's flow offload is (api.Server.FlowOffload).
+func flowOffloadLine(mode string, flows int) string {
+	switch mode {
+	case "on":
+		return fmt.Sprintf("on, %d plain connections offloaded (nftables flowtable)", flows)
+	case "off":
+		return "off (agent --flow-offload=false)"
+	case "unavailable":
+		return "unavailable (the kernel has no nftables flowtables)"
+	}
+	return mode
 }
 
 func taskState(x api.TaskInfo) string {

@@ -50,6 +50,9 @@ type Config struct {
 	// Procs is the wireguard-go process's GOMAXPROCS (its --procs);
 	// 0: its default, half the CPUs (wguser.DefaultProcs).
 	Procs int
+	// NoFlowOffload keeps every plain flow on the forwarding path even
+	// where the kernel has nftables flowtables (flowtable.go).
+	NoFlowOffload bool
 	// Logger receives what the data plane changes. Nil: slog.Default().
 	Logger *slog.Logger
 }
@@ -102,8 +105,11 @@ type Dataplane struct {
 	via         map[string]string
 	moved       []string
 	// flowtablesProbed: the first Apply probed for nftables flowtables
-	// and logged the answer (flowtable.go).
+	// and logged the answer (flowtable.go); offload: the kernel has them
+	// and Config.NoFlowOffload is false, so plain flows are offloaded.
 	flowtablesProbed bool
+	flowtables       bool
+	offload          bool
 }
 
 // New opens the host's namespace and its netlink, nftables and wgctrl
@@ -245,6 +251,7 @@ func (dp *Dataplane) applyLocked(ctx context.Context, st compile.HostState, d *d
 	start := time.Now()
 	dp.noteFlowtables()
 
+	d.offload = dp.offload
 	rs := buildRuleset(d, dp.cfg.WireGuardName)
 	changed, err := dp.applyFirewall(rs)
 	if err != nil {
@@ -335,6 +342,7 @@ func (dp *Dataplane) applyLocked(ctx context.Context, st compile.HostState, d *d
 			want = append(want, sysctl{Key: "net/ipv4/conf/" + g.name + "/accept_local", Value: "1"})
 		}
 	}
+	dp.syncFlowtable(d, present)
 	want = append(want, sysctl{Key: "net/ipv4/ip_forward", Value: "1"})
 	keys, err := setSysctls(dp.ns, want)
 	if err != nil {
@@ -401,12 +409,18 @@ type Status struct {
 	PublicKey string `json:"publicKey"`
 	// NextPublicKey and NextKeyGeneration: the next key of a rotation
 	// under way on this host (PrepareKey), not yet committed.
-	NextPublicKey     string        `json:"nextPublicKey,omitempty"`
-	NextKeyGeneration int64         `json:"nextKeyGeneration,omitempty"`
-	Mode              string        `json:"mode"` // "kernel", "userspace" or "absent"
-	Port              int           `json:"port,omitempty"`
-	Peers             []PeerStatus  `json:"peers"`
-	Drops             []DropCounter `json:"drops"`
+	NextPublicKey     string `json:"nextPublicKey,omitempty"`
+	NextKeyGeneration int64  `json:"nextKeyGeneration,omitempty"`
+	Mode              string `json:"mode"` // "kernel", "userspace" or "absent"
+	Port              int    `json:"port,omitempty"`
+	// FlowOffload says whether established plain flows skip the
+	// forwarding path through flowtable corflows: "on", "off" (turned off
+	// by Config.NoFlowOffload) or "unavailable" (the kernel has no
+	// flowtables); OffloadedFlows counts the connections it holds now.
+	FlowOffload    string        `json:"flowOffload,omitempty"`
+	OffloadedFlows int           `json:"offloadedFlows,omitempty"`
+	Peers          []PeerStatus  `json:"peers"`
+	Drops          []DropCounter `json:"drops"`
 }
 
 // Status reads the WireGuard peers (of both devices during a key
@@ -416,9 +430,24 @@ func (dp *Dataplane) Status(ctx context.Context) (Status, error) {
 	// socket, and a counter dump interleaved with an Apply's (or a
 	// repair's) batch mixes their replies ("unexpected header type").
 	dp.mu.Lock()
+	offload := dp.offload
+	dp.mu.Unlock()
+	// The offloaded connections, read on a socket of their own (without
+	// the lock) and only those of plain paths (the kernel filters).
+	offloaded := 0
+	if offload {
+		n, err := countConntrackMarked(dp.ns, ipsOffload, MarkPlain, MarkMask)
+		if err != nil {
+			// Only the count is missing: the rest is still worth telling.
+			dp.log.Warn("could not count the offloaded flows", "err", err)
+		}
+		offloaded = n
+	}
+	dp.mu.Lock()
 	defer dp.mu.Unlock()
 	servers, via := dp.servers, dp.via
-	s := Status{WireGuard: dp.cfg.WireGuardName, PublicKey: dp.PublicKey().String(), Mode: "absent"}
+	s := Status{WireGuard: dp.cfg.WireGuardName, PublicKey: dp.PublicKey().String(), Mode: "absent",
+		FlowOffload: dp.offloadMode(), OffloadedFlows: offloaded}
 	if k, gen, ok := dp.NextKey(); ok {
 		s.NextPublicKey, s.NextKeyGeneration = k.String(), gen
 	}

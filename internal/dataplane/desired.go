@@ -62,6 +62,9 @@ type desired struct {
 
 	// hold: addresses of tasks about to move, sorted (State.Hold).
 	hold []netip.Addr
+	// offload: established plain flows go to flowtable corflows (set by
+	// the Dataplane from what its kernel offers, not by the state).
+	offload bool
 }
 
 type guestIf struct {

@@ -3,8 +3,10 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 )
 
@@ -14,21 +16,12 @@ const flowtableProbeTable = "corftprobe"
 
 // ProbeFlowtables reports whether the kernel of the data plane's namespace
 // offers nftables flowtables (the inet flowtable type of
-// nf_flow_table_inet), which could let established flows skip the
-// forwarding path (issue 19). It adds, in one batch, a table holding an
-// empty flowtable, and removes it again: a kernel without flowtables
-// refuses the whole batch (ENOENT or EOPNOTSUPP), so nothing stays behind
-// either way.
-//
-// The data plane only reports the answer (Apply logs it once): it does not
-// offload flows even where the kernel can. An offloaded flow skips the
-// forward chain for every later packet, and with it the fail-closed checks
-// that chain makes on established connections too (a guest pair marked
-// encrypted leaving by any device but the WireGuard one is dropped; a pair
-// whose policy changed from plain to encrypted loses its plain flow at
-// once). Using flowtables needs those checks made again at the flowtable's
-// level and the flowtable emptied on every policy change; the kernel this
-// was written on has no flowtables, so neither could be tested.
+// nf_flow_table_inet). It adds, in one batch, a table holding an empty
+// flowtable, and removes it again: a kernel without flowtables refuses the
+// whole batch (ENOENT or EOPNOTSUPP), so nothing stays behind either way.
+// Where they are, and Config.NoFlowOffload is false, established plain
+// flows are offloaded to flowtable corflows (offloadPlain says how the
+// fail-closed checks stay true).
 func (dp *Dataplane) ProbeFlowtables() (bool, error) {
 	return probeFlowtables(dp.nft)
 }
@@ -68,6 +61,140 @@ func (dp *Dataplane) noteFlowtables() {
 		dp.log.Warn("could not tell whether the kernel has nftables flowtables", "err", err)
 		return
 	}
-	dp.log.Info("nftables flowtables", "available", ok, "used", false,
-		"why", "an offloaded flow would skip the forward chain's fail-closed checks (see dataplane.ProbeFlowtables)")
+	dp.flowtables = ok
+	dp.offload = ok && !dp.cfg.NoFlowOffload
+	why := map[string]string{
+		"on":          "established plain flows skip the forwarding path (flowtable " + FlowtableName + ")",
+		"off":         "turned off (--flow-offload=false)",
+		"unavailable": "the kernel has no nftables flowtables (nf_flow_table_inet)",
+	}
+	dp.log.Info("flow offload", "mode", dp.offloadMode(), "why", why[dp.offloadMode()])
+}
+
+// FlowtableName is the flowtable of table inet corridor that established
+// plain flows are offloaded to, where the kernel has flowtables.
+const FlowtableName = "corflows"
+
+// offloadMode is Status.FlowOffload (with dp.mu held): empty before the
+// first Apply has probed the kernel.
+func (dp *Dataplane) offloadMode() string {
+	switch {
+	case !dp.flowtablesProbed:
+		return ""
+	case dp.offload:
+		return "on"
+	case dp.flowtables:
+		return "off"
+	}
+	return "unavailable"
+}
+
+// offloadPlain adds, just before the forward chain's conntrack accept, the
+// rules that hand an established plain connection to flowtable corflows:
+// from then on its packets go from the input device's ingress hook
+// straight to the output device, skipping prerouting, routing, forward and
+// postrouting (issue 19: the plain path's cost against raw VXLAN is those
+// hooks and lookups). Only where the fail-closed checks stay true for
+// every later packet of the flow:
+//
+//   - Only a connection whose recorded path (ct mark) is plain, between a
+//     guest interface and corv0 in either direction. An encrypted pair's
+//     connection is never offloaded, so each of its packets still meets
+//     the path check that keeps it off every device but WireGuard's; nor
+//     are egress, ingress legs or guest-to-guest connections on one host.
+//   - Only a packet that has passed every check before this point: the
+//     path check of a guest's packet, the device check of a tunnel's.
+//   - A flow entry is keyed by its input interface as well as its
+//     addresses and ports, so a packet injected on another device (a
+//     guest spoofing a neighbour, a VXLAN frame for an encrypted pair's
+//     4-tuple) finds no entry and takes the checked path.
+//   - What the checks depend on is the policy, and the policy changes only
+//     with the ruleset: every batch that replaces the ruleset deletes the
+//     flowtable and makes it anew (applyFirewall), which ends every
+//     offloaded flow in the same transaction. The kernel unregisters the
+//     old flowtable's hooks before the commit returns, so no packet is
+//     forwarded by an entry made under the old policy once the new one is
+//     in place; the flows' next packets meet the new rules, and are
+//     offloaded again only if those still let them through.
+//   - A FIN or RST, a route change on the way (its cached route goes
+//     stale) or an interface going away ends a flow's entry in the kernel
+//     itself.
+func (b *rulesetBuilder) offloadPlain(guestAny string) {
+	for _, dirs := range [][2]string{{guestAny, VXLANName}, {VXLANName, guestAny}} {
+		b.add(chainForward, ctState(expr.CtStateBitESTABLISHED, "established", false),
+			ctMarkCmp(expr.CmpOpEq, "==", MarkPlain),
+			ifMatch(expr.MetaKeyIIFNAME, dirs[0], expr.CmpOpEq), ifMatch(expr.MetaKeyOIFNAME, dirs[1], expr.CmpOpEq),
+			plain("flow add @"+FlowtableName, &expr.FlowOffload{Name: FlowtableName}))
+	}
+}
+
+// flowtable is corflows as the firewall batch makes it: with no devices
+// (the kernel refuses a batch naming an interface that does not exist, and
+// a guest's may be on its way out); syncFlowtable adds them. With its
+// counter flag, offloaded packets still count in their conntrack entries.
+func flowtable() *nftables.Flowtable {
+	return &nftables.Flowtable{
+		Table:    corridorTable,
+		Name:     FlowtableName,
+		Hooknum:  nftables.FlowtableHookIngress,
+		Priority: nftables.FlowtablePriorityFilter,
+		Flags:    nftables.FlowtableFlagsCounter,
+	}
+}
+
+// syncFlowtable adds to corflows the interfaces of d's guests that exist
+// (present) and corv0, when they are not in it yet: a flow is offloaded on
+// the interfaces it arrives on. The kernel drops an interface from the
+// flowtable by itself when the interface goes away. Adding interfaces
+// leaves the offloaded flows as they are. A failure is logged and not
+// returned: without the interfaces, flows only take the slower path, and
+// the next Apply tries again.
+func (dp *Dataplane) syncFlowtable(d *desired, present map[string]bool) {
+	if !d.offload {
+		return
+	}
+	fts, err := retryDump(func() ([]*nftables.Flowtable, error) { return dp.nft.ListFlowtables(corridorTable) })
+	if err != nil {
+		dp.log.Warn("could not read flowtable "+FlowtableName, "err", err)
+		return
+	}
+	have := map[string]bool{}
+	found := false
+	for _, ft := range fts {
+		if ft.Name == FlowtableName {
+			found = true
+			for _, dev := range ft.Devices {
+				have[strings.TrimRight(dev, "\x00")] = true
+			}
+		}
+	}
+	if !found {
+		dp.log.Warn("flowtable " + FlowtableName + " is missing from table inet " + NFTTable + ": the next Apply makes it")
+		return
+	}
+	var add []string
+	for _, name := range append([]string{VXLANName}, guestNames(d)...) {
+		if present[name] && !have[name] {
+			add = append(add, name)
+		}
+	}
+	if len(add) == 0 {
+		return
+	}
+	ft := flowtable()
+	ft.Devices = add
+	dp.nft.AddFlowtable(ft)
+	if err := dp.nft.Flush(); err != nil {
+		dp.log.Warn("could not add interfaces to flowtable "+FlowtableName, "interfaces", add, "err", err)
+		return
+	}
+	dp.changed("added interfaces to flowtable "+FlowtableName, "interfaces", strings.Join(add, ","))
+}
+
+func guestNames(d *desired) []string {
+	out := make([]string, len(d.guests))
+	for i, g := range d.guests {
+		out[i] = g.name
+	}
+	return out
 }

@@ -150,10 +150,28 @@ func (dp *Dataplane) applyFirewall(rs *ruleset) (bool, error) {
 		}
 	}
 
+	hadFlowtable := false
+	if exists {
+		fts, err := retryDump(func() ([]*nftables.Flowtable, error) { return dp.nft.ListFlowtables(corridorTable) })
+		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EOPNOTSUPP) {
+			return false, fmt.Errorf("list nftables flowtables: %w", err)
+		}
+		hadFlowtable = slices.ContainsFunc(fts, func(f *nftables.Flowtable) bool { return f.Name == FlowtableName })
+	}
+
 	c := dp.nft
 	c.AddTable(corridorTable)
 	if exists {
 		c.FlushTable(corridorTable)
+	}
+	// The offloaded flows end with the ruleset they were offloaded under:
+	// the flowtable goes (its rules were flushed just before, which frees
+	// it) and comes back empty, in this same transaction (offloadPlain).
+	if hadFlowtable {
+		c.DelFlowtable(flowtable())
+	}
+	if rs.offload {
+		c.AddFlowtable(flowtable())
 	}
 	wantChains := map[string]*nftables.Chain{}
 	for _, ch := range chains() {

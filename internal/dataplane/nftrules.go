@@ -86,6 +86,9 @@ type ruleset struct {
 	rules    []nftRule
 	counters []string // sorted, unique
 	hash     string
+	// offload: the rules hand plain flows to flowtable corflows, which
+	// the batch makes with them.
+	offload bool
 }
 
 // ruleCount returns the number of rules per chain: every chain of the
@@ -622,6 +625,10 @@ func buildRuleset(d *desired, wgName string) *ruleset {
 		}
 	}
 	b.egressForward(d)
+	if d.offload {
+		b.offloadPlain(guestAny)
+		b.rs.offload = true
+	}
 	b.add(chainForward, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, "established,related", false), accept)
 	b.add(chainForward, fromGuest, ctState(expr.CtStateBitINVALID, "invalid", false), b.count(DropInvalid), drop)
 	b.add(chainForward, toGuest, ctState(expr.CtStateBitINVALID, "invalid", false), b.count(DropInvalid), drop)

@@ -433,3 +433,51 @@ func TestRulesetGuestSource(t *testing.T) {
 		t.Errorf("without guests: first prerouting_guest rule %q, prerouting_source %q", first, srcN)
 	}
 }
+
+// With offload, the forward chain hands established plain connections
+// between a guest and corv0 (both ways) to the flowtable, after every
+// check and just before the conntrack accept; nothing else is offloaded,
+// and without offload there is no such rule (nor a flowtable to make).
+func TestRulesetOffload(t *testing.T) {
+	d, err := buildDesired(validState(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := buildRuleset(d, "corw0")
+	if off.offload || strings.Contains(off.text(), "flow add") {
+		t.Fatalf("offload rules without offload:\n%s", off.text())
+	}
+	d.offload = true
+	on := buildRuleset(d, "corw0")
+	if !on.offload {
+		t.Fatal("ruleset with offload does not ask for the flowtable")
+	}
+	if on.hash == off.hash {
+		t.Fatal("the fingerprint does not tell offload from none: an agent switching would keep the old ruleset")
+	}
+	var fwd []string
+	for _, r := range on.rules {
+		if r.chain == chainForward {
+			fwd = append(fwd, r.desc)
+		}
+	}
+	est := slices.Index(fwd, "ct state established,related accept")
+	want := []string{
+		`ct state established ct mark & 0x3000000 == 0x2000000 iifname "corg*" oifname "corv0" flow add @corflows`,
+		`ct state established ct mark & 0x3000000 == 0x2000000 iifname "corv0" oifname "corg*" flow add @corflows`,
+	}
+	if est < 2 || !slices.Equal(fwd[est-2:est], want) {
+		t.Fatalf("forward chain: want, just before the conntrack accept,\n%s\ngot:\n%s", strings.Join(want, "\n"), strings.Join(fwd, "\n"))
+	}
+	for _, r := range on.rules {
+		if strings.Contains(r.desc, "flow add") && !slices.Contains(want, r.desc) {
+			t.Errorf("unexpected offload rule in %s: %s", r.chain, r.desc)
+		}
+	}
+	// Every check of the forward chain that can drop comes before them.
+	for i, r := range fwd {
+		if i > est && strings.Contains(r, "jump "+chainFwdGuest) {
+			t.Errorf("path checks after the offload rules: %s", r)
+		}
+	}
+}

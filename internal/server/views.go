@@ -38,6 +38,7 @@ func (s *Server) serverViews(sn *store.Snapshot, statuses map[string]store.Statu
 			sv.AppliedDigest = st.Status.AppliedDigest
 			sv.ControlPlane = st.Status.ControlPlane
 			sv.WireGuardMode = st.Status.WireGuardMode
+			sv.FlowOffload, sv.OffloadedFlows = st.Status.FlowOffload, st.Status.OffloadedFlows
 			if sv.State == spec.ServerReady && st.Status.NotReady != "" {
 				sv.State = api.ServerNotReady
 			}
