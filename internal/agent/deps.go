@@ -75,7 +75,9 @@ type DataplaneStatus struct {
 	// WireGuardMode is the WireGuard device's kind: kernel, userspace
 	// (wireguard-go) or absent (none yet).
 	WireGuardMode string
-	// FlowOffload and OffloadedFlows: dataplane.Status's.
-	FlowOffload    string
-	OffloadedFlows int
+	// FlowOffload, OffloadedFlows and OffloadedEncrypted:
+	// dataplane.Status's.
+	FlowOffload        string
+	OffloadedFlows     int
+	OffloadedEncrypted int
 }

@@ -71,7 +71,8 @@ func (h hostDataplane) Status(ctx context.Context) (DataplaneStatus, error) {
 // it (the control plane moves the rotation on from these); every drop
 // counter with its kind.
 func convertDataplaneStatus(st dataplane.Status) DataplaneStatus {
-	out := DataplaneStatus{WireGuardMode: st.Mode, FlowOffload: st.FlowOffload, OffloadedFlows: st.OffloadedFlows}
+	out := DataplaneStatus{WireGuardMode: st.Mode, FlowOffload: st.FlowOffload, OffloadedFlows: st.OffloadedFlows,
+		OffloadedEncrypted: st.OffloadedEncrypted}
 	for _, p := range st.Peers {
 		server := p.Server
 		if server == "" {

@@ -417,10 +417,15 @@ type Status struct {
 	// forwarding path through flowtable corflows: "on", "off" (turned off
 	// by Config.NoFlowOffload) or "unavailable" (the kernel has no
 	// flowtables); OffloadedFlows counts the connections it holds now.
-	FlowOffload    string        `json:"flowOffload,omitempty"`
-	OffloadedFlows int           `json:"offloadedFlows,omitempty"`
-	Peers          []PeerStatus  `json:"peers"`
-	Drops          []DropCounter `json:"drops"`
+	FlowOffload    string `json:"flowOffload,omitempty"`
+	OffloadedFlows int    `json:"offloadedFlows,omitempty"`
+	// OffloadedEncrypted counts offloaded connections of encrypted paths:
+	// never more than zero unless the offload rules are wrong, for such a
+	// connection skips the check that keeps it on WireGuard (the agent
+	// reports it as an error).
+	OffloadedEncrypted int           `json:"offloadedEncrypted,omitempty"`
+	Peers              []PeerStatus  `json:"peers"`
+	Drops              []DropCounter `json:"drops"`
 }
 
 // Status reads the WireGuard peers (of both devices during a key
@@ -434,20 +439,23 @@ func (dp *Dataplane) Status(ctx context.Context) (Status, error) {
 	dp.mu.Unlock()
 	// The offloaded connections, read on a socket of their own (without
 	// the lock) and only those of plain paths (the kernel filters).
-	offloaded := 0
+	offloaded, breach := 0, 0
 	if offload {
-		n, err := countConntrackMarked(dp.ns, ipsOffload, MarkPlain, MarkMask)
+		var err error
+		offloaded, err = countConntrackMarked(dp.ns, ipsOffload, MarkPlain, MarkMask)
+		if err == nil {
+			breach, err = countConntrackMarked(dp.ns, ipsOffload, MarkEncrypt, MarkMask)
+		}
 		if err != nil {
-			// Only the count is missing: the rest is still worth telling.
+			// Only the counts are missing: the rest is still worth telling.
 			dp.log.Warn("could not count the offloaded flows", "err", err)
 		}
-		offloaded = n
 	}
 	dp.mu.Lock()
 	defer dp.mu.Unlock()
 	servers, via := dp.servers, dp.via
 	s := Status{WireGuard: dp.cfg.WireGuardName, PublicKey: dp.PublicKey().String(), Mode: "absent",
-		FlowOffload: dp.offloadMode(), OffloadedFlows: offloaded}
+		FlowOffload: dp.offloadMode(), OffloadedFlows: offloaded, OffloadedEncrypted: breach}
 	if k, gen, ok := dp.NextKey(); ok {
 		s.NextPublicKey, s.NextKeyGeneration = k.String(), gen
 	}

@@ -255,6 +255,10 @@ func TestVMHostsKernelAndUserspaceWireGuard(t *testing.T) {
 	}
 	t.Logf("encrypted paths proved on the wire between %v (s1 kernel, s2 wireguard-go)", crossed)
 
+	t.Run("plain flows offloaded, and ended by a policy change", func(t *testing.T) {
+		testVMFlowOffload(t, f)
+	})
+
 	t.Run("power-cycle with the control plane down", func(t *testing.T) {
 		l := f.lab
 		if err := l.StopServer(10 * time.Second); err != nil {
@@ -367,6 +371,96 @@ func TestVMHostsKernelAndUserspaceWireGuard(t *testing.T) {
 	t.Run("host loss: power off during traffic", func(t *testing.T) {
 		testVMHostLoss(t, f)
 	})
+}
+
+// testVMFlowOffload: Debian's kernel has nftables flowtables, so both VM
+// hosts offload established plain connections (the web tier's keep-alive
+// connections to the app tier, made by requests through s1's published
+// port). When web -> app becomes encrypted, the new ruleset ends every
+// offloaded flow in its own transaction: no host holds one once it has
+// applied the change, while requests go on. The shop is then put back,
+// and its plain connections are offloaded again.
+func testVMFlowOffload(t *testing.T, f *fleet) {
+	ctx := context.Background()
+	l := f.lab
+	to := netip.AddrPortFrom(l.Server("s1").Address, 80)
+	request := func() {
+		r, err := l.Request(ctx, lab.IngressRequest{From: l.OutsideClient.Allowed, To: to, Path: "/api/summary", Timeout: 3 * time.Second})
+		if err != nil || !r.Connected {
+			t.Logf("request through s1's published port: connected %v, %v", r.Connected, err)
+		}
+	}
+	offloaded := func() map[string]int {
+		servers, err := f.c.ListServers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int{}
+		for _, s := range servers {
+			if s.FlowOffload != "on" {
+				t.Fatalf("server %s: flow offload %q, want on (Debian's kernel has nftables flowtables)", s.Spec.Name, s.FlowOffload)
+			}
+			for _, e := range s.Errors {
+				if strings.Contains(e, "offloaded") {
+					t.Fatalf("server %s: %s", s.Spec.Name, e)
+				}
+			}
+			out[s.Spec.Name] = s.OffloadedFlows
+		}
+		return out
+	}
+	// until waits, sending requests, for every host's count to pass ok.
+	until := func(what string, ok func(int) bool) {
+		t.Helper()
+		start := time.Now()
+		var last map[string]int
+		for deadline := start.Add(2 * time.Minute); ; {
+			request()
+			last = offloaded()
+			if ok(last["s1"]) && ok(last["s2"]) {
+				t.Logf("figure: %s on both hosts after %s (offloaded flows %v)", what, time.Since(start).Round(100*time.Millisecond), last)
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not on both hosts within 2m (offloaded flows %v)", what, last)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	applied := func(doc []byte) {
+		t.Helper()
+		f.apply(t, doc)
+		f.settleWithin(t, 5, 5*time.Minute)
+	}
+	until("plain connections offloaded", func(n int) bool { return n > 0 })
+
+	encrypted := bytes.Replace(examples.Shop, []byte("    ports: [8080]\n    encrypt: false"), []byte("    ports: [8080]\n    encrypt: true"), 1)
+	if bytes.Equal(encrypted, examples.Shop) {
+		t.Fatal("the shop's web -> app rule is not where the test looks for it")
+	}
+	applied(encrypted)
+	// Settled: both hosts applied the change. Its ruleset ended the
+	// offloaded flows; nothing plain is left to offload.
+	if got := offloaded(); got["s1"] != 0 || got["s2"] != 0 {
+		// The kernel clears a flow's conntrack bit from a work queue
+		// after the commit: a moment later it must be clear.
+		time.Sleep(2 * time.Second)
+		if got = offloaded(); got["s1"] != 0 || got["s2"] != 0 {
+			t.Fatalf("offloaded flows after web -> app became encrypted: %v, want none", got)
+		}
+	}
+	// Requests now go web -> app encrypted: none of those connections is
+	// offloaded (an agent reports one as a fail-closed breach), in a
+	// status reported after them (every second here).
+	for range 5 {
+		request()
+	}
+	time.Sleep(2 * time.Second)
+	if got := offloaded(); got["s1"] != 0 || got["s2"] != 0 {
+		t.Fatalf("offloaded flows while requests went web -> app encrypted: %v, want none", got)
+	}
+	applied(examples.Shop)
+	until("plain connections offloaded again after the shop was put back", func(n int) bool { return n > 0 })
 }
 
 // settleWithin is settle with a deadline of its own (TCG VM hosts).
