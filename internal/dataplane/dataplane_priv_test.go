@@ -257,6 +257,15 @@ func testDataplane(t *testing.T, kernel bool) {
 		if st.Mode != s.mode() || len(st.Peers) != 1 || st.Peers[0].Server != "b" || st.Peers[0].LastHandshake.IsZero() || st.Peers[0].TxBytes == 0 {
 			t.Fatalf("status after an encrypted exchange: %+v", st)
 		}
+		// Flow offload is on exactly where the kernel has flowtables
+		// (the VM hosts' e2e test proves it offloads there).
+		has, err := s.a.dp.ProbeFlowtables()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]string{true: "on", false: "unavailable"}[has]; st.FlowOffload != want || st.OffloadedEncrypted != 0 {
+			t.Fatalf("flow offload %q (encrypted connections offloaded: %d), want %q: the kernel has flowtables: %v", st.FlowOffload, st.OffloadedEncrypted, want, has)
+		}
 	})
 	t.Run("datapath-threads", func(t *testing.T) {
 		if s.a.kernel {

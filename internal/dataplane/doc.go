@@ -46,8 +46,11 @@
 //	routing table 5184            legs to remote backends (TableIngress)
 //	table inet corftprobe         transient: the first Apply adds it with an
 //	                              empty flowtable and removes it, to learn
-//	                              whether the kernel has flowtables (logged;
-//	                              not used, see ProbeFlowtables)
+//	                              whether the kernel has flowtables
+//	flowtable corflows            in table inet corridor, where the kernel
+//	                              has flowtables: established plain flows
+//	                              (offloadPlain), made anew with every
+//	                              ruleset
 //
 // # Firewall marks and routing
 //
