@@ -897,6 +897,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	}
 	st.Peers, st.Drops, st.WireGuardMode = dp.Peers, dp.Drops, dp.WireGuardMode
 	st.FlowOffload, st.OffloadedFlows = dp.FlowOffload, dp.OffloadedFlows
+	a.m.setOffload(dp.FlowOffload, dp.OffloadedFlows, dp.OffloadedEncrypted)
 	if dp.OffloadedEncrypted > 0 {
 		st.Errors = append(st.Errors, fmt.Sprintf("fail-closed breach: %d connections of encrypted paths offloaded to the nftables flowtable, past the check that keeps them on WireGuard", dp.OffloadedEncrypted))
 	}

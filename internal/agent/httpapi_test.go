@@ -268,8 +268,14 @@ func TestAPIProbe(t *testing.T) {
 func TestAPIMetrics(t *testing.T) {
 	h, srv, _, _ := apiHarness(t)
 	h.dp.SetDrops([]api.DropCount{{App: "shop", FromClass: "web", ToClass: "db", Packets: 7}})
-	get(t, srv.URL+"/v1/status") // refreshes the guest gauges and path counters
-	code, body := get(t, srv.URL+"/metrics")
+	h.dp.SetOffload("on", 3, 1)
+	code, body := get(t, srv.URL+"/v1/status") // refreshes the guest gauges and path counters
+	// An offloaded connection of an encrypted path is a fail-closed
+	// breach, told as an error of the host.
+	if code != 200 || !strings.Contains(body, "fail-closed breach: 1 connections of encrypted paths offloaded") || !strings.Contains(body, `"offloadedFlows":3`) {
+		t.Errorf("status = %d, lacks the offloaded flows or the breach: %s", code, body)
+	}
+	code, body = get(t, srv.URL+"/metrics")
 	if code != 200 {
 		t.Fatalf("metrics = %d", code)
 	}
@@ -281,6 +287,8 @@ func TestAPIMetrics(t *testing.T) {
 		`corridor_agent_guests{state="failed"} 0`,
 		fmt.Sprintf(`corridor_agent_peer_sent_bytes_total{peer="s2"} %d`, 2000*h.dp.Applies()),
 		`corridor_agent_firewall_dropped_packets_total{app="shop",from_class="web",kind="pair",to_class="db"} 7`,
+		`corridor_agent_offloaded_flows{path="plain"} 3`,
+		`corridor_agent_offloaded_flows{path="encrypted"} 1`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)

@@ -25,6 +25,7 @@ type metrics struct {
 	guests            *prometheus.GaugeVec
 	renewals          *prometheus.CounterVec
 	certNotAfter      prometheus.Gauge
+	offloadedFlows    *prometheus.GaugeVec
 	paths             *pathCollector
 }
 
@@ -74,6 +75,10 @@ func newMetrics() *metrics {
 			Namespace: "corridor", Subsystem: "agent", Name: "certificate_not_after_timestamp_seconds",
 			Help: "When the agent's client certificate expires (Unix time); it is renewed at two thirds of its lifetime.",
 		}),
+		offloadedFlows: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "corridor", Subsystem: "agent", Name: "offloaded_flows",
+			Help: "Connections offloaded to the nftables flowtable when the last status was read, by path (plain; encrypted is a fail-closed breach and should stay 0). Absent where flow offload is off or unavailable.",
+		}, []string{"path"}),
 	}
 	for _, src := range []string{sourceServer, sourceDisk} {
 		for _, why := range []string{"unsigned", "bad_signature", "newer_schema", "invalid"} {
@@ -81,9 +86,20 @@ func newMetrics() *metrics {
 		}
 	}
 	m.paths = &pathCollector{}
-	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.keyRotations, m.desiredRejected, m.guests, m.paths, m.fences, m.renewals, m.certNotAfter,
+	m.reg.MustRegister(m.reconcileDuration, m.reconcileErrors, m.appliedRevision, m.handshakeRetries, m.keyRotations, m.desiredRejected, m.guests, m.paths, m.fences, m.renewals, m.certNotAfter, m.offloadedFlows,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// setOffload exports the offloaded connections of the last status (none
+// where offload is not on).
+func (m *metrics) setOffload(mode string, plain, encrypted int) {
+	if mode != "on" {
+		m.offloadedFlows.Reset()
+		return
+	}
+	m.offloadedFlows.WithLabelValues("plain").Set(float64(plain))
+	m.offloadedFlows.WithLabelValues("encrypted").Set(float64(encrypted))
 }
 
 // setGuests replaces the per-state guest counts; states with no guest show 0.

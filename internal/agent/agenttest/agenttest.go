@@ -497,6 +497,10 @@ type Dataplane struct {
 
 	mu      sync.Mutex
 	kernel  compile.HostState
+	offload struct {
+		mode             string
+		plain, encrypted int
+	}
 	applies int
 	fail    error
 	removed bool
@@ -604,7 +608,16 @@ func (d *Dataplane) Status(context.Context) (agent.DataplaneStatus, error) {
 		}
 	}
 	st.Drops = slices.Clone(d.Drops)
+	st.FlowOffload, st.OffloadedFlows, st.OffloadedEncrypted = d.offload.mode, d.offload.plain, d.offload.encrypted
 	return st, nil
+}
+
+// SetOffload sets the flow offload Status reports: its mode and the plain
+// and encrypted connections offloaded.
+func (d *Dataplane) SetOffload(mode string, plain, encrypted int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.offload.mode, d.offload.plain, d.offload.encrypted = mode, plain, encrypted
 }
 
 // Remove tears the data plane down.
