@@ -1,0 +1,186 @@
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/corridor-dev/corridor/internal/compile"
+)
+
+// pathBenchBytes is what one operation of BenchmarkPlainPath sends
+// (CORRIDOR_BENCH_MB overrides it, for slow machines such as TCG VMs).
+func pathBenchBytes() int64 {
+	if mb, err := strconv.Atoi(os.Getenv("CORRIDOR_BENCH_MB")); err == nil && mb > 0 {
+		return int64(mb) << 20
+	}
+	return 256 << 20
+}
+
+// BenchmarkPlainPath measures bulk TCP between two simulated hosts, side
+// by side in one run (issue 19, item 2):
+//
+//	vxlan          raw VXLAN between the two host namespaces (no guest
+//	               hop, no rules of ours on the way: the reference)
+//	plain          a Corridor plain path, guest to guest through both
+//	               hosts' data planes, as Apply makes it (flow offload on
+//	               where the kernel has nftables flowtables)
+//	plain-forward  the same with flow offload turned off, every packet
+//	               through the forwarding path (only where offload is on:
+//	               elsewhere it is "plain")
+//
+// each with 1 and 4 streams; MB/s is the throughput. Cases alternate
+// within one run, so their ratio is what to read. Run with
+//
+//	go test -run '^$' -bench PlainPath -benchtime 5x ./internal/dataplane
+//
+// bench/offload/run-vm.sh runs it in a VM booting Debian's kernel, which
+// has flowtables.
+func BenchmarkPlainPath(b *testing.B) {
+	e := newEnv(b)
+	src := e.addGuest(e.a, "p1", "bench", "src", "100.64.0.1")
+	dst := e.addGuest(e.b, "p2", "bench", "dst", "100.64.1.1")
+	e.a.open(b)
+	e.b.open(b)
+	const port = 5201
+	ip := func(xs ...netip.Addr) []netip.Addr { return xs }
+	stA := compile.HostState{Host: "a", Address: e.a.underlay, VTEPMAC: e.a.vtepMAC, WireGuardPort: 51820,
+		Guests: hostGuests(e.a),
+		VXLAN:  []compile.VXLANEntry{{Server: "b", Underlay: e.b.underlay, MAC: e.b.vtepMAC, Guests: ip(dst.addr)}},
+		Routes: []compile.Route{{Sources: ip(src.addr), Dest: dst.addr, Server: "b"}},
+		Firewall: []compile.FirewallRule{
+			fw(compile.Egress, "src", "dst", ip(src.addr), ip(dst.addr), port, false, nil),
+		},
+	}
+	stA.Firewall[0].App = "bench"
+	stB := compile.HostState{Host: "b", Address: e.b.underlay, VTEPMAC: e.b.vtepMAC, WireGuardPort: 51820,
+		Guests: hostGuests(e.b),
+		VXLAN:  []compile.VXLANEntry{{Server: "a", Underlay: e.a.underlay, MAC: e.a.vtepMAC, Guests: ip(src.addr)}},
+		Firewall: []compile.FirewallRule{
+			fw(compile.Ingress, "src", "dst", ip(src.addr), ip(dst.addr), port, false, ip(src.addr)),
+		},
+	}
+	stB.Firewall[0].App = "bench"
+	apply := func(offload bool) {
+		b.Helper()
+		for _, x := range []struct {
+			h  *host
+			st compile.HostState
+		}{{e.a, stA}, {e.b, stB}} {
+			x.h.dp.mu.Lock()
+			x.h.dp.offload = offload && x.h.dp.flowtables
+			x.h.dp.mu.Unlock()
+			if err := x.h.dp.Apply(context.Background(), x.st); err != nil {
+				b.Fatalf("Apply on %s: %v", x.st.Host, err)
+			}
+		}
+	}
+	apply(true)
+	offload := e.a.dp.offload
+
+	// Raw VXLAN by hand between the host namespaces, the plain path's
+	// encapsulation without the guests, marks and rules.
+	for _, x := range []struct {
+		h           *host
+		local, peer netip.Addr
+		addr        string
+	}{{e.a, e.a.underlay, e.b.underlay, "100.127.252.1/24"}, {e.b, e.b.underlay, e.a.underlay, "100.127.252.2/24"}} {
+		run(b, "ip", "-n", x.h.name, "link", "add", "corbvx", "type", "vxlan", "id", "4343", "local", x.local.String(),
+			"remote", x.peer.String(), "dstport", "4790", "dev", "coru0", "nolearning")
+		run(b, "ip", "-n", x.h.name, "link", "set", "corbvx", "mtu", "1450", "up")
+		run(b, "ip", "-n", x.h.name, "addr", "add", x.addr, "dev", "corbvx")
+	}
+	vxDst := netip.MustParseAddrPort("100.127.252.2:5201")
+	sink(b, dst.ns, netip.AddrPortFrom(dst.addr, port))
+	sink(b, e.b.name, vxDst)
+
+	n := pathBenchBytes()
+	type pathCase struct {
+		name, from string
+		to         netip.AddrPort
+		offload    bool
+	}
+	cases := []pathCase{
+		{"vxlan", e.a.name, vxDst, offload},
+		{"plain", src.ns, netip.AddrPortFrom(dst.addr, port), offload},
+	}
+	if offload {
+		cases = append(cases, pathCase{"plain-forward", src.ns, netip.AddrPortFrom(dst.addr, port), false})
+	}
+	b.Logf("flow offload: %s (kernel has flowtables: %v); %d MB per operation", e.a.dp.offloadMode(), e.a.dp.flowtables, n>>20)
+	for _, streams := range []int{1, 4} {
+		for _, c := range cases {
+			b.Run(fmt.Sprintf("%s/streams=%d", c.name, streams), func(b *testing.B) {
+				apply(c.offload)
+				b.SetBytes(n)
+				for b.Loop() {
+					blast(b, c.from, c.to, streams, n)
+				}
+			})
+		}
+	}
+}
+
+// sink accepts TCP connections on addr in namespace ns and reads each to
+// its end, then closes it: the sender's read of EOF says all arrived.
+func sink(b *testing.B, ns string, addr netip.AddrPort) {
+	b.Helper()
+	err := listenTCP(b, ns, addr, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}()
+	})
+	if err != nil {
+		b.Fatalf("listen in %s on %s: %v", ns, addr, err)
+	}
+}
+
+// blast sends n bytes to addr from namespace ns over streams connections
+// at once, and returns when the far end has read them all.
+func blast(b *testing.B, ns string, addr netip.AddrPort, streams int, n int64) {
+	conns := make([]*net.TCPConn, streams)
+	err := inNS(b, ns, func() error {
+		for i := range conns {
+			c, err := net.Dial("tcp4", addr.String())
+			if err != nil {
+				return err
+			}
+			conns[i] = c.(*net.TCPConn)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatalf("dial %s from %s: %v", addr, ns, err)
+	}
+	buf := make([]byte, 1<<20)
+	var wg sync.WaitGroup
+	errs := make(chan error, streams)
+	for _, c := range conns {
+		wg.Go(func() {
+			defer c.Close()
+			left := n / int64(streams)
+			for left > 0 {
+				k, err := c.Write(buf[:min(int64(len(buf)), left)])
+				if err != nil {
+					errs <- err
+					return
+				}
+				left -= int64(k)
+			}
+			c.CloseWrite()
+			io.Copy(io.Discard, c) // until the sink closes: all was read
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatalf("send to %s from %s: %v", addr, ns, err)
+	}
+}
