@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Flow offload benchmark in a VM: runs BenchmarkPlainPath (internal/dataplane:
-# raw VXLAN, Corridor's plain path with flow offload, the plain path without
-# it; 1 and 4 streams) inside a QEMU VM booting Debian's kernel, which has
-# nftables flowtables where this machine's kernel may not.
+# Data-path benchmarks in a VM booting Debian's kernel, which has nftables
+# flowtables and WireGuard where this machine's kernel may not: runs
+# BenchmarkPlainPath (internal/dataplane: raw VXLAN, Corridor's plain path
+# with flow offload, the plain path without it) and BenchmarkEncryptedPath
+# (kernel WireGuard by hand between the two hosts, Corridor's encrypted
+# path on kernel WireGuard), 1 and 4 streams each.
 #
 # The VM runs under TCG where KVM does not work: its figures are then of an
 # emulated CPU, many times slower than the machine's. Only ratios between
@@ -16,6 +18,7 @@
 #                                   of /var/cache/corridor/vmhost and
 #                                   /tmp/corridor-test-cache/vmhost-image)
 #                BENCHTIME=3x  MB=32 (per operation)  CPUS=2  MEMORY=2048
+#                BENCH='PlainPath|EncryptedPath' (the -test.bench pattern)
 #                KVM=auto|on|off (auto: try KVM, fall back to TCG)
 #                VERBOSE=1 (the whole console, not only the benchmark's lines)
 # It prints the benchmark's output; nothing is left behind but its work
@@ -27,6 +30,7 @@ repo=$(cd "$here/../.." && pwd)
 case ${1:-} in -h | --help) sed -n '2,22p' "$0"; exit 0 ;; esac
 [[ $(id -u) == 0 ]] || { echo "run-vm.sh needs root (the benchmark makes namespaces in the VM; QEMU may need /dev/kvm)" >&2; exit 1; }
 BENCHTIME=${BENCHTIME:-3x}
+BENCH=${BENCH:-PlainPath|EncryptedPath}
 MB=${MB:-32}
 CPUS=${CPUS:-2}
 MEMORY=${MEMORY:-2048}
@@ -84,19 +88,20 @@ mkdir -p /dev/net /run/netns
 mount -t tmpfs tmpfs /run
 mkdir -p /run/netns
 mount -t tmpfs tmpfs /tmp
-for m in tun veth vxlan nf_tables nf_conntrack nf_flow_table nf_flow_table_inet nft_flow_offload nft_ct; do
+for m in tun veth vxlan wireguard nf_tables nf_conntrack nf_flow_table nf_flow_table_inet nft_flow_offload nft_ct; do
 	modprobe "$m" 2>/dev/null || echo "bench-init: modprobe $m failed"
 done
 echo "bench-init: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs"
 cd /tmp
 CORRIDOR_BIN=/usr/bin/corridor CORRIDOR_BENCH_MB=$(cat /bench/mb) /bench/dataplane.test -test.run '^$' \
-	-test.bench PlainPath -test.benchtime "$(cat /bench/benchtime)" -test.v 2>&1
+	-test.bench "$(cat /bench/pattern)" -test.benchtime "$(cat /bench/benchtime)" -test.v 2>&1
 echo "bench-init: done rc=$?"
 poweroff -f
 EOF
 chmod +x "$root/bench-init"
 echo "$MB" >"$root/bench/mb"
 echo "$BENCHTIME" >"$root/bench/benchtime"
+echo "$BENCH" >"$root/bench/pattern"
 (cd "$root" && find . | cpio -o -H newc --quiet) >"$work/extra.cpio"
 cat "$VMHOST_IMAGE/host-base.cpio" "$work/extra.cpio" >"$work/initrd.cpio"
 

@@ -7,11 +7,17 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/corridor-dev/corridor/internal/compile"
+	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 // pathBenchBytes is what one operation of BenchmarkPlainPath sends
@@ -182,5 +188,113 @@ func blast(b *testing.B, ns string, addr netip.AddrPort, streams int, n int64) {
 	close(errs)
 	for err := range errs {
 		b.Fatalf("send to %s from %s: %v", addr, ns, err)
+	}
+}
+
+// BenchmarkEncryptedPath measures bulk TCP over Corridor's encrypted path
+// with the kernel's WireGuard against the same kernel WireGuard set up by
+// hand between the two host namespaces (no guest hop, no rules of ours):
+// issue 19, item 1, where the kernel has WireGuard. Where it has not, the
+// benchmark is skipped: bench/datapath/run.sh compares the user-space
+// path with wireguard-go by hand. bench/offload/run-vm.sh runs it in a VM
+// booting Debian's kernel, which has WireGuard.
+func BenchmarkEncryptedPath(b *testing.B) {
+	testnet.NeedRoot(b, "creates network namespaces")
+	e := newEnv(b)
+	if out, err := exec.Command("ip", "-n", e.a.name, "link", "add", "corbwg", "type", "wireguard").CombinedOutput(); err != nil {
+		b.Skipf("kernel WireGuard unavailable here (ip link add type wireguard: %v: %s); bench/datapath/run.sh compares the user-space path with wireguard-go by hand", err, strings.TrimSpace(string(out)))
+	}
+	run(b, "ip", "-n", e.b.name, "link", "add", "corbwg", "type", "wireguard")
+	e.a.kernel, e.b.kernel = true, true
+	src := e.addGuest(e.a, "e1", "bench", "src", "100.64.0.1")
+	dst := e.addGuest(e.b, "e2", "bench", "dst", "100.64.1.1")
+	e.a.open(b)
+	e.b.open(b)
+	const port = 5201
+	ip := func(xs ...netip.Addr) []netip.Addr { return xs }
+	rule := func(dir string, remote []netip.Addr) compile.FirewallRule {
+		r := fw(dir, "src", "dst", ip(src.addr), ip(dst.addr), port, true, remote)
+		r.App = "bench"
+		return r
+	}
+	stA := compile.HostState{Host: "a", Address: e.a.underlay, VTEPMAC: e.a.vtepMAC, WireGuardPort: 51820,
+		Guests: hostGuests(e.a),
+		Peers: []compile.Peer{{Server: "b", PublicKey: e.b.dp.PublicKey().String(),
+			Endpoint: netip.AddrPortFrom(e.b.underlay, 51820), AllowedIPs: []netip.Prefix{p32(dst.addr)}}},
+		Routes:   []compile.Route{{Sources: ip(src.addr), Dest: dst.addr, Server: "b", Encrypt: true}},
+		Firewall: []compile.FirewallRule{rule(compile.Egress, nil)},
+	}
+	stB := compile.HostState{Host: "b", Address: e.b.underlay, VTEPMAC: e.b.vtepMAC, WireGuardPort: 51820,
+		Guests: hostGuests(e.b),
+		Peers: []compile.Peer{{Server: "a", PublicKey: e.a.dp.PublicKey().String(),
+			Endpoint: netip.AddrPortFrom(e.a.underlay, 51820), AllowedIPs: []netip.Prefix{p32(src.addr)}}},
+		Firewall: []compile.FirewallRule{rule(compile.Ingress, ip(src.addr))},
+	}
+	for _, x := range []struct {
+		h  *host
+		st compile.HostState
+	}{{e.a, stA}, {e.b, stB}} {
+		if err := x.h.dp.Apply(context.Background(), x.st); err != nil {
+			b.Fatalf("Apply on %s: %v", x.st.Host, err)
+		}
+	}
+
+	// Kernel WireGuard by hand: the same MTU as Corridor's device (the
+	// underlay's less 80), port 51901, one peer each.
+	keys := [2]wgtypes.Key{}
+	for i := range keys {
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			b.Fatal(err)
+		}
+		keys[i] = k
+	}
+	hosts := []*host{e.a, e.b}
+	for i, h := range hosts {
+		peer := hosts[1-i]
+		port := 51901
+		err := inNS(b, h.name, func() error {
+			c, err := wgctrl.New()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.ConfigureDevice("corbwg", wgtypes.Config{PrivateKey: &keys[i], ListenPort: &port, Peers: []wgtypes.PeerConfig{{
+				PublicKey:  keys[1-i].PublicKey(),
+				Endpoint:   &net.UDPAddr{IP: peer.underlay.AsSlice(), Port: 51901},
+				AllowedIPs: []net.IPNet{{IP: net.IPv4(100, 127, 250, byte(2-i)), Mask: net.CIDRMask(32, 32)}},
+			}}})
+		})
+		if err != nil {
+			b.Fatalf("configure WireGuard by hand in %s: %v", h.name, err)
+		}
+		run(b, "ip", "-n", h.name, "link", "set", "corbwg", "mtu", "1420", "up")
+		run(b, "ip", "-n", h.name, "addr", "add", fmt.Sprintf("100.127.250.%d/24", i+1), "dev", "corbwg")
+	}
+	wgDst := netip.MustParseAddrPort("100.127.250.2:5201")
+	sink(b, dst.ns, netip.AddrPortFrom(dst.addr, port))
+	sink(b, e.b.name, wgDst)
+
+	n := pathBenchBytes()
+	cases := []struct {
+		name, from string
+		to         netip.AddrPort
+	}{
+		{"wireguard", e.a.name, wgDst},
+		{"encrypted", src.ns, netip.AddrPortFrom(dst.addr, port)},
+	}
+	// The first handshake of each tunnel, outside the timings.
+	for _, c := range cases {
+		blast(b, c.from, c.to, 1, 1<<20)
+	}
+	for _, streams := range []int{1, 4} {
+		for _, c := range cases {
+			b.Run(fmt.Sprintf("%s/streams=%d", c.name, streams), func(b *testing.B) {
+				b.SetBytes(n)
+				for b.Loop() {
+					blast(b, c.from, c.to, streams, n)
+				}
+			})
+		}
 	}
 }
