@@ -17,7 +17,6 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/corridor-dev/corridor/internal/compile"
-	"github.com/corridor-dev/corridor/internal/testnet"
 )
 
 // pathBenchBytes is what one operation of BenchmarkPlainPath sends
@@ -49,45 +48,9 @@ func pathBenchBytes() int64 {
 // bench/offload/run-vm.sh runs it in a VM booting Debian's kernel, which
 // has flowtables.
 func BenchmarkPlainPath(b *testing.B) {
-	e := newEnv(b)
-	src := e.addGuest(e.a, "p1", "bench", "src", "100.64.0.1")
-	dst := e.addGuest(e.b, "p2", "bench", "dst", "100.64.1.1")
-	e.a.open(b)
-	e.b.open(b)
-	const port = 5201
-	ip := func(xs ...netip.Addr) []netip.Addr { return xs }
-	stA := compile.HostState{Host: "a", Address: e.a.underlay, VTEPMAC: e.a.vtepMAC, WireGuardPort: 51820,
-		Guests: hostGuests(e.a),
-		VXLAN:  []compile.VXLANEntry{{Server: "b", Underlay: e.b.underlay, MAC: e.b.vtepMAC, Guests: ip(dst.addr)}},
-		Routes: []compile.Route{{Sources: ip(src.addr), Dest: dst.addr, Server: "b"}},
-		Firewall: []compile.FirewallRule{
-			fw(compile.Egress, "src", "dst", ip(src.addr), ip(dst.addr), port, false, nil),
-		},
-	}
-	stA.Firewall[0].App = "bench"
-	stB := compile.HostState{Host: "b", Address: e.b.underlay, VTEPMAC: e.b.vtepMAC, WireGuardPort: 51820,
-		Guests: hostGuests(e.b),
-		VXLAN:  []compile.VXLANEntry{{Server: "a", Underlay: e.a.underlay, MAC: e.a.vtepMAC, Guests: ip(src.addr)}},
-		Firewall: []compile.FirewallRule{
-			fw(compile.Ingress, "src", "dst", ip(src.addr), ip(dst.addr), port, false, ip(src.addr)),
-		},
-	}
-	stB.Firewall[0].App = "bench"
-	apply := func(offload bool) {
-		b.Helper()
-		for _, x := range []struct {
-			h  *host
-			st compile.HostState
-		}{{e.a, stA}, {e.b, stB}} {
-			x.h.dp.mu.Lock()
-			x.h.dp.offload = offload && x.h.dp.flowtables
-			x.h.dp.mu.Unlock()
-			if err := x.h.dp.Apply(context.Background(), x.st); err != nil {
-				b.Fatalf("Apply on %s: %v", x.st.Host, err)
-			}
-		}
-	}
-	apply(true)
+	p := newBenchPair(b, false)
+	e, src, dst := p.e, p.src, p.dst
+	p.apply(b, true)
 	offload := e.a.dp.offload
 
 	// Raw VXLAN by hand between the host namespaces, the plain path's
@@ -103,7 +66,7 @@ func BenchmarkPlainPath(b *testing.B) {
 		run(b, "ip", "-n", x.h.name, "addr", "add", x.addr, "dev", "corbvx")
 	}
 	vxDst := netip.MustParseAddrPort("100.127.252.2:5201")
-	sink(b, dst.ns, netip.AddrPortFrom(dst.addr, port))
+	sink(b, dst.ns, netip.AddrPortFrom(dst.addr, benchPort))
 	sink(b, e.b.name, vxDst)
 
 	n := pathBenchBytes()
@@ -114,21 +77,86 @@ func BenchmarkPlainPath(b *testing.B) {
 	}
 	cases := []pathCase{
 		{"vxlan", e.a.name, vxDst, offload},
-		{"plain", src.ns, netip.AddrPortFrom(dst.addr, port), offload},
+		{"plain", src.ns, netip.AddrPortFrom(dst.addr, benchPort), offload},
 	}
 	if offload {
-		cases = append(cases, pathCase{"plain-forward", src.ns, netip.AddrPortFrom(dst.addr, port), false})
+		cases = append(cases, pathCase{"plain-forward", src.ns, netip.AddrPortFrom(dst.addr, benchPort), false})
 	}
 	b.Logf("flow offload: %s (kernel has flowtables: %v); %d MB per operation", e.a.dp.offloadMode(), e.a.dp.flowtables, n>>20)
 	for _, streams := range []int{1, 4} {
 		for _, c := range cases {
 			b.Run(fmt.Sprintf("%s/streams=%d", c.name, streams), func(b *testing.B) {
-				apply(c.offload)
+				p.apply(b, c.offload)
 				b.SetBytes(n)
 				for b.Loop() {
 					blast(b, c.from, c.to, streams, n)
 				}
 			})
+		}
+	}
+}
+
+// benchPort is the port of the benchmarks' rules and sinks.
+const benchPort = 5201
+
+// benchPair is two simulated hosts with a guest each, src on a and dst on
+// b, and their host states for one path from src to dst on benchPort,
+// plain or encrypted, as the compiler would give them.
+type benchPair struct {
+	e        *env
+	src, dst *guest
+	states   [2]compile.HostState
+}
+
+// newBenchPair makes the hosts and guests and opens the data planes; an
+// encrypted pair takes the kernel's WireGuard.
+func newBenchPair(b *testing.B, encrypt bool) *benchPair {
+	e := newEnv(b)
+	e.a.kernel, e.b.kernel = encrypt, encrypt
+	p := &benchPair{e: e}
+	p.src = e.addGuest(e.a, "p1", "bench", "src", "100.64.0.1")
+	p.dst = e.addGuest(e.b, "p2", "bench", "dst", "100.64.1.1")
+	e.a.open(b)
+	e.b.open(b)
+	ip := func(xs ...netip.Addr) []netip.Addr { return xs }
+	rule := func(dir string, remote []netip.Addr) compile.FirewallRule {
+		r := fw(dir, "src", "dst", ip(p.src.addr), ip(p.dst.addr), benchPort, encrypt, remote)
+		r.App = "bench"
+		return r
+	}
+	a := compile.HostState{Host: "a", Address: e.a.underlay, VTEPMAC: e.a.vtepMAC, WireGuardPort: 51820,
+		Guests:   hostGuests(e.a),
+		Routes:   []compile.Route{{Sources: ip(p.src.addr), Dest: p.dst.addr, Server: "b", Encrypt: encrypt}},
+		Firewall: []compile.FirewallRule{rule(compile.Egress, nil)},
+	}
+	bs := compile.HostState{Host: "b", Address: e.b.underlay, VTEPMAC: e.b.vtepMAC, WireGuardPort: 51820,
+		Guests:   hostGuests(e.b),
+		Firewall: []compile.FirewallRule{rule(compile.Ingress, ip(p.src.addr))},
+	}
+	if encrypt {
+		a.Peers = []compile.Peer{{Server: "b", PublicKey: e.b.dp.PublicKey().String(),
+			Endpoint: netip.AddrPortFrom(e.b.underlay, 51820), AllowedIPs: []netip.Prefix{p32(p.dst.addr)}}}
+		bs.Peers = []compile.Peer{{Server: "a", PublicKey: e.a.dp.PublicKey().String(),
+			Endpoint: netip.AddrPortFrom(e.a.underlay, 51820), AllowedIPs: []netip.Prefix{p32(p.src.addr)}}}
+	} else {
+		a.VXLAN = []compile.VXLANEntry{{Server: "b", Underlay: e.b.underlay, MAC: e.b.vtepMAC, Guests: ip(p.dst.addr)}}
+		bs.VXLAN = []compile.VXLANEntry{{Server: "a", Underlay: e.a.underlay, MAC: e.a.vtepMAC, Guests: ip(p.src.addr)}}
+	}
+	p.states = [2]compile.HostState{a, bs}
+	return p
+}
+
+// apply applies both host states, with flow offload where offload is set
+// and the kernel has flowtables.
+func (p *benchPair) apply(b *testing.B, offload bool) {
+	b.Helper()
+	for i, h := range []*host{p.e.a, p.e.b} {
+		h.dp.mu.Lock()
+		h.dp.noteFlowtables() // before the first Apply, which would set offload
+		h.dp.offload = offload && h.dp.flowtables
+		h.dp.mu.Unlock()
+		if err := h.dp.Apply(context.Background(), p.states[i]); err != nil {
+			b.Fatalf("Apply on %s: %v", p.states[i].Host, err)
 		}
 	}
 }
@@ -199,45 +227,14 @@ func blast(b *testing.B, ns string, addr netip.AddrPort, streams int, n int64) {
 // path with wireguard-go by hand. bench/offload/run-vm.sh runs it in a VM
 // booting Debian's kernel, which has WireGuard.
 func BenchmarkEncryptedPath(b *testing.B) {
-	testnet.NeedRoot(b, "creates network namespaces")
-	e := newEnv(b)
+	p := newBenchPair(b, true)
+	e := p.e
 	if out, err := exec.Command("ip", "-n", e.a.name, "link", "add", "corbwg", "type", "wireguard").CombinedOutput(); err != nil {
 		b.Skipf("kernel WireGuard unavailable here (ip link add type wireguard: %v: %s); bench/datapath/run.sh compares the user-space path with wireguard-go by hand", err, strings.TrimSpace(string(out)))
 	}
 	run(b, "ip", "-n", e.b.name, "link", "add", "corbwg", "type", "wireguard")
-	e.a.kernel, e.b.kernel = true, true
-	src := e.addGuest(e.a, "e1", "bench", "src", "100.64.0.1")
-	dst := e.addGuest(e.b, "e2", "bench", "dst", "100.64.1.1")
-	e.a.open(b)
-	e.b.open(b)
-	const port = 5201
-	ip := func(xs ...netip.Addr) []netip.Addr { return xs }
-	rule := func(dir string, remote []netip.Addr) compile.FirewallRule {
-		r := fw(dir, "src", "dst", ip(src.addr), ip(dst.addr), port, true, remote)
-		r.App = "bench"
-		return r
-	}
-	stA := compile.HostState{Host: "a", Address: e.a.underlay, VTEPMAC: e.a.vtepMAC, WireGuardPort: 51820,
-		Guests: hostGuests(e.a),
-		Peers: []compile.Peer{{Server: "b", PublicKey: e.b.dp.PublicKey().String(),
-			Endpoint: netip.AddrPortFrom(e.b.underlay, 51820), AllowedIPs: []netip.Prefix{p32(dst.addr)}}},
-		Routes:   []compile.Route{{Sources: ip(src.addr), Dest: dst.addr, Server: "b", Encrypt: true}},
-		Firewall: []compile.FirewallRule{rule(compile.Egress, nil)},
-	}
-	stB := compile.HostState{Host: "b", Address: e.b.underlay, VTEPMAC: e.b.vtepMAC, WireGuardPort: 51820,
-		Guests: hostGuests(e.b),
-		Peers: []compile.Peer{{Server: "a", PublicKey: e.a.dp.PublicKey().String(),
-			Endpoint: netip.AddrPortFrom(e.a.underlay, 51820), AllowedIPs: []netip.Prefix{p32(src.addr)}}},
-		Firewall: []compile.FirewallRule{rule(compile.Ingress, ip(src.addr))},
-	}
-	for _, x := range []struct {
-		h  *host
-		st compile.HostState
-	}{{e.a, stA}, {e.b, stB}} {
-		if err := x.h.dp.Apply(context.Background(), x.st); err != nil {
-			b.Fatalf("Apply on %s: %v", x.st.Host, err)
-		}
-	}
+	p.apply(b, false)
+	src, dst := p.src, p.dst
 
 	// Kernel WireGuard by hand: the same MTU as Corridor's device (the
 	// underlay's less 80), port 51901, one peer each.
@@ -252,14 +249,14 @@ func BenchmarkEncryptedPath(b *testing.B) {
 	hosts := []*host{e.a, e.b}
 	for i, h := range hosts {
 		peer := hosts[1-i]
-		port := 51901
+		listen := 51901
 		err := inNS(b, h.name, func() error {
 			c, err := wgctrl.New()
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			return c.ConfigureDevice("corbwg", wgtypes.Config{PrivateKey: &keys[i], ListenPort: &port, Peers: []wgtypes.PeerConfig{{
+			return c.ConfigureDevice("corbwg", wgtypes.Config{PrivateKey: &keys[i], ListenPort: &listen, Peers: []wgtypes.PeerConfig{{
 				PublicKey:  keys[1-i].PublicKey(),
 				Endpoint:   &net.UDPAddr{IP: peer.underlay.AsSlice(), Port: 51901},
 				AllowedIPs: []net.IPNet{{IP: net.IPv4(100, 127, 250, byte(2-i)), Mask: net.CIDRMask(32, 32)}},
@@ -272,7 +269,7 @@ func BenchmarkEncryptedPath(b *testing.B) {
 		run(b, "ip", "-n", h.name, "addr", "add", fmt.Sprintf("100.127.250.%d/24", i+1), "dev", "corbwg")
 	}
 	wgDst := netip.MustParseAddrPort("100.127.250.2:5201")
-	sink(b, dst.ns, netip.AddrPortFrom(dst.addr, port))
+	sink(b, dst.ns, netip.AddrPortFrom(dst.addr, benchPort))
 	sink(b, e.b.name, wgDst)
 
 	n := pathBenchBytes()
@@ -281,7 +278,7 @@ func BenchmarkEncryptedPath(b *testing.B) {
 		to         netip.AddrPort
 	}{
 		{"wireguard", e.a.name, wgDst},
-		{"encrypted", src.ns, netip.AddrPortFrom(dst.addr, port)},
+		{"encrypted", src.ns, netip.AddrPortFrom(dst.addr, benchPort)},
 	}
 	// The first handshake of each tunnel, outside the timings.
 	for _, c := range cases {
