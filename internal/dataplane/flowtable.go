@@ -98,10 +98,21 @@ func (dp *Dataplane) offloadMode() string {
 // every later packet of the flow:
 //
 //   - Only a connection whose recorded path (ct mark) is plain, between a
-//     guest interface and corv0 in either direction. An encrypted pair's
-//     connection is never offloaded, so each of its packets still meets
-//     the path check that keeps it off every device but WireGuard's; nor
-//     are egress, ingress legs or guest-to-guest connections on one host.
+//     guest interface and corv0 in either direction, and not a published
+//     port's (MarkIngress). An encrypted pair's connection is never
+//     offloaded, so each of its packets still meets the path check that
+//     keeps it off every device but WireGuard's; nor are egress, ingress
+//     or guest-to-guest connections on one host.
+//   - Only on a packet of the connection's original direction. An entry
+//     holds both directions, the other one routed by a lookup with this
+//     packet's mark; on the host where a guest opened the connection, its
+//     packets' path comes from the pair's current mark (a policy change
+//     re-marks them) and its replies' from the route to the guest, but
+//     were a reply from corv0 to make the entry, the guest's packets
+//     would be pinned to the plain path its mark no longer gives (a pair
+//     just made encrypted, while the other host still sends in plain).
+//     On the host the connection came to, the replies take the path of
+//     its ct mark in both cases, as on the forwarding path.
 //   - Only a packet that has passed every check before this point: the
 //     path check of a guest's packet, the device check of a tunnel's.
 //   - A flow entry is keyed by its input interface as well as its
@@ -121,8 +132,8 @@ func (dp *Dataplane) offloadMode() string {
 //     itself.
 func (b *rulesetBuilder) offloadPlain(guestAny string) {
 	for _, dirs := range [][2]string{{guestAny, VXLANName}, {VXLANName, guestAny}} {
-		b.add(chainForward, ctState(expr.CtStateBitESTABLISHED, "established", false),
-			ctMarkCmp(expr.CmpOpEq, "==", MarkPlain),
+		b.add(chainForward, ctState(expr.CtStateBitESTABLISHED, "established", false), ctOriginal(),
+			ctMarkMasked(MarkMask|MarkIngress, MarkPlain),
 			ifMatch(expr.MetaKeyIIFNAME, dirs[0], expr.CmpOpEq), ifMatch(expr.MetaKeyOIFNAME, dirs[1], expr.CmpOpEq),
 			plain("flow add @"+FlowtableName, &expr.FlowOffload{Name: FlowtableName}))
 	}

@@ -435,9 +435,10 @@ func TestRulesetGuestSource(t *testing.T) {
 }
 
 // With offload, the forward chain hands established plain connections
-// between a guest and corv0 (both ways) to the flowtable, after every
-// check and just before the conntrack accept; nothing else is offloaded,
-// and without offload there is no such rule (nor a flowtable to make).
+// between a guest and corv0 (both ways), not a published port's, to the
+// flowtable, on a packet of their original direction, after every check
+// and just before the conntrack accept; nothing else is offloaded, and
+// without offload there is no such rule (nor a flowtable to make).
 func TestRulesetOffload(t *testing.T) {
 	d, err := buildDesired(validState(t))
 	if err != nil {
@@ -463,8 +464,8 @@ func TestRulesetOffload(t *testing.T) {
 	}
 	est := slices.Index(fwd, "ct state established,related accept")
 	want := []string{
-		`ct state established ct mark & 0x3000000 == 0x2000000 iifname "corg*" oifname "corv0" flow add @corflows`,
-		`ct state established ct mark & 0x3000000 == 0x2000000 iifname "corv0" oifname "corg*" flow add @corflows`,
+		`ct state established ct direction original ct mark & 0x7000000 == 0x2000000 iifname "corg*" oifname "corv0" flow add @corflows`,
+		`ct state established ct direction original ct mark & 0x7000000 == 0x2000000 iifname "corv0" oifname "corg*" flow add @corflows`,
 	}
 	if est < 2 || !slices.Equal(fwd[est-2:est], want) {
 		t.Fatalf("forward chain: want, just before the conntrack accept,\n%s\ngot:\n%s", strings.Join(want, "\n"), strings.Join(fwd, "\n"))
