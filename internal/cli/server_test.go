@@ -145,6 +145,14 @@ func TestUserCommandsAgainstServer(t *testing.T) {
 	if err := <-reported; err != nil {
 		t.Fatal(err)
 	}
+	// What the agent says of flow offload is in describe server.
+	if err := agent.ReportStatus(context.Background(), "s1", api.Status{Name: "s1", PublicKey: "bmV3LWtleS1vZi1zMS0wMDAwMDAwMDAwMDAwMDAwMDA=", KeyGeneration: 3,
+		FlowOffload: "on", OffloadedFlows: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, _ := run(t, "describe", "server", "s1"); !strings.Contains(out, "on, 2 plain connections offloaded") {
+		t.Fatalf("describe server lacks the flow offload:\n%s", out)
+	}
 	if _, _, err := run(t, "server", "rotate-key"); err == nil || !strings.Contains(err.Error(), "--all") {
 		t.Fatalf("rotate-key with no server: %v", err)
 	}
