@@ -416,6 +416,10 @@ EOF
 			"raw vxlan $(ns_run "$s1" cat /sys/class/net/corbnvx1/mtu)," \
 			"wggo $(ns_run "$s1" cat /sys/class/net/corbnwg1/mtu), nebula $(ns_run "$s1" cat /sys/class/net/corbneb1/mtu)"
 	} >>"$work/mtus.txt"
+	# Flow offload changes the plain path's figures: say what the agents
+	# reported (on, off, unavailable: docs/operations.md).
+	"$C" get servers -o json | jq -r --arg mtu "$mtu" \
+		'"mtu \($mtu): flow offload " + ([.[] | "\(.spec.name) \(.flowOffload // "not reported")"] | join(", "))' >>"$work/offload.txt"
 
 	local r c
 	for r in $(seq "$ROUNDS"); do
@@ -520,6 +524,10 @@ EOF
 	echo "Device MTUs seen (bytes):"
 	echo
 	sed 's/^/- /' "$work/mtus.txt"
+	echo
+	echo "Flow offload of the plain path, as the agents reported it:"
+	echo
+	sed 's/^/- /' "$work/offload.txt"
 	echo
 } >>"$report"
 cat "$report"
