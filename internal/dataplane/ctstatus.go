@@ -29,19 +29,15 @@ const nfgenmsgLen = 4
 
 // countConntrack dumps the conntrack table (IPv4 and IPv6) of the network
 // namespace ns and returns how many entries have every bit of status set
-// (status 0 counts every entry). ns must be an open namespace handle: the
-// netlink socket is made in it, whatever namespace the calling thread is in.
+// (status 0 counts every entry) and a ct mark that is mark under mask. The
+// kernel filters by mark (a zero mask: no filter), so a busy host's other
+// connections are never copied out. ns must be an open namespace handle:
+// the netlink socket is made in it, whatever namespace the calling thread
+// is in.
 //
 // The whole dump is in memory before it is counted (mdlayher/netlink
 // gathers a multipart reply), a few hundred bytes per entry.
-func countConntrack(ns netns.NsHandle, status uint32) (int, error) {
-	return countConntrackMarked(ns, status, 0, 0)
-}
-
-// countConntrackMarked is countConntrack of the entries whose ct mark,
-// under mask, is mark: the kernel filters the dump (a zero mask: no
-// filter), so a busy host's other connections are never copied out.
-func countConntrackMarked(ns netns.NsHandle, status, mark, mask uint32) (int, error) {
+func countConntrack(ns netns.NsHandle, status, mark, mask uint32) (int, error) {
 	c, err := mdnetlink.Dial(unix.NETLINK_NETFILTER, &mdnetlink.Config{NetNS: int(ns)})
 	if err != nil {
 		return 0, fmt.Errorf("dump conntrack: open netfilter netlink socket: %w", err)

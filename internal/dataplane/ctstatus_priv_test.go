@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/corridor-dev/corridor/internal/nsrun"
 	"github.com/corridor-dev/corridor/internal/testnet"
@@ -97,7 +98,7 @@ func TestCountConntrack(t *testing.T) {
 		{"offloaded (no flowtable here)", ipsOffload, 0},
 		{"assured and offloaded", ipsAssured | ipsOffload, 0},
 	} {
-		got, err := countConntrack(ns, c.status)
+		got, err := countConntrack(ns, c.status, 0, 0)
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
@@ -107,11 +108,28 @@ func TestCountConntrack(t *testing.T) {
 		}
 	}
 
-	if got, err := countConntrack(openNS(t, names[1]), 0); err != nil || got != 0 {
+	// The kernel's filter by ct mark: the TCP connections carry
+	// MarkPlain (trackConnections), the UDP flow none.
+	for _, c := range []struct {
+		name       string
+		mark, mask uint32
+		want       int
+	}{
+		{"plain", MarkPlain, MarkMask, 2},
+		{"encrypted", MarkEncrypt, MarkMask, 0},
+		{"no path mark", 0, MarkMask, 1},
+		{"plain, not ingress", MarkPlain, MarkMask | MarkIngress, 2},
+	} {
+		if got, err := countConntrack(ns, ipsConfirmed, c.mark, c.mask); err != nil || got != c.want {
+			t.Errorf("ct mark & %#x == %#x: %d entries, %v; want %d", c.mask, c.mark, got, err, c.want)
+		}
+	}
+
+	if got, err := countConntrack(openNS(t, names[1]), 0, 0, 0); err != nil || got != 0 {
 		t.Errorf("untouched namespace: %d entries, %v; want 0, nil", got, err)
 	}
 
-	if _, err := countConntrack(netns.None(), 0); err == nil || !strings.HasPrefix(err.Error(), "dump conntrack: ") {
+	if _, err := countConntrack(netns.None(), 0, 0, 0); err == nil || !strings.HasPrefix(err.Error(), "dump conntrack: ") {
 		t.Errorf("closed handle: %v; want a dump conntrack error", err)
 	}
 }
@@ -145,6 +163,13 @@ func trackConnections(t *testing.T, ns netns.NsHandle) {
 			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED), Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 		&expr.Counter{},
+	}})
+	// TCP connections get the plain path's ct mark, for the mark filter.
+	c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(MarkPlain)},
+		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: 1},
 	}})
 	if err := c.Flush(); err != nil {
 		t.Fatalf("nft table with a ct rule: %v", err)

@@ -105,11 +105,9 @@ type Dataplane struct {
 	via         map[string]string
 	moved       []string
 	// flowtablesProbed: the first Apply probed for nftables flowtables
-	// and logged the answer (flowtable.go); offload: the kernel has them
-	// and Config.NoFlowOffload is false, so plain flows are offloaded.
+	// and logged the answer (flowtable.go); flowtables is that answer.
 	flowtablesProbed bool
 	flowtables       bool
-	offload          bool
 }
 
 // New opens the host's namespace and its netlink, nftables and wgctrl
@@ -251,7 +249,7 @@ func (dp *Dataplane) applyLocked(ctx context.Context, st compile.HostState, d *d
 	start := time.Now()
 	dp.noteFlowtables()
 
-	d.offload = dp.offload
+	d.offload = dp.offloading()
 	rs := buildRuleset(d, dp.cfg.WireGuardName)
 	changed, err := dp.applyFirewall(rs)
 	if err != nil {
@@ -435,16 +433,16 @@ func (dp *Dataplane) Status(ctx context.Context) (Status, error) {
 	// socket, and a counter dump interleaved with an Apply's (or a
 	// repair's) batch mixes their replies ("unexpected header type").
 	dp.mu.Lock()
-	offload := dp.offload
+	offload := dp.offloading()
 	dp.mu.Unlock()
 	// The offloaded connections, read on a socket of their own (without
 	// the lock) and only those of plain paths (the kernel filters).
 	offloaded, breach := 0, 0
 	if offload {
 		var err error
-		offloaded, err = countConntrackMarked(dp.ns, ipsOffload, MarkPlain, MarkMask)
+		offloaded, err = countConntrack(dp.ns, ipsOffload, MarkPlain, MarkMask)
 		if err == nil {
-			breach, err = countConntrackMarked(dp.ns, ipsOffload, MarkEncrypt, MarkMask)
+			breach, err = countConntrack(dp.ns, ipsOffload, MarkEncrypt, MarkMask)
 		}
 		if err != nil {
 			// Only the counts are missing: the rest is still worth telling.

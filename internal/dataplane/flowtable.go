@@ -62,7 +62,6 @@ func (dp *Dataplane) noteFlowtables() {
 		return
 	}
 	dp.flowtables = ok
-	dp.offload = ok && !dp.cfg.NoFlowOffload
 	why := map[string]string{
 		"on":          "established plain flows skip the forwarding path (flowtable " + FlowtableName + ")",
 		"off":         "turned off (--flow-offload=false)",
@@ -75,13 +74,19 @@ func (dp *Dataplane) noteFlowtables() {
 // plain flows are offloaded to, where the kernel has flowtables.
 const FlowtableName = "corflows"
 
+// offloading reports whether plain flows are offloaded (with dp.mu held):
+// the kernel has flowtables and Config.NoFlowOffload is false.
+func (dp *Dataplane) offloading() bool {
+	return dp.flowtables && !dp.cfg.NoFlowOffload
+}
+
 // offloadMode is Status.FlowOffload (with dp.mu held): empty before the
 // first Apply has probed the kernel.
 func (dp *Dataplane) offloadMode() string {
 	switch {
 	case !dp.flowtablesProbed:
 		return ""
-	case dp.offload:
+	case dp.offloading():
 		return "on"
 	case dp.flowtables:
 		return "off"

@@ -150,10 +150,12 @@ func (dp *Dataplane) applyFirewall(rs *ruleset) (bool, error) {
 		}
 	}
 
+	// Only a kernel with flowtables can hold ours (from this process or
+	// an earlier one, offloading or not since).
 	hadFlowtable := false
-	if exists {
+	if exists && dp.flowtables {
 		fts, err := retryDump(func() ([]*nftables.Flowtable, error) { return dp.nft.ListFlowtables(corridorTable) })
-		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EOPNOTSUPP) {
+		if err != nil {
 			return false, fmt.Errorf("list nftables flowtables: %w", err)
 		}
 		hadFlowtable = slices.ContainsFunc(fts, func(f *nftables.Flowtable) bool { return f.Name == FlowtableName })

@@ -51,7 +51,7 @@ func BenchmarkPlainPath(b *testing.B) {
 	p := newBenchPair(b, false)
 	e, src, dst := p.e, p.src, p.dst
 	p.apply(b, true)
-	offload := e.a.dp.offload
+	offload := e.a.dp.offloading()
 
 	// Raw VXLAN by hand between the host namespaces, the plain path's
 	// encapsulation without the guests, marks and rules.
@@ -152,8 +152,7 @@ func (p *benchPair) apply(b *testing.B, offload bool) {
 	b.Helper()
 	for i, h := range []*host{p.e.a, p.e.b} {
 		h.dp.mu.Lock()
-		h.dp.noteFlowtables() // before the first Apply, which would set offload
-		h.dp.offload = offload && h.dp.flowtables
+		h.dp.cfg.NoFlowOffload = !offload
 		h.dp.mu.Unlock()
 		if err := h.dp.Apply(context.Background(), p.states[i]); err != nil {
 			b.Fatalf("Apply on %s: %v", p.states[i].Host, err)
