@@ -213,13 +213,13 @@ func (h *host) dump(t *testing.T) string {
 func TestDataplane(t *testing.T) { testDataplane(t, false) }
 
 func TestDataplaneKernel(t *testing.T) {
-	needKernelWireGuard(t)
+	needKernelWireGuard(t, "the user-space variant, TestDataplane, covers the rest")
 	testDataplane(t, true)
 }
 
-// needKernelWireGuard skips, saying why, when the kernel cannot make a
-// WireGuard device (no module).
-func needKernelWireGuard(t *testing.T) {
+// needKernelWireGuard skips, saying why and what covers the rest
+// (elsewhere), when the kernel cannot make a WireGuard device (no module).
+func needKernelWireGuard(t testing.TB, elsewhere string) {
 	t.Helper()
 	testnet.NeedRoot(t, "creates network namespaces")
 	ns := fmt.Sprintf("cortst-dp-kwg-%d", os.Getpid())
@@ -227,7 +227,7 @@ func needKernelWireGuard(t *testing.T) {
 	defer exec.Command("ip", "netns", "del", ns).Run()
 	out, err := exec.Command("ip", "-n", ns, "link", "add", "corwk", "type", "wireguard").CombinedOutput()
 	if err != nil {
-		t.Skipf("kernel WireGuard unavailable here (ip link add type wireguard: %v: %s); the user-space variant, TestDataplane, covers the rest", err, strings.TrimSpace(string(out)))
+		t.Skipf("kernel WireGuard unavailable here (ip link add type wireguard: %v: %s); %s", err, strings.TrimSpace(string(out)), elsewhere)
 	}
 }
 

@@ -7,9 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 
@@ -226,12 +224,12 @@ func blast(b *testing.B, ns string, addr netip.AddrPort, streams int, n int64) {
 // path with wireguard-go by hand. bench/offload/run-vm.sh runs it in a VM
 // booting Debian's kernel, which has WireGuard.
 func BenchmarkEncryptedPath(b *testing.B) {
+	needKernelWireGuard(b, "bench/datapath/run.sh compares the user-space path with wireguard-go by hand")
 	p := newBenchPair(b, true)
 	e := p.e
-	if out, err := exec.Command("ip", "-n", e.a.name, "link", "add", "corbwg", "type", "wireguard").CombinedOutput(); err != nil {
-		b.Skipf("kernel WireGuard unavailable here (ip link add type wireguard: %v: %s); bench/datapath/run.sh compares the user-space path with wireguard-go by hand", err, strings.TrimSpace(string(out)))
+	for _, h := range []*host{e.a, e.b} {
+		run(b, "ip", "-n", h.name, "link", "add", "corbwg", "type", "wireguard")
 	}
-	run(b, "ip", "-n", e.b.name, "link", "add", "corbwg", "type", "wireguard")
 	p.apply(b, false)
 	src, dst := p.src, p.dst
 
