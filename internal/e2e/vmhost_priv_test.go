@@ -326,10 +326,7 @@ func TestVMHostsKernelAndUserspaceWireGuard(t *testing.T) {
 		}
 		// web -> app becomes encrypted: s1 must take new WireGuard peers
 		// and rules, and verify proves the pair encrypted on the wire.
-		changed := bytes.Replace(examples.Shop, []byte("    ports: [8080]\n    encrypt: false"), []byte("    ports: [8080]\n    encrypt: true"), 1)
-		if bytes.Equal(changed, examples.Shop) {
-			t.Fatal("the shop's web -> app rule is not where the test looks for it")
-		}
+		changed := shopWebAppEncrypted(t)
 		f.apply(t, changed)
 		var missed int64
 		for deadline := time.Now().Add(time.Minute); ; {
@@ -371,6 +368,16 @@ func TestVMHostsKernelAndUserspaceWireGuard(t *testing.T) {
 	t.Run("host loss: power off during traffic", func(t *testing.T) {
 		testVMHostLoss(t, f)
 	})
+}
+
+// shopWebAppEncrypted is the shop with its web -> app rule made encrypted.
+func shopWebAppEncrypted(t *testing.T) []byte {
+	t.Helper()
+	changed := bytes.Replace(examples.Shop, []byte("    ports: [8080]\n    encrypt: false"), []byte("    ports: [8080]\n    encrypt: true"), 1)
+	if bytes.Equal(changed, examples.Shop) {
+		t.Fatal("the shop's web -> app rule is not where the test looks for it")
+	}
+	return changed
 }
 
 // testVMFlowOffload: Debian's kernel has nftables flowtables, so both VM
@@ -434,11 +441,7 @@ func testVMFlowOffload(t *testing.T, f *fleet) {
 	}
 	until("plain connections offloaded", func(n int) bool { return n > 0 })
 
-	encrypted := bytes.Replace(examples.Shop, []byte("    ports: [8080]\n    encrypt: false"), []byte("    ports: [8080]\n    encrypt: true"), 1)
-	if bytes.Equal(encrypted, examples.Shop) {
-		t.Fatal("the shop's web -> app rule is not where the test looks for it")
-	}
-	applied(encrypted)
+	applied(shopWebAppEncrypted(t))
 	// Settled: both hosts applied the change. Its ruleset ended the
 	// offloaded flows; nothing plain is left to offload.
 	if got := offloaded(); got["s1"] != 0 || got["s2"] != 0 {
